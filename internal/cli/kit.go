@@ -1,0 +1,103 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/gatevisor/gatevisor/internal/kit"
+)
+
+func init() { addSubcommand(newKitCmd) }
+
+func newKitCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "kit",
+		Short: "Build or show the guest kit (kernel, initramfs, command line)",
+		Long: `The guest kit is what a default guest boots: Debian bookworm's current
+kernel and busybox-static, fetched with apt-get download into the cache
+directory, and an initramfs built from them.`,
+	}
+	cmd.AddCommand(newKitBuildCmd(), newKitShowCmd())
+	return cmd
+}
+
+func newKitBuildCmd() *cobra.Command {
+	var force bool
+	var adds []string
+	cmd := &cobra.Command{
+		Use:   "build [--force] [--add HOST:GUEST ...]",
+		Short: "Build the default guest kit, or verify the cached one",
+		Long: `Build the default guest kit, or verify the cached one and reuse it.
+
+--add HOST:GUEST places a host file (or directory, recursively) into the kit's
+initramfs at GUEST; the set of added files is replaced on every build, so
+'gatevisor kit build' without --add restores the plain kit.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			specs := make([]kit.FileSpec, 0, len(adds))
+			for _, a := range adds {
+				s, err := kit.ParseFileSpec(a)
+				if err != nil {
+					return err
+				}
+				specs = append(specs, s)
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			opts := kit.Options{Progress: cmd.ErrOrStderr(), Force: force}
+			k, err := kit.EnsureDefault(ctx, opts)
+			if err != nil {
+				return err
+			}
+			if k, err = kit.SetExtraFiles(ctx, opts, specs); err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "kit:     %s\n", k.Dir)
+			fmt.Fprintf(out, "kernel:  %s (%s)\n", k.Kernel, k.KernelRelease)
+			fmt.Fprintf(out, "initrd:  %s\n", k.Initrd)
+			fmt.Fprintf(out, "append:  %s\n", k.Append)
+			for _, x := range k.Manifest.ExtraFiles {
+				fmt.Fprintf(out, "added:   %s -> %s\n", x.Host, x.Guest)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&force, "force", false, "rebuild even if a valid kit is cached (re-resolves the packages)")
+	cmd.Flags().StringArrayVar(&adds, "add", nil, "add a host file to the initramfs as HOST:GUEST (repeatable)")
+	return cmd
+}
+
+func newKitShowCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "show",
+		Short: "Print the cached kit's manifest (JSON)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			dir, err := kit.CacheDir()
+			if err != nil {
+				return err
+			}
+			data, err := os.ReadFile(filepath.Join(dir, "kit", "manifest.json"))
+			if os.IsNotExist(err) {
+				return fmt.Errorf("no kit in %s: run 'gatevisor kit build'", dir)
+			}
+			if err != nil {
+				return fmt.Errorf("read manifest: %w", err)
+			}
+			var m kit.Manifest
+			if err := json.Unmarshal(data, &m); err != nil {
+				return fmt.Errorf("parse %s: %w", filepath.Join(dir, "kit", "manifest.json"), err)
+			}
+			enc := json.NewEncoder(cmd.OutOrStdout())
+			enc.SetIndent("", "  ")
+			return enc.Encode(m)
+		},
+	}
+}
