@@ -43,7 +43,7 @@ type CPUState struct {
 	// Index is the vCPU's position in the dump, from 0.
 	Index int
 	// Version is QEMUCPUState's version (1 in every QEMU release so far).
-	Version uint32
+	Version                                uint32
 	RAX, RBX, RCX, RDX, RSI, RDI, RSP, RBP uint64
 	R8, R9, R10, R11, R12, R13, R14, R15   uint64
 	RIP, RFLAGS                            uint64

@@ -1,0 +1,182 @@
+package linux
+
+import (
+	"bytes"
+	"compress/bzip2"
+	"compress/gzip"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/ulikunitz/xz/lzma"
+)
+
+// Compression names the compression of a bzImage payload.
+type Compression string
+
+// Payload compressions the x86 boot protocol allows.
+const (
+	CompressionNone  Compression = "none" // the input was already a vmlinux ELF
+	CompressionGzip  Compression = "gzip"
+	CompressionBzip2 Compression = "bzip2"
+	CompressionLZMA  Compression = "lzma"
+	CompressionXZ    Compression = "xz"
+	CompressionLZO   Compression = "lzo"
+	CompressionLZ4   Compression = "lz4"
+	CompressionZstd  Compression = "zstd"
+)
+
+var (
+	// ErrNotKernel means the input is neither a bzImage nor a vmlinux ELF.
+	ErrNotKernel = errors.New("linux: not a kernel image")
+	// ErrUnsupportedCompression means the payload's compression is not supported (LZO).
+	ErrUnsupportedCompression = errors.New("linux: unsupported kernel compression")
+)
+
+// MaxVmlinuxSize bounds the decompressed kernel.
+const MaxVmlinuxSize = 1 << 30
+
+// x86 boot protocol header fields (Documentation/arch/x86/boot.rst).
+const (
+	hdrSetupSects    = 0x1f1
+	hdrMagic         = 0x202 // "HdrS"
+	hdrVersion       = 0x206
+	hdrPayloadOffset = 0x248 // protocol 2.08+
+	hdrPayloadLength = 0x24c
+)
+
+// BzImageHeader is what ExtractVmlinux read from the boot protocol header.
+type BzImageHeader struct {
+	Protocol      uint16 // e.g. 0x20f
+	SetupSects    int
+	PayloadOffset int64 // from the start of the file
+	PayloadLength int64
+	Compression   Compression
+}
+
+// ParseBzImage reads the boot protocol header of a bzImage and identifies its
+// payload's compression by magic.
+func ParseBzImage(img []byte) (BzImageHeader, error) {
+	var h BzImageHeader
+	if len(img) < hdrPayloadLength+4 || string(img[hdrMagic:hdrMagic+4]) != "HdrS" {
+		return h, fmt.Errorf("%w: no x86 boot header", ErrNotKernel)
+	}
+	le := binary.LittleEndian
+	h.Protocol = le.Uint16(img[hdrVersion:])
+	if h.Protocol < 0x208 {
+		return h, fmt.Errorf("%w: boot protocol %#x has no payload fields (need 2.08+)", ErrNotKernel, h.Protocol)
+	}
+	h.SetupSects = int(img[hdrSetupSects])
+	if h.SetupSects == 0 {
+		h.SetupSects = 4
+	}
+	start := int64(h.SetupSects+1) * 512
+	h.PayloadOffset = start + int64(le.Uint32(img[hdrPayloadOffset:]))
+	h.PayloadLength = int64(le.Uint32(img[hdrPayloadLength:]))
+	if h.PayloadOffset > int64(len(img)) || int64(len(img))-h.PayloadOffset < h.PayloadLength || h.PayloadLength < 8 {
+		return h, fmt.Errorf("%w: payload %#x+%#x outside the %d-byte image", ErrNotKernel, h.PayloadOffset, h.PayloadLength, len(img))
+	}
+	h.Compression = detectCompression(img[h.PayloadOffset : h.PayloadOffset+h.PayloadLength])
+	if h.Compression == "" {
+		return h, fmt.Errorf("%w: unknown payload magic % x", ErrUnsupportedCompression, img[h.PayloadOffset:h.PayloadOffset+6])
+	}
+	return h, nil
+}
+
+func detectCompression(p []byte) Compression {
+	switch {
+	case bytes.HasPrefix(p, []byte{0x1f, 0x8b}):
+		return CompressionGzip
+	case bytes.HasPrefix(p, []byte("BZh")):
+		return CompressionBzip2
+	case bytes.HasPrefix(p, []byte("\xfd7zXZ\x00")):
+		return CompressionXZ
+	case bytes.HasPrefix(p, []byte{0x28, 0xb5, 0x2f, 0xfd}):
+		return CompressionZstd
+	case bytes.HasPrefix(p, []byte{0x02, 0x21, 0x4c, 0x18}):
+		return CompressionLZ4
+	case bytes.HasPrefix(p, []byte{0x89, 'L', 'Z', 'O'}):
+		return CompressionLZO
+	case bytes.HasPrefix(p, []byte{0x5d, 0x00, 0x00}):
+		return CompressionLZMA
+	case bytes.HasPrefix(p, []byte("\x7fELF")):
+		return CompressionNone
+	}
+	return ""
+}
+
+// ExtractVmlinux returns the decompressed kernel (an ELF vmlinux on x86) of
+// a bzImage. An input that already is an ELF file is returned as it is.
+func ExtractVmlinux(img []byte) ([]byte, Compression, error) {
+	if bytes.HasPrefix(img, []byte("\x7fELF")) {
+		return img, CompressionNone, nil
+	}
+	h, err := ParseBzImage(img)
+	if err != nil {
+		return nil, "", err
+	}
+	p := img[h.PayloadOffset : h.PayloadOffset+h.PayloadLength]
+	// Every compressor but gzip is followed by the decompressed size as a
+	// 32-bit little-endian value (scripts/Makefile.lib size_append); gzip's own
+	// trailer ends with the same value.
+	size := int64(binary.LittleEndian.Uint32(p[len(p)-4:]))
+	if size == 0 || size > MaxVmlinuxSize {
+		return nil, "", fmt.Errorf("%w: decompressed size %d out of range", ErrNotKernel, size)
+	}
+	body := p
+	if h.Compression != CompressionGzip {
+		body = p[:len(p)-4]
+	}
+	var out []byte
+	switch h.Compression {
+	case CompressionNone:
+		out = body
+	case CompressionXZ:
+		out, err = decompressXZ(body, size)
+	case CompressionLZ4:
+		out, err = decompressLZ4Legacy(body, size)
+	case CompressionGzip:
+		var zr *gzip.Reader
+		if zr, err = gzip.NewReader(bytes.NewReader(body)); err == nil {
+			zr.Multistream(false)
+			out, err = readBounded(zr, size)
+		}
+	case CompressionBzip2:
+		out, err = readBounded(bzip2.NewReader(bytes.NewReader(body)), size)
+	case CompressionLZMA:
+		var lr *lzma.Reader
+		if lr, err = lzma.NewReader(bytes.NewReader(body)); err == nil {
+			out, err = readBounded(lr, size)
+		}
+	case CompressionZstd:
+		var zr *zstd.Decoder
+		if zr, err = zstd.NewReader(bytes.NewReader(body), zstd.WithDecoderMaxMemory(MaxVmlinuxSize), zstd.WithDecoderConcurrency(1)); err == nil {
+			out, err = readBounded(zr, size)
+			zr.Close()
+		}
+	default:
+		return nil, h.Compression, fmt.Errorf("%w: %s", ErrUnsupportedCompression, h.Compression)
+	}
+	if err != nil {
+		return nil, h.Compression, fmt.Errorf("linux: decompress %s payload: %w", h.Compression, err)
+	}
+	if int64(len(out)) != size {
+		return nil, h.Compression, fmt.Errorf("linux: %s payload decompressed to %d bytes, header says %d", h.Compression, len(out), size)
+	}
+	return out, h.Compression, nil
+}
+
+// readBounded reads r to its end, failing if it holds more than size bytes.
+func readBounded(r io.Reader, size int64) ([]byte, error) {
+	out := bytes.NewBuffer(make([]byte, 0, size))
+	n, err := io.Copy(out, io.LimitReader(r, size+1))
+	if err != nil {
+		return nil, err
+	}
+	if n > size {
+		return nil, fmt.Errorf("more than the %d bytes the header announces", size)
+	}
+	return out.Bytes(), nil
+}

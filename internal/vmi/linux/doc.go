@@ -1,0 +1,19 @@
+// Package linux builds a Linux kernel profile with no debug package and finds
+// the running kernel in guest memory.
+//
+// A Profile comes from the kernel image alone (the bzImage a kit boots, or a
+// vmlinux): the image is decompressed (ExtractVmlinux), symbols come from the
+// kernel's own compressed kallsyms tables (ParseKallsyms, located by content:
+// there is no symbol table), and structure layouts from its .BTF section via
+// cilium/ebpf's btf package. Profiles are cached per kernel build under the
+// user's cache directory.
+//
+// Locate works out where KASLR put the kernel: the physical load address (the
+// banner's bytes in physical memory) and the virtual slide (where the page
+// tables map _text), verified by reading linux_banner back through the page
+// tables.
+//
+// Like package vmi, everything here treats kernel images and guest memory as
+// hostile input: every table, count and offset is bounded, and the parsers are
+// fuzzed. Imported by internal/monitor and the IDS.
+package linux

@@ -1,0 +1,448 @@
+package linux
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sort"
+)
+
+// The kernel keeps its symbol table in .rodata as compressed kallsyms tables
+// (scripts/kallsyms.c writes them, kernel/kallsyms.c reads them):
+//
+//	kallsyms_num_syms     count N
+//	kallsyms_names        N entries: a length (1 byte, or 2 as ULEB128 from
+//	                      6.1 on) then that many token indexes; the expanded
+//	                      text is the type letter followed by the name
+//	kallsyms_markers      offset in kallsyms_names of every 256th entry
+//	kallsyms_token_table  256 NUL-terminated tokens
+//	kallsyms_token_index  256 uint16 offsets of the tokens in the table
+//	kallsyms_offsets      N int32, with kallsyms_relative_base (u64), when
+//	                      CONFIG_KALLSYMS_BASE_RELATIVE; else
+//	                      kallsyms_addresses, N u64
+//
+// Up to 6.3 the address tables come first (offsets, relative base, num_syms,
+// names, markers, [6.2-6.3: seqs_of_names], token table, token index); from
+// 6.4 they come after the token index. There are no symbols pointing at any
+// of them in a stripped image, so they are found by content: the token table
+// holds the single-character tokens "0".."9" in slots 0x30-0x39, the token
+// index must describe the table exactly, the markers must match the names,
+// and the decoded addresses must be sorted.
+
+// Symbol is one kallsyms entry.
+type Symbol struct {
+	Name string
+	// Addr is the link-time address (before any KASLR slide).
+	Addr uint64
+	// Type is nm's type letter: 'T' text, 'D' data, 'R' read-only, 'B' bss...
+	Type byte
+}
+
+// KallsymsLayout tells where the tables were found (offsets into the image)
+// and how addresses are encoded.
+type KallsymsLayout struct {
+	NumSyms, Names, Markers, TokenTable, TokenIndex, Addresses int
+	// BaseRelative is CONFIG_KALLSYMS_BASE_RELATIVE: int32 offsets from
+	// RelativeBase instead of absolute addresses.
+	BaseRelative bool
+	// AbsolutePercpu is CONFIG_KALLSYMS_ABSOLUTE_PERCPU: non-negative offsets
+	// are absolute values (per-CPU symbols), negative ones relative.
+	AbsolutePercpu bool
+	RelativeBase   uint64
+	// MarkerSize is 4, or 8 on old kernels whose markers were longs.
+	MarkerSize int
+}
+
+// Kallsyms is a kernel's symbol table decoded from its kallsyms tables.
+type Kallsyms struct {
+	Layout KallsymsLayout
+	syms   []Symbol // sorted by address, as the kernel keeps them
+	byName map[string]int
+}
+
+// ErrNoKallsyms means no consistent kallsyms tables were found.
+var ErrNoKallsyms = errors.New("linux: kallsyms tables not found")
+
+// Bounds on what a real kernel has.
+const (
+	maxSyms       = 4 << 20
+	minSyms       = 256
+	maxTokenLen   = 256
+	maxSymNameLen = 1024 // KSYM_NAME_LEN is 512 from 6.1 on
+	maxEntryLen   = 0x3fff
+	maxCandidates = 64
+	namesWindow   = 64 << 20 // how far before the token table to look for the names
+)
+
+// ParseKallsyms finds and decodes the kallsyms tables in a decompressed
+// kernel image (an ELF vmlinux or a raw image).
+func ParseKallsyms(img []byte) (*Kallsyms, error) {
+	digits := []byte("0\x001\x002\x003\x004\x005\x006\x007\x008\x009\x00")
+	var lastErr error = ErrNoKallsyms
+	from := 0
+	for tries := 0; tries < maxCandidates; tries++ {
+		i := bytes.Index(img[from:], digits)
+		if i < 0 {
+			break
+		}
+		d := from + i
+		from = d + 1
+		tt, tokens, err := tokenTableAt(img, d)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		k, err := parseWithTokens(img, tt, tokens)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		return k, nil
+	}
+	return nil, lastErr
+}
+
+// tokenTableAt checks for a token table whose token 0x30 ("0") is at d and
+// returns the table's offset, its tokens, and the token index's end.
+func tokenTableAt(img []byte, d int) (tokenTable tokenTableInfo, tokens []string, err error) {
+	// Walk back 0x30 tokens: each is non-empty and NUL-terminated.
+	start := d
+	for i := 0; i < 0x30; i++ {
+		if start < 2 || img[start-1] != 0 || img[start-2] == 0 {
+			return tokenTable, nil, fmt.Errorf("%w: no token table before %#x", ErrNoKallsyms, d)
+		}
+		j := start - 2
+		for j > 0 && img[j-1] != 0 && start-j <= maxTokenLen {
+			j--
+		}
+		if start-j > maxTokenLen || j == 0 {
+			return tokenTable, nil, fmt.Errorf("%w: token too long before %#x", ErrNoKallsyms, d)
+		}
+		start = j
+	}
+	offs := make([]int, 256)
+	tokens = make([]string, 256)
+	p := start
+	for i := 0; i < 256; i++ {
+		offs[i] = p - start
+		end := bytes.IndexByte(img[p:min(len(img), p+maxTokenLen+1)], 0)
+		if end <= 0 {
+			return tokenTable, nil, fmt.Errorf("%w: bad token %d at %#x", ErrNoKallsyms, i, p)
+		}
+		tokens[i] = string(img[p : p+end])
+		p += end + 1
+	}
+	if offs[0x30] != d-start {
+		return tokenTable, nil, fmt.Errorf("%w: token 0x30 misplaced", ErrNoKallsyms)
+	}
+	// The token index follows, aligned to at most 8 bytes.
+	le := binary.LittleEndian
+	for ti := p; ti < p+8 && ti+512 <= len(img); ti++ {
+		ok := true
+		for i := 0; i < 256 && ok; i++ {
+			ok = int(le.Uint16(img[ti+2*i:])) == offs[i]
+		}
+		if ok {
+			return tokenTableInfo{table: start, index: ti}, tokens, nil
+		}
+	}
+	return tokenTable, nil, fmt.Errorf("%w: no token index after token table at %#x", ErrNoKallsyms, start)
+}
+
+type tokenTableInfo struct{ table, index int }
+
+// namesInfo is a verified kallsyms_names table.
+type namesInfo struct {
+	numSyms, names, markers, markerSize, n int
+}
+
+func parseWithTokens(img []byte, tt tokenTableInfo, tokens []string) (*Kallsyms, error) {
+	ni, err := findNames(img, tt.table)
+	if err != nil {
+		return nil, err
+	}
+	k := &Kallsyms{Layout: KallsymsLayout{
+		NumSyms: ni.numSyms, Names: ni.names, Markers: ni.markers, MarkerSize: ni.markerSize,
+		TokenTable: tt.table, TokenIndex: tt.index,
+	}}
+	names, types, err := decodeNames(img[ni.names:], ni.n, tokens)
+	if err != nil {
+		return nil, err
+	}
+	addrs, err := findAddresses(img, ni, tt.index+512, &k.Layout)
+	if err != nil {
+		return nil, err
+	}
+	k.syms = make([]Symbol, ni.n)
+	k.byName = make(map[string]int, ni.n)
+	for i := range k.syms {
+		k.syms[i] = Symbol{Name: names[i], Addr: addrs[i], Type: types[i]}
+		if _, dup := k.byName[names[i]]; !dup {
+			k.byName[names[i]] = i
+		}
+	}
+	return k, nil
+}
+
+// entryLen reads a kallsyms_names entry's length at b[0:]: one byte, or a
+// two-byte ULEB128 when the first byte has its top bit set (6.1+).
+func entryLen(b []byte) (n, hdr int, ok bool) {
+	if len(b) == 0 {
+		return 0, 0, false
+	}
+	if b[0]&0x80 == 0 {
+		return int(b[0]), 1, b[0] != 0
+	}
+	if len(b) < 2 || b[1]&0x80 != 0 {
+		return 0, 0, false
+	}
+	return int(b[0]&0x7f) | int(b[1])<<7, 2, true
+}
+
+// skipEntries walks count entries from off in names and returns the offset
+// after them, checking every 256th against markers (marker i for entry
+// first+256*i... when first%256 == 0).
+func skipEntries(img []byte, off, end, count int) (int, bool) {
+	for i := 0; i < count; i++ {
+		n, h, ok := entryLen(img[off:end])
+		if !ok || n > maxEntryLen || end-off < h+n {
+			return 0, false
+		}
+		off += h + n
+	}
+	return off, true
+}
+
+// findNames locates kallsyms_markers, kallsyms_names and kallsyms_num_syms
+// before the token table at tt.
+func findNames(img []byte, tt int) (namesInfo, error) {
+	le := binary.LittleEndian
+	low := max(0, tt-namesWindow)
+	for _, es := range []int{4, 8} {
+		get := func(p int) uint64 {
+			if es == 4 {
+				return uint64(le.Uint32(img[p:]))
+			}
+			return le.Uint64(img[p:])
+		}
+		for p := (tt - 3*es) &^ 3; p >= low; p -= 4 {
+			// Markers start with 0, then offsets 256 entries apart (each entry at
+			// least 2 bytes, at most a few hundred in practice).
+			if get(p) != 0 {
+				continue
+			}
+			m1 := get(p + es)
+			if m1 < 512 || m1 > 256*600 {
+				continue
+			}
+			var m []uint64
+			for q := p; q+es <= tt; q += es {
+				v := get(q)
+				if len(m) > 0 && (v <= m[len(m)-1] || v-m[len(m)-1] < 512 || v-m[len(m)-1] > 256*maxEntryLen) {
+					break
+				}
+				m = append(m, v)
+			}
+			if len(m) < 2 {
+				continue
+			}
+			if ni, ok := namesBeforeMarkers(img, p, es, m); ok {
+				return ni, nil
+			}
+		}
+	}
+	return namesInfo{}, fmt.Errorf("%w: no names/markers before token table at %#x", ErrNoKallsyms, tt)
+}
+
+// namesBeforeMarkers looks for kallsyms_num_syms and kallsyms_names ending
+// just before markers at p.
+func namesBeforeMarkers(img []byte, p, es int, m []uint64) (namesInfo, bool) {
+	le := binary.LittleEndian
+	for mm := len(m); mm >= max(2, len(m)-3); mm-- {
+		last := int(m[mm-1])
+		lo, hi := 256*(mm-1)+1, 256*mm
+		for s := p - last - 2; s >= 8 && s > p-last-256*600; s-- {
+			for _, gap := range []int{8, 4} {
+				n := int(le.Uint32(img[s-gap:]))
+				if n < lo || n > hi || n > maxSyms {
+					continue
+				}
+				if ni, ok := verifyNames(img, s, s-gap, p, es, n, m[:mm]); ok {
+					return ni, true
+				}
+			}
+		}
+	}
+	return namesInfo{}, false
+}
+
+func verifyNames(img []byte, s, numSyms, p, es, n int, m []uint64) (namesInfo, bool) {
+	off := s
+	for i := 0; i < n; i += 256 {
+		if uint64(off-s) != m[i/256] {
+			return namesInfo{}, false
+		}
+		var ok bool
+		if off, ok = skipEntries(img, off, p, min(256, n-i)); !ok {
+			return namesInfo{}, false
+		}
+	}
+	if p-off >= 8 {
+		return namesInfo{}, false
+	}
+	for _, c := range img[off:p] {
+		if c != 0 {
+			return namesInfo{}, false
+		}
+	}
+	return namesInfo{numSyms: numSyms, names: s, markers: p, markerSize: es, n: n}, true
+}
+
+// decodeNames expands n entries of kallsyms_names.
+func decodeNames(b []byte, n int, tokens []string) (names []string, types []byte, err error) {
+	names = make([]string, n)
+	types = make([]byte, n)
+	var buf []byte
+	off := 0
+	for i := 0; i < n; i++ {
+		l, h, ok := entryLen(b[off:])
+		if !ok || len(b)-off < h+l {
+			return nil, nil, fmt.Errorf("%w: names entry %d truncated", ErrNoKallsyms, i)
+		}
+		buf = buf[:0]
+		for _, t := range b[off+h : off+h+l] {
+			buf = append(buf, tokens[t]...)
+			if len(buf) > maxSymNameLen {
+				return nil, nil, fmt.Errorf("%w: symbol %d longer than %d bytes", ErrNoKallsyms, i, maxSymNameLen)
+			}
+		}
+		if len(buf) < 2 {
+			return nil, nil, fmt.Errorf("%w: empty symbol %d", ErrNoKallsyms, i)
+		}
+		types[i] = buf[0]
+		names[i] = string(buf[1:])
+		off += h + l
+	}
+	return names, types, nil
+}
+
+// findAddresses locates and decodes the address table for ni's n symbols:
+// before kallsyms_num_syms (up to 6.3) or after the token index (6.4+).
+func findAddresses(img []byte, ni namesInfo, afterIndex int, lay *KallsymsLayout) ([]uint64, error) {
+	le := binary.LittleEndian
+	n := ni.n
+	align8 := func(x int) int { return (x + 7) &^ 7 }
+	type cand struct {
+		offsets, base int // base < 0: absolute u64 addresses
+	}
+	var cands []cand
+	// Up to 6.3: offsets, relative_base, num_syms.
+	rb := ni.numSyms - 8
+	cands = append(cands, cand{rb - align8(4*n), rb}, cand{rb - 4*n, rb}, cand{align8(ni.numSyms-8*n) - 8, -1}, cand{ni.numSyms - 8*n, -1})
+	// 6.4+: after the token index.
+	for _, o := range []int{afterIndex, align8(afterIndex)} {
+		cands = append(cands, cand{o, o + align8(4*n)}, cand{o, o + 4*n}, cand{o, -1})
+	}
+	for _, c := range cands {
+		if c.offsets < 0 || c.offsets > len(img) {
+			continue
+		}
+		if c.base < 0 {
+			if len(img)-c.offsets < 8*n {
+				continue
+			}
+			addrs := make([]uint64, n)
+			for i := range addrs {
+				addrs[i] = le.Uint64(img[c.offsets+8*i:])
+			}
+			if sortedKernel(addrs) {
+				lay.Addresses = c.offsets
+				return addrs, nil
+			}
+			continue
+		}
+		if c.base+8 > len(img) || len(img)-c.offsets < 4*n || c.base < c.offsets+4*n {
+			continue
+		}
+		base := le.Uint64(img[c.base:])
+		if base < 0xffff800000000000 && base>>32 == 0 {
+			continue // not a kernel address (64- or 32-bit)
+		}
+		abs := false
+		for i := 0; i < n; i++ {
+			if int32(le.Uint32(img[c.offsets+4*i:])) < 0 {
+				abs = true
+				break
+			}
+		}
+		addrs := make([]uint64, n)
+		for i := range addrs {
+			v := int32(le.Uint32(img[c.offsets+4*i:]))
+			switch {
+			case !abs:
+				addrs[i] = base + uint64(uint32(v))
+			case v >= 0:
+				addrs[i] = uint64(v)
+			default:
+				addrs[i] = base - 1 - uint64(int64(v))
+			}
+		}
+		if sortedKernel(addrs) {
+			lay.Addresses, lay.BaseRelative, lay.AbsolutePercpu, lay.RelativeBase = c.offsets, true, abs, base
+			return addrs, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: no address table for %d symbols", ErrNoKallsyms, n)
+}
+
+// sortedKernel reports whether addrs is non-decreasing and ends in kernel space.
+func sortedKernel(addrs []uint64) bool {
+	for i := 1; i < len(addrs); i++ {
+		if addrs[i] < addrs[i-1] {
+			return false
+		}
+	}
+	return len(addrs) > 0 && addrs[len(addrs)-1] >= 0xc0000000
+}
+
+// Len returns the number of symbols.
+func (k *Kallsyms) Len() int { return len(k.syms) }
+
+// Symbols returns all symbols sorted by address.
+func (k *Kallsyms) Symbols() []Symbol { return append([]Symbol(nil), k.syms...) }
+
+// Lookup returns the link-time address of the first symbol called name.
+func (k *Kallsyms) Lookup(name string) (uint64, bool) {
+	i, ok := k.byName[name]
+	if !ok {
+		return 0, false
+	}
+	return k.syms[i].Addr, true
+}
+
+// Symbol returns the symbol containing link-time address addr: the last one
+// at or below it (preferring a text symbol among equal addresses), and addr's
+// offset from it. It fails below the first and above the last symbol, and for
+// addresses in the per-CPU range (below the first kernel-space symbol) unless
+// addr itself is per-CPU.
+func (k *Kallsyms) Symbol(addr uint64) (Symbol, uint64, bool) {
+	i := sort.Search(len(k.syms), func(i int) bool { return k.syms[i].Addr > addr }) - 1
+	if i < 0 || i == len(k.syms)-1 && addr != k.syms[i].Addr {
+		return Symbol{}, 0, false
+	}
+	// Among aliases at the same address take the first text symbol, else the first.
+	j := i
+	for j > 0 && k.syms[j-1].Addr == k.syms[i].Addr {
+		j--
+	}
+	best := i
+	for x := j; x <= i; x++ {
+		if t := k.syms[x].Type; t == 'T' || t == 't' {
+			best = x
+			break
+		}
+	}
+	s := k.syms[best]
+	return s, addr - s.Addr, true
+}

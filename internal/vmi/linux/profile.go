@@ -1,0 +1,368 @@
+package linux
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"debug/elf"
+	"encoding/binary"
+	"encoding/gob"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/cilium/ebpf/btf"
+)
+
+// Profile is what introspection needs to know about one kernel build: its
+// banner, symbols (link-time addresses) and structure layouts.
+type Profile struct {
+	// Banner is linux_banner, e.g. "Linux version 6.1.0-56-amd64 (...) ...\n".
+	Banner string
+	// Release is the banner's version word, e.g. "6.1.0-56-amd64".
+	Release string
+	// BuildID is the hex GNU build id of vmlinux, if it has one.
+	BuildID string
+	// Compression is how the bzImage payload was compressed.
+	Compression Compression
+	Symbols     *Kallsyms
+	BTF         *btf.Spec
+
+	rawBTF []byte
+}
+
+var (
+	// ErrNoBTF means the kernel has no .BTF section (CONFIG_DEBUG_INFO_BTF=n).
+	ErrNoBTF = errors.New("linux: kernel has no .BTF section (needs CONFIG_DEBUG_INFO_BTF)")
+	// ErrNoSymbol means a symbol the operation needs is not in kallsyms.
+	ErrNoSymbol = errors.New("linux: symbol not found")
+	// ErrNoField means a structure or field path is not in BTF.
+	ErrNoField = errors.New("linux: structure field not found")
+)
+
+// NewProfile builds a profile from a kernel image: a bzImage or a vmlinux ELF.
+// It does no I/O.
+func NewProfile(img []byte) (*Profile, error) {
+	vmlinux, comp, err := ExtractVmlinux(img)
+	if err != nil {
+		return nil, err
+	}
+	p := &Profile{Compression: comp}
+	if p.Symbols, err = ParseKallsyms(vmlinux); err != nil {
+		return nil, err
+	}
+	f, err := openELF(vmlinux)
+	if err != nil {
+		return nil, err
+	}
+	sec := f.Section(".BTF")
+	if sec == nil || sec.Type == elf.SHT_NOBITS {
+		return nil, ErrNoBTF
+	}
+	if sec.Size > uint64(len(vmlinux)) {
+		return nil, fmt.Errorf("linux: .BTF section of %d bytes in a %d-byte image", sec.Size, len(vmlinux))
+	}
+	if p.rawBTF, err = sec.Data(); err != nil {
+		return nil, fmt.Errorf("linux: read .BTF: %w", err)
+	}
+	if p.BTF, err = btf.LoadSpecFromReader(bytes.NewReader(p.rawBTF)); err != nil {
+		return nil, fmt.Errorf("linux: parse .BTF: %w", err)
+	}
+	if sec := f.Section(".notes"); sec != nil && sec.Type != elf.SHT_NOBITS && sec.Size < 1<<20 {
+		if b, err := sec.Data(); err == nil {
+			p.BuildID = gnuBuildID(b)
+		}
+	}
+	if err := p.readBanner(f, vmlinux); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// openELF parses an ELF image; debug/elf is not hardened against every
+// malformed input, so a panic in it becomes an error.
+func openELF(b []byte) (f *elf.File, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			f, err = nil, fmt.Errorf("linux: malformed vmlinux ELF: %v", r)
+		}
+	}()
+	f, err = elf.NewFile(bytes.NewReader(b))
+	if err != nil {
+		return nil, fmt.Errorf("linux: vmlinux is not an ELF file: %w", err)
+	}
+	return f, nil
+}
+
+// readBanner reads linux_banner from the image at its link-time address.
+func (p *Profile) readBanner(f *elf.File, img []byte) error {
+	addr, ok := p.Symbols.Lookup("linux_banner")
+	if !ok {
+		return fmt.Errorf("%w: linux_banner", ErrNoSymbol)
+	}
+	for _, prog := range f.Progs {
+		if prog.Type != elf.PT_LOAD || addr < prog.Vaddr || addr-prog.Vaddr >= prog.Filesz {
+			continue
+		}
+		off := prog.Off + (addr - prog.Vaddr)
+		if off >= uint64(len(img)) {
+			break
+		}
+		b := img[off:min(uint64(len(img)), off+1024)]
+		end := bytes.IndexByte(b, 0)
+		if end < 0 || !bytes.HasPrefix(b, []byte("Linux version ")) {
+			return fmt.Errorf("linux: linux_banner at %#x does not hold a banner", addr)
+		}
+		p.Banner = string(b[:end])
+		if f := strings.Fields(p.Banner); len(f) >= 3 {
+			p.Release = f[2]
+		}
+		return nil
+	}
+	return fmt.Errorf("linux: linux_banner at %#x is outside the image's segments", addr)
+}
+
+func gnuBuildID(notes []byte) string {
+	le := binary.LittleEndian
+	for len(notes) >= 12 {
+		namesz, descsz, typ := uint64(le.Uint32(notes)), uint64(le.Uint32(notes[4:])), le.Uint32(notes[8:])
+		notes = notes[12:]
+		n, d := (namesz+3)&^3, (descsz+3)&^3
+		if n > uint64(len(notes)) || d > uint64(len(notes))-n {
+			return ""
+		}
+		if typ == 3 && namesz == 4 && string(notes[:3]) == "GNU" {
+			return hex.EncodeToString(notes[n : n+descsz])
+		}
+		notes = notes[n+d:]
+	}
+	return ""
+}
+
+// Symbol returns a symbol's link-time address.
+func (p *Profile) Symbol(name string) (uint64, error) {
+	a, ok := p.Symbols.Lookup(name)
+	if !ok {
+		return 0, fmt.Errorf("%w: %s", ErrNoSymbol, name)
+	}
+	return a, nil
+}
+
+// FieldOffset returns the byte offset of a field given as a path from a
+// structure: "task_struct.comm", "task_struct.se.vruntime". Members of
+// anonymous unions and structures are found as if they were direct members.
+func (p *Profile) FieldOffset(path string) (uint64, error) {
+	off, _, err := p.field(path)
+	return off, err
+}
+
+// Field returns a field's offset and type.
+func (p *Profile) Field(path string) (uint64, btf.Type, error) {
+	return p.field(path)
+}
+
+func (p *Profile) field(path string) (uint64, btf.Type, error) {
+	parts := strings.Split(path, ".")
+	if len(parts) < 2 {
+		return 0, nil, fmt.Errorf("%w: %q is not struct.field", ErrNoField, path)
+	}
+	var typ btf.Type
+	var s *btf.Struct
+	if err := p.BTF.TypeByName(parts[0], &s); err != nil {
+		var u *btf.Union
+		if err2 := p.BTF.TypeByName(parts[0], &u); err2 != nil {
+			return 0, nil, fmt.Errorf("%w: %s: %v", ErrNoField, parts[0], err)
+		}
+		typ = u
+	} else {
+		typ = s
+	}
+	var off uint64
+	for i, name := range parts[1:] {
+		m, moff, ok := findMember(typ, name, 0)
+		if !ok {
+			return 0, nil, fmt.Errorf("%w: %s has no member %q", ErrNoField, strings.Join(parts[:i+1], "."), name)
+		}
+		if m.BitfieldSize != 0 || moff%8 != 0 {
+			return 0, nil, fmt.Errorf("%w: %s is a bitfield", ErrNoField, strings.Join(parts[:i+2], "."))
+		}
+		off += moff / 8
+		typ = btf.UnderlyingType(m.Type)
+	}
+	return off, typ, nil
+}
+
+// findMember finds name among typ's members, descending into anonymous
+// members; it returns the member and its bit offset from typ's start.
+func findMember(typ btf.Type, name string, depth int) (btf.Member, uint64, bool) {
+	if depth > 16 {
+		return btf.Member{}, 0, false
+	}
+	var members []btf.Member
+	switch t := btf.UnderlyingType(typ).(type) {
+	case *btf.Struct:
+		members = t.Members
+	case *btf.Union:
+		members = t.Members
+	default:
+		return btf.Member{}, 0, false
+	}
+	for _, m := range members {
+		if m.Name == name {
+			return m, uint64(m.Offset), true
+		}
+	}
+	for _, m := range members {
+		if m.Name != "" {
+			continue
+		}
+		if inner, off, ok := findMember(m.Type, name, depth+1); ok {
+			return inner, uint64(m.Offset) + off, true
+		}
+	}
+	return btf.Member{}, 0, false
+}
+
+// StructSize returns the size in bytes of a structure.
+func (p *Profile) StructSize(name string) (uint64, error) {
+	var s *btf.Struct
+	if err := p.BTF.TypeByName(name, &s); err != nil {
+		return 0, fmt.Errorf("%w: struct %s: %v", ErrNoField, name, err)
+	}
+	return uint64(s.Size), nil
+}
+
+// Profile cache.
+
+// cacheFormat is bumped when the cached encoding changes.
+const cacheFormat = 1
+
+type cachedProfile struct {
+	Format      int
+	Banner      string
+	Release     string
+	BuildID     string
+	Compression Compression
+	Layout      KallsymsLayout
+	Names       []string
+	Addrs       []uint64
+	Types       []byte
+	BTF         []byte
+}
+
+// ProfileCacheDir returns the directory profiles are cached in:
+// <user cache dir>/gatevisor/profiles.
+func ProfileCacheDir() (string, error) {
+	d, err := os.UserCacheDir()
+	if err != nil {
+		return "", fmt.Errorf("linux: no cache directory: %w", err)
+	}
+	return filepath.Join(d, "gatevisor", "profiles"), nil
+}
+
+// BannerKey is the cache key of a kernel build: the sha256 of its banner,
+// which names the release, the compiler, the build number and date.
+func BannerKey(banner string) string {
+	h := sha256.Sum256([]byte(banner))
+	return hex.EncodeToString(h[:16])
+}
+
+// LoadProfile returns the profile of the kernel image at path, from the cache
+// in cacheDir ("" means ProfileCacheDir) when it has one for this image, and
+// builds and caches it otherwise. Cache failures are not fatal: the profile is
+// then built from the image.
+func LoadProfile(path, cacheDir string) (*Profile, error) {
+	img, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("linux: read kernel image: %w", err)
+	}
+	if cacheDir == "" {
+		if cacheDir, err = ProfileCacheDir(); err != nil {
+			return NewProfile(img)
+		}
+	}
+	sum := sha256.Sum256(img)
+	index := filepath.Join(cacheDir, "image-"+hex.EncodeToString(sum[:16]))
+	if key, err := os.ReadFile(index); err == nil {
+		if p, err := LoadCachedProfile(cacheDir, strings.TrimSpace(string(key))); err == nil {
+			return p, nil
+		}
+	}
+	p, err := NewProfile(img)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.store(cacheDir); err == nil {
+		writeFileAtomic(index, []byte(BannerKey(p.Banner)+"\n"))
+	}
+	return p, nil
+}
+
+// LoadCachedProfile loads the cached profile with the given BannerKey, for
+// example to analyse a dump whose banner is known but whose image is not.
+func LoadCachedProfile(cacheDir, key string) (*Profile, error) {
+	if strings.ContainsAny(key, `/\.`) || key == "" {
+		return nil, fmt.Errorf("linux: bad profile key %q", key)
+	}
+	f, err := os.Open(filepath.Join(cacheDir, key+".profile"))
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var c cachedProfile
+	if err := gob.NewDecoder(f).Decode(&c); err != nil {
+		return nil, fmt.Errorf("linux: cached profile %s: %w", key, err)
+	}
+	if c.Format != cacheFormat || len(c.Names) != len(c.Addrs) || len(c.Names) != len(c.Types) || BannerKey(c.Banner) != key {
+		return nil, fmt.Errorf("linux: cached profile %s is stale or inconsistent", key)
+	}
+	p := &Profile{Banner: c.Banner, Release: c.Release, BuildID: c.BuildID, Compression: c.Compression, rawBTF: c.BTF}
+	k := &Kallsyms{Layout: c.Layout, syms: make([]Symbol, len(c.Names)), byName: make(map[string]int, len(c.Names))}
+	for i := range c.Names {
+		k.syms[i] = Symbol{Name: c.Names[i], Addr: c.Addrs[i], Type: c.Types[i]}
+		if _, dup := k.byName[c.Names[i]]; !dup {
+			k.byName[c.Names[i]] = i
+		}
+	}
+	p.Symbols = k
+	if p.BTF, err = btf.LoadSpecFromReader(bytes.NewReader(c.BTF)); err != nil {
+		return nil, fmt.Errorf("linux: cached profile %s: BTF: %w", key, err)
+	}
+	return p, nil
+}
+
+func (p *Profile) store(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	c := cachedProfile{Format: cacheFormat, Banner: p.Banner, Release: p.Release, BuildID: p.BuildID,
+		Compression: p.Compression, Layout: p.Symbols.Layout, BTF: p.rawBTF}
+	for _, s := range p.Symbols.syms {
+		c.Names = append(c.Names, s.Name)
+		c.Addrs = append(c.Addrs, s.Addr)
+		c.Types = append(c.Types, s.Type)
+	}
+	var b bytes.Buffer
+	if err := gob.NewEncoder(&b).Encode(&c); err != nil {
+		return err
+	}
+	return writeFileAtomic(filepath.Join(dir, BannerKey(p.Banner)+".profile"), b.Bytes())
+}
+
+func writeFileAtomic(path string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
