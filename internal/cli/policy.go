@@ -1,0 +1,295 @@
+package cli
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/gatevisor/gatevisor/internal/event"
+	"github.com/gatevisor/gatevisor/internal/policy"
+	"github.com/gatevisor/gatevisor/internal/secserver"
+)
+
+func init() { addSubcommand(newPolicyCmd) }
+
+func newPolicyCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "policy",
+		Short: "Check, test and explain security policies",
+		Long: `Work with gatevisor policy files (see docs/policy.md).
+
+  gatevisor policy check FILE           parse and compile; errors as file:line:col
+  gatevisor policy test FILE CASES      run a table of events with expected verdicts
+  gatevisor policy explain FILE EVENT   show which rules matched and why`,
+	}
+	cmd.AddCommand(newPolicyCheckCmd(), newPolicyTestCmd(), newPolicyExplainCmd())
+	return cmd
+}
+
+// loadPolicy reads, parses and compiles a policy file. Includes resolve
+// relative to the including file and may not leave the root file's
+// directory.
+func loadPolicy(file string) (*policy.Policy, error) {
+	src, err := readCapped(file, policy.MaxFileSize)
+	if err != nil {
+		return nil, err
+	}
+	root, err := filepath.Abs(filepath.Dir(file))
+	if err != nil {
+		return nil, err
+	}
+	spec, err := policy.Load(file, src, osResolver(root))
+	if err != nil {
+		return nil, err
+	}
+	return policy.Compile(spec)
+}
+
+func osResolver(root string) policy.Resolver {
+	return func(from, name string) (string, []byte, error) {
+		if filepath.IsAbs(name) {
+			return "", nil, errors.New("include paths must be relative")
+		}
+		p := filepath.Join(filepath.Dir(from), name)
+		abs, err := filepath.Abs(p)
+		if err != nil {
+			return "", nil, err
+		}
+		if rel, err := filepath.Rel(root, abs); err != nil || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+			return "", nil, fmt.Errorf("%s is outside the policy directory %s", name, root)
+		}
+		b, err := readCapped(p, policy.MaxFileSize)
+		return p, b, err
+	}
+}
+
+// readCapped reads at most max bytes of file; a larger file is an error.
+func readCapped(file string, max int64) ([]byte, error) {
+	f, err := os.Open(file)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > max {
+		return nil, fmt.Errorf("%s: larger than %d bytes", file, max)
+	}
+	return b, nil
+}
+
+func newPolicyCheckCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "check FILE",
+		Short: "Parse and compile a policy; report errors as file:line:col",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			pol, err := loadPolicy(args[0])
+			if err != nil {
+				return withExitCode(1, err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s: ok (%d rules, %d flows)\n", args[0], pol.Rules(), len(pol.Flows()))
+			return nil
+		},
+	}
+}
+
+// testCase is one line of a CASES file (JSON lines; blank lines and lines
+// starting with # are ignored). Cases run in order through one security
+// server, so that Flow state carries from case to case for the same PID.
+type testCase struct {
+	Name  string      `json:"name"`
+	Event event.Event `json:"event"`
+	Want  string      `json:"want"`            // allow, alert, deny or kill
+	Errno string      `json:"errno,omitempty"` // optional, e.g. EPERM
+	Rule  string      `json:"rule,omitempty"`  // optional deciding rule
+}
+
+func readCases(file string) ([]testCase, error) {
+	b, err := readCapped(file, 16<<20)
+	if err != nil {
+		return nil, err
+	}
+	var cases []testCase
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	line := 0
+	for sc.Scan() {
+		line++
+		t := strings.TrimSpace(sc.Text())
+		if t == "" || strings.HasPrefix(t, "#") {
+			continue
+		}
+		var c testCase
+		dec := json.NewDecoder(strings.NewReader(t))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&c); err != nil {
+			return nil, fmt.Errorf("%s:%d: %v", file, line, err)
+		}
+		if _, ok := policy.ParseVerdict(c.Want); !ok {
+			return nil, fmt.Errorf("%s:%d: want is %q, expected allow, alert, deny or kill", file, line, c.Want)
+		}
+		if c.Name == "" {
+			c.Name = fmt.Sprintf("%s:%d", filepath.Base(file), line)
+		}
+		cases = append(cases, c)
+	}
+	return cases, sc.Err()
+}
+
+func newPolicyTestCmd() *cobra.Command {
+	var verbose bool
+	cmd := &cobra.Command{
+		Use:   "test FILE CASES",
+		Short: "Run a policy's unit tests: events with expected verdicts",
+		Long: `Run the events in CASES through FILE and compare the verdicts.
+
+CASES holds one JSON object per line (# starts a comment line):
+  {"name": "no telnet", "event": {"class": "net", "op": "connect", "dir": "out",
+   "proto": "tcp", "addr": "192.0.2.1", "port": 23, "subject": {"pid": 7, "exe": "/bin/busybox"}},
+   "want": "deny", "errno": "EACCES"}
+Cases run in order through one security server, so Flow state carries over
+between cases with the same pid. Exit status 1 if any case fails.`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			pol, err := loadPolicy(args[0])
+			if err != nil {
+				return withExitCode(2, err)
+			}
+			cases, err := readCases(args[1])
+			if err != nil {
+				return withExitCode(2, err)
+			}
+			srv := secserver.New(pol, secserver.Config{})
+			out := cmd.OutOrStdout()
+			failed := 0
+			for _, c := range cases {
+				d := srv.Decide(&c.Event)
+				var why []string
+				if d.Verdict.String() != c.Want {
+					why = append(why, fmt.Sprintf("want %s, got %s", c.Want, d.Verdict))
+				}
+				if c.Errno != "" && policy.ErrnoName(d.Errno) != c.Errno && fmt.Sprint(d.Errno) != c.Errno {
+					why = append(why, fmt.Sprintf("want errno %s, got %s", c.Errno, errnoString(d.Errno)))
+				}
+				if c.Rule != "" && d.Rule != c.Rule {
+					why = append(why, fmt.Sprintf("want rule %q, got %q", c.Rule, d.Rule))
+				}
+				if len(why) > 0 {
+					failed++
+					fmt.Fprintf(out, "FAIL %s: %s (rule %s: %s)\n", c.Name, strings.Join(why, "; "), d.Rule, d.Reason)
+				} else if verbose {
+					fmt.Fprintf(out, "ok   %s: %s by %s\n", c.Name, d.Verdict, d.Rule)
+				}
+			}
+			fmt.Fprintf(out, "%d cases, %d passed, %d failed\n", len(cases), len(cases)-failed, failed)
+			if failed > 0 {
+				return withExitCode(1, nil)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "print passing cases too")
+	return cmd
+}
+
+func errnoString(n int32) string {
+	if n == 0 {
+		return "none"
+	}
+	if s := policy.ErrnoName(n); s != "" {
+		return s
+	}
+	return fmt.Sprint(n)
+}
+
+func newPolicyExplainCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "explain FILE EVENT",
+		Short: "Show which rules match an event and why the verdict",
+		Long: `Evaluate one event against FILE and show every model's vote.
+
+EVENT is a JSON object, @FILE to read it from a file, or - for stdin:
+  gatevisor policy explain policies/seed-002-syscall.policy \
+    '{"class":"syscall","op":"open","path":"/etc/passwd","subject":{"pid":42,"exe":"/bin/cat"}}'
+Flow state is the initial state of every flow.`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			pol, err := loadPolicy(args[0])
+			if err != nil {
+				return withExitCode(2, err)
+			}
+			raw := []byte(args[1])
+			switch {
+			case args[1] == "-":
+				raw, err = io.ReadAll(io.LimitReader(cmd.InOrStdin(), 1<<20))
+			case strings.HasPrefix(args[1], "@"):
+				raw, err = readCapped(args[1][1:], 1<<20)
+			}
+			if err != nil {
+				return withExitCode(2, err)
+			}
+			var ev event.Event
+			dec := json.NewDecoder(bytes.NewReader(raw))
+			dec.DisallowUnknownFields()
+			if err := dec.Decode(&ev); err != nil {
+				return withExitCode(2, fmt.Errorf("event: %w", err))
+			}
+			r := pol.Explain(&ev, nil)
+			out := cmd.OutOrStdout()
+			if asJSON {
+				type vote struct {
+					Model   string `json:"model"`
+					Verdict string `json:"verdict"`
+					Rule    string `json:"rule"`
+					Reason  string `json:"reason"`
+				}
+				res := struct {
+					Event   event.Event `json:"event"`
+					Verdict string      `json:"verdict"`
+					Errno   string      `json:"errno,omitempty"`
+					Rule    string      `json:"rule"`
+					Reason  string      `json:"reason"`
+					Votes   []vote      `json:"votes"`
+				}{Event: ev, Verdict: r.Verdict.String(), Rule: r.Rule, Reason: r.Reason}
+				if !r.Verdict.Allows() {
+					res.Errno = errnoString(r.Errno)
+				}
+				for _, v := range r.Votes {
+					res.Votes = append(res.Votes, vote{v.Model, v.Verdict.String(), v.Rule, v.Reason})
+				}
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(res)
+			}
+			fmt.Fprintf(out, "event:   %s\n", ev.String())
+			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "MODEL\tVOTE\tRULE\tWHY")
+			for _, v := range r.Votes {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", v.Model, v.Verdict, v.Rule, v.Reason)
+			}
+			tw.Flush()
+			verdict := r.Verdict.String()
+			if !r.Verdict.Allows() {
+				verdict += " (" + errnoString(r.Errno) + ")"
+			}
+			fmt.Fprintf(out, "verdict: %s by %s: %s\n", verdict, r.Rule, r.Reason)
+			fmt.Fprintln(out, "(the strictest vote wins: kill > deny > alert > allow; \"match\" lines are every rule whose condition matched, the first one in a block decides)")
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}

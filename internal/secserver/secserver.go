@@ -1,0 +1,340 @@
+// Package secserver is gatevisor's security server: gates ask it for a
+// verdict on every event and enforce what it says; it decides from one
+// compiled policy (package policy), keeps a decision cache, reloads policies
+// atomically, and records denies and alerts in the audit log before it
+// answers.
+//
+//	gate ── Decide(event) ──► validate ─► cache (keyed by event attributes,
+//	                                        policy seq and, for Flow, state)
+//	                                          │ miss
+//	                                          ▼
+//	                                  policy.Evaluate ─► audit.Append (fsync)
+//	gate ◄──────────── Decision ◄──────────────┘
+//
+// Fail closed: an invalid event, no policy, a panic while deciding, or a
+// failed audit write all produce a deny, also in permissive mode.
+//
+// Imported by the monitor (which wires it) and by gates (which only call
+// Decide and enforce the Decision; gates never decide themselves).
+package secserver
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gatevisor/gatevisor/internal/audit"
+	"github.com/gatevisor/gatevisor/internal/event"
+	"github.com/gatevisor/gatevisor/internal/policy"
+)
+
+// Verdicts, re-exported so that gates need not import policy.
+type Verdict = policy.Verdict
+
+const (
+	Allow = policy.VerdictAllow
+	Alert = policy.VerdictAlert
+	Deny  = policy.VerdictDeny
+	Kill  = policy.VerdictKill
+)
+
+// ErrNoPolicy is the reason for denies before a policy is loaded.
+var ErrNoPolicy = errors.New("secserver: no policy loaded")
+
+// Rule names of fail-closed decisions.
+const (
+	RuleInvalidEvent = "invalid-event"
+	RuleInternal     = "internal-error"
+	RuleAuditFailure = "audit-failure"
+	RuleNoPolicy     = "no-policy"
+)
+
+// Decision is the security server's answer to a gate.
+type Decision struct {
+	Verdict    Verdict
+	Errno      int32 // for Deny and Kill: the errno the guest should see
+	Rule       string
+	Reason     string
+	Seq        uint64 // sequence number of the policy that decided
+	Cached     bool
+	Permissive bool // the policy said deny or kill; permissive mode allowed it
+}
+
+// Allows reports whether the gate should let the event proceed.
+func (d Decision) Allows() bool { return d.Verdict.Allows() }
+
+// Sink receives audit records; *audit.Log is one. Append must return only
+// once the record is durable.
+type Sink interface {
+	Append(*audit.Record) error
+}
+
+// Config configures a Server.
+type Config struct {
+	Audit      Sink // nil: nothing is audited (tests only)
+	CacheSize  int  // decision cache slots, rounded up to a power of two; 0 means 16384, <0 disables
+	MaxProcs   int  // processes with Flow state; 0 means 65536
+	Permissive bool
+	AuditAllow bool // audit every allow too, not only those a rule marks `audit`
+	Now        func() time.Time
+}
+
+type loaded struct {
+	pol    *policy.Policy
+	seq    uint64
+	source string
+	at     time.Time
+}
+
+// Server decides events. It is safe for concurrent use.
+type Server struct {
+	cur        atomic.Pointer[loaded]
+	permissive atomic.Bool
+	cache      *cache
+	flows      *flowTable
+	sink       Sink
+	auditAllow bool
+	now        func() time.Time
+
+	reloadMu sync.Mutex // serializes reloads
+	seq      uint64     // guarded by reloadMu
+
+	decisions, denies, auditErrors, internalErrors, reloads, failedReloads atomic.Uint64
+}
+
+// New returns a server enforcing pol (which may be nil: then everything is
+// denied until Reload).
+func New(pol *policy.Policy, cfg Config) *Server {
+	s := &Server{
+		cache:      newCache(cfg.CacheSize),
+		flows:      newFlowTable(cfg.MaxProcs),
+		sink:       cfg.Audit,
+		auditAllow: cfg.AuditAllow,
+		now:        cfg.Now,
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	s.permissive.Store(cfg.Permissive)
+	if pol != nil {
+		s.Reload(pol, "initial")
+	}
+	return s
+}
+
+// Reload atomically replaces the policy and returns its sequence number.
+// Decisions of earlier policies are never served from the cache afterwards,
+// and Flow state starts over from each flow's initial state.
+func (s *Server) Reload(pol *policy.Policy, source string) uint64 {
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
+	s.seq++
+	s.cur.Store(&loaded{pol: pol, seq: s.seq, source: source, at: s.now()})
+	s.reloads.Add(1)
+	return s.seq
+}
+
+// ReloadSource parses, compiles and installs a policy. If any step fails,
+// the policy in force stays in force; the error says why and which
+// sequence number is still active.
+func (s *Server) ReloadSource(name string, src []byte, resolve policy.Resolver) (uint64, error) {
+	spec, err := policy.Load(name, src, resolve)
+	if err == nil {
+		var pol *policy.Policy
+		if pol, err = policy.Compile(spec); err == nil {
+			return s.Reload(pol, name), nil
+		}
+	}
+	s.failedReloads.Add(1)
+	return s.Seq(), fmt.Errorf("secserver: reload rejected, policy %d stays in force: %w", s.Seq(), err)
+}
+
+// Seq returns the sequence number of the policy in force (0: none).
+func (s *Server) Seq() uint64 {
+	if l := s.cur.Load(); l != nil {
+		return l.seq
+	}
+	return 0
+}
+
+// Policy returns the policy in force and its sequence number.
+func (s *Server) Policy() (*policy.Policy, uint64) {
+	if l := s.cur.Load(); l != nil {
+		return l.pol, l.seq
+	}
+	return nil, 0
+}
+
+// SetPermissive turns permissive mode on or off: the policy is evaluated
+// and its denies audited, but the event is allowed.
+func (s *Server) SetPermissive(on bool) { s.permissive.Store(on) }
+
+// Permissive reports whether permissive mode is on.
+func (s *Server) Permissive() bool { return s.permissive.Load() }
+
+// ProcessExit forgets the Flow state of a process; gates call it when a
+// guest process exits so that a reused PID starts from the initial state.
+func (s *Server) ProcessExit(pid int32, start uint64) { s.flows.forget(procKey{pid, start}) }
+
+// Stats are the server's counters.
+type Stats struct {
+	Seq            uint64 `json:"seq"`
+	Decisions      uint64 `json:"decisions"`
+	Denies         uint64 `json:"denies"`
+	CacheHits      uint64 `json:"cache_hits"`
+	CacheMisses    uint64 `json:"cache_misses"`
+	CacheEvictions uint64 `json:"cache_evictions"`
+	AuditErrors    uint64 `json:"audit_errors"`
+	InternalErrors uint64 `json:"internal_errors"`
+	Reloads        uint64 `json:"reloads"`
+	FailedReloads  uint64 `json:"failed_reloads"`
+	FlowProcs      int    `json:"flow_procs"`
+	Permissive     bool   `json:"permissive"`
+}
+
+// Stats returns a snapshot of the counters.
+func (s *Server) Stats() Stats {
+	return Stats{
+		Seq:            s.Seq(),
+		Decisions:      s.decisions.Load(),
+		Denies:         s.denies.Load(),
+		CacheHits:      s.cache.hits.Load(),
+		CacheMisses:    s.cache.misses.Load(),
+		CacheEvictions: s.cache.evictions.Load(),
+		AuditErrors:    s.auditErrors.Load(),
+		InternalErrors: s.internalErrors.Load(),
+		Reloads:        s.reloads.Load(),
+		FailedReloads:  s.failedReloads.Load(),
+		FlowProcs:      s.flows.len(),
+		Permissive:     s.permissive.Load(),
+	}
+}
+
+// Decide returns the verdict on ev. It never panics: any internal failure is
+// a Deny. Decide does not keep ev.
+func (s *Server) Decide(ev *event.Event) (d Decision) {
+	s.decisions.Add(1)
+	defer func() {
+		if r := recover(); r != nil {
+			s.internalErrors.Add(1)
+			d = s.failClosed(ev, RuleInternal, fmt.Sprintf("internal error while deciding: %v", r))
+		}
+	}()
+	l := s.cur.Load()
+	if l == nil {
+		return s.failClosed(ev, RuleNoPolicy, ErrNoPolicy.Error())
+	}
+	if err := ev.Validate(); err != nil {
+		return s.failClosed(ev, RuleInvalidEvent, err.Error())
+	}
+	if l.pol.FlowRelevant(ev.Class, ev.Op) {
+		return s.decideFlow(l, ev)
+	}
+	usePID := l.pol.UsesPID()
+	h := hashEvent(ev, usePID, "")
+	if e := s.cache.get(h, ev, l.seq, usePID, ""); e != nil {
+		return s.finish(l, ev, &e.res, true)
+	}
+	res := l.pol.Evaluate(ev, nil)
+	s.cache.put(h, ev, l.seq, "", &res)
+	return s.finish(l, ev, &res, false)
+}
+
+// decideFlow decides an event that Flow state can change or constrain.
+// The subject's state is part of the cache key, and the state transition is
+// applied only if the event is allowed, under the process's lock so that
+// concurrent events of one process are serialized.
+func (s *Server) decideFlow(l *loaded, ev *event.Event) Decision {
+	k := procKey{ev.Subject.PID, ev.Subject.Start}
+	sh := s.flows.shard(k)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	states := sh.get(k, l.seq)
+	usePID := l.pol.UsesPID()
+	skey := string(states)
+	h := hashEvent(ev, usePID, skey)
+	var res *policy.Result
+	cached := false
+	if e := s.cache.get(h, ev, l.seq, usePID, skey); e != nil {
+		res, cached = &e.res, true
+	} else {
+		r := l.pol.Evaluate(ev, states)
+		res = &r
+		s.cache.put(h, ev, l.seq, skey, res)
+	}
+	d := s.finish(l, ev, res, cached)
+	if d.Allows() && res.Next != nil {
+		s.flows.set(sh, k, l.seq, res.Next)
+	}
+	return d
+}
+
+func (s *Server) finish(l *loaded, ev *event.Event, res *policy.Result, cached bool) Decision {
+	d := Decision{Verdict: res.Verdict, Errno: res.Errno, Rule: res.Rule, Reason: res.Reason, Seq: l.seq, Cached: cached}
+	denied := !d.Verdict.Allows()
+	if denied {
+		s.denies.Add(1)
+	}
+	if denied || d.Verdict == Alert || res.Audit || s.auditAllow {
+		if err := s.record(ev, &d); err != nil {
+			return s.auditFailed(ev, d, err)
+		}
+	}
+	if denied && s.permissive.Load() {
+		d.Permissive = true
+		d.Verdict, d.Errno = Allow, 0
+	}
+	return d
+}
+
+// record writes the audit record for d. In permissive mode the record
+// carries the policy's verdict and says that it was not enforced.
+func (s *Server) record(ev *event.Event, d *Decision) error {
+	if s.sink == nil {
+		return nil
+	}
+	r := audit.Record{
+		Time:       s.now(),
+		Verdict:    d.Verdict.String(),
+		Permissive: !d.Verdict.Allows() && s.permissive.Load(),
+		Errno:      d.Errno,
+		Rule:       d.Rule,
+		Reason:     d.Reason,
+		PolicySeq:  d.Seq,
+		Cached:     d.Cached,
+		Event:      *ev,
+	}
+	if !ev.Time.IsZero() {
+		r.Time = ev.Time
+	}
+	return s.sink.Append(&r)
+}
+
+func (s *Server) auditFailed(ev *event.Event, d Decision, err error) Decision {
+	s.auditErrors.Add(1)
+	if d.Allows() {
+		s.denies.Add(1)
+	}
+	return Decision{Verdict: Deny, Errno: 13, Rule: RuleAuditFailure, Seq: d.Seq,
+		Reason: fmt.Sprintf("audit write failed, denying (policy said %s by %s): %v", d.Verdict, d.Rule, err)}
+}
+
+// failClosed denies, and tries to audit the deny. Permissive mode does not
+// apply: these are failures of the security server, not policy denies.
+func (s *Server) failClosed(ev *event.Event, rule, reason string) Decision {
+	s.denies.Add(1)
+	d := Decision{Verdict: Deny, Errno: 13, Rule: rule, Reason: reason, Seq: s.Seq()}
+	if ev != nil && s.sink != nil {
+		// An invalid event may be too large to log whole; keep what identifies it.
+		e := event.Event{Class: ev.Class, Subject: event.Subject{PID: ev.Subject.PID, PPID: ev.Subject.PPID, UID: ev.Subject.UID, GID: ev.Subject.GID}}
+		if ev.Validate() == nil {
+			e = *ev
+		}
+		if err := s.record(&e, &d); err != nil {
+			s.auditErrors.Add(1)
+		}
+	}
+	return d
+}
