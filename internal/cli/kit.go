@@ -51,11 +51,11 @@ initramfs at GUEST; the set of added files is replaced on every build, so
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			opts := kit.Options{Progress: cmd.ErrOrStderr(), Force: force}
-			k, err := kit.EnsureDefault(ctx, opts)
-			if err != nil {
+			if _, err := kit.EnsureDefault(ctx, opts); err != nil {
 				return err
 			}
-			if k, err = kit.SetExtraFiles(ctx, opts, specs); err != nil {
+			k, err := kit.SetExtraFiles(ctx, opts, specs)
+			if err != nil {
 				return err
 			}
 			out := cmd.OutOrStdout()

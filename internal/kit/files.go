@@ -65,12 +65,9 @@ func (s FileSpec) String() string { return s.Host + ":" + s.Guest }
 // holding adds (with their parent directories). The kernel unpacks
 // concatenated archives in order, so added files override the base's; this
 // works for any initramfs, compressed or not, including a user's own. out is
-// written atomically (a temporary file renamed into place) and may not be
-// baseInitrd itself.
+// written atomically: a temporary file, complete before it is renamed into
+// place, so out may be a hard link to baseInitrd.
 func AppendFiles(baseInitrd string, adds []FileSpec, out string) error {
-	if sameFile(baseInitrd, out) {
-		return fmt.Errorf("kit: add files: output %s is the base initrd", out)
-	}
 	base, err := os.Open(baseInitrd)
 	if err != nil {
 		return fmt.Errorf("kit: add files: base initrd: %w", err)
@@ -109,12 +106,6 @@ func AppendFiles(baseInitrd string, adds []FileSpec, out string) error {
 		return fmt.Errorf("kit: add files: %w", err)
 	}
 	return nil
-}
-
-func sameFile(a, b string) bool {
-	sa, err1 := os.Stat(a)
-	sb, err2 := os.Stat(b)
-	return err1 == nil && err2 == nil && os.SameFile(sa, sb)
 }
 
 // Well-known directories keep their usual modes when an added file's
