@@ -168,9 +168,16 @@ func ExtractVmlinux(img []byte) ([]byte, Compression, error) {
 	return out, h.Compression, nil
 }
 
+// initialCap is the buffer to start decompressing into: the announced size,
+// unless that is more than a plausible ratio to the input (a hostile header
+// must not make us allocate a gigabyte up front; the buffer still grows).
+func initialCap(size int64, inLen int) int64 {
+	return min(size, 64*int64(inLen)+4096)
+}
+
 // readBounded reads r to its end, failing if it holds more than size bytes.
 func readBounded(r io.Reader, size int64) ([]byte, error) {
-	out := bytes.NewBuffer(make([]byte, 0, size))
+	out := bytes.NewBuffer(make([]byte, 0, min(size, 4<<20)))
 	n, err := io.Copy(out, io.LimitReader(r, size+1))
 	if err != nil {
 		return nil, err

@@ -23,7 +23,7 @@ func decompressLZ4Legacy(in []byte, size int64) ([]byte, error) {
 		return nil, fmt.Errorf("%w: no legacy magic", errLZ4)
 	}
 	in = in[4:]
-	out := make([]byte, 0, size)
+	out := make([]byte, 0, initialCap(size, len(in)))
 	for len(in) >= 4 {
 		n := le.Uint32(in)
 		in = in[4:]

@@ -75,6 +75,9 @@ func NewProfile(img []byte) (*Profile, error) {
 			p.BuildID = gnuBuildID(b)
 		}
 	}
+	if err := p.checkText(f); err != nil {
+		return nil, err
+	}
 	if err := p.readBanner(f, vmlinux); err != nil {
 		return nil, err
 	}
@@ -94,6 +97,21 @@ func openELF(b []byte) (f *elf.File, err error) {
 		return nil, fmt.Errorf("linux: vmlinux is not an ELF file: %w", err)
 	}
 	return f, nil
+}
+
+// checkText cross-checks kallsyms against the ELF: _text must start an
+// executable segment.
+func (p *Profile) checkText(f *elf.File) error {
+	text, err := p.Symbol("_text")
+	if err != nil {
+		return err
+	}
+	for _, prog := range f.Progs {
+		if prog.Type == elf.PT_LOAD && prog.Flags&elf.PF_X != 0 && prog.Vaddr == text {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: _text at %#x does not start an executable segment", ErrNoKallsyms, text)
 }
 
 // readBanner reads linux_banner from the image at its link-time address.

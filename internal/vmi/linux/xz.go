@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"hash/crc32"
 	"hash/crc64"
-	"io"
 
 	"github.com/ulikunitz/xz/lzma"
 )
@@ -92,7 +91,7 @@ func decompressXZ(in []byte, size int64) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := make([]byte, 0, size)
+	out := make([]byte, 0, initialCap(size, len(in)))
 	pos := xzHeaderSize
 	checkSize := xzCheckSize(check)
 	for _, rec := range records {
@@ -249,9 +248,12 @@ func decodeXZBlock(block []byte, want uint64) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errXZ, err)
 	}
-	out := make([]byte, want)
-	if _, err := io.ReadFull(r, out); err != nil {
+	out, err := readBounded(r, int64(want))
+	if err != nil {
 		return nil, fmt.Errorf("%w: LZMA2 data: %v", errXZ, err)
+	}
+	if uint64(len(out)) != want {
+		return nil, fmt.Errorf("%w: block decoded to %d bytes, index says %d", errXZ, len(out), want)
 	}
 	if bcj {
 		bcjX86Decode(out, bcjStart)
