@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"testing"
-	"time"
 )
 
 func TestTranslate(t *testing.T) {
@@ -141,8 +140,7 @@ func TestTranslationCache(t *testing.T) {
 	pt := newPageTables(m, 4)
 	pt.mapPage(0x10000, 0x300000, PageSize4K, 0)
 	pt.mapPage(0x40000000, 0x200000, PageSize2M, 0)
-	now := time.Unix(0, 0)
-	c := &TranslationCache{now: func() time.Time { return now }}
+	c := &TranslationCache{MaxHits: 3}
 	as := &AddressSpace{Mem: m, CR3: pt.root, Cache: c}
 
 	mustTranslate := func(va, want uint64) {
@@ -166,31 +164,40 @@ func TestTranslationCache(t *testing.T) {
 		t.Fatalf("after unmap: %v", err)
 	}
 	// The guest swaps a whole page table under a PDE, leaving the old table's
-	// bytes in place: the cache serves the old mapping until TTL or Invalidate.
+	// bytes in place: the cache serves the old mapping for at most MaxHits
+	// hits, or until Invalidate.
 	pt.mapPage(0x10000, 0x300000, PageSize4K, 0)
-	mustTranslate(0x10010, 0x300010)
+	mustTranslate(0x10010, 0x300010) // fill
 	newPT := m.alloc()
 	m.put64(newPT+0x10*8, 0x390000|fP)
 	m.put64(pt.entryAddr(0x10000, 2), newPT|fP|fRW)
-	mustTranslate(0x10010, 0x300010) // stale, within TTL
-	now = now.Add(DefaultCacheTTL + time.Millisecond)
-	mustTranslate(0x10010, 0x390010) // expired
+	for i := 0; i < 3; i++ {
+		mustTranslate(0x10010, 0x300010) // stale hits 1..3
+	}
+	mustTranslate(0x10010, 0x390010) // hit 4 > MaxHits: walked again
 	m.put64(pt.entryAddr(0x10000, 2), pt.m.alloc()|fP|fRW)
 	m.put64(pt.entryAddr(0x10000, 1), 0x3a0000|fP)
 	mustTranslate(0x10010, 0x390010) // stale again
 	c.Invalidate()
 	mustTranslate(0x10010, 0x3a0010)
-	c.InvalidateRoot(pt.root)
+	c.InvalidateRoot(pt.root | 0x5)
 	if c.Len() != 0 {
 		t.Errorf("InvalidateRoot left %d entries", c.Len())
 	}
 	// Bounded size.
-	c.MaxEntries = 4
-	for i := uint64(0); i < 10; i++ {
-		mustTranslate(0x40000000+i*PageSize4K, 0x200000+i*PageSize4K)
+	for i := uint64(0); i < 2*cacheSlots; i++ {
+		mustTranslate(0x40000000+(i%512)*PageSize4K, 0x200000+(i%512)*PageSize4K)
 	}
-	if c.Len() > 4 {
-		t.Errorf("cache grew to %d entries, max 4", c.Len())
+	if c.Len() > cacheSlots {
+		t.Errorf("cache grew to %d entries", c.Len())
+	}
+	// Static memory: no re-validation, no hit limit.
+	c.Static = true
+	c.Invalidate()
+	mustTranslate(0x40000000, 0x200000)
+	m.put64(pt.entryAddr(0x40000000, 2), 0)
+	for i := 0; i < 10; i++ {
+		mustTranslate(0x40000000, 0x200000)
 	}
 }
 
