@@ -1,0 +1,135 @@
+// Package api is the local HTTP+JSON API of one VM, served on a unix socket
+// (0600) and described by openapi.yaml (embedded as Spec). The server checks
+// the caller's credentials on every connection (SO_PEERCRED: our uid or
+// root), decodes and validates each request, then calls the VM interface,
+// which the monitor implements; the client is what the CLI uses.
+//
+// The API knows nothing of QEMU; the monitor knows nothing of HTTP.
+// Imported by monitor (types), cli (client) and the run command (server).
+package api
+
+import (
+	_ "embed"
+	"errors"
+	"time"
+)
+
+// Spec is the OpenAPI description of this API.
+//
+//go:embed openapi.yaml
+var Spec []byte
+
+// States of a VM as the monitor sees it.
+const (
+	StateStarting = "starting"
+	StateRunning  = "running"
+	StateStopping = "stopping"
+	StateStopped  = "stopped"
+)
+
+// Status is the VM's state and configuration.
+type Status struct {
+	Name        string     `json:"name"`
+	State       string     `json:"state"`
+	QEMUStatus  string     `json:"qemu_status,omitempty"`
+	GuestReady  bool       `json:"guest_ready"`
+	MonitorPID  int        `json:"monitor_pid"`
+	QEMUPID     int        `json:"qemu_pid"`
+	Accel       string     `json:"accel"`
+	AccelReason string     `json:"accel_reason"`
+	Machine     string     `json:"machine"`
+	MemMiB      int        `json:"mem_mib"`
+	CPUs        int        `json:"cpus"`
+	Kernel      string     `json:"kernel"`
+	Initrd      string     `json:"initrd,omitempty"`
+	Append      string     `json:"append,omitempty"`
+	StartedAt   time.Time  `json:"started_at"`
+	ReadyAt     *time.Time `json:"ready_at,omitempty"`
+	BootSeconds float64    `json:"boot_seconds,omitempty"`
+	RuntimeDir  string     `json:"runtime_dir"`
+	ConsoleLog  string     `json:"console_log,omitempty"`
+}
+
+// StopRequest asks the VM to shut down.
+type StopRequest struct {
+	Force          bool `json:"force,omitempty"`
+	TimeoutSeconds int  `json:"timeout_seconds,omitempty"`
+}
+
+// ExecRequest runs argv in the guest.
+type ExecRequest struct {
+	Argv           []string `json:"argv"`
+	TimeoutSeconds int      `json:"timeout_seconds,omitempty"`
+}
+
+// ExecResult is a finished guest command.
+type ExecResult struct {
+	ExitCode int    `json:"exit_code"`
+	Stdout   []byte `json:"stdout"`
+	Stderr   []byte `json:"stderr"`
+}
+
+// Registers holds one vCPU's registers by their gdb names.
+type Registers struct {
+	VCPU      int               `json:"vcpu"`
+	Registers map[string]string `json:"registers"`
+}
+
+// Region places a slice of guest RAM in the guest-physical address space.
+type Region struct {
+	GPA    uint64 `json:"gpa"`
+	Offset uint64 `json:"offset"`
+	Size   uint64 `json:"size"`
+}
+
+// MemoryLayout is guest RAM's size and layout.
+type MemoryLayout struct {
+	Size    uint64   `json:"size"`
+	Regions []Region `json:"regions"`
+}
+
+// Limits on requests, mirrored in openapi.yaml.
+const (
+	MaxReadLength      = 1 << 20
+	MaxExecArgs        = 1024
+	MaxExecArgLength   = 32 << 10
+	MaxExecTimeout     = 3600
+	MaxStopTimeout     = 600
+	MaxConsoleReplay   = 64 << 10
+	MaxVCPU            = 63
+	maxRequestBody     = 4 << 20
+	ConsoleUpgrade     = "gatevisor-console"
+	DefaultExecTimeout = 30
+)
+
+// Error codes of the API's error responses.
+const (
+	CodeBadRequest  = "bad_request"
+	CodeForbidden   = "forbidden"
+	CodeNotFound    = "not_found"
+	CodeNotReady    = "not_ready"
+	CodeConflict    = "conflict"
+	CodeUnavailable = "unavailable"
+	CodeInternal    = "internal"
+)
+
+// Error is an API error response; VM implementations return it to choose
+// the code, and the client returns it for non-2xx answers.
+type Error struct {
+	Message string `json:"error"`
+	Code    string `json:"code"`
+}
+
+func (e *Error) Error() string { return e.Message }
+
+// Errorf-style constructors for VM implementations.
+var (
+	ErrNotReady    = &Error{Code: CodeNotReady, Message: "the guest is not ready yet: wait for 'gatevisor status' to show guest_ready"}
+	ErrUnavailable = &Error{Code: CodeUnavailable, Message: "the VM is shutting down"}
+)
+
+// IsCode reports whether err is an API error with code.
+func IsCode(err error, code string) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Code == code
+}

@@ -1,0 +1,300 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/gatevisor/gatevisor/internal/accel"
+	"github.com/gatevisor/gatevisor/internal/kit"
+	"github.com/gatevisor/gatevisor/internal/monitor"
+	"github.com/gatevisor/gatevisor/internal/qemu"
+	"github.com/gatevisor/gatevisor/internal/vmdir"
+)
+
+func init() { addSubcommand(newRunCmd) }
+
+type runOptions struct {
+	name, mem, accel           string
+	cpus                       int
+	kernel, initrd, appendArgs string
+	adds                       []string
+	detach, detachedChild      bool
+	readyTimeout, stopTimeout  time.Duration
+	consoleLog, readyMarker    string
+}
+
+func newRunCmd() *cobra.Command {
+	o := &runOptions{}
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Run a guest under the gatevisor monitor",
+		Long: `Run a guest in QEMU with the gatevisor monitor attached: QMP, the gdbstub,
+a live mapping of guest RAM, the serial console and the local API.
+
+Without --kernel it boots the default guest kit (Debian's kernel and busybox),
+building it first if it is not cached. In the foreground the serial console is
+on the terminal; Ctrl-C or SIGTERM shuts the guest down (ACPI power button,
+then quit after --stop-timeout). With --detach it runs in the background and
+returns once the guest is ready.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runVM(cmd.Context(), o) },
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.name, "name", defaultVMName, "VM name (a-z 0-9 . _ -)")
+	f.StringVar(&o.mem, "mem", "256M", "guest memory, e.g. 256M or 1G")
+	f.IntVar(&o.cpus, "cpus", 1, "number of vCPUs")
+	f.StringVar(&o.accel, "accel", "auto", "accelerator: auto (KVM only if calibrated fast), kvm or tcg")
+	f.StringVar(&o.kernel, "kernel", "", "boot this bzImage instead of the default kit's kernel")
+	f.StringVar(&o.initrd, "initrd", "", "initramfs to use with --kernel")
+	f.StringVar(&o.appendArgs, "append", "", "kernel command line (default: the kit's)")
+	f.StringArrayVar(&o.adds, "add", nil, "add a host file or directory to the initramfs as HOST:GUEST (repeatable)")
+	f.BoolVar(&o.detach, "detach", false, "run in the background; the console goes to a log file")
+	f.DurationVar(&o.readyTimeout, "ready-timeout", 5*time.Minute, "with --detach, how long to wait for the guest to be ready")
+	f.DurationVar(&o.stopTimeout, "stop-timeout", monitor.DefaultStopTimeout, "how long an ACPI shutdown may take before QEMU is told to quit")
+	f.StringVar(&o.consoleLog, "console-log", "", "serial console log file (default: in the VM's state directory)")
+	f.StringVar(&o.readyMarker, "ready-marker", monitor.ReadyMarker, "console line that means the guest is ready")
+	f.BoolVar(&o.detachedChild, "detached-child", false, "internal: the background half of --detach")
+	_ = f.MarkHidden("detached-child")
+	return cmd
+}
+
+// resolveGuest picks kernel, initrd and command line, building the default
+// kit when no kernel is given. It returns a cleanup for temporary files.
+func resolveGuest(ctx context.Context, o *runOptions) (kernel, initrd, appendArgs string, cleanup func(), err error) {
+	cleanup = func() {}
+	adds := make([]kit.FileSpec, 0, len(o.adds))
+	for _, a := range o.adds {
+		fs, err := kit.ParseFileSpec(a)
+		if err != nil {
+			return "", "", "", cleanup, err
+		}
+		adds = append(adds, fs)
+	}
+	if o.kernel == "" {
+		if o.initrd != "" {
+			return "", "", "", cleanup, errors.New("--initrd needs --kernel: pass both, or neither to use the default kit")
+		}
+		var progress io.Writer
+		if !o.detachedChild {
+			progress = os.Stderr
+		}
+		k, err := kit.EnsureDefault(ctx, kit.Options{Progress: progress})
+		if err != nil {
+			return "", "", "", cleanup, err
+		}
+		kernel, initrd, appendArgs = k.Kernel, k.Initrd, k.Append
+	} else {
+		if err := kit.CheckBzImage(o.kernel); err != nil {
+			return "", "", "", cleanup, fmt.Errorf("--kernel %s: %w: pass a bzImage such as /boot/vmlinuz-*", o.kernel, err)
+		}
+		if o.initrd != "" {
+			if _, err := os.Stat(o.initrd); err != nil {
+				return "", "", "", cleanup, fmt.Errorf("--initrd: %w", err)
+			}
+		}
+		kernel, initrd, appendArgs = o.kernel, o.initrd, kit.DefaultAppend
+	}
+	if o.appendArgs != "" {
+		appendArgs = o.appendArgs
+	}
+	if len(adds) > 0 {
+		if initrd == "" {
+			return "", "", "", cleanup, errors.New("--add needs an initramfs: use the default kit or pass --initrd")
+		}
+		f, err := os.CreateTemp("", "gatevisor-initrd-*")
+		if err != nil {
+			return "", "", "", cleanup, fmt.Errorf("--add: %w", err)
+		}
+		f.Close()
+		cleanup = func() { os.Remove(f.Name()) }
+		if err := kit.AppendFiles(initrd, adds, f.Name()); err != nil {
+			cleanup()
+			return "", "", "", func() {}, err
+		}
+		initrd = f.Name()
+	}
+	kernel, _ = filepath.Abs(kernel)
+	if initrd != "" {
+		initrd, _ = filepath.Abs(initrd)
+	}
+	return kernel, initrd, appendArgs, cleanup, nil
+}
+
+func runVM(ctx context.Context, o *runOptions) error {
+	if err := vmdir.ValidateName(o.name); err != nil {
+		return err
+	}
+	memMiB, err := parseMem(o.mem)
+	if err != nil {
+		return err
+	}
+	mode, err := accel.ParseMode(o.accel)
+	if err != nil {
+		return fmt.Errorf("--accel: %w", err)
+	}
+	if o.cpus < 1 || o.cpus > qemu.MaxCPUs {
+		return fmt.Errorf("--cpus %d is out of range: use 1 to %d", o.cpus, qemu.MaxCPUs)
+	}
+	if memMiB < qemu.MinMemMiB || memMiB > qemu.MaxMemMiB {
+		return (&qemu.Config{MemMiB: memMiB, CPUs: 1, Accel: "tcg", Kernel: "-"}).Validate()
+	}
+	qemuBin, err := qemu.FindBinary()
+	if err != nil {
+		return err
+	}
+	if root, err := vmdir.Root(); err != nil {
+		return err
+	} else if e, err := vmdir.Lookup(root, o.name); err == nil && e.Live {
+		return fmt.Errorf("%w: %q (monitor pid %d); stop it with 'gatevisor stop %s' or choose another --name", vmdir.ErrRunning, o.name, e.State.MonitorPID, o.name)
+	}
+	if o.detach {
+		return detach(ctx, o)
+	}
+
+	kernel, initrd, appendArgs, cleanup, err := resolveGuest(ctx, o)
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	choice, err := accel.Choose(mode)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(os.Stderr, "gatevisor:", choice.Reason)
+
+	logPath := o.consoleLog
+	if logPath == "" {
+		dir, err := stateDir(o.name)
+		if err != nil {
+			return err
+		}
+		logPath = filepath.Join(dir, "console.log")
+	}
+	cfg := monitor.Config{
+		Name: o.name, MemMiB: memMiB, CPUs: o.cpus, Accel: choice, Kernel: kernel, Initrd: initrd, Append: appendArgs,
+		QEMUBinary: qemuBin, ConsoleLog: logPath, Log: os.Stderr, ReadyMarker: o.readyMarker,
+	}
+	if !o.detachedChild {
+		cfg.Console = os.Stdout
+		if term.IsTerminal(int(os.Stdin.Fd())) {
+			cfg.ConsoleInput = os.Stdin
+		}
+	}
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+
+	m, err := monitor.Start(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	cleanup() // QEMU has loaded the initrd
+	go func() {
+		n := 0
+		for s := range sigs {
+			n++
+			if n == 1 {
+				fmt.Fprintf(os.Stderr, "\ngatevisor: %v: shutting the guest down (again to force)\n", s)
+				m.RequestStop(o.stopTimeout)
+			} else {
+				m.RequestStop(0)
+			}
+		}
+	}()
+	if err := m.Wait(); err != nil {
+		return err
+	}
+	return nil
+}
+
+// detach starts this command again in the background with --detached-child
+// and waits until its guest is ready or it fails.
+func detach(ctx context.Context, o *runOptions) error {
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("--detach: %w", err)
+	}
+	dir, err := stateDir(o.name)
+	if err != nil {
+		return err
+	}
+	logPath := filepath.Join(dir, "monitor.log")
+	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("--detach: monitor log: %w", err)
+	}
+	defer logf.Close()
+	var args []string
+	for _, a := range os.Args[1:] {
+		if a == "--detach" || a == "--detach=true" {
+			continue
+		}
+		args = append(args, a)
+	}
+	args = append(args, "--detached-child")
+	// Build the kit here so that its progress shows on this terminal.
+	if o.kernel == "" {
+		if _, err := kit.EnsureDefault(ctx, kit.Options{Progress: os.Stderr}); err != nil {
+			return err
+		}
+	}
+	cmd := exec.Command(self, args...)
+	cmd.Stdin = nil
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("--detach: %w", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+
+	deadline := time.After(o.readyTimeout)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-exited:
+			tail, _ := os.ReadFile(logPath)
+			return fmt.Errorf("the background monitor exited (%v) before the guest was ready:\n%s", err, lastLines(string(tail), 10))
+		case <-deadline:
+			return fmt.Errorf("the guest was not ready within %v; it is still running: see 'gatevisor status %s' and its console log, or 'gatevisor stop %s'", o.readyTimeout, o.name, o.name)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+		c, err := clientFor(o.name)
+		if err != nil {
+			continue
+		}
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		st, err := c.Status(sctx)
+		cancel()
+		if err == nil && st.GuestReady {
+			fmt.Printf("gatevisor: VM %s is ready after %.1fs (monitor pid %d, %s); console log %s; stop it with 'gatevisor stop %s'\n",
+				o.name, st.BootSeconds, st.MonitorPID, st.Accel, st.ConsoleLog, o.name)
+			// The child keeps running on its own.
+			_ = cmd.Process.Release()
+			return nil
+		}
+	}
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}

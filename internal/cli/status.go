@@ -1,0 +1,74 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/gatevisor/gatevisor/internal/api"
+)
+
+func init() { addSubcommand(newStatusCmd) }
+
+func newStatusCmd() *cobra.Command {
+	var (
+		asJSON    bool
+		waitReady time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "status NAME",
+		Short: "Show a VM's status",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := clientFor(args[0])
+			if err != nil {
+				return err
+			}
+			st, err := waitStatus(cmd.Context(), c, waitReady)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(os.Stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(st)
+			}
+			guest := "booting"
+			if st.GuestReady {
+				guest = fmt.Sprintf("ready (booted in %.2fs)", st.BootSeconds)
+			}
+			fmt.Printf("name:        %s\nstate:       %s (qemu: %s)\nguest:       %s\naccel:       %s — %s\nmachine:     %s, %dM, %d vCPU\nkernel:      %s\ninitrd:      %s\nappend:      %s\nmonitor pid: %d\nqemu pid:    %d\nstarted:     %s\nruntime dir: %s\nconsole log: %s\n",
+				st.Name, st.State, st.QEMUStatus, guest, st.Accel, st.AccelReason, st.Machine, st.MemMiB, st.CPUs,
+				st.Kernel, st.Initrd, st.Append, st.MonitorPID, st.QEMUPID, st.StartedAt.Format(time.RFC3339), st.RuntimeDir, st.ConsoleLog)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.Flags().DurationVar(&waitReady, "wait-ready", 0, "wait up to this long for the guest to be ready")
+	return cmd
+}
+
+// waitStatus returns the status, polling until the guest is ready when wait > 0.
+func waitStatus(ctx context.Context, c *api.Client, wait time.Duration) (api.Status, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		st, err := c.Status(sctx)
+		cancel()
+		if err != nil || wait <= 0 || st.GuestReady {
+			return st, err
+		}
+		if time.Now().After(deadline) {
+			return st, withExitCode(3, fmt.Errorf("the guest of %s was not ready within %v", st.Name, wait))
+		}
+		select {
+		case <-ctx.Done():
+			return st, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}

@@ -1,0 +1,586 @@
+// Package monitor runs one VM's lifecycle and wires its parts together: the
+// runtime directory and its lock (vmdir), the QEMU process (qemu), the QMP
+// and gdbstub clients, the live guest-RAM mapping, the serial console, the
+// exec channel (guestexec) and the local API server (api).
+//
+// Lifecycle: Start launches QEMU paused, attaches every channel, maps guest
+// RAM, serves the API and only then lets the guest run. Wait returns when the
+// VM is over: nil when the guest powered off or an operator stopped it, an
+// error when the guest reset or panicked (QEMU runs with -no-reboot) or QEMU
+// died. Whatever ends the VM, Wait leaves no QEMU process, no guest-RAM file
+// and no runtime directory behind; a monitor killed with -9 takes QEMU with it
+// (parent-death signal) and the next Start of that name cleans the rest.
+//
+// Lock order: Monitor.mu, then console.mu. Imported by cli.
+package monitor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/gatevisor/gatevisor/internal/accel"
+	"github.com/gatevisor/gatevisor/internal/api"
+	"github.com/gatevisor/gatevisor/internal/guestexec"
+	"github.com/gatevisor/gatevisor/internal/qemu"
+	"github.com/gatevisor/gatevisor/internal/qemu/gdbrsp"
+	"github.com/gatevisor/gatevisor/internal/qemu/qmp"
+	"github.com/gatevisor/gatevisor/internal/vmdir"
+)
+
+// ReadyMarker is the line the default kit's init prints when the guest is up.
+const ReadyMarker = "gatevisor-guest: ready"
+
+// DefaultStopTimeout is how long an ACPI shutdown may take before QEMU is
+// told to quit.
+const DefaultStopTimeout = 30 * time.Second
+
+// Config describes the VM to run.
+type Config struct {
+	Name       string
+	MemMiB     int
+	CPUs       int
+	Accel      accel.Choice
+	Kernel     string
+	Initrd     string
+	Append     string
+	QEMUBinary string
+	// Console receives the guest's serial output (the terminal in the
+	// foreground); nil when detached.
+	Console io.Writer
+	// ConsoleInput is forwarded to the serial console; nil for none.
+	ConsoleInput io.Reader
+	// ConsoleLog is a file that receives the serial output; "" for none.
+	ConsoleLog string
+	// Log receives the monitor's own notices and QEMU's stderr.
+	Log io.Writer
+	// ReadyMarker overrides the default marker (for a user's own initrd).
+	ReadyMarker string
+}
+
+// ErrGuestReset means the guest rebooted or panicked; with -no-reboot QEMU
+// stops instead of resetting.
+var ErrGuestReset = errors.New("the guest rebooted or its kernel panicked (QEMU runs with -no-reboot)")
+
+// ErrQEMUDied means QEMU ended without being asked to.
+var ErrQEMUDied = errors.New("qemu exited unexpectedly")
+
+// Monitor is one running VM.
+type Monitor struct {
+	cfg     Config
+	started time.Time
+	dir     *vmdir.Dir
+	ramFile *os.File
+	ram     *qemu.GuestRAM
+	proc    *qemu.Process
+	qmp     *qmp.Client
+	gdb     *gdbrsp.Client
+	exec    *guestexec.Client
+	console *console
+	server  *api.Server
+	logFile *os.File
+	done    chan struct{} // closed when the VM is over and cleaned up
+
+	mu        sync.Mutex // guards the fields below
+	state     string
+	readyAt   time.Time
+	stopping  bool
+	stopReq   chan time.Duration // buffered; a stop request with its timeout
+	exitErr   error
+	shutdown  string // reason of QEMU's SHUTDOWN event
+	qemuState string
+}
+
+func (m *Monitor) logf(format string, a ...any) {
+	if m.cfg.Log != nil {
+		fmt.Fprintf(m.cfg.Log, "gatevisor: "+format+"\n", a...)
+	}
+}
+
+// Start launches the VM and returns once the guest runs and the API serves.
+// On error nothing is left running.
+func Start(ctx context.Context, cfg Config) (_ *Monitor, err error) {
+	if cfg.ReadyMarker == "" {
+		cfg.ReadyMarker = ReadyMarker
+	}
+	m := &Monitor{cfg: cfg, started: time.Now(), state: api.StateStarting, done: make(chan struct{}), stopReq: make(chan time.Duration, 1)}
+	qcfg := &qemu.Config{Binary: cfg.QEMUBinary, Name: cfg.Name, MemMiB: cfg.MemMiB, CPUs: cfg.CPUs, Accel: string(cfg.Accel.Accel),
+		Kernel: cfg.Kernel, Initrd: cfg.Initrd, Append: cfg.Append}
+	if err := qcfg.Validate(); err != nil {
+		return nil, err
+	}
+	root, err := vmdir.Root()
+	if err != nil {
+		return nil, err
+	}
+	if m.dir, err = vmdir.Acquire(root, cfg.Name); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			m.cleanup()
+		}
+	}()
+	qcfg.Dir = m.dir.Path
+
+	ramDir, err := qemu.RAMDir(m.dir.Path)
+	if err != nil {
+		return nil, err
+	}
+	size := int64(cfg.MemMiB) << 20
+	if m.ramFile, err = qemu.CreateRAMFile(ramDir, size); err != nil {
+		return nil, err
+	}
+	if cfg.ConsoleLog != "" {
+		if err := os.MkdirAll(filepath.Dir(cfg.ConsoleLog), 0o700); err != nil {
+			return nil, fmt.Errorf("console log: %w", err)
+		}
+		if m.logFile, err = os.OpenFile(cfg.ConsoleLog, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600); err != nil {
+			return nil, fmt.Errorf("console log: %w", err)
+		}
+	}
+	if m.proc, err = qemu.Start(qcfg, m.ramFile, cfg.Log); err != nil {
+		return nil, err
+	}
+	if err := m.dir.WriteState(vmdir.State{Name: cfg.Name, MonitorPID: os.Getpid(), QEMUPID: m.proc.Pid(), StartedAt: m.started, ConsoleLog: cfg.ConsoleLog}); err != nil {
+		return nil, err
+	}
+	if err := m.attach(ctx, size); err != nil {
+		return nil, err
+	}
+	m.server = api.NewServer(m)
+	if err := m.server.Listen(m.dir.File(vmdir.APISocket)); err != nil {
+		return nil, err
+	}
+	if err := m.qmp.Cont(ctx); err != nil {
+		return nil, fmt.Errorf("start the guest: %w", err)
+	}
+	m.setState(api.StateRunning)
+	go m.supervise()
+	return m, nil
+}
+
+// attach connects QMP, the gdbstub, the console and the exec channel, and
+// maps guest RAM, while the guest is still paused.
+func (m *Monitor) attach(ctx context.Context, size int64) error {
+	const sockTimeout = 30 * time.Second
+	dir := m.dir.Path
+	for _, s := range []string{qemu.QMPSocket, qemu.GDBSocket, qemu.SerialSocket, qemu.ExecSocket} {
+		if err := m.proc.WaitSocket(dir, s, sockTimeout); err != nil {
+			return err
+		}
+	}
+	var err error
+	if m.qmp, err = qmp.Dial(ctx, m.dir.File(qemu.QMPSocket)); err != nil {
+		return fmt.Errorf("attach QMP: %w", err)
+	}
+	if m.gdb, err = gdbrsp.Dial(ctx, m.dir.File(qemu.GDBSocket)); err != nil {
+		return fmt.Errorf("attach gdbstub: %w", err)
+	}
+	serial, err := net.Dial("unix", m.dir.File(qemu.SerialSocket))
+	if err != nil {
+		return fmt.Errorf("attach serial console: %w", err)
+	}
+	var out []io.Writer
+	if m.cfg.Console != nil {
+		out = append(out, m.cfg.Console)
+	}
+	if m.logFile != nil {
+		out = append(out, m.logFile)
+	}
+	m.console = newConsole(serial, out, m.cfg.ReadyMarker, m.onReady)
+	if m.cfg.ConsoleInput != nil {
+		go m.console.feed(m.cfg.ConsoleInput)
+	}
+	execConn, err := net.Dial("unix", m.dir.File(qemu.ExecSocket))
+	if err != nil {
+		return fmt.Errorf("attach exec channel: %w", err)
+	}
+	m.exec = guestexec.NewClient(execConn)
+
+	text, err := m.qmp.HumanMonitorCommand(ctx, "info mtree")
+	if err != nil {
+		return fmt.Errorf("read the guest-physical layout: %w", err)
+	}
+	regions, err := qemu.ParseMtree(text, qemu.RAMBackendID)
+	if err != nil {
+		return err
+	}
+	if m.ram, err = qemu.MapRAM(m.ramFile, size, regions); err != nil {
+		return err
+	}
+	return nil
+}
+
+func (m *Monitor) setState(s string) {
+	m.mu.Lock()
+	m.state = s
+	m.mu.Unlock()
+}
+
+func (m *Monitor) onReady() {
+	m.mu.Lock()
+	first := m.readyAt.IsZero()
+	if first {
+		m.readyAt = time.Now()
+	}
+	m.mu.Unlock()
+	if first {
+		m.logf("guest %s ready after %.2fs", m.cfg.Name, time.Since(m.started).Seconds())
+	}
+}
+
+// WaitReady blocks until the guest printed its ready marker, the VM ended,
+// or ctx ended.
+func (m *Monitor) WaitReady(ctx context.Context) error {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		m.mu.Lock()
+		ready := !m.readyAt.IsZero()
+		m.mu.Unlock()
+		if ready {
+			return nil
+		}
+		select {
+		case <-m.done:
+			if err := m.Err(); err != nil {
+				return err
+			}
+			return errors.New("the VM ended before the guest was ready")
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// supervise watches QMP events, QEMU's exit and stop requests until the VM is
+// over, then cleans up.
+func (m *Monitor) supervise() {
+	defer close(m.done)
+	defer m.cleanup()
+	events := m.qmp.Events()
+	var (
+		stopDeadline <-chan time.Time
+		quitDeadline <-chan time.Time
+	)
+	for {
+		select {
+		case ev, ok := <-events:
+			if !ok {
+				events = nil
+				continue
+			}
+			if ev.Name == "SHUTDOWN" {
+				var d struct {
+					Guest  bool   `json:"guest"`
+					Reason string `json:"reason"`
+				}
+				_ = json.Unmarshal(ev.Data, &d)
+				m.mu.Lock()
+				m.shutdown = d.Reason
+				m.mu.Unlock()
+			}
+		case timeout := <-m.stopReq:
+			m.setState(api.StateStopping)
+			if timeout <= 0 {
+				m.quit()
+				quitDeadline = time.After(5 * time.Second)
+				continue
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if err := m.qmp.SystemPowerdown(ctx); err != nil {
+				m.logf("ACPI power-down failed (%v); quitting QEMU", err)
+				m.quit()
+				quitDeadline = time.After(5 * time.Second)
+			} else {
+				stopDeadline = time.After(timeout)
+			}
+			cancel()
+		case <-stopDeadline:
+			m.logf("the guest did not power off in time; quitting QEMU")
+			stopDeadline = nil
+			m.quit()
+			quitDeadline = time.After(5 * time.Second)
+		case <-quitDeadline:
+			m.logf("QEMU did not quit; killing it")
+			quitDeadline = nil
+			_ = m.proc.Kill(5 * time.Second)
+		case <-m.proc.Done():
+			m.finish()
+			return
+		}
+	}
+}
+
+func (m *Monitor) quit() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := m.qmp.Quit(ctx); err != nil {
+		_ = m.proc.Kill(5 * time.Second)
+	}
+}
+
+// finish classifies how the VM ended.
+// Preconditions: QEMU has exited.
+func (m *Monitor) finish() {
+	// Drain events QEMU sent just before exiting.
+	drain := time.After(200 * time.Millisecond)
+	for loop := true; loop; {
+		select {
+		case ev, ok := <-m.qmp.Events():
+			if !ok {
+				loop = false
+				break
+			}
+			if ev.Name == "SHUTDOWN" {
+				var d struct {
+					Reason string `json:"reason"`
+				}
+				_ = json.Unmarshal(ev.Data, &d)
+				m.mu.Lock()
+				m.shutdown = d.Reason
+				m.mu.Unlock()
+			}
+		case <-m.qmp.Done():
+			loop = false
+		case <-drain:
+			loop = false
+		}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.state = api.StateStopped
+	procErr := m.proc.ExitError()
+	switch {
+	case m.shutdown == "guest-shutdown":
+		m.exitErr = nil
+	case m.shutdown == "guest-reset" || m.shutdown == "guest-panic":
+		m.exitErr = fmt.Errorf("%w: see the console log", ErrGuestReset)
+	case m.stopping && (m.shutdown != "" || procErr == nil):
+		m.exitErr = nil
+	case m.stopping:
+		m.exitErr = nil // killed after the quit timeout, as asked
+	case m.shutdown == "host-signal":
+		m.exitErr = fmt.Errorf("%w: it was killed by a signal", ErrQEMUDied)
+	default:
+		if procErr == nil {
+			procErr = errors.New("exit status 0 without a shutdown event")
+		}
+		m.exitErr = fmt.Errorf("%w: %v", ErrQEMUDied, procErr)
+	}
+}
+
+// cleanup releases everything Start acquired; safe on a partial Start.
+func (m *Monitor) cleanup() {
+	if m.server != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = m.server.Shutdown(ctx)
+		cancel()
+	}
+	if m.proc != nil {
+		_ = m.proc.Kill(5 * time.Second)
+	}
+	if m.qmp != nil {
+		m.qmp.Close()
+	}
+	if m.gdb != nil {
+		m.gdb.Close()
+	}
+	if m.console != nil {
+		m.console.close()
+	}
+	if m.exec != nil {
+		m.exec.Close()
+	}
+	if m.ram != nil {
+		m.ram.Close()
+	}
+	if m.ramFile != nil {
+		m.ramFile.Close()
+	}
+	if m.logFile != nil {
+		m.logFile.Close()
+	}
+	if m.dir != nil {
+		m.dir.Release()
+	}
+}
+
+// Done is closed when the VM is over and cleaned up.
+func (m *Monitor) Done() <-chan struct{} { return m.done }
+
+// Err says how the VM ended; valid after Done.
+func (m *Monitor) Err() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.exitErr
+}
+
+// Wait blocks until the VM is over and returns how it ended.
+func (m *Monitor) Wait() error {
+	<-m.done
+	return m.Err()
+}
+
+// RequestStop begins an orderly shutdown: ACPI power button, then quit after
+// timeout; timeout 0 quits at once. It returns immediately.
+func (m *Monitor) RequestStop(timeout time.Duration) {
+	m.mu.Lock()
+	already := m.stopping
+	m.stopping = true
+	m.mu.Unlock()
+	if already && timeout > 0 {
+		return
+	}
+	select {
+	case m.stopReq <- timeout:
+	default:
+	}
+}
+
+// Status implements api.VM.
+func (m *Monitor) Status(ctx context.Context) api.Status {
+	m.mu.Lock()
+	st := api.Status{
+		Name: m.cfg.Name, State: m.state, GuestReady: !m.readyAt.IsZero(), MonitorPID: os.Getpid(),
+		Accel: string(m.cfg.Accel.Accel), AccelReason: m.cfg.Accel.Reason, Machine: qemu.Machine,
+		MemMiB: m.cfg.MemMiB, CPUs: m.cfg.CPUs, Kernel: m.cfg.Kernel, Initrd: m.cfg.Initrd, Append: m.cfg.Append,
+		StartedAt: m.started, RuntimeDir: m.dir.Path, ConsoleLog: m.cfg.ConsoleLog,
+	}
+	if !m.readyAt.IsZero() {
+		t := m.readyAt
+		st.ReadyAt = &t
+		st.BootSeconds = t.Sub(m.started).Seconds()
+	}
+	running := m.state == api.StateRunning
+	m.mu.Unlock()
+	if m.proc != nil {
+		st.QEMUPID = m.proc.Pid()
+	}
+	if running {
+		qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		if qs, err := m.qmp.QueryStatus(qctx); err == nil {
+			st.QEMUStatus = qs.Status
+		}
+		cancel()
+	}
+	return st
+}
+
+// Stop implements api.VM.
+func (m *Monitor) Stop(_ context.Context, req api.StopRequest) error {
+	timeout := DefaultStopTimeout
+	if req.TimeoutSeconds > 0 {
+		timeout = time.Duration(req.TimeoutSeconds) * time.Second
+	}
+	if req.Force {
+		timeout = 0
+	}
+	m.RequestStop(timeout)
+	return nil
+}
+
+func (m *Monitor) checkRunning() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.state != api.StateRunning {
+		return api.ErrUnavailable
+	}
+	return nil
+}
+
+// Exec implements api.VM.
+func (m *Monitor) Exec(ctx context.Context, req api.ExecRequest) (api.ExecResult, error) {
+	if err := m.checkRunning(); err != nil {
+		return api.ExecResult{}, err
+	}
+	m.mu.Lock()
+	ready := !m.readyAt.IsZero()
+	m.mu.Unlock()
+	if !ready {
+		return api.ExecResult{}, api.ErrNotReady
+	}
+	res, err := m.exec.Run(ctx, guestexec.QuoteArgv(req.Argv), time.Duration(req.TimeoutSeconds)*time.Second)
+	if err != nil {
+		return api.ExecResult{}, &api.Error{Code: api.CodeUnavailable, Message: fmt.Sprintf("exec: %v (is the guest's gatevisor-agent running?)", err)}
+	}
+	return api.ExecResult{ExitCode: res.ExitCode, Stdout: res.Stdout, Stderr: res.Stderr}, nil
+}
+
+// Registers implements api.VM: it pauses the VM through the gdbstub, reads
+// every register of at most 64 bits of the vCPU, and lets the VM run again.
+func (m *Monitor) Registers(ctx context.Context, vcpu int) (api.Registers, error) {
+	if err := m.checkRunning(); err != nil {
+		return api.Registers{}, err
+	}
+	if vcpu >= m.cfg.CPUs {
+		return api.Registers{}, &api.Error{Code: api.CodeNotFound, Message: fmt.Sprintf("vCPU %d does not exist: the VM has %d", vcpu, m.cfg.CPUs)}
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var regs map[string]uint64
+	err := m.gdb.WithStopped(ctx, func() error {
+		if err := m.gdb.SetVCPU(ctx, vcpu); err != nil {
+			return err
+		}
+		var err error
+		regs, err = m.gdb.ReadRegisters(ctx)
+		return err
+	})
+	if err != nil {
+		return api.Registers{}, fmt.Errorf("read registers of vCPU %d: %w", vcpu, err)
+	}
+	out := api.Registers{VCPU: vcpu, Registers: make(map[string]string, len(regs))}
+	for k, v := range regs {
+		out.Registers[k] = "0x" + strconv.FormatUint(v, 16)
+	}
+	return out, nil
+}
+
+// MemoryLayout implements api.VM.
+func (m *Monitor) MemoryLayout() api.MemoryLayout {
+	out := api.MemoryLayout{Size: uint64(m.ram.Size())}
+	for _, r := range m.ram.Regions() {
+		out.Regions = append(out.Regions, api.Region{GPA: r.GPA, Offset: r.Offset, Size: r.Size})
+	}
+	return out
+}
+
+// ReadPhysical implements api.VM from the live mapping; the guest keeps
+// running.
+func (m *Monitor) ReadPhysical(_ context.Context, addr uint64, p []byte) error {
+	if err := m.checkRunning(); err != nil {
+		return err
+	}
+	if addr > 1<<62 {
+		return &api.Error{Code: api.CodeBadRequest, Message: fmt.Sprintf("address %#x is beyond guest-physical memory", addr)}
+	}
+	if _, err := m.ram.ReadAt(p, int64(addr)); err != nil {
+		if errors.Is(err, qemu.ErrNotRAM) {
+			return &api.Error{Code: api.CodeBadRequest, Message: fmt.Sprintf("%v: see GET /v1/memory for the RAM layout", err)}
+		}
+		return err
+	}
+	return nil
+}
+
+// RAM returns the live guest-RAM mapping (for introspection).
+func (m *Monitor) RAM() *qemu.GuestRAM { return m.ram }
+
+// AttachConsole implements api.VM.
+func (m *Monitor) AttachConsole(ctx context.Context, conn io.ReadWriteCloser, replay int) error {
+	if err := m.checkRunning(); err != nil {
+		return err
+	}
+	return m.console.attach(ctx, conn, replay, m.done)
+}

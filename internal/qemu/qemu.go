@@ -1,0 +1,294 @@
+// Package qemu launches and owns one qemu-system-x86_64 process: it builds
+// the command line from a Config, starts QEMU so that it dies with its
+// monitor, and maps guest RAM (see guestram.go). The protocol clients live in
+// the subpackages qmp (QEMU Machine Protocol) and gdbrsp (the gdbstub).
+//
+// Everything QEMU prints or answers is treated as untrusted: a guest that
+// exploits QEMU controls it.
+//
+// Imported by monitor.
+package qemu
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/gatevisor/gatevisor/internal/guestexec"
+)
+
+// Binary is the QEMU system emulator gatevisor runs.
+const Binary = "qemu-system-x86_64"
+
+// ErrNoQEMU means the QEMU binary is not installed.
+var ErrNoQEMU = errors.New(Binary + " not found: install it with 'sudo apt-get install -y qemu-system-x86'")
+
+// FindBinary returns the path of the QEMU binary.
+func FindBinary() (string, error) {
+	p, err := exec.LookPath(Binary)
+	if err != nil {
+		return "", ErrNoQEMU
+	}
+	return p, nil
+}
+
+// Machine is the QEMU machine type. q35 (ICH9, PCIe) is QEMU's modern,
+// maintained PC chipset and what libvirt picks for new VMs; i440fx ("pc") is
+// kept for old guests. q35's ACPI power button drives orderly shutdown, and its
+// native PCIe hosts the virtio devices directly. Measured boot-to-ready on the
+// default kit differs by less than the run-to-run noise (docs/benchmarks.md).
+const Machine = "q35"
+
+// Memory limits for --mem, in MiB. Below 64 MiB the default kit's kernel and
+// initramfs do not fit; above 1 TiB is beyond any device we target.
+const (
+	MinMemMiB = 64
+	MaxMemMiB = 1 << 20
+	MaxCPUs   = 64
+)
+
+// RAMBackendID names guest RAM's memory backend object.
+const RAMBackendID = "gatevisor-ram"
+
+// Sockets QEMU listens on inside the VM's private runtime directory.
+const (
+	QMPSocket    = "qmp.sock"
+	GDBSocket    = "gdb.sock"
+	SerialSocket = "serial.sock"
+	ExecSocket   = "exec.sock"
+)
+
+// Config describes one VM.
+type Config struct {
+	Binary string // path of qemu-system-x86_64
+	Dir    string // private (0700) runtime directory for sockets
+	Name   string
+	MemMiB int
+	CPUs   int
+	Accel  string // "kvm" or "tcg"
+	Kernel string
+	Initrd string
+	Append string
+	// ExtraArgs go last, for features that add devices (network, disks).
+	ExtraArgs []string
+}
+
+// Validate checks the parts of c a user sets.
+func (c *Config) Validate() error {
+	if c.MemMiB < MinMemMiB {
+		return fmt.Errorf("--mem %dM is too small: the guest needs at least %dM", c.MemMiB, MinMemMiB)
+	}
+	if c.MemMiB > MaxMemMiB {
+		return fmt.Errorf("--mem %dM is too large: at most %dM", c.MemMiB, MaxMemMiB)
+	}
+	if c.CPUs < 1 || c.CPUs > MaxCPUs {
+		return fmt.Errorf("--cpus %d is out of range: use 1 to %d", c.CPUs, MaxCPUs)
+	}
+	if c.Accel != "kvm" && c.Accel != "tcg" {
+		return fmt.Errorf("accelerator %q: want kvm or tcg", c.Accel)
+	}
+	if c.Kernel == "" {
+		return errors.New("no kernel: pass --kernel or use the default kit")
+	}
+	return nil
+}
+
+// ramFD is the descriptor number guest RAM has in QEMU (ExtraFiles[0]).
+const ramFD = 3
+
+// Args returns QEMU's arguments (without argv[0]).
+func (c *Config) Args() []string {
+	sock := func(n string) string { return filepath.Join(c.Dir, n) }
+	cpu := "max,la57=off" // 4-level paging, as on the devices we target
+	if c.Accel == "kvm" {
+		cpu = "host"
+	}
+	args := []string{
+		"-name", "guest=" + c.Name + ",debug-threads=on",
+		"-machine", Machine + ",accel=" + c.Accel + ",memory-backend=" + RAMBackendID,
+		"-object", fmt.Sprintf("memory-backend-file,id=%s,size=%dM,mem-path=/proc/self/fd/%d,share=on", RAMBackendID, c.MemMiB, ramFD),
+		"-m", strconv.Itoa(c.MemMiB) + "M",
+		"-smp", strconv.Itoa(c.CPUs),
+		"-cpu", cpu,
+		"-nodefaults", "-no-user-config", "-display", "none",
+		// Start paused: the monitor attaches every channel before the guest runs.
+		"-S",
+		// A guest reset or panic ends the VM instead of looping.
+		"-no-reboot",
+		// QEMU's seccomp filter: a guest that escapes into QEMU cannot spawn
+		// processes, change privileges or use obsolete system calls.
+		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+		"-qmp", "unix:" + sock(QMPSocket) + ",server=on,wait=off",
+		// The gdbstub socket gives whoever connects full control of the guest:
+		// it lives only in the 0700 runtime directory.
+		"-chardev", "socket,id=gdb0,path=" + sock(GDBSocket) + ",server=on,wait=off",
+		"-gdb", "chardev:gdb0",
+		"-chardev", "socket,id=serial0,path=" + sock(SerialSocket) + ",server=on,wait=off",
+		"-serial", "chardev:serial0",
+		"-device", "virtio-serial-pci,id=vser0",
+		"-chardev", "socket,id=gvx,path=" + sock(ExecSocket) + ",server=on,wait=off",
+		"-device", "virtserialport,bus=vser0.0,chardev=gvx,name=" + guestexec.PortName,
+		"-kernel", c.Kernel,
+	}
+	if c.Initrd != "" {
+		args = append(args, "-initrd", c.Initrd)
+	}
+	if c.Append != "" {
+		args = append(args, "-append", c.Append)
+	}
+	return append(args, c.ExtraArgs...)
+}
+
+// CommandLine renders argv for logs and for the equivalent plain command the
+// benchmark runs.
+func CommandLine(binary string, args []string) string {
+	q := make([]string, 0, len(args)+1)
+	for _, a := range append([]string{binary}, args...) {
+		if strings.ContainsAny(a, " '\"$\\") {
+			a = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+		}
+		q = append(q, a)
+	}
+	return strings.Join(q, " ")
+}
+
+// Process is a running QEMU.
+type Process struct {
+	cmd    *exec.Cmd
+	done   chan struct{}
+	err    error // valid after done is closed
+	stderr *tailBuffer
+}
+
+// Start runs QEMU with guest RAM as its descriptor 3. QEMU gets SIGKILL when
+// the monitor process dies for any reason, kill -9 included: the command is
+// started from an OS thread that stays locked until QEMU exits, because
+// Linux sends the parent-death signal when the creating thread ends.
+func Start(c *Config, ram *os.File, log io.Writer) (*Process, error) {
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	p := &Process{done: make(chan struct{}), stderr: &tailBuffer{max: 8 << 10}}
+	started := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		cmd := exec.Command(c.Binary, c.Args()...)
+		cmd.ExtraFiles = []*os.File{ram}
+		cmd.Stdin = nil
+		var w io.Writer = p.stderr
+		if log != nil {
+			w = io.MultiWriter(p.stderr, log)
+		}
+		cmd.Stdout, cmd.Stderr = w, w
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+		if err := cmd.Start(); err != nil {
+			started <- fmt.Errorf("start %s: %w", c.Binary, err)
+			return
+		}
+		p.cmd = cmd
+		started <- nil
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	if err := <-started; err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// Pid is QEMU's process id.
+func (p *Process) Pid() int { return p.cmd.Process.Pid }
+
+// Done is closed when QEMU has exited.
+func (p *Process) Done() <-chan struct{} { return p.done }
+
+// ExitError describes how QEMU ended; nil for a clean exit. Valid after Done.
+func (p *Process) ExitError() error {
+	if p.err == nil {
+		return nil
+	}
+	if tail := strings.TrimSpace(p.stderr.String()); tail != "" {
+		return fmt.Errorf("%w; QEMU said: %s", p.err, lastLines(tail, 5))
+	}
+	return p.err
+}
+
+// Stderr returns the last lines QEMU printed.
+func (p *Process) Stderr() string { return p.stderr.String() }
+
+// Kill ends QEMU at once and waits for it, at most timeout.
+func (p *Process) Kill(timeout time.Duration) error {
+	select {
+	case <-p.done:
+		return nil
+	default:
+	}
+	_ = p.cmd.Process.Kill()
+	select {
+	case <-p.done:
+		return nil
+	case <-time.After(timeout):
+		return fmt.Errorf("qemu pid %d did not exit %v after SIGKILL", p.Pid(), timeout)
+	}
+}
+
+// WaitSocket waits until QEMU has created socket name in dir, QEMU exits,
+// or timeout passes.
+func (p *Process) WaitSocket(dir, name string, timeout time.Duration) error {
+	path := filepath.Join(dir, name)
+	deadline := time.Now().Add(timeout)
+	for {
+		if fi, err := os.Stat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+			return nil
+		}
+		select {
+		case <-p.done:
+			return fmt.Errorf("qemu exited before creating %s: %v", name, p.ExitError())
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("qemu did not create %s within %v", name, timeout)
+		}
+	}
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, " | ")
+}
+
+// tailBuffer keeps the last max bytes written to it.
+type tailBuffer struct {
+	mu  sync.Mutex // guards buf
+	buf []byte
+	max int
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf = append(t.buf, p...)
+	if len(t.buf) > t.max {
+		t.buf = append([]byte(nil), t.buf[len(t.buf)-t.max:]...)
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return string(t.buf)
+}
