@@ -35,8 +35,8 @@ var (
 	ErrUnsupportedCompression = errors.New("linux: unsupported kernel compression")
 )
 
-// MaxVmlinuxSize bounds the decompressed kernel.
-const MaxVmlinuxSize = 1 << 30
+// MaxVmlinuxSize bounds the decompressed kernel (Debian's 6.1 is 66 MB).
+const MaxVmlinuxSize = 256 << 20
 
 // x86 boot protocol header fields (Documentation/arch/x86/boot.rst).
 const (
@@ -147,12 +147,16 @@ func ExtractVmlinux(img []byte) ([]byte, Compression, error) {
 		out, err = readBounded(bzip2.NewReader(bytes.NewReader(body)), size)
 	case CompressionLZMA:
 		var lr *lzma.Reader
-		if lr, err = lzma.NewReader(bytes.NewReader(body)); err == nil {
+		// The header's dictionary size is allocated up front: allow what a
+		// kernel of this size needs (lzma -9 uses 64 MiB), no more.
+		cfg := lzma.ReaderConfig{DictCap: int(min(max(pow2(size), 64<<20), MaxVmlinuxSize))}
+		if lr, err = cfg.NewReader(bytes.NewReader(body)); err == nil {
 			out, err = readBounded(lr, size)
 		}
 	case CompressionZstd:
 		var zr *zstd.Decoder
-		if zr, err = zstd.NewReader(bytes.NewReader(body), zstd.WithDecoderMaxMemory(MaxVmlinuxSize), zstd.WithDecoderConcurrency(1)); err == nil {
+		if zr, err = zstd.NewReader(bytes.NewReader(body), zstd.WithDecoderMaxMemory(uint64(size)+1),
+			zstd.WithDecoderMaxWindow(uint64(max(pow2(size), 1<<20))), zstd.WithDecoderConcurrency(1)); err == nil {
 			out, err = readBounded(zr, size)
 			zr.Close()
 		}
@@ -166,6 +170,15 @@ func ExtractVmlinux(img []byte) ([]byte, Compression, error) {
 		return nil, h.Compression, fmt.Errorf("linux: %s payload decompressed to %d bytes, header says %d", h.Compression, len(out), size)
 	}
 	return out, h.Compression, nil
+}
+
+// pow2 returns the smallest power of two at least n.
+func pow2(n int64) int64 {
+	p := int64(1)
+	for p < n {
+		p <<= 1
+	}
+	return p
 }
 
 // initialCap is the buffer to start decompressing into: the announced size,
