@@ -167,6 +167,26 @@ func (e *Event) Validate() error {
 		return fmt.Errorf("%w: direction %d", ErrInvalid, uint8(e.Dir))
 	}
 	s := &e.Subject
+	if len(e.Op) > MaxName || len(e.Path) > MaxPath || len(e.Proto) > MaxName || len(e.Module) > MaxName ||
+		len(s.Comm) > MaxName || len(s.Exe) > MaxPath || len(s.ParentComm) > MaxName || len(s.ParentExe) > MaxPath {
+		return e.lengthError()
+	}
+	if len(e.Args) > MaxArgs {
+		return fmt.Errorf("%w: %d args, limit %d", ErrInvalid, len(e.Args), MaxArgs)
+	}
+	if len(s.Labels) > MaxLabels {
+		return fmt.Errorf("%w: %d labels, limit %d", ErrInvalid, len(s.Labels), MaxLabels)
+	}
+	for _, l := range s.Labels {
+		if len(l) > MaxName {
+			return fmt.Errorf("%w: label is %d bytes, limit %d", ErrInvalid, len(l), MaxName)
+		}
+	}
+	return nil
+}
+
+func (e *Event) lengthError() error {
+	s := &e.Subject
 	for _, f := range [...]struct {
 		name string
 		v    string
@@ -185,18 +205,7 @@ func (e *Event) Validate() error {
 			return fmt.Errorf("%w: %s is %d bytes, limit %d", ErrInvalid, f.name, len(f.v), f.max)
 		}
 	}
-	if len(e.Args) > MaxArgs {
-		return fmt.Errorf("%w: %d args, limit %d", ErrInvalid, len(e.Args), MaxArgs)
-	}
-	if len(s.Labels) > MaxLabels {
-		return fmt.Errorf("%w: %d labels, limit %d", ErrInvalid, len(s.Labels), MaxLabels)
-	}
-	for _, l := range s.Labels {
-		if len(l) > MaxName {
-			return fmt.Errorf("%w: label is %d bytes, limit %d", ErrInvalid, len(l), MaxName)
-		}
-	}
-	return nil
+	return ErrInvalid
 }
 
 // Arg returns argument i, or 0 and false when the event has fewer arguments.
@@ -209,7 +218,7 @@ func (e *Event) Arg(i int) (int64, bool) {
 
 // String is a short human-readable form for logs and explain output.
 func (e *Event) String() string {
-	s := fmt.Sprintf("%s", e.Class)
+	s := e.Class.String()
 	if e.Op != "" {
 		s += " " + e.Op
 	}

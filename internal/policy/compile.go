@@ -68,6 +68,11 @@ type crule struct {
 	idx    int8 // field, or -1
 	prefix bool
 	keys   []string
+	// Guard: a rule that is not indexable but can only match when a field
+	// has one of some values (exeEq("/x") and uidEq(0)) is tried only for
+	// those values.
+	guard     int8
+	guardKeys []string
 }
 
 type blockKey struct {
@@ -81,6 +86,7 @@ type cblock struct {
 	exact      [nFields]map[string]int32
 	prefix     [nFields]map[string]int32
 	prefixLens [nFields][]int
+	guards     [nFields]map[string][]int32
 	def        *cact
 	defPos     Pos
 }
@@ -578,6 +584,12 @@ func (c *compiler) compileBlock(b Block) {
 		}
 		cr := crule{name: name, cond: c.cond(r.When, cc), act: c.action(r.Action, name), idx: -1}
 		cr.idx, cr.prefix, cr.keys = indexable(r.When)
+		cr.guard = -1
+		if cr.idx < 0 {
+			if f, keys, ok := guardOf(r.When); ok {
+				cr.guard, cr.guardKeys = int8(f), keys
+			}
+		}
 		blk.rules = append(blk.rules, cr)
 		c.p.nrules++
 	}
@@ -619,6 +631,39 @@ func indexable(cond Cond) (int8, bool, []string) {
 	return fld, prefix, keys
 }
 
+// guardOf returns a field and values of which one must hold for cond to be
+// true: an exact predicate, either side of an and, or both sides of an or
+// if they guard the same field.
+func guardOf(cond Cond) (field, []string, bool) {
+	switch c := cond.(type) {
+	case *Pred:
+		f, pre, ok := indexPred(c.Name)
+		if !ok || pre || c.Braced || len(c.Args) == 0 {
+			return 0, nil, false
+		}
+		keys := make([]string, 0, len(c.Args))
+		for _, a := range c.Args {
+			if a.Kind != ValString {
+				return 0, nil, false
+			}
+			keys = append(keys, a.S)
+		}
+		return f, keys, true
+	case *And:
+		if f, k, ok := guardOf(c.L); ok {
+			return f, k, true
+		}
+		return guardOf(c.R)
+	case *Or:
+		fl, kl, okl := guardOf(c.L)
+		fr, kr, okr := guardOf(c.R)
+		if okl && okr && fl == fr {
+			return fl, append(kl, kr...), true
+		}
+	}
+	return 0, nil, false
+}
+
 func indexPred(name string) (field, bool, bool) {
 	switch name {
 	case "fileEq", "pathEq":
@@ -643,6 +688,18 @@ func finishBlock(b *cblock) {
 	b.scan = b.scan[:0]
 	for i := range b.rules {
 		r := &b.rules[i]
+		if r.idx < 0 && len(r.guardKeys) > 0 {
+			if b.guards[r.guard] == nil {
+				b.guards[r.guard] = map[string][]int32{}
+			}
+			for _, k := range r.guardKeys {
+				l := b.guards[r.guard][k]
+				if len(l) == 0 || l[len(l)-1] != int32(i) {
+					b.guards[r.guard][k] = append(l, int32(i))
+				}
+			}
+			continue
+		}
 		if r.idx < 0 {
 			b.scan = append(b.scan, int32(i))
 			continue
@@ -1029,6 +1086,9 @@ func (c *compiler) pred(p *Pred, cc condCtx) condFn {
 		return strFn(c.strs(p, 1, 0), func(e *event.Event) string { return e.Subject.ParentExe })
 	case "parentCommEq":
 		return strFn(c.strs(p, 1, 0), func(e *event.Event) string { return e.Subject.ParentComm })
+	case "opPrefixEq":
+		ps := c.strs(p, 1, 0)
+		return func(x *evalCtx) bool { return hasAnyPrefix(x.ev.Op, ps) }
 	case "opEq":
 		return strFn(c.strs(p, 1, 0), func(e *event.Event) string { return e.Op })
 	case "protoEq":
@@ -1107,7 +1167,7 @@ func (c *compiler) pred(p *Pred, cc condCtx) condFn {
 }
 
 var predNames = []string{"fileEq", "filePrefixEq", "fileGlob", "pathEq", "pathPrefixEq", "pathGlob", "exeEq", "exePrefixEq", "exeGlob",
-	"commEq", "commPrefixEq", "moduleEq", "moduleGlob", "parentExeEq", "parentCommEq", "opEq", "protoEq", "addrIn", "addrEq",
+	"commEq", "commPrefixEq", "moduleEq", "moduleGlob", "parentExeEq", "parentCommEq", "opEq", "opPrefixEq", "protoEq", "addrIn", "addrEq",
 	"portEq", "portIn", "localPortEq", "localPortIn", "uidEq", "uidIn", "gidEq", "pidEq", "ppidEq", "dirIs", "labelIs",
 	"domainIs", "execDomainIs", "roleIs", "typeIs", "eq", "neq", "lt", "le", "gt", "ge", "inRange", "flagsSet", "flagsAny", "flagsClear"}
 
@@ -1240,4 +1300,13 @@ func (c *compiler) constraint(p *Pred, cc condCtx) condFn {
 		}
 		return true
 	}
+}
+
+func hasAnyPrefix(s string, prefixes []string) bool {
+	for _, p := range prefixes {
+		if strings.HasPrefix(s, p) {
+			return true
+		}
+	}
+	return false
 }

@@ -73,10 +73,6 @@ var builtinSigs = map[string][]string{
 	"reboot":        {"magic", "magic2", "cmd", "arg"},
 }
 
-// fieldArgs are argument names that refer to event fields rather than to
-// positional arguments; they work in every block.
-var fieldArgs = map[string]bool{"uid": true, "gid": true, "pid": true, "ppid": true, "port": true, "local_port": true}
-
 // File operations for MLS: reads need the subject to dominate the object
 // (no read up), writes need the object to dominate the subject (no write
 // down). An op in neither list counts as both.

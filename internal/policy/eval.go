@@ -52,7 +52,6 @@ type evalCtx struct {
 	objDone  bool
 	exe      subjLabels
 	exeDone  bool
-	exeEv    *event.Event
 }
 
 func (x *evalCtx) subject() *subjLabels {
@@ -152,10 +151,19 @@ func (p *Policy) labelSubject(x *evalCtx, ev *event.Event) subjLabels {
 func (b *cblock) first(x *evalCtx) int32 {
 	best := int32(-1)
 	for f := field(0); f < nFields; f++ {
-		if b.exact[f] == nil && b.prefix[f] == nil {
+		if b.exact[f] == nil && b.prefix[f] == nil && b.guards[f] == nil {
 			continue
 		}
 		v := getField(f, x.ev)
+		for _, i := range b.guards[f][v] {
+			if best >= 0 && i >= best {
+				break
+			}
+			if b.rules[i].cond(x) {
+				best = i
+				break
+			}
+		}
 		if i, ok := b.exact[f][v]; ok && (best < 0 || i < best) {
 			best = i
 		}
