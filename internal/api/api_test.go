@@ -1,0 +1,270 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/getkin/kin-openapi/openapi3"
+	"github.com/getkin/kin-openapi/openapi3filter"
+	"github.com/getkin/kin-openapi/routers"
+	"github.com/getkin/kin-openapi/routers/legacy"
+	"github.com/google/go-cmp/cmp"
+)
+
+// fakeVM records calls and answers like a running VM.
+type fakeVM struct {
+	stopped  *StopRequest
+	execErr  error
+	lastExec ExecRequest
+	console  []byte
+}
+
+func (f *fakeVM) Status(context.Context) Status {
+	return Status{Name: "vm1", State: StateRunning, QEMUStatus: "running", GuestReady: true, MonitorPID: 10, QEMUPID: 11,
+		Accel: "tcg", AccelReason: "using TCG", Machine: "q35", MemMiB: 256, CPUs: 1, Kernel: "/k", Initrd: "/i",
+		StartedAt: time.Unix(1700000000, 0).UTC(), RuntimeDir: "/run/gatevisor/vm1"}
+}
+func (f *fakeVM) Stop(_ context.Context, r StopRequest) error { f.stopped = &r; return nil }
+func (f *fakeVM) Exec(_ context.Context, r ExecRequest) (ExecResult, error) {
+	f.lastExec = r
+	if f.execErr != nil {
+		return ExecResult{}, f.execErr
+	}
+	return ExecResult{ExitCode: 3, Stdout: []byte("out\n"), Stderr: []byte{}}, nil
+}
+func (f *fakeVM) Registers(_ context.Context, vcpu int) (Registers, error) {
+	if vcpu > 0 {
+		return Registers{}, &Error{Code: CodeNotFound, Message: "vCPU 1 does not exist"}
+	}
+	return Registers{VCPU: 0, Registers: map[string]string{"rip": "0xffffffff81000000", "cr3": "0x1000"}}, nil
+}
+func (f *fakeVM) MemoryLayout() MemoryLayout {
+	return MemoryLayout{Size: 1 << 20, Regions: []Region{{GPA: 0, Offset: 0, Size: 1 << 20}}}
+}
+func (f *fakeVM) ReadPhysical(_ context.Context, addr uint64, p []byte) error {
+	if addr+uint64(len(p)) > 1<<20 {
+		return &Error{Code: CodeBadRequest, Message: "not RAM"}
+	}
+	for i := range p {
+		p[i] = byte(addr) + byte(i)
+	}
+	return nil
+}
+func (f *fakeVM) AttachConsole(_ context.Context, conn io.ReadWriteCloser, replay int) error {
+	_, _ = conn.Write([]byte("login: "))
+	buf := make([]byte, 5)
+	n, _ := io.ReadFull(conn, buf)
+	f.console = buf[:n]
+	return nil
+}
+
+func loadRouter(t *testing.T) routers.Router {
+	t.Helper()
+	loader := openapi3.NewLoader()
+	doc, err := loader.LoadFromData(Spec)
+	if err != nil {
+		t.Fatalf("openapi.yaml: %v", err)
+	}
+	if err := doc.Validate(context.Background()); err != nil {
+		t.Fatalf("openapi.yaml is not valid OpenAPI: %v", err)
+	}
+	r, err := legacy.NewRouter(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// roundTrip validates req against the spec (wantReqValid says whether it
+// should conform), serves it, and validates the response against the spec.
+func roundTrip(t *testing.T, router routers.Router, h http.Handler, req *http.Request, body []byte, wantReqValid bool) *httptest.ResponseRecorder {
+	t.Helper()
+	ctx := context.Background()
+	route, params, err := router.FindRoute(req)
+	var reqErr error
+	var in *openapi3filter.RequestValidationInput
+	if err != nil {
+		reqErr = err
+	} else {
+		req.Body = io.NopCloser(bytes.NewReader(body))
+		in = &openapi3filter.RequestValidationInput{Request: req, PathParams: params, Route: route,
+			Options: &openapi3filter.Options{AuthenticationFunc: openapi3filter.NoopAuthenticationFunc}}
+		reqErr = openapi3filter.ValidateRequest(ctx, in)
+	}
+	if (reqErr == nil) != wantReqValid {
+		t.Fatalf("request %s %s: spec validation error = %v, want valid=%v", req.Method, req.URL, reqErr, wantReqValid)
+	}
+	req.Body = io.NopCloser(bytes.NewReader(body))
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	if in != nil {
+		out := &openapi3filter.ResponseValidationInput{RequestValidationInput: in, Status: rec.Code, Header: rec.Header(),
+			Options: &openapi3filter.Options{IncludeResponseStatus: true}}
+		out.SetBodyBytes(rec.Body.Bytes())
+		if err := openapi3filter.ValidateResponse(ctx, out); err != nil {
+			t.Fatalf("response %d %s to %s %s does not match the spec: %v", rec.Code, rec.Body.String(), req.Method, req.URL, err)
+		}
+	}
+	return rec
+}
+
+func TestEndpointsMatchSpec(t *testing.T) {
+	router := loadRouter(t)
+	for _, tc := range []struct {
+		name, method, path, body string
+		reqValid                 bool
+		wantCode                 int
+		wantBody                 string
+	}{
+		{"status", "GET", "/v1/status", "", true, 200, `"state":"running"`},
+		{"stop default", "POST", "/v1/stop", "", true, 202, `"name":"vm1"`},
+		{"stop force", "POST", "/v1/stop", `{"force":true,"timeout_seconds":5}`, true, 202, ""},
+		{"stop bad timeout", "POST", "/v1/stop", `{"timeout_seconds":6000}`, false, 400, `"code":"bad_request"`},
+		{"stop unknown field", "POST", "/v1/stop", `{"forse":true}`, false, 400, "unknown field"},
+		{"exec", "POST", "/v1/exec", `{"argv":["echo","hi"]}`, true, 200, `"exit_code":3`},
+		{"exec empty argv", "POST", "/v1/exec", `{"argv":[]}`, false, 400, "argv is empty"},
+		{"exec no body", "POST", "/v1/exec", "", false, 400, "body is empty"},
+		{"exec bad json", "POST", "/v1/exec", `{"argv":`, false, 400, "request body"},
+		{"registers", "GET", "/v1/vcpus/0/registers", "", true, 200, `"rip":"0xffffffff81000000"`},
+		{"registers missing vcpu", "GET", "/v1/vcpus/1/registers", "", true, 404, "does not exist"},
+		{"registers bad index", "GET", "/v1/vcpus/99/registers", "", false, 400, "use 0 to 63"},
+		{"memory", "GET", "/v1/memory", "", true, 200, `"regions":[{"gpa":0`},
+		{"read", "GET", "/v1/memory/physical?address=0x10&length=4", "", true, 200, "\x10\x11\x12\x13"},
+		{"read decimal", "GET", "/v1/memory/physical?address=16&length=1", "", true, 200, "\x10"},
+		{"read too long", "GET", "/v1/memory/physical?address=0&length=2000000", "", false, 400, "use 1 to"},
+		{"read bad address", "GET", "/v1/memory/physical?address=zz&length=1", "", false, 400, "address"},
+		{"read outside RAM", "GET", "/v1/memory/physical?address=0xfffff&length=16", "", true, 400, "not RAM"},
+		{"console without upgrade", "GET", "/v1/console", "", true, 400, "Upgrade"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			vm := &fakeVM{}
+			h := NewServer(vm).Handler()
+			req := httptest.NewRequest(tc.method, "http://gatevisor"+tc.path, nil)
+			if tc.body != "" {
+				req.Header.Set("Content-Type", "application/json")
+			}
+			rec := roundTrip(t, router, h, req, []byte(tc.body), tc.reqValid)
+			if rec.Code != tc.wantCode || !strings.Contains(rec.Body.String(), tc.wantBody) {
+				t.Fatalf("got %d %q; want %d containing %q", rec.Code, rec.Body.String(), tc.wantCode, tc.wantBody)
+			}
+		})
+	}
+}
+
+func TestExecDefaultsTimeout(t *testing.T) {
+	vm := &fakeVM{}
+	h := NewServer(vm).Handler()
+	req := httptest.NewRequest("POST", "http://gatevisor/v1/exec", strings.NewReader(`{"argv":["true"]}`))
+	h.ServeHTTP(httptest.NewRecorder(), req)
+	if diff := cmp.Diff(ExecRequest{Argv: []string{"true"}, TimeoutSeconds: DefaultExecTimeout}, vm.lastExec); diff != "" {
+		t.Errorf("request passed to the VM (-want +got):\n%s", diff)
+	}
+}
+
+func TestErrorMapping(t *testing.T) {
+	for _, tc := range []struct {
+		err      error
+		wantCode int
+	}{
+		{ErrNotReady, 503}, {ErrUnavailable, 503}, {&Error{Code: CodeConflict, Message: "x"}, 409}, {errors.New("boom"), 500},
+	} {
+		vm := &fakeVM{execErr: tc.err}
+		rec := httptest.NewRecorder()
+		NewServer(vm).Handler().ServeHTTP(rec, httptest.NewRequest("POST", "http://gatevisor/v1/exec", strings.NewReader(`{"argv":["x"]}`)))
+		if rec.Code != tc.wantCode {
+			t.Errorf("%v: code %d, want %d", tc.err, rec.Code, tc.wantCode)
+		}
+		var e Error
+		if err := json.Unmarshal(rec.Body.Bytes(), &e); err != nil || e.Message == "" {
+			t.Errorf("%v: body %q is not an API error", tc.err, rec.Body.String())
+		}
+	}
+}
+
+// TestUnixSocketClient runs the real server on a unix socket and drives it
+// with the client, the console upgrade and the peer-credential check included.
+func TestUnixSocketClient(t *testing.T) {
+	vm := &fakeVM{}
+	s := NewServer(vm)
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	if err := s.Listen(sock); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(context.Background())
+	c := NewClient(sock)
+	ctx := context.Background()
+
+	st, err := c.Status(ctx)
+	if err != nil || st.Name != "vm1" {
+		t.Fatalf("Status = %+v, %v", st, err)
+	}
+	res, err := c.Exec(ctx, ExecRequest{Argv: []string{"id"}})
+	if err != nil || res.ExitCode != 3 || string(res.Stdout) != "out\n" {
+		t.Fatalf("Exec = %+v, %v", res, err)
+	}
+	b, err := c.ReadPhysical(ctx, 0x20, 3)
+	if err != nil || !bytes.Equal(b, []byte{0x20, 0x21, 0x22}) {
+		t.Fatalf("ReadPhysical = %x, %v", b, err)
+	}
+	if _, err := c.Registers(ctx, 1); !IsCode(err, CodeNotFound) {
+		t.Fatalf("Registers(1) error = %v, want not_found", err)
+	}
+	conn, err := c.Console(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prompt := make([]byte, 7)
+	if _, err := io.ReadFull(conn, prompt); err != nil || string(prompt) != "login: " {
+		t.Fatalf("console read %q, %v", prompt, err)
+	}
+	_, _ = conn.Write([]byte("root\n"))
+	conn.Close()
+	time.Sleep(50 * time.Millisecond)
+	if string(vm.console) != "root\n" {
+		t.Fatalf("console input reached the VM as %q", vm.console)
+	}
+
+	// A caller whose uid is not admitted is refused on every endpoint.
+	s.allowed = func(uint32) bool { return false }
+	if _, err := c.Status(ctx); !IsCode(err, CodeForbidden) {
+		t.Fatalf("Status from a refused uid: %v, want forbidden", err)
+	}
+}
+
+func TestSocketMode(t *testing.T) {
+	s := NewServer(&fakeVM{})
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	if err := s.Listen(sock); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(context.Background())
+	fi, err := os.Lstat(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if perm := fi.Mode().Perm(); perm != 0o600 {
+		t.Fatalf("socket mode %o, want 600", perm)
+	}
+}
+
+func FuzzParseAddress(f *testing.F) {
+	for _, s := range []string{"0x0", "0xffffffffffffffff", "123", "0x", "", "0x1ffffffffffffffff", "-1"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		v, err := ParseAddress(s)
+		if err == nil && strings.HasPrefix(s, "0x") && len(s) > 18 {
+			t.Fatalf("accepted %q as %#x", s, v)
+		}
+	})
+}
