@@ -89,7 +89,7 @@ type arReader struct {
 }
 
 func newARReader(r io.Reader) (*arReader, error) {
-	br := bufio.NewReaderSize(r, 1<<20)
+	br := bufio.NewReaderSize(r, 64<<10)
 	var magic [len(arMagic)]byte
 	if _, err := io.ReadFull(br, magic[:]); err != nil {
 		return nil, formatErr("reading ar magic: %v", err)
@@ -224,11 +224,13 @@ func decompressor(ext string, r io.Reader, lim Limits) (io.Reader, func(), error
 		}
 		return zr, func() { zr.Close() }, nil
 	case ".xz":
-		br := bufio.NewReaderSize(r, 1<<20)
+		br := bufio.NewReaderSize(r, 64<<10)
 		if err := checkXZDict(br, lim.MaxXZDict); err != nil {
 			return nil, nil, err
 		}
-		xr, err := xz.NewReader(br)
+		// DictCap is only a floor: the stream's own dictionary size wins.
+		// The default floor (8 MiB) would be allocated even for tiny streams.
+		xr, err := xz.ReaderConfig{DictCap: 1 << 16}.NewReader(br)
 		if err != nil {
 			return nil, nil, formatErr("xz: %v", err)
 		}
