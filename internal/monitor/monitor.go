@@ -178,14 +178,21 @@ func (m *Monitor) attach(ctx context.Context, size int64) error {
 			return err
 		}
 	}
-	var err error
-	if m.qmp, err = qmp.Dial(ctx, m.dir.File(qemu.QMPSocket)); err != nil {
+	dial := func(name string) (net.Conn, error) { return qemu.DialUnix(ctx, m.dir.File(name), sockTimeout) }
+	conn, err := dial(qemu.QMPSocket)
+	if err != nil {
 		return fmt.Errorf("attach QMP: %w", err)
 	}
-	if m.gdb, err = gdbrsp.Dial(ctx, m.dir.File(qemu.GDBSocket)); err != nil {
+	if m.qmp, err = qmp.NewClient(ctx, conn); err != nil {
+		return fmt.Errorf("attach QMP: %w", err)
+	}
+	if conn, err = dial(qemu.GDBSocket); err != nil {
 		return fmt.Errorf("attach gdbstub: %w", err)
 	}
-	serial, err := net.Dial("unix", m.dir.File(qemu.SerialSocket))
+	if m.gdb, err = gdbrsp.NewClient(ctx, conn); err != nil {
+		return fmt.Errorf("attach gdbstub: %w", err)
+	}
+	serial, err := dial(qemu.SerialSocket)
 	if err != nil {
 		return fmt.Errorf("attach serial console: %w", err)
 	}
@@ -200,7 +207,7 @@ func (m *Monitor) attach(ctx context.Context, size int64) error {
 	if m.cfg.ConsoleInput != nil {
 		go m.console.feed(m.cfg.ConsoleInput)
 	}
-	execConn, err := net.Dial("unix", m.dir.File(qemu.ExecSocket))
+	execConn, err := dial(qemu.ExecSocket)
 	if err != nil {
 		return fmt.Errorf("attach exec channel: %w", err)
 	}

@@ -10,9 +10,11 @@
 package qemu
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -291,4 +293,26 @@ func (t *tailBuffer) String() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return string(t.buf)
+}
+
+// DialUnix connects to one of QEMU's listening sockets. QEMU creates a
+// socket's file (bind) a moment before it listens, so a refused connection is
+// retried until ctx ends or timeout passes.
+func DialUnix(ctx context.Context, path string, timeout time.Duration) (net.Conn, error) {
+	deadline := time.Now().Add(timeout)
+	var d net.Dialer
+	for {
+		conn, err := d.DialContext(ctx, "unix", path)
+		if err == nil {
+			return conn, nil
+		}
+		if !errors.Is(err, syscall.ECONNREFUSED) && !errors.Is(err, syscall.ENOENT) || time.Now().After(deadline) {
+			return nil, fmt.Errorf("connect to %s: %w", filepath.Base(path), err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("connect to %s: %w", filepath.Base(path), ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -51,10 +52,14 @@ func startQEMU(t *testing.T) (gdbPath, qmpPath string) {
 	})
 	deadline := time.Now().Add(10 * time.Second)
 	for {
+		// QEMU creates a socket's file (bind) a moment before it listens:
+		// wait until QMP accepts, by then both sockets listen.
 		_, err1 := os.Stat(gdbPath)
-		_, err2 := os.Stat(qmpPath)
-		if err1 == nil && err2 == nil {
-			return gdbPath, qmpPath
+		if c, err2 := net.Dial("unix", qmpPath); err2 == nil {
+			c.Close()
+			if err1 == nil {
+				return gdbPath, qmpPath
+			}
 		}
 		select {
 		case <-exited:

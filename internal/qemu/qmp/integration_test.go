@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -46,7 +47,9 @@ func startQEMU(t *testing.T) (qmpPath string, cmd *exec.Cmd) {
 	})
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		if _, err := os.Stat(qmpPath); err == nil {
+		// QEMU creates the file (bind) a moment before it listens.
+		if c, err := net.Dial("unix", qmpPath); err == nil {
+			c.Close()
 			return qmpPath, cmd
 		}
 		select {
