@@ -30,6 +30,7 @@ directory, and an initramfs built from them.`,
 func newKitBuildCmd() *cobra.Command {
 	var force bool
 	var adds []string
+	var apt string
 	cmd := &cobra.Command{
 		Use:   "build [--force] [--add HOST:GUEST ...]",
 		Short: "Build the default guest kit, or verify the cached one",
@@ -50,7 +51,10 @@ initramfs at GUEST; the set of added files is replaced on every build, so
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			opts := kit.Options{Progress: cmd.ErrOrStderr(), Force: force}
+			if apt == "auto" {
+				apt = kit.AptAuto
+			}
+			opts := kit.Options{Progress: cmd.ErrOrStderr(), Force: force, AptSource: apt}
 			if _, err := kit.EnsureDefault(ctx, opts); err != nil {
 				return err
 			}
@@ -71,6 +75,7 @@ initramfs at GUEST; the set of added files is replaced on every build, so
 	}
 	cmd.Flags().BoolVar(&force, "force", false, "rebuild even if a valid kit is cached (re-resolves the packages)")
 	cmd.Flags().StringArrayVar(&adds, "add", nil, "add a host file to the initramfs as HOST:GUEST (repeatable)")
+	cmd.Flags().StringVar(&apt, "apt", "auto", "apt configuration that fetches the packages: auto (the host's on Debian bookworm, else a private bookworm one), host, or private")
 	return cmd
 }
 

@@ -58,7 +58,10 @@ func build(ctx context.Context, opts *Options, cacheDir, kitDir string) error {
 	if err != nil {
 		return err
 	}
-	opts.progressf("kit: resolving linux-image-amd64 and busybox-static with apt")
+	if err := f.chooseSource(ctx, cacheDir); err != nil {
+		return err
+	}
+	opts.progressf("kit: resolving linux-image-amd64 and busybox-static with apt (%s configuration)", f.source)
 	meta, err := f.resolve(ctx, "linux-image-amd64")
 	if err != nil {
 		return err
@@ -133,6 +136,7 @@ func build(ctx context.Context, opts *Options, cacheDir, kitDir string) error {
 	}
 	m := Manifest{
 		Format:         FormatVersion,
+		AptSource:      f.source,
 		Created:        time.Now().UTC().Truncate(time.Second),
 		Packages:       pkgs,
 		KernelRelease:  kx.release,

@@ -26,9 +26,11 @@ type debFile struct {
 
 // fetcher downloads packages into a directory with apt-get.
 type fetcher struct {
-	aptGet string
-	dir    string
-	opts   *Options
+	aptGet  string
+	dir     string
+	opts    *Options
+	private []string // apt options selecting the private bookworm configuration; nil: the host's
+	source  string   // "host" or "private", for the manifest
 }
 
 func newFetcher(dir string, opts *Options) (*fetcher, error) {
@@ -39,7 +41,7 @@ func newFetcher(dir string, opts *Options) (*fetcher, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("kit: create %s: %w", dir, err)
 	}
-	return &fetcher{aptGet: apt, dir: dir, opts: opts}, nil
+	return &fetcher{aptGet: apt, dir: dir, opts: opts, source: "host"}, nil
 }
 
 // aptArgs are options common to every apt-get call. As root, apt would
@@ -51,6 +53,7 @@ func (f *fetcher) aptArgs(args ...string) []string {
 	if os.Geteuid() == 0 {
 		base = append(base, "-o", "APT::Sandbox::User=root")
 	}
+	base = append(base, f.private...)
 	return append(base, args...)
 }
 

@@ -56,6 +56,9 @@ type Options struct {
 	CacheDir string    // "" means CacheDir()
 	Progress io.Writer // human progress messages; nil means quiet
 	Force    bool      // rebuild even if a valid kit is cached (packages are re-resolved)
+	// AptSource selects the apt configuration that resolves and downloads
+	// the packages: AptAuto (the default), AptHost or AptPrivate.
+	AptSource string
 }
 
 // Kit is a bootable guest kit.
@@ -118,6 +121,13 @@ func EnsureDefault(ctx context.Context, opts Options) (*Kit, error) {
 		}
 		if !errors.Is(err, os.ErrNotExist) {
 			opts.progressf("kit: cached kit is not usable (%v); rebuilding", err)
+		}
+	}
+	// Left behind by a builder that was killed; the lock is ours now.
+	for _, pattern := range []string{"kit.tmp-*", filepath.Join("debs", ".resolve-*")} {
+		stale, _ := filepath.Glob(filepath.Join(dir, pattern))
+		for _, p := range stale {
+			os.RemoveAll(p)
 		}
 	}
 	start := time.Now()
@@ -208,6 +218,7 @@ func sha256File(path string) (string, int64, error) {
 type Manifest struct {
 	Format         int           `json:"format"`
 	Created        time.Time     `json:"created"`
+	AptSource      string        `json:"apt_source"` // "host" or "private" (see Options.AptSource)
 	Packages       []PackageInfo `json:"packages"`
 	KernelRelease  string        `json:"kernel_release"`
 	Append         string        `json:"append"`
