@@ -72,7 +72,7 @@ type vm struct {
 	console bytes.Buffer
 }
 
-func bootVM(t *testing.T, qemu, kernel, initrd, appendLine string) *vm {
+func bootVM(t *testing.T, qemu, kernel, initrd, appendLine string, extra ...string) *vm {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "gvkit-")
 	if err != nil {
@@ -89,6 +89,7 @@ func bootVM(t *testing.T, qemu, kernel, initrd, appendLine string) *vm {
 		"-chardev", "socket,id=gvx,path="+v.agent+",server=on,wait=off",
 		"-device", "virtserialport,chardev=gvx,name="+guestexec.PortName,
 		"-qmp", "unix:"+v.qmp+",server=on,wait=off")
+	v.cmd.Args = append(v.cmd.Args, extra...)
 	stdout, err := v.cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -239,6 +240,11 @@ func TestBootDefaultKit(t *testing.T) {
 		{"pidof acpid httpd telnetd >/dev/null && echo running", "running"},
 		{"cat /proc/cmdline", k.Append},
 		{"grep -c . /proc/mounts", ""},
+		// busybox's own crypt reproduces the demo user's SHA-512 hash.
+		{"mkpasswd -m sha512 user gatevisordemo", strings.Split(guestShadow, ":")[9]},
+		// The telnet service logs the demo user in (the Mirai-era surface).
+		{"(sleep 2; echo user; sleep 2; echo user; sleep 2; echo 'echo logged-in-as-$(id -un)'; sleep 2; echo exit) | telnet 127.0.0.1 23", "logged-in-as-user"},
+		{"modprobe -n -v virtio_net 2>&1; modinfo -F depends virtio_net", "net_failover"},
 	}
 	for _, ch := range checks {
 		res := v.exec(ctx, c, ch.script)
@@ -266,8 +272,10 @@ func TestBootDefaultKit(t *testing.T) {
 	}
 }
 
-// TestBootAddedFiles boots the default kit with a file added by AppendFiles.
-func TestBootAddedFiles(t *testing.T) {
+// TestBootDevices boots the default kit with a file added by AppendFiles
+// and the devices its modules are for: a virtio NIC (DHCP from QEMU's user
+// network), a virtio disk, a 9p share and a virtio console port.
+func TestBootDevices(t *testing.T) {
 	qemu := needQEMU(t)
 	k := defaultKit(t)
 	dir := t.TempDir()
@@ -279,7 +287,20 @@ func TestBootAddedFiles(t *testing.T) {
 	if err := AppendFiles(k.Initrd, []FileSpec{{Host: host, Guest: "/opt/demo/hello.sh"}}, initrd); err != nil {
 		t.Fatal(err)
 	}
-	v := bootVM(t, qemu, k.Kernel, initrd, k.Append)
+	disk := filepath.Join(dir, "disk.raw")
+	if err := os.WriteFile(disk, bytes.Repeat([]byte("gatevisor-disk\n"), 4096), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	share := filepath.Join(dir, "share")
+	os.Mkdir(share, 0o755)
+	if err := os.WriteFile(filepath.Join(share, "from-host"), []byte("shared-over-9p\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	v := bootVM(t, qemu, k.Kernel, initrd, k.Append,
+		"-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0",
+		"-drive", "file="+disk+",format=raw,if=none,id=d0", "-device", "virtio-blk-pci,drive=d0",
+		"-virtfs", "local,path="+share+",mount_tag=host0,security_model=none,readonly=on",
+		"-device", "virtconsole,name=org.gatevisor.test")
 	v.waitReady(120 * time.Second)
 	conn, err := net.Dial("unix", v.agent)
 	if err != nil {
@@ -287,11 +308,20 @@ func TestBootAddedFiles(t *testing.T) {
 	}
 	c := guestexec.NewClient(conn)
 	defer c.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	res := v.exec(ctx, c, "/opt/demo/hello.sh && stat -c %a /opt/demo/hello.sh")
-	if got := string(res.Stdout); got != "added-file-works\n755\n" {
-		t.Errorf("added script: got %q (stderr %q)", got, res.Stderr)
+	checks := []struct{ script, want string }{
+		{"/opt/demo/hello.sh && stat -c %a /opt/demo/hello.sh", "added-file-works\n755\n"},
+		{"for i in $(seq 40); do ip -4 addr show eth0 | grep -q 10.0.2.15 && break; sleep 0.5; done; ip -4 addr show eth0", "inet 10.0.2.15/24"},
+		{"head -c 15 /dev/vda", "gatevisor-disk\n"},
+		{"mkdir -p /mnt/host && mount -t 9p -o trans=virtio,version=9p2000.L host0 /mnt/host && cat /mnt/host/from-host", "shared-over-9p\n"},
+		{"cat /sys/class/virtio-ports/*/name", "org.gatevisor.test"},
+	}
+	for _, ch := range checks {
+		res := v.exec(ctx, c, ch.script)
+		if res.ExitCode != 0 || !strings.Contains(string(res.Stdout), ch.want) {
+			t.Errorf("%s: exit %d, stdout %q, stderr %q; want %q", ch.script, res.ExitCode, res.Stdout, res.Stderr, ch.want)
+		}
 	}
 }
 
