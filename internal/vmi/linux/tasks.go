@@ -1,7 +1,14 @@
 package linux
 
 import (
+	"encoding/binary"
 	"errors"
+	"fmt"
+	"strings"
+	"sync"
+
+	"github.com/cilium/ebpf/btf"
+	"github.com/gatevisor/gatevisor/internal/vmi"
 )
 
 // Task is one process or thread as the guest kernel records it.
@@ -10,7 +17,8 @@ type Task struct {
 	Addr uint64 `json:"addr"`
 	PID  int    `json:"pid"`
 	TGID int    `json:"tgid"`
-	PPID int    `json:"ppid"`
+	// PPID is the real parent's thread-group id, as ps shows it.
+	PPID int `json:"ppid"`
 	// UID and GID are the real ids, EUID the effective uid, from task->cred.
 	UID  uint32 `json:"uid"`
 	GID  uint32 `json:"gid"`
@@ -18,28 +26,939 @@ type Task struct {
 	// State is ps's letter: R, S, D, T, t, X, Z, P or I.
 	State string `json:"state"`
 	Comm  string `json:"comm"`
-	// Exe is the path of mm->exe_file, "" for kernel threads.
+	// Exe is the path of mm->exe_file from the global root, "" for kernel
+	// threads and zombies.
 	Exe string `json:"exe"`
-	// StartTime is start_time, in nanoseconds since boot.
+	// StartTime is start_time, in nanoseconds since boot (CLOCK_MONOTONIC).
 	StartTime uint64 `json:"start_ns"`
 	// Threads is signal->nr_threads.
-	Threads      int  `json:"threads"`
+	Threads int `json:"threads"`
+	// KernelThread is set for PF_KTHREAD tasks and for live tasks with no mm
+	// (a zombie has no mm either, but is not a kernel thread).
 	KernelThread bool `json:"kernel_thread"`
 	// PGD is mm->pgd as a physical address: the process's CR3 (0 for kernel threads).
 	PGD uint64 `json:"pgd"`
 }
 
-// ErrNotImplemented is returned by listings not yet implemented.
-var ErrNotImplemented = errors.New("linux: not implemented")
+// Bounds on guest-controlled structures. Every walk stops at these, so a
+// hostile or corrupt guest costs bounded time and memory.
+const (
+	// MaxTasks bounds every task listing.
+	MaxTasks = 1 << 16
+	// MaxModules bounds every module listing.
+	MaxModules = 1 << 12
+	// MaxPathLen bounds an executable path (PATH_MAX).
+	MaxPathLen = 4096
 
-// Tasks returns the thread-group leaders on init_task.tasks: one per process.
-func (k *Kernel) Tasks() ([]Task, error) { return nil, ErrNotImplemented }
+	taskCommLen  = 16      // TASK_COMM_LEN
+	maxPID       = 1 << 22 // PID_MAX_LIMIT on 64-bit
+	maxNameLen   = 255     // NAME_MAX: one path component
+	maxPathSteps = 512     // dentries plus mount crossings in one path
+	maxIDRNodes  = 1 << 16
+	maxIDRDepth  = 12 // 64-bit indices at 6 bits per level need 11
+	maxRBDepth   = 64 // a red-black tree of 2^31 nodes is at most 62 deep
+	maxCPUs      = 8192
+	maxPIDHlist  = 64 // tasks attached to one struct pid as PIDTYPE_PID
+)
 
-// Threads returns every thread: each leader and its thread group.
-func (k *Kernel) Threads() ([]Task, error) { return nil, ErrNotImplemented }
+// Task flags and states (include/linux/sched.h). They are macros, so BTF
+// does not carry them; they have been stable since Linux 4.14 (TASK_IDLE
+// reporting) and 5.15 (TASK_RTLOCK_WAIT).
+const (
+	pfKthread = 0x00200000
 
-// PIDNamespaceTasks returns every task reachable from init_pid_ns's IDR.
-func (k *Kernel) PIDNamespaceTasks() ([]Task, error) { return nil, ErrNotImplemented }
+	taskReport      = 0x7f // RUNNING..PARKED, EXIT_DEAD and EXIT_ZOMBIE
+	taskReportIdle  = taskReport + 1
+	taskIdle        = 0x0402 // TASK_UNINTERRUPTIBLE | TASK_NOLOAD
+	taskRTLockWait  = 0x1000
+	taskUninterrupt = 0x0002
+)
 
-// RunQueueTasks returns the tasks on each CPU's run queue, best effort.
-func (k *Kernel) RunQueueTasks() ([]Task, error) { return nil, ErrNotImplemented }
+// taskStates is fs/proc/array.c's task_state_array, indexed by fls(state).
+const taskStates = "RSDTtXZPI"
+
+var (
+	// ErrIncomplete means a listing skipped entries or stopped early; the
+	// entries returned with it are valid. See IncompleteError.
+	ErrIncomplete = errors.New("linux: listing incomplete")
+	// ErrInconsistent means a guest object failed validation: a value out of
+	// range, or pointers that disagree. On live memory it is usually an
+	// object caught mid-update.
+	ErrInconsistent = errors.New("linux: inconsistent guest object")
+	// ErrNotImplemented is returned by listings not implemented yet.
+	ErrNotImplemented = errors.New("linux: not implemented")
+)
+
+// IncompleteError is returned with a partial listing: some entries were
+// unreadable or inconsistent and were skipped, or the walk stopped early
+// (Err says why). The listing returned alongside it holds every entry that
+// validated; callers that can use partial results test errors.Is(err,
+// ErrIncomplete).
+type IncompleteError struct {
+	// View names the listing: "tasks", "threads", "pid_idr", "runqueue",
+	// "modules", "sysfs" or "scan".
+	View string
+	// Skipped counts the entries left out as unreadable or inconsistent.
+	Skipped int
+	// Err is why the walk stopped early, or else the first skipped entry's error.
+	Err error
+}
+
+func (e *IncompleteError) Error() string {
+	return fmt.Sprintf("linux: %s listing incomplete (%d entries skipped): %v", e.View, e.Skipped, e.Err)
+}
+
+func (e *IncompleteError) Unwrap() []error {
+	if e.Err == nil {
+		return []error{ErrIncomplete}
+	}
+	return []error{ErrIncomplete, e.Err}
+}
+
+// tally collects skipped entries and the reason a walk stopped.
+type tally struct {
+	view    string
+	skipped int
+	first   error // first skipped entry's error
+	stop    error // why the walk stopped early
+}
+
+func (t *tally) skip(err error) {
+	t.skipped++
+	if t.first == nil {
+		t.first = err
+	}
+}
+
+func (t *tally) err() error {
+	if t.skipped == 0 && t.stop == nil {
+		return nil
+	}
+	e := &IncompleteError{View: t.view, Skipped: t.skipped, Err: t.stop}
+	if e.Err == nil {
+		e.Err = t.first
+	}
+	return e
+}
+
+// fields resolves structure offsets from BTF, remembering the first failure.
+type fields struct {
+	p   *Profile
+	err error
+}
+
+func (f *fields) off(path string) uint64 {
+	o, err := f.p.FieldOffset(path)
+	if err != nil && f.err == nil {
+		f.err = err
+	}
+	return o
+}
+
+// has reports whether path resolves, without recording a failure.
+func (f *fields) has(path string) bool {
+	_, err := f.p.FieldOffset(path)
+	return err == nil
+}
+
+// arrayLen returns the element count and element size of an array field.
+func (f *fields) arrayLen(path string) (n, elem uint64) {
+	_, typ, err := f.p.Field(path)
+	if err != nil {
+		if f.err == nil {
+			f.err = err
+		}
+		return 0, 0
+	}
+	a, ok := typ.(*btf.Array)
+	if !ok {
+		if f.err == nil {
+			f.err = fmt.Errorf("%w: %s is not an array", ErrNoField, path)
+		}
+		return 0, 0
+	}
+	sz, err := btf.Sizeof(a.Type)
+	if err != nil || sz <= 0 {
+		if f.err == nil {
+			f.err = fmt.Errorf("%w: %s: element size: %v", ErrNoField, path, err)
+		}
+		return 0, 0
+	}
+	return uint64(a.Nelems), uint64(sz)
+}
+
+func (f *fields) size(name string) uint64 {
+	s, err := f.p.StructSize(name)
+	if err != nil && f.err == nil {
+		f.err = err
+	}
+	return s
+}
+
+// span is a byte range [lo, hi) of a structure that one read covers.
+type span struct{ lo, hi uint64 }
+
+func spanOf(offs ...uint64) span {
+	s := span{lo: ^uint64(0)}
+	for _, o := range offs {
+		s.lo = min(s.lo, o)
+		s.hi = max(s.hi, o+8)
+	}
+	return s
+}
+
+func (s span) len() uint64 { return s.hi - s.lo }
+
+// taskLayout holds the BTF offsets the task walks use.
+type taskLayout struct {
+	err error // why tasks cannot be read on this kernel
+
+	// task_struct
+	state, flags, tasks, pid, tgid, realParent, signal, mm, cred, comm, startTime, exitState uint64
+	threadNode, threadGroup                                                                  uint64
+	useThreadHead                                                                            bool // signal->thread_head + thread_node (else thread_group)
+	block                                                                                    span // the task_struct bytes one read covers
+	// signal_struct
+	nrThreads, threadHead uint64
+	// cred
+	credUID, credGID, credEUID uint64
+	// mm_struct
+	mmPGD, mmExe uint64
+	mmBlock      span
+	// struct file: f_path.mnt, f_path.dentry
+	fMnt, fDentry uint64
+	// dentry and qstr
+	dParent, dNameLen, dNamePtr uint64
+	dBlock                      span
+	// mount and vfsmount
+	mntParent, mntMountpoint, mntMnt, vfsRoot uint64
+	mntBlock                                  span
+
+	// PID namespace IDR (pidErr says why it is unusable).
+	pidErr                                 error
+	pidLinks, pidTasks, pidNumbers, upidNr uint64
+	nsXAHead, xaShift, xaSlots, xaSlotsN   uint64
+	hlistNodeSize                          uint64
+
+	// Run queues (rqErr says why they are unusable).
+	rqErr                                     error
+	rqCurr, rqTimeline, rqTimelineOffInCFS    uint64
+	seRunNode, seMyQ, taskSE, rbRight, rbLeft uint64
+}
+
+var taskLayouts sync.Map // *Profile -> *taskLayout
+
+func layoutForTasks(p *Profile) *taskLayout {
+	if l, ok := taskLayouts.Load(p); ok {
+		return l.(*taskLayout)
+	}
+	l := newTaskLayout(p)
+	taskLayouts.Store(p, l)
+	return l
+}
+
+func newTaskLayout(p *Profile) *taskLayout {
+	l := &taskLayout{}
+	f := &fields{p: p}
+	if f.has("task_struct.__state") {
+		l.state = f.off("task_struct.__state")
+	} else {
+		l.state = f.off("task_struct.state")
+	}
+	l.flags = f.off("task_struct.flags")
+	l.tasks = f.off("task_struct.tasks")
+	l.pid = f.off("task_struct.pid")
+	l.tgid = f.off("task_struct.tgid")
+	l.realParent = f.off("task_struct.real_parent")
+	l.signal = f.off("task_struct.signal")
+	l.mm = f.off("task_struct.mm")
+	l.cred = f.off("task_struct.cred")
+	l.comm = f.off("task_struct.comm")
+	l.startTime = f.off("task_struct.start_time")
+	l.exitState = f.off("task_struct.exit_state")
+	l.nrThreads = f.off("signal_struct.nr_threads")
+	if f.has("task_struct.thread_node") && f.has("signal_struct.thread_head") {
+		l.useThreadHead = true
+		l.threadNode = f.off("task_struct.thread_node")
+		l.threadHead = f.off("signal_struct.thread_head")
+	} else {
+		l.threadGroup = f.off("task_struct.thread_group")
+	}
+	l.credUID = f.off("cred.uid")
+	l.credGID = f.off("cred.gid")
+	l.credEUID = f.off("cred.euid")
+	l.mmPGD = f.off("mm_struct.pgd")
+	l.mmExe = f.off("mm_struct.exe_file")
+	l.fMnt = f.off("file.f_path") + f.off("path.mnt")
+	l.fDentry = f.off("file.f_path") + f.off("path.dentry")
+	l.dParent = f.off("dentry.d_parent")
+	l.dNameLen = f.off("dentry.d_name") + f.off("qstr.len")
+	l.dNamePtr = f.off("dentry.d_name") + f.off("qstr.name")
+	l.mntParent = f.off("mount.mnt_parent")
+	l.mntMountpoint = f.off("mount.mnt_mountpoint")
+	l.mntMnt = f.off("mount.mnt")
+	l.vfsRoot = f.off("vfsmount.mnt_root")
+	if f.err != nil {
+		l.err = fmt.Errorf("linux: task layout: %w", f.err)
+		return l
+	}
+	l.block = spanOf(l.state, l.flags, l.tasks, l.pid, l.tgid, l.realParent, l.signal, l.mm, l.cred,
+		l.comm, l.comm+8, l.startTime, l.exitState, l.threadNode, l.threadGroup)
+	l.mmBlock = spanOf(l.mmPGD, l.mmExe)
+	l.dBlock = spanOf(l.dParent, l.dNameLen, l.dNamePtr)
+	l.mntBlock = spanOf(l.mntParent, l.mntMountpoint, l.mntMnt+l.vfsRoot)
+	if l.block.len() > 64<<10 || l.mmBlock.len() > 64<<10 || l.dBlock.len() > 4096 || l.mntBlock.len() > 4096 {
+		l.err = fmt.Errorf("linux: task layout: implausible structure offsets")
+		return l
+	}
+
+	g := &fields{p: p}
+	l.pidLinks = g.off("task_struct.pid_links")
+	l.pidTasks = g.off("pid.tasks")
+	l.pidNumbers = g.off("pid.numbers")
+	l.upidNr = g.off("upid.nr")
+	l.hlistNodeSize = g.size("hlist_node")
+	l.nsXAHead = g.off("pid_namespace.idr") + g.off("idr.idr_rt") + g.off("xarray.xa_head")
+	l.xaShift = g.off("xa_node.shift")
+	l.xaSlots = g.off("xa_node.slots")
+	l.xaSlotsN, _ = g.arrayLen("xa_node.slots")
+	if g.err == nil && (l.xaSlotsN == 0 || l.xaSlotsN > 256 || l.xaSlotsN&(l.xaSlotsN-1) != 0) {
+		g.err = fmt.Errorf("%w: xa_node.slots has %d entries", ErrNoField, l.xaSlotsN)
+	}
+	if g.err != nil {
+		l.pidErr = fmt.Errorf("linux: PID IDR layout: %w", g.err)
+	}
+
+	r := &fields{p: p}
+	l.rqCurr = r.off("rq.curr")
+	l.rqTimeline = r.off("rq.cfs") + r.off("cfs_rq.tasks_timeline") + r.off("rb_root_cached.rb_root") + r.off("rb_root.rb_node")
+	l.taskSE = r.off("task_struct.se")
+	l.seRunNode = r.off("sched_entity.run_node")
+	l.rbRight = r.off("rb_node.rb_right")
+	l.rbLeft = r.off("rb_node.rb_left")
+	if r.has("sched_entity.my_q") {
+		l.seMyQ = r.off("sched_entity.my_q")
+	}
+	l.rqTimelineOffInCFS = r.off("cfs_rq.tasks_timeline") + r.off("rb_root_cached.rb_root") + r.off("rb_root.rb_node")
+	if r.err != nil {
+		l.rqErr = fmt.Errorf("linux: run-queue layout: %w", r.err)
+	}
+	return l
+}
+
+// taskReader reads tasks for one listing. Paths are cached per (mount,
+// dentry) for the listing only: most processes share a few executables.
+type taskReader struct {
+	k          *Kernel
+	l          *taskLayout
+	pageOffset uint64 // page_offset_base, 0 if unknown
+	buf        []byte
+	paths      map[[2]uint64]string
+}
+
+func (k *Kernel) newTaskReader() (*taskReader, error) {
+	l := layoutForTasks(k.Profile)
+	if l.err != nil {
+		return nil, l.err
+	}
+	r := &taskReader{k: k, l: l, buf: make([]byte, l.block.len()), paths: map[[2]uint64]string{}}
+	if va, err := k.Addr("page_offset_base"); err == nil {
+		if v, err := vmi.ReadU64(k.AS, va); err == nil && isKernelPtr(v) && v&(vmi.PageSize1G-1) == 0 {
+			r.pageOffset = v
+		}
+	}
+	return r, nil
+}
+
+// isKernelPtr reports whether v is a canonical kernel-half address.
+func isKernelPtr(v uint64) bool { return v >= 0xff00000000000000 }
+
+var le = binary.LittleEndian
+
+func (r *taskReader) readU64(va uint64) (uint64, error) { return vmi.ReadU64(r.k.AS, va) }
+
+// read reads and validates the task_struct at addr.
+func (r *taskReader) read(addr uint64) (Task, error) {
+	l := r.l
+	if !isKernelPtr(addr) {
+		return Task{}, fmt.Errorf("%w: task_struct pointer %#x is not a kernel address", ErrInconsistent, addr)
+	}
+	b := r.buf
+	if _, err := r.k.AS.ReadVirtual(addr+l.block.lo, b); err != nil {
+		return Task{}, fmt.Errorf("linux: read task_struct at %#x: %w", addr, err)
+	}
+	u32 := func(off uint64) uint32 { return le.Uint32(b[off-l.block.lo:]) }
+	u64 := func(off uint64) uint64 { return le.Uint64(b[off-l.block.lo:]) }
+	pid, tgid := int32(u32(l.pid)), int32(u32(l.tgid))
+	if pid < 0 || pid > maxPID || tgid < 0 || tgid > maxPID {
+		return Task{}, fmt.Errorf("%w: task_struct at %#x: pid %d tgid %d out of range", ErrInconsistent, addr, pid, tgid)
+	}
+	t := Task{Addr: addr, PID: int(pid), TGID: int(tgid), StartTime: u64(l.startTime)}
+	comm := b[l.comm-l.block.lo:][:taskCommLen]
+	if i := indexByte(comm, 0); i >= 0 {
+		comm = comm[:i]
+	}
+	t.Comm = string(comm)
+	state, exit := u32(l.state), u32(l.exitState)
+	t.State = stateLetter(state, exit)
+	flags := u32(l.flags)
+	mm := u64(l.mm)
+	t.KernelThread = flags&pfKthread != 0 || (mm == 0 && exit == 0)
+
+	if p := u64(l.realParent); p != 0 && p != addr {
+		if v, err := vmi.ReadU32(r.k.AS, p+l.tgid); err == nil && v <= maxPID {
+			t.PPID = int(v)
+		}
+	}
+	if c := u64(l.cred); c != 0 {
+		var cb [4]byte
+		if _, err := r.k.AS.ReadVirtual(c+l.credUID, cb[:]); err == nil {
+			t.UID = le.Uint32(cb[:])
+		}
+		if _, err := r.k.AS.ReadVirtual(c+l.credGID, cb[:]); err == nil {
+			t.GID = le.Uint32(cb[:])
+		}
+		if _, err := r.k.AS.ReadVirtual(c+l.credEUID, cb[:]); err == nil {
+			t.EUID = le.Uint32(cb[:])
+		}
+	}
+	if s := u64(l.signal); s != 0 {
+		if v, err := vmi.ReadU32(r.k.AS, s+l.nrThreads); err == nil && int32(v) > 0 && v <= MaxTasks {
+			t.Threads = int(v)
+		}
+	}
+	if mm != 0 && flags&pfKthread == 0 {
+		var mb [64]byte
+		var m []byte
+		if l.mmBlock.len() > uint64(len(mb)) {
+			m = make([]byte, l.mmBlock.len())
+		} else {
+			m = mb[:l.mmBlock.len()]
+		}
+		if _, err := r.k.AS.ReadVirtual(mm+l.mmBlock.lo, m); err == nil {
+			pgd := le.Uint64(m[l.mmPGD-l.mmBlock.lo:])
+			t.PGD = r.physical(pgd)
+			if exe := le.Uint64(m[l.mmExe-l.mmBlock.lo:]); exe != 0 {
+				t.Exe, _ = r.exePath(exe)
+			}
+		}
+	}
+	return t, nil
+}
+
+// physical converts a direct-map address to a physical address: by
+// page_offset_base when the kernel has it, else through the page tables.
+func (r *taskReader) physical(va uint64) uint64 {
+	if va == 0 {
+		return 0
+	}
+	if r.pageOffset != 0 {
+		if va >= r.pageOffset && va-r.pageOffset < 1<<52 && va&(vmi.PageSize4K-1) == 0 {
+			return va - r.pageOffset
+		}
+		return 0
+	}
+	pa, _, err := r.k.AS.Translate(va)
+	if err != nil {
+		return 0
+	}
+	return pa
+}
+
+func indexByte(b []byte, c byte) int {
+	for i, x := range b {
+		if x == c {
+			return i
+		}
+	}
+	return -1
+}
+
+// stateLetter is the kernel's __task_state_index mapped to ps's letters.
+func stateLetter(state, exit uint32) string {
+	s := (state | exit) & taskReport
+	if state&taskIdle == taskIdle {
+		s = taskReportIdle
+	}
+	if state == taskRTLockWait {
+		s = taskUninterrupt
+	}
+	i := 0
+	for s != 0 {
+		i++
+		s >>= 1
+	}
+	return taskStates[i : i+1]
+}
+
+// exePath returns the path of the struct file at file, from the global root:
+// prepend_path() from fs/d_path.c, crossing mounts, bounded in steps and
+// length.
+func (r *taskReader) exePath(file uint64) (string, error) {
+	l := r.l
+	var fb [16]byte
+	if _, err := r.k.AS.ReadVirtual(file+l.fMnt, fb[:8]); err != nil {
+		return "", err
+	}
+	if _, err := r.k.AS.ReadVirtual(file+l.fDentry, fb[8:]); err != nil {
+		return "", err
+	}
+	vfsmnt, dentry := le.Uint64(fb[:]), le.Uint64(fb[8:])
+	key := [2]uint64{vfsmnt, dentry}
+	if p, ok := r.paths[key]; ok {
+		return p, nil
+	}
+	p, err := r.dPath(vfsmnt, dentry)
+	if err != nil {
+		return "", err
+	}
+	if len(r.paths) < MaxTasks {
+		r.paths[key] = p
+	}
+	return p, nil
+}
+
+// dPath walks from dentry up to the root of the mount tree.
+func (r *taskReader) dPath(vfsmnt, dentry uint64) (string, error) {
+	l := r.l
+	if vfsmnt < l.mntMnt {
+		return "", fmt.Errorf("%w: vfsmount %#x", ErrInconsistent, vfsmnt)
+	}
+	mnt := vfsmnt - l.mntMnt
+	mb := make([]byte, l.mntBlock.len())
+	db := make([]byte, l.dBlock.len())
+	readMount := func() (root, parent, mountpoint uint64, err error) {
+		if _, err = r.k.AS.ReadVirtual(mnt+l.mntBlock.lo, mb); err != nil {
+			return
+		}
+		at := func(off uint64) uint64 { return le.Uint64(mb[off-l.mntBlock.lo:]) }
+		return at(l.mntMnt + l.vfsRoot), at(l.mntParent), at(l.mntMountpoint), nil
+	}
+	root, parent, mountpoint, err := readMount()
+	if err != nil {
+		return "", fmt.Errorf("linux: read mount %#x: %w", mnt, err)
+	}
+	var comps []string
+	total := 0
+	for step := 0; ; step++ {
+		if step >= maxPathSteps {
+			return "", fmt.Errorf("%w: path deeper than %d steps", ErrInconsistent, maxPathSteps)
+		}
+		if dentry == root {
+			if parent == mnt || parent == 0 {
+				break // the root of the mount tree
+			}
+			dentry, mnt = mountpoint, parent
+			if root, parent, mountpoint, err = readMount(); err != nil {
+				return "", fmt.Errorf("linux: read mount %#x: %w", mnt, err)
+			}
+			continue
+		}
+		if _, err := r.k.AS.ReadVirtual(dentry+l.dBlock.lo, db); err != nil {
+			return "", fmt.Errorf("linux: read dentry %#x: %w", dentry, err)
+		}
+		at := func(off uint64) []byte { return db[off-l.dBlock.lo:] }
+		dparent := le.Uint64(at(l.dParent))
+		if dparent == dentry {
+			break // a filesystem root that is not its mount's root (detached)
+		}
+		n := uint64(le.Uint32(at(l.dNameLen)))
+		if n == 0 || n > maxNameLen || total+int(n)+1 > MaxPathLen {
+			return "", fmt.Errorf("%w: dentry %#x name length %d", ErrInconsistent, dentry, n)
+		}
+		name := make([]byte, n)
+		if _, err := r.k.AS.ReadVirtual(le.Uint64(at(l.dNamePtr)), name); err != nil {
+			return "", fmt.Errorf("linux: read dentry %#x name: %w", dentry, err)
+		}
+		comps = append(comps, string(name))
+		total += int(n) + 1
+		dentry = dparent
+	}
+	if len(comps) == 0 {
+		return "/", nil
+	}
+	var sb strings.Builder
+	sb.Grow(total)
+	for i := len(comps) - 1; i >= 0; i-- {
+		sb.WriteByte('/')
+		sb.WriteString(comps[i])
+	}
+	return sb.String(), nil
+}
+
+// Tasks returns the thread-group leaders on init_task.tasks, one per
+// process, in list (creation) order; init_task itself (pid 0) is left out.
+// Entries that do not validate are skipped and counted: the error is then an
+// *IncompleteError and the tasks returned are still valid.
+func (k *Kernel) Tasks() ([]Task, error) {
+	r, err := k.newTaskReader()
+	if err != nil {
+		return nil, err
+	}
+	head, err := k.Addr("init_task")
+	if err != nil {
+		return nil, err
+	}
+	var out []Task
+	tl := &tally{view: "tasks"}
+	tl.stop = vmi.WalkList(k.AS, head+r.l.tasks, MaxTasks, func(node uint64) error {
+		t, err := r.read(node - r.l.tasks)
+		if err != nil {
+			tl.skip(err)
+			return nil
+		}
+		out = append(out, t)
+		return nil
+	})
+	return out, tl.err()
+}
+
+// Threads returns every thread: each process's leader from Tasks followed by
+// the rest of its thread group (signal->thread_head, or the leader's
+// thread_group list on kernels without it).
+func (k *Kernel) Threads() ([]Task, error) {
+	leaders, lerr := k.Tasks()
+	if leaders == nil && lerr != nil && !errors.Is(lerr, ErrIncomplete) {
+		return nil, lerr
+	}
+	r, err := k.newTaskReader()
+	if err != nil {
+		return nil, err
+	}
+	l := r.l
+	tl := &tally{view: "threads"}
+	if ie := (*IncompleteError)(nil); errors.As(lerr, &ie) {
+		tl.skipped, tl.stop = ie.Skipped, ie.Err
+	}
+	seen := make(map[uint64]bool, len(leaders))
+	out := make([]Task, 0, len(leaders))
+	for _, lt := range leaders {
+		if len(out) >= MaxTasks {
+			tl.stop = fmt.Errorf("%w: more than %d threads", vmi.ErrListTooLong, MaxTasks)
+			break
+		}
+		seen[lt.Addr] = true
+		out = append(out, lt)
+		var head, linkOff uint64
+		if l.useThreadHead {
+			sig, err := r.readU64(lt.Addr + l.signal)
+			if err != nil || sig == 0 {
+				continue
+			}
+			head, linkOff = sig+l.threadHead, l.threadNode
+		} else {
+			head, linkOff = lt.Addr+l.threadGroup, l.threadGroup
+		}
+		werr := vmi.WalkList(k.AS, head, MaxTasks, func(node uint64) error {
+			addr := node - linkOff
+			if seen[addr] {
+				return nil
+			}
+			if len(out) >= MaxTasks {
+				return fmt.Errorf("%w: more than %d threads", vmi.ErrListTooLong, MaxTasks)
+			}
+			t, err := r.read(addr)
+			if err != nil {
+				tl.skip(err)
+				return nil
+			}
+			if t.TGID != lt.TGID {
+				tl.skip(fmt.Errorf("%w: thread %#x of tgid %d has tgid %d", ErrInconsistent, addr, lt.TGID, t.TGID))
+				return nil
+			}
+			seen[addr] = true
+			out = append(out, t)
+			return nil
+		})
+		if werr != nil {
+			tl.skip(fmt.Errorf("linux: thread group of pid %d: %w", lt.PID, werr))
+		}
+	}
+	return out, tl.err()
+}
+
+// PIDNamespaceTasks returns every task reachable from init_pid_ns's IDR:
+// each struct pid in the radix tree, then the tasks attached to it as
+// PIDTYPE_PID. It lists threads as well as leaders, sorted by pid.
+func (k *Kernel) PIDNamespaceTasks() ([]Task, error) {
+	r, err := k.newTaskReader()
+	if err != nil {
+		return nil, err
+	}
+	l := r.l
+	if l.pidErr != nil {
+		return nil, l.pidErr
+	}
+	ns, err := k.Addr("init_pid_ns")
+	if err != nil {
+		return nil, err
+	}
+	tl := &tally{view: "pid_idr"}
+	var out []Task
+	seen := map[uint64]bool{}
+	tl.stop = k.walkXArray(ns+l.nsXAHead, l, func(index, entry uint64) error {
+		// pid->tasks[PIDTYPE_PID] is an hlist of task_struct.pid_links[PIDTYPE_PID].
+		node, err := r.readU64(entry + l.pidTasks)
+		if err != nil {
+			tl.skip(fmt.Errorf("linux: struct pid %#x (index %d): %w", entry, index, err))
+			return nil
+		}
+		for i := 0; node != 0; i++ {
+			if i >= maxPIDHlist {
+				tl.skip(fmt.Errorf("%w: struct pid %#x has more than %d tasks", ErrInconsistent, entry, maxPIDHlist))
+				break
+			}
+			addr := node - l.pidLinks
+			if seen[addr] {
+				break
+			}
+			seen[addr] = true
+			t, err := r.read(addr)
+			if err != nil {
+				tl.skip(err)
+				break
+			}
+			if len(out) >= MaxTasks {
+				return fmt.Errorf("%w: more than %d tasks", vmi.ErrListTooLong, MaxTasks)
+			}
+			out = append(out, t)
+			if node, err = r.readU64(node); err != nil {
+				tl.skip(err)
+				break
+			}
+		}
+		return nil
+	})
+	return out, tl.err()
+}
+
+// walkXArray visits every entry of the xarray (radix tree) whose xa_head
+// is at headAddr, in index order: depth, node count and cycles are bounded.
+// Internal entries that are not nodes (sibling, retry, zero) and value
+// entries are skipped; fn sees only plain pointers.
+func (k *Kernel) walkXArray(headAddr uint64, l *taskLayout, fn func(index, entry uint64) error) error {
+	head, err := vmi.ReadU64(k.AS, headAddr)
+	if err != nil {
+		return fmt.Errorf("linux: xarray head %#x: %w", headAddr, err)
+	}
+	isNode := func(e uint64) bool { return e&3 == 2 && e > 4096 }
+	if !isNode(head) {
+		if head != 0 && head&3 == 0 {
+			return fn(0, head)
+		}
+		return nil
+	}
+	nodes := 0
+	seen := map[uint64]bool{}
+	slots := make([]byte, 8*l.xaSlotsN)
+	bits := uint64(0)
+	for n := l.xaSlotsN; n > 1; n >>= 1 {
+		bits++
+	}
+	var walk func(node, index uint64, wantShift int, depth int) error
+	walk = func(node, index uint64, wantShift int, depth int) error {
+		if depth > maxIDRDepth {
+			return fmt.Errorf("%w: xarray deeper than %d levels", ErrInconsistent, maxIDRDepth)
+		}
+		if seen[node] {
+			return fmt.Errorf("%w: xarray node %#x reached twice", vmi.ErrListCycle, node)
+		}
+		seen[node] = true
+		if nodes++; nodes > maxIDRNodes {
+			return fmt.Errorf("%w: more than %d xarray nodes", vmi.ErrListTooLong, maxIDRNodes)
+		}
+		var sb [1]byte
+		if _, err := k.AS.ReadVirtual(node+l.xaShift, sb[:]); err != nil {
+			return fmt.Errorf("linux: xarray node %#x: %w", node, err)
+		}
+		shift := int(sb[0])
+		if shift%int(bits) != 0 || shift >= 64 || (wantShift >= 0 && shift != wantShift) {
+			return fmt.Errorf("%w: xarray node %#x has shift %d (want %d)", ErrInconsistent, node, shift, wantShift)
+		}
+		buf := make([]byte, len(slots))
+		if _, err := k.AS.ReadVirtual(node+l.xaSlots, buf); err != nil {
+			return fmt.Errorf("linux: xarray node %#x slots: %w", node, err)
+		}
+		for i := uint64(0); i < l.xaSlotsN; i++ {
+			e := le.Uint64(buf[8*i:])
+			idx := index | i<<uint(shift)
+			switch {
+			case e == 0 || e&1 == 1: // empty, or a value entry
+			case isNode(e):
+				if shift == 0 {
+					continue // a node below the leaves: ignore
+				}
+				if err := walk(e-2, idx, shift-int(bits), depth+1); err != nil {
+					return err
+				}
+			case e&3 == 2: // sibling, retry or zero entry
+			case shift == 0 || e&3 == 0:
+				if err := fn(idx, e); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	return walk(head-2, 0, -1, 0)
+}
+
+// RunQueueTasks returns the tasks on each online CPU's run queue: rq->curr
+// and the CFS red-black tree (descending into group entities' queues). It
+// is best effort: real-time and deadline queues are not read, and idle
+// tasks (pid 0) are left out.
+func (k *Kernel) RunQueueTasks() ([]Task, error) {
+	r, err := k.newTaskReader()
+	if err != nil {
+		return nil, err
+	}
+	l := r.l
+	if l.rqErr != nil {
+		return nil, l.rqErr
+	}
+	rqs, err := k.runQueues()
+	if err != nil {
+		return nil, err
+	}
+	tl := &tally{view: "runqueue"}
+	var out []Task
+	seen := map[uint64]bool{}
+	add := func(addr uint64) {
+		if addr == 0 || seen[addr] || len(out) >= MaxTasks {
+			return
+		}
+		seen[addr] = true
+		t, err := r.read(addr)
+		if err != nil {
+			tl.skip(err)
+			return
+		}
+		if t.PID == 0 {
+			return
+		}
+		out = append(out, t)
+	}
+	nodes := 0
+	for _, rq := range rqs {
+		curr, err := r.readU64(rq + l.rqCurr)
+		if err != nil {
+			tl.skip(fmt.Errorf("linux: rq %#x: %w", rq, err))
+			continue
+		}
+		add(curr)
+		if err := k.walkCFS(rq+l.rqTimeline, l, 0, &nodes, add); err != nil {
+			tl.skip(fmt.Errorf("linux: rq %#x: %w", rq, err))
+		}
+	}
+	return out, tl.err()
+}
+
+// runQueues returns the address of each online CPU's struct rq.
+func (k *Kernel) runQueues() ([]uint64, error) {
+	rqSym, err := k.Profile.Symbol("runqueues")
+	if err != nil {
+		return nil, err
+	}
+	offs, err := k.Addr("__per_cpu_offset")
+	if err != nil {
+		return nil, err
+	}
+	ncpuVA, err := k.Addr("nr_cpu_ids")
+	if err != nil {
+		return nil, err
+	}
+	ncpu, err := vmi.ReadU32(k.AS, ncpuVA)
+	if err != nil {
+		return nil, fmt.Errorf("linux: nr_cpu_ids: %w", err)
+	}
+	if ncpu == 0 || ncpu > maxCPUs {
+		return nil, fmt.Errorf("%w: nr_cpu_ids %d", ErrInconsistent, ncpu)
+	}
+	var online []byte
+	if va, err := k.Addr("__cpu_online_mask"); err == nil {
+		online = make([]byte, (ncpu+7)/8)
+		if _, err := k.AS.ReadVirtual(va, online); err != nil {
+			online = nil
+		}
+	}
+	// Per-CPU symbols are offsets from each CPU's area (x86-64 keeps them
+	// zero-based and KASLR does not move them); others are in the image.
+	base := rqSym
+	if isKernelPtr(rqSym) {
+		base += k.Slide
+	}
+	var rqs []uint64
+	for cpu := uint32(0); cpu < ncpu; cpu++ {
+		if online != nil && online[cpu/8]&(1<<(cpu%8)) == 0 {
+			continue
+		}
+		off, err := vmi.ReadU64(k.AS, offs+8*uint64(cpu))
+		if err != nil {
+			return nil, fmt.Errorf("linux: __per_cpu_offset[%d]: %w", cpu, err)
+		}
+		rqs = append(rqs, base+off)
+	}
+	return rqs, nil
+}
+
+// walkCFS visits the sched entities of the CFS tree whose root pointer is at
+// rootAddr: tasks go to add, group entities' queues (se->my_q) are walked
+// in turn. Depth and node count are bounded and cycles are caught.
+func (k *Kernel) walkCFS(rootAddr uint64, l *taskLayout, level int, nodes *int, add func(uint64)) error {
+	if level > 8 {
+		return fmt.Errorf("%w: task groups nested deeper than 8", ErrInconsistent)
+	}
+	root, err := vmi.ReadU64(k.AS, rootAddr)
+	if err != nil {
+		return err
+	}
+	type frame struct {
+		node  uint64
+		depth int
+	}
+	stack := []frame{}
+	if root != 0 {
+		stack = append(stack, frame{root, 0})
+	}
+	visited := map[uint64]bool{}
+	for len(stack) > 0 {
+		f := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		if f.depth > maxRBDepth {
+			return fmt.Errorf("%w: red-black tree deeper than %d", ErrInconsistent, maxRBDepth)
+		}
+		if visited[f.node] {
+			return fmt.Errorf("%w: red-black node %#x reached twice", vmi.ErrListCycle, f.node)
+		}
+		visited[f.node] = true
+		if *nodes++; *nodes > MaxTasks {
+			return fmt.Errorf("%w: more than %d run-queue entities", vmi.ErrListTooLong, MaxTasks)
+		}
+		var nb [24]byte
+		lo := min(l.rbRight, l.rbLeft)
+		if _, err := k.AS.ReadVirtual(f.node+lo, nb[:16]); err != nil {
+			return fmt.Errorf("linux: red-black node %#x: %w", f.node, err)
+		}
+		right, left := le.Uint64(nb[l.rbRight-lo:]), le.Uint64(nb[l.rbLeft-lo:])
+		se := f.node - l.seRunNode
+		var myQ uint64
+		if l.seMyQ != 0 {
+			if myQ, err = vmi.ReadU64(k.AS, se+l.seMyQ); err != nil {
+				return fmt.Errorf("linux: sched_entity %#x: %w", se, err)
+			}
+		}
+		if myQ != 0 {
+			if err := k.walkCFS(myQ+l.rqTimelineOffInCFS, l, level+1, nodes, add); err != nil {
+				return err
+			}
+		} else {
+			add(se - l.taskSE)
+		}
+		for _, c := range []uint64{right, left} {
+			if c != 0 {
+				stack = append(stack, frame{c, f.depth + 1})
+			}
+		}
+	}
+	return nil
+}
