@@ -27,6 +27,7 @@ type fakeVM struct {
 	execErr  error
 	lastExec ExecRequest
 	console  []byte
+	written  []byte
 }
 
 func (f *fakeVM) Status(context.Context) Status {
@@ -60,12 +61,47 @@ func (f *fakeVM) ReadPhysical(_ context.Context, addr uint64, p []byte) error {
 	}
 	return nil
 }
+func (f *fakeVM) IDS(_ context.Context, q, src string) (IDSResult, error) {
+	if src == "" {
+		src = "ram"
+	}
+	return IDSResult{Query: q, Source: src, ElapsedMicros: 12, Result: json.RawMessage(`[{"pid":1,"comm":"init"}]`)}, nil
+}
+func (f *fakeVM) Dump(_ context.Context, path string) (DumpResult, error) {
+	return DumpResult{Path: path, Size: 4096, ElapsedMicros: 5}, nil
+}
+func (f *fakeVM) WritePhysical(_ context.Context, addr uint64, p []byte) error {
+	f.written = append([]byte(nil), p...)
+	return nil
+}
+func (f *fakeVM) Events(_ context.Context, w io.Writer, follow bool, flush func()) error {
+	_, err := io.WriteString(w, `{"type":"finding"}`+"\n")
+	flush()
+	return err
+}
 func (f *fakeVM) AttachConsole(_ context.Context, conn io.ReadWriteCloser, replay int) error {
 	_, _ = conn.Write([]byte("login: "))
 	buf := make([]byte, 5)
 	n, _ := io.ReadFull(conn, buf)
 	f.console = buf[:n]
 	return nil
+}
+
+func init() {
+	// Each line of an events stream must be one JSON object.
+	openapi3filter.RegisterBodyDecoder("application/x-ndjson", func(body io.Reader, _ http.Header, _ *openapi3.SchemaRef, _ openapi3filter.EncodingFn) (any, error) {
+		b, err := io.ReadAll(body)
+		if err != nil {
+			return nil, err
+		}
+		for _, line := range bytes.Split(bytes.TrimSpace(b), []byte("\n")) {
+			var v map[string]any
+			if len(line) > 0 && json.Unmarshal(line, &v) != nil {
+				return nil, errors.New("ndjson line is not a JSON object: " + string(line))
+			}
+		}
+		return string(b), nil
+	})
 }
 
 func loadRouter(t *testing.T) routers.Router {
@@ -145,6 +181,14 @@ func TestEndpointsMatchSpec(t *testing.T) {
 		{"read bad address", "GET", "/v1/memory/physical?address=zz&length=1", "", false, 400, "address"},
 		{"read outside RAM", "GET", "/v1/memory/physical?address=0xfffff&length=16", "", true, 400, "not RAM"},
 		{"console without upgrade", "GET", "/v1/console", "", true, 400, "Upgrade"},
+		{"ids ps", "GET", "/v1/ids/ps", "", true, 200, `"result":[{"pid":1`},
+		{"ids check gdbstub", "GET", "/v1/ids/check?source=gdbstub", "", true, 200, `"source":"gdbstub"`},
+		{"ids unknown query", "GET", "/v1/ids/nope", "", false, 404, "unknown IDS query"},
+		{"ids bad source", "GET", "/v1/ids/ps?source=disk", "", false, 400, "use ram or gdbstub"},
+		{"dump", "POST", "/v1/dump", `{"path":"/tmp/x.elf"}`, true, 200, `"size":4096`},
+		{"dump relative", "POST", "/v1/dump", `{"path":"x.elf"}`, false, 400, "absolute"},
+		{"events", "GET", "/v1/events", "", true, 200, `"type":"finding"`},
+		{"events bad follow", "GET", "/v1/events?follow=maybe", "", false, 400, "true or false"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			vm := &fakeVM{}
@@ -218,6 +262,22 @@ func TestUnixSocketClient(t *testing.T) {
 	}
 	if _, err := c.Registers(ctx, 1); !IsCode(err, CodeNotFound) {
 		t.Fatalf("Registers(1) error = %v, want not_found", err)
+	}
+	if err := c.WritePhysical(ctx, 0x40, []byte{1, 2, 3}); err != nil || !bytes.Equal(vm.written, []byte{1, 2, 3}) {
+		t.Fatalf("WritePhysical: %v, VM got %x", err, vm.written)
+	}
+	ir, err := c.IDS(ctx, "ps", "")
+	if err != nil || ir.Source != "ram" || !strings.Contains(string(ir.Result), `"comm":"init"`) {
+		t.Fatalf("IDS = %+v, %v", ir, err)
+	}
+	ev, err := c.Events(ctx, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	evb, _ := io.ReadAll(ev)
+	ev.Close()
+	if string(evb) != `{"type":"finding"}`+"\n" {
+		t.Fatalf("Events = %q", evb)
 	}
 	conn, err := c.Console(ctx, 0)
 	if err != nil {

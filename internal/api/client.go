@@ -57,21 +57,23 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	return c.send(req, out)
+}
+
+// send performs req and decodes a JSON answer into out (or raw bytes into
+// a *[]byte).
+func (c *Client) send(req *http.Request, out any) error {
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		return fmt.Errorf("api %s: %w", c.socket, err)
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		return readError(resp)
+	}
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxResponse))
 	if err != nil {
-		return fmt.Errorf("api %s %s: %w", method, path, err)
-	}
-	if resp.StatusCode >= 300 {
-		var e Error
-		if json.Unmarshal(data, &e) == nil && e.Message != "" {
-			return &e
-		}
-		return &Error{Code: CodeInternal, Message: fmt.Sprintf("api %s %s: %s", method, path, resp.Status)}
+		return fmt.Errorf("api %s %s: %w", req.Method, req.URL.Path, err)
 	}
 	if out == nil {
 		return nil
@@ -81,7 +83,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		return nil
 	}
 	if err := json.Unmarshal(data, out); err != nil {
-		return fmt.Errorf("api %s %s: bad response: %w", method, path, err)
+		return fmt.Errorf("api %s %s: bad response: %w", req.Method, req.URL.Path, err)
 	}
 	return nil
 }
@@ -161,4 +163,14 @@ func (c *Client) Console(ctx context.Context, replay int) (net.Conn, error) {
 		return nil, fmt.Errorf("api console: %s: %s", resp.Status, strings.TrimSpace(string(data)))
 	}
 	return &bufferedConn{Conn: conn, r: br}, nil
+}
+
+// readError turns a non-2xx response into an *Error.
+func readError(resp *http.Response) error {
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	var e Error
+	if json.Unmarshal(data, &e) == nil && e.Message != "" {
+		return &e
+	}
+	return &Error{Code: CodeInternal, Message: fmt.Sprintf("api %s %s: %s", resp.Request.Method, resp.Request.URL.Path, resp.Status)}
 }

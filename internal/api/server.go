@@ -25,6 +25,16 @@ type VM interface {
 	Registers(ctx context.Context, vcpu int) (Registers, error)
 	MemoryLayout() MemoryLayout
 	ReadPhysical(ctx context.Context, addr uint64, p []byte) error
+	// IDS runs one introspection query (see IDSQueries) from source "ram"
+	// (default) or "gdbstub".
+	IDS(ctx context.Context, query, source string) (IDSResult, error)
+	// Dump writes an ELF dump of guest memory to path.
+	Dump(ctx context.Context, path string) (DumpResult, error)
+	// WritePhysical writes guest-physical memory (for tests and forensics).
+	WritePhysical(ctx context.Context, addr uint64, p []byte) error
+	// Events writes IDS events as JSON lines: the recent ones, then new ones
+	// while follow, calling flush after each batch.
+	Events(ctx context.Context, w io.Writer, follow bool, flush func()) error
 	// AttachConsole streams the console over conn until either side closes;
 	// replay bytes of recent output are sent first.
 	AttachConsole(ctx context.Context, conn io.ReadWriteCloser, replay int) error
@@ -52,6 +62,10 @@ func NewServer(vm VM) *Server {
 	mux.HandleFunc("GET /v1/vcpus/{index}/registers", s.registers)
 	mux.HandleFunc("GET /v1/memory", s.memory)
 	mux.HandleFunc("GET /v1/memory/physical", s.readPhysical)
+	mux.HandleFunc("POST /v1/memory/physical", s.writePhysical)
+	mux.HandleFunc("GET /v1/ids/{query}", s.ids)
+	mux.HandleFunc("POST /v1/dump", s.dump)
+	mux.HandleFunc("GET /v1/events", s.events)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, &Error{Code: CodeNotFound, Message: fmt.Sprintf("no endpoint %s %s: see openapi.yaml", r.Method, r.URL.Path)})
 	})

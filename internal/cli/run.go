@@ -33,6 +33,7 @@ type runOptions struct {
 	detach, detachedChild      bool
 	readyTimeout, stopTimeout  time.Duration
 	consoleLog, readyMarker    string
+	idsInterval                time.Duration
 }
 
 func newRunCmd() *cobra.Command {
@@ -65,6 +66,7 @@ returns once the guest is ready.`,
 	f.DurationVar(&o.stopTimeout, "stop-timeout", monitor.DefaultStopTimeout, "how long an ACPI shutdown may take before QEMU is told to quit")
 	f.StringVar(&o.consoleLog, "console-log", "", "serial console log file (default: in the VM's state directory)")
 	f.StringVar(&o.readyMarker, "ready-marker", monitor.ReadyMarker, "console line that means the guest is ready")
+	f.DurationVar(&o.idsInterval, "ids-interval", 0, "scan the guest this often and emit IDS events (see 'gatevisor events'); 0 disables")
 	f.BoolVar(&o.detachedChild, "detached-child", false, "internal: the background half of --detach")
 	_ = f.MarkHidden("detached-child")
 	return cmd
@@ -174,17 +176,21 @@ func runVM(ctx context.Context, o *runOptions) error {
 	}
 	fmt.Fprintln(os.Stderr, "gatevisor:", choice.Reason)
 
+	if o.idsInterval < 0 || (o.idsInterval > 0 && o.idsInterval < 100*time.Millisecond) {
+		return fmt.Errorf("--ids-interval %v: use 0 (off) or at least 100ms", o.idsInterval)
+	}
+	dir, err := stateDir(o.name)
+	if err != nil {
+		return err
+	}
 	logPath := o.consoleLog
 	if logPath == "" {
-		dir, err := stateDir(o.name)
-		if err != nil {
-			return err
-		}
 		logPath = filepath.Join(dir, "console.log")
 	}
 	cfg := monitor.Config{
 		Name: o.name, MemMiB: memMiB, CPUs: o.cpus, Accel: choice, Kernel: kernel, Initrd: initrd, Append: appendArgs,
 		QEMUBinary: qemuBin, ConsoleLog: logPath, Log: os.Stderr, ReadyMarker: o.readyMarker,
+		IDSInterval: o.idsInterval, EventsLog: filepath.Join(dir, "events.jsonl"),
 	}
 	if !o.detachedChild {
 		cfg.Console = os.Stdout

@@ -64,6 +64,11 @@ type Config struct {
 	Log io.Writer
 	// ReadyMarker overrides the default marker (for a user's own initrd).
 	ReadyMarker string
+	// IDSInterval, when positive, scans the guest this often once it is
+	// ready and publishes what changed as events.
+	IDSInterval time.Duration
+	// EventsLog is a JSON-lines file that receives every event; "" for none.
+	EventsLog string
 }
 
 // ErrGuestReset means the guest rebooted or panicked; with -no-reboot QEMU
@@ -87,12 +92,15 @@ type Monitor struct {
 	console *console
 	server  *api.Server
 	logFile *os.File
+	events  *eventBus
+	intro   introspection
 	done    chan struct{} // closed when the VM is over and cleaned up
+	stopCh  chan struct{} // closed when a stop is first requested
 
 	mu        sync.Mutex // guards the fields below
 	state     string
 	readyAt   time.Time
-	stopping  bool
+	stopAsked bool
 	stopReq   chan time.Duration // buffered; a stop request with its timeout
 	exitErr   error
 	shutdown  string // reason of QEMU's SHUTDOWN event
@@ -111,7 +119,7 @@ func Start(ctx context.Context, cfg Config) (_ *Monitor, err error) {
 	if cfg.ReadyMarker == "" {
 		cfg.ReadyMarker = ReadyMarker
 	}
-	m := &Monitor{cfg: cfg, started: time.Now(), state: api.StateStarting, done: make(chan struct{}), stopReq: make(chan time.Duration, 1)}
+	m := &Monitor{cfg: cfg, started: time.Now(), state: api.StateStarting, done: make(chan struct{}), stopCh: make(chan struct{}), stopReq: make(chan time.Duration, 1)}
 	qcfg := &qemu.Config{Binary: cfg.QEMUBinary, Name: cfg.Name, MemMiB: cfg.MemMiB, CPUs: cfg.CPUs, Accel: string(cfg.Accel.Accel),
 		Kernel: cfg.Kernel, Initrd: cfg.Initrd, Append: cfg.Append}
 	if err := qcfg.Validate(); err != nil {
@@ -147,6 +155,9 @@ func Start(ctx context.Context, cfg Config) (_ *Monitor, err error) {
 			return nil, fmt.Errorf("console log: %w", err)
 		}
 	}
+	if m.events, err = newEventBus(cfg.EventsLog); err != nil {
+		return nil, err
+	}
 	if m.proc, err = qemu.Start(qcfg, m.ramFile, cfg.Log); err != nil {
 		return nil, err
 	}
@@ -165,6 +176,9 @@ func Start(ctx context.Context, cfg Config) (_ *Monitor, err error) {
 	}
 	m.setState(api.StateRunning)
 	go m.supervise()
+	if cfg.IDSInterval > 0 {
+		go m.watch(cfg.IDSInterval)
+	}
 	return m, nil
 }
 
@@ -373,9 +387,9 @@ func (m *Monitor) finish() {
 		m.exitErr = nil
 	case m.shutdown == "guest-reset" || m.shutdown == "guest-panic":
 		m.exitErr = fmt.Errorf("%w: see the console log", ErrGuestReset)
-	case m.stopping && (m.shutdown != "" || procErr == nil):
+	case m.stopAsked && (m.shutdown != "" || procErr == nil):
 		m.exitErr = nil
-	case m.stopping:
+	case m.stopAsked:
 		m.exitErr = nil // killed after the quit timeout, as asked
 	case m.shutdown == "host-signal":
 		m.exitErr = fmt.Errorf("%w: it was killed by a signal", ErrQEMUDied)
@@ -418,6 +432,9 @@ func (m *Monitor) cleanup() {
 	if m.logFile != nil {
 		m.logFile.Close()
 	}
+	if m.events != nil {
+		m.events.close()
+	}
 	if m.dir != nil {
 		m.dir.Release()
 	}
@@ -443,9 +460,12 @@ func (m *Monitor) Wait() error {
 // timeout; timeout 0 quits at once. It returns immediately.
 func (m *Monitor) RequestStop(timeout time.Duration) {
 	m.mu.Lock()
-	already := m.stopping
-	m.stopping = true
+	already := m.stopAsked
+	m.stopAsked = true
 	m.mu.Unlock()
+	if !already {
+		close(m.stopCh)
+	}
 	if already && timeout > 0 {
 		return
 	}
@@ -454,6 +474,9 @@ func (m *Monitor) RequestStop(timeout time.Duration) {
 	default:
 	}
 }
+
+// stopping is closed once a stop has been requested.
+func (m *Monitor) stopping() <-chan struct{} { return m.stopCh }
 
 // Status implements api.VM.
 func (m *Monitor) Status(ctx context.Context) api.Status {

@@ -1,0 +1,311 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/gatevisor/gatevisor/internal/ids"
+	"github.com/gatevisor/gatevisor/internal/kit"
+	"github.com/gatevisor/gatevisor/internal/vmi"
+	"github.com/gatevisor/gatevisor/internal/vmi/linux"
+)
+
+func init() { addSubcommand(newIDSCmd) }
+
+// idsTarget is where `ids` reads from: a running VM or a memory dump.
+type idsTarget struct {
+	vm, dump, kernel, source string
+	asJSON                   bool
+}
+
+func newIDSCmd() *cobra.Command {
+	t := &idsTarget{}
+	cmd := &cobra.Command{
+		Use:   "ids",
+		Short: "Introspect a guest kernel from outside: live (--vm NAME) or from a dump (--dump FILE)",
+		Long: `Read the guest kernel's own structures from outside the guest, with no
+agent and no debug package: the kernel's symbols come from kallsyms and its
+structure layouts from .BTF, both read from the kernel image, and KASLR is
+located from the live state. The same code reads a running VM's memory
+(--vm NAME) and a memory dump (--dump FILE: an ELF dump from 'gatevisor dump'
+or QEMU's dump-guest-memory, or a raw image of RAM from address 0).`,
+	}
+	pf := cmd.PersistentFlags()
+	pf.StringVar(&t.vm, "vm", "", "name of a running VM")
+	pf.StringVar(&t.dump, "dump", "", "memory dump file (ELF or raw)")
+	pf.StringVar(&t.kernel, "kernel", "", "with --dump: the guest's kernel image (default: the profile cache, then the default kit's kernel)")
+	pf.StringVar(&t.source, "source", "", "with --vm: read memory from ram (default; the guest keeps running) or gdbstub (the guest pauses)")
+	pf.BoolVar(&t.asJSON, "json", false, "print JSON")
+	for _, sub := range []struct{ use, short string }{
+		{"banner", "The kernel's version banner, verified through its page tables, and the KASLR offsets"},
+		{"syscalls", "Every syscall table entry, its handler and symbol; hooks flagged; dispatch code checked"},
+		{"ps", "Processes: pid, ppid, uid, gid, state, threads, start time, comm, executable"},
+		{"pstree", "Processes as a tree"},
+		{"modules", "Loaded kernel modules: name, base, size, state"},
+		{"sockets", "Sockets of every process: protocol, addresses, state, owner"},
+		{"check", "Every integrity check in one report; exit 1 on findings, 2 if a check could not run"},
+	} {
+		name := sub.use
+		cmd.AddCommand(&cobra.Command{
+			Use:   name,
+			Short: sub.short,
+			Args:  cobra.NoArgs,
+			RunE:  func(cmd *cobra.Command, _ []string) error { return runIDS(cmd.Context(), t, name) },
+		})
+	}
+	return cmd
+}
+
+func runIDS(ctx context.Context, t *idsTarget, query string) error {
+	if (t.vm == "") == (t.dump == "") {
+		return errors.New("name exactly one target: --vm NAME or --dump FILE")
+	}
+	q := query
+	if q == "pstree" {
+		q = "ps"
+	}
+	raw, err := t.fetch(ctx, q)
+	if err != nil {
+		return err
+	}
+	if t.asJSON && query != "pstree" {
+		var v any
+		if err := json.Unmarshal(raw, &v); err != nil {
+			return err
+		}
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(v); err != nil {
+			return err
+		}
+		if query == "check" {
+			var r ids.Report
+			if err := json.Unmarshal(raw, &r); err == nil {
+				return checkExit(&r)
+			}
+		}
+		return nil
+	}
+	return printIDS(os.Stdout, query, raw)
+}
+
+// fetch returns the JSON answer to q from the target.
+func (t *idsTarget) fetch(ctx context.Context, q string) (json.RawMessage, error) {
+	if t.vm != "" {
+		if t.kernel != "" {
+			return nil, errors.New("--kernel goes with --dump: a running VM's monitor knows its kernel")
+		}
+		c, err := clientFor(t.vm)
+		if err != nil {
+			return nil, err
+		}
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+		defer cancel()
+		res, err := c.IDS(ctx, q, t.source)
+		if err != nil {
+			return nil, err
+		}
+		return res.Result, nil
+	}
+	if t.source != "" {
+		return nil, errors.New("--source goes with --vm")
+	}
+	insp, closeDump, err := openDump(t.dump, t.kernel)
+	if err != nil {
+		return nil, err
+	}
+	defer closeDump()
+	res, err := ids.Query(insp, q)
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(res)
+}
+
+// openDump opens an ELF or raw memory dump and locates its kernel.
+func openDump(path, kernel string) (*ids.Inspector, func(), error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--dump: %w", err)
+	}
+	var magic [4]byte
+	_, _ = io.ReadFull(f, magic[:])
+	f.Close()
+	var (
+		mem   vmi.PhysicalMemory
+		regs  linux.Registers
+		close func()
+	)
+	if string(magic[:]) == "\x7fELF" {
+		d, err := vmi.OpenELFDump(path)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--dump %s: %w", path, err)
+		}
+		if cpus := d.CPUs(); len(cpus) > 0 {
+			regs = linux.Registers{CR3: cpus[0].CR3(), CR4: cpus[0].CR4()}
+		}
+		mem, close = d, func() { d.Close() }
+	} else {
+		r, err := vmi.OpenRaw(path, nil)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--dump %s: %w", path, err)
+		}
+		mem, close = r, func() { r.Close() }
+	}
+	prof, err := dumpProfile(mem, kernel)
+	if err != nil {
+		close()
+		return nil, nil, err
+	}
+	k, err := linux.Locate(mem, prof, regs)
+	if err != nil {
+		close()
+		return nil, nil, fmt.Errorf("--dump %s: %w", path, err)
+	}
+	// A dump does not change: translations can be cached without re-checks.
+	k.AS.Cache.Static = true
+	return ids.New(k, ids.DefaultOptions()), close, nil
+}
+
+// dumpProfile finds the profile for the kernel in mem: --kernel, else the
+// cache by banner, else the default kit's kernel if its banner matches.
+func dumpProfile(mem vmi.PhysicalMemory, kernel string) (*linux.Profile, error) {
+	if kernel != "" {
+		return linux.LoadProfile(kernel, "")
+	}
+	p, err := ids.LoadProfile(mem, "")
+	if err == nil {
+		return p, nil
+	}
+	banner, _, berr := ids.FindBanner(mem)
+	if berr != nil {
+		return nil, berr
+	}
+	if dir, derr := kit.CacheDir(); derr == nil {
+		if k, kerr := kit.Load(filepath.Join(dir, "kit")); kerr == nil {
+			if kp, perr := linux.LoadProfile(k.Kernel, ""); perr == nil && strings.TrimSpace(kp.Banner) == strings.TrimSpace(banner) {
+				return kp, nil
+			}
+		}
+	}
+	return nil, err
+}
+
+func checkExit(r *ids.Report) error {
+	switch {
+	case !r.Complete():
+		return withExitCode(2, nil)
+	case len(r.Findings) > 0:
+		return withExitCode(1, nil)
+	}
+	return nil
+}
+
+func printIDS(w io.Writer, query string, raw json.RawMessage) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	defer tw.Flush()
+	switch query {
+	case "banner":
+		var b ids.BannerReport
+		if err := json.Unmarshal(raw, &b); err != nil {
+			return err
+		}
+		fmt.Fprintf(tw, "%s\n", b.Banner)
+		fmt.Fprintf(tw, "release:\t%s\nbuild id:\t%s\nKASLR slide:\t%#x\nphysical base:\t%#x\nverified:\t%v\n", b.Release, b.BuildID, b.Slide, b.PhysBase, b.Verified)
+	case "syscalls":
+		var r ids.SyscallReport
+		if err := json.Unmarshal(raw, &r); err != nil {
+			return err
+		}
+		fmt.Fprintln(tw, "NR\tHANDLER\tADDRESS\tPOINTS TO\tSTATUS")
+		hooked := 0
+		for _, e := range r.Entries {
+			st := "ok"
+			if e.Hooked {
+				st = "HOOKED: " + e.Reason
+				hooked++
+			}
+			fmt.Fprintf(tw, "%d\t%s\t%#x\t%s\t%s\n", e.Nr, e.Name, e.Addr, e.Symbol, st)
+		}
+		tw.Flush()
+		fmt.Fprintf(w, "%d entries, %d hooked\n", len(r.Entries), hooked)
+		if r.DispatchChecked {
+			fmt.Fprintf(w, "dispatch code (x64_sys_call): %d findings\n", len(r.Dispatch))
+		}
+		for _, d := range r.Dispatch {
+			fmt.Fprintf(w, "  %s at %#x -> %#x (%s): %s\n", d.Function, d.Addr, d.Target, d.TargetSymbol, d.Reason)
+		}
+	case "ps":
+		var ts []linux.Task
+		if err := json.Unmarshal(raw, &ts); err != nil {
+			return err
+		}
+		fmt.Fprintln(tw, "PID\tPPID\tUID\tGID\tSTATE\tTHR\tSTART\tCOMM\tEXE")
+		for _, t := range ts {
+			exe := t.Exe
+			if t.KernelThread {
+				exe = "[kernel]"
+			}
+			fmt.Fprintf(tw, "%d\t%d\t%d\t%d\t%s\t%d\t%.2fs\t%s\t%s\n", t.PID, t.PPID, t.UID, t.GID, t.State, t.Threads, float64(t.StartTime)/1e9, t.Comm, exe)
+		}
+	case "pstree":
+		var ts []linux.Task
+		if err := json.Unmarshal(raw, &ts); err != nil {
+			return err
+		}
+		return ids.WriteTree(w, ts)
+	case "modules":
+		var ms []linux.Module
+		if err := json.Unmarshal(raw, &ms); err != nil {
+			return err
+		}
+		fmt.Fprintln(tw, "NAME\tBASE\tSIZE\tSTATE")
+		for _, m := range ms {
+			fmt.Fprintf(tw, "%s\t%#x\t%d\t%s\n", m.Name, m.Base, m.Size, m.State)
+		}
+	case "sockets":
+		var ss []linux.Socket
+		if err := json.Unmarshal(raw, &ss); err != nil {
+			return err
+		}
+		fmt.Fprintln(tw, "PROTO\tLOCAL\tREMOTE\tSTATE\tPID\tCOMM")
+		for _, s := range ss {
+			local, remote := s.LocalAddr, s.RemoteAddr
+			if s.Family != "unix" {
+				local, remote = fmt.Sprintf("%s:%d", s.LocalAddr, s.LocalPort), fmt.Sprintf("%s:%d", s.RemoteAddr, s.RemotePort)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", s.Proto, local, remote, s.State, s.PID, s.Comm)
+		}
+	case "check":
+		var r ids.Report
+		if err := json.Unmarshal(raw, &r); err != nil {
+			return err
+		}
+		for _, c := range r.Checks {
+			st := fmt.Sprintf("%d findings", c.Findings)
+			if !c.Ran {
+				st = "DID NOT RUN: " + c.Error
+			}
+			fmt.Fprintf(tw, "%s\t%s\n", c.Name, st)
+		}
+		tw.Flush()
+		for _, f := range r.Findings {
+			fmt.Fprintf(w, "[%s] %s: %s\n", f.Severity, f.Check, f.Summary)
+		}
+		if r.Clean() {
+			fmt.Fprintln(w, "clean: no findings")
+		}
+		return checkExit(&r)
+	}
+	return nil
+}

@@ -1,0 +1,210 @@
+package ids
+
+import (
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/gatevisor/gatevisor/internal/vmi/linux"
+)
+
+// Names of the checks `ids check` runs.
+const (
+	CheckSyscallTable   = "syscall-table"
+	CheckDispatch       = "syscall-dispatch"
+	CheckHiddenProcess  = "hidden-process"
+	CheckHiddenModule   = "hidden-module"
+	CheckCommExe        = "comm-exe"
+	CheckUnexpectedRoot = "unexpected-root"
+)
+
+// Severities of findings.
+const (
+	SeverityCritical = "critical" // a rootkit technique: hooks, hidden objects
+	SeverityWarning  = "warning"  // suspicious but with innocent explanations
+)
+
+// Finding is one thing a check flagged.
+type Finding struct {
+	Check    string `json:"check"`
+	Severity string `json:"severity"`
+	Summary  string `json:"summary"`
+	PID      int    `json:"pid,omitempty"`
+	Name     string `json:"name,omitempty"`
+	Addr     uint64 `json:"addr,omitempty"`
+}
+
+// key identifies a finding across snapshots.
+func (f Finding) key() string { return fmt.Sprintf("%s|%d|%s|%#x", f.Check, f.PID, f.Name, f.Addr) }
+
+// CheckStatus says whether a check ran.
+type CheckStatus struct {
+	Name     string `json:"name"`
+	Ran      bool   `json:"ran"`
+	Findings int    `json:"findings"`
+	Error    string `json:"error,omitempty"`
+}
+
+// Report is the `ids check` answer.
+type Report struct {
+	Findings []Finding     `json:"findings"`
+	Checks   []CheckStatus `json:"checks"`
+}
+
+// Clean reports whether every check ran and found nothing.
+func (r *Report) Clean() bool { return len(r.Findings) == 0 && r.Complete() }
+
+// Complete reports whether every check ran.
+func (r *Report) Complete() bool {
+	for _, c := range r.Checks {
+		if !c.Ran {
+			return false
+		}
+	}
+	return true
+}
+
+// Check runs every integrity check. A check that cannot run is reported in
+// Checks with its error; the others still run.
+func (i *Inspector) Check() *Report {
+	r := &Report{Findings: []Finding{}}
+	run := func(name string, f func() ([]Finding, error)) {
+		found, err := f()
+		st := CheckStatus{Name: name, Ran: err == nil, Findings: len(found)}
+		if err != nil {
+			st.Error = err.Error()
+		}
+		r.Checks = append(r.Checks, st)
+		r.Findings = append(r.Findings, found...)
+	}
+	var tasks []linux.Task
+	tasksErr := error(nil)
+	tasks, tasksErr = i.K.Tasks()
+	withTasks := func(f func([]linux.Task) []Finding) func() ([]Finding, error) {
+		return func() ([]Finding, error) {
+			if tasksErr != nil {
+				return nil, tasksErr
+			}
+			return f(tasks), nil
+		}
+	}
+	run(CheckSyscallTable, i.checkSyscallTable)
+	run(CheckDispatch, i.checkDispatch)
+	run(CheckHiddenProcess, func() ([]Finding, error) { return hiddenFindings(linux.CrossViewProcesses(i.K)) })
+	run(CheckHiddenModule, func() ([]Finding, error) { return hiddenFindings(linux.CrossViewModules(i.K)) })
+	run(CheckCommExe, withTasks(i.checkCommExe))
+	run(CheckUnexpectedRoot, withTasks(i.checkUnexpectedRoot))
+	sort.SliceStable(r.Findings, func(a, b int) bool {
+		if r.Findings[a].Severity != r.Findings[b].Severity {
+			return r.Findings[a].Severity == SeverityCritical
+		}
+		return false
+	})
+	return r
+}
+
+func (i *Inspector) checkSyscallTable() ([]Finding, error) {
+	entries, err := i.K.SyscallTable()
+	if err != nil {
+		return nil, err
+	}
+	var out []Finding
+	for _, e := range entries {
+		if !e.Hooked {
+			continue
+		}
+		target := e.Symbol
+		if target == "" {
+			target = "an address outside every known symbol"
+		}
+		out = append(out, Finding{Check: CheckSyscallTable, Severity: SeverityCritical, Name: e.Name, Addr: e.Addr,
+			Summary: fmt.Sprintf("syscall %d (%s) is hooked: its table entry points to %#x (%s): %s", e.Nr, e.Name, e.Addr, target, e.Reason)})
+	}
+	return out, nil
+}
+
+func (i *Inspector) checkDispatch() ([]Finding, error) {
+	found, err := i.K.CheckDispatch()
+	if err != nil {
+		return nil, err
+	}
+	var out []Finding
+	for _, d := range found {
+		out = append(out, Finding{Check: CheckDispatch, Severity: SeverityCritical, Name: d.Function, Addr: d.Addr,
+			Summary: fmt.Sprintf("syscall dispatch code %s at %#x jumps to %#x (%s): %s", d.Function, d.Addr, d.Target, d.TargetSymbol, d.Reason)})
+	}
+	return out, nil
+}
+
+func hiddenFindings(hidden []linux.Hidden, err error) ([]Finding, error) {
+	if err != nil {
+		return nil, err
+	}
+	var out []Finding
+	for _, h := range hidden {
+		f := Finding{Severity: SeverityCritical, PID: h.PID, Name: h.Name, Addr: h.Addr}
+		switch h.Kind {
+		case "module":
+			f.Check = CheckHiddenModule
+			f.Summary = fmt.Sprintf("module %q at %#x is hidden: seen in %s, missing from %s", h.Name, h.Addr, strings.Join(h.SeenIn, ", "), strings.Join(h.MissingFrom, ", "))
+		default:
+			f.Check = CheckHiddenProcess
+			f.Summary = fmt.Sprintf("process %d (%s) is hidden: seen in %s, missing from %s", h.PID, h.Name, strings.Join(h.SeenIn, ", "), strings.Join(h.MissingFrom, ", "))
+		}
+		out = append(out, f)
+	}
+	return out, nil
+}
+
+// taskCommLen is TASK_COMM_LEN - 1: the kernel truncates comm to it.
+const taskCommLen = 15
+
+func (i *Inspector) checkCommExe(tasks []linux.Task) []Finding {
+	var out []Finding
+	for _, t := range tasks {
+		if t.KernelThread || t.Exe == "" {
+			continue
+		}
+		base := baseName(t.Exe)
+		if slices.Contains(i.Opts.MultiCall, base) {
+			continue
+		}
+		want := base
+		if len(want) > taskCommLen {
+			want = want[:taskCommLen]
+		}
+		if t.Comm == want {
+			continue
+		}
+		out = append(out, Finding{Check: CheckCommExe, Severity: SeverityWarning, PID: t.PID, Name: t.Comm, Addr: t.Addr,
+			Summary: fmt.Sprintf("process %d calls itself %q but runs %s", t.PID, t.Comm, t.Exe)})
+	}
+	return out
+}
+
+func (i *Inspector) checkUnexpectedRoot(tasks []linux.Task) []Finding {
+	byPID := make(map[int]linux.Task, len(tasks))
+	for _, t := range tasks {
+		byPID[t.PID] = t
+	}
+	var out []Finding
+	for _, t := range tasks {
+		if t.KernelThread || t.EUID != 0 {
+			continue
+		}
+		allowed := slices.Contains(i.Opts.SetUID, baseName(t.Exe))
+		switch {
+		case t.UID != 0 && !allowed:
+			out = append(out, Finding{Check: CheckUnexpectedRoot, Severity: SeverityCritical, PID: t.PID, Name: t.Comm, Addr: t.Addr,
+				Summary: fmt.Sprintf("process %d (%s, %s) runs with effective uid 0 for uid %d", t.PID, t.Comm, t.Exe, t.UID)})
+		case t.UID == 0 && !allowed:
+			p, ok := byPID[t.PPID]
+			if ok && !p.KernelThread && p.UID != 0 && p.EUID != 0 {
+				out = append(out, Finding{Check: CheckUnexpectedRoot, Severity: SeverityCritical, PID: t.PID, Name: t.Comm, Addr: t.Addr,
+					Summary: fmt.Sprintf("process %d (%s) runs as root but its parent %d (%s) runs as uid %d", t.PID, t.Comm, p.PID, p.Comm, p.UID)})
+			}
+		}
+	}
+	return out
+}

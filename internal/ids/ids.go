@@ -1,0 +1,258 @@
+// Package ids is gatevisor's introspection IDS: from a guest's physical
+// memory (the live VM or a dump) and its kernel profile it answers banner,
+// syscalls, processes, modules and sockets, runs every integrity check in
+// one report, and diffs snapshots into events for continuous monitoring.
+//
+// The kernel objects themselves are read by internal/vmi/linux; this package
+// decides what is suspicious and how reports look. All of it is pure over a
+// memory source: the same code serves the live VM (in the monitor) and dumps
+// (in the CLI), so their results can be compared.
+//
+// Imported by monitor and cli.
+package ids
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/gatevisor/gatevisor/internal/vmi"
+	"github.com/gatevisor/gatevisor/internal/vmi/linux"
+)
+
+// Options tune the checks to a guest.
+type Options struct {
+	// MultiCall lists executables that run under many names (comm differs
+	// from the executable's name by design), such as busybox, and script
+	// interpreters, whose processes carry the script's name.
+	MultiCall []string
+	// SetUID lists executables allowed to run with effective uid 0 for a
+	// non-root user.
+	SetUID []string
+}
+
+// DefaultOptions suit a busybox-based device and common Linux userlands.
+func DefaultOptions() Options {
+	return Options{
+		MultiCall: []string{"busybox", "toybox", "sh", "ash", "bash", "dash", "python3", "perl"},
+		SetUID:    []string{"su", "sudo", "passwd", "login", "mount", "umount", "ping", "newgrp", "chsh", "chfn", "gpasswd"},
+	}
+}
+
+// Inspector answers IDS queries about one located kernel.
+type Inspector struct {
+	K    *linux.Kernel
+	Opts Options
+}
+
+// New returns an inspector for k.
+func New(k *linux.Kernel, opts Options) *Inspector { return &Inspector{K: k, Opts: opts} }
+
+// Open profiles and locates the kernel in mem. kernelImage may be "", in
+// which case the profile cache is searched by the banner found in mem.
+func Open(mem vmi.PhysicalMemory, regs linux.Registers, kernelImage string, opts Options) (*Inspector, error) {
+	prof, err := LoadProfile(mem, kernelImage)
+	if err != nil {
+		return nil, err
+	}
+	k, err := linux.Locate(mem, prof, regs)
+	if err != nil {
+		return nil, err
+	}
+	return New(k, opts), nil
+}
+
+// LoadProfile returns the profile for the kernel in mem: from kernelImage
+// when given (cached by the image's hash), else from the profile cache by the
+// banner found in mem.
+func LoadProfile(mem vmi.PhysicalMemory, kernelImage string) (*linux.Profile, error) {
+	if kernelImage != "" {
+		return linux.LoadProfile(kernelImage, "")
+	}
+	banner, _, err := FindBanner(mem)
+	if err != nil {
+		return nil, err
+	}
+	dir, err := linux.ProfileCacheDir()
+	if err != nil {
+		return nil, err
+	}
+	p, err := linux.LoadCachedProfile(dir, linux.BannerKey(banner))
+	if err != nil {
+		return nil, fmt.Errorf("no cached profile for %q: pass the guest's kernel image with --kernel (a bzImage or vmlinux); it is profiled once and cached", strings.TrimSpace(banner))
+	}
+	return p, nil
+}
+
+// maxBannerLen bounds the banner read from memory.
+const maxBannerLen = 512
+
+// FindBanner scans physical memory for the kernel's banner ("Linux version
+// ... (...) ...\n") and returns it with its physical address. The first match
+// that looks like a banner (a compiler in parentheses, ends in a newline)
+// wins.
+func FindBanner(mem vmi.PhysicalMemory) (string, uint64, error) {
+	marker := []byte("Linux version ")
+	const chunk = 4 << 20
+	buf := make([]byte, chunk+maxBannerLen)
+	for _, r := range mem.Ranges() {
+		for pa := r.Start; pa < r.End; pa += chunk {
+			n := min(uint64(len(buf)), r.End-pa)
+			got, err := mem.ReadAt(buf[:n], int64(pa))
+			if got <= 0 && err != nil {
+				continue
+			}
+			b := buf[:got]
+			for off := 0; ; {
+				i := bytes.Index(b[off:], marker)
+				if i < 0 || uint64(off+i) >= chunk {
+					break
+				}
+				start := off + i
+				end := bytes.IndexByte(b[start:min(len(b), start+maxBannerLen)], '\n')
+				if end > 0 {
+					cand := b[start : start+end+1]
+					if bytes.Contains(cand, []byte(" (")) && printable(cand[:len(cand)-1]) {
+						return string(cand), pa + uint64(start), nil
+					}
+				}
+				off = start + 1
+			}
+		}
+	}
+	return "", 0, errors.New("no Linux banner in guest memory: is this a Linux guest's RAM?")
+}
+
+func printable(b []byte) bool {
+	for _, c := range b {
+		if c < 0x20 || c > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+// BannerReport is the `ids banner` answer.
+type BannerReport struct {
+	Banner    string `json:"banner"`
+	Release   string `json:"release"`
+	BuildID   string `json:"build_id,omitempty"`
+	Slide     uint64 `json:"kaslr_slide"`
+	PhysBase  uint64 `json:"phys_base"`
+	Verified  bool   `json:"verified"`
+	CachedKey string `json:"profile_key"`
+}
+
+// Banner reads the banner through the kernel's page tables (so it is
+// verified against the profile).
+func (i *Inspector) Banner() (BannerReport, error) {
+	b, err := i.K.Banner()
+	if err != nil {
+		return BannerReport{}, err
+	}
+	p := i.K.Profile
+	return BannerReport{Banner: strings.TrimRight(b, "\n\x00"), Release: p.Release, BuildID: p.BuildID, Slide: i.K.Slide,
+		PhysBase: i.K.PhysBase, Verified: b == p.Banner, CachedKey: linux.BannerKey(p.Banner)}, nil
+}
+
+// SyscallReport is the `ids syscalls` answer.
+type SyscallReport struct {
+	Entries  []linux.SyscallEntry    `json:"entries"`
+	Dispatch []linux.DispatchFinding `json:"dispatch_findings"`
+	// DispatchChecked says whether the kernel dispatches through code
+	// (x64_sys_call, Linux 6.9+ and backports) that was checked too.
+	DispatchChecked bool `json:"dispatch_checked"`
+}
+
+// Syscalls reads the syscall table and checks the dispatch code.
+func (i *Inspector) Syscalls() (SyscallReport, error) {
+	entries, err := i.K.SyscallTable()
+	if err != nil {
+		return SyscallReport{}, err
+	}
+	disp, err := i.K.CheckDispatch()
+	if err != nil {
+		return SyscallReport{}, err
+	}
+	_, hasDispatch := i.K.Addr("x64_sys_call")
+	return SyscallReport{Entries: entries, Dispatch: nonNil(disp), DispatchChecked: hasDispatch == nil}, nil
+}
+
+func nonNil[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}
+
+// Processes lists processes (thread-group leaders) sorted by pid.
+func (i *Inspector) Processes() ([]linux.Task, error) {
+	t, err := i.K.Tasks()
+	if err != nil {
+		return nil, err
+	}
+	sort.Slice(t, func(a, b int) bool { return t[a].PID < t[b].PID })
+	return t, nil
+}
+
+// Modules lists loaded kernel modules by name.
+func (i *Inspector) Modules() ([]linux.Module, error) {
+	m, err := i.K.Modules()
+	if err != nil {
+		return nil, err
+	}
+	sort.Slice(m, func(a, b int) bool { return m[a].Name < m[b].Name })
+	return nonNil(m), nil
+}
+
+// Sockets lists sockets owned by processes.
+func (i *Inspector) Sockets() ([]linux.Socket, error) {
+	tasks, err := i.K.Tasks()
+	if err != nil {
+		return nil, err
+	}
+	s, err := i.K.Sockets(tasks)
+	if err != nil {
+		return nil, err
+	}
+	sort.Slice(s, func(a, b int) bool {
+		if s[a].PID != s[b].PID {
+			return s[a].PID < s[b].PID
+		}
+		return s[a].LocalPort < s[b].LocalPort
+	})
+	return nonNil(s), nil
+}
+
+// baseName is the last element of an executable path.
+func baseName(p string) string { return filepath.Base(strings.TrimSuffix(p, " (deleted)")) }
+
+
+// Queries lists the answers Query gives.
+var Queries = []string{"banner", "syscalls", "ps", "modules", "sockets", "check"}
+
+// ErrUnknownQuery is returned by Query for a name not in Queries.
+var ErrUnknownQuery = errors.New("unknown IDS query: use banner, syscalls, ps, modules, sockets or check")
+
+// Query answers one named query; the result is JSON-encodable and is the
+// same for a live VM and a dump.
+func Query(in *Inspector, query string) (any, error) {
+	switch query {
+	case "banner":
+		return in.Banner()
+	case "syscalls":
+		return in.Syscalls()
+	case "ps":
+		return in.Processes()
+	case "modules":
+		return in.Modules()
+	case "sockets":
+		return in.Sockets()
+	case "check":
+		return in.Check(), nil
+	}
+	return nil, fmt.Errorf("%w (got %q)", ErrUnknownQuery, query)
+}

@@ -1,0 +1,204 @@
+package monitor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/gatevisor/gatevisor/internal/api"
+	"github.com/gatevisor/gatevisor/internal/ids"
+	"github.com/gatevisor/gatevisor/internal/qemu"
+	"github.com/gatevisor/gatevisor/internal/qemu/gdbrsp"
+	"github.com/gatevisor/gatevisor/internal/vmi"
+	"github.com/gatevisor/gatevisor/internal/vmi/linux"
+)
+
+// Memory sources for IDS queries.
+const (
+	SourceRAM     = "ram"     // the live shared mapping; the guest keeps running
+	SourceGDBStub = "gdbstub" // physical reads through the gdbstub; the guest pauses for the query
+)
+
+// liveMemory serves guest RAM from the shared mapping as a vmi source.
+type liveMemory struct{ ram *qemu.GuestRAM }
+
+func (l liveMemory) ReadAt(p []byte, gpa int64) (int, error) { return l.ram.ReadAt(p, gpa) }
+
+func (l liveMemory) Ranges() []vmi.Range {
+	regions := l.ram.Regions()
+	out := make([]vmi.Range, len(regions))
+	for i, r := range regions {
+		out[i] = vmi.Range{Start: r.GPA, End: r.End()}
+	}
+	return out
+}
+
+// gdbMemory reads guest-physical memory through the gdbstub, for guests
+// whose RAM is not mapped and to compare against the mapping. The caller
+// holds the VM stopped.
+type gdbMemory struct {
+	ctx    context.Context
+	gdb    *gdbrsp.Client
+	ranges []vmi.Range
+}
+
+func (g gdbMemory) ReadAt(p []byte, gpa int64) (int, error) {
+	if err := g.gdb.ReadMemory(g.ctx, uint64(gpa), p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+func (g gdbMemory) Ranges() []vmi.Range { return g.ranges }
+
+// introspection holds the located kernel, built on first use.
+type introspection struct {
+	mu   sync.Mutex // serializes queries: the translation cache is not concurrent
+	insp *ids.Inspector
+	err  error
+	once bool
+}
+
+// inspector profiles and locates the guest kernel on first use. Profiling
+// the image takes seconds the first time; the profile is cached per kernel
+// build.
+//
+// Preconditions: m.intro.mu held.
+func (m *Monitor) inspector(ctx context.Context) (*ids.Inspector, error) {
+	in := &m.intro
+	if in.once {
+		return in.insp, in.err
+	}
+	prof, err := linux.LoadProfile(m.cfg.Kernel, "")
+	if err != nil {
+		return nil, fmt.Errorf("profile the guest kernel %s: %w", m.cfg.Kernel, err)
+	}
+	regs, err := m.controlRegisters(ctx)
+	if err != nil {
+		return nil, err
+	}
+	k, err := linux.Locate(liveMemory{m.ram}, prof, regs)
+	if err != nil {
+		// Not cached: the kernel may not have set up its page tables yet.
+		return nil, fmt.Errorf("locate the guest kernel: %w", err)
+	}
+	in.insp, in.err, in.once = ids.New(k, ids.DefaultOptions()), nil, true
+	return in.insp, nil
+}
+
+// controlRegisters reads CR3 and CR4 of vCPU 0.
+func (m *Monitor) controlRegisters(ctx context.Context) (linux.Registers, error) {
+	var regs linux.Registers
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	err := m.gdb.WithStopped(ctx, func() error {
+		if err := m.gdb.SetVCPU(ctx, 0); err != nil {
+			return err
+		}
+		var err error
+		if regs.CR3, err = m.gdb.ReadRegister(ctx, "cr3"); err != nil {
+			return err
+		}
+		regs.CR4, err = m.gdb.ReadRegister(ctx, "cr4")
+		return err
+	})
+	if err != nil {
+		return regs, fmt.Errorf("read vCPU 0 control registers: %w", err)
+	}
+	return regs, nil
+}
+
+// IDS implements api.VM: it runs one introspection query.
+func (m *Monitor) IDS(ctx context.Context, query, source string) (api.IDSResult, error) {
+	if err := m.checkRunning(); err != nil {
+		return api.IDSResult{}, err
+	}
+	if source == "" {
+		source = SourceRAM
+	}
+	if source != SourceRAM && source != SourceGDBStub {
+		return api.IDSResult{}, &api.Error{Code: api.CodeBadRequest, Message: fmt.Sprintf("source %q: use ram or gdbstub", source)}
+	}
+	m.intro.mu.Lock()
+	defer m.intro.mu.Unlock()
+	insp, err := m.inspector(ctx)
+	if err != nil {
+		return api.IDSResult{}, err
+	}
+	start := time.Now()
+	var result any
+	run := func(in *ids.Inspector) error {
+		in.K.AS.Cache.Invalidate()
+		var err error
+		result, err = ids.Query(in, query)
+		return err
+	}
+	if source == SourceRAM {
+		err = run(insp)
+	} else {
+		qctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+		defer cancel()
+		err = m.gdb.WithStopped(qctx, func() error {
+			if err := m.gdb.SetPhysicalMemoryMode(qctx, true); err != nil {
+				return err
+			}
+			defer m.gdb.SetPhysicalMemoryMode(qctx, false)
+			k := *insp.K
+			mem := gdbMemory{ctx: qctx, gdb: m.gdb, ranges: liveMemory{m.ram}.Ranges()}
+			k.Mem = mem
+			as := *k.AS
+			as.Mem = mem
+			as.Cache = vmi.NewTranslationCache()
+			k.AS = &as
+			return run(ids.New(&k, insp.Opts))
+		})
+	}
+	if err != nil {
+		if errors.Is(err, ids.ErrUnknownQuery) {
+			return api.IDSResult{}, &api.Error{Code: api.CodeNotFound, Message: err.Error()}
+		}
+		return api.IDSResult{}, fmt.Errorf("ids %s: %w", query, err)
+	}
+	raw, err := json.Marshal(result)
+	if err != nil {
+		return api.IDSResult{}, err
+	}
+	return api.IDSResult{Query: query, Source: source, ElapsedMicros: time.Since(start).Microseconds(), Result: raw}, nil
+}
+
+// Dump implements api.VM: it writes an ELF dump of guest memory to path.
+func (m *Monitor) Dump(ctx context.Context, path string) (api.DumpResult, error) {
+	if err := m.checkRunning(); err != nil {
+		return api.DumpResult{}, err
+	}
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer cancel()
+	if err := m.qmp.DumpGuestMemory(ctx, path); err != nil {
+		return api.DumpResult{}, fmt.Errorf("dump guest memory to %s: %w", path, err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return api.DumpResult{}, err
+	}
+	return api.DumpResult{Path: path, Size: fi.Size(), ElapsedMicros: time.Since(start).Microseconds()}, nil
+}
+
+// WritePhysical implements api.VM: it writes guest-physical memory through
+// the live mapping.
+func (m *Monitor) WritePhysical(_ context.Context, addr uint64, p []byte) error {
+	if err := m.checkRunning(); err != nil {
+		return err
+	}
+	if _, err := m.ram.WriteAt(p, int64(addr)); err != nil {
+		if errors.Is(err, qemu.ErrNotRAM) {
+			return &api.Error{Code: api.CodeBadRequest, Message: fmt.Sprintf("%v: see GET /v1/memory for the RAM layout", err)}
+		}
+		return err
+	}
+	return nil
+}
