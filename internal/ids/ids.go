@@ -230,7 +230,6 @@ func (i *Inspector) Sockets() ([]linux.Socket, error) {
 // baseName is the last element of an executable path.
 func baseName(p string) string { return filepath.Base(strings.TrimSuffix(p, " (deleted)")) }
 
-
 // Queries lists the answers Query gives.
 var Queries = []string{"banner", "syscalls", "ps", "modules", "sockets", "check"}
 

@@ -52,10 +52,10 @@ func task(pid, ppid int, uid, euid uint32, comm, exe string) linux.Task {
 func TestCommExe(t *testing.T) {
 	in := &Inspector{Opts: DefaultOptions()}
 	tasks := []linux.Task{
-		task(1, 0, 0, 0, "init", "/bin/busybox"),                            // multi-call: fine
-		task(2, 1, 0, 0, "sshd", "/usr/sbin/sshd"),                          // matches
+		task(1, 0, 0, 0, "init", "/bin/busybox"),                               // multi-call: fine
+		task(2, 1, 0, 0, "sshd", "/usr/sbin/sshd"),                             // matches
 		task(3, 1, 0, 0, "averyveryverylon", "/usr/bin/averyveryverylongname"), // truncated to 15
-		task(4, 1, 1000, 1000, "kworker/0:1", "/tmp/.x/miner"),             // disguised
+		task(4, 1, 1000, 1000, "kworker/0:1", "/tmp/.x/miner"),                 // disguised
 		{PID: 5, Comm: "kthreadd", KernelThread: true},
 	}
 	tasks[2].Comm = "averyveryverylo"
@@ -70,10 +70,10 @@ func TestUnexpectedRoot(t *testing.T) {
 	tasks := []linux.Task{
 		task(1, 0, 0, 0, "init", "/bin/busybox"),
 		task(10, 1, 1000, 1000, "sh", "/bin/busybox"),
-		task(11, 10, 1000, 0, "su", "/bin/su"),          // setuid, allowed
+		task(11, 10, 1000, 0, "su", "/bin/su"),           // setuid, allowed
 		task(12, 10, 1000, 0, "exploit", "/tmp/exploit"), // euid 0 for uid 1000
-		task(13, 10, 0, 0, "sh", "/bin/busybox"),        // root child of a user shell
-		task(14, 1, 0, 0, "httpd", "/bin/busybox"),      // root child of root: fine
+		task(13, 10, 0, 0, "sh", "/bin/busybox"),         // root child of a user shell
+		task(14, 1, 0, 0, "httpd", "/bin/busybox"),       // root child of root: fine
 	}
 	got := in.checkUnexpectedRoot(tasks)
 	var pids []int
