@@ -181,20 +181,21 @@ func openDump(path, kernel string) (*ids.Inspector, func(), error) {
 // cache by banner, else the default kit's kernel if its banner matches.
 func dumpProfile(mem vmi.PhysicalMemory, kernel string) (*linux.Profile, error) {
 	if kernel != "" {
-		return linux.LoadProfile(kernel, "")
+		return ids.LoadKernelProfile(kernel)
 	}
 	p, err := ids.LoadProfile(mem, "")
 	if err == nil {
 		return p, nil
 	}
-	banner, _, berr := ids.FindBanner(mem)
-	if berr != nil {
-		return nil, berr
-	}
+	banners := ids.FindBanners(mem, 32)
 	if dir, derr := kit.CacheDir(); derr == nil {
 		if k, kerr := kit.Load(filepath.Join(dir, "kit")); kerr == nil {
-			if kp, perr := linux.LoadProfile(k.Kernel, ""); perr == nil && strings.TrimSpace(kp.Banner) == strings.TrimSpace(banner) {
-				return kp, nil
+			if kp, perr := ids.LoadKernelProfile(k.Kernel); perr == nil {
+				for _, b := range banners {
+					if strings.TrimSpace(kp.Banner) == strings.TrimSpace(b.Text) {
+						return kp, nil
+					}
+				}
 			}
 		}
 	}

@@ -65,12 +65,22 @@ func (r *Report) Complete() bool {
 	return true
 }
 
+// checkAttempts is how often a check is tried before it counts as not run:
+// live memory can be caught mid-update (a list being relinked), which a
+// fresh read a moment later does not see.
+const checkAttempts = 3
+
 // Check runs every integrity check. A check that cannot run is reported in
 // Checks with its error; the others still run.
 func (i *Inspector) Check() *Report {
 	r := &Report{Findings: []Finding{}}
 	run := func(name string, f func() ([]Finding, error)) {
-		found, err := f()
+		var found []Finding
+		err := i.retry(func() error {
+			var err error
+			found, err = f()
+			return err
+		})
 		st := CheckStatus{Name: name, Ran: err == nil, Findings: len(found)}
 		if err != nil {
 			st.Error = err.Error()
@@ -79,8 +89,11 @@ func (i *Inspector) Check() *Report {
 		r.Findings = append(r.Findings, found...)
 	}
 	var tasks []linux.Task
-	tasksErr := error(nil)
-	tasks, tasksErr = i.K.Tasks()
+	tasksErr := i.retry(func() error {
+		var err error
+		tasks, err = i.K.Tasks()
+		return err
+	})
 	withTasks := func(f func([]linux.Task) []Finding) func() ([]Finding, error) {
 		return func() ([]Finding, error) {
 			if tasksErr != nil {
@@ -207,4 +220,17 @@ func (i *Inspector) checkUnexpectedRoot(tasks []linux.Task) []Finding {
 		}
 	}
 	return out
+}
+
+// retry runs f up to checkAttempts times while it fails, with a fresh
+// translation cache each time.
+func (i *Inspector) retry(f func() error) error {
+	err := f()
+	for n := 1; err != nil && n < checkAttempts; n++ {
+		if i.K.AS != nil && i.K.AS.Cache != nil {
+			i.K.AS.Cache.Invalidate()
+		}
+		err = f()
+	}
+	return err
 }

@@ -65,65 +65,106 @@ func Open(mem vmi.PhysicalMemory, regs linux.Registers, kernelImage string, opts
 	return New(k, opts), nil
 }
 
+// LoadKernelProfile returns the profile of a kernel image with the image
+// facts the syscall checks need attached; both are cached per build.
+func LoadKernelProfile(kernelImage string) (*linux.Profile, error) {
+	p, err := linux.LoadProfile(kernelImage, "")
+	if err != nil {
+		return nil, err
+	}
+	if err := p.LoadImage(kernelImage, ""); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
 // LoadProfile returns the profile for the kernel in mem: from kernelImage
-// when given (cached by the image's hash), else from the profile cache by the
+// when given (cached by the image's hash), else from the profile cache by a
 // banner found in mem.
 func LoadProfile(mem vmi.PhysicalMemory, kernelImage string) (*linux.Profile, error) {
 	if kernelImage != "" {
-		return linux.LoadProfile(kernelImage, "")
+		return LoadKernelProfile(kernelImage)
 	}
-	banner, _, err := FindBanner(mem)
-	if err != nil {
-		return nil, err
+	banners := FindBanners(mem, maxBanners)
+	if len(banners) == 0 {
+		return nil, errNoBanner
 	}
 	dir, err := linux.ProfileCacheDir()
 	if err != nil {
 		return nil, err
 	}
-	p, err := linux.LoadCachedProfile(dir, linux.BannerKey(banner))
-	if err != nil {
-		return nil, fmt.Errorf("no cached profile for %q: pass the guest's kernel image with --kernel (a bzImage or vmlinux); it is profiled once and cached", strings.TrimSpace(banner))
+	for _, b := range banners {
+		if p, err := linux.LoadCachedProfile(dir, linux.BannerKey(b.Text)); err == nil {
+			// Without cached image facts only the syscall checks are
+			// unavailable; they say so when asked.
+			_ = p.LoadImage("", "")
+			return p, nil
+		}
 	}
-	return p, nil
+	return nil, fmt.Errorf("no cached profile for %q: pass the guest's kernel image with --kernel (a bzImage or vmlinux); it is profiled once and cached", strings.TrimSpace(banners[0].Text))
 }
 
-// maxBannerLen bounds the banner read from memory.
-const maxBannerLen = 512
+// maxBannerLen bounds the banner read from memory; maxBanners the number of
+// banner-like strings collected (memory holds copies and templates).
+const (
+	maxBannerLen = 512
+	maxBanners   = 32
+)
 
-// FindBanner scans physical memory for the kernel's banner ("Linux version
-// ... (...) ...\n") and returns it with its physical address. The first match
-// that looks like a banner (a compiler in parentheses, ends in a newline)
-// wins.
+var errNoBanner = errors.New("no Linux banner in guest memory: is this a Linux guest's RAM?")
+
+// Banner is a banner-like string found in physical memory.
+type Banner struct {
+	Text string
+	Phys uint64
+}
+
+// FindBanner returns the first banner in physical memory.
 func FindBanner(mem vmi.PhysicalMemory) (string, uint64, error) {
+	b := FindBanners(mem, 1)
+	if len(b) == 0 {
+		return "", 0, errNoBanner
+	}
+	return b[0].Text, b[0].Phys, nil
+}
+
+// FindBanners scans physical memory for strings that look like the kernel's
+// banner ("Linux version ... (...) ...\n", printable) and returns up to max
+// distinct ones in address order. Memory holds several: the live
+// linux_banner, copies in the page cache or a decompressor, log lines.
+func FindBanners(mem vmi.PhysicalMemory, max int) []Banner {
 	marker := []byte("Linux version ")
 	const chunk = 4 << 20
 	buf := make([]byte, chunk+maxBannerLen)
+	seen := map[string]bool{}
+	var out []Banner
 	for _, r := range mem.Ranges() {
-		for pa := r.Start; pa < r.End; pa += chunk {
+		for pa := r.Start; pa < r.End && len(out) < max; pa += chunk {
 			n := min(uint64(len(buf)), r.End-pa)
 			got, err := mem.ReadAt(buf[:n], int64(pa))
 			if got <= 0 && err != nil {
 				continue
 			}
 			b := buf[:got]
-			for off := 0; ; {
+			for off := 0; len(out) < max; {
 				i := bytes.Index(b[off:], marker)
-				if i < 0 || uint64(off+i) >= chunk {
+				if i < 0 || off+i >= chunk {
 					break
 				}
 				start := off + i
 				end := bytes.IndexByte(b[start:min(len(b), start+maxBannerLen)], '\n')
 				if end > 0 {
 					cand := b[start : start+end+1]
-					if bytes.Contains(cand, []byte(" (")) && printable(cand[:len(cand)-1]) {
-						return string(cand), pa + uint64(start), nil
+					if bytes.Contains(cand, []byte(" (")) && printable(cand[:len(cand)-1]) && !seen[string(cand)] {
+						seen[string(cand)] = true
+						out = append(out, Banner{Text: string(cand), Phys: pa + uint64(start)})
 					}
 				}
 				off = start + 1
 			}
 		}
 	}
-	return "", 0, errors.New("no Linux banner in guest memory: is this a Linux guest's RAM?")
+	return out
 }
 
 func printable(b []byte) bool {

@@ -1,0 +1,260 @@
+package integration
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gatevisor/gatevisor/internal/api"
+	"github.com/gatevisor/gatevisor/internal/ids"
+	"github.com/gatevisor/gatevisor/internal/vmi"
+	"github.com/gatevisor/gatevisor/internal/vmi/linux"
+)
+
+// guestRAM is a VM's RAM opened the way a rootkit's author with host access
+// would: through QEMU's own descriptor of the RAM file (fd 3).
+type guestRAM struct {
+	f      *os.File
+	layout api.MemoryLayout
+}
+
+func openGuestRAM(t *testing.T, vm string) *guestRAM {
+	t.Helper()
+	st := status(t, vm)
+	f, err := os.OpenFile(fmt.Sprintf("/proc/%d/fd/3", st.QEMUPID), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatalf("open guest RAM of %s: %v", vm, err)
+	}
+	t.Cleanup(func() { f.Close() })
+	layout, err := client(vm).MemoryLayout(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &guestRAM{f: f, layout: layout}
+}
+
+func (g *guestRAM) offset(gpa uint64) (int64, bool) {
+	for _, r := range g.layout.Regions {
+		if gpa >= r.GPA && gpa < r.GPA+r.Size {
+			return int64(r.Offset + gpa - r.GPA), true
+		}
+	}
+	return 0, false
+}
+
+func (g *guestRAM) ReadAt(p []byte, gpa int64) (int, error) {
+	off, ok := g.offset(uint64(gpa))
+	if !ok {
+		return 0, vmi.ErrNotMapped
+	}
+	return g.f.ReadAt(p, off)
+}
+
+func (g *guestRAM) Ranges() []vmi.Range {
+	var out []vmi.Range
+	for _, r := range g.layout.Regions {
+		out = append(out, vmi.Range{Start: r.GPA, End: r.GPA + r.Size})
+	}
+	return out
+}
+
+func (g *guestRAM) writeU64(t *testing.T, gpa, v uint64) {
+	t.Helper()
+	off, ok := g.offset(gpa)
+	if !ok {
+		t.Fatalf("gpa %#x not in RAM", gpa)
+	}
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], v)
+	if _, err := g.f.WriteAt(b[:], off); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// writeVirtU64 writes a kernel virtual address's 8 bytes and returns a
+// function that restores them.
+func writeVirtU64(t *testing.T, g *guestRAM, k *linux.Kernel, va, v uint64) func() {
+	t.Helper()
+	pa, _, err := k.AS.Translate(va)
+	if err != nil {
+		t.Fatalf("translate %#x: %v", va, err)
+	}
+	old, err := vmi.ReadU64(k.AS, va)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.writeU64(t, pa, v)
+	return func() { g.writeU64(t, pa, old) }
+}
+
+// unlink removes the list_head at node from its list, as DKOM rootkits do,
+// and returns a function that links it back.
+func unlink(t *testing.T, g *guestRAM, k *linux.Kernel, node uint64) func() {
+	t.Helper()
+	next, err := vmi.ReadU64(k.AS, node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prev, err := vmi.ReadU64(k.AS, node+8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	undoA := writeVirtU64(t, g, k, prev, next)   // prev->next = next
+	undoB := writeVirtU64(t, g, k, next+8, prev) // next->prev = prev
+	return func() { undoB(); undoA() }
+}
+
+func checkFindings(t *testing.T, vm string) (int, ids.Report) {
+	t.Helper()
+	var r ids.Report
+	code := idsJSON(t, &r, "check", "--vm", vm)
+	return code, r
+}
+
+func hasFinding(r ids.Report, check, text string) bool {
+	for _, f := range r.Findings {
+		if f.Check == check && strings.Contains(f.Summary, text) {
+			return true
+		}
+	}
+	return false
+}
+
+// TestSimulatedRootkits writes three classic rootkit modifications into a
+// running guest's memory — a hooked syscall table entry, a task unlinked
+// from the task list, a module unlinked from the module list — and expects
+// `ids check` and the event stream to name each one.
+func TestSimulatedRootkits(t *testing.T) {
+	needVM(t)
+	const vm = "rootkit"
+	r := gv(t, readyTimeout+time.Minute, "run", "--detach", "--name", vm, "--ids-interval", "1s", "--ready-timeout", readyTimeout.String())
+	if r.code != 0 {
+		t.Fatalf("run: %d %s%s", r.code, r.stdout, r.stderr)
+	}
+	t.Cleanup(func() { gv(t, 2*time.Minute, "stop", vm, "--force") })
+	startMarked(t, vm, "gv-hide-me")
+	if code, rep := checkFindings(t, vm); code != 0 {
+		t.Fatalf("check before any rootkit: exit %d, %+v", code, rep)
+	}
+
+	g := openGuestRAM(t, vm)
+	prof, err := ids.LoadKernelProfile(status(t, vm).Kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := linux.Locate(g, prof, linux.Registers{})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("hooked syscall", func(t *testing.T) {
+		entries, err := k.SyscallTable()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var victim, other linux.SyscallEntry
+		for _, e := range entries {
+			if e.Name == "__x64_sys_ni_syscall" && victim.Name == "" {
+				victim = e // an unimplemented slot: nothing in the guest calls it
+			}
+			if e.Name == "__x64_sys_getpid" {
+				other = e
+			}
+		}
+		if victim.Name == "" || other.Name == "" {
+			t.Fatalf("no ni_syscall or getpid slot in %d entries", len(entries))
+		}
+		for _, target := range []struct {
+			name string
+			addr uint64
+		}{{"another handler", other.Addr}, {"module space", 0xffffffffc0001000}} {
+			g.writeU64(t, victim.SlotPhys, target.addr)
+			code, rep := checkFindings(t, vm)
+			g.writeU64(t, victim.SlotPhys, victim.Addr)
+			if code != 1 || !hasFinding(rep, ids.CheckSyscallTable, fmt.Sprintf("syscall %d ", victim.Nr)) {
+				t.Errorf("slot %d pointed at %s: exit %d, findings %+v", victim.Nr, target.name, code, rep.Findings)
+			}
+		}
+	})
+
+	t.Run("hidden process", func(t *testing.T) {
+		tasks, err := k.Tasks()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var victim linux.Task
+		for _, tk := range tasks {
+			if tk.Comm == "gv-hide-me" {
+				victim = tk
+			}
+		}
+		if victim.PID == 0 {
+			t.Fatal("gv-hide-me not in the task list")
+		}
+		off, err := prof.FieldOffset("task_struct.tasks")
+		if err != nil {
+			t.Fatal(err)
+		}
+		relink := unlink(t, g, k, victim.Addr+off)
+		var ps []linux.Task
+		idsJSON(t, &ps, "ps", "--vm", vm)
+		code, rep := checkFindings(t, vm)
+		relink()
+		for _, p := range ps {
+			if p.PID == victim.PID {
+				t.Errorf("the unlinked task still shows in ids ps")
+			}
+		}
+		if code != 1 || !hasFinding(rep, ids.CheckHiddenProcess, fmt.Sprintf("process %d (gv-hide-me)", victim.PID)) {
+			t.Errorf("unlinked task %d: exit %d, findings %+v", victim.PID, code, rep.Findings)
+		}
+	})
+
+	t.Run("hidden module", func(t *testing.T) {
+		mods, err := k.Modules()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var victim linux.Module
+		for _, m := range mods {
+			if m.Name == "evdev" {
+				victim = m
+			}
+		}
+		if victim.Name == "" {
+			t.Fatalf("no evdev module in %v", mods)
+		}
+		off, err := prof.FieldOffset("module.list")
+		if err != nil {
+			t.Fatal(err)
+		}
+		relink := unlink(t, g, k, victim.Addr+off)
+		code, rep := checkFindings(t, vm)
+		relink()
+		if code != 1 || !hasFinding(rep, ids.CheckHiddenModule, `"evdev"`) {
+			t.Errorf("unlinked module: exit %d, findings %+v", code, rep.Findings)
+		}
+	})
+
+	if code, rep := checkFindings(t, vm); code != 0 {
+		t.Errorf("check after restoring everything: exit %d, %+v", code, rep.Findings)
+	}
+	// Continuous mode reports a process started now, after its baseline
+	// scan (the hooks above were too brief to be sure a scan saw them).
+	startMarked(t, vm, "gv-late")
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ev := gv(t, time.Minute, "events", vm)
+		if strings.Contains(ev.stdout, `"type":"process-start"`) && strings.Contains(ev.stdout, `"comm":"gv-late"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no process-start event for gv-late:\n%s", ev.stdout)
+		}
+		time.Sleep(time.Second)
+	}
+}
