@@ -222,6 +222,7 @@ type taskLayout struct {
 	nrThreads, threadHead uint64
 	// cred
 	credUID, credGID, credEUID uint64
+	credBlock                  span
 	// mm_struct
 	mmPGD, mmExe uint64
 	mmBlock      span
@@ -305,9 +306,10 @@ func newTaskLayout(p *Profile) *taskLayout {
 	l.block = spanOf(l.state, l.flags, l.tasks, l.pid, l.tgid, l.realParent, l.signal, l.mm, l.cred,
 		l.comm, l.comm+8, l.startTime, l.exitState, l.threadNode, l.threadGroup)
 	l.mmBlock = spanOf(l.mmPGD, l.mmExe)
+	l.credBlock = spanOf(l.credUID, l.credGID, l.credEUID)
 	l.dBlock = spanOf(l.dParent, l.dNameLen, l.dNamePtr)
 	l.mntBlock = spanOf(l.mntParent, l.mntMountpoint, l.mntMnt+l.vfsRoot)
-	if l.block.len() > 64<<10 || l.mmBlock.len() > 64<<10 || l.dBlock.len() > 4096 || l.mntBlock.len() > 4096 {
+	if l.block.len() > 64<<10 || l.mmBlock.len() > 64<<10 || l.dBlock.len() > 4096 || l.mntBlock.len() > 4096 || l.credBlock.len() > 64 {
 		l.err = fmt.Errorf("linux: task layout: implausible structure offsets")
 		return l
 	}
@@ -354,6 +356,14 @@ type taskReader struct {
 	pageOffset uint64 // page_offset_base, 0 if unknown
 	buf        []byte
 	paths      map[[2]uint64]string
+	tgids      map[uint64]int32 // tgid of each task read, by address: for PPID
+	// lastBlockRead is the task whose bytes buf holds, 0 if the last read failed.
+	lastBlockRead uint64
+}
+
+func (r *taskReader) readAt(va uint64, b []byte) error {
+	_, err := r.k.AS.ReadVirtual(va, b)
+	return err
 }
 
 func (k *Kernel) newTaskReader() (*taskReader, error) {
@@ -361,7 +371,7 @@ func (k *Kernel) newTaskReader() (*taskReader, error) {
 	if l.err != nil {
 		return nil, l.err
 	}
-	r := &taskReader{k: k, l: l, buf: make([]byte, l.block.len()), paths: map[[2]uint64]string{}}
+	r := &taskReader{k: k, l: l, buf: make([]byte, l.block.len()), paths: map[[2]uint64]string{}, tgids: map[uint64]int32{}}
 	if va, err := k.Addr("page_offset_base"); err == nil {
 		if v, err := vmi.ReadU64(k.AS, va); err == nil && isKernelPtr(v) && v&(vmi.PageSize1G-1) == 0 {
 			r.pageOffset = v
@@ -380,13 +390,16 @@ func (r *taskReader) readU64(va uint64) (uint64, error) { return vmi.ReadU64(r.k
 // read reads and validates the task_struct at addr.
 func (r *taskReader) read(addr uint64) (Task, error) {
 	l := r.l
+	r.lastBlockRead = 0
 	if !isKernelPtr(addr) {
 		return Task{}, fmt.Errorf("%w: task_struct pointer %#x is not a kernel address", ErrInconsistent, addr)
 	}
 	b := r.buf
+	r.lastBlockRead = 0
 	if _, err := r.k.AS.ReadVirtual(addr+l.block.lo, b); err != nil {
 		return Task{}, fmt.Errorf("linux: read task_struct at %#x: %w", addr, err)
 	}
+	r.lastBlockRead = addr
 	u32 := func(off uint64) uint32 { return le.Uint32(b[off-l.block.lo:]) }
 	u64 := func(off uint64) uint64 { return le.Uint64(b[off-l.block.lo:]) }
 	pid, tgid := int32(u32(l.pid)), int32(u32(l.tgid))
@@ -406,20 +419,21 @@ func (r *taskReader) read(addr uint64) (Task, error) {
 	t.KernelThread = flags&pfKthread != 0 || (mm == 0 && exit == 0)
 
 	if p := u64(l.realParent); p != 0 && p != addr {
-		if v, err := vmi.ReadU32(r.k.AS, p+l.tgid); err == nil && v <= maxPID {
+		if v, ok := r.tgids[p]; ok {
+			t.PPID = int(v)
+		} else if v, err := vmi.ReadU32(r.k.AS, p+l.tgid); err == nil && v <= maxPID {
 			t.PPID = int(v)
 		}
 	}
+	if len(r.tgids) < MaxTasks {
+		r.tgids[addr] = tgid
+	}
 	if c := u64(l.cred); c != 0 {
-		var cb [4]byte
-		if _, err := r.k.AS.ReadVirtual(c+l.credUID, cb[:]); err == nil {
-			t.UID = le.Uint32(cb[:])
-		}
-		if _, err := r.k.AS.ReadVirtual(c+l.credGID, cb[:]); err == nil {
-			t.GID = le.Uint32(cb[:])
-		}
-		if _, err := r.k.AS.ReadVirtual(c+l.credEUID, cb[:]); err == nil {
-			t.EUID = le.Uint32(cb[:])
+		var cb [64]byte
+		if b := cb[:l.credBlock.len()]; r.readAt(c+l.credBlock.lo, b) == nil {
+			t.UID = le.Uint32(b[l.credUID-l.credBlock.lo:])
+			t.GID = le.Uint32(b[l.credGID-l.credBlock.lo:])
+			t.EUID = le.Uint32(b[l.credEUID-l.credBlock.lo:])
 		}
 	}
 	if s := u64(l.signal); s != 0 {
@@ -497,13 +511,15 @@ func stateLetter(state, exit uint32) string {
 func (r *taskReader) exePath(file uint64) (string, error) {
 	l := r.l
 	var fb [16]byte
-	if _, err := r.k.AS.ReadVirtual(file+l.fMnt, fb[:8]); err != nil {
-		return "", err
+	lo := min(l.fMnt, l.fDentry)
+	if l.fMnt+8 == l.fDentry || l.fDentry+8 == l.fMnt {
+		if err := r.readAt(file+lo, fb[:]); err != nil {
+			return "", err
+		}
+	} else if r.readAt(file+l.fMnt, fb[l.fMnt-lo:][:8]) != nil || r.readAt(file+l.fDentry, fb[l.fDentry-lo:][:8]) != nil {
+		return "", fmt.Errorf("linux: read struct file at %#x", file)
 	}
-	if _, err := r.k.AS.ReadVirtual(file+l.fDentry, fb[8:]); err != nil {
-		return "", err
-	}
-	vfsmnt, dentry := le.Uint64(fb[:]), le.Uint64(fb[8:])
+	vfsmnt, dentry := le.Uint64(fb[l.fMnt-lo:]), le.Uint64(fb[l.fDentry-lo:])
 	key := [2]uint64{vfsmnt, dentry}
 	if p, ok := r.paths[key]; ok {
 		return p, nil
@@ -601,16 +617,40 @@ func (k *Kernel) Tasks() ([]Task, error) {
 	}
 	var out []Task
 	tl := &tally{view: "tasks"}
-	tl.stop = vmi.WalkList(k.AS, head+r.l.tasks, MaxTasks, func(node uint64) error {
+	tl.stop = r.walkTasks(head+r.l.tasks, func(t Task) { out = append(out, t) }, tl)
+	return out, tl.err()
+}
+
+// walkTasks walks the task list from its head like vmi.WalkList, but takes
+// each next pointer from the task_struct bytes read anyway. A task that does
+// not validate is skipped (and the walk goes on through its next pointer if
+// that was read); the walk stops at MaxTasks entries or a repeated node.
+func (r *taskReader) walkTasks(head uint64, fn func(Task), tl *tally) error {
+	node, err := r.readU64(head)
+	if err != nil {
+		return fmt.Errorf("linux: task list head %#x: %w", head, err)
+	}
+	seen := make(map[uint64]struct{}, 256)
+	for count := 0; node != head; count++ {
+		if count >= MaxTasks {
+			return fmt.Errorf("%w: more than %d tasks", vmi.ErrListTooLong, MaxTasks)
+		}
+		if _, dup := seen[node]; dup {
+			return fmt.Errorf("%w: task list node %#x revisited after %d entries", vmi.ErrListCycle, node, count)
+		}
+		seen[node] = struct{}{}
 		t, err := r.read(node - r.l.tasks)
 		if err != nil {
 			tl.skip(err)
-			return nil
+			if r.lastBlockRead != node-r.l.tasks {
+				return fmt.Errorf("linux: task list stops at %#x: %w", node, err)
+			}
+		} else {
+			fn(t)
 		}
-		out = append(out, t)
-		return nil
-	})
-	return out, tl.err()
+		node = le.Uint64(r.buf[r.l.tasks-r.l.block.lo:])
+	}
+	return nil
 }
 
 // Threads returns every thread: each process's leader from Tasks followed by
