@@ -16,6 +16,10 @@ const maxFDs = 1 << 16
 // fdChunk is how many fd slots one read covers: a page of pointers.
 const fdChunk = vmi.PageSize4K / 8
 
+// maxBadSlots is how many unreadable fd slots make a table garbage rather
+// than caught mid-update: the walk stops there.
+const maxBadSlots = 256
+
 // fileLayout holds the BTF offsets of task -> files_struct -> fdtable ->
 // struct file.
 type fileLayout struct {
@@ -91,7 +95,8 @@ func (k *Kernel) filesOf(l *fileLayout, task uint64) (uint64, error) {
 // walkFiles calls fn for each open file in files_struct files: fdt->fd[i]
 // for i below fdt->max_fds, at most maxFDs of them. A slot whose file
 // cannot be read is counted in bad and skipped; truncated reports a table
-// larger than maxFDs. An error means the table itself could not be read.
+// larger than maxFDs. An error means the table itself could not be read,
+// or that so many slots were bad (maxBadSlots) that it is garbage.
 func (k *Kernel) walkFiles(l *fileLayout, files uint64, fn func(openFile)) (bad int, truncated bool, err error) {
 	fdt, err := vmi.ReadU64(k.AS, files+l.filesFdt)
 	if err != nil {
@@ -119,6 +124,9 @@ func (k *Kernel) walkFiles(l *fileLayout, files uint64, fn func(openFile)) (bad 
 	block := make([]byte, l.fileBlock)
 	le := binary.LittleEndian
 	for base := 0; base < count; base += fdChunk {
+		if bad >= maxBadSlots {
+			return bad, truncated, fmt.Errorf("linux: fd array %#x: %d unreadable slots, giving up", arr, bad)
+		}
 		m := min(fdChunk, count-base)
 		if _, err := k.AS.ReadVirtual(arr+uint64(8*base), slots[:8*m]); err != nil {
 			if base == 0 {

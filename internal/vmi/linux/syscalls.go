@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/gatevisor/gatevisor/internal/vmi"
 	"golang.org/x/arch/x86/x86asm"
@@ -60,6 +61,9 @@ type ImageFacts struct {
 	// Alternatives are the .altinstructions entries whose patch site lies
 	// in one of the Code functions.
 	Alternatives []Alternative
+
+	// decoded caches decodeImage, one entry per Code function.
+	decoded atomic.Pointer[[]*decodedFunc]
 }
 
 // ImageCode is one function's bytes in the image.
@@ -117,7 +121,7 @@ const imageCacheFormat = 1
 
 type cachedImage struct {
 	Format int
-	Facts  ImageFacts
+	Facts  *ImageFacts
 }
 
 // LoadImage attaches image facts to p from the cache in cacheDir ("" means
@@ -138,7 +142,7 @@ func (p *Profile) LoadImage(path, cacheDir string) error {
 			var c cachedImage
 			err := gob.NewDecoder(f).Decode(&c)
 			f.Close()
-			if err == nil && c.Format == imageCacheFormat && p.SetImage(&c.Facts) == nil {
+			if err == nil && c.Format == imageCacheFormat && p.SetImage(c.Facts) == nil {
 				return nil
 			}
 		}
@@ -155,7 +159,7 @@ func (p *Profile) LoadImage(path, cacheDir string) error {
 	}
 	if file != "" {
 		var b bytes.Buffer
-		if gob.NewEncoder(&b).Encode(cachedImage{Format: imageCacheFormat, Facts: *p.Image()}) == nil &&
+		if gob.NewEncoder(&b).Encode(cachedImage{Format: imageCacheFormat, Facts: p.Image()}) == nil &&
 			os.MkdirAll(cacheDir, 0o755) == nil {
 			writeFileAtomic(file, b.Bytes())
 		}
@@ -422,8 +426,8 @@ func (k *Kernel) SyscallTable() ([]SyscallEntry, error) {
 // symbolName names run-time address va as "sym" or "sym+0xoff", or "" when
 // it is outside the kernel image's symbols.
 func (k *Kernel) symbolName(va uint64) string {
-	lo, hi := k.imageBounds()
-	if va < lo || va >= hi {
+	b := boundsOf(k.Profile)
+	if va-k.Slide < b.imageLo || va-k.Slide >= b.imageHi {
 		return ""
 	}
 	s, off, ok := k.SymbolAt(va)
@@ -437,8 +441,9 @@ func (k *Kernel) symbolName(va uint64) string {
 }
 
 // syscallPrefixes are the names of syscall entry points, preferred among
-// aliases: a handler with no arguments is one function with two names
-// (__x64_sys_getpid and __do_sys_getpid), and kallsyms lists both.
+// aliases: a handler with no arguments is one function with three names
+// (__do_sys_getpid, __x64_sys_getpid, __ia32_sys_getpid), and kallsyms
+// lists them all.
 var syscallPrefixes = []string{"__x64_sys_", "__ia32_sys_", "__ia32_compat_sys_", "__x64_compat_sys_"}
 
 // preferredAlias returns s's name, or the name of a symbol at the same
@@ -462,25 +467,38 @@ func (k *Kallsyms) preferredAlias(s Symbol) string {
 	return s.Name
 }
 
-// imageBounds returns the run-time bounds of the kernel image's symbols:
-// _text to _end (or the last symbol).
-func (k *Kernel) imageBounds() (lo, hi uint64) {
-	syms := k.Profile.Symbols.syms
-	text, err := k.Profile.Symbol("_text")
-	if err != nil || len(syms) == 0 {
-		return 0, 0
+// symBounds are a profile's link-time bounds: the core text (_stext to
+// _etext; empty when unknown) and the image's symbols (_text to _end, or
+// the last symbol).
+type symBounds struct {
+	textLo, textHi, imageLo, imageHi uint64
+}
+
+var profileBounds sync.Map // *Profile -> *symBounds
+
+func boundsOf(p *Profile) *symBounds {
+	if v, ok := profileBounds.Load(p); ok {
+		return v.(*symBounds)
 	}
-	end, ok := k.Profile.Symbols.Lookup("_end")
-	if !ok || end <= text {
-		end = syms[len(syms)-1].Addr + 1
+	b := &symBounds{}
+	if lo, hi, err := p.coreText(); err == nil {
+		b.textLo, b.textHi = lo, hi
 	}
-	return text + k.Slide, end + k.Slide
+	if text, err := p.Symbol("_text"); err == nil && len(p.Symbols.syms) > 0 {
+		end, ok := p.Symbols.Lookup("_end")
+		if !ok || end <= text {
+			end = p.Symbols.syms[len(p.Symbols.syms)-1].Addr + 1
+		}
+		b.imageLo, b.imageHi = text, end
+	}
+	v, _ := profileBounds.LoadOrStore(p, b)
+	return v.(*symBounds)
 }
 
 // inCoreText reports whether run-time address va is in _stext.._etext.
 func (k *Kernel) inCoreText(va uint64) bool {
-	start, end, err := k.Profile.coreText()
-	return err == nil && va-k.Slide >= start && va-k.Slide < end
+	b := boundsOf(k.Profile)
+	return va-k.Slide >= b.textLo && va-k.Slide < b.textHi
 }
 
 // region names the part of the address space run-time address va is in,
@@ -596,7 +614,7 @@ func (k *Kernel) CheckDispatch() ([]DispatchFinding, error) {
 		return nil, ErrNoImage
 	}
 	var out []DispatchFinding
-	for _, fn := range facts.Code {
+	for i, fn := range facts.Code {
 		if len(fn.Bytes) > maxDispatchCode {
 			return nil, fmt.Errorf("linux: image code of %s is %d bytes, over the %d-byte bound", fn.Name, len(fn.Bytes), maxDispatchCode)
 		}
@@ -606,7 +624,7 @@ func (k *Kernel) CheckDispatch() ([]DispatchFinding, error) {
 				Reason: fmt.Sprintf("live code unreadable: %v", err)})
 			continue
 		}
-		out = append(out, k.compareCode(fn, live, facts.Alternatives)...)
+		out = append(out, k.compareCode(fn, live, decodeImage(facts, i))...)
 	}
 	return out, nil
 }
@@ -689,28 +707,55 @@ func isFtrace(name string) bool {
 	return hasPrefix(name, "ftrace_", "__fentry__", "fentry_")
 }
 
-// compareCode compares the live code of one dispatch function with the
-// image's; see CheckDispatch. Addresses from the image are link-time, from
-// live code run-time.
-func (k *Kernel) compareCode(fn ImageCode, live []byte, alts []Alternative) []DispatchFinding {
-	img := decode(fn.Bytes, fn.Addr)
-	// The targets the function may reach: its own direct branches, and
-	// those of every alternative patched into it (decoded where the image
-	// keeps them, which is where their relative branches point from; the
-	// kernel re-targets them when it copies them in).
-	targets := map[uint64]bool{}
-	for _, in := range img {
-		if in.kind == directBranch {
-			targets[in.target] = true
+// decodedFunc is an image function decoded once: its instructions, the
+// targets it may reach (its own direct branches and those of every
+// alternative patched into it), and its alternatives' sites.
+type decodedFunc struct {
+	insns   []insn
+	targets map[uint64]bool
+	sites   []altSite
+}
+
+// altSite is where an alternative may be patched in, as offsets into the
+// function, and what its replacement branches to. Replacements are decoded
+// where the image keeps them, which is where their relative branches point
+// from: the kernel re-targets them when it copies them in.
+type altSite struct {
+	start, end int
+	targets    map[uint64]bool
+	indirect   bool
+}
+
+// decodeImage decodes facts.Code[i] and the alternatives patched into it,
+// once: image code does not change, and decoding is most of
+// CheckDispatch's time.
+func decodeImage(facts *ImageFacts, i int) *decodedFunc {
+	if all := facts.decoded.Load(); all != nil && i < len(*all) && (*all)[i] != nil {
+		return (*all)[i]
+	}
+	d := decodeImageFunc(facts, i)
+	for {
+		old := facts.decoded.Load()
+		next := make([]*decodedFunc, len(facts.Code))
+		if old != nil {
+			copy(next, *old)
+		}
+		next[i] = d
+		if facts.decoded.CompareAndSwap(old, &next) {
+			return d
 		}
 	}
-	type altSite struct {
-		start, end int
-		targets    map[uint64]bool
-		indirect   bool
+}
+
+func decodeImageFunc(facts *ImageFacts, i int) *decodedFunc {
+	fn := facts.Code[i]
+	d := &decodedFunc{insns: decode(fn.Bytes, fn.Addr), targets: map[uint64]bool{}}
+	for _, in := range d.insns {
+		if in.kind == directBranch {
+			d.targets[in.target] = true
+		}
 	}
-	var sites []altSite
-	for _, a := range alts {
+	for _, a := range facts.Alternatives {
 		if a.Site < fn.Addr || a.Site-fn.Addr >= uint64(len(fn.Bytes)) {
 			continue
 		}
@@ -720,15 +765,23 @@ func (k *Kernel) compareCode(fn ImageCode, live []byte, alts []Alternative) []Di
 			switch in.kind {
 			case directBranch:
 				s.targets[in.target] = true
-				targets[in.target] = true
+				d.targets[in.target] = true
 			case indirectBranch:
 				s.indirect = true
 			}
 		}
-		sites = append(sites, s)
+		d.sites = append(d.sites, s)
 	}
+	return d
+}
+
+// compareCode compares the live code of one dispatch function with the
+// image's; see CheckDispatch. Addresses from the image are link-time, from
+// live code run-time.
+func (k *Kernel) compareCode(fn ImageCode, live []byte, d *decodedFunc) []DispatchFinding {
+	img, targets := d.insns, d.targets
 	inAlt := func(off int, target uint64, indirect bool) bool {
-		for _, s := range sites {
+		for _, s := range d.sites {
 			if off >= s.start && off < s.end && (indirect && s.indirect || !indirect && s.targets[target]) {
 				return true
 			}
@@ -781,12 +834,12 @@ func (k *Kernel) compareCode(fn ImageCode, live []byte, alts []Alternative) []Di
 			continue // the image's branch
 		case isThunk(f.TargetSymbol):
 			continue // a mitigation thunk patched in at boot
+		case inAlt(in.off, link, false):
+			continue // an alternative's replacement
 		case fentrySite && isFtrace(f.TargetSymbol):
 			f.Reason = fmt.Sprintf("ftrace is attached: the __fentry__ site calls %s", f.TargetSymbol)
 		case fentrySite:
 			f.Reason = fmt.Sprintf("%s %s replaces the __fentry__ call", strings.ToLower(in.op.String()), name)
-		case inAlt(in.off, link, false):
-			continue // an alternative's replacement
 		case hasOrig && orig.kind == directBranch && hasPrefix(origName, "__SCT__"):
 			continue // a static call site, patched to call its current target directly
 		case hasOrig && orig.kind == indirectBranch:
