@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sort"
 	"strings"
 	"sync"
 
@@ -209,6 +210,22 @@ func spanOf(offs ...uint64) span {
 
 func (s span) len() uint64 { return s.hi - s.lo }
 
+// clusters groups 8-byte fields at offs into spans, starting a new span
+// where the gap to the next field exceeds gap bytes.
+func clusters(offs []uint64, gap uint64) []span {
+	offs = append([]uint64(nil), offs...)
+	sort.Slice(offs, func(i, j int) bool { return offs[i] < offs[j] })
+	var out []span
+	for _, o := range offs {
+		if n := len(out); n > 0 && o <= out[n-1].hi+gap {
+			out[n-1].hi = max(out[n-1].hi, o+8)
+			continue
+		}
+		out = append(out, span{o, o + 8})
+	}
+	return out
+}
+
 // taskLayout holds the BTF offsets the task walks use.
 type taskLayout struct {
 	err error // why tasks cannot be read on this kernel
@@ -216,8 +233,9 @@ type taskLayout struct {
 	// task_struct
 	state, flags, tasks, pid, tgid, realParent, signal, mm, cred, comm, startTime, exitState uint64
 	threadNode, threadGroup                                                                  uint64
-	useThreadHead                                                                            bool // signal->thread_head + thread_node (else thread_group)
-	block                                                                                    span // the task_struct bytes one read covers
+	useThreadHead                                                                            bool   // signal->thread_head + thread_node (else thread_group)
+	block                                                                                    span   // the task_struct bytes the fields are in
+	blockParts                                                                               []span // the parts of block read: fields far apart are read separately
 	// signal_struct
 	nrThreads, threadHead uint64
 	// cred
@@ -303,8 +321,10 @@ func newTaskLayout(p *Profile) *taskLayout {
 		l.err = fmt.Errorf("linux: task layout: %w", f.err)
 		return l
 	}
-	l.block = spanOf(l.state, l.flags, l.tasks, l.pid, l.tgid, l.realParent, l.signal, l.mm, l.cred,
-		l.comm, l.comm+8, l.startTime, l.exitState, l.threadNode, l.threadGroup)
+	taskOffs := []uint64{l.state, l.flags, l.tasks, l.pid, l.tgid, l.realParent, l.signal, l.mm, l.cred,
+		l.comm, l.comm + 8, l.startTime, l.exitState, l.threadNode, l.threadGroup}
+	l.block = spanOf(taskOffs...)
+	l.blockParts = clusters(taskOffs, 256)
 	l.mmBlock = spanOf(l.mmPGD, l.mmExe)
 	l.credBlock = spanOf(l.credUID, l.credGID, l.credEUID)
 	l.dBlock = spanOf(l.dParent, l.dNameLen, l.dNamePtr)
@@ -355,6 +375,7 @@ type taskReader struct {
 	l          *taskLayout
 	pageOffset uint64 // page_offset_base, 0 if unknown
 	buf        []byte
+	scratch    []byte // for small reads: at least 64 bytes and the mm_struct span
 	paths      map[[2]uint64]string
 	tgids      map[uint64]int32 // tgid of each task read, by address: for PPID
 	// lastBlockRead is the task whose bytes buf holds, 0 if the last read failed.
@@ -366,12 +387,27 @@ func (r *taskReader) readAt(va uint64, b []byte) error {
 	return err
 }
 
+// u32at and u64at read through scratch, which does not escape per call.
+func (r *taskReader) u32at(va uint64) (uint32, error) {
+	if err := r.readAt(va, r.scratch[:4]); err != nil {
+		return 0, err
+	}
+	return le.Uint32(r.scratch), nil
+}
+
+func (r *taskReader) u64at(va uint64) (uint64, error) {
+	if err := r.readAt(va, r.scratch[:8]); err != nil {
+		return 0, err
+	}
+	return le.Uint64(r.scratch), nil
+}
+
 func (k *Kernel) newTaskReader() (*taskReader, error) {
 	l := layoutForTasks(k.Profile)
 	if l.err != nil {
 		return nil, l.err
 	}
-	r := &taskReader{k: k, l: l, buf: make([]byte, l.block.len()), paths: map[[2]uint64]string{}, tgids: map[uint64]int32{}}
+	r := &taskReader{k: k, l: l, buf: make([]byte, l.block.len()), scratch: make([]byte, max(64, l.mmBlock.len())), paths: map[[2]uint64]string{}, tgids: make(map[uint64]int32, 1024)}
 	if va, err := k.Addr("page_offset_base"); err == nil {
 		if v, err := vmi.ReadU64(k.AS, va); err == nil && isKernelPtr(v) && v&(vmi.PageSize1G-1) == 0 {
 			r.pageOffset = v
@@ -396,8 +432,10 @@ func (r *taskReader) read(addr uint64) (Task, error) {
 	}
 	b := r.buf
 	r.lastBlockRead = 0
-	if _, err := r.k.AS.ReadVirtual(addr+l.block.lo, b); err != nil {
-		return Task{}, fmt.Errorf("linux: read task_struct at %#x: %w", addr, err)
+	for _, p := range l.blockParts {
+		if _, err := r.k.AS.ReadVirtual(addr+p.lo, b[p.lo-l.block.lo:p.hi-l.block.lo]); err != nil {
+			return Task{}, fmt.Errorf("linux: read task_struct at %#x: %w", addr, err)
+		}
 	}
 	r.lastBlockRead = addr
 	u32 := func(off uint64) uint32 { return le.Uint32(b[off-l.block.lo:]) }
@@ -421,7 +459,7 @@ func (r *taskReader) read(addr uint64) (Task, error) {
 	if p := u64(l.realParent); p != 0 && p != addr {
 		if v, ok := r.tgids[p]; ok {
 			t.PPID = int(v)
-		} else if v, err := vmi.ReadU32(r.k.AS, p+l.tgid); err == nil && v <= maxPID {
+		} else if v, err := r.u32at(p + l.tgid); err == nil && v <= maxPID {
 			t.PPID = int(v)
 		}
 	}
@@ -429,32 +467,25 @@ func (r *taskReader) read(addr uint64) (Task, error) {
 		r.tgids[addr] = tgid
 	}
 	if c := u64(l.cred); c != 0 {
-		var cb [64]byte
-		if b := cb[:l.credBlock.len()]; r.readAt(c+l.credBlock.lo, b) == nil {
+		if b := r.scratch[:l.credBlock.len()]; r.readAt(c+l.credBlock.lo, b) == nil {
 			t.UID = le.Uint32(b[l.credUID-l.credBlock.lo:])
 			t.GID = le.Uint32(b[l.credGID-l.credBlock.lo:])
 			t.EUID = le.Uint32(b[l.credEUID-l.credBlock.lo:])
 		}
 	}
 	if s := u64(l.signal); s != 0 {
-		if v, err := vmi.ReadU32(r.k.AS, s+l.nrThreads); err == nil && int32(v) > 0 && v <= MaxTasks {
+		if v, err := r.u32at(s + l.nrThreads); err == nil && int32(v) > 0 && v <= MaxTasks {
 			t.Threads = int(v)
 		}
 	}
 	if mm != 0 && flags&pfKthread == 0 {
-		var mb [64]byte
-		var m []byte
-		if l.mmBlock.len() > uint64(len(mb)) {
-			m = make([]byte, l.mmBlock.len())
-		} else {
-			m = mb[:l.mmBlock.len()]
+		var pgd, exe uint64
+		if m := r.scratch[:l.mmBlock.len()]; r.readAt(mm+l.mmBlock.lo, m) == nil {
+			pgd, exe = le.Uint64(m[l.mmPGD-l.mmBlock.lo:]), le.Uint64(m[l.mmExe-l.mmBlock.lo:])
 		}
-		if _, err := r.k.AS.ReadVirtual(mm+l.mmBlock.lo, m); err == nil {
-			pgd := le.Uint64(m[l.mmPGD-l.mmBlock.lo:])
-			t.PGD = r.physical(pgd)
-			if exe := le.Uint64(m[l.mmExe-l.mmBlock.lo:]); exe != 0 {
-				t.Exe, _ = r.exePath(exe)
-			}
+		t.PGD = r.physical(pgd)
+		if exe != 0 {
+			t.Exe, _ = r.exePath(exe)
 		}
 	}
 	return t, nil
@@ -510,16 +541,21 @@ func stateLetter(state, exit uint32) string {
 // length.
 func (r *taskReader) exePath(file uint64) (string, error) {
 	l := r.l
-	var fb [16]byte
-	lo := min(l.fMnt, l.fDentry)
-	if l.fMnt+8 == l.fDentry || l.fDentry+8 == l.fMnt {
-		if err := r.readAt(file+lo, fb[:]); err != nil {
+	var vfsmnt, dentry uint64
+	if fb := r.scratch[:16]; l.fMnt+8 == l.fDentry {
+		if err := r.readAt(file+l.fMnt, fb); err != nil {
 			return "", err
 		}
-	} else if r.readAt(file+l.fMnt, fb[l.fMnt-lo:][:8]) != nil || r.readAt(file+l.fDentry, fb[l.fDentry-lo:][:8]) != nil {
-		return "", fmt.Errorf("linux: read struct file at %#x", file)
+		vfsmnt, dentry = le.Uint64(fb), le.Uint64(fb[8:])
+	} else {
+		var err error
+		if vfsmnt, err = r.u64at(file + l.fMnt); err != nil {
+			return "", err
+		}
+		if dentry, err = r.u64at(file + l.fDentry); err != nil {
+			return "", err
+		}
 	}
-	vfsmnt, dentry := le.Uint64(fb[l.fMnt-lo:]), le.Uint64(fb[l.fDentry-lo:])
 	key := [2]uint64{vfsmnt, dentry}
 	if p, ok := r.paths[key]; ok {
 		return p, nil
@@ -630,7 +666,7 @@ func (r *taskReader) walkTasks(head uint64, fn func(Task), tl *tally) error {
 	if err != nil {
 		return fmt.Errorf("linux: task list head %#x: %w", head, err)
 	}
-	seen := make(map[uint64]struct{}, 256)
+	seen := make(map[uint64]struct{}, 1024)
 	for count := 0; node != head; count++ {
 		if count >= MaxTasks {
 			return fmt.Errorf("%w: more than %d tasks", vmi.ErrListTooLong, MaxTasks)
