@@ -34,6 +34,8 @@ type runOptions struct {
 	readyTimeout, stopTimeout  time.Duration
 	consoleLog, readyMarker    string
 	idsInterval                time.Duration
+	net, policy, auditLog      string
+	netNoGate                  bool
 }
 
 func newRunCmd() *cobra.Command {
@@ -67,6 +69,11 @@ returns once the guest is ready.`,
 	f.StringVar(&o.consoleLog, "console-log", "", "serial console log file (default: in the VM's state directory)")
 	f.StringVar(&o.readyMarker, "ready-marker", monitor.ReadyMarker, "console line that means the guest is ready")
 	f.DurationVar(&o.idsInterval, "ids-interval", 0, "scan the guest this often and emit IDS events (see 'gatevisor events'); 0 disables")
+	f.StringVar(&o.net, "net", "", "guest network: isolated[:NAME] (gatevisor's own virtual network, no route off the machine), tap:IF (needs root); none by default")
+	f.StringVar(&o.policy, "policy", "", "security-server policy file for the gates (without one, every gated event is denied)")
+	f.StringVar(&o.auditLog, "audit-log", "", "audit log file (default: audit.jsonl in the VM's state directory)")
+	f.BoolVar(&o.netNoGate, "net-no-gate", false, "benchmarks only: connect the NIC to the network without the network gate")
+	_ = f.MarkHidden("net-no-gate")
 	f.BoolVar(&o.detachedChild, "detached-child", false, "internal: the background half of --detach")
 	_ = f.MarkHidden("detached-child")
 	return cmd
@@ -191,6 +198,18 @@ func runVM(ctx context.Context, o *runOptions) error {
 		Name: o.name, MemMiB: memMiB, CPUs: o.cpus, Accel: choice, Kernel: kernel, Initrd: initrd, Append: appendArgs,
 		QEMUBinary: qemuBin, ConsoleLog: logPath, Log: os.Stderr, ReadyMarker: o.readyMarker,
 		IDSInterval: o.idsInterval, EventsLog: filepath.Join(dir, "events.jsonl"),
+	}
+	if cfg.Net, err = monitor.ParseNet(o.net); err != nil {
+		return err
+	}
+	cfg.Net.NoGate = o.netNoGate
+	if o.policy != "" {
+		if cfg.PolicyFile, err = filepath.Abs(o.policy); err != nil {
+			return err
+		}
+	}
+	if cfg.AuditLog = o.auditLog; cfg.AuditLog == "" {
+		cfg.AuditLog = filepath.Join(dir, "audit.jsonl")
 	}
 	if !o.detachedChild {
 		cfg.Console = os.Stdout

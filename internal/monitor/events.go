@@ -43,7 +43,11 @@ func (b *eventBus) publish(ev ids.Event) {
 	if err != nil {
 		return
 	}
-	line = append(line, '\n')
+	b.publishLine(append(line, '\n'))
+}
+
+// publishLine records one JSON line (ending in a newline).
+func (b *eventBus) publishLine(line []byte) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {

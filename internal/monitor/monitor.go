@@ -69,6 +69,11 @@ type Config struct {
 	IDSInterval time.Duration
 	// EventsLog is a JSON-lines file that receives every event; "" for none.
 	EventsLog string
+	// Net is the guest's network (see netgate.go); the zero value is none.
+	Net NetOptions
+	// PolicyFile is the security server's policy ("" denies every gated
+	// event); AuditLog receives its audit records.
+	PolicyFile, AuditLog string
 }
 
 // ErrGuestReset means the guest rebooted or panicked; with -no-reboot QEMU
@@ -94,6 +99,7 @@ type Monitor struct {
 	logFile *os.File
 	events  *eventBus
 	intro   introspection
+	net     *netState     // nil without --net
 	done    chan struct{} // closed when the VM is over and cleaned up
 	stopCh  chan struct{} // closed when a stop is first requested
 
@@ -156,6 +162,9 @@ func Start(ctx context.Context, cfg Config) (_ *Monitor, err error) {
 		}
 	}
 	if m.events, err = newEventBus(cfg.EventsLog); err != nil {
+		return nil, err
+	}
+	if err := m.startNet(qcfg); err != nil {
 		return nil, err
 	}
 	if m.proc, err = qemu.Start(qcfg, m.ramFile, cfg.Log); err != nil {
@@ -432,6 +441,7 @@ func (m *Monitor) cleanup() {
 	if m.logFile != nil {
 		m.logFile.Close()
 	}
+	m.stopNet()
 	if m.events != nil {
 		m.events.close()
 	}

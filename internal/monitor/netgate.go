@@ -1,0 +1,395 @@
+package monitor
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gatevisor/gatevisor/internal/event"
+	gatenet "github.com/gatevisor/gatevisor/internal/gate/net"
+	"github.com/gatevisor/gatevisor/internal/qemu"
+	"github.com/gatevisor/gatevisor/internal/secserver"
+	"github.com/gatevisor/gatevisor/internal/vmi/linux"
+	"github.com/gatevisor/gatevisor/internal/vnet"
+)
+
+// Network modes for --net.
+const (
+	NetNone     = ""
+	NetIsolated = "isolated"
+	NetUser     = "user"
+	NetTap      = "tap"
+)
+
+// NetSocket is the unix socket QEMU's stream netdev connects to.
+const NetSocket = "net.sock"
+
+// NetOptions configure the guest's network.
+type NetOptions struct {
+	Mode    string // NetNone, NetIsolated, NetUser, NetTap
+	Network string // isolated: the network's name
+	TapIf   string // tap: the interface
+	// NoGate connects the guest straight to the network, for benchmarks
+	// only: no filtering and no attribution.
+	NoGate bool
+}
+
+// ParseNet parses a --net value: isolated[:NAME], user, tap:IF.
+func ParseNet(s string) (NetOptions, error) {
+	mode, arg, _ := strings.Cut(s, ":")
+	switch mode {
+	case "", "none":
+		return NetOptions{}, nil
+	case NetIsolated:
+		if arg == "" {
+			arg = vnet.DefaultNetwork
+		}
+		if err := vnet.ValidateName(arg); err != nil {
+			return NetOptions{}, err
+		}
+		return NetOptions{Mode: NetIsolated, Network: arg}, nil
+	case NetTap:
+		if arg == "" || len(arg) > 15 {
+			return NetOptions{}, fmt.Errorf("--net tap:IF needs an interface name of 1-15 characters")
+		}
+		return NetOptions{Mode: NetTap, TapIf: arg}, nil
+	case NetUser:
+		return NetOptions{}, fmt.Errorf("--net user (NAT through gvisor-tap-vsock) is not built yet: use --net isolated")
+	}
+	return NetOptions{}, fmt.Errorf("--net %q: use isolated[:NAME], user or tap:IF", s)
+}
+
+// guestMAC derives a stable, locally administered MAC from the VM name, so
+// that VMs on one network differ and a VM keeps its DHCP lease.
+func guestMAC(name string) [6]byte {
+	h := sha256.Sum256([]byte("gatevisor-mac:" + name))
+	return [6]byte{0x52, 0x54, 0x00, h[0], h[1], h[2]}
+}
+
+// netState is the running network of one VM.
+type netState struct {
+	ln      net.Listener
+	network *vnet.Network
+	tap     *os.File
+	gate    *gatenet.Gate
+	guestW  *vnet.FrameWriter
+	attr    *attributor
+	mu      sync.Mutex // guards conn
+	conn    net.Conn
+	done    chan struct{}
+}
+
+// startNet prepares the guest NIC before QEMU starts: it listens on the
+// socket QEMU's stream netdev connects to and adds the NIC to qcfg.
+func (m *Monitor) startNet(qcfg *qemu.Config) error {
+	o := m.cfg.Net
+	if o.Mode == NetNone {
+		return nil
+	}
+	ns := &netState{done: make(chan struct{})}
+	m.net = ns
+	sec, err := m.netSecServer()
+	if err != nil {
+		return err
+	}
+	sock := m.dir.File(NetSocket)
+	var ln net.Listener
+	ln, err = net.Listen("unix", sock)
+	if err != nil {
+		return fmt.Errorf("network socket: %w", err)
+	}
+	ns.ln = ln
+	mac := guestMAC(m.cfg.Name)
+	toGuest := func(b [][]byte) {
+		ns.mu.Lock()
+		w := ns.guestW
+		ns.mu.Unlock()
+		if w != nil {
+			_ = w.WriteFrames(b)
+		}
+	}
+	var toNet func([][]byte)
+	fromNet := toGuest
+	switch o.Mode {
+	case NetIsolated:
+		root, err := rootDir(m.dir.Path)
+		if err != nil {
+			return err
+		}
+		ns.network, err = vnet.Join(root, o.Network, func(b [][]byte) { fromNet(b) }, m.logf)
+		if err != nil {
+			return err
+		}
+		toNet = ns.network.Send
+	case NetTap:
+		f, err := vnet.OpenTap(o.TapIf)
+		if err != nil {
+			return err
+		}
+		ns.tap = f
+		toNet = func(b [][]byte) {
+			for _, fr := range b {
+				_, _ = f.Write(fr)
+			}
+		}
+		go vnet.ReadTap(f, func(b [][]byte) { fromNet(b) })
+	}
+	if !o.NoGate {
+		ns.attr = &attributor{m: m}
+		ns.gate = gatenet.New(gatenet.Config{Decider: sec, Seq: sec.Seq, Attributor: ns.attr, GuestMAC: mac,
+			ToNet: toNet, ToGuest: toGuest, OnDecision: m.onNetDecision})
+		fromNet = ns.gate.Ingress
+	}
+	go m.serveNIC(ns, toNet)
+	qcfg.ExtraArgs = append(qcfg.ExtraArgs,
+		"-netdev", "stream,id=gvnet0,server=off,addr.type=unix,addr.path="+sock,
+		"-device", fmt.Sprintf("virtio-net-pci,netdev=gvnet0,mac=%02x:%02x:%02x:%02x:%02x:%02x", mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]))
+	return nil
+}
+
+// rootDir is the runtime root: the parent of the VM's directory.
+func rootDir(vmDir string) (string, error) { return filepath.Dir(filepath.Clean(vmDir)), nil }
+
+// serveNIC accepts QEMU's connection and moves the guest's frames through
+// the gate in batches.
+func (m *Monitor) serveNIC(ns *netState, toNet func([][]byte)) {
+	defer close(ns.done)
+	c, err := ns.ln.Accept()
+	if err != nil {
+		return
+	}
+	ns.ln.Close()
+	ns.mu.Lock()
+	ns.conn, ns.guestW = c, vnet.NewFrameWriter(c)
+	ns.mu.Unlock()
+	r := vnet.NewFrameReader(c)
+	var batch [][]byte
+	for {
+		batch, err = r.ReadBatch(batch[:0], 64)
+		if len(batch) > 0 {
+			b := append([][]byte(nil), batch...)
+			if ns.gate != nil {
+				ns.gate.Egress(b)
+			} else {
+				toNet(b)
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// stopNet tears the network down; safe on a partial start.
+func (m *Monitor) stopNet() {
+	ns := m.net
+	if ns != nil {
+		if ns.ln != nil {
+			ns.ln.Close()
+		}
+		ns.mu.Lock()
+		if ns.conn != nil {
+			ns.conn.Close()
+		}
+		ns.mu.Unlock()
+		if ns.gate != nil {
+			ns.gate.Close()
+		}
+		if ns.network != nil {
+			ns.network.Close()
+		}
+		if ns.tap != nil {
+			ns.tap.Close()
+		}
+	}
+	m.closeNetSecServer()
+}
+
+// onNetDecision publishes denies, alerts and permissive allows on the event
+// stream (the security server already wrote them to the audit log).
+func (m *Monitor) onNetDecision(r gatenet.Record) {
+	if r.Verdict == secserver.Allow.String() && !r.Permissive && !r.Revoked {
+		return
+	}
+	m.publishNet(struct {
+		Time time.Time      `json:"time"`
+		VM   string         `json:"vm"`
+		Type string         `json:"type"`
+		Net  gatenet.Record `json:"net"`
+	}{r.Time, m.cfg.Name, "net-" + r.Verdict, r})
+}
+
+func (m *Monitor) publishNet(v any) {
+	if m.events == nil {
+		return
+	}
+	line, err := json.Marshal(v)
+	if err != nil {
+		return
+	}
+	m.events.publishLine(append(line, '\n'))
+}
+
+// NetStats returns the network gate's counters (nil without a gate).
+func (m *Monitor) NetStats() *gatenet.Stats {
+	if m.net == nil || m.net.gate == nil {
+		return nil
+	}
+	s := m.net.gate.Stats()
+	return &s
+}
+
+// attributor finds the guest process behind a flow from the guest kernel's
+// socket and task lists, read live from guest RAM.
+type attributor struct {
+	m *Monitor
+
+	mu    sync.Mutex // guards the snapshot
+	at    time.Time
+	socks []linux.Socket
+	tasks map[int]linux.Task
+}
+
+// snapshotTTL is how long one walk of the guest's sockets answers queries
+// that it can answer; a query it cannot answer walks again at once.
+const snapshotTTL = 250 * time.Millisecond
+
+// Attribute implements gatenet.Attributor.
+func (a *attributor) Attribute(ctx context.Context, q gatenet.Query) (event.Subject, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if time.Since(a.at) < snapshotTTL {
+		if s, ok := a.match(q); ok {
+			return s, nil
+		}
+	}
+	if err := a.refresh(ctx); err != nil {
+		return event.Subject{}, err
+	}
+	if s, ok := a.match(q); ok {
+		return s, nil
+	}
+	return event.Subject{}, gatenet.ErrNotFound
+}
+
+// refresh walks the guest's tasks and their file tables.
+// Preconditions: a.mu held.
+func (a *attributor) refresh(ctx context.Context) error {
+	m := a.m
+	m.intro.mu.Lock()
+	defer m.intro.mu.Unlock()
+	insp, err := m.inspector(ctx)
+	if err != nil {
+		return err
+	}
+	insp.K.AS.Cache.Invalidate()
+	tasks, err := insp.Processes()
+	if err != nil {
+		return err
+	}
+	socks, err := insp.K.Sockets(tasks)
+	if err != nil {
+		return err
+	}
+	a.tasks = make(map[int]linux.Task, len(tasks))
+	for _, t := range tasks {
+		a.tasks[t.PID] = t
+	}
+	a.socks, a.at = socks, time.Now()
+	return nil
+}
+
+// match finds the socket owning q's guest end.
+// Preconditions: a.mu held.
+func (a *attributor) match(q gatenet.Query) (event.Subject, bool) {
+	best, score := -1, 0
+	lport := int(q.Local.Port())
+	for i, s := range a.socks {
+		if s.Family != "inet" && s.Family != "inet6" {
+			continue
+		}
+		sc := 0
+		switch q.Proto {
+		case "tcp":
+			if s.Proto != "tcp" || s.LocalPort != lport {
+				continue
+			}
+			if q.Dir == event.DirIn {
+				if s.State != "LISTEN" {
+					continue
+				}
+				sc = 1
+			} else {
+				if s.State == "LISTEN" {
+					continue
+				}
+				sc = 1
+				if s.RemotePort == int(q.Remote.Port()) && addrIs(s.RemoteAddr, q.Remote.Addr()) {
+					sc = 3
+				}
+			}
+		case "udp":
+			if s.Proto != "udp" || s.LocalPort != lport {
+				continue
+			}
+			sc = 1
+			if s.RemotePort == int(q.Remote.Port()) && addrIs(s.RemoteAddr, q.Remote.Addr()) {
+				sc = 3
+			}
+		case "icmp":
+			// A ping socket's port is the echo id; busybox ping on a raw
+			// socket uses its pid as the id.
+			switch {
+			case s.Proto == "icmp" && s.LocalPort == lport:
+				sc = 3
+			case (s.Proto == "icmp" || s.Proto == "raw") && s.PID&0xffff == lport:
+				sc = 2
+			default:
+				continue
+			}
+		}
+		if sc > score {
+			best, score = i, sc
+		}
+	}
+	if best < 0 {
+		// Frames from a packet socket (busybox udhcpc before it has a lease)
+		// carry any header: attribute them to the only process holding one.
+		holder := -1
+		for i, s := range a.socks {
+			if s.Family == "packet" {
+				if holder >= 0 && a.socks[holder].PID != s.PID {
+					return event.Subject{}, false
+				}
+				holder = i
+			}
+		}
+		if holder < 0 {
+			return event.Subject{}, false
+		}
+		best = holder
+	}
+	return a.subject(a.socks[best].PID), true
+}
+
+func addrIs(s string, a netip.Addr) bool {
+	p, err := netip.ParseAddr(s)
+	return err == nil && p.Unmap() == a
+}
+
+func (a *attributor) subject(pid int) event.Subject {
+	t := a.tasks[pid]
+	s := event.Subject{PID: int32(pid), PPID: int32(t.PPID), Start: t.StartTime, Comm: t.Comm, Exe: t.Exe, UID: t.UID, GID: t.GID}
+	if p, ok := a.tasks[t.PPID]; ok {
+		s.ParentComm, s.ParentExe = p.Comm, p.Exe
+	}
+	return s
+}

@@ -1,0 +1,318 @@
+package vnet
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// DefaultNetwork is the name of the network `--net isolated` joins.
+const DefaultNetwork = "default"
+
+var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
+
+// ValidateName checks a network name.
+func ValidateName(name string) error {
+	if !nameRE.MatchString(name) {
+		return fmt.Errorf("network name %q: use 1-63 of a-z 0-9 . _ -, starting with a letter or digit", name)
+	}
+	return nil
+}
+
+// Network is one monitor's membership in a named isolated network.
+//
+// The first monitor to join a network hosts it: it takes an exclusive
+// flock on <root>/net/NAME/host.lock, runs the Switch and the Services,
+// and listens on <root>/net/NAME/switch.sock (in a 0700 directory: only
+// the same user's monitors can join). Later monitors connect to that socket
+// and exchange length-prefixed frames with the switch.
+//
+// When the hosting monitor stops, its switch and services go with it:
+// members lose their link (frames are dropped), and each retries every
+// rejoinDelay until one of them takes the lock and hosts a new switch, which
+// the others join. DHCP leases restart from the pool, so a guest that
+// renews may get a new address; established TCP connections between guests
+// survive the switchover if it is shorter than their retransmission timeout.
+type Network struct {
+	name, dir string
+	deliver   func([][]byte)
+	logf      func(string, ...any)
+
+	mu     sync.Mutex // guards the fields below
+	uplink Port
+	host   *hosting
+	closed bool
+	done   chan struct{}
+	wg     sync.WaitGroup
+}
+
+const rejoinDelay = 250 * time.Millisecond
+
+// Join joins (or hosts) the named network under root. deliver receives the
+// frames switched to this member; logf gets notices (may be nil).
+func Join(root, name string, deliver func([][]byte), logf func(string, ...any)) (*Network, error) {
+	if err := ValidateName(name); err != nil {
+		return nil, err
+	}
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	dir := filepath.Join(root, "net", name)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("network %s: %w", name, err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, err
+	}
+	n := &Network{name: name, dir: dir, deliver: deliver, logf: logf, done: make(chan struct{})}
+	if err := n.connect(); err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+// Hosting reports whether this member hosts the switch.
+func (n *Network) Hosting() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.host != nil
+}
+
+// Services returns the network's services when this member hosts it.
+func (n *Network) Services() *Services {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.host == nil {
+		return nil
+	}
+	return n.host.svcs
+}
+
+// Send switches frames from this member; while the uplink is down they are
+// dropped.
+func (n *Network) Send(frames [][]byte) {
+	n.mu.Lock()
+	up := n.uplink
+	n.mu.Unlock()
+	if up != nil {
+		up.Send(frames)
+	}
+}
+
+// Close leaves the network; a hosting member stops its switch.
+func (n *Network) Close() {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return
+	}
+	n.closed = true
+	close(n.done)
+	up, h := n.uplink, n.host
+	n.uplink, n.host = nil, nil
+	n.mu.Unlock()
+	if up != nil {
+		up.Close()
+	}
+	if h != nil {
+		h.close()
+	}
+	n.wg.Wait()
+}
+
+// connect hosts the network if nobody does, else joins the host.
+func (n *Network) connect() error {
+	h, err := host(n.dir)
+	if err == nil {
+		n.mu.Lock()
+		n.host, n.uplink = h, h.sw.Attach(n.deliver)
+		n.mu.Unlock()
+		n.logf("network %s: hosting the switch at %s", n.name, filepath.Join(n.dir, "switch.sock"))
+		return nil
+	}
+	if !errors.Is(err, errHosted) {
+		return err
+	}
+	c, err := net.DialTimeout("unix", filepath.Join(n.dir, "switch.sock"), 2*time.Second)
+	if err != nil {
+		return fmt.Errorf("network %s: join the host's switch: %w", n.name, err)
+	}
+	cp := &connPort{c: c, w: NewFrameWriter(c)}
+	n.mu.Lock()
+	n.uplink = cp
+	n.mu.Unlock()
+	n.wg.Add(1)
+	go n.member(cp)
+	return nil
+}
+
+// member delivers frames from the host's switch until the link breaks, then
+// rejoins.
+func (n *Network) member(cp *connPort) {
+	defer n.wg.Done()
+	r := NewFrameReader(cp.c)
+	var batch [][]byte
+	for {
+		var err error
+		batch, err = r.ReadBatch(batch[:0], 64)
+		if len(batch) > 0 {
+			n.deliver(append([][]byte(nil), batch...))
+		}
+		if err != nil {
+			break
+		}
+	}
+	cp.Close()
+	for {
+		select {
+		case <-n.done:
+			return
+		case <-time.After(rejoinDelay):
+		}
+		n.mu.Lock()
+		closed := n.closed
+		n.uplink = nil
+		n.mu.Unlock()
+		if closed {
+			return
+		}
+		if err := n.connect(); err == nil {
+			n.logf("network %s: the host left; rejoined (hosting: %v)", n.name, n.Hosting())
+			return
+		}
+	}
+}
+
+var errHosted = errors.New("network already hosted")
+
+type hosting struct {
+	lock *os.File
+	sw   *Switch
+	svcs *Services
+	ln   net.Listener
+	wg   sync.WaitGroup
+	mu   sync.Mutex
+	cons map[net.Conn]bool
+}
+
+func host(dir string) (*hosting, error) {
+	lock, err := os.OpenFile(filepath.Join(dir, "host.lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		lock.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, errHosted
+		}
+		return nil, err
+	}
+	sock := filepath.Join(dir, "switch.sock")
+	_ = os.Remove(sock) // left by a host that died; we hold the lock
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
+	h := &hosting{lock: lock, sw: NewSwitch(), ln: ln, cons: map[net.Conn]bool{}}
+	if h.svcs, err = NewServices(h.sw); err != nil {
+		ln.Close()
+		lock.Close()
+		return nil, err
+	}
+	h.wg.Add(1)
+	go h.accept()
+	return h, nil
+}
+
+func (h *hosting) accept() {
+	defer h.wg.Done()
+	for {
+		c, err := h.ln.Accept()
+		if err != nil {
+			return
+		}
+		if uc, ok := c.(*net.UnixConn); ok && !sameUser(uc) {
+			c.Close()
+			continue
+		}
+		h.mu.Lock()
+		h.cons[c] = true
+		h.mu.Unlock()
+		h.wg.Add(1)
+		go h.serve(c)
+	}
+}
+
+func sameUser(c *net.UnixConn) bool {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return false
+	}
+	var cred *unix.Ucred
+	_ = raw.Control(func(fd uintptr) { cred, err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) })
+	return err == nil && cred != nil && (cred.Uid == uint32(os.Getuid()) || cred.Uid == 0)
+}
+
+// serve switches frames of one member connection.
+func (h *hosting) serve(c net.Conn) {
+	defer h.wg.Done()
+	w := NewFrameWriter(c)
+	p := h.sw.Attach(func(b [][]byte) {
+		_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+		if w.WriteFrames(b) != nil {
+			c.Close()
+		}
+	})
+	r := NewFrameReader(c)
+	for {
+		batch, err := r.ReadBatch(nil, 64)
+		if len(batch) > 0 {
+			p.Send(batch)
+		}
+		if err != nil {
+			break
+		}
+	}
+	p.Close()
+	c.Close()
+	h.mu.Lock()
+	delete(h.cons, c)
+	h.mu.Unlock()
+}
+
+func (h *hosting) close() {
+	h.ln.Close()
+	h.mu.Lock()
+	for c := range h.cons {
+		c.Close()
+	}
+	h.mu.Unlock()
+	h.svcs.Close()
+	h.wg.Wait()
+	_ = os.Remove(filepath.Join(filepath.Dir(h.lock.Name()), "switch.sock"))
+	h.lock.Close()
+}
+
+// connPort is an uplink over a member connection.
+type connPort struct {
+	c    net.Conn
+	w    *FrameWriter
+	once sync.Once
+}
+
+func (p *connPort) Send(frames [][]byte) {
+	_ = p.c.SetWriteDeadline(time.Now().Add(time.Second))
+	if p.w.WriteFrames(frames) != nil {
+		p.Close()
+	}
+}
+
+func (p *connPort) Close() { p.once.Do(func() { p.c.Close() }) }
