@@ -2,6 +2,7 @@ package cli
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -82,27 +83,39 @@ initramfs at GUEST; the set of added files is replaced on every build, so
 func newKitShowCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "show",
-		Short: "Print the cached kit's manifest (JSON)",
+		Short: "Print the cached kit's manifest (JSON) after verifying its files",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			dir, err := kit.CacheDir()
+			dir, err := kit.DefaultDir("")
 			if err != nil {
 				return err
 			}
-			data, err := os.ReadFile(filepath.Join(dir, "kit", "manifest.json"))
-			if os.IsNotExist(err) {
+			k, verr := kit.Load(dir)
+			if errors.Is(verr, os.ErrNotExist) {
 				return fmt.Errorf("no kit in %s: run 'gatevisor kit build'", dir)
 			}
-			if err != nil {
-				return fmt.Errorf("read manifest: %w", err)
-			}
-			var m kit.Manifest
-			if err := json.Unmarshal(data, &m); err != nil {
-				return fmt.Errorf("parse %s: %w", filepath.Join(dir, "kit", "manifest.json"), err)
+			m := kit.Manifest{}
+			if verr == nil {
+				m = k.Manifest
+			} else {
+				// Show what the manifest says, then why the kit is not usable.
+				data, err := os.ReadFile(filepath.Join(dir, "manifest.json"))
+				if err != nil {
+					return fmt.Errorf("read manifest: %w", err)
+				}
+				if err := json.Unmarshal(data, &m); err != nil {
+					return fmt.Errorf("parse %s: %w", filepath.Join(dir, "manifest.json"), err)
+				}
 			}
 			enc := json.NewEncoder(cmd.OutOrStdout())
 			enc.SetIndent("", "  ")
-			return enc.Encode(m)
+			if err := enc.Encode(m); err != nil {
+				return err
+			}
+			if verr != nil {
+				return fmt.Errorf("the kit in %s does not verify (%v): run 'gatevisor kit build' to rebuild it", dir, verr)
+			}
+			return nil
 		},
 	}
 }

@@ -83,6 +83,18 @@ func CacheDir() (string, error) {
 	return filepath.Join(home, ".cache", "gatevisor"), nil
 }
 
+// DefaultDir returns the directory of the default kit in the cache
+// directory (CacheDir when cacheDir is "").
+func DefaultDir(cacheDir string) (string, error) {
+	if cacheDir == "" {
+		var err error
+		if cacheDir, err = CacheDir(); err != nil {
+			return "", err
+		}
+	}
+	return filepath.Join(cacheDir, "kit"), nil
+}
+
 func (o *Options) cacheDir() (string, error) {
 	if o.CacheDir != "" {
 		return o.CacheDir, nil
@@ -113,7 +125,7 @@ func EnsureDefault(ctx context.Context, opts Options) (*Kit, error) {
 		return nil, err
 	}
 	defer unlock()
-	kitDir := filepath.Join(dir, "kit")
+	kitDir, _ := DefaultDir(dir)
 	if !opts.Force {
 		k, err := Load(kitDir)
 		if err == nil {
