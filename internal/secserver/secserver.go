@@ -60,6 +60,7 @@ type Decision struct {
 	Seq        uint64 // sequence number of the policy that decided
 	Cached     bool
 	Permissive bool // the policy said deny or kill; permissive mode allowed it
+	Audited    bool // an audit record of this decision was written
 }
 
 // Allows reports whether the gate should let the event proceed.
@@ -281,6 +282,7 @@ func (s *Server) finish(l *loaded, ev *event.Event, res *policy.Result, cached b
 		if err := s.record(ev, &d); err != nil {
 			return s.auditFailed(ev, d, err)
 		}
+		d.Audited = s.sink != nil
 	}
 	if denied && s.permissive.Load() {
 		d.Permissive = true
@@ -324,8 +326,19 @@ func (s *Server) auditFailed(ev *event.Event, d Decision, err error) Decision {
 // failClosed denies, and tries to audit the deny. Permissive mode does not
 // apply: these are failures of the security server, not policy denies.
 func (s *Server) failClosed(ev *event.Event, rule, reason string) Decision {
+	return s.failClosedErrno(ev, rule, reason, 13)
+}
+
+// GateFailure is how a gate that could not build an event completely
+// denies it: a deny with errno, audited like the server's own fail-closed
+// denies. The gate still never decides an allow.
+func (s *Server) GateFailure(ev *event.Event, rule, reason string, errno int32) Decision {
+	return s.failClosedErrno(ev, rule, reason, errno)
+}
+
+func (s *Server) failClosedErrno(ev *event.Event, rule, reason string, errno int32) Decision {
 	s.denies.Add(1)
-	d := Decision{Verdict: Deny, Errno: 13, Rule: rule, Reason: reason, Seq: s.Seq()}
+	d := Decision{Verdict: Deny, Errno: errno, Rule: rule, Reason: reason, Seq: s.Seq()}
 	if ev != nil && s.sink != nil {
 		// An invalid event may be too large to log whole; keep what identifies it.
 		e := event.Event{Class: ev.Class, Subject: event.Subject{PID: ev.Subject.PID, PPID: ev.Subject.PPID, UID: ev.Subject.UID, GID: ev.Subject.GID}}
@@ -334,6 +347,8 @@ func (s *Server) failClosed(ev *event.Event, rule, reason string) Decision {
 		}
 		if err := s.record(&e, &d); err != nil {
 			s.auditErrors.Add(1)
+		} else {
+			d.Audited = true
 		}
 	}
 	return d

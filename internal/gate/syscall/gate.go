@@ -1,0 +1,272 @@
+package gate
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/gatevisor/gatevisor/internal/event"
+	"github.com/gatevisor/gatevisor/internal/policy"
+	"github.com/gatevisor/gatevisor/internal/secserver"
+	"github.com/gatevisor/gatevisor/internal/vmi"
+	"github.com/gatevisor/gatevisor/internal/vmi/linux"
+)
+
+// Decider is the security server as the gate sees it.
+type Decider interface {
+	Decide(*event.Event) secserver.Decision
+	// GateFailure denies an event the gate could not read, and audits it.
+	GateFailure(ev *event.Event, rule, reason string, errno int32) secserver.Decision
+}
+
+// RuleReadError is the rule of fail-closed denies of unreadable events.
+const RuleReadError = "syscall-gate-read-error"
+
+const ePerm = 1
+
+// Trap is one breakpoint: a syscall handler's address and what it means.
+type Trap struct {
+	Addr    uint64
+	Symbol  string
+	Syscall Syscall
+	// Skip is the length of the no-op at the handler's entry (endbr64, a
+	// 5-byte nop) that an allowed call steps over by moving rip; 0 means
+	// the caller single-steps the first instruction instead.
+	Skip int
+}
+
+// Outcome is what Handle decided and how to enforce it.
+type Outcome struct {
+	Event    event.Event
+	Decision secserver.Decision
+	// Writes are the registers to set before resuming; an allow with
+	// Step set needs the first instruction single-stepped instead.
+	Writes []RegWrite
+	Step   bool
+	// ReadErr is why part of the event could not be read (the event was
+	// decided with what could).
+	ReadErr error
+}
+
+// Gate turns breakpoint hits into events and verdicts into register
+// writes. It is safe for concurrent use.
+type Gate struct {
+	k           *linux.Kernel
+	d           Decider
+	ptregs      PtRegsLayout
+	doGroupExit uint64
+
+	mu    sync.Mutex // guards the fields below
+	traps map[uint64]Trap
+	skips map[uint64]int // entry no-op length by address, read once (before any int3 under KVM)
+}
+
+// New prepares a gate for a located kernel.
+func New(k *linux.Kernel, d Decider) (*Gate, error) {
+	l, err := NewPtRegsLayout(func(f string) (uint64, error) { return k.Profile.FieldOffset("pt_regs." + f) })
+	if err != nil {
+		return nil, err
+	}
+	dge, err := k.Addr("do_group_exit")
+	if err != nil {
+		return nil, fmt.Errorf("gate: the kill action needs do_group_exit: %w", err)
+	}
+	return &Gate{k: k, d: d, ptregs: l, doGroupExit: dge, traps: map[uint64]Trap{}, skips: map[uint64]int{}}, nil
+}
+
+// Plan resolves the syscalls a policy names to handler addresses. Names
+// the kernel has no handler for are returned in missing (the policy may
+// name syscalls of other architectures or kernels).
+func (g *Gate) Plan(spec *policy.Spec) (traps []Trap, missing []string) {
+	seen := map[uint64]bool{}
+	named := map[string]bool{}
+	names := Names(spec)
+	for _, n := range names {
+		named[n] = true
+	}
+	for _, n := range names {
+		for _, sc := range Expand(n) {
+			// A member named on its own is reported under its own name.
+			if sc.Name != n && named[sc.Name] {
+				continue
+			}
+			sym := Handler(sc.Name)
+			addr, err := g.k.Addr(sym)
+			if err != nil {
+				if sc.Name == n {
+					missing = append(missing, n)
+				}
+				continue
+			}
+			if seen[addr] {
+				continue
+			}
+			seen[addr] = true
+			traps = append(traps, Trap{Addr: addr, Symbol: sym, Syscall: sc, Skip: g.skip(addr)})
+		}
+	}
+	sort.Slice(traps, func(i, j int) bool { return traps[i].Addr < traps[j].Addr })
+	return traps, missing
+}
+
+var (
+	endbr64 = []byte{0xf3, 0x0f, 0x1e, 0xfa}
+	nop5    = []byte{0x0f, 0x1f, 0x44, 0x00, 0x00}
+)
+
+// skip returns the length of the no-op at addr (0: none recognised).
+func (g *Gate) skip(addr uint64) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if n, ok := g.skips[addr]; ok {
+		return n
+	}
+	var b [5]byte
+	n := 0
+	if _, err := g.k.AS.ReadVirtual(addr, b[:]); err == nil {
+		switch {
+		case bytes.HasPrefix(b[:], endbr64):
+			n = len(endbr64)
+		case bytes.Equal(b[:], nop5):
+			n = len(nop5)
+		}
+	}
+	g.skips[addr] = n
+	return n
+}
+
+// SetTraps makes traps the ones Handle recognises.
+func (g *Gate) SetTraps(traps []Trap) {
+	m := make(map[uint64]Trap, len(traps))
+	for _, t := range traps {
+		m[t.Addr] = t
+	}
+	g.mu.Lock()
+	g.traps = m
+	g.mu.Unlock()
+}
+
+// TrapAt returns the trap at addr, if any.
+func (g *Gate) TrapAt(addr uint64) (Trap, bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	t, ok := g.traps[addr]
+	return t, ok
+}
+
+// Handle decides one breakpoint hit of a vCPU stopped at a trap's address
+// and returns how to enforce the verdict. It fails only when the verdict
+// cannot be enforced (the return address is unreadable); the caller then
+// denies with EPERM if it can, and reports the error.
+func (g *Gate) Handle(t Trap, regs Regs) (Outcome, error) {
+	ev, readErr := g.buildEvent(t, regs)
+	d := g.d.Decide(&ev)
+	if readErr != nil && d.Allows() {
+		// Fail closed: an event the gate could not read is not allowed.
+		d = g.d.GateFailure(&ev, RuleReadError, fmt.Sprintf("the syscall gate could not read the event: %v", readErr), ePerm)
+	}
+	out := Outcome{Event: ev, Decision: d, ReadErr: readErr}
+	switch {
+	case d.Allows():
+		if t.Skip > 0 {
+			out.Writes = []RegWrite{{RegRIP, t.Addr + uint64(t.Skip)}}
+		} else {
+			out.Step = true
+		}
+	case d.Verdict == secserver.Kill:
+		out.Writes = KillWrites(g.doGroupExit)
+	default:
+		ret, err := vmi.ReadU64(g.k.AS, regs[RegRSP])
+		if err != nil {
+			return out, fmt.Errorf("gate: read the return address at rsp %#x: %w", regs[RegRSP], err)
+		}
+		errno := d.Errno
+		if errno <= 0 || errno > 4095 {
+			errno = ePerm
+		}
+		out.Writes = DenyWrites(regs, ret, errno)
+	}
+	return out, nil
+}
+
+// buildEvent reads what the event needs. It always returns an event; the
+// error says what could not be read.
+func (g *Gate) buildEvent(t Trap, regs Regs) (event.Event, error) {
+	sc := t.Syscall
+	ev := event.Event{Class: event.ClassSyscall, Op: sc.Op, Time: time.Now().UTC()}
+	var errs []error
+	var raw [6]uint64
+	pr := make([]byte, g.ptregs.Size)
+	if _, err := g.k.AS.ReadVirtual(regs[RegRDI], pr); err != nil {
+		errs = append(errs, fmt.Errorf("read pt_regs at %#x: %w", regs[RegRDI], err))
+	} else if p, err := g.ptregs.Decode(pr); err == nil {
+		raw = p.Args
+	}
+	var task linux.Task
+	taskAddr, err := g.k.CurrentTask(regs[RegGSBase])
+	if err == nil {
+		task, err = g.k.TaskAt(taskAddr)
+	}
+	if err != nil {
+		errs = append(errs, fmt.Errorf("current task: %w", err))
+	} else {
+		ev.Subject = event.Subject{PID: int32(task.TGID), Start: task.StartTime, Comm: task.Comm, Exe: task.Exe, UID: task.UID, GID: task.GID}
+		if task.PPID > 0 {
+			ev.Subject.PPID = int32(task.PPID)
+		}
+	}
+	// Arguments in the family's signature.
+	idx := sc.Args
+	if idx == nil {
+		idx = []int{0, 1, 2, 3, 4, 5}
+	}
+	for _, i := range idx {
+		var v uint64
+		switch {
+		case i >= 0 && i < 6:
+			v = raw[i]
+		case i == argCreatFlags:
+			v = oCreatFlags
+		case i == argHowFlags && sc.How >= 0:
+			v, _ = vmi.ReadU64(g.userSpace(task, regs), raw[sc.How])
+		}
+		ev.Args = append(ev.Args, int64(v))
+	}
+	if sc.Path >= 0 {
+		p, err := ReadUserPath(g.userSpace(task, regs), raw[sc.Path])
+		if err != nil {
+			errs = append(errs, err)
+			ev.Path = "" // unreadable: decided as a path that matches no file rule
+		} else {
+			cwd := ""
+			if len(p) > 0 && p[0] != '/' && taskAddr != 0 {
+				cwd, _ = g.k.Cwd(taskAddr)
+			}
+			var dirfd int64
+			if sc.Dirfd >= 0 {
+				dirfd = int64(int32(raw[sc.Dirfd]))
+			}
+			ev.Path = Absolute(p, cwd, dirfd, sc.Dirfd >= 0)
+		}
+	}
+	return ev, errors.Join(errs...)
+}
+
+// userSpace is the trapped task's address space: its mm->pgd, or the
+// vCPU's CR3 (the same tables at syscall entry) when the task is unknown.
+func (g *Gate) userSpace(task linux.Task, regs Regs) *vmi.AddressSpace {
+	cr3 := task.PGD
+	if cr3 == 0 {
+		cr3 = regs[RegCR3]
+	}
+	return vmi.NewAddressSpace(g.k.Mem, cr3, regs[RegCR4])
+}
+
+// Kernel returns the kernel view the gate reads through.
+func (g *Gate) Kernel() *linux.Kernel { return g.k }
+
+// DoGroupExit returns the address the kill action redirects to.
+func (g *Gate) DoGroupExit() uint64 { return g.doGroupExit }

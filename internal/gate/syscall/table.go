@@ -1,0 +1,248 @@
+package gate
+
+import (
+	"sort"
+	"strings"
+
+	"github.com/gatevisor/gatevisor/internal/policy"
+)
+
+// atFDCWD is AT_FDCWD as a register value.
+const atFDCWD = -100
+
+// Synthetic argument sources for normalising a family member to the
+// family's signature.
+const (
+	argCreatFlags = -2 // creat(path, mode) is open(path, O_CREAT|O_WRONLY|O_TRUNC, mode)
+	argHowFlags   = -3 // openat2's flags are the first u64 of struct open_how
+)
+
+// oCreatFlags is O_CREAT|O_WRONLY|O_TRUNC.
+const oCreatFlags = 0o100 | 0o1 | 0o1000
+
+// Syscall is one kernel syscall the gate can trap and how its arguments map
+// to the event the policy sees.
+type Syscall struct {
+	// Name is the kernel's name: the handler is __x64_sys_<Name>.
+	Name string
+	// Op is the name reported to the policy (the family).
+	Op string
+	// Args maps event argument i to raw argument Args[i] (di, si, dx, r10,
+	// r8, r9) or to a synthetic source; nil means the six raw arguments.
+	Args []int
+	// Path is the raw argument holding a user path pointer, or -1.
+	Path int
+	// Dirfd is the raw argument holding the directory fd, or -1.
+	Dirfd int
+	// How is the raw argument holding a struct open_how pointer, or -1.
+	How int
+}
+
+// families lists the members of each family the gate normalises.
+var families = map[string][]Syscall{
+	"open": {
+		{Name: "open", Op: "open", Args: []int{0, 1, 2}, Path: 0, Dirfd: -1, How: -1},
+		{Name: "openat", Op: "open", Args: []int{1, 2, 3}, Path: 1, Dirfd: 0, How: -1},
+		{Name: "creat", Op: "open", Args: []int{0, argCreatFlags, 1}, Path: 0, Dirfd: -1, How: -1},
+		{Name: "openat2", Op: "open", Args: []int{1, argHowFlags, 2}, Path: 1, Dirfd: 0, How: 2},
+	},
+	"execve": {
+		{Name: "execve", Op: "execve", Args: []int{0, 1, 2}, Path: 0, Dirfd: -1, How: -1},
+		{Name: "execveat", Op: "execve", Args: []int{1, 2, 3}, Path: 1, Dirfd: 0, How: -1},
+	},
+}
+
+// pathArgs says which raw argument of a syscall is a path (and which is its
+// dirfd), for syscalls trapped under their own name.
+var pathArgs = map[string][2]int{
+	"open": {0, -1}, "openat": {1, 0}, "openat2": {1, 0}, "creat": {0, -1},
+	"execve": {0, -1}, "execveat": {1, 0},
+	"unlink": {0, -1}, "unlinkat": {1, 0}, "rmdir": {0, -1}, "mkdir": {0, -1}, "mkdirat": {1, 0},
+	"chmod": {0, -1}, "fchmodat": {1, 0}, "chown": {0, -1}, "lchown": {0, -1}, "fchownat": {1, 0},
+	"rename": {0, -1}, "renameat": {1, 0}, "renameat2": {1, 0}, "link": {0, -1}, "linkat": {1, 0},
+	"symlink": {1, -1}, "symlinkat": {2, 1}, "truncate": {0, -1}, "chdir": {0, -1}, "chroot": {0, -1},
+	"mount": {1, -1}, "umount2": {0, -1}, "access": {0, -1}, "faccessat": {1, 0}, "faccessat2": {1, 0},
+	"stat": {0, -1}, "lstat": {0, -1}, "newfstatat": {1, 0}, "readlink": {0, -1}, "readlinkat": {1, 0},
+	"delete_module": {0, -1}, "swapon": {0, -1}, "acct": {0, -1}, "pivot_root": {1, -1},
+}
+
+// wide is what a policy whose syscall rules are not restricted to named
+// syscalls traps: the security-relevant syscalls of the source documents
+// and issue list.
+var wide = []string{
+	"open", "execve", "connect", "bind", "listen", "accept", "accept4",
+	"init_module", "finit_module", "delete_module", "kill", "tkill", "tgkill", "ptrace",
+	"setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid", "setfsuid", "setfsgid",
+	"unlink", "unlinkat", "rename", "renameat", "renameat2", "chmod", "fchmodat", "chown", "fchownat",
+	"mount", "umount2", "pivot_root", "chroot", "reboot", "kexec_load", "kexec_file_load", "bpf",
+	"mknod", "mknodat", "mkdir", "mkdirat", "rmdir", "link", "linkat", "symlink", "symlinkat",
+}
+
+// Expand returns the kernel syscalls that policy name op traps, with how
+// each is reported. A name that is not a family is its own single member.
+func Expand(op string) []Syscall {
+	if f, ok := families[op]; ok {
+		return f
+	}
+	s := Syscall{Name: op, Op: op, Path: -1, Dirfd: -1, How: -1}
+	if p, ok := pathArgs[op]; ok {
+		s.Path, s.Dirfd = p[0], p[1]
+	}
+	return []Syscall{s}
+}
+
+// Handler returns the kernel symbol of a syscall's x86-64 handler.
+func Handler(name string) string { return "__x64_sys_" + name }
+
+// Names computes the syscall names a policy configures, sorted. A policy
+// with no syscall block and no syscall flow configures none (the syscall
+// gate is then off). A syscall-class rule not restricted by opEq or
+// opPrefixEq, or a syscall-class default that is not allow, widens the set
+// to the gate's wide list: trapping every syscall is not an option.
+func Names(spec *policy.Spec) []string {
+	set := map[string]bool{}
+	any := false
+	widen := false
+	for _, b := range spec.Blocks {
+		if b.Class.Name != "syscall" {
+			continue
+		}
+		any = true
+		if b.Op != nil {
+			set[b.Op.Name] = true
+			continue
+		}
+		if b.Default.Kind != policy.ActAllow {
+			widen = true
+		}
+		for _, r := range b.Rules {
+			ops, restricted := opsOf(r.When)
+			if !restricted {
+				widen = true
+			}
+			for _, o := range ops {
+				set[o] = true
+			}
+		}
+	}
+	for _, f := range spec.Flows {
+		for _, m := range flowMatches(f) {
+			if m.Class.Name != "syscall" {
+				continue
+			}
+			any = true
+			if m.Op == nil {
+				widen = true
+			} else {
+				set[m.Op.Name] = true
+			}
+		}
+	}
+	if !any {
+		return nil
+	}
+	if widen {
+		for _, w := range wide {
+			set[w] = true
+		}
+	}
+	// Members of a family are covered by the family when both are named
+	// only if the policy did not name the member itself.
+	out := make([]string, 0, len(set))
+	for n := range set {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func flowMatches(f policy.Flow) []policy.EventMatch {
+	var out []policy.EventMatch
+	for _, st := range f.Transitions {
+		out = append(out, st.On)
+	}
+	for _, r := range f.Requires {
+		out = append(out, r.For)
+	}
+	return out
+}
+
+// opsOf returns the ops a condition can match, and whether it is
+// restricted to them at all.
+func opsOf(c policy.Cond) ([]string, bool) {
+	switch c := c.(type) {
+	case *policy.Pred:
+		switch c.Name {
+		case "opEq":
+			var out []string
+			for _, v := range c.Args {
+				out = append(out, v.S)
+			}
+			return out, true
+		case "opPrefixEq":
+			var out []string
+			for _, v := range c.Args {
+				out = append(out, expandPrefix(v.S)...)
+			}
+			return out, true
+		}
+	case *policy.And:
+		l, lr := opsOf(c.L)
+		r, rr := opsOf(c.R)
+		switch {
+		case lr && rr:
+			return intersect(l, r), true
+		case lr:
+			return l, true
+		case rr:
+			return r, true
+		}
+	case *policy.Or:
+		l, lr := opsOf(c.L)
+		r, rr := opsOf(c.R)
+		if lr && rr {
+			return append(l, r...), true
+		}
+	case *policy.Const:
+		if !c.V {
+			return nil, true
+		}
+	}
+	return nil, false
+}
+
+func intersect(a, b []string) []string {
+	var out []string
+	for _, x := range a {
+		for _, y := range b {
+			if x == y {
+				out = append(out, x)
+			}
+		}
+	}
+	return out
+}
+
+// expandPrefix lists the known syscalls (families, path syscalls and the
+// wide list) starting with p.
+func expandPrefix(p string) []string {
+	seen := map[string]bool{}
+	var out []string
+	add := func(n string) {
+		if strings.HasPrefix(n, p) && !seen[n] {
+			seen[n] = true
+			out = append(out, n)
+		}
+	}
+	for n := range families {
+		add(n)
+	}
+	for n := range pathArgs {
+		add(n)
+	}
+	for _, n := range wide {
+		add(n)
+	}
+	sort.Strings(out)
+	return out
+}
