@@ -46,6 +46,7 @@ func newConsoleCmd() *cobra.Command {
 				close(outDone)
 			}()
 			inDone := make(chan struct{})
+			escaped := false
 			go func() {
 				defer close(inDone)
 				buf := make([]byte, 1024)
@@ -55,6 +56,7 @@ func newConsoleCmd() *cobra.Command {
 						chunk := buf[:n]
 						if i := bytes.IndexByte(chunk, consoleEscape); i >= 0 {
 							_, _ = conn.Write(chunk[:i])
+							escaped = true
 							return
 						}
 						if _, werr := conn.Write(chunk); werr != nil {
@@ -69,7 +71,7 @@ func newConsoleCmd() *cobra.Command {
 			select {
 			case <-outDone:
 			case <-inDone:
-				if !term.IsTerminal(fd) {
+				if !escaped && !term.IsTerminal(fd) {
 					// Piped input ended: keep printing until the VM closes.
 					<-outDone
 				}

@@ -206,7 +206,7 @@ func (c *Client) Run(ctx context.Context, script string, timeout time.Duration) 
 	id := c.nextID
 	c.nextID++
 	if _, err := c.conn.Write(EncodeRequest(id, timeout, script)); err != nil {
-		return Result{}, fmt.Errorf("guestexec: send: %w", err)
+		return Result{}, fmt.Errorf("%w: send: %v", ErrClosed, err)
 	}
 	limit := timeout + 5*time.Second
 	wait := time.NewTimer(limit)
