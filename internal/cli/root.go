@@ -52,7 +52,7 @@ who owns the guest cannot switch them off.`,
 		root.AddCommand(f())
 	}
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
-		return fmt.Errorf("%w (see 'gatevisor %s --help')", err, c.Name())
+		return withExitCode(2, fmt.Errorf("%w (see '%s --help')", err, c.CommandPath()))
 	})
 	return root
 }
