@@ -49,6 +49,13 @@ func (f *fakeVM) Registers(_ context.Context, vcpu int) (Registers, error) {
 	}
 	return Registers{VCPU: 0, Registers: map[string]string{"rip": "0xffffffff81000000", "cr3": "0x1000"}}, nil
 }
+func (f *fakeVM) LoadPolicy(_ context.Context, r PolicyRequest) (PolicyResult, error) {
+	if strings.Contains(r.Source, "bad") {
+		return PolicyResult{}, &Error{Code: CodeBadRequest, Message: "policy rejected, the policy in force stays: t.policy:1:1: bad"}
+	}
+	return PolicyResult{Seq: 2, Path: r.Path, Syscalls: []string{"open"},
+		Breakpoints: []Breakpoint{{Symbol: "__x64_sys_openat", Syscall: "open", Addr: "0xffffffff81400000", PhysAddr: "0x1400000"}}}, nil
+}
 func (f *fakeVM) MemoryLayout() MemoryLayout {
 	return MemoryLayout{Size: 1 << 20, Regions: []Region{{GPA: 0, Offset: 0, Size: 1 << 20}}}
 }
@@ -188,6 +195,9 @@ func TestEndpointsMatchSpec(t *testing.T) {
 		{"dump", "POST", "/v1/dump", `{"path":"/tmp/x.elf"}`, true, 200, `"size":4096`},
 		{"dump relative", "POST", "/v1/dump", `{"path":"x.elf"}`, false, 400, "absolute"},
 		{"events", "GET", "/v1/events", "", true, 200, `"type":"finding"`},
+		{"policy load", "POST", "/v1/policy", `{"path":"/p/seed.policy","source":"open default: allow"}`, true, 200, `"__x64_sys_openat"`},
+		{"policy rejected", "POST", "/v1/policy", `{"path":"/p/x.policy","source":"bad"}`, true, 400, "stays"},
+		{"policy relative", "POST", "/v1/policy", `{"path":"x.policy","source":""}`, false, 400, "absolute"},
 		{"events bad follow", "GET", "/v1/events?follow=maybe", "", false, 400, "true or false"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

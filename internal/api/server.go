@@ -38,6 +38,9 @@ type VM interface {
 	// AttachConsole streams the console over conn until either side closes;
 	// replay bytes of recent output are sent first.
 	AttachConsole(ctx context.Context, conn io.ReadWriteCloser, replay int) error
+	// LoadPolicy replaces the security policy and moves the syscall gate's
+	// breakpoints; on error the policy in force stays.
+	LoadPolicy(ctx context.Context, req PolicyRequest) (PolicyResult, error)
 }
 
 // Server serves one VM's API.
@@ -66,6 +69,7 @@ func NewServer(vm VM) *Server {
 	mux.HandleFunc("GET /v1/ids/{query}", s.ids)
 	mux.HandleFunc("POST /v1/dump", s.dump)
 	mux.HandleFunc("GET /v1/events", s.events)
+	mux.HandleFunc("POST /v1/policy", s.loadPolicy)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, &Error{Code: CodeNotFound, Message: fmt.Sprintf("no endpoint %s %s: see openapi.yaml", r.Method, r.URL.Path)})
 	})

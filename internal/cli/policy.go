@@ -31,7 +31,7 @@ func newPolicyCmd() *cobra.Command {
   gatevisor policy test FILE CASES      run a table of events with expected verdicts
   gatevisor policy explain FILE EVENT   show which rules matched and why`,
 	}
-	cmd.AddCommand(newPolicyCheckCmd(), newPolicyTestCmd(), newPolicyExplainCmd())
+	cmd.AddCommand(newPolicyCheckCmd(), newPolicyTestCmd(), newPolicyExplainCmd(), newPolicyLoadCmd())
 	return cmd
 }
 

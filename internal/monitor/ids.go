@@ -95,15 +95,15 @@ func (m *Monitor) controlRegisters(ctx context.Context) (linux.Registers, error)
 	var regs linux.Registers
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	err := m.gdb.WithStopped(ctx, func() error {
-		if err := m.gdb.SetVCPU(ctx, 0); err != nil {
+	err := m.dbg.Do(ctx, func(ctx context.Context, g *gdbrsp.Client) error {
+		if err := g.SetVCPU(ctx, 0); err != nil {
 			return err
 		}
 		var err error
-		if regs.CR3, err = m.gdb.ReadRegister(ctx, "cr3"); err != nil {
+		if regs.CR3, err = g.ReadRegister(ctx, "cr3"); err != nil {
 			return err
 		}
-		regs.CR4, err = m.gdb.ReadRegister(ctx, "cr4")
+		regs.CR4, err = g.ReadRegister(ctx, "cr4")
 		return err
 	})
 	if err != nil {
@@ -142,11 +142,11 @@ func (m *Monitor) IDS(ctx context.Context, query, source string) (api.IDSResult,
 	} else {
 		qctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 		defer cancel()
-		err = m.gdb.WithStopped(qctx, func() error {
-			if err := m.gdb.SetPhysicalMemoryMode(qctx, true); err != nil {
+		err = m.dbg.Do(qctx, func(qctx context.Context, g *gdbrsp.Client) error {
+			if err := g.SetPhysicalMemoryMode(qctx, true); err != nil {
 				return err
 			}
-			defer m.gdb.SetPhysicalMemoryMode(qctx, false)
+			defer g.SetPhysicalMemoryMode(qctx, false)
 			k := *insp.K
 			mem := gdbMemory{ctx: qctx, gdb: m.gdb, ranges: liveMemory{m.ram}.Ranges()}
 			k.Mem = mem

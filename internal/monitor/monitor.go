@@ -99,6 +99,8 @@ type Monitor struct {
 	logFile *os.File
 	events  *eventBus
 	intro   introspection
+	dbg     *debugger     // owns the gdbstub's run state (debugger.go)
+	sg      syscallGate   // the syscall gate's breakpoints (syscallgate.go)
 	net     *netState     // nil without --net
 	done    chan struct{} // closed when the VM is over and cleaned up
 	stopCh  chan struct{} // closed when a stop is first requested
@@ -176,6 +178,9 @@ func Start(ctx context.Context, cfg Config) (_ *Monitor, err error) {
 	if err := m.attach(ctx, size); err != nil {
 		return nil, err
 	}
+	m.dbg = newDebugger(m.gdb, m.logf)
+	m.dbg.trap = m.onTrap
+	go m.dbg.run()
 	m.server = api.NewServer(m)
 	if err := m.server.Listen(m.dir.File(vmdir.APISocket)); err != nil {
 		return nil, err
@@ -187,6 +192,9 @@ func Start(ctx context.Context, cfg Config) (_ *Monitor, err error) {
 	go m.supervise()
 	if cfg.IDSInterval > 0 {
 		go m.watch(cfg.IDSInterval)
+	}
+	if cfg.PolicyFile != "" {
+		go m.armGate()
 	}
 	return m, nil
 }
@@ -569,12 +577,12 @@ func (m *Monitor) Registers(ctx context.Context, vcpu int) (api.Registers, error
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	var regs map[string]uint64
-	err := m.gdb.WithStopped(ctx, func() error {
-		if err := m.gdb.SetVCPU(ctx, vcpu); err != nil {
+	err := m.dbg.Do(ctx, func(ctx context.Context, g *gdbrsp.Client) error {
+		if err := g.SetVCPU(ctx, vcpu); err != nil {
 			return err
 		}
 		var err error
-		regs, err = m.gdb.ReadRegisters(ctx)
+		regs, err = g.ReadRegisters(ctx)
 		return err
 	})
 	if err != nil {

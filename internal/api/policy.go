@@ -1,0 +1,67 @@
+package api
+
+import (
+	"context"
+	"net/http"
+	"path/filepath"
+	"strings"
+)
+
+// MaxPolicySource caps a policy sent over the API.
+const MaxPolicySource = 1 << 20
+
+// PolicyRequest loads a policy on a running VM (hot reload). Path names
+// the file (its directory resolves includes); Source is its text.
+type PolicyRequest struct {
+	Path   string `json:"path"`
+	Source string `json:"source"`
+}
+
+// Breakpoint is one syscall-gate breakpoint in place.
+type Breakpoint struct {
+	Symbol   string `json:"symbol"`
+	Syscall  string `json:"syscall"`
+	Addr     string `json:"addr"`
+	PhysAddr string `json:"phys_addr,omitempty"`
+}
+
+// PolicyResult says what a load changed.
+type PolicyResult struct {
+	Seq         uint64       `json:"seq"`
+	Path        string       `json:"path"`
+	Syscalls    []string     `json:"syscalls"`
+	Breakpoints []Breakpoint `json:"breakpoints"`
+	Missing     []string     `json:"missing,omitempty"`
+	Removed     int          `json:"removed"`
+	// TextRestored, when breakpoints were removed, says whether the guest
+	// kernel text under them reads back byte for byte as before.
+	TextRestored *bool `json:"text_restored,omitempty"`
+}
+
+func (s *Server) loadPolicy(w http.ResponseWriter, r *http.Request) {
+	var req PolicyRequest
+	if !decode(w, r, &req, false) {
+		return
+	}
+	if !filepath.IsAbs(req.Path) || len(req.Path) > 4096 || strings.ContainsRune(req.Path, 0) {
+		badRequest(w, "path %q: give the policy file's absolute path", req.Path)
+		return
+	}
+	if len(req.Source) > MaxPolicySource {
+		badRequest(w, "source: larger than %d bytes", MaxPolicySource)
+		return
+	}
+	res, err := s.vm.LoadPolicy(r.Context(), req)
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+// LoadPolicy replaces the VM's policy.
+func (c *Client) LoadPolicy(ctx context.Context, req PolicyRequest) (PolicyResult, error) {
+	var res PolicyResult
+	err := c.do(ctx, http.MethodPost, "/v1/policy", req, &res)
+	return res, err
+}

@@ -1,0 +1,141 @@
+package monitor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/gatevisor/gatevisor/internal/qemu/gdbrsp"
+)
+
+// debugger is the single owner of the gdbstub connection's run state.
+// QEMU's stub is all-stop: a byte sent while the VM runs stops it, and a
+// breakpoint hit stops every vCPU. One goroutine (run) therefore does
+// everything: it takes stop replies, hands breakpoint hits to the trap
+// handler (the syscall gate) and resumes, and serves every other user that
+// needs the VM stopped (registers, the IDS gdbstub source, control
+// registers, breakpoint changes) through Do, which interrupts, runs the
+// function and continues.
+//
+// Hits on two vCPUs at once: QEMU reports one thread per stop; the other
+// vCPU is still at the breakpoint address and hits it again as soon as the
+// VM continues, so every hit is handled once, in turn.
+type debugger struct {
+	gdb  *gdbrsp.Client
+	reqs chan *dbgReq
+	done chan struct{}
+	logf func(string, ...any)
+
+	// trap handles a breakpoint stop of thread (vCPU index+1); it is
+	// called on the run goroutine with the VM stopped, and returns
+	// whether the stop was one of its breakpoints.
+	trap func(ctx context.Context, g *gdbrsp.Client, thread int) (bool, error)
+
+	mu     sync.Mutex // guards the counters below
+	traps  uint64     // breakpoint stops handled
+	others uint64     // stops the debugger did not cause and left alone
+}
+
+type dbgReq struct {
+	ctx  context.Context
+	f    func(context.Context, *gdbrsp.Client) error
+	done chan error
+}
+
+// errDebuggerGone means the gdbstub connection is over.
+var errDebuggerGone = errors.New("the gdbstub connection is closed")
+
+func newDebugger(gdb *gdbrsp.Client, logf func(string, ...any)) *debugger {
+	return &debugger{gdb: gdb, reqs: make(chan *dbgReq), done: make(chan struct{}), logf: logf}
+}
+
+// Do runs f with the VM stopped, on the debugger's goroutine, and lets the
+// VM run again afterwards if it was running. f must not call Do.
+func (d *debugger) Do(ctx context.Context, f func(context.Context, *gdbrsp.Client) error) error {
+	req := &dbgReq{ctx: ctx, f: f, done: make(chan error, 1)}
+	select {
+	case d.reqs <- req:
+	case <-d.done:
+		return errDebuggerGone
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-req.done:
+		return err
+	case <-d.done:
+		return errDebuggerGone
+	}
+}
+
+// run serves stops and requests until the connection ends.
+func (d *debugger) run() {
+	defer close(d.done)
+	for {
+		select {
+		case sr := <-d.gdb.StopReplies():
+			if sr.Exited() {
+				return
+			}
+			d.onStop(sr)
+		case req := <-d.reqs:
+			req.done <- d.serve(req)
+		case <-d.gdb.Done():
+			return
+		}
+	}
+}
+
+// onStop handles a stop the debugger did not ask for.
+func (d *debugger) onStop(sr gdbrsp.StopReply) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if sr.Signal != 5 || d.trap == nil {
+		// QMP stop, dump-guest-memory, shutdown: not ours to resume.
+		d.mu.Lock()
+		d.others++
+		d.mu.Unlock()
+		return
+	}
+	thread := sr.Thread
+	if thread <= 0 {
+		thread = 1
+	}
+	if _, err := d.trap(ctx, d.gdb, thread); err != nil {
+		d.logf("syscall gate: vCPU %d: %v", thread-1, err)
+	}
+	d.mu.Lock()
+	d.traps++
+	d.mu.Unlock()
+	// A T05 that is not at one of our breakpoints (a single-step's end,
+	// a breakpoint removed meanwhile) resumes too.
+	if err := d.gdb.Continue(ctx); err != nil && !errors.Is(err, gdbrsp.ErrRunning) {
+		d.logf("syscall gate: resume: %v", err)
+	}
+}
+
+// serve runs one request with the VM stopped.
+func (d *debugger) serve(req *dbgReq) error {
+	ctx := req.ctx
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	wasRunning, err := d.gdb.Halt(ctx)
+	if err != nil {
+		return fmt.Errorf("stop the VM: %w", err)
+	}
+	// A breakpoint hit that raced with the interrupt is not lost: its
+	// vCPU is still at the breakpoint and hits it again on continue.
+	ferr := req.f(ctx, d.gdb)
+	if wasRunning {
+		if err := d.gdb.Continue(ctx); err != nil {
+			if ferr != nil {
+				return fmt.Errorf("%w (and resuming failed: %v)", ferr, err)
+			}
+			return err
+		}
+	}
+	return ferr
+}
