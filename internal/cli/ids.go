@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -79,8 +80,11 @@ func runIDS(ctx context.Context, t *idsTarget, query string) error {
 		return err
 	}
 	if t.asJSON && query != "pstree" {
+		// Numbers stay exact: kernel addresses do not fit a float64.
 		var v any
-		if err := json.Unmarshal(raw, &v); err != nil {
+		dec := json.NewDecoder(bytes.NewReader(raw))
+		dec.UseNumber()
+		if err := dec.Decode(&v); err != nil {
 			return err
 		}
 		enc := json.NewEncoder(os.Stdout)
