@@ -81,7 +81,11 @@ func (m *Monitor) inspector(ctx context.Context) (*ids.Inspector, error) {
 	if err != nil {
 		return nil, err
 	}
-	k, err := linux.Locate(liveMemory{m.ram}, prof, regs)
+	// The kernel's address space must outlive any process: the CR3 a vCPU
+	// happens to run with belongs to some task whose page tables are freed
+	// when it exits. Locate walks the kernel's own init_top_pgt when given
+	// no CR3; CR4 still says 4- or 5-level paging.
+	k, err := linux.Locate(liveMemory{m.ram}, prof, linux.Registers{CR4: regs.CR4})
 	if err != nil {
 		// Not cached: the kernel may not have set up its page tables yet.
 		return nil, fmt.Errorf("locate the guest kernel: %w", err)
