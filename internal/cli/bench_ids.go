@@ -84,7 +84,6 @@ func benchIDS(ctx context.Context, procs, rounds int) (*idsBenchReport, error) {
 		return nil, fmt.Errorf("profile: %w", err)
 	}
 	rep.ProfileBuildSecs = time.Since(start).Seconds()
-	start = time.Now()
 	if _, err := linux.LoadProfile(k.Kernel, ""); err != nil {
 		return nil, err
 	}

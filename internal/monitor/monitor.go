@@ -112,7 +112,6 @@ type Monitor struct {
 	stopReq   chan time.Duration // buffered; a stop request with its timeout
 	exitErr   error
 	shutdown  string // reason of QEMU's SHUTDOWN event
-	qemuState string
 }
 
 func (m *Monitor) logf(format string, a ...any) {
