@@ -79,12 +79,31 @@ func Locate(mem vmi.PhysicalMemory, prof *Profile, regs Registers) (*Kernel, err
 		for _, as := range candidateSpaces(mem, prof, regs, phys, text) {
 			k, err := findSlide(as, prof, phys, text, bannerVA, banner)
 			if err == nil {
+				k.AS = kernelRoot(k, prof, text, bannerVA, banner)
 				return k, nil
 			}
 			lastErr = err
 		}
 	}
 	return nil, lastErr
+}
+
+// kernelRoot returns the address space the kernel view keeps: rooted at
+// init_top_pgt when that maps the kernel (it lives as long as the kernel;
+// the vCPU's CR3 used to locate KASLR may belong to a process that exits,
+// and its freed page tables then map nothing or garbage), else k.AS.
+func kernelRoot(k *Kernel, prof *Profile, text, bannerVA uint64, banner []byte) *vmi.AddressSpace {
+	pgt, ok := prof.Symbols.Lookup("init_top_pgt")
+	if !ok || pgt <= text {
+		return k.AS
+	}
+	as := &vmi.AddressSpace{Mem: k.Mem, CR3: k.PhysBase + (pgt - text), LA57: k.AS.LA57}
+	got := make([]byte, len(banner))
+	if _, err := as.ReadVirtual(bannerVA+k.Slide, got); err != nil || !bytes.Equal(got, banner) {
+		return k.AS
+	}
+	as.Cache = vmi.NewTranslationCache()
+	return as
 }
 
 // candidateSpaces lists the address spaces to search: the given CR3, its
