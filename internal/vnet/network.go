@@ -203,6 +203,9 @@ type hosting struct {
 }
 
 func host(dir string) (*hosting, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
 	lock, err := os.OpenFile(filepath.Join(dir, "host.lock"), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, err
@@ -297,7 +300,14 @@ func (h *hosting) close() {
 	h.mu.Unlock()
 	h.svcs.Close()
 	h.wg.Wait()
-	_ = os.Remove(filepath.Join(filepath.Dir(h.lock.Name()), "switch.sock"))
+	// Remove the network's files while still holding the lock. A member
+	// rejoining at this instant may lock the unlinked file and host a new
+	// switch at the same path; the directory then comes back.
+	dir := filepath.Dir(h.lock.Name())
+	_ = os.Remove(filepath.Join(dir, "switch.sock"))
+	_ = os.Remove(h.lock.Name())
+	_ = os.Remove(dir)
+	_ = os.Remove(filepath.Dir(dir)) // <root>/net, if no other network is left
 	h.lock.Close()
 }
 

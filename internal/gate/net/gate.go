@@ -124,8 +124,12 @@ func New(cfg Config) *Gate {
 		g.wg.Add(1)
 		go g.worker()
 	}
+	var seq uint64
+	if cfg.Seq != nil {
+		seq = cfg.Seq()
+	}
 	g.wg.Add(1)
-	go g.reaper()
+	go g.reaper(seq)
 	return g
 }
 
@@ -426,7 +430,9 @@ func (g *Gate) decided(f *flow, d secserver.Decision, rec Record) {
 	}
 	rec.Time, rec.Verdict, rec.Action, rec.Rule, rec.Reason, rec.Seq, rec.Cached, rec.Permissive =
 		g.cfg.Now(), d.Verdict.String(), action, d.Rule, d.Reason, d.Seq, d.Cached, d.Permissive
+	g.mu.Lock()
 	rec.Subject = f.ev.Subject
+	g.mu.Unlock()
 	if rec.Proto == "" {
 		rec.Proto, rec.Dir, rec.Local, rec.Remote = protoNames[f.key.Proto], f.dir, f.key.Local.String(), f.key.Remote.String()
 	}
@@ -480,14 +486,10 @@ func (g *Gate) PolicyChanged() {
 	}
 }
 
-func (g *Gate) reaper() {
+func (g *Gate) reaper(seq uint64) {
 	defer g.wg.Done()
 	t := time.NewTicker(200 * time.Millisecond)
 	defer t.Stop()
-	var seq uint64
-	if g.cfg.Seq != nil {
-		seq = g.cfg.Seq()
-	}
 	for {
 		select {
 		case <-g.stop:
