@@ -1,0 +1,236 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/gatevisor/gatevisor/internal/api"
+)
+
+// The syscall-gate benchmark's policies. "off" names no syscall (no
+// breakpoint); "open" traps the open family and denies only /etc/passwd;
+// "execve" traps only execve, so open is a syscall the policy does not name.
+var benchSyscallPolicies = map[string]string{
+	"off":  "default: allow;\n",
+	"open": "open default: allow\n  bench_deny: fileEq(\"/etc/passwd\") deny(EPERM)\n\nsyscall default: allow\n",
+	"execve": "syscall default: allow\n" +
+		"  bench_exec: opEq(\"execve\") and filePrefixEq(\"/nonexistent/\") deny(EPERM)\n",
+}
+
+// benchSyscallCase is one in-guest loop under one policy.
+type benchSyscallCase struct {
+	Name   string `json:"name"`
+	Policy string `json:"policy"`
+	Body   string `json:"loop_body"`
+	Iters  int    `json:"iterations"`
+	// Traps per iteration: breakpoint stops the gate handles.
+	Traps int `json:"traps_per_iteration"`
+	// Base is the case with the gate off that this one is compared with.
+	Base string `json:"baseline,omitempty"`
+}
+
+type benchSyscallResult struct {
+	benchSyscallCase
+	Seconds       []float64 `json:"seconds"`
+	MedianSeconds float64   `json:"median_seconds"`
+	PerIterMicros float64   `json:"median_per_iteration_us"`
+	// Against the baseline: relative difference, and the cost of one trap
+	// (per-iteration difference / traps per iteration).
+	DiffPercent    float64 `json:"diff_percent,omitempty"`
+	PerTrapMicros  float64 `json:"per_trap_us,omitempty"`
+	BaselineMicros float64 `json:"baseline_per_iteration_us,omitempty"`
+}
+
+type benchSyscallReport struct {
+	Accel   string               `json:"accel"`
+	Rounds  int                  `json:"rounds"`
+	Results []benchSyscallResult `json:"results"`
+}
+
+func newBenchSyscallsCmd() *cobra.Command {
+	var (
+		rounds, iters, fastIters int
+		asJSON                   bool
+	)
+	cmd := &cobra.Command{
+		Use:   "syscalls",
+		Short: "Cost of the syscall gate: in-guest open loops with the gate off, not matched, denied, and not trapped",
+		Long: `Boot the default kit in the background and time in-guest loops, switching
+policies with a hot reload (the same guest throughout) and alternating the
+configurations in every round:
+
+  off      a policy that names no syscall: no breakpoint
+  open     traps the open family (open/openat/creat/openat2), denies /etc/passwd
+  execve   traps only execve: open is a syscall the policy does not name
+
+Loops run in the guest's ash and are timed by the guest's /proc/uptime:
+'true </etc/hostname' opens without forking (one openat per iteration);
+'cat /etc/hostname' forks and execs busybox (one openat in the child).
+Reports medians, the per-iteration difference from the gate-off loop, and
+the cost per trap (difference / traps per iteration).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if rounds < 1 || rounds > 50 || iters < 10 || iters > 1000000 || fastIters < 10 || fastIters > 10000000 {
+				return fmt.Errorf("--rounds 1..50, --iters 10..1000000, --untrapped-iters 10..10000000")
+			}
+			rep, err := benchSyscalls(cmd.Context(), rounds, iters, fastIters)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(os.Stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(rep)
+			}
+			fmt.Printf("syscall gate, %s, %d rounds alternating, medians:\n", rep.Accel, rep.Rounds)
+			fmt.Printf("  %-22s %-7s %8s %10s %10s %9s\n", "case", "policy", "iters", "µs/iter", "vs off", "µs/trap")
+			for _, r := range rep.Results {
+				diff, trap := "", ""
+				if r.Base != "" {
+					diff = fmt.Sprintf("%+.1f%%", r.DiffPercent)
+					if r.Traps > 0 {
+						trap = fmt.Sprintf("%.0f", r.PerTrapMicros)
+					}
+				}
+				fmt.Printf("  %-22s %-7s %8d %10.1f %10s %9s\n", r.Name, r.Policy, r.Iters, r.PerIterMicros, diff, trap)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().IntVar(&rounds, "rounds", 5, "rounds; each runs every case once")
+	cmd.Flags().IntVar(&iters, "iters", 1000, "iterations of the loops that trap")
+	cmd.Flags().IntVar(&fastIters, "untrapped-iters", 20000, "iterations of the loops that do not trap")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func benchSyscallCases(iters, fastIters int) []benchSyscallCase {
+	return []benchSyscallCase{
+		{Name: "open, gate off", Policy: "off", Body: "true </etc/hostname", Iters: fastIters},
+		{Name: "open, not trapped", Policy: "execve", Body: "true </etc/hostname", Iters: fastIters, Base: "open, gate off"},
+		{Name: "open, trapped+allowed", Policy: "open", Body: "true </etc/hostname", Iters: iters, Traps: 1, Base: "open, gate off"},
+		{Name: "open, denied", Policy: "open", Body: "true </etc/passwd", Iters: iters, Traps: 1, Base: "open, gate off"},
+		{Name: "cat, gate off", Policy: "off", Body: "cat /etc/hostname", Iters: iters},
+		{Name: "cat, trapped+allowed", Policy: "open", Body: "cat /etc/hostname", Iters: iters, Traps: 1, Base: "cat, gate off"},
+		{Name: "cat, denied", Policy: "open", Body: "cat /etc/passwd", Iters: iters, Traps: 1, Base: "cat, gate off"},
+	}
+}
+
+func benchSyscalls(ctx context.Context, rounds, iters, fastIters int) (*benchSyscallReport, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	tmp, err := os.MkdirTemp("", "gatevisor-bench-sg-*")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
+	files := map[string]string{}
+	for name, src := range benchSyscallPolicies {
+		p := filepath.Join(tmp, name+".policy")
+		if err := os.WriteFile(p, []byte(src), 0o644); err != nil {
+			return nil, err
+		}
+		files[name] = p
+	}
+	name := fmt.Sprintf("bench-sg-%d", os.Getpid())
+	run := exec.CommandContext(ctx, self, "run", "--detach", "--name", name, "--policy", files["off"])
+	run.Stderr = os.Stderr
+	if err := run.Run(); err != nil {
+		return nil, fmt.Errorf("boot the benchmark VM: %w", err)
+	}
+	c, err := clientFor(name)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		_, _ = c.Stop(sctx, api.StopRequest{Force: true})
+		_ = waitGone(sctx, name)
+	}()
+	st, err := c.Status(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rep := &benchSyscallReport{Accel: st.Accel, Rounds: rounds}
+	cases := benchSyscallCases(iters, fastIters)
+	samples := make([][]float64, len(cases))
+	cur := ""
+	for r := 0; r < rounds; r++ {
+		for i, bc := range cases {
+			if bc.Policy != cur {
+				res, err := c.LoadPolicy(ctx, api.PolicyRequest{Path: files[bc.Policy], Source: benchSyscallPolicies[bc.Policy]})
+				if err != nil {
+					return nil, fmt.Errorf("load the %s policy: %w", bc.Policy, err)
+				}
+				if err := checkBenchTraps(bc.Policy, res); err != nil {
+					return nil, err
+				}
+				cur = bc.Policy
+			}
+			secs, err := guestLoop(ctx, c, bc.Body, bc.Iters)
+			if err != nil {
+				return nil, fmt.Errorf("round %d, %s: %w", r+1, bc.Name, err)
+			}
+			samples[i] = append(samples[i], secs)
+			fmt.Fprintf(os.Stderr, "round %d: %-22s %8.3fs\n", r+1, bc.Name, secs)
+		}
+	}
+	perIter := map[string]float64{}
+	for i, bc := range cases {
+		res := benchSyscallResult{benchSyscallCase: bc, Seconds: samples[i], MedianSeconds: median(samples[i])}
+		res.PerIterMicros = res.MedianSeconds / float64(bc.Iters) * 1e6
+		perIter[bc.Name] = res.PerIterMicros
+		if base, ok := perIter[bc.Base]; ok && base > 0 {
+			res.BaselineMicros = base
+			res.DiffPercent = (res.PerIterMicros - base) / base * 100
+			if bc.Traps > 0 {
+				res.PerTrapMicros = (res.PerIterMicros - base) / float64(bc.Traps)
+			}
+		}
+		rep.Results = append(rep.Results, res)
+	}
+	return rep, nil
+}
+
+// checkBenchTraps makes sure a benchmark policy trapped what it should.
+func checkBenchTraps(policy string, res api.PolicyResult) error {
+	want := map[string]string{"off": "", "open": "open", "execve": "execve"}[policy]
+	got := strings.Join(res.Syscalls, ",")
+	if got != want || (want != "" && len(res.Breakpoints) == 0) || (want == "" && len(res.Breakpoints) != 0) {
+		return fmt.Errorf("the %s policy trapped %q with %d breakpoints; want %q", policy, got, len(res.Breakpoints), want)
+	}
+	return nil
+}
+
+// guestLoop runs body iters times in the guest's shell and returns the
+// loop's time by the guest's clock (/proc/uptime, read by the shell's
+// builtin read: no fork, 10 ms resolution).
+func guestLoop(ctx context.Context, c *api.Client, body string, iters int) (float64, error) {
+	script := fmt.Sprintf(`read a x </proc/uptime; i=0; while [ $i -lt %d ]; do %s; i=$((i+1)); done >/dev/null 2>&1; read b x </proc/uptime; echo "$a $b"`, iters, body)
+	res, err := c.Exec(ctx, api.ExecRequest{Argv: []string{"sh", "-c", script}, TimeoutSeconds: 1800})
+	if err != nil {
+		return 0, err
+	}
+	f := strings.Fields(string(res.Stdout))
+	if res.ExitCode != 0 || len(f) != 2 {
+		return 0, fmt.Errorf("loop %q: exit %d, stdout %q, stderr %q", body, res.ExitCode, res.Stdout, res.Stderr)
+	}
+	a, err1 := strconv.ParseFloat(f[0], 64)
+	b, err2 := strconv.ParseFloat(f[1], 64)
+	if err1 != nil || err2 != nil || b < a {
+		return 0, fmt.Errorf("loop %q: bad times %q", body, res.Stdout)
+	}
+	return b - a, nil
+}
