@@ -3,6 +3,7 @@ package monitor
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -297,10 +298,20 @@ func (m *Monitor) onTrap(ctx context.Context, c *gdbrsp.Client, thread int) (boo
 		}
 		out.Decision.Verdict = secserver.Kill
 	}
+	for _, w := range out.MemWrites {
+		var b [8]byte
+		binary.LittleEndian.PutUint64(b[:], w.Value)
+		if err := c.WriteMemory(ctx, w.Addr, b[:]); err != nil {
+			return true, fmt.Errorf("prepare the fault-in of %s's path: %w", out.Event.Op, err)
+		}
+	}
 	for _, w := range out.Writes {
 		if err := c.WriteRegister(ctx, w.Reg, w.Value); err != nil {
 			return true, fmt.Errorf("enforce %s on %s: %w", out.Decision.Verdict, out.Event.Op, err)
 		}
+	}
+	if out.FaultIn {
+		return true, nil // no verdict yet: the call comes back to this trap
 	}
 	if out.Step {
 		if _, err := c.Step(ctx); err != nil {

@@ -46,6 +46,12 @@ type Outcome struct {
 	// Step set needs the first instruction single-stepped instead.
 	Writes []RegWrite
 	Step   bool
+	// MemWrites are stored before Writes are applied.
+	MemWrites []MemWrite
+	// FaultIn says no verdict was reached yet: the vCPU is sent through the
+	// kernel's strnlen_user to fault in the page holding the path, and
+	// comes back to the same breakpoint (see faultIn).
+	FaultIn bool
 	// ReadErr is why part of the event could not be read (the event was
 	// decided with what could).
 	ReadErr error
@@ -58,11 +64,19 @@ type Gate struct {
 	d           Decider
 	ptregs      PtRegsLayout
 	doGroupExit uint64
+	strnlenUser uint64 // 0: no fault-in; unreadable paths fail closed at once
 
 	mu    sync.Mutex // guards the fields below
 	traps map[uint64]Trap
 	skips map[uint64]int // entry no-op length by address, read once (before any int3 under KVM)
+	// pending maps the kernel stack pointer of a call sent to fault in its
+	// path to the pt_regs pointer (rdi) the handler must get back.
+	pending map[uint64]uint64
 }
+
+// maxPending bounds calls in flight through a fault-in (one per task at
+// most; a guest cannot make the table grow without bound).
+const maxPending = 4096
 
 // New prepares a gate for a located kernel.
 func New(k *linux.Kernel, d Decider) (*Gate, error) {
@@ -74,7 +88,11 @@ func New(k *linux.Kernel, d Decider) (*Gate, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gate: the kill action needs do_group_exit: %w", err)
 	}
-	return &Gate{k: k, d: d, ptregs: l, doGroupExit: dge, traps: map[uint64]Trap{}, skips: map[uint64]int{}}, nil
+	g := &Gate{k: k, d: d, ptregs: l, doGroupExit: dge, traps: map[uint64]Trap{}, skips: map[uint64]int{}, pending: map[uint64]uint64{}}
+	if a, err := k.Addr("strnlen_user"); err == nil {
+		g.strnlenUser = a
+	}
+	return g, nil
 }
 
 // Plan resolves the syscalls a policy names to handler addresses. Names
@@ -162,7 +180,66 @@ func (g *Gate) TrapAt(addr uint64) (Trap, bool) {
 // cannot be enforced (the return address is unreadable); the caller then
 // denies with EPERM if it can, and reports the error.
 func (g *Gate) Handle(t Trap, regs Regs) (Outcome, error) {
-	ev, readErr := g.buildEvent(t, regs)
+	saved, retried := g.takePending(regs[RegRSP])
+	if retried {
+		regs = Apply(regs, []RegWrite{{RegRDI, saved}})
+	}
+	ev, readErr, unmapped := g.buildEvent(t, regs)
+	if unmapped != 0 && !retried && g.strnlenUser != 0 {
+		if out, ok := g.faultIn(t, regs, ev, unmapped); ok {
+			return out, nil
+		}
+	}
+	out, err := g.decide(t, regs, ev, readErr)
+	if retried {
+		// The handler gets its pt_regs pointer back (strnlen_user clobbered
+		// rdi); a kill sets rdi again after this.
+		out.Writes = append([]RegWrite{{RegRDI, saved}}, out.Writes...)
+	}
+	return out, err
+}
+
+// faultIn handles a path whose user page is not mapped yet (a fresh fork
+// that has not touched its binary's read-only data, for example): rather
+// than fail closed, it calls the kernel's strnlen_user(path, PATH_MAX) from
+// the handler's entry, with the handler's entry as the return address, so
+// the kernel's own page-fault handling maps the page (or finds the pointer
+// bad) and the vCPU comes back to this breakpoint with the page readable.
+// The handler's entry is an ordinary C call boundary in process context:
+// only rdi (the pt_regs pointer) must survive the call, and Handle puts it
+// back on the second hit. Each call is sent at most once; a path still
+// unreadable then fails closed.
+func (g *Gate) faultIn(t Trap, regs Regs, ev event.Event, ptr uint64) (Outcome, bool) {
+	rsp := regs[RegRSP]
+	g.mu.Lock()
+	if len(g.pending) >= maxPending {
+		g.pending = map[uint64]uint64{}
+	}
+	g.pending[rsp] = regs[RegRDI]
+	g.mu.Unlock()
+	return Outcome{
+		Event:     ev,
+		FaultIn:   true,
+		MemWrites: []MemWrite{{Addr: rsp - 8, Value: t.Addr}},
+		Writes:    []RegWrite{{RegRDI, ptr}, {RegRSI, MaxPath + 1}, {RegRSP, rsp - 8}, {RegRIP, g.strnlenUser}},
+	}, true
+}
+
+// takePending returns and forgets the pt_regs pointer saved for the call
+// whose kernel stack pointer is rsp.
+func (g *Gate) takePending(rsp uint64) (uint64, bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	v, ok := g.pending[rsp]
+	if ok {
+		delete(g.pending, rsp)
+	}
+	return v, ok
+}
+
+// decide asks the security server about ev and turns the verdict into
+// register writes.
+func (g *Gate) decide(t Trap, regs Regs, ev event.Event, readErr error) (Outcome, error) {
 	d := g.d.Decide(&ev)
 	if readErr != nil && d.Allows() {
 		// Fail closed: an event the gate could not read is not allowed.
@@ -193,10 +270,12 @@ func (g *Gate) Handle(t Trap, regs Regs) (Outcome, error) {
 }
 
 // buildEvent reads what the event needs. It always returns an event; the
-// error says what could not be read.
-func (g *Gate) buildEvent(t Trap, regs Regs) (event.Event, error) {
+// error says what could not be read. unmapped is the path pointer when the
+// path was the only thing unreadable and only because its page is not
+// mapped in the task's page tables.
+func (g *Gate) buildEvent(t Trap, regs Regs) (ev event.Event, err error, unmapped uint64) {
 	sc := t.Syscall
-	ev := event.Event{Class: event.ClassSyscall, Op: sc.Op, Time: time.Now().UTC()}
+	ev = event.Event{Class: event.ClassSyscall, Op: sc.Op, Time: time.Now().UTC()}
 	var errs []error
 	var raw [6]uint64
 	pr := make([]byte, g.ptregs.Size)
@@ -238,6 +317,9 @@ func (g *Gate) buildEvent(t Trap, regs Regs) (event.Event, error) {
 	if sc.Path >= 0 {
 		p, err := ReadUserPath(g.userSpace(task, regs), raw[sc.Path])
 		if err != nil {
+			if len(errs) == 0 && errors.Is(err, vmi.ErrNotMapped) {
+				unmapped = raw[sc.Path]
+			}
 			errs = append(errs, err)
 			ev.Path = "" // unreadable: decided as a path that matches no file rule
 		} else {
@@ -252,7 +334,7 @@ func (g *Gate) buildEvent(t Trap, regs Regs) (event.Event, error) {
 			ev.Path = Absolute(p, cwd, dirfd, sc.Dirfd >= 0)
 		}
 	}
-	return ev, errors.Join(errs...)
+	return ev, errors.Join(errs...), unmapped
 }
 
 // userSpace is the trapped task's address space: its mm->pgd, or the

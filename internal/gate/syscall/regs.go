@@ -9,6 +9,7 @@ import (
 const (
 	RegRAX    = "rax"
 	RegRDI    = "rdi"
+	RegRSI    = "rsi"
 	RegRSP    = "rsp"
 	RegRIP    = "rip"
 	RegGSBase = "gs_base"
@@ -22,6 +23,13 @@ type Regs map[string]uint64
 // RegWrite is one register the caller must set before resuming the vCPU.
 type RegWrite struct {
 	Reg   string
+	Value uint64
+}
+
+// MemWrite is one 8-byte little-endian value the caller must store at a
+// kernel virtual address (as the stopped vCPU sees it) before resuming.
+type MemWrite struct {
+	Addr  uint64
 	Value uint64
 }
 
