@@ -184,7 +184,7 @@ func (g *Gate) Handle(t Trap, regs Regs) (Outcome, error) {
 	if retried {
 		regs = Apply(regs, []RegWrite{{RegRDI, saved}})
 	}
-	ev, readErr, unmapped := g.buildEvent(t, regs)
+	ev, unmapped, readErr := g.buildEvent(t, regs)
 	if unmapped != 0 && !retried && g.strnlenUser != 0 {
 		if out, ok := g.faultIn(t, regs, ev, unmapped); ok {
 			return out, nil
@@ -273,7 +273,7 @@ func (g *Gate) decide(t Trap, regs Regs, ev event.Event, readErr error) (Outcome
 // error says what could not be read. unmapped is the path pointer when the
 // path was the only thing unreadable and only because its page is not
 // mapped in the task's page tables.
-func (g *Gate) buildEvent(t Trap, regs Regs) (ev event.Event, err error, unmapped uint64) {
+func (g *Gate) buildEvent(t Trap, regs Regs) (ev event.Event, unmapped uint64, err error) {
 	sc := t.Syscall
 	ev = event.Event{Class: event.ClassSyscall, Op: sc.Op, Time: time.Now().UTC()}
 	var errs []error
@@ -334,7 +334,7 @@ func (g *Gate) buildEvent(t Trap, regs Regs) (ev event.Event, err error, unmappe
 			ev.Path = Absolute(p, cwd, dirfd, sc.Dirfd >= 0)
 		}
 	}
-	return ev, errors.Join(errs...), unmapped
+	return ev, unmapped, errors.Join(errs...)
 }
 
 // userSpace is the trapped task's address space: its mm->pgd, or the
