@@ -26,7 +26,7 @@ type fakeVM struct {
 	stopped  *StopRequest
 	execErr  error
 	lastExec ExecRequest
-	console  []byte
+	console  chan []byte // what the console client typed
 	written  []byte
 }
 
@@ -90,7 +90,9 @@ func (f *fakeVM) AttachConsole(_ context.Context, conn io.ReadWriteCloser, repla
 	_, _ = conn.Write([]byte("login: "))
 	buf := make([]byte, 5)
 	n, _ := io.ReadFull(conn, buf)
-	f.console = buf[:n]
+	if f.console != nil {
+		f.console <- buf[:n]
+	}
 	return nil
 }
 
@@ -248,7 +250,7 @@ func TestErrorMapping(t *testing.T) {
 // TestUnixSocketClient runs the real server on a unix socket and drives it
 // with the client, the console upgrade and the peer-credential check included.
 func TestUnixSocketClient(t *testing.T) {
-	vm := &fakeVM{}
+	vm := &fakeVM{console: make(chan []byte, 1)}
 	s := NewServer(vm)
 	sock := filepath.Join(t.TempDir(), "api.sock")
 	if err := s.Listen(sock); err != nil {
@@ -298,15 +300,25 @@ func TestUnixSocketClient(t *testing.T) {
 		t.Fatalf("console read %q, %v", prompt, err)
 	}
 	_, _ = conn.Write([]byte("root\n"))
-	conn.Close()
-	time.Sleep(50 * time.Millisecond)
-	if string(vm.console) != "root\n" {
-		t.Fatalf("console input reached the VM as %q", vm.console)
+	select {
+	case got := <-vm.console:
+		if string(got) != "root\n" {
+			t.Fatalf("console input reached the VM as %q", got)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("console input never reached the VM")
 	}
+	conn.Close()
 
 	// A caller whose uid is not admitted is refused on every endpoint.
-	s.allowed = func(uint32) bool { return false }
-	if _, err := c.Status(ctx); !IsCode(err, CodeForbidden) {
+	deny := NewServer(vm)
+	deny.allowed = func(uint32) bool { return false }
+	denySock := filepath.Join(t.TempDir(), "deny.sock")
+	if err := deny.Listen(denySock); err != nil {
+		t.Fatal(err)
+	}
+	defer deny.Shutdown(context.Background())
+	if _, err := NewClient(denySock).Status(ctx); !IsCode(err, CodeForbidden) {
 		t.Fatalf("Status from a refused uid: %v, want forbidden", err)
 	}
 }
