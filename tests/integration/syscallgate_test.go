@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -162,7 +163,12 @@ func TestSyscallGate(t *testing.T) {
 	needVM(t)
 	const vm = "sgate"
 	dir := t.TempDir()
-	bootGated(t, vm, repoPolicy(t, "seed-002-syscall.policy"))
+	// A static helper that calls openat with a real directory fd.
+	openat := filepath.Join(dir, "openat")
+	if out, err := exec.Command("gcc", "-static", "-O2", "-o", openat, "testdata/openat.c").CombinedOutput(); err != nil {
+		t.Fatalf("build testdata/openat.c (needs gcc and libc6-dev, which scripts/install-deps installs): %v\n%s", err, out)
+	}
+	bootGated(t, vm, repoPolicy(t, "seed-002-syscall.policy"), "--add", openat+":/usr/bin/openat")
 
 	t.Run("seed policy: exact errno", func(t *testing.T) {
 		r := guestSh(t, vm, "cat /etc/passwd")
@@ -178,6 +184,18 @@ func TestSyscallGate(t *testing.T) {
 		r := guestSh(t, vm, "cat /etc/hostname; cat /etc/group >/dev/null && echo group-ok; echo done")
 		if r.code != 0 || r.stdout != "gatevisor-guest\ngroup-ok\ndone\n" {
 			t.Fatalf("exit %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
+		}
+	})
+	t.Run("path relative to a directory fd", func(t *testing.T) {
+		// openat(open("/etc"), "passwd") is /etc/passwd: the rule must match.
+		if r := guestSh(t, vm, "openat /etc passwd"); r.code != 1 || r.stdout != "openat: Operation not permitted\n" {
+			t.Fatalf("openat /etc passwd: exit %d stdout %q stderr %q; want the rule's EPERM", r.code, r.stdout, r.stderr)
+		}
+		if r := guestSh(t, vm, "openat /etc hostname"); r.code != 0 || !strings.HasPrefix(r.stdout, "read ") {
+			t.Fatalf("openat /etc hostname: exit %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
+		}
+		if r := guestSh(t, vm, "cd /etc && cat passwd"); r.code == 0 || !strings.Contains(r.stderr, "Operation not permitted") {
+			t.Fatalf("cat passwd in /etc: exit %d %q", r.code, r.stderr)
 		}
 	})
 	t.Run("path on a page the process has not mapped yet", func(t *testing.T) {

@@ -323,15 +323,28 @@ func (g *Gate) buildEvent(t Trap, regs Regs) (ev event.Event, unmapped uint64, e
 			errs = append(errs, err)
 			ev.Path = "" // unreadable: decided as a path that matches no file rule
 		} else {
-			cwd := ""
+			// A relative path is relative to the working directory, or to
+			// the directory open as dirfd: resolve both, so that a process
+			// cannot slip past a path rule by opening the directory first.
+			base := ""
 			if len(p) > 0 && p[0] != '/' && taskAddr != 0 {
-				cwd, _ = g.k.Cwd(taskAddr)
+				dirfd := int64(atFDCWD)
+				if sc.Dirfd >= 0 {
+					dirfd = int64(int32(raw[sc.Dirfd]))
+				}
+				var berr error
+				if dirfd == atFDCWD {
+					base, berr = g.k.Cwd(taskAddr)
+				} else {
+					base, berr = g.k.FDPath(taskAddr, int(dirfd))
+				}
+				if berr != nil {
+					// Undecidable: the kernel will resolve it against a
+					// directory the gate cannot name. Fail closed.
+					errs = append(errs, fmt.Errorf("resolve %q against dirfd %d: %w", p, dirfd, berr))
+				}
 			}
-			var dirfd int64
-			if sc.Dirfd >= 0 {
-				dirfd = int64(int32(raw[sc.Dirfd]))
-			}
-			ev.Path = Absolute(p, cwd, dirfd, sc.Dirfd >= 0)
+			ev.Path = Absolute(p, base, atFDCWD, false)
 		}
 	}
 	return ev, unmapped, errors.Join(errs...)
