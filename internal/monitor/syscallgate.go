@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gatevisor/gatevisor/internal/api"
@@ -52,6 +53,8 @@ type syscallGate struct {
 	text  map[uint64][]byte // kernel text at each breakpoint, read before it was set
 
 	cur atomicGate // what the debugger goroutine uses on a hit
+
+	kernelUp atomic.Bool // the kernel has been located: breakpoints can be placed
 }
 
 type atomicGate struct {
@@ -80,12 +83,41 @@ func parseSpec(path string, src []byte) (*policy.Spec, error) {
 	return policy.Load(filepath.Base(path), src, policy.FSResolver(os.DirFS(dir)))
 }
 
-// armGate installs the start policy's breakpoints once the guest is ready:
-// the kernel can be located only once it runs with its own page tables.
+// armGate installs the start policy's breakpoints as soon as the kernel can
+// be located — once it runs with its own page tables, a second or two into
+// boot under TCG and long before init starts: no user process runs
+// unguarded. It tries every 100 ms while the guest boots, and gives up with
+// a notice if the kernel still cannot be located when the guest is ready.
 func (m *Monitor) armGate() {
-	if err := m.WaitReady(context.Background()); err != nil || m.cfg.PolicyFile == "" {
+	if m.cfg.PolicyFile == "" {
 		return
 	}
+	for {
+		select {
+		case <-m.done:
+			return
+		case <-m.stopping():
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+		wasReady := m.guestReady()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		m.intro.mu.Lock()
+		_, err := m.inspector(ctx)
+		m.intro.mu.Unlock()
+		cancel()
+		if m.sg.kernelUp.Load() {
+			return // a policy load got there first; its policy is in force
+		}
+		if err == nil {
+			break
+		}
+		if wasReady {
+			m.logf("syscall gate: %v; the policy's syscall rules are NOT enforced", err)
+			return
+		}
+	}
+	m.sg.kernelUp.Store(true)
 	src, err := os.ReadFile(m.cfg.PolicyFile)
 	if err == nil {
 		err = m.retrap(m.cfg.PolicyFile, src)
@@ -103,8 +135,19 @@ func (m *Monitor) retrap(path string, src []byte) error {
 }
 
 func (m *Monitor) retrapResult(path string, src []byte) (api.PolicyResult, error) {
-	if !m.guestReady() {
-		return api.PolicyResult{}, nil // armGate does it once the guest is up
+	if !m.sg.kernelUp.Load() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		m.intro.mu.Lock()
+		_, err := m.inspector(ctx)
+		m.intro.mu.Unlock()
+		cancel()
+		if err != nil {
+			if m.cfg.PolicyFile != "" && !m.guestReady() {
+				return api.PolicyResult{}, nil // armGate places them once the kernel is located
+			}
+			return api.PolicyResult{}, fmt.Errorf("syscall gate: the guest kernel cannot be located yet: %w", err)
+		}
+		m.sg.kernelUp.Store(true)
 	}
 	spec, err := parseSpec(path, src)
 	if err != nil {

@@ -417,3 +417,24 @@ func TestSyscallGateTwoCPUs(t *testing.T) {
 		t.Fatalf("after the concurrent loops: %q %q", r.stdout, r.stderr)
 	}
 }
+
+// TestSyscallGateArmsBeforeInit boots with a policy that denies opening
+// /etc/hostname: the guest's init script runs `hostname -F /etc/hostname`
+// early in boot, so the denial proves the breakpoints were in place before
+// the first user-space scripts ran (the gate arms as soon as the kernel can
+// be located, not when the guest reports ready).
+func TestSyscallGateArmsBeforeInit(t *testing.T) {
+	needVM(t)
+	const vm = "sg-early"
+	pol := writePolicy(t, t.TempDir(), "early.policy", "open default: allow\n  fileEq(\"/etc/hostname\")\n  deny(EPERM)\n")
+	bootGated(t, vm, pol)
+	if r := guestSh(t, vm, "cat /proc/sys/kernel/hostname"); strings.TrimSpace(r.stdout) != "(none)" {
+		t.Fatalf("hostname %q: the init script's read of /etc/hostname was not denied", r.stdout)
+	}
+	st := status(t, vm)
+	log := filepath.Join(filepath.Dir(st.ConsoleLog), "audit.jsonl")
+	r := gv(t, time.Minute, "audit", "--file", log, "--json")
+	if r.code != 0 || !strings.Contains(r.stdout, `"comm":"hostname"`) || !strings.Contains(r.stdout, "/etc/hostname") {
+		t.Fatalf("audit log has no boot-time deny of hostname's open:\n%s%s", r.stdout, r.stderr)
+	}
+}
