@@ -7,6 +7,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/gatevisor/gatevisor/internal/vmi"
+	"github.com/gatevisor/gatevisor/internal/vmi/linux"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -83,16 +85,22 @@ func parseSpec(path string, src []byte) (*policy.Spec, error) {
 	return policy.Load(filepath.Base(path), src, policy.FSResolver(os.DirFS(dir)))
 }
 
-// armGate installs the start policy's breakpoints as soon as the kernel can
-// be located — once it runs with its own page tables, a second or two into
-// boot under TCG and long before init starts: no user process runs
-// unguarded. It tries every 100 ms while the guest boots, and gives up with
-// a notice if the kernel still cannot be located when the guest is ready.
+// armGate installs the start policy's breakpoints as early as is safe: the
+// kernel must be located (KASLR; once it runs with its own page tables) and
+// done patching its own text (alternatives, jump labels, then read-only
+// text), which it is when system_state reaches SYSTEM_RUNNING, just before
+// it starts init. Before that, recorded text would go stale and, under KVM,
+// an int3 could be overwritten by the kernel's patching. The state is polled
+// through the RAM mapping every few milliseconds, without pausing the guest,
+// so the breakpoints are in place before init's first system calls. It gives
+// up with a notice if the kernel still cannot be located when the guest is
+// ready.
 func (m *Monitor) armGate() {
 	if m.cfg.PolicyFile == "" {
 		return
 	}
-	for {
+	var k *linux.Kernel
+	for k == nil {
 		select {
 		case <-m.done:
 			return
@@ -103,18 +111,35 @@ func (m *Monitor) armGate() {
 		wasReady := m.guestReady()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		m.intro.mu.Lock()
-		_, err := m.inspector(ctx)
+		insp, err := m.inspector(ctx)
 		m.intro.mu.Unlock()
 		cancel()
 		if m.sg.kernelUp.Load() {
 			return // a policy load got there first; its policy is in force
 		}
 		if err == nil {
+			k = insp.K
 			break
 		}
 		if wasReady {
 			m.logf("syscall gate: %v; the policy's syscall rules are NOT enforced", err)
 			return
+		}
+	}
+	if va, err := k.Addr("system_state"); err == nil {
+		// A private address space: the IDS's translation cache is not for
+		// concurrent use.
+		as := vmi.NewAddressSpace(k.Mem, k.AS.CR3, 0)
+		as.LA57 = k.AS.LA57
+		for deadline := time.Now().Add(5 * time.Minute); time.Now().Before(deadline); {
+			if st, err := vmi.ReadU32(as, va); err == nil && st >= systemRunning {
+				break
+			}
+			select {
+			case <-m.done:
+				return
+			case <-time.After(2 * time.Millisecond):
+			}
 		}
 	}
 	m.sg.kernelUp.Store(true)
@@ -126,6 +151,10 @@ func (m *Monitor) armGate() {
 		m.logf("syscall gate: %v; the policy's syscall rules are NOT enforced", err)
 	}
 }
+
+// systemRunning is SYSTEM_RUNNING in the kernel's enum system_states: set
+// by kernel_init after it made kernel text read-only, right before init.
+const systemRunning = 3
 
 // retrap moves the breakpoints to those the policy names. ReloadPolicy
 // calls it after the security server took the policy.
