@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/gatevisor/gatevisor/internal/accel"
+	"github.com/gatevisor/gatevisor/internal/api"
 	"github.com/gatevisor/gatevisor/internal/guestexec"
 	"github.com/gatevisor/gatevisor/internal/kit"
 	"github.com/gatevisor/gatevisor/internal/monitor"
@@ -269,4 +270,29 @@ func median(v []float64) float64 {
 		return s[len(s)/2]
 	}
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// bootBenchVM starts `gatevisor run --detach --name name args...` with this
+// binary and returns its API client and a function that stops it.
+func bootBenchVM(ctx context.Context, name string, args ...string) (*api.Client, func(), error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, nil, err
+	}
+	run := exec.CommandContext(ctx, self, append([]string{"run", "--detach", "--name", name}, args...)...)
+	run.Stderr = os.Stderr
+	if err := run.Run(); err != nil {
+		return nil, nil, fmt.Errorf("boot the benchmark VM: %w", err)
+	}
+	c, err := clientFor(name)
+	if err != nil {
+		return nil, nil, err
+	}
+	stop := func() {
+		sctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		_, _ = c.Stop(sctx, api.StopRequest{Force: true})
+		_ = waitGone(sctx, name)
+	}
+	return c, stop, nil
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"strconv"
 	"time"
 
@@ -94,26 +93,11 @@ func benchIDS(ctx context.Context, procs, rounds int) (*idsBenchReport, error) {
 	}
 	rep.ProfileLoadSecs = time.Since(start).Seconds()
 
-	self, err := os.Executable()
+	c, stop, err := bootBenchVM(ctx, fmt.Sprintf("bench-ids-%d", os.Getpid()), "--mem", "512M")
 	if err != nil {
 		return nil, err
 	}
-	name := fmt.Sprintf("bench-ids-%d", os.Getpid())
-	run := exec.CommandContext(ctx, self, "run", "--detach", "--name", name, "--mem", "512M")
-	run.Stderr = os.Stderr
-	if err := run.Run(); err != nil {
-		return nil, fmt.Errorf("boot the benchmark VM: %w", err)
-	}
-	c, err := clientFor(name)
-	if err != nil {
-		return nil, err
-	}
-	defer func() {
-		sctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		_, _ = c.Stop(sctx, api.StopRequest{Force: true})
-		_ = waitGone(sctx, name)
-	}()
+	defer stop()
 	if procs > 0 {
 		script := "i=0; while [ $i -lt " + strconv.Itoa(procs) + " ]; do sleep 100000 </dev/null >/dev/null 2>&1 & i=$((i+1)); done"
 		res, err := c.Exec(ctx, api.ExecRequest{Argv: []string{"sh", "-c", script}, TimeoutSeconds: 600})

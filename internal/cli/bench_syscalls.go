@@ -5,11 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -126,10 +124,6 @@ func benchSyscallCases(iters, fastIters int) []benchSyscallCase {
 }
 
 func benchSyscalls(ctx context.Context, rounds, iters, fastIters int) (*benchSyscallReport, error) {
-	self, err := os.Executable()
-	if err != nil {
-		return nil, err
-	}
 	tmp, err := os.MkdirTemp("", "gatevisor-bench-sg-*")
 	if err != nil {
 		return nil, err
@@ -144,21 +138,11 @@ func benchSyscalls(ctx context.Context, rounds, iters, fastIters int) (*benchSys
 		files[name] = p
 	}
 	name := fmt.Sprintf("bench-sg-%d", os.Getpid())
-	run := exec.CommandContext(ctx, self, "run", "--detach", "--name", name, "--policy", files["off"])
-	run.Stderr = os.Stderr
-	if err := run.Run(); err != nil {
-		return nil, fmt.Errorf("boot the benchmark VM: %w", err)
-	}
-	c, err := clientFor(name)
+	c, stop, err := bootBenchVM(ctx, name, "--policy", files["off"])
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		sctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		_, _ = c.Stop(sctx, api.StopRequest{Force: true})
-		_ = waitGone(sctx, name)
-	}()
+	defer stop()
 	st, err := c.Status(ctx)
 	if err != nil {
 		return nil, err
