@@ -3,16 +3,13 @@ package linux
 import (
 	"context"
 	"encoding/binary"
-	"errors"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/gatevisor/gatevisor/internal/kit"
 	"github.com/gatevisor/gatevisor/internal/vmi"
 	"golang.org/x/arch/x86/x86asm"
 )
@@ -28,19 +25,9 @@ import (
 //
 // With GATEVISOR_KEEP_DUMP=FILE the dump is kept for the benchmarks.
 func TestRealKernelSyscallsAndSockets(t *testing.T) {
-	qemu, err := exec.LookPath("qemu-system-x86_64")
-	if err != nil {
-		t.Skip("qemu-system-x86_64 not found: install it (apt-get install qemu-system-x86) to run the real-kernel test")
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
-	kt, err := kit.EnsureDefault(ctx, kit.Options{})
-	if errors.Is(err, kit.ErrNoApt) {
-		t.Skipf("apt-get not found, so the default kit cannot be built: %v", err)
-	}
-	if err != nil {
-		t.Fatalf("kit: %v", err)
-	}
+	qemu, kt := realKernelKit(ctx, t)
 	dir := t.TempDir()
 	dumpPath := filepath.Join(dir, "guest.elf")
 	bootAndDump(ctx, t, qemu, kt, dir, dumpPath)

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -38,17 +37,7 @@ func bootObjGuest(ctx context.Context, t *testing.T, memMiB int) (*objGuest, *ki
 	if testing.Short() {
 		t.Skip("boots a VM under QEMU; skipped with -short")
 	}
-	qemu, err := exec.LookPath("qemu-system-x86_64")
-	if err != nil {
-		t.Skip("qemu-system-x86_64 not found: install it (apt-get install qemu-system-x86) to run the real-kernel test")
-	}
-	k, err := kit.EnsureDefault(ctx, kit.Options{})
-	if errors.Is(err, kit.ErrNoApt) {
-		t.Skipf("apt-get not found, so the default kit cannot be built: %v", err)
-	}
-	if err != nil {
-		t.Fatalf("kit: %v", err)
-	}
+	qemu, k := realKernelKit(ctx, t)
 	g := &objGuest{t: t, dir: t.TempDir()}
 	g.qmp = filepath.Join(g.dir, "qmp.sock")
 	g.serial = filepath.Join(g.dir, "serial.log")

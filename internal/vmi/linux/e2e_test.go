@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -23,19 +22,9 @@ import (
 // banner through the kernel's KASLR'd virtual address, init_task's comm via
 // BTF offsets, the task list, and the syscall table via kallsyms.
 func TestRealKernelDump(t *testing.T) {
-	qemu, err := exec.LookPath("qemu-system-x86_64")
-	if err != nil {
-		t.Skip("qemu-system-x86_64 not found: install it (apt-get install qemu-system-x86) to run the real-kernel test")
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
-	k, err := kit.EnsureDefault(ctx, kit.Options{})
-	if errors.Is(err, kit.ErrNoApt) {
-		t.Skipf("apt-get not found, so the default kit cannot be built: %v", err)
-	}
-	if err != nil {
-		t.Fatalf("kit: %v", err)
-	}
+	qemu, k := realKernelKit(ctx, t)
 
 	dir := t.TempDir()
 	dumpPath := filepath.Join(dir, "guest.elf")
