@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"sync"
 	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
 // DHCP message types (RFC 2132 option 53).
@@ -143,4 +145,31 @@ func (d *DHCPServer) Handle(req []byte) []byte {
 		}
 	}
 	return append(out, 255)
+}
+
+// DHCPReplyFrame answers frame f when it carries a DHCP request (an IPv4
+// UDP datagram to port 67, not fragmented) with d's reply, broadcast from
+// srvMAC and d.Server; it returns nil for every other frame.
+func DHCPReplyFrame(d *DHCPServer, srvMAC MAC, f []byte) []byte {
+	eth := header.Ethernet(f)
+	if len(f) < header.EthernetMinimumSize+header.IPv4MinimumSize+header.UDPMinimumSize || eth.Type() != header.IPv4ProtocolNumber {
+		return nil
+	}
+	ip := header.IPv4(f[header.EthernetMinimumSize:])
+	if !ip.IsValid(len(ip)) || ip.TransportProtocol() != header.UDPProtocolNumber || ip.More() || ip.FragmentOffset() != 0 {
+		return nil
+	}
+	ip = ip[:ip.TotalLength()]
+	if len(ip)-int(ip.HeaderLength()) < header.UDPMinimumSize {
+		return nil
+	}
+	u := header.UDP(ip[ip.HeaderLength():])
+	if u.DestinationPort() != 67 || int(u.Length()) > len(u) || u.Length() < header.UDPMinimumSize {
+		return nil
+	}
+	payload := d.Handle(u[header.UDPMinimumSize:u.Length()])
+	if payload == nil {
+		return nil
+	}
+	return BuildUDP(srvMAC, Broadcast, netip.AddrPortFrom(d.Server, 67), netip.AddrPortFrom(netip.AddrFrom4([4]byte{255, 255, 255, 255}), 68), payload)
 }

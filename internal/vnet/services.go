@@ -16,7 +16,6 @@ import (
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
-	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
 	"gvisor.dev/gvisor/pkg/tcpip/link/ethernet"
 	"gvisor.dev/gvisor/pkg/tcpip/network/arp"
@@ -134,25 +133,7 @@ func (s *Services) deliver(frames [][]byte) {
 }
 
 // dhcpReply answers a DHCP request frame, or returns nil if f is not one.
-func (s *Services) dhcpReply(f []byte) []byte {
-	eth := header.Ethernet(f)
-	if len(f) < header.EthernetMinimumSize+header.IPv4MinimumSize+header.UDPMinimumSize || eth.Type() != header.IPv4ProtocolNumber {
-		return nil
-	}
-	ip := header.IPv4(f[header.EthernetMinimumSize:])
-	if !ip.IsValid(len(ip)) || ip.TransportProtocol() != header.UDPProtocolNumber || ip.More() || ip.FragmentOffset() != 0 {
-		return nil
-	}
-	u := header.UDP(ip[ip.HeaderLength():])
-	if u.DestinationPort() != 67 || int(u.Length()) > len(u) || u.Length() < header.UDPMinimumSize {
-		return nil
-	}
-	payload := s.dhcp.Handle(u[header.UDPMinimumSize:u.Length()])
-	if payload == nil {
-		return nil
-	}
-	return BuildUDP(ServicesMAC, Broadcast, netip.AddrPortFrom(GatewayAddr, 67), netip.AddrPortFrom(netip.AddrFrom4([4]byte{255, 255, 255, 255}), 68), payload)
-}
+func (s *Services) dhcpReply(f []byte) []byte { return DHCPReplyFrame(s.dhcp, ServicesMAC, f) }
 
 // outbound moves the stack's frames to the switch, in batches.
 func (s *Services) outbound() {

@@ -184,6 +184,19 @@ func FuzzDHCP(f *testing.F) {
 	})
 }
 
+func FuzzDHCPReplyFrame(f *testing.F) {
+	mac := MAC{0x52, 0x54, 0, 9, 9, 9}
+	f.Add(BuildUDP(mac, Broadcast, netip.MustParseAddrPort("0.0.0.0:68"), netip.MustParseAddrPort("255.255.255.255:67"), dhcpMsg(mac, dhcpDiscover, netip.Addr{})))
+	// IHL 60 in a 62-byte packet: 2 bytes where the UDP header should be.
+	short := BuildUDP(mac, Broadcast, netip.MustParseAddrPort("0.0.0.0:68"), netip.MustParseAddrPort("255.255.255.255:67"), make([]byte, 34))
+	short[14] = 0x4f
+	f.Add(short)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		d := &DHCPServer{Server: GatewayAddr, Mask: netip.MustParseAddr("255.255.255.0"), First: FirstLease, Last: LastLease}
+		DHCPReplyFrame(d, ServicesMAC, b)
+	})
+}
+
 func TestDNS(t *testing.T) {
 	zone := map[string]netip.Addr{"host.gatevisor": GatewayAddr}
 	q := func(name string) []byte {
