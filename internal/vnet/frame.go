@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 )
 
 // MaxFrame is the largest frame the codec accepts. QEMU's stream netdev
@@ -18,6 +19,14 @@ const MaxFrame = 65535
 // MinFrame is the smallest frame worth switching: an Ethernet header.
 const MinFrame = 14
 
+// maxSkip is the longest frame the reader skips instead of failing. A guest
+// can make its driver send frames longer than MaxFrame (virtio-net accepts
+// an MTU of 65535, hence 65549-byte frames) and QEMU passes them on with a
+// correct length prefix, so the stream is still in step: such a frame is
+// counted and skipped, and the guest's link stays up. A length beyond
+// maxSkip cannot come from a driver and means the stream is out of step.
+const maxSkip = 1 << 20
+
 // ErrFrameLength means a length prefix was out of range; the stream cannot
 // be resynchronized and must be closed.
 var ErrFrameLength = errors.New("vnet: frame length out of range")
@@ -27,6 +36,9 @@ var ErrFrameLength = errors.New("vnet: frame length out of range")
 type FrameReader struct {
 	r   *bufio.Reader
 	hdr [4]byte
+
+	// Oversized counts frames longer than MaxFrame that were skipped.
+	Oversized atomic.Uint64
 }
 
 // NewFrameReader returns a reader over r.
@@ -34,14 +46,28 @@ func NewFrameReader(r io.Reader) *FrameReader {
 	return &FrameReader{r: bufio.NewReaderSize(r, 256<<10)}
 }
 
-// ReadFrame reads one frame into a new slice.
+// ReadFrame reads one frame into a new slice, skipping frames longer than
+// MaxFrame (see maxSkip).
 func (f *FrameReader) ReadFrame() ([]byte, error) {
-	if _, err := io.ReadFull(f.r, f.hdr[:]); err != nil {
-		return nil, err
-	}
-	n := binary.BigEndian.Uint32(f.hdr[:])
-	if n > MaxFrame {
-		return nil, fmt.Errorf("%w: %d bytes", ErrFrameLength, n)
+	var n uint32
+	for {
+		if _, err := io.ReadFull(f.r, f.hdr[:]); err != nil {
+			return nil, err
+		}
+		n = binary.BigEndian.Uint32(f.hdr[:])
+		if n <= MaxFrame {
+			break
+		}
+		if n > maxSkip {
+			return nil, fmt.Errorf("%w: %d bytes", ErrFrameLength, n)
+		}
+		if _, err := f.r.Discard(int(n)); err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, err
+		}
+		f.Oversized.Add(1)
 	}
 	b := make([]byte, n)
 	if _, err := io.ReadFull(f.r, b); err != nil {

@@ -101,6 +101,15 @@ func TestFrameCodec(t *testing.T) {
 	if _, err := NewFrameReader(bytes.NewReader(bad)).ReadFrame(); err == nil {
 		t.Fatal("huge length accepted")
 	}
+	// A frame longer than MaxFrame (a guest with a 65535-byte MTU) is
+	// skipped and counted; the next frame is read.
+	long := binary.BigEndian.AppendUint32(nil, MaxFrame+14)
+	long = append(long, make([]byte, MaxFrame+14)...)
+	long = append(binary.BigEndian.AppendUint32(long, 3), "abc"...)
+	lr := NewFrameReader(bytes.NewReader(long))
+	if b, err := lr.ReadFrame(); err != nil || string(b) != "abc" || lr.Oversized.Load() != 1 {
+		t.Fatalf("after an oversized frame: %q, %v, oversized %d", b, err, lr.Oversized.Load())
+	}
 	// A truncated frame is an error.
 	tr := append(binary.BigEndian.AppendUint32(nil, 10), 1, 2)
 	if _, err := NewFrameReader(bytes.NewReader(tr)).ReadFrame(); err == nil {
