@@ -48,6 +48,36 @@ type Status struct {
 	BootSeconds float64    `json:"boot_seconds,omitempty"`
 	RuntimeDir  string     `json:"runtime_dir"`
 	ConsoleLog  string     `json:"console_log,omitempty"`
+	Net         *NetStatus `json:"net,omitempty"` // nil without a network
+}
+
+// NetStatus is the guest network and its gate's counters.
+type NetStatus struct {
+	Mode    string `json:"mode"`              // isolated, user or tap
+	Network string `json:"network,omitempty"` // isolated: the network's name
+	Tap     string `json:"tap,omitempty"`     // tap: the interface
+	// OversizedFrames counts frames from the guest too long for the frame
+	// codec; they are skipped before the gate.
+	OversizedFrames uint64        `json:"oversized_frames"`
+	Gate            *NetGateStats `json:"gate,omitempty"` // nil without the gate (benchmarks only)
+	// NAT holds the user-mode network's counters.
+	NAT map[string]uint64 `json:"nat,omitempty"`
+}
+
+// NetGateStats are the network gate's counters.
+type NetGateStats struct {
+	Frames       uint64 `json:"frames"`
+	Forwarded    uint64 `json:"forwarded"`
+	Dropped      uint64 `json:"dropped"`
+	Refused      uint64 `json:"refused"` // malformed: a subset of dropped
+	Resets       uint64 `json:"resets"`
+	NewFlows     uint64 `json:"new_flows"`
+	Allowed      uint64 `json:"allowed"`
+	Denied       uint64 `json:"denied"`
+	Unattributed uint64 `json:"unattributed"`
+	Flows        int    `json:"flows"`
+	// DropReasons counts dropped frames by reason.
+	DropReasons map[string]uint64 `json:"drop_reasons"`
 }
 
 // StopRequest asks the VM to shut down.

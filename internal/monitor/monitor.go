@@ -514,6 +514,7 @@ func (m *Monitor) Status(ctx context.Context) api.Status {
 	if m.proc != nil {
 		st.QEMUPID = m.proc.Pid()
 	}
+	st.Net = m.netStatus()
 	if running {
 		qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		if qs, err := m.qmp.QueryStatus(qctx); err == nil {

@@ -11,8 +11,10 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/gatevisor/gatevisor/internal/api"
 	"github.com/gatevisor/gatevisor/internal/event"
 	gatenet "github.com/gatevisor/gatevisor/internal/gate/net"
 	"github.com/gatevisor/gatevisor/internal/qemu"
@@ -62,7 +64,10 @@ func ParseNet(s string) (NetOptions, error) {
 		}
 		return NetOptions{Mode: NetTap, TapIf: arg}, nil
 	case NetUser:
-		return NetOptions{}, fmt.Errorf("--net user (NAT through gvisor-tap-vsock) is not built yet: use --net isolated")
+		if arg != "" {
+			return NetOptions{}, fmt.Errorf("--net user takes no argument")
+		}
+		return NetOptions{Mode: NetUser}, nil
 	}
 	return NetOptions{}, fmt.Errorf("--net %q: use isolated[:NAME], user or tap:IF", s)
 }
@@ -78,7 +83,9 @@ func guestMAC(name string) [6]byte {
 type netState struct {
 	ln      net.Listener
 	network *vnet.Network
+	nat     *vnet.NAT
 	tap     *os.File
+	reader  *vnet.FrameReader // the guest's frames; set before QEMU connects
 	gate    *gatenet.Gate
 	guestW  *vnet.FrameWriter
 	attr    *attributor
@@ -116,38 +123,53 @@ func (m *Monitor) startNet(qcfg *qemu.Config) error {
 			_ = w.WriteFrames(b)
 		}
 	}
-	var toNet func([][]byte)
-	fromNet := toGuest
-	switch o.Mode {
-	case NetIsolated:
-		root, err := rootDir(m.dir.Path)
-		if err != nil {
-			return err
+	// The backend is created after the gate, and may deliver frames as
+	// soon as it exists (a member's switch floods; a tap reads at once):
+	// the gate is in place first, and its way out is bound once the
+	// backend is, dropping until then.
+	var backend atomic.Pointer[func([][]byte)]
+	toNet := func(b [][]byte) {
+		if send := backend.Load(); send != nil {
+			(*send)(b)
 		}
-		ns.network, err = vnet.Join(root, o.Network, func(b [][]byte) { fromNet(b) }, m.logf)
-		if err != nil {
-			return err
-		}
-		toNet = ns.network.Send
-	case NetTap:
-		f, err := vnet.OpenTap(o.TapIf)
-		if err != nil {
-			return err
-		}
-		ns.tap = f
-		toNet = func(b [][]byte) {
-			for _, fr := range b {
-				_, _ = f.Write(fr)
-			}
-		}
-		go vnet.ReadTap(f, func(b [][]byte) { fromNet(b) })
 	}
+	fromNet := toGuest
 	if !o.NoGate {
 		ns.attr = &attributor{m: m}
 		ns.gate = gatenet.New(gatenet.Config{Decider: sec, Seq: sec.Seq, Attributor: ns.attr, GuestMAC: mac,
 			ToNet: toNet, ToGuest: toGuest, OnDecision: m.onNetDecision})
 		fromNet = ns.gate.Ingress
 	}
+	var send func([][]byte)
+	switch o.Mode {
+	case NetIsolated:
+		root, err := rootDir(m.dir.Path)
+		if err != nil {
+			return err
+		}
+		if ns.network, err = vnet.Join(root, o.Network, fromNet, m.logf); err != nil {
+			return err
+		}
+		send = ns.network.Send
+	case NetUser:
+		if ns.nat, err = vnet.NewNAT(vnet.NATConfig{Deliver: fromNet, Logf: m.logf}); err != nil {
+			return err
+		}
+		send = ns.nat.Send
+	case NetTap:
+		f, err := vnet.OpenTap(o.TapIf)
+		if err != nil {
+			return err
+		}
+		ns.tap = f
+		send = func(b [][]byte) {
+			for _, fr := range b {
+				_, _ = f.Write(fr)
+			}
+		}
+		go vnet.ReadTap(f, fromNet)
+	}
+	backend.Store(&send)
 	go m.serveNIC(ns, toNet)
 	qcfg.ExtraArgs = append(qcfg.ExtraArgs,
 		"-netdev", "stream,id=gvnet0,server=off,addr.type=unix,addr.path="+sock,
@@ -167,10 +189,10 @@ func (m *Monitor) serveNIC(ns *netState, toNet func([][]byte)) {
 		return
 	}
 	ns.ln.Close()
-	ns.mu.Lock()
-	ns.conn, ns.guestW = c, vnet.NewFrameWriter(c)
-	ns.mu.Unlock()
 	r := vnet.NewFrameReader(c)
+	ns.mu.Lock()
+	ns.conn, ns.guestW, ns.reader = c, vnet.NewFrameWriter(c), r
+	ns.mu.Unlock()
 	var batch [][]byte
 	for {
 		batch, err = r.ReadBatch(batch[:0], 64)
@@ -205,6 +227,9 @@ func (m *Monitor) stopNet() {
 		}
 		if ns.network != nil {
 			ns.network.Close()
+		}
+		if ns.nat != nil {
+			ns.nat.Close()
 		}
 		if ns.tap != nil {
 			ns.tap.Close()
@@ -247,6 +272,31 @@ func (m *Monitor) NetStats() *gatenet.Stats {
 	return &s
 }
 
+// netStatus is the network part of the API status (nil without --net).
+func (m *Monitor) netStatus() *api.NetStatus {
+	ns, o := m.net, m.cfg.Net
+	if ns == nil {
+		return nil
+	}
+	st := &api.NetStatus{Mode: o.Mode, Network: o.Network, Tap: o.TapIf}
+	ns.mu.Lock()
+	if ns.reader != nil {
+		st.OversizedFrames = ns.reader.Oversized.Load()
+	}
+	ns.mu.Unlock()
+	if g := m.NetStats(); g != nil {
+		st.Gate = &api.NetGateStats{Frames: g.Frames, Forwarded: g.Forwarded, Dropped: g.Dropped, Refused: g.Refused, Resets: g.Resets,
+			NewFlows: g.NewFlows, Allowed: g.Allowed, Denied: g.Denied, Unattributed: g.Unattributed, Flows: g.Flows, DropReasons: g.DropReasons}
+	}
+	if ns.nat != nil {
+		n := ns.nat.Stats()
+		st.NAT = map[string]uint64{"frames": n.Frames, "frames_to_guest": n.FramesToGuest, "dhcp_replies": n.DHCPReplies,
+			"tcp_forwarded": n.TCPForwarded, "tcp_refused": n.TCPRefused, "udp_forwarded": n.UDPForwarded, "udp_refused": n.UDPRefused,
+			"blocked": n.Blocked, "dns_queries": n.DNSQueries, "dns_resolved": n.DNSResolved, "dropped": n.Dropped}
+	}
+	return st
+}
+
 // attributor finds the guest process behind a flow from the guest kernel's
 // socket and task lists, read live from guest RAM.
 type attributor struct {
@@ -267,14 +317,14 @@ func (a *attributor) Attribute(ctx context.Context, q gatenet.Query) (event.Subj
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if time.Since(a.at) < snapshotTTL {
-		if s, ok := a.match(q); ok {
+		if s, ok := a.match(q, false); ok {
 			return s, nil
 		}
 	}
 	if err := a.refresh(ctx); err != nil {
 		return event.Subject{}, err
 	}
-	if s, ok := a.match(q); ok {
+	if s, ok := a.match(q, true); ok {
 		return s, nil
 	}
 	return event.Subject{}, gatenet.ErrNotFound
@@ -307,9 +357,16 @@ func (a *attributor) refresh(ctx context.Context) error {
 	return nil
 }
 
-// match finds the socket owning q's guest end.
+// match finds the socket owning q's guest end. An older snapshot (fresh
+// false) answers only what it can answer for sure: an outbound flow whose
+// socket matches the peer too, or an inbound one to a listener. With fresh
+// set (a snapshot just taken), a UDP flow no socket explains is attributed
+// to the only process holding a packet socket; never from an older
+// snapshot, which lacks the sockets opened since (a stale walk once gave an
+// nc connect to udhcpc), and never for TCP or ICMP, which no legitimate
+// guest program sends through a packet socket.
 // Preconditions: a.mu held.
-func (a *attributor) match(q gatenet.Query) (event.Subject, bool) {
+func (a *attributor) match(q gatenet.Query, fresh bool) (event.Subject, bool) {
 	best, score := -1, 0
 	lport := int(q.Local.Port())
 	for i, s := range a.socks {
@@ -360,7 +417,15 @@ func (a *attributor) match(q gatenet.Query) (event.Subject, bool) {
 			best, score = i, sc
 		}
 	}
+	if !fresh && q.Dir == event.DirOut && score < 3 {
+		// Only a port matched: in an older snapshot that may be a closed
+		// socket whose port a new one reuses.
+		best = -1
+	}
 	if best < 0 {
+		if !fresh || q.Proto != "udp" {
+			return event.Subject{}, false
+		}
 		// Frames from a packet socket (busybox udhcpc before it has a lease)
 		// carry any header: attribute them to the only process holding one.
 		holder := -1

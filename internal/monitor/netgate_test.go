@@ -1,0 +1,77 @@
+package monitor
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/gatevisor/gatevisor/internal/event"
+	gatenet "github.com/gatevisor/gatevisor/internal/gate/net"
+	"github.com/gatevisor/gatevisor/internal/vmi/linux"
+)
+
+func TestParseNet(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want NetOptions
+		err  bool
+	}{
+		{"", NetOptions{}, false},
+		{"none", NetOptions{}, false},
+		{"isolated", NetOptions{Mode: NetIsolated, Network: "default"}, false},
+		{"isolated:lab-1", NetOptions{Mode: NetIsolated, Network: "lab-1"}, false},
+		{"isolated:Bad/Name", NetOptions{}, true},
+		{"user", NetOptions{Mode: NetUser}, false},
+		{"user:x", NetOptions{}, true},
+		{"tap:gvtap0", NetOptions{Mode: NetTap, TapIf: "gvtap0"}, false},
+		{"tap:", NetOptions{}, true},
+		{"tap:a-name-longer-than-15", NetOptions{}, true},
+		{"bridge", NetOptions{}, true},
+	} {
+		t.Run(tc.in, func(t *testing.T) {
+			got, err := ParseNet(tc.in)
+			if (err != nil) != tc.err || got != tc.want {
+				t.Fatalf("ParseNet(%q) = %+v, %v; want %+v, error %v", tc.in, got, err, tc.want, tc.err)
+			}
+		})
+	}
+}
+
+// TestAttributorMatch: sockets explain flows by port and peer; the
+// packet-socket holder explains only UDP, and only from a fresh snapshot.
+func TestAttributorMatch(t *testing.T) {
+	a := &attributor{
+		socks: []linux.Socket{
+			{Family: "packet", Proto: "packet", PID: 90},
+			{Family: "inet", Proto: "tcp", LocalPort: 80, State: "LISTEN", PID: 100},
+			{Family: "inet", Proto: "tcp", LocalPort: 40000, RemoteAddr: "10.0.2.2", RemotePort: 7, State: "SYN_SENT", PID: 101},
+			{Family: "inet", Proto: "udp", LocalPort: 5353, PID: 102},
+		},
+		tasks: map[int]linux.Task{
+			90: {PID: 90, Comm: "udhcpc"}, 100: {PID: 100, Comm: "httpd"}, 101: {PID: 101, Comm: "nc"}, 102: {PID: 102, Comm: "mdns"},
+		},
+	}
+	ap := netip.MustParseAddrPort
+	for _, tc := range []struct {
+		name  string
+		q     gatenet.Query
+		fresh bool
+		want  string // comm, "" for no match
+	}{
+		{"inbound to a listener", gatenet.Query{Proto: "tcp", Dir: event.DirIn, Local: ap("10.0.2.15:80"), Remote: ap("10.0.2.16:5000")}, false, "httpd"},
+		{"outbound by local port and peer", gatenet.Query{Proto: "tcp", Dir: event.DirOut, Local: ap("10.0.2.15:40000"), Remote: ap("10.0.2.2:7")}, false, "nc"},
+		{"udp by local port, stale: walk again", gatenet.Query{Proto: "udp", Dir: event.DirOut, Local: ap("10.0.2.15:5353"), Remote: ap("224.0.0.251:5353")}, false, ""},
+		{"udp by local port, fresh", gatenet.Query{Proto: "udp", Dir: event.DirOut, Local: ap("10.0.2.15:5353"), Remote: ap("224.0.0.251:5353")}, true, "mdns"},
+		{"outbound port reused, stale: walk again", gatenet.Query{Proto: "tcp", Dir: event.DirOut, Local: ap("10.0.2.15:40000"), Remote: ap("10.0.2.3:80")}, false, ""},
+		{"unknown tcp, stale", gatenet.Query{Proto: "tcp", Dir: event.DirOut, Local: ap("10.0.2.15:41000"), Remote: ap("10.0.2.2:7")}, false, ""},
+		{"unknown tcp, fresh: never the packet socket", gatenet.Query{Proto: "tcp", Dir: event.DirOut, Local: ap("10.0.2.15:41000"), Remote: ap("10.0.2.2:7")}, true, ""},
+		{"dhcp, stale", gatenet.Query{Proto: "udp", Dir: event.DirOut, Local: ap("0.0.0.0:68"), Remote: ap("255.255.255.255:67")}, false, ""},
+		{"dhcp, fresh: the packet socket", gatenet.Query{Proto: "udp", Dir: event.DirOut, Local: ap("0.0.0.0:68"), Remote: ap("255.255.255.255:67")}, true, "udhcpc"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, ok := a.match(tc.q, tc.fresh)
+			if got := map[bool]string{true: s.Comm, false: ""}[ok]; got != tc.want {
+				t.Fatalf("match = %q (ok %v), want %q", got, ok, tc.want)
+			}
+		})
+	}
+}
