@@ -12,6 +12,12 @@
 //     or checksums, fragments, IPv6, VLAN tags, other protocols).
 //   - verdicts: Accept (forward), Drop, Reject (a TCP RST to the sender)
 //     and Hold (the first packet of a flow waits for its decision).
+//   - anti-spoofing: from the guest, the Ethernet source and an ARP
+//     packet's sender address must be the guest's MAC (Config.GuestMAC).
+//     Source IPv4 addresses are not checked yet (the gate does not know
+//     the guest's address); flows are keyed and attributed by what the
+//     guest's kernel holds, so a spoofed source finds no socket and is
+//     unattributed.
 //
 // Pipeline, per batch of frames (one lock acquisition per batch):
 //

@@ -224,6 +224,11 @@ func (g *Gate) classify(fr []byte, p *Packet, fromGuest bool, now time.Time) (in
 		return vDrop, "spoofed source MAC", nil
 	}
 	if p.Kind == KindARP {
+		// The sender address is what peers learn: a guest may not claim
+		// another's MAC in it, even from its own Ethernet source.
+		if fromGuest && g.cfg.GuestMAC != ([6]byte{}) && p.ARPSender != g.cfg.GuestMAC {
+			return vDrop, "spoofed ARP sender", nil
+		}
 		return vAccept, "", nil
 	}
 	k := FlowKey{Proto: p.Proto, Local: netip.AddrPortFrom(p.Src, p.SrcPort), Remote: netip.AddrPortFrom(p.Dst, p.DstPort)}

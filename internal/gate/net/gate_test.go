@@ -232,11 +232,26 @@ func TestGateRefusesMalformed(t *testing.T) {
 	badlen[14+2], badlen[14+3] = 0xff, 0xff
 	spoof := append([]byte(nil), good...)
 	spoof[11] ^= 1
-	h.g.Egress([][]byte{{1, 2}, good[:20], good[:40], frag, badsum, badl4, badlen, spoof})
+	arp := func(sender [6]byte) []byte {
+		b := make([]byte, 14+header.ARPSize)
+		header.Ethernet(b).Encode(&header.EthernetFields{SrcAddr: tcpip.LinkAddress(guestMAC[:]), DstAddr: tcpip.LinkAddress(remoteMAC[:]), Type: header.ARPProtocolNumber})
+		a := header.ARP(b[14:])
+		a.SetIPv4OverEthernet()
+		a.SetOp(header.ARPReply)
+		copy(a.HardwareAddressSender(), sender[:])
+		copy(a.ProtocolAddressSender(), []byte{10, 0, 2, 2}) // the gateway's address
+		return b
+	}
+	arpSpoof := arp(remoteMAC)
+	h.g.Egress([][]byte{{1, 2}, good[:20], good[:40], frag, badsum, badl4, badlen, spoof, arpSpoof})
 	empty(t, h.toNet)
-	if st := h.g.Stats(); st.Dropped != 8 || st.NewFlows != 0 {
+	st := h.g.Stats()
+	if st.Dropped != 9 || st.NewFlows != 0 || st.DropReasons["spoofed ARP sender"] != 1 || st.DropReasons["spoofed source MAC"] != 1 {
 		t.Fatalf("stats %+v", st)
 	}
+	// The guest's own ARP passes.
+	h.g.Egress([][]byte{arp(guestMAC)})
+	get(t, h.toNet)
 }
 
 func TestGatePolicyReloadRevokes(t *testing.T) {

@@ -46,10 +46,12 @@ var (
 // Packet is what the gate needs of a frame. Parse fills it without
 // allocating.
 type Packet struct {
-	Kind     uint8
-	SrcMAC   [6]byte
-	Proto    uint8
-	Src, Dst netip.Addr
+	Kind   uint8
+	SrcMAC [6]byte
+	// ARPSender is an ARP packet's sender hardware address.
+	ARPSender [6]byte
+	Proto     uint8
+	Src, Dst  netip.Addr
 	// SrcPort and DstPort are the TCP/UDP ports; for ICMP echo both are
 	// the echo identifier.
 	SrcPort, DstPort uint16
@@ -71,10 +73,12 @@ func Parse(frame []byte, p *Packet) error {
 	copy(p.SrcMAC[:], frame[6:12])
 	switch eth.Type() {
 	case header.ARPProtocolNumber:
-		if !header.ARP(frame[header.EthernetMinimumSize:]).IsValid() {
+		a := header.ARP(frame[header.EthernetMinimumSize:])
+		if !a.IsValid() {
 			return ErrARP
 		}
 		p.Kind = KindARP
+		copy(p.ARPSender[:], a.HardwareAddressSender())
 		return nil
 	case header.IPv4ProtocolNumber:
 	default:
