@@ -374,7 +374,7 @@ func (m *Monitor) onTrap(ctx context.Context, c *gdbrsp.Client, thread int) (boo
 		var b [8]byte
 		binary.LittleEndian.PutUint64(b[:], w.Value)
 		if err := c.WriteMemory(ctx, w.Addr, b[:]); err != nil {
-			return true, fmt.Errorf("prepare the fault-in of %s's path: %w", out.Event.Op, err)
+			return true, fmt.Errorf("enforce %s on %s: store at %#x: %w", out.Decision.Verdict, out.Event.Op, w.Addr, err)
 		}
 	}
 	for _, w := range out.Writes {

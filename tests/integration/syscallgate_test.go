@@ -168,7 +168,12 @@ func TestSyscallGate(t *testing.T) {
 	if out, err := exec.Command("gcc", "-static", "-O2", "-o", openat, "testdata/openat.c").CombinedOutput(); err != nil {
 		t.Fatalf("build testdata/openat.c (needs gcc and libc6-dev, which scripts/install-deps installs): %v\n%s", err, out)
 	}
-	bootGated(t, vm, repoPolicy(t, "seed-002-syscall.policy"), "--add", openat+":/usr/bin/openat")
+	// And one that enters the kernel through the i386 ABI (int 0x80).
+	abi32 := filepath.Join(dir, "abi32")
+	if out, err := exec.Command("gcc", "-static", "-no-pie", "-O2", "-o", abi32, "testdata/abi32.c").CombinedOutput(); err != nil {
+		t.Fatalf("build testdata/abi32.c: %v\n%s", err, out)
+	}
+	bootGated(t, vm, repoPolicy(t, "seed-002-syscall.policy"), "--add", openat+":/usr/bin/openat", "--add", abi32+":/usr/bin/abi32")
 
 	t.Run("seed policy: exact errno", func(t *testing.T) {
 		r := guestSh(t, vm, "cat /etc/passwd")
@@ -211,6 +216,75 @@ func TestSyscallGate(t *testing.T) {
 		}
 		if strings.Contains(r.stderr, "not permitted") {
 			t.Fatalf("a legitimate open was denied: %q", r.stderr)
+		}
+	})
+
+	t.Run("symlinks and other names of a denied file", func(t *testing.T) {
+		// The gate decides on the file the kernel resolved, not on the
+		// name the process wrote.
+		for _, c := range []string{
+			"ln -sf /etc/passwd /tmp/pw && cat /tmp/pw",
+			"ln -sfn /etc /tmp/etc2 && cat /tmp/etc2/passwd",
+			"ln -sf /tmp/pw /tmp/pw2 && cat /tmp/pw2",
+			"cat /etc/../etc//./passwd",
+			"cd /tmp && cat ../etc/passwd",
+		} {
+			if r := guestSh(t, vm, c); r.code == 0 || !strings.Contains(r.stderr, "Operation not permitted") {
+				t.Errorf("%s: exit %d stdout %q stderr %q; want EPERM", c, r.code, r.stdout, r.stderr)
+			}
+		}
+		if r := guestSh(t, vm, "ln -sf /etc/hostname /tmp/hn && cat /tmp/hn"); r.code != 0 || r.stdout != "gatevisor-guest\n" {
+			t.Errorf("a symlink to an allowed file: exit %d %q %q", r.code, r.stdout, r.stderr)
+		}
+		recs := auditRecords(t, vm, "--class", "syscall", "--verdict", "deny")
+		found := false
+		for _, rec := range recs {
+			if rec.Event.Path == "/etc/passwd" && rec.Event.Subject.Comm == "cat" {
+				found = true
+			}
+			if strings.HasPrefix(rec.Event.Path, "/tmp/") {
+				t.Errorf("audit record names the link, not the file: %+v", rec.Event)
+			}
+		}
+		if !found {
+			t.Errorf("no deny record with the resolved path /etc/passwd among %d", len(recs))
+		}
+	})
+	t.Run("a denied create leaves no file", func(t *testing.T) {
+		// filePrefixEq("/etc/cron.d") is decided before the file exists.
+		r := guestSh(t, vm, "mkdir -p /etc/cron.d; echo '* * * * * /tmp/x' >/etc/cron.d/job; echo rc=$?; ls -A /etc/cron.d | wc -l")
+		if r.stdout != "rc=1\n0\n" || !strings.Contains(r.stderr, "Operation not permitted") {
+			t.Fatalf("create in /etc/cron.d: stdout %q stderr %q; want rc=1, EPERM and no file", r.stdout, r.stderr)
+		}
+		if r := guestSh(t, vm, "echo hi >/tmp/created && cat /tmp/created"); r.stdout != "hi\n" {
+			t.Fatalf("an allowed create: exit %d %q %q", r.code, r.stdout, r.stderr)
+		}
+	})
+	t.Run("the i386 entry (int 0x80)", func(t *testing.T) {
+		if r := guestSh(t, vm, "abi32 open /etc/passwd"); r.code != 1 || r.stdout != "abi32 open: Operation not permitted\n" {
+			t.Fatalf("abi32 open /etc/passwd: exit %d %q %q; want EPERM", r.code, r.stdout, r.stderr)
+		}
+		if r := guestSh(t, vm, "abi32 open /etc/hostname"); r.code != 0 {
+			t.Fatalf("abi32 open /etc/hostname: exit %d %q %q", r.code, r.stdout, r.stderr)
+		}
+		// A syscall decided at its handler is trapped at both entries.
+		p := writePolicy(t, dir, "mkdir.policy", `open default: allow
+  fileEq("/etc/passwd") or filePrefixEq("/etc/cron.d") deny(EPERM)
+
+syscall default: allow
+  no_forbidden_dir: opEq("mkdir") and fileEq("/tmp/forbidden") deny(EACCES)
+`)
+		res := loadPolicy(t, vm, p)
+		syms := map[string]bool{}
+		for _, bp := range res.Breakpoints {
+			syms[bp.Symbol] = true
+		}
+		if !syms["__x64_sys_mkdir"] || !syms["__ia32_sys_mkdir"] || !syms["security_file_open"] {
+			t.Errorf("breakpoints %v; want __x64_sys_mkdir, __ia32_sys_mkdir and security_file_open", syms)
+		}
+		r := guestSh(t, vm, "abi32 mkdir /tmp/forbidden; mkdir /tmp/forbidden; abi32 mkdir /tmp/allowed; ls -d /tmp/forbidden /tmp/allowed")
+		if r.stdout != "abi32 mkdir: Permission denied\nabi32 mkdir: ok\n/tmp/allowed\n" || !strings.Contains(r.stderr, "Permission denied") {
+			t.Fatalf("mkdir through both entries: stdout %q stderr %q", r.stdout, r.stderr)
 		}
 	})
 
@@ -288,6 +362,12 @@ func TestSyscallGate(t *testing.T) {
 		r := guestSh(t, vm, "cp /bin/busybox /tmp/x; /tmp/x echo ran; echo status=$?; /bin/busybox echo bin-ok")
 		if !strings.Contains(r.stdout, "status=137") || strings.Contains(r.stdout, "ran") || !strings.Contains(r.stdout, "bin-ok") {
 			t.Fatalf("exec from /tmp: exit %d stdout %q stderr %q; want status 137 (SIGKILL) and /bin working", r.code, r.stdout, r.stderr)
+		}
+		// Through a symlink elsewhere, the program is still /tmp/x; a link
+		// in /tmp to /bin/busybox runs /bin/busybox.
+		r = guestSh(t, vm, "ln -sf /tmp/x /usr/bin/looks-fine; /usr/bin/looks-fine echo ran; echo status=$?; ln -sf /bin/busybox /tmp/echo; /tmp/echo link-ok")
+		if !strings.Contains(r.stdout, "status=137") || strings.Contains(r.stdout, "ran") || !strings.Contains(r.stdout, "link-ok") {
+			t.Fatalf("exec through symlinks: exit %d stdout %q stderr %q; want the /tmp program killed and the /bin one run", r.code, r.stdout, r.stderr)
 		}
 		// The kill is SIGKILL: the shell reports it, and the guest stays healthy.
 		if !strings.Contains(r.stderr, "Killed") {

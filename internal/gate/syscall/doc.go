@@ -3,25 +3,32 @@
 // It never decides: every verdict comes from secserver. Imported only by
 // monitor.
 //
-//	policy ──Plan──► syscalls it names ──► __x64_sys_<name> (kallsyms + KASLR slide)
-//	                                         │ gdbstub software breakpoints (monitor)
-//	vCPU hits one ──► Handle(registers)      ▼
-//	  rdi = struct pt_regs * ──► args (BTF offsets)   gs_base + current_task ──► task_struct
-//	  path args ──► user memory through the task's page tables (≤ PATH_MAX)
-//	  event.Event ──► secserver.Decide ──► Outcome: register writes
+//	policy ──Plan──► syscalls it names ──► breakpoints (kallsyms + KASLR slide), set by monitor:
+//	  open family   ──► security_file_open, security_path_mknod   (hooks.go: the kernel's resolved file)
+//	  execve family ──► security_bprm_creds_for_exec
+//	  any other     ──► __x64_sys_<name> and its i386 entry __ia32_[compat_]sys_<name>
+//	vCPU hits one ──► Handle(registers)
+//	  handler: rdi = struct pt_regs * ──► args (BTF offsets); path args from user memory (≤ PATH_MAX)
+//	  hook:    user pt_regs at the top of the task's kernel stack ──► which syscall, args;
+//	           path from the struct file / dentry the kernel resolved (symlinks followed)
+//	  gs_base + current_task ──► task_struct ──► subject
+//	  event.Event ──► secserver.Decide ──► Outcome: register (and memory) writes
 //	     allow  rip past the entry no-op (endbr64 / 5-byte nop), or step
-//	     deny   rax = -errno; rip = [rsp]; rsp += 8   (the handler "returns")
-//	     kill   rip = do_group_exit, rdi = SIGKILL    (dies as if killed)
+//	     deny   rax = -errno; rip = [rsp]; rsp += 8   (the handler or hook "returns")
+//	     kill   at a handler: rip = do_group_exit, rdi = SIGKILL (dies as if killed);
+//	            at a hook: the hook fails with EPERM and SIGKILL is queued on the
+//	            task, taken on its way back to user mode (nothing the kernel holds leaks)
 //
 // Fail closed: an event that cannot be read (bad task pointer, unreadable
 // pt_regs) is still decided — as an event with what could be read — and
 // a Handle error makes the caller deny with EPERM.
 //
 // The gate reports syscall families under the policy's name: a policy that
-// names open traps open, openat, creat and openat2 and reports each as
+// names open decides open, openat, creat and openat2 and reports each as
 // "open" with the arguments of open(path, flags, mode); execve covers
 // execveat. A policy that names openat itself gets openat's own arguments.
-// Paths are made absolute against the task's working directory when the
-// dirfd is AT_FDCWD; a path relative to another directory fd is reported
-// as written (see docs/design.md, "Syscall gate").
+// Opens and execs carry the path of the file the kernel resolved. Other
+// path syscalls (unlink, mkdir, ...) carry the path as written, made
+// absolute against the task's working directory or the dirfd's directory
+// (see docs/design.md, "Syscall gate").
 package gate

@@ -36,6 +36,12 @@ type Trap struct {
 	// 5-byte nop) that an allowed call steps over by moving rip; 0 means
 	// the caller single-steps the first instruction instead.
 	Skip int
+	// Hook is where the trap sits; a hook decides the events of Members.
+	Hook    Hook
+	Members []Syscall
+	// Compat marks the i386 entry of a syscall (arguments in bx, cx, dx,
+	// si, di, bp).
+	Compat bool
 }
 
 // Outcome is what Handle decided and how to enforce it.
@@ -55,6 +61,11 @@ type Outcome struct {
 	// ReadErr is why part of the event could not be read (the event was
 	// decided with what could).
 	ReadErr error
+	// Kill says the verdict kills the process (Writes and MemWrites do it).
+	Kill bool
+	// Skipped says the hit was not the policy's to decide (an exec's own
+	// opens at a hook, a kernel thread's): resumed with no verdict asked.
+	Skipped bool
 }
 
 // Gate turns breakpoint hits into events and verdicts into register
@@ -72,6 +83,11 @@ type Gate struct {
 	// pending maps the kernel stack pointer of a call sent to fault in its
 	// path to the pt_regs pointer (rdi) the handler must get back.
 	pending map[uint64]uint64
+	// hooks are the LSM hooks this kernel has (hooks.go).
+	hooks map[Hook]uint64
+	// created are creates allowed at AtPathMknod, whose AtFileOpen hit is
+	// not decided twice.
+	created map[createdKey]bool
 }
 
 // maxPending bounds calls in flight through a fault-in (one per task at
@@ -92,6 +108,8 @@ func New(k *linux.Kernel, d Decider) (*Gate, error) {
 	if a, err := k.Addr("strnlen_user"); err == nil {
 		g.strnlenUser = a
 	}
+	g.hooks = hookAddrs(k)
+	g.created = map[createdKey]bool{}
 	return g, nil
 }
 
@@ -105,10 +123,23 @@ func (g *Gate) Plan(spec *policy.Spec) (traps []Trap, missing []string) {
 	for _, n := range names {
 		named[n] = true
 	}
+	add := func(t Trap) {
+		if !seen[t.Addr] {
+			seen[t.Addr] = true
+			traps = append(traps, t)
+		}
+	}
+	hooked := map[Hook][]Syscall{}
 	for _, n := range names {
 		for _, sc := range Expand(n) {
 			// A member named on its own is reported under its own name.
 			if sc.Name != n && named[sc.Name] {
+				continue
+			}
+			if hs := g.hooksFor(sc.Name); len(hs) > 0 {
+				for _, h := range hs {
+					hooked[h] = append(hooked[h], sc)
+				}
 				continue
 			}
 			sym := Handler(sc.Name)
@@ -119,15 +150,42 @@ func (g *Gate) Plan(spec *policy.Spec) (traps []Trap, missing []string) {
 				}
 				continue
 			}
-			if seen[addr] {
-				continue
+			add(Trap{Addr: addr, Symbol: sym, Syscall: sc, Skip: g.skip(addr)})
+			// The same call through int 0x80 or from a 32-bit process
+			// enters the kernel at its i386 handler.
+			for _, sym := range CompatHandlers(sc.Name) {
+				if addr, err := g.k.Addr(sym); err == nil {
+					add(Trap{Addr: addr, Symbol: sym, Syscall: sc, Skip: g.skip(addr), Compat: true})
+					break
+				}
 			}
-			seen[addr] = true
-			traps = append(traps, Trap{Addr: addr, Symbol: sym, Syscall: sc, Skip: g.skip(addr)})
 		}
+	}
+	for h, members := range hooked {
+		addr := g.hooks[h]
+		op := members[0].Op
+		for _, m := range members {
+			if m.Op != m.Name { // a family's name wins for calls no member made
+				op = m.Op
+			}
+		}
+		add(Trap{Addr: addr, Symbol: h.String(), Syscall: Syscall{Name: h.String(), Op: op, Path: -1, Dirfd: -1, How: -1},
+			Skip: g.skip(addr), Hook: h, Members: members})
 	}
 	sort.Slice(traps, func(i, j int) bool { return traps[i].Addr < traps[j].Addr })
 	return traps, missing
+}
+
+// hooksFor returns the hooks that decide syscall name on this kernel, or
+// none when it is decided at its handler.
+func (g *Gate) hooksFor(name string) []Hook {
+	var out []Hook
+	for _, h := range hooksOf[name] {
+		if g.hooks[h] != 0 {
+			out = append(out, h)
+		}
+	}
+	return out
 }
 
 var (
@@ -180,6 +238,9 @@ func (g *Gate) TrapAt(addr uint64) (Trap, bool) {
 // cannot be enforced (the return address is unreadable); the caller then
 // denies with EPERM if it can, and reports the error.
 func (g *Gate) Handle(t Trap, regs Regs) (Outcome, error) {
+	if t.Hook != AtHandler {
+		return g.handleHook(t, regs)
+	}
 	saved, retried := g.takePending(regs[RegRSP])
 	if retried {
 		regs = Apply(regs, []RegWrite{{RegRDI, saved}})
@@ -253,17 +314,21 @@ func (g *Gate) decide(t Trap, regs Regs, ev event.Event, readErr error) (Outcome
 		} else {
 			out.Step = true
 		}
-	case d.Verdict == secserver.Kill:
+	case d.Verdict == secserver.Kill && t.Hook == AtHandler:
+		out.Kill = true
 		out.Writes = KillWrites(g.doGroupExit)
 	default:
+		// A deny, or a kill at a hook: the hook fails with the errno
+		// (EPERM for a kill) and handleHook queues the SIGKILL.
 		ret, err := vmi.ReadU64(g.k.AS, regs[RegRSP])
 		if err != nil {
 			return out, fmt.Errorf("gate: read the return address at rsp %#x: %w", regs[RegRSP], err)
 		}
 		errno := d.Errno
-		if errno <= 0 || errno > 4095 {
+		if errno <= 0 || errno > 4095 || d.Verdict == secserver.Kill {
 			errno = ePerm
 		}
+		out.Kill = d.Verdict == secserver.Kill
 		out.Writes = DenyWrites(regs, ret, errno)
 	}
 	return out, nil
@@ -282,7 +347,7 @@ func (g *Gate) buildEvent(t Trap, regs Regs) (ev event.Event, unmapped uint64, e
 	if _, err := g.k.AS.ReadVirtual(regs[RegRDI], pr); err != nil {
 		errs = append(errs, fmt.Errorf("read pt_regs at %#x: %w", regs[RegRDI], err))
 	} else if p, err := g.ptregs.Decode(pr); err == nil {
-		raw = p.Args
+		raw = p.ArgsFor(t.Compat)
 	}
 	var task linux.Task
 	taskAddr, err := g.k.CurrentTask(regs[RegGSBase])
@@ -292,28 +357,10 @@ func (g *Gate) buildEvent(t Trap, regs Regs) (ev event.Event, unmapped uint64, e
 	if err != nil {
 		errs = append(errs, fmt.Errorf("current task: %w", err))
 	} else {
-		ev.Subject = event.Subject{PID: int32(task.TGID), Start: task.StartTime, Comm: task.Comm, Exe: task.Exe, UID: task.UID, GID: task.GID}
-		if task.PPID > 0 {
-			ev.Subject.PPID = int32(task.PPID)
-		}
+		ev.Subject = subjectOf(task)
 	}
 	// Arguments in the family's signature.
-	idx := sc.Args
-	if idx == nil {
-		idx = []int{0, 1, 2, 3, 4, 5}
-	}
-	for _, i := range idx {
-		var v uint64
-		switch {
-		case i >= 0 && i < 6:
-			v = raw[i]
-		case i == argCreatFlags:
-			v = oCreatFlags
-		case i == argHowFlags && sc.How >= 0:
-			v, _ = vmi.ReadU64(g.userSpace(task, regs), raw[sc.How])
-		}
-		ev.Args = append(ev.Args, int64(v))
-	}
+	ev.Args = g.eventArgs(sc, raw, task, regs)
 	if sc.Path >= 0 {
 		p, err := ReadUserPath(g.userSpace(task, regs), raw[sc.Path])
 		if err != nil {

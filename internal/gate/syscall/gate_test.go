@@ -67,7 +67,7 @@ func TestExpandAndHandler(t *testing.T) {
 
 func TestPtRegsDecode(t *testing.T) {
 	// Linux x86-64 struct pt_regs: r15 r14 r13 r12 bp bx r11 r10 r9 r8 ax cx dx si di orig_ax ...
-	offs := map[string]uint64{"r10": 56, "r9": 64, "r8": 72, "dx": 96, "si": 104, "di": 112, "orig_ax": 120}
+	offs := map[string]uint64{"bp": 32, "bx": 40, "cx": 88, "r10": 56, "r9": 64, "r8": 72, "dx": 96, "si": 104, "di": 112, "orig_ax": 120}
 	l, err := NewPtRegsLayout(func(f string) (uint64, error) {
 		o, ok := offs[f]
 		if !ok {
@@ -87,11 +87,14 @@ func TestPtRegsDecode(t *testing.T) {
 	put(72, 5)
 	put(64, 6)
 	put(120, 257)
+	put(40, 0xffffffff00000003) // i386: only the low 32 bits count
+	put(88, 0x8000)
+	put(32, 9)
 	p, err := l.Decode(b)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := PtRegs{Args: [6]uint64{0xffffff9c, 0x7ffc1000, 0o100, 0o644, 5, 6}, OrigAX: 257}
+	want := PtRegs{Args: [6]uint64{0xffffff9c, 0x7ffc1000, 0o100, 0o644, 5, 6}, CompatArgs: [6]uint64{3, 0x8000, 0o100, 0x7ffc1000, 0xffffff9c, 9}, OrigAX: 257}
 	if diff := cmp.Diff(want, p); diff != "" {
 		t.Errorf("Decode (-want +got):\n%s", diff)
 	}

@@ -34,28 +34,40 @@ type MemWrite struct {
 }
 
 // PtRegs is the part of the user context (struct pt_regs) a syscall gate
-// needs: the six argument registers and the syscall number.
+// needs: the argument registers of both ABIs and the syscall number.
 type PtRegs struct {
-	Args   [6]uint64 // di, si, dx, r10, r8, r9
-	OrigAX uint64    // the syscall number
+	Args       [6]uint64 // x86-64 ABI: di, si, dx, r10, r8, r9
+	CompatArgs [6]uint64 // i386 ABI (int 0x80, 32-bit processes): bx, cx, dx, si, di, bp
+	OrigAX     uint64    // the syscall number
+}
+
+// ArgsFor returns the arguments in the ABI the call was made with.
+func (p PtRegs) ArgsFor(compat bool) [6]uint64 {
+	if compat {
+		return p.CompatArgs
+	}
+	return p.Args
 }
 
 // PtRegsLayout holds the BTF offsets of struct pt_regs's fields.
 type PtRegsLayout struct {
-	Args   [6]uint64
-	OrigAX uint64
-	Size   uint64 // bytes one read must cover
+	Args       [6]uint64
+	CompatArgs [6]uint64
+	OrigAX     uint64
+	Size       uint64 // bytes one read must cover
 }
 
-// PtRegsFields are the pt_regs members the gate reads, in argument order
-// then orig_ax.
-var PtRegsFields = [7]string{"di", "si", "dx", "r10", "r8", "r9", "orig_ax"}
+// PtRegsFields are the pt_regs members the gate reads: the x86-64
+// arguments in order, orig_ax, then the i386 arguments bx, cx and bp that
+// are not x86-64 argument registers.
+var PtRegsFields = [10]string{"di", "si", "dx", "r10", "r8", "r9", "orig_ax", "bx", "cx", "bp"}
 
 // NewPtRegsLayout builds the layout from field offsets (offset(name)
 // returns pt_regs.<name>'s byte offset).
 func NewPtRegsLayout(offset func(field string) (uint64, error)) (PtRegsLayout, error) {
 	var l PtRegsLayout
-	for i, f := range PtRegsFields {
+	offs := map[string]uint64{}
+	for _, f := range PtRegsFields {
 		off, err := offset(f)
 		if err != nil {
 			return l, fmt.Errorf("gate: pt_regs.%s: %w", f, err)
@@ -63,13 +75,16 @@ func NewPtRegsLayout(offset func(field string) (uint64, error)) (PtRegsLayout, e
 		if off > 4096 {
 			return l, fmt.Errorf("gate: pt_regs.%s at implausible offset %d", f, off)
 		}
-		if i < 6 {
-			l.Args[i] = off
-		} else {
-			l.OrigAX = off
-		}
+		offs[f] = off
 		l.Size = max(l.Size, off+8)
 	}
+	for i, f := range PtRegsFields[:6] {
+		l.Args[i] = offs[f]
+	}
+	for i, f := range [6]string{"bx", "cx", "dx", "si", "di", "bp"} {
+		l.CompatArgs[i] = offs[f]
+	}
+	l.OrigAX = offs["orig_ax"]
 	return l, nil
 }
 
@@ -82,6 +97,10 @@ func (l PtRegsLayout) Decode(b []byte) (PtRegs, error) {
 	var p PtRegs
 	for i, off := range l.Args {
 		p.Args[i] = binary.LittleEndian.Uint64(b[off:])
+	}
+	for i, off := range l.CompatArgs {
+		// The i386 ABI passes 32-bit values.
+		p.CompatArgs[i] = uint64(binary.LittleEndian.Uint32(b[off:]))
 	}
 	p.OrigAX = binary.LittleEndian.Uint64(b[l.OrigAX:])
 	return p, nil

@@ -246,3 +246,10 @@ func expandPrefix(p string) []string {
 	sort.Strings(out)
 	return out
 }
+
+// CompatHandlers returns the kernel symbols a syscall's i386 entry may
+// have, preferred first: a compat wrapper when the i386 ABI needs one,
+// else the common handler under its i386 name.
+func CompatHandlers(name string) []string {
+	return []string{"__ia32_compat_sys_" + name, "__ia32_sys_" + name}
+}

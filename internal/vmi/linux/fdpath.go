@@ -17,12 +17,6 @@ func (k *Kernel) FDPath(addr uint64, fd int) (string, error) {
 	if l.err != nil {
 		return "", l.err
 	}
-	f := &fields{p: k.Profile}
-	fPath := f.off("file.f_path")
-	mnt, dent := f.off("path.mnt"), f.off("path.dentry")
-	if f.err != nil {
-		return "", fmt.Errorf("linux: file path layout: %w", f.err)
-	}
 	files, err := k.filesOf(l, addr)
 	if err != nil {
 		return "", err
@@ -55,17 +49,5 @@ func (k *Kernel) FDPath(addr uint64, fd int) (string, error) {
 	if !k.kernelPointer(file) {
 		return "", fmt.Errorf("%w: fd %d: file %#x is not a kernel pointer", ErrInconsistent, fd, file)
 	}
-	vfsmnt, err := vmi.ReadU64(k.AS, file+fPath+mnt)
-	if err != nil {
-		return "", err
-	}
-	dentry, err := vmi.ReadU64(k.AS, file+fPath+dent)
-	if err != nil {
-		return "", err
-	}
-	r, err := k.newTaskReader()
-	if err != nil {
-		return "", err
-	}
-	return r.dPath(vfsmnt, dentry)
+	return k.FilePath(file)
 }

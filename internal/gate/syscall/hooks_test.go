@@ -1,0 +1,84 @@
+package gate
+
+import (
+	"testing"
+
+	"github.com/gatevisor/gatevisor/internal/event"
+)
+
+func TestMemberForABIs(t *testing.T) {
+	open := families["open"]
+	for _, c := range []struct {
+		nr     uint64
+		compat bool
+		want   string // "" = none
+	}{
+		{2, false, "open"}, {257, false, "openat"}, {85, false, "creat"}, {437, false, "openat2"},
+		{5, true, "open"}, {295, true, "openat"}, {8, true, "creat"}, {437, true, "openat2"},
+		{x32Bit | 257, false, "openat"}, {x32Bit | 2, false, "open"},
+		{59, false, ""}, {11, true, ""}, {257, true, ""}, {5, false, ""}, {0, false, ""}, {^uint64(0), false, ""},
+	} {
+		m, ok := memberFor(open, c.nr, c.compat)
+		if got := map[bool]string{true: m.Name}[ok]; got != c.want {
+			t.Errorf("memberFor(open, %#x, compat=%v) = %q, want %q", c.nr, c.compat, got, c.want)
+		}
+	}
+	for _, c := range []struct {
+		nr     uint64
+		compat bool
+		want   bool
+	}{{59, false, true}, {322, false, true}, {11, true, true}, {358, true, true}, {x32Bit | 520, false, true}, {x32Bit | 59, false, false}, {2, false, false}, {59, true, false}} {
+		if got := isExecCall(c.nr, c.compat); got != c.want {
+			t.Errorf("isExecCall(%#x, %v) = %v", c.nr, c.compat, got)
+		}
+	}
+}
+
+func TestHooksOfCoverFamilies(t *testing.T) {
+	// Every member of a hooked family has numbers in every ABI, or a call
+	// through that ABI would be decided as an open no syscall made.
+	for _, fam := range []string{"open", "execve"} {
+		for _, m := range families[fam] {
+			if len(hooksOf[m.Name]) == 0 {
+				t.Errorf("%s: no hook", m.Name)
+			}
+			if _, ok := syscallNumbers[m.Name]; !ok {
+				t.Errorf("%s: no syscall numbers", m.Name)
+			}
+		}
+	}
+	if AtFileOpen.String() != "security_file_open" || AtHandler.String() != "handler" {
+		t.Errorf("hook names: %s %s", AtFileOpen, AtHandler)
+	}
+}
+
+func TestAllowOutcome(t *testing.T) {
+	g := &Gate{}
+	out := g.allowOutcome(Trap{Addr: 0xffffffff81000000, Skip: 4}, event.Event{Class: event.ClassSyscall, Op: "open"})
+	if !out.Skipped || !out.Decision.Allows() || len(out.Writes) != 1 || out.Writes[0].Value != 0xffffffff81000004 {
+		t.Errorf("allowOutcome with skip: %+v", out)
+	}
+	if out := g.allowOutcome(Trap{Addr: 0xffffffff81000000}, event.Event{Class: event.ClassSyscall, Op: "open"}); !out.Step || len(out.Writes) != 0 {
+		t.Errorf("allowOutcome without skip: %+v", out)
+	}
+}
+
+func TestCreatedOnce(t *testing.T) {
+	g := &Gate{created: map[createdKey]bool{}}
+	ev := event.Event{Path: "/tmp/new", Args: []int64{0, 0o101, 0o644}}
+	g.noteCreated(0xffff888000001000, ev)
+	other := ev
+	other.Args = []int64{0, 0, 0}
+	if g.takeCreated(0xffff888000001000, other) || g.takeCreated(0xffff888000002000, ev) {
+		t.Fatal("a different call or task took the create's decision")
+	}
+	if !g.takeCreated(0xffff888000001000, ev) || g.takeCreated(0xffff888000001000, ev) {
+		t.Fatal("the create's open must be taken exactly once")
+	}
+	for i := 0; i < maxCreated+10; i++ {
+		g.noteCreated(uint64(i), ev)
+	}
+	if len(g.created) > maxCreated {
+		t.Fatalf("created grew to %d", len(g.created))
+	}
+}
