@@ -144,6 +144,22 @@ func BenchmarkDecide(b *testing.B) {
 			}
 		}
 	})
+	// A gate builds a new event for every decision: equal strings in
+	// other memory, so the key comparison reads every byte.
+	b.Run("hit-copy", func(b *testing.B) {
+		s := New(pol, Config{})
+		s.Decide(fileEv("/home/user/notes.txt", "/usr/bin/editor", 5000))
+		ev := fileEv(strings.Clone("/home/user/notes.txt"), strings.Clone("/usr/bin/editor"), 5000)
+		ev.Op, ev.Subject.Comm = strings.Clone(ev.Op), strings.Clone(ev.Subject.Comm)
+		ev.Subject.ParentExe, ev.Subject.ParentComm = strings.Clone(ev.Subject.ParentExe), strings.Clone(ev.Subject.ParentComm)
+		b.ReportAllocs()
+		b.ResetTimer()
+		for b.Loop() {
+			if d := s.Decide(ev); !d.Cached {
+				b.Fatal("not cached")
+			}
+		}
+	})
 	b.Run("miss-1000-rules", func(b *testing.B) {
 		s := New(pol, Config{CacheSize: -1})
 		b.ReportAllocs()

@@ -4,15 +4,18 @@
 // atomically, and records denies and alerts in the audit log before it
 // answers.
 //
-//	gate ── Decide(event) ──► validate ─► cache (keyed by event attributes,
-//	                                        policy seq and, for Flow, state)
-//	                                          │ miss
-//	                                          ▼
-//	                                  policy.Evaluate ─► audit.Append (fsync)
-//	gate ◄──────────── Decision ◄──────────────┘
+//	gate ── Decide(event) ──► cache (keyed by event attributes, policy seq
+//	                            │    and, for Flow, state)
+//	gate ◄──── Decision ◄───────┤ hit on an allow that needs no audit record
+//	                            │ anything else, under a recover guard:
+//	                            ▼
+//	              validate ─► hit, or policy.Evaluate ─► audit.Append (fsync)
+//	gate ◄──────────── Decision ◄────────────────────────────┘
 //
 // Fail closed: an invalid event, no policy, a panic while deciding, or a
-// failed audit write all produce a deny, also in permissive mode.
+// failed audit write all produce a deny, also in permissive mode. The
+// unguarded hit path runs no policy or sink code and cannot panic for a
+// non-nil event; see Decide.
 //
 // Imported by the monitor (which wires it) and by gates (which only call
 // Decide and enforce the Decision; gates never decide themselves).
@@ -21,6 +24,7 @@ package secserver
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -83,10 +87,11 @@ type Config struct {
 }
 
 type loaded struct {
-	pol    *policy.Policy
-	seq    uint64
-	source string
-	at     time.Time
+	pol     *policy.Policy
+	seq     uint64
+	usesPID bool // pol.UsesPID()
+	source  string
+	at      time.Time
 }
 
 // Server decides events. It is safe for concurrent use.
@@ -132,7 +137,7 @@ func (s *Server) Reload(pol *policy.Policy, source string) uint64 {
 	s.reloadMu.Lock()
 	defer s.reloadMu.Unlock()
 	s.seq++
-	s.cur.Store(&loaded{pol: pol, seq: s.seq, source: source, at: s.now()})
+	s.cur.Store(&loaded{pol: pol, seq: s.seq, usesPID: pol != nil && pol.UsesPID(), source: source, at: s.now()})
 	s.reloads.Add(1)
 	return s.seq
 }
@@ -199,9 +204,9 @@ type Stats struct {
 func (s *Server) Stats() Stats {
 	return Stats{
 		Seq:            s.Seq(),
-		Decisions:      s.decisions.Load(),
+		Decisions:      s.decisions.Load() + s.cache.fastHits.load(),
 		Denies:         s.denies.Load(),
-		CacheHits:      s.cache.hits.Load(),
+		CacheHits:      s.cache.hits.Load() + s.cache.fastHits.load(),
 		CacheMisses:    s.cache.misses.Load(),
 		CacheEvictions: s.cache.evictions.Load(),
 		AuditErrors:    s.auditErrors.Load(),
@@ -215,32 +220,73 @@ func (s *Server) Stats() Stats {
 
 // Decide returns the verdict on ev. It never panics: any internal failure is
 // a Deny. Decide does not keep ev.
-func (s *Server) Decide(ev *event.Event) (d Decision) {
-	s.decisions.Add(1)
-	defer func() {
-		if r := recover(); r != nil {
-			s.internalErrors.Add(1)
-			d = s.failClosed(ev, RuleInternal, fmt.Sprintf("internal error while deciding: %v", r))
-		}
-	}()
+//
+// A cache hit on an allow that needs no audit record is answered here,
+// outside the recover guard of decide: nothing on this path can panic for
+// a non-nil event (no policy code, no sink; the hash and the key
+// comparison only read ev), so keep it that way. Such a hit needs no
+// Validate either: the key holds every field that Validate checks, so an
+// event equal to a cached one is as valid as it was (TestCacheKey checks
+// this). Everything else goes to reject or decide.
+func (s *Server) Decide(ev *event.Event) Decision {
 	l := s.cur.Load()
-	if l == nil {
-		return s.failClosed(ev, RuleNoPolicy, ErrNoPolicy.Error())
+	if l == nil || ev == nil {
+		return s.reject(l, ev, nil)
+	}
+	h := s.cache.hash(ev, l.usesPID, "")
+	e := s.cache.lookup(h, ev, l.seq, l.usesPID, "")
+	if e != nil && e.quiet {
+		s.cache.fastHits.add(h)
+		return e.dec
 	}
 	if err := ev.Validate(); err != nil {
-		return s.failClosed(ev, RuleInvalidEvent, err.Error())
+		return s.reject(l, ev, err)
+	}
+	return s.decide(l, ev, h, e)
+}
+
+// recoverDeny, deferred, turns a panic into a fail-closed deny in *d.
+func (s *Server) recoverDeny(ev *event.Event, d *Decision) {
+	if r := recover(); r != nil {
+		s.internalErrors.Add(1)
+		*d = s.failClosed(ev, RuleInternal, fmt.Sprintf("internal error while deciding: %v", r))
+	}
+}
+
+// reject denies an event Decide cannot look up: before a policy is
+// loaded, a nil event, or one that failed validation with err.
+func (s *Server) reject(l *loaded, ev *event.Event, err error) (d Decision) {
+	s.decisions.Add(1)
+	defer s.recoverDeny(ev, &d)
+	switch {
+	case l == nil:
+		return s.failClosed(ev, RuleNoPolicy, ErrNoPolicy.Error())
+	case ev == nil:
+		s.internalErrors.Add(1)
+		return s.failClosed(nil, RuleInternal, "internal error while deciding: nil event")
+	}
+	return s.failClosed(ev, RuleInvalidEvent, err.Error())
+}
+
+// decide decides a valid event that is not a quiet cache hit. h is its
+// hash without flow states and e its cache entry under l, nil if none.
+func (s *Server) decide(l *loaded, ev *event.Event, h uint64, e *entry) (d Decision) {
+	s.decisions.Add(1)
+	defer s.recoverDeny(ev, &d)
+	// An entry decided without Flow state under l means that ev's class and
+	// op are not Flow-relevant under l: they are part of the key.
+	if e != nil && !e.flow {
+		s.cache.hits.Add(1)
+		return s.finish(ev, e.dec, e.audit)
 	}
 	if l.pol.FlowRelevant(ev.Class, ev.Op) {
 		return s.decideFlow(l, ev)
 	}
-	usePID := l.pol.UsesPID()
-	h := hashEvent(ev, usePID, "")
-	if e := s.cache.get(h, ev, l.seq, usePID, ""); e != nil {
-		return s.finish(l, ev, &e.res, true)
-	}
+	s.cache.misses.Add(1)
 	res := l.pol.Evaluate(ev, nil)
-	s.cache.put(h, ev, l.seq, "", &res)
-	return s.finish(l, ev, &res, false)
+	d = decision(&res, l.seq)
+	s.remember(l, ev, h, "", false, d, &res)
+	return s.finish(ev, d, res.Audit)
 }
 
 // decideFlow decides an event that Flow state can change or constrain.
@@ -253,32 +299,57 @@ func (s *Server) decideFlow(l *loaded, ev *event.Event) Decision {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	states := sh.get(k, l.seq)
-	usePID := l.pol.UsesPID()
 	skey := string(states)
-	h := hashEvent(ev, usePID, skey)
-	var res *policy.Result
-	cached := false
-	if e := s.cache.get(h, ev, l.seq, usePID, skey); e != nil {
-		res, cached = &e.res, true
+	h := s.cache.hash(ev, l.usesPID, skey)
+	var (
+		d     Decision
+		audit bool
+		next  []uint8
+	)
+	if e := s.cache.lookup(h, ev, l.seq, l.usesPID, skey); e != nil && e.flow {
+		s.cache.hits.Add(1)
+		d, audit, next = e.dec, e.audit, e.next
 	} else {
-		r := l.pol.Evaluate(ev, states)
-		res = &r
-		s.cache.put(h, ev, l.seq, skey, res)
+		s.cache.misses.Add(1)
+		res := l.pol.Evaluate(ev, states)
+		d, audit, next = decision(&res, l.seq), res.Audit, res.Next
+		s.remember(l, ev, h, skey, true, d, &res)
 	}
-	d := s.finish(l, ev, res, cached)
-	if d.Allows() && res.Next != nil {
-		s.flows.set(sh, k, l.seq, res.Next)
+	d = s.finish(ev, d, audit)
+	if d.Allows() && next != nil {
+		s.flows.set(sh, k, l.seq, next)
 	}
 	return d
 }
 
-func (s *Server) finish(l *loaded, ev *event.Event, res *policy.Result, cached bool) Decision {
-	d := Decision{Verdict: res.Verdict, Errno: res.Errno, Rule: res.Rule, Reason: res.Reason, Seq: l.seq, Cached: cached}
+// decision is the undecorated decision of policy seq's result res.
+func decision(res *policy.Result, seq uint64) Decision {
+	return Decision{Verdict: res.Verdict, Errno: res.Errno, Rule: res.Rule, Reason: res.Reason, Seq: seq}
+}
+
+// remember caches decision d of res for ev under policy l, hashed h; flow
+// says that it was decided with the subject's Flow states.
+func (s *Server) remember(l *loaded, ev *event.Event, h uint64, states string, flow bool, d Decision, res *policy.Result) {
+	if !s.cache.enabled() {
+		return
+	}
+	e := &entry{hash: h, seq: l.seq, flow: flow, audit: res.Audit, states: states, dec: d}
+	e.dec.Cached = true
+	e.quiet = !flow && d.Verdict == Allow && !res.Audit && !s.auditAllow
+	if res.Next != nil {
+		e.next = slices.Clone(res.Next)
+	}
+	s.cache.put(e, ev, l.usesPID)
+}
+
+// finish audits d if the verdict or the rule (audit) asks for it and
+// applies permissive mode.
+func (s *Server) finish(ev *event.Event, d Decision, audit bool) Decision {
 	denied := !d.Verdict.Allows()
 	if denied {
 		s.denies.Add(1)
 	}
-	if denied || d.Verdict == Alert || res.Audit || s.auditAllow {
+	if denied || d.Verdict == Alert || audit || s.auditAllow {
 		if err := s.record(ev, &d); err != nil {
 			return s.auditFailed(ev, d, err)
 		}
