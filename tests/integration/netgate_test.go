@@ -12,34 +12,47 @@ import (
 	"github.com/gatevisor/gatevisor/internal/audit"
 )
 
-// TestNetGate boots a guest on an isolated network behind the network gate
-// with policies/net-gate.policy and checks, through the CLI only, that
-// flows are decided by the process that opened them.
+// TestNetGate boots two guests on one isolated network, each behind its
+// own network gate: A with policies/net-gate.policy, B with a policy of
+// its own. Through the CLI only, it checks that flows are decided by the
+// process that opened them, on both ends of a guest-to-guest connection,
+// and that malformed frames from a real guest are refused and counted
+// while the monitor and normal traffic carry on.
 func TestNetGate(t *testing.T) {
 	needVM(t)
-	const vm = "netgate"
-	pol := filepath.Join(t.TempDir(), "net.policy")
+	const vm, peer = "netgate", "netgate-b"
+	dir := t.TempDir()
+	pol := filepath.Join(dir, "net.policy")
 	src, err := os.ReadFile("../../policies/net-gate.policy")
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Audit A's inbound web allows too, to see their attribution.
+	webIn := `localPortEq(80) and exeEq("/bin/busybox") allow`
+	if !strings.Contains(string(src), webIn) {
+		t.Fatalf("policies/net-gate.policy has no web_in rule ending %q", webIn)
+	}
+	src = []byte(strings.Replace(string(src), webIn, webIn+" audit", 1))
 	if err := os.WriteFile(pol, src, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	r := gv(t, readyTimeout+time.Minute, "run", "--detach", "--name", vm, "--net", "isolated:it-"+vm, "--policy", pol, "--ready-timeout", readyTimeout.String())
-	if r.code != 0 {
-		t.Fatalf("run: %d\n%s%s", r.code, r.stdout, r.stderr)
+	peerPol := filepath.Join(dir, "peer.policy")
+	if err := os.WriteFile(peerPol, []byte(peerPolicy), 0o600); err != nil {
+		t.Fatal(err)
 	}
-	t.Cleanup(func() { gv(t, time.Minute, "stop", vm, "--timeout", "20s") })
+	raw := buildStatic(t, "rawframes")
+	network := "isolated:it-" + vm
+	bootVMs(t,
+		vmSpec{vm, []string{"--net", network, "--policy", pol, "--add", raw + ":/usr/bin/rawframes"}},
+		vmSpec{peer, []string{"--net", network, "--policy", peerPol}})
 	sh := func(script string) result {
 		t.Helper()
 		return gv(t, 2*time.Minute, "exec", vm, "--", "sh", "-c", script)
 	}
-	// The boot-time DHCP attempt is short; make sure the guest has its lease.
-	if r := sh(`ip -4 addr show eth0 | grep -q 'inet 10.0.2.' || udhcpc -i eth0 -n -q -t 5 -T 1 -s /usr/share/udhcpc/default.script; ip -4 addr show eth0`); !strings.Contains(r.stdout, "inet 10.0.2.") {
-		t.Fatalf("no DHCP lease: %s%s", r.stdout, r.stderr)
-	}
+	addr := leaseIPv4(t, vm, "10.0.2.")
+	peerAddr := leaseIPv4(t, peer, "10.0.2.")
 	auditPath := filepath.Join(env.stateDir, "gatevisor", "vms", vm, "audit.jsonl")
+	peerAudit := filepath.Join(env.stateDir, "gatevisor", "vms", peer, "audit.jsonl")
 
 	t.Run("same destination, verdict by identity", func(t *testing.T) {
 		// busybox picks its applet from argv[0]: run the copy as "wget".
@@ -108,6 +121,62 @@ func TestNetGate(t *testing.T) {
 		}
 	})
 
+	t.Run("two guests, both ends attributed", func(t *testing.T) {
+		peerSh := func(script string) result {
+			t.Helper()
+			return gv(t, 2*time.Minute, "exec", peer, "--", "sh", "-c", script)
+		}
+		// B fetches A's web page: B's gate allows wget out, A's gate allows
+		// httpd in.
+		if r := peerSh("wget -qO- http://" + addr + "/"); r.code != 0 || !strings.Contains(r.stdout, "gatevisor demo device") {
+			t.Fatalf("B -> A:80: exit %d %q %s", r.code, r.stdout, r.stderr)
+		}
+		out := findAudit(t, peerAudit, func(r audit.Record) bool {
+			return r.Rule == "peer_tcp" && r.Event.Port == 80 && r.Event.Addr.String() == addr
+		})
+		in := findAudit(t, auditPath, func(r audit.Record) bool {
+			return r.Rule == "web_in" && r.Event.Addr.String() == peerAddr
+		})
+		if out.Event.Subject.Comm != "wget" || out.Event.Dir.String() != "out" || out.Verdict != "allow" {
+			t.Errorf("B's side: %+v", out)
+		}
+		if in.Event.Subject.Comm != "httpd" || in.Event.Dir.String() != "in" || in.Event.LocalPort != 80 || in.Verdict != "allow" {
+			t.Errorf("A's side: %+v", in)
+		}
+		// B's telnet to A: B's gate lets nc out, A's gate refuses telnetd's
+		// inbound connection.
+		if r := peerSh("nc -w 3 " + addr + " 23 </dev/null 2>&1; echo nc=$?"); !strings.Contains(r.stdout, "refused") {
+			t.Fatalf("B -> A:23 not refused: %s%s", r.stdout, r.stderr)
+		}
+		in = findAudit(t, auditPath, func(r audit.Record) bool {
+			return r.Rule == "no_telnet_in" && r.Event.Addr.String() == peerAddr
+		})
+		if in.Event.Subject.Comm != "telnetd" || in.Event.Dir.String() != "in" || in.Verdict != "deny" {
+			t.Errorf("A's deny: %+v", in)
+		}
+		findAudit(t, peerAudit, func(r audit.Record) bool {
+			return r.Rule == "peer_tcp" && r.Event.Port == 23 && r.Event.Subject.Comm == "nc"
+		})
+		// B's own rule stops a connection to A's port 8080 before it is
+		// sent: A's gate never sees it.
+		if r := peerSh("nc -w 3 " + addr + " 8080 </dev/null 2>&1; echo nc=$?"); !strings.Contains(r.stdout, "refused") {
+			t.Fatalf("B -> A:8080 not refused: %s%s", r.stdout, r.stderr)
+		}
+		deny := findAudit(t, peerAudit, func(r audit.Record) bool { return r.Rule == "no_peer_8080" })
+		if deny.Event.Subject.Comm != "nc" || deny.Event.Subject.Exe != "/bin/busybox" || deny.Event.Addr.String() != addr {
+			t.Errorf("B's deny: %+v", deny)
+		}
+		for _, r := range readAudit(t, auditPath) {
+			if r.Event.LocalPort == 8080 {
+				t.Errorf("A's gate saw B's denied connection: %+v", r)
+			}
+		}
+	})
+
+	t.Run("malformed frames from the guest", func(t *testing.T) {
+		testMalformedFrames(t, vm, addr, peer)
+	})
+
 	t.Run("hot policy reload", func(t *testing.T) {
 		if r := gv(t, time.Minute, "policy", "--help"); !strings.Contains(r.stdout, "  load ") {
 			t.Skip("`gatevisor policy load` is not available yet (the syscall-gate work adds it)")
@@ -157,3 +226,13 @@ func findAudit(t *testing.T, path string, match func(audit.Record) bool) audit.R
 	t.Fatalf("no matching audit record among %d", len(recs))
 	return audit.Record{}
 }
+
+// peerPolicy is guest B's policy in TestNetGate: TCP to the isolated
+// network's addresses is allowed and audited, except port 8080.
+const peerPolicy = `# TestNetGate's second guest.
+net default: deny(ECONNREFUSED)
+  dhcp: protoEq("udp") and (portEq(67) or localPortEq(68)) allow
+  no_peer_8080: dirIs(out) and addrIn("10.0.2.0/24") and portEq(8080) deny(ECONNREFUSED) audit
+  peer_tcp: dirIs(out) and protoEq("tcp") and addrIn("10.0.2.0/24") allow audit
+  egress_default: dirIs(out) deny(ECONNREFUSED) audit
+`
