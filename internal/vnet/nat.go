@@ -15,6 +15,7 @@ import (
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
 	"gvisor.dev/gvisor/pkg/tcpip/link/ethernet"
 	"gvisor.dev/gvisor/pkg/tcpip/network/arp"
@@ -184,10 +185,28 @@ func (n *NAT) Send(frames [][]byte) {
 			}
 			continue
 		}
+		if arpForOther(f) {
+			continue
+		}
 		pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(f)})
 		n.ch.InjectInbound(0, pkt)
 		pkt.DecRef()
 	}
+}
+
+// arpForOther reports an ARP request for an address other than the
+// gateway's and UserHostLoopback: a spoofing NIC would answer it, claiming
+// every address of the subnet, the guest's own included.
+func arpForOther(f []byte) bool {
+	if len(f) < header.EthernetMinimumSize+header.ARPSize || header.Ethernet(f).Type() != header.ARPProtocolNumber {
+		return false
+	}
+	a := header.ARP(f[header.EthernetMinimumSize:])
+	if !a.IsValid() || a.Op() != header.ARPRequest {
+		return false
+	}
+	t := netip.AddrFrom4([4]byte(a.ProtocolAddressTarget()))
+	return t != UserGateway && t != UserHostLoopback
 }
 
 // Stats returns the counters.

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -91,8 +92,12 @@ func newNATGuest(t *testing.T, cfg NATConfig) *natGuest {
 }
 
 func (g *natGuest) dial(t *testing.T, a netip.Addr, port uint16) (net.Conn, error) {
+	return g.dialTimeout(t, a, port, 5*time.Second)
+}
+
+func (g *natGuest) dialTimeout(t *testing.T, a netip.Addr, port uint16, d time.Duration) (net.Conn, error) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	return gonet.DialContextTCP(ctx, g.st, tcpip.FullAddress{NIC: 1, Addr: tcpip.AddrFrom4(a.As4()), Port: port}, ipv4.ProtocolNumber)
 }
@@ -164,9 +169,17 @@ func TestNATRefusesAndBlocks(t *testing.T) {
 	if _, err := g.dial(t, UserHostLoopback, closed); err == nil || !errors.Is(err, syscall.ECONNREFUSED) && !bytes.Contains([]byte(err.Error()), []byte("refused")) {
 		t.Fatalf("closed port: %v", err)
 	}
-	for _, a := range []string{"169.254.169.254", "192.168.127.1", "192.168.127.9", "0.1.2.3", "224.0.0.1"} {
-		if _, err := g.dial(t, netip.MustParseAddr(a), 80); err == nil {
-			t.Errorf("%s: connected", a)
+	// Refused at once: link-local, the gateway, 0.0.0.0/8.
+	for _, a := range []string{"169.254.169.254", "192.168.127.1", "0.1.2.3"} {
+		if _, err := g.dial(t, netip.MustParseAddr(a), 80); err == nil || !strings.Contains(err.Error(), "refused") {
+			t.Errorf("%s: %v, want refused", a, err)
+		}
+	}
+	// Nobody answers: another address of the subnet (the NAT does not
+	// claim it in ARP), multicast.
+	for _, a := range []string{"192.168.127.9", "224.0.0.1"} {
+		if _, err := g.dialTimeout(t, netip.MustParseAddr(a), 80, 500*time.Millisecond); err == nil || strings.Contains(err.Error(), "refused") {
+			t.Errorf("%s: %v, want no answer", a, err)
 		}
 	}
 	mu.Lock()
