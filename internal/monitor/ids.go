@@ -2,7 +2,6 @@ package monitor
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -167,7 +166,7 @@ func (m *Monitor) IDS(ctx context.Context, query, source string) (api.IDSResult,
 		}
 		return api.IDSResult{}, fmt.Errorf("ids %s: %w", query, err)
 	}
-	raw, err := json.Marshal(result)
+	raw, err := ids.EncodeResult(result)
 	if err != nil {
 		return api.IDSResult{}, err
 	}

@@ -217,6 +217,17 @@ func (g *GuestRAM) Size() int { return len(g.mem) }
 
 // find returns the region holding gpa.
 func (g *GuestRAM) find(gpa uint64) (Region, bool) {
+	if len(g.regions) <= 8 {
+		// The usual layout is one or two regions (RAM split at the PCI
+		// hole): a scan is cheaper than a binary search's closure, and
+		// the IDS makes thousands of small reads per query.
+		for _, r := range g.regions {
+			if gpa >= r.GPA && gpa < r.End() {
+				return r, true
+			}
+		}
+		return Region{}, false
+	}
 	i := sort.Search(len(g.regions), func(i int) bool { return g.regions[i].End() > gpa })
 	if i < len(g.regions) && g.regions[i].GPA <= gpa {
 		return g.regions[i], true

@@ -62,6 +62,25 @@ type AddressSpace struct {
 	LA57 bool
 	// Cache, if not nil, caches translations; see TranslationCache.
 	Cache *TranslationCache
+	// Linear, when set, is a window of virtual addresses that Translate
+	// resolves by arithmetic, without a page-table walk (see LinearWindow).
+	Linear *LinearWindow
+}
+
+// LinearWindow is a range of virtual addresses that maps linearly onto
+// guest-physical memory: pa = va - Base for va in [Base, Base+Size).
+// Linux's direct map of all RAM is one, and the kernel itself relies on
+// that identity (__pa, virt_to_page), so reading through the window sees
+// what the kernel sees. Base and Size must be multiples of 1 GiB (a window
+// that is not is ignored); whoever sets a window must have checked it
+// against the page tables (linux.Locate does).
+type LinearWindow struct {
+	Base, Size uint64
+}
+
+// contains reports whether va is in the window.
+func (w *LinearWindow) contains(va uint64) bool {
+	return (w.Base|w.Size)&(PageSize1G-1) == 0 && va >= w.Base && va-w.Base < w.Size
 }
 
 // NewAddressSpace returns the address space rooted at cr3, with the paging
@@ -88,6 +107,11 @@ func Canonical(va uint64, la57 bool) bool {
 func (as *AddressSpace) Translate(va uint64) (gpa, pageSize uint64, err error) {
 	if !Canonical(va, as.LA57) {
 		return 0, 0, fmt.Errorf("%w: %#x", ErrNonCanonical, va)
+	}
+	if w := as.Linear; w != nil && w.contains(va) {
+		// Contiguous over the aligned gigabyte: ReadVirtual splits reads
+		// there, and at the window's end the next translation walks.
+		return va - w.Base, PageSize1G, nil
 	}
 	if c := as.Cache; c != nil {
 		if gpa, size, ok := c.lookup(as, va); ok {

@@ -80,6 +80,7 @@ func Locate(mem vmi.PhysicalMemory, prof *Profile, regs Registers) (*Kernel, err
 			k, err := findSlide(as, prof, phys, text, bannerVA, banner)
 			if err == nil {
 				k.AS = kernelRoot(k, prof, text, bannerVA, banner)
+				k.AS.Linear = directMapWindow(k)
 				return k, nil
 			}
 			lastErr = err
@@ -104,6 +105,52 @@ func kernelRoot(k *Kernel, prof *Profile, text, bannerVA uint64, banner []byte) 
 	}
 	as.Cache = vmi.NewTranslationCache()
 	return as
+}
+
+// directMapWindow returns Linux's direct map of physical memory
+// (page_offset_base: every RAM page at base+pa) as a linear window, so that
+// reads of slab objects — tasks, creds, mm, dentries — cost no page-table
+// walk. It is used only when page_offset_base is 1 GiB-aligned and the
+// page tables agree with it at the first, middle and last page of every RAM
+// range; otherwise nil, and reads walk the tables as before.
+func directMapWindow(k *Kernel) *vmi.LinearWindow {
+	va, err := k.Addr("page_offset_base")
+	if err != nil {
+		return nil
+	}
+	base, err := vmi.ReadU64(k.AS, va)
+	if err != nil || !isKernelPtr(base) || base&(vmi.PageSize1G-1) != 0 {
+		return nil
+	}
+	ranges := k.Mem.Ranges()
+	if len(ranges) == 0 {
+		return nil
+	}
+	size := (ranges[len(ranges)-1].End + vmi.PageSize1G - 1) &^ uint64(vmi.PageSize1G-1)
+	if size == 0 || base+size < base {
+		return nil
+	}
+	probe := &vmi.AddressSpace{Mem: k.Mem, CR3: k.AS.CR3, LA57: k.AS.LA57}
+	agreed := 0
+	for _, r := range ranges {
+		if r.End <= r.Start {
+			continue
+		}
+		for _, pa := range []uint64{r.Start &^ 0xfff, (r.Start + (r.End-r.Start)/2) &^ 0xfff, (r.End - 1) &^ 0xfff} {
+			got, _, err := probe.Translate(base + pa)
+			if err != nil {
+				continue // a page the direct map leaves out
+			}
+			if got != pa {
+				return nil
+			}
+			agreed++
+		}
+	}
+	if agreed == 0 {
+		return nil
+	}
+	return &vmi.LinearWindow{Base: base, Size: size}
 }
 
 // candidateSpaces lists the address spaces to search: the given CR3, its

