@@ -232,9 +232,18 @@ func (n *NAT) Close() {
 	for c := range cs {
 		c.Close()
 	}
-	n.wg.Wait()
+	// Flows end once their connections are closed; a guest handshake in
+	// progress waits for the guest's ACK until the stack is closed, so the
+	// stack goes after a short grace period even if some are left.
+	done := make(chan struct{})
+	go func() { n.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(time.Second):
+	}
 	n.ch.Close()
 	n.st.Close()
+	<-done
 }
 
 // enter counts a goroutine of the NAT in, unless it is closed.

@@ -18,6 +18,7 @@ import (
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
 	"gvisor.dev/gvisor/pkg/tcpip/link/ethernet"
@@ -302,5 +303,33 @@ func TestNATDHCP(t *testing.T) {
 	const off = header.EthernetMinimumSize + header.IPv4MinimumSize + header.UDPMinimumSize
 	if len(r) < off+20 || !bytes.Equal(r[off+16:off+20], []byte{192, 168, 127, 2}) || !bytes.Equal(r[6:12], NATMAC[:]) {
 		t.Fatalf("reply % x", r)
+	}
+}
+
+// TestNATCloseDuringHandshake: a guest that sends a SYN and never answers
+// the SYN-ACK does not hold up Close.
+func TestNATCloseDuringHandshake(t *testing.T) {
+	port := loopbackEcho(t)
+	n, err := NewNAT(NATConfig{Deliver: func([][]byte) {}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const hl = header.EthernetMinimumSize + header.IPv4MinimumSize + header.TCPMinimumSize
+	b := make([]byte, hl)
+	mac := MAC{0x52, 0x54, 0, 1, 2, 3}
+	header.Ethernet(b).Encode(&header.EthernetFields{SrcAddr: tcpip.LinkAddress(mac[:]), DstAddr: tcpip.LinkAddress(NATMAC[:]), Type: header.IPv4ProtocolNumber})
+	ip := header.IPv4(b[header.EthernetMinimumSize:])
+	src, dst := tcpip.AddrFrom4(guestAddr.As4()), tcpip.AddrFrom4(UserHostLoopback.As4())
+	ip.Encode(&header.IPv4Fields{TotalLength: header.IPv4MinimumSize + header.TCPMinimumSize, TTL: 64, Protocol: uint8(header.TCPProtocolNumber), SrcAddr: src, DstAddr: dst})
+	ip.SetChecksum(^ip.CalculateChecksum())
+	tc := header.TCP(b[header.EthernetMinimumSize+header.IPv4MinimumSize:])
+	tc.Encode(&header.TCPFields{SrcPort: 40000, DstPort: port, SeqNum: 1, DataOffset: header.TCPMinimumSize, Flags: header.TCPFlagSyn, WindowSize: 65535})
+	tc.SetChecksum(^checksum.Checksum(tc, header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dst, header.TCPMinimumSize)))
+	n.Send([][]byte{b})
+	time.Sleep(300 * time.Millisecond) // dialled, SYN-ACK sent, waiting for the ACK
+	start := time.Now()
+	n.Close()
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("Close took %v", d)
 	}
 }
