@@ -49,6 +49,25 @@ type Status struct {
 	RuntimeDir  string     `json:"runtime_dir"`
 	ConsoleLog  string     `json:"console_log,omitempty"`
 	Net         *NetStatus `json:"net,omitempty"` // nil without a network
+	// SyscallGate is nil until a policy with syscall rules was loaded.
+	SyscallGate *SyscallGateStatus `json:"syscall_gate,omitempty"`
+}
+
+// SyscallGateStatus is the syscall gate's breakpoints and counters. Every
+// stop pauses the whole VM: Stops over time is what the gate costs.
+type SyscallGateStatus struct {
+	Breakpoints int `json:"breakpoints"`
+	// Stops counts breakpoint stops handled; Decided those that asked the
+	// security server, Skipped those at a hook that were not the policy's
+	// to decide (an exec's own opens, kernel threads), FaultIns those sent
+	// through the kernel to fault in a path first.
+	Stops    uint64 `json:"stops"`
+	Decided  uint64 `json:"decided"`
+	Skipped  uint64 `json:"skipped"`
+	FaultIns uint64 `json:"fault_ins"`
+	// HandleMicros is the monitor's time with the VM stopped at a
+	// breakpoint (reading the event, deciding, enforcing), in total.
+	HandleMicros uint64 `json:"handle_us"`
 }
 
 // NetStatus is the guest network and its gate's counters.

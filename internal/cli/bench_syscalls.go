@@ -30,8 +30,6 @@ type benchSyscallCase struct {
 	Policy string `json:"policy"`
 	Body   string `json:"loop_body"`
 	Iters  int    `json:"iterations"`
-	// Traps per iteration: breakpoint stops the gate handles.
-	Traps int `json:"traps_per_iteration"`
 	// Base is the case with the gate off that this one is compared with.
 	Base string `json:"baseline,omitempty"`
 }
@@ -46,6 +44,11 @@ type benchSyscallResult struct {
 	DiffPercent    float64 `json:"diff_percent,omitempty"`
 	PerTrapMicros  float64 `json:"per_trap_us,omitempty"`
 	BaselineMicros float64 `json:"baseline_per_iteration_us,omitempty"`
+	// StopsPerIter are the gate's breakpoint stops per iteration, counted
+	// by the monitor (api.SyscallGateStatus); HandleMicros is the
+	// monitor's share of each stop (reading, deciding, enforcing).
+	StopsPerIter float64 `json:"stops_per_iteration"`
+	HandleMicros float64 `json:"monitor_us_per_stop,omitempty"`
 }
 
 type benchSyscallReport struct {
@@ -73,8 +76,11 @@ configurations in every round:
 Loops run in the guest's ash and are timed by the guest's /proc/uptime:
 'true </etc/hostname' opens without forking (one openat per iteration);
 'cat /etc/hostname' forks and execs busybox (one openat in the child).
-Reports medians, the per-iteration difference from the gate-off loop, and
-the cost per trap (difference / traps per iteration).`,
+'kill -0 $$' is one kill syscall per iteration, a syscall no policy here
+names (the getpid-style control).
+Reports medians, the per-iteration difference from the gate-off loop, the
+breakpoint stops per iteration as the monitor counted them, and the cost
+per stop (difference / stops per iteration) with the monitor's share.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if rounds < 1 || rounds > 50 || iters < 10 || iters > 1000000 || fastIters < 10 || fastIters > 10000000 {
@@ -90,16 +96,19 @@ the cost per trap (difference / traps per iteration).`,
 				return enc.Encode(rep)
 			}
 			fmt.Printf("syscall gate, %s, %d rounds alternating, medians:\n", rep.Accel, rep.Rounds)
-			fmt.Printf("  %-22s %-7s %8s %10s %10s %9s\n", "case", "policy", "iters", "µs/iter", "vs off", "µs/trap")
+			fmt.Printf("  %-24s %-7s %8s %10s %10s %10s %9s %11s\n", "case", "policy", "iters", "µs/iter", "vs off", "stops/iter", "µs/stop", "monitor µs")
 			for _, r := range rep.Results {
-				diff, trap := "", ""
+				diff, trap, handle := "", "", ""
 				if r.Base != "" {
 					diff = fmt.Sprintf("%+.1f%%", r.DiffPercent)
-					if r.Traps > 0 {
+					if r.StopsPerIter > 0 {
 						trap = fmt.Sprintf("%.0f", r.PerTrapMicros)
 					}
 				}
-				fmt.Printf("  %-22s %-7s %8d %10.1f %10s %9s\n", r.Name, r.Policy, r.Iters, r.PerIterMicros, diff, trap)
+				if r.StopsPerIter > 0 {
+					handle = fmt.Sprintf("%.0f", r.HandleMicros)
+				}
+				fmt.Printf("  %-24s %-7s %8d %10.1f %10s %10.2f %9s %11s\n", r.Name, r.Policy, r.Iters, r.PerIterMicros, diff, r.StopsPerIter, trap, handle)
 			}
 			return nil
 		},
@@ -115,11 +124,13 @@ func benchSyscallCases(iters, fastIters int) []benchSyscallCase {
 	return []benchSyscallCase{
 		{Name: "open, gate off", Policy: "off", Body: "true </etc/hostname", Iters: fastIters},
 		{Name: "open, not trapped", Policy: "execve", Body: "true </etc/hostname", Iters: fastIters, Base: "open, gate off"},
-		{Name: "open, trapped+allowed", Policy: "open", Body: "true </etc/hostname", Iters: iters, Traps: 1, Base: "open, gate off"},
-		{Name: "open, denied", Policy: "open", Body: "true </etc/passwd", Iters: iters, Traps: 1, Base: "open, gate off"},
+		{Name: "open, trapped+allowed", Policy: "open", Body: "true </etc/hostname", Iters: iters, Base: "open, gate off"},
+		{Name: "open, denied", Policy: "open", Body: "true </etc/passwd", Iters: iters, Base: "open, gate off"},
+		{Name: "kill -0, gate off", Policy: "off", Body: "kill -0 $$", Iters: fastIters},
+		{Name: "kill -0, not named", Policy: "open", Body: "kill -0 $$", Iters: fastIters, Base: "kill -0, gate off"},
 		{Name: "cat, gate off", Policy: "off", Body: "cat /etc/hostname", Iters: iters},
-		{Name: "cat, trapped+allowed", Policy: "open", Body: "cat /etc/hostname", Iters: iters, Traps: 1, Base: "cat, gate off"},
-		{Name: "cat, denied", Policy: "open", Body: "cat /etc/passwd", Iters: iters, Traps: 1, Base: "cat, gate off"},
+		{Name: "cat, trapped+allowed", Policy: "open", Body: "cat /etc/hostname", Iters: iters, Base: "cat, gate off"},
+		{Name: "cat, denied", Policy: "open", Body: "cat /etc/passwd", Iters: iters, Base: "cat, gate off"},
 	}
 }
 
@@ -150,6 +161,15 @@ func benchSyscalls(ctx context.Context, rounds, iters, fastIters int) (*benchSys
 	rep := &benchSyscallReport{Accel: st.Accel, Rounds: rounds}
 	cases := benchSyscallCases(iters, fastIters)
 	samples := make([][]float64, len(cases))
+	stops := make([]float64, len(cases))  // stops per iteration, summed over rounds
+	handle := make([]float64, len(cases)) // monitor µs, summed over rounds
+	nstops := make([]float64, len(cases)) // stops, summed over rounds
+	gateStatus := func() api.SyscallGateStatus {
+		if st, err := c.Status(ctx); err == nil && st.SyscallGate != nil {
+			return *st.SyscallGate
+		}
+		return api.SyscallGateStatus{}
+	}
 	cur := ""
 	for r := 0; r < rounds; r++ {
 		for i, bc := range cases {
@@ -163,11 +183,18 @@ func benchSyscalls(ctx context.Context, rounds, iters, fastIters int) (*benchSys
 				}
 				cur = bc.Policy
 			}
+			g0 := gateStatus()
 			secs, err := guestLoop(ctx, c, bc.Body, bc.Iters)
 			if err != nil {
 				return nil, fmt.Errorf("round %d, %s: %w", r+1, bc.Name, err)
 			}
+			g1 := gateStatus()
 			samples[i] = append(samples[i], secs)
+			// The loop's own stops, less the exec channel's around it (a
+			// few, for the shell the agent starts).
+			stops[i] += float64(g1.Stops-g0.Stops) / float64(bc.Iters)
+			nstops[i] += float64(g1.Stops - g0.Stops)
+			handle[i] += float64(g1.HandleMicros - g0.HandleMicros)
 			fmt.Fprintf(os.Stderr, "round %d: %-22s %8.3fs\n", r+1, bc.Name, secs)
 		}
 	}
@@ -175,12 +202,16 @@ func benchSyscalls(ctx context.Context, rounds, iters, fastIters int) (*benchSys
 	for i, bc := range cases {
 		res := benchSyscallResult{benchSyscallCase: bc, Seconds: samples[i], MedianSeconds: median(samples[i])}
 		res.PerIterMicros = res.MedianSeconds / float64(bc.Iters) * 1e6
+		res.StopsPerIter = stops[i] / float64(rounds)
+		if nstops[i] > 0 {
+			res.HandleMicros = handle[i] / nstops[i]
+		}
 		perIter[bc.Name] = res.PerIterMicros
 		if base, ok := perIter[bc.Base]; ok && base > 0 {
 			res.BaselineMicros = base
 			res.DiffPercent = (res.PerIterMicros - base) / base * 100
-			if bc.Traps > 0 {
-				res.PerTrapMicros = (res.PerIterMicros - base) / float64(bc.Traps)
+			if res.StopsPerIter >= 0.5 {
+				res.PerTrapMicros = (res.PerIterMicros - base) / res.StopsPerIter
 			}
 		}
 		rep.Results = append(rep.Results, res)

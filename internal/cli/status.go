@@ -44,6 +44,14 @@ func newStatusCmd() *cobra.Command {
 			fmt.Printf("name:        %s\nstate:       %s (qemu: %s)\nguest:       %s\naccel:       %s — %s\nmachine:     %s, %dM, %d vCPU\nkernel:      %s\ninitrd:      %s\nappend:      %s\nmonitor pid: %d\nqemu pid:    %d\nstarted:     %s\nruntime dir: %s\nconsole log: %s\n",
 				st.Name, st.State, st.QEMUStatus, guest, st.Accel, st.AccelReason, st.Machine, st.MemMiB, st.CPUs,
 				st.Kernel, st.Initrd, st.Append, st.MonitorPID, st.QEMUPID, st.StartedAt.Format(time.RFC3339), st.RuntimeDir, st.ConsoleLog)
+			if g := st.SyscallGate; g != nil {
+				per := 0.0
+				if g.Stops > 0 {
+					per = float64(g.HandleMicros) / float64(g.Stops)
+				}
+				fmt.Printf("syscall gate: %d breakpoints; %d stops (%d decided, %d skipped, %d fault-ins), %.0f µs handling per stop\n",
+					g.Breakpoints, g.Stops, g.Decided, g.Skipped, g.FaultIns, per)
+			}
 			return nil
 		},
 	}

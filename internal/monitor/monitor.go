@@ -515,6 +515,7 @@ func (m *Monitor) Status(ctx context.Context) api.Status {
 		st.QEMUPID = m.proc.Pid()
 	}
 	st.Net = m.netStatus()
+	st.SyscallGate = m.syscallGateStatus()
 	if running {
 		qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		if qs, err := m.qmp.QueryStatus(qctx); err == nil {

@@ -57,6 +57,23 @@ type syscallGate struct {
 	cur atomicGate // what the debugger goroutine uses on a hit
 
 	kernelUp atomic.Bool // the kernel has been located: breakpoints can be placed
+
+	// Counters for api.SyscallGateStatus.
+	stops, decided, skipped, faultIns, handleNanos atomic.Uint64
+}
+
+// syscallGateStatus returns the gate's counters, nil before any syscall
+// policy was loaded.
+func (m *Monitor) syscallGateStatus() *api.SyscallGateStatus {
+	m.sg.mu.Lock()
+	armed := m.sg.gate != nil
+	n := len(m.sg.traps)
+	m.sg.mu.Unlock()
+	if !armed {
+		return nil
+	}
+	return &api.SyscallGateStatus{Breakpoints: n, Stops: m.sg.stops.Load(), Decided: m.sg.decided.Load(),
+		Skipped: m.sg.skipped.Load(), FaultIns: m.sg.faultIns.Load(), HandleMicros: m.sg.handleNanos.Load() / 1000}
 }
 
 type atomicGate struct {
@@ -361,7 +378,18 @@ func (m *Monitor) onTrap(ctx context.Context, c *gdbrsp.Client, thread int) (boo
 	if !ok {
 		return false, nil
 	}
+	start := time.Now()
+	defer func() { m.sg.handleNanos.Add(uint64(time.Since(start))) }()
+	m.sg.stops.Add(1)
 	out, herr := g.Handle(t, gate.Regs(regs))
+	switch {
+	case out.FaultIn:
+		m.sg.faultIns.Add(1)
+	case out.Skipped:
+		m.sg.skipped.Add(1)
+	default:
+		m.sg.decided.Add(1)
+	}
 	if herr != nil {
 		// The deny cannot be emulated without the return address: kill.
 		out.Writes, out.Step = gate.KillWrites(g.DoGroupExit()), false

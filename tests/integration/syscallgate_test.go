@@ -402,6 +402,22 @@ syscall default: allow
 			t.Errorf("audit --rule shadow_owner_only: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 		}
 	})
+	t.Run("status counts the gate's stops", func(t *testing.T) {
+		before := status(t, vm).SyscallGate
+		if before == nil || before.Breakpoints == 0 || before.Stops == 0 || before.Decided == 0 || before.Stops < before.Decided+before.Skipped {
+			t.Fatalf("syscall_gate status %+v; want breakpoints and counted stops", before)
+		}
+		// One cat: its open is decided, the exec's own open of busybox is
+		// a skipped hook stop.
+		guestSh(t, vm, "cat /etc/hostname >/dev/null")
+		after := status(t, vm).SyscallGate
+		if after.Decided <= before.Decided || after.Skipped <= before.Skipped || after.HandleMicros <= before.HandleMicros {
+			t.Errorf("after a cat: %+v, before %+v; want more decided and skipped stops", after, before)
+		}
+		if r := gv(t, time.Minute, "status", vm); !strings.Contains(r.stdout, "syscall gate:") || !strings.Contains(r.stdout, "stops") {
+			t.Errorf("status text: %q", r.stdout)
+		}
+	})
 	t.Run("process-scoped rule", func(t *testing.T) {
 		p := writePolicy(t, dir, "only-me.policy", `# Only /tmp/busybox-only-me may not read /etc/hostname.
 open default: allow
