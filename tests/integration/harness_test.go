@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -46,6 +48,7 @@ func run(m *testing.M) int {
 	env.bin = filepath.Join(tmp, "gatevisor")
 	env.runtimeDir = filepath.Join(tmp, "run")
 	env.stateDir = filepath.Join(tmp, "state")
+	stopOnInterrupt(tmp)
 	build := exec.Command("go", "build", "-o", env.bin, "github.com/gatevisor/gatevisor/cmd/gatevisor")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
@@ -278,6 +281,49 @@ func ramFiles() []string {
 }
 
 // leftovers describes any QEMU, runtime directory or RAM file of this run.
+// stopOnInterrupt stops every VM of the run when the test binary is
+// interrupted (Ctrl-C, SIGTERM) or is about to hit its -timeout (which
+// panics without running deferred cleanup): detached VMs would otherwise
+// outlive it.
+func stopOnInterrupt(tmp string) {
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		s := <-ch
+		stopAllVMs()
+		os.RemoveAll(tmp)
+		fmt.Fprintf(os.Stderr, "integration tests: %v: every VM stopped\n", s)
+		os.Exit(1)
+	}()
+	flag.Parse()
+	if f := flag.Lookup("test.timeout"); f != nil {
+		if g, ok := f.Value.(flag.Getter); ok {
+			if d, ok := g.Get().(time.Duration); ok && d > 2*time.Minute {
+				time.AfterFunc(d-time.Minute, func() {
+					fmt.Fprintln(os.Stderr, "integration tests: -timeout is near: stopping every VM")
+					stopAllVMs()
+				})
+			}
+		}
+	}
+}
+
+// stopAllVMs stops every VM in the run's runtime directory, in parallel.
+func stopAllVMs() {
+	ents, _ := os.ReadDir(env.runtimeDir)
+	var wg sync.WaitGroup
+	for _, e := range ents {
+		wg.Add(1)
+		go func(name string) {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			_ = gvCmd(ctx, nil, "stop", name, "--timeout", "10s").Run()
+		}(e.Name())
+	}
+	wg.Wait()
+}
+
 func leftovers() string {
 	var parts []string
 	if pids := qemuPIDs(""); len(pids) > 0 {
