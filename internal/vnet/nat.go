@@ -54,7 +54,7 @@ type NATConfig struct {
 	// Deliver receives the frames for the guest, from one goroutine; it
 	// owns them.
 	Deliver func([][]byte)
-	// Logf gets notices (may be nil).
+	// Logf gets notices: the first time a limit refuses a flow (may be nil).
 	Logf func(string, ...any)
 	// Dial opens the host side of a forwarded flow (nil: net.Dialer).
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
@@ -98,6 +98,8 @@ type NAT struct {
 	mu     sync.Mutex // guards conns and closed
 	conns  map[io.Closer]struct{}
 	closed bool
+
+	tcpFull, udpFull atomic.Bool // the limit was logged
 
 	frames, dhcpReplies, tcpForwarded, tcpRefused, udpForwarded, udpRefused atomic.Uint64
 	blocked, dnsQueries, dnsResolved, toGuest, dropped                      atomic.Uint64
@@ -361,6 +363,9 @@ func (n *NAT) forwardTCP(r *tcp.ForwarderRequest) {
 	select {
 	case n.tcpSem <- struct{}{}:
 	default:
+		if !n.tcpFull.Swap(true) {
+			n.cfg.Logf("nat: %d TCP connections open: refusing new ones until some close", maxNATTCP)
+		}
 		n.tcpRefused.Add(1)
 		r.Complete(true)
 		return
@@ -433,6 +438,9 @@ func (n *NAT) forwardUDP(r *udp.ForwarderRequest) bool {
 	select {
 	case n.udpSem <- struct{}{}:
 	default:
+		if !n.udpFull.Swap(true) {
+			n.cfg.Logf("nat: %d UDP flows open: refusing new ones until some end", maxNATUDP)
+		}
 		n.udpRefused.Add(1)
 		return false
 	}
