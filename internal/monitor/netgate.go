@@ -373,6 +373,11 @@ func (a *attributor) match(q gatenet.Query, fresh bool) (event.Subject, bool) {
 		if s.Family != "inet" && s.Family != "inet6" {
 			continue
 		}
+		// A socket bound to an address owns only flows of that address: a
+		// frame with a forged source finds no connected socket.
+		if !boundTo(s.LocalAddr, q.Local.Addr()) {
+			continue
+		}
 		sc := 0
 		switch q.Proto {
 		case "tcp":
@@ -443,6 +448,13 @@ func (a *attributor) match(q gatenet.Query, fresh bool) (event.Subject, bool) {
 		best = holder
 	}
 	return a.subject(a.socks[best].PID), true
+}
+
+// boundTo reports whether a socket with local address s (unspecified for
+// a wildcard bind) receives and sends as a.
+func boundTo(s string, a netip.Addr) bool {
+	p, err := netip.ParseAddr(s)
+	return s == "" || err == nil && (p.IsUnspecified() || p.Unmap() == a)
 }
 
 func addrIs(s string, a netip.Addr) bool {

@@ -42,9 +42,9 @@ func TestAttributorMatch(t *testing.T) {
 	a := &attributor{
 		socks: []linux.Socket{
 			{Family: "packet", Proto: "packet", PID: 90},
-			{Family: "inet", Proto: "tcp", LocalPort: 80, State: "LISTEN", PID: 100},
-			{Family: "inet", Proto: "tcp", LocalPort: 40000, RemoteAddr: "10.0.2.2", RemotePort: 7, State: "SYN_SENT", PID: 101},
-			{Family: "inet", Proto: "udp", LocalPort: 5353, PID: 102},
+			{Family: "inet", Proto: "tcp", LocalAddr: "0.0.0.0", LocalPort: 80, State: "LISTEN", PID: 100},
+			{Family: "inet", Proto: "tcp", LocalAddr: "10.0.2.15", LocalPort: 40000, RemoteAddr: "10.0.2.2", RemotePort: 7, State: "SYN_SENT", PID: 101},
+			{Family: "inet6", Proto: "udp", LocalAddr: "::", LocalPort: 5353, PID: 102},
 		},
 		tasks: map[int]linux.Task{
 			90: {PID: 90, Comm: "udhcpc"}, 100: {PID: 100, Comm: "httpd"}, 101: {PID: 101, Comm: "nc"}, 102: {PID: 102, Comm: "mdns"},
@@ -62,6 +62,7 @@ func TestAttributorMatch(t *testing.T) {
 		{"udp by local port, stale: walk again", gatenet.Query{Proto: "udp", Dir: event.DirOut, Local: ap("10.0.2.15:5353"), Remote: ap("224.0.0.251:5353")}, false, ""},
 		{"udp by local port, fresh", gatenet.Query{Proto: "udp", Dir: event.DirOut, Local: ap("10.0.2.15:5353"), Remote: ap("224.0.0.251:5353")}, true, "mdns"},
 		{"outbound port reused, stale: walk again", gatenet.Query{Proto: "tcp", Dir: event.DirOut, Local: ap("10.0.2.15:40000"), Remote: ap("10.0.2.3:80")}, false, ""},
+		{"forged source address, same port and peer", gatenet.Query{Proto: "tcp", Dir: event.DirOut, Local: ap("10.0.2.99:40000"), Remote: ap("10.0.2.2:7")}, true, ""},
 		{"unknown tcp, stale", gatenet.Query{Proto: "tcp", Dir: event.DirOut, Local: ap("10.0.2.15:41000"), Remote: ap("10.0.2.2:7")}, false, ""},
 		{"unknown tcp, fresh: never the packet socket", gatenet.Query{Proto: "tcp", Dir: event.DirOut, Local: ap("10.0.2.15:41000"), Remote: ap("10.0.2.2:7")}, true, ""},
 		{"dhcp, stale", gatenet.Query{Proto: "udp", Dir: event.DirOut, Local: ap("0.0.0.0:68"), Remote: ap("255.255.255.255:67")}, false, ""},
