@@ -2,6 +2,7 @@ package ids
 
 import (
 	"encoding/json"
+	"runtime"
 	"strconv"
 	"unicode/utf8"
 
@@ -17,9 +18,36 @@ import (
 // else goes through encoding/json.
 func EncodeResult(v any) ([]byte, error) {
 	if ts, ok := v.([]linux.Task); ok {
-		return AppendTasksJSON(make([]byte, 0, 256*len(ts)+2), ts), nil
+		return encodeTasks(ts), nil
 	}
 	return json.Marshal(v)
+}
+
+// taskJSONSize is a generous estimate of one encoded task.
+const taskJSONSize = 256
+
+// encodeTasks is AppendTasksJSON on two goroutines for long lists: the
+// encoding is CPU-bound, and the listing has just used both cores for its
+// reads, so the second half is written while the first is.
+func encodeTasks(ts []linux.Task) []byte {
+	const parallelFrom = 512
+	if ts == nil || len(ts) < parallelFrom || runtime.GOMAXPROCS(0) < 2 {
+		return AppendTasksJSON(make([]byte, 0, taskJSONSize*len(ts)+2), ts)
+	}
+	half := len(ts) / 2
+	var second []byte
+	done := make(chan struct{})
+	go func() {
+		second = appendTaskObjects(make([]byte, 0, taskJSONSize*(len(ts)-half)), ts[half:])
+		close(done)
+	}()
+	b := make([]byte, 0, taskJSONSize*len(ts)+2)
+	b = append(b, '[')
+	b = appendTaskObjects(b, ts[:half])
+	<-done
+	b = append(b, ',')
+	b = append(b, second...)
+	return append(b, ']')
 }
 
 // AppendTasksJSON appends ts as a JSON array of objects with linux.Task's
@@ -29,6 +57,12 @@ func AppendTasksJSON(b []byte, ts []linux.Task) []byte {
 		return append(b, "null"...)
 	}
 	b = append(b, '[')
+	b = appendTaskObjects(b, ts)
+	return append(b, ']')
+}
+
+// appendTaskObjects appends ts's objects separated by commas, no brackets.
+func appendTaskObjects(b []byte, ts []linux.Task) []byte {
 	for i := range ts {
 		if i > 0 {
 			b = append(b, ',')
@@ -64,7 +98,7 @@ func AppendTasksJSON(b []byte, ts []linux.Task) []byte {
 		b = strconv.AppendUint(b, t.PGD, 10)
 		b = append(b, '}')
 	}
-	return append(b, ']')
+	return b
 }
 
 const hexDigits = "0123456789abcdef"

@@ -32,6 +32,23 @@ func sameAsStd(t *testing.T, ts []linux.Task) {
 	}
 }
 
+func TestEncodeTasksParallel(t *testing.T) {
+	for _, n := range []int{0, 1, 511, 512, 513, 1050} {
+		ts := make([]linux.Task, n)
+		for i := range ts {
+			ts[i] = linux.Task{PID: i, Comm: "c\x00" + string(rune('a'+i%26)), Exe: "/bin/x"}
+		}
+		got, err := EncodeResult(ts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := AppendTasksJSON(nil, ts); string(got) != string(want) {
+			t.Fatalf("%d tasks: the parallel encoding differs from the sequential one", n)
+		}
+		sameAsStd(t, ts)
+	}
+}
+
 func TestAppendTasksJSON(t *testing.T) {
 	sameAsStd(t, nil)
 	sameAsStd(t, []linux.Task{})

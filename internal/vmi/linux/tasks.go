@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -328,9 +329,9 @@ func newTaskLayout(p *Profile) *taskLayout {
 	// Fields more than a cache line apart are read separately: a listing
 	// touches ~1,000 scattered task_structs and mm_structs, and copying
 	// the bytes between fields costs more in cache misses than a read.
-	l.blockParts = clusters(taskOffs, 64)
+	l.blockParts = clusters(taskOffs, 1024)
 	l.mmBlock = spanOf(l.mmPGD, l.mmExe)
-	l.mmParts = clusters([]uint64{l.mmPGD, l.mmExe}, 64)
+	l.mmParts = clusters([]uint64{l.mmPGD, l.mmExe}, 1024)
 	l.credBlock = spanOf(l.credUID, l.credGID, l.credEUID)
 	l.dBlock = spanOf(l.dParent, l.dNameLen, l.dNamePtr)
 	l.mntBlock = spanOf(l.mntParent, l.mntMountpoint, l.mntMnt+l.vfsRoot)
@@ -428,18 +429,35 @@ var le = binary.LittleEndian
 
 func (r *taskReader) readU64(va uint64) (uint64, error) { return vmi.ReadU64(r.k.AS, va) }
 
-// read reads and validates the task_struct at addr.
+// taskRefs are the pointers of a task_struct that finish follows.
+type taskRefs struct {
+	realParent, cred, signal, mm uint64
+	kthread                      bool
+}
+
+// read reads and validates the task_struct at addr, and what it points to.
 func (r *taskReader) read(addr uint64) (Task, error) {
+	t, refs, err := r.readCore(addr)
+	if err != nil {
+		return Task{}, err
+	}
+	r.noteTGID(t)
+	r.finish(&t, refs)
+	return t, nil
+}
+
+// readCore reads and validates the task_struct's own fields, leaving its
+// parent, cred, signal and mm to finish.
+func (r *taskReader) readCore(addr uint64) (Task, taskRefs, error) {
 	l := r.l
 	r.lastBlockRead = 0
 	if !isKernelPtr(addr) {
-		return Task{}, fmt.Errorf("%w: task_struct pointer %#x is not a kernel address", ErrInconsistent, addr)
+		return Task{}, taskRefs{}, fmt.Errorf("%w: task_struct pointer %#x is not a kernel address", ErrInconsistent, addr)
 	}
 	b := r.buf
-	r.lastBlockRead = 0
 	for _, p := range l.blockParts {
 		if _, err := r.k.AS.ReadVirtual(addr+p.lo, b[p.lo-l.block.lo:p.hi-l.block.lo]); err != nil {
-			return Task{}, fmt.Errorf("linux: read task_struct at %#x: %w", addr, err)
+			return Task{}, taskRefs{}, fmt.Errorf("linux: read task_struct at %#x: %w", addr, err)
 		}
 	}
 	r.lastBlockRead = addr
@@ -447,7 +465,7 @@ func (r *taskReader) read(addr uint64) (Task, error) {
 	u64 := func(off uint64) uint64 { return le.Uint64(b[off-l.block.lo:]) }
 	pid, tgid := int32(u32(l.pid)), int32(u32(l.tgid))
 	if pid < 0 || pid > maxPID || tgid < 0 || tgid > maxPID {
-		return Task{}, fmt.Errorf("%w: task_struct at %#x: pid %d tgid %d out of range", ErrInconsistent, addr, pid, tgid)
+		return Task{}, taskRefs{}, fmt.Errorf("%w: task_struct at %#x: pid %d tgid %d out of range", ErrInconsistent, addr, pid, tgid)
 	}
 	t := Task{Addr: addr, PID: int(pid), TGID: int(tgid), StartTime: u64(l.startTime)}
 	comm := b[l.comm-l.block.lo:][:taskCommLen]
@@ -458,32 +476,44 @@ func (r *taskReader) read(addr uint64) (Task, error) {
 	state, exit := u32(l.state), u32(l.exitState)
 	t.State = stateLetter(state, exit)
 	flags := u32(l.flags)
-	mm := u64(l.mm)
-	t.KernelThread = flags&pfKthread != 0 || (mm == 0 && exit == 0)
+	refs := taskRefs{realParent: u64(l.realParent), cred: u64(l.cred), signal: u64(l.signal), mm: u64(l.mm), kthread: flags&pfKthread != 0}
+	t.KernelThread = refs.kthread || (refs.mm == 0 && exit == 0)
+	return t, refs, nil
+}
 
-	if p := u64(l.realParent); p != 0 && p != addr {
+// noteTGID records a task's tgid by address, for its children's PPID.
+func (r *taskReader) noteTGID(t Task) {
+	if len(r.tgids) < MaxTasks {
+		r.tgids[t.Addr] = int32(t.TGID)
+	}
+}
+
+// finish reads what a task points to: its parent's tgid (from the tasks
+// read so far when it can), ids from its cred, thread count, and its mm's
+// page tables and executable. Nothing here fails the task: a field that
+// cannot be read stays zero.
+func (r *taskReader) finish(t *Task, refs taskRefs) {
+	l := r.l
+	if p := refs.realParent; p != 0 && p != t.Addr {
 		if v, ok := r.tgids[p]; ok {
 			t.PPID = int(v)
 		} else if v, err := r.u32at(p + l.tgid); err == nil && v <= maxPID {
 			t.PPID = int(v)
 		}
 	}
-	if len(r.tgids) < MaxTasks {
-		r.tgids[addr] = tgid
-	}
-	if c := u64(l.cred); c != 0 {
+	if c := refs.cred; c != 0 {
 		if b := r.scratch[:l.credBlock.len()]; r.readAt(c+l.credBlock.lo, b) == nil {
 			t.UID = le.Uint32(b[l.credUID-l.credBlock.lo:])
 			t.GID = le.Uint32(b[l.credGID-l.credBlock.lo:])
 			t.EUID = le.Uint32(b[l.credEUID-l.credBlock.lo:])
 		}
 	}
-	if s := u64(l.signal); s != 0 {
+	if s := refs.signal; s != 0 {
 		if v, err := r.u32at(s + l.nrThreads); err == nil && int32(v) > 0 && v <= MaxTasks {
 			t.Threads = int(v)
 		}
 	}
-	if mm != 0 && flags&pfKthread == 0 {
+	if mm := refs.mm; mm != 0 && !refs.kthread {
 		var pgd, exe uint64
 		m := r.scratch[:l.mmBlock.len()]
 		ok := true
@@ -501,7 +531,19 @@ func (r *taskReader) read(addr uint64) (Task, error) {
 			t.Exe, _ = r.exePath(exe)
 		}
 	}
-	return t, nil
+}
+
+// clone returns a reader for another goroutine of the same listing: its
+// own buffers and path cache, the task ids read so far shared read-only.
+func (r *taskReader) clone() *taskReader {
+	c := *r
+	c.buf = make([]byte, len(r.buf))
+	c.scratch = make([]byte, len(r.scratch))
+	c.paths = make(map[[2]uint64]string, len(r.paths))
+	for k, v := range r.paths {
+		c.paths[k] = v
+	}
+	return &c
 }
 
 // physical converts a direct-map address to a physical address: by
@@ -664,11 +706,62 @@ func (k *Kernel) Tasks() ([]Task, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := make([]Task, 0, k.taskCountHint())
+	n := k.taskCountHint()
+	out := make([]Task, 0, n)
+	refs := make([]taskRefs, 0, n)
 	tl := &tally{view: "tasks"}
-	tl.stop = r.walkTasks(head+r.l.tasks, func(t Task) { out = append(out, t) }, tl)
+	tl.stop = r.walkTaskList(head+r.l.tasks, func(t Task, rf taskRefs) {
+		out = append(out, t)
+		refs = append(refs, rf)
+	}, tl)
+	r.finishAll(out, refs)
 	return out, tl.err()
 }
+
+// finishAll runs finish over tasks, in parallel when there are enough of
+// them: each task's cred, signal and mm are independent scattered reads,
+// so two cores overlap their cache and TLB misses. Parents' tgids are all
+// known by now, so most PPIDs cost no read.
+func (r *taskReader) finishAll(tasks []Task, refs []taskRefs) {
+	r.parallel(len(tasks), func(wr *taskReader, i int) { wr.finish(&tasks[i], refs[i]) })
+}
+
+// parallel calls fn for 0..n-1 over a few goroutines, each with its own
+// reader (clone: own buffers and path cache; r.tgids shared read-only), or
+// on r alone when n is small. fn must only write index i's results.
+func (r *taskReader) parallel(n int, fn func(wr *taskReader, i int)) {
+	workers := min(runtime.GOMAXPROCS(0), maxFinishWorkers)
+	if n < minParallelTasks || workers < 2 {
+		for i := 0; i < n; i++ {
+			fn(r, i)
+		}
+		return
+	}
+	var wg sync.WaitGroup
+	chunk := (n + workers - 1) / workers
+	for lo := 0; lo < n; lo += chunk {
+		hi := min(lo+chunk, n)
+		wr := r
+		if lo > 0 {
+			wr = r.clone()
+		}
+		wg.Add(1)
+		go func(wr *taskReader, lo, hi int) {
+			defer wg.Done()
+			for i := lo; i < hi; i++ {
+				fn(wr, i)
+			}
+		}(wr, lo, hi)
+	}
+	wg.Wait()
+}
+
+// Parallel reads: below minParallelTasks a goroutine costs more than it
+// saves.
+const (
+	minParallelTasks = 256
+	maxFinishWorkers = 4
+)
 
 // taskCountHint is the kernel's thread count (nr_threads) bounded to
 // [64, MaxTasks]: the capacity a listing starts with, so that it does not
@@ -683,11 +776,13 @@ func (k *Kernel) taskCountHint() int {
 	return n
 }
 
-// walkTasks walks the task list from its head like vmi.WalkList, but takes
-// each next pointer from the task_struct bytes read anyway. A task that does
-// not validate is skipped (and the walk goes on through its next pointer if
-// that was read); the walk stops at MaxTasks entries or a repeated node.
-func (r *taskReader) walkTasks(head uint64, fn func(Task), tl *tally) error {
+// walkTaskList walks the task list from its head like vmi.WalkList, but
+// takes each next pointer from the task_struct bytes read anyway, and reads
+// each task's own fields only (readCore); fn gets the pointers finish
+// needs. A task that does not validate is skipped (and the walk goes on
+// through its next pointer if that was read); the walk stops at MaxTasks
+// entries or a repeated node.
+func (r *taskReader) walkTaskList(head uint64, fn func(Task, taskRefs), tl *tally) error {
 	node, err := r.readU64(head)
 	if err != nil {
 		return fmt.Errorf("linux: task list head %#x: %w", head, err)
@@ -701,14 +796,15 @@ func (r *taskReader) walkTasks(head uint64, fn func(Task), tl *tally) error {
 			return fmt.Errorf("%w: task list node %#x revisited after %d entries", vmi.ErrListCycle, node, count)
 		}
 		seen[node] = struct{}{}
-		t, err := r.read(node - r.l.tasks)
+		t, refs, err := r.readCore(node - r.l.tasks)
 		if err != nil {
 			tl.skip(err)
 			if r.lastBlockRead != node-r.l.tasks {
 				return fmt.Errorf("linux: task list stops at %#x: %w", node, err)
 			}
 		} else {
-			fn(t)
+			r.noteTGID(t)
+			fn(t, refs)
 		}
 		node = le.Uint64(r.buf[r.l.tasks-r.l.block.lo:])
 	}
