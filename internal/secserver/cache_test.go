@@ -1,6 +1,7 @@
 package secserver
 
 import (
+	"github.com/gatevisor/gatevisor/internal/audit"
 	"math"
 	"net/netip"
 	"reflect"
@@ -351,5 +352,23 @@ func TestHashStringBytes(t *testing.T) {
 				t.Errorf("len %d: byte %d does not change the hash", n, i)
 			}
 		}
+	}
+}
+
+type panicSink struct{}
+
+func (panicSink) Append(*audit.Record) error { panic("disk on fire") }
+
+// A sink that panics is an audit failure: Decide still returns a deny and
+// does not panic, though the panic happens again inside the fail-closed
+// path.
+func TestPanickingSinkDenies(t *testing.T) {
+	s := New(compile(t, allowAllPolicy), Config{Audit: panicSink{}, AuditAllow: true})
+	d := s.Decide(fullEvent())
+	if d.Verdict != Deny || d.Audited {
+		t.Fatalf("%+v; want an unaudited deny", d)
+	}
+	if st := s.Stats(); st.AuditErrors == 0 || st.InternalErrors == 0 {
+		t.Errorf("stats %+v", st)
 	}
 }

@@ -416,11 +416,23 @@ func (s *Server) failClosedErrno(ev *event.Event, rule, reason string, errno int
 		if ev.Validate() == nil {
 			e = *ev
 		}
-		if err := s.record(&e, &d); err != nil {
+		if err := s.recordNoPanic(&e, &d); err != nil {
 			s.auditErrors.Add(1)
 		} else {
 			d.Audited = true
 		}
 	}
 	return d
+}
+
+// recordNoPanic is record for the fail-closed path, which runs inside
+// recoverDeny: a sink that panics there (the panic may have been the
+// sink's to begin with) is an audit failure, and the deny stands.
+func (s *Server) recordNoPanic(ev *event.Event, d *Decision) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("audit sink panicked: %v", r)
+		}
+	}()
+	return s.record(ev, d)
 }
