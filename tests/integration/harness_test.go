@@ -6,10 +6,12 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -280,7 +282,6 @@ func ramFiles() []string {
 	return out
 }
 
-// leftovers describes any QEMU, runtime directory or RAM file of this run.
 // stopOnInterrupt stops every VM of the run when the test binary is
 // interrupted (Ctrl-C, SIGTERM) or is about to hit its -timeout (which
 // panics without running deferred cleanup): detached VMs would otherwise
@@ -324,6 +325,8 @@ func stopAllVMs() {
 	wg.Wait()
 }
 
+// leftovers describes any QEMU, runtime directory, RAM file or tap device
+// of this run.
 func leftovers() string {
 	var parts []string
 	if pids := qemuPIDs(""); len(pids) > 0 {
@@ -339,7 +342,27 @@ func leftovers() string {
 	if f := ramFiles(); len(f) > 0 {
 		parts = append(parts, "RAM files "+strings.Join(f, ","))
 	}
+	if taps := leftTaps(); len(taps) > 0 {
+		parts = append(parts, "tap devices "+strings.Join(taps, ","))
+	}
 	return strings.Join(parts, "; ")
+}
+
+// leftTaps lists the tests' tap devices (gvitPID) that this run made or
+// whose test process is gone; another live run's taps are its own.
+func leftTaps() []string {
+	ifs, _ := net.Interfaces()
+	var taps []string
+	for _, i := range ifs {
+		pid, err := strconv.Atoi(strings.TrimPrefix(i.Name, tapPrefix))
+		if !strings.HasPrefix(i.Name, tapPrefix) || err != nil {
+			continue
+		}
+		if pid == os.Getpid() || syscall.Kill(pid, 0) != nil {
+			taps = append(taps, i.Name)
+		}
+	}
+	return taps
 }
 
 // syncBuffer is a bytes.Buffer safe for a writer and a reader goroutine.
