@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -39,12 +40,17 @@ type NetOptions struct {
 	Mode    string // NetNone, NetIsolated, NetUser, NetTap
 	Network string // isolated: the network's name
 	TapIf   string // tap: the interface
+	// TapAddrs (tap:IF,ip=A.B.C.D) are the guest's IPv4 addresses on the
+	// tap: the only sources the gate lets out. Without them it learns the
+	// address from a DHCP server on the tap's side.
+	TapAddrs []netip.Addr
 	// NoGate connects the guest straight to the network, for benchmarks
 	// only: no filtering and no attribution.
 	NoGate bool
 }
 
-// ParseNet parses a --net value: isolated[:NAME], user, tap:IF.
+// ParseNet parses a --net value: isolated[:NAME], user,
+// tap:IF[,ip=A.B.C.D[/NN]]... (at most gatenet.MaxStaticAddrs addresses).
 func ParseNet(s string) (NetOptions, error) {
 	mode, arg, _ := strings.Cut(s, ":")
 	switch mode {
@@ -59,10 +65,28 @@ func ParseNet(s string) (NetOptions, error) {
 		}
 		return NetOptions{Mode: NetIsolated, Network: arg}, nil
 	case NetTap:
-		if arg == "" || len(arg) > 15 {
+		parts := strings.Split(arg, ",")
+		if parts[0] == "" || len(parts[0]) > 15 {
 			return NetOptions{}, fmt.Errorf("--net tap:IF needs an interface name of 1-15 characters")
 		}
-		return NetOptions{Mode: NetTap, TapIf: arg}, nil
+		o := NetOptions{Mode: NetTap, TapIf: parts[0]}
+		for _, p := range parts[1:] {
+			v, ok := strings.CutPrefix(p, "ip=")
+			if !ok {
+				return NetOptions{}, fmt.Errorf("--net tap:%s: unknown option %q (tap:IF[,ip=A.B.C.D[/NN]]...)", parts[0], p)
+			}
+			a, err := parseTapAddr(v)
+			if err != nil {
+				return NetOptions{}, fmt.Errorf("--net tap:%s: ip=%s: %w", parts[0], v, err)
+			}
+			if !slices.Contains(o.TapAddrs, a) {
+				o.TapAddrs = append(o.TapAddrs, a)
+			}
+		}
+		if err := (&gatenet.SourceBinding{Static: o.TapAddrs}).Validate(); err != nil {
+			return NetOptions{}, fmt.Errorf("--net tap:%s: %w", parts[0], err)
+		}
+		return o, nil
 	case NetUser:
 		if arg != "" {
 			return NetOptions{}, fmt.Errorf("--net user takes no argument")
@@ -70,6 +94,49 @@ func ParseNet(s string) (NetOptions, error) {
 		return NetOptions{Mode: NetUser}, nil
 	}
 	return NetOptions{}, fmt.Errorf("--net %q: use isolated[:NAME], user or tap:IF", s)
+}
+
+// parseTapAddr parses the guest's address on a tap, A.B.C.D or, as in
+// `ip addr add`, A.B.C.D/NN: the prefix length is the guest's business;
+// only the address is bound, so a prefix's network or broadcast address
+// (10.0.0.0/24, meaning a range) is refused rather than read as one host.
+func parseTapAddr(v string) (netip.Addr, error) {
+	if !strings.Contains(v, "/") {
+		a, err := netip.ParseAddr(v)
+		if err != nil || !a.Is4() {
+			return netip.Addr{}, fmt.Errorf("not an IPv4 address")
+		}
+		return a, nil
+	}
+	p, err := netip.ParsePrefix(v)
+	if err != nil || !p.Addr().Is4() {
+		return netip.Addr{}, fmt.Errorf("not an IPv4 address with a prefix length")
+	}
+	a := p.Addr()
+	if p.Bits() < 31 {
+		last := p.Masked().Addr().As4()
+		for i := p.Bits(); i < 32; i++ {
+			last[i/8] |= 0x80 >> (i % 8)
+		}
+		if a == p.Masked().Addr() || a == netip.AddrFrom4(last) {
+			return netip.Addr{}, fmt.Errorf("the network or broadcast address of %v: give the guest's own address (the gate binds exactly one address per ip=)", p.Masked())
+		}
+	}
+	return a, nil
+}
+
+// sourceBinding is how the gate learns the guest's IPv4 address for mode o:
+// from the DHCP server of the isolated network or the NAT (the only one
+// whose replies it believes), from the tap's ip= options, or from any DHCP
+// server on the tap's side.
+func sourceBinding(o NetOptions) *gatenet.SourceBinding {
+	switch o.Mode {
+	case NetIsolated:
+		return &gatenet.SourceBinding{DHCPServer: vnet.GatewayAddr, DHCPServerMAC: vnet.ServicesMAC}
+	case NetUser:
+		return &gatenet.SourceBinding{DHCPServer: vnet.UserGateway, DHCPServerMAC: vnet.NATMAC}
+	}
+	return &gatenet.SourceBinding{Static: o.TapAddrs}
 }
 
 // guestMAC derives a stable, locally administered MAC from the VM name, so
@@ -136,8 +203,15 @@ func (m *Monitor) startNet(qcfg *qemu.Config) error {
 	fromNet := toGuest
 	if !o.NoGate {
 		ns.attr = &attributor{m: m}
-		ns.gate = gatenet.New(gatenet.Config{Decider: sec, Seq: sec.Seq, Attributor: ns.attr, GuestMAC: mac,
-			ToNet: toNet, ToGuest: toGuest, OnDecision: m.onNetDecision})
+		src := sourceBinding(o)
+		switch {
+		case o.Mode == NetTap && len(src.Static) == 0:
+			m.logf("tap %s: the network gate lets out only the IPv4 address a DHCP server on the tap's side leases the guest; for a static address, pass --net tap:%s,ip=A.B.C.D", o.TapIf, o.TapIf)
+		case o.Mode == NetTap:
+			m.logf("tap %s: the network gate lets out only the guest's addresses %v", o.TapIf, src.Static)
+		}
+		ns.gate = gatenet.New(gatenet.Config{Decider: sec, Seq: sec.Seq, Attributor: ns.attr, GuestMAC: mac, Source: src,
+			Logf: m.logf, ToNet: toNet, ToGuest: toGuest, OnDecision: m.onNetDecision})
 		fromNet = ns.gate.Ingress
 	}
 	var send func([][]byte)

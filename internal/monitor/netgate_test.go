@@ -4,6 +4,8 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/gatevisor/gatevisor/internal/event"
 	gatenet "github.com/gatevisor/gatevisor/internal/gate/net"
 	"github.com/gatevisor/gatevisor/internal/vmi/linux"
@@ -23,14 +25,31 @@ func TestParseNet(t *testing.T) {
 		{"user", NetOptions{Mode: NetUser}, false},
 		{"user:x", NetOptions{}, true},
 		{"tap:gvtap0", NetOptions{Mode: NetTap, TapIf: "gvtap0"}, false},
+		{"tap:gvtap0,ip=10.213.5.2/24", NetOptions{Mode: NetTap, TapIf: "gvtap0", TapAddrs: []netip.Addr{netip.MustParseAddr("10.213.5.2")}}, false},
+		{"tap:gvtap0,ip=10.213.5.2,ip=192.0.2.7/32,ip=10.213.5.2", NetOptions{Mode: NetTap, TapIf: "gvtap0",
+			TapAddrs: []netip.Addr{netip.MustParseAddr("10.213.5.2"), netip.MustParseAddr("192.0.2.7")}}, false},
+		{"tap:gvtap0,ip=10.213.5.0/24", NetOptions{}, true},   // a network
+		{"tap:gvtap0,ip=10.213.5.255/24", NetOptions{}, true}, // its broadcast
+		{"tap:gvtap0,ip=10.213.5.1/31", NetOptions{Mode: NetTap, TapIf: "gvtap0", TapAddrs: []netip.Addr{netip.MustParseAddr("10.213.5.1")}}, false},
+		{"tap:gvtap0,ip=0.0.0.0", NetOptions{}, true},
+		{"tap:gvtap0,ip=127.0.0.1", NetOptions{}, true},
+		{"tap:gvtap0,ip=fd00::1", NetOptions{}, true},
+		{"tap:gvtap0,ip=10.0.0.300", NetOptions{}, true},
+		{"tap:gvtap0,mtu=9000", NetOptions{}, true},
+		{"tap:gvtap0,", NetOptions{}, true},
+		{"tap:,ip=10.0.0.2", NetOptions{}, true},
+		{"tap:gvtap0,ip=10.0.0.1,ip=10.0.0.2,ip=10.0.0.3,ip=10.0.0.4,ip=10.0.0.5,ip=10.0.0.6,ip=10.0.0.7,ip=10.0.0.8,ip=10.0.0.9", NetOptions{}, true},
 		{"tap:", NetOptions{}, true},
 		{"tap:a-name-longer-than-15", NetOptions{}, true},
 		{"bridge", NetOptions{}, true},
 	} {
 		t.Run(tc.in, func(t *testing.T) {
 			got, err := ParseNet(tc.in)
-			if (err != nil) != tc.err || got != tc.want {
-				t.Fatalf("ParseNet(%q) = %+v, %v; want %+v, error %v", tc.in, got, err, tc.want, tc.err)
+			if (err != nil) != tc.err {
+				t.Fatalf("ParseNet(%q) error %v, want error %v", tc.in, err, tc.err)
+			}
+			if diff := cmp.Diff(tc.want, got, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
+				t.Fatalf("ParseNet(%q) (-want +got):\n%s", tc.in, diff)
 			}
 		})
 	}

@@ -52,7 +52,9 @@ func TestNetGateBackends(t *testing.T) {
 		tap = newTap(t)
 		tapPol := filepath.Join(dir, "tap.policy")
 		writeFile(t, tapPol, fmt.Sprintf(tapPolicy, tap.host, tap.host))
-		specs = append(specs, vmSpec{tapVM, []string{"--net", "tap:" + tap.name, "--policy", tapPol}})
+		// The gate lets out only the guest's address on the tap (there is
+		// no DHCP on it to learn one from).
+		specs = append(specs, vmSpec{tapVM, []string{"--net", "tap:" + tap.name + ",ip=" + tap.guest + "/24", "--policy", tapPol}})
 	}
 	bootVMs(t, specs...)
 
@@ -160,6 +162,14 @@ func TestNetGateBackends(t *testing.T) {
 		if ns := netStatus(t, vm); ns.Mode != "tap" || ns.Tap != tap.name || ns.Gate.Allowed < 2 || ns.Gate.Denied < 2 {
 			t.Errorf("status: %+v, gate %+v", ns, ns.Gate)
 		}
+		// A source address other than ip= never reaches the host, though
+		// the policy allows the port.
+		other := listenCount(t, net.JoinHostPort(tap.host, "7002"))
+		tapIf, err := net.InterfaceByName(tap.name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		testForgedSource(t, vm, tap.guest, tap.host, tapIf.HardwareAddr.String(), other.port, other.accepted.Load)
 	})
 }
 

@@ -3,6 +3,8 @@ package integration
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +12,8 @@ import (
 	"time"
 
 	"github.com/gatevisor/gatevisor/internal/audit"
+	gatenet "github.com/gatevisor/gatevisor/internal/gate/net"
+	"github.com/gatevisor/gatevisor/internal/vnet"
 )
 
 // TestNetGate boots two guests on one isolated network, each behind its
@@ -173,6 +177,11 @@ func TestNetGate(t *testing.T) {
 		}
 	})
 
+	t.Run("forged source address", func(t *testing.T) {
+		m := vnet.ServicesMAC
+		testForgedSource(t, vm, addr, vnet.GatewayAddr.String(), net.HardwareAddr(m[:]).String(), vnet.EchoPort, nil)
+	})
+
 	t.Run("malformed frames from the guest", func(t *testing.T) {
 		testMalformedFrames(t, vm, addr, peer)
 	})
@@ -194,6 +203,59 @@ func TestNetGate(t *testing.T) {
 			t.Fatalf("still refused after reload: %s%s", r.stdout, r.stderr)
 		}
 	})
+}
+
+// testForgedSource gives guest vm (leased or configured address addr) a
+// second address on eth0 that the gate was not told about, and sends from
+// it to dst (whose MAC is dstMAC): an ICMP echo (ping -I), a TCP
+// connection to dst:port (through a host route whose preferred source is
+// the forged address) and ARP requests (arping -s). The guest first pins
+// dst's MAC, so that its kernel sends the IPv4 packets rather than asking
+// for dst's MAC in vain from the forged address. Everything must be dropped
+// by the gate and counted as spoofed, and never reach dst (accepted, when
+// not nil, counts dst's connections); then, with the address removed, the
+// real address must still reach dst:port.
+func testForgedSource(t *testing.T, vm, addr, dst, dstMAC string, port int, accepted func() int64) {
+	t.Helper()
+	forged := addr[:strings.LastIndex(addr, ".")] + ".200"
+	sh := func(script string) result {
+		t.Helper()
+		return gv(t, 2*time.Minute, "exec", vm, "--", "sh", "-c", script)
+	}
+	before := netStatus(t, vm)
+	var n0 int64
+	if accepted != nil {
+		n0 = accepted()
+	}
+	r := sh(fmt.Sprintf(`ip addr add %[1]s/24 dev eth0 && ip route add %[2]s/32 dev eth0 src %[1]s && arp -s %[2]s %[4]s || exit 9
+ping -c 2 -W 2 -I %[1]s %[2]s >/dev/null 2>&1; echo "ping=$?"
+nc -w 3 %[2]s %[3]d </dev/null >/dev/null 2>&1; echo "nc=$?"
+arping -c 2 -w 3 -s %[1]s %[2]s >/dev/null 2>&1; echo "arping=$?"
+arp -d %[2]s; ip route del %[2]s/32 dev eth0 src %[1]s; ip addr del %[1]s/24 dev eth0`, forged, dst, port, dstMAC))
+	if r.code != 0 || !strings.Contains(r.stdout, "ping=1") || strings.Contains(r.stdout, "nc=0") || !strings.Contains(r.stdout, "arping=1") {
+		t.Fatalf("from the forged %s: exit %d %q %s", forged, r.code, r.stdout, r.stderr)
+	}
+	after := netStatus(t, vm)
+	delta := func(reason string) uint64 { return after.Gate.DropReasons[reason] - before.Gate.DropReasons[reason] }
+	if got := delta(gatenet.ReasonSpoofedIPv4); got < 3 {
+		t.Errorf("spoofed-source drops: %d more, want at least 3 (2 echo requests, a SYN); reasons %v", got, after.Gate.DropReasons)
+	}
+	if got := delta(gatenet.ReasonSpoofedARPIPv4); got < 2 {
+		t.Errorf("spoofed ARP sender drops: %d more, want at least 2; reasons %v", got, after.Gate.DropReasons)
+	}
+	if got := delta(gatenet.ReasonUnbound); got != 0 {
+		t.Errorf("%d drops for want of a bound address: the gate lost the guest's address", got)
+	}
+	if accepted != nil && accepted() != n0 {
+		t.Errorf("%s:%d accepted %d connections from the forged source", dst, port, accepted()-n0)
+	}
+	// The real address still works, ARP included.
+	if r := sh(fmt.Sprintf(`ip -4 addr show eth0 | grep -c inet; arping -c 1 -w 3 %[1]s >/dev/null && echo hello | nc -w 3 %[1]s %[2]d`, dst, port)); r.code != 0 || !strings.HasPrefix(r.stdout, "1\n") {
+		t.Fatalf("from %s after the forged attempt: exit %d %q %s", addr, r.code, r.stdout, r.stderr)
+	}
+	if accepted != nil && accepted() != n0+1 {
+		t.Errorf("%s:%d accepted %d connections from the real address, want 1", dst, port, accepted()-n0)
+	}
 }
 
 func readAudit(t *testing.T, path string) []audit.Record {

@@ -13,15 +13,22 @@
 //   - verdicts: Accept (forward), Drop, Reject (a TCP RST to the sender)
 //     and Hold (the first packet of a flow waits for its decision).
 //   - anti-spoofing: from the guest, the Ethernet source and an ARP
-//     packet's sender address must be the guest's MAC (Config.GuestMAC).
-//     Source IPv4 addresses are not checked yet (the gate does not know
-//     the guest's address); flows are keyed and attributed by what the
-//     guest's kernel holds, so a spoofed source finds no socket and is
-//     unattributed.
+//     packet's sender address must be the guest's MAC (Config.GuestMAC),
+//     and the IPv4 source and ARP sender IPv4 address must be an address
+//     bound to the guest (Config.Source, IP source guard): static ones (a
+//     tap's ip=), or the one in the last DHCPACK for the guest's MAC from
+//     the network's DHCP server, which the gate follows on Ingress (DHCP
+//     snooping; a DHCPNAK unbinds). DHCP client messages from 0.0.0.0
+//     (then decided like any flow) and ARP probes (sender 0.0.0.0) pass.
 //
 // Pipeline, per batch of frames (one lock acquisition per batch):
 //
 //	frames ──► Parse ──► refused? ─────────────────────────────► Drop
+//	              │
+//	              ▼
+//	        from the guest: source MAC, ARP sender, IPv4 source
+//	        not the guest's? ──────────────────────────────────► Drop
+//	        for the guest: a DHCPACK/NAK for it? ─► (re)bind its address
 //	              │
 //	              ▼
 //	        flow table (5-tuple, guest side first)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -67,6 +68,12 @@ type Config struct {
 	Attributor Attributor
 	// GuestMAC, when set, is the only source MAC the guest may use.
 	GuestMAC [6]byte
+	// Source, when set, binds the guest's IPv4 source addresses; nil
+	// leaves them unchecked (the monitor always sets it).
+	Source *SourceBinding
+	// Logf gets notices: address bindings and the first frame dropped for
+	// want of one (nil: none).
+	Logf func(format string, args ...any)
 	// ToNet and ToGuest receive the frames the gate lets through (and the
 	// RSTs it makes). They own the slices; each is called from one
 	// goroutine at a time.
@@ -100,9 +107,12 @@ type Gate struct {
 	wg    sync.WaitGroup
 	outMu sync.Mutex // serializes ToNet and ToGuest calls
 
-	mu      sync.Mutex // guards flows and the drop reasons
-	flows   map[FlowKey]*flow
-	reasons map[string]uint64
+	mu            sync.Mutex // guards the fields up to the counters
+	flows         map[FlowKey]*flow
+	reasons       map[string]uint64
+	leased        netip.Addr // the guest's address by DHCP (SourceBinding)
+	warnedUnbound bool       // the first ReasonUnbound drop was noted
+	notes         []string   // for Logf, once the lock is released
 
 	frames, forwarded, dropped, refused, resets atomic.Uint64
 	newFlows, allowed, denied, unattributed     atomic.Uint64
@@ -118,6 +128,11 @@ func New(cfg Config) *Gate {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.Source != nil {
+		src := *cfg.Source
+		src.Static = slices.Clone(src.Static)
+		cfg.Source = &src
 	}
 	g := &Gate{cfg: cfg, work: make(chan *flow, 1024), stop: make(chan struct{}), flows: map[FlowKey]*flow{}, reasons: map[string]uint64{}}
 	for range cfg.Workers {
@@ -182,7 +197,14 @@ func (g *Gate) filter(frames [][]byte, fromGuest bool) {
 			}
 		}
 	}
+	notes := g.notes
+	g.notes = nil
 	g.mu.Unlock()
+	if g.cfg.Logf != nil {
+		for _, n := range notes {
+			g.cfg.Logf("%s", n)
+		}
+	}
 	g.forwarded.Add(uint64(len(pass)))
 	g.emit(pass, back, fromGuest)
 	for _, f := range start {
@@ -221,15 +243,30 @@ func (g *Gate) classify(fr []byte, p *Packet, fromGuest bool, now time.Time) (in
 		return vDrop, err.Error(), nil
 	}
 	if fromGuest && g.cfg.GuestMAC != ([6]byte{}) && p.SrcMAC != g.cfg.GuestMAC {
-		return vDrop, "spoofed source MAC", nil
+		return vDrop, ReasonSpoofedMAC, nil
 	}
 	if p.Kind == KindARP {
-		// The sender address is what peers learn: a guest may not claim
-		// another's MAC in it, even from its own Ethernet source.
+		// The sender addresses are what peers learn: a guest may not claim
+		// another's MAC or IPv4 address in them, even from its own
+		// Ethernet source.
 		if fromGuest && g.cfg.GuestMAC != ([6]byte{}) && p.ARPSender != g.cfg.GuestMAC {
-			return vDrop, "spoofed ARP sender", nil
+			return vDrop, ReasonSpoofedARP, nil
+		}
+		if fromGuest && g.cfg.Source != nil {
+			if reason := g.checkSource(p); reason != "" {
+				return vDrop, reason, nil
+			}
 		}
 		return vAccept, "", nil
+	}
+	if g.cfg.Source != nil {
+		if fromGuest {
+			if reason := g.checkSource(p); reason != "" {
+				return vDrop, reason, nil
+			}
+		} else if p.Proto == ProtoUDP && p.SrcPort == dhcpServerPort && p.DstPort == dhcpClientPort {
+			g.snoopDHCP(p)
+		}
 	}
 	k := FlowKey{Proto: p.Proto, Local: netip.AddrPortFrom(p.Src, p.SrcPort), Remote: netip.AddrPortFrom(p.Dst, p.DstPort)}
 	if !fromGuest {

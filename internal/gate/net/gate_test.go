@@ -296,11 +296,17 @@ func FuzzGate(f *testing.F) {
 	f.Add(udpFrame(netip.AddrPortFrom(remoteIP, 1), netip.AddrPortFrom(guestIP, 2), false), false)
 	g := New(Config{Decider: &fakeDecider{}, Attributor: &fakeAttr{}, ToNet: func([][]byte) {}, ToGuest: func([][]byte) {}, Retry: []time.Duration{}})
 	f.Cleanup(g.Close)
+	// The same with a source binding learned by DHCP from any server.
+	bound := New(Config{Decider: &fakeDecider{}, Attributor: &fakeAttr{}, ToNet: func([][]byte) {}, ToGuest: func([][]byte) {}, Retry: []time.Duration{},
+		GuestMAC: guestMAC, Source: &SourceBinding{}})
+	f.Cleanup(bound.Close)
 	f.Fuzz(func(t *testing.T, b []byte, egress bool) {
-		if egress {
-			g.Egress([][]byte{b})
-		} else {
-			g.Ingress([][]byte{b})
+		for _, g := range []*Gate{g, bound} {
+			if egress {
+				g.Egress([][]byte{b})
+			} else {
+				g.Ingress([][]byte{b})
+			}
 		}
 	})
 }

@@ -48,10 +48,12 @@ var (
 type Packet struct {
 	Kind   uint8
 	SrcMAC [6]byte
-	// ARPSender is an ARP packet's sender hardware address.
-	ARPSender [6]byte
-	Proto     uint8
-	Src, Dst  netip.Addr
+	// ARPSender and ARPSenderIP are an ARP packet's sender hardware and
+	// protocol addresses.
+	ARPSender   [6]byte
+	ARPSenderIP netip.Addr
+	Proto       uint8
+	Src, Dst    netip.Addr
 	// SrcPort and DstPort are the TCP/UDP ports; for ICMP echo both are
 	// the echo identifier.
 	SrcPort, DstPort uint16
@@ -79,6 +81,7 @@ func Parse(frame []byte, p *Packet) error {
 		}
 		p.Kind = KindARP
 		copy(p.ARPSender[:], a.HardwareAddressSender())
+		p.ARPSenderIP = netip.AddrFrom4([4]byte(a.ProtocolAddressSender()))
 		return nil
 	case header.IPv4ProtocolNumber:
 	default:

@@ -1,0 +1,80 @@
+package net
+
+import (
+	"encoding/binary"
+	"net/netip"
+)
+
+// DHCP message types the source binding follows (RFC 2132 option 53).
+const (
+	DHCPAck = 5
+	DHCPNak = 6
+)
+
+// DHCP and BOOTP ports.
+const (
+	dhcpServerPort = 67
+	dhcpClientPort = 68
+)
+
+const (
+	dhcpFixedLen = 236 // BOOTP header up to the options
+	dhcpMagic    = 0x63825363
+	dhcpMaxOpts  = 312 // options scanned at most (RFC 2131's minimum message)
+)
+
+// DHCPReply is what the source binding needs of a DHCP reply.
+type DHCPReply struct {
+	Type      uint8      // option 53: DHCPAck, DHCPNak, ...
+	ClientMAC [6]byte    // chaddr
+	YourAddr  netip.Addr // yiaddr: the address leased to the client
+	ServerID  netip.Addr // option 54, if present
+}
+
+// ParseDHCPReply parses a BOOTREPLY UDP payload (op 2, Ethernet hardware
+// addresses, the DHCP magic cookie, a message type). It is pure and bounds
+// every length; ok is false for anything else.
+func ParseDHCPReply(b []byte) (r DHCPReply, ok bool) {
+	if len(b) < dhcpFixedLen+4 || b[0] != 2 || b[1] != 1 || b[2] != 6 {
+		return DHCPReply{}, false
+	}
+	if binary.BigEndian.Uint32(b[dhcpFixedLen:]) != dhcpMagic {
+		return DHCPReply{}, false
+	}
+	r.YourAddr = netip.AddrFrom4([4]byte(b[16:20]))
+	copy(r.ClientMAC[:], b[28:34])
+	opts := b[dhcpFixedLen+4:]
+	if len(opts) > dhcpMaxOpts {
+		opts = opts[:dhcpMaxOpts]
+	}
+	for i := 0; i < len(opts); {
+		code := opts[i]
+		if code == 255 {
+			break
+		}
+		if code == 0 {
+			i++
+			continue
+		}
+		if i+1 >= len(opts) || i+2+int(opts[i+1]) > len(opts) {
+			return DHCPReply{}, false
+		}
+		val := opts[i+2 : i+2+int(opts[i+1])]
+		switch {
+		case code == 53 && len(val) == 1:
+			r.Type = val[0]
+		case code == 54 && len(val) == 4:
+			r.ServerID = netip.AddrFrom4([4]byte(val))
+		}
+		i += 2 + len(val)
+	}
+	return r, r.Type != 0
+}
+
+// leasable reports whether a is an address a DHCP server may lease to a
+// guest: unicast, not 0.0.0.0/8, loopback, link-local, multicast or the
+// limited broadcast.
+func leasable(a netip.Addr) bool {
+	return a.Is4() && !a.IsUnspecified() && !a.IsLoopback() && !a.IsMulticast() && !a.IsLinkLocalUnicast() &&
+		a != netip.AddrFrom4([4]byte{255, 255, 255, 255}) && a.As4()[0] != 0
+}
