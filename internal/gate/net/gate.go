@@ -105,7 +105,10 @@ type Gate struct {
 	work  chan *flow
 	stop  chan struct{}
 	wg    sync.WaitGroup
-	outMu sync.Mutex // serializes ToNet and ToGuest calls
+	// netMu and guestMu serialize the ToNet and the ToGuest calls, each
+	// on its own: a write to a guest that is slow to read must not hold
+	// up the frames it sends (and the other way round).
+	netMu, guestMu sync.Mutex
 
 	mu            sync.Mutex // guards the fields up to the counters
 	flows         map[FlowKey]*flow
@@ -159,10 +162,11 @@ func (g *Gate) Close() {
 	g.wg.Wait()
 }
 
-// Egress filters frames the guest sent.
+// Egress filters frames the guest sent. It takes ownership of frames,
+// the slice included (the frames let through are compacted into it).
 func (g *Gate) Egress(frames [][]byte) { g.filter(frames, true) }
 
-// Ingress filters frames for the guest.
+// Ingress filters frames for the guest, like Egress.
 func (g *Gate) Ingress(frames [][]byte) { g.filter(frames, false) }
 
 // verdict of one frame in a batch.
@@ -174,7 +178,8 @@ const (
 )
 
 func (g *Gate) filter(frames [][]byte, fromGuest bool) {
-	var pass, back [][]byte
+	pass := frames[:0] // in place: no allocation on the fast path
+	var back [][]byte
 	var start []*flow
 	var p Packet
 	now := g.cfg.Now()
@@ -221,9 +226,7 @@ func (g *Gate) emit(pass, back [][]byte, fromGuest bool) {
 	if len(pass) == 0 && len(back) == 0 {
 		return
 	}
-	g.outMu.Lock()
-	defer g.outMu.Unlock()
-	toNet, toGuest := g.cfg.ToNet, g.cfg.ToGuest
+	toNet, toGuest := g.toNet, g.toGuest
 	if !fromGuest {
 		toNet, toGuest = toGuest, toNet
 	}
@@ -233,6 +236,18 @@ func (g *Gate) emit(pass, back [][]byte, fromGuest bool) {
 	if len(back) > 0 {
 		toGuest(back)
 	}
+}
+
+func (g *Gate) toNet(b [][]byte) {
+	g.netMu.Lock()
+	defer g.netMu.Unlock()
+	g.cfg.ToNet(b)
+}
+
+func (g *Gate) toGuest(b [][]byte) {
+	g.guestMu.Lock()
+	defer g.guestMu.Unlock()
+	g.cfg.ToGuest(b)
 }
 
 // classify decides one frame on the fast path.
