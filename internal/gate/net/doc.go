@@ -36,6 +36,7 @@
 //	          │ hit, denied  ──► SYN again? ───────────────────► Reject / Drop
 //	          │ hit, pending ──► queue (bounded) ──────────────► Hold
 //	          │ miss, not a flow start (TCP w/o SYN, ICMP reply)► Drop
+//	          │ (a SYN on a closed TCP flow's 5-tuple is a miss)
 //	          ▼ miss, flow start (SYN, first UDP datagram, echo request)
 //	        Hold ──► worker: Attributor (guest sockets → task)
 //	                   │  socket not seen yet? retry after 2, 5, 10, 20 ms

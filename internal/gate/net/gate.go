@@ -288,6 +288,13 @@ func (g *Gate) classify(fr []byte, p *Packet, fromGuest bool, now time.Time) (in
 		k.Local, k.Remote = k.Remote, k.Local
 	}
 	f := g.flows[k]
+	if f != nil && f.closed && p.Proto == ProtoTCP && p.TCPFlags&(tcpSYN|tcpACK|tcpRST) == tcpSYN {
+		// A new connection on the 5-tuple of a closed one: another
+		// process may have bound the port since, so it is attributed and
+		// decided afresh.
+		delete(g.flows, k)
+		f = nil
+	}
 	if f != nil {
 		f.last = now
 		switch f.state {
@@ -360,10 +367,6 @@ func (g *Gate) track(f *flow, p *Packet, fromGuest bool) {
 			f.finRemote = true
 		}
 		f.closed = f.finLocal && f.finRemote
-	}
-	if p.TCPFlags&(tcpSYN|tcpACK) == tcpSYN && f.closed {
-		// A new connection reusing the 5-tuple after close: decide again.
-		f.closed, f.finLocal, f.finRemote = false, false, false
 	}
 }
 

@@ -163,6 +163,40 @@ func TestGateAllowByIdentityThenFastPath(t *testing.T) {
 	}
 }
 
+// TestGateReusedTupleIsDecidedAgain: a connection on the 5-tuple of a
+// closed one may be another process's, bound to the same port: it must
+// not ride on the old flow's verdict.
+func TestGateReusedTupleIsDecidedAgain(t *testing.T) {
+	h := newHarness(t)
+	l, r := netip.AddrPortFrom(guestIP, 1111), netip.AddrPortFrom(remoteIP, 80)
+	h.g.Egress([][]byte{tcpFrame(guestMAC, remoteMAC, l, r, tcpSYN, 1, 0)})
+	get(t, h.toNet)
+	<-h.recs
+	// A retransmitted SYN of the open connection is the same flow.
+	h.g.Egress([][]byte{tcpFrame(guestMAC, remoteMAC, l, r, tcpSYN, 1, 0)})
+	get(t, h.toNet)
+	h.g.Egress([][]byte{tcpFrame(guestMAC, remoteMAC, l, r, tcpACK|tcpFIN, 2, 0)})
+	get(t, h.toNet)
+	h.g.Ingress([][]byte{tcpFrame(remoteMAC, guestMAC, r, l, tcpACK|tcpFIN, 9, 0)})
+	get(t, h.toGuest)
+	if n := h.attr.calls.Load(); n != 1 {
+		t.Fatalf("attributed %d times before the reuse", n)
+	}
+	// The same tuple again, now another process's: attributed, decided
+	// (and here denied), reset.
+	h.attr.missing.Store(0)
+	h.dec.denyAll.Store(true)
+	h.g.Egress([][]byte{tcpFrame(guestMAC, remoteMAC, l, r, tcpSYN, 100, 0)})
+	get(t, h.toGuest) // the RST
+	empty(t, h.toNet)
+	if rec := <-h.recs; rec.Action != "reset" || h.attr.calls.Load() != 2 {
+		t.Fatalf("record %+v after %d attributions", rec, h.attr.calls.Load())
+	}
+	if st := h.g.Stats(); st.NewFlows != 2 || st.Denied != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
 func TestGateDenyResets(t *testing.T) {
 	h := newHarness(t)
 	l, r := netip.AddrPortFrom(guestIP, 2222), netip.AddrPortFrom(remoteIP, 23)
