@@ -101,10 +101,10 @@ type Stats struct {
 // Gate filters one guest's frames. Create with New, feed with Egress and
 // Ingress, stop with Close.
 type Gate struct {
-	cfg   Config
-	work  chan *flow
-	stop  chan struct{}
-	wg    sync.WaitGroup
+	cfg  Config
+	work chan *flow
+	stop chan struct{}
+	wg   sync.WaitGroup
 	// netMu and guestMu serialize the ToNet and the ToGuest calls, each
 	// on its own: a write to a guest that is slow to read must not hold
 	// up the frames it sends (and the other way round).
