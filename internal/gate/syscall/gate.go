@@ -349,11 +349,7 @@ func (g *Gate) buildEvent(t Trap, regs Regs) (ev event.Event, unmapped uint64, e
 	} else if p, err := g.ptregs.Decode(pr); err == nil {
 		raw = p.ArgsFor(t.Compat)
 	}
-	var task linux.Task
-	taskAddr, err := g.k.CurrentTask(regs[RegGSBase])
-	if err == nil {
-		task, err = g.k.TaskAt(taskAddr)
-	}
+	taskAddr, task, err := g.currentTask(regs)
 	if err != nil {
 		errs = append(errs, fmt.Errorf("current task: %w", err))
 	} else {

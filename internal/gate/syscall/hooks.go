@@ -178,11 +178,7 @@ func (g *Gate) allowOutcome(t Trap, ev event.Event) Outcome {
 func (g *Gate) hookEvent(t Trap, regs Regs) (ev event.Event, taskAddr uint64, skip bool, err error) {
 	ev = event.Event{Class: event.ClassSyscall, Op: t.Syscall.Op, Time: time.Now().UTC()}
 	var errs []error
-	var task linux.Task
-	taskAddr, terr := g.k.CurrentTask(regs[RegGSBase])
-	if terr == nil {
-		task, terr = g.k.TaskAt(taskAddr)
-	}
+	taskAddr, task, terr := g.currentTask(regs)
 	if terr != nil {
 		errs = append(errs, fmt.Errorf("current task: %w", terr))
 	} else {
@@ -282,6 +278,16 @@ func (g *Gate) eventArgs(sc Syscall, raw [6]uint64, task linux.Task, regs Regs) 
 		args = append(args, int64(v))
 	}
 	return args
+}
+
+// currentTask reads the task running on the stopped vCPU.
+func (g *Gate) currentTask(regs Regs) (uint64, linux.Task, error) {
+	addr, err := g.k.CurrentTask(regs[RegGSBase])
+	if err != nil {
+		return addr, linux.Task{}, err
+	}
+	task, err := g.k.TaskAt(addr)
+	return addr, task, err
 }
 
 func subjectOf(task linux.Task) event.Subject {
