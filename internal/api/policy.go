@@ -19,7 +19,11 @@ type PolicyRequest struct {
 
 // Breakpoint is one syscall-gate breakpoint in place.
 type Breakpoint struct {
+	// Symbol is the function trapped; Site, when set, names the call to
+	// it in a caller that is trapped instead of its entry
+	// ("do_dentry_open+0xf3").
 	Symbol   string `json:"symbol"`
+	Site     string `json:"site,omitempty"`
 	Syscall  string `json:"syscall"`
 	Addr     string `json:"addr"`
 	PhysAddr string `json:"phys_addr,omitempty"`

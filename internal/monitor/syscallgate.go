@@ -143,6 +143,7 @@ func (m *Monitor) armGate() {
 			return
 		}
 	}
+	m.prepareGate()
 	if va, err := k.Addr("system_state"); err == nil {
 		// A private address space: the IDS's translation cache is not for
 		// concurrent use.
@@ -167,6 +168,27 @@ func (m *Monitor) armGate() {
 	if err != nil {
 		m.logf("syscall gate: %v; the policy's syscall rules are NOT enforced", err)
 	}
+}
+
+// prepareGate builds the gate while the kernel boots, when the start
+// policy has syscall rules: building it scans the kernel text for the
+// hooks' call sites (tens of milliseconds), which must not delay the
+// breakpoints once the kernel reaches SYSTEM_RUNNING. A failure here is
+// reported when the breakpoints are placed.
+func (m *Monitor) prepareGate() {
+	src, err := os.ReadFile(m.cfg.PolicyFile)
+	if err != nil {
+		return
+	}
+	spec, err := parseSpec(m.cfg.PolicyFile, src)
+	if err != nil || len(gate.Names(spec)) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	m.sg.mu.Lock()
+	defer m.sg.mu.Unlock()
+	m.ensureGate(ctx)
 }
 
 // systemRunning is SYSTEM_RUNNING in the kernel's enum system_states: set
@@ -317,7 +339,7 @@ func (m *Monitor) applyTrapsLocked(ctx context.Context, spec *policy.Spec) (api.
 	})
 	res.Syscalls = names
 	for _, t := range m.sg.traps {
-		bp := api.Breakpoint{Symbol: t.Symbol, Syscall: t.Syscall.Op, Addr: "0x" + strconv.FormatUint(t.Addr, 16)}
+		bp := api.Breakpoint{Symbol: t.Symbol, Site: t.Site, Syscall: t.Syscall.Op, Addr: "0x" + strconv.FormatUint(t.Addr, 16)}
 		if g != nil {
 			if pa, _, err := g.Kernel().AS.Translate(t.Addr); err == nil {
 				bp.PhysAddr = "0x" + strconv.FormatUint(pa, 16)

@@ -278,6 +278,14 @@ syscall default: allow
 		syms := map[string]bool{}
 		for _, bp := range res.Breakpoints {
 			syms[bp.Symbol] = true
+			// The LSM hooks are trapped at their callers, away from the
+			// hot hooks on their own pages (gate.hookSites).
+			if strings.HasPrefix(bp.Symbol, "security_") && bp.Site == "" {
+				t.Errorf("%s trapped at its entry %s; want its call sites", bp.Symbol, bp.Addr)
+			}
+			if bp.Symbol == "security_file_open" && !strings.HasPrefix(bp.Site, "do_dentry_open+") {
+				t.Errorf("security_file_open trapped at %q; want its call in do_dentry_open", bp.Site)
+			}
 		}
 		if !syms["__x64_sys_mkdir"] || !syms["__ia32_sys_mkdir"] || !syms["security_file_open"] {
 			t.Errorf("breakpoints %v; want __x64_sys_mkdir, __ia32_sys_mkdir and security_file_open", syms)

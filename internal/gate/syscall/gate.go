@@ -42,6 +42,13 @@ type Trap struct {
 	// Compat marks the i386 entry of a syscall (arguments in bx, cx, dx,
 	// si, di, bp).
 	Compat bool
+	// Via says whether Addr is the hook's own entry or a call (or tail
+	// jump) to it in a caller, Len bytes long; Target is then the hook's
+	// entry and Site names the caller's instruction ("do_dentry_open+0xf3").
+	Via    Via
+	Len    int
+	Target uint64
+	Site   string
 }
 
 // Outcome is what Handle decided and how to enforce it.
@@ -83,8 +90,10 @@ type Gate struct {
 	// pending maps the kernel stack pointer of a call sent to fault in its
 	// path to the pt_regs pointer (rdi) the handler must get back.
 	pending map[uint64]uint64
-	// hooks are the LSM hooks this kernel has (hooks.go).
+	// hooks are the LSM hooks this kernel has (hooks.go), and sites the
+	// calls to them that are trapped instead of their entries.
 	hooks map[Hook]uint64
+	sites map[Hook][]linux.CodeRef
 	// created are creates allowed at AtPathMknod, whose AtFileOpen hit is
 	// not decided twice.
 	created map[createdKey]bool
@@ -109,6 +118,7 @@ func New(k *linux.Kernel, d Decider) (*Gate, error) {
 		g.strnlenUser = a
 	}
 	g.hooks = hookAddrs(k)
+	g.sites = hookSites(k, g.hooks)
 	g.created = map[createdKey]bool{}
 	return g, nil
 }
@@ -169,8 +179,22 @@ func (g *Gate) Plan(spec *policy.Spec) (traps []Trap, missing []string) {
 				op = m.Op
 			}
 		}
-		add(Trap{Addr: addr, Symbol: h.String(), Syscall: Syscall{Name: h.String(), Op: op, Path: -1, Dirfd: -1, How: -1},
-			Skip: g.skip(addr), Hook: h, Members: members})
+		t := Trap{Addr: addr, Symbol: h.String(), Syscall: Syscall{Name: h.String(), Op: op, Path: -1, Dirfd: -1, How: -1},
+			Hook: h, Members: members}
+		if len(g.sites[h]) == 0 {
+			t.Skip = g.skip(addr)
+			add(t)
+			continue
+		}
+		for _, site := range g.sites[h] {
+			st := t
+			st.Addr, st.Len, st.Target, st.Site = site.Addr, site.Len, addr, site.Where
+			st.Via = ViaCall
+			if site.Kind == linux.RefJump {
+				st.Via = ViaJump
+			}
+			add(st)
+		}
 	}
 	sort.Slice(traps, func(i, j int) bool { return traps[i].Addr < traps[j].Addr })
 	return traps, missing
@@ -309,29 +333,48 @@ func (g *Gate) decide(t Trap, regs Regs, ev event.Event, readErr error) (Outcome
 	out := Outcome{Event: ev, Decision: d, ReadErr: readErr}
 	switch {
 	case d.Allows():
-		if t.Skip > 0 {
-			out.Writes = []RegWrite{{RegRIP, t.Addr + uint64(t.Skip)}}
-		} else {
-			out.Step = true
-		}
+		out.resume(t, regs)
 	case d.Verdict == secserver.Kill && t.Hook == AtHandler:
 		out.Kill = true
 		out.Writes = KillWrites(g.doGroupExit)
 	default:
 		// A deny, or a kill at a hook: the hook fails with the errno
 		// (EPERM for a kill) and handleHook queues the SIGKILL.
-		ret, err := vmi.ReadU64(g.k.AS, regs[RegRSP])
-		if err != nil {
-			return out, fmt.Errorf("gate: read the return address at rsp %#x: %w", regs[RegRSP], err)
-		}
 		errno := d.Errno
 		if errno <= 0 || errno > 4095 || d.Verdict == secserver.Kill {
 			errno = ePerm
 		}
 		out.Kill = d.Verdict == secserver.Kill
+		if t.Via == ViaCall {
+			// The call is skipped as if the hook had returned -errno.
+			out.Writes = []RegWrite{{RegRAX, uint64(-int64(errno))}, {RegRIP, t.Addr + uint64(t.Len)}}
+			break
+		}
+		ret, err := vmi.ReadU64(g.k.AS, regs[RegRSP])
+		if err != nil {
+			return out, fmt.Errorf("gate: read the return address at rsp %#x: %w", regs[RegRSP], err)
+		}
 		out.Writes = DenyWrites(regs, ret, errno)
 	}
 	return out, nil
+}
+
+// resume sets o to go on with the trapped instruction as if there were no
+// trap.
+func (o *Outcome) resume(t Trap, regs Regs) {
+	switch {
+	case t.Via == ViaCall:
+		// Do what the call does: push the return address, enter the hook.
+		sp := regs[RegRSP] - 8
+		o.MemWrites = append(o.MemWrites, MemWrite{Addr: sp, Value: t.Addr + uint64(t.Len)})
+		o.Writes = append(o.Writes, RegWrite{RegRSP, sp}, RegWrite{RegRIP, t.Target})
+	case t.Via == ViaJump:
+		o.Writes = append(o.Writes, RegWrite{RegRIP, t.Target})
+	case t.Skip > 0:
+		o.Writes = append(o.Writes, RegWrite{RegRIP, t.Addr + uint64(t.Skip)})
+	default:
+		o.Step = true
+	}
 }
 
 // buildEvent reads what the event needs. It always returns an event; the

@@ -130,6 +130,70 @@ func hookAddrs(k *linux.Kernel) map[Hook]uint64 {
 	return out
 }
 
+// Via says how a trap's instruction reaches the function it stands for.
+type Via uint8
+
+const (
+	// AtEntry is the function's first instruction.
+	AtEntry Via = iota
+	// ViaCall is a direct call to the function in one of its callers: the
+	// arguments are in their registers there, and an allow performs the
+	// call (pushes the return address, enters the function).
+	ViaCall
+	// ViaJump is a direct tail jump to the function: arguments in
+	// registers, the caller's return address at [rsp].
+	ViaJump
+)
+
+// hookSites finds where each hook is called from, to trap the calls
+// instead of the hook's first instruction.
+//
+// Why: under QEMU's TCG, code on the same 4 KiB page as a breakpoint runs
+// one instruction per translation block, and the LSM hooks share pages of
+// security/security.c with hooks every syscall passes through
+// (security_file_permission on each read and write, security_task_kill,
+// security_capable): a breakpoint there slows syscalls the policy never
+// names. Their call sites sit in the VFS code of the call they decide
+// (do_dentry_open, path_openat, bprm_execve). Under KVM a breakpoint costs
+// nothing until it is hit, and either placement is as good.
+//
+// A hook is trapped at its call sites only when every reference to it in
+// the kernel's text and static data is a direct call or tail jump
+// (linux.CodeRefs): a pointer to it, a conditional tail call or code the
+// decoder cannot take apart means a call could come some other way, and
+// the hook is trapped at its entry. So is a hook the kernel exports to
+// modules, whose calls from a module loaded later no scan of the core text
+// sees — except security_path_mknod: AtPathMknod decides only opens that
+// create, and every one of those reaches it from path_openat in the core
+// kernel; a module's own mknod is not the gate's to decide there.
+func hookSites(k *linux.Kernel, hooks map[Hook]uint64) map[Hook][]linux.CodeRef {
+	out := map[Hook][]linux.CodeRef{}
+	var targets []uint64
+	for _, a := range hooks {
+		targets = append(targets, a)
+	}
+	if len(targets) == 0 {
+		return out
+	}
+	refs, err := k.CodeRefs(targets)
+	if err != nil {
+		return out
+	}
+hooks:
+	for h, a := range hooks {
+		if _, err := k.Addr("__ksymtab_" + h.String()); err == nil && h != AtPathMknod {
+			continue
+		}
+		for _, r := range refs[a] {
+			if r.Kind != linux.RefCall && r.Kind != linux.RefJump {
+				continue hooks
+			}
+		}
+		out[h] = refs[a]
+	}
+	return out
+}
+
 // handleHook decides a hit of a hook trap.
 func (g *Gate) handleHook(t Trap, regs Regs) (Outcome, error) {
 	ev, taskAddr, skip, readErr := g.hookEvent(t, regs)
@@ -137,7 +201,7 @@ func (g *Gate) handleHook(t Trap, regs Regs) (Outcome, error) {
 		// Not a call the policy decides here (an exec's own opens, a
 		// kernel thread's), or the open that created the file and was
 		// decided at AtPathMknod already.
-		return g.allowOutcome(t, ev), nil
+		return g.allowOutcome(t, regs, ev), nil
 	}
 	out, err := g.decide(t, regs, ev, readErr)
 	if err == nil && t.Hook == AtPathMknod && out.Decision.Allows() {
@@ -160,14 +224,10 @@ func (g *Gate) handleHook(t Trap, regs Regs) (Outcome, error) {
 }
 
 // allowOutcome resumes a hook trap without asking the security server.
-func (g *Gate) allowOutcome(t Trap, ev event.Event) Outcome {
+func (g *Gate) allowOutcome(t Trap, regs Regs, ev event.Event) Outcome {
 	out := Outcome{Event: ev, Skipped: true}
 	out.Decision.Verdict = secserver.Allow
-	if t.Skip > 0 {
-		out.Writes = []RegWrite{{RegRIP, t.Addr + uint64(t.Skip)}}
-	} else {
-		out.Step = true
-	}
+	out.resume(t, regs)
 	return out
 }
 

@@ -1,9 +1,11 @@
 package gate
 
 import (
+	"reflect"
 	"testing"
 
 	"github.com/gatevisor/gatevisor/internal/event"
+	"github.com/gatevisor/gatevisor/internal/secserver"
 )
 
 func TestMemberForABIs(t *testing.T) {
@@ -54,12 +56,62 @@ func TestHooksOfCoverFamilies(t *testing.T) {
 
 func TestAllowOutcome(t *testing.T) {
 	g := &Gate{}
-	out := g.allowOutcome(Trap{Addr: 0xffffffff81000000, Skip: 4}, event.Event{Class: event.ClassSyscall, Op: "open"})
+	ev := event.Event{Class: event.ClassSyscall, Op: "open"}
+	regs := Regs{RegRSP: 0xffffc90000013e00}
+	out := g.allowOutcome(Trap{Addr: 0xffffffff81000000, Skip: 4}, regs, ev)
 	if !out.Skipped || !out.Decision.Allows() || len(out.Writes) != 1 || out.Writes[0].Value != 0xffffffff81000004 {
 		t.Errorf("allowOutcome with skip: %+v", out)
 	}
-	if out := g.allowOutcome(Trap{Addr: 0xffffffff81000000}, event.Event{Class: event.ClassSyscall, Op: "open"}); !out.Step || len(out.Writes) != 0 {
+	if out := g.allowOutcome(Trap{Addr: 0xffffffff81000000}, regs, ev); !out.Step || len(out.Writes) != 0 {
 		t.Errorf("allowOutcome without skip: %+v", out)
+	}
+	// At a call site the call is performed: return address pushed, the
+	// hook entered.
+	call := Trap{Addr: 0xffffffff81361b63, Len: 5, Via: ViaCall, Target: 0xffffffff8144b640, Hook: AtFileOpen}
+	out = g.allowOutcome(call, regs, ev)
+	wantMem := []MemWrite{{0xffffc90000013df8, 0xffffffff81361b68}}
+	wantRegs := []RegWrite{{RegRSP, 0xffffc90000013df8}, {RegRIP, 0xffffffff8144b640}}
+	if out.Step || !reflect.DeepEqual(out.MemWrites, wantMem) || !reflect.DeepEqual(out.Writes, wantRegs) {
+		t.Errorf("allowOutcome at a call site: %+v", out)
+	}
+	jump := call
+	jump.Via = ViaJump
+	if out := g.allowOutcome(jump, regs, ev); out.Step || len(out.MemWrites) != 0 || !reflect.DeepEqual(out.Writes, []RegWrite{{RegRIP, 0xffffffff8144b640}}) {
+		t.Errorf("allowOutcome at a tail jump: %+v", out)
+	}
+}
+
+// verdictOf is a Decider that gives one verdict.
+type verdictOf secserver.Decision
+
+func (v verdictOf) Decide(*event.Event) secserver.Decision { return secserver.Decision(v) }
+func (v verdictOf) GateFailure(*event.Event, string, string, int32) secserver.Decision {
+	return secserver.Decision{Verdict: secserver.Deny, Errno: ePerm}
+}
+
+func TestDecideAtCallSite(t *testing.T) {
+	call := Trap{Addr: 0xffffffff81361b63, Len: 5, Via: ViaCall, Target: 0xffffffff8144b640, Hook: AtFileOpen}
+	regs := Regs{RegRSP: 0xffffc90000013e00, RegRAX: 7}
+	for _, tc := range []struct {
+		d    secserver.Decision
+		want []RegWrite
+	}{
+		// The call is skipped, as if the hook returned -errno.
+		{secserver.Decision{Verdict: secserver.Deny, Errno: 13}, []RegWrite{{RegRAX, uint64(^uint64(12))}, {RegRIP, 0xffffffff81361b68}}},
+		// A kill at a hook fails the call with EPERM (the SIGKILL is queued
+		// by handleHook).
+		{secserver.Decision{Verdict: secserver.Kill}, []RegWrite{{RegRAX, ^uint64(0)}, {RegRIP, 0xffffffff81361b68}}},
+	} {
+		g := &Gate{d: verdictOf(tc.d)}
+		out, err := g.decide(call, regs, event.Event{Class: event.ClassSyscall, Op: "open"}, nil)
+		if err != nil || out.Step || len(out.MemWrites) != 0 || !reflect.DeepEqual(out.Writes, tc.want) {
+			t.Errorf("%v: %+v, %v; want writes %+v", tc.d.Verdict, out, err, tc.want)
+		}
+	}
+	g := &Gate{d: verdictOf(secserver.Decision{Verdict: secserver.Allow})}
+	out, err := g.decide(call, regs, event.Event{Class: event.ClassSyscall, Op: "open"}, nil)
+	if err != nil || len(out.MemWrites) != 1 || len(out.Writes) != 2 {
+		t.Errorf("allow at a call site: %+v, %v", out, err)
 	}
 }
 

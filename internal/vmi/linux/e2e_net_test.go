@@ -72,6 +72,61 @@ func TestRealKernelSyscallsAndSockets(t *testing.T) {
 		t.Logf("%d syscall slots, none hooked; slot 0 %s at %#x (physical %#x)", len(table), table[0].Name, table[0].SlotAddr, table[0].SlotPhys)
 	})
 
+	t.Run("code references", func(t *testing.T) {
+		// The LSM hooks the syscall gate traps are only ever called
+		// directly, each from the callers named here; a function in file
+		// operation tables has its address in data.
+		want := map[string][]string{
+			"security_file_open":           {"do_dentry_open"},
+			"security_bprm_creds_for_exec": {"bprm_execve"},
+			"security_path_mknod":          {"path_openat", "do_mknodat"},
+		}
+		var targets []uint64
+		byAddr := map[uint64]string{}
+		for name := range want {
+			a := mustAddr(t, k, name)
+			targets = append(targets, a)
+			byAddr[a] = name
+		}
+		fops := mustAddr(t, k, "generic_file_read_iter")
+		targets = append(targets, fops)
+		t0 := time.Now()
+		refs, err := k.CodeRefs(targets)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("CodeRefs of %d functions in %v", len(targets), time.Since(t0))
+		for a, name := range byAddr {
+			got := map[string]bool{}
+			for _, r := range refs[a] {
+				t.Logf("%s: %s at %#x (%s), %d bytes", name, r.Kind, r.Addr, r.Where, r.Len)
+				if r.Kind != RefCall {
+					t.Errorf("%s: %+v; want only direct calls", name, r)
+				}
+				var live [5]byte
+				if _, err := k.AS.ReadVirtual(r.Addr, live[:]); err != nil || live[0] != 0xe8 ||
+					r.Addr+5+uint64(int64(int32(binary.LittleEndian.Uint32(live[1:])))) != a {
+					t.Errorf("%s: %#x is not a call to %#x: % x", name, r.Addr, a, live)
+				}
+				got[strings.SplitN(r.Where, "+", 2)[0]] = true
+			}
+			for _, caller := range want[name] {
+				if !got[caller] {
+					t.Errorf("%s: no call from %s among %v", name, caller, got)
+				}
+			}
+		}
+		other := 0
+		for _, r := range refs[fops] {
+			if r.Kind == RefOther {
+				other++
+			}
+		}
+		if other == 0 {
+			t.Errorf("generic_file_read_iter: %d references, none in data or taking its address: %+v", len(refs[fops]), refs[fops])
+		}
+	})
+
 	t.Run("dispatch clean", func(t *testing.T) {
 		f, err := k.CheckDispatch()
 		if err != nil || len(f) != 0 {
