@@ -3,6 +3,7 @@ package gate
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/gatevisor/gatevisor/internal/event"
@@ -190,6 +191,34 @@ hooks:
 			}
 		}
 		out[h] = refs[a]
+		if h == AtPathMknod {
+			out[h] = openCreates(refs[a])
+		}
+	}
+	return out
+}
+
+// createOpeners are the functions an open that creates its file calls
+// security_path_mknod from (path_openat, or one of the functions inlined
+// into it).
+var createOpeners = map[string]bool{"path_openat": true, "open_last_lookups": true, "lookup_open": true, "may_o_create": true}
+
+// openCreates keeps the calls of security_path_mknod that opens make: the
+// others (mknod, a unix socket's bind, a bpffs pin) are never the gate's
+// to decide at AtPathMknod, and every breakpoint costs every syscall
+// under TCG (docs/benchmarks.md, "Syscall gate"). All sites are kept when
+// none is recognised.
+func openCreates(refs []linux.CodeRef) []linux.CodeRef {
+	var out []linux.CodeRef
+	for _, r := range refs {
+		fn, _, _ := strings.Cut(r.Where, "+")
+		fn, _, _ = strings.Cut(fn, ".") // path_openat.isra.0
+		if createOpeners[fn] {
+			out = append(out, r)
+		}
+	}
+	if len(out) == 0 {
+		return refs
 	}
 	return out
 }

@@ -6,6 +6,7 @@ import (
 
 	"github.com/gatevisor/gatevisor/internal/event"
 	"github.com/gatevisor/gatevisor/internal/secserver"
+	"github.com/gatevisor/gatevisor/internal/vmi/linux"
 )
 
 func TestMemberForABIs(t *testing.T) {
@@ -132,5 +133,20 @@ func TestCreatedOnce(t *testing.T) {
 	}
 	if len(g.created) > maxCreated {
 		t.Fatalf("created grew to %d", len(g.created))
+	}
+}
+
+func TestOpenCreates(t *testing.T) {
+	refs := []linux.CodeRef{
+		{Kind: linux.RefCall, Addr: 1, Where: "bpf_obj_pin_user+0x8e"},
+		{Kind: linux.RefCall, Addr: 2, Where: "do_mknodat+0x113"},
+		{Kind: linux.RefCall, Addr: 3, Where: "path_openat.isra.0+0x5db"},
+		{Kind: linux.RefCall, Addr: 4, Where: "unix_bind+0x18b"},
+	}
+	if got := openCreates(refs); len(got) != 1 || got[0].Addr != 3 {
+		t.Errorf("openCreates = %+v; want the path_openat call", got)
+	}
+	if got := openCreates(refs[:2]); len(got) != 2 {
+		t.Errorf("openCreates with no open's call = %+v; want every call kept", got)
 	}
 }
