@@ -31,7 +31,7 @@ const taskJSONSize = 256
 // reads, so the second half is written while the first is.
 func encodeTasks(ts []linux.Task) []byte {
 	const parallelFrom = 512
-	if ts == nil || len(ts) < parallelFrom || runtime.GOMAXPROCS(0) < 2 {
+	if len(ts) < parallelFrom || runtime.GOMAXPROCS(0) < 2 {
 		return AppendTasksJSON(make([]byte, 0, taskJSONSize*len(ts)+2), ts)
 	}
 	half := len(ts) / 2
