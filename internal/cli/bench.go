@@ -292,7 +292,13 @@ func bootBenchVM(ctx context.Context, name string, args ...string) (*api.Client,
 		sctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		_, _ = c.Stop(sctx, api.StopRequest{Force: true})
-		_ = waitGone(sctx, name)
+		if waitGone(sctx, name) == nil {
+			// A benchmark VM's logs (console, audit, events) are of no use
+			// once its numbers are printed.
+			if dir, err := stateDir(name); err == nil {
+				_ = os.RemoveAll(dir)
+			}
+		}
 	}
 	return c, stop, nil
 }
