@@ -19,9 +19,11 @@ type PolicyRequest struct {
 
 // Breakpoint is one syscall-gate breakpoint in place.
 type Breakpoint struct {
-	// Symbol is the function trapped; Site, when set, names the call to
-	// it in a caller that is trapped instead of its entry
-	// ("do_dentry_open+0xf3").
+	// Symbol is the function trapped; Site, when set, says how it is
+	// trapped other than at its entry: a call to it in a caller
+	// ("do_dentry_open+0xf3"), or a read watchpoint on its list head
+	// ("read of security_hook_heads.file_open", Addr then the watched
+	// address).
 	Symbol   string `json:"symbol"`
 	Site     string `json:"site,omitempty"`
 	Syscall  string `json:"syscall"`

@@ -260,6 +260,9 @@ func (m *Monitor) ensureGate(ctx context.Context) (*gate.Gate, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Watchpoints cost other guest code almost nothing, but QEMU loses
+	// concurrent hits across vCPUs (gate.UseWatchpoints).
+	g.UseWatchpoints(m.cfg.CPUs <= 1)
 	m.sg.gate = g
 	return g, nil
 }
@@ -298,7 +301,7 @@ func (m *Monitor) applyTrapsLocked(ctx context.Context, spec *policy.Spec) (api.
 				kept = append(kept, t)
 				continue
 			}
-			if err := c.ClearBreakpoint(ctx, gdbrsp.Software, t.Addr); err != nil {
+			if err := clearTrap(ctx, c, t); err != nil {
 				errs = append(errs, err)
 				kept = append(kept, t)
 				continue
@@ -321,10 +324,10 @@ func (m *Monitor) applyTrapsLocked(ctx context.Context, spec *policy.Spec) (api.
 				continue
 			}
 			orig := make([]byte, textBytes)
-			if _, err := g.Kernel().AS.ReadVirtual(t.Addr, orig); err == nil {
+			if _, err := g.Kernel().AS.ReadVirtual(t.Addr, orig); err == nil && t.Watch == 0 {
 				m.sg.text[t.Addr] = orig
 			}
-			if err := c.SetBreakpoint(ctx, gdbrsp.Software, t.Addr); err != nil {
+			if err := setTrap(ctx, c, t); err != nil {
 				errs = append(errs, err)
 				continue
 			}
@@ -339,9 +342,13 @@ func (m *Monitor) applyTrapsLocked(ctx context.Context, spec *policy.Spec) (api.
 	})
 	res.Syscalls = names
 	for _, t := range m.sg.traps {
-		bp := api.Breakpoint{Symbol: t.Symbol, Site: t.Site, Syscall: t.Syscall.Op, Addr: "0x" + strconv.FormatUint(t.Addr, 16)}
+		addr := t.Addr
+		if t.Watch != 0 {
+			addr = t.Watch
+		}
+		bp := api.Breakpoint{Symbol: t.Symbol, Site: t.Site, Syscall: t.Syscall.Op, Addr: "0x" + strconv.FormatUint(addr, 16)}
 		if g != nil {
-			if pa, _, err := g.Kernel().AS.Translate(t.Addr); err == nil {
+			if pa, _, err := g.Kernel().AS.Translate(addr); err == nil {
 				bp.PhysAddr = "0x" + strconv.FormatUint(pa, 16)
 			}
 		}
@@ -351,6 +358,23 @@ func (m *Monitor) applyTrapsLocked(ctx context.Context, spec *policy.Spec) (api.
 		res.TextRestored = &restored
 	}
 	return res, err
+}
+
+// setTrap places a trap: a read watchpoint on the list head of a hook
+// trapped by one, else a software breakpoint.
+func setTrap(ctx context.Context, c *gdbrsp.Client, t gate.Trap) error {
+	if t.Watch != 0 {
+		return c.SetWatchpoint(ctx, gdbrsp.ReadWatch, t.Watch, 8)
+	}
+	return c.SetBreakpoint(ctx, gdbrsp.Software, t.Addr)
+}
+
+// clearTrap removes what setTrap placed.
+func clearTrap(ctx context.Context, c *gdbrsp.Client, t gate.Trap) error {
+	if t.Watch != 0 {
+		return c.ClearWatchpoint(ctx, gdbrsp.ReadWatch, t.Watch, 8)
+	}
+	return c.ClearBreakpoint(ctx, gdbrsp.Software, t.Addr)
 }
 
 // LoadPolicy implements api.VM: the security server takes the policy

@@ -144,6 +144,9 @@ const (
 	// ViaJump is a direct tail jump to the function: arguments in
 	// registers, the caller's return address at [rsp].
 	ViaJump
+	// ViaWatch is a read watchpoint on the hook's LSM list head: the vCPU
+	// stops a few instructions into the hook (watch.go).
+	ViaWatch
 )
 
 // hookSites finds where each hook is called from, to trap the calls
@@ -225,6 +228,9 @@ func openCreates(refs []linux.CodeRef) []linux.CodeRef {
 
 // handleHook decides a hit of a hook trap.
 func (g *Gate) handleHook(t Trap, regs Regs) (Outcome, error) {
+	if t.Via == ViaWatch {
+		regs = watchArgs(t, regs)
+	}
 	ev, taskAddr, skip, readErr := g.hookEvent(t, regs)
 	if skip || (t.Hook == AtFileOpen && readErr == nil && g.takeCreated(taskAddr, ev)) {
 		// Not a call the policy decides here (an exec's own opens, a

@@ -581,6 +581,12 @@ func TestBreakpoints(t *testing.T) {
 			"", "Z1,1000,1", ErrUnsupported},
 		{"garbage reply", func(c *Client, ctx context.Context) error { return c.SetBreakpoint(ctx, Software, 0x1000) },
 			"KO", "Z0,1000,1", ErrProtocol},
+		{"set read watchpoint", func(c *Client, ctx context.Context) error {
+			return c.SetWatchpoint(ctx, ReadWatch, 0xffffffff8242eac0, 8)
+		}, "OK", "Z3,ffffffff8242eac0,8", nil},
+		{"clear read watchpoint", func(c *Client, ctx context.Context) error {
+			return c.ClearWatchpoint(ctx, ReadWatch, 0xffffffff8242eac0, 8)
+		}, "OK", "z3,ffffffff8242eac0,8", nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -602,6 +608,9 @@ func TestBreakpoints(t *testing.T) {
 	c := newFakeStub(t).start()
 	if err := c.SetBreakpoint(testContext(t), BreakpointKind(7), 0); err == nil {
 		t.Error("invalid breakpoint kind accepted")
+	}
+	if err := c.SetWatchpoint(testContext(t), ReadWatch, 0x1000, 3); err == nil {
+		t.Error("watchpoint length 3 accepted")
 	}
 }
 

@@ -286,9 +286,15 @@ const (
 	Software BreakpointKind = 0
 	// Hardware is a hardware breakpoint (Z1).
 	Hardware BreakpointKind = 1
+	// ReadWatch is a read watchpoint (Z3): the vCPU stops after an
+	// instruction that read the watched bytes, with a T05 stop reply whose
+	// "rwatch" pair names the address. Under TCG QEMU checks it only on
+	// accesses to the watched page, not on every instruction; under KVM it
+	// takes a debug register (four in all).
+	ReadWatch BreakpointKind = 3
 )
 
-func (k BreakpointKind) valid() bool { return k == Software || k == Hardware }
+func (k BreakpointKind) valid() bool { return k == Software || k == Hardware || k == ReadWatch }
 
 // SetBreakpoint inserts a breakpoint at addr, a virtual (in real mode:
 // linear) address as the vCPUs see it. A hit shows up as a T05 stop reply
@@ -302,12 +308,30 @@ func (c *Client) ClearBreakpoint(ctx context.Context, kind BreakpointKind, addr 
 	return c.breakpoint(ctx, 'z', kind, addr)
 }
 
+// SetWatchpoint inserts a watchpoint of kind (ReadWatch) on the n bytes
+// at addr (n: 1, 2, 4 or 8).
+func (c *Client) SetWatchpoint(ctx context.Context, kind BreakpointKind, addr uint64, n int) error {
+	return c.breakpointLen(ctx, 'Z', kind, addr, n)
+}
+
+// ClearWatchpoint removes a watchpoint set by SetWatchpoint.
+func (c *Client) ClearWatchpoint(ctx context.Context, kind BreakpointKind, addr uint64, n int) error {
+	return c.breakpointLen(ctx, 'z', kind, addr, n)
+}
+
 func (c *Client) breakpoint(ctx context.Context, op byte, kind BreakpointKind, addr uint64) error {
+	// Length 1: the x86 breakpoint length (int3 is one byte).
+	return c.breakpointLen(ctx, op, kind, addr, 1)
+}
+
+func (c *Client) breakpointLen(ctx context.Context, op byte, kind BreakpointKind, addr uint64, n int) error {
 	if !kind.valid() {
 		return fmt.Errorf("gdbrsp: breakpoint %#x: invalid kind %d", addr, kind)
 	}
-	// The trailing ",1" is the x86 breakpoint length (int3 is one byte).
-	r, err := c.command(ctx, fmt.Sprintf("%c%d,%x,1", op, kind, addr))
+	if n != 1 && n != 2 && n != 4 && n != 8 {
+		return fmt.Errorf("gdbrsp: breakpoint %#x: length %d is not 1, 2, 4 or 8", addr, n)
+	}
+	r, err := c.command(ctx, fmt.Sprintf("%c%d,%x,%x", op, kind, addr, n))
 	if err == nil {
 		err = expectOK(r)
 	}

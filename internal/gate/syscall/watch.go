@@ -1,0 +1,284 @@
+package gate
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"golang.org/x/arch/x86/x86asm"
+
+	"github.com/gatevisor/gatevisor/internal/vmi"
+	"github.com/gatevisor/gatevisor/internal/vmi/linux"
+)
+
+// Hooks trapped by a read watchpoint on their LSM list head.
+//
+// Why: under QEMU's TCG every execution breakpoint is checked at every
+// translation-block lookup, which costs all guest code ≥ 6 % per
+// breakpoint (docs/benchmarks.md, "Syscall gate"); a watchpoint is checked
+// only on accesses to its page. Each LSM wrapper (security_file_open, ...)
+// reads its list head, security_hook_heads.<hook>, before calling the
+// LSMs, and nothing else reads that word once the kernel runs, so a read
+// watchpoint on it stops the vCPU exactly when the hook is called — after
+// the load, a few instructions into the hook. entryModel says what those
+// instructions did (what they pushed, where the arguments went), so that
+// the gate can read the event and, for a deny, return from the hook as if
+// it had returned -errno. A hook whose first instructions do anything the
+// model does not know is trapped by breakpoints instead.
+
+// entryModel is a hook's code from its entry to its first read of its list
+// head.
+type entryModel struct {
+	// Stop is the address after the load: the vCPU's rip at the stop.
+	Stop uint64
+	// Args are the registers holding the hook's first two arguments at
+	// Stop ("" when the hook has lost one).
+	Args [2]string
+	// Saved are the callee-saved registers the code changed, each with
+	// the offset from rsp at Stop of the slot it pushed the caller's
+	// value to.
+	Saved []savedReg
+	// RetOff is the offset from rsp at Stop of the return address.
+	RetOff uint64
+}
+
+type savedReg struct {
+	Reg string
+	Off uint64
+}
+
+// maxEntry bounds the code modelEntry reads and decodes.
+const (
+	maxEntryBytes = 256
+	maxEntryInsns = 48
+)
+
+// regNames maps every x86asm register name to the 64-bit register it is
+// part of, as the gdbstub names it.
+var regNames = func() map[string]string {
+	m := map[string]string{}
+	for _, r := range [][]string{
+		{"rax", "RAX", "EAX", "AX", "AL", "AH"}, {"rcx", "RCX", "ECX", "CX", "CL", "CH"},
+		{"rdx", "RDX", "EDX", "DX", "DL", "DH"}, {"rbx", "RBX", "EBX", "BX", "BL", "BH"},
+		{"rsp", "RSP", "ESP", "SP", "SPB"}, {"rbp", "RBP", "EBP", "BP", "BPB"},
+		{"rsi", "RSI", "ESI", "SI", "SIB"}, {"rdi", "RDI", "EDI", "DI", "DIB"},
+	} {
+		for _, n := range r[1:] {
+			m[n] = r[0]
+		}
+	}
+	for i := 8; i <= 15; i++ {
+		for _, suf := range []string{"", "L", "W", "B"} {
+			m[fmt.Sprintf("R%d%s", i, suf)] = fmt.Sprintf("r%d", i)
+		}
+	}
+	return m
+}()
+
+var calleeSaved = []string{"rbx", "rbp", "r12", "r13", "r14", "r15"}
+
+// modelEntry decodes code, the first bytes of a hook at entry, up to the
+// instruction that reads the 8-byte list head at head. Pure.
+func modelEntry(code []byte, entry, head uint64) (entryModel, error) {
+	// What each register holds: "arg0", "arg1", "orig" (the caller's value
+	// of a callee-saved register), or "" (anything else).
+	holds := map[string]string{"rdi": "arg0", "rsi": "arg1"}
+	for _, r := range calleeSaved {
+		holds[r] = "orig"
+	}
+	var (
+		pushes  []pushed
+		depth   uint64
+		forward []uint64 // targets of conditional jumps taken before the load
+	)
+	for off, n := 0, 0; off < len(code); n++ {
+		if n >= maxEntryInsns {
+			return entryModel{}, fmt.Errorf("no read of the list head in the first %d instructions", maxEntryInsns)
+		}
+		inst, err := x86asm.Decode(code[off:], 64)
+		if err != nil || inst.Len <= 0 {
+			return entryModel{}, fmt.Errorf("undecodable code at +%#x", off)
+		}
+		pc := entry + uint64(off)
+		next := pc + uint64(inst.Len)
+		off += inst.Len
+		if mem, ok := inst.Args[1].(x86asm.Mem); ok && inst.Op == x86asm.MOV && mem.Base == x86asm.RIP &&
+			next+uint64(int64(int32(mem.Disp))) == head {
+			dst, ok := regOf(inst.Args[0])
+			if !ok || dst == "rsp" || inst.DataSize != 64 {
+				return entryModel{}, fmt.Errorf("the list head is read by %v", inst)
+			}
+			for _, t := range forward {
+				if t <= pc {
+					return entryModel{}, fmt.Errorf("a jump before the load joins at %#x", t)
+				}
+			}
+			holds[dst] = ""
+			return finishModel(next, holds, pushes, depth)
+		}
+		switch inst.Op {
+		case x86asm.NOP:
+		case x86asm.PUSH:
+			depth += 8
+			if r, ok := regOf(inst.Args[0]); ok {
+				if holds[r] == "orig" {
+					pushes = append(pushes, pushed{r, depth})
+				}
+			}
+		case x86asm.TEST, x86asm.CMP:
+		case x86asm.JA, x86asm.JAE, x86asm.JB, x86asm.JBE, x86asm.JE, x86asm.JG, x86asm.JGE, x86asm.JL, x86asm.JLE,
+			x86asm.JNE, x86asm.JNO, x86asm.JNP, x86asm.JNS, x86asm.JO, x86asm.JP, x86asm.JS:
+			rel, ok := inst.Args[0].(x86asm.Rel)
+			if !ok || int64(rel) <= 0 {
+				return entryModel{}, fmt.Errorf("a backward or indirect branch before the load: %v", inst)
+			}
+			forward = append(forward, next+uint64(int64(rel)))
+		case x86asm.SUB:
+			if r, ok := regOf(inst.Args[0]); ok && r == "rsp" {
+				imm, ok := inst.Args[1].(x86asm.Imm)
+				if !ok || imm <= 0 || imm > 4096 || inst.DataSize != 64 {
+					return entryModel{}, fmt.Errorf("rsp changed by %v", inst)
+				}
+				depth += uint64(imm)
+				continue
+			}
+			fallthrough
+		case x86asm.MOV, x86asm.MOVZX, x86asm.MOVSX, x86asm.MOVSXD, x86asm.LEA, x86asm.ADD, x86asm.AND, x86asm.OR,
+			x86asm.XOR, x86asm.SHL, x86asm.SHR, x86asm.SAR:
+			dst, ok := regOf(inst.Args[0])
+			if !ok {
+				continue // a store to memory: no register changes
+			}
+			if dst == "rsp" {
+				return entryModel{}, fmt.Errorf("rsp changed by %v", inst)
+			}
+			v := ""
+			if src, ok := regOf(inst.Args[1]); ok && inst.Op == x86asm.MOV && inst.DataSize == 64 {
+				v = holds[src]
+			}
+			holds[dst] = v
+		default:
+			return entryModel{}, fmt.Errorf("%v before the load is not modelled", inst)
+		}
+	}
+	return entryModel{}, errors.New("no read of the list head")
+}
+
+// pushed is a callee-saved register pushed with the caller's value.
+type pushed struct {
+	reg   string
+	depth uint64 // bytes below the entry rsp after the push
+}
+
+func finishModel(stop uint64, holds map[string]string, pushes []pushed, depth uint64) (entryModel, error) {
+	m := entryModel{Stop: stop, RetOff: depth}
+	for i, want := range []string{"arg0", "arg1"} {
+		orig := [2]string{"rdi", "rsi"}[i]
+		if holds[orig] == want {
+			m.Args[i] = orig
+			continue
+		}
+		for _, r := range append(calleeSaved, "rax", "rcx", "rdx", "r8", "r9", "r10", "r11", "rdi", "rsi") {
+			if holds[r] == want {
+				m.Args[i] = r
+				break
+			}
+		}
+	}
+	if m.Args[0] == "" {
+		return entryModel{}, errors.New("the first argument is lost before the load")
+	}
+	for _, r := range calleeSaved {
+		if holds[r] == "orig" {
+			continue
+		}
+		found := false
+		for _, p := range pushes {
+			if p.reg == r {
+				m.Saved = append(m.Saved, savedReg{r, depth - p.depth})
+				found = true
+				break
+			}
+		}
+		if !found {
+			return entryModel{}, fmt.Errorf("%s is changed without being saved", r)
+		}
+	}
+	return m, nil
+}
+
+// regOf returns the 64-bit register an operand names.
+func regOf(a x86asm.Arg) (string, bool) {
+	r, ok := a.(x86asm.Reg)
+	if !ok {
+		return "", false
+	}
+	n, ok := regNames[r.String()]
+	return n, ok
+}
+
+// hookWatch is how a hook is trapped by a watchpoint.
+type hookWatch struct {
+	head  uint64 // the list head's address
+	model entryModel
+}
+
+// hookWatches plans a read watchpoint for each hook whose entry code
+// modelEntry understands, on a kernel whose BTF has security_hook_heads.
+func hookWatches(k *linux.Kernel, hooks map[Hook]uint64) map[Hook]hookWatch {
+	out := map[Hook]hookWatch{}
+	heads, err := k.Addr("security_hook_heads")
+	if err != nil {
+		return out
+	}
+	for h, entry := range hooks {
+		off, err := k.Profile.FieldOffset("security_hook_heads." + strings.TrimPrefix(h.String(), "security_"))
+		if err != nil {
+			continue
+		}
+		code := make([]byte, maxEntryBytes)
+		if _, err := k.AS.ReadVirtual(entry, code); err != nil {
+			continue
+		}
+		m, err := modelEntry(code, entry, heads+off)
+		if err != nil {
+			continue
+		}
+		out[h] = hookWatch{head: heads + off, model: m}
+	}
+	return out
+}
+
+// watchArgs returns regs with the hook's arguments where the hook code
+// received them (rdi, rsi), for hookEvent.
+func watchArgs(t Trap, regs Regs) Regs {
+	out := make(Regs, len(regs))
+	for k, v := range regs {
+		out[k] = v
+	}
+	for i, r := range [2]string{RegRDI, RegRSI} {
+		if src := t.model.Args[i]; src != "" {
+			out[r] = regs[src]
+		}
+	}
+	return out
+}
+
+// watchDenyWrites returns from the hook with -errno: the callee-saved
+// registers its code pushed are restored, rip is the return address.
+func watchDenyWrites(mem vmi.VirtualReader, t Trap, regs Regs, errno int32) ([]RegWrite, error) {
+	rsp := regs[RegRSP]
+	ret, err := vmi.ReadU64(mem, rsp+t.model.RetOff)
+	if err != nil {
+		return nil, fmt.Errorf("gate: read the return address at %#x: %w", rsp+t.model.RetOff, err)
+	}
+	w := []RegWrite{{RegRAX, uint64(-int64(errno))}}
+	for _, s := range t.model.Saved {
+		v, err := vmi.ReadU64(mem, rsp+s.Off)
+		if err != nil {
+			return nil, fmt.Errorf("gate: read the saved %s at %#x: %w", s.Reg, rsp+s.Off, err)
+		}
+		w = append(w, RegWrite{s.Reg, v})
+	}
+	return append(w, RegWrite{RegRIP, ret}, RegWrite{RegRSP, rsp + t.model.RetOff + 8}), nil
+}

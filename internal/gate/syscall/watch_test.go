@@ -1,0 +1,98 @@
+package gate
+
+import (
+	"encoding/binary"
+	"reflect"
+	"testing"
+)
+
+// The first bytes of three LSM hooks of Debian's 6.1.0-56 kernel as they
+// run (the __fentry__ call patched to a 5-byte nop), at their link-time
+// addresses, and the list heads they read.
+var (
+	fileOpenCode = []byte{0x0f, 0x1f, 0x44, 0x00, 0x00, 0x55, 0x48, 0x89, 0xfd, 0x53, 0x48, 0x8b, 0x1d, 0x6f, 0x34, 0xfe, 0x00, 0x48, 0x85, 0xdb, 0x75, 0x0a, 0xeb, 0x1f, 0x48, 0x8b, 0x1b, 0x48, 0x85, 0xdb, 0x74, 0x17}
+	mknodCode    = []byte{0x0f, 0x1f, 0x44, 0x00, 0x00, 0x48, 0x8b, 0x47, 0x08, 0x48, 0x8b, 0x40, 0x30, 0xf6, 0x40, 0x0d, 0x02, 0x75, 0x5e, 0x41, 0x56, 0x4c, 0x8b, 0x35, 0x0c, 0x58, 0xfe, 0x00, 0x41, 0x55, 0x41, 0x54}
+	bprmCode     = []byte{0x0f, 0x1f, 0x44, 0x00, 0x00, 0x55, 0x53, 0x48, 0x8b, 0x1d, 0x62, 0x4a, 0xfe, 0x00, 0x48, 0x85, 0xdb, 0x74, 0x24, 0x48}
+)
+
+func TestModelEntry(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		code        []byte
+		entry, head uint64
+		want        entryModel
+	}{
+		// nop5; push %rbp; mov %rdi,%rbp; push %rbx; mov head,%rbx
+		{"security_file_open", fileOpenCode, 0xffffffff8144b640, 0xffffffff8242eac0,
+			entryModel{Stop: 0xffffffff8144b651, Args: [2]string{"rdi", "rsi"}, Saved: []savedReg{{"rbx", 0}, {"rbp", 8}}, RetOff: 16}},
+		// nop5; three loads and a test of the dentry; jne (return 0); push %r14; mov head,%r14
+		{"security_path_mknod", mknodCode, 0xffffffff814490f0, 0xffffffff8242e918,
+			entryModel{Stop: 0xffffffff8144910c, Args: [2]string{"rdi", "rsi"}, Saved: []savedReg{{"r14", 0}}, RetOff: 8}},
+		// nop5; push %rbp; push %rbx; mov head,%rbx
+		{"security_bprm_creds_for_exec", bprmCode, 0xffffffff81449dc0, 0xffffffff8242e830,
+			entryModel{Stop: 0xffffffff81449dce, Args: [2]string{"rdi", "rsi"}, Saved: []savedReg{{"rbx", 0}}, RetOff: 16}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := modelEntry(tc.code, tc.entry, tc.head)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("model = %+v\nwant %+v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestModelEntryRefuses(t *testing.T) {
+	const entry, head = 0xffffffff81000000, 0xffffffff82000000
+	load := func(at int) []byte { // mov head(%rip),%rbx at offset at
+		b := []byte{0x48, 0x8b, 0x1d, 0, 0, 0, 0}
+		binary.LittleEndian.PutUint32(b[3:], uint32(int32(int64(head-(entry+uint64(at)+7)))))
+		return b
+	}
+	for name, prefix := range map[string][]byte{
+		"a call first":                   {0xe8, 0, 0, 0, 0},
+		"rsp moved":                      {0x48, 0x83, 0xc4, 0x08}, // add $8,%rsp
+		"rbx changed, not saved":         {0x31, 0xdb},             // xor %ebx,%ebx (then the load into rbx)
+		"the first argument overwritten": {0x48, 0x8b, 0x7f, 0x08}, // mov 8(%rdi),%rdi
+		"a backward jump":                {0x74, 0xfe},             // je .
+		"unknown instruction":            {0x0f, 0xa2},             // cpuid
+	} {
+		code := append(append([]byte(nil), prefix...), load(len(prefix))...)
+		if name == "rbx changed, not saved" {
+			code = append([]byte{0x55}, code...) // push %rbp only
+			code = append(code[:1+len(prefix)], load(1+len(prefix))...)
+		}
+		if m, err := modelEntry(code, entry, head); err == nil {
+			t.Errorf("%s: modelled as %+v", name, m)
+		}
+	}
+	if _, err := modelEntry([]byte{0x90, 0x90}, entry, head); err == nil {
+		t.Error("code without the load modelled")
+	}
+}
+
+func TestWatchDenyWrites(t *testing.T) {
+	const rsp = 0xffffc90000013e00
+	mem := fakeMem{base: rsp, b: make([]byte, 32)}
+	binary.LittleEndian.PutUint64(mem.b[0:], 0x1111) // saved rbx
+	binary.LittleEndian.PutUint64(mem.b[8:], 0x2222) // saved rbp
+	binary.LittleEndian.PutUint64(mem.b[16:], 0xffffffff81361b68)
+	tr := Trap{Via: ViaWatch, model: entryModel{Saved: []savedReg{{"rbx", 0}, {"rbp", 8}}, RetOff: 16}}
+	got, err := watchDenyWrites(mem, tr, Regs{RegRSP: rsp}, 13)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []RegWrite{{RegRAX, ^uint64(12)}, {"rbx", 0x1111}, {"rbp", 0x2222}, {RegRIP, 0xffffffff81361b68}, {RegRSP, rsp + 24}}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("writes = %+v\nwant %+v", got, want)
+	}
+	if _, err := watchDenyWrites(mem, tr, Regs{RegRSP: rsp + 4096}, 13); err == nil {
+		t.Error("an unreadable stack gave writes")
+	}
+	args := watchArgs(Trap{model: entryModel{Args: [2]string{"rbp", "rsi"}}}, Regs{"rbp": 7, RegRSI: 8, RegRDI: 9})
+	if args[RegRDI] != 7 || args[RegRSI] != 8 {
+		t.Errorf("watchArgs = %v", args)
+	}
+}
