@@ -96,3 +96,28 @@ func TestWatchDenyWrites(t *testing.T) {
 		t.Errorf("watchArgs = %v", args)
 	}
 }
+
+// FuzzModelEntry: hook code read from guest memory is untrusted; the
+// model must not panic, and what it returns must be usable.
+func FuzzModelEntry(f *testing.F) {
+	f.Add(fileOpenCode, uint64(0xffffffff8144b640), uint64(0xffffffff8242eac0))
+	f.Add(mknodCode, uint64(0xffffffff814490f0), uint64(0xffffffff8242e918))
+	f.Add(bprmCode, uint64(0xffffffff81449dc0), uint64(0xffffffff8242e830))
+	f.Fuzz(func(t *testing.T, code []byte, entry, head uint64) {
+		if len(code) > maxEntryBytes {
+			code = code[:maxEntryBytes]
+		}
+		m, err := modelEntry(code, entry, head)
+		if err != nil {
+			return
+		}
+		if m.Args[0] == "" || m.Stop <= entry || m.Stop > entry+uint64(len(code)) || m.RetOff%8 != 0 && m.RetOff < 8 {
+			t.Fatalf("model %+v of % x", m, code)
+		}
+		for _, s := range m.Saved {
+			if s.Off >= m.RetOff {
+				t.Fatalf("saved %s at %d, at or above the return address %d", s.Reg, s.Off, m.RetOff)
+			}
+		}
+	})
+}
