@@ -6,8 +6,10 @@
 //	policy ──Plan──► syscalls it names ──► breakpoints (kallsyms + KASLR slide), set by monitor:
 //	  open family   ──► security_file_open, security_path_mknod   (hooks.go: the kernel's resolved file)
 //	  execve family ──► security_bprm_creds_for_exec
-//	                    each trapped at its call sites (do_dentry_open+0xf3, ...) when
-//	                    linux.CodeRefs proves those are the only ways in, else at its entry
+//	                    each trapped, on a 1-vCPU VM, by a read watchpoint on its
+//	                    security_hook_heads entry (watch.go); else at its call sites
+//	                    (do_dentry_open+0xf3, ...) when linux.CodeRefs proves those are
+//	                    the only ways in; else at its entry
 //	  any other     ──► __x64_sys_<name> and its i386 entry __ia32_[compat_]sys_<name>
 //	vCPU hits one ──► Handle(registers)
 //	  handler: rdi = struct pt_regs * ──► args (BTF offsets); path args from user memory (≤ PATH_MAX)
@@ -18,7 +20,8 @@
 //	     allow  rip past the entry no-op (endbr64 / 5-byte nop), or step;
 //	            at a call site: push the return address, rip = the hook
 //	     deny   rax = -errno; rip = [rsp]; rsp += 8   (the handler or hook "returns");
-//	            at a call site: rax = -errno; rip past the call
+//	            at a call site: rax = -errno; rip past the call;
+//	            at a watch stop: rax = -errno, pushed registers restored, return
 //	     kill   at a handler: rip = do_group_exit, rdi = SIGKILL (dies as if killed);
 //	            at a hook: the hook fails with EPERM and SIGKILL is queued on the
 //	            task, taken on its way back to user mode (nothing the kernel holds leaks)
