@@ -360,11 +360,13 @@ func (m *Monitor) applyTrapsLocked(ctx context.Context, spec *policy.Spec) (api.
 	return res, err
 }
 
-// setTrap places a trap: a read watchpoint on the list head of a hook
-// trapped by one, else a software breakpoint.
+// setTrap places a trap: a watchpoint on the list head of a hook trapped
+// by one (read or write: KVM's debug registers cannot watch reads alone,
+// and nothing writes the head once the kernel runs), else a software
+// breakpoint.
 func setTrap(ctx context.Context, c *gdbrsp.Client, t gate.Trap) error {
 	if t.Watch != 0 {
-		return c.SetWatchpoint(ctx, gdbrsp.ReadWatch, t.Watch, 8)
+		return c.SetWatchpoint(ctx, gdbrsp.AccessWatch, t.Watch, 8)
 	}
 	return c.SetBreakpoint(ctx, gdbrsp.Software, t.Addr)
 }
@@ -372,7 +374,7 @@ func setTrap(ctx context.Context, c *gdbrsp.Client, t gate.Trap) error {
 // clearTrap removes what setTrap placed.
 func clearTrap(ctx context.Context, c *gdbrsp.Client, t gate.Trap) error {
 	if t.Watch != 0 {
-		return c.ClearWatchpoint(ctx, gdbrsp.ReadWatch, t.Watch, 8)
+		return c.ClearWatchpoint(ctx, gdbrsp.AccessWatch, t.Watch, 8)
 	}
 	return c.ClearBreakpoint(ctx, gdbrsp.Software, t.Addr)
 }

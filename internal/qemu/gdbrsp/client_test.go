@@ -587,6 +587,9 @@ func TestBreakpoints(t *testing.T) {
 		{"clear read watchpoint", func(c *Client, ctx context.Context) error {
 			return c.ClearWatchpoint(ctx, ReadWatch, 0xffffffff8242eac0, 8)
 		}, "OK", "z3,ffffffff8242eac0,8", nil},
+		{"set access watchpoint", func(c *Client, ctx context.Context) error {
+			return c.SetWatchpoint(ctx, AccessWatch, 0x1000, 4)
+		}, "OK", "Z4,1000,4", nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

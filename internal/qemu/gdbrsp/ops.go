@@ -288,13 +288,19 @@ const (
 	Hardware BreakpointKind = 1
 	// ReadWatch is a read watchpoint (Z3): the vCPU stops after an
 	// instruction that read the watched bytes, with a T05 stop reply whose
-	// "rwatch" pair names the address. Under TCG QEMU checks it only on
-	// accesses to the watched page, not on every instruction; under KVM it
-	// takes a debug register (four in all).
+	// "rwatch" pair names the address. QEMU offers it under TCG only (x86
+	// debug registers cannot watch reads alone).
 	ReadWatch BreakpointKind = 3
+	// AccessWatch is a read-or-write watchpoint (Z4), "awatch" in the stop
+	// reply. Under TCG QEMU checks it only on accesses to the watched
+	// page, not on every instruction; under KVM it takes one of the four
+	// debug registers.
+	AccessWatch BreakpointKind = 4
 )
 
-func (k BreakpointKind) valid() bool { return k == Software || k == Hardware || k == ReadWatch }
+func (k BreakpointKind) valid() bool {
+	return k == Software || k == Hardware || k == ReadWatch || k == AccessWatch
+}
 
 // SetBreakpoint inserts a breakpoint at addr, a virtual (in real mode:
 // linear) address as the vCPUs see it. A hit shows up as a T05 stop reply
@@ -308,7 +314,7 @@ func (c *Client) ClearBreakpoint(ctx context.Context, kind BreakpointKind, addr 
 	return c.breakpoint(ctx, 'z', kind, addr)
 }
 
-// SetWatchpoint inserts a watchpoint of kind (ReadWatch) on the n bytes
+// SetWatchpoint inserts a watchpoint of kind (ReadWatch, AccessWatch) on the n bytes
 // at addr (n: 1, 2, 4 or 8).
 func (c *Client) SetWatchpoint(ctx context.Context, kind BreakpointKind, addr uint64, n int) error {
 	return c.breakpointLen(ctx, 'Z', kind, addr, n)
