@@ -24,11 +24,13 @@ type Breakpoint struct {
 	// ("do_dentry_open+0xf3"), or a read watchpoint on its list head
 	// ("read of security_hook_heads.file_open", Addr then the watched
 	// address).
-	Symbol   string `json:"symbol"`
-	Site     string `json:"site,omitempty"`
-	Syscall  string `json:"syscall"`
-	Addr     string `json:"addr"`
-	PhysAddr string `json:"phys_addr,omitempty"`
+	Symbol string `json:"symbol"`
+	Site   string `json:"site,omitempty"`
+	// Watchpoint says the trap is a watchpoint on Addr, not a breakpoint.
+	Watchpoint bool   `json:"watchpoint,omitempty"`
+	Syscall    string `json:"syscall"`
+	Addr       string `json:"addr"`
+	PhysAddr   string `json:"phys_addr,omitempty"`
 }
 
 // PolicyResult says what a load changed.

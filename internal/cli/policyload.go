@@ -47,7 +47,16 @@ the one in force stays.`,
 			if asJSON {
 				return json.NewEncoder(os.Stdout).Encode(res)
 			}
-			fmt.Printf("policy %s in force (seq %d); syscall gate: %d breakpoints", res.Path, res.Seq, len(res.Breakpoints))
+			watches := 0
+			for _, bp := range res.Breakpoints {
+				if bp.Watchpoint {
+					watches++
+				}
+			}
+			fmt.Printf("policy %s in force (seq %d); syscall gate: %d breakpoints", res.Path, res.Seq, len(res.Breakpoints)-watches)
+			if watches > 0 {
+				fmt.Printf(" and %d watchpoints", watches)
+			}
 			if len(res.Syscalls) > 0 {
 				fmt.Printf(" for %s", strings.Join(res.Syscalls, ", "))
 			}

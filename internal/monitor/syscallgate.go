@@ -346,7 +346,7 @@ func (m *Monitor) applyTrapsLocked(ctx context.Context, spec *policy.Spec) (api.
 		if t.Watch != 0 {
 			addr = t.Watch
 		}
-		bp := api.Breakpoint{Symbol: t.Symbol, Site: t.Site, Syscall: t.Syscall.Op, Addr: "0x" + strconv.FormatUint(addr, 16)}
+		bp := api.Breakpoint{Symbol: t.Symbol, Site: t.Site, Watchpoint: t.Watch != 0, Syscall: t.Syscall.Op, Addr: "0x" + strconv.FormatUint(addr, 16)}
 		if g != nil {
 			if pa, _, err := g.Kernel().AS.Translate(addr); err == nil {
 				bp.PhysAddr = "0x" + strconv.FormatUint(pa, 16)
