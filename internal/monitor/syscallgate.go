@@ -171,10 +171,10 @@ func (m *Monitor) armGate() {
 }
 
 // prepareGate builds the gate while the kernel boots, when the start
-// policy has syscall rules: building it scans the kernel text for the
-// hooks' call sites (tens of milliseconds), which must not delay the
-// breakpoints once the kernel reaches SYSTEM_RUNNING. A failure here is
-// reported when the breakpoints are placed.
+// policy has syscall rules, and lets it scan the kernel text for the
+// hooks' call sites if it will need them (tens of milliseconds), which must
+// not delay the breakpoints once the kernel reaches SYSTEM_RUNNING. A
+// failure here is reported when the breakpoints are placed.
 func (m *Monitor) prepareGate() {
 	src, err := os.ReadFile(m.cfg.PolicyFile)
 	if err != nil {
@@ -188,7 +188,9 @@ func (m *Monitor) prepareGate() {
 	defer cancel()
 	m.sg.mu.Lock()
 	defer m.sg.mu.Unlock()
-	m.ensureGate(ctx)
+	if g, err := m.ensureGate(ctx); err == nil {
+		g.Prepare()
+	}
 }
 
 // systemRunning is SYSTEM_RUNNING in the kernel's enum system_states: set

@@ -90,20 +90,23 @@ type Gate struct {
 	doGroupExit uint64
 	strnlenUser uint64 // 0: no fault-in; unreadable paths fail closed at once
 
+	// planMu guards how hooks are trapped, worked out on first need:
+	// watches are the hooks trapped by a watchpoint on their list head
+	// (watch.go), sites the calls to the others, trapped instead of their
+	// entries (hooks.go); nil until then.
+	planMu  sync.Mutex
+	sites   map[Hook][]linux.CodeRef
+	watches map[Hook]hookWatch
+	watchOK bool // UseWatchpoints
+
 	mu    sync.Mutex // guards the fields below
 	traps map[uint64]Trap
 	skips map[uint64]int // entry no-op length by address, read once (before any int3 under KVM)
 	// pending maps the kernel stack pointer of a call sent to fault in its
 	// path to the pt_regs pointer (rdi) the handler must get back.
 	pending map[uint64]uint64
-	// hooks are the LSM hooks this kernel has (hooks.go); watches the
-	// ones trapped by a watchpoint on their list head (watch.go; nil until
-	// the first Plan that needs them), sites the calls to the others that
-	// are trapped instead of their entries.
-	hooks   map[Hook]uint64
-	sites   map[Hook][]linux.CodeRef
-	watches map[Hook]hookWatch
-	watchOK bool // UseWatchpoints
+	// hooks are the LSM hooks this kernel has (hooks.go).
+	hooks map[Hook]uint64
 	// created are creates allowed at AtPathMknod, whose AtFileOpen hit is
 	// not decided twice.
 	created map[createdKey]bool
@@ -128,7 +131,6 @@ func New(k *linux.Kernel, d Decider) (*Gate, error) {
 		g.strnlenUser = a
 	}
 	g.hooks = hookAddrs(k)
-	g.sites = hookSites(k, g.hooks)
 	g.created = map[createdKey]bool{}
 	return g, nil
 }
@@ -140,9 +142,30 @@ func New(k *linux.Kernel, d Decider) (*Gate, error) {
 // through on 2 vCPUs), where a breakpoint is simply hit again on resume.
 // Call before the first Plan.
 func (g *Gate) UseWatchpoints(on bool) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
+	g.planMu.Lock()
+	defer g.planMu.Unlock()
 	g.watchOK = on
+}
+
+// Prepare does ahead of the first Plan the slow part of it that can be
+// done while the kernel boots: when hooks will not be trapped by
+// watchpoints, the scan of the kernel text for their call sites (tens of
+// milliseconds; direct calls are never patched at boot).
+func (g *Gate) Prepare() {
+	g.planMu.Lock()
+	defer g.planMu.Unlock()
+	if !g.watchOK {
+		g.ensureSitesLocked()
+	}
+}
+
+// ensureSitesLocked scans for the hooks' call sites once.
+//
+// Preconditions: g.planMu held.
+func (g *Gate) ensureSitesLocked() {
+	if g.sites == nil {
+		g.sites = hookSites(g.k, g.hooks)
+	}
 }
 
 // Plan resolves the syscalls a policy names to handler addresses. Names
@@ -193,11 +216,18 @@ func (g *Gate) Plan(spec *policy.Spec) (traps []Trap, missing []string) {
 			}
 		}
 	}
+	g.planMu.Lock()
+	defer g.planMu.Unlock()
 	if len(hooked) > 0 && g.watchOK && g.watches == nil {
 		// Modelled from the live code on first use, once the kernel runs:
 		// during boot ftrace has not yet turned the hooks' __fentry__
 		// calls into no-ops.
 		g.watches = hookWatches(g.k, g.hooks)
+	}
+	for h := range hooked {
+		if _, ok := g.watches[h]; !ok {
+			g.ensureSitesLocked()
+		}
 	}
 	for h, members := range hooked {
 		addr := g.hooks[h]
