@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/gatevisor/gatevisor/internal/dhcpwire"
 )
 
 // DHCP message types (RFC 2132 option 53).
@@ -19,8 +21,6 @@ const (
 )
 
 const (
-	dhcpMagic    = 0x63825363
-	dhcpFixedLen = 236
 	// LeaseTime is what the DHCP server grants; leases are kept per MAC for
 	// the life of the network, so a guest always gets the same address.
 	LeaseTime = 24 * time.Hour
@@ -64,40 +64,22 @@ func (d *DHCPServer) lease(mac MAC) (netip.Addr, bool) {
 // Handle answers one BOOTP/DHCP request payload (the UDP payload), or
 // returns nil when there is nothing to answer. Malformed input is ignored.
 func (d *DHCPServer) Handle(req []byte) []byte {
-	if len(req) < dhcpFixedLen+4 || req[0] != 1 || req[1] != 1 || req[2] != 6 {
+	opts, ok := dhcpwire.Options(req, dhcpwire.OpRequest)
+	if !ok {
 		return nil
 	}
-	if binary.BigEndian.Uint32(req[dhcpFixedLen:]) != dhcpMagic {
-		return nil
-	}
-	var mac MAC
-	copy(mac[:], req[28:34])
+	mac := MAC(dhcpwire.ClientMAC(req))
 	msgType, requested := byte(0), netip.Addr{}
-	opts := req[dhcpFixedLen+4:]
-	for i := 0; i < len(opts); {
-		code := opts[i]
-		if code == 255 {
-			break
+	ok = dhcpwire.Walk(opts, func(code byte, val []byte) {
+		switch {
+		case code == 53 && len(val) == 1:
+			msgType = val[0]
+		case code == 50 && len(val) == 4:
+			requested = netip.AddrFrom4([4]byte(val))
 		}
-		if code == 0 {
-			i++
-			continue
-		}
-		if i+1 >= len(opts) || i+2+int(opts[i+1]) > len(opts) {
-			return nil
-		}
-		val := opts[i+2 : i+2+int(opts[i+1])]
-		switch code {
-		case 53:
-			if len(val) == 1 {
-				msgType = val[0]
-			}
-		case 50:
-			if len(val) == 4 {
-				requested = netip.AddrFrom4([4]byte(val))
-			}
-		}
-		i += 2 + len(val)
+	})
+	if !ok {
+		return nil
 	}
 	var reply byte
 	switch msgType {
@@ -115,7 +97,7 @@ func (d *DHCPServer) Handle(req []byte) []byte {
 	if msgType == dhcpRequest && requested.IsValid() && requested != addr {
 		reply = dhcpNak
 	}
-	out := make([]byte, dhcpFixedLen, dhcpFixedLen+64)
+	out := make([]byte, dhcpwire.FixedLen, dhcpwire.FixedLen+64)
 	out[0], out[1], out[2] = 2, 1, 6
 	copy(out[4:8], req[4:8])     // xid
 	copy(out[10:12], req[10:12]) // flags
@@ -126,7 +108,7 @@ func (d *DHCPServer) Handle(req []byte) []byte {
 	s4 := d.Server.As4()
 	copy(out[20:24], s4[:])      // siaddr
 	copy(out[28:44], req[28:44]) // chaddr
-	out = binary.BigEndian.AppendUint32(out, dhcpMagic)
+	out = binary.BigEndian.AppendUint32(out, dhcpwire.Magic)
 	out = append(out, 53, 1, reply, 54, 4)
 	out = append(out, s4[:]...)
 	if reply != dhcpNak {

@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/gatevisor/gatevisor/internal/dhcpwire"
 )
 
 func frame(dst, src MAC, fill byte) []byte {
@@ -138,11 +140,11 @@ func FuzzFrameReader(f *testing.F) {
 }
 
 func dhcpMsg(mac MAC, typ byte, requested netip.Addr) []byte {
-	b := make([]byte, dhcpFixedLen)
+	b := make([]byte, dhcpwire.FixedLen)
 	b[0], b[1], b[2] = 1, 1, 6
 	copy(b[4:8], []byte{1, 2, 3, 4})
 	copy(b[28:34], mac[:])
-	b = binary.BigEndian.AppendUint32(b, dhcpMagic)
+	b = binary.BigEndian.AppendUint32(b, dhcpwire.Magic)
 	b = append(b, 53, 1, typ)
 	if requested.IsValid() {
 		a := requested.As4()
@@ -155,11 +157,11 @@ func TestDHCP(t *testing.T) {
 	d := &DHCPServer{Server: GatewayAddr, Mask: netip.MustParseAddr("255.255.255.0"), First: FirstLease, Last: netip.MustParseAddr("10.0.2.16")}
 	m1, m2, m3 := MAC{2, 0, 0, 0, 0, 1}, MAC{2, 0, 0, 0, 0, 2}, MAC{2, 0, 0, 0, 0, 3}
 	offer := d.Handle(dhcpMsg(m1, dhcpDiscover, netip.Addr{}))
-	if offer == nil || netip.AddrFrom4([4]byte(offer[16:20])) != FirstLease || offer[dhcpFixedLen+6] != dhcpOffer {
+	if offer == nil || netip.AddrFrom4([4]byte(offer[16:20])) != FirstLease || offer[dhcpwire.FixedLen+6] != dhcpOffer {
 		t.Fatalf("offer % x", offer)
 	}
 	ack := d.Handle(dhcpMsg(m1, dhcpRequest, FirstLease))
-	if ack == nil || ack[dhcpFixedLen+6] != dhcpAck {
+	if ack == nil || ack[dhcpwire.FixedLen+6] != dhcpAck {
 		t.Fatal("no ack")
 	}
 	// Same MAC, same address; another MAC, the next one.
@@ -173,7 +175,7 @@ func TestDHCP(t *testing.T) {
 	if d.Handle(dhcpMsg(m3, dhcpDiscover, netip.Addr{})) != nil {
 		t.Fatal("lease beyond the pool")
 	}
-	if n := d.Handle(dhcpMsg(m2, dhcpRequest, FirstLease)); n == nil || n[dhcpFixedLen+6] != dhcpNak {
+	if n := d.Handle(dhcpMsg(m2, dhcpRequest, FirstLease)); n == nil || n[dhcpwire.FixedLen+6] != dhcpNak {
 		t.Fatal("no NAK")
 	}
 	// Garbage is ignored.

@@ -1,8 +1,9 @@
 package net
 
 import (
-	"encoding/binary"
 	"net/netip"
+
+	"github.com/gatevisor/gatevisor/internal/dhcpwire"
 )
 
 // DHCP message types the source binding follows (RFC 2132 option 53).
@@ -17,11 +18,8 @@ const (
 	dhcpClientPort = 68
 )
 
-const (
-	dhcpFixedLen = 236 // BOOTP header up to the options
-	dhcpMagic    = 0x63825363
-	dhcpMaxOpts  = 312 // options scanned at most (RFC 2131's minimum message)
-)
+// dhcpMaxOpts bounds the options scanned (RFC 2131's minimum message).
+const dhcpMaxOpts = 312
 
 // DHCPReply is what the source binding needs of a DHCP reply.
 type DHCPReply struct {
@@ -35,38 +33,25 @@ type DHCPReply struct {
 // addresses, the DHCP magic cookie, a message type). It is pure and bounds
 // every length; ok is false for anything else.
 func ParseDHCPReply(b []byte) (r DHCPReply, ok bool) {
-	if len(b) < dhcpFixedLen+4 || b[0] != 2 || b[1] != 1 || b[2] != 6 {
-		return DHCPReply{}, false
-	}
-	if binary.BigEndian.Uint32(b[dhcpFixedLen:]) != dhcpMagic {
+	opts, ok := dhcpwire.Options(b, dhcpwire.OpReply)
+	if !ok {
 		return DHCPReply{}, false
 	}
 	r.YourAddr = netip.AddrFrom4([4]byte(b[16:20]))
-	copy(r.ClientMAC[:], b[28:34])
-	opts := b[dhcpFixedLen+4:]
+	r.ClientMAC = dhcpwire.ClientMAC(b)
 	if len(opts) > dhcpMaxOpts {
 		opts = opts[:dhcpMaxOpts]
 	}
-	for i := 0; i < len(opts); {
-		code := opts[i]
-		if code == 255 {
-			break
-		}
-		if code == 0 {
-			i++
-			continue
-		}
-		if i+1 >= len(opts) || i+2+int(opts[i+1]) > len(opts) {
-			return DHCPReply{}, false
-		}
-		val := opts[i+2 : i+2+int(opts[i+1])]
+	ok = dhcpwire.Walk(opts, func(code byte, val []byte) {
 		switch {
 		case code == 53 && len(val) == 1:
 			r.Type = val[0]
 		case code == 54 && len(val) == 4:
 			r.ServerID = netip.AddrFrom4([4]byte(val))
 		}
-		i += 2 + len(val)
+	})
+	if !ok {
+		return DHCPReply{}, false
 	}
 	return r, r.Type != 0
 }

@@ -12,16 +12,17 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
+	"github.com/gatevisor/gatevisor/internal/dhcpwire"
 	"github.com/gatevisor/gatevisor/internal/vnet"
 )
 
 // dhcpRequest is a client's DHCPDISCOVER (1) or DHCPREQUEST (3) payload.
 func dhcpRequest(mac [6]byte, typ byte, requested netip.Addr) []byte {
-	b := make([]byte, dhcpFixedLen, dhcpFixedLen+16)
+	b := make([]byte, dhcpwire.FixedLen, dhcpwire.FixedLen+16)
 	b[0], b[1], b[2] = 1, 1, 6
 	copy(b[4:8], []byte{1, 2, 3, 4})
 	copy(b[28:34], mac[:])
-	b = binary.BigEndian.AppendUint32(b, dhcpMagic)
+	b = binary.BigEndian.AppendUint32(b, dhcpwire.Magic)
 	b = append(b, 53, 1, typ)
 	if requested.IsValid() {
 		a := requested.As4()
