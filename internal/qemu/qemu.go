@@ -101,6 +101,29 @@ func (c *Config) Validate() error {
 	if c.Kernel == "" {
 		return errors.New("no kernel: pass --kernel or use the default kit")
 	}
+	return CheckCmdline(c.Append)
+}
+
+// MaxCmdline is the longest kernel command line x86 Linux takes: its
+// COMMAND_LINE_SIZE (arch/x86/include/asm/setup.h) is 2048 bytes including
+// the terminating NUL. The boot loader (QEMU) or the kernel cuts a longer one
+// short, so the parameters at its end, and the console or ready marker among
+// them, are silently lost: the guest then never says it is ready.
+const MaxCmdline = 2048 - 1
+
+// CheckCmdline checks a kernel command line (--append) before QEMU starts:
+// at most MaxCmdline bytes, with no NUL byte (the kernel would end the line
+// there) and no line break (it is one line of space-separated parameters).
+func CheckCmdline(s string) error {
+	if len(s) > MaxCmdline {
+		return fmt.Errorf("--append is %d bytes: the x86 kernel command line holds at most %d (COMMAND_LINE_SIZE is 2048 with the terminating NUL); shorten it, and pass bulky settings in the initramfs instead (--add FILE:/etc/...)", len(s), MaxCmdline)
+	}
+	if i := strings.IndexByte(s, 0); i >= 0 {
+		return fmt.Errorf("--append has a NUL byte at offset %d: the kernel would end its command line there; remove it", i)
+	}
+	if i := strings.IndexAny(s, "\r\n"); i >= 0 {
+		return fmt.Errorf("--append has a line break at offset %d: the kernel command line is one line; separate parameters with spaces", i)
+	}
 	return nil
 }
 

@@ -131,6 +131,12 @@ func TestConfigValidate(t *testing.T) {
 		{"cpus", func(c *Config) { c.CPUs = 0 }, "out of range"},
 		{"accel", func(c *Config) { c.Accel = "xen" }, "want kvm or tcg"},
 		{"kernel", func(c *Config) { c.Kernel = "" }, "no kernel"},
+		{"append at the limit", func(c *Config) { c.Append = strings.Repeat("a", MaxCmdline) }, ""},
+		{"append too long", func(c *Config) { c.Append = strings.Repeat("a", MaxCmdline+1) }, "at most 2047"},
+		{"append 70 KB", func(c *Config) { c.Append = "console=ttyS0 " + strings.Repeat("x=1 ", 70<<10/4) }, "shorten it"},
+		{"append NUL", func(c *Config) { c.Append = "console=ttyS0\x00init=/bin/sh" }, "NUL byte at offset 13"},
+		{"append newline", func(c *Config) { c.Append = "console=ttyS0\ninit=/bin/sh" }, "line break at offset 13"},
+		{"append CR", func(c *Config) { c.Append = "quiet\r" }, "line break"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := base
