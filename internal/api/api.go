@@ -1,8 +1,15 @@
 // Package api is the local HTTP+JSON API of one VM, served on a unix socket
-// (0600) and described by openapi.yaml (embedded as Spec). The server checks
-// the caller's credentials on every connection (SO_PEERCRED: our uid or
-// root), decodes and validates each request, then calls the VM interface,
-// which the monitor implements; the client is what the CLI uses.
+// and described by openapi.yaml (embedded as Spec). Every request goes
+//
+//	peer credentials (SO_PEERCRED, per connection)
+//	  -> authorize: ServerOptions.Authorize(caller, action), or else our uid or root
+//	  -> decode and validate the request
+//	  -> the VM interface, which the monitor implements
+//
+// The endpoints and the action each is authorized as are one table
+// (authz.go, mirrored by x-gatevisor-action in openapi.yaml and checked
+// against it by a test); Actions lists the action names. The client is what
+// the CLI uses.
 //
 // The API knows nothing of QEMU; the monitor knows nothing of HTTP.
 // Imported by monitor (types), cli (client) and the run command (server).

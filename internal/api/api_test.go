@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -28,15 +29,42 @@ type fakeVM struct {
 	lastExec ExecRequest
 	console  chan []byte // what the console client typed
 	written  []byte
+
+	mu     sync.Mutex // guards calls and caller
+	calls  []string   // the VM methods called, in order
+	caller Caller     // the last Status call's caller
 }
 
-func (f *fakeVM) Status(context.Context) Status {
+func (f *fakeVM) called(name string) {
+	f.mu.Lock()
+	f.calls = append(f.calls, name)
+	f.mu.Unlock()
+}
+
+func (f *fakeVM) Calls() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.calls...)
+}
+
+func (f *fakeVM) Status(ctx context.Context) Status {
+	f.called("Status")
+	if c, ok := CallerFromContext(ctx); ok {
+		f.mu.Lock()
+		f.caller = c
+		f.mu.Unlock()
+	}
 	return Status{Name: "vm1", State: StateRunning, QEMUStatus: "running", GuestReady: true, MonitorPID: 10, QEMUPID: 11,
 		Accel: "tcg", AccelReason: "using TCG", Machine: "q35", MemMiB: 256, CPUs: 1, Kernel: "/k", Initrd: "/i",
 		StartedAt: time.Unix(1700000000, 0).UTC(), RuntimeDir: "/run/gatevisor/vm1"}
 }
-func (f *fakeVM) Stop(_ context.Context, r StopRequest) error { f.stopped = &r; return nil }
+func (f *fakeVM) Stop(_ context.Context, r StopRequest) error {
+	f.called("Stop")
+	f.stopped = &r
+	return nil
+}
 func (f *fakeVM) Exec(_ context.Context, r ExecRequest) (ExecResult, error) {
+	f.called("Exec")
 	f.lastExec = r
 	if f.execErr != nil {
 		return ExecResult{}, f.execErr
@@ -44,12 +72,14 @@ func (f *fakeVM) Exec(_ context.Context, r ExecRequest) (ExecResult, error) {
 	return ExecResult{ExitCode: 3, Stdout: []byte("out\n"), Stderr: []byte{}}, nil
 }
 func (f *fakeVM) Registers(_ context.Context, vcpu int) (Registers, error) {
+	f.called("Registers")
 	if vcpu > 0 {
 		return Registers{}, &Error{Code: CodeNotFound, Message: "vCPU 1 does not exist"}
 	}
 	return Registers{VCPU: 0, Registers: map[string]string{"rip": "0xffffffff81000000", "cr3": "0x1000"}}, nil
 }
 func (f *fakeVM) LoadPolicy(_ context.Context, r PolicyRequest) (PolicyResult, error) {
+	f.called("LoadPolicy")
 	if strings.Contains(r.Source, "bad") {
 		return PolicyResult{}, &Error{Code: CodeBadRequest, Message: "policy rejected, the policy in force stays: t.policy:1:1: bad"}
 	}
@@ -57,9 +87,11 @@ func (f *fakeVM) LoadPolicy(_ context.Context, r PolicyRequest) (PolicyResult, e
 		Breakpoints: []Breakpoint{{Symbol: "__x64_sys_openat", Syscall: "open", Addr: "0xffffffff81400000", PhysAddr: "0x1400000"}}}, nil
 }
 func (f *fakeVM) MemoryLayout() MemoryLayout {
+	f.called("MemoryLayout")
 	return MemoryLayout{Size: 1 << 20, Regions: []Region{{GPA: 0, Offset: 0, Size: 1 << 20}}}
 }
 func (f *fakeVM) ReadPhysical(_ context.Context, addr uint64, p []byte) error {
+	f.called("ReadPhysical")
 	if addr+uint64(len(p)) > 1<<20 {
 		return &Error{Code: CodeBadRequest, Message: "not RAM"}
 	}
@@ -69,24 +101,29 @@ func (f *fakeVM) ReadPhysical(_ context.Context, addr uint64, p []byte) error {
 	return nil
 }
 func (f *fakeVM) IDS(_ context.Context, q, src string) (IDSResult, error) {
+	f.called("IDS")
 	if src == "" {
 		src = "ram"
 	}
 	return IDSResult{Query: q, Source: src, ElapsedMicros: 12, Result: json.RawMessage(`[{"pid":1,"comm":"init"}]`)}, nil
 }
 func (f *fakeVM) Dump(_ context.Context, path string) (DumpResult, error) {
+	f.called("Dump")
 	return DumpResult{Path: path, Size: 4096, ElapsedMicros: 5}, nil
 }
 func (f *fakeVM) WritePhysical(_ context.Context, addr uint64, p []byte) error {
+	f.called("WritePhysical")
 	f.written = append([]byte(nil), p...)
 	return nil
 }
 func (f *fakeVM) Events(_ context.Context, w io.Writer, follow bool, flush func()) error {
+	f.called("Events")
 	_, err := io.WriteString(w, `{"type":"finding"}`+"\n")
 	flush()
 	return err
 }
 func (f *fakeVM) AttachConsole(_ context.Context, conn io.ReadWriteCloser, replay int) error {
+	f.called("AttachConsole")
 	_, _ = conn.Write([]byte("login: "))
 	buf := make([]byte, 5)
 	n, _ := io.ReadFull(conn, buf)

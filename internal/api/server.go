@@ -45,47 +45,50 @@ type VM interface {
 
 // Server serves one VM's API.
 type Server struct {
-	vm      VM
-	allowed func(uid uint32) bool
-	srv     *http.Server
+	vm VM
+	// allowed is the owner-or-root rule, used when authorize is nil.
+	allowed   func(uid uint32) bool
+	authorize func(ctx context.Context, c Caller, action string) error
+	shared    bool
+	srv       *http.Server
 }
 
-type ctxKey struct{}
-
-// NewServer returns a server for vm that admits callers running as this
-// process's uid or as root.
-func NewServer(vm VM) *Server {
+// NewServer returns a server for vm configured by opt; without opt (the
+// zero ServerOptions) it admits callers running as this process's uid or as
+// root. At most one ServerOptions may be given.
+func NewServer(vm VM, opt ...ServerOptions) *Server {
+	if len(opt) > 1 {
+		panic("api.NewServer: more than one ServerOptions")
+	}
+	var o ServerOptions
+	if len(opt) == 1 {
+		o = opt[0]
+	}
 	self := uint32(os.Getuid())
-	s := &Server{vm: vm, allowed: func(uid uint32) bool { return uid == self || uid == 0 }}
+	s := &Server{vm: vm, allowed: func(uid uint32) bool { return uid == self || uid == 0 }, authorize: o.Authorize, shared: o.Shared}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/status", s.status)
-	mux.HandleFunc("POST /v1/stop", s.stop)
-	mux.HandleFunc("POST /v1/exec", s.exec)
-	mux.HandleFunc("GET /v1/console", s.console)
-	mux.HandleFunc("GET /v1/vcpus/{index}/registers", s.registers)
-	mux.HandleFunc("GET /v1/memory", s.memory)
-	mux.HandleFunc("GET /v1/memory/physical", s.readPhysical)
-	mux.HandleFunc("POST /v1/memory/physical", s.writePhysical)
-	mux.HandleFunc("GET /v1/ids/{query}", s.ids)
-	mux.HandleFunc("POST /v1/dump", s.dump)
-	mux.HandleFunc("GET /v1/events", s.events)
-	mux.HandleFunc("POST /v1/policy", s.loadPolicy)
+	for _, rt := range routes {
+		mux.HandleFunc(rt.method+" "+rt.path, s.guard(rt))
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, &Error{Code: CodeNotFound, Message: fmt.Sprintf("no endpoint %s %s: see openapi.yaml", r.Method, r.URL.Path)})
 	})
+	var h http.Handler = mux
+	if s.authorize == nil {
+		h = s.checkPeer(mux)
+	}
 	s.srv = &http.Server{
-		Handler:           s.checkPeer(mux),
+		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
 		MaxHeaderBytes:    64 << 10,
-		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			return context.WithValue(ctx, ctxKey{}, c)
-		},
+		ConnContext:       connContext,
 	}
 	return s
 }
 
-// Listen creates the 0600 socket at path (replacing a stale one) and serves
-// until Shutdown. It returns once the socket accepts connections.
+// Listen creates the socket at path (replacing a stale one), 0600 or, for a
+// shared server, 0666, and serves until Shutdown. It returns once the socket
+// accepts connections.
 func (s *Server) Listen(path string) error {
 	_ = os.Remove(path)
 	old := unix.Umask(0o177)
@@ -94,7 +97,11 @@ func (s *Server) Listen(path string) error {
 	if err != nil {
 		return fmt.Errorf("api: listen on %s: %w", path, err)
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
+	mode := os.FileMode(0o600)
+	if s.shared {
+		mode = 0o666
+	}
+	if err := os.Chmod(path, mode); err != nil {
 		l.Close()
 		return fmt.Errorf("api: %w", err)
 	}
@@ -102,41 +109,20 @@ func (s *Server) Listen(path string) error {
 	return nil
 }
 
-// Handler returns the HTTP handler (for tests).
+// Handler returns the HTTP handler (for tests). A request it serves without
+// a connection is this process's own.
 func (s *Server) Handler() http.Handler { return s.srv.Handler }
 
 // Shutdown stops the server, waiting for requests in flight until ctx ends.
 func (s *Server) Shutdown(ctx context.Context) error { return s.srv.Shutdown(ctx) }
 
-// peerUID returns the uid of the process at the other end of c.
-func peerUID(c net.Conn) (uint32, error) {
-	uc, ok := c.(*net.UnixConn)
-	if !ok {
-		return 0, errors.New("not a unix socket")
-	}
-	raw, err := uc.SyscallConn()
-	if err != nil {
-		return 0, err
-	}
-	var cred *unix.Ucred
-	var cerr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return 0, err
-	}
-	if cerr != nil {
-		return 0, cerr
-	}
-	return cred.Uid, nil
-}
-
+// checkPeer is the owner-or-root rule of a server without Authorize; it
+// applies to every request, to unknown endpoints too.
 func (s *Server) checkPeer(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if c, ok := r.Context().Value(ctxKey{}).(net.Conn); ok {
-			uid, err := peerUID(c)
-			if err != nil || !s.allowed(uid) {
-				writeError(w, http.StatusForbidden, &Error{Code: CodeForbidden, Message: fmt.Sprintf("caller uid %d may not use this VM's API: only its owner and root may", uid)})
+		if p, ok := r.Context().Value(peerKey{}).(peer); ok {
+			if p.err != nil || !s.allowed(p.caller.UID) {
+				writeError(w, http.StatusForbidden, &Error{Code: CodeForbidden, Message: fmt.Sprintf("caller uid %d may not use this VM's API: only its owner and root may", p.caller.UID)})
 				return
 			}
 		}
