@@ -2,9 +2,13 @@ package kit
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
+
+	"github.com/gatevisor/gatevisor/internal/safefile"
 )
 
 // maxBzImage bounds a kernel image; distribution kernels are about 8 MiB.
@@ -16,6 +20,13 @@ const maxBzImage = 256 << 20
 // that distinguishes a bzImage from a zImage, and setup and payload sizes that
 // fit the file.
 func CheckBzImage(path string) error {
+	// Checked before the open: opening a FIFO blocks until a writer comes.
+	if err := safefile.CheckRegular(path); err != nil {
+		if _, ok := errors.AsType[*fs.PathError](err); ok {
+			return fmt.Errorf("kit: kernel: %w", err) // missing or unreadable
+		}
+		return fmt.Errorf("kit: kernel: %w: %w", ErrNotBzImage, err)
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return fmt.Errorf("kit: kernel: %w", err)

@@ -8,8 +8,10 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/gatevisor/gatevisor/internal/kit/initramfs"
+	"github.com/gatevisor/gatevisor/internal/safefile"
 )
 
 // FileSpec is a host file to place into a guest's initramfs.
@@ -68,6 +70,10 @@ func (s FileSpec) String() string { return s.Host + ":" + s.Guest }
 // written atomically: a temporary file, complete before it is renamed into
 // place, so out may be a hard link to baseInitrd.
 func AppendFiles(baseInitrd string, adds []FileSpec, out string) error {
+	// A FIFO would block the open, a device such as /dev/zero never ends.
+	if err := safefile.CheckRegular(baseInitrd); err != nil {
+		return fmt.Errorf("kit: add files: base initrd: %w", err)
+	}
 	base, err := os.Open(baseInitrd)
 	if err != nil {
 		return fmt.Errorf("kit: add files: base initrd: %w", err)
@@ -209,12 +215,21 @@ func writeAdds(w io.Writer, adds []FileSpec) error {
 	return nil
 }
 
+// addRegular copies the regular file host into cw. host was a regular file
+// when its caller looked; it is opened without blocking and checked again,
+// so that one swapped for a FIFO or a device in between is refused instead
+// of blocking the build or never ending.
 func addRegular(cw *initramfs.Writer, spec FileSpec, host, name string, perm uint32, size int64) error {
-	f, err := os.Open(host)
+	f, err := os.OpenFile(host, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return fmt.Errorf("kit: add %s: %w", spec, err)
 	}
 	defer f.Close()
+	if st, err := f.Stat(); err != nil {
+		return fmt.Errorf("kit: add %s: %w", spec, err)
+	} else if !st.Mode().IsRegular() {
+		return fmt.Errorf("kit: add %s: %s is no longer a regular file", spec, host)
+	}
 	if err := cw.WriteHeader(initramfs.Header{Name: name, Mode: initramfs.TypeReg | perm, Size: size}); err != nil {
 		return fmt.Errorf("kit: add %s: %w", spec, err)
 	}
