@@ -5,6 +5,7 @@ import (
 	"io"
 	"sort"
 
+	"github.com/gatevisor/gatevisor/internal/termtext"
 	"github.com/gatevisor/gatevisor/internal/vmi/linux"
 )
 
@@ -13,6 +14,9 @@ const maxTreeDepth = 64
 
 // WriteTree renders processes as a tree by parent pid. Processes whose
 // parent is missing (or that form a cycle) become roots, so nothing is lost.
+// A process's comm is the guest's choice: it is escaped (termtext.Escape),
+// so that it cannot forge a line of the tree or reach the terminal as a
+// control sequence.
 func WriteTree(w io.Writer, tasks []linux.Task) error {
 	byPID := make(map[int]linux.Task, len(tasks))
 	children := map[int][]int{}
@@ -46,7 +50,7 @@ func WriteTree(w io.Writer, tasks []linux.Task) error {
 		if depth == 0 {
 			branch, next = "", ""
 		}
-		if _, err := fmt.Fprintf(w, "%s%s%s(%d)\n", prefix, branch, t.Comm, t.PID); err != nil {
+		if _, err := fmt.Fprintf(w, "%s%s%s(%d)\n", prefix, branch, termtext.Escape(t.Comm), t.PID); err != nil {
 			return err
 		}
 		kids := children[pid]
