@@ -17,6 +17,7 @@ import (
 
 	"github.com/gatevisor/gatevisor/internal/ids"
 	"github.com/gatevisor/gatevisor/internal/kit"
+	"github.com/gatevisor/gatevisor/internal/termtext"
 	"github.com/gatevisor/gatevisor/internal/vmi"
 	"github.com/gatevisor/gatevisor/internal/vmi/linux"
 )
@@ -80,16 +81,7 @@ func runIDS(ctx context.Context, t *idsTarget, query string) error {
 		return err
 	}
 	if t.asJSON && query != "pstree" {
-		// Numbers stay exact: kernel addresses do not fit a float64.
-		var v any
-		dec := json.NewDecoder(bytes.NewReader(raw))
-		dec.UseNumber()
-		if err := dec.Decode(&v); err != nil {
-			return err
-		}
-		enc := json.NewEncoder(os.Stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(v); err != nil {
+		if err := printIDSJSON(os.Stdout, raw); err != nil {
 			return err
 		}
 		if query == "check" {
@@ -101,6 +93,21 @@ func runIDS(ctx context.Context, t *idsTarget, query string) error {
 		return nil
 	}
 	return printIDS(os.Stdout, query, raw)
+}
+
+// printIDSJSON writes the JSON answer raw indented. Numbers stay exact
+// (kernel addresses do not fit a float64) and so do strings: the guest's
+// names are not escaped, JSON's own quoting is all they get.
+func printIDSJSON(w io.Writer, raw json.RawMessage) error {
+	var v any
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	if err := dec.Decode(&v); err != nil {
+		return err
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
 
 // fetch returns the JSON answer to q from the target.
@@ -216,7 +223,13 @@ func checkExit(r *ids.Report) error {
 	return nil
 }
 
+// printIDS writes the text form of the JSON answer raw to query. Every
+// string that comes from the guest (names, paths, addresses, the banner, and
+// the findings and errors built from them) is escaped with termtext.Escape,
+// so that a guest-chosen name cannot forge a row or reach the terminal as a
+// control sequence. The --json output is not escaped: JSON stays exact.
 func printIDS(w io.Writer, query string, raw json.RawMessage) error {
+	esc := termtext.Escape
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	defer tw.Flush()
 	switch query {
@@ -225,8 +238,8 @@ func printIDS(w io.Writer, query string, raw json.RawMessage) error {
 		if err := json.Unmarshal(raw, &b); err != nil {
 			return err
 		}
-		fmt.Fprintf(tw, "%s\n", b.Banner)
-		fmt.Fprintf(tw, "release:\t%s\nbuild id:\t%s\nKASLR slide:\t%#x\nphysical base:\t%#x\nverified:\t%v\n", b.Release, b.BuildID, b.Slide, b.PhysBase, b.Verified)
+		fmt.Fprintf(tw, "%s\n", esc(b.Banner))
+		fmt.Fprintf(tw, "release:\t%s\nbuild id:\t%s\nKASLR slide:\t%#x\nphysical base:\t%#x\nverified:\t%v\n", esc(b.Release), esc(b.BuildID), b.Slide, b.PhysBase, b.Verified)
 	case "syscalls":
 		var r ids.SyscallReport
 		if err := json.Unmarshal(raw, &r); err != nil {
@@ -240,7 +253,7 @@ func printIDS(w io.Writer, query string, raw json.RawMessage) error {
 				st = "HOOKED: " + e.Reason
 				hooked++
 			}
-			fmt.Fprintf(tw, "%d\t%s\t%#x\t%s\t%s\n", e.Nr, e.Name, e.Addr, e.Symbol, st)
+			fmt.Fprintf(tw, "%d\t%s\t%#x\t%s\t%s\n", e.Nr, esc(e.Name), e.Addr, esc(e.Symbol), esc(st))
 		}
 		tw.Flush()
 		fmt.Fprintf(w, "%d entries, %d hooked\n", len(r.Entries), hooked)
@@ -248,7 +261,7 @@ func printIDS(w io.Writer, query string, raw json.RawMessage) error {
 			fmt.Fprintf(w, "dispatch code (x64_sys_call): %d findings\n", len(r.Dispatch))
 		}
 		for _, d := range r.Dispatch {
-			fmt.Fprintf(w, "  %s at %#x -> %#x (%s): %s\n", d.Function, d.Addr, d.Target, d.TargetSymbol, d.Reason)
+			fmt.Fprintf(w, "  %s at %#x -> %#x (%s): %s\n", esc(d.Function), d.Addr, d.Target, esc(d.TargetSymbol), esc(d.Reason))
 		}
 	case "ps":
 		var ts []linux.Task
@@ -257,11 +270,11 @@ func printIDS(w io.Writer, query string, raw json.RawMessage) error {
 		}
 		fmt.Fprintln(tw, "PID\tPPID\tUID\tGID\tSTATE\tTHR\tSTART\tCOMM\tEXE")
 		for _, t := range ts {
-			exe := t.Exe
+			exe := esc(t.Exe)
 			if t.KernelThread {
 				exe = "[kernel]"
 			}
-			fmt.Fprintf(tw, "%d\t%d\t%d\t%d\t%s\t%d\t%.2fs\t%s\t%s\n", t.PID, t.PPID, t.UID, t.GID, t.State, t.Threads, float64(t.StartTime)/1e9, t.Comm, exe)
+			fmt.Fprintf(tw, "%d\t%d\t%d\t%d\t%s\t%d\t%.2fs\t%s\t%s\n", t.PID, t.PPID, t.UID, t.GID, esc(t.State), t.Threads, float64(t.StartTime)/1e9, esc(t.Comm), exe)
 		}
 	case "pstree":
 		var ts []linux.Task
@@ -276,7 +289,7 @@ func printIDS(w io.Writer, query string, raw json.RawMessage) error {
 		}
 		fmt.Fprintln(tw, "NAME\tBASE\tSIZE\tSTATE")
 		for _, m := range ms {
-			fmt.Fprintf(tw, "%s\t%#x\t%d\t%s\n", m.Name, m.Base, m.Size, m.State)
+			fmt.Fprintf(tw, "%s\t%#x\t%d\t%s\n", esc(m.Name), m.Base, m.Size, esc(m.State))
 		}
 	case "sockets":
 		var ss []linux.Socket
@@ -289,7 +302,7 @@ func printIDS(w io.Writer, query string, raw json.RawMessage) error {
 			if s.Family != "unix" {
 				local, remote = fmt.Sprintf("%s:%d", s.LocalAddr, s.LocalPort), fmt.Sprintf("%s:%d", s.RemoteAddr, s.RemotePort)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", s.Proto, local, remote, s.State, s.PID, s.Comm)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", esc(s.Proto), esc(local), esc(remote), esc(s.State), s.PID, esc(s.Comm))
 		}
 	case "check":
 		var r ids.Report
@@ -301,11 +314,11 @@ func printIDS(w io.Writer, query string, raw json.RawMessage) error {
 			if !c.Ran {
 				st = "DID NOT RUN: " + c.Error
 			}
-			fmt.Fprintf(tw, "%s\t%s\n", c.Name, st)
+			fmt.Fprintf(tw, "%s\t%s\n", esc(c.Name), esc(st))
 		}
 		tw.Flush()
 		for _, f := range r.Findings {
-			fmt.Fprintf(w, "[%s] %s: %s\n", f.Severity, f.Check, f.Summary)
+			fmt.Fprintf(w, "[%s] %s: %s\n", esc(f.Severity), esc(f.Check), esc(f.Summary))
 		}
 		if r.Clean() {
 			fmt.Fprintln(w, "clean: no findings")

@@ -17,6 +17,7 @@ import (
 	"github.com/gatevisor/gatevisor/internal/event"
 	"github.com/gatevisor/gatevisor/internal/policy"
 	"github.com/gatevisor/gatevisor/internal/secserver"
+	"github.com/gatevisor/gatevisor/internal/termtext"
 )
 
 func init() { addSubcommand(newPolicyCmd) }
@@ -188,9 +189,9 @@ between cases with the same pid. Exit status 1 if any case fails.`,
 				}
 				if len(why) > 0 {
 					failed++
-					fmt.Fprintf(out, "FAIL %s: %s (rule %s: %s)\n", c.Name, strings.Join(why, "; "), d.Rule, d.Reason)
+					fmt.Fprintf(out, "FAIL %s: %s (rule %s: %s)\n", termtext.Escape(c.Name), termtext.Escape(strings.Join(why, "; ")), termtext.Escape(d.Rule), termtext.Escape(d.Reason))
 				} else if verbose {
-					fmt.Fprintf(out, "ok   %s: %s by %s\n", c.Name, d.Verdict, d.Rule)
+					fmt.Fprintf(out, "ok   %s: %s by %s\n", termtext.Escape(c.Name), d.Verdict, termtext.Escape(d.Rule))
 				}
 			}
 			fmt.Fprintf(out, "%d cases, %d passed, %d failed\n", len(cases), len(cases)-failed, failed)
@@ -274,22 +275,35 @@ Flow state is the initial state of every flow.`,
 				enc.SetIndent("", "  ")
 				return enc.Encode(res)
 			}
-			fmt.Fprintf(out, "event:   %s\n", ev.String())
-			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "MODEL\tVOTE\tRULE\tWHY")
-			for _, v := range r.Votes {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", v.Model, v.Verdict, v.Rule, v.Reason)
-			}
-			tw.Flush()
-			verdict := r.Verdict.String()
-			if !r.Verdict.Allows() {
-				verdict += " (" + errnoString(r.Errno) + ")"
-			}
-			fmt.Fprintf(out, "verdict: %s by %s: %s\n", verdict, r.Rule, r.Reason)
-			fmt.Fprintln(out, "(the strictest vote wins: kill > deny > alert > allow; \"match\" lines are every rule whose condition matched, the first one in a block decides)")
+			printExplain(out, &ev, r)
 			return nil
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
+}
+
+// printExplain writes the text form of an explanation. The event's fields
+// may be copied from a guest's audit record, and the rules' reasons are the
+// policy author's: both are escaped (termtext.Escape), so that no field can
+// forge a line or reach the terminal as a control sequence. The --json
+// output is not escaped.
+func printExplain(w io.Writer, ev *event.Event, r policy.Result) {
+	esc := termtext.Escape
+	// Event.String quotes paths and names (%q) but not every field; escaping
+	// its whole line is safe whatever fields it prints, at the price of a
+	// doubled backslash in a quoted field only when some field needs it.
+	fmt.Fprintf(w, "event:   %s\n", esc(ev.String()))
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "MODEL\tVOTE\tRULE\tWHY")
+	for _, v := range r.Votes {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", esc(v.Model), v.Verdict, esc(v.Rule), esc(v.Reason))
+	}
+	tw.Flush()
+	verdict := r.Verdict.String()
+	if !r.Verdict.Allows() {
+		verdict += " (" + errnoString(r.Errno) + ")"
+	}
+	fmt.Fprintf(w, "verdict: %s by %s: %s\n", verdict, esc(r.Rule), esc(r.Reason))
+	fmt.Fprintln(w, "(the strictest vote wins: kill > deny > alert > allow; \"match\" lines are every rule whose condition matched, the first one in a block decides)")
 }

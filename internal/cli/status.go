@@ -4,12 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/gatevisor/gatevisor/internal/api"
+	"github.com/gatevisor/gatevisor/internal/termtext"
 )
 
 func init() { addSubcommand(newStatusCmd) }
@@ -37,27 +39,37 @@ func newStatusCmd() *cobra.Command {
 				enc.SetIndent("", "  ")
 				return enc.Encode(st)
 			}
-			guest := "booting"
-			if st.GuestReady {
-				guest = fmt.Sprintf("ready (booted in %.2fs)", st.BootSeconds)
-			}
-			fmt.Printf("name:        %s\nstate:       %s (qemu: %s)\nguest:       %s\naccel:       %s — %s\nmachine:     %s, %dM, %d vCPU\nkernel:      %s\ninitrd:      %s\nappend:      %s\nmonitor pid: %d\nqemu pid:    %d\nstarted:     %s\nruntime dir: %s\nconsole log: %s\n",
-				st.Name, st.State, st.QEMUStatus, guest, st.Accel, st.AccelReason, st.Machine, st.MemMiB, st.CPUs,
-				st.Kernel, st.Initrd, st.Append, st.MonitorPID, st.QEMUPID, st.StartedAt.Format(time.RFC3339), st.RuntimeDir, st.ConsoleLog)
-			if g := st.SyscallGate; g != nil {
-				per := 0.0
-				if g.Stops > 0 {
-					per = float64(g.HandleMicros) / float64(g.Stops)
-				}
-				fmt.Printf("syscall gate: %d breakpoints; %d stops (%d decided, %d skipped, %d fault-ins), %.0f µs handling per stop\n",
-					g.Breakpoints, g.Stops, g.Decided, g.Skipped, g.FaultIns, per)
-			}
+			printStatus(os.Stdout, &st)
 			return nil
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	cmd.Flags().DurationVar(&waitReady, "wait-ready", 0, "wait up to this long for the guest to be ready")
 	return cmd
+}
+
+// printStatus writes the text form of a VM's status. Every string is
+// escaped (termtext.Escape): names and paths are the user's, but the command
+// line, QEMU's status and whatever the guest reports may hold anything, and
+// none of it may forge a line or reach the terminal as a control sequence.
+// The --json output is not escaped.
+func printStatus(w io.Writer, st *api.Status) {
+	esc := termtext.Escape
+	guest := "booting"
+	if st.GuestReady {
+		guest = fmt.Sprintf("ready (booted in %.2fs)", st.BootSeconds)
+	}
+	fmt.Fprintf(w, "name:        %s\nstate:       %s (qemu: %s)\nguest:       %s\naccel:       %s — %s\nmachine:     %s, %dM, %d vCPU\nkernel:      %s\ninitrd:      %s\nappend:      %s\nmonitor pid: %d\nqemu pid:    %d\nstarted:     %s\nruntime dir: %s\nconsole log: %s\n",
+		esc(st.Name), esc(st.State), esc(st.QEMUStatus), guest, esc(st.Accel), esc(st.AccelReason), esc(st.Machine), st.MemMiB, st.CPUs,
+		esc(st.Kernel), esc(st.Initrd), esc(st.Append), st.MonitorPID, st.QEMUPID, st.StartedAt.Format(time.RFC3339), esc(st.RuntimeDir), esc(st.ConsoleLog))
+	if g := st.SyscallGate; g != nil {
+		per := 0.0
+		if g.Stops > 0 {
+			per = float64(g.HandleMicros) / float64(g.Stops)
+		}
+		fmt.Fprintf(w, "syscall gate: %d breakpoints; %d stops (%d decided, %d skipped, %d fault-ins), %.0f µs handling per stop\n",
+			g.Breakpoints, g.Stops, g.Decided, g.Skipped, g.FaultIns, per)
+	}
 }
 
 // waitStatus returns the status, polling until the guest is ready when wait > 0.
