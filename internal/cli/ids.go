@@ -17,6 +17,7 @@ import (
 
 	"github.com/gatevisor/gatevisor/internal/ids"
 	"github.com/gatevisor/gatevisor/internal/kit"
+	"github.com/gatevisor/gatevisor/internal/safefile"
 	"github.com/gatevisor/gatevisor/internal/termtext"
 	"github.com/gatevisor/gatevisor/internal/vmi"
 	"github.com/gatevisor/gatevisor/internal/vmi/linux"
@@ -143,8 +144,18 @@ func (t *idsTarget) fetch(ctx context.Context, q string) (json.RawMessage, error
 	return json.Marshal(res)
 }
 
-// openDump opens an ELF or raw memory dump and locates its kernel.
+// openDump opens an ELF or raw memory dump and locates its kernel. Both
+// files must be regular files: a FIFO, a device such as /dev/zero or a
+// directory would block the open or the reads forever, or never end.
 func openDump(path, kernel string) (*ids.Inspector, func(), error) {
+	if err := safefile.CheckRegular(path); err != nil {
+		return nil, nil, fmt.Errorf("--dump: %w", err)
+	}
+	if kernel != "" {
+		if err := safefile.CheckRegular(kernel); err != nil {
+			return nil, nil, fmt.Errorf("--kernel: %w", err)
+		}
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, nil, fmt.Errorf("--dump: %w", err)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/gatevisor/gatevisor/internal/event"
 	"github.com/gatevisor/gatevisor/internal/policy"
+	"github.com/gatevisor/gatevisor/internal/safefile"
 	"github.com/gatevisor/gatevisor/internal/secserver"
 	"github.com/gatevisor/gatevisor/internal/termtext"
 )
@@ -73,8 +74,13 @@ func osResolver(root string) policy.Resolver {
 	}
 }
 
-// readCapped reads at most max bytes of file; a larger file is an error.
+// readCapped reads at most max bytes of file; a larger file is an error,
+// and so is one that is not a regular file: a FIFO would block the open
+// until a writer comes, a device such as /dev/zero would be read to max.
 func readCapped(file string, max int64) ([]byte, error) {
+	if err := safefile.CheckRegular(file); err != nil {
+		return nil, err
+	}
 	f, err := os.Open(file)
 	if err != nil {
 		return nil, err
