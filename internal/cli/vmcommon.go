@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/gatevisor/gatevisor/internal/api"
+	"github.com/gatevisor/gatevisor/internal/safefile"
 	"github.com/gatevisor/gatevisor/internal/vmdir"
 )
 
@@ -36,7 +38,8 @@ func parseMem(s string) (int, error) {
 }
 
 // stateDir is where logs of VM name go: $XDG_STATE_HOME/gatevisor/vms/name or
-// ~/.local/state/gatevisor/vms/name.
+// ~/.local/state/gatevisor/vms/name. It is created without following links
+// and refused if it, or a directory on the way, could be another user's.
 func stateDir(name string) (string, error) {
 	base := os.Getenv("XDG_STATE_HOME")
 	if base == "" || !filepath.IsAbs(base) {
@@ -47,38 +50,46 @@ func stateDir(name string) (string, error) {
 		base = filepath.Join(home, ".local", "state")
 	}
 	dir := filepath.Join(base, "gatevisor", "vms", name)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", fmt.Errorf("state directory: %w", err)
+	if err := safefile.Dir(dir, 0o700); err != nil {
+		return "", fmt.Errorf("state directory: %w (or set XDG_STATE_HOME to a directory of yours)", err)
 	}
 	return dir, nil
 }
 
-// clientFor returns an API client for the running VM name.
+// clientFor returns an API client for the running VM name: this user's, or
+// else root's if root shares it (see vmdir.Find).
 func clientFor(name string) (*api.Client, error) {
-	root, err := vmdir.Root()
+	e, err := vmdir.Find(name)
 	if err != nil {
 		return nil, err
 	}
-	e, err := vmdir.Lookup(root, name)
-	if err != nil {
-		return nil, err
-	}
-	if !e.Live {
+	switch {
+	case e.Private:
+		return nil, fmt.Errorf("VM %q belongs to %s and is not shared with you (%s is closed to you): run the command as %s, or start the VM with a policy that grants you API access", name, ownerName(e.Owner), e.Path, ownerName(e.Owner))
+	case !e.Live && !e.Mine():
+		return nil, fmt.Errorf("VM %q of %s is not running (its monitor died; the next 'gatevisor run --name %s' as %s cleans up what it left)", name, ownerName(e.Owner), name, ownerName(e.Owner))
+	case !e.Live:
 		return nil, fmt.Errorf("VM %q is not running (its monitor died; the next 'gatevisor run --name %s' cleans up what it left)", name, name)
 	}
 	return api.NewClient(filepath.Join(e.Path, vmdir.APISocket)), nil
 }
 
-// waitGone waits until VM name's monitor has released its lock.
-func waitGone(ctx context.Context, name string) error {
-	root, err := vmdir.Root()
-	if err != nil {
-		return err
+// ownerName names the user uid: "root", a user name, or "uid N".
+func ownerName(uid uint32) string {
+	id := strconv.FormatUint(uint64(uid), 10)
+	if u, err := user.LookupId(id); err == nil && u.Username != "" {
+		return u.Username
 	}
+	return "uid " + id
+}
+
+// waitGone waits until VM name's monitor is gone (its lock released, or,
+// for root's VM seen by a user, its API socket closed).
+func waitGone(ctx context.Context, name string) error {
 	t := time.NewTicker(50 * time.Millisecond)
 	defer t.Stop()
 	for {
-		e, err := vmdir.Lookup(root, name)
+		e, err := vmdir.Find(name)
 		if errors.Is(err, vmdir.ErrNotFound) || (err == nil && !e.Live) {
 			return nil
 		}
