@@ -84,7 +84,8 @@ func (f *fakeVM) LoadPolicy(_ context.Context, r PolicyRequest) (PolicyResult, e
 		return PolicyResult{}, &Error{Code: CodeBadRequest, Message: "policy rejected, the policy in force stays: t.policy:1:1: bad"}
 	}
 	return PolicyResult{Seq: 2, Path: r.Path, Syscalls: []string{"open"},
-		Breakpoints: []Breakpoint{{Symbol: "__x64_sys_openat", Syscall: "open", Addr: "0xffffffff81400000", PhysAddr: "0x1400000"}}}, nil
+		Breakpoints: []Breakpoint{{Symbol: "__x64_sys_openat", Syscall: "open", Addr: "0xffffffff81400000", PhysAddr: "0x1400000"},
+			{Symbol: "security_file_open", Site: "read of security_hook_heads.file_open", Watchpoint: true, Syscall: "open", Addr: "0xffffffff82000000"}}}, nil
 }
 func (f *fakeVM) MemoryLayout() MemoryLayout {
 	f.called("MemoryLayout")
