@@ -92,6 +92,11 @@ func TestTextOutputEscapesGuestText(t *testing.T) {
 		MonitorPID: 100, QEMUPID: 101, Accel: "tcg", AccelReason: "no /dev/kvm", Machine: "q35", MemMiB: 256, CPUs: 1,
 		Kernel: "/k/" + bidiName, Initrd: "/k/initrd" + c1CSI, Append: "console=ttyS0 " + forgedRow, StartedAt: started,
 		RuntimeDir: "/run/gatevisor/cam1", ConsoleLog: "/s/console" + crModule + ".log"}
+	lsRows := []lsRow{
+		{Name: "cam1", Owner: "alice", Live: true, Status: &status},
+		{Name: forgedRow, Owner: titleSet, Live: false},
+		{Name: "cam2", Owner: "root" + bidiName, Live: true, Error: "unreachable"},
+	}
 	evLines := strings.Join([]string{
 		string(mustJSON(t, ids.Event{Time: started, VM: "cam1", Type: ids.EventProcessStart, Process: &tasks[1]})),
 		string(mustJSON(t, ids.Event{Time: started, VM: "cam1", Type: ids.EventModuleLoad, Module: &modules[1]})),
@@ -132,6 +137,11 @@ func TestTextOutputEscapesGuestText(t *testing.T) {
 		{"ids_check", 2 + 2, ids("check", report)},
 		{"ids_banner", 6, ids("banner", banner)},
 		{"status", 13, func(b *bytes.Buffer) { printStatus(b, &status) }},
+		{"ls", 1 + len(lsRows), func(b *bytes.Buffer) {
+			if err := printLs(b, lsRows, started.Add(90*time.Second)); err != nil {
+				t.Fatal(err)
+			}
+		}},
 		{"events_text", 6, func(b *bytes.Buffer) {
 			if err := printEventsText(b, strings.NewReader(evLines)); err != nil {
 				t.Fatal(err)
