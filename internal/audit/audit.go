@@ -1,51 +1,109 @@
-// Package audit is gatevisor's append-only audit log: one JSON object per
-// line, written durably before the security server's verdict reaches a gate.
-//
-// Durability: with SyncEvery (the default) Append writes the whole record
-// with one write(2) on an O_APPEND file and then fsync(2)s it before it
-// returns, so an acknowledged record survives a crash of gatevisor or of the
-// host. A record cut short by a crash mid-write is a final line without a
-// newline: Read skips it and reports it as torn, and Open truncates it away
-// so that the next record starts on a clean line. Rotation by size renames
-// the file to FILE.1 (FILE.1 to FILE.2, ...) after an fsync, and fsyncs the
-// directory.
-//
-// Imported by secserver (which writes) and by the CLI (which reads). Gates
-// never write to it directly.
 package audit
 
 import (
-	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/gatevisor/gatevisor/internal/event"
+	"github.com/gatevisor/gatevisor/internal/safefile"
 )
 
-// MaxRecord is the largest record Append writes and Read accepts.
+// MaxRecord is the largest record, newline included, that Append writes and
+// readers accept.
 const MaxRecord = 1 << 20
+
+// MaxKeep is the largest Options.Keep.
+const MaxKeep = 1000
+
+// maxRotated bounds the rotated files a reader or Open looks for.
+const maxRotated = MaxKeep + 24
+
+// Genesis is the prev of the first record of a new log.
+var Genesis = strings.Repeat("0", 64)
 
 // ErrClosed is returned by Append after Close.
 var ErrClosed = errors.New("audit: log closed")
 
-// Record is one audited decision.
+// Kind tells the log's own chain records from decisions.
+type Kind string
+
+// Record kinds. Readers must accept kinds they do not know (a newer
+// gatevisor may add some): they are chained like the others.
+const (
+	KindDecision Kind = ""       // a security-server decision (omitted in JSON)
+	KindOpen     Kind = "open"   // Open: VM, policy snapshot, repairs
+	KindPolicy   Kind = "policy" // AppendPolicy: a new policy snapshot took effect
+	KindPruned   Kind = "pruned" // retention deleted rotated files
+	KindClose    Kind = "close"  // Close: the chain's head is sealed
+)
+
+// Record is one line of the log: an audited decision, or a chain record of
+// the log's own (Kind not empty). Fields that are not set for a kind stay
+// zero. Logs written before the hash chain have no kind and no prev; they
+// read as decision records.
 type Record struct {
-	N          uint64      `json:"n"` // sequence number, assigned by Append, increasing across rotation
+	N          uint64      `json:"n"` // sequence number, assigned by the log, contiguous across rotation
+	Kind       Kind        `json:"kind,omitempty"`
+	Prev       string      `json:"prev,omitempty"` // hex SHA-256 of the previous record's line; Genesis for a log's first
 	Time       time.Time   `json:"time"`
 	Verdict    string      `json:"verdict"`              // allow, alert, deny, kill: what the policy decided
 	Permissive bool        `json:"permissive,omitempty"` // permissive mode let a deny through
 	Errno      int32       `json:"errno,omitempty"`
 	Rule       string      `json:"rule"`
 	Reason     string      `json:"reason"`
-	PolicySeq  uint64      `json:"policy_seq"`
+	PolicySeq  uint64      `json:"policy_seq"` // decision, open and policy records
 	Cached     bool        `json:"cached,omitempty"`
-	Event      event.Event `json:"event"`
+	Event      event.Event `json:"event,omitzero"`
+
+	// Chain records.
+	VM       string `json:"vm,omitempty"`       // open: the VM's name
+	Policy   string `json:"policy,omitempty"`   // open, policy: the policy snapshot's digest
+	Repaired int64  `json:"repaired,omitempty"` // open: bytes of a torn record cut off
+	Unclosed bool   `json:"unclosed,omitempty"` // open: the record before is not a close record
+	Pruned   *Prune `json:"pruned,omitempty"`   // pruned: what was deleted
+}
+
+// chainRecord is how chain records are written: only their own fields.
+type chainRecord struct {
+	N         uint64    `json:"n"`
+	Kind      Kind      `json:"kind"`
+	Prev      string    `json:"prev"`
+	Time      time.Time `json:"time"`
+	VM        string    `json:"vm,omitempty"`
+	Policy    string    `json:"policy,omitempty"`
+	PolicySeq uint64    `json:"policy_seq,omitempty"`
+	Repaired  int64     `json:"repaired,omitempty"`
+	Unclosed  bool      `json:"unclosed,omitempty"`
+	Pruned    *Prune    `json:"pruned,omitempty"`
+}
+
+// Prune describes rotated files that retention deleted, or will delete next.
+type Prune struct {
+	Files    int    `json:"files"`
+	FirstN   uint64 `json:"first_n"`   // first record in them; 0 if unreadable
+	LastN    uint64 `json:"last_n"`    // last record in them; 0 if unreadable
+	LastHash string `json:"last_hash"` // hash of the last record's line: the oldest kept record's prev
+	Bytes    int64  `json:"bytes"`
+}
+
+// NearLimit tells the owner of a Log that retention is about to delete
+// evidence, or has just done so.
+type NearLimit struct {
+	Path     string
+	Retained int64  // bytes in the log's files now
+	Capacity int64  // MaxSize × (Keep+1): the most retention keeps
+	Pruned   *Prune // not nil: rotation has just deleted these (a pruned record says so in the chain)
+	Next     *Prune // the oldest file kept: what the next prune deletes; nil if none
+	Err      error  // not nil: pruning failed; the files stay and pruning is retried on the next record
 }
 
 // SyncPolicy says when Append fsyncs.
@@ -61,9 +119,22 @@ const (
 
 // Options configure a Log.
 type Options struct {
-	MaxSize int64 // rotate before the file would exceed this many bytes; 0 means 64 MiB, <0 never
-	Keep    int   // rotated files to keep; 0 means 5
+	MaxSize int64 // rotate before the file would exceed this many bytes; 0 means 64 MiB, <0 never (nothing is ever deleted)
+	Keep    int   // rotated files kept, 1 to MaxKeep; 0 means 5
 	Sync    SyncPolicy
+
+	// The open record anchors the chain to these.
+	VM        string // the VM's name
+	Policy    string // digest of the policy snapshot in force ("" if none)
+	PolicySeq uint64 // its sequence number
+
+	// OnNearLimit, if not nil, is called once when the retained bytes reach
+	// 80% of the capacity (again after they fell below), and after every
+	// prune. It is called from the goroutine that wrote the record (Append,
+	// AppendPolicy, Open or Close) after the log's lock is released, so it
+	// delays only that caller: it must return quickly (hand the event to a
+	// channel). Calls may overlap when several goroutines append.
+	OnNearLimit func(NearLimit)
 }
 
 // Log is an open audit log. It is safe for concurrent use.
@@ -71,111 +142,132 @@ type Log struct {
 	path string
 	opt  Options
 
-	mu       sync.Mutex
-	f        *os.File // nil after Close
-	size     int64
-	n        uint64
-	repaired int64
+	mu        sync.Mutex
+	f         *os.File // nil after Close or a failed rotation
+	err       error    // why f is nil after a failed rotation
+	size      int64    // bytes in the current file
+	retained  int64    // bytes in the current file and the rotated ones
+	rotated   int      // rotated files: path.1 ... path.rotated
+	n         uint64   // last record's number
+	head      string   // hash of the last record's line; "" before the first
+	repaired  int64
+	nearArmed bool // OnNearLimit fires when retained reaches 80%
 }
 
-// Open opens or creates the log at path. If the file ends in a torn record
-// it is truncated to the last complete line; Repaired says how many bytes
-// were removed.
+// Open opens or creates the log at path and writes an open record. If the
+// file ends in a torn record it is truncated to the last complete line;
+// Repaired says how many bytes were removed.
 func Open(path string, opt Options) (*Log, error) {
 	if opt.MaxSize == 0 {
 		opt.MaxSize = 64 << 20
 	}
-	if opt.Keep <= 0 {
+	switch {
+	case opt.Keep == 0:
 		opt.Keep = 5
+	case opt.Keep < 0 || opt.Keep > MaxKeep:
+		return nil, fmt.Errorf("audit: keep %d rotated files: want 1 to %d", opt.Keep, MaxKeep)
 	}
-	l := &Log{path: path, opt: opt}
-	if err := l.open(); err != nil {
+	l := &Log{path: path, opt: opt, nearArmed: true}
+	var ev []NearLimit
+	if err := l.open(&ev); err != nil {
 		return nil, err
 	}
+	l.notify(ev)
 	return l, nil
 }
 
-func (l *Log) open() error {
-	f, err := os.OpenFile(l.path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
+// open opens the current file, repairs a torn tail, finds the chain's head
+// and writes the open record.
+func (l *Log) open(ev *[]NearLimit) error {
+	f, err := safefile.OpenFile(l.path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return fmt.Errorf("audit: open: %w", err)
 	}
-	size, last, err := tail(f)
-	if err != nil {
+	fail := func(err error) error {
 		f.Close()
 		return fmt.Errorf("audit: open %s: %w", l.path, err)
 	}
 	st, err := f.Stat()
 	if err != nil {
-		f.Close()
-		return fmt.Errorf("audit: open: %w", err)
+		return fail(err)
 	}
-	if st.Size() != size {
-		if err := f.Truncate(size); err != nil {
-			f.Close()
-			return fmt.Errorf("audit: repair torn record: %w", err)
+	good, last, err := tail(f, st.Size())
+	if err != nil {
+		return fail(err)
+	}
+	if torn := st.Size() - good; torn > 0 {
+		b := make([]byte, min(torn, 8))
+		if _, err := f.ReadAt(b, good); err != nil && err != io.EOF {
+			return fail(err)
+		}
+		if !tornRecord(b) {
+			return fail(fmt.Errorf("it ends with %d bytes that are not an audit record: not truncating them (is this an audit log? move it away)", torn))
+		}
+		if err := f.Truncate(good); err != nil {
+			return fail(fmt.Errorf("repair torn record: %w", err))
 		}
 		if err := f.Sync(); err != nil {
-			f.Close()
-			return fmt.Errorf("audit: repair torn record: %w", err)
+			return fail(fmt.Errorf("repair torn record: %w", err))
 		}
-		l.repaired += st.Size() - size
+		l.repaired += torn
 	}
-	if last == 0 && size == 0 {
-		// A fresh file after rotation continues the numbering of FILE.1.
-		if g, err := os.Open(l.path + ".1"); err == nil {
-			_, last, _ = tail(g)
-			g.Close()
+	l.f, l.size, l.retained = f, good, good
+	l.rotated = 0
+	for k := 1; k <= maxRotated; k++ {
+		fi, err := os.Lstat(rotatedName(l.path, k))
+		if err != nil {
+			break
+		}
+		l.rotated = k
+		l.retained += fi.Size()
+	}
+	closed := false
+	if last == nil && l.rotated > 0 {
+		// A fresh file after rotation continues the chain of FILE.1.
+		if _, last, err = tailFile(rotatedName(l.path, 1)); err != nil {
+			return fail(err)
 		}
 	}
-	l.f, l.size, l.n = f, size, last
+	if last != nil {
+		var r Record
+		if err := json.Unmarshal(last, &r); err != nil || r.N == 0 {
+			return fail(errors.New("its last line is not an audit record (is this an audit log? move it away)"))
+		}
+		l.n, l.head, closed = r.N, hashLine(last), r.Kind == KindClose
+	}
+	err = l.writeChain(&chainRecord{Kind: KindOpen, VM: l.opt.VM, Policy: l.opt.Policy, PolicySeq: l.opt.PolicySeq,
+		Repaired: l.repaired, Unclosed: l.n > 0 && !closed}, ev)
+	if err != nil {
+		if l.f != nil {
+			l.f.Close()
+			l.f = nil
+		}
+		return err
+	}
 	return nil
 }
 
-// tail returns the length of f up to and including its last newline and
-// the number of the last complete record.
-func tail(f *os.File) (int64, uint64, error) {
-	st, err := f.Stat()
-	if err != nil {
-		return 0, 0, err
+// tornRecord reports whether b, the start of a final line without a newline,
+// is what a crash leaves: the start of a record, or zeros.
+func tornRecord(b []byte) bool {
+	const start = `{"n":`
+	if strings.HasPrefix(start, string(b)) || strings.HasPrefix(string(b), start) {
+		return true
 	}
-	end := st.Size()
-	const chunk = 64 << 10
-	var buf []byte
-	for off := end; off > 0 && int64(len(buf)) <= MaxRecord+chunk; {
-		n := int64(chunk)
-		if off < n {
-			n = off
+	for _, c := range b {
+		if c != 0 {
+			return false
 		}
-		off -= n
-		b := make([]byte, n)
-		if _, err := f.ReadAt(b, off); err != nil && err != io.EOF {
-			return 0, 0, err
-		}
-		buf = append(b, buf...)
-		i := bytes.LastIndexByte(buf, '\n')
-		if i < 0 {
-			continue
-		}
-		good := off + int64(i) + 1
-		// Find the last line before that newline.
-		j := bytes.LastIndexByte(buf[:i], '\n')
-		if j < 0 && off > 0 {
-			continue // need more to see the whole last line
-		}
-		var r struct {
-			N uint64 `json:"n"`
-		}
-		_ = json.Unmarshal(buf[j+1:i], &r)
-		return good, r.N, nil
 	}
-	if len(buf) == 0 {
-		return 0, 0, nil
-	}
-	if bytes.IndexByte(buf, '\n') < 0 && int64(len(buf)) == end {
-		return 0, 0, nil // one torn line and nothing else
-	}
-	return 0, 0, fmt.Errorf("last record longer than %d bytes", MaxRecord)
+	return true
+}
+
+func rotatedName(path string, k int) string { return fmt.Sprintf("%s.%d", path, k) }
+
+// hashLine returns the hex SHA-256 of a record's line (without newline).
+func hashLine(line []byte) string {
+	h := sha256.Sum256(line)
+	return hex.EncodeToString(h[:])
 }
 
 // Repaired returns how many bytes of a torn final record Open removed.
@@ -188,51 +280,211 @@ func (l *Log) Repaired() int64 {
 // Path returns the log's file name.
 func (l *Log) Path() string { return l.path }
 
-// Append assigns r.N, writes r as one line and, with SyncEvery, fsyncs it.
-// When Append returns nil the record is durable; when it returns an error
-// the caller must treat the audited action as failed (the security server
-// denies).
-func (l *Log) Append(r *Record) error {
+// Head returns the number and line hash of the last record written: the
+// chain's head. A checker that compares it with the file (Walk with
+// WalkOptions.Expect) detects an edit or removal of the last records, which
+// the file alone cannot show.
+func (l *Log) Head() (n uint64, hash string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	return l.n, l.head
+}
+
+// Append assigns r.N and r.Prev, writes r as one line and, with SyncEvery,
+// fsyncs it. When Append returns nil the record is durable; when it returns
+// an error the caller must treat the audited action as failed (the security
+// server denies). r must be a decision record (Kind "").
+func (l *Log) Append(r *Record) error {
+	if r.Kind != KindDecision {
+		return fmt.Errorf("audit: append: a %q record is the log's own", r.Kind)
+	}
+	var ev []NearLimit
+	l.mu.Lock()
+	err := l.write(func(n uint64, prev string) ([]byte, error) {
+		r.N, r.Prev = n, prev
+		return json.Marshal(r)
+	}, &ev)
+	l.mu.Unlock()
+	l.notify(ev)
+	return err
+}
+
+// AppendPolicy records that the policy snapshot with this digest and
+// sequence number took effect.
+func (l *Log) AppendPolicy(digest string, seq uint64) error {
+	var ev []NearLimit
+	l.mu.Lock()
+	err := l.writeChain(&chainRecord{Kind: KindPolicy, Policy: digest, PolicySeq: seq}, &ev)
+	l.mu.Unlock()
+	l.notify(ev)
+	return err
+}
+
+// Close writes a close record, syncs and closes the log.
+func (l *Log) Close() error {
+	var ev []NearLimit
+	l.mu.Lock()
 	if l.f == nil {
+		l.err = nil // Append now says ErrClosed
+		l.mu.Unlock()
+		return nil
+	}
+	err := l.writeChain(&chainRecord{Kind: KindClose}, &ev)
+	if l.f != nil {
+		if serr := l.f.Sync(); err == nil {
+			err = serr
+		}
+		if cerr := l.f.Close(); err == nil {
+			err = cerr
+		}
+		l.f = nil
+	}
+	l.err = nil
+	l.mu.Unlock()
+	l.notify(ev)
+	return err
+}
+
+func (l *Log) notify(ev []NearLimit) {
+	if l.opt.OnNearLimit == nil {
+		return
+	}
+	for _, e := range ev {
+		l.opt.OnNearLimit(e)
+	}
+}
+
+// Preconditions: l.mu is held.
+func (l *Log) writeChain(c *chainRecord, ev *[]NearLimit) error {
+	return l.write(func(n uint64, prev string) ([]byte, error) {
+		c.N, c.Prev, c.Time = n, prev, time.Now().UTC()
+		return json.Marshal(c)
+	}, ev)
+}
+
+// write encodes the next record with encode, rotating first if needed,
+// writes it, and then prunes if rotation (or a lower Keep) left too many
+// rotated files.
+//
+// Preconditions: l.mu is held.
+func (l *Log) write(encode func(n uint64, prev string) ([]byte, error), ev *[]NearLimit) error {
+	if l.f == nil {
+		if l.err != nil {
+			return fmt.Errorf("audit: log unusable: %w", l.err)
+		}
 		return ErrClosed
 	}
-	r.N = l.n + 1
-	line, err := json.Marshal(r)
+	line, err := l.encode(encode)
 	if err != nil {
-		return fmt.Errorf("audit: encode: %w", err)
-	}
-	line = append(line, '\n')
-	if len(line) > MaxRecord {
-		return fmt.Errorf("audit: record of %d bytes exceeds %d", len(line), MaxRecord)
+		return err
 	}
 	if l.opt.MaxSize > 0 && l.size > 0 && l.size+int64(len(line)) > l.opt.MaxSize {
 		if err := l.rotate(); err != nil {
+			if l.f == nil {
+				l.err = err
+			}
 			return err
 		}
 	}
-	n, err := l.f.Write(line)
-	if err != nil || n != len(line) {
-		// Cut a partial record off so the next one starts on a clean line.
-		_ = l.f.Truncate(l.size)
-		if err == nil {
-			err = io.ErrShortWrite
-		}
-		return fmt.Errorf("audit: write: %w", err)
+	if err := l.writeLine(line, ev); err != nil {
+		return err
 	}
-	if l.opt.Sync == SyncEvery {
-		if err := l.f.Sync(); err != nil {
-			// The record may or may not be on disk; it is not acknowledged.
-			return fmt.Errorf("audit: fsync: %w", err)
-		}
+	if l.opt.MaxSize > 0 && l.rotated > l.opt.Keep {
+		// After the record, so that an open record follows the close
+		// record of the session before. A failure does not undo the
+		// record, which is durable: it is reported and retried.
+		l.prune(ev)
 	}
-	l.size += int64(n)
-	l.n = r.N
 	return nil
 }
 
 // Preconditions: l.mu is held.
+func (l *Log) encode(encode func(n uint64, prev string) ([]byte, error)) ([]byte, error) {
+	prev := l.head
+	if prev == "" {
+		prev = Genesis
+	}
+	line, err := encode(l.n+1, prev)
+	if err != nil {
+		return nil, fmt.Errorf("audit: encode: %w", err)
+	}
+	line = append(line, '\n')
+	if len(line) > MaxRecord {
+		return nil, fmt.Errorf("audit: record of %d bytes exceeds %d", len(line), MaxRecord)
+	}
+	return line, nil
+}
+
+// writeLine writes one encoded record (newline included) with one write(2)
+// and, with SyncEvery, fsyncs it.
+//
+// Preconditions: l.mu is held; l.f is not nil.
+func (l *Log) writeLine(line []byte, ev *[]NearLimit) error {
+	n, err := l.f.Write(line)
+	if err != nil || n != len(line) {
+		if err == nil {
+			err = io.ErrShortWrite
+		}
+		return l.unwrite(fmt.Errorf("audit: write: %w", err))
+	}
+	if l.opt.Sync == SyncEvery {
+		if err := l.f.Sync(); err != nil {
+			// The record may or may not be on disk; it is not acknowledged.
+			return l.unwrite(fmt.Errorf("audit: fsync: %w", err))
+		}
+	}
+	l.size += int64(n)
+	l.retained += int64(n)
+	l.n++
+	l.head = hashLine(line[:len(line)-1])
+	if c := l.capacity(); c > 0 {
+		switch near := l.retained*5 >= c*4; {
+		case near && l.nearArmed:
+			l.nearArmed = false
+			*ev = append(*ev, NearLimit{Path: l.path, Retained: l.retained, Capacity: c, Next: l.oldest()})
+		case !near:
+			l.nearArmed = true
+		}
+	}
+	return nil
+}
+
+// unwrite cuts off a record that was not acknowledged, so that the next
+// record starts on a clean line and the chain does not depend on it; if
+// that fails too, the log becomes unusable (every later record fails).
+//
+// Preconditions: l.mu is held; l.f is not nil.
+func (l *Log) unwrite(err error) error {
+	if terr := l.f.Truncate(l.size); terr != nil {
+		l.f.Close()
+		l.f, l.err = nil, fmt.Errorf("%w; cutting the record off: %v", err, terr)
+	}
+	return err
+}
+
+// capacity is the most bytes retention keeps; 0 if it never deletes.
+func (l *Log) capacity() int64 {
+	if l.opt.MaxSize <= 0 {
+		return 0
+	}
+	return l.opt.MaxSize * int64(l.opt.Keep+1)
+}
+
+// oldest describes the oldest rotated file, the next one a prune deletes.
+//
+// Preconditions: l.mu is held.
+func (l *Log) oldest() *Prune {
+	if l.rotated == 0 {
+		return nil
+	}
+	p, _ := describe(l.path, l.rotated, l.rotated)
+	return p
+}
+
+// rotate renames the current file to FILE.1 (and FILE.k to FILE.k+1) and
+// opens a new one. The caller prunes.
+//
+// Preconditions: l.mu is held; l.f is not nil.
 func (l *Log) rotate() error {
 	if err := l.f.Sync(); err != nil {
 		return fmt.Errorf("audit: rotate: %w", err)
@@ -241,23 +493,101 @@ func (l *Log) rotate() error {
 		return fmt.Errorf("audit: rotate: %w", err)
 	}
 	l.f = nil
-	for k := l.opt.Keep - 1; k >= 1; k-- {
-		from := fmt.Sprintf("%s.%d", l.path, k)
-		if _, err := os.Stat(from); err == nil {
-			if err := os.Rename(from, fmt.Sprintf("%s.%d", l.path, k+1)); err != nil {
-				return fmt.Errorf("audit: rotate: %w", err)
-			}
+	for k := l.rotated; k >= 1; k-- {
+		if err := os.Rename(rotatedName(l.path, k), rotatedName(l.path, k+1)); err != nil {
+			return fmt.Errorf("audit: rotate: %w", err)
 		}
 	}
-	if err := os.Rename(l.path, l.path+".1"); err != nil {
+	if err := os.Rename(l.path, rotatedName(l.path, 1)); err != nil {
 		return fmt.Errorf("audit: rotate: %w", err)
 	}
-	n := l.n
-	if err := l.open(); err != nil {
+	l.rotated++
+	if err := syncDir(filepath.Dir(l.path)); err != nil {
 		return err
 	}
-	l.n = n
-	return syncDir(filepath.Dir(l.path))
+	f, err := safefile.OpenFile(l.path, os.O_RDWR|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("audit: rotate: %w", err)
+	}
+	l.f, l.size = f, 0
+	return nil
+}
+
+// prune deletes the rotated files beyond Keep, oldest first, after writing a
+// pruned record that says what goes. A failure leaves the files (and is
+// retried on the next record) and is reported through OnNearLimit.
+//
+// Preconditions: l.mu is held; l.f is not nil.
+func (l *Log) prune(ev *[]NearLimit) {
+	from, to := l.opt.Keep+1, l.rotated
+	fail := func(err error) {
+		*ev = append(*ev, NearLimit{Path: l.path, Retained: l.retained, Capacity: l.capacity(), Next: l.oldest(),
+			Err: fmt.Errorf("audit: prune %s.%d..%d: %w", l.path, from, to, err)})
+	}
+	p, err := describe(l.path, from, to)
+	if err != nil {
+		fail(err)
+		return
+	}
+	line, err := l.encode(func(n uint64, prev string) ([]byte, error) {
+		return json.Marshal(&chainRecord{N: n, Kind: KindPruned, Prev: prev, Time: time.Now().UTC(), Pruned: p})
+	})
+	if err == nil {
+		err = l.writeLine(line, ev)
+	}
+	if err != nil {
+		fail(err)
+		return
+	}
+	for k := to; k >= from; k-- {
+		name := rotatedName(l.path, k)
+		fi, err := os.Lstat(name)
+		if err == nil {
+			err = os.Remove(name)
+		}
+		if err != nil {
+			fail(err)
+			return
+		}
+		l.rotated = k - 1
+		l.retained -= fi.Size()
+	}
+	if err := syncDir(filepath.Dir(l.path)); err != nil {
+		fail(err)
+		return
+	}
+	*ev = append(*ev, NearLimit{Path: l.path, Retained: l.retained, Capacity: l.capacity(), Pruned: p, Next: l.oldest()})
+}
+
+// describe reads the rotated files FILE.from ... FILE.to (to is the oldest):
+// the n range, the hash of the last record and the bytes.
+func describe(path string, from, to int) (*Prune, error) {
+	p := &Prune{Files: to - from + 1}
+	for k := from; k <= to; k++ {
+		fi, err := os.Lstat(rotatedName(path, k))
+		if err != nil {
+			return nil, err
+		}
+		p.Bytes += fi.Size()
+	}
+	_, last, err := tailFile(rotatedName(path, from))
+	if err != nil {
+		return nil, err
+	}
+	if last != nil {
+		p.LastHash = hashLine(last)
+		var r Record
+		if json.Unmarshal(last, &r) == nil {
+			p.LastN = r.N
+		}
+	}
+	if first, err := headFile(rotatedName(path, to)); err == nil && first != nil {
+		var r Record
+		if json.Unmarshal(first, &r) == nil {
+			p.FirstN = r.N
+		}
+	}
+	return p, nil
 }
 
 func syncDir(dir string) error {
@@ -270,19 +600,4 @@ func syncDir(dir string) error {
 		return fmt.Errorf("audit: sync dir: %w", err)
 	}
 	return nil
-}
-
-// Close syncs and closes the log.
-func (l *Log) Close() error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.f == nil {
-		return nil
-	}
-	err := l.f.Sync()
-	if cerr := l.f.Close(); err == nil {
-		err = cerr
-	}
-	l.f = nil
-	return err
 }

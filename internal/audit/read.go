@@ -1,17 +1,16 @@
 package audit
 
 import (
-	"bufio"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"os"
 	"slices"
 	"time"
 )
 
-// Filter selects records; zero fields match everything.
+// Filter selects records; zero fields match everything. A chain record (an
+// open, policy, pruned or close record) has no verdict, event or rule: it
+// passes only a filter that asks for none of those.
 type Filter struct {
 	Verdicts []string // allow, alert, deny, kill
 	Class    string
@@ -23,6 +22,9 @@ type Filter struct {
 
 // Match reports whether r passes f.
 func (f *Filter) Match(r *Record) bool {
+	if r.Kind != KindDecision && (len(f.Verdicts) > 0 || f.Class != "" || f.HasPID || f.Rule != "") {
+		return false
+	}
 	if len(f.Verdicts) > 0 && !slices.Contains(f.Verdicts, r.Verdict) {
 		return false
 	}
@@ -43,80 +45,63 @@ func (f *Filter) Match(r *Record) bool {
 
 // ReadStats counts what Read saw.
 type ReadStats struct {
-	Records int // complete records passed to the callback or filtered out
+	Records int // complete decision records passed to the callback
+	Chain   int // the log's own chain records (open, policy, pruned, close): skipped
 	Torn    int // a final line without newline: a record cut short by a crash
-	Bad     int // complete lines that are not records (corruption)
+	Bad     int // complete lines that are not records (corruption), or longer than MaxRecord
 }
 
-// Read calls fn for each complete record in r, in order. A final line
-// without a newline is a torn record: it is skipped and counted, not an
-// error. fn returning an error stops Read with that error.
+// Read calls fn for each complete decision record in r, in order; the log's
+// own chain records are counted and skipped, and the chain is not checked
+// (Walk checks it). A final line without a newline is a torn record: it is
+// skipped and counted, not an error. fn returning an error stops Read with
+// that error.
 func Read(r io.Reader, fn func(*Record) error) (ReadStats, error) {
 	var st ReadStats
-	br := bufio.NewReaderSize(r, 64<<10)
-	var line []byte
-	skipping := false
+	lr := newLineReader(r)
 	for {
-		chunk, err := br.ReadSlice('\n')
-		if !skipping {
-			line = append(line, chunk...)
-			if len(line) > MaxRecord {
-				skipping, line = true, line[:0]
-				st.Bad++
-			}
-		}
-		if errors.Is(err, bufio.ErrBufferFull) {
-			continue
-		}
-		if err == io.EOF {
-			if len(line) > 0 {
-				st.Torn++
-			}
+		line, complete, long, err := lr.next()
+		switch {
+		case err == io.EOF:
 			return st, nil
-		}
-		if err != nil {
+		case err != nil:
 			return st, fmt.Errorf("audit: read: %w", err)
-		}
-		if skipping {
-			skipping = false
-			line = line[:0]
+		case long:
+			st.Bad++
+			continue
+		case !complete:
+			st.Torn++
 			continue
 		}
 		var rec Record
-		if err := json.Unmarshal(line, &rec); err != nil {
+		switch {
+		case json.Unmarshal(line, &rec) != nil:
 			st.Bad++
-		} else {
+		case rec.Kind != KindDecision:
+			st.Chain++
+		default:
 			st.Records++
 			if err := fn(&rec); err != nil {
 				return st, err
 			}
 		}
-		line = line[:0]
 	}
 }
 
-// ReadFile reads the log at path; with rotated, the rotated files
-// (path.N ... path.1) first, oldest first.
+// ReadFile reads the decision records of the log at path (see Read); with
+// rotated, the rotated files (path.N ... path.1) first, oldest first. It
+// refuses a file that is not a regular file.
 func ReadFile(path string, rotated bool, fn func(*Record) error) (ReadStats, error) {
 	var total ReadStats
-	files := []string{path}
-	if rotated {
-		for k := 1; k <= 1000; k++ {
-			name := fmt.Sprintf("%s.%d", path, k)
-			if _, err := os.Stat(name); err != nil {
-				break
-			}
-			files = append([]string{name}, files...)
-		}
-	}
-	for _, name := range files {
-		f, err := os.Open(name)
+	for _, name := range logFiles(path, rotated) {
+		f, err := openRegular(name)
 		if err != nil {
-			return total, fmt.Errorf("audit: %w", err)
+			return total, err
 		}
 		st, err := Read(f, fn)
 		f.Close()
 		total.Records += st.Records
+		total.Chain += st.Chain
 		total.Torn += st.Torn
 		total.Bad += st.Bad
 		if err != nil {
