@@ -154,7 +154,13 @@ type Event struct {
 	Port      uint16     `json:"port,omitempty"`  // remote port
 	LocalPort uint16     `json:"local_port,omitempty"`
 	Module    string     `json:"module,omitempty"` // kernel module name
-	Time      time.Time  `json:"time,omitzero"`
+	// Hash is the SHA-256 (hex) of the object's content where the gate read
+	// it: a kernel module's image as the kernel loaded it.
+	Hash string `json:"hash,omitempty"`
+	// Labels are names the gate attached to the object (at most MaxLabels),
+	// for example "kit" for a module whose content is one of the guest kit's.
+	Labels []string  `json:"labels,omitempty"`
+	Time   time.Time `json:"time,omitzero"`
 }
 
 // Validate reports whether e is within the limits above. A gate must not act
@@ -174,10 +180,13 @@ func (e *Event) Validate() error {
 	if len(e.Args) > MaxArgs {
 		return fmt.Errorf("%w: %d args, limit %d", ErrInvalid, len(e.Args), MaxArgs)
 	}
-	if len(s.Labels) > MaxLabels {
-		return fmt.Errorf("%w: %d labels, limit %d", ErrInvalid, len(s.Labels), MaxLabels)
+	if len(s.Labels) > MaxLabels || len(e.Labels) > MaxLabels {
+		return fmt.Errorf("%w: %d subject and %d object labels, limit %d each", ErrInvalid, len(s.Labels), len(e.Labels), MaxLabels)
 	}
-	for _, l := range s.Labels {
+	if len(e.Hash) > MaxName {
+		return fmt.Errorf("%w: hash is %d bytes, limit %d", ErrInvalid, len(e.Hash), MaxName)
+	}
+	for _, l := range append(s.Labels[:len(s.Labels):len(s.Labels)], e.Labels...) {
 		if len(l) > MaxName {
 			return fmt.Errorf("%w: label is %d bytes, limit %d", ErrInvalid, len(l), MaxName)
 		}
@@ -220,16 +229,22 @@ func (e *Event) Arg(i int) (int64, bool) {
 func (e *Event) String() string {
 	s := e.Class.String()
 	if e.Op != "" {
-		s += " " + e.Op
+		s += fmt.Sprintf(" %q", e.Op)
 	}
 	if e.Path != "" {
 		s += fmt.Sprintf(" %q", e.Path)
 	}
 	if e.Module != "" {
-		s += " module=" + e.Module
+		s += fmt.Sprintf(" module=%q", e.Module)
+	}
+	if e.Hash != "" {
+		s += fmt.Sprintf(" sha256=%q", e.Hash)
+	}
+	if len(e.Labels) > 0 {
+		s += fmt.Sprintf(" labels=%q", e.Labels)
 	}
 	if e.Addr.IsValid() || e.Port != 0 {
-		s += fmt.Sprintf(" %s %s %s", e.Dir, e.Proto, netip.AddrPortFrom(e.Addr, e.Port))
+		s += fmt.Sprintf(" %s %q %s", e.Dir, e.Proto, netip.AddrPortFrom(e.Addr, e.Port))
 	}
 	if len(e.Args) > 0 {
 		s += fmt.Sprintf(" args=%v", e.Args)

@@ -24,7 +24,7 @@ func TestValidate(t *testing.T) {
 		{"long path", func(e *Event) { e.Path = strings.Repeat("a", MaxPath+1) }, "path is 4097 bytes"},
 		{"long comm", func(e *Event) { e.Subject.Comm = strings.Repeat("a", MaxName+1) }, "comm is"},
 		{"too many args", func(e *Event) { e.Args = make([]int64, MaxArgs+1) }, "9 args"},
-		{"too many labels", func(e *Event) { e.Subject.Labels = make([]string, MaxLabels+1) }, "17 labels"},
+		{"too many labels", func(e *Event) { e.Subject.Labels = make([]string, MaxLabels+1) }, "17 subject and 0 object labels"},
 		{"long label", func(e *Event) { e.Subject.Labels = []string{strings.Repeat("l", MaxName+1)} }, "label is"},
 	}
 	for _, c := range cases {

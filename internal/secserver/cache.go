@@ -88,6 +88,7 @@ func (c *cache) put(e *entry, ev *event.Event, usePID bool) {
 	e.ev.Time = time.Time{}
 	e.ev.Args = slices.Clone(ev.Args)
 	e.ev.Subject.Labels = slices.Clone(ev.Subject.Labels)
+	e.ev.Labels = slices.Clone(ev.Labels)
 	slot := &c.slots[e.hash&c.mask]
 	if old := slot.Swap(e); old != nil && old.seq == e.seq &&
 		(old.hash != e.hash || old.states != e.states || !sameKey(&old.ev, ev, usePID)) {
@@ -102,7 +103,7 @@ func sameKey(a, b *event.Event, usePID bool) bool {
 	s, t := &a.Subject, &b.Subject
 	if a.Class != b.Class || a.Dir != b.Dir || a.Port != b.Port || a.LocalPort != b.LocalPort ||
 		s.UID != t.UID || s.GID != t.GID || usePID && (s.PID != t.PID || s.PPID != t.PPID) ||
-		len(a.Args) != len(b.Args) || len(s.Labels) != len(t.Labels) || a.Addr != b.Addr {
+		len(a.Args) != len(b.Args) || len(s.Labels) != len(t.Labels) || len(a.Labels) != len(b.Labels) || a.Addr != b.Addr {
 		return false
 	}
 	// One statement per string: the compiler branches on each comparison
@@ -131,7 +132,10 @@ func sameKey(a, b *event.Event, usePID bool) bool {
 	if a.Module != b.Module {
 		return false
 	}
-	return slices.Equal(a.Args, b.Args) && slices.Equal(s.Labels, t.Labels)
+	if a.Hash != b.Hash {
+		return false
+	}
+	return slices.Equal(a.Args, b.Args) && slices.Equal(s.Labels, t.Labels) && slices.Equal(a.Labels, b.Labels)
 }
 
 // The key hash is wyhash's folding (64x64->128-bit multiply, high xor low)

@@ -21,7 +21,7 @@ import (
 // for policies that use PIDs, "ignored" if no policy can look at it.
 var keyFields = map[string]string{
 	"Class": "key", "Op": "key", "Path": "key", "Args": "key", "Dir": "key", "Proto": "key",
-	"Addr": "key", "Port": "key", "LocalPort": "key", "Module": "key", "Time": "ignored",
+	"Addr": "key", "Port": "key", "LocalPort": "key", "Module": "key", "Hash": "key", "Labels": "key", "Time": "ignored",
 	"Subject.PID": "pid", "Subject.PPID": "pid", "Subject.Start": "ignored",
 	"Subject.Comm": "key", "Subject.Exe": "key", "Subject.UID": "key", "Subject.GID": "key",
 	"Subject.ParentComm": "key", "Subject.ParentExe": "key", "Subject.Labels": "key",
@@ -31,7 +31,7 @@ var keyFields = map[string]string{
 func fullEvent() *event.Event {
 	return &event.Event{Class: event.ClassNet, Op: "connect", Path: "/srv/sock", Args: []int64{3, 4},
 		Dir: event.DirOut, Proto: "tcp", Addr: netip.MustParseAddr("192.0.2.1"), Port: 80, LocalPort: 40000,
-		Module: "nf_conntrack", Time: time.Unix(1700000000, 0),
+		Module: "nf_conntrack", Hash: "3d3fdbe9", Labels: []string{"kit"}, Time: time.Unix(1700000000, 0),
 		Subject: event.Subject{PID: 10, PPID: 1, Start: 5, Comm: "curl", Exe: "/usr/bin/curl", UID: 1000, GID: 1000,
 			ParentComm: "sh", ParentExe: "/bin/sh", Labels: []string{"web"}}}
 }
@@ -40,6 +40,7 @@ func cloneEvent(ev *event.Event) *event.Event {
 	c := *ev
 	c.Args = slices.Clone(ev.Args)
 	c.Subject.Labels = slices.Clone(ev.Subject.Labels)
+	c.Labels = slices.Clone(ev.Labels)
 	return &c
 }
 
