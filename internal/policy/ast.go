@@ -37,6 +37,11 @@ type Spec struct {
 	Executes    []QualName // KasperskyOS "execute EM.IExecute;" declarations
 	Entities    []Entity
 	Calls       []CallStmt // top-level call/security statements (no entity)
+	// Advisory lists the event classes whose statements may go unenforced
+	// on a VM where no gate observes them (`advisory net, call;`): the
+	// statements are kept (policy test, explain) and reported as not
+	// enforced, instead of making the policy an error there.
+	Advisory []Ident
 }
 
 // Ident is a name with its position.

@@ -189,6 +189,8 @@ type Policy struct {
 	flowOps    map[blockKey]bool
 	usesPID    bool
 	nrules     int
+	needs      []Need
+	advisory   [event.NumClasses]bool
 }
 
 // Flows returns the names of the flows, in the order of the state vectors
@@ -380,6 +382,7 @@ func (c *compiler) compile() {
 	for _, b := range p.blocks {
 		finishBlock(b)
 	}
+	c.computeNeeds()
 }
 
 func (c *compiler) lookup(m map[string]int, id Ident, what, hint string) int {
@@ -1144,7 +1147,17 @@ func (c *compiler) pred(p *Pred, cc condCtx) condFn {
 		return func(x *evalCtx) bool { return x.ev.Dir == d }
 	case "labelIs":
 		n := c.name(p).Name
-		return func(x *evalCtx) bool { return slices.Contains(x.ev.Subject.Labels, n) }
+		return func(x *evalCtx) bool {
+			return slices.Contains(x.ev.Subject.Labels, n) || slices.Contains(x.ev.Labels, n)
+		}
+	case "hashEq":
+		hs := c.strs(p, 1, 0)
+		for i, h := range hs {
+			if !isSHA256(h) {
+				c.fail(p.Args[i].Pos, fmt.Sprintf("bad SHA-256 %q", h), `64 lower-case hex digits, as sha256sum prints them: hashEq("3d3f...")`)
+			}
+		}
+		return strFn(hs, func(e *event.Event) string { return e.Hash })
 	case "domainIs":
 		c.noLabels(p, cc, "subject")
 		d := c.lookup(c.domains, c.name(p), "domain", "declare it with `domain NAME;`")
@@ -1168,7 +1181,7 @@ func (c *compiler) pred(p *Pred, cc condCtx) condFn {
 
 var predNames = []string{"fileEq", "filePrefixEq", "fileGlob", "pathEq", "pathPrefixEq", "pathGlob", "exeEq", "exePrefixEq", "exeGlob",
 	"commEq", "commPrefixEq", "moduleEq", "moduleGlob", "parentExeEq", "parentCommEq", "opEq", "opPrefixEq", "protoEq", "addrIn", "addrEq",
-	"portEq", "portIn", "localPortEq", "localPortIn", "uidEq", "uidIn", "gidEq", "pidEq", "ppidEq", "dirIs", "labelIs",
+	"portEq", "portIn", "localPortEq", "localPortIn", "uidEq", "uidIn", "gidEq", "pidEq", "ppidEq", "dirIs", "labelIs", "hashEq",
 	"domainIs", "execDomainIs", "roleIs", "typeIs", "eq", "neq", "lt", "le", "gt", "ge", "inRange", "flagsSet", "flagsAny", "flagsClear"}
 
 func suggest(name string) string {
@@ -1309,4 +1322,17 @@ func hasAnyPrefix(s string, prefixes []string) bool {
 		}
 	}
 	return false
+}
+
+// isSHA256 reports whether s is a SHA-256 digest in lower-case hex.
+func isSHA256(s string) bool {
+	if len(s) != 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }

@@ -77,6 +77,9 @@ var builtinSigs = map[string][]string{
 // (no read up), writes need the object to dominate the subject (no write
 // down). An op in neither list counts as both.
 var (
-	mlsRead  = map[string]bool{"read": true, "exec": true, "getattr": true, "stat": true, "mmap": true, "readdir": true, "readlink": true, "open": true}
-	mlsWrite = map[string]bool{"write": true, "append": true, "create": true, "unlink": true, "rename": true, "truncate": true, "chmod": true, "chown": true, "setattr": true, "link": true, "mkdir": true, "rmdir": true}
+	// MLS checks the ops that read or change a file's contents or names;
+	// metadata reads (getattr) and mappings of a file already opened
+	// (mmap) are not MLS's to decide.
+	mlsRead  = map[string]bool{"read": true, "exec": true, "open": true}
+	mlsWrite = map[string]bool{"write": true, "append": true, "create": true, "unlink": true, "rename": true, "truncate": true, "chmod": true, "chown": true, "link": true, "symlink": true, "mkdir": true, "rmdir": true}
 )

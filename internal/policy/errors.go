@@ -11,6 +11,9 @@ var (
 	ErrLimit    = errors.New("policy limit exceeded")
 	ErrSemantic = errors.New("invalid policy")
 	ErrInclude  = errors.New("include failed")
+	// ErrCoverage: the policy states a rule that no gate of the VM can
+	// enforce (see Policy.Check).
+	ErrCoverage = errors.New("policy not enforceable here")
 )
 
 // Limits on policy input, which is untrusted.

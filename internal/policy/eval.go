@@ -331,7 +331,7 @@ func (p *Policy) mlsVote(x *evalCtx, v *voter) {
 			write = true
 		}
 	} else if !read && !write {
-		read, write = true, true
+		return // not an op MLS checks (getattr, mmap)
 	}
 	if read && !dominates(sl, o.level) {
 		v.add("mls", cact{verdict: VerdictDeny, errno: eacces, rule: "mls read",

@@ -123,5 +123,6 @@ func merge(out, s *Spec) error {
 	out.Executes = append(out.Executes, s.Executes...)
 	out.Entities = append(out.Entities, s.Entities...)
 	out.Calls = append(out.Calls, s.Calls...)
+	out.Advisory = append(out.Advisory, s.Advisory...)
 	return nil
 }

@@ -163,7 +163,7 @@ var reserved = map[string]bool{
 	"and": true, "or": true, "when": true, "require": true, "initial": true,
 }
 
-const stmtExpected = "a statement (include, default, type, domain, sensitivity, category, role, subject, object, allow, flow, interface, use, entity, execute, call, security, or a block such as `open default: allow`)"
+const stmtExpected = "a statement (include, default, advisory, type, domain, sensitivity, category, role, subject, object, allow, flow, interface, use, entity, execute, call, security, or a block such as `open default: allow`)"
 
 func (p *parser) statement() {
 	t := p.peek()
@@ -212,6 +212,15 @@ func (p *parser) statement() {
 		}
 		p.semi("end the declaration with ';'")
 		p.spec.Sensitivity = append(p.spec.Sensitivity, ids...)
+	case "advisory":
+		if n := p.peekN(1); n.kind != tIdent || n.text == "default" {
+			p.block() // a syscall named advisory
+			return
+		}
+		p.next()
+		ids := p.identList("an event class", "advisory net, call;")
+		p.semi("end the declaration with ';'")
+		p.spec.Advisory = append(p.spec.Advisory, ids...)
 	case "role":
 		p.role()
 	case "subject":

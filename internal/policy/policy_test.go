@@ -241,7 +241,8 @@ exec default: allow
 		{"no write down", f("/bin/high", "write", "/mid/x"), VerdictDeny, 13, "mls write"},
 		{"open read-only counts as read", f("/bin/high", "open", "/mid/x", 0), VerdictAllow, 0, ""},
 		{"open O_WRONLY counts as write", f("/bin/high", "open", "/mid/x", 1), VerdictDeny, 13, "mls write"},
-		{"unknown op is read and write", f("/bin/high", "ioctl", "/mid/x"), VerdictDeny, 13, "mls write"},
+		{"metadata is not MLS's", f("/bin/high", "getattr", "/mid/x"), VerdictAllow, 0, ""},
+		{"symlink is a write", f("/bin/high", "symlink", "/mid/x"), VerdictDeny, 13, "mls write"},
 		{"unlevelled object", f("/bin/high", "write", "/tmp/x"), VerdictAllow, 0, ""},
 		{"exec is a read", &event.Event{Class: event.ClassExec, Path: "/high/tool", Subject: event.Subject{Exe: "/bin/mid-a"}}, VerdictDeny, 13, "mls read"},
 	})
