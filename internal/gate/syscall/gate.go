@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -37,8 +36,11 @@ type Trap struct {
 	// 5-byte nop) that an allowed call steps over by moving rip; 0 means
 	// the caller single-steps the first instruction instead.
 	Skip int
-	// Hook is where the trap sits; a hook decides the events of Members.
+	// Hook is where the trap sits. Classes are the event classes armed
+	// there; a hook decides the syscall events of Members (the syscalls
+	// of the open or execve family the policy names).
 	Hook    Hook
+	Classes classSet
 	Members []Syscall
 	// Compat marks the i386 entry of a syscall (arguments in bx, cx, dx,
 	// si, di, bp).
@@ -51,10 +53,12 @@ type Trap struct {
 	Target uint64
 	Site   string
 	// Watch, for a hook trapped by a read watchpoint (Via ViaWatch), is
-	// the 8-byte list head watched; Addr is then the rip the vCPU stops
-	// at, just after the hook read it (watch.go).
-	Watch uint64
-	model entryModel
+	// the variable watched (WatchLen bytes: 8 for a list head); Addr is
+	// then the rip the vCPU stops at, just after the hook read it
+	// (watch.go).
+	Watch    uint64
+	WatchLen int
+	model    entryModel
 }
 
 // Outcome is what Handle decided and how to enforce it.
@@ -79,6 +83,17 @@ type Outcome struct {
 	// Skipped says the hit was not the policy's to decide (an exec's own
 	// opens at a hook, a kernel thread's): resumed with no verdict asked.
 	Skipped bool
+	// Decided are the events decided at this hit, in order, each with its
+	// decision: a hook hit may mean several (a syscall open, a file open
+	// and its write); the last is the one enforced.
+	Decided []Decided
+}
+
+// Decided is one event a trap hit decided.
+type Decided struct {
+	Event    event.Event
+	Decision secserver.Decision
+	ReadErr  error
 }
 
 // Gate turns breakpoint hits into events and verdicts into register
@@ -94,10 +109,12 @@ type Gate struct {
 	// watches are the hooks trapped by a watchpoint on their list head
 	// (watch.go), sites the calls to the others, trapped instead of their
 	// entries (hooks.go); nil until then.
-	planMu  sync.Mutex
-	sites   map[Hook][]linux.CodeRef
-	watches map[Hook]hookWatch
-	watchOK bool // UseWatchpoints
+	planMu   sync.Mutex
+	sites    map[Hook][]linux.CodeRef
+	watches  map[Hook]hookWatch
+	maxWatch int // UseWatchpoints
+	// observers are what the gate can observe on this kernel (Observers).
+	observers map[event.Class]policy.Observer
 
 	mu    sync.Mutex // guards the fields below
 	traps map[uint64]Trap
@@ -107,6 +124,8 @@ type Gate struct {
 	pending map[uint64]uint64
 	// hooks are the LSM hooks this kernel has (hooks.go).
 	hooks map[Hook]uint64
+	// kitModules are the SHA-256s of the kit's modules (SetKitModules).
+	kitModules map[string]bool
 	// created are creates allowed at AtPathMknod, whose AtFileOpen hit is
 	// not decided twice.
 	created map[createdKey]bool
@@ -131,20 +150,22 @@ func New(k *linux.Kernel, d Decider) (*Gate, error) {
 		g.strnlenUser = a
 	}
 	g.hooks = hookAddrs(k)
+	g.observers = Observers(k.Profile)
 	g.created = map[createdKey]bool{}
 	return g, nil
 }
 
-// UseWatchpoints lets Plan trap hooks with read watchpoints on their list
-// heads (watch.go). The monitor allows it only for a VM with one vCPU:
-// QEMU 7.2's TCG loses a watchpoint hit on one vCPU while it stops for a
-// hit on another (measured: 25 of 200 concurrent denied opens slipped
-// through on 2 vCPUs), where a breakpoint is simply hit again on resume.
-// Call before the first Plan.
-func (g *Gate) UseWatchpoints(on bool) {
+// UseWatchpoints lets Plan trap at most max hooks with watchpoints on
+// what they read first (watch.go); 0 turns them off. The monitor allows
+// them only for a VM with one vCPU: QEMU 7.2's TCG loses a watchpoint hit
+// on one vCPU while it stops for a hit on another (measured: 25 of 200
+// concurrent denied opens slipped through on 2 vCPUs), where a breakpoint
+// is simply hit again on resume. Under KVM, watchpoints are debug
+// registers: at most 4. Call before the first Plan.
+func (g *Gate) UseWatchpoints(max int) {
 	g.planMu.Lock()
 	defer g.planMu.Unlock()
-	g.watchOK = on
+	g.maxWatch = max
 }
 
 // Prepare does ahead of the first Plan the slow part of it that can be
@@ -154,7 +175,7 @@ func (g *Gate) UseWatchpoints(on bool) {
 func (g *Gate) Prepare() {
 	g.planMu.Lock()
 	defer g.planMu.Unlock()
-	if !g.watchOK {
+	if g.maxWatch == 0 {
 		g.ensureSitesLocked()
 	}
 }
@@ -168,23 +189,39 @@ func (g *Gate) ensureSitesLocked() {
 	}
 }
 
-// Plan resolves the syscalls a policy names to handler addresses. Names
-// the kernel has no handler for are returned in missing (the policy may
-// name syscalls of other architectures or kernels).
-func (g *Gate) Plan(spec *policy.Spec) (traps []Trap, missing []string) {
+// Plan works out the traps that observe what pol needs (Policy.Ops, per
+// class, against the gate's Observers): syscalls at their hooks or
+// handlers, file ops, execs and module loads and unloads at their hooks.
+// Names the kernel has no handler for are returned in missing (Check
+// refuses such a policy, so only an advisory one gets here with them).
+func (g *Gate) Plan(pol *policy.Policy) (traps []Trap, missing []string) {
+	obs := g.observers
 	seen := map[uint64]bool{}
-	named := map[string]bool{}
-	names := Names(spec)
-	for _, n := range names {
-		named[n] = true
-	}
 	add := func(t Trap) {
 		if !seen[t.Addr] {
 			seen[t.Addr] = true
 			traps = append(traps, t)
 		}
 	}
-	hooked := map[Hook][]Syscall{}
+	type armed struct {
+		classes classSet
+		members []Syscall
+	}
+	hooked := map[Hook]*armed{}
+	arm := func(h Hook, c event.Class) *armed {
+		a := hooked[h]
+		if a == nil {
+			a = &armed{}
+			hooked[h] = a
+		}
+		a.classes |= setOf(c)
+		return a
+	}
+	names, _ := pol.Ops(event.ClassSyscall, obs[event.ClassSyscall])
+	named := map[string]bool{}
+	for _, n := range names {
+		named[n] = true
+	}
 	for _, n := range names {
 		for _, sc := range Expand(n) {
 			// A member named on its own is reported under its own name.
@@ -193,7 +230,8 @@ func (g *Gate) Plan(spec *policy.Spec) (traps []Trap, missing []string) {
 			}
 			if hs := g.hooksFor(sc.Name); len(hs) > 0 {
 				for _, h := range hs {
-					hooked[h] = append(hooked[h], sc)
+					a := arm(h, event.ClassSyscall)
+					a.members = append(a.members, sc)
 				}
 				continue
 			}
@@ -205,52 +243,73 @@ func (g *Gate) Plan(spec *policy.Spec) (traps []Trap, missing []string) {
 				}
 				continue
 			}
-			add(Trap{Addr: addr, Symbol: sym, Syscall: sc, Skip: g.skip(addr)})
+			add(Trap{Addr: addr, Symbol: sym, Syscall: sc, Skip: g.skip(addr), Classes: setOf(event.ClassSyscall)})
 			// The same call through int 0x80 or from a 32-bit process
 			// enters the kernel at its i386 handler.
 			for _, sym := range CompatHandlers(sc.Name) {
 				if addr, err := g.k.Addr(sym); err == nil {
-					add(Trap{Addr: addr, Symbol: sym, Syscall: sc, Skip: g.skip(addr), Compat: true})
+					add(Trap{Addr: addr, Symbol: sym, Syscall: sc, Skip: g.skip(addr), Compat: true, Classes: setOf(event.ClassSyscall)})
 					break
 				}
 			}
 		}
 	}
+	for _, cl := range []struct {
+		class event.Class
+		hooks map[string][]Hook
+	}{{event.ClassFile, fileOpHooks}, {event.ClassModule, moduleOpHooks}} {
+		ops, _ := pol.Ops(cl.class, obs[cl.class])
+		for _, op := range ops {
+			for _, h := range cl.hooks[op] {
+				if g.hooks[h] != 0 {
+					arm(h, cl.class)
+				}
+			}
+		}
+	}
+	if ops, all := pol.Ops(event.ClassExec, obs[event.ClassExec]); (all || len(ops) > 0) && g.hooks[AtExec] != 0 {
+		arm(AtExec, event.ClassExec)
+	}
 	g.planMu.Lock()
 	defer g.planMu.Unlock()
-	if len(hooked) > 0 && g.watchOK && g.watches == nil {
+	if len(hooked) > 0 && g.maxWatch > 0 && g.watches == nil {
 		// Modelled from the live code on first use, once the kernel runs:
 		// during boot ftrace has not yet turned the hooks' __fentry__
 		// calls into no-ops.
 		g.watches = hookWatches(g.k, g.hooks)
 	}
-	for h := range hooked {
-		if _, ok := g.watches[h]; !ok {
-			g.ensureSitesLocked()
+	// Hooks in a fixed order, so that the watchpoints a limit admits do
+	// not change from one plan to the next.
+	watching := 0
+	for h := AtFileOpen; h < numHooks; h++ {
+		a := hooked[h]
+		if a == nil {
+			continue
 		}
-	}
-	for h, members := range hooked {
 		addr := g.hooks[h]
-		op := members[0].Op
-		for _, m := range members {
-			if m.Op != m.Name { // a family's name wins for calls no member made
+		op := ""
+		for _, m := range a.members {
+			if op == "" || m.Op != m.Name { // a family's name wins for calls no member made
 				op = m.Op
 			}
 		}
 		t := Trap{Addr: addr, Symbol: h.String(), Syscall: Syscall{Name: h.String(), Op: op, Path: -1, Dirfd: -1, How: -1},
-			Hook: h, Members: members}
-		if w, ok := g.watches[h]; ok {
-			t.Addr, t.Via, t.Watch, t.model, t.Target = w.model.Stop, ViaWatch, w.head, w.model, addr
-			t.Site = "read of security_hook_heads." + strings.TrimPrefix(h.String(), "security_")
+			Hook: h, Classes: a.classes, Members: a.members}
+		if w, ok := g.watches[h]; ok && watching < g.maxWatch {
+			watching++
+			t.Addr, t.Via, t.Watch, t.WatchLen, t.model, t.Target = w.model.Stop, ViaWatch, w.head, w.size, w.model, addr
+			t.Site = "read of " + watchName(h)
 			add(t)
 			continue
 		}
-		if len(g.sites[h]) == 0 {
+		g.ensureSitesLocked()
+		sites := g.sitesFor(h, a.classes)
+		if len(sites) == 0 {
 			t.Skip = g.skip(addr)
 			add(t)
 			continue
 		}
-		for _, site := range g.sites[h] {
+		for _, site := range sites {
 			st := t
 			st.Addr, st.Len, st.Target, st.Site = site.Addr, site.Len, addr, site.Where
 			st.Via = ViaCall
@@ -262,6 +321,14 @@ func (g *Gate) Plan(spec *policy.Spec) (traps []Trap, missing []string) {
 	}
 	sort.Slice(traps, func(i, j int) bool { return traps[i].Addr < traps[j].Addr })
 	return traps, missing
+}
+
+// watchName names what a hook's watchpoint watches.
+func watchName(h Hook) string {
+	if d := hookDefs[h]; d.watchVar != "" {
+		return d.watchVar
+	}
+	return "security_hook_heads." + hookDefs[h].head
 }
 
 // hooksFor returns the hooks that decide syscall name on this kernel, or

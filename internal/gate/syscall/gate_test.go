@@ -6,47 +6,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/gatevisor/gatevisor/internal/policy"
 	"github.com/google/go-cmp/cmp"
 )
-
-func spec(t *testing.T, src string) *policy.Spec {
-	t.Helper()
-	s, err := policy.Parse("t.policy", []byte(src))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
-func TestNames(t *testing.T) {
-	tests := []struct {
-		name string
-		src  string
-		want []string
-	}{
-		{"seed 002", "open default: allow\n fileEq(\"/etc/passwd\") or filePrefixEq(\"/etc/cron.d\") deny(EPERM)\nsyscall default: allow\n", []string{"open"}},
-		{"opEq rules", "syscall default: allow\n a: opEq(\"init_module\", \"finit_module\") deny(EPERM)\n b: opEq(\"execve\") and filePrefixEq(\"/tmp/\") kill\n", []string{"execve", "finit_module", "init_module"}},
-		{"no syscall rules", "default: allow;\nnet default: deny\n", nil},
-		{"empty syscall block", "syscall default: allow\n", []string{}},
-		{"unrestricted rule widens", "syscall default: allow\n exePrefixEq(\"/tmp/\") kill\n", wide},
-		{"deny default widens", "syscall default: deny\n", wide},
-		{"or of opEq", "syscall default: allow\n opEq(\"kill\") or opEq(\"ptrace\") deny\n", []string{"kill", "ptrace"}},
-		{"or with other widens", "syscall default: allow\n opEq(\"kill\") or uidEq(0) deny\n", wide},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got := Names(spec(t, tt.src))
-			want := append([]string(nil), tt.want...)
-			if len(want) == len(wide) {
-				want = Names(spec(t, "syscall default: deny\n"))
-			}
-			if diff := cmp.Diff(want, got, cmp.Comparer(func(a, b []string) bool { return strings.Join(a, ",") == strings.Join(b, ",") })); diff != "" {
-				t.Errorf("Names (-want +got):\n%s", diff)
-			}
-		})
-	}
-}
 
 func TestExpandAndHandler(t *testing.T) {
 	var got []string

@@ -12,17 +12,18 @@ import (
 	"github.com/gatevisor/gatevisor/internal/vmi/linux"
 )
 
-// Hook says where a trap sits, and so how Handle reads its event.
+// Hook says where a trap sits, and so how Handle reads its events.
 //
-// Opens and execs are decided inside the kernel, at the LSM hooks the
-// kernel calls once it has resolved the path, rather than at the syscall's
-// entry: the path the gate then sees is the file the kernel is about to
-// open, with symlinks followed, "..", bind mounts and the dirfd applied,
-// read from the kernel's own dentries after the kernel copied the name
-// from user memory. A symlink (`ln -s /etc/passwd /tmp/x`), a path the
-// process rewrites between the gate's read and the kernel's (TOCTOU), an
-// int 0x80 call, open_by_handle_at or an io_uring open cannot slip past a
-// path rule that way. Every other syscall is decided at its handler.
+// Opens, execs, file changes and module loads are decided inside the
+// kernel, at the LSM hooks the kernel calls once it has resolved the path,
+// rather than at a syscall's entry: the path the gate then sees is the file
+// the kernel is about to act on, with symlinks followed, "..", bind mounts
+// and the dirfd applied, read from the kernel's own dentries after the
+// kernel copied the name from user memory. A symlink (`ln -s /etc/passwd
+// /tmp/x`), a path the process rewrites between the gate's read and the
+// kernel's (TOCTOU), an int 0x80 call, open_by_handle_at or an io_uring open
+// cannot slip past a path rule that way. Syscalls the policy names that no
+// hook decides are trapped at their handlers.
 type Hook uint8
 
 const (
@@ -30,25 +31,103 @@ const (
 	// i386 entry __ia32_[compat_]sys_<name>); rdi is the user pt_regs.
 	AtHandler Hook = iota
 	// AtFileOpen is security_file_open(struct file *): every open of a
-	// file, after path resolution and before the file is usable.
+	// file, after path resolution and before the file is usable. Decides
+	// the open family, and the file ops open, read, write, append (by the
+	// file's mode and flags) and exec (an exec opening its program, its
+	// script interpreter or its ELF interpreter).
 	AtFileOpen
 	// AtPathMknod is security_path_mknod(const struct path *dir, struct
-	// dentry *, ...): an open with O_CREAT about to create the file, so a
-	// denied create leaves nothing behind.
+	// dentry *, mode, dev): a file about to be created (an open with
+	// O_CREAT, mknod, a unix socket's bind), so a denied create leaves
+	// nothing behind. File op create.
 	AtPathMknod
-	// AtExec is security_bprm_creds_for_exec(struct linux_binprm *): the
-	// program an execve is about to run, opened, before the point of no
-	// return (the old program still runs if it is refused).
+	// AtExec is security_bprm_check(struct linux_binprm *): each program an
+	// execve is about to run, opened, before the point of no return — the
+	// script, then its interpreter. Decides the execve family and the
+	// exec class.
 	AtExec
+	AtPathMkdir    // security_path_mkdir(dir, dentry, mode): file op mkdir
+	AtPathRmdir    // security_path_rmdir(dir, dentry): file op rmdir
+	AtPathUnlink   // security_path_unlink(dir, dentry): file op unlink
+	AtPathRename   // security_path_rename(old_dir, old_dentry, new_dir, new_dentry, flags): rename, both names
+	AtPathLink     // security_path_link(old_dentry, new_dir, new_dentry): link, both names
+	AtPathSymlink  // security_path_symlink(dir, dentry, old_name): file op symlink (the new name)
+	AtPathTruncate // security_path_truncate(path): truncate(2), ftruncate(2), open with O_TRUNC
+	AtPathChmod    // security_path_chmod(path, mode)
+	AtPathChown    // security_path_chown(path, uid, gid)
+	AtGetattr      // security_inode_getattr(path): stat and friends; file op getattr
+	AtMmap         // security_mmap_file(file, prot, flags): file op mmap (file mappings only)
+	// AtModuleFile is security_kernel_post_read_file(file, buf, size, id):
+	// finit_module has read the module's file; module load, with the
+	// file's path and the SHA-256 of what the kernel read.
+	AtModuleFile
+	// AtModuleData is security_kernel_post_load_data(buf, size, id, desc):
+	// init_module has copied the module's image from user memory.
+	AtModuleData
+	// AtModuleDelete is __do_sys_delete_module(name, flags), which reads
+	// modules_disabled (once it knows the caller may unload modules)
+	// before it copies the name: module unload.
+	AtModuleDelete
+	numHooks
 )
 
-var hookSymbols = [...]string{AtFileOpen: "security_file_open", AtPathMknod: "security_path_mknod", AtExec: "security_bprm_creds_for_exec"}
+// hookDef is how one hook is found and watched.
+type hookDef struct {
+	sym string
+	// head is the hook's security_hook_heads member, which the hook reads
+	// before calling the LSMs (watch.go); watchVar, for a function that is
+	// not an LSM hook, is a 4-byte global it reads first instead.
+	head     string
+	watchVar string
+	// fields are the BTF fields its events need; a kernel without them
+	// does not get the hook.
+	fields []string
+}
+
+var hookDefs = [numHooks]hookDef{
+	AtFileOpen:     {sym: "security_file_open", head: "file_open", fields: []string{"file.f_path", "file.f_flags", "file.f_mode"}},
+	AtPathMknod:    {sym: "security_path_mknod", head: "path_mknod"},
+	AtExec:         {sym: "security_bprm_check", head: "bprm_check_security", fields: []string{"linux_binprm.file", "file.f_path"}},
+	AtPathMkdir:    {sym: "security_path_mkdir", head: "path_mkdir"},
+	AtPathRmdir:    {sym: "security_path_rmdir", head: "path_rmdir"},
+	AtPathUnlink:   {sym: "security_path_unlink", head: "path_unlink"},
+	AtPathRename:   {sym: "security_path_rename", head: "path_rename"},
+	AtPathLink:     {sym: "security_path_link", head: "path_link"},
+	AtPathSymlink:  {sym: "security_path_symlink", head: "path_symlink"},
+	AtPathTruncate: {sym: "security_path_truncate", head: "path_truncate"},
+	AtPathChmod:    {sym: "security_path_chmod", head: "path_chmod"},
+	AtPathChown:    {sym: "security_path_chown", head: "path_chown"},
+	AtGetattr:      {sym: "security_inode_getattr", head: "inode_getattr"},
+	AtMmap:         {sym: "security_mmap_file", head: "mmap_file", fields: []string{"file.f_path"}},
+	AtModuleFile:   {sym: "security_kernel_post_read_file", head: "kernel_post_read_file", fields: []string{"file.f_path"}},
+	AtModuleData:   {sym: "security_kernel_post_load_data", head: "kernel_post_load_data"},
+	AtModuleDelete: {sym: "__do_sys_delete_module", watchVar: "modules_disabled"},
+}
+
+// hookFields are the layouts every hook's event needs: the subject and,
+// for the syscall class, the user registers.
+var hookFields = []string{"path.mnt", "path.dentry", "task_struct.thread_info", "thread_info.status"}
 
 func (h Hook) String() string {
-	if h == AtHandler || int(h) >= len(hookSymbols) {
+	if h == AtHandler || h >= numHooks {
 		return "handler"
 	}
-	return hookSymbols[h]
+	return hookDefs[h].sym
+}
+
+// classSet is a set of event classes.
+type classSet uint16
+
+func (s classSet) has(c event.Class) bool { return s&(1<<c) != 0 }
+
+// Has reports whether class c is armed in s.
+func (s classSet) Has(c event.Class) bool { return s.has(c) }
+func setOf(cs ...event.Class) classSet {
+	var s classSet
+	for _, c := range cs {
+		s |= 1 << c
+	}
+	return s
 }
 
 // hooksOf lists the hooks that decide a syscall's events instead of its
@@ -57,6 +136,22 @@ var hooksOf = map[string][]Hook{
 	"open": {AtFileOpen, AtPathMknod}, "openat": {AtFileOpen, AtPathMknod},
 	"creat": {AtFileOpen, AtPathMknod}, "openat2": {AtFileOpen, AtPathMknod},
 	"execve": {AtExec}, "execveat": {AtExec},
+}
+
+// fileOpHooks lists the hooks that decide each file op: the file class's
+// whole vocabulary. A policy naming any other file op is refused
+// (policy.Check), because no gate would see it.
+var fileOpHooks = map[string][]Hook{
+	"open": {AtFileOpen}, "read": {AtFileOpen}, "write": {AtFileOpen}, "append": {AtFileOpen}, "exec": {AtFileOpen},
+	"create": {AtPathMknod}, "mkdir": {AtPathMkdir}, "rmdir": {AtPathRmdir}, "unlink": {AtPathUnlink},
+	"rename": {AtPathRename}, "link": {AtPathLink}, "symlink": {AtPathSymlink}, "truncate": {AtPathTruncate},
+	"chmod": {AtPathChmod}, "chown": {AtPathChown}, "getattr": {AtGetattr}, "mmap": {AtMmap},
+}
+
+// moduleOpHooks lists the hooks of the module class's ops.
+var moduleOpHooks = map[string][]Hook{
+	"load":   {AtModuleFile, AtModuleData},
+	"unload": {AtModuleDelete},
 }
 
 // abiNumbers are the syscall numbers of the calls decided at hooks, per
@@ -102,26 +197,40 @@ func isExecCall(nr uint64, compat bool) bool {
 	return ok
 }
 
+// hasHook reports whether profile p has hook h and the layouts its events
+// need.
+func hasHook(p *linux.Profile, h Hook) bool {
+	if _, err := p.StructSize("pt_regs"); err != nil {
+		return false
+	}
+	d := hookDefs[h]
+	for _, f := range append(hookFields, d.fields...) {
+		if _, err := p.FieldOffset(f); err != nil {
+			return false
+		}
+	}
+	if _, err := p.Symbol(d.sym); err != nil {
+		return false
+	}
+	if h == AtModuleDelete {
+		_, err := p.Symbol(d.watchVar)
+		return err == nil
+	}
+	return true
+}
+
 // hookAddrs resolves the hooks this kernel has. A hook is used only when
-// the layouts its event needs are in the kernel's BTF; otherwise its
-// syscalls are trapped at their handlers as before.
+// the layouts its event needs are in the kernel's BTF; otherwise the
+// syscalls it decides are trapped at their handlers, and the file, exec
+// and module classes it decides are not observed (policy.Check refuses a
+// policy that needs them).
 func hookAddrs(k *linux.Kernel) map[Hook]uint64 {
 	out := map[Hook]uint64{}
-	if _, err := k.Profile.StructSize("pt_regs"); err != nil {
-		return out
-	}
-	for _, f := range []string{"file.f_path", "file.f_flags", "path.mnt", "path.dentry", "task_struct.thread_info", "thread_info.status"} {
-		if _, err := k.Profile.FieldOffset(f); err != nil {
-			return out
+	for h := AtFileOpen; h < numHooks; h++ {
+		if !hasHook(k.Profile, h) {
+			continue
 		}
-	}
-	for h := AtFileOpen; int(h) < len(hookSymbols); h++ {
-		if h == AtExec {
-			if _, err := k.Profile.FieldOffset("linux_binprm.file"); err != nil {
-				continue
-			}
-		}
-		if a, err := k.Addr(hookSymbols[h]); err == nil {
+		if a, err := k.Addr(hookDefs[h].sym); err == nil {
 			out[h] = a
 		}
 	}
@@ -144,8 +253,9 @@ const (
 	// ViaJump is a direct tail jump to the function: arguments in
 	// registers, the caller's return address at [rsp].
 	ViaJump
-	// ViaWatch is a read watchpoint on the hook's LSM list head: the vCPU
-	// stops a few instructions into the hook (watch.go).
+	// ViaWatch is a read watchpoint on what the hook reads first (its LSM
+	// list head): the vCPU stops a few instructions into the hook
+	// (watch.go).
 	ViaWatch
 )
 
@@ -167,9 +277,9 @@ const (
 // decoder cannot take apart means a call could come some other way, and
 // the hook is trapped at its entry. So is a hook the kernel exports to
 // modules, whose calls from a module loaded later no scan of the core text
-// sees — except security_path_mknod: AtPathMknod decides only opens that
-// create, and every one of those reaches it from path_openat in the core
-// kernel; a module's own mknod is not the gate's to decide there.
+// sees — except security_path_mknod for opens: AtPathMknod decides only
+// opens that create when the file class is not armed, and every one of
+// those reaches it from path_openat in the core kernel.
 func hookSites(k *linux.Kernel, hooks map[Hook]uint64) map[Hook][]linux.CodeRef {
 	out := map[Hook][]linux.CodeRef{}
 	var targets []uint64
@@ -194,11 +304,26 @@ hooks:
 			}
 		}
 		out[h] = refs[a]
-		if h == AtPathMknod {
-			out[h] = openCreates(refs[a])
-		}
 	}
 	return out
+}
+
+// sitesFor returns the call sites to trap for hook h armed for classes:
+// for AtPathMknod armed only for the open family, the opens' calls; and
+// none (trap the entry) when the hook is exported but every caller must be
+// caught.
+func (g *Gate) sitesFor(h Hook, classes classSet) []linux.CodeRef {
+	refs := g.sites[h]
+	if h != AtPathMknod || len(refs) == 0 {
+		return refs
+	}
+	if classes.has(event.ClassFile) {
+		if _, err := g.k.Addr("__ksymtab_" + h.String()); err == nil {
+			return nil // a module's mknod must be decided too: the entry
+		}
+		return refs
+	}
+	return openCreates(refs)
 }
 
 // createOpeners are the functions an open that creates its file calls
@@ -207,10 +332,10 @@ hooks:
 var createOpeners = map[string]bool{"path_openat": true, "open_last_lookups": true, "lookup_open": true, "may_o_create": true}
 
 // openCreates keeps the calls of security_path_mknod that opens make: the
-// others (mknod, a unix socket's bind, a bpffs pin) are never the gate's
-// to decide at AtPathMknod, and every breakpoint costs every syscall
-// under TCG (docs/benchmarks.md, "Syscall gate"). All sites are kept when
-// none is recognised.
+// others (mknod, a unix socket's bind, a bpffs pin) are never the syscall
+// class's to decide at AtPathMknod, and every breakpoint costs every
+// syscall under TCG (docs/benchmarks.md, "Syscall gate"). All sites are
+// kept when none is recognised.
 func openCreates(refs []linux.CodeRef) []linux.CodeRef {
 	var out []linux.CodeRef
 	for _, r := range refs {
@@ -226,28 +351,51 @@ func openCreates(refs []linux.CodeRef) []linux.CodeRef {
 	return out
 }
 
-// handleHook decides a hit of a hook trap.
+// handleHook decides a hit of a hook trap: every event the hit means for
+// the classes armed there, in order, until one is refused.
 func (g *Gate) handleHook(t Trap, regs Regs) (Outcome, error) {
 	if t.Via == ViaWatch {
 		regs = watchArgs(t, regs)
 	}
-	ev, taskAddr, skip, readErr := g.hookEvent(t, regs)
-	if skip || (t.Hook == AtFileOpen && readErr == nil && g.takeCreated(taskAddr, ev)) {
-		// Not a call the policy decides here (an exec's own opens, a
-		// kernel thread's), or the open that created the file and was
-		// decided at AtPathMknod already.
-		return g.allowOutcome(t, regs, ev), nil
+	hit, readErr := g.hookEvents(t, regs)
+	if len(hit.events) == 0 {
+		if readErr != nil {
+			// Nothing could be read, not even whose call it is: fail
+			// closed with an event of the hook's class.
+			ev := event.Event{Class: t.primaryClass(), Op: t.Syscall.Op, Time: time.Now().UTC()}
+			return g.decide(t, regs, ev, readErr)
+		}
+		return g.allowOutcome(t, regs, event.Event{Class: t.primaryClass(), Op: t.Syscall.Op}), nil
 	}
-	out, err := g.decide(t, regs, ev, readErr)
-	if err == nil && t.Hook == AtPathMknod && out.Decision.Allows() {
-		g.noteCreated(taskAddr, ev)
+	var (
+		out     Outcome
+		err     error
+		decided []Decided
+	)
+	for i, ev := range hit.events {
+		if i == hit.created {
+			continue // the open that created the file, decided at the create
+		}
+		out, err = g.decide(t, regs, ev, readErr)
+		decided = append(decided, Decided{Event: out.Event, Decision: out.Decision, ReadErr: out.ReadErr})
+		if err != nil || !out.Decision.Allows() {
+			break
+		}
+	}
+	out.Decided = decided
+	if len(decided) == 0 {
+		out = g.allowOutcome(t, regs, hit.events[0])
+		return out, nil
+	}
+	if err == nil && hit.mknod >= 0 && out.Decision.Allows() {
+		g.noteCreated(hit.task, hit.events[hit.mknod])
 	}
 	if err == nil && out.Kill {
 		// do_group_exit from inside the kernel's open or exec path would
 		// never give back what it holds (the half-opened file, its
 		// dentries): refuse the call and queue SIGKILL, which the task
 		// takes on its way back to user mode.
-		stores, serr := g.k.QueueSIGKILL(taskAddr)
+		stores, serr := g.k.QueueSIGKILL(hit.task)
 		if serr != nil {
 			out.ReadErr = errors.Join(out.ReadErr, fmt.Errorf("queue SIGKILL (the call is refused with EPERM instead): %w", serr))
 		}
@@ -258,6 +406,17 @@ func (g *Gate) handleHook(t Trap, regs Regs) (Outcome, error) {
 	return out, err
 }
 
+// primaryClass is the class a trap's events are reported under when
+// nothing could be read.
+func (t Trap) primaryClass() event.Class {
+	for _, c := range []event.Class{event.ClassSyscall, event.ClassExec, event.ClassModule, event.ClassFile} {
+		if t.Classes.has(c) {
+			return c
+		}
+	}
+	return event.ClassSyscall
+}
+
 // allowOutcome resumes a hook trap without asking the security server.
 func (g *Gate) allowOutcome(t Trap, regs Regs, ev event.Event) Outcome {
 	out := Outcome{Event: ev, Skipped: true}
@@ -266,45 +425,192 @@ func (g *Gate) allowOutcome(t Trap, regs Regs, ev event.Event) Outcome {
 	return out
 }
 
-// hookEvent builds the event of a hook hit: the subject from the current
-// task, the syscall and its arguments from the user registers it entered
-// the kernel with, and the path from the kernel's resolved file. skip says
-// the hit is not one the policy decides here.
-func (g *Gate) hookEvent(t Trap, regs Regs) (ev event.Event, taskAddr uint64, skip bool, err error) {
-	ev = event.Event{Class: event.ClassSyscall, Op: t.Syscall.Op, Time: time.Now().UTC()}
+// hookHit is what one hit of a hook means: the events to decide, in order.
+type hookHit struct {
+	events []event.Event
+	task   uint64
+	// created is the index of a syscall open event already decided when
+	// the same call created the file (-1: none); mknod is the index of a
+	// syscall open event decided at a create (-1: none).
+	created, mknod int
+}
+
+// hookEvents builds the events of a hook hit for the classes armed at t.
+// It returns no events for a hit that is not the policy's to decide (a
+// kernel thread's own file access, an exec's own opens for the syscall
+// class, a firmware read at the module hooks).
+func (g *Gate) hookEvents(t Trap, regs Regs) (hookHit, error) {
+	hit := hookHit{created: -1, mknod: -1}
 	var errs []error
+	now := time.Now().UTC()
 	taskAddr, task, terr := g.currentTask(regs)
+	hit.task = taskAddr
+	var subj event.Subject
 	if terr != nil {
 		errs = append(errs, fmt.Errorf("current task: %w", terr))
 	} else {
-		if task.KernelThread && t.Hook != AtExec {
+		subj = subjectOf(task)
+		if task.KernelThread && t.Hook != AtExec && t.Hook != AtModuleFile && t.Hook != AtModuleData {
 			// A kernel thread's own file access; a usermode helper's exec
-			// (modprobe, hotplug) is decided like any other.
-			return ev, taskAddr, true, nil
+			// (modprobe, hotplug) and any module load are decided.
+			return hit, nil
 		}
-		ev.Subject = subjectOf(task)
 	}
+	mk := func(c event.Class, op, path string, args ...int64) event.Event {
+		return event.Event{Class: c, Op: op, Subject: subj, Path: path, Args: args, Time: now}
+	}
+	path := func(p string, err error) string {
+		if err != nil {
+			errs = append(errs, fmt.Errorf("the file's path: %w", err))
+			return "" // unreadable: decided as a path that matches no file rule
+		}
+		return p
+	}
+	file := t.Classes.has(event.ClassFile)
+	switch t.Hook {
+	case AtFileOpen, AtPathMknod, AtExec:
+		if t.Classes.has(event.ClassSyscall) && terr == nil {
+			sev, skip, err := g.syscallHookEvent(t, regs, taskAddr, task, now)
+			if err != nil {
+				errs = append(errs, err)
+			}
+			if !skip {
+				if t.Hook == AtFileOpen && err == nil && g.takeCreated(taskAddr, sev) {
+					hit.created = len(hit.events)
+				}
+				if t.Hook == AtPathMknod {
+					hit.mknod = len(hit.events)
+				}
+				hit.events = append(hit.events, sev)
+			}
+		}
+		switch {
+		case t.Hook == AtFileOpen && file:
+			p := path(g.k.FilePath(regs[RegRDI]))
+			flags, ferr := g.k.FileFlags(regs[RegRDI])
+			mode, merr := g.k.FileMode(regs[RegRDI])
+			if err := errors.Join(ferr, merr); err != nil {
+				errs = append(errs, fmt.Errorf("the file's flags: %w", err))
+			}
+			if mode&fmodeExec != 0 {
+				hit.events = append(hit.events, mk(event.ClassFile, "exec", p))
+				break
+			}
+			hit.events = append(hit.events, mk(event.ClassFile, "open", p, int64(flags)))
+			if mode&fmodeRead != 0 {
+				hit.events = append(hit.events, mk(event.ClassFile, "read", p))
+			}
+			if mode&fmodeWrite != 0 {
+				hit.events = append(hit.events, mk(event.ClassFile, "write", p))
+			}
+			if flags&oAppend != 0 {
+				hit.events = append(hit.events, mk(event.ClassFile, "append", p))
+			}
+		case t.Hook == AtPathMknod && file:
+			hit.events = append(hit.events, mk(event.ClassFile, "create", path(g.k.ChildPath(regs[RegRDI], regs[RegRSI])), int64(uint32(regs[RegRDX]))))
+		case t.Hook == AtExec && t.Classes.has(event.ClassExec):
+			var p string
+			f, err := g.k.BinprmFile(regs[RegRDI])
+			if err == nil {
+				p = path(g.k.FilePath(f))
+			} else {
+				path("", err)
+			}
+			hit.events = append(hit.events, mk(event.ClassExec, "", p))
+		}
+	case AtPathMkdir:
+		hit.events = append(hit.events, mk(event.ClassFile, "mkdir", path(g.k.ChildPath(regs[RegRDI], regs[RegRSI])), int64(uint32(regs[RegRDX]))))
+	case AtPathRmdir, AtPathUnlink:
+		op := map[Hook]string{AtPathRmdir: "rmdir", AtPathUnlink: "unlink"}[t.Hook]
+		hit.events = append(hit.events, mk(event.ClassFile, op, path(g.k.ChildPath(regs[RegRDI], regs[RegRSI]))))
+	case AtPathRename:
+		// Both names: a rename takes a name away from one place and puts
+		// it in another; rules on either must hold.
+		flags := int64(uint32(regs[RegR8]))
+		hit.events = append(hit.events,
+			mk(event.ClassFile, "rename", path(g.k.ChildPath(regs[RegRDI], regs[RegRSI])), flags),
+			mk(event.ClassFile, "rename", path(g.k.ChildPath(regs[RegRDX], regs[RegRCX])), flags))
+	case AtPathLink:
+		// The existing file (hard links stay on one mount) and the new name:
+		// a rule on /etc/shadow holds against `ln /etc/shadow /root/s`.
+		hit.events = append(hit.events,
+			mk(event.ClassFile, "link", path(g.k.ChildPath(regs[RegRSI], regs[RegRDI]))),
+			mk(event.ClassFile, "link", path(g.k.ChildPath(regs[RegRSI], regs[RegRDX]))))
+	case AtPathSymlink:
+		hit.events = append(hit.events, mk(event.ClassFile, "symlink", path(g.k.ChildPath(regs[RegRDI], regs[RegRSI]))))
+	case AtPathTruncate, AtGetattr:
+		op := map[Hook]string{AtPathTruncate: "truncate", AtGetattr: "getattr"}[t.Hook]
+		hit.events = append(hit.events, mk(event.ClassFile, op, path(g.k.PathAt(regs[RegRDI]))))
+	case AtPathChmod:
+		hit.events = append(hit.events, mk(event.ClassFile, "chmod", path(g.k.PathAt(regs[RegRDI])), int64(uint16(regs[RegRSI]))))
+	case AtPathChown:
+		hit.events = append(hit.events, mk(event.ClassFile, "chown", path(g.k.PathAt(regs[RegRDI])), int64(uint32(regs[RegRSI])), int64(uint32(regs[RegRDX]))))
+	case AtMmap:
+		if regs[RegRDI] == 0 {
+			return hit, nil // an anonymous mapping: no file
+		}
+		hit.events = append(hit.events, mk(event.ClassFile, "mmap", path(g.k.FilePath(regs[RegRDI])), int64(regs[RegRSI]), int64(regs[RegRDX])))
+	case AtModuleFile, AtModuleData:
+		ev, skip, err := g.moduleLoadEvent(t.Hook, regs)
+		if skip {
+			return hit, nil
+		}
+		if err != nil {
+			errs = append(errs, err)
+		}
+		ev.Subject, ev.Time = subj, now
+		hit.events = append(hit.events, ev)
+	case AtModuleDelete:
+		var name string
+		if terr == nil {
+			n, err := readUserString(g.userSpace(task, regs), regs[RegRDI], moduleNameLen)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("the module's name: %w", err))
+			}
+			name = n
+		}
+		ev := mk(event.ClassModule, "unload", "", int64(regs[RegRSI]))
+		ev.Module = name
+		hit.events = append(hit.events, ev)
+	}
+	return hit, errors.Join(errs...)
+}
+
+// File mode and flag bits (include/linux/fs.h, uapi fcntl.h); kernel ABI.
+const (
+	fmodeRead  = 0x1
+	fmodeWrite = 0x2
+	fmodeExec  = 0x20
+	oAppend    = 0o2000
+)
+
+// syscallHookEvent builds the syscall-class event of a hit of AtFileOpen,
+// AtPathMknod or AtExec: which syscall, and its arguments, come from the
+// user registers the task entered the kernel with; the path from the
+// kernel's resolved file. skip says the hit is not the syscall class's to
+// decide here.
+func (g *Gate) syscallHookEvent(t Trap, regs Regs, taskAddr uint64, task linux.Task, now time.Time) (ev event.Event, skip bool, err error) {
+	ev = event.Event{Class: event.ClassSyscall, Op: t.Syscall.Op, Time: now, Subject: subjectOf(task)}
+	var errs []error
 	var (
 		p       PtRegs
 		compat  bool
 		haveRgs bool
 	)
-	if terr == nil {
-		ra, rerr := g.k.UserRegsAddr(regs[RegGSBase], taskAddr)
-		if rerr == nil {
-			pr := make([]byte, g.ptregs.Size)
-			if _, rerr = g.k.AS.ReadVirtual(ra, pr); rerr == nil {
-				p, rerr = g.ptregs.Decode(pr)
-			}
+	ra, rerr := g.k.UserRegsAddr(regs[RegGSBase], taskAddr)
+	if rerr == nil {
+		pr := make([]byte, g.ptregs.Size)
+		if _, rerr = g.k.AS.ReadVirtual(ra, pr); rerr == nil {
+			p, rerr = g.ptregs.Decode(pr)
 		}
-		if rerr == nil {
-			compat, rerr = g.k.InCompatSyscall(taskAddr)
-		}
-		if rerr != nil {
-			errs = append(errs, fmt.Errorf("user registers: %w", rerr))
-		} else {
-			haveRgs = true
-		}
+	}
+	if rerr == nil {
+		compat, rerr = g.k.InCompatSyscall(taskAddr)
+	}
+	if rerr != nil {
+		errs = append(errs, fmt.Errorf("user registers: %w", rerr))
+	} else {
+		haveRgs = true
 	}
 	sc, known := Syscall{}, false
 	if haveRgs {
@@ -317,11 +623,11 @@ func (g *Gate) hookEvent(t Trap, regs Regs) (ev event.Event, taskAddr uint64, sk
 	case haveRgs && t.Hook != AtExec && isExecCall(p.OrigAX, compat):
 		// An execve opening its program or interpreter: AtExec decides
 		// execs.
-		return ev, taskAddr, true, nil
+		return ev, true, nil
 	case haveRgs && t.Hook == AtPathMknod:
 		// mknod, mkfifo or a unix socket's bind: not an open; the policy
 		// decides those at their handlers if it names them.
-		return ev, taskAddr, true, nil
+		return ev, true, nil
 	case t.Hook == AtExec:
 		// A usermode helper's or init's exec (kernel_execve).
 		ev.Args = []int64{0, 0, 0}
@@ -350,7 +656,7 @@ func (g *Gate) hookEvent(t Trap, regs Regs) (ev event.Event, taskAddr uint64, sk
 		ev.Path = ""
 		errs = append(errs, fmt.Errorf("the file's path: %w", perr))
 	}
-	return ev, taskAddr, false, errors.Join(errs...)
+	return ev, false, errors.Join(errs...)
 }
 
 // eventArgs maps raw arguments to the event's, in the family's signature.

@@ -8,8 +8,12 @@ import (
 // Register names as the gdbstub's x86-64 target description spells them.
 const (
 	RegRAX    = "rax"
+	RegRCX    = "rcx"
+	RegRDX    = "rdx"
 	RegRDI    = "rdi"
 	RegRSI    = "rsi"
+	RegR8     = "r8"
+	RegR9     = "r9"
 	RegRSP    = "rsp"
 	RegRIP    = "rip"
 	RegGSBase = "gs_base"

@@ -1,12 +1,5 @@
 package gate
 
-import (
-	"sort"
-	"strings"
-
-	"github.com/gatevisor/gatevisor/internal/policy"
-)
-
 // atFDCWD is AT_FDCWD as a register value.
 const atFDCWD = -100
 
@@ -66,18 +59,6 @@ var pathArgs = map[string][2]int{
 	"delete_module": {0, -1}, "swapon": {0, -1}, "acct": {0, -1}, "pivot_root": {1, -1},
 }
 
-// wide is what a policy whose syscall rules are not restricted to named
-// syscalls traps: the security-relevant syscalls of the source documents
-// and issue list.
-var wide = []string{
-	"open", "execve", "connect", "bind", "listen", "accept", "accept4",
-	"init_module", "finit_module", "delete_module", "kill", "tkill", "tgkill", "ptrace",
-	"setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid", "setfsuid", "setfsgid",
-	"unlink", "unlinkat", "rename", "renameat", "renameat2", "chmod", "fchmodat", "chown", "fchownat",
-	"mount", "umount2", "pivot_root", "chroot", "reboot", "kexec_load", "kexec_file_load", "bpf",
-	"mknod", "mknodat", "mkdir", "mkdirat", "rmdir", "link", "linkat", "symlink", "symlinkat",
-}
-
 // Expand returns the kernel syscalls that policy name op traps, with how
 // each is reported. A name that is not a family is its own single member.
 func Expand(op string) []Syscall {
@@ -93,159 +74,6 @@ func Expand(op string) []Syscall {
 
 // Handler returns the kernel symbol of a syscall's x86-64 handler.
 func Handler(name string) string { return "__x64_sys_" + name }
-
-// Names computes the syscall names a policy configures, sorted. A policy
-// with no syscall block and no syscall flow configures none (the syscall
-// gate is then off). A syscall-class rule not restricted by opEq or
-// opPrefixEq, or a syscall-class default that is not allow, widens the set
-// to the gate's wide list: trapping every syscall is not an option.
-func Names(spec *policy.Spec) []string {
-	set := map[string]bool{}
-	any := false
-	widen := false
-	for _, b := range spec.Blocks {
-		if b.Class.Name != "syscall" {
-			continue
-		}
-		any = true
-		if b.Op != nil {
-			set[b.Op.Name] = true
-			continue
-		}
-		if b.Default.Kind != policy.ActAllow {
-			widen = true
-		}
-		for _, r := range b.Rules {
-			ops, restricted := opsOf(r.When)
-			if !restricted {
-				widen = true
-			}
-			for _, o := range ops {
-				set[o] = true
-			}
-		}
-	}
-	for _, f := range spec.Flows {
-		for _, m := range flowMatches(f) {
-			if m.Class.Name != "syscall" {
-				continue
-			}
-			any = true
-			if m.Op == nil {
-				widen = true
-			} else {
-				set[m.Op.Name] = true
-			}
-		}
-	}
-	if !any {
-		return nil
-	}
-	if widen {
-		for _, w := range wide {
-			set[w] = true
-		}
-	}
-	// Members of a family are covered by the family when both are named
-	// only if the policy did not name the member itself.
-	out := make([]string, 0, len(set))
-	for n := range set {
-		out = append(out, n)
-	}
-	sort.Strings(out)
-	return out
-}
-
-func flowMatches(f policy.Flow) []policy.EventMatch {
-	var out []policy.EventMatch
-	for _, st := range f.Transitions {
-		out = append(out, st.On)
-	}
-	for _, r := range f.Requires {
-		out = append(out, r.For)
-	}
-	return out
-}
-
-// opsOf returns the ops a condition can match, and whether it is
-// restricted to them at all.
-func opsOf(c policy.Cond) ([]string, bool) {
-	switch c := c.(type) {
-	case *policy.Pred:
-		switch c.Name {
-		case "opEq":
-			var out []string
-			for _, v := range c.Args {
-				out = append(out, v.S)
-			}
-			return out, true
-		case "opPrefixEq":
-			var out []string
-			for _, v := range c.Args {
-				out = append(out, expandPrefix(v.S)...)
-			}
-			return out, true
-		}
-	case *policy.And:
-		l, lr := opsOf(c.L)
-		r, rr := opsOf(c.R)
-		switch {
-		case lr && rr:
-			return intersect(l, r), true
-		case lr:
-			return l, true
-		case rr:
-			return r, true
-		}
-	case *policy.Or:
-		l, lr := opsOf(c.L)
-		r, rr := opsOf(c.R)
-		if lr && rr {
-			return append(l, r...), true
-		}
-	case *policy.Const:
-		if !c.V {
-			return nil, true
-		}
-	}
-	return nil, false
-}
-
-func intersect(a, b []string) []string {
-	var out []string
-	for _, x := range a {
-		for _, y := range b {
-			if x == y {
-				out = append(out, x)
-			}
-		}
-	}
-	return out
-}
-
-// expandPrefix lists the known syscalls (families, path syscalls and the
-// wide list) starting with p.
-func expandPrefix(p string) []string {
-	seen := map[string]bool{}
-	var out []string
-	add := func(n string) {
-		if strings.HasPrefix(n, p) && !seen[n] {
-			seen[n] = true
-			out = append(out, n)
-		}
-	}
-	for n := range families {
-		add(n)
-	}
-	for n := range pathArgs {
-		add(n)
-	}
-	for _, n := range wide {
-		add(n)
-	}
-	sort.Strings(out)
-	return out
-}
 
 // CompatHandlers returns the kernel symbols a syscall's i386 entry may
 // have, preferred first: a compat wrapper when the i386 ABI needs one,

@@ -3,7 +3,8 @@ package gate
 import (
 	"errors"
 	"fmt"
-	"strings"
+	"maps"
+	"slices"
 
 	"golang.org/x/arch/x86/x86asm"
 
@@ -31,9 +32,9 @@ import (
 type entryModel struct {
 	// Stop is the address after the load: the vCPU's rip at the stop.
 	Stop uint64
-	// Args are the registers holding the hook's first two arguments at
-	// Stop ("" when the hook has lost one).
-	Args [2]string
+	// Args are the registers holding the hook's arguments at Stop (""
+	// when the hook has lost one).
+	Args [6]string
 	// Saved are the callee-saved registers the code changed, each with
 	// the offset from rsp at Stop of the slot it pushed the caller's
 	// value to.
@@ -77,19 +78,38 @@ var regNames = func() map[string]string {
 
 var calleeSaved = []string{"rbx", "rbp", "r12", "r13", "r14", "r15"}
 
+// argRegs are the registers of the first six arguments (SysV ABI).
+var argRegs = [6]string{RegRDI, RegRSI, RegRDX, RegRCX, RegR8, RegR9}
+
+// callerSaved are the registers a call may change.
+var callerSaved = []string{"rax", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11"}
+
 // modelEntry decodes code, the first bytes of a hook at entry, up to the
-// instruction that reads the 8-byte list head at head. Pure.
-func modelEntry(code []byte, entry, head uint64) (entryModel, error) {
-	// What each register holds: "arg0", "arg1", "orig" (the caller's value
+// instruction that loads the size-byte variable at watch (the hook's
+// 8-byte list head, or a 4-byte global). Pure.
+//
+// The code before the load may push registers, move and compute in
+// registers, store to memory (its own stack frame), make room on the
+// stack, fill memory with rep stos, branch forward, and call functions
+// directly (their stack effect is balanced; the registers a call may
+// change are forgotten). Anything else refuses the model.
+func modelEntry(code []byte, entry, watch uint64, size int) (entryModel, error) {
+	// What each register holds: "arg0".."arg5", "orig" (the caller's value
 	// of a callee-saved register), or "" (anything else).
-	holds := map[string]string{"rdi": "arg0", "rsi": "arg1"}
+	holds := map[string]string{}
+	for i, r := range argRegs {
+		holds[r] = fmt.Sprintf("arg%d", i)
+	}
 	for _, r := range calleeSaved {
 		holds[r] = "orig"
 	}
 	var (
-		pushes  []pushed
-		depth   uint64
-		forward []uint64 // targets of conditional jumps taken before the load
+		pushes []pushed
+		depth  uint64
+		// forward holds, for each target of a conditional jump taken
+		// before the load, the state the jump carries there; the states
+		// meet at the target (a join).
+		forward = map[uint64][]branchState{}
 	)
 	for off, n := 0, 0; off < len(code); n++ {
 		if n >= maxEntryInsns {
@@ -102,15 +122,28 @@ func modelEntry(code []byte, entry, head uint64) (entryModel, error) {
 		pc := entry + uint64(off)
 		next := pc + uint64(inst.Len)
 		off += inst.Len
-		if mem, ok := inst.Args[1].(x86asm.Mem); ok && inst.Op == x86asm.MOV && mem.Base == x86asm.RIP &&
-			next+uint64(int64(int32(mem.Disp))) == head {
-			dst, ok := regOf(inst.Args[0])
-			if !ok || dst == "rsp" || inst.DataSize != 64 {
-				return entryModel{}, fmt.Errorf("the list head is read by %v", inst)
+		for _, st := range forward[pc] {
+			// A join: a register keeps what it holds only if it holds the
+			// same on every way in; the stack must be the same.
+			if st.depth != depth || !samePushes(st.pushes, pushes) {
+				return entryModel{}, fmt.Errorf("paths joining at %#x leave the stack differently", pc)
 			}
-			for _, t := range forward {
+			for r, v := range holds {
+				if st.holds[r] != v {
+					holds[r] = ""
+				}
+			}
+		}
+		delete(forward, pc)
+		if mem, ok := inst.Args[1].(x86asm.Mem); ok && inst.Op == x86asm.MOV && mem.Base == x86asm.RIP &&
+			next+uint64(int64(int32(mem.Disp))) == watch {
+			dst, ok := regOf(inst.Args[0])
+			if !ok || dst == "rsp" || inst.DataSize != size*8 {
+				return entryModel{}, fmt.Errorf("the watched variable is read by %v", inst)
+			}
+			for t := range forward {
 				if t <= pc {
-					return entryModel{}, fmt.Errorf("a jump before the load joins at %#x", t)
+					return entryModel{}, fmt.Errorf("a jump before the load lands inside an instruction at %#x", t)
 				}
 			}
 			holds[dst] = ""
@@ -126,13 +159,24 @@ func modelEntry(code []byte, entry, head uint64) (entryModel, error) {
 				}
 			}
 		case x86asm.TEST, x86asm.CMP:
+		case x86asm.CALL:
+			if _, ok := inst.Args[0].(x86asm.Rel); !ok {
+				return entryModel{}, fmt.Errorf("an indirect call before the load: %v", inst)
+			}
+			for _, r := range callerSaved {
+				holds[r] = ""
+			}
+		case x86asm.STOSB, x86asm.STOSW, x86asm.STOSD, x86asm.STOSQ:
+			// (rep) stos fills memory at rdi: rdi and rcx change.
+			holds["rdi"], holds["rcx"] = "", ""
 		case x86asm.JA, x86asm.JAE, x86asm.JB, x86asm.JBE, x86asm.JE, x86asm.JG, x86asm.JGE, x86asm.JL, x86asm.JLE,
 			x86asm.JNE, x86asm.JNO, x86asm.JNP, x86asm.JNS, x86asm.JO, x86asm.JP, x86asm.JS:
 			rel, ok := inst.Args[0].(x86asm.Rel)
 			if !ok || int64(rel) <= 0 {
 				return entryModel{}, fmt.Errorf("a backward or indirect branch before the load: %v", inst)
 			}
-			forward = append(forward, next+uint64(int64(rel)))
+			target := next + uint64(int64(rel))
+			forward[target] = append(forward[target], branchState{holds: maps.Clone(holds), pushes: slices.Clone(pushes), depth: depth})
 		case x86asm.SUB:
 			if r, ok := regOf(inst.Args[0]); ok && r == "rsp" {
 				imm, ok := inst.Args[1].(x86asm.Imm)
@@ -164,6 +208,15 @@ func modelEntry(code []byte, entry, head uint64) (entryModel, error) {
 	return entryModel{}, errors.New("no read of the list head")
 }
 
+// branchState is what the model knows on a jump's way to its target.
+type branchState struct {
+	holds  map[string]string
+	pushes []pushed
+	depth  uint64
+}
+
+func samePushes(a, b []pushed) bool { return slices.Equal(a, b) }
+
 // pushed is a callee-saved register pushed with the caller's value.
 type pushed struct {
 	reg   string
@@ -172,8 +225,8 @@ type pushed struct {
 
 func finishModel(stop uint64, holds map[string]string, pushes []pushed, depth uint64) (entryModel, error) {
 	m := entryModel{Stop: stop, RetOff: depth}
-	for i, want := range []string{"arg0", "arg1"} {
-		orig := [2]string{"rdi", "rsi"}[i]
+	for i := range argRegs {
+		want, orig := fmt.Sprintf("arg%d", i), argRegs[i]
 		if holds[orig] == want {
 			m.Args[i] = orig
 			continue
@@ -219,32 +272,47 @@ func regOf(a x86asm.Arg) (string, bool) {
 
 // hookWatch is how a hook is trapped by a watchpoint.
 type hookWatch struct {
-	head  uint64 // the list head's address
+	head  uint64 // the watched variable's address (the list head)
+	size  int    // its size in bytes: 8 for a list head
 	model entryModel
 }
 
 // hookWatches plans a read watchpoint for each hook whose entry code
-// modelEntry understands, on a kernel whose BTF has security_hook_heads.
+// modelEntry understands: on its security_hook_heads member, or on the
+// global hookDefs names for it.
 func hookWatches(k *linux.Kernel, hooks map[Hook]uint64) map[Hook]hookWatch {
 	out := map[Hook]hookWatch{}
-	heads, err := k.Addr("security_hook_heads")
-	if err != nil {
-		return out
-	}
+	heads, herr := k.Addr("security_hook_heads")
 	for h, entry := range hooks {
-		off, err := k.Profile.FieldOffset("security_hook_heads." + strings.TrimPrefix(h.String(), "security_"))
-		if err != nil {
+		var (
+			addr uint64
+			size = 8
+		)
+		switch d := hookDefs[h]; {
+		case d.watchVar != "":
+			a, err := k.Addr(d.watchVar)
+			if err != nil {
+				continue
+			}
+			addr, size = a, 4
+		case herr == nil:
+			off, err := k.Profile.FieldOffset("security_hook_heads." + d.head)
+			if err != nil {
+				continue
+			}
+			addr = heads + off
+		default:
 			continue
 		}
 		code := make([]byte, maxEntryBytes)
 		if _, err := k.AS.ReadVirtual(entry, code); err != nil {
 			continue
 		}
-		m, err := modelEntry(code, entry, heads+off)
+		m, err := modelEntry(code, entry, addr, size)
 		if err != nil {
 			continue
 		}
-		out[h] = hookWatch{head: heads + off, model: m}
+		out[h] = hookWatch{head: addr, size: size, model: m}
 	}
 	return out
 }
@@ -256,9 +324,11 @@ func watchArgs(t Trap, regs Regs) Regs {
 	for k, v := range regs {
 		out[k] = v
 	}
-	for i, r := range [2]string{RegRDI, RegRSI} {
+	for i, r := range argRegs {
 		if src := t.model.Args[i]; src != "" {
 			out[r] = regs[src]
+		} else {
+			delete(out, r) // lost: reading it would read another value
 		}
 	}
 	return out

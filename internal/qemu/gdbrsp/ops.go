@@ -286,6 +286,9 @@ const (
 	Software BreakpointKind = 0
 	// Hardware is a hardware breakpoint (Z1).
 	Hardware BreakpointKind = 1
+	// WriteWatch is a write watchpoint (Z2), "watch" in the stop reply:
+	// the vCPU stops after an instruction that wrote the watched bytes.
+	WriteWatch BreakpointKind = 2
 	// ReadWatch is a read watchpoint (Z3): the vCPU stops after an
 	// instruction that read the watched bytes, with a T05 stop reply whose
 	// "rwatch" pair names the address. QEMU offers it under TCG only (x86
@@ -299,7 +302,7 @@ const (
 )
 
 func (k BreakpointKind) valid() bool {
-	return k == Software || k == Hardware || k == ReadWatch || k == AccessWatch
+	return k == Software || k == Hardware || k == WriteWatch || k == ReadWatch || k == AccessWatch
 }
 
 // SetBreakpoint inserts a breakpoint at addr, a virtual (in real mode:
@@ -314,7 +317,7 @@ func (c *Client) ClearBreakpoint(ctx context.Context, kind BreakpointKind, addr 
 	return c.breakpoint(ctx, 'z', kind, addr)
 }
 
-// SetWatchpoint inserts a watchpoint of kind (ReadWatch, AccessWatch) on the n bytes
+// SetWatchpoint inserts a watchpoint of kind (WriteWatch, ReadWatch, AccessWatch) on the n bytes
 // at addr (n: 1, 2, 4 or 8).
 func (c *Client) SetWatchpoint(ctx context.Context, kind BreakpointKind, addr uint64, n int) error {
 	return c.breakpointLen(ctx, 'Z', kind, addr, n)

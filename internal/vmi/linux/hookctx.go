@@ -205,3 +205,39 @@ func (k *Kernel) ChildPath(dir, dentry uint64) (string, error) {
 	}
 	return k.PathOf(mnt, dentry)
 }
+
+// FileMode returns the struct file's f_mode (FMODE_READ, FMODE_WRITE,
+// FMODE_EXEC, ...).
+func (k *Kernel) FileMode(file uint64) (uint32, error) {
+	off, err := k.Profile.FieldOffset("file.f_mode")
+	if err != nil {
+		return 0, err
+	}
+	if !k.kernelPointer(file) {
+		return 0, fmt.Errorf("%w: file %#x is not a kernel pointer", ErrInconsistent, file)
+	}
+	return vmi.ReadU32(k.AS, file+off)
+}
+
+// PathAt returns the path of the struct path at p ({vfsmnt, dentry}), as
+// the path LSM hooks (security_path_truncate, _chmod, _chown,
+// security_inode_getattr) receive it.
+func (k *Kernel) PathAt(p uint64) (string, error) {
+	f := &fields{p: k.Profile}
+	mnt, dent := f.off("path.mnt"), f.off("path.dentry")
+	if f.err != nil {
+		return "", fmt.Errorf("linux: path layout: %w", f.err)
+	}
+	if !k.kernelPointer(p) {
+		return "", fmt.Errorf("%w: struct path %#x is not a kernel pointer", ErrInconsistent, p)
+	}
+	vfsmnt, err := vmi.ReadU64(k.AS, p+mnt)
+	if err != nil {
+		return "", fmt.Errorf("linux: read struct path %#x: %w", p, err)
+	}
+	dentry, err := vmi.ReadU64(k.AS, p+dent)
+	if err != nil {
+		return "", fmt.Errorf("linux: read struct path %#x: %w", p, err)
+	}
+	return k.PathOf(vfsmnt, dentry)
+}
