@@ -56,8 +56,35 @@ type Status struct {
 	RuntimeDir  string     `json:"runtime_dir"`
 	ConsoleLog  string     `json:"console_log,omitempty"`
 	Net         *NetStatus `json:"net,omitempty"` // nil without a network
-	// SyscallGate is nil until a policy with syscall rules was loaded.
+	// SyscallGate is nil until a policy with kernel-gate rules was loaded.
 	SyscallGate *SyscallGateStatus `json:"syscall_gate,omitempty"`
+	// Policy is the policy snapshot in force (nil: none, every gated
+	// event is denied and only the owner and root may call the API).
+	Policy *PolicyStatus `json:"policy,omitempty"`
+	// Gates says, per gate, whether it is armed and with what.
+	Gates []GateStatus `json:"gates,omitempty"`
+}
+
+// PolicyStatus is the policy snapshot in force: what every gate enforces.
+type PolicyStatus struct {
+	Digest string   `json:"digest"` // sha256 over every file read
+	Seq    uint64   `json:"seq"`    // the security server's sequence number
+	Path   string   `json:"path,omitempty"`
+	Files  []string `json:"files"` // the root and its includes
+	// NotEnforced lists statements of advisory classes that no gate of this
+	// VM enforces (accepted because the policy marks them advisory).
+	NotEnforced []string `json:"not_enforced,omitempty"`
+}
+
+// GateStatus is one gate of the VM.
+type GateStatus struct {
+	Name  string `json:"name"` // kernel, net, api
+	Armed bool   `json:"armed"`
+	// Traps and Watchpoints count the kernel gate's traps in place.
+	Traps       int      `json:"traps,omitempty"`
+	Watchpoints int      `json:"watchpoints,omitempty"`
+	Classes     []string `json:"classes,omitempty"` // event classes it decides
+	Note        string   `json:"note,omitempty"`    // why it is not armed, when it is not
 }
 
 // SyscallGateStatus is the syscall gate's breakpoints and counters. Every

@@ -31,12 +31,16 @@ type Breakpoint struct {
 	Syscall    string `json:"syscall"`
 	Addr       string `json:"addr"`
 	PhysAddr   string `json:"phys_addr,omitempty"`
+	// Classes are the event classes the trap decides (syscall, file,
+	// exec, module).
+	Classes []string `json:"classes,omitempty"`
 }
 
 // PolicyResult says what a load changed.
 type PolicyResult struct {
 	Seq         uint64       `json:"seq"`
 	Path        string       `json:"path"`
+	Digest      string       `json:"digest,omitempty"` // the snapshot's sha256 over every file read
 	Syscalls    []string     `json:"syscalls"`
 	Breakpoints []Breakpoint `json:"breakpoints"`
 	Missing     []string     `json:"missing,omitempty"`

@@ -15,10 +15,13 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/gatevisor/gatevisor/internal/event"
+	"github.com/gatevisor/gatevisor/internal/kit"
+	"github.com/gatevisor/gatevisor/internal/monitor"
 	"github.com/gatevisor/gatevisor/internal/policy"
 	"github.com/gatevisor/gatevisor/internal/safefile"
 	"github.com/gatevisor/gatevisor/internal/secserver"
 	"github.com/gatevisor/gatevisor/internal/termtext"
+	"github.com/gatevisor/gatevisor/internal/vmi/linux"
 )
 
 func init() { addSubcommand(newPolicyCmd) }
@@ -97,19 +100,93 @@ func readCapped(file string, max int64) ([]byte, error) {
 }
 
 func newPolicyCheckCmd() *cobra.Command {
-	return &cobra.Command{
+	var (
+		kernel string
+		noNet  bool
+		strict bool
+	)
+	cmd := &cobra.Command{
 		Use:   "check FILE",
-		Short: "Parse and compile a policy; report errors as file:line:col",
-		Args:  cobra.ExactArgs(1),
+		Short: "Parse and compile a policy; report errors as file:line:col, and what no gate would enforce",
+		Long: `Parse and compile a policy, then check every statement against what the
+gates of a VM observe: the kernel gate (syscalls, file ops, execs, module
+loads and unloads, on the kernel given with --kernel or the default kit's),
+the network gate (assumed present: a VM started with --net; --no-net checks
+for a VM without one), the API gate. A statement no gate would enforce is
+printed as a warning; 'run --policy' and 'policy load' refuse such a
+policy unless its class is marked advisory. Exit status: 0 when it
+compiles (1 with --strict and a warning), 1 on an error.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			pol, err := loadPolicy(args[0])
 			if err != nil {
 				return withExitCode(1, err)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s: ok (%d rules, %d flows)\n", args[0], pol.Rules(), len(pol.Flows()))
+			prof, kname, note := checkKernel(kernel)
+			cov := monitor.Coverage(prof, kname, !noNet)
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "%s: ok (%d rules, %d flows)\n", args[0], pol.Rules(), len(pol.Flows()))
+			if note != "" {
+				fmt.Fprintln(out, "note:", note)
+			}
+			problems := pol.Check(cov)
+			warned := 0
+			for _, p := range problems {
+				kind := "warning"
+				if p.Advisory {
+					kind = "advisory"
+				} else {
+					warned++
+				}
+				fmt.Fprintf(out, "%s: %s\n", kind, termtext.Escape(p.String()))
+			}
+			var byDefault []string
+			for _, n := range pol.Needs() {
+				if _, observed := cov.Observers[n.Class]; n.Default && observed && n.Class != event.ClassSyscall {
+					byDefault = append(byDefault, n.Class.String())
+				}
+			}
+			if len(byDefault) > 0 {
+				fmt.Fprintf(out, "note: the global default decides every %s event no rule decides (a policy with default deny and no `file default: allow` lets the guest open no file)\n", strings.Join(byDefault, ", "))
+			}
+			if !noNet && pol.Uses(event.ClassNet) {
+				fmt.Fprintln(out, "note: the net rules are enforced only on a VM started with --net (without it, run --policy refuses them)")
+			}
+			if warned > 0 && strict {
+				return withExitCode(1, fmt.Errorf("%d statement(s) no gate would enforce", warned))
+			}
 			return nil
 		},
 	}
+	f := cmd.Flags()
+	f.StringVar(&kernel, "kernel", "", "check against this guest kernel (bzImage; default: the default kit's, if built)")
+	f.BoolVar(&noNet, "no-net", false, "check for a VM without --net (net rules are then not enforceable)")
+	f.BoolVar(&strict, "strict", false, "exit 1 when a statement would not be enforced")
+	return cmd
+}
+
+// checkKernel loads the profile policy check checks syscall names and
+// hooks against: --kernel, else the default kit's kernel when the kit is
+// built (never building it). nil with a note when there is none.
+func checkKernel(path string) (*linux.Profile, string, string) {
+	if path == "" {
+		dir, err := kit.CacheDir()
+		if err == nil {
+			if kdir, err := kit.DefaultDir(dir); err == nil {
+				if k, err := kit.Load(kdir); err == nil {
+					path = k.Kernel
+				}
+			}
+		}
+	}
+	if path == "" {
+		return nil, "", "no guest kernel to check system call names against (run 'gatevisor kit build' or pass --kernel)"
+	}
+	prof, err := linux.LoadProfile(path, "")
+	if err != nil {
+		return nil, "", fmt.Sprintf("kernel %s: %v; system call names not checked", path, err)
+	}
+	return prof, filepath.Base(path), ""
 }
 
 // testCase is one line of a CASES file (JSON lines; blank lines and lines

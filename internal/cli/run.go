@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -17,9 +18,11 @@ import (
 	"golang.org/x/term"
 
 	"github.com/gatevisor/gatevisor/internal/accel"
+	"github.com/gatevisor/gatevisor/internal/audit"
 	"github.com/gatevisor/gatevisor/internal/kit"
 	"github.com/gatevisor/gatevisor/internal/monitor"
 	"github.com/gatevisor/gatevisor/internal/qemu"
+	"github.com/gatevisor/gatevisor/internal/safefile"
 	"github.com/gatevisor/gatevisor/internal/vmdir"
 )
 
@@ -35,6 +38,8 @@ type runOptions struct {
 	consoleLog, readyMarker    string
 	idsInterval                time.Duration
 	net, policy, auditLog      string
+	auditMaxSize               string
+	auditKeep                  int
 	netNoGate                  bool
 }
 
@@ -72,6 +77,8 @@ returns once the guest is ready.`,
 	f.StringVar(&o.net, "net", "", "guest network: isolated[:NAME] (gatevisor's own virtual network, no route off the machine), user (NAT to the host's network; the host's 127.0.0.1 is 192.168.127.254), tap:IF (an existing tap device; needs root); none by default; every mode goes through the network gate")
 	f.StringVar(&o.policy, "policy", "", "security-server policy file for the gates (without one, every gated event is denied)")
 	f.StringVar(&o.auditLog, "audit-log", "", "audit log file (default: audit.jsonl in the VM's state directory)")
+	f.StringVar(&o.auditMaxSize, "audit-max-size", "64M", "rotate the audit log at this size (e.g. 64M, 1G)")
+	f.IntVar(&o.auditKeep, "audit-keep", 5, "rotated audit log files to keep; older evidence is pruned, and the chain records it")
 	f.BoolVar(&o.netNoGate, "net-no-gate", false, "benchmarks only: connect the NIC to the network without the network gate")
 	_ = f.MarkHidden("net-no-gate")
 	f.BoolVar(&o.detachedChild, "detached-child", false, "internal: the background half of --detach")
@@ -79,21 +86,34 @@ returns once the guest is ready.`,
 	return cmd
 }
 
+// guest is what resolveGuest picks.
+type guest struct {
+	kernel, initrd, appendArgs string
+	// kitModules are the SHA-256s of the default kit's modules (none for a
+	// user's own kernel and initrd).
+	kitModules []string
+}
+
 // resolveGuest picks kernel, initrd and command line, building the default
 // kit when no kernel is given. It returns a cleanup for temporary files.
-func resolveGuest(ctx context.Context, o *runOptions) (kernel, initrd, appendArgs string, cleanup func(), err error) {
+func resolveGuest(ctx context.Context, o *runOptions) (g guest, cleanup func(), err error) {
+	kernel, initrd, appendArgs, mods, cleanup, err := resolveGuestFiles(ctx, o)
+	return guest{kernel, initrd, appendArgs, mods}, cleanup, err
+}
+
+func resolveGuestFiles(ctx context.Context, o *runOptions) (kernel, initrd, appendArgs string, mods []string, cleanup func(), err error) {
 	cleanup = func() {}
 	adds := make([]kit.FileSpec, 0, len(o.adds))
 	for _, a := range o.adds {
 		fs, err := kit.ParseFileSpec(a)
 		if err != nil {
-			return "", "", "", cleanup, err
+			return "", "", "", nil, cleanup, err
 		}
 		adds = append(adds, fs)
 	}
 	if o.kernel == "" {
 		if o.initrd != "" {
-			return "", "", "", cleanup, errors.New("--initrd needs --kernel: pass both, or neither to use the default kit")
+			return "", "", "", nil, cleanup, errors.New("--initrd needs --kernel: pass both, or neither to use the default kit")
 		}
 		var progress io.Writer
 		if !o.detachedChild {
@@ -101,16 +121,19 @@ func resolveGuest(ctx context.Context, o *runOptions) (kernel, initrd, appendArg
 		}
 		k, err := kit.EnsureDefault(ctx, kit.Options{Progress: progress})
 		if err != nil {
-			return "", "", "", cleanup, err
+			return "", "", "", nil, cleanup, err
 		}
 		kernel, initrd, appendArgs = k.Kernel, k.Initrd, k.Append
+		for _, m := range k.Manifest.Modules {
+			mods = append(mods, m.SHA256)
+		}
 	} else {
 		if err := kit.CheckBzImage(o.kernel); err != nil {
-			return "", "", "", cleanup, fmt.Errorf("--kernel %s: %w: pass a bzImage such as /boot/vmlinuz-*", o.kernel, err)
+			return "", "", "", nil, cleanup, fmt.Errorf("--kernel %s: %w: pass a bzImage such as /boot/vmlinuz-*", o.kernel, err)
 		}
 		if o.initrd != "" {
 			if _, err := os.Stat(o.initrd); err != nil {
-				return "", "", "", cleanup, fmt.Errorf("--initrd: %w", err)
+				return "", "", "", nil, cleanup, fmt.Errorf("--initrd: %w", err)
 			}
 		}
 		kernel, initrd, appendArgs = o.kernel, o.initrd, kit.DefaultAppend
@@ -120,17 +143,17 @@ func resolveGuest(ctx context.Context, o *runOptions) (kernel, initrd, appendArg
 	}
 	if len(adds) > 0 {
 		if initrd == "" {
-			return "", "", "", cleanup, errors.New("--add needs an initramfs: use the default kit or pass --initrd")
+			return "", "", "", nil, cleanup, errors.New("--add needs an initramfs: use the default kit or pass --initrd")
 		}
 		f, err := os.CreateTemp("", "gatevisor-initrd-*")
 		if err != nil {
-			return "", "", "", cleanup, fmt.Errorf("--add: %w", err)
+			return "", "", "", nil, cleanup, fmt.Errorf("--add: %w", err)
 		}
 		f.Close()
 		cleanup = func() { os.Remove(f.Name()) }
 		if err := kit.AppendFiles(initrd, adds, f.Name()); err != nil {
 			cleanup()
-			return "", "", "", func() {}, err
+			return "", "", "", nil, func() {}, err
 		}
 		initrd = f.Name()
 	}
@@ -138,7 +161,7 @@ func resolveGuest(ctx context.Context, o *runOptions) (kernel, initrd, appendArg
 	if initrd != "" {
 		initrd, _ = filepath.Abs(initrd)
 	}
-	return kernel, initrd, appendArgs, cleanup, nil
+	return kernel, initrd, appendArgs, mods, cleanup, nil
 }
 
 func runVM(ctx context.Context, o *runOptions) error {
@@ -168,15 +191,40 @@ func runVM(ctx context.Context, o *runOptions) error {
 	} else if e, err := vmdir.Lookup(root, o.name); err == nil && e.Live {
 		return fmt.Errorf("%w: %q (monitor pid %d); stop it with 'gatevisor stop %s' or choose another --name", vmdir.ErrRunning, o.name, e.State.MonitorPID, o.name)
 	}
+	if err := qemu.CheckCmdline(o.appendArgs); err != nil {
+		return fmt.Errorf("--append: %w", err)
+	}
+	for _, f := range []struct{ flag, path string }{{"--policy", o.policy}, {"--initrd", o.initrd}} {
+		if f.path == "" {
+			continue
+		}
+		if err := safefile.CheckRegular(f.path); err != nil {
+			return fmt.Errorf("%s: %w", f.flag, err)
+		}
+	}
+	if o.stopTimeout <= 0 {
+		return fmt.Errorf("--stop-timeout %v: give a positive duration such as 30s (how long an ACPI shutdown may take)", o.stopTimeout)
+	}
+	if o.readyTimeout <= 0 {
+		return fmt.Errorf("--ready-timeout %v: give a positive duration such as 5m", o.readyTimeout)
+	}
+	auditMax, err := parseSize(o.auditMaxSize)
+	if err != nil || auditMax < 64<<10 {
+		return fmt.Errorf("--audit-max-size %q: give a size of at least 64K, such as 64M or 1G", o.auditMaxSize)
+	}
+	if o.auditKeep < 1 || o.auditKeep > audit.MaxKeep {
+		return fmt.Errorf("--audit-keep %d: keep 1 to %d rotated files", o.auditKeep, audit.MaxKeep)
+	}
 	if o.detach {
 		return detach(ctx, o)
 	}
 
-	kernel, initrd, appendArgs, cleanup, err := resolveGuest(ctx, o)
+	g, cleanup, err := resolveGuest(ctx, o)
 	if err != nil {
 		return err
 	}
 	defer cleanup()
+	kernel, initrd, appendArgs := g.kernel, g.initrd, g.appendArgs
 	choice, err := accel.Choose(mode)
 	if err != nil {
 		return err
@@ -198,6 +246,7 @@ func runVM(ctx context.Context, o *runOptions) error {
 		Name: o.name, MemMiB: memMiB, CPUs: o.cpus, Accel: choice, Kernel: kernel, Initrd: initrd, Append: appendArgs,
 		QEMUBinary: qemuBin, ConsoleLog: logPath, Log: os.Stderr, ReadyMarker: o.readyMarker,
 		IDSInterval: o.idsInterval, EventsLog: filepath.Join(dir, "events.jsonl"),
+		AuditMaxSize: auditMax, AuditKeep: o.auditKeep, KitModules: g.kitModules,
 	}
 	if cfg.Net, err = monitor.ParseNet(o.net); err != nil {
 		return err
@@ -256,7 +305,7 @@ func detach(ctx context.Context, o *runOptions) error {
 		return err
 	}
 	logPath := filepath.Join(dir, "monitor.log")
-	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	logf, err := safefile.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return fmt.Errorf("--detach: monitor log: %w", err)
 	}
@@ -292,7 +341,11 @@ func detach(ctx context.Context, o *runOptions) error {
 		select {
 		case err := <-exited:
 			tail, _ := os.ReadFile(logPath)
-			return fmt.Errorf("the background monitor exited (%v) before the guest was ready:\n%s", err, lastLines(string(tail), 10))
+			how := "with status 0"
+			if err != nil {
+				how = err.Error()
+			}
+			return fmt.Errorf("the background monitor exited (%s) before the guest was ready:\n%s", how, lastLines(string(tail), 10))
 		case <-deadline:
 			return fmt.Errorf("the guest was not ready within %v; it is still running: see 'gatevisor status %s' and its console log, or 'gatevisor stop %s'", o.readyTimeout, o.name, o.name)
 		case <-ctx.Done():
@@ -322,4 +375,21 @@ func lastLines(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// parseSize parses a size in bytes such as 65536, 64K, 64M or 1G.
+func parseSize(s string) (int64, error) {
+	t := strings.ToUpper(strings.TrimSpace(s))
+	mult := int64(1)
+	for suf, m := range map[string]int64{"K": 1 << 10, "M": 1 << 20, "G": 1 << 30} {
+		if v, ok := strings.CutSuffix(strings.TrimSuffix(t, "IB"), suf); ok {
+			t, mult = v, m
+			break
+		}
+	}
+	n, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || n <= 0 || n > (1<<50)/mult {
+		return 0, fmt.Errorf("size %q: give a size such as 64M or 1G", s)
+	}
+	return n * mult, nil
 }

@@ -75,6 +75,11 @@ acpid -l /run/acpid.log || say "acpid failed to start: power button will not wor
 httpd -p 80 -h /www || say "httpd failed to start"
 telnetd -p 23 -l /bin/login || say "telnetd failed to start"
 
+# The device's own start-up, if it ships one (run --add ./rc.local:/etc/rc.local).
+if [ -x /etc/rc.local ]; then
+	/etc/rc.local || say "/etc/rc.local failed with status $?"
+fi
+
 say ready
 `
 

@@ -33,8 +33,8 @@ import (
 )
 
 // FormatVersion is the kit layout version recorded in manifest.json; a kit
-// with another version is rebuilt.
-const FormatVersion = 1
+// with another version is rebuilt. 2: init runs /etc/rc.local.
+const FormatVersion = 2
 
 // DefaultAppend is the default kernel command line. "quiet" keeps boot
 // messages off the slow emulated serial port; KASLR stays enabled (no

@@ -28,10 +28,11 @@ type debugger struct {
 	done chan struct{}
 	logf func(string, ...any)
 
-	// trap handles a breakpoint stop of thread (vCPU index+1); it is
-	// called on the run goroutine with the VM stopped, and returns
-	// whether the stop was one of its breakpoints.
-	trap func(ctx context.Context, g *gdbrsp.Client, thread int) (bool, error)
+	// trap handles a breakpoint or watchpoint stop; it is called on the
+	// run goroutine with the VM stopped, and returns whether the stop was
+	// one of its traps. An error wrapping errKeepStopped leaves the VM
+	// stopped: the monitor fails closed and ends the VM.
+	trap func(ctx context.Context, g *gdbrsp.Client, sr gdbrsp.StopReply) (bool, error)
 
 	mu     sync.Mutex // guards the counters below
 	traps  uint64     // breakpoint stops handled
@@ -43,6 +44,11 @@ type dbgReq struct {
 	f    func(context.Context, *gdbrsp.Client) error
 	done chan error
 }
+
+// errKeepStopped, wrapped by a trap handler's error, says the VM must not
+// run on (a gate could not be armed or enforced): the debugger leaves it
+// stopped.
+var errKeepStopped = errors.New("the VM is kept stopped")
 
 // errDebuggerGone means the gdbstub connection is over.
 var errDebuggerGone = errors.New("the gdbstub connection is closed")
@@ -99,16 +105,19 @@ func (d *debugger) onStop(sr gdbrsp.StopReply) {
 		d.mu.Unlock()
 		return
 	}
-	thread := sr.Thread
-	if thread <= 0 {
-		thread = 1
+	if sr.Thread <= 0 {
+		sr.Thread = 1
 	}
-	if _, err := d.trap(ctx, d.gdb, thread); err != nil {
-		d.logf("syscall gate: vCPU %d: %v", thread-1, err)
+	_, err := d.trap(ctx, d.gdb, sr)
+	if err != nil {
+		d.logf("kernel gate: vCPU %d: %v", sr.Thread-1, err)
 	}
 	d.mu.Lock()
 	d.traps++
 	d.mu.Unlock()
+	if errors.Is(err, errKeepStopped) {
+		return
+	}
 	// A T05 that is not at one of our breakpoints (a single-step's end,
 	// a breakpoint removed meanwhile) resumes too.
 	if err := d.gdb.Continue(ctx); err != nil && !errors.Is(err, gdbrsp.ErrRunning) {

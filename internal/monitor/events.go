@@ -9,7 +9,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gatevisor/gatevisor/internal/event"
+	gate "github.com/gatevisor/gatevisor/internal/gate/syscall"
 	"github.com/gatevisor/gatevisor/internal/ids"
+	"github.com/gatevisor/gatevisor/internal/safefile"
 )
 
 // eventHistory is how many recent events are kept for `gatevisor events`.
@@ -27,7 +30,7 @@ type eventBus struct {
 func newEventBus(logPath string) (*eventBus, error) {
 	b := &eventBus{subs: map[chan []byte]bool{}}
 	if logPath != "" {
-		f, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+		f, err := safefile.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 		if err != nil {
 			return nil, fmt.Errorf("events log: %w", err)
 		}
@@ -175,4 +178,82 @@ func (m *Monitor) snapshot() (*ids.Snapshot, error) {
 // Events implements api.VM.
 func (m *Monitor) Events(ctx context.Context, w io.Writer, follow bool, flush func()) error {
 	return m.events.stream(ctx, w, follow, flush)
+}
+
+// Event types of the monitor's own events on the stream (the IDS's are in
+// package ids, the network gate's are "net-<verdict>").
+const (
+	// EventSyscall is a kernel-gate decision of the syscall class; the
+	// other classes the kernel gate decides are "file", "exec" and
+	// "module".
+	EventSyscall = "syscall"
+	// EventAudit says the audit log is near its retention limit, or
+	// rotation pruned evidence.
+	EventAudit = "audit"
+)
+
+// DecisionEvent is one kernel-gate decision worth telling (a deny, a kill,
+// an alert, or an allow the policy marks audit) on the event stream.
+type DecisionEvent struct {
+	Time    time.Time `json:"time"`
+	VM      string    `json:"vm"`
+	Type    string    `json:"type"`
+	Class   string    `json:"class"`
+	PID     int32     `json:"pid"`
+	Comm    string    `json:"comm"`
+	Exe     string    `json:"exe"`
+	UID     uint32    `json:"uid"`
+	Syscall string    `json:"syscall,omitempty"` // the op: a syscall, a file op, load or unload
+	Op      string    `json:"op,omitempty"`
+	Args    []int64   `json:"args,omitempty"`
+	Path    string    `json:"path,omitempty"`
+	Module  string    `json:"module,omitempty"`
+	Hash    string    `json:"hash,omitempty"`
+	Verdict string    `json:"verdict"`
+	Errno   int32     `json:"errno,omitempty"`
+	Rule    string    `json:"rule"`
+	Reason  string    `json:"reason,omitempty"`
+	Error   string    `json:"error,omitempty"`
+}
+
+// NoticeEvent is a monitor notice on the event stream (the audit log near
+// its limit, a gate that failed closed).
+type NoticeEvent struct {
+	Time   time.Time `json:"time"`
+	VM     string    `json:"vm"`
+	Type   string    `json:"type"`
+	Detail string    `json:"detail"`
+}
+
+// publishNotice records a notice of type typ.
+func (m *Monitor) publishNotice(typ, detail string) {
+	if m.events == nil {
+		return
+	}
+	m.events.publishAny(NoticeEvent{Time: time.Now().UTC(), VM: m.cfg.Name, Type: typ, Detail: detail})
+}
+
+// publishDecision records a kernel-gate decision on the event stream.
+func (m *Monitor) publishDecision(d gate.Decided) {
+	ev := d.Event
+	typ := ev.Class.String()
+	e := DecisionEvent{Time: ev.Time, VM: m.cfg.Name, Type: typ, Class: typ, PID: ev.Subject.PID, Comm: ev.Subject.Comm,
+		Exe: ev.Subject.Exe, UID: ev.Subject.UID, Op: ev.Op, Args: ev.Args, Path: ev.Path, Module: ev.Module, Hash: ev.Hash,
+		Verdict: d.Decision.Verdict.String(), Errno: d.Decision.Errno, Rule: d.Decision.Rule, Reason: d.Decision.Reason}
+	if ev.Class == event.ClassSyscall {
+		e.Syscall = ev.Op
+	}
+	if d.ReadErr != nil {
+		e.Error = d.ReadErr.Error()
+	}
+	m.events.publishAny(e)
+}
+
+// publishAny records any JSON-encodable event on the bus.
+func (b *eventBus) publishAny(v any) {
+	line, err := json.Marshal(v)
+	if err != nil {
+		return
+	}
+	b.publishLine(append(line, '\n'))
 }

@@ -72,7 +72,7 @@ func (m *Monitor) inspector(ctx context.Context) (*ids.Inspector, error) {
 	if in.once {
 		return in.insp, in.err
 	}
-	prof, err := ids.LoadKernelProfile(m.cfg.Kernel)
+	prof, err := m.kernelProfile()
 	if err != nil {
 		return nil, fmt.Errorf("profile the guest kernel %s: %w", m.cfg.Kernel, err)
 	}

@@ -22,7 +22,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
@@ -33,7 +32,10 @@ import (
 	"github.com/gatevisor/gatevisor/internal/qemu"
 	"github.com/gatevisor/gatevisor/internal/qemu/gdbrsp"
 	"github.com/gatevisor/gatevisor/internal/qemu/qmp"
+	"github.com/gatevisor/gatevisor/internal/safefile"
+	"github.com/gatevisor/gatevisor/internal/termtext"
 	"github.com/gatevisor/gatevisor/internal/vmdir"
+	"github.com/gatevisor/gatevisor/internal/vmi/linux"
 )
 
 // ReadyMarker is the line the default kit's init prints when the guest is up.
@@ -72,13 +74,26 @@ type Config struct {
 	// Net is the guest's network (see netgate.go); the zero value is none.
 	Net NetOptions
 	// PolicyFile is the security server's policy ("" denies every gated
-	// event); AuditLog receives its audit records.
+	// event); AuditLog receives its audit records. Read once at start,
+	// and checked against this VM's gates before QEMU starts.
 	PolicyFile, AuditLog string
+	// AuditMaxSize and AuditKeep are the audit log's retention: rotate at
+	// this size, keep this many rotated files (0: the audit package's
+	// defaults).
+	AuditMaxSize int64
+	AuditKeep    int
+	// KitModules are the SHA-256s of the kernel modules the guest kit
+	// ships: module loads of them are labelled "kit" for the policy.
+	KitModules []string
 }
 
 // ErrGuestReset means the guest rebooted or panicked; with -no-reboot QEMU
 // stops instead of resetting.
 var ErrGuestReset = errors.New("the guest rebooted or its kernel panicked (QEMU runs with -no-reboot)")
+
+// ErrFailedClosed means a gate could not be armed or enforced and the
+// monitor stopped the VM rather than let it run unguarded.
+var ErrFailedClosed = errors.New("a gate failed closed")
 
 // ErrQEMUDied means QEMU ended without being asked to.
 var ErrQEMUDied = errors.New("qemu exited unexpectedly")
@@ -100,10 +115,17 @@ type Monitor struct {
 	events  *eventBus
 	intro   introspection
 	dbg     *debugger     // owns the gdbstub's run state (debugger.go)
-	sg      syscallGate   // the syscall gate's breakpoints (syscallgate.go)
+	pol     policyState   // the policy in force, its security server and audit log (policy.go)
+	kg      kernelGate    // the kernel gate's traps (kernelgate.go)
 	net     *netState     // nil without --net
 	done    chan struct{} // closed when the VM is over and cleaned up
 	stopCh  chan struct{} // closed when a stop is first requested
+
+	profileMu sync.Mutex     // guards profile
+	profile   *linux.Profile // the guest kernel's, loaded once (kernelProfile)
+
+	kitModules []string // cfg.KitModules
+	failApply  string   // testFailApplyEnv: a gate whose policy step fails (tests)
 
 	mu        sync.Mutex // guards the fields below
 	state     string
@@ -111,12 +133,17 @@ type Monitor struct {
 	stopAsked bool
 	stopReq   chan time.Duration // buffered; a stop request with its timeout
 	exitErr   error
+	failErr   error  // why a gate failed closed (failClosed); the VM's exit error
 	shutdown  string // reason of QEMU's SHUTDOWN event
 }
 
+// logf writes a notice to the monitor's log. Notices carry guest-derived
+// text (paths, names, errors read from guest memory): it is escaped, so
+// that nothing in it can forge a log line or reach the terminal as a
+// control sequence.
 func (m *Monitor) logf(format string, a ...any) {
 	if m.cfg.Log != nil {
-		fmt.Fprintf(m.cfg.Log, "gatevisor: "+format+"\n", a...)
+		fmt.Fprintf(m.cfg.Log, "gatevisor: %s\n", termtext.Escape(fmt.Sprintf(format, a...)))
 	}
 }
 
@@ -130,6 +157,14 @@ func Start(ctx context.Context, cfg Config) (_ *Monitor, err error) {
 	qcfg := &qemu.Config{Binary: cfg.QEMUBinary, Name: cfg.Name, MemMiB: cfg.MemMiB, CPUs: cfg.CPUs, Accel: string(cfg.Accel.Accel),
 		Kernel: cfg.Kernel, Initrd: cfg.Initrd, Append: cfg.Append}
 	if err := qcfg.Validate(); err != nil {
+		return nil, err
+	}
+	m.kitModules, m.failApply = cfg.KitModules, os.Getenv(testFailApplyEnv)
+	// The policy is read, compiled and checked against this VM's gates
+	// before anything is created: a policy that does not parse or that
+	// states a rule no gate enforces starts nothing.
+	snap, err := m.prepareStartPolicy()
+	if err != nil {
 		return nil, err
 	}
 	root, err := vmdir.Root()
@@ -155,14 +190,14 @@ func Start(ctx context.Context, cfg Config) (_ *Monitor, err error) {
 		return nil, err
 	}
 	if cfg.ConsoleLog != "" {
-		if err := os.MkdirAll(filepath.Dir(cfg.ConsoleLog), 0o700); err != nil {
-			return nil, fmt.Errorf("console log: %w", err)
-		}
-		if m.logFile, err = os.OpenFile(cfg.ConsoleLog, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600); err != nil {
+		if m.logFile, err = safefile.OpenFile(cfg.ConsoleLog, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600); err != nil {
 			return nil, fmt.Errorf("console log: %w", err)
 		}
 	}
 	if m.events, err = newEventBus(cfg.EventsLog); err != nil {
+		return nil, err
+	}
+	if err := m.openSecurity(snap); err != nil {
 		return nil, err
 	}
 	if err := m.startNet(qcfg); err != nil {
@@ -180,7 +215,16 @@ func Start(ctx context.Context, cfg Config) (_ *Monitor, err error) {
 	m.dbg = newDebugger(m.gdb, m.logf)
 	m.dbg.trap = m.onTrap
 	go m.dbg.run()
-	m.server = api.NewServer(m)
+	var opts api.ServerOptions
+	if snap != nil {
+		// The policy decides every API request (the API gate); other
+		// local users may connect, and get what their roles allow.
+		opts = api.ServerOptions{Authorize: m.authorize, Shared: true}
+		if err := m.dir.Share(); err != nil {
+			return nil, err
+		}
+	}
+	m.server = api.NewServer(m, opts)
 	if err := m.server.Listen(m.dir.File(vmdir.APISocket)); err != nil {
 		return nil, err
 	}
@@ -192,8 +236,8 @@ func Start(ctx context.Context, cfg Config) (_ *Monitor, err error) {
 	if cfg.IDSInterval > 0 {
 		go m.watch(cfg.IDSInterval)
 	}
-	if cfg.PolicyFile != "" {
-		go m.armGate()
+	if m.kernelNeeded(snap) {
+		go m.armAtBoot(snap)
 	}
 	return m, nil
 }
@@ -399,6 +443,8 @@ func (m *Monitor) finish() {
 	m.state = api.StateStopped
 	procErr := m.proc.ExitError()
 	switch {
+	case m.failErr != nil:
+		m.exitErr = fmt.Errorf("%w: %w", ErrFailedClosed, m.failErr)
 	case m.shutdown == "guest-shutdown":
 		m.exitErr = nil
 	case m.shutdown == "guest-reset" || m.shutdown == "guest-panic":
@@ -449,6 +495,11 @@ func (m *Monitor) cleanup() {
 		m.logFile.Close()
 	}
 	m.stopNet()
+	if m.pol.log != nil {
+		if err := m.pol.log.Close(); err != nil {
+			m.logf("audit log: close: %v", err)
+		}
+	}
 	if m.events != nil {
 		m.events.close()
 	}
@@ -516,6 +567,10 @@ func (m *Monitor) Status(ctx context.Context) api.Status {
 	}
 	st.Net = m.netStatus()
 	st.SyscallGate = m.syscallGateStatus()
+	if m.pol.sec != nil {
+		st.Policy = m.policyStatus()
+		st.Gates = m.gatesStatus()
+	}
 	if running {
 		qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		if qs, err := m.qmp.QueryStatus(qctx); err == nil {

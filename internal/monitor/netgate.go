@@ -170,13 +170,9 @@ func (m *Monitor) startNet(qcfg *qemu.Config) error {
 	}
 	ns := &netState{done: make(chan struct{})}
 	m.net = ns
-	sec, err := m.netSecServer()
-	if err != nil {
-		return err
-	}
+	sec := m.pol.sec
 	sock := m.dir.File(NetSocket)
-	var ln net.Listener
-	ln, err = net.Listen("unix", sock)
+	ln, err := net.Listen("unix", sock)
 	if err != nil {
 		return fmt.Errorf("network socket: %w", err)
 	}
@@ -309,7 +305,6 @@ func (m *Monitor) stopNet() {
 			ns.tap.Close()
 		}
 	}
-	m.closeNetSecServer()
 }
 
 // onNetDecision publishes denies, alerts and permissive allows on the event

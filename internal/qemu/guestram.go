@@ -12,6 +12,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/gatevisor/gatevisor/internal/safefile"
 )
 
 // ErrNotRAM is returned for guest-physical addresses that no RAM region covers.
@@ -45,11 +47,11 @@ func RAMDir(preferred string) (string, error) {
 	if err := unix.Statfs(preferred, &st); err == nil && st.Type == unix.TMPFS_MAGIC {
 		return preferred, nil
 	}
-	dir := filepath.Join("/dev/shm", fmt.Sprintf("gatevisor-%d", os.Getuid()))
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", fmt.Errorf("guest RAM directory: %w", err)
-	}
-	if err := os.Chmod(dir, 0o700); err != nil {
+	// /dev/shm is writable by everyone (sticky): another user could plant
+	// this name first, as a link or a directory of theirs. safefile
+	// refuses both.
+	dir := filepath.Join("/dev/shm", fmt.Sprintf("gatevisor-%d", os.Geteuid()))
+	if err := safefile.Dir(dir, 0o700); err != nil {
 		return "", fmt.Errorf("guest RAM directory: %w", err)
 	}
 	return dir, nil

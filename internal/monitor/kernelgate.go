@@ -1,0 +1,507 @@
+package monitor
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gatevisor/gatevisor/internal/api"
+	"github.com/gatevisor/gatevisor/internal/event"
+	gate "github.com/gatevisor/gatevisor/internal/gate/syscall"
+	"github.com/gatevisor/gatevisor/internal/ids"
+	"github.com/gatevisor/gatevisor/internal/policy"
+	"github.com/gatevisor/gatevisor/internal/qemu/gdbrsp"
+	"github.com/gatevisor/gatevisor/internal/secserver"
+	"github.com/gatevisor/gatevisor/internal/vmi"
+	"github.com/gatevisor/gatevisor/internal/vmi/linux"
+)
+
+// kernelGate is the monitor's half of the kernel gate (gate/syscall): the
+// gate, the traps in place, and the boot watchpoint that arms the start
+// policy. Decisions come from the VM's one security server (m.pol.sec).
+type kernelGate struct {
+	mu    sync.Mutex // serialises trap changes; guards the fields below
+	gate  *gate.Gate
+	traps []gate.Trap
+	text  map[uint64][]byte // kernel text at each breakpoint, read before it was set
+
+	cur atomicGate // what the debugger goroutine uses on a hit
+
+	// kernelUp: the kernel has been located and the gate built.
+	kernelUp atomic.Bool
+	// bootWatch is system_state's address while the boot watchpoint is
+	// set (armAtBoot), 0 otherwise.
+	bootWatch atomic.Uint64
+
+	// Counters for api.SyscallGateStatus.
+	stops, decided, skipped, faultIns, handleNanos atomic.Uint64
+}
+
+// armed reports whether any trap is in place.
+func (kg *kernelGate) armed() bool {
+	kg.mu.Lock()
+	defer kg.mu.Unlock()
+	return len(kg.traps) > 0
+}
+
+type atomicGate struct {
+	mu sync.Mutex
+	g  *gate.Gate
+}
+
+func (a *atomicGate) load() *gate.Gate { a.mu.Lock(); defer a.mu.Unlock(); return a.g }
+func (a *atomicGate) store(g *gate.Gate) {
+	a.mu.Lock()
+	a.g = g
+	a.mu.Unlock()
+}
+
+// textBytes is how much kernel text is kept per breakpoint to prove it is
+// restored byte for byte.
+const textBytes = 16
+
+// systemRunning is SYSTEM_RUNNING in the kernel's enum system_states: set
+// by kernel_init after it made kernel text read-only, right before init.
+const systemRunning = 3
+
+// syscallGateStatus returns the kernel gate's counters, nil before any
+// trap was planned.
+func (m *Monitor) syscallGateStatus() *api.SyscallGateStatus {
+	m.kg.mu.Lock()
+	built := m.kg.gate != nil
+	n := len(m.kg.traps)
+	m.kg.mu.Unlock()
+	if !built {
+		return nil
+	}
+	return &api.SyscallGateStatus{Breakpoints: n, Stops: m.kg.stops.Load(), Decided: m.kg.decided.Load(),
+		Skipped: m.kg.skipped.Load(), FaultIns: m.kg.faultIns.Load(), HandleMicros: m.kg.handleNanos.Load() / 1000}
+}
+
+// kernelProfile returns the guest kernel's profile, loading it once.
+func (m *Monitor) kernelProfile() (*linux.Profile, error) {
+	m.profileMu.Lock()
+	defer m.profileMu.Unlock()
+	if m.profile != nil {
+		return m.profile, nil
+	}
+	p, err := ids.LoadKernelProfile(m.cfg.Kernel)
+	if err != nil {
+		return nil, err
+	}
+	m.profile = p
+	return p, nil
+}
+
+// armAtBoot arms the start policy's kernel traps at the moment the guest
+// kernel reaches SYSTEM_RUNNING, with the VM stopped, so that nothing init
+// or any later process does escapes them. It locates the kernel while it
+// boots (KASLR is known once it runs on its own page tables), builds the
+// gate, and sets a write watchpoint on system_state; kernel_init's write
+// of SYSTEM_RUNNING (after boot-time text patching and mark_readonly,
+// right before it starts init) stops the vCPU, and the debugger goroutine
+// arms every trap before it lets the vCPU run on (onBootWatch). If any of
+// this fails, the monitor fails closed: the VM is stopped and ended, and
+// run fails with the reason.
+func (m *Monitor) armAtBoot(snap *policy.Snapshot) {
+	deadline := time.Now().Add(5 * time.Minute)
+	for {
+		select {
+		case <-m.done:
+			return
+		case <-m.stopping():
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+		err := m.locateForGate(context.Background())
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) || m.guestReady() {
+			m.failClosed(fmt.Errorf("the kernel gate cannot be armed: the guest kernel was not located: %w", err))
+			return
+		}
+	}
+	k := m.kg.cur.load().Kernel()
+	va, err := k.Addr("system_state")
+	if err != nil {
+		m.failClosed(fmt.Errorf("the kernel gate cannot be armed: %w", err))
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	m.pol.mu.Lock()
+	defer m.pol.mu.Unlock()
+	err = m.dbg.Do(ctx, func(ctx context.Context, c *gdbrsp.Client) error {
+		if err := c.SetWatchpoint(ctx, gdbrsp.WriteWatch, va, 4); err != nil {
+			return fmt.Errorf("watch system_state: %w", err)
+		}
+		// Set before the read: a write between the two stops the vCPU at
+		// the watchpoint, after this function returns.
+		st, err := vmi.ReadU32(k.AS, va)
+		if err != nil {
+			_ = c.ClearWatchpoint(ctx, gdbrsp.WriteWatch, va, 4)
+			return fmt.Errorf("read system_state: %w", err)
+		}
+		if st >= systemRunning {
+			// Located after the kernel started init: arm now, stopped, but
+			// init has run unguarded for a while. That cannot be undone.
+			_ = c.ClearWatchpoint(ctx, gdbrsp.WriteWatch, va, 4)
+			return fmt.Errorf("the guest kernel reached SYSTEM_RUNNING (state %d) before the kernel gate could be armed", st)
+		}
+		m.kg.bootWatch.Store(va)
+		return nil
+	})
+	if err != nil {
+		m.failClosed(fmt.Errorf("the kernel gate cannot be armed: %w", err))
+	}
+}
+
+// onBootWatch handles a stop at the boot watchpoint: at SYSTEM_RUNNING the
+// start policy's traps are armed before the vCPU continues.
+//
+// Preconditions: on the debugger goroutine, the VM stopped.
+func (m *Monitor) onBootWatch(ctx context.Context, c *gdbrsp.Client, va uint64) error {
+	g := m.kg.cur.load()
+	st, err := vmi.ReadU32(g.Kernel().AS, va)
+	if err != nil {
+		return fmt.Errorf("the kernel gate cannot be armed: read system_state: %w: %w", err, errKeepStopped)
+	}
+	if st < systemRunning {
+		return nil
+	}
+	if err := c.ClearWatchpoint(ctx, gdbrsp.WriteWatch, va, 4); err != nil {
+		return fmt.Errorf("the kernel gate cannot be armed: %w: %w", err, errKeepStopped)
+	}
+	m.kg.bootWatch.Store(0)
+	if !m.pol.mu.TryLock() {
+		// armAtBoot holds it only around setting the watchpoint, with the
+		// VM stopped: it cannot be held now unless a reload runs, which
+		// waits for the kernel (locateForGate) and so for this stop.
+		m.pol.mu.Lock()
+	}
+	defer m.pol.mu.Unlock()
+	snap := m.pol.snap.Load()
+	undo, res, err := m.applyKernelLocked(ctx, c, snap)
+	if err != nil {
+		_ = undo()
+		return fmt.Errorf("the kernel gate cannot be armed at SYSTEM_RUNNING: %w: %w", err, errKeepStopped)
+	}
+	m.logf("kernel gate armed at SYSTEM_RUNNING, before init: %d traps (%d watchpoints) for policy %s", len(res.Breakpoints), watchpoints(res), policyLine(snap))
+	return nil
+}
+
+func watchpoints(res api.PolicyResult) int {
+	n := 0
+	for _, b := range res.Breakpoints {
+		if b.Watchpoint {
+			n++
+		}
+	}
+	return n
+}
+
+// failClosed ends the VM because a gate could not be armed or enforced:
+// the guest does not run on unguarded. Wait returns err.
+func (m *Monitor) failClosed(err error) {
+	m.logf("FAIL CLOSED: %v; stopping the VM", err)
+	m.mu.Lock()
+	if m.failErr == nil {
+		m.failErr = err
+	}
+	m.mu.Unlock()
+	m.RequestStop(0)
+}
+
+// locateForGate locates the guest kernel and builds the gate, once.
+func (m *Monitor) locateForGate(ctx context.Context) error {
+	if m.kg.kernelUp.Load() {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	m.intro.mu.Lock()
+	insp, err := m.inspector(ctx)
+	m.intro.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("the guest kernel cannot be located yet: %w", err)
+	}
+	m.kg.mu.Lock()
+	defer m.kg.mu.Unlock()
+	if m.kg.gate == nil {
+		// A private view of the kernel: no translation cache, since guest
+		// page tables change under a running guest and the IDS's cache is
+		// invalidated only per query.
+		k := *insp.K
+		as := *k.AS
+		as.Cache = nil
+		k.AS = &as
+		g, err := gate.New(&k, m.pol.sec)
+		if err != nil {
+			return err
+		}
+		g.UseWatchpoints(m.maxWatchpoints())
+		if m.kitModules != nil {
+			g.SetKitModules(m.kitModules)
+		}
+		// The call-site scan, when hooks will not be watched, runs now,
+		// while the kernel boots.
+		g.Prepare()
+		m.kg.gate = g
+		m.kg.cur.store(g)
+	}
+	m.kg.kernelUp.Store(true)
+	return nil
+}
+
+// maxWatchpoints is how many hooks may be trapped by watchpoints: none on
+// more than one vCPU (QEMU 7.2's TCG loses concurrent hits), the four debug
+// registers under KVM, as many as the hooks under TCG.
+func (m *Monitor) maxWatchpoints() int {
+	switch {
+	case m.cfg.CPUs > 1:
+		return 0
+	case m.cfg.Accel.Accel == "kvm":
+		return 4
+	}
+	return 64
+}
+
+// applyKernelLocked moves the kernel gate's traps to those snap needs, and
+// returns how to undo the move. The kernel text under every removed
+// breakpoint is compared with the bytes read before it was set.
+//
+// Preconditions: m.pol.mu held; the VM stopped, on the debugger goroutine.
+func (m *Monitor) applyKernelLocked(ctx context.Context, c *gdbrsp.Client, snap *policy.Snapshot) (undo func() error, res api.PolicyResult, err error) {
+	undo = func() error { return nil }
+	kg := &m.kg
+	kg.mu.Lock()
+	defer kg.mu.Unlock()
+	g := kg.gate
+	var traps []gate.Trap
+	if snap != nil && g != nil {
+		traps, res.Missing = g.Plan(snap.Policy)
+	} else if snap != nil && m.kernelNeeded(snap) {
+		return undo, res, errors.New("the kernel gate is not built (the guest kernel was not located)")
+	}
+	if kg.text == nil {
+		kg.text = map[uint64][]byte{}
+	}
+	want := map[uint64]bool{}
+	for _, t := range traps {
+		want[t.Addr] = true
+	}
+	old := kg.traps
+	var added, removed []gate.Trap
+	restored := true
+	undo = func() error {
+		var errs []error
+		for _, t := range added {
+			if err := clearTrap(ctx, c, t); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		for _, t := range removed {
+			if err := setTrap(ctx, c, t); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		kg.mu.Lock()
+		kg.traps = old
+		if g != nil {
+			g.SetTraps(old)
+		}
+		kg.mu.Unlock()
+		return errors.Join(errs...)
+	}
+	fail := func(err error) (func() error, api.PolicyResult, error) {
+		// Undo now, under kg.mu's caller-side release: the returned undo
+		// has nothing left to do.
+		u := undo
+		undo = func() error { return nil }
+		kg.mu.Unlock()
+		uerr := u()
+		kg.mu.Lock()
+		if uerr != nil {
+			return undo, res, fmt.Errorf("%w; undo: %v: %w", err, uerr, errKeepStopped)
+		}
+		return undo, res, err
+	}
+	have := map[uint64]bool{}
+	for _, t := range old {
+		if want[t.Addr] {
+			have[t.Addr] = true
+			continue
+		}
+		if err := clearTrap(ctx, c, t); err != nil {
+			return fail(err)
+		}
+		removed = append(removed, t)
+		if orig, ok := kg.text[t.Addr]; ok && g != nil {
+			now := make([]byte, len(orig))
+			if _, err := g.Kernel().AS.ReadVirtual(t.Addr, now); err != nil || !bytes.Equal(now, orig) {
+				restored = false
+			}
+		}
+	}
+	for _, t := range traps {
+		if have[t.Addr] {
+			continue
+		}
+		orig := make([]byte, textBytes)
+		if _, err := g.Kernel().AS.ReadVirtual(t.Addr, orig); err == nil && t.Watch == 0 {
+			kg.text[t.Addr] = orig
+		}
+		if err := setTrap(ctx, c, t); err != nil {
+			return fail(err)
+		}
+		added = append(added, t)
+	}
+	if err := m.failInjected(gateKernel); err != nil {
+		return fail(err)
+	}
+	for _, t := range removed {
+		delete(kg.text, t.Addr)
+	}
+	kg.traps = traps
+	if g != nil {
+		g.SetTraps(traps)
+	}
+	for _, t := range traps {
+		addr := t.Addr
+		if t.Watch != 0 {
+			addr = t.Watch
+		}
+		bp := api.Breakpoint{Symbol: t.Symbol, Site: t.Site, Watchpoint: t.Watch != 0, Syscall: t.Syscall.Op, Addr: "0x" + strconv.FormatUint(addr, 16)}
+		for _, cl := range []event.Class{event.ClassSyscall, event.ClassFile, event.ClassExec, event.ClassModule} {
+			if t.Classes.Has(cl) {
+				bp.Classes = append(bp.Classes, cl.String())
+			}
+		}
+		if pa, _, err := g.Kernel().AS.Translate(addr); err == nil {
+			bp.PhysAddr = "0x" + strconv.FormatUint(pa, 16)
+		}
+		res.Breakpoints = append(res.Breakpoints, bp)
+	}
+	if snap != nil {
+		for _, c := range []event.Class{event.ClassSyscall} {
+			if ops, _ := snap.Policy.Ops(c, m.pol.cov.Observers[c]); len(ops) > 0 {
+				res.Syscalls = ops
+			}
+		}
+	}
+	res.Removed = len(removed)
+	if res.Removed > 0 {
+		res.TextRestored = &restored
+	}
+	return undo, res, nil
+}
+
+// apply is the kernel gate's step of a policy transaction.
+//
+// Preconditions: as applyKernelLocked.
+func (kg *kernelGate) apply(ctx context.Context, c *gdbrsp.Client, m *Monitor, snap *policy.Snapshot) (func() error, api.PolicyResult, error) {
+	return m.applyKernelLocked(ctx, c, snap)
+}
+
+// setTrap places a trap: a watchpoint on what a hook trapped by one reads
+// first (read or write: KVM's debug registers cannot watch reads alone,
+// and nothing writes a list head once the kernel runs), else a software
+// breakpoint.
+func setTrap(ctx context.Context, c *gdbrsp.Client, t gate.Trap) error {
+	if t.Watch != 0 {
+		return c.SetWatchpoint(ctx, gdbrsp.AccessWatch, t.Watch, t.WatchLen)
+	}
+	return c.SetBreakpoint(ctx, gdbrsp.Software, t.Addr)
+}
+
+// clearTrap removes what setTrap placed.
+func clearTrap(ctx context.Context, c *gdbrsp.Client, t gate.Trap) error {
+	if t.Watch != 0 {
+		return c.ClearWatchpoint(ctx, gdbrsp.AccessWatch, t.Watch, t.WatchLen)
+	}
+	return c.ClearBreakpoint(ctx, gdbrsp.Software, t.Addr)
+}
+
+func (m *Monitor) guestReady() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return !m.readyAt.IsZero()
+}
+
+// onTrap handles a breakpoint or watchpoint stop on the debugger goroutine.
+func (m *Monitor) onTrap(ctx context.Context, c *gdbrsp.Client, sr gdbrsp.StopReply) (bool, error) {
+	if va := m.kg.bootWatch.Load(); va != 0 && sr.Reason == "watch" && sr.Addr == va {
+		return true, m.onBootWatch(ctx, c, va)
+	}
+	g := m.kg.cur.load()
+	if g == nil {
+		return false, nil
+	}
+	if err := c.SetThread(ctx, sr.Thread); err != nil {
+		return false, err
+	}
+	regs, err := c.ReadRegisters(ctx)
+	if err != nil {
+		return false, err
+	}
+	t, ok := g.TrapAt(regs[gate.RegRIP])
+	if !ok {
+		return false, nil
+	}
+	start := time.Now()
+	defer func() { m.kg.handleNanos.Add(uint64(time.Since(start))) }()
+	m.kg.stops.Add(1)
+	out, herr := g.Handle(t, gate.Regs(regs))
+	switch {
+	case out.FaultIn:
+		m.kg.faultIns.Add(1)
+	case out.Skipped:
+		m.kg.skipped.Add(1)
+	default:
+		m.kg.decided.Add(1)
+	}
+	if herr != nil {
+		// The deny cannot be emulated without the return address: kill.
+		out.Writes, out.Step = gate.KillWrites(g.DoGroupExit()), false
+		out.Decision = m.pol.sec.GateFailure(&out.Event, gate.RuleReadError, herr.Error(), 1)
+		out.Decision.Verdict = secserver.Kill
+		out.Decided = append(out.Decided, gate.Decided{Event: out.Event, Decision: out.Decision, ReadErr: herr})
+	}
+	for _, w := range out.MemWrites {
+		var b [8]byte
+		binary.LittleEndian.PutUint64(b[:], w.Value)
+		if err := c.WriteMemory(ctx, w.Addr, b[:]); err != nil {
+			return true, fmt.Errorf("enforce %s on %s: store at %#x: %w", out.Decision.Verdict, out.Event.Op, w.Addr, err)
+		}
+	}
+	for _, w := range out.Writes {
+		if err := c.WriteRegister(ctx, w.Reg, w.Value); err != nil {
+			return true, fmt.Errorf("enforce %s on %s: %w", out.Decision.Verdict, out.Event.Op, err)
+		}
+	}
+	if out.FaultIn {
+		return true, nil // no verdict yet: the call comes back to this trap
+	}
+	if out.Step {
+		if _, err := c.Step(ctx); err != nil {
+			return true, err
+		}
+	}
+	decided := out.Decided
+	if len(decided) == 0 && !out.Skipped {
+		decided = []gate.Decided{{Event: out.Event, Decision: out.Decision, ReadErr: out.ReadErr}}
+	}
+	for _, d := range decided {
+		if d.Decision.Audited || !d.Decision.Allows() || d.Decision.Verdict == secserver.Alert {
+			m.publishDecision(d)
+		}
+	}
+	return true, nil
+}

@@ -1,0 +1,401 @@
+package monitor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gatevisor/gatevisor/internal/api"
+	"github.com/gatevisor/gatevisor/internal/audit"
+	"github.com/gatevisor/gatevisor/internal/event"
+	gate "github.com/gatevisor/gatevisor/internal/gate/syscall"
+	"github.com/gatevisor/gatevisor/internal/policy"
+	"github.com/gatevisor/gatevisor/internal/qemu/gdbrsp"
+	"github.com/gatevisor/gatevisor/internal/secserver"
+	"github.com/gatevisor/gatevisor/internal/vmi/linux"
+)
+
+// The VM's one policy. A policy file is read and compiled once into a
+// policy.Snapshot, checked against what this VM's gates can observe
+// (coverage: a rule no gate enforces is an error, before QEMU starts), and
+// handed whole to every consumer: the security server decides from it, the
+// kernel gate arms the traps it needs, the network and API gates ask the
+// security server. A change of policy is a transaction (commitLocked):
+// every gate takes the new snapshot, or none does and the old stays in
+// force everywhere.
+
+// policyState is the policy in force and what decides and records by it.
+type policyState struct {
+	mu   sync.Mutex // serializes changes of policy (boot arming, reloads)
+	snap atomic.Pointer[policy.Snapshot]
+	// path is the file the snapshot in force came from ("" when loaded
+	// from source over the API without a path).
+	path atomic.Pointer[string]
+	sec  *secserver.Server
+	log  *audit.Log
+	// cov is what this VM's gates observe, fixed at start.
+	cov policy.Coverage
+	// advisory are the problems of the policy in force that its advisory
+	// classes excuse: statements accepted but not enforced.
+	advisory atomic.Pointer[[]string]
+}
+
+// testFailApply names a gate whose apply step fails, for the tests of the
+// transaction (docs/design.md): GATEVISOR_TEST_FAIL_APPLY=kernel|net makes
+// every policy change fail at that gate's step. Read once at start.
+const testFailApplyEnv = "GATEVISOR_TEST_FAIL_APPLY"
+
+// Gate names in the transaction and in status.
+const (
+	gateKernel = "kernel"
+	gateNet    = "net"
+	gateAPI    = "api"
+)
+
+// prepareStartPolicy reads, compiles and checks the start policy: called
+// before anything is created, so that a policy that does not parse or
+// states a rule no gate of this VM enforces starts nothing.
+func (m *Monitor) prepareStartPolicy() (*policy.Snapshot, error) {
+	if m.cfg.PolicyFile == "" {
+		return nil, nil
+	}
+	snap, err := policy.LoadFile(m.cfg.PolicyFile)
+	if err != nil {
+		return nil, fmt.Errorf("--policy: %w", err)
+	}
+	prof, err := linux.LoadProfile(m.cfg.Kernel, "")
+	if err != nil {
+		return nil, fmt.Errorf("--policy: the gates need a profile of the guest kernel %s: %w", m.cfg.Kernel, err)
+	}
+	m.profile = prof
+	m.pol.cov = m.coverage(prof)
+	if err := m.checkCoverage(snap); err != nil {
+		return nil, fmt.Errorf("--policy %s: %w", m.cfg.PolicyFile, err)
+	}
+	return snap, nil
+}
+
+// coverage is what this VM's gates observe (Coverage).
+func (m *Monitor) coverage(prof *linux.Profile) policy.Coverage {
+	return Coverage(prof, filepath.Base(m.cfg.Kernel), m.cfg.Net.Mode != NetNone && !m.cfg.Net.NoGate)
+}
+
+// NetOps are the network gate's ops: it decides each new flow, as a TCP
+// connect (out) or accept (in), or the first datagram sent (out) or
+// received (in) of a UDP or ICMP flow.
+var NetOps = []string{"accept", "connect", "recv", "send"}
+
+// Coverage is what the gates of a VM observe: the kernel gate's classes on
+// the kernel of prof (gate.Observers; nil prof: a kernel not known, whose
+// syscalls are taken on trust), the network gate's when the VM has a
+// gated network, the API gate's always. IPC calls have no gate.
+func Coverage(prof *linux.Profile, kernel string, gatedNet bool) policy.Coverage {
+	cov := policy.Coverage{Observers: map[event.Class]policy.Observer{}, Absent: map[event.Class]string{
+		event.ClassCall: "gatevisor has no gate for IPC calls (KasperskyOS `call in/out`, `entity`): no event of this class is ever observed",
+	}}
+	if prof != nil {
+		cov.Observers = gate.Observers(prof)
+	} else {
+		cov.Observers = gate.GenericObservers()
+	}
+	for _, c := range []event.Class{event.ClassSyscall, event.ClassFile, event.ClassExec, event.ClassModule} {
+		if _, ok := cov.Observers[c]; !ok {
+			cov.Absent[c] = fmt.Sprintf("the guest kernel %s has no kallsyms or LSM hooks (with BTF) for %s events", kernel, c)
+		}
+	}
+	if gatedNet {
+		cov.Observers[event.ClassNet] = policy.Observer{Gate: "the network gate", All: true, Ops: NetOps}
+	} else {
+		cov.Absent[event.ClassNet] = "the network gate needs a network: start the VM with --net isolated (or user, or tap:IF)"
+	}
+	actions := api.Actions()
+	sort.Strings(actions)
+	cov.Observers[event.ClassAPI] = policy.Observer{Gate: "the API gate", All: true, Ops: actions}
+	return cov
+}
+
+// checkCoverage refuses a snapshot with a statement no gate of this VM
+// enforces, naming every one (file:line:col, the rule, what is missing).
+// Advisory ones are recorded for status and logged.
+func (m *Monitor) checkCoverage(snap *policy.Snapshot) error {
+	var errs []error
+	var notes []string
+	for _, p := range snap.Policy.Check(m.pol.cov) {
+		if p.Advisory {
+			notes = append(notes, p.String())
+			continue
+		}
+		errs = append(errs, p.Error())
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%d statement(s) no gate of this VM can enforce:\n%w", len(errs), errors.Join(errs...))
+	}
+	m.pol.advisory.Store(&notes)
+	for _, n := range notes {
+		m.logf("policy: %s", n)
+	}
+	return nil
+}
+
+// openSecurity opens the audit log and the security server with the start
+// snapshot in force (none: every gated event is denied).
+func (m *Monitor) openSecurity(snap *policy.Snapshot) error {
+	var sink secserver.Sink
+	if m.cfg.AuditLog != "" {
+		digest := ""
+		if snap != nil {
+			digest = snap.Digest
+		}
+		l, err := audit.Open(m.cfg.AuditLog, audit.Options{MaxSize: m.cfg.AuditMaxSize, Keep: m.cfg.AuditKeep,
+			VM: m.cfg.Name, Policy: digest, PolicySeq: 1, OnNearLimit: m.onAuditNearLimit})
+		if err != nil {
+			return fmt.Errorf("audit log: %w", err)
+		}
+		m.pol.log, sink = l, l
+	}
+	m.pol.sec = secserver.New(nil, secserver.Config{Audit: sink})
+	if snap == nil {
+		if m.cfg.Net.Mode != NetNone {
+			m.logf("no --policy: the network gate denies every flow")
+		}
+		return nil
+	}
+	m.pol.sec.Reload(snap.Policy, snap.Name)
+	m.pol.snap.Store(snap)
+	p := m.cfg.PolicyFile
+	m.pol.path.Store(&p)
+	return nil
+}
+
+// onAuditNearLimit publishes that the audit log is about to lose (or has
+// lost) its oldest evidence to rotation.
+func (m *Monitor) onAuditNearLimit(n audit.NearLimit) {
+	msg := fmt.Sprintf("%s holds %d of %d bytes its retention keeps", n.Path, n.Retained, n.Capacity)
+	switch {
+	case n.Err != nil:
+		msg += fmt.Sprintf("; pruning old files failed (%v), they stay", n.Err)
+	case n.Pruned != nil:
+		msg += fmt.Sprintf("; rotation deleted records %d to %d (the chain records it)", n.Pruned.FirstN, n.Pruned.LastN)
+	case n.Next != nil:
+		msg += fmt.Sprintf("; the next rotation deletes records %d to %d: raise --audit-keep or --audit-max-size, or archive them", n.Next.FirstN, n.Next.LastN)
+	}
+	m.logf("audit log: %s", msg)
+	m.publishNotice(EventAudit, msg)
+}
+
+// kernelNeeded reports whether a snapshot needs the kernel gate: traps for
+// syscalls, file ops, execs or module operations.
+func (m *Monitor) kernelNeeded(snap *policy.Snapshot) bool {
+	if snap == nil {
+		return false
+	}
+	for _, c := range []event.Class{event.ClassSyscall, event.ClassFile, event.ClassExec, event.ClassModule} {
+		o, ok := m.pol.cov.Observers[c]
+		if !ok {
+			continue
+		}
+		if ops, all := snap.Policy.Ops(c, o); all || len(ops) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// LoadPolicy implements api.VM: the policy is compiled and checked against
+// this VM's gates, then every gate takes it in one transaction with the VM
+// stopped. On any failure the policy in force stays in force everywhere.
+func (m *Monitor) LoadPolicy(ctx context.Context, req api.PolicyRequest) (api.PolicyResult, error) {
+	if err := m.checkRunning(); err != nil {
+		return api.PolicyResult{}, err
+	}
+	refuse := func(err error) (api.PolicyResult, error) {
+		_, seq := m.pol.sec.Policy()
+		return api.PolicyResult{Seq: seq}, &api.Error{Code: api.CodeBadRequest,
+			Message: fmt.Sprintf("policy rejected, policy %d stays in force on every gate: %v", seq, err)}
+	}
+	dir, base := filepath.Split(req.Path)
+	if dir == "" {
+		dir = "."
+	}
+	snap, err := policy.NewSnapshot(base, []byte(req.Source), policy.FSResolver(os.DirFS(dir)))
+	if err != nil {
+		return refuse(err)
+	}
+	if m.pol.cov.Observers == nil {
+		// Started without a policy: the coverage needs the kernel's profile.
+		prof, err := m.kernelProfile()
+		if err != nil {
+			return refuse(fmt.Errorf("profile the guest kernel: %w", err))
+		}
+		m.pol.mu.Lock()
+		if m.pol.cov.Observers == nil {
+			m.pol.cov = m.coverage(prof)
+		}
+		m.pol.mu.Unlock()
+	}
+	if err := m.checkCoverage(snap); err != nil {
+		return refuse(err)
+	}
+	m.pol.mu.Lock()
+	defer m.pol.mu.Unlock()
+	var res api.PolicyResult
+	if m.kernelNeeded(snap) || m.kg.armed() {
+		if !m.kg.kernelUp.Load() {
+			if err := m.locateForGate(ctx); err != nil {
+				return refuse(err)
+			}
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	err = m.dbg.Do(ctx, func(ctx context.Context, c *gdbrsp.Client) error {
+		var err error
+		res, err = m.commitLocked(ctx, c, snap, req.Path)
+		return err
+	})
+	if err != nil {
+		return refuse(err)
+	}
+	m.logf("policy %d (%s, %s) in force: %d traps", res.Seq, req.Path, snap.Digest, len(res.Breakpoints))
+	return res, nil
+}
+
+// commitLocked makes snap the policy of every gate, in order: the kernel
+// gate's traps (planned, then set), the network gate, then the security
+// server (the commit point: from here the net and API gates decide by the
+// new policy). If a step fails, the steps before it are undone and the old
+// snapshot stays in force everywhere.
+//
+// Preconditions: m.pol.mu held; the VM is stopped (on the debugger
+// goroutine, with c).
+func (m *Monitor) commitLocked(ctx context.Context, c *gdbrsp.Client, snap *policy.Snapshot, path string) (api.PolicyResult, error) {
+	var res api.PolicyResult
+	undo, res, err := m.kg.apply(ctx, c, m, snap)
+	if err == nil {
+		err = m.failInjected(gateNet)
+	}
+	if err == nil {
+		err = m.failInjected(gateAPI)
+	}
+	if err != nil {
+		if uerr := undo(); uerr != nil {
+			// The traps could not be put back: the kernel gate may now
+			// differ from the policy in force. Fail closed: end the VM.
+			return res, fmt.Errorf("%w; undoing the kernel gate's change failed too (%v): %w", err, uerr, errKeepStopped)
+		}
+		return res, err
+	}
+	seq := m.pol.sec.Reload(snap.Policy, snap.Name)
+	m.pol.snap.Store(snap)
+	m.pol.path.Store(&path)
+	if m.pol.log != nil {
+		if err := m.pol.log.AppendPolicy(snap.Digest, seq); err != nil {
+			m.logf("audit log: record policy %d: %v", seq, err)
+		}
+	}
+	res.Seq, res.Path, res.Digest = seq, path, snap.Digest
+	return res, nil
+}
+
+// failInjected returns the injected failure of gate's apply step, if the
+// environment asks for one (testFailApplyEnv).
+func (m *Monitor) failInjected(gateName string) error {
+	if m.failApply != "" && m.failApply == gateName {
+		return fmt.Errorf("the %s gate failed to apply the policy (injected by %s)", gateName, testFailApplyEnv)
+	}
+	return nil
+}
+
+// authorize is the API gate: every request is an api event decided by the
+// security server (audited as the policy says), the caller taken from the
+// socket's peer credentials.
+func (m *Monitor) authorize(_ context.Context, c api.Caller, action string) error {
+	ev := event.Event{Class: event.ClassAPI, Op: action, Subject: event.Subject{PID: c.PID, UID: c.UID, GID: c.GID}, Time: time.Now().UTC()}
+	d := m.pol.sec.Decide(&ev)
+	if d.Allows() {
+		return nil
+	}
+	return fmt.Errorf("%s by rule %s (policy %d): %s", d.Verdict, d.Rule, d.Seq, d.Reason)
+}
+
+// policyStatus is the policy part of Status.
+func (m *Monitor) policyStatus() *api.PolicyStatus {
+	snap := m.pol.snap.Load()
+	if snap == nil {
+		return nil
+	}
+	_, seq := m.pol.sec.Policy()
+	st := &api.PolicyStatus{Digest: snap.Digest, Seq: seq, Files: snap.Files}
+	if p := m.pol.path.Load(); p != nil {
+		st.Path = *p
+	}
+	if a := m.pol.advisory.Load(); a != nil {
+		st.NotEnforced = *a
+	}
+	return st
+}
+
+// gatesStatus says, per gate, whether it is armed and with what.
+func (m *Monitor) gatesStatus() []api.GateStatus {
+	snap := m.pol.snap.Load()
+	var out []api.GateStatus
+	k := api.GateStatus{Name: gateKernel}
+	m.kg.mu.Lock()
+	for _, t := range m.kg.traps {
+		k.Traps++
+		if t.Watch != 0 {
+			k.Watchpoints++
+		}
+	}
+	k.Armed = k.Traps > 0
+	classes := map[string]bool{}
+	for _, t := range m.kg.traps {
+		for _, c := range []event.Class{event.ClassSyscall, event.ClassFile, event.ClassExec, event.ClassModule} {
+			if t.Classes.Has(c) {
+				classes[c.String()] = true
+			}
+		}
+	}
+	m.kg.mu.Unlock()
+	for c := range classes {
+		k.Classes = append(k.Classes, c)
+	}
+	sort.Strings(k.Classes)
+	switch {
+	case snap == nil:
+		k.Note = "no policy"
+	case !k.Armed && m.kernelNeeded(snap):
+		k.Note = "waiting for the guest kernel to reach SYSTEM_RUNNING"
+	case !k.Armed:
+		k.Note = "the policy needs no kernel traps"
+	}
+	out = append(out, k)
+	n := api.GateStatus{Name: gateNet, Armed: m.net != nil && m.net.gate != nil, Classes: []string{"net"}}
+	if !n.Armed {
+		n.Note = "no --net"
+		if m.net != nil {
+			n.Note = "--net-no-gate (benchmarks only)"
+		}
+	}
+	out = append(out, n)
+	a := api.GateStatus{Name: gateAPI, Armed: snap != nil, Classes: []string{"api"}}
+	if snap == nil {
+		a.Note = "no policy: the owner and root only"
+	}
+	return append(out, a)
+}
+
+// policyLine is a one-line summary for logs.
+func policyLine(snap *policy.Snapshot) string {
+	if snap == nil {
+		return "none"
+	}
+	return fmt.Sprintf("%s (%s, %d files)", strings.Join(snap.Files, ", "), snap.Digest, len(snap.Files))
+}
