@@ -13,6 +13,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/gatevisor/gatevisor/internal/event"
 	"github.com/gatevisor/gatevisor/internal/safefile"
 )
@@ -32,6 +34,10 @@ var Genesis = strings.Repeat("0", 64)
 
 // ErrClosed is returned by Append after Close.
 var ErrClosed = errors.New("audit: log closed")
+
+// ErrInUse is wrapped by Open when another Log (in this process or
+// another) has the file open: two writers would break the chain.
+var ErrInUse = errors.New("audit: log in use by another writer")
 
 // Kind tells the log's own chain records from decisions.
 type Kind string
@@ -187,6 +193,9 @@ func (l *Log) open(ev *[]NearLimit) error {
 		f.Close()
 		return fmt.Errorf("audit: open %s: %w", l.path, err)
 	}
+	if err := lock(f); err != nil {
+		return fail(err)
+	}
 	st, err := f.Stat()
 	if err != nil {
 		return fail(err)
@@ -245,6 +254,25 @@ func (l *Log) open(ev *[]NearLimit) error {
 		return err
 	}
 	return nil
+}
+
+// lock takes an exclusive flock(2) on f for as long as it is open, so that
+// a second writer fails instead of interleaving its own chain.
+func lock(f *os.File) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var lerr error
+	if err := rc.Control(func(fd uintptr) {
+		lerr = unix.Flock(int(fd), unix.LOCK_EX|unix.LOCK_NB)
+	}); err != nil {
+		return err
+	}
+	if errors.Is(lerr, unix.EWOULDBLOCK) {
+		return ErrInUse
+	}
+	return lerr
 }
 
 // tornRecord reports whether b, the start of a final line without a newline,
@@ -507,6 +535,10 @@ func (l *Log) rotate() error {
 	}
 	f, err := safefile.OpenFile(l.path, os.O_RDWR|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o600)
 	if err != nil {
+		return fmt.Errorf("audit: rotate: %w", err)
+	}
+	if err := lock(f); err != nil {
+		f.Close()
 		return fmt.Errorf("audit: rotate: %w", err)
 	}
 	l.f, l.size = f, 0

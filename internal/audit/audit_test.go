@@ -137,6 +137,33 @@ func TestAppendRead(t *testing.T) {
 	}
 }
 
+// TestOneWriter: a second Log on the same file is refused while the first
+// is open: two writers would interleave two chains.
+func TestOneWriter(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	l := mustOpen(t, path, Options{MaxSize: 600, Sync: SyncNone})
+	if l2, err := Open(path, Options{}); !errors.Is(err, ErrInUse) {
+		if err == nil {
+			l2.Close()
+		}
+		t.Fatalf("second Open: %v, want ErrInUse", err)
+	}
+	for i := 0; i < 10; i++ { // rotates: the new file is locked too
+		mustAppend(t, l, rec("deny", int32(i), "r"))
+	}
+	if l2, err := Open(path, Options{}); !errors.Is(err, ErrInUse) {
+		if err == nil {
+			l2.Close()
+		}
+		t.Fatalf("second Open after rotation: %v, want ErrInUse", err)
+	}
+	l.Close()
+	mustOpen(t, path, Options{}).Close()
+	if _, rep := kinds(t, path); !rep.Intact() {
+		t.Errorf("%v", rep.Broken)
+	}
+}
+
 func TestAppendRefusesChainKinds(t *testing.T) {
 	l := mustOpen(t, filepath.Join(t.TempDir(), "audit.log"), Options{Sync: SyncNone})
 	defer l.Close()

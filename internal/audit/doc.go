@@ -37,7 +37,9 @@
 // record) so that the next record starts on a clean line. Open refuses a
 // file whose last line is not a record rather than truncate or continue it.
 // Files are created through safefile: no symbolic links, nothing owned by
-// another user or writable by others.
+// another user or writable by others. A Log holds an exclusive flock(2) on
+// its file, so a second writer (in this process or another) fails to open
+// it (ErrInUse) instead of interleaving a second chain.
 //
 // # Rotation and retention
 //
