@@ -204,13 +204,38 @@ func (l *Log) open(ev *[]NearLimit) error {
 	if err != nil {
 		return fail(err)
 	}
+	l.rotated, l.retained = 0, good
+	for k := 1; k <= maxRotated; k++ {
+		fi, err := os.Lstat(rotatedName(l.path, k))
+		if err != nil {
+			break
+		}
+		l.rotated = k
+		l.retained += fi.Size()
+	}
+	from := l.path
+	if last == nil && l.rotated > 0 {
+		// A fresh file after rotation continues the chain of FILE.1.
+		from = rotatedName(l.path, 1)
+		if _, last, err = tailFile(from); err != nil {
+			return fail(err)
+		}
+	}
+	closed := false
+	if last != nil {
+		var r Record
+		if err := json.Unmarshal(last, &r); err != nil || r.N == 0 {
+			return fail(fmt.Errorf("the last line of %s is not an audit record (is it an audit log? move it away)", from))
+		}
+		l.n, l.head, closed = r.N, hashLine(last), r.Kind == KindClose
+	}
 	if torn := st.Size() - good; torn > 0 {
 		b := make([]byte, min(torn, 8))
 		if _, err := f.ReadAt(b, good); err != nil && err != io.EOF {
 			return fail(err)
 		}
 		if !tornRecord(b) {
-			return fail(fmt.Errorf("it ends with %d bytes that are not an audit record: not truncating them (is this an audit log? move it away)", torn))
+			return fail(fmt.Errorf("it ends with %d bytes that are not an audit record: not truncating them (is it an audit log? move it away)", torn))
 		}
 		if err := f.Truncate(good); err != nil {
 			return fail(fmt.Errorf("repair torn record: %w", err))
@@ -220,30 +245,7 @@ func (l *Log) open(ev *[]NearLimit) error {
 		}
 		l.repaired += torn
 	}
-	l.f, l.size, l.retained = f, good, good
-	l.rotated = 0
-	for k := 1; k <= maxRotated; k++ {
-		fi, err := os.Lstat(rotatedName(l.path, k))
-		if err != nil {
-			break
-		}
-		l.rotated = k
-		l.retained += fi.Size()
-	}
-	closed := false
-	if last == nil && l.rotated > 0 {
-		// A fresh file after rotation continues the chain of FILE.1.
-		if _, last, err = tailFile(rotatedName(l.path, 1)); err != nil {
-			return fail(err)
-		}
-	}
-	if last != nil {
-		var r Record
-		if err := json.Unmarshal(last, &r); err != nil || r.N == 0 {
-			return fail(errors.New("its last line is not an audit record (is this an audit log? move it away)"))
-		}
-		l.n, l.head, closed = r.N, hashLine(last), r.Kind == KindClose
-	}
+	l.f, l.size = f, good
 	err = l.writeChain(&chainRecord{Kind: KindOpen, VM: l.opt.VM, Policy: l.opt.Policy, PolicySeq: l.opt.PolicySeq,
 		Repaired: l.repaired, Unclosed: l.n > 0 && !closed}, ev)
 	if err != nil {

@@ -274,6 +274,7 @@ func TestOpenRefusesGarbage(t *testing.T) {
 		{"text", "hello\nworld\n"},
 		{"no newline", "#!/bin/sh\necho"},
 		{"binary", "\x7fELF\x02\x01\x01"},
+		{"text then what looks like a torn record", "hello\n{\"n\":5,"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "audit.log")
