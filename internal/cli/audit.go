@@ -257,7 +257,7 @@ func writeReport(w io.Writer, file string, rep *audit.VerifyReport, expect *audi
 	fmt.Fprintf(w, "  files:     %s\n", strings.Join(files, " "))
 	fmt.Fprintf(w, "  records:   %d, n=%d..%d\n", rep.Records, rep.FirstN, rep.LastN)
 	if rep.Head != "" {
-		fmt.Fprintf(w, "  head:      n=%d %s\n", rep.LastN, rep.Head)
+		fmt.Fprintf(w, "  head:      %d:%s\n", rep.LastN, rep.Head) // as --expect-head takes it
 	}
 	if rep.Closed {
 		fmt.Fprintf(w, "  closed:    yes, the log ends with a close record\n")

@@ -100,7 +100,7 @@ func TestAuditVerify(t *testing.T) {
 		noStdout bool
 	}{
 		{"intact", []string{"--verify", "--file", good}, 0, "intact", "", false},
-		{"intact head", []string{"--verify", "--file", good}, 0, "head:      n=5 " + rep.Head, "", false},
+		{"intact head", []string{"--verify", "--file", good}, 0, "head:      " + head, "", false},
 		{"intact, head known", []string{"--verify", "--file", good, "--expect-head", head}, 0, "has the hash recorded elsewhere", "", false},
 		{"wrong head", []string{"--verify", "--file", good, "--expect-head", wrongHead}, 1, "BROKEN", "does not match the head recorded elsewhere", false},
 		{"bad head flag", []string{"--verify", "--file", good, "--expect-head", "6:xyz"}, 2, "", "64 hex digits", true},
