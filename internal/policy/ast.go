@@ -20,6 +20,8 @@ func (p Pos) String() string {
 // Spec is a parsed policy: the statements of one file, or of a file and its
 // includes once Load has merged them. It is plain data and binds nothing.
 type Spec struct {
+	// Root is the name of the root file (Load sets it).
+	Root        string
 	Includes    []Include
 	Default     *Action // global default; nil means deny
 	Types       []Ident

@@ -1,26 +1,35 @@
 package policy
 
-// errnos are the Linux errno values a deny may return (asm-generic numbering).
-var errnos = map[string]int32{
-	"EPERM": 1, "ENOENT": 2, "ESRCH": 3, "EINTR": 4, "EIO": 5, "ENXIO": 6,
-	"E2BIG": 7, "ENOEXEC": 8, "EBADF": 9, "ECHILD": 10, "EAGAIN": 11, "ENOMEM": 12,
-	"EACCES": 13, "EFAULT": 14, "EBUSY": 16, "EEXIST": 17, "EXDEV": 18, "ENODEV": 19,
-	"ENOTDIR": 20, "EISDIR": 21, "EINVAL": 22, "ENFILE": 23, "EMFILE": 24, "ETXTBSY": 26,
-	"EFBIG": 27, "ENOSPC": 28, "ESPIPE": 29, "EROFS": 30, "EMLINK": 31, "EPIPE": 32,
-	"ENOSYS": 38, "ENOTSUP": 95, "EOPNOTSUPP": 95, "EAFNOSUPPORT": 97, "EADDRINUSE": 98,
-	"ENETUNREACH": 101, "ECONNRESET": 104, "ETIMEDOUT": 110, "ECONNREFUSED": 111,
-	"EHOSTUNREACH": 113,
-}
+import (
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// errnos are the Linux errno names (x86-64 and the generic ABI share
+// them), from golang.org/x/sys/unix's table, plus the aliases the C library
+// defines (EWOULDBLOCK, EDEADLOCK, ENOTSUP).
+var errnos = func() map[string]int32 {
+	m := map[string]int32{}
+	for n := 1; n < 4096; n++ {
+		if name := unix.ErrnoName(syscall.Errno(n)); name != "" {
+			m[name] = int32(n)
+		}
+	}
+	for alias, of := range map[string]string{"EWOULDBLOCK": "EAGAIN", "EDEADLOCK": "EDEADLK", "ENOTSUP": "EOPNOTSUPP"} {
+		if v, ok := m[of]; ok {
+			m[alias] = v
+		}
+	}
+	return m
+}()
 
 // ErrnoName returns the name of a Linux errno, or "" if unknown.
 func ErrnoName(n int32) string {
-	best := ""
-	for k, v := range errnos {
-		if v == n && (best == "" || k < best) {
-			best = k
-		}
+	if n <= 0 || n >= 4096 {
+		return ""
 	}
-	return best
+	return unix.ErrnoName(syscall.Errno(n))
 }
 
 // constants are names usable as values in argument constraints.

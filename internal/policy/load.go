@@ -50,7 +50,7 @@ func FSResolver(fsys fs.FS) Resolver {
 // and cycles are errors. With a nil resolve, any include is an error.
 func Load(name string, src []byte, resolve Resolver) (*Spec, error) {
 	l := &loader{resolve: resolve}
-	out := &Spec{}
+	out := &Spec{Root: name}
 	if err := l.load(out, name, src, 0, nil); err != nil {
 		return nil, err
 	}

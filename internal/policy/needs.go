@@ -87,7 +87,7 @@ func (c *compiler) computeNeeds() {
 	// The global default decides every event of a class without a class
 	// block, except the ops that have their own.
 	if s.Default != nil && !silent(*s.Default) || s.Default == nil {
-		pos := Pos{}
+		pos := Pos{File: s.Root, Line: 1, Col: 1}
 		what := "the global default (deny, as no `default:` is given)"
 		if s.Default != nil {
 			pos, what = s.Default.Pos, "the global default ("+s.Default.Kind.String()+")"

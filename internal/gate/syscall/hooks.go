@@ -492,7 +492,9 @@ func (g *Gate) hookEvents(t Trap, regs Regs) (hookHit, error) {
 			if err := errors.Join(ferr, merr); err != nil {
 				errs = append(errs, fmt.Errorf("the file's flags: %w", err))
 			}
-			if mode&fmodeExec != 0 {
+			// An exec's opens carry __FMODE_EXEC in f_flags (open_exec);
+			// FMODE_EXEC reaches f_mode only in some kernels.
+			if mode&fmodeExec != 0 || flags&fmodeExecFlag != 0 {
 				hit.events = append(hit.events, mk(event.ClassFile, "exec", p))
 				break
 			}
@@ -581,7 +583,10 @@ const (
 	fmodeRead  = 0x1
 	fmodeWrite = 0x2
 	fmodeExec  = 0x20
-	oAppend    = 0o2000
+	// fmodeExecFlag is __FMODE_EXEC, the open flag open_exec passes; it
+	// stays in f_flags.
+	fmodeExecFlag = 0x20
+	oAppend       = 0o2000
 )
 
 // syscallHookEvent builds the syscall-class event of a hit of AtFileOpen,
