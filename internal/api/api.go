@@ -63,6 +63,16 @@ type Status struct {
 	Policy *PolicyStatus `json:"policy,omitempty"`
 	// Gates says, per gate, whether it is armed and with what.
 	Gates []GateStatus `json:"gates,omitempty"`
+	// Audit is the audit log and its chain's head (nil without one).
+	Audit *AuditStatus `json:"audit,omitempty"`
+}
+
+// AuditStatus is the VM's audit log and the head of its hash chain, "N:HASH":
+// the last record's number and the SHA-256 of its line. A copy of the log
+// that verifies up to this head has lost or changed nothing before it.
+type AuditStatus struct {
+	Log  string `json:"log"`
+	Head string `json:"head"`
 }
 
 // PolicyStatus is the policy snapshot in force: what every gate enforces.

@@ -5,31 +5,43 @@ import (
 	_ "embed"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/gatevisor/gatevisor/internal/api"
+	"github.com/gatevisor/gatevisor/internal/policy"
 )
 
 // The syscall-gate benchmark's policies. "off" names no syscall (no
 // breakpoint); "open" traps the open family and denies only /etc/passwd;
 // "execve" traps only execve, so open is a syscall the policy does not name.
+// Each leaves every other class open, explicitly: the global default
+// applies to every class a gate observes. "iot" is the shipped default
+// policy (--policy), read when the benchmark starts.
 var benchSyscallPolicies = map[string]string{
-	"off":  "default: allow;\n",
-	"open": "open default: allow\n  bench_deny: fileEq(\"/etc/passwd\") deny(EPERM)\n\nsyscall default: allow\n",
-	"execve": "syscall default: allow\n" +
+	"off":  benchOpen,
+	"open": benchOpen + "open default: allow\n  bench_deny: fileEq(\"/etc/passwd\") deny(EPERM)\n",
+	"execve": benchOpen + "syscall default: allow\n" +
 		"  bench_exec: opEq(\"execve\") and filePrefixEq(\"/nonexistent/\") deny(EPERM)\n",
 	// cold traps syscalls none of the loops makes, at 24 handlers (x86-64
 	// and i386 entries): what breakpoints cost code that never reaches them.
-	"cold": "syscall default: allow\n" +
+	"cold": benchOpen + "syscall default: allow\n" +
 		"  bench_cold: opEq(" + coldSyscalls + ") deny(EPERM)\n",
 }
+
+// benchOpen leaves every class open and the API to root.
+const benchOpen = "default: allow;\nrole admin: *;\nsubject roles admin when uidEq(0);\n"
+
+// benchPolicyOrder is the order the report lists the policies in.
+var benchPolicyOrder = []string{"off", "execve", "open", "cold", "iot"}
 
 const coldSyscalls = `"acct", "bpf", "chroot", "delete_module", "finit_module", "init_module", "kexec_file_load", "kexec_load", "pivot_root", "ptrace", "reboot", "swapon"`
 
@@ -74,6 +86,8 @@ type benchSyscallResult struct {
 type benchSyscallReport struct {
 	Accel  string `json:"accel"`
 	Rounds int    `json:"rounds"`
+	// PolicyLoad times 'policy load' of a generated 1,000-rule policy.
+	PolicyLoad *benchPolicyLoad `json:"policy_load,omitempty"`
 	// Breakpoints are each policy's, "symbol@site" or "symbol".
 	Breakpoints map[string][]string  `json:"breakpoints"`
 	Results     []benchSyscallResult `json:"results"`
@@ -83,6 +97,7 @@ func newBenchSyscallsCmd() *cobra.Command {
 	var (
 		rounds, iters, fastIters, calls int
 		asJSON                          bool
+		iotPolicy                       string
 	)
 	cmd := &cobra.Command{
 		Use:   "syscalls",
@@ -96,6 +111,8 @@ configurations in every round:
   execve   traps only execve: open is a syscall the policy does not name
   cold     traps 12 syscalls no loop makes (24 breakpoints): the cost of
            breakpoints to code that never reaches them
+  iot      the shipped default policy (--policy): file, exec and module
+           hooks, open and ptrace, from boot
 
 Syscalls a policy does not trap are timed by sysloop (benchdata/sysloop.c,
 built static with the host's gcc and added to the guest), which makes one
@@ -108,6 +125,10 @@ Trapped calls are timed in the guest's ash by its /proc/uptime:
 'true </etc/hostname' opens without forking (one openat per iteration);
 'cat /etc/hostname' forks and execs busybox (one openat in the child);
 'kill -0 $$' is one kill syscall per iteration, untrapped here.
+Under iot, a file-write loop (': > f; rm f': create, open for writing,
+truncate, unlink) and an exec loop ('/bin/busybox true': the exec's hooks).
+It also times 'policy load' of a generated 1,000-rule policy (compile,
+coverage check, trap plan and apply, through the API) and its compile alone.
 Reports medians, the difference from the gate-off loop (of the medians,
 and paired: per round, against the gate-off run of the same round), the
 breakpoint stops per iteration as the monitor counted them, and the cost
@@ -117,7 +138,7 @@ per stop (difference / stops per iteration) with the monitor's share.`,
 			if rounds < 1 || rounds > 50 || iters < 10 || iters > 1000000 || fastIters < 10 || fastIters > 10000000 || calls < 100 || calls > 100000000 {
 				return fmt.Errorf("--rounds 1..50, --iters 10..1000000, --untrapped-iters 10..10000000, --calls 100..100000000")
 			}
-			rep, err := benchSyscalls(cmd.Context(), rounds, iters, fastIters, calls)
+			rep, err := benchSyscalls(cmd.Context(), rounds, iters, fastIters, calls, iotPolicy)
 			if err != nil {
 				return err
 			}
@@ -126,9 +147,13 @@ per stop (difference / stops per iteration) with the monitor's share.`,
 				enc.SetIndent("", "  ")
 				return enc.Encode(rep)
 			}
-			fmt.Printf("syscall gate, %s, %d rounds alternating, medians:\n", rep.Accel, rep.Rounds)
-			for _, p := range []string{"off", "execve", "open", "cold"} {
-				fmt.Printf("  policy %-7s %2d breakpoints %s\n", p, len(rep.Breakpoints[p]), strings.Join(rep.Breakpoints[p], " "))
+			fmt.Printf("kernel gate, %s, %d rounds alternating, medians:\n", rep.Accel, rep.Rounds)
+			for _, p := range benchPolicyOrder {
+				fmt.Printf("  policy %-7s %2d traps %s\n", p, len(rep.Breakpoints[p]), strings.Join(rep.Breakpoints[p], " "))
+			}
+			if l := rep.PolicyLoad; l != nil {
+				fmt.Printf("  policy load of a %d-rule policy (compile, check, plan, apply; through the API): median %.1f ms [%.1f, %.1f] over %d loads; compile alone %.1f ms\n",
+					l.Rules, l.MedianMillis, l.MinMillis, l.MaxMillis, l.Loads, l.CompileMillis)
 			}
 			fmt.Printf("  %-24s %-7s %8s %10s %8s %-24s %10s %9s %11s\n", "case", "policy", "iters", "µs/iter", "vs off", "paired: median [min, max]", "stops/iter", "µs/stop", "monitor µs")
 			for _, r := range rep.Results {
@@ -155,6 +180,7 @@ per stop (difference / stops per iteration) with the monitor's share.`,
 	cmd.Flags().IntVar(&fastIters, "untrapped-iters", 20000, "iterations of the loops that do not trap")
 	cmd.Flags().IntVar(&calls, "calls", 200000, "syscalls per run of the in-guest sysloop program")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.Flags().StringVar(&iotPolicy, "policy", "policies/iot-default.policy", "the device policy measured as \"iot\" (the VM has a network for it)")
 	return cmd
 }
 
@@ -178,7 +204,14 @@ func benchSyscallCases(iters, fastIters, calls int) []benchSyscallCase {
 			loops = append(loops, benchSyscallCase{Name: op[1] + ", " + p, Policy: p, Op: op[0], Iters: calls, Base: off})
 		}
 	}
+	for _, op := range sysloopOps {
+		loops = append(loops, benchSyscallCase{Name: op[1] + ", iot", Policy: "iot", Op: op[0], Iters: calls, Base: op[1] + ", gate off"})
+	}
 	return append(loops, []benchSyscallCase{
+		{Name: "file write, gate off", Policy: "off", Body: ": > /tmp/bench-f; rm /tmp/bench-f", Iters: iters},
+		{Name: "file write, iot", Policy: "iot", Body: ": > /tmp/bench-f; rm /tmp/bench-f", Iters: iters, Base: "file write, gate off"},
+		{Name: "exec, gate off", Policy: "off", Body: "/bin/busybox true", Iters: iters},
+		{Name: "exec, iot", Policy: "iot", Body: "/bin/busybox true", Iters: iters, Base: "exec, gate off"},
 		{Name: "open, gate off", Policy: "off", Body: "true </etc/hostname", Iters: fastIters},
 		{Name: "open, not trapped", Policy: "execve", Body: "true </etc/hostname", Iters: fastIters, Base: "open, gate off"},
 		{Name: "open, trapped+allowed", Policy: "open", Body: "true </etc/hostname", Iters: iters, Base: "open, gate off"},
@@ -224,7 +257,58 @@ func sysloopRun(ctx context.Context, c *api.Client, op string, n int) (float64, 
 	return float64(perBatch) / 1e12 * float64(n), nil
 }
 
-func benchSyscalls(ctx context.Context, rounds, iters, fastIters, calls int) (*benchSyscallReport, error) {
+// benchPolicyLoad is the policy-load measurement.
+type benchPolicyLoad struct {
+	Rules         int     `json:"rules"`
+	Loads         int     `json:"loads"`
+	MedianMillis  float64 `json:"median_ms"`
+	MinMillis     float64 `json:"min_ms"`
+	MaxMillis     float64 `json:"max_ms"`
+	CompileMillis float64 `json:"compile_median_ms"`
+}
+
+// bigPolicy is a 1,000-rule policy of the shape a device maker writes:
+// file rules on many paths and a syscall block, each rule its own path.
+func bigPolicy(rules int) string {
+	var b strings.Builder
+	b.WriteString(benchOpen)
+	b.WriteString("file default: allow\n")
+	for i := 0; i < rules-1; i++ {
+		fmt.Fprintf(&b, "  r%d: fileEq(\"/opt/app/%d/config\") and opEq(\"write\", \"unlink\") deny(EROFS)\n", i, i)
+	}
+	b.WriteString("open default: allow\n  last: fileEq(\"/etc/passwd\") and uidIn(1000, 59999) deny(EPERM)\n")
+	return b.String()
+}
+
+// benchLoads times loads of a generated policy of rules rules (and its
+// compile alone), ending with base back in force.
+func benchLoads(ctx context.Context, c *api.Client, dir string, rules, loads int, base, basePath string) (*benchPolicyLoad, error) {
+	src := bigPolicy(rules)
+	p := filepath.Join(dir, "big.policy")
+	if err := os.WriteFile(p, []byte(src), 0o644); err != nil {
+		return nil, err
+	}
+	var ms, cms []float64
+	for i := 0; i < loads; i++ {
+		t0 := time.Now()
+		if _, err := policy.NewSnapshot("big.policy", []byte(src), nil); err != nil {
+			return nil, err
+		}
+		cms = append(cms, float64(time.Since(t0).Microseconds())/1000)
+		// Alternate with base, so that every load changes the traps.
+		t0 = time.Now()
+		if _, err := c.LoadPolicy(ctx, api.PolicyRequest{Path: p, Source: src}); err != nil {
+			return nil, fmt.Errorf("load the %d-rule policy: %w", rules, err)
+		}
+		ms = append(ms, float64(time.Since(t0).Microseconds())/1000)
+		if _, err := c.LoadPolicy(ctx, api.PolicyRequest{Path: basePath, Source: base}); err != nil {
+			return nil, err
+		}
+	}
+	return &benchPolicyLoad{Rules: rules, Loads: loads, MedianMillis: median(ms), MinMillis: slices.Min(ms), MaxMillis: slices.Max(ms), CompileMillis: median(cms)}, nil
+}
+
+func benchSyscalls(ctx context.Context, rounds, iters, fastIters, calls int, iotPolicy string) (*benchSyscallReport, error) {
 	tmp, err := os.MkdirTemp("", "gatevisor-bench-sg-*")
 	if err != nil {
 		return nil, err
@@ -234,16 +318,27 @@ func benchSyscalls(ctx context.Context, rounds, iters, fastIters, calls int) (*b
 	if err != nil {
 		return nil, err
 	}
+	iot, err := readCapped(iotPolicy, policy.MaxFileSize)
+	if err != nil {
+		return nil, fmt.Errorf("--policy: %w", err)
+	}
+	sources := maps.Clone(benchSyscallPolicies)
+	sources["iot"] = string(iot)
 	files := map[string]string{}
-	for name, src := range benchSyscallPolicies {
+	for name, src := range sources {
 		p := filepath.Join(tmp, name+".policy")
-		if err := os.WriteFile(p, []byte(src), 0o644); err != nil {
+		if name == "iot" {
+			// Where it is, so that its includes resolve.
+			if p, err = filepath.Abs(iotPolicy); err != nil {
+				return nil, err
+			}
+		} else if err := os.WriteFile(p, []byte(src), 0o644); err != nil {
 			return nil, err
 		}
 		files[name] = p
 	}
 	name := fmt.Sprintf("bench-sg-%d", os.Getpid())
-	c, stop, err := bootBenchVM(ctx, name, "--policy", files["off"], "--add", sysloop+":/usr/bin/sysloop")
+	c, stop, err := bootBenchVM(ctx, name, "--policy", files["off"], "--add", sysloop+":/usr/bin/sysloop", "--net", "isolated:"+name)
 	if err != nil {
 		return nil, err
 	}
@@ -268,7 +363,7 @@ func benchSyscalls(ctx context.Context, rounds, iters, fastIters, calls int) (*b
 	for r := 0; r < rounds; r++ {
 		for i, bc := range cases {
 			if bc.Policy != cur {
-				res, err := c.LoadPolicy(ctx, api.PolicyRequest{Path: files[bc.Policy], Source: benchSyscallPolicies[bc.Policy]})
+				res, err := c.LoadPolicy(ctx, api.PolicyRequest{Path: files[bc.Policy], Source: sources[bc.Policy]})
 				if err != nil {
 					return nil, fmt.Errorf("load the %s policy: %w", bc.Policy, err)
 				}
@@ -313,6 +408,9 @@ func benchSyscalls(ctx context.Context, rounds, iters, fastIters, calls int) (*b
 			handle[i] += float64(g1.HandleMicros - g0.HandleMicros)
 			fmt.Fprintf(os.Stderr, "round %d: %-22s %8.3fs\n", r+1, bc.Name, secs)
 		}
+	}
+	if rep.PolicyLoad, err = benchLoads(ctx, c, tmp, 1000, max(5, rounds), sources["off"], files["off"]); err != nil {
+		return nil, err
 	}
 	perIter := map[string]float64{}
 	for i, bc := range cases {
@@ -364,6 +462,12 @@ func pairedDiff(xs, base []float64) []float64 {
 
 // checkBenchTraps makes sure a benchmark policy trapped what it should.
 func checkBenchTraps(policy string, res api.PolicyResult) error {
+	if policy == "iot" {
+		if len(res.Breakpoints) == 0 {
+			return fmt.Errorf("the iot policy armed no traps")
+		}
+		return nil
+	}
 	want := map[string]string{"off": "", "open": "open", "execve": "execve", "cold": strings.NewReplacer(`"`, "", " ", "").Replace(coldSyscalls)}[policy]
 	got := strings.Join(res.Syscalls, ",")
 	if got != want || (want != "" && len(res.Breakpoints) == 0) || (want == "" && len(res.Breakpoints) != 0) {

@@ -19,11 +19,14 @@ func newPolicyLoadCmd() *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "load NAME FILE",
-		Short: "Hot-reload a running VM's policy; the syscall gate's breakpoints follow it",
+		Short: "Hot-reload a running VM's policy: every gate takes it, or none does",
 		Long: `Load FILE as the security policy of the running VM NAME, without restarting the
-guest. The syscall gate traps exactly the syscalls the new policy names (none:
-every breakpoint is removed). A policy that does not compile is rejected and
-the one in force stays.`,
+guest. The policy is compiled and checked against the VM's gates (a rule no
+gate enforces is refused, as for run --policy), then every gate takes it in
+one transaction with the VM stopped: the kernel gate traps exactly what the
+new policy needs (none: every trap is removed), the network and API gates
+decide by it. If any step fails, the policy in force stays in force on every
+gate.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			abs, err := filepath.Abs(args[1])
@@ -47,26 +50,7 @@ the one in force stays.`,
 			if asJSON {
 				return json.NewEncoder(os.Stdout).Encode(res)
 			}
-			watches := 0
-			for _, bp := range res.Breakpoints {
-				if bp.Watchpoint {
-					watches++
-				}
-			}
-			fmt.Printf("policy %s in force (seq %d); syscall gate: %d breakpoints", res.Path, res.Seq, len(res.Breakpoints)-watches)
-			if watches > 0 {
-				fmt.Printf(" and %d watchpoints", watches)
-			}
-			if len(res.Syscalls) > 0 {
-				fmt.Printf(" for %s", strings.Join(res.Syscalls, ", "))
-			}
-			if res.Removed > 0 {
-				fmt.Printf("; %d removed", res.Removed)
-				if res.TextRestored != nil {
-					fmt.Printf(", kernel text restored: %v", *res.TextRestored)
-				}
-			}
-			fmt.Println()
+			fmt.Println(policyLoadLine(res))
 			if len(res.Missing) > 0 {
 				fmt.Printf("no handler in this kernel for: %s\n", strings.Join(res.Missing, ", "))
 			}
@@ -75,4 +59,42 @@ the one in force stays.`,
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
 	return cmd
+}
+
+// policyLoadLine is the one-line summary of a policy load.
+func policyLoadLine(res api.PolicyResult) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "policy %s in force (seq %d, %s); kernel gate: %d traps", res.Path, res.Seq, res.Digest, len(res.Breakpoints))
+	watches := 0
+	classes := map[string]int{}
+	for _, bp := range res.Breakpoints {
+		if bp.Watchpoint {
+			watches++
+		}
+		for _, c := range bp.Classes {
+			classes[c]++
+		}
+	}
+	if watches > 0 {
+		fmt.Fprintf(&b, " (%d watchpoints)", watches)
+	}
+	var names []string
+	for _, c := range []string{"syscall", "file", "exec", "module"} {
+		if classes[c] > 0 {
+			names = append(names, c)
+		}
+	}
+	if len(names) > 0 {
+		fmt.Fprintf(&b, " for %s", strings.Join(names, ", "))
+	}
+	if len(res.Syscalls) > 0 {
+		fmt.Fprintf(&b, "; syscalls %s", strings.Join(res.Syscalls, ", "))
+	}
+	if res.Removed > 0 {
+		fmt.Fprintf(&b, "; %d removed", res.Removed)
+		if res.TextRestored != nil {
+			fmt.Fprintf(&b, ", kernel text restored: %v", *res.TextRestored)
+		}
+	}
+	return b.String()
 }

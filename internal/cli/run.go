@@ -195,7 +195,7 @@ func runVM(ctx context.Context, o *runOptions) error {
 		return fmt.Errorf("--append: %w", err)
 	}
 	for _, f := range []struct{ flag, path string }{{"--policy", o.policy}, {"--initrd", o.initrd}} {
-		if f.path == "" {
+		if f.path == "" || f.flag == "--initrd" && o.kernel == "" {
 			continue
 		}
 		if err := safefile.CheckRegular(f.path); err != nil {
@@ -214,6 +214,26 @@ func runVM(ctx context.Context, o *runOptions) error {
 	}
 	if o.auditKeep < 1 || o.auditKeep > audit.MaxKeep {
 		return fmt.Errorf("--audit-keep %d: keep 1 to %d rotated files", o.auditKeep, audit.MaxKeep)
+	}
+	netOpts, err := monitor.ParseNet(o.net)
+	if err != nil {
+		return err
+	}
+	netOpts.NoGate = o.netNoGate
+	if o.policy != "" && !o.detachedChild {
+		// Before anything starts: a policy that does not compile, or that
+		// states a rule no gate of this VM enforces, starts nothing.
+		kernel := o.kernel
+		if kernel == "" {
+			k, err := kit.EnsureDefault(ctx, kit.Options{Progress: os.Stderr})
+			if err != nil {
+				return err
+			}
+			kernel = k.Kernel
+		}
+		if err := monitor.CheckPolicy(o.policy, kernel, netOpts); err != nil {
+			return err
+		}
 	}
 	if o.detach {
 		return detach(ctx, o)
@@ -248,10 +268,7 @@ func runVM(ctx context.Context, o *runOptions) error {
 		IDSInterval: o.idsInterval, EventsLog: filepath.Join(dir, "events.jsonl"),
 		AuditMaxSize: auditMax, AuditKeep: o.auditKeep, KitModules: g.kitModules,
 	}
-	if cfg.Net, err = monitor.ParseNet(o.net); err != nil {
-		return err
-	}
-	cfg.Net.NoGate = o.netNoGate
+	cfg.Net = netOpts
 	if o.policy != "" {
 		if cfg.PolicyFile, err = filepath.Abs(o.policy); err != nil {
 			return err

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -70,6 +71,48 @@ func printStatus(w io.Writer, st *api.Status) {
 		fmt.Fprintf(w, "syscall gate: %d breakpoints; %d stops (%d decided, %d skipped, %d fault-ins), %.0f µs handling per stop\n",
 			g.Breakpoints, g.Stops, g.Decided, g.Skipped, g.FaultIns, per)
 	}
+	if p := st.Policy; p != nil {
+		fmt.Fprintf(w, "policy:      %s (seq %d, %s)\n", esc(p.Path), p.Seq, p.Digest)
+		for _, n := range p.NotEnforced {
+			fmt.Fprintf(w, "  not enforced (advisory): %s\n", esc(n))
+		}
+	} else {
+		fmt.Fprintf(w, "policy:      none (every gated event is denied; the API is the owner's and root's)\n")
+	}
+	for _, g := range st.Gates {
+		state := "not armed"
+		if g.Armed {
+			state = "armed"
+		}
+		line := fmt.Sprintf("%-6s %s", g.Name, state)
+		if g.Traps > 0 {
+			line += fmt.Sprintf(", %d traps (%d watchpoints)", g.Traps, g.Watchpoints)
+		}
+		if len(g.Classes) > 0 {
+			line += " for " + strings.Join(g.Classes, ", ")
+		}
+		if g.Note != "" {
+			line += " — " + g.Note
+		}
+		fmt.Fprintf(w, "gate:        %s\n", esc(line))
+	}
+	if a := st.Audit; a != nil {
+		fmt.Fprintf(w, "audit log:   %s (head %s)\n", esc(a.Log), a.Head)
+	}
+	if n := st.Net; n != nil {
+		fmt.Fprintf(w, "network:     %s%s%s\n", esc(n.Mode), esc(prefixed(":", n.Network)), esc(prefixed(":", n.Tap)))
+		if g := n.Gate; g != nil {
+			fmt.Fprintf(w, "net gate:    %d new flows (%d allowed, %d denied, %d unattributed), %d frames dropped, %d resets\n",
+				g.NewFlows, g.Allowed, g.Denied, g.Unattributed, g.Dropped, g.Resets)
+		}
+	}
+}
+
+func prefixed(p, s string) string {
+	if s == "" {
+		return ""
+	}
+	return p + s
 }
 
 // waitStatus returns the status, polling until the guest is ready when wait > 0.

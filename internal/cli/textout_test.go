@@ -91,7 +91,10 @@ func TestTextOutputEscapesGuestText(t *testing.T) {
 	status := api.Status{Name: "cam1", State: "running", QEMUStatus: "running" + clearScreen, GuestReady: true, BootSeconds: 1.5,
 		MonitorPID: 100, QEMUPID: 101, Accel: "tcg", AccelReason: "no /dev/kvm", Machine: "q35", MemMiB: 256, CPUs: 1,
 		Kernel: "/k/" + bidiName, Initrd: "/k/initrd" + c1CSI, Append: "console=ttyS0 " + forgedRow, StartedAt: started,
-		RuntimeDir: "/run/gatevisor/cam1", ConsoleLog: "/s/console" + crModule + ".log"}
+		RuntimeDir: "/run/gatevisor/cam1", ConsoleLog: "/s/console" + crModule + ".log",
+		Policy: &api.PolicyStatus{Digest: "sha256:00", Seq: 2, Path: "/p/" + forgedRow, Files: []string{"x.policy"}, NotEnforced: []string{"x.policy:1:1: " + clearScreen}},
+		Gates:  []api.GateStatus{{Name: "kernel", Armed: true, Traps: 3, Watchpoints: 2, Classes: []string{"file"}}, {Name: "net", Note: "no --net" + forgedRow}},
+		Audit:  &api.AuditStatus{Log: "/s/audit" + crModule, Head: "7:ab"}}
 	lsRows := []lsRow{
 		{Name: "cam1", Owner: "alice", Live: true, Status: &status},
 		{Name: forgedRow, Owner: titleSet, Live: false},
@@ -136,7 +139,7 @@ func TestTextOutputEscapesGuestText(t *testing.T) {
 		{"ids_syscalls", 1 + 2 + 2 + 1, ids("syscalls", syscalls)},
 		{"ids_check", 2 + 2, ids("check", report)},
 		{"ids_banner", 6, ids("banner", banner)},
-		{"status", 13, func(b *bytes.Buffer) { printStatus(b, &status) }},
+		{"status", 18, func(b *bytes.Buffer) { printStatus(b, &status) }},
 		{"ls", 1 + len(lsRows), func(b *bytes.Buffer) {
 			if err := printLs(b, lsRows, started.Add(90*time.Second)); err != nil {
 				t.Fatal(err)

@@ -138,7 +138,7 @@ func (d *debugger) serve(req *dbgReq) error {
 	// A breakpoint hit that raced with the interrupt is not lost: its
 	// vCPU is still at the breakpoint and hits it again on continue.
 	ferr := req.f(ctx, d.gdb)
-	if wasRunning {
+	if wasRunning && !errors.Is(ferr, errKeepStopped) {
 		if err := d.gdb.Continue(ctx); err != nil {
 			if ferr != nil {
 				return fmt.Errorf("%w (and resuming failed: %v)", ferr, err)

@@ -438,7 +438,11 @@ func (m *Monitor) guestReady() bool {
 // onTrap handles a breakpoint or watchpoint stop on the debugger goroutine.
 func (m *Monitor) onTrap(ctx context.Context, c *gdbrsp.Client, sr gdbrsp.StopReply) (bool, error) {
 	if va := m.kg.bootWatch.Load(); va != 0 && sr.Reason == "watch" && sr.Addr == va {
-		return true, m.onBootWatch(ctx, c, va)
+		err := m.onBootWatch(ctx, c, va)
+		if errors.Is(err, errKeepStopped) {
+			m.failClosed(err)
+		}
+		return true, err
 	}
 	g := m.kg.cur.load()
 	if g == nil {

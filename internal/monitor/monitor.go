@@ -125,6 +125,7 @@ type Monitor struct {
 	profile   *linux.Profile // the guest kernel's, loaded once (kernelProfile)
 
 	kitModules []string // cfg.KitModules
+	apiPrivate string   // why other users cannot reach the API socket ("" when they can, or no policy)
 	failApply  string   // testFailApplyEnv: a gate whose policy step fails (tests)
 
 	mu        sync.Mutex // guards the fields below
@@ -218,9 +219,15 @@ func Start(ctx context.Context, cfg Config) (_ *Monitor, err error) {
 	var opts api.ServerOptions
 	if snap != nil {
 		// The policy decides every API request (the API gate); other
-		// local users may connect, and get what their roles allow.
+		// local users may connect, and get what their roles allow, when
+		// they can reach the socket at all.
 		opts = api.ServerOptions{Authorize: m.authorize, Shared: true}
-		if err := m.dir.Share(); err != nil {
+		switch err := m.dir.Share(); {
+		case errors.Is(err, vmdir.ErrUnreachable):
+			opts.Shared = false
+			m.apiPrivate = err.Error()
+			m.logf("the policy decides API requests of the owner and root only: %v", err)
+		case err != nil:
 			return nil, err
 		}
 	}
@@ -570,6 +577,10 @@ func (m *Monitor) Status(ctx context.Context) api.Status {
 	if m.pol.sec != nil {
 		st.Policy = m.policyStatus()
 		st.Gates = m.gatesStatus()
+	}
+	if m.pol.log != nil {
+		n, h := m.pol.log.Head()
+		st.Audit = &api.AuditStatus{Log: m.pol.log.Path(), Head: fmt.Sprintf("%d:%s", n, h)}
 	}
 	if running {
 		qctx, cancel := context.WithTimeout(ctx, 2*time.Second)

@@ -70,16 +70,25 @@ func (m *Monitor) prepareStartPolicy() (*policy.Snapshot, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--policy: %w", err)
 	}
-	prof, err := linux.LoadProfile(m.cfg.Kernel, "")
+	prof, err := m.kernelProfile()
 	if err != nil {
 		return nil, fmt.Errorf("--policy: the gates need a profile of the guest kernel %s: %w", m.cfg.Kernel, err)
 	}
-	m.profile = prof
 	m.pol.cov = m.coverage(prof)
 	if err := m.checkCoverage(snap); err != nil {
 		return nil, fmt.Errorf("--policy %s: %w", m.cfg.PolicyFile, err)
 	}
 	return snap, nil
+}
+
+// CheckPolicy reads and compiles the policy at path and checks it against
+// the gates a VM with the given kernel and network would have, as Start
+// does: the CLI calls it before it forks a background monitor, so that a
+// policy that would not start says why at once.
+func CheckPolicy(path, kernel string, netOpts NetOptions) error {
+	m := &Monitor{cfg: Config{PolicyFile: path, Kernel: kernel, Net: netOpts}}
+	_, err := m.prepareStartPolicy()
+	return err
 }
 
 // coverage is what this VM's gates observe (Coverage).
@@ -260,6 +269,11 @@ func (m *Monitor) LoadPolicy(ctx context.Context, req api.PolicyRequest) (api.Po
 		res, err = m.commitLocked(ctx, c, snap, req.Path)
 		return err
 	})
+	if errors.Is(err, errKeepStopped) {
+		// A step failed and could not be undone: the gates may disagree
+		// with the policy in force, so the guest does not run on.
+		m.failClosed(err)
+	}
 	if err != nil {
 		return refuse(err)
 	}
@@ -386,8 +400,11 @@ func (m *Monitor) gatesStatus() []api.GateStatus {
 	}
 	out = append(out, n)
 	a := api.GateStatus{Name: gateAPI, Armed: snap != nil, Classes: []string{"api"}}
-	if snap == nil {
+	switch {
+	case snap == nil:
 		a.Note = "no policy: the owner and root only"
+	case m.apiPrivate != "":
+		a.Note = "the socket is not reachable by other users: the policy decides for the owner and root"
 	}
 	return append(out, a)
 }

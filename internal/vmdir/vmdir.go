@@ -69,6 +69,10 @@ const (
 	sharedRootMode = 0o755
 )
 
+// NetworksDir is the runtime root's directory of isolated networks
+// (package vnet): not a VM.
+const NetworksDir = "net"
+
 // ErrRunning means a live monitor holds the VM's lock.
 var ErrRunning = errors.New("a VM with this name is already running")
 
@@ -83,6 +87,9 @@ var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,31}$`)
 // ValidateName checks a VM name: 1–32 of a-z 0-9 . _ -, starting with a
 // letter or digit (it becomes a directory and a QEMU argument).
 func ValidateName(name string) error {
+	if name == NetworksDir {
+		return fmt.Errorf("invalid VM name %q: the runtime directory keeps the isolated networks under that name; choose another", name)
+	}
 	if !nameRE.MatchString(name) {
 		return fmt.Errorf("invalid VM name %q: use 1-32 characters a-z 0-9 . _ - starting with a letter or digit", name)
 	}
