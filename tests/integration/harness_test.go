@@ -32,6 +32,14 @@ var env struct {
 
 const sharedVM = "shared"
 
+// openBase starts a test policy that controls one thing: it leaves every
+// other class open, explicitly (the global default applies to every class
+// a gate observes), and the control API to root.
+const openBase = `default: allow;
+role admin: *;
+subject roles admin when uidEq(0);
+`
+
 // readyTimeout bounds one boot to the ready marker under TCG on a loaded
 // 2-core machine (about 10 s when idle).
 const readyTimeout = 4 * time.Minute

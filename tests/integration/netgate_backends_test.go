@@ -175,7 +175,7 @@ func TestNetGateBackends(t *testing.T) {
 
 // userPolicy is the user-mode guest's policy: the host's loopback web
 // server and TFTP server, DNS from the gateway, nothing else.
-const userPolicy = `# TestNetGateBackends, --net user.
+const userPolicy = openBase + `# TestNetGateBackends, --net user.
 net default: deny(ECONNREFUSED)
   dhcp: protoEq("udp") and (portEq(67) or localPortEq(68)) allow
   dns: dirIs(out) and protoEq("udp") and addrEq("192.168.127.1") and portEq(53) allow
@@ -186,7 +186,7 @@ net default: deny(ECONNREFUSED)
 `
 
 // tapPolicy is the tap guest's policy; both %s are the tap's host address.
-const tapPolicy = `# TestNetGateBackends, --net tap.
+const tapPolicy = openBase + `# TestNetGateBackends, --net tap.
 net default: deny(ECONNREFUSED)
   no_tap_7001: dirIs(out) and addrEq("%s") and portEq(7001) deny(ECONNREFUSED) audit
   tap_host: dirIs(out) and protoEq("tcp") and addrEq("%s") allow audit

@@ -291,7 +291,7 @@ func findAudit(t *testing.T, path string, match func(audit.Record) bool) audit.R
 
 // peerPolicy is guest B's policy in TestNetGate: TCP to the isolated
 // network's addresses is allowed and audited, except port 8080.
-const peerPolicy = `# TestNetGate's second guest.
+const peerPolicy = openBase + `# TestNetGate's second guest.
 net default: deny(ECONNREFUSED)
   dhcp: protoEq("udp") and (portEq(67) or localPortEq(68)) allow
   no_peer_8080: dirIs(out) and addrIn("10.0.2.0/24") and portEq(8080) deny(ECONNREFUSED) audit
