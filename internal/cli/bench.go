@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -81,7 +82,9 @@ serial console. Reports medians, their ratio, and the monitor's peak RSS
 			if err != nil {
 				return fmt.Errorf("--accel: %w", err)
 			}
-			rep, err := benchBoot(cmd.Context(), rounds, mode, timeout)
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			rep, err := benchBoot(ctx, rounds, mode, timeout)
 			if err != nil {
 				return err
 			}

@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/signal"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -46,7 +48,9 @@ profile from the kit's image, uncached and cached.`,
 			if procs < 0 || procs > 5000 || rounds < 1 || rounds > 1000 {
 				return fmt.Errorf("--procs 0..5000 and --rounds 1..1000")
 			}
-			rep, err := benchIDS(cmd.Context(), procs, rounds)
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			rep, err := benchIDS(ctx, procs, rounds)
 			if err != nil {
 				return err
 			}

@@ -8,10 +8,12 @@ import (
 	"maps"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -138,7 +140,11 @@ per stop (difference / stops per iteration) with the monitor's share.`,
 			if rounds < 1 || rounds > 50 || iters < 10 || iters > 1000000 || fastIters < 10 || fastIters > 10000000 || calls < 100 || calls > 100000000 {
 				return fmt.Errorf("--rounds 1..50, --iters 10..1000000, --untrapped-iters 10..10000000, --calls 100..100000000")
 			}
-			rep, err := benchSyscalls(cmd.Context(), rounds, iters, fastIters, calls, iotPolicy)
+			// Ctrl-C or SIGTERM ends the run through its error path, which
+			// stops the benchmark VM.
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			rep, err := benchSyscalls(ctx, rounds, iters, fastIters, calls, iotPolicy)
 			if err != nil {
 				return err
 			}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 
@@ -347,7 +348,13 @@ Flow state is the initial state of every flow.`,
 					Rule    string      `json:"rule"`
 					Reason  string      `json:"reason"`
 					Votes   []vote      `json:"votes"`
+					// Enforced says whether a gate observes this event on a
+					// VM (with a network); NotEnforced says why not.
+					Enforced    bool   `json:"enforced"`
+					NotEnforced string `json:"not_enforced,omitempty"`
 				}{Event: ev, Verdict: r.Verdict.String(), Rule: r.Rule, Reason: r.Reason}
+				res.NotEnforced = explainCoverage(pol, &ev)
+				res.Enforced = res.NotEnforced == ""
 				if !r.Verdict.Allows() {
 					res.Errno = errnoString(r.Errno)
 				}
@@ -359,11 +366,37 @@ Flow state is the initial state of every flow.`,
 				return enc.Encode(res)
 			}
 			printExplain(out, &ev, r)
+			if why := explainCoverage(pol, &ev); why != "" {
+				fmt.Fprintf(out, "not enforced: %s\n", termtext.Escape(why))
+			}
 			return nil
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
+}
+
+// explainCoverage says why no gate would enforce the verdict on an event
+// (no gate observes its class, or not its op), or "" when one would, on a
+// VM of the default kit with a network.
+func explainCoverage(pol *policy.Policy, ev *event.Event) string {
+	prof, kname, _ := checkKernel("")
+	cov := monitor.Coverage(prof, kname, true)
+	o, ok := cov.Observers[ev.Class]
+	switch {
+	case !ok:
+		return cov.Absent[ev.Class]
+	case ev.Class == event.ClassSyscall:
+		// The syscall gate observes a syscall only when a policy names it.
+		if ops, _ := pol.Ops(ev.Class, o); !slices.Contains(ops, ev.Op) {
+			return fmt.Sprintf("this policy names no %q syscall, so the syscall gate does not trap it (only the syscalls a policy names are)", ev.Op)
+		}
+	case !o.All && !o.AnyOp && !slices.Contains(o.Ops, ev.Op):
+		return fmt.Sprintf("%s does not observe %s op %q", o.Gate, ev.Class, ev.Op)
+	case o.All && len(o.Ops) > 0 && ev.Op != "" && !slices.Contains(o.Ops, ev.Op):
+		return fmt.Sprintf("%s does not observe %s op %q (it observes %s)", o.Gate, ev.Class, ev.Op, strings.Join(o.Ops, ", "))
+	}
+	return ""
 }
 
 // printExplain writes the text form of an explanation. The event's fields

@@ -35,6 +35,9 @@ type kernelGate struct {
 
 	// kernelUp: the kernel has been located and the gate built.
 	kernelUp atomic.Bool
+	// booting: the start policy's traps are not armed yet (armAtBoot);
+	// policy loads wait for them (they would race the boot stop).
+	booting atomic.Bool
 	// bootWatch is system_state's address while the boot watchpoint is
 	// set (armAtBoot), 0 otherwise.
 	bootWatch atomic.Uint64
@@ -109,7 +112,7 @@ func (m *Monitor) kernelProfile() (*linux.Profile, error) {
 // arms every trap before it lets the vCPU run on (onBootWatch). If any of
 // this fails, the monitor fails closed: the VM is stopped and ended, and
 // run fails with the reason.
-func (m *Monitor) armAtBoot(snap *policy.Snapshot) {
+func (m *Monitor) armAtBoot() {
 	deadline := time.Now().Add(5 * time.Minute)
 	for {
 		select {
@@ -136,8 +139,8 @@ func (m *Monitor) armAtBoot(snap *policy.Snapshot) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	m.pol.mu.Lock()
-	defer m.pol.mu.Unlock()
+	// No reload runs meanwhile (m.kg.booting): the start snapshot is in
+	// force until onBootWatch has armed it.
 	err = m.dbg.Do(ctx, func(ctx context.Context, c *gdbrsp.Client) error {
 		if err := c.SetWatchpoint(ctx, gdbrsp.WriteWatch, va, 4); err != nil {
 			return fmt.Errorf("watch system_state: %w", err)
@@ -180,13 +183,9 @@ func (m *Monitor) onBootWatch(ctx context.Context, c *gdbrsp.Client, va uint64) 
 		return fmt.Errorf("the kernel gate cannot be armed: %w: %w", err, errKeepStopped)
 	}
 	m.kg.bootWatch.Store(0)
-	if !m.pol.mu.TryLock() {
-		// armAtBoot holds it only around setting the watchpoint, with the
-		// VM stopped: it cannot be held now unless a reload runs, which
-		// waits for the kernel (locateForGate) and so for this stop.
-		m.pol.mu.Lock()
-	}
-	defer m.pol.mu.Unlock()
+	// Policy loads are refused while booting is set, so the snapshot in
+	// force is the start policy's and nothing else changes the traps.
+	defer m.kg.booting.Store(false)
 	snap := m.pol.snap.Load()
 	undo, res, err := m.applyKernelLocked(ctx, c, snap)
 	if err != nil {
@@ -210,6 +209,7 @@ func watchpoints(res api.PolicyResult) int {
 // failClosed ends the VM because a gate could not be armed or enforced:
 // the guest does not run on unguarded. Wait returns err.
 func (m *Monitor) failClosed(err error) {
+	m.kg.booting.Store(false)
 	m.logf("FAIL CLOSED: %v; stopping the VM", err)
 	m.mu.Lock()
 	if m.failErr == nil {
@@ -246,7 +246,7 @@ func (m *Monitor) locateForGate(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		g.UseWatchpoints(m.maxWatchpoints())
+		g.UseWatchpoints(m.maxWatchpoints(), m.cfg.Accel.Accel == "kvm")
 		if m.kitModules != nil {
 			g.SetKitModules(m.kitModules)
 		}
@@ -277,7 +277,8 @@ func (m *Monitor) maxWatchpoints() int {
 // returns how to undo the move. The kernel text under every removed
 // breakpoint is compared with the bytes read before it was set.
 //
-// Preconditions: m.pol.mu held; the VM stopped, on the debugger goroutine.
+// Preconditions: the VM stopped, on the debugger goroutine; m.pol.mu held,
+// or (at boot) m.kg.booting set, which keeps every reload out.
 func (m *Monitor) applyKernelLocked(ctx context.Context, c *gdbrsp.Client, snap *policy.Snapshot) (undo func() error, res api.PolicyResult, err error) {
 	undo = func() error { return nil }
 	kg := &m.kg
@@ -391,7 +392,7 @@ func (m *Monitor) applyKernelLocked(ctx context.Context, c *gdbrsp.Client, snap 
 	}
 	if snap != nil {
 		for _, c := range []event.Class{event.ClassSyscall} {
-			if ops, _ := snap.Policy.Ops(c, m.pol.cov.Observers[c]); len(ops) > 0 {
+			if ops, _ := snap.Policy.Ops(c, m.pol.cov.Load().Observers[c]); len(ops) > 0 {
 				res.Syscalls = ops
 			}
 		}
@@ -401,13 +402,6 @@ func (m *Monitor) applyKernelLocked(ctx context.Context, c *gdbrsp.Client, snap 
 		res.TextRestored = &restored
 	}
 	return undo, res, nil
-}
-
-// apply is the kernel gate's step of a policy transaction.
-//
-// Preconditions: as applyKernelLocked.
-func (kg *kernelGate) apply(ctx context.Context, c *gdbrsp.Client, m *Monitor, snap *policy.Snapshot) (func() error, api.PolicyResult, error) {
-	return m.applyKernelLocked(ctx, c, snap)
 }
 
 // setTrap places a trap: a watchpoint on what a hook trapped by one reads

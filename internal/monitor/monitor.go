@@ -244,7 +244,8 @@ func Start(ctx context.Context, cfg Config) (_ *Monitor, err error) {
 		go m.watch(cfg.IDSInterval)
 	}
 	if m.kernelNeeded(snap) {
-		go m.armAtBoot(snap)
+		m.kg.booting.Store(true)
+		go m.armAtBoot()
 	}
 	return m, nil
 }

@@ -40,8 +40,9 @@ type policyState struct {
 	path atomic.Pointer[string]
 	sec  *secserver.Server
 	log  *audit.Log
-	// cov is what this VM's gates observe, fixed at start.
-	cov policy.Coverage
+	// cov is what this VM's gates observe: set once, at start (with a
+	// policy) or at the first policy load.
+	cov atomic.Pointer[policy.Coverage]
 	// advisory are the problems of the policy in force that its advisory
 	// classes excuse: statements accepted but not enforced.
 	advisory atomic.Pointer[[]string]
@@ -74,7 +75,8 @@ func (m *Monitor) prepareStartPolicy() (*policy.Snapshot, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--policy: the gates need a profile of the guest kernel %s: %w", m.cfg.Kernel, err)
 	}
-	m.pol.cov = m.coverage(prof)
+	cov := m.coverage(prof)
+	m.pol.cov.Store(&cov)
 	if err := m.checkCoverage(snap); err != nil {
 		return nil, fmt.Errorf("--policy %s: %w", m.cfg.PolicyFile, err)
 	}
@@ -136,7 +138,7 @@ func Coverage(prof *linux.Profile, kernel string, gatedNet bool) policy.Coverage
 func (m *Monitor) checkCoverage(snap *policy.Snapshot) error {
 	var errs []error
 	var notes []string
-	for _, p := range snap.Policy.Check(m.pol.cov) {
+	for _, p := range snap.Policy.Check(*m.pol.cov.Load()) {
 		if p.Advisory {
 			notes = append(notes, p.String())
 			continue
@@ -205,8 +207,12 @@ func (m *Monitor) kernelNeeded(snap *policy.Snapshot) bool {
 	if snap == nil {
 		return false
 	}
+	cov := m.pol.cov.Load()
+	if cov == nil {
+		return false
+	}
 	for _, c := range []event.Class{event.ClassSyscall, event.ClassFile, event.ClassExec, event.ClassModule} {
-		o, ok := m.pol.cov.Observers[c]
+		o, ok := cov.Observers[c]
 		if !ok {
 			continue
 		}
@@ -237,29 +243,32 @@ func (m *Monitor) LoadPolicy(ctx context.Context, req api.PolicyRequest) (api.Po
 	if err != nil {
 		return refuse(err)
 	}
-	if m.pol.cov.Observers == nil {
+	if m.kg.booting.Load() {
+		return refuse(errors.New("the guest kernel is booting and the start policy is armed when it reaches SYSTEM_RUNNING: load the new policy once the guest is ready"))
+	}
+	if m.pol.cov.Load() == nil {
 		// Started without a policy: the coverage needs the kernel's profile.
 		prof, err := m.kernelProfile()
 		if err != nil {
 			return refuse(fmt.Errorf("profile the guest kernel: %w", err))
 		}
-		m.pol.mu.Lock()
-		if m.pol.cov.Observers == nil {
-			m.pol.cov = m.coverage(prof)
-		}
-		m.pol.mu.Unlock()
-	}
-	if err := m.checkCoverage(snap); err != nil {
-		return refuse(err)
+		cov := m.coverage(prof)
+		m.pol.cov.CompareAndSwap(nil, &cov)
 	}
 	m.pol.mu.Lock()
 	defer m.pol.mu.Unlock()
+	if err := m.checkCoverage(snap); err != nil {
+		return refuse(err)
+	}
 	var res api.PolicyResult
-	if m.kernelNeeded(snap) || m.kg.armed() {
-		if !m.kg.kernelUp.Load() {
-			if err := m.locateForGate(ctx); err != nil {
-				return refuse(err)
-			}
+	if (m.kernelNeeded(snap) || m.kg.armed()) && !m.kg.kernelUp.Load() {
+		if !m.guestReady() {
+			// Traps set before the kernel's boot-time text patching could
+			// go stale (under KVM an int3 could be overwritten).
+			return refuse(errors.New("the guest is still booting: load the policy once it is ready, or give it to run --policy"))
+		}
+		if err := m.locateForGate(ctx); err != nil {
+			return refuse(err)
 		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
@@ -291,7 +300,7 @@ func (m *Monitor) LoadPolicy(ctx context.Context, req api.PolicyRequest) (api.Po
 // goroutine, with c).
 func (m *Monitor) commitLocked(ctx context.Context, c *gdbrsp.Client, snap *policy.Snapshot, path string) (api.PolicyResult, error) {
 	var res api.PolicyResult
-	undo, res, err := m.kg.apply(ctx, c, m, snap)
+	undo, res, err := m.applyKernelLocked(ctx, c, snap)
 	if err == nil {
 		err = m.failInjected(gateNet)
 	}

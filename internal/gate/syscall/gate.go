@@ -112,7 +112,8 @@ type Gate struct {
 	planMu   sync.Mutex
 	sites    map[Hook][]linux.CodeRef
 	watches  map[Hook]hookWatch
-	maxWatch int // UseWatchpoints
+	maxWatch     int  // UseWatchpoints
+	watchGlobals bool // UseWatchpoints
 	// observers are what the gate can observe on this kernel (Observers).
 	observers map[event.Class]policy.Observer
 
@@ -162,10 +163,17 @@ func New(k *linux.Kernel, d Decider) (*Gate, error) {
 // concurrent denied opens slipped through on 2 vCPUs), where a breakpoint
 // is simply hit again on resume. Under KVM, watchpoints are debug
 // registers: at most 4. Call before the first Plan.
-func (g *Gate) UseWatchpoints(max int) {
+//
+// globals says whether a hook may be watched on a global variable other
+// than its list head (hookDef.watchVar): under TCG a watchpoint makes every
+// access to its 4 KiB page take QEMU's slow path, and modules_disabled
+// shares its page with the timekeeper (tk_core), which every clock read
+// and timer tick touches (measured: getpid +127 % under TCG); KVM's debug
+// registers watch the 4 bytes alone.
+func (g *Gate) UseWatchpoints(max int, globals bool) {
 	g.planMu.Lock()
 	defer g.planMu.Unlock()
-	g.maxWatch = max
+	g.maxWatch, g.watchGlobals = max, globals
 }
 
 // Prepare does ahead of the first Plan the slow part of it that can be
@@ -295,7 +303,7 @@ func (g *Gate) Plan(pol *policy.Policy) (traps []Trap, missing []string) {
 		}
 		t := Trap{Addr: addr, Symbol: h.String(), Syscall: Syscall{Name: h.String(), Op: op, Path: -1, Dirfd: -1, How: -1},
 			Hook: h, Classes: a.classes, Members: a.members}
-		if w, ok := g.watches[h]; ok && watching < g.maxWatch {
+		if w, ok := g.watches[h]; ok && watching < g.maxWatch && (hookDefs[h].watchVar == "" || g.watchGlobals) {
 			watching++
 			t.Addr, t.Via, t.Watch, t.WatchLen, t.model, t.Target = w.model.Stop, ViaWatch, w.head, w.size, w.model, addr
 			t.Site = "read of " + watchName(h)
