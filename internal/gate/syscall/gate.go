@@ -109,9 +109,9 @@ type Gate struct {
 	// watches are the hooks trapped by a watchpoint on their list head
 	// (watch.go), sites the calls to the others, trapped instead of their
 	// entries (hooks.go); nil until then.
-	planMu   sync.Mutex
-	sites    map[Hook][]linux.CodeRef
-	watches  map[Hook]hookWatch
+	planMu       sync.Mutex
+	sites        map[Hook][]linux.CodeRef
+	watches      map[Hook]hookWatch
 	maxWatch     int  // UseWatchpoints
 	watchGlobals bool // UseWatchpoints
 	// observers are what the gate can observe on this kernel (Observers).
