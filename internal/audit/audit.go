@@ -386,10 +386,10 @@ func (l *Log) notify(ev []NearLimit) {
 
 // Preconditions: l.mu is held.
 func (l *Log) writeChain(c *chainRecord, ev *[]NearLimit) error {
-	return l.write(func(n uint64, prev string) ([]byte, error) {
+	return l.writeRecord(func(n uint64, prev string) ([]byte, error) {
 		c.N, c.Prev, c.Time = n, prev, time.Now().UTC()
 		return json.Marshal(c)
-	}, ev)
+	}, c.Kind == KindClose, ev)
 }
 
 // write encodes the next record with encode, rotating first if needed,
@@ -398,6 +398,15 @@ func (l *Log) writeChain(c *chainRecord, ev *[]NearLimit) error {
 //
 // Preconditions: l.mu is held.
 func (l *Log) write(encode func(n uint64, prev string) ([]byte, error), ev *[]NearLimit) error {
+	return l.writeRecord(encode, false, ev)
+}
+
+// writeRecord is write; last says the record ends the session (close):
+// any pruning its rotation needs is recorded before it, so that the log
+// still ends with it.
+//
+// Preconditions: l.mu is held.
+func (l *Log) writeRecord(encode func(n uint64, prev string) ([]byte, error), last bool, ev *[]NearLimit) error {
 	if l.f == nil {
 		if l.err != nil {
 			return fmt.Errorf("audit: log unusable: %w", l.err)
@@ -416,10 +425,17 @@ func (l *Log) write(encode func(n uint64, prev string) ([]byte, error), ev *[]Ne
 			return err
 		}
 	}
+	if last && l.opt.MaxSize > 0 && l.rotated > l.opt.Keep {
+		l.prune(ev)
+		// The pruned record took this record's place in the chain.
+		if line, err = l.encode(encode); err != nil {
+			return err
+		}
+	}
 	if err := l.writeLine(line, ev); err != nil {
 		return err
 	}
-	if l.opt.MaxSize > 0 && l.rotated > l.opt.Keep {
+	if !last && l.opt.MaxSize > 0 && l.rotated > l.opt.Keep {
 		// After the record, so that an open record follows the close
 		// record of the session before. A failure does not undo the
 		// record, which is durable: it is reported and retried.

@@ -740,3 +740,24 @@ func boolInt(b bool) int {
 	}
 	return 0
 }
+
+// TestCloseRotatesAndStaysLast: a close record whose rotation prunes old
+// files still ends the log (the pruned record goes before it).
+func TestCloseRotatesAndStaysLast(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	// Every record is larger than MaxSize: each one starts a new file, so
+	// the close record rotates too, and Keep 1 prunes on it.
+	l := mustOpen(t, path, Options{MaxSize: 200, Keep: 1, Sync: SyncNone})
+	for i := 0; i < 5; i++ {
+		if err := l.Append(rec("deny", int32(i), "r")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_, rep := kinds(t, path)
+	if !rep.Intact() || !rep.Closed || rep.Pruned == 0 {
+		t.Fatalf("report %+v broken %v: want intact, closed, pruned", rep, rep.Broken)
+	}
+}
