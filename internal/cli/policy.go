@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -41,41 +40,15 @@ func newPolicyCmd() *cobra.Command {
 	return cmd
 }
 
-// loadPolicy reads, parses and compiles a policy file. Includes resolve
-// relative to the including file and may not leave the root file's
-// directory.
+// loadPolicy reads, parses and compiles a policy file and its includes
+// (relative to the including file, never leaving the root file's
+// directory) the way a VM does: policy.LoadFile, one reader for both.
 func loadPolicy(file string) (*policy.Policy, error) {
-	src, err := readCapped(file, policy.MaxFileSize)
+	snap, err := policy.LoadFile(file)
 	if err != nil {
 		return nil, err
 	}
-	root, err := filepath.Abs(filepath.Dir(file))
-	if err != nil {
-		return nil, err
-	}
-	spec, err := policy.Load(file, src, osResolver(root))
-	if err != nil {
-		return nil, err
-	}
-	return policy.Compile(spec)
-}
-
-func osResolver(root string) policy.Resolver {
-	return func(from, name string) (string, []byte, error) {
-		if filepath.IsAbs(name) {
-			return "", nil, errors.New("include paths must be relative")
-		}
-		p := filepath.Join(filepath.Dir(from), name)
-		abs, err := filepath.Abs(p)
-		if err != nil {
-			return "", nil, err
-		}
-		if rel, err := filepath.Rel(root, abs); err != nil || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
-			return "", nil, fmt.Errorf("%s is outside the policy directory %s", name, root)
-		}
-		b, err := readCapped(p, policy.MaxFileSize)
-		return p, b, err
-	}
+	return snap.Policy, nil
 }
 
 // readCapped reads at most max bytes of file; a larger file is an error,

@@ -22,6 +22,13 @@ func FSResolver(fsys fs.FS) Resolver {
 		if !fs.ValidPath(p) {
 			return "", nil, fmt.Errorf("%q is outside the policy directory", name)
 		}
+		// A FIFO would block the open until a writer comes, a device such
+		// as /dev/zero would be read to the limit.
+		if fi, err := fs.Stat(fsys, p); err != nil {
+			return "", nil, err
+		} else if !fi.Mode().IsRegular() {
+			return "", nil, fmt.Errorf("%s is not a regular file (%s): give a policy file", p, fi.Mode().Type())
+		}
 		f, err := fsys.Open(p)
 		if err != nil {
 			return "", nil, err

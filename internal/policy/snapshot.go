@@ -8,6 +8,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+
+	"github.com/gatevisor/gatevisor/internal/safefile"
 )
 
 // Snapshot is one policy as every gate of a VM sees it: the files read
@@ -83,12 +85,8 @@ func LoadFile(path string) (*Snapshot, error) {
 }
 
 func readPolicyFile(path string) ([]byte, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
+	if err := safefile.CheckRegular(path); err != nil {
 		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("policy %s is not a regular file: give a policy file", path)
 	}
 	f, err := os.Open(path)
 	if err != nil {

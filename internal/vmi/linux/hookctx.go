@@ -32,21 +32,11 @@ func (k *Kernel) FilePath(file uint64) (string, error) {
 	if !k.kernelPointer(file) {
 		return "", fmt.Errorf("%w: file %#x is not a kernel pointer", ErrInconsistent, file)
 	}
-	f := &fields{p: k.Profile}
-	fPath := f.off("file.f_path")
-	mnt, dent := f.off("path.mnt"), f.off("path.dentry")
-	if f.err != nil {
-		return "", fmt.Errorf("linux: file path layout: %w", f.err)
-	}
-	vfsmnt, err := vmi.ReadU64(k.AS, file+fPath+mnt)
+	off, err := k.Profile.FieldOffset("file.f_path")
 	if err != nil {
-		return "", fmt.Errorf("linux: read file %#x: %w", file, err)
+		return "", fmt.Errorf("linux: file path layout: %w", err)
 	}
-	dentry, err := vmi.ReadU64(k.AS, file+fPath+dent)
-	if err != nil {
-		return "", fmt.Errorf("linux: read file %#x: %w", file, err)
-	}
-	return k.PathOf(vfsmnt, dentry)
+	return k.PathAt(file + off)
 }
 
 // FileFlags returns the struct file's f_flags (the open flags it keeps).
