@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -395,4 +396,68 @@ func copyBinaryForOthers(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// TestPlantedStateFiles: another local user plants a symbolic link where
+// gatevisor keeps a VM's state (its audit log, pointing at a file of the
+// owner's) or a directory of their own there: run refuses with an error
+// naming the path, writes nothing through the link, and leaves nothing.
+func TestPlantedStateFiles(t *testing.T) {
+	needVM(t)
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to plant files owned by another user (chown)")
+	}
+	const other = 12345
+	pol := writePolicy(t, t.TempDir(), "p.policy", openBase)
+	for _, c := range []struct {
+		name  string
+		plant func(t *testing.T, state string) string // returns a file that must stay untouched, or ""
+		want  string
+	}{
+		{"audit log is another user's symlink", func(t *testing.T, state string) string {
+			victim := filepath.Join(t.TempDir(), "victim")
+			writeFile(t, victim, "precious\n")
+			link := filepath.Join(state, "audit.jsonl")
+			if err := os.Symlink(victim, link); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Lchown(link, other, other); err != nil {
+				t.Fatal(err)
+			}
+			return victim
+		}, "audit.jsonl: it is a symbolic link"},
+		{"state directory is another user's", func(t *testing.T, state string) string {
+			if err := os.Chown(state, other, other); err != nil {
+				t.Fatal(err)
+			}
+			return ""
+		}, "belongs to uid 12345"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			name := "plant-" + strconv.Itoa(len(c.name))
+			state := filepath.Join(env.stateDir, "gatevisor", "vms", name)
+			if err := os.MkdirAll(state, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { os.RemoveAll(state) })
+			victim := c.plant(t, state)
+			r := gv(t, 2*time.Minute, "run", "--detach", "--name", name, "--policy", pol)
+			if r.code == 0 {
+				gv(t, time.Minute, "stop", name, "--force")
+				t.Fatalf("run with a planted state file: exit 0")
+			}
+			if !strings.Contains(r.stderr, "refusing") || !strings.Contains(r.stderr, c.want) {
+				t.Fatalf("run: stderr %q; want a refusal naming %q", r.stderr, c.want)
+			}
+			if victim != "" {
+				if b, err := os.ReadFile(victim); err != nil || string(b) != "precious\n" {
+					t.Fatalf("the link's target was written: %q %v", b, err)
+				}
+			}
+			waitNoQEMU(t, name, 30*time.Second)
+			if _, err := os.Stat(filepath.Join(env.runtimeDir, name)); !os.IsNotExist(err) {
+				t.Fatalf("runtime directory of %s left behind: %v", name, err)
+			}
+		})
+	}
 }
