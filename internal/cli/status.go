@@ -68,7 +68,7 @@ func printStatus(w io.Writer, st *api.Status) {
 		if g.Stops > 0 {
 			per = float64(g.HandleMicros) / float64(g.Stops)
 		}
-		fmt.Fprintf(w, "syscall gate: %d breakpoints; %d stops (%d decided, %d skipped, %d fault-ins), %.0f µs handling per stop\n",
+		fmt.Fprintf(w, "kernel gate: %d traps; %d stops (%d decided, %d skipped, %d fault-ins), %.0f µs handling per stop\n",
 			g.Breakpoints, g.Stops, g.Decided, g.Skipped, g.FaultIns, per)
 	}
 	if p := st.Policy; p != nil {

@@ -424,7 +424,7 @@ syscall default: allow
 		if after.Decided <= before.Decided || after.Stops <= before.Stops || after.HandleMicros <= before.HandleMicros {
 			t.Errorf("after a cat: %+v, before %+v; want more stops, decided", after, before)
 		}
-		if r := gv(t, time.Minute, "status", vm); !strings.Contains(r.stdout, "syscall gate:") || !strings.Contains(r.stdout, "stops") {
+		if r := gv(t, time.Minute, "status", vm); !strings.Contains(r.stdout, "kernel gate:") || !strings.Contains(r.stdout, "stops") {
 			t.Errorf("status text: %q", r.stdout)
 		}
 	})
