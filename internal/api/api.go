@@ -1,18 +1,13 @@
-// Package api is the local HTTP+JSON API of one VM, served on a unix socket
-// and described by openapi.yaml (embedded as Spec). Every request goes
+// Package api is the contract of one VM's local API: the requests and
+// answers (the types below), the errors and their codes, the endpoints and
+// the action each is authorized as (Endpoints, Actions), and the VM
+// interface the monitor implements. openapi.yaml (embedded as Spec)
+// describes it; a test checks Endpoints against it.
 //
-//	peer credentials (SO_PEERCRED, per connection)
-//	  -> authorize: ServerOptions.Authorize(caller, action), or else our uid or root
-//	  -> decode and validate the request
-//	  -> the VM interface, which the monitor implements
-//
-// The endpoints and the action each is authorized as are one table
-// (authz.go, mirrored by x-gatevisor-action in openapi.yaml and checked
-// against it by a test); Actions lists the action names. The client is what
-// the CLI uses.
-//
-// The API knows nothing of QEMU; the monitor knows nothing of HTTP.
-// Imported by monitor (types), cli (client) and the run command (server).
+// It knows no HTTP: internal/api/apiserver serves the VM interface over
+// HTTP+JSON on a unix socket, internal/api/apiclient calls it. The monitor
+// imports only this package, so the VMM knows nothing of HTTP. Imported by
+// monitor, cli and the two HTTP packages.
 package api
 
 import (
@@ -190,7 +185,6 @@ const (
 	MaxStopTimeout     = 600
 	MaxConsoleReplay   = 64 << 10
 	MaxVCPU            = 63
-	maxRequestBody     = 4 << 20
 	ConsoleUpgrade     = "gatevisor-console"
 	DefaultExecTimeout = 30
 )

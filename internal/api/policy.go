@@ -1,12 +1,5 @@
 package api
 
-import (
-	"context"
-	"net/http"
-	"path/filepath"
-	"strings"
-)
-
 // MaxPolicySource caps a policy sent over the API.
 const MaxPolicySource = 1 << 20
 
@@ -48,32 +41,4 @@ type PolicyResult struct {
 	// TextRestored, when breakpoints were removed, says whether the guest
 	// kernel text under them reads back byte for byte as before.
 	TextRestored *bool `json:"text_restored,omitempty"`
-}
-
-func (s *Server) loadPolicy(w http.ResponseWriter, r *http.Request) {
-	var req PolicyRequest
-	if !decode(w, r, &req, false) {
-		return
-	}
-	if !filepath.IsAbs(req.Path) || len(req.Path) > 4096 || strings.ContainsRune(req.Path, 0) {
-		badRequest(w, "path %q: give the policy file's absolute path", req.Path)
-		return
-	}
-	if len(req.Source) > MaxPolicySource {
-		badRequest(w, "source: larger than %d bytes", MaxPolicySource)
-		return
-	}
-	res, err := s.vm.LoadPolicy(r.Context(), req)
-	if err != nil {
-		fail(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, res)
-}
-
-// LoadPolicy replaces the VM's policy.
-func (c *Client) LoadPolicy(ctx context.Context, req PolicyRequest) (PolicyResult, error) {
-	var res PolicyResult
-	err := c.do(ctx, http.MethodPost, "/v1/policy", req, &res)
-	return res, err
 }

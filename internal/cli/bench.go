@@ -20,6 +20,7 @@ import (
 
 	"github.com/gatevisor/gatevisor/internal/accel"
 	"github.com/gatevisor/gatevisor/internal/api"
+	"github.com/gatevisor/gatevisor/internal/api/apiclient"
 	"github.com/gatevisor/gatevisor/internal/guestexec"
 	"github.com/gatevisor/gatevisor/internal/kit"
 	"github.com/gatevisor/gatevisor/internal/monitor"
@@ -277,7 +278,7 @@ func median(v []float64) float64 {
 
 // bootBenchVM starts `gatevisor run --detach --name name args...` with this
 // binary and returns its API client and a function that stops it.
-func bootBenchVM(ctx context.Context, name string, args ...string) (*api.Client, func(), error) {
+func bootBenchVM(ctx context.Context, name string, args ...string) (*apiclient.Client, func(), error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, nil, err

@@ -24,6 +24,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/gatevisor/gatevisor/internal/api"
+	"github.com/gatevisor/gatevisor/internal/api/apiclient"
 	"github.com/gatevisor/gatevisor/internal/vmdir"
 	"github.com/gatevisor/gatevisor/internal/vnet"
 )
@@ -293,7 +294,7 @@ the host's CPUs with whatever else runs.`,
 type benchNetVM struct {
 	cfg             string
 	name            string
-	c               *api.Client
+	c               *apiclient.Client
 	stop            func()
 	monPID, qemuPID int
 }
@@ -607,7 +608,7 @@ type netAttrSample struct {
 // collectAttribution adds the attribution times of the HTTP flows' alerts
 // decided since the time since in the VM's event history to into, keyed by
 // time and flow.
-func collectAttribution(ctx context.Context, c *api.Client, since time.Time, into map[string]netAttrSample) error {
+func collectAttribution(ctx context.Context, c *apiclient.Client, since time.Time, into map[string]netAttrSample) error {
 	rc, err := c.Events(ctx, false)
 	if err != nil {
 		return err

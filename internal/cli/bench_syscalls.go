@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/gatevisor/gatevisor/internal/api"
+	"github.com/gatevisor/gatevisor/internal/api/apiclient"
 	"github.com/gatevisor/gatevisor/internal/policy"
 )
 
@@ -247,7 +248,7 @@ func buildSysloop(ctx context.Context, dir string) (string, error) {
 // sysloopRun runs sysloop in the guest and returns its steady cost in
 // seconds for n calls: the median batch's time per call, by the guest's
 // monotonic clock, times n.
-func sysloopRun(ctx context.Context, c *api.Client, op string, n int) (float64, error) {
+func sysloopRun(ctx context.Context, c *apiclient.Client, op string, n int) (float64, error) {
 	res, err := c.Exec(ctx, api.ExecRequest{Argv: []string{"/usr/bin/sysloop", op, strconv.Itoa(n)}, TimeoutSeconds: 1800})
 	if err != nil {
 		return 0, err
@@ -288,7 +289,7 @@ func bigPolicy(rules int) string {
 
 // benchLoads times loads of a generated policy of rules rules (and its
 // compile alone), ending with base back in force.
-func benchLoads(ctx context.Context, c *api.Client, dir string, rules, loads int, base, basePath string) (*benchPolicyLoad, error) {
+func benchLoads(ctx context.Context, c *apiclient.Client, dir string, rules, loads int, base, basePath string) (*benchPolicyLoad, error) {
 	src := bigPolicy(rules)
 	p := filepath.Join(dir, "big.policy")
 	if err := os.WriteFile(p, []byte(src), 0o644); err != nil {
@@ -485,7 +486,7 @@ func checkBenchTraps(policy string, res api.PolicyResult) error {
 // guestLoop runs body iters times in the guest's shell and returns the
 // loop's time by the guest's clock (/proc/uptime, read by the shell's
 // builtin read: no fork, 10 ms resolution).
-func guestLoop(ctx context.Context, c *api.Client, body string, iters int) (float64, error) {
+func guestLoop(ctx context.Context, c *apiclient.Client, body string, iters int) (float64, error) {
 	script := fmt.Sprintf(`read a x </proc/uptime; i=0; while [ $i -lt %d ]; do %s; i=$((i+1)); done >/dev/null 2>&1; read b x </proc/uptime; echo "$a $b"`, iters, body)
 	res, err := c.Exec(ctx, api.ExecRequest{Argv: []string{"sh", "-c", script}, TimeoutSeconds: 1800})
 	if err != nil {

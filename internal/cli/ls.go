@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/gatevisor/gatevisor/internal/api"
+	"github.com/gatevisor/gatevisor/internal/api/apiclient"
 	"github.com/gatevisor/gatevisor/internal/termtext"
 	"github.com/gatevisor/gatevisor/internal/vmdir"
 )
@@ -48,7 +49,7 @@ func newLsCmd() *cobra.Command {
 				row := lsRow{Name: e.Name, Owner: ownerName(e.Owner), UID: e.Owner, Live: e.Live, Private: e.Private}
 				if e.Live {
 					ctx, cancel := context.WithTimeout(cmd.Context(), 3*time.Second)
-					st, err := api.NewClient(filepath.Join(e.Path, vmdir.APISocket)).Status(ctx)
+					st, err := apiclient.New(filepath.Join(e.Path, vmdir.APISocket)).Status(ctx)
 					cancel()
 					if err != nil {
 						row.Error = err.Error()

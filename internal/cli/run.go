@@ -18,6 +18,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/gatevisor/gatevisor/internal/accel"
+	"github.com/gatevisor/gatevisor/internal/api/apiserver"
 	"github.com/gatevisor/gatevisor/internal/audit"
 	"github.com/gatevisor/gatevisor/internal/kit"
 	"github.com/gatevisor/gatevisor/internal/monitor"
@@ -292,6 +293,21 @@ func runVM(ctx context.Context, o *runOptions) error {
 		return err
 	}
 	cleanup() // QEMU has loaded the initrd
+	// The API is served before the guest runs; the monitor knows no HTTP.
+	authorize, shared := m.APIAccess()
+	srv := apiserver.New(m, apiserver.Options{Authorize: authorize, Shared: shared})
+	if err := srv.Listen(m.APISocket()); err != nil {
+		m.Close()
+		return err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = srv.Shutdown(sctx)
+		cancel()
+	}()
+	if err := m.Run(ctx); err != nil {
+		return err
+	}
 	go func() {
 		n := 0
 		for s := range sigs {

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/gatevisor/gatevisor/internal/api"
+	"github.com/gatevisor/gatevisor/internal/api/apiclient"
 	"github.com/gatevisor/gatevisor/internal/termtext"
 )
 
@@ -116,7 +117,7 @@ func prefixed(p, s string) string {
 }
 
 // waitStatus returns the status, polling until the guest is ready when wait > 0.
-func waitStatus(ctx context.Context, c *api.Client, wait time.Duration) (api.Status, error) {
+func waitStatus(ctx context.Context, c *apiclient.Client, wait time.Duration) (api.Status, error) {
 	deadline := time.Now().Add(wait)
 	for {
 		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)

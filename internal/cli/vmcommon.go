@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/gatevisor/gatevisor/internal/api"
+	"github.com/gatevisor/gatevisor/internal/api/apiclient"
 	"github.com/gatevisor/gatevisor/internal/safefile"
 	"github.com/gatevisor/gatevisor/internal/vmdir"
 )
@@ -58,7 +58,7 @@ func stateDir(name string) (string, error) {
 
 // clientFor returns an API client for the running VM name: this user's, or
 // else root's if root shares it (see vmdir.Find).
-func clientFor(name string) (*api.Client, error) {
+func clientFor(name string) (*apiclient.Client, error) {
 	e, err := vmdir.Find(name)
 	if err != nil {
 		return nil, err
@@ -71,7 +71,7 @@ func clientFor(name string) (*api.Client, error) {
 	case !e.Live:
 		return nil, fmt.Errorf("VM %q is not running (its monitor died; the next 'gatevisor run --name %s' cleans up what it left)", name, name)
 	}
-	return api.NewClient(filepath.Join(e.Path, vmdir.APISocket)), nil
+	return apiclient.New(filepath.Join(e.Path, vmdir.APISocket)), nil
 }
 
 // ownerName names the user uid: "root", a user name, or "uid N".

@@ -1,10 +1,12 @@
 // Package monitor runs one VM's lifecycle and wires its parts together: the
 // runtime directory and its lock (vmdir), the QEMU process (qemu), the QMP
 // and gdbstub clients, the live guest-RAM mapping, the serial console, the
-// exec channel (guestexec) and the local API server (api).
+// exec channel (guestexec), the policy, its security server and audit log,
+// and the gates. It knows no HTTP: it implements api.VM, and the run
+// command serves that with internal/api/apiserver.
 //
-// Lifecycle: Start launches QEMU paused, attaches every channel, maps guest
-// RAM, serves the API and only then lets the guest run. Wait returns when the
+// Lifecycle: Start launches QEMU paused, attaches every channel and maps
+// guest RAM; the caller serves the API; Run lets the guest run. Wait returns when the
 // VM is over: nil when the guest powered off or an operator stopped it, an
 // error when the guest reset or panicked (QEMU runs with -no-reboot) or QEMU
 // died. Whatever ends the VM, Wait leaves no QEMU process, no guest-RAM file
@@ -110,7 +112,6 @@ type Monitor struct {
 	gdb     *gdbrsp.Client
 	exec    *guestexec.Client
 	console *console
-	server  *api.Server
 	logFile *os.File
 	events  *eventBus
 	intro   introspection
@@ -125,6 +126,7 @@ type Monitor struct {
 	profile   *linux.Profile // the guest kernel's, loaded once (kernelProfile)
 
 	kitModules []string // cfg.KitModules
+	apiShared  bool     // other users can reach the API socket (a policy decides the API)
 	apiPrivate string   // why other users cannot reach the API socket ("" when they can, or no policy)
 	failApply  string   // testFailApplyEnv: a gate whose policy step fails (tests)
 
@@ -148,8 +150,11 @@ func (m *Monitor) logf(format string, a ...any) {
 	}
 }
 
-// Start launches the VM and returns once the guest runs and the API serves.
-// On error nothing is left running.
+// Start launches the VM paused: QEMU running with every channel attached,
+// guest RAM mapped, the policy read, checked against the gates and in
+// force. The guest runs only once Run is called (after the caller serves
+// the API); Close ends a VM that never ran. On error nothing is left
+// running.
 func Start(ctx context.Context, cfg Config) (_ *Monitor, err error) {
 	if cfg.ReadyMarker == "" {
 		cfg.ReadyMarker = ReadyMarker
@@ -216,38 +221,71 @@ func Start(ctx context.Context, cfg Config) (_ *Monitor, err error) {
 	m.dbg = newDebugger(m.gdb, m.logf)
 	m.dbg.trap = m.onTrap
 	go m.dbg.run()
-	var opts api.ServerOptions
 	if snap != nil {
 		// The policy decides every API request (the API gate); other
 		// local users may connect, and get what their roles allow, when
 		// they can reach the socket at all.
-		opts = api.ServerOptions{Authorize: m.authorize, Shared: true}
+		m.apiShared = true
 		switch err := m.dir.Share(); {
 		case errors.Is(err, vmdir.ErrUnreachable):
-			opts.Shared = false
+			m.apiShared = false
 			m.apiPrivate = err.Error()
 			m.logf("the policy decides API requests of the owner and root only: %v", err)
 		case err != nil:
 			return nil, err
 		}
 	}
-	m.server = api.NewServer(m, opts)
-	if err := m.server.Listen(m.dir.File(vmdir.APISocket)); err != nil {
-		return nil, err
-	}
+	return m, nil
+}
+
+// APISocket is where the VM's API is served: inside its 0700 (with a
+// policy, 0711) runtime directory.
+func (m *Monitor) APISocket() string { return m.dir.File(vmdir.APISocket) }
+
+// APIAccess says who decides API requests: authorize is the API gate
+// (with a policy in force, every request is an api event the security
+// server decides; without one, only the owner and root may call), and
+// shared says other local users can reach the socket at all (a VM started
+// with a policy).
+func (m *Monitor) APIAccess() (authorize func(ctx context.Context, c api.Caller, action string) error, shared bool) {
+	return m.authorize, m.apiShared
+}
+
+// Run lets the guest run: the VM started by Start was paused with every
+// channel attached and the policy in force; the caller serves the API
+// (APISocket, APIAccess) before it calls Run, so that nothing the guest
+// does happens unobserved. On error the VM is ended (Wait returns).
+func (m *Monitor) Run(ctx context.Context) error {
 	if err := m.qmp.Cont(ctx); err != nil {
-		return nil, fmt.Errorf("start the guest: %w", err)
+		m.cleanup()
+		close(m.done)
+		return fmt.Errorf("start the guest: %w", err)
 	}
 	m.setState(api.StateRunning)
 	go m.supervise()
-	if cfg.IDSInterval > 0 {
-		go m.watch(cfg.IDSInterval)
+	if m.cfg.IDSInterval > 0 {
+		go m.watch(m.cfg.IDSInterval)
 	}
-	if m.kernelNeeded(snap) {
+	if m.kernelNeeded(m.pol.snap.Load()) {
 		m.kg.booting.Store(true)
 		go m.armAtBoot()
 	}
-	return m, nil
+	return nil
+}
+
+// Close ends a VM that Start left paused and Run never started: QEMU is
+// killed and everything Start acquired is released.
+func (m *Monitor) Close() {
+	m.mu.Lock()
+	started := m.state != api.StateStarting
+	m.mu.Unlock()
+	if started {
+		m.RequestStop(0)
+		<-m.done
+		return
+	}
+	m.cleanup()
+	close(m.done)
 }
 
 // attach connects QMP, the gdbstub, the console and the exec channel, and
@@ -473,11 +511,6 @@ func (m *Monitor) finish() {
 
 // cleanup releases everything Start acquired; safe on a partial Start.
 func (m *Monitor) cleanup() {
-	if m.server != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		_ = m.server.Shutdown(ctx)
-		cancel()
-	}
 	if m.proc != nil {
 		_ = m.proc.Kill(5 * time.Second)
 	}

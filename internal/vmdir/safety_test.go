@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/gatevisor/gatevisor/internal/api"
+	"github.com/gatevisor/gatevisor/internal/api/apiserver"
 	"github.com/gatevisor/gatevisor/internal/safefile"
 )
 
@@ -262,7 +263,7 @@ func TestShare(t *testing.T) {
 		listenAt(t, d.File(s), 0)
 	}
 	must(t, os.WriteFile(d.File("console.log"), nil, 0o644))
-	srv := api.NewServer(nopVM{}, api.ServerOptions{Shared: true})
+	srv := apiserver.New(nopVM{}, apiserver.Options{Shared: true})
 	must(t, srv.Listen(d.File(APISocket)))
 	defer srv.Shutdown(context.Background())
 
@@ -316,7 +317,7 @@ func TestOtherUserSeesShared(t *testing.T) {
 	defer shared.Release()
 	must(t, shared.WriteState(State{Name: "shared", MonitorPID: os.Getpid()}))
 	listenAt(t, shared.File("gdb.sock"), 0)
-	srv := api.NewServer(nopVM{}, api.ServerOptions{Shared: true, Authorize: func(context.Context, api.Caller, string) error { return nil }})
+	srv := apiserver.New(nopVM{}, apiserver.Options{Shared: true, Authorize: func(context.Context, api.Caller, string) error { return nil }})
 	must(t, srv.Listen(shared.File(APISocket)))
 	defer srv.Shutdown(context.Background())
 	must(t, shared.Share())

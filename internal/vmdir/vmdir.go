@@ -358,7 +358,7 @@ func (d *Dir) File(name string) string { return filepath.Join(d.Path, name) }
 
 // Share opens the VM directory to other local users so that they can reach
 // its API socket by name, for a VM whose policy decides who may call the
-// API (api.ServerOptions.Shared). Every other entry must be ours and not a
+// API (apiserver.Options.Shared). Every other entry must be ours and not a
 // link, and is made owner-only (0600, a directory 0700): QEMU and the
 // monitor create their sockets with the process umask, and the gdbstub's
 // grants full control of the guest. Then the directory becomes 0711 and the

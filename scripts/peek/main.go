@@ -10,7 +10,7 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/gatevisor/gatevisor/internal/api"
+	"github.com/gatevisor/gatevisor/internal/api/apiclient"
 )
 
 func main() {
@@ -18,7 +18,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "usage: peek API-SOCKET")
 		os.Exit(2)
 	}
-	c := api.NewClient(os.Args[1])
+	c := apiclient.New(os.Args[1])
 	ctx := context.Background()
 	regs, err := c.Registers(ctx, 0)
 	if err != nil {

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/gatevisor/gatevisor/internal/api"
+	"github.com/gatevisor/gatevisor/internal/api/apiclient"
 )
 
 // env is the test run's shared setup.
@@ -150,8 +151,8 @@ func needShared(t *testing.T) {
 }
 
 // client returns an API client for VM name.
-func client(name string) *api.Client {
-	return api.NewClient(filepath.Join(env.runtimeDir, name, "api.sock"))
+func client(name string) *apiclient.Client {
+	return apiclient.New(filepath.Join(env.runtimeDir, name, "api.sock"))
 }
 
 // status returns the VM's status via the CLI's JSON output.

@@ -1,4 +1,4 @@
-package api
+package apiserver
 
 import (
 	"context"
@@ -21,6 +21,9 @@ import (
 
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/gatevisor/gatevisor/internal/api"
+	"github.com/gatevisor/gatevisor/internal/api/apiclient"
 )
 
 // TestActions pins the action names: policies name them, so a rename
@@ -30,8 +33,8 @@ func TestActions(t *testing.T) {
 		"memory.read", "memory.write",
 		"ids.banner", "ids.syscalls", "ids.ps", "ids.modules", "ids.sockets", "ids.check",
 		"vm.dump", "vm.events", "policy.load"}
-	if diff := cmp.Diff(want, Actions()); diff != "" {
-		t.Errorf("Actions() (-want +got):\n%s", diff)
+	if diff := cmp.Diff(want, api.Actions()); diff != "" {
+		t.Errorf("api.Actions() (-want +got):\n%s", diff)
 	}
 }
 
@@ -39,7 +42,7 @@ func TestActions(t *testing.T) {
 // operation, the action the server authorizes it as, and that the spec and
 // the endpoint table list the same operations.
 func TestSpecActionsMatchTable(t *testing.T) {
-	doc, err := openapi3.NewLoader().LoadFromData(Spec)
+	doc, err := openapi3.NewLoader().LoadFromData(api.Spec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,28 +57,28 @@ func TestSpecActionsMatchTable(t *testing.T) {
 		}
 	}
 	table := map[string]string{}
-	for _, rt := range routes {
-		table[rt.method+" "+rt.path] = rt.specAction()
+	for _, rt := range api.Endpoints {
+		table[rt.Method+" "+rt.Path] = rt.SpecAction()
 	}
 	if diff := cmp.Diff(table, spec); diff != "" {
 		t.Errorf("endpoint table vs openapi.yaml x-gatevisor-action (-table +spec):\n%s", diff)
 	}
 	// A parameterized action's values are the path parameter's enum.
-	for _, rt := range routes {
-		if rt.param == "" {
+	for _, rt := range api.Endpoints {
+		if rt.Param == "" {
 			continue
 		}
-		op := doc.Paths.Find(rt.path).GetOperation(rt.method)
+		op := doc.Paths.Find(rt.Path).GetOperation(rt.Method)
 		var enum []string
 		for _, p := range op.Parameters {
-			if p.Value.Name == rt.param {
+			if p.Value.Name == rt.Param {
 				for _, v := range p.Value.Schema.Value.Enum {
 					enum = append(enum, fmt.Sprint(v))
 				}
 			}
 		}
-		if diff := cmp.Diff(rt.values, enum); diff != "" {
-			t.Errorf("%s %s: values of {%s} (-table +spec enum):\n%s", rt.method, rt.path, rt.param, diff)
+		if diff := cmp.Diff(rt.Values, enum); diff != "" {
+			t.Errorf("%s %s: values of {%s} (-table +spec enum):\n%s", rt.Method, rt.Path, rt.Param, diff)
 		}
 	}
 }
@@ -86,10 +89,10 @@ type authzRecorder struct {
 	mu    sync.Mutex
 	deny  func(action string) bool
 	asked []string
-	who   []Caller
+	who   []api.Caller
 }
 
-func (a *authzRecorder) authorize(_ context.Context, c Caller, action string) error {
+func (a *authzRecorder) authorize(_ context.Context, c api.Caller, action string) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.asked = append(a.asked, action)
@@ -100,13 +103,13 @@ func (a *authzRecorder) authorize(_ context.Context, c Caller, action string) er
 	return nil
 }
 
-func (a *authzRecorder) get() ([]string, []Caller) {
+func (a *authzRecorder) get() ([]string, []api.Caller) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return append([]string(nil), a.asked...), append([]Caller(nil), a.who...)
+	return append([]string(nil), a.asked...), append([]api.Caller(nil), a.who...)
 }
 
-// sample is one request for an action, and the VM method it reaches.
+// sample is one request for an action, and the api.VM method it reaches.
 type sample struct {
 	method, path, body string
 	vmCall             string
@@ -127,7 +130,7 @@ var samples = map[string]sample{
 }
 
 func init() {
-	for _, q := range IDSQueries {
+	for _, q := range api.IDSQueries {
 		samples["ids."+q] = sample{"GET", "/v1/ids/" + q, "", "IDS"}
 	}
 }
@@ -142,7 +145,7 @@ func unixHTTP(sock string) *http.Client {
 
 // call sends s to the server at sock; the console's upgrade is sent, and
 // its stream closed at once.
-func call(t *testing.T, hc *http.Client, s sample) (int, Error) {
+func call(t *testing.T, hc *http.Client, s sample) (int, api.Error) {
 	t.Helper()
 	req, err := http.NewRequest(s.method, "http://gatevisor"+s.path, strings.NewReader(s.body))
 	if err != nil {
@@ -153,14 +156,14 @@ func call(t *testing.T, hc *http.Client, s sample) (int, Error) {
 	}
 	if s.vmCall == "AttachConsole" {
 		req.Header.Set("Connection", "Upgrade")
-		req.Header.Set("Upgrade", ConsoleUpgrade)
+		req.Header.Set("Upgrade", api.ConsoleUpgrade)
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", s.method, s.path, err)
 	}
 	defer resp.Body.Close()
-	var e Error
+	var e api.Error
 	if resp.StatusCode >= 300 {
 		b, _ := io.ReadAll(resp.Body)
 		if err := json.Unmarshal(b, &e); err != nil {
@@ -171,9 +174,9 @@ func call(t *testing.T, hc *http.Client, s sample) (int, Error) {
 }
 
 // listen serves vm with opt on a socket in a fresh directory.
-func listen(t *testing.T, vm VM, opt ServerOptions) string {
+func listen(t *testing.T, vm api.VM, opt Options) string {
 	t.Helper()
-	s := NewServer(vm, opt)
+	s := New(vm, opt)
 	sock := filepath.Join(t.TempDir(), "api.sock")
 	if err := s.Listen(sock); err != nil {
 		t.Fatal(err)
@@ -184,11 +187,11 @@ func listen(t *testing.T, vm VM, opt ServerOptions) string {
 
 // TestAuthorizeEveryEndpoint drives every action of the table over a real
 // unix socket: refused, the answer is 403 naming the action and the rule,
-// and the VM is never called; allowed, the VM method runs; either way
+// and the api.VM is never called; allowed, the api.VM method runs; either way
 // Authorize saw exactly that action and the caller's real credentials.
 func TestAuthorizeEveryEndpoint(t *testing.T) {
-	self := Caller{UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PID: int32(os.Getpid())}
-	for _, action := range Actions() {
+	self := api.Caller{UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PID: int32(os.Getpid())}
+	for _, action := range api.Actions() {
 		s, ok := samples[action]
 		if !ok {
 			t.Fatalf("no sample request for action %s: add one to samples", action)
@@ -196,9 +199,9 @@ func TestAuthorizeEveryEndpoint(t *testing.T) {
 		t.Run(action+"/denied", func(t *testing.T) {
 			vm := &fakeVM{}
 			az := &authzRecorder{deny: func(string) bool { return true }}
-			hc := unixHTTP(listen(t, vm, ServerOptions{Authorize: az.authorize}))
+			hc := unixHTTP(listen(t, vm, Options{Authorize: az.authorize}))
 			code, e := call(t, hc, s)
-			if code != http.StatusForbidden || e.Code != CodeForbidden || !strings.Contains(e.Message, action+" refused") || !strings.Contains(e.Message, "test.policy:3:1") {
+			if code != http.StatusForbidden || e.Code != api.CodeForbidden || !strings.Contains(e.Message, action+" refused") || !strings.Contains(e.Message, "test.policy:3:1") {
 				t.Fatalf("got %d %+v; want 403 forbidden naming %s and the rule", code, e, action)
 			}
 			if calls := vm.Calls(); len(calls) != 0 {
@@ -208,19 +211,19 @@ func TestAuthorizeEveryEndpoint(t *testing.T) {
 			if diff := cmp.Diff([]string{action}, asked); diff != "" {
 				t.Errorf("actions asked (-want +got):\n%s", diff)
 			}
-			if diff := cmp.Diff([]Caller{self}, who); diff != "" {
+			if diff := cmp.Diff([]api.Caller{self}, who); diff != "" {
 				t.Errorf("caller (-want +got):\n%s", diff)
 			}
 		})
 		t.Run(action+"/allowed", func(t *testing.T) {
 			vm := &fakeVM{}
 			az := &authzRecorder{deny: func(string) bool { return false }}
-			hc := unixHTTP(listen(t, vm, ServerOptions{Authorize: az.authorize}))
+			hc := unixHTTP(listen(t, vm, Options{Authorize: az.authorize}))
 			code, e := call(t, hc, s)
 			if code >= 300 && code != http.StatusSwitchingProtocols {
 				t.Fatalf("allowed request: %d %+v", code, e)
 			}
-			// The console's VM call follows its 101 answer.
+			// The console's api.VM call follows its 101 answer.
 			deadline := time.Now().Add(5 * time.Second)
 			for !slices.Contains(vm.Calls(), s.vmCall) && time.Now().Before(deadline) {
 				time.Sleep(5 * time.Millisecond)
@@ -232,7 +235,7 @@ func TestAuthorizeEveryEndpoint(t *testing.T) {
 			if diff := cmp.Diff([]string{action}, asked); diff != "" {
 				t.Errorf("actions asked (-want +got):\n%s", diff)
 			}
-			if diff := cmp.Diff([]Caller{self}, who); diff != "" {
+			if diff := cmp.Diff([]api.Caller{self}, who); diff != "" {
 				t.Errorf("caller (-want +got):\n%s", diff)
 			}
 		})
@@ -244,7 +247,7 @@ func TestAuthorizeEveryEndpoint(t *testing.T) {
 func TestAuthorizeBeforeDecoding(t *testing.T) {
 	vm := &fakeVM{}
 	az := &authzRecorder{deny: func(a string) bool { return a != "vm.status" }}
-	sock := listen(t, vm, ServerOptions{Authorize: az.authorize})
+	sock := listen(t, vm, Options{Authorize: az.authorize})
 	hc := unixHTTP(sock)
 	for _, tc := range []struct {
 		s        sample
@@ -271,14 +274,14 @@ func TestAuthorizeBeforeDecoding(t *testing.T) {
 	if calls := vm.Calls(); len(calls) != 0 {
 		t.Errorf("VM called: %v", calls)
 	}
-	// An allowed request carries its caller to the VM.
-	if _, err := NewClient(sock).Status(context.Background()); err != nil {
+	// An allowed request carries its caller to the api.VM.
+	if _, err := apiclient.New(sock).Status(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	vm.mu.Lock()
 	got := vm.caller
 	vm.mu.Unlock()
-	if want := (Caller{UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PID: int32(os.Getpid())}); got != want {
+	if want := (api.Caller{UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PID: int32(os.Getpid())}); got != want {
 		t.Errorf("VM saw caller %+v, want %+v", got, want)
 	}
 }
@@ -286,8 +289,8 @@ func TestAuthorizeBeforeDecoding(t *testing.T) {
 // TestForbiddenMatchesSpec checks a refusal's answer against the spec.
 func TestForbiddenMatchesSpec(t *testing.T) {
 	router := loadRouter(t)
-	deny := func(context.Context, Caller, string) error { return errors.New("no rule grants it") }
-	h := NewServer(&fakeVM{}, ServerOptions{Authorize: deny}).Handler()
+	deny := func(context.Context, api.Caller, string) error { return errors.New("no rule grants it") }
+	h := New(&fakeVM{}, Options{Authorize: deny}).Handler()
 	req := httptest.NewRequest("POST", "http://gatevisor/v1/stop", nil)
 	rec := roundTrip(t, router, h, req, nil, true)
 	if rec.Code != 403 || !strings.Contains(rec.Body.String(), `"code":"forbidden"`) || !strings.Contains(rec.Body.String(), "vm.stop refused") {
@@ -300,7 +303,7 @@ func TestSharedSocketMode(t *testing.T) {
 		shared bool
 		want   os.FileMode
 	}{{false, 0o600}, {true, 0o666}} {
-		sock := listen(t, &fakeVM{}, ServerOptions{Shared: tc.shared})
+		sock := listen(t, &fakeVM{}, Options{Shared: tc.shared})
 		fi, err := os.Lstat(sock)
 		if err != nil {
 			t.Fatal(err)
@@ -348,8 +351,8 @@ func TestOtherUserCaller(t *testing.T) {
 		res, _, _ = strings.Cut(res, "\n")
 		return res
 	}
-	serve := func(name string, opt ServerOptions) string {
-		s := NewServer(&fakeVM{}, opt)
+	serve := func(name string, opt Options) string {
+		s := New(&fakeVM{}, opt)
 		sock := filepath.Join(dir, name)
 		if err := s.Listen(sock); err != nil {
 			t.Fatal(err)
@@ -359,17 +362,17 @@ func TestOtherUserCaller(t *testing.T) {
 	}
 
 	az := &authzRecorder{deny: func(a string) bool { return a != "vm.status" }}
-	if got := run(serve("policy.sock", ServerOptions{Authorize: az.authorize, Shared: true})); got != "ok" {
+	if got := run(serve("policy.sock", Options{Authorize: az.authorize, Shared: true})); got != "ok" {
 		t.Errorf("status allowed by the policy: %s", got)
 	}
 	_, who := az.get()
 	if len(who) != 1 || who[0].UID != uid || who[0].GID != gid || who[0].PID <= 0 || who[0].PID == int32(os.Getpid()) {
 		t.Errorf("Authorize saw %+v, want uid %d gid %d and the client's pid", who, uid, gid)
 	}
-	if got := run(serve("owner.sock", ServerOptions{Shared: true})); !strings.Contains(got, "forbidden") || !strings.Contains(got, "only its owner and root") {
+	if got := run(serve("owner.sock", Options{Shared: true})); !strings.Contains(got, "forbidden") || !strings.Contains(got, "only its owner and root") {
 		t.Errorf("owner-or-root rule: %s", got)
 	}
-	if got := run(serve("private.sock", ServerOptions{Authorize: az.authorize})); !strings.Contains(got, "permission denied") {
+	if got := run(serve("private.sock", Options{Authorize: az.authorize})); !strings.Contains(got, "permission denied") {
 		t.Errorf("a 0600 socket reached by another uid: %s", got)
 	}
 }
@@ -382,9 +385,9 @@ func TestHelperClient(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	_, err := NewClient(sock).Status(ctx)
+	_, err := apiclient.New(sock).Status(ctx)
 	res := "ok"
-	var e *Error
+	var e *api.Error
 	switch {
 	case errors.As(err, &e):
 		res = e.Code + ": " + e.Message
@@ -392,4 +395,21 @@ func TestHelperClient(t *testing.T) {
 		res = err.Error()
 	}
 	fmt.Println("RESULT " + res)
+}
+
+// TestEveryEndpointHasAHandler: the server serves exactly api.Endpoints.
+func TestEveryEndpointHasAHandler(t *testing.T) {
+	seen := map[string]bool{}
+	for _, e := range api.Endpoints {
+		k := e.Method + " " + e.Path
+		if handlers[k] == nil {
+			t.Errorf("no handler for %s", k)
+		}
+		seen[k] = true
+	}
+	for k := range handlers {
+		if !seen[k] {
+			t.Errorf("handler for %s, which is not in api.Endpoints", k)
+		}
+	}
 }

@@ -1,4 +1,4 @@
-package api
+package apiserver
 
 import (
 	"bytes"
@@ -20,19 +20,22 @@ import (
 	"github.com/getkin/kin-openapi/routers"
 	"github.com/getkin/kin-openapi/routers/legacy"
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/gatevisor/gatevisor/internal/api"
+	"github.com/gatevisor/gatevisor/internal/api/apiclient"
 )
 
-// fakeVM records calls and answers like a running VM.
+// fakeVM records calls and answers like a running api.VM.
 type fakeVM struct {
-	stopped  *StopRequest
+	stopped  *api.StopRequest
 	execErr  error
-	lastExec ExecRequest
+	lastExec api.ExecRequest
 	console  chan []byte // what the console client typed
 	written  []byte
 
 	mu     sync.Mutex // guards calls and caller
-	calls  []string   // the VM methods called, in order
-	caller Caller     // the last Status call's caller
+	calls  []string   // the api.VM methods called, in order
+	caller api.Caller // the last api.Status call's caller
 }
 
 func (f *fakeVM) called(name string) {
@@ -47,70 +50,70 @@ func (f *fakeVM) Calls() []string {
 	return append([]string(nil), f.calls...)
 }
 
-func (f *fakeVM) Status(ctx context.Context) Status {
+func (f *fakeVM) Status(ctx context.Context) api.Status {
 	f.called("Status")
-	if c, ok := CallerFromContext(ctx); ok {
+	if c, ok := api.CallerFromContext(ctx); ok {
 		f.mu.Lock()
 		f.caller = c
 		f.mu.Unlock()
 	}
-	return Status{Name: "vm1", State: StateRunning, QEMUStatus: "running", GuestReady: true, MonitorPID: 10, QEMUPID: 11,
+	return api.Status{Name: "vm1", State: api.StateRunning, QEMUStatus: "running", GuestReady: true, MonitorPID: 10, QEMUPID: 11,
 		Accel: "tcg", AccelReason: "using TCG", Machine: "q35", MemMiB: 256, CPUs: 1, Kernel: "/k", Initrd: "/i",
 		StartedAt: time.Unix(1700000000, 0).UTC(), RuntimeDir: "/run/gatevisor/vm1"}
 }
-func (f *fakeVM) Stop(_ context.Context, r StopRequest) error {
+func (f *fakeVM) Stop(_ context.Context, r api.StopRequest) error {
 	f.called("Stop")
 	f.stopped = &r
 	return nil
 }
-func (f *fakeVM) Exec(_ context.Context, r ExecRequest) (ExecResult, error) {
+func (f *fakeVM) Exec(_ context.Context, r api.ExecRequest) (api.ExecResult, error) {
 	f.called("Exec")
 	f.lastExec = r
 	if f.execErr != nil {
-		return ExecResult{}, f.execErr
+		return api.ExecResult{}, f.execErr
 	}
-	return ExecResult{ExitCode: 3, Stdout: []byte("out\n"), Stderr: []byte{}}, nil
+	return api.ExecResult{ExitCode: 3, Stdout: []byte("out\n"), Stderr: []byte{}}, nil
 }
-func (f *fakeVM) Registers(_ context.Context, vcpu int) (Registers, error) {
+func (f *fakeVM) Registers(_ context.Context, vcpu int) (api.Registers, error) {
 	f.called("Registers")
 	if vcpu > 0 {
-		return Registers{}, &Error{Code: CodeNotFound, Message: "vCPU 1 does not exist"}
+		return api.Registers{}, &api.Error{Code: api.CodeNotFound, Message: "vCPU 1 does not exist"}
 	}
-	return Registers{VCPU: 0, Registers: map[string]string{"rip": "0xffffffff81000000", "cr3": "0x1000"}}, nil
+	return api.Registers{VCPU: 0, Registers: map[string]string{"rip": "0xffffffff81000000", "cr3": "0x1000"}}, nil
 }
-func (f *fakeVM) LoadPolicy(_ context.Context, r PolicyRequest) (PolicyResult, error) {
+func (f *fakeVM) LoadPolicy(_ context.Context, r api.PolicyRequest) (api.PolicyResult, error) {
 	f.called("LoadPolicy")
 	if strings.Contains(r.Source, "bad") {
-		return PolicyResult{}, &Error{Code: CodeBadRequest, Message: "policy rejected, the policy in force stays: t.policy:1:1: bad"}
+		return api.PolicyResult{}, &api.Error{Code: api.CodeBadRequest, Message: "policy rejected, the policy in force stays: t.policy:1:1: bad"}
 	}
-	return PolicyResult{Seq: 2, Path: r.Path, Syscalls: []string{"open"},
-		Breakpoints: []Breakpoint{{Symbol: "__x64_sys_openat", Syscall: "open", Addr: "0xffffffff81400000", PhysAddr: "0x1400000"},
+	return api.PolicyResult{Seq: 2, Path: r.Path, Syscalls: []string{"open"},
+		Breakpoints: []api.Breakpoint{{Symbol: "__x64_sys_openat", Syscall: "open", Addr: "0xffffffff81400000", PhysAddr: "0x1400000"},
 			{Symbol: "security_file_open", Site: "read of security_hook_heads.file_open", Watchpoint: true, Syscall: "open", Addr: "0xffffffff82000000"}}}, nil
 }
-func (f *fakeVM) MemoryLayout() MemoryLayout {
+func (f *fakeVM) MemoryLayout() api.MemoryLayout {
 	f.called("MemoryLayout")
-	return MemoryLayout{Size: 1 << 20, Regions: []Region{{GPA: 0, Offset: 0, Size: 1 << 20}}}
+	return api.MemoryLayout{Size: 1 << 20, Regions: []api.Region{{GPA: 0, Offset: 0, Size: 1 << 20}}}
 }
 func (f *fakeVM) ReadPhysical(_ context.Context, addr uint64, p []byte) error {
 	f.called("ReadPhysical")
 	if addr+uint64(len(p)) > 1<<20 {
-		return &Error{Code: CodeBadRequest, Message: "not RAM"}
+		return &api.Error{Code: api.CodeBadRequest, Message: "not RAM"}
 	}
 	for i := range p {
 		p[i] = byte(addr) + byte(i)
 	}
 	return nil
 }
-func (f *fakeVM) IDS(_ context.Context, q, src string) (IDSResult, error) {
+func (f *fakeVM) IDS(_ context.Context, q, src string) (api.IDSResult, error) {
 	f.called("IDS")
 	if src == "" {
 		src = "ram"
 	}
-	return IDSResult{Query: q, Source: src, ElapsedMicros: 12, Result: json.RawMessage(`[{"pid":1,"comm":"init"}]`)}, nil
+	return api.IDSResult{Query: q, Source: src, ElapsedMicros: 12, Result: json.RawMessage(`[{"pid":1,"comm":"init"}]`)}, nil
 }
-func (f *fakeVM) Dump(_ context.Context, path string) (DumpResult, error) {
+func (f *fakeVM) Dump(_ context.Context, path string) (api.DumpResult, error) {
 	f.called("Dump")
-	return DumpResult{Path: path, Size: 4096, ElapsedMicros: 5}, nil
+	return api.DumpResult{Path: path, Size: 4096, ElapsedMicros: 5}, nil
 }
 func (f *fakeVM) WritePhysical(_ context.Context, addr uint64, p []byte) error {
 	f.called("WritePhysical")
@@ -154,7 +157,7 @@ func init() {
 func loadRouter(t *testing.T) routers.Router {
 	t.Helper()
 	loader := openapi3.NewLoader()
-	doc, err := loader.LoadFromData(Spec)
+	doc, err := loader.LoadFromData(api.Spec)
 	if err != nil {
 		t.Fatalf("openapi.yaml: %v", err)
 	}
@@ -242,7 +245,7 @@ func TestEndpointsMatchSpec(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			vm := &fakeVM{}
-			h := NewServer(vm).Handler()
+			h := New(vm).Handler()
 			req := httptest.NewRequest(tc.method, "http://gatevisor"+tc.path, nil)
 			if tc.body != "" {
 				req.Header.Set("Content-Type", "application/json")
@@ -257,11 +260,11 @@ func TestEndpointsMatchSpec(t *testing.T) {
 
 func TestExecDefaultsTimeout(t *testing.T) {
 	vm := &fakeVM{}
-	h := NewServer(vm).Handler()
+	h := New(vm).Handler()
 	req := httptest.NewRequest("POST", "http://gatevisor/v1/exec", strings.NewReader(`{"argv":["true"]}`))
 	h.ServeHTTP(httptest.NewRecorder(), req)
-	if diff := cmp.Diff(ExecRequest{Argv: []string{"true"}, TimeoutSeconds: DefaultExecTimeout}, vm.lastExec); diff != "" {
-		t.Errorf("request passed to the VM (-want +got):\n%s", diff)
+	if diff := cmp.Diff(api.ExecRequest{Argv: []string{"true"}, TimeoutSeconds: api.DefaultExecTimeout}, vm.lastExec); diff != "" {
+		t.Errorf("request passed to the api.VM (-want +got):\n%s", diff)
 	}
 }
 
@@ -270,15 +273,15 @@ func TestErrorMapping(t *testing.T) {
 		err      error
 		wantCode int
 	}{
-		{ErrNotReady, 503}, {ErrUnavailable, 503}, {&Error{Code: CodeConflict, Message: "x"}, 409}, {errors.New("boom"), 500},
+		{api.ErrNotReady, 503}, {api.ErrUnavailable, 503}, {&api.Error{Code: api.CodeConflict, Message: "x"}, 409}, {errors.New("boom"), 500},
 	} {
 		vm := &fakeVM{execErr: tc.err}
 		rec := httptest.NewRecorder()
-		NewServer(vm).Handler().ServeHTTP(rec, httptest.NewRequest("POST", "http://gatevisor/v1/exec", strings.NewReader(`{"argv":["x"]}`)))
+		New(vm).Handler().ServeHTTP(rec, httptest.NewRequest("POST", "http://gatevisor/v1/exec", strings.NewReader(`{"argv":["x"]}`)))
 		if rec.Code != tc.wantCode {
 			t.Errorf("%v: code %d, want %d", tc.err, rec.Code, tc.wantCode)
 		}
-		var e Error
+		var e api.Error
 		if err := json.Unmarshal(rec.Body.Bytes(), &e); err != nil || e.Message == "" {
 			t.Errorf("%v: body %q is not an API error", tc.err, rec.Body.String())
 		}
@@ -289,20 +292,20 @@ func TestErrorMapping(t *testing.T) {
 // with the client, the console upgrade and the peer-credential check included.
 func TestUnixSocketClient(t *testing.T) {
 	vm := &fakeVM{console: make(chan []byte, 1)}
-	s := NewServer(vm)
+	s := New(vm)
 	sock := filepath.Join(t.TempDir(), "api.sock")
 	if err := s.Listen(sock); err != nil {
 		t.Fatal(err)
 	}
 	defer s.Shutdown(context.Background())
-	c := NewClient(sock)
+	c := apiclient.New(sock)
 	ctx := context.Background()
 
 	st, err := c.Status(ctx)
 	if err != nil || st.Name != "vm1" {
 		t.Fatalf("Status = %+v, %v", st, err)
 	}
-	res, err := c.Exec(ctx, ExecRequest{Argv: []string{"id"}})
+	res, err := c.Exec(ctx, api.ExecRequest{Argv: []string{"id"}})
 	if err != nil || res.ExitCode != 3 || string(res.Stdout) != "out\n" {
 		t.Fatalf("Exec = %+v, %v", res, err)
 	}
@@ -310,11 +313,11 @@ func TestUnixSocketClient(t *testing.T) {
 	if err != nil || !bytes.Equal(b, []byte{0x20, 0x21, 0x22}) {
 		t.Fatalf("ReadPhysical = %x, %v", b, err)
 	}
-	if _, err := c.Registers(ctx, 1); !IsCode(err, CodeNotFound) {
+	if _, err := c.Registers(ctx, 1); !api.IsCode(err, api.CodeNotFound) {
 		t.Fatalf("Registers(1) error = %v, want not_found", err)
 	}
 	if err := c.WritePhysical(ctx, 0x40, []byte{1, 2, 3}); err != nil || !bytes.Equal(vm.written, []byte{1, 2, 3}) {
-		t.Fatalf("WritePhysical: %v, VM got %x", err, vm.written)
+		t.Fatalf("WritePhysical: %v, api.VM got %x", err, vm.written)
 	}
 	ir, err := c.IDS(ctx, "ps", "")
 	if err != nil || ir.Source != "ram" || !strings.Contains(string(ir.Result), `"comm":"init"`) {
@@ -341,28 +344,28 @@ func TestUnixSocketClient(t *testing.T) {
 	select {
 	case got := <-vm.console:
 		if string(got) != "root\n" {
-			t.Fatalf("console input reached the VM as %q", got)
+			t.Fatalf("console input reached the api.VM as %q", got)
 		}
 	case <-time.After(5 * time.Second):
-		t.Fatal("console input never reached the VM")
+		t.Fatal("console input never reached the api.VM")
 	}
 	conn.Close()
 
 	// A caller whose uid is not admitted is refused on every endpoint.
-	deny := NewServer(vm)
+	deny := New(vm)
 	deny.allowed = func(uint32) bool { return false }
 	denySock := filepath.Join(t.TempDir(), "deny.sock")
 	if err := deny.Listen(denySock); err != nil {
 		t.Fatal(err)
 	}
 	defer deny.Shutdown(context.Background())
-	if _, err := NewClient(denySock).Status(ctx); !IsCode(err, CodeForbidden) {
+	if _, err := apiclient.New(denySock).Status(ctx); !api.IsCode(err, api.CodeForbidden) {
 		t.Fatalf("Status from a refused uid: %v, want forbidden", err)
 	}
 }
 
 func TestSocketMode(t *testing.T) {
-	s := NewServer(&fakeVM{})
+	s := New(&fakeVM{})
 	sock := filepath.Join(t.TempDir(), "api.sock")
 	if err := s.Listen(sock); err != nil {
 		t.Fatal(err)
@@ -382,7 +385,7 @@ func FuzzParseAddress(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		v, err := ParseAddress(s)
+		v, err := api.ParseAddress(s)
 		if err == nil && strings.HasPrefix(s, "0x") && len(s) > 18 {
 			t.Fatalf("accepted %q as %#x", s, v)
 		}

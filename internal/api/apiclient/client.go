@@ -1,4 +1,6 @@
-package api
+// Package apiclient calls one VM's local API (package api) over its unix
+// socket: what the CLI, the benchmarks and the tests use. Imported by cli.
+package apiclient
 
 import (
 	"bufio"
@@ -13,20 +15,22 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/gatevisor/gatevisor/internal/api"
 )
 
 // maxResponse bounds a response body the client reads (a physical read of
-// MaxReadLength plus headroom; JSON answers are far smaller).
-const maxResponse = MaxReadLength + 64<<10
+// api.MaxReadLength plus headroom; JSON answers are far smaller).
+const maxResponse = api.MaxReadLength + 64<<10
 
-// Client calls one VM's API over its unix socket.
+// Client calls one api.VM's API over its unix socket.
 type Client struct {
 	socket string
 	hc     *http.Client
 }
 
-// NewClient returns a client for the API socket at path.
-func NewClient(path string) *Client {
+// New returns a client for the API socket at path.
+func New(path string) *Client {
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
@@ -88,37 +92,37 @@ func (c *Client) send(req *http.Request, out any) error {
 	return nil
 }
 
-// Status returns the VM's status.
-func (c *Client) Status(ctx context.Context) (Status, error) {
-	var s Status
+// api.Status returns the api.VM's status.
+func (c *Client) Status(ctx context.Context) (api.Status, error) {
+	var s api.Status
 	err := c.do(ctx, http.MethodGet, "/v1/status", nil, &s)
 	return s, err
 }
 
-// Stop asks the VM to shut down.
-func (c *Client) Stop(ctx context.Context, req StopRequest) (Status, error) {
-	var s Status
+// Stop asks the api.VM to shut down.
+func (c *Client) Stop(ctx context.Context, req api.StopRequest) (api.Status, error) {
+	var s api.Status
 	err := c.do(ctx, http.MethodPost, "/v1/stop", req, &s)
 	return s, err
 }
 
 // Exec runs a command in the guest.
-func (c *Client) Exec(ctx context.Context, req ExecRequest) (ExecResult, error) {
-	var r ExecResult
+func (c *Client) Exec(ctx context.Context, req api.ExecRequest) (api.ExecResult, error) {
+	var r api.ExecResult
 	err := c.do(ctx, http.MethodPost, "/v1/exec", req, &r)
 	return r, err
 }
 
-// Registers reads one vCPU's registers.
-func (c *Client) Registers(ctx context.Context, vcpu int) (Registers, error) {
-	var r Registers
+// api.Registers reads one vCPU's registers.
+func (c *Client) Registers(ctx context.Context, vcpu int) (api.Registers, error) {
+	var r api.Registers
 	err := c.do(ctx, http.MethodGet, "/v1/vcpus/"+strconv.Itoa(vcpu)+"/registers", nil, &r)
 	return r, err
 }
 
-// MemoryLayout returns guest RAM's layout.
-func (c *Client) MemoryLayout(ctx context.Context) (MemoryLayout, error) {
-	var m MemoryLayout
+// api.MemoryLayout returns guest RAM's layout.
+func (c *Client) MemoryLayout(ctx context.Context) (api.MemoryLayout, error) {
+	var m api.MemoryLayout
 	err := c.do(ctx, http.MethodGet, "/v1/memory", nil, &m)
 	return m, err
 }
@@ -142,7 +146,7 @@ func (c *Client) Console(ctx context.Context, replay int) (net.Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("api %s: %w", c.socket, err)
 	}
-	req := fmt.Sprintf("GET /v1/console?replay=%d HTTP/1.1\r\nHost: gatevisor\r\nConnection: Upgrade\r\nUpgrade: %s\r\n\r\n", replay, ConsoleUpgrade)
+	req := fmt.Sprintf("GET /v1/console?replay=%d HTTP/1.1\r\nHost: gatevisor\r\nConnection: Upgrade\r\nUpgrade: %s\r\n\r\n", replay, api.ConsoleUpgrade)
 	if _, err := conn.Write([]byte(req)); err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("api console: %w", err)
@@ -156,7 +160,7 @@ func (c *Client) Console(ctx context.Context, replay int) (net.Conn, error) {
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		defer conn.Close()
 		data, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-		var e Error
+		var e api.Error
 		if json.Unmarshal(data, &e) == nil && e.Message != "" {
 			return nil, &e
 		}
@@ -165,12 +169,74 @@ func (c *Client) Console(ctx context.Context, replay int) (net.Conn, error) {
 	return &bufferedConn{Conn: conn, r: br}, nil
 }
 
-// readError turns a non-2xx response into an *Error.
+// readError turns a non-2xx response into an *api.Error.
 func readError(resp *http.Response) error {
 	data, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	var e Error
+	var e api.Error
 	if json.Unmarshal(data, &e) == nil && e.Message != "" {
 		return &e
 	}
-	return &Error{Code: CodeInternal, Message: fmt.Sprintf("api %s %s: %s", resp.Request.Method, resp.Request.URL.Path, resp.Status)}
+	return &api.Error{Code: api.CodeInternal, Message: fmt.Sprintf("api %s %s: %s", resp.Request.Method, resp.Request.URL.Path, resp.Status)}
 }
+
+// IDS runs an introspection query; source is "ram" (default) or "gdbstub".
+func (c *Client) IDS(ctx context.Context, query, source string) (api.IDSResult, error) {
+	var res api.IDSResult
+	path := "/v1/ids/" + url.PathEscape(query)
+	if source != "" {
+		path += "?source=" + url.QueryEscape(source)
+	}
+	err := c.do(ctx, http.MethodGet, path, nil, &res)
+	return res, err
+}
+
+// Dump writes an ELF dump of guest memory to path (absolute, on the host).
+func (c *Client) Dump(ctx context.Context, path string) (api.DumpResult, error) {
+	var res api.DumpResult
+	err := c.do(ctx, http.MethodPost, "/v1/dump", api.DumpRequest{Path: path}, &res)
+	return res, err
+}
+
+// WritePhysical writes data to guest-physical memory at addr.
+func (c *Client) WritePhysical(ctx context.Context, addr uint64, data []byte) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://gatevisor/v1/memory/physical?address=0x"+strconv.FormatUint(addr, 16), strings.NewReader(string(data)))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	return c.send(req, nil)
+}
+
+// Events returns the event stream (history, then new events if follow).
+// The caller closes it.
+func (c *Client) Events(ctx context.Context, follow bool) (io.ReadCloser, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://gatevisor/v1/events?follow="+strconv.FormatBool(follow), nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("api %s: %w", c.socket, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		defer resp.Body.Close()
+		return nil, readError(resp)
+	}
+	return resp.Body, nil
+}
+
+// LoadPolicy replaces the api.VM's policy.
+func (c *Client) LoadPolicy(ctx context.Context, req api.PolicyRequest) (api.PolicyResult, error) {
+	var res api.PolicyResult
+	err := c.do(ctx, http.MethodPost, "/v1/policy", req, &res)
+	return res, err
+}
+
+// bufferedConn is a console connection whose first bytes are already in a
+// reader.
+type bufferedConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (b *bufferedConn) Read(p []byte) (int, error) { return b.r.Read(p) }

@@ -1,0 +1,86 @@
+package api
+
+import "context"
+
+// Endpoint is one API endpoint: its method and path as in openapi.yaml, and
+// the action a policy names to allow it (the operation's x-gatevisor-action
+// there). Endpoints is the only list of endpoints and actions: the server
+// routes by it, the policy compiler checks action names against Actions.
+type Endpoint struct {
+	Method string
+	Path   string
+	// Action is the action's name, or its prefix when Param is set: the
+	// action is then Action + the value of path parameter Param, which
+	// must be one of Values (others are 404, naming What).
+	Action string
+	Param  string
+	Values []string
+	What   string
+}
+
+// Endpoints are the API's endpoints, in the order of openapi.yaml.
+var Endpoints = []Endpoint{
+	{Method: "GET", Path: "/v1/status", Action: "vm.status"},
+	{Method: "POST", Path: "/v1/stop", Action: "vm.stop"},
+	{Method: "POST", Path: "/v1/exec", Action: "vm.exec"},
+	{Method: "GET", Path: "/v1/console", Action: "vm.console"},
+	{Method: "GET", Path: "/v1/vcpus/{index}/registers", Action: "vm.registers"},
+	{Method: "GET", Path: "/v1/memory", Action: "vm.memory"},
+	{Method: "GET", Path: "/v1/memory/physical", Action: "memory.read"},
+	{Method: "POST", Path: "/v1/memory/physical", Action: "memory.write"},
+	{Method: "GET", Path: "/v1/ids/{query}", Action: "ids.", Param: "query", Values: IDSQueries, What: "IDS query"},
+	{Method: "POST", Path: "/v1/dump", Action: "vm.dump"},
+	{Method: "GET", Path: "/v1/events", Action: "vm.events"},
+	{Method: "POST", Path: "/v1/policy", Action: "policy.load"},
+}
+
+// SpecAction is the endpoint's action as openapi.yaml writes it in
+// x-gatevisor-action ("ids.{query}" for a parameterized one).
+func (e Endpoint) SpecAction() string {
+	if e.Param != "" {
+		return e.Action + "{" + e.Param + "}"
+	}
+	return e.Action
+}
+
+// Actions returns the name of every action the API asks Authorize about, in
+// the order of Endpoints: a policy naming any other is wrong.
+func Actions() []string {
+	var out []string
+	for _, e := range Endpoints {
+		if e.Param == "" {
+			out = append(out, e.Action)
+			continue
+		}
+		for _, v := range e.Values {
+			out = append(out, e.Action+v)
+		}
+	}
+	return out
+}
+
+// IDSQueries are the introspection queries the API answers.
+var IDSQueries = []string{"banner", "syscalls", "ps", "modules", "sockets", "check"}
+
+// Caller is the process at the other end of an API connection, from the
+// socket's peer credentials (SO_PEERCRED, as they were when it connected).
+type Caller struct {
+	UID uint32
+	GID uint32
+	PID int32
+}
+
+// CallerFromContext returns the caller of the request whose context ctx is
+// (the VM's methods get it), and false outside a request.
+func CallerFromContext(ctx context.Context) (Caller, bool) {
+	c, ok := ctx.Value(callerKey{}).(Caller)
+	return c, ok
+}
+
+// WithCaller returns ctx carrying the caller of a request (the server sets
+// it for every request it serves).
+func WithCaller(ctx context.Context, c Caller) context.Context {
+	return context.WithValue(ctx, callerKey{}, c)
+}
+
+type callerKey struct{}

@@ -1,0 +1,34 @@
+package api
+
+import (
+	"context"
+	"io"
+)
+
+// VM is what the API serves; the monitor implements it (and knows no
+// HTTP: internal/api/apiserver serves it). Every method gets
+// validated arguments.
+type VM interface {
+	Status(ctx context.Context) Status
+	Stop(ctx context.Context, req StopRequest) error
+	Exec(ctx context.Context, req ExecRequest) (ExecResult, error)
+	Registers(ctx context.Context, vcpu int) (Registers, error)
+	MemoryLayout() MemoryLayout
+	ReadPhysical(ctx context.Context, addr uint64, p []byte) error
+	// IDS runs one introspection query (see IDSQueries) from source "ram"
+	// (default) or "gdbstub".
+	IDS(ctx context.Context, query, source string) (IDSResult, error)
+	// Dump writes an ELF dump of guest memory to path.
+	Dump(ctx context.Context, path string) (DumpResult, error)
+	// WritePhysical writes guest-physical memory (for tests and forensics).
+	WritePhysical(ctx context.Context, addr uint64, p []byte) error
+	// Events writes IDS events as JSON lines: the recent ones, then new ones
+	// while follow, calling flush after each batch.
+	Events(ctx context.Context, w io.Writer, follow bool, flush func()) error
+	// AttachConsole streams the console over conn until either side closes;
+	// replay bytes of recent output are sent first.
+	AttachConsole(ctx context.Context, conn io.ReadWriteCloser, replay int) error
+	// LoadPolicy replaces the security policy and moves the syscall gate's
+	// breakpoints; on error the policy in force stays.
+	LoadPolicy(ctx context.Context, req PolicyRequest) (PolicyResult, error)
+}
