@@ -9,9 +9,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/gatevisor/gatevisor/internal/event"
 	gate "github.com/gatevisor/gatevisor/internal/gate/syscall"
 	"github.com/gatevisor/gatevisor/internal/ids"
+	"github.com/gatevisor/gatevisor/internal/monitoring"
 	"github.com/gatevisor/gatevisor/internal/safefile"
 )
 
@@ -39,10 +39,10 @@ func newEventBus(logPath string) (*eventBus, error) {
 	return b, nil
 }
 
-// publish records ev: first in the log, then for followers. A follower too
+// publish records p: first in the log, then for followers. A follower too
 // slow to keep up loses events rather than stalling monitoring; it is told.
-func (b *eventBus) publish(ev ids.Event) {
-	line, err := json.Marshal(ev)
+func (b *eventBus) publish(p monitoring.Point) {
+	line, err := json.Marshal(p)
 	if err != nil {
 		return
 	}
@@ -143,10 +143,10 @@ func (m *Monitor) watch(interval time.Duration) {
 		cur, err := m.snapshot()
 		now := time.Now().UTC()
 		if err != nil {
-			m.events.publish(ids.Event{Time: now, VM: m.cfg.Name, Type: ids.EventError, Error: err.Error()})
+			m.events.publish(monitoring.Point{Time: now, VM: m.cfg.Name, Kind: monitoring.ScanError, Error: err.Error()})
 		} else {
 			for _, ev := range ids.Diff(m.cfg.Name, prev, cur, now) {
-				m.events.publish(ev)
+				m.events.publish(monitoring.FromIDS(ev))
 			}
 			prev = cur
 		}
@@ -180,80 +180,14 @@ func (m *Monitor) Events(ctx context.Context, w io.Writer, follow bool, flush fu
 	return m.events.stream(ctx, w, follow, flush)
 }
 
-// Event types of the monitor's own events on the stream (the IDS's are in
-// package ids, the network gate's are "net-<verdict>").
-const (
-	// EventSyscall is a kernel-gate decision of the syscall class; the
-	// other classes the kernel gate decides are "file", "exec" and
-	// "module".
-	EventSyscall = "syscall"
-	// EventAudit says the audit log is near its retention limit, or
-	// rotation pruned evidence.
-	EventAudit = "audit"
-)
-
-// DecisionEvent is one kernel-gate decision worth telling (a deny, a kill,
-// an alert, or an allow the policy marks audit) on the event stream.
-type DecisionEvent struct {
-	Time    time.Time `json:"time"`
-	VM      string    `json:"vm"`
-	Type    string    `json:"type"`
-	Class   string    `json:"class"`
-	PID     int32     `json:"pid"`
-	Comm    string    `json:"comm"`
-	Exe     string    `json:"exe"`
-	UID     uint32    `json:"uid"`
-	Syscall string    `json:"syscall,omitempty"` // the op: a syscall, a file op, load or unload
-	Op      string    `json:"op,omitempty"`
-	Args    []int64   `json:"args,omitempty"`
-	Path    string    `json:"path,omitempty"`
-	Module  string    `json:"module,omitempty"`
-	Hash    string    `json:"hash,omitempty"`
-	Verdict string    `json:"verdict"`
-	Errno   int32     `json:"errno,omitempty"`
-	Rule    string    `json:"rule"`
-	Reason  string    `json:"reason,omitempty"`
-	Error   string    `json:"error,omitempty"`
-}
-
-// NoticeEvent is a monitor notice on the event stream (the audit log near
-// its limit, a gate that failed closed).
-type NoticeEvent struct {
-	Time   time.Time `json:"time"`
-	VM     string    `json:"vm"`
-	Type   string    `json:"type"`
-	Detail string    `json:"detail"`
-}
-
-// publishNotice records a notice of type typ.
-func (m *Monitor) publishNotice(typ, detail string) {
-	if m.events == nil {
-		return
+// publishNotice records a monitor notice of kind k.
+func (m *Monitor) publishNotice(k monitoring.Kind, detail string) {
+	if m.events != nil {
+		m.events.publish(monitoring.Notice(m.cfg.Name, k, detail))
 	}
-	m.events.publishAny(NoticeEvent{Time: time.Now().UTC(), VM: m.cfg.Name, Type: typ, Detail: detail})
 }
 
 // publishDecision records a kernel-gate decision on the event stream.
 func (m *Monitor) publishDecision(d gate.Decided) {
-	ev := d.Event
-	typ := ev.Class.String()
-	e := DecisionEvent{Time: ev.Time, VM: m.cfg.Name, Type: typ, Class: typ, PID: ev.Subject.PID, Comm: ev.Subject.Comm,
-		Exe: ev.Subject.Exe, UID: ev.Subject.UID, Op: ev.Op, Args: ev.Args, Path: ev.Path, Module: ev.Module, Hash: ev.Hash,
-		Verdict: d.Decision.Verdict.String(), Errno: d.Decision.Errno, Rule: d.Decision.Rule, Reason: d.Decision.Reason}
-	if ev.Class == event.ClassSyscall {
-		e.Syscall = ev.Op
-	}
-	if d.ReadErr != nil {
-		e.Error = d.ReadErr.Error()
-	}
-	m.events.publishAny(e)
-}
-
-// publishAny records any JSON-encodable event on the bus.
-func (b *eventBus) publishAny(v any) {
-	line, err := json.Marshal(v)
-	if err != nil {
-		return
-	}
-	b.publishLine(append(line, '\n'))
+	m.events.publish(monitoring.FromDecision(m.cfg.Name, &d.Event, d.Decision.Verdict.String(), d.Decision.Errno, d.Decision.Rule, d.Decision.Reason, d.ReadErr))
 }

@@ -3,7 +3,6 @@ package monitor
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
@@ -18,6 +17,7 @@ import (
 	"github.com/gatevisor/gatevisor/internal/api"
 	"github.com/gatevisor/gatevisor/internal/event"
 	gatenet "github.com/gatevisor/gatevisor/internal/gate/net"
+	"github.com/gatevisor/gatevisor/internal/monitoring"
 	"github.com/gatevisor/gatevisor/internal/qemu"
 	"github.com/gatevisor/gatevisor/internal/secserver"
 	"github.com/gatevisor/gatevisor/internal/vmi/linux"
@@ -313,23 +313,9 @@ func (m *Monitor) onNetDecision(r gatenet.Record) {
 	if r.Verdict == secserver.Allow.String() && !r.Permissive && !r.Revoked {
 		return
 	}
-	m.publishNet(struct {
-		Time time.Time      `json:"time"`
-		VM   string         `json:"vm"`
-		Type string         `json:"type"`
-		Net  gatenet.Record `json:"net"`
-	}{r.Time, m.cfg.Name, "net-" + r.Verdict, r})
-}
-
-func (m *Monitor) publishNet(v any) {
-	if m.events == nil {
-		return
+	if m.events != nil {
+		m.events.publish(monitoring.FromNet(m.cfg.Name, r))
 	}
-	line, err := json.Marshal(v)
-	if err != nil {
-		return
-	}
-	m.events.publishLine(append(line, '\n'))
 }
 
 // NetStats returns the network gate's counters (nil without a gate).

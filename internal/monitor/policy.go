@@ -16,6 +16,7 @@ import (
 	"github.com/gatevisor/gatevisor/internal/audit"
 	"github.com/gatevisor/gatevisor/internal/event"
 	gate "github.com/gatevisor/gatevisor/internal/gate/syscall"
+	"github.com/gatevisor/gatevisor/internal/monitoring"
 	"github.com/gatevisor/gatevisor/internal/policy"
 	"github.com/gatevisor/gatevisor/internal/qemu/gdbrsp"
 	"github.com/gatevisor/gatevisor/internal/secserver"
@@ -198,7 +199,7 @@ func (m *Monitor) onAuditNearLimit(n audit.NearLimit) {
 		msg += fmt.Sprintf("; the next rotation deletes records %d to %d: raise --audit-keep or --audit-max-size, or archive them", n.Next.FirstN, n.Next.LastN)
 	}
 	m.logf("audit log: %s", msg)
-	m.publishNotice(EventAudit, msg)
+	m.publishNotice(monitoring.AuditNotice, msg)
 }
 
 // kernelNeeded reports whether a snapshot needs the kernel gate: traps for
