@@ -166,124 +166,30 @@ func resolveGuestFiles(ctx context.Context, o *runOptions) (kernel, initrd, appe
 }
 
 func runVM(ctx context.Context, o *runOptions) error {
-	if err := vmdir.ValidateName(o.name); err != nil {
-		return err
-	}
-	memMiB, err := parseMem(o.mem)
+	v, err := validateRun(o)
 	if err != nil {
 		return err
 	}
-	mode, err := accel.ParseMode(o.accel)
-	if err != nil {
-		return fmt.Errorf("--accel: %w", err)
-	}
-	if o.cpus < 1 || o.cpus > qemu.MaxCPUs {
-		return fmt.Errorf("--cpus %d is out of range: use 1 to %d", o.cpus, qemu.MaxCPUs)
-	}
-	if memMiB < qemu.MinMemMiB || memMiB > qemu.MaxMemMiB {
-		return (&qemu.Config{MemMiB: memMiB, CPUs: 1, Accel: "tcg", Kernel: "-"}).Validate()
-	}
-	qemuBin, err := qemu.FindBinary()
-	if err != nil {
-		return err
-	}
-	if root, err := vmdir.Root(); err != nil {
-		return err
-	} else if e, err := vmdir.Lookup(root, o.name); err == nil && e.Live {
-		return fmt.Errorf("%w: %q (monitor pid %d); stop it with 'gatevisor stop %s' or choose another --name", vmdir.ErrRunning, o.name, e.State.MonitorPID, o.name)
-	}
-	if err := qemu.CheckCmdline(o.appendArgs); err != nil {
-		return fmt.Errorf("--append: %w", err)
-	}
-	for _, f := range []struct{ flag, path string }{{"--policy", o.policy}, {"--initrd", o.initrd}} {
-		if f.path == "" || f.flag == "--initrd" && o.kernel == "" {
-			continue
-		}
-		if err := safefile.CheckRegular(f.path); err != nil {
-			return fmt.Errorf("%s: %w", f.flag, err)
-		}
-	}
-	if o.stopTimeout <= 0 {
-		return fmt.Errorf("--stop-timeout %v: give a positive duration such as 30s (how long an ACPI shutdown may take)", o.stopTimeout)
-	}
-	if o.readyTimeout <= 0 {
-		return fmt.Errorf("--ready-timeout %v: give a positive duration such as 5m", o.readyTimeout)
-	}
-	auditMax, err := parseSize(o.auditMaxSize)
-	if err != nil || auditMax < 64<<10 {
-		return fmt.Errorf("--audit-max-size %q: give a size of at least 64K, such as 64M or 1G", o.auditMaxSize)
-	}
-	if o.auditKeep < 1 || o.auditKeep > audit.MaxKeep {
-		return fmt.Errorf("--audit-keep %d: keep 1 to %d rotated files", o.auditKeep, audit.MaxKeep)
-	}
-	netOpts, err := monitor.ParseNet(o.net)
-	if err != nil {
-		return err
-	}
-	netOpts.NoGate = o.netNoGate
 	if o.policy != "" && !o.detachedChild {
 		// Before anything starts: a policy that does not compile, or that
 		// states a rule no gate of this VM enforces, starts nothing.
-		kernel := o.kernel
-		if kernel == "" {
-			k, err := kit.EnsureDefault(ctx, kit.Options{Progress: os.Stderr})
-			if err != nil {
-				return err
-			}
-			kernel = k.Kernel
-		}
-		if err := monitor.CheckPolicy(o.policy, kernel, netOpts); err != nil {
+		if err := checkStartPolicy(ctx, o, v.net); err != nil {
 			return err
 		}
 	}
 	if o.detach {
 		return detach(ctx, o)
 	}
-
 	g, cleanup, err := resolveGuest(ctx, o)
 	if err != nil {
 		return err
 	}
 	defer cleanup()
-	kernel, initrd, appendArgs := g.kernel, g.initrd, g.appendArgs
-	choice, err := accel.Choose(mode)
+	cfg, err := monitorConfig(o, v, g)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintln(os.Stderr, "gatevisor:", choice.Reason)
-
-	if o.idsInterval < 0 || (o.idsInterval > 0 && o.idsInterval < 100*time.Millisecond) {
-		return fmt.Errorf("--ids-interval %v: use 0 (off) or at least 100ms", o.idsInterval)
-	}
-	dir, err := stateDir(o.name)
-	if err != nil {
-		return err
-	}
-	logPath := o.consoleLog
-	if logPath == "" {
-		logPath = filepath.Join(dir, "console.log")
-	}
-	cfg := monitor.Config{
-		Name: o.name, MemMiB: memMiB, CPUs: o.cpus, Accel: choice, Kernel: kernel, Initrd: initrd, Append: appendArgs,
-		QEMUBinary: qemuBin, ConsoleLog: logPath, Log: os.Stderr, ReadyMarker: o.readyMarker,
-		IDSInterval: o.idsInterval, EventsLog: filepath.Join(dir, "events.jsonl"),
-		AuditMaxSize: auditMax, AuditKeep: o.auditKeep, KitModules: g.kitModules,
-	}
-	cfg.Net = netOpts
-	if o.policy != "" {
-		if cfg.PolicyFile, err = filepath.Abs(o.policy); err != nil {
-			return err
-		}
-	}
-	if cfg.AuditLog = o.auditLog; cfg.AuditLog == "" {
-		cfg.AuditLog = filepath.Join(dir, "audit.jsonl")
-	}
-	if !o.detachedChild {
-		cfg.Console = os.Stdout
-		if term.IsTerminal(int(os.Stdin.Fd())) {
-			cfg.ConsoleInput = os.Stdin
-		}
-	}
+	fmt.Fprintln(os.Stderr, "gatevisor:", cfg.Accel.Reason)
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
@@ -293,37 +199,165 @@ func runVM(ctx context.Context, o *runOptions) error {
 		return err
 	}
 	cleanup() // QEMU has loaded the initrd
-	// The API is served before the guest runs; the monitor knows no HTTP.
-	authorize, shared := m.APIAccess()
-	srv := apiserver.New(m, apiserver.Options{Authorize: authorize, Shared: shared})
-	if err := srv.Listen(m.APISocket()); err != nil {
+	shutdown, err := serveAPI(m)
+	if err != nil {
 		m.Close()
 		return err
 	}
-	defer func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		_ = srv.Shutdown(sctx)
-		cancel()
-	}()
+	defer shutdown()
 	if err := m.Run(ctx); err != nil {
 		return err
 	}
-	go func() {
-		n := 0
-		for s := range sigs {
-			n++
-			if n == 1 {
-				fmt.Fprintf(os.Stderr, "\ngatevisor: %v: shutting the guest down (again to force)\n", s)
-				m.RequestStop(o.stopTimeout)
-			} else {
-				m.RequestStop(0)
-			}
-		}
-	}()
-	if err := m.Wait(); err != nil {
-		return err
+	go stopOnSignals(m, sigs, o.stopTimeout)
+	return m.Wait()
+}
+
+// runValues are run's flags, parsed and checked.
+type runValues struct {
+	memMiB   int
+	mode     accel.Mode
+	qemuBin  string
+	auditMax int64
+	net      monitor.NetOptions
+}
+
+// validateRun checks every flag of run before anything starts, each error
+// naming the flag and the fix.
+func validateRun(o *runOptions) (runValues, error) {
+	var v runValues
+	if err := vmdir.ValidateName(o.name); err != nil {
+		return v, err
 	}
-	return nil
+	var err error
+	if v.memMiB, err = parseMem(o.mem); err != nil {
+		return v, err
+	}
+	if v.mode, err = accel.ParseMode(o.accel); err != nil {
+		return v, fmt.Errorf("--accel: %w", err)
+	}
+	if o.cpus < 1 || o.cpus > qemu.MaxCPUs {
+		return v, fmt.Errorf("--cpus %d is out of range: use 1 to %d", o.cpus, qemu.MaxCPUs)
+	}
+	if v.memMiB < qemu.MinMemMiB || v.memMiB > qemu.MaxMemMiB {
+		return v, (&qemu.Config{MemMiB: v.memMiB, CPUs: 1, Accel: "tcg", Kernel: "-"}).Validate()
+	}
+	if v.qemuBin, err = qemu.FindBinary(); err != nil {
+		return v, err
+	}
+	if root, err := vmdir.Root(); err != nil {
+		return v, err
+	} else if e, err := vmdir.Lookup(root, o.name); err == nil && e.Live {
+		return v, fmt.Errorf("%w: %q (monitor pid %d); stop it with 'gatevisor stop %s' or choose another --name", vmdir.ErrRunning, o.name, e.State.MonitorPID, o.name)
+	}
+	if err := qemu.CheckCmdline(o.appendArgs); err != nil {
+		return v, fmt.Errorf("--append: %w", err)
+	}
+	for _, f := range []struct{ flag, path string }{{"--policy", o.policy}, {"--initrd", o.initrd}} {
+		if f.path == "" || f.flag == "--initrd" && o.kernel == "" {
+			continue
+		}
+		if err := safefile.CheckRegular(f.path); err != nil {
+			return v, fmt.Errorf("%s: %w", f.flag, err)
+		}
+	}
+	switch {
+	case o.stopTimeout <= 0:
+		return v, fmt.Errorf("--stop-timeout %v: give a positive duration such as 30s (how long an ACPI shutdown may take)", o.stopTimeout)
+	case o.readyTimeout <= 0:
+		return v, fmt.Errorf("--ready-timeout %v: give a positive duration such as 5m", o.readyTimeout)
+	case o.idsInterval < 0 || (o.idsInterval > 0 && o.idsInterval < 100*time.Millisecond):
+		return v, fmt.Errorf("--ids-interval %v: use 0 (off) or at least 100ms", o.idsInterval)
+	case o.auditKeep < 1 || o.auditKeep > audit.MaxKeep:
+		return v, fmt.Errorf("--audit-keep %d: keep 1 to %d rotated files", o.auditKeep, audit.MaxKeep)
+	}
+	if v.auditMax, err = parseSize(o.auditMaxSize); err != nil || v.auditMax < 64<<10 {
+		return v, fmt.Errorf("--audit-max-size %q: give a size of at least 64K, such as 64M or 1G", o.auditMaxSize)
+	}
+	if v.net, err = monitor.ParseNet(o.net); err != nil {
+		return v, err
+	}
+	v.net.NoGate = o.netNoGate
+	return v, nil
+}
+
+// checkStartPolicy checks --policy against the gates the VM will have,
+// building the default kit first when no --kernel is given.
+func checkStartPolicy(ctx context.Context, o *runOptions, netOpts monitor.NetOptions) error {
+	kernel := o.kernel
+	if kernel == "" {
+		k, err := kit.EnsureDefault(ctx, kit.Options{Progress: os.Stderr})
+		if err != nil {
+			return err
+		}
+		kernel = k.Kernel
+	}
+	return monitor.CheckPolicy(o.policy, kernel, netOpts)
+}
+
+// monitorConfig is the monitor's configuration for run's flags and guest.
+func monitorConfig(o *runOptions, v runValues, g guest) (monitor.Config, error) {
+	choice, err := accel.Choose(v.mode)
+	if err != nil {
+		return monitor.Config{}, err
+	}
+	dir, err := stateDir(o.name)
+	if err != nil {
+		return monitor.Config{}, err
+	}
+	cfg := monitor.Config{
+		Name: o.name, MemMiB: v.memMiB, CPUs: o.cpus, Accel: choice, Kernel: g.kernel, Initrd: g.initrd, Append: g.appendArgs,
+		QEMUBinary: v.qemuBin, ConsoleLog: o.consoleLog, Log: os.Stderr, ReadyMarker: o.readyMarker,
+		IDSInterval: o.idsInterval, EventsLog: filepath.Join(dir, "events.jsonl"), Net: v.net,
+		AuditLog: o.auditLog, AuditMaxSize: v.auditMax, AuditKeep: o.auditKeep, KitModules: g.kitModules,
+	}
+	if cfg.ConsoleLog == "" {
+		cfg.ConsoleLog = filepath.Join(dir, "console.log")
+	}
+	if cfg.AuditLog == "" {
+		cfg.AuditLog = filepath.Join(dir, "audit.jsonl")
+	}
+	if o.policy != "" {
+		if cfg.PolicyFile, err = filepath.Abs(o.policy); err != nil {
+			return monitor.Config{}, err
+		}
+	}
+	if !o.detachedChild {
+		cfg.Console = os.Stdout
+		if term.IsTerminal(int(os.Stdin.Fd())) {
+			cfg.ConsoleInput = os.Stdin
+		}
+	}
+	return cfg, nil
+}
+
+// serveAPI serves m's API before its guest runs (the monitor knows no
+// HTTP) and returns how to stop serving.
+func serveAPI(m *monitor.Monitor) (shutdown func(), err error) {
+	authorize, shared := m.APIAccess()
+	srv := apiserver.New(m, apiserver.Options{Authorize: authorize, Shared: shared})
+	if err := srv.Listen(m.APISocket()); err != nil {
+		return nil, err
+	}
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = srv.Shutdown(ctx)
+		cancel()
+	}, nil
+}
+
+// stopOnSignals turns the first signal into an orderly stop and the next
+// into a forced one.
+func stopOnSignals(m *monitor.Monitor, sigs <-chan os.Signal, timeout time.Duration) {
+	n := 0
+	for s := range sigs {
+		n++
+		if n == 1 {
+			fmt.Fprintf(os.Stderr, "\ngatevisor: %v: shutting the guest down (again to force)\n", s)
+			m.RequestStop(timeout)
+		} else {
+			m.RequestStop(0)
+		}
+	}
 }
 
 // detach starts this command again in the background with --detached-child

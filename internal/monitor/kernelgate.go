@@ -280,100 +280,142 @@ func (m *Monitor) maxWatchpoints() int {
 // Preconditions: the VM stopped, on the debugger goroutine; m.pol.mu held,
 // or (at boot) m.kg.booting set, which keeps every reload out.
 func (m *Monitor) applyKernelLocked(ctx context.Context, c *gdbrsp.Client, snap *policy.Snapshot) (undo func() error, res api.PolicyResult, err error) {
-	undo = func() error { return nil }
+	noUndo := func() error { return nil }
 	kg := &m.kg
 	kg.mu.Lock()
 	defer kg.mu.Unlock()
-	g := kg.gate
 	var traps []gate.Trap
-	if snap != nil && g != nil {
-		traps, res.Missing = g.Plan(snap.Policy)
-	} else if snap != nil && m.kernelNeeded(snap) {
-		return undo, res, errors.New("the kernel gate is not built (the guest kernel was not located)")
+	switch {
+	case snap != nil && kg.gate != nil:
+		traps, res.Missing = kg.gate.Plan(snap.Policy)
+	case snap != nil && m.kernelNeeded(snap):
+		return noUndo, res, errors.New("the kernel gate is not built (the guest kernel was not located)")
 	}
+	ch := &trapChange{kg: kg, c: c, old: kg.traps, next: traps, restored: true}
+	err = ch.applyLocked(ctx)
+	if err == nil {
+		err = m.failInjected(gateKernel)
+	}
+	if err != nil {
+		if uerr := ch.undoLocked(ctx); uerr != nil {
+			return noUndo, res, fmt.Errorf("%w; undo: %v: %w", err, uerr, errKeepStopped)
+		}
+		return noUndo, res, err
+	}
+	ch.commitLocked()
+	m.describeTraps(&res, traps, snap)
+	res.Removed = len(ch.removed)
+	if res.Removed > 0 {
+		res.TextRestored = &ch.restored
+	}
+	return func() error {
+		kg.mu.Lock()
+		defer kg.mu.Unlock()
+		return ch.undoLocked(ctx)
+	}, res, nil
+}
+
+// trapChange is one move of the kernel gate's traps from old to next, and
+// what it did, so that it can be undone.
+type trapChange struct {
+	kg             *kernelGate
+	c              trapSetter
+	old, next      []gate.Trap
+	added, removed []gate.Trap
+	// restored says the kernel text under every removed breakpoint reads
+	// back as it did before the breakpoint was set.
+	restored bool
+}
+
+// applyLocked clears the traps old has and next has not, then sets the
+// new ones, recording each step; it stops at the first failure.
+//
+// Preconditions: ch.kg.mu held; the VM stopped.
+func (ch *trapChange) applyLocked(ctx context.Context) error {
+	kg, g := ch.kg, ch.kg.gate
 	if kg.text == nil {
 		kg.text = map[uint64][]byte{}
 	}
 	want := map[uint64]bool{}
-	for _, t := range traps {
+	for _, t := range ch.next {
 		want[t.Addr] = true
 	}
-	old := kg.traps
-	var added, removed []gate.Trap
-	restored := true
-	undo = func() error {
-		var errs []error
-		for _, t := range added {
-			if err := clearTrap(ctx, c, t); err != nil {
-				errs = append(errs, err)
-			}
-		}
-		for _, t := range removed {
-			if err := setTrap(ctx, c, t); err != nil {
-				errs = append(errs, err)
-			}
-		}
-		kg.mu.Lock()
-		kg.traps = old
-		if g != nil {
-			g.SetTraps(old)
-		}
-		kg.mu.Unlock()
-		return errors.Join(errs...)
-	}
-	fail := func(err error) (func() error, api.PolicyResult, error) {
-		// Undo now, under kg.mu's caller-side release: the returned undo
-		// has nothing left to do.
-		u := undo
-		undo = func() error { return nil }
-		kg.mu.Unlock()
-		uerr := u()
-		kg.mu.Lock()
-		if uerr != nil {
-			return undo, res, fmt.Errorf("%w; undo: %v: %w", err, uerr, errKeepStopped)
-		}
-		return undo, res, err
-	}
 	have := map[uint64]bool{}
-	for _, t := range old {
+	for _, t := range ch.old {
 		if want[t.Addr] {
 			have[t.Addr] = true
 			continue
 		}
-		if err := clearTrap(ctx, c, t); err != nil {
-			return fail(err)
+		if err := clearTrap(ctx, ch.c, t); err != nil {
+			return err
 		}
-		removed = append(removed, t)
+		ch.removed = append(ch.removed, t)
 		if orig, ok := kg.text[t.Addr]; ok && g != nil {
 			now := make([]byte, len(orig))
 			if _, err := g.Kernel().AS.ReadVirtual(t.Addr, now); err != nil || !bytes.Equal(now, orig) {
-				restored = false
+				ch.restored = false
 			}
 		}
 	}
-	for _, t := range traps {
+	for _, t := range ch.next {
 		if have[t.Addr] {
 			continue
 		}
-		orig := make([]byte, textBytes)
-		if _, err := g.Kernel().AS.ReadVirtual(t.Addr, orig); err == nil && t.Watch == 0 {
-			kg.text[t.Addr] = orig
+		if g != nil && t.Watch == 0 {
+			orig := make([]byte, textBytes)
+			if _, err := g.Kernel().AS.ReadVirtual(t.Addr, orig); err == nil {
+				kg.text[t.Addr] = orig
+			}
 		}
-		if err := setTrap(ctx, c, t); err != nil {
-			return fail(err)
+		if err := setTrap(ctx, ch.c, t); err != nil {
+			return err
 		}
-		added = append(added, t)
+		ch.added = append(ch.added, t)
 	}
-	if err := m.failInjected(gateKernel); err != nil {
-		return fail(err)
+	return nil
+}
+
+// commitLocked makes next the traps the gate recognises.
+//
+// Preconditions: ch.kg.mu held.
+func (ch *trapChange) commitLocked() {
+	for _, t := range ch.removed {
+		delete(ch.kg.text, t.Addr)
 	}
-	for _, t := range removed {
-		delete(kg.text, t.Addr)
+	ch.kg.traps = ch.next
+	if ch.kg.gate != nil {
+		ch.kg.gate.SetTraps(ch.next)
 	}
-	kg.traps = traps
-	if g != nil {
-		g.SetTraps(traps)
+}
+
+// undoLocked puts the old traps back: clears what it added, sets what it
+// removed.
+//
+// Preconditions: ch.kg.mu held; the VM stopped.
+func (ch *trapChange) undoLocked(ctx context.Context) error {
+	var errs []error
+	for _, t := range ch.added {
+		if err := clearTrap(ctx, ch.c, t); err != nil {
+			errs = append(errs, err)
+		}
 	}
+	for _, t := range ch.removed {
+		if err := setTrap(ctx, ch.c, t); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	ch.added, ch.removed = nil, nil
+	ch.kg.traps = ch.old
+	if ch.kg.gate != nil {
+		ch.kg.gate.SetTraps(ch.old)
+	}
+	return errors.Join(errs...)
+}
+
+// describeTraps fills the result's view of the traps in place and the
+// syscalls the policy names.
+func (m *Monitor) describeTraps(res *api.PolicyResult, traps []gate.Trap, snap *policy.Snapshot) {
+	g := m.kg.gate
 	for _, t := range traps {
 		addr := t.Addr
 		if t.Watch != 0 {
@@ -390,25 +432,27 @@ func (m *Monitor) applyKernelLocked(ctx context.Context, c *gdbrsp.Client, snap 
 		}
 		res.Breakpoints = append(res.Breakpoints, bp)
 	}
-	if snap != nil {
-		for _, c := range []event.Class{event.ClassSyscall} {
-			if ops, _ := snap.Policy.Ops(c, m.pol.cov.Load().Observers[c]); len(ops) > 0 {
-				res.Syscalls = ops
-			}
+	if cov := m.pol.cov.Load(); snap != nil && cov != nil {
+		if ops, _ := snap.Policy.Ops(event.ClassSyscall, cov.Observers[event.ClassSyscall]); len(ops) > 0 {
+			res.Syscalls = ops
 		}
 	}
-	res.Removed = len(removed)
-	if res.Removed > 0 {
-		res.TextRestored = &restored
-	}
-	return undo, res, nil
+}
+
+// trapSetter is the part of the gdbstub client that sets and clears traps
+// (a fake in the tests of the transaction).
+type trapSetter interface {
+	SetBreakpoint(ctx context.Context, kind gdbrsp.BreakpointKind, addr uint64) error
+	ClearBreakpoint(ctx context.Context, kind gdbrsp.BreakpointKind, addr uint64) error
+	SetWatchpoint(ctx context.Context, kind gdbrsp.BreakpointKind, addr uint64, n int) error
+	ClearWatchpoint(ctx context.Context, kind gdbrsp.BreakpointKind, addr uint64, n int) error
 }
 
 // setTrap places a trap: a watchpoint on what a hook trapped by one reads
 // first (read or write: KVM's debug registers cannot watch reads alone,
 // and nothing writes a list head once the kernel runs), else a software
 // breakpoint.
-func setTrap(ctx context.Context, c *gdbrsp.Client, t gate.Trap) error {
+func setTrap(ctx context.Context, c trapSetter, t gate.Trap) error {
 	if t.Watch != 0 {
 		return c.SetWatchpoint(ctx, gdbrsp.AccessWatch, t.Watch, t.WatchLen)
 	}
@@ -416,7 +460,7 @@ func setTrap(ctx context.Context, c *gdbrsp.Client, t gate.Trap) error {
 }
 
 // clearTrap removes what setTrap placed.
-func clearTrap(ctx context.Context, c *gdbrsp.Client, t gate.Trap) error {
+func clearTrap(ctx context.Context, c trapSetter, t gate.Trap) error {
 	if t.Watch != 0 {
 		return c.ClearWatchpoint(ctx, gdbrsp.AccessWatch, t.Watch, t.WatchLen)
 	}
