@@ -20,10 +20,7 @@ import (
 func init() { addSubcommand(newAuditCmd) }
 
 func newAuditCmd() *cobra.Command {
-	var (
-		file, verdicts, class, pid, rule, since, expectHead string
-		asJSON, rotated, verify                             bool
-	)
+	var o auditOptions
 	cmd := &cobra.Command{
 		Use:   "audit --file LOG",
 		Short: "Read, filter and verify a security audit log",
@@ -49,65 +46,20 @@ edit or removal of the last records.
   gatevisor audit --verify --file /var/lib/gatevisor/audit.log`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if file == "" {
-				return withExitCode(2, fmt.Errorf("audit: --file is required"))
-			}
-			var opt audit.WalkOptions
-			if expectHead != "" {
-				a, err := parseHead(expectHead)
-				if err != nil {
-					return withExitCode(2, err)
-				}
-				opt.Expect = &a
-			}
-			if verify {
-				if verdicts != "" || class != "" || pid != "" || rule != "" || since != "" {
-					return withExitCode(2, fmt.Errorf("audit: --verify checks the whole log: it takes no filter"))
-				}
-				return verifyLog(cmd.OutOrStdout(), file, opt, asJSON)
-			}
-			var f audit.Filter
-			if verdicts != "" {
-				for _, v := range strings.Split(verdicts, ",") {
-					v = strings.TrimSpace(v)
-					switch v {
-					case "allow", "alert", "deny", "kill":
-					default:
-						return withExitCode(2, fmt.Errorf("audit: --verdict %q: expected allow, alert, deny or kill", v))
-					}
-					f.Verdicts = append(f.Verdicts, v)
-				}
-			}
-			f.Class, f.Rule = class, rule
-			if pid != "" {
-				n, err := strconv.ParseInt(pid, 10, 32)
-				if err != nil {
-					return withExitCode(2, fmt.Errorf("audit: --pid %q: %v", pid, err))
-				}
-				f.PID, f.HasPID = int32(n), true
-			}
-			if since != "" {
-				t, err := parseSince(since, time.Now())
-				if err != nil {
-					return withExitCode(2, err)
-				}
-				f.Since = t
-			}
-			opt.Rotated = rotated
-			return readLog(cmd.OutOrStdout(), cmd.ErrOrStderr(), file, opt, &f, asJSON)
+			return auditRun(cmd.OutOrStdout(), cmd.ErrOrStderr(), &o)
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&file, "file", "", "audit log file")
-	fl.StringVar(&verdicts, "verdict", "", "comma-separated verdicts to show (allow,alert,deny,kill)")
-	fl.StringVar(&class, "class", "", "event class (syscall, exec, file, net, module, api, call)")
-	fl.StringVar(&pid, "pid", "", "subject PID")
-	fl.StringVar(&rule, "rule", "", "deciding rule")
-	fl.StringVar(&since, "since", "", "only records at or after this time (RFC 3339) or this long ago (e.g. 1h, 30m)")
-	fl.BoolVar(&asJSON, "json", false, "print records (or the --verify report) as JSON")
-	fl.BoolVar(&rotated, "rotated", false, "also read rotated files (LOG.N ... LOG.1)")
-	fl.BoolVar(&verify, "verify", false, "check the hash chain of the whole log and report the first broken link")
-	fl.StringVar(&expectHead, "expect-head", "", "a head recorded elsewhere, N:HASH: record N must be in the log with this hash")
+	fl.StringVar(&o.file, "file", "", "audit log file")
+	fl.StringVar(&o.verdicts, "verdict", "", "comma-separated verdicts to show (allow,alert,deny,kill)")
+	fl.StringVar(&o.class, "class", "", "event class (syscall, exec, file, net, module, api, call)")
+	fl.StringVar(&o.pid, "pid", "", "subject PID")
+	fl.StringVar(&o.rule, "rule", "", "deciding rule")
+	fl.StringVar(&o.since, "since", "", "only records at or after this time (RFC 3339) or this long ago (e.g. 1h, 30m)")
+	fl.BoolVar(&o.asJSON, "json", false, "print records (or the --verify report) as JSON")
+	fl.BoolVar(&o.rotated, "rotated", false, "also read rotated files (LOG.N ... LOG.1)")
+	fl.BoolVar(&o.verify, "verify", false, "check the hash chain of the whole log and report the first broken link")
+	fl.StringVar(&o.expectHead, "expect-head", "", "a head recorded elsewhere, N:HASH: record N must be in the log with this hash")
 	return cmd
 }
 
@@ -310,4 +262,60 @@ func parseSince(s string, now time.Time) (time.Time, error) {
 		return t, nil
 	}
 	return time.Time{}, fmt.Errorf("audit: --since %q: expected a duration such as 1h or an RFC 3339 time", s)
+}
+
+// auditOptions are audit's flags.
+type auditOptions struct {
+	file, verdicts, class, pid, rule, since, expectHead string
+	asJSON, rotated, verify                             bool
+}
+
+// auditRun verifies the log, or reads it through the filters o names.
+func auditRun(stdout, stderr io.Writer, o *auditOptions) error {
+	if o.file == "" {
+		return withExitCode(2, fmt.Errorf("audit: --file is required"))
+	}
+	var opt audit.WalkOptions
+	if o.expectHead != "" {
+		a, err := parseHead(o.expectHead)
+		if err != nil {
+			return withExitCode(2, err)
+		}
+		opt.Expect = &a
+	}
+	if o.verify {
+		if o.verdicts != "" || o.class != "" || o.pid != "" || o.rule != "" || o.since != "" {
+			return withExitCode(2, fmt.Errorf("audit: --verify checks the whole log: it takes no filter"))
+		}
+		return verifyLog(stdout, o.file, opt, o.asJSON)
+	}
+	var f audit.Filter
+	if o.verdicts != "" {
+		for _, v := range strings.Split(o.verdicts, ",") {
+			v = strings.TrimSpace(v)
+			switch v {
+			case "allow", "alert", "deny", "kill":
+			default:
+				return withExitCode(2, fmt.Errorf("audit: --verdict %q: expected allow, alert, deny or kill", v))
+			}
+			f.Verdicts = append(f.Verdicts, v)
+		}
+	}
+	f.Class, f.Rule = o.class, o.rule
+	if o.pid != "" {
+		n, err := strconv.ParseInt(o.pid, 10, 32)
+		if err != nil {
+			return withExitCode(2, fmt.Errorf("audit: --pid %q: %v", o.pid, err))
+		}
+		f.PID, f.HasPID = int32(n), true
+	}
+	if o.since != "" {
+		t, err := parseSince(o.since, time.Now())
+		if err != nil {
+			return withExitCode(2, err)
+		}
+		f.Since = t
+	}
+	opt.Rotated = o.rotated
+	return readLog(stdout, stderr, o.file, opt, &f, o.asJSON)
 }

@@ -239,102 +239,143 @@ func checkExit(r *ids.Report) error {
 // the findings and errors built from them) is escaped with termtext.Escape,
 // so that a guest-chosen name cannot forge a row or reach the terminal as a
 // control sequence. The --json output is not escaped: JSON stays exact.
+// idsPrinters print each query's answer as text, guest text escaped.
+var idsPrinters = map[string]func(w io.Writer, raw json.RawMessage) error{
+	"banner": printBanner, "syscalls": printSyscalls, "ps": printPS, "pstree": printPSTree,
+	"modules": printModules, "sockets": printSockets, "check": printCheck,
+}
+
 func printIDS(w io.Writer, query string, raw json.RawMessage) error {
+	if p := idsPrinters[query]; p != nil {
+		return p(w, raw)
+	}
+	return nil
+}
+
+func printBanner(w io.Writer, raw json.RawMessage) error {
 	esc := termtext.Escape
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	defer tw.Flush()
-	switch query {
-	case "banner":
-		var b ids.BannerReport
-		if err := json.Unmarshal(raw, &b); err != nil {
-			return err
+	var b ids.BannerReport
+	if err := json.Unmarshal(raw, &b); err != nil {
+		return err
+	}
+	fmt.Fprintf(tw, "%s\n", esc(b.Banner))
+	fmt.Fprintf(tw, "release:\t%s\nbuild id:\t%s\nKASLR slide:\t%#x\nphysical base:\t%#x\nverified:\t%v\n", esc(b.Release), esc(b.BuildID), b.Slide, b.PhysBase, b.Verified)
+	return nil
+}
+
+func printSyscalls(w io.Writer, raw json.RawMessage) error {
+	esc := termtext.Escape
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	defer tw.Flush()
+	var r ids.SyscallReport
+	if err := json.Unmarshal(raw, &r); err != nil {
+		return err
+	}
+	fmt.Fprintln(tw, "NR\tHANDLER\tADDRESS\tPOINTS TO\tSTATUS")
+	hooked := 0
+	for _, e := range r.Entries {
+		st := "ok"
+		if e.Hooked {
+			st = "HOOKED: " + e.Reason
+			hooked++
 		}
-		fmt.Fprintf(tw, "%s\n", esc(b.Banner))
-		fmt.Fprintf(tw, "release:\t%s\nbuild id:\t%s\nKASLR slide:\t%#x\nphysical base:\t%#x\nverified:\t%v\n", esc(b.Release), esc(b.BuildID), b.Slide, b.PhysBase, b.Verified)
-	case "syscalls":
-		var r ids.SyscallReport
-		if err := json.Unmarshal(raw, &r); err != nil {
-			return err
-		}
-		fmt.Fprintln(tw, "NR\tHANDLER\tADDRESS\tPOINTS TO\tSTATUS")
-		hooked := 0
-		for _, e := range r.Entries {
-			st := "ok"
-			if e.Hooked {
-				st = "HOOKED: " + e.Reason
-				hooked++
-			}
-			fmt.Fprintf(tw, "%d\t%s\t%#x\t%s\t%s\n", e.Nr, esc(e.Name), e.Addr, esc(e.Symbol), esc(st))
-		}
-		tw.Flush()
-		fmt.Fprintf(w, "%d entries, %d hooked\n", len(r.Entries), hooked)
-		if r.DispatchChecked {
-			fmt.Fprintf(w, "dispatch code (x64_sys_call): %d findings\n", len(r.Dispatch))
-		}
-		for _, d := range r.Dispatch {
-			fmt.Fprintf(w, "  %s at %#x -> %#x (%s): %s\n", esc(d.Function), d.Addr, d.Target, esc(d.TargetSymbol), esc(d.Reason))
-		}
-	case "ps":
-		var ts []linux.Task
-		if err := json.Unmarshal(raw, &ts); err != nil {
-			return err
-		}
-		fmt.Fprintln(tw, "PID\tPPID\tUID\tGID\tSTATE\tTHR\tSTART\tCOMM\tEXE")
-		for _, t := range ts {
-			exe := esc(t.Exe)
-			if t.KernelThread {
-				exe = "[kernel]"
-			}
-			fmt.Fprintf(tw, "%d\t%d\t%d\t%d\t%s\t%d\t%.2fs\t%s\t%s\n", t.PID, t.PPID, t.UID, t.GID, esc(t.State), t.Threads, float64(t.StartTime)/1e9, esc(t.Comm), exe)
-		}
-	case "pstree":
-		var ts []linux.Task
-		if err := json.Unmarshal(raw, &ts); err != nil {
-			return err
-		}
-		return ids.WriteTree(w, ts)
-	case "modules":
-		var ms []linux.Module
-		if err := json.Unmarshal(raw, &ms); err != nil {
-			return err
-		}
-		fmt.Fprintln(tw, "NAME\tBASE\tSIZE\tSTATE")
-		for _, m := range ms {
-			fmt.Fprintf(tw, "%s\t%#x\t%d\t%s\n", esc(m.Name), m.Base, m.Size, esc(m.State))
-		}
-	case "sockets":
-		var ss []linux.Socket
-		if err := json.Unmarshal(raw, &ss); err != nil {
-			return err
-		}
-		fmt.Fprintln(tw, "PROTO\tLOCAL\tREMOTE\tSTATE\tPID\tCOMM")
-		for _, s := range ss {
-			local, remote := s.LocalAddr, s.RemoteAddr
-			if s.Family != "unix" {
-				local, remote = fmt.Sprintf("%s:%d", s.LocalAddr, s.LocalPort), fmt.Sprintf("%s:%d", s.RemoteAddr, s.RemotePort)
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", esc(s.Proto), esc(local), esc(remote), esc(s.State), s.PID, esc(s.Comm))
-		}
-	case "check":
-		var r ids.Report
-		if err := json.Unmarshal(raw, &r); err != nil {
-			return err
-		}
-		for _, c := range r.Checks {
-			st := fmt.Sprintf("%d findings", c.Findings)
-			if !c.Ran {
-				st = "DID NOT RUN: " + c.Error
-			}
-			fmt.Fprintf(tw, "%s\t%s\n", esc(c.Name), esc(st))
-		}
-		tw.Flush()
-		for _, f := range r.Findings {
-			fmt.Fprintf(w, "[%s] %s: %s\n", esc(f.Severity), esc(f.Check), esc(f.Summary))
-		}
-		if r.Clean() {
-			fmt.Fprintln(w, "clean: no findings")
-		}
-		return checkExit(&r)
+		fmt.Fprintf(tw, "%d\t%s\t%#x\t%s\t%s\n", e.Nr, esc(e.Name), e.Addr, esc(e.Symbol), esc(st))
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "%d entries, %d hooked\n", len(r.Entries), hooked)
+	if r.DispatchChecked {
+		fmt.Fprintf(w, "dispatch code (x64_sys_call): %d findings\n", len(r.Dispatch))
+	}
+	for _, d := range r.Dispatch {
+		fmt.Fprintf(w, "  %s at %#x -> %#x (%s): %s\n", esc(d.Function), d.Addr, d.Target, esc(d.TargetSymbol), esc(d.Reason))
 	}
 	return nil
+}
+
+func printPS(w io.Writer, raw json.RawMessage) error {
+	esc := termtext.Escape
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	defer tw.Flush()
+	var ts []linux.Task
+	if err := json.Unmarshal(raw, &ts); err != nil {
+		return err
+	}
+	fmt.Fprintln(tw, "PID\tPPID\tUID\tGID\tSTATE\tTHR\tSTART\tCOMM\tEXE")
+	for _, t := range ts {
+		exe := esc(t.Exe)
+		if t.KernelThread {
+			exe = "[kernel]"
+		}
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%d\t%s\t%d\t%.2fs\t%s\t%s\n", t.PID, t.PPID, t.UID, t.GID, esc(t.State), t.Threads, float64(t.StartTime)/1e9, esc(t.Comm), exe)
+	}
+	return nil
+}
+
+func printPSTree(w io.Writer, raw json.RawMessage) error {
+	var ts []linux.Task
+	if err := json.Unmarshal(raw, &ts); err != nil {
+		return err
+	}
+	return ids.WriteTree(w, ts)
+}
+
+func printModules(w io.Writer, raw json.RawMessage) error {
+	esc := termtext.Escape
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	defer tw.Flush()
+	var ms []linux.Module
+	if err := json.Unmarshal(raw, &ms); err != nil {
+		return err
+	}
+	fmt.Fprintln(tw, "NAME\tBASE\tSIZE\tSTATE")
+	for _, m := range ms {
+		fmt.Fprintf(tw, "%s\t%#x\t%d\t%s\n", esc(m.Name), m.Base, m.Size, esc(m.State))
+	}
+	return nil
+}
+
+func printSockets(w io.Writer, raw json.RawMessage) error {
+	esc := termtext.Escape
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	defer tw.Flush()
+	var ss []linux.Socket
+	if err := json.Unmarshal(raw, &ss); err != nil {
+		return err
+	}
+	fmt.Fprintln(tw, "PROTO\tLOCAL\tREMOTE\tSTATE\tPID\tCOMM")
+	for _, s := range ss {
+		local, remote := s.LocalAddr, s.RemoteAddr
+		if s.Family != "unix" {
+			local, remote = fmt.Sprintf("%s:%d", s.LocalAddr, s.LocalPort), fmt.Sprintf("%s:%d", s.RemoteAddr, s.RemotePort)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", esc(s.Proto), esc(local), esc(remote), esc(s.State), s.PID, esc(s.Comm))
+	}
+	return nil
+}
+
+func printCheck(w io.Writer, raw json.RawMessage) error {
+	esc := termtext.Escape
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	defer tw.Flush()
+	var r ids.Report
+	if err := json.Unmarshal(raw, &r); err != nil {
+		return err
+	}
+	for _, c := range r.Checks {
+		st := fmt.Sprintf("%d findings", c.Findings)
+		if !c.Ran {
+			st = "DID NOT RUN: " + c.Error
+		}
+		fmt.Fprintf(tw, "%s\t%s\n", esc(c.Name), esc(st))
+	}
+	tw.Flush()
+	for _, f := range r.Findings {
+		fmt.Fprintf(w, "[%s] %s: %s\n", esc(f.Severity), esc(f.Check), esc(f.Summary))
+	}
+	if r.Clean() {
+		fmt.Fprintln(w, "clean: no findings")
+	}
+	return checkExit(&r)
 }

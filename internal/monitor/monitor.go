@@ -31,6 +31,7 @@ import (
 	"github.com/gatevisor/gatevisor/internal/accel"
 	"github.com/gatevisor/gatevisor/internal/api"
 	"github.com/gatevisor/gatevisor/internal/guestexec"
+	"github.com/gatevisor/gatevisor/internal/policy"
 	"github.com/gatevisor/gatevisor/internal/qemu"
 	"github.com/gatevisor/gatevisor/internal/qemu/gdbrsp"
 	"github.com/gatevisor/gatevisor/internal/qemu/qmp"
@@ -186,24 +187,8 @@ func Start(ctx context.Context, cfg Config) (_ *Monitor, err error) {
 		}
 	}()
 	qcfg.Dir = m.dir.Path
-
-	ramDir, err := qemu.RAMDir(m.dir.Path)
-	if err != nil {
-		return nil, err
-	}
 	size := int64(cfg.MemMiB) << 20
-	if m.ramFile, err = qemu.CreateRAMFile(ramDir, size); err != nil {
-		return nil, err
-	}
-	if cfg.ConsoleLog != "" {
-		if m.logFile, err = safefile.OpenFile(cfg.ConsoleLog, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600); err != nil {
-			return nil, fmt.Errorf("console log: %w", err)
-		}
-	}
-	if m.events, err = newEventBus(cfg.EventsLog); err != nil {
-		return nil, err
-	}
-	if err := m.openSecurity(snap); err != nil {
+	if err := m.openHostState(size, snap); err != nil {
 		return nil, err
 	}
 	if err := m.startNet(qcfg); err != nil {
@@ -222,20 +207,49 @@ func Start(ctx context.Context, cfg Config) (_ *Monitor, err error) {
 	m.dbg.trap = m.onTrap
 	go m.dbg.run()
 	if snap != nil {
-		// The policy decides every API request (the API gate); other
-		// local users may connect, and get what their roles allow, when
-		// they can reach the socket at all.
-		m.apiShared = true
-		switch err := m.dir.Share(); {
-		case errors.Is(err, vmdir.ErrUnreachable):
-			m.apiShared = false
-			m.apiPrivate = err.Error()
-			m.logf("the policy decides API requests of the owner and root only: %v", err)
-		case err != nil:
+		if err := m.shareAPI(); err != nil {
 			return nil, err
 		}
 	}
 	return m, nil
+}
+
+// openHostState creates what the VM keeps on the host before QEMU starts:
+// the guest-RAM file, the console and event logs, the audit log and the
+// security server with the start policy in force.
+func (m *Monitor) openHostState(size int64, snap *policy.Snapshot) error {
+	ramDir, err := qemu.RAMDir(m.dir.Path)
+	if err != nil {
+		return err
+	}
+	if m.ramFile, err = qemu.CreateRAMFile(ramDir, size); err != nil {
+		return err
+	}
+	if m.cfg.ConsoleLog != "" {
+		if m.logFile, err = safefile.OpenFile(m.cfg.ConsoleLog, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600); err != nil {
+			return fmt.Errorf("console log: %w", err)
+		}
+	}
+	if m.events, err = newEventBus(m.cfg.EventsLog); err != nil {
+		return err
+	}
+	return m.openSecurity(snap)
+}
+
+// shareAPI opens the VM's directory to other local users, so that the
+// policy decides their API requests (the API gate): they get what their
+// roles allow, when they can reach the socket at all.
+func (m *Monitor) shareAPI() error {
+	m.apiShared = true
+	switch err := m.dir.Share(); {
+	case errors.Is(err, vmdir.ErrUnreachable):
+		m.apiShared = false
+		m.apiPrivate = err.Error()
+		m.logf("the policy decides API requests of the owner and root only: %v", err)
+	case err != nil:
+		return err
+	}
+	return nil
 }
 
 // APISocket is where the VM's API is served: inside its 0700 (with a

@@ -210,34 +210,9 @@ func (m *Monitor) startNet(qcfg *qemu.Config) error {
 			Logf: m.logf, ToNet: toNet, ToGuest: toGuest, OnDecision: m.onNetDecision})
 		fromNet = ns.gate.Ingress
 	}
-	var send func([][]byte)
-	switch o.Mode {
-	case NetIsolated:
-		root, err := rootDir(m.dir.Path)
-		if err != nil {
-			return err
-		}
-		if ns.network, err = vnet.Join(root, o.Network, fromNet, m.logf); err != nil {
-			return err
-		}
-		send = ns.network.Send
-	case NetUser:
-		if ns.nat, err = vnet.NewNAT(vnet.NATConfig{Deliver: fromNet, Logf: m.logf}); err != nil {
-			return err
-		}
-		send = ns.nat.Send
-	case NetTap:
-		f, err := vnet.OpenTap(o.TapIf)
-		if err != nil {
-			return err
-		}
-		ns.tap = f
-		send = func(b [][]byte) {
-			for _, fr := range b {
-				_, _ = f.Write(fr)
-			}
-		}
-		go vnet.ReadTap(f, fromNet)
+	send, err := m.openBackend(ns, fromNet)
+	if err != nil {
+		return err
 	}
 	backend.Store(&send)
 	go m.serveNIC(ns, toNet)
@@ -245,6 +220,43 @@ func (m *Monitor) startNet(qcfg *qemu.Config) error {
 		"-netdev", "stream,id=gvnet0,server=off,addr.type=unix,addr.path="+sock,
 		"-device", fmt.Sprintf("virtio-net-pci,netdev=gvnet0,mac=%02x:%02x:%02x:%02x:%02x:%02x", mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]))
 	return nil
+}
+
+// openBackend opens the network the guest's frames go to once the gate
+// passed them (--net: an isolated network, the NAT, a tap), delivering its
+// frames to fromNet, and returns how to send to it.
+func (m *Monitor) openBackend(ns *netState, fromNet func([][]byte)) (func([][]byte), error) {
+	o := m.cfg.Net
+	var err error
+	switch o.Mode {
+	case NetIsolated:
+		root, err := rootDir(m.dir.Path)
+		if err != nil {
+			return nil, err
+		}
+		if ns.network, err = vnet.Join(root, o.Network, fromNet, m.logf); err != nil {
+			return nil, err
+		}
+		return ns.network.Send, nil
+	case NetUser:
+		if ns.nat, err = vnet.NewNAT(vnet.NATConfig{Deliver: fromNet, Logf: m.logf}); err != nil {
+			return nil, err
+		}
+		return ns.nat.Send, nil
+	case NetTap:
+		f, err := vnet.OpenTap(o.TapIf)
+		if err != nil {
+			return nil, err
+		}
+		ns.tap = f
+		go vnet.ReadTap(f, fromNet)
+		return func(b [][]byte) {
+			for _, fr := range b {
+				_, _ = f.Write(fr)
+			}
+		}, nil
+	}
+	return nil, fmt.Errorf("network mode %q", o.Mode)
 }
 
 // rootDir is the runtime root: the parent of the VM's directory.
@@ -423,57 +435,8 @@ func (a *attributor) refresh(ctx context.Context) error {
 // Preconditions: a.mu held.
 func (a *attributor) match(q gatenet.Query, fresh bool) (event.Subject, bool) {
 	best, score := -1, 0
-	lport := int(q.Local.Port())
 	for i, s := range a.socks {
-		if s.Family != "inet" && s.Family != "inet6" {
-			continue
-		}
-		// A socket bound to an address owns only flows of that address: a
-		// frame with a forged source finds no connected socket.
-		if !boundTo(s.LocalAddr, q.Local.Addr()) {
-			continue
-		}
-		sc := 0
-		switch q.Proto {
-		case "tcp":
-			if s.Proto != "tcp" || s.LocalPort != lport {
-				continue
-			}
-			if q.Dir == event.DirIn {
-				if s.State != "LISTEN" {
-					continue
-				}
-				sc = 1
-			} else {
-				if s.State == "LISTEN" {
-					continue
-				}
-				sc = 1
-				if s.RemotePort == int(q.Remote.Port()) && addrIs(s.RemoteAddr, q.Remote.Addr()) {
-					sc = 3
-				}
-			}
-		case "udp":
-			if s.Proto != "udp" || s.LocalPort != lport {
-				continue
-			}
-			sc = 1
-			if s.RemotePort == int(q.Remote.Port()) && addrIs(s.RemoteAddr, q.Remote.Addr()) {
-				sc = 3
-			}
-		case "icmp":
-			// A ping socket's port is the echo id; busybox ping on a raw
-			// socket uses its pid as the id.
-			switch {
-			case s.Proto == "icmp" && s.LocalPort == lport:
-				sc = 3
-			case (s.Proto == "icmp" || s.Proto == "raw") && s.PID&0xffff == lport:
-				sc = 2
-			default:
-				continue
-			}
-		}
-		if sc > score {
+		if sc := socketScore(s, q); sc > score {
 			best, score = i, sc
 		}
 	}
@@ -486,23 +449,72 @@ func (a *attributor) match(q gatenet.Query, fresh bool) (event.Subject, bool) {
 		if !fresh || q.Proto != "udp" {
 			return event.Subject{}, false
 		}
-		// Frames from a packet socket (busybox udhcpc before it has a lease)
-		// carry any header: attribute them to the only process holding one.
-		holder := -1
-		for i, s := range a.socks {
-			if s.Family == "packet" {
-				if holder >= 0 && a.socks[holder].PID != s.PID {
-					return event.Subject{}, false
-				}
-				holder = i
-			}
-		}
-		if holder < 0 {
+		if best = a.packetHolder(); best < 0 {
 			return event.Subject{}, false
 		}
-		best = holder
 	}
 	return a.subject(a.socks[best].PID), true
+}
+
+// socketScore says how well guest socket s explains flow q: 0 not at all,
+// 1 by its port, 2 by an ICMP id that is the owner's pid, 3 by its port
+// and its peer (or an ICMP socket's own id).
+func socketScore(s linux.Socket, q gatenet.Query) int {
+	lport := int(q.Local.Port())
+	// A socket bound to an address owns only flows of that address: a
+	// frame with a forged source finds no connected socket.
+	if s.Family != "inet" && s.Family != "inet6" || !boundTo(s.LocalAddr, q.Local.Addr()) {
+		return 0
+	}
+	peer := s.RemotePort == int(q.Remote.Port()) && addrIs(s.RemoteAddr, q.Remote.Addr())
+	switch q.Proto {
+	case "tcp":
+		switch {
+		case s.Proto != "tcp" || s.LocalPort != lport:
+			return 0
+		case q.Dir == event.DirIn:
+			return map[bool]int{true: 1}[s.State == "LISTEN"]
+		case s.State == "LISTEN":
+			return 0
+		case peer:
+			return 3
+		}
+		return 1
+	case "udp":
+		switch {
+		case s.Proto != "udp" || s.LocalPort != lport:
+			return 0
+		case peer:
+			return 3
+		}
+		return 1
+	case "icmp":
+		// A ping socket's port is the echo id; busybox ping on a raw
+		// socket uses its pid as the id.
+		switch {
+		case s.Proto == "icmp" && s.LocalPort == lport:
+			return 3
+		case (s.Proto == "icmp" || s.Proto == "raw") && s.PID&0xffff == lport:
+			return 2
+		}
+	}
+	return 0
+}
+
+// packetHolder is the socket of the only process holding a packet socket,
+// or -1: frames from a packet socket (busybox udhcpc before it has a
+// lease) carry any header, so they are attributed to it.
+func (a *attributor) packetHolder() int {
+	holder := -1
+	for i, s := range a.socks {
+		if s.Family == "packet" {
+			if holder >= 0 && a.socks[holder].PID != s.PID {
+				return -1
+			}
+			holder = i
+		}
+	}
+	return holder
 }
 
 // boundTo reports whether a socket with local address s (unspecified for
