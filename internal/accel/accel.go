@@ -9,8 +9,6 @@
 // the time per iteration with a threshold that hardware KVM meets by two
 // orders of magnitude. It is hand-written because no Go library offers a
 // minimal KVM runner; it needs only five ioctls.
-//
-// Imported by monitor and cli.
 package accel
 
 import (

@@ -6,8 +6,7 @@
 //
 // It knows no HTTP: internal/api/apiserver serves the VM interface over
 // HTTP+JSON on a unix socket, internal/api/apiclient calls it. The monitor
-// imports only this package, so the VMM knows nothing of HTTP. Imported by
-// monitor, cli and the two HTTP packages.
+// imports only this package, so the VMM knows nothing of HTTP.
 package api
 
 import (

@@ -2,8 +2,7 @@
 // JSON object per line, written durably before the security server's verdict
 // reaches a gate, each line chained to the one before it by a SHA-256 hash.
 //
-// Imported by secserver and monitor (which write) and by the CLI (which
-// reads). Gates never write to it directly.
+// Gates never write to it directly.
 //
 // # Records
 //

@@ -1,7 +1,6 @@
 // Package cli implements the gatevisor command line: one file per subcommand.
 // Commands that act on a running VM reach it only through its local API
-// (internal/api); only `run` hosts a monitor in-process. Imported only by
-// cmd/gatevisor.
+// (internal/api); only `run` hosts a monitor in-process.
 package cli
 
 import (

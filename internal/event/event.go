@@ -5,8 +5,8 @@
 //
 // Events are built from guest introspection, so every field is hostile until
 // Validate has accepted it: lengths are capped and the class must be known.
-// The package is a leaf: it imports nothing from gatevisor and may be imported
-// by any package (gates, ids, secserver, policy, audit, api).
+// The package is a leaf: it imports nothing from gatevisor, so that any
+// package may use it.
 package event
 
 import (

@@ -6,8 +6,6 @@
 // may depend on it: the guest runs the agent, so an intruder controls it.
 // Every reply is therefore parsed as hostile input: line length, field count,
 // ids, exit codes and base64 payloads are all bounded and validated.
-//
-// Imported by kit (for the script) and monitor (for the client).
 package guestexec
 
 import (

@@ -7,8 +7,6 @@
 // decides what is suspicious and how reports look. All of it is pure over a
 // memory source: the same code serves the live VM (in the monitor) and dumps
 // (in the CLI), so their results can be compared.
-//
-// Imported by monitor and cli.
 package ids
 
 import (

@@ -16,7 +16,6 @@
 //	kit.lock         flock(2) lock serializing builders and users of kit/
 //
 // A cached kit is reused only when every file's sha256 matches its manifest.
-// Imported by cli and monitor.
 package kit
 
 import (

@@ -12,8 +12,7 @@
 // decision is under "net", an IDS observation under "process", "module",
 // "socket" or "finding".
 //
-// Imported by monitor (which produces and streams Points); it imports the
-// types of the packages whose observations it carries.
+// It imports the types of the packages whose observations it carries.
 package monitoring
 
 import (

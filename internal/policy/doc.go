@@ -18,7 +18,4 @@
 // Policy text is untrusted: file size, nesting depth, include depth, rule
 // counts and string lengths are capped, and errors name file:line:col, what
 // was expected and a hint. Parsing never panics (it is fuzzed).
-//
-// Imported by secserver (which decides) and by the CLI (check, test,
-// explain). Gates never import it: they ask secserver.
 package policy

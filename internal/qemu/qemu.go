@@ -5,8 +5,6 @@
 //
 // Everything QEMU prints or answers is treated as untrusted: a guest that
 // exploits QEMU controls it.
-//
-// Imported by monitor.
 package qemu
 
 import (

@@ -22,8 +22,8 @@
 // in between; the rules make that impossible for anyone but root and us,
 // because every directory on the way is closed to everyone else.
 //
-// Imported by every package that creates host-side state: vmdir, audit,
-// monitor, qemu, cli. A leaf: it imports nothing from gatevisor.
+// Every package that creates host-side state uses it. A leaf: it imports
+// nothing from gatevisor.
 package safefile
 
 import (

@@ -17,8 +17,8 @@
 // unguarded hit path runs no policy or sink code and cannot panic for a
 // non-nil event; see Decide.
 //
-// Imported by the monitor (which wires it) and by gates (which only call
-// Decide and enforce the Decision; gates never decide themselves).
+// Gates only call Decide and enforce the Decision; they never decide
+// themselves.
 package secserver
 
 import (

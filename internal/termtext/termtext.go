@@ -7,9 +7,8 @@
 // as a visible escape and leaves printable text, non-ASCII letters included,
 // as it is. JSON output does not use it: JSON stays exact.
 //
-// Imported by the CLI's text formatters (cli, ids) and by anything else that
-// prints guest-controlled text for a person to read. A leaf: it imports
-// nothing from gatevisor.
+// Anything that prints guest-controlled text for a person to read uses it.
+// A leaf: it imports nothing from gatevisor.
 package termtext
 
 import (

@@ -23,8 +23,6 @@
 // refused. Another user's root (root's /run/gatevisor, seen by the CLI of
 // a user) is only looked at: no lock, no cleanup, no file opened; whether
 // its VM is live is asked of its API socket.
-//
-// Imported by monitor and cli.
 package vmdir
 
 import (

@@ -12,6 +12,4 @@
 // and pointer is bounded before it is used, and list walks are limited in
 // length and stop on cycles. Parsers never panic on malformed input; they are
 // fuzzed with seed corpora under testdata/fuzz.
-//
-// Imported by internal/vmi/linux, internal/monitor and internal/qemu.
 package vmi

@@ -42,7 +42,4 @@
 //
 // Frames are owned by whoever receives them: Port.Send takes ownership of
 // the slices it is given, and deliver callbacks own what they get.
-//
-// Imported by monitor, by cli for the addresses `bench net` uses, and by
-// gate/net's tests; it imports nothing of gatevisor.
 package vnet

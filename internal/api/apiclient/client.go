@@ -1,5 +1,5 @@
 // Package apiclient calls one VM's local API (package api) over its unix
-// socket: what the CLI, the benchmarks and the tests use. Imported by cli.
+// socket: what the CLI, the benchmarks and the tests use.
 package apiclient
 
 import (

@@ -7,8 +7,7 @@
 //	  -> the api.VM interface, which the monitor implements
 //
 // The monitor knows nothing of HTTP: the run command builds this server
-// around it (Firecracker's rule: the VMM library has no HTTP). Imported by
-// cli (run) only.
+// around it (Firecracker's rule: the VMM library has no HTTP).
 package apiserver
 
 import (

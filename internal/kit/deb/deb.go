@@ -4,7 +4,7 @@
 //
 // Packages come from the network, so every length read from them is bounded
 // by Limits before anything is allocated, and malformed input yields an error,
-// never a panic. Imported by kit.
+// never a panic.
 //
 // The ar container is read by this package rather than with
 // github.com/blakesmith/ar: that reader does not check the archive magic and

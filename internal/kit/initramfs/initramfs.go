@@ -6,7 +6,6 @@
 // always zero, and the kit needs /dev/console before devtmpfs is mounted) and
 // its writer mutates a package-level magic slice when a checksum is set. Its
 // reader is still used in tests, to read our output back independently.
-// Imported by kit.
 package initramfs
 
 import (

@@ -3,7 +3,7 @@
 // (.ko.xz, .ko.zst, .ko.gz), modules.builtin, the kernel config, and a load
 // order computed from the dependencies. Modules come from downloaded
 // packages: every length is bounded and malformed input is an error, never a
-// panic. Parsing is pure. Imported by kit.
+// panic. Parsing is pure.
 package kmod
 
 import (

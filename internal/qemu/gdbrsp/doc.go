@@ -61,6 +61,4 @@
 // registers (gdtr, idtr), no debug registers and no MSRs besides efer and
 // k_gs_base (the inactive GS base; swapgs exchanges it with gs_base).
 // Byte order is assumed little-endian (x86).
-//
-// Imported only by internal/qemu and internal/monitor.
 package gdbrsp

@@ -15,6 +15,4 @@
 // the connection's read side; writes are serialised by a mutex. Pending calls
 // fail with an error wrapping [ErrClosed] once the connection is gone, and
 // [Client.Done] is closed at that moment.
-//
-// Imported only by internal/qemu and internal/monitor.
 package qmp

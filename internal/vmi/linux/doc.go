@@ -15,5 +15,5 @@
 //
 // Like package vmi, everything here treats kernel images and guest memory as
 // hostile input: every table, count and offset is bounded, and the parsers are
-// fuzzed. Imported by internal/monitor and the IDS.
+// fuzzed.
 package linux
