@@ -10,7 +10,8 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
+
+	"github.com/gatevisor/gatevisor/internal/qemu/clientconn"
 )
 
 var (
@@ -55,7 +56,7 @@ const (
 // Client is a connection to a gdbstub. A Client is safe for concurrent use,
 // but the protocol is strictly one request at a time: calls are serialised.
 type Client struct {
-	conn       net.Conn
+	cc         *clientconn.Conn // the reader, writes, and why the connection ended
 	packetSize int
 	features   map[string]string
 	tdesc      *TargetDescription
@@ -68,17 +69,9 @@ type Client struct {
 	acks    chan byte      // '+' or '-' from the stub
 	replies chan []byte    // packets that are not stop replies
 	stops   chan StopReply // stop replies, oldest dropped when full
-	done    chan struct{}  // closed when the reader exits
-
-	wmu sync.Mutex // serialises writes to conn
 
 	// cmdMu serialises request/reply exchanges.
 	cmdMu sync.Mutex
-
-	errMu sync.Mutex
-	err   error // guarded by errMu; why the connection ended
-
-	closeOnce sync.Once
 }
 
 // Dial connects to a gdbstub listening on the unix socket at path and runs
@@ -103,15 +96,14 @@ func Dial(ctx context.Context, path string) (*Client, error) {
 // It does not send '?', because QEMU removes all breakpoints on '?'.
 func NewClient(ctx context.Context, conn net.Conn) (*Client, error) {
 	c := &Client{
-		conn:       conn,
+		cc:         clientconn.New(conn, ErrClosed),
 		packetSize: defaultPacketSize,
 		features:   map[string]string{},
 		acks:       make(chan byte, 16),
 		replies:    make(chan []byte, replyBuffer),
 		stops:      make(chan StopReply, stopBuffer),
-		done:       make(chan struct{}),
 	}
-	go c.readLoop()
+	c.cc.Start(c.readLoop)
 	if err := c.handshake(ctx); err != nil {
 		c.Close()
 		return nil, err
@@ -182,68 +174,31 @@ func (c *Client) Feature(name string) (string, bool) {
 func (c *Client) TargetDescription() *TargetDescription { return c.tdesc }
 
 // Done is closed when the connection has ended.
-func (c *Client) Done() <-chan struct{} { return c.done }
+func (c *Client) Done() <-chan struct{} { return c.cc.Done() }
 
 // Err is nil while the connection is up and afterwards says why it ended.
-func (c *Client) Err() error {
-	select {
-	case <-c.done:
-		return c.closedErr()
-	default:
-		return nil
-	}
-}
-
-func (c *Client) closedErr() error {
-	c.errMu.Lock()
-	defer c.errMu.Unlock()
-	return c.err
-}
+func (c *Client) Err() error { return c.cc.Err() }
 
 // Close closes the connection without detaching. QEMU leaves the VM in
 // whatever state it is: paused if the client stopped it. Use Detach to let
 // the VM run.
-func (c *Client) Close() error {
-	var err error
-	c.closeOnce.Do(func() {
-		c.errMu.Lock()
-		if c.err == nil {
-			c.err = fmt.Errorf("%w: closed by client", ErrClosed)
-		}
-		c.errMu.Unlock()
-		err = c.conn.Close()
-	})
-	<-c.done
-	return err
-}
+func (c *Client) Close() error { return c.cc.Close() }
 
-func (c *Client) fail(err error) {
-	c.errMu.Lock()
-	if c.err == nil {
-		c.err = err
-	}
-	c.errMu.Unlock()
-	c.closeOnce.Do(func() { c.conn.Close() })
-}
-
-func (c *Client) readLoop() {
-	defer func() {
-		c.fail(fmt.Errorf("%w: reader exited", ErrClosed))
-		close(c.done)
-	}()
-	fr := newFrameReader(c.conn)
+// readLoop reads frames until the connection ends, and returns why it
+// ended. It is the connection's only reader.
+func (c *Client) readLoop(r io.Reader) error {
+	fr := newFrameReader(r)
 	for {
 		f, err := fr.next()
 		if err != nil {
 			switch {
 			case errors.Is(err, io.EOF):
-				c.fail(fmt.Errorf("%w: the stub closed the connection", ErrClosed))
+				return errors.New("the stub closed the connection")
 			case errors.Is(err, ErrProtocol):
-				c.fail(fmt.Errorf("%w: %v", ErrClosed, err))
+				return err
 			default:
-				c.fail(fmt.Errorf("%w: read: %v", ErrClosed, err))
+				return fmt.Errorf("read: %w", err)
 			}
-			return
 		}
 		switch f.kind {
 		case frameAck, frameNack:
@@ -310,35 +265,7 @@ func drain[T any](ch chan T) {
 
 // writeRaw writes b without waiting for anything. Errors end the connection.
 func (c *Client) writeRaw(b []byte) error {
-	return c.writeCtx(context.Background(), b)
-}
-
-func (c *Client) writeCtx(ctx context.Context, b []byte) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	// Cancelling ctx (or reaching its deadline) interrupts a blocked write.
-	fired := make(chan struct{})
-	stop := context.AfterFunc(ctx, func() {
-		c.conn.SetWriteDeadline(time.Unix(1, 0))
-		close(fired)
-	})
-	_, err := c.conn.Write(b)
-	if !stop() {
-		<-fired
-	}
-	c.conn.SetWriteDeadline(time.Time{})
-	if err != nil {
-		// A partial packet may be on the wire: the stream is unusable.
-		c.fail(fmt.Errorf("%w: write: %v", ErrClosed, err))
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		return c.closedErr()
-	}
-	return nil
+	return c.cc.Write(context.Background(), b)
 }
 
 // send writes one packet and, unless acknowledgements are off, waits for
@@ -349,7 +276,7 @@ func (c *Client) send(ctx context.Context, payload []byte) error {
 	pkt := encodePacket(payload)
 	for attempt := 0; ; attempt++ {
 		drain(c.acks)
-		if err := c.writeCtx(ctx, pkt); err != nil {
+		if err := c.cc.Write(ctx, pkt); err != nil {
 			return err
 		}
 		if c.noAck.Load() {
@@ -363,8 +290,8 @@ func (c *Client) send(ctx context.Context, payload []byte) error {
 			if attempt >= maxNackRetries {
 				return fmt.Errorf("%w: packet rejected %d times", ErrProtocol, attempt+1)
 			}
-		case <-c.done:
-			return c.closedErr()
+		case <-c.cc.Done():
+			return c.cc.Err()
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -390,8 +317,8 @@ func (c *Client) exchangeBytes(ctx context.Context, req []byte) ([]byte, error) 
 	select {
 	case r := <-c.replies:
 		return r, nil
-	case <-c.done:
-		return nil, c.closedErr()
+	case <-c.cc.Done():
+		return nil, c.cc.Err()
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}

@@ -58,7 +58,7 @@ func (c *Client) resumeLocked(ctx context.Context, req string) error {
 // stop reply arrives through WaitStop. If the target is already stopped,
 // QEMU ignores the byte and no stop reply follows.
 func (c *Client) Interrupt(ctx context.Context) error {
-	if err := c.writeCtx(ctx, []byte{0x03}); err != nil {
+	if err := c.cc.Write(ctx, []byte{0x03}); err != nil {
 		return fmt.Errorf("gdbrsp: interrupt: %w", err)
 	}
 	return nil
@@ -76,8 +76,8 @@ func (c *Client) WaitStop(ctx context.Context) (StopReply, error) {
 	select {
 	case sr := <-c.stops:
 		return sr, nil
-	case <-c.done:
-		return StopReply{}, fmt.Errorf("gdbrsp: wait for stop: %w", c.closedErr())
+	case <-c.cc.Done():
+		return StopReply{}, fmt.Errorf("gdbrsp: wait for stop: %w", c.cc.Err())
 	case <-ctx.Done():
 		return StopReply{}, fmt.Errorf("gdbrsp: wait for stop: %w", ctx.Err())
 	}

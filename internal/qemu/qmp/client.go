@@ -6,11 +6,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"time"
+
+	"github.com/gatevisor/gatevisor/internal/qemu/clientconn"
 )
 
 // EventBuffer is the capacity of the channel returned by [Client.Events].
@@ -22,20 +24,14 @@ var ErrClosed = errors.New("qmp: connection closed")
 
 // Client is a QMP connection. Create it with [Dial] or [NewClient].
 type Client struct {
-	conn    net.Conn
+	cc      *clientconn.Conn // the reader, writes, and why the connection ended
 	version Version
 	nextID  atomic.Uint64
 	events  chan Event
 	drops   atomic.Uint64
-	done    chan struct{} // closed when the reader exits
-
-	wmu sync.Mutex // serialises writes to conn
 
 	mu      sync.Mutex
 	pending map[string]chan message // guarded by mu
-	err     error                   // guarded by mu; why the connection ended, set before done is closed
-
-	closeOnce sync.Once
 }
 
 // Dial connects to the QMP unix socket at path, reads the greeting and
@@ -57,19 +53,23 @@ func Dial(ctx context.Context, path string) (*Client, error) {
 // ownership of conn: it is closed when the handshake fails or by Close.
 func NewClient(ctx context.Context, conn net.Conn) (*Client, error) {
 	c := &Client{
-		conn:    conn,
+		cc:      clientconn.New(conn, ErrClosed),
 		events:  make(chan Event, EventBuffer),
-		done:    make(chan struct{}),
 		pending: make(map[string]chan message),
 	}
 	greeting := make(chan message, 1)
-	go c.readLoop(greeting)
+	c.cc.Start(func(r io.Reader) error {
+		err := c.readLoop(r, greeting)
+		c.cc.Fail(err) // the reason is recorded before Events is closed
+		close(c.events)
+		return err
+	})
 
 	select {
 	case g := <-greeting:
 		c.version = g.version
-	case <-c.done:
-		return nil, fmt.Errorf("qmp: waiting for greeting: %w", c.closedErr())
+	case <-c.cc.Done():
+		return nil, fmt.Errorf("qmp: waiting for greeting: %w", c.cc.Err())
 	case <-ctx.Done():
 		c.Close()
 		return nil, fmt.Errorf("qmp: waiting for greeting: %w", ctx.Err())
@@ -95,40 +95,15 @@ func (c *Client) DroppedEvents() uint64 { return c.drops.Load() }
 
 // Done is closed when the connection to QEMU has ended, for example because
 // QEMU exited. [Client.Err] then says why.
-func (c *Client) Done() <-chan struct{} { return c.done }
+func (c *Client) Done() <-chan struct{} { return c.cc.Done() }
 
 // Err returns nil while the connection is up, and afterwards an error
 // wrapping ErrClosed that says why it ended.
-func (c *Client) Err() error {
-	select {
-	case <-c.done:
-		return c.closedErr()
-	default:
-		return nil
-	}
-}
-
-func (c *Client) closedErr() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.err
-}
+func (c *Client) Err() error { return c.cc.Err() }
 
 // Close closes the connection and waits for the reader to exit. Pending
 // calls fail with an error wrapping ErrClosed.
-func (c *Client) Close() error {
-	var err error
-	c.closeOnce.Do(func() {
-		c.mu.Lock()
-		if c.err == nil {
-			c.err = fmt.Errorf("%w: closed by client", ErrClosed)
-		}
-		c.mu.Unlock()
-		err = c.conn.Close()
-	})
-	<-c.done
-	return err
-}
+func (c *Client) Close() error { return c.cc.Close() }
 
 // Execute runs a QMP command. args, if not nil, is marshalled as the
 // command's "arguments"; result, if not nil, receives the "return" value.
@@ -147,13 +122,11 @@ func (c *Client) Execute(ctx context.Context, command string, args any, result a
 	}
 	b = append(b, '\n')
 
-	ch := make(chan message, 1)
-	c.mu.Lock()
-	if c.err != nil {
-		err := c.err
-		c.mu.Unlock()
+	if err := c.cc.Reason(); err != nil {
 		return fmt.Errorf("qmp: %s: %w", command, err)
 	}
+	ch := make(chan message, 1)
+	c.mu.Lock()
 	c.pending[id] = ch
 	c.mu.Unlock()
 	defer func() {
@@ -162,7 +135,7 @@ func (c *Client) Execute(ctx context.Context, command string, args any, result a
 		c.mu.Unlock()
 	}()
 
-	if err := c.write(ctx, b); err != nil {
+	if err := c.cc.Write(ctx, b); err != nil {
 		return fmt.Errorf("qmp: %s: %w", command, err)
 	}
 	select {
@@ -176,60 +149,17 @@ func (c *Client) Execute(ctx context.Context, command string, args any, result a
 			}
 		}
 		return nil
-	case <-c.done:
-		return fmt.Errorf("qmp: %s: %w", command, c.closedErr())
+	case <-c.cc.Done():
+		return fmt.Errorf("qmp: %s: %w", command, c.cc.Err())
 	case <-ctx.Done():
 		return fmt.Errorf("qmp: %s: %w", command, ctx.Err())
 	}
 }
 
-func (c *Client) write(ctx context.Context, b []byte) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	// Cancelling ctx (or reaching its deadline) interrupts a blocked write.
-	fired := make(chan struct{})
-	stop := context.AfterFunc(ctx, func() {
-		c.conn.SetWriteDeadline(aLongTimeAgo)
-		close(fired)
-	})
-	_, err := c.conn.Write(b)
-	if !stop() {
-		<-fired
-	}
-	c.conn.SetWriteDeadline(noDeadline)
-	if err != nil {
-		// A partial line may have been written; the stream is no longer usable.
-		if ctx.Err() != nil {
-			c.fail(fmt.Errorf("%w: write interrupted: %v", ErrClosed, ctx.Err()))
-			return ctx.Err()
-		}
-		c.fail(fmt.Errorf("%w: write: %v", ErrClosed, err))
-		return c.closedErr()
-	}
-	return nil
-}
-
-// fail records why the connection ended (if nothing else was recorded
-// first) and closes it, which makes the reader exit.
-func (c *Client) fail(err error) {
-	c.mu.Lock()
-	if c.err == nil {
-		c.err = err
-	}
-	c.mu.Unlock()
-	c.closeOnce.Do(func() { c.conn.Close() })
-}
-
-func (c *Client) readLoop(greeting chan<- message) {
-	defer func() {
-		c.fail(fmt.Errorf("%w: reader exited", ErrClosed))
-		close(c.events)
-		close(c.done)
-	}()
-	sc := bufio.NewScanner(c.conn)
+// readLoop reads and dispatches messages until the connection ends, and
+// returns why it ended. It is the connection's only reader.
+func (c *Client) readLoop(r io.Reader, greeting chan<- message) error {
+	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 64<<10), MaxLineSize)
 	gotGreeting := false
 	for sc.Scan() {
@@ -239,14 +169,12 @@ func (c *Client) readLoop(greeting chan<- message) {
 		}
 		m, err := decodeMessage(line)
 		if err != nil {
-			c.fail(fmt.Errorf("%w: %v", ErrClosed, err))
-			return
+			return err
 		}
 		switch m.kind {
 		case kindGreeting:
 			if gotGreeting {
-				c.fail(fmt.Errorf("%w: %v: second greeting", ErrClosed, ErrMalformed))
-				return
+				return fmt.Errorf("%w: second greeting", ErrMalformed)
 			}
 			gotGreeting = true
 			greeting <- m // buffered, sent at most once
@@ -266,11 +194,11 @@ func (c *Client) readLoop(greeting chan<- message) {
 	err := sc.Err()
 	switch {
 	case errors.Is(err, bufio.ErrTooLong):
-		c.fail(fmt.Errorf("%w: line longer than %d bytes", ErrClosed, MaxLineSize))
+		return fmt.Errorf("line longer than %d bytes", MaxLineSize)
 	case err != nil:
-		c.fail(fmt.Errorf("%w: read: %v", ErrClosed, err))
+		return fmt.Errorf("read: %w", err)
 	default:
-		c.fail(fmt.Errorf("%w: QEMU closed the connection", ErrClosed))
+		return errors.New("QEMU closed the connection")
 	}
 }
 
@@ -293,8 +221,3 @@ func (c *Client) deliver(ev Event) {
 	// attempt always has room; this line is a bound, not a path.
 	c.drops.Add(1)
 }
-
-var (
-	noDeadline   time.Time
-	aLongTimeAgo = time.Unix(1, 0)
-)

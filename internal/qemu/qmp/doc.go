@@ -14,5 +14,6 @@
 // Concurrency: a Client is safe for concurrent use. One reader goroutine owns
 // the connection's read side; writes are serialised by a mutex. Pending calls
 // fail with an error wrapping [ErrClosed] once the connection is gone, and
-// [Client.Done] is closed at that moment.
+// [Client.Done] is closed at that moment. This lifecycle is the one
+// internal/qemu/clientconn keeps for both QEMU clients (this one and gdbrsp).
 package qmp

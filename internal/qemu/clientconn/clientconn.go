@@ -1,0 +1,157 @@
+// Package clientconn is the connection lifecycle that the QEMU protocol
+// clients (internal/qemu/qmp and internal/qemu/gdbrsp) share: one reader
+// goroutine that owns the read side, writes serialised and interruptible by
+// a context, and one record of why the connection ended, behind
+// Done/Err/Close.
+//
+// The rules both clients keep, and that this package keeps for them:
+//
+//   - The first reason recorded wins; later ones are dropped. Recording a
+//     reason closes the socket, which makes the reader exit.
+//   - Every reason wraps the client's own sentinel (its ErrClosed), so that
+//     callers test errors.Is(err, qmp.ErrClosed) or gdbrsp.ErrClosed; the
+//     cause is kept as text only (%v), never as a second wrapped error.
+//   - Done is closed only after the reader has returned and a reason is
+//     recorded: once Done is closed, Err is never nil.
+//   - A write that fails (or that a context interrupts) may have left part
+//     of a message on the wire, so it ends the connection.
+//
+// What is read, how messages are framed and how replies meet their requests
+// stays with each client.
+package clientconn
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+)
+
+// Conn is one client connection's lifecycle. Create it with [New], then
+// start its reader with [Conn.Start]. It is safe for concurrent use.
+type Conn struct {
+	nc     net.Conn
+	closed error         // the client's sentinel, wrapped by every reason
+	done   chan struct{} // closed when the reader has exited
+
+	wmu sync.Mutex // serialises writes to nc
+
+	mu  sync.Mutex
+	err error // guarded by mu; why the connection ended
+
+	closeOnce sync.Once
+}
+
+// New takes ownership of nc. closed is the client's sentinel error (for
+// example qmp.ErrClosed) that every reason recorded for the end of the
+// connection wraps.
+func New(nc net.Conn, closed error) *Conn {
+	return &Conn{nc: nc, closed: closed, done: make(chan struct{})}
+}
+
+// Start runs read on a new goroutine, the connection's only reader, with
+// the read side of the connection. read returns why the connection ended
+// (nil counts as "reader exited"); that reason is recorded unless another
+// was recorded first, and then Done is closed. Start must be called exactly
+// once, before Close.
+func (c *Conn) Start(read func(r io.Reader) error) {
+	go func() {
+		defer close(c.done)
+		err := read(c.nc)
+		if err == nil {
+			err = errors.New("reader exited")
+		}
+		c.Fail(err)
+	}()
+}
+
+// Done is closed when the connection has ended and the reader has exited.
+func (c *Conn) Done() <-chan struct{} { return c.done }
+
+// Err is nil while the connection is up and afterwards (once Done is
+// closed) says why it ended.
+func (c *Conn) Err() error {
+	select {
+	case <-c.done:
+		return c.Reason()
+	default:
+		return nil
+	}
+}
+
+// Reason returns the reason recorded for the end of the connection, or nil.
+// Unlike Err it may be non-nil before Done is closed: from the moment the
+// connection starts to end.
+func (c *Conn) Reason() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// Fail records why the connection ended, as an error wrapping the client's
+// sentinel with cause as text, unless a reason was recorded first, and
+// closes the connection, which makes the reader exit.
+func (c *Conn) Fail(cause error) {
+	c.record(cause)
+	c.closeOnce.Do(func() { c.nc.Close() })
+}
+
+func (c *Conn) record(cause error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err == nil {
+		c.err = fmt.Errorf("%w: %v", c.closed, cause)
+	}
+}
+
+// Close records "closed by client" (unless a reason was recorded first),
+// closes the connection and waits for the reader to exit. It returns the
+// error of closing the socket, nil if it was closed already.
+func (c *Conn) Close() error {
+	var err error
+	c.closeOnce.Do(func() {
+		c.record(errors.New("closed by client"))
+		err = c.nc.Close()
+	})
+	<-c.done
+	return err
+}
+
+// Write writes b whole. Writes are serialised; cancelling ctx (or reaching
+// its deadline) interrupts a blocked write. A write that fails ends the
+// connection, because part of b may be on the wire: Write then returns
+// ctx's error if ctx ended, and otherwise the recorded reason.
+func (c *Conn) Write(ctx context.Context, b []byte) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	fired := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		c.nc.SetWriteDeadline(aLongTimeAgo)
+		close(fired)
+	})
+	_, err := c.nc.Write(b)
+	if !stop() {
+		<-fired
+	}
+	c.nc.SetWriteDeadline(noDeadline)
+	if err == nil {
+		return nil
+	}
+	if ctxErr := ctx.Err(); ctxErr != nil {
+		c.Fail(fmt.Errorf("write interrupted: %v", ctxErr))
+		return ctxErr
+	}
+	c.Fail(fmt.Errorf("write: %v", err))
+	return c.Reason()
+}
+
+var (
+	noDeadline   time.Time
+	aLongTimeAgo = time.Unix(1, 0)
+)

@@ -1,0 +1,108 @@
+package clientconn
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+)
+
+var errTestClosed = errors.New("test: connection closed")
+
+// start returns a started Conn over one end of a pipe, whose reader
+// copies what it reads to got and returns the read error, and the other end.
+func start(t *testing.T) (*Conn, net.Conn, chan []byte) {
+	t.Helper()
+	a, b := net.Pipe()
+	t.Cleanup(func() { b.Close() })
+	c := New(a, errTestClosed)
+	got := make(chan []byte, 16)
+	c.Start(func(r io.Reader) error {
+		buf := make([]byte, 64)
+		for {
+			n, err := r.Read(buf)
+			if err != nil {
+				if errors.Is(err, io.EOF) {
+					return errors.New("peer closed")
+				}
+				return err
+			}
+			got <- append([]byte(nil), buf[:n]...)
+		}
+	})
+	t.Cleanup(func() { c.Close() })
+	return c, b, got
+}
+
+func TestEnd(t *testing.T) {
+	tests := []struct {
+		name    string
+		end     func(c *Conn, peer net.Conn)
+		wantMsg string
+	}{
+		{"peer closes", func(c *Conn, peer net.Conn) { peer.Close() }, "test: connection closed: peer closed"},
+		{"client closes", func(c *Conn, peer net.Conn) { c.Close() }, "test: connection closed: closed by client"},
+		{"fail", func(c *Conn, peer net.Conn) { c.Fail(errors.New("bad frame")) }, "test: connection closed: bad frame"},
+		{"first reason wins", func(c *Conn, peer net.Conn) {
+			c.Fail(errors.New("first"))
+			c.Fail(errors.New("second"))
+			c.Close()
+		}, "test: connection closed: first"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, peer, _ := start(t)
+			if err := c.Err(); err != nil {
+				t.Fatalf("Err before the end = %v, want nil", err)
+			}
+			tt.end(c, peer)
+			select {
+			case <-c.Done():
+			case <-time.After(10 * time.Second):
+				t.Fatal("Done not closed")
+			}
+			err := c.Err()
+			if !errors.Is(err, errTestClosed) || err.Error() != tt.wantMsg {
+				t.Errorf("Err = %v, want %q wrapping the sentinel", err, tt.wantMsg)
+			}
+			if r := c.Reason(); r != err {
+				t.Errorf("Reason = %v, want Err's %v", r, err)
+			}
+		})
+	}
+}
+
+func TestWrite(t *testing.T) {
+	c, peer, got := start(t)
+	go func() {
+		buf := make([]byte, 64)
+		n, _ := peer.Read(buf)
+		peer.Write(buf[:n]) // echo once
+	}()
+	if err := c.Write(context.Background(), []byte("ping")); err != nil {
+		t.Fatalf("Write: %v", err)
+	}
+	if b := <-got; string(b) != "ping" {
+		t.Errorf("echo = %q, want ping", b)
+	}
+}
+
+func TestWriteInterrupted(t *testing.T) {
+	c, _, _ := start(t) // nobody reads the peer: the write blocks
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	err := c.Write(ctx, []byte("stuck"))
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Write = %v, want DeadlineExceeded", err)
+	}
+	<-c.Done()
+	if err := c.Err(); !errors.Is(err, errTestClosed) || !strings.Contains(err.Error(), "write interrupted") {
+		t.Errorf("Err = %v, want the sentinel mentioning the interrupted write", err)
+	}
+	if err := c.Write(context.Background(), []byte("more")); !errors.Is(err, errTestClosed) {
+		t.Errorf("Write after the end = %v, want the sentinel", err)
+	}
+}
