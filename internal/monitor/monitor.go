@@ -13,7 +13,7 @@
 // and no runtime directory behind; a monitor killed with -9 takes QEMU with it
 // (parent-death signal) and the next Start of that name cleans the rest.
 //
-// Lock order: Monitor.mu, then console.mu. Imported by cli.
+// Lock order: Monitor.mu, then console.mu.
 package monitor
 
 import (

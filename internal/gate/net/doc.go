@@ -56,5 +56,4 @@
 // flow table is bounded (MaxFlows); when it is full new flows are denied.
 //
 // Lock order: Gate.mu only; the Attributor and Decider are called without it.
-// Imported only by monitor.
 package net

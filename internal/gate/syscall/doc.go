@@ -1,7 +1,6 @@
 // Package gate is the syscall gate: it enforces security-server verdicts on
 // the guest's system calls from outside the VM, with no agent in the guest.
-// It never decides: every verdict comes from secserver. Imported only by
-// monitor.
+// It never decides: every verdict comes from secserver.
 //
 //	policy ──Plan──► syscalls it names ──► breakpoints (kallsyms + KASLR slide), set by monitor:
 //	  open family   ──► security_file_open, security_path_mknod   (hooks.go: the kernel's resolved file)
