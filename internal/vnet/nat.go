@@ -12,16 +12,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
-	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
-	"gvisor.dev/gvisor/pkg/tcpip/link/ethernet"
-	"gvisor.dev/gvisor/pkg/tcpip/network/arp"
-	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
-	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 	"gvisor.dev/gvisor/pkg/waiter"
@@ -83,8 +77,7 @@ type NATStats struct {
 // network: the NAT only ever sees flows the gate let through.
 type NAT struct {
 	cfg     NATConfig
-	st      *stack.Stack
-	ch      *channel.Endpoint
+	ns      *netstack
 	dhcp    *DHCPServer
 	zone    map[string]netip.Addr
 	ctx     context.Context
@@ -132,37 +125,18 @@ func NewNAT(cfg NATConfig) (*NAT, error) {
 		dnsSem:  make(chan struct{}, maxNATDNS),
 		conns:   map[io.Closer]struct{}{},
 	}
+	ns, err := newNetstack(NATMAC, UserSubnet, UserGateway, UserHostLoopback)
+	if err != nil {
+		return nil, fmt.Errorf("vnet: nat: %w", err)
+	}
+	if err := natStack(ns.st); err != nil {
+		ns.close()
+		return nil, fmt.Errorf("vnet: nat: %w", err)
+	}
+	n.ns = ns
 	n.ctx, n.cancel = context.WithCancel(context.Background())
-	n.st = stack.New(stack.Options{
-		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol},
-		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4},
-	})
-	sack := tcpip.TCPSACKEnabled(true)
-	moderate := tcpip.TCPModerateReceiveBufferOption(true)
-	n.st.SetTransportProtocolOption(tcp.ProtocolNumber, &sack)
-	n.st.SetTransportProtocolOption(tcp.ProtocolNumber, &moderate)
-	n.ch = channel.New(1024, 1500, tcpip.LinkAddress(NATMAC[:]))
-	if err := n.st.CreateNIC(1, ethernet.New(n.ch)); err != nil {
-		return nil, fmt.Errorf("vnet: nat: create NIC: %s", err)
-	}
-	// Promiscuous: accept packets for any address (the guest's flows to
-	// the world end here); spoofing: answer from those addresses.
-	if err := n.st.SetPromiscuousMode(1, true); err != nil {
-		return nil, fmt.Errorf("vnet: nat: promiscuous mode: %s", err)
-	}
-	if err := n.st.SetSpoofing(1, true); err != nil {
-		return nil, fmt.Errorf("vnet: nat: spoofing: %s", err)
-	}
-	for _, a := range []netip.Addr{UserGateway, UserHostLoopback} {
-		pa := tcpip.ProtocolAddress{Protocol: ipv4.ProtocolNumber, AddressWithPrefix: tcpip.AddressWithPrefix{Address: tcpip.AddrFrom4(a.As4()), PrefixLen: UserSubnet.Bits()}}
-		if err := n.st.AddProtocolAddress(1, pa, stack.AddressProperties{}); err != nil {
-			return nil, fmt.Errorf("vnet: nat: add address %s: %s", a, err)
-		}
-	}
-	sub, _ := tcpip.NewSubnet(tcpip.AddrFrom4(UserSubnet.Addr().As4()), tcpip.MaskFromBytes([]byte{255, 255, 255, 0}))
-	n.st.SetRouteTable([]tcpip.Route{{Destination: sub, NIC: 1}})
-	n.st.SetTransportProtocolHandler(tcp.ProtocolNumber, tcp.NewForwarder(n.st, 0, natTCPInFlight, n.forwardTCP).HandlePacket)
-	n.st.SetTransportProtocolHandler(udp.ProtocolNumber, udp.NewForwarder(n.st, n.forwardUDP).HandlePacket)
+	ns.st.SetTransportProtocolHandler(tcp.ProtocolNumber, tcp.NewForwarder(ns.st, 0, natTCPInFlight, n.forwardTCP).HandlePacket)
+	ns.st.SetTransportProtocolHandler(udp.ProtocolNumber, udp.NewForwarder(ns.st, n.forwardUDP).HandlePacket)
 	if err := n.serveDNS(); err != nil {
 		n.Close()
 		return nil, err
@@ -170,6 +144,28 @@ func NewNAT(cfg NATConfig) (*NAT, error) {
 	n.wg.Add(1)
 	go n.outbound()
 	return n, nil
+}
+
+// natStack makes st terminate flows to any address: TCP tuned for bulk
+// transfers to and from the host, and the NIC promiscuous (it accepts
+// packets for any address: the guest's flows to the world end here) and
+// spoofing (it answers from those addresses).
+func natStack(st *stack.Stack) error {
+	sack := tcpip.TCPSACKEnabled(true)
+	moderate := tcpip.TCPModerateReceiveBufferOption(true)
+	if err := st.SetTransportProtocolOption(tcp.ProtocolNumber, &sack); err != nil {
+		return fmt.Errorf("TCP SACK: %s", err)
+	}
+	if err := st.SetTransportProtocolOption(tcp.ProtocolNumber, &moderate); err != nil {
+		return fmt.Errorf("TCP receive buffer moderation: %s", err)
+	}
+	if err := st.SetPromiscuousMode(nicID, true); err != nil {
+		return fmt.Errorf("promiscuous mode: %s", err)
+	}
+	if err := st.SetSpoofing(nicID, true); err != nil {
+		return fmt.Errorf("spoofing: %s", err)
+	}
+	return nil
 }
 
 // Send takes frames from the guest (through the gate). It never blocks on
@@ -190,9 +186,7 @@ func (n *NAT) Send(frames [][]byte) {
 		if arpForOther(f) {
 			continue
 		}
-		pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(f)})
-		n.ch.InjectInbound(0, pkt)
-		pkt.DecRef()
+		n.ns.inject(f)
 	}
 }
 
@@ -243,8 +237,7 @@ func (n *NAT) Close() {
 	case <-done:
 	case <-time.After(time.Second):
 	}
-	n.ch.Close()
-	n.st.Close()
+	n.ns.close()
 	<-done
 }
 
@@ -284,20 +277,19 @@ func (n *NAT) untrack(cs ...io.Closer) {
 // outbound moves DHCP replies and the stack's frames to the guest.
 func (n *NAT) outbound() {
 	defer n.wg.Done()
-	pkts := make(chan *stack.PacketBuffer)
+	batches := make(chan [][]byte)
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
-		defer close(pkts)
+		defer close(batches)
 		for {
-			pkt := n.ch.ReadContext(n.ctx)
-			if pkt == nil {
+			batch := n.ns.readBatch(n.ctx)
+			if batch == nil {
 				return
 			}
 			select {
-			case pkts <- pkt:
+			case batches <- batch:
 			case <-n.ctx.Done():
-				pkt.DecRef()
 				return
 			}
 		}
@@ -307,17 +299,9 @@ func (n *NAT) outbound() {
 		case r := <-n.replies:
 			n.toGuest.Add(uint64(len(r)))
 			n.cfg.Deliver(r)
-		case pkt, ok := <-pkts:
+		case batch, ok := <-batches:
 			if !ok {
 				return
-			}
-			batch := [][]byte{frameOf(pkt)}
-			for len(batch) < 64 {
-				p := n.ch.Read()
-				if p == nil {
-					break
-				}
-				batch = append(batch, frameOf(p))
 			}
 			n.toGuest.Add(uint64(len(batch)))
 			n.cfg.Deliver(batch)
@@ -517,7 +501,7 @@ func isTransient(err error) bool {
 // serveDNS answers DNS on UserGateway:53: the NAT's own names, then the
 // host's resolver for IPv4 addresses.
 func (n *NAT) serveDNS() error {
-	c, err := gonet.DialUDP(n.st, &tcpip.FullAddress{NIC: 1, Addr: tcpip.AddrFrom4(UserGateway.As4()), Port: DNSPort}, nil, ipv4.ProtocolNumber)
+	c, err := n.ns.listenUDP(UserGateway, DNSPort)
 	if err != nil {
 		return fmt.Errorf("vnet: nat: dns: %w", err)
 	}
@@ -528,37 +512,33 @@ func (n *NAT) serveDNS() error {
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
-		buf := make([]byte, 2048)
-		for {
-			k, from, err := c.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			q := append([]byte(nil), buf[:k]...)
+		serveUDP(c, func(p []byte, from net.Addr) bool {
+			q := append([]byte(nil), p...)
 			dq, ok := ParseDNSQuery(q)
 			if !ok {
-				continue
+				return true
 			}
 			n.dnsQueries.Add(1)
 			if a, ok := n.zone[dq.Name]; ok {
 				_, _ = c.WriteTo(DNSReply(q, dq, []netip.Addr{a}, false), from)
-				continue
+				return true
 			}
 			select {
 			case n.dnsSem <- struct{}{}:
 			default:
-				continue // the guest retries
+				return true // the guest retries
 			}
 			if !n.enter() {
 				<-n.dnsSem
-				return
+				return false
 			}
 			go func() {
 				defer n.wg.Done()
 				defer func() { <-n.dnsSem }()
 				_, _ = c.WriteTo(n.resolve(q, dq), from)
 			}()
-		}
+			return true
+		})
 	}()
 	return nil
 }

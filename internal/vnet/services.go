@@ -13,17 +13,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"gvisor.dev/gvisor/pkg/buffer"
-	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
-	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
-	"gvisor.dev/gvisor/pkg/tcpip/link/ethernet"
-	"gvisor.dev/gvisor/pkg/tcpip/network/arp"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
-	"gvisor.dev/gvisor/pkg/tcpip/stack"
-	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
-	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
-	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 )
 
 // The isolated network's fixed addresses.
@@ -51,8 +42,7 @@ const (
 // holding GatewayAddr and UpdateAddr, with forwarding off, and gatevisor's
 // own services on it. Nothing in it opens a host socket.
 type Services struct {
-	st      *stack.Stack
-	ch      *channel.Endpoint
+	ns      *netstack
 	port    Port
 	dhcp    *DHCPServer
 	zone    map[string]netip.Addr
@@ -73,23 +63,12 @@ func NewServices(sw *Switch) (*Services, error) {
 			"updates." + Domain: UpdateAddr,
 		},
 	}
+	ns, err := newNetstack(ServicesMAC, Subnet, GatewayAddr, UpdateAddr)
+	if err != nil {
+		return nil, fmt.Errorf("vnet: %w", err)
+	}
+	s.ns = ns
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.st = stack.New(stack.Options{
-		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol},
-		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4},
-	})
-	s.ch = channel.New(1024, 1500, tcpip.LinkAddress(ServicesMAC[:]))
-	if err := s.st.CreateNIC(1, ethernet.New(s.ch)); err != nil {
-		return nil, fmt.Errorf("vnet: create NIC: %s", err)
-	}
-	for _, a := range []netip.Addr{GatewayAddr, UpdateAddr} {
-		pa := tcpip.ProtocolAddress{Protocol: ipv4.ProtocolNumber, AddressWithPrefix: tcpip.AddressWithPrefix{Address: tcpip.AddrFrom4(a.As4()), PrefixLen: Subnet.Bits()}}
-		if err := s.st.AddProtocolAddress(1, pa, stack.AddressProperties{}); err != nil {
-			return nil, fmt.Errorf("vnet: add address %s: %s", a, err)
-		}
-	}
-	sub, _ := tcpip.NewSubnet(tcpip.AddrFrom4(Subnet.Addr().As4()), tcpip.MaskFromBytes([]byte{255, 255, 255, 0}))
-	s.st.SetRouteTable([]tcpip.Route{{Destination: sub, NIC: 1}})
 	s.port = sw.Attach(s.deliver)
 	if err := s.serve(); err != nil {
 		s.Close()
@@ -107,8 +86,7 @@ func (s *Services) Close() {
 		c.Close()
 	}
 	s.port.Close()
-	s.ch.Close()
-	s.st.Close()
+	s.ns.close()
 	s.wg.Wait()
 }
 
@@ -122,9 +100,7 @@ func (s *Services) deliver(frames [][]byte) {
 			replies = append(replies, r)
 			continue
 		}
-		pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(f)})
-		s.ch.InjectInbound(0, pkt)
-		pkt.DecRef()
+		s.ns.inject(f)
 	}
 	if len(replies) > 0 {
 		s.DHCPReplies.Add(uint64(len(replies)))
@@ -139,36 +115,16 @@ func (s *Services) dhcpReply(f []byte) []byte { return DHCPReplyFrame(s.dhcp, Se
 func (s *Services) outbound() {
 	defer s.wg.Done()
 	for {
-		pkt := s.ch.ReadContext(s.ctx)
-		if pkt == nil {
+		batch := s.ns.readBatch(s.ctx)
+		if batch == nil {
 			return
-		}
-		batch := [][]byte{frameOf(pkt)}
-		for len(batch) < 64 {
-			p := s.ch.Read()
-			if p == nil {
-				break
-			}
-			batch = append(batch, frameOf(p))
 		}
 		s.port.Send(batch)
 	}
 }
 
-func frameOf(pkt *stack.PacketBuffer) []byte {
-	v := pkt.ToView()
-	b := append([]byte(nil), v.AsSlice()...)
-	v.Release()
-	pkt.DecRef()
-	return b
-}
-
-func (s *Services) full(a netip.Addr, port uint16) tcpip.FullAddress {
-	return tcpip.FullAddress{NIC: 1, Addr: tcpip.AddrFrom4(a.As4()), Port: port}
-}
-
 func (s *Services) listen(a netip.Addr, port uint16, serve func(net.Conn)) error {
-	l, err := gonet.ListenTCP(s.st, s.full(a, port), ipv4.ProtocolNumber)
+	l, err := gonet.ListenTCP(s.ns.st, s.ns.full(a, port), ipv4.ProtocolNumber)
 	if err != nil {
 		return fmt.Errorf("vnet: listen %s:%d: %w", a, port, err)
 	}
@@ -203,7 +159,7 @@ func (s *Services) serve() error {
 		return err
 	}
 	for _, a := range []netip.Addr{GatewayAddr, UpdateAddr} {
-		l, err := gonet.ListenTCP(s.st, s.full(a, HTTPPort), ipv4.ProtocolNumber)
+		l, err := gonet.ListenTCP(s.ns.st, s.ns.full(a, HTTPPort), ipv4.ProtocolNumber)
 		if err != nil {
 			return fmt.Errorf("vnet: listen %s:%d: %w", a, HTTPPort, err)
 		}
@@ -213,28 +169,23 @@ func (s *Services) serve() error {
 		go func() { defer s.wg.Done(); _ = srv.Serve(l) }()
 	}
 	for _, p := range []uint16{EchoPort, DNSPort} {
-		c, err := gonet.DialUDP(s.st, &tcpip.FullAddress{NIC: 1, Addr: tcpip.AddrFrom4(GatewayAddr.As4()), Port: p}, nil, ipv4.ProtocolNumber)
+		c, err := s.ns.listenUDP(GatewayAddr, p)
 		if err != nil {
-			return fmt.Errorf("vnet: udp %d: %w", p, err)
+			return fmt.Errorf("vnet: %w", err)
 		}
 		s.closers = append(s.closers, c)
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			buf := make([]byte, 2048)
-			for {
-				n, from, err := c.ReadFrom(buf)
-				if err != nil {
-					return
-				}
-				out := buf[:n]
+			serveUDP(c, func(out []byte, from net.Addr) bool {
 				if p == DNSPort {
 					if out = DNSAnswer(out, s.zone); out == nil {
-						continue
+						return true
 					}
 				}
 				_, _ = c.WriteTo(out, from)
-			}
+				return true
+			})
 		}()
 	}
 	return nil
@@ -298,7 +249,7 @@ func (s *Services) httpHandler(a netip.Addr) http.Handler {
 func (s *Services) dialBack(ctx context.Context, addr netip.Addr, port uint16) string {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	c, err := gonet.DialContextTCP(ctx, s.st, s.full(addr, port), ipv4.ProtocolNumber)
+	c, err := gonet.DialContextTCP(ctx, s.ns.st, s.ns.full(addr, port), ipv4.ProtocolNumber)
 	if err != nil {
 		var oe *net.OpError
 		if errors.As(err, &oe) && ctx.Err() == nil {
