@@ -1,0 +1,252 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/gatevisor/gatevisor/internal/api"
+	"github.com/gatevisor/gatevisor/internal/api/apiclient"
+)
+
+// SyscallResult is one case's measurement over all rounds.
+type SyscallResult struct {
+	SyscallCase
+	Seconds       []float64 `json:"seconds"`
+	MedianSeconds float64   `json:"median_seconds"`
+	PerIterMicros float64   `json:"median_per_iteration_us"`
+	// Against the baseline: relative difference, and the cost of one trap
+	// (per-iteration difference / traps per iteration).
+	DiffPercent float64 `json:"diff_percent,omitempty"`
+	// PairedDiff is the median, lowest and highest of the per-round
+	// differences from the baseline run in the same round, in percent.
+	PairedDiff     []float64 `json:"paired_diff_percent,omitempty"`
+	PerTrapMicros  float64   `json:"per_trap_us,omitempty"`
+	BaselineMicros float64   `json:"baseline_per_iteration_us,omitempty"`
+	// StopsPerIter are the gate's breakpoint stops per iteration, counted
+	// by the monitor (api.SyscallGateStatus); HandleMicros is the
+	// monitor's share of each stop (reading, deciding, enforcing).
+	StopsPerIter float64 `json:"stops_per_iteration"`
+	HandleMicros float64 `json:"monitor_us_per_stop,omitempty"`
+}
+
+// SyscallsReport is what Syscalls measured.
+type SyscallsReport struct {
+	Accel  string `json:"accel"`
+	Rounds int    `json:"rounds"`
+	// PolicyLoad times 'policy load' of a generated 1,000-rule policy.
+	PolicyLoad *PolicyLoad `json:"policy_load,omitempty"`
+	// Breakpoints are each policy's, "symbol@site" or "symbol".
+	Breakpoints map[string][]string `json:"breakpoints"`
+	Results     []SyscallResult     `json:"results"`
+}
+
+// SyscallsOptions are Syscalls's parameters.
+type SyscallsOptions struct {
+	Rounds         int // each runs every case once
+	Iters          int // iterations of the loops that trap
+	UntrappedIters int // iterations of the shell loops that do not trap
+	Calls          int // syscalls per run of the in-guest sysloop program
+	// IoTPolicy is the path of the device policy measured as "iot" (its
+	// includes resolve from there) and IoTSource its text.
+	IoTPolicy string
+	IoTSource []byte
+}
+
+// bigPolicyRules is the size of the policy whose load is timed.
+const bigPolicyRules = 1000
+
+// Syscalls measures the syscall gate: it boots the default kit (with
+// sysloop added, and an isolated network for the iot policy) and times
+// in-guest loops, switching policies with a hot reload (the same guest
+// throughout) and running every case once a round; then it times loads of
+// a generated 1,000-rule policy. Each result is compared with its case's
+// gate-off baseline, of the medians and paired by round.
+func Syscalls(ctx context.Context, env Env, o SyscallsOptions) (*SyscallsReport, error) {
+	tmp, err := os.MkdirTemp("", "gatevisor-bench-sg-*")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
+	sysloop, err := buildSysloop(ctx, tmp)
+	if err != nil {
+		return nil, err
+	}
+	pols, err := writePolicies(tmp, o.IoTPolicy, o.IoTSource)
+	if err != nil {
+		return nil, err
+	}
+	name := fmt.Sprintf("bench-sg-%d", os.Getpid())
+	c, stop, err := env.bootVM(ctx, name, "--policy", pols["off"].path, "--add", sysloop+":"+sysloopGuestPath, "--net", "isolated:"+name)
+	if err != nil {
+		return nil, err
+	}
+	defer stop()
+	st, err := c.Status(ctx)
+	if err != nil {
+		return nil, err
+	}
+	run := newSyscallRun(env, c, pols, syscallCases(o.Iters, o.UntrappedIters, o.Calls))
+	rep := &SyscallsReport{Accel: st.Accel, Rounds: o.Rounds, Breakpoints: run.breakpoints}
+	for r := range o.Rounds {
+		for i := range run.cases {
+			if err := run.runCase(ctx, r, i); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if rep.PolicyLoad, err = timeLoads(ctx, c, tmp, bigPolicyRules, max(5, o.Rounds), pols["off"]); err != nil {
+		return nil, err
+	}
+	rep.Results = syscallResults(run.cases, run.samples, o.Rounds)
+	return rep, nil
+}
+
+// writePolicies writes the benchmark's policies to dir and returns every
+// policy by name, with iot, the device policy, where it is (so that its
+// includes resolve).
+func writePolicies(dir, iotPath string, iotSource []byte) (map[string]policyFile, error) {
+	abs, err := filepath.Abs(iotPath)
+	if err != nil {
+		return nil, err
+	}
+	pols := map[string]policyFile{"iot": {path: abs, source: string(iotSource)}}
+	for name, src := range syscallPolicies {
+		p := filepath.Join(dir, name+".policy")
+		if err := os.WriteFile(p, []byte(src), 0o644); err != nil {
+			return nil, err
+		}
+		pols[name] = policyFile{path: p, source: src}
+	}
+	return pols, nil
+}
+
+// caseSamples is one case's measurements, summed over the rounds run.
+type caseSamples struct {
+	seconds      []float64 // one per round
+	stopsPerIter float64   // the gate's stops per iteration
+	stops        float64   // the gate's stops
+	handleMicros float64   // the monitor's time in those stops
+}
+
+// syscallRun is the state of one Syscalls run across its rounds.
+type syscallRun struct {
+	env         Env
+	c           *apiclient.Client
+	pols        map[string]policyFile
+	cases       []SyscallCase
+	samples     []caseSamples // by case
+	cur         string        // the policy in force
+	breakpoints map[string][]string
+}
+
+func newSyscallRun(env Env, c *apiclient.Client, pols map[string]policyFile, cases []SyscallCase) *syscallRun {
+	return &syscallRun{env: env, c: c, pols: pols, cases: cases, samples: make([]caseSamples, len(cases)),
+		breakpoints: map[string][]string{}}
+}
+
+// runCase runs case i once in round r, under its policy.
+func (s *syscallRun) runCase(ctx context.Context, r, i int) error {
+	bc := s.cases[i]
+	if err := s.usePolicy(ctx, bc.Policy); err != nil {
+		return err
+	}
+	if bc.Op != "" {
+		// Warm up: translate the loop's code after the reload.
+		if _, err := sysloopRun(ctx, s.c, bc.Op, max(1000, bc.Iters/20)); err != nil {
+			return err
+		}
+	}
+	g0 := s.gateStatus(ctx)
+	var secs float64
+	var err error
+	if bc.Op != "" {
+		secs, err = sysloopRun(ctx, s.c, bc.Op, bc.Iters)
+	} else {
+		secs, err = guestLoop(ctx, s.c, bc.Body, bc.Iters)
+	}
+	if err != nil {
+		return fmt.Errorf("round %d, %s: %w", r+1, bc.Name, err)
+	}
+	g1 := s.gateStatus(ctx)
+	m := &s.samples[i]
+	m.seconds = append(m.seconds, secs)
+	// The loop's own stops, less the exec channel's around it (a few, for
+	// the shell the agent starts).
+	m.stopsPerIter += float64(g1.Stops-g0.Stops) / float64(bc.Iters)
+	m.stops += float64(g1.Stops - g0.Stops)
+	m.handleMicros += float64(g1.HandleMicros - g0.HandleMicros)
+	s.env.logf("round %d: %-22s %8.3fs\n", r+1, bc.Name, secs)
+	return nil
+}
+
+// usePolicy loads policy p unless it is in force, checks its traps and
+// records its breakpoints the first time.
+func (s *syscallRun) usePolicy(ctx context.Context, p string) error {
+	if p == s.cur {
+		return nil
+	}
+	res, err := s.c.LoadPolicy(ctx, api.PolicyRequest{Path: s.pols[p].path, Source: s.pols[p].source})
+	if err != nil {
+		return fmt.Errorf("load the %s policy: %w", p, err)
+	}
+	if err := checkTraps(p, res); err != nil {
+		return err
+	}
+	if _, ok := s.breakpoints[p]; !ok {
+		s.breakpoints[p] = breakpointNames(res)
+	}
+	s.cur = p
+	return nil
+}
+
+// gateStatus returns the syscall gate's counters, zero if the status has
+// none.
+func (s *syscallRun) gateStatus(ctx context.Context) api.SyscallGateStatus {
+	if st, err := s.c.Status(ctx); err == nil && st.SyscallGate != nil {
+		return *st.SyscallGate
+	}
+	return api.SyscallGateStatus{}
+}
+
+// guestLoop runs body iters times in the guest's shell and returns the
+// loop's time by the guest's clock.
+func guestLoop(ctx context.Context, c *apiclient.Client, body string, iters int) (float64, error) {
+	script := fmt.Sprintf(`read a x </proc/uptime; i=0; while [ $i -lt %d ]; do %s; i=$((i+1)); done >/dev/null 2>&1; read b x </proc/uptime; echo "$a $b"`, iters, body)
+	a, b, err := guestSpan(ctx, c, script, 1800)
+	if err != nil {
+		return 0, fmt.Errorf("loop %q: %w", body, err)
+	}
+	return b - a, nil
+}
+
+// syscallResults turns each case's samples over rounds rounds into its
+// result: medians, per iteration, and the difference from its baseline,
+// of the medians and paired by round.
+func syscallResults(cases []SyscallCase, samples []caseSamples, rounds int) []SyscallResult {
+	var out []SyscallResult
+	perIter := map[string]float64{}
+	for i, bc := range cases {
+		m := samples[i]
+		res := SyscallResult{SyscallCase: bc, Seconds: m.seconds, MedianSeconds: Median(m.seconds)}
+		res.PerIterMicros = res.MedianSeconds / float64(bc.Iters) * 1e6
+		res.StopsPerIter = m.stopsPerIter / float64(rounds)
+		if m.stops > 0 {
+			res.HandleMicros = m.handleMicros / m.stops
+		}
+		perIter[bc.Name] = res.PerIterMicros
+		if bi := caseIndex(cases, bc.Base); bi >= 0 {
+			res.PairedDiff = pairedDiff(m.seconds, samples[bi].seconds)
+		}
+		if base, ok := perIter[bc.Base]; ok && base > 0 {
+			res.BaselineMicros = base
+			res.DiffPercent = (res.PerIterMicros - base) / base * 100
+			if res.StopsPerIter >= 0.5 {
+				res.PerTrapMicros = (res.PerIterMicros - base) / res.StopsPerIter
+			}
+		}
+		out = append(out, res)
+	}
+	return out
+}
