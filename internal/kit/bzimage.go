@@ -1,13 +1,13 @@
 package kit
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
 
+	"github.com/gatevisor/gatevisor/internal/bzimage"
 	"github.com/gatevisor/gatevisor/internal/safefile"
 )
 
@@ -18,7 +18,7 @@ const maxBzImage = 256 << 20
 // bzImage: the boot sector signature 0xAA55 at 0x1FE, the boot protocol
 // header "HdrS" at 0x202 with version 2.00 or later, the "loaded high" flag
 // that distinguishes a bzImage from a zImage, and setup and payload sizes that
-// fit the file.
+// fit the file. The header is read by internal/bzimage, vmi/linux's parser.
 func CheckBzImage(path string) error {
 	// Checked before the open: opening a FIFO blocks until a writer comes.
 	if err := safefile.CheckRegular(path); err != nil {
@@ -39,7 +39,7 @@ func CheckBzImage(path string) error {
 	if !st.Mode().IsRegular() {
 		return fmt.Errorf("kit: kernel %s: %w: not a regular file", path, ErrNotBzImage)
 	}
-	var hdr [0x240]byte
+	var hdr [bzimage.HeaderSize]byte
 	n, err := io.ReadFull(f, hdr[:])
 	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
 		return fmt.Errorf("kit: kernel %s: %w", path, err)
@@ -47,43 +47,17 @@ func CheckBzImage(path string) error {
 	return checkBzImageHeader(path, hdr[:n], st.Size())
 }
 
+// checkBzImageHeader checks the header hdr of a file of size bytes.
 func checkBzImageHeader(path string, hdr []byte, size int64) error {
-	bad := func(format string, args ...any) error {
-		return fmt.Errorf("kit: kernel %s: %w: %s", path, ErrNotBzImage, fmt.Sprintf(format, args...))
-	}
-	if len(hdr) < 0x240 {
-		return bad("only %d bytes", size)
-	}
 	if size > maxBzImage {
-		return bad("%d bytes, larger than %d", size, maxBzImage)
+		return fmt.Errorf("kit: kernel %s: %w: %d bytes, larger than %d", path, ErrNotBzImage, size, maxBzImage)
 	}
-	if string(hdr[0x202:0x206]) != "HdrS" {
-		if string(hdr[0:4]) == "\x7fELF" {
-			return bad("it is an ELF file (vmlinux?); QEMU -kernel wants the compressed bzImage (vmlinuz)")
-		}
-		return bad("no \"HdrS\" boot protocol header at 0x202")
+	h, err := bzimage.Parse(hdr)
+	if err == nil {
+		err = h.CheckBootable(size)
 	}
-	if binary.LittleEndian.Uint16(hdr[0x1FE:]) != 0xAA55 {
-		return bad("no boot signature 0xAA55 at 0x1FE")
+	if fe, ok := errors.AsType[*bzimage.FormatError](err); ok {
+		return fmt.Errorf("kit: kernel %s: %w: %s", path, ErrNotBzImage, fe.Reason)
 	}
-	version := binary.LittleEndian.Uint16(hdr[0x206:])
-	if version < 0x0200 {
-		return bad("boot protocol %d.%02d is too old", version>>8, version&0xff)
-	}
-	if hdr[0x211]&0x01 == 0 {
-		return bad("a zImage, not a bzImage (loadflags LOADED_HIGH clear)")
-	}
-	setupSects := int64(hdr[0x1F1])
-	if setupSects == 0 {
-		setupSects = 4
-	}
-	setup := (setupSects + 1) * 512
-	if setup >= size {
-		return bad("setup of %d bytes does not fit a %d-byte file", setup, size)
-	}
-	syssize := int64(binary.LittleEndian.Uint32(hdr[0x1F4:])) * 16
-	if syssize == 0 || setup+syssize > size+16 {
-		return bad("payload of %d bytes after %d bytes of setup does not fit a %d-byte file", syssize, setup, size)
-	}
-	return nil
+	return err
 }

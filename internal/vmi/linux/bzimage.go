@@ -11,6 +11,8 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz/lzma"
+
+	"github.com/gatevisor/gatevisor/internal/bzimage"
 )
 
 // Compression names the compression of a bzImage payload.
@@ -38,15 +40,6 @@ var (
 // MaxVmlinuxSize bounds the decompressed kernel (Debian's 6.1 is 66 MB).
 const MaxVmlinuxSize = 256 << 20
 
-// x86 boot protocol header fields (Documentation/arch/x86/boot.rst).
-const (
-	hdrSetupSects    = 0x1f1
-	hdrMagic         = 0x202 // "HdrS"
-	hdrVersion       = 0x206
-	hdrPayloadOffset = 0x248 // protocol 2.08+
-	hdrPayloadLength = 0x24c
-)
-
 // BzImageHeader is what ExtractVmlinux read from the boot protocol header.
 type BzImageHeader struct {
 	Protocol      uint16 // e.g. 0x20f
@@ -56,33 +49,36 @@ type BzImageHeader struct {
 	Compression   Compression
 }
 
-// ParseBzImage reads the boot protocol header of a bzImage and identifies its
-// payload's compression by magic.
+// ParseBzImage reads the boot protocol header of a bzImage (with
+// internal/bzimage, which needs protocol 2.08+ for the payload fields) and
+// identifies its payload's compression by magic.
 func ParseBzImage(img []byte) (BzImageHeader, error) {
 	var h BzImageHeader
-	if len(img) < hdrPayloadLength+4 || string(img[hdrMagic:hdrMagic+4]) != "HdrS" {
-		return h, fmt.Errorf("%w: no x86 boot header", ErrNotKernel)
+	bh, err := bzimage.Parse(img)
+	if err != nil {
+		return h, notKernel(err)
 	}
-	le := binary.LittleEndian
-	h.Protocol = le.Uint16(img[hdrVersion:])
-	if h.Protocol < 0x208 {
-		return h, fmt.Errorf("%w: boot protocol %#x has no payload fields (need 2.08+)", ErrNotKernel, h.Protocol)
+	h.Protocol, h.SetupSects = bh.Protocol, bh.SetupSects
+	if h.PayloadOffset, h.PayloadLength, err = bh.Payload(int64(len(img))); err != nil {
+		return h, notKernel(err)
 	}
-	h.SetupSects = int(img[hdrSetupSects])
-	if h.SetupSects == 0 {
-		h.SetupSects = 4
-	}
-	start := int64(h.SetupSects+1) * 512
-	h.PayloadOffset = start + int64(le.Uint32(img[hdrPayloadOffset:]))
-	h.PayloadLength = int64(le.Uint32(img[hdrPayloadLength:]))
-	if h.PayloadOffset > int64(len(img)) || int64(len(img))-h.PayloadOffset < h.PayloadLength || h.PayloadLength < 8 {
-		return h, fmt.Errorf("%w: payload %#x+%#x outside the %d-byte image", ErrNotKernel, h.PayloadOffset, h.PayloadLength, len(img))
+	// The size trailer (4 bytes) and the shortest magic.
+	if h.PayloadLength < 8 {
+		return h, fmt.Errorf("%w: payload of %d bytes", ErrNotKernel, h.PayloadLength)
 	}
 	h.Compression = detectCompression(img[h.PayloadOffset : h.PayloadOffset+h.PayloadLength])
 	if h.Compression == "" {
 		return h, fmt.Errorf("%w: unknown payload magic % x", ErrUnsupportedCompression, img[h.PayloadOffset:h.PayloadOffset+6])
 	}
 	return h, nil
+}
+
+// notKernel makes bzimage's verdict on the header one of ErrNotKernel.
+func notKernel(err error) error {
+	if fe, ok := errors.AsType[*bzimage.FormatError](err); ok {
+		return fmt.Errorf("%w: %s", ErrNotKernel, fe.Reason)
+	}
+	return err
 }
 
 func detectCompression(p []byte) Compression {

@@ -23,6 +23,16 @@ const (
 	payloadSHA256 = "284918c114fd9f10766470505f2bcb710f9704cafbbdd827db300d5d3ec58051"
 )
 
+// x86 boot protocol header fields (Documentation/arch/x86/boot.rst) that
+// makeBzImage fills in.
+const (
+	hdrSetupSects    = 0x1f1
+	hdrMagic         = 0x202 // "HdrS"
+	hdrVersion       = 0x206
+	hdrPayloadOffset = 0x248 // protocol 2.08+
+	hdrPayloadLength = 0x24c
+)
+
 // makeBzImage wraps a compressed payload in a minimal x86 boot header, with
 // the decompressed size appended as the kernel's size_append does.
 func makeBzImage(payload []byte, appendSize bool) []byte {
