@@ -4,73 +4,24 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"net"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/gatevisor/gatevisor/internal/qemu/qmp"
+	"github.com/gatevisor/gatevisor/internal/testvm"
 )
 
 // startQEMU starts a kernel-less, paused q35 VM under TCG with a gdbstub
-// on a unix socket in a fresh temporary directory and returns the gdb and
-// QMP socket paths. QEMU is killed in t.Cleanup whatever the test did.
+// and returns the gdb and QMP socket paths, both listening. The harness
+// kills QEMU when the test ends, whatever the test did.
 func startQEMU(t *testing.T) (gdbPath, qmpPath string) {
 	t.Helper()
-	bin, err := exec.LookPath("qemu-system-x86_64")
-	if err != nil {
-		t.Skip("qemu-system-x86_64 not on PATH; install it with: apt-get install qemu-system-x86")
-	}
-	// Unix socket paths are limited to 108 bytes; t.TempDir can be longer.
-	dir, err := os.MkdirTemp("", "gdbrsp")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	gdbPath = filepath.Join(dir, "gdb.sock")
-	qmpPath = filepath.Join(dir, "qmp.sock")
-	var stderr bytes.Buffer
-	cmd := exec.Command(bin,
-		"-machine", "q35", "-accel", "tcg", "-nodefaults", "-display", "none", "-S", "-m", "64",
-		"-qmp", "unix:"+qmpPath+",server=on,wait=off",
-		"-chardev", "socket,id=gdb0,path="+gdbPath+",server=on,wait=off",
-		"-gdb", "chardev:gdb0")
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start QEMU: %v", err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-		if t.Failed() {
-			t.Logf("QEMU stderr:\n%s", stderr.String())
-		}
-	})
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		// QEMU creates a socket's file (bind) a moment before it listens:
-		// wait until QMP accepts, by then both sockets listen.
-		_, err1 := os.Stat(gdbPath)
-		if c, err2 := net.Dial("unix", qmpPath); err2 == nil {
-			c.Close()
-			if err1 == nil {
-				return gdbPath, qmpPath
-			}
-		}
-		select {
-		case <-exited:
-			t.Fatalf("QEMU exited early: %s", stderr.String())
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("sockets did not appear within 10s")
-		}
-	}
+	v := testvm.Start(t, testvm.Config{Paused: true, GDB: true})
+	return v.GDB, v.QMP
 }
+
+func TestMain(m *testing.M) { os.Exit(testvm.Main(m)) }
 
 func TestQEMU(t *testing.T) {
 	gdbPath, _ := startQEMU(t)
@@ -187,7 +138,6 @@ func TestQEMU(t *testing.T) {
 	if _, err := c.ReadRegister(ctx, "rip"); !errors.Is(err, ErrRunning) {
 		t.Errorf("ReadRegister while running = %v, want ErrRunning", err)
 	}
-	time.Sleep(100 * time.Millisecond)
 	if err := c.Interrupt(ctx); err != nil {
 		t.Fatalf("Interrupt: %v", err)
 	}
@@ -202,7 +152,7 @@ func TestQEMU(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ReadRegister after interrupt: %v", err)
 	}
-	t.Logf("rip after running the firmware for 100ms: %#x", rip)
+	t.Logf("rip after running the firmware: %#x", rip)
 }
 
 // TestQEMUHardwareBreakpoint hits a Z1 breakpoint at the firmware's POST
@@ -263,16 +213,22 @@ func TestQEMUResumedBehindOurBack(t *testing.T) {
 	if err := q.Cont(ctx); err != nil {
 		t.Fatalf("qmp cont: %v", err)
 	}
-	time.Sleep(50 * time.Millisecond) // let the firmware run
 	var rip uint64
 	var statusInside qmp.Status
-	err = c.WithStopped(ctx, func() error {
-		var err error
-		if statusInside, err = q.QueryStatus(ctx); err != nil {
+	// Until the firmware has run (rip left the reset vector), or 10 s.
+	_ = testvm.Poll(10*time.Second, func() error {
+		err = c.WithStopped(ctx, func() error {
+			var err error
+			if statusInside, err = q.QueryStatus(ctx); err != nil {
+				return err
+			}
+			rip, err = c.ReadRegister(ctx, "rip")
 			return err
+		})
+		if err == nil && rip == 0xfff0 {
+			return errors.New("still at the reset vector")
 		}
-		rip, err = c.ReadRegister(ctx, "rip")
-		return err
+		return nil
 	})
 	if err != nil {
 		t.Fatalf("WithStopped: %v", err)

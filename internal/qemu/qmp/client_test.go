@@ -461,10 +461,22 @@ func TestConvenienceCommands(t *testing.T) {
 
 func TestCloseUnblocksCallers(t *testing.T) {
 	c, f := newTestClient(t)
-	go f.recv() // read the request, never answer
+	received := make(chan struct{})
+	go func() { // read the request, never answer
+		if _, err := f.recv(); err == nil {
+			close(received)
+		}
+	}()
 	errc := make(chan error, 1)
 	go func() { errc <- c.Execute(context.Background(), "query-status", nil, nil) }()
-	time.Sleep(20 * time.Millisecond)
+	// Close while the call is pending: once its request is on the wire.
+	select {
+	case <-received:
+	case err := <-errc:
+		t.Fatalf("Execute returned %v before its request was read", err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the request never reached the fake QEMU")
+	}
 	c.Close()
 	select {
 	case err := <-errc:

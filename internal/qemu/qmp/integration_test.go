@@ -4,63 +4,21 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/gatevisor/gatevisor/internal/testvm"
 )
 
-// startQEMU starts a kernel-less, paused q35 VM under TCG with a QMP socket
-// in a fresh temporary directory and returns the socket path. QEMU is
-// killed in t.Cleanup whatever the test did.
-func startQEMU(t *testing.T) (qmpPath string, cmd *exec.Cmd) {
+// startQEMU starts a kernel-less, paused q35 VM under TCG and returns its
+// QMP socket, listening. The harness kills QEMU when the test ends,
+// whatever the test did.
+func startQEMU(t *testing.T) (qmpPath string, vm *testvm.VM) {
 	t.Helper()
-	bin, err := exec.LookPath("qemu-system-x86_64")
-	if err != nil {
-		t.Skip("qemu-system-x86_64 not on PATH; install it with: apt-get install qemu-system-x86")
-	}
-	// Unix socket paths are limited to 108 bytes; t.TempDir can be long.
-	dir, err := os.MkdirTemp("", "qmp")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	qmpPath = filepath.Join(dir, "qmp.sock")
-	var stderr bytes.Buffer
-	cmd = exec.Command(bin,
-		"-machine", "q35", "-accel", "tcg", "-nodefaults", "-display", "none", "-S", "-m", "64",
-		"-qmp", "unix:"+qmpPath+",server=on,wait=off")
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start QEMU: %v", err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-		if t.Failed() {
-			t.Logf("QEMU stderr:\n%s", stderr.String())
-		}
-	})
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		// QEMU creates the file (bind) a moment before it listens.
-		if c, err := net.Dial("unix", qmpPath); err == nil {
-			c.Close()
-			return qmpPath, cmd
-		}
-		select {
-		case <-exited:
-			t.Fatalf("QEMU exited early: %s", stderr.String())
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("QMP socket did not appear within 10s")
-		}
-	}
+	vm = testvm.Start(t, testvm.Config{Paused: true})
+	return vm.QMP, vm
 }
 
 func waitEvent(t *testing.T, c *Client, name string) Event {
@@ -80,6 +38,8 @@ func waitEvent(t *testing.T, c *Client, name string) Event {
 		}
 	}
 }
+
+func TestMain(m *testing.M) { os.Exit(testvm.Main(m)) }
 
 func TestQEMU(t *testing.T) {
 	path, _ := startQEMU(t)
@@ -170,7 +130,7 @@ func TestQEMU(t *testing.T) {
 // TestQEMUKilled checks that a call pending when QEMU dies fails with
 // ErrClosed and Done fires.
 func TestQEMUKilled(t *testing.T) {
-	path, cmd := startQEMU(t)
+	path, vm := startQEMU(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	c, err := Dial(ctx, path)
@@ -178,7 +138,7 @@ func TestQEMUKilled(t *testing.T) {
 		t.Fatalf("Dial: %v", err)
 	}
 	defer c.Close()
-	cmd.Process.Kill()
+	vm.Kill()
 	select {
 	case <-c.Done():
 	case <-time.After(10 * time.Second):
