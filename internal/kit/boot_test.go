@@ -1,194 +1,64 @@
-package kit
+package kit_test
 
 import (
-	"bufio"
 	"bytes"
 	"compress/gzip"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/gatevisor/gatevisor/internal/guestexec"
+	"github.com/gatevisor/gatevisor/internal/kit"
+	"github.com/gatevisor/gatevisor/internal/qemu/qmp"
+	"github.com/gatevisor/gatevisor/internal/testvm"
 )
 
-// needQEMU skips the test, naming the fix, when QEMU is not installed.
-func needQEMU(t *testing.T) string {
+func TestMain(m *testing.M) { os.Exit(testvm.Main(m)) }
+
+// TestRealKernelImage checks CheckBzImage on the default kit's kernel.
+func TestRealKernelImage(t *testing.T) {
+	k := testvm.Kit(t)
+	if err := kit.CheckBzImage(k.Kernel); err != nil {
+		t.Error(err)
+	}
+	if err := kit.CheckBzImage(k.Initrd); !errors.Is(err, kit.ErrNotBzImage) {
+		t.Errorf("initrd as a kernel: %v", err)
+	}
+}
+
+// bootVM boots kernel and initrd under TCG with the exec agent, plus the
+// extra QEMU arguments; the harness kills it when the test ends.
+func bootVM(t *testing.T, kernel, initrd, appendLine string, extra ...string) *testvm.VM {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("boots a VM under QEMU; skipped with -short")
-	}
-	p, err := exec.LookPath("qemu-system-x86_64")
-	if err != nil {
-		t.Skip("qemu-system-x86_64 not found: install it with 'sudo apt-get install qemu-system-x86'")
-	}
-	return p
+	return testvm.Start(t, testvm.Config{Kernel: kernel, Initrd: initrd, Append: appendLine, Agent: true, Extra: extra})
 }
 
-// defaultKit builds or reuses the default kit in the real cache directory,
-// so that later test runs reuse the download (about 70 MB the first time).
-func defaultKit(t *testing.T) *Kit {
+// telnetLogin logs the demo user in over telnet to the guest itself and
+// runs a command, waiting for each prompt in telnet's output (at most 15 s
+// each) before typing. The shell's prompt is followed by a cursor position
+// query (ESC [6n), so it is matched without an end of line.
+const telnetLogin = `cd /tmp && rm -f tn.in tn.out && mkfifo tn.in || exit 9
+{ telnet 127.0.0.1 23 <tn.in >tn.out 2>&1 & }
+exec 3>tn.in
+upto() { n=0; until tail -n1 tn.out | grep -q "$1"; do n=$((n+1)); [ $n -le 150 ] || return 1; sleep 0.1; done; }
+upto 'login: *$' && echo user >&3 && upto 'Password: *$' && echo user >&3 && upto '[$#] ' &&
+  echo 'echo logged-in-as-$(id -un)' >&3 && n=0 && until grep -q logged-in-as-user tn.out; do n=$((n+1)); [ $n -le 150 ] || break; sleep 0.1; done
+echo exit >&3; exec 3>&-
+cat tn.out; true`
+
+// guestExec runs script in the guest through its exec agent.
+func guestExec(ctx context.Context, t *testing.T, v *testvm.VM, script string) guestexec.Result {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
-	defer cancel()
-	k, err := EnsureDefault(ctx, Options{Progress: testWriter{t}})
-	if errors.Is(err, ErrNoApt) {
-		t.Skip("apt-get not found: the default kit is fetched with apt-get download; run on Debian/Ubuntu with 'sudo apt-get update'")
-	}
+	res, err := v.Agent(t).Run(ctx, script, 20*time.Second)
 	if err != nil {
-		t.Fatalf("EnsureDefault: %v", err)
-	}
-	return k
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
-// vm is one QEMU process booting a kit under TCG.
-type vm struct {
-	t       *testing.T
-	cmd     *exec.Cmd
-	agent   string // exec agent socket
-	qmp     string // QMP socket
-	started time.Time
-	ready   chan time.Duration // receives the boot-to-ready time once
-	exited  chan error
-
-	mu      sync.Mutex
-	console bytes.Buffer
-}
-
-func bootVM(t *testing.T, qemu, kernel, initrd, appendLine string, extra ...string) *vm {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "gvkit-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	v := &vm{t: t, agent: filepath.Join(dir, "agent.sock"), qmp: filepath.Join(dir, "qmp.sock"),
-		ready: make(chan time.Duration, 1), exited: make(chan error, 1)}
-	v.cmd = exec.Command(qemu,
-		"-machine", "q35", "-accel", "tcg", "-nodefaults", "-display", "none", "-m", "256",
-		"-kernel", kernel, "-initrd", initrd, "-append", appendLine,
-		"-serial", "stdio",
-		"-device", "virtio-serial-pci",
-		"-chardev", "socket,id=gvx,path="+v.agent+",server=on,wait=off",
-		"-device", "virtserialport,chardev=gvx,name="+guestexec.PortName,
-		"-qmp", "unix:"+v.qmp+",server=on,wait=off")
-	v.cmd.Args = append(v.cmd.Args, extra...)
-	stdout, err := v.cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	v.cmd.Stderr = &lockedWriter{v: v}
-	v.started = time.Now()
-	if err := v.cmd.Start(); err != nil {
-		t.Fatalf("start QEMU: %v", err)
-	}
-	t.Cleanup(func() {
-		if v.cmd.ProcessState == nil {
-			v.cmd.Process.Kill()
-			<-v.exited
-		}
-	})
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		sent := false
-		for sc.Scan() {
-			line := strings.TrimRight(sc.Text(), "\r")
-			v.mu.Lock()
-			v.console.WriteString(line + "\n")
-			v.mu.Unlock()
-			if !sent && line == ReadyMarker {
-				v.ready <- time.Since(v.started)
-				sent = true
-			}
-		}
-		v.exited <- v.cmd.Wait()
-	}()
-	return v
-}
-
-type lockedWriter struct{ v *vm }
-
-func (w *lockedWriter) Write(p []byte) (int, error) {
-	w.v.mu.Lock()
-	defer w.v.mu.Unlock()
-	return w.v.console.Write(p)
-}
-
-func (v *vm) consoleText() string {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	return v.console.String()
-}
-
-func (v *vm) waitReady(limit time.Duration) time.Duration {
-	v.t.Helper()
-	select {
-	case d := <-v.ready:
-		return d
-	case err := <-v.exited:
-		v.t.Fatalf("QEMU exited (%v) before %q; console:\n%s", err, ReadyMarker, v.consoleText())
-	case <-time.After(limit):
-		v.t.Fatalf("no %q within %v; console:\n%s", ReadyMarker, limit, v.consoleText())
-	}
-	return 0
-}
-
-// qmpCommand connects to QMP, negotiates, and runs one command.
-func (v *vm) qmpCommand(cmd string) error {
-	conn, err := net.DialTimeout("unix", v.qmp, 5*time.Second)
-	if err != nil {
-		return fmt.Errorf("dial QMP: %w", err)
-	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(30 * time.Second))
-	dec := json.NewDecoder(conn)
-	var greeting map[string]any
-	if err := dec.Decode(&greeting); err != nil {
-		return fmt.Errorf("QMP greeting: %w", err)
-	}
-	for _, c := range []string{"qmp_capabilities", cmd} {
-		if _, err := fmt.Fprintf(conn, `{"execute":%q}`+"\n", c); err != nil {
-			return fmt.Errorf("QMP %s: %w", c, err)
-		}
-		for {
-			var msg map[string]json.RawMessage
-			if err := dec.Decode(&msg); err != nil {
-				return fmt.Errorf("QMP %s: %w", c, err)
-			}
-			if e, ok := msg["error"]; ok {
-				return fmt.Errorf("QMP %s: %s", c, e)
-			}
-			if _, ok := msg["return"]; ok {
-				break
-			}
-		}
-	}
-	return nil
-}
-
-func (v *vm) exec(ctx context.Context, c *guestexec.Client, script string) guestexec.Result {
-	v.t.Helper()
-	res, err := c.Run(ctx, script, 20*time.Second)
-	if err != nil {
-		v.t.Fatalf("guest exec %q: %v; console:\n%s", script, err, v.consoleText())
+		t.Fatalf("guest exec %q: %v; console:\n%s", script, err, v.Console())
 	}
 	return res
 }
@@ -197,25 +67,18 @@ func (v *vm) exec(ctx context.Context, c *guestexec.Client, script string) guest
 // TCG: the ready marker, the modules, the web server, the users, and a clean
 // ACPI power-off.
 func TestBootDefaultKit(t *testing.T) {
-	qemu := needQEMU(t)
-	k := defaultKit(t)
-	v := bootVM(t, qemu, k.Kernel, k.Initrd, k.Append)
-	ready := v.waitReady(120 * time.Second)
-	t.Logf("boot to %q: %v (TCG)", ReadyMarker, ready.Round(10*time.Millisecond))
-	if strings.Contains(v.consoleText(), "failed") {
-		t.Errorf("console reports a failure:\n%s", v.consoleText())
+	k := testvm.Kit(t)
+	v := bootVM(t, k.Kernel, k.Initrd, k.Append)
+	ready := v.WaitReady(t, 120*time.Second)
+	t.Logf("boot to %q: %v (TCG)", kit.ReadyMarker, ready.Round(10*time.Millisecond))
+	if strings.Contains(v.Console(), "failed") {
+		t.Errorf("console reports a failure:\n%s", v.Console())
 	}
 
-	conn, err := net.Dial("unix", v.agent)
-	if err != nil {
-		t.Fatalf("dial exec agent: %v", err)
-	}
-	c := guestexec.NewClient(conn)
-	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
-	res := v.exec(ctx, c, "lsmod")
+	res := guestExec(ctx, t, v, "lsmod")
 	loaded := map[string]bool{}
 	for _, line := range strings.Split(string(res.Stdout), "\n") {
 		if f := strings.Fields(line); len(f) > 0 {
@@ -241,37 +104,38 @@ func TestBootDefaultKit(t *testing.T) {
 		{"cat /proc/cmdline", k.Append},
 		{"grep -c . /proc/mounts", ""},
 		// busybox's own crypt reproduces the demo user's SHA-512 hash.
-		{"mkpasswd -m sha512 user gatevisordemo", strings.Split(guestShadow, ":")[9]},
+		{"mkpasswd -m sha512 user gatevisordemo", strings.Split(kit.GuestShadow, ":")[9]},
 		// The telnet service logs the demo user in (the Mirai-era surface).
-		// Generous pauses: login's SHA-512 crypt is slow under TCG on a busy host.
-		// telnet exits 1 when the server closes first ("exit" wins the race
-		// with the end of its input), so only the output counts.
-		{"(sleep 2; echo user; sleep 2; echo user; sleep 3; echo 'echo logged-in-as-$(id -un)'; sleep 6; echo exit; sleep 1) | telnet 127.0.0.1 23; true", "logged-in-as-user"},
+		// Each line is typed once its prompt shows, as a person would,
+		// not after fixed pauses (login's SHA-512 crypt is slow under TCG
+		// on a busy host). telnet's exit status does not count: only the
+		// output.
+		{telnetLogin, "logged-in-as-user"},
 		{"modprobe -n -v virtio_net 2>&1; modinfo -F depends virtio_net", "net_failover"},
 	}
 	for _, ch := range checks {
-		res := v.exec(ctx, c, ch.script)
+		res := guestExec(ctx, t, v, ch.script)
 		if res.ExitCode != 0 || !strings.Contains(string(res.Stdout), ch.want) {
 			t.Errorf("%s: exit %d, stdout %q, stderr %q; want %q", ch.script, res.ExitCode, res.Stdout, res.Stderr, ch.want)
 		}
 	}
-	if res := v.exec(ctx, c, "exit 3"); res.ExitCode != 3 {
+	if res := guestExec(ctx, t, v, "exit 3"); res.ExitCode != 3 {
 		t.Errorf("exit 3: got exit code %d", res.ExitCode)
 	}
 
-	if err := v.qmpCommand("system_powerdown"); err != nil {
+	q, err := qmp.Dial(ctx, v.QMP)
+	if err != nil {
+		t.Fatalf("QMP: %v", err)
+	}
+	defer q.Close()
+	if err := q.SystemPowerdown(ctx); err != nil {
 		t.Fatalf("system_powerdown: %v", err)
 	}
-	select {
-	case err := <-v.exited:
-		if err != nil {
-			t.Errorf("QEMU exited with %v after system_powerdown", err)
-		}
-	case <-time.After(60 * time.Second):
-		t.Fatalf("QEMU still running 60s after system_powerdown; console:\n%s", v.consoleText())
+	if err := v.Wait(t, 60*time.Second); err != nil {
+		t.Errorf("QEMU exited with %v after system_powerdown", err)
 	}
-	if !strings.Contains(v.consoleText(), "powering off") {
-		t.Errorf("console does not show the power-button handler:\n%s", v.consoleText())
+	if !strings.Contains(v.Console(), "powering off") {
+		t.Errorf("console does not show the power-button handler:\n%s", v.Console())
 	}
 }
 
@@ -279,15 +143,14 @@ func TestBootDefaultKit(t *testing.T) {
 // and the devices its modules are for: a virtio NIC (DHCP from QEMU's user
 // network), a virtio disk, a 9p share and a virtio console port.
 func TestBootDevices(t *testing.T) {
-	qemu := needQEMU(t)
-	k := defaultKit(t)
+	k := testvm.Kit(t)
 	dir := t.TempDir()
 	host := filepath.Join(dir, "hello.sh")
 	if err := os.WriteFile(host, []byte("#!/bin/sh\necho added-file-works\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	initrd := filepath.Join(dir, "initrd")
-	if err := AppendFiles(k.Initrd, []FileSpec{{Host: host, Guest: "/opt/demo/hello.sh"}}, initrd); err != nil {
+	if err := kit.AppendFiles(k.Initrd, []kit.FileSpec{{Host: host, Guest: "/opt/demo/hello.sh"}}, initrd); err != nil {
 		t.Fatal(err)
 	}
 	disk := filepath.Join(dir, "disk.raw")
@@ -299,18 +162,12 @@ func TestBootDevices(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(share, "from-host"), []byte("shared-over-9p\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	v := bootVM(t, qemu, k.Kernel, initrd, k.Append,
+	v := bootVM(t, k.Kernel, initrd, k.Append,
 		"-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0",
 		"-drive", "file="+disk+",format=raw,if=none,id=d0", "-device", "virtio-blk-pci,drive=d0",
 		"-virtfs", "local,path="+share+",mount_tag=host0,security_model=none,readonly=on",
 		"-device", "virtconsole,name=org.gatevisor.test")
-	v.waitReady(120 * time.Second)
-	conn, err := net.Dial("unix", v.agent)
-	if err != nil {
-		t.Fatalf("dial exec agent: %v", err)
-	}
-	c := guestexec.NewClient(conn)
-	defer c.Close()
+	v.WaitReady(t, 120*time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	checks := []struct{ script, want string }{
@@ -321,7 +178,7 @@ func TestBootDevices(t *testing.T) {
 		{"cat /sys/class/virtio-ports/*/name", "org.gatevisor.test"},
 	}
 	for _, ch := range checks {
-		res := v.exec(ctx, c, ch.script)
+		res := guestExec(ctx, t, v, ch.script)
 		if res.ExitCode != 0 || !strings.Contains(string(res.Stdout), ch.want) {
 			t.Errorf("%s: exit %d, stdout %q, stderr %q; want %q", ch.script, res.ExitCode, res.Stdout, res.Stderr, ch.want)
 		}
@@ -347,16 +204,10 @@ func processCPU(t *testing.T, pid int) time.Duration {
 // unpackTime reads the guest kernel log through the exec agent and returns
 // the time from "Trying to unpack rootfs image" to "Freeing initrd memory":
 // the part of the boot that the initramfs compression changes.
-func unpackTime(t *testing.T, v *vm) time.Duration {
-	conn, err := net.Dial("unix", v.agent)
-	if err != nil {
-		t.Fatalf("dial exec agent: %v", err)
-	}
-	c := guestexec.NewClient(conn)
-	defer c.Close()
+func unpackTime(t *testing.T, v *testvm.VM) time.Duration {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	res := v.exec(ctx, c, "dmesg")
+	res := guestExec(ctx, t, v, "dmesg")
 	var start, end float64
 	for _, line := range strings.Split(string(res.Stdout), "\n") {
 		var ts float64
@@ -386,8 +237,7 @@ func TestBootTimeCompression(t *testing.T) {
 	if rounds <= 0 {
 		t.Skip("benchmark; set GATEVISOR_KIT_BENCH=5 to run 5 rounds")
 	}
-	qemu := needQEMU(t)
-	k := defaultKit(t)
+	k := testvm.Kit(t)
 	base := filepath.Join(k.Dir, k.Manifest.InitrdBase.Name)
 	raw, err := os.ReadFile(base)
 	if err != nil {
@@ -419,12 +269,11 @@ func TestBootTimeCompression(t *testing.T) {
 	unpack := map[string][]time.Duration{}
 	for i := 0; i < rounds; i++ {
 		for _, c := range []struct{ name, path string }{{"none", plain}, {"gzip", gz}} {
-			v := bootVM(t, qemu, k.Kernel, c.path, k.Append)
-			times[c.name] = append(times[c.name], v.waitReady(120*time.Second))
-			cpu[c.name] = append(cpu[c.name], processCPU(t, v.cmd.Process.Pid))
+			v := bootVM(t, k.Kernel, c.path, k.Append)
+			times[c.name] = append(times[c.name], v.WaitReady(t, 120*time.Second))
+			cpu[c.name] = append(cpu[c.name], processCPU(t, v.Cmd.Process.Pid))
 			unpack[c.name] = append(unpack[c.name], unpackTime(t, v))
-			v.cmd.Process.Kill()
-			<-v.exited
+			v.Stop()
 		}
 	}
 	median := func(d []time.Duration) time.Duration {

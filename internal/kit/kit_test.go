@@ -504,21 +504,3 @@ func TestExtractKernel(t *testing.T) {
 		t.Errorf("cycle: %v", err)
 	}
 }
-
-// TestRealKernelImage checks CheckBzImage on the cached kit's kernel.
-func TestRealKernelImage(t *testing.T) {
-	dir, err := CacheDir()
-	if err != nil {
-		t.Skip(err)
-	}
-	p := filepath.Join(dir, "kit", "vmlinuz")
-	if _, err := os.Stat(p); err != nil {
-		t.Skipf("no cached kit kernel at %s (run 'gatevisor kit build')", p)
-	}
-	if err := CheckBzImage(p); err != nil {
-		t.Error(err)
-	}
-	if err := CheckBzImage(filepath.Join(dir, "kit", "initrd")); !errors.Is(err, ErrNotBzImage) {
-		t.Errorf("initrd as a kernel: %v", err)
-	}
-}
