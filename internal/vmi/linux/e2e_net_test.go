@@ -23,14 +23,13 @@ import (
 // module space, at the direct map and at another handler, and branches in
 // x64_sys_call and entry_SYSCALL_64 redirected; each must be reported.
 //
+// The guest and the dump are the ones the package's real-kernel tests share.
 // With GATEVISOR_KEEP_DUMP=FILE the dump is kept for the benchmarks.
 func TestRealKernelSyscallsAndSockets(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
-	qemu, kt := realKernelKit(ctx, t)
+	kt, dumpPath := bootedDump(ctx, t)
 	dir := t.TempDir()
-	dumpPath := filepath.Join(dir, "guest.elf")
-	bootAndDump(ctx, t, qemu, kt, dir, dumpPath)
 	if keep := os.Getenv("GATEVISOR_KEEP_DUMP"); keep != "" {
 		if err := copyFile(dumpPath, keep); err != nil {
 			t.Errorf("keep dump: %v", err)

@@ -1,14 +1,10 @@
 package linux
 
 import (
-	"bufio"
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"fmt"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -16,81 +12,43 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gatevisor/gatevisor/internal/guestexec"
 	"github.com/gatevisor/gatevisor/internal/kit"
+	"github.com/gatevisor/gatevisor/internal/testvm"
 	"github.com/gatevisor/gatevisor/internal/vmi"
 )
 
-// objGuest is a kit guest under QEMU TCG with the exec agent connected.
+// objGuest is a kit guest under QEMU TCG with the exec agent, and the
+// test's own directory for dumps and profile caches.
 type objGuest struct {
-	t      *testing.T
-	dir    string
-	qmp    string
-	serial string
-	agent  *guestexec.Client
+	t   *testing.T
+	dir string
+	vm  *testvm.VM
 }
 
-// bootObjGuest boots the default kit with memMiB of RAM, waits for the ready
-// marker and connects the exec agent.
-func bootObjGuest(ctx context.Context, t *testing.T, memMiB int) (*objGuest, *kit.Kit) {
+// sharedObjGuest returns the package's shared guest (256 MiB), ready, with
+// the exec agent answering.
+func sharedObjGuest(t *testing.T) (*objGuest, *kit.Kit) {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("boots a VM under QEMU; skipped with -short")
-	}
-	qemu, k := realKernelKit(ctx, t)
-	g := &objGuest{t: t, dir: t.TempDir()}
-	g.qmp = filepath.Join(g.dir, "qmp.sock")
-	g.serial = filepath.Join(g.dir, "serial.log")
-	agentSock := filepath.Join(g.dir, "agent.sock")
-	cmd := exec.CommandContext(ctx, qemu, "-machine", "q35", "-accel", "tcg", "-nodefaults", "-display", "none",
-		"-m", strconv.Itoa(memMiB), "-kernel", k.Kernel, "-initrd", k.Initrd, "-append", k.Append,
-		"-serial", "file:"+g.serial, "-qmp", "unix:"+g.qmp+",server=on,wait=off", "-no-reboot",
-		"-device", "virtio-serial-pci",
-		"-chardev", "socket,id=gvx,path="+agentSock+",server=on,wait=off",
-		"-device", "virtserialport,chardev=gvx,name="+guestexec.PortName)
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start QEMU: %v", err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
-	start := time.Now()
-	for {
-		b, _ := os.ReadFile(g.serial)
-		if strings.Contains(string(b), kit.ReadyMarker) {
-			break
-		}
-		if ctx.Err() != nil || time.Since(start) > 5*time.Minute {
-			t.Fatalf("guest not ready after %v; serial log:\n%s", time.Since(start), b)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	t.Logf("guest ready after %v", time.Since(start).Round(100*time.Millisecond))
-	conn, err := net.Dial("unix", agentSock)
-	if err != nil {
-		t.Fatalf("dial exec agent: %v", err)
-	}
-	g.agent = guestexec.NewClient(conn)
-	t.Cleanup(func() { g.agent.Close() })
-	// init starts the agent after the ready marker, and a request sent
-	// before it opens its port is lost: retry a no-op until it answers.
-	for {
-		res, err := g.agent.Run(ctx, "true", time.Second)
-		if err == nil && res.ExitCode == 0 {
-			break
-		}
-		if ctx.Err() != nil || time.Since(start) > 5*time.Minute {
-			t.Fatalf("exec agent not answering: %v", err)
-		}
-	}
-	return g, k
+	v, k := realGuest(t)
+	return &objGuest{t: t, dir: t.TempDir(), vm: v}, k
+}
+
+// bootObjGuest boots a guest of its own from the default kit with memMiB of
+// RAM, waits for the ready marker and for the exec agent to answer.
+func bootObjGuest(t *testing.T, memMiB int) (*objGuest, *kit.Kit) {
+	t.Helper()
+	k := testvm.Kit(t)
+	cfg := testvm.KitGuest(k)
+	cfg.MemoryMiB, cfg.NoReboot = memMiB, true
+	v := testvm.Start(t, cfg)
+	t.Logf("guest ready after %v", v.WaitReady(t, 5*time.Minute).Round(100*time.Millisecond))
+	v.Agent(t)
+	return &objGuest{t: t, dir: t.TempDir(), vm: v}, k
 }
 
 func (g *objGuest) run(ctx context.Context, script string) string {
 	g.t.Helper()
-	res, err := g.agent.Run(ctx, script, 60*time.Second)
+	res, err := g.vm.Agent(g.t).Run(ctx, script, 60*time.Second)
 	if err != nil {
 		g.t.Fatalf("guest exec %q: %v", script, err)
 	}
@@ -101,42 +59,10 @@ func (g *objGuest) run(ctx context.Context, script string) string {
 }
 
 // dump writes guest memory to an ELF file with QMP dump-guest-memory.
-func (g *objGuest) dump(name string) string {
+func (g *objGuest) dump(ctx context.Context, name string) string {
 	g.t.Helper()
 	path := filepath.Join(g.dir, name)
-	conn, err := net.Dial("unix", g.qmp)
-	if err != nil {
-		g.t.Fatalf("QMP: %v", err)
-	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(3 * time.Minute))
-	r := bufio.NewReader(conn)
-	if _, err := r.ReadString('\n'); err != nil {
-		g.t.Fatalf("QMP greeting: %v", err)
-	}
-	for _, c := range []map[string]any{
-		{"execute": "qmp_capabilities"},
-		{"execute": "dump-guest-memory", "arguments": map[string]any{"paging": false, "protocol": "file:" + path}},
-	} {
-		b, _ := json.Marshal(c)
-		if _, err := conn.Write(append(b, '\n')); err != nil {
-			g.t.Fatalf("QMP: %v", err)
-		}
-		for done := false; !done; {
-			line, err := r.ReadString('\n')
-			if err != nil {
-				g.t.Fatalf("QMP %s: %v", c["execute"], err)
-			}
-			var m map[string]json.RawMessage
-			if json.Unmarshal([]byte(line), &m) != nil {
-				continue
-			}
-			if e, ok := m["error"]; ok {
-				g.t.Fatalf("QMP %s: %s", c["execute"], e)
-			}
-			_, done = m["return"]
-		}
-	}
+	dumpGuest(ctx, g.t, g.vm, path)
 	return path
 }
 
@@ -249,14 +175,18 @@ func guestProcs(ctx context.Context, g *objGuest) (map[int]guestProc, int) {
 func TestRealKernelObjects(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	g, k := bootObjGuest(ctx, t, 256)
+	g, k := sharedObjGuest(t)
 
 	// A marked process: busybox copied to tmpfs, run with argv[0] "busybox"
 	// so it runs the sleep applet; its comm and exe are the copy's name.
+	// The guest is shared: the process and its file go at the end.
+	t.Cleanup(func() {
+		g.run(context.Background(), `for p in /proc/[0-9]*; do [ "$(cat $p/comm 2>/dev/null)" = gv-mark ] && kill ${p#/proc/}; done; rm -f /tmp/gv-mark`)
+	})
 	g.run(ctx, `cp /bin/busybox /tmp/gv-mark && (exec -a busybox /tmp/gv-mark sleep 1000 </dev/null >/dev/null 2>&1 &)`)
 	procs, self := guestProcs(ctx, g)
 	modsOut := g.run(ctx, "cat /proc/modules")
-	dumpPath := g.dump("guest.elf")
+	dumpPath := g.dump(ctx, "guest.elf")
 
 	prof, err := LoadProfile(k.Kernel, filepath.Join(g.dir, "profiles"))
 	if err != nil {
@@ -478,11 +408,11 @@ func TestRealKernelTasksBench(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
-	g, k := bootObjGuest(ctx, t, 512)
+	g, k := bootObjGuest(t, 512)
 	g.run(ctx, `for i in $(seq 1000); do sleep 1000 </dev/null >/dev/null 2>&1 & done`)
 	n := g.run(ctx, `ls -d /proc/[0-9]* | wc -l`)
 	t.Logf("guest has %s processes", strings.TrimSpace(n))
-	dumpPath := g.dump("guest.elf")
+	dumpPath := g.dump(ctx, "guest.elf")
 	if keep := os.Getenv("GATEVISOR_VMI_DUMP"); keep != "" {
 		if err := os.Rename(dumpPath, keep); err != nil {
 			t.Fatal(err)
@@ -543,10 +473,7 @@ func BenchmarkTasks(b *testing.B) {
 	if path == "" {
 		b.Skip("needs a dump: run TestRealKernelTasksBench with GATEVISOR_VMI_BENCH=1 GATEVISOR_VMI_DUMP=FILE first")
 	}
-	k, err := kit.EnsureDefault(context.Background(), kit.Options{})
-	if err != nil {
-		b.Skipf("no default kit: %v", err)
-	}
+	k := testvm.Kit(b)
 	prof, err := LoadProfile(k.Kernel, "")
 	if err != nil {
 		b.Fatal(err)

@@ -1,34 +1,26 @@
 package linux
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
-	"net"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/gatevisor/gatevisor/internal/kit"
 	"github.com/gatevisor/gatevisor/internal/vmi"
 )
 
 // TestRealKernelDump boots the default kit's Debian kernel under QEMU (TCG),
 // dumps guest memory with QMP dump-guest-memory and introspects the dump: the
 // banner through the kernel's KASLR'd virtual address, init_task's comm via
-// BTF offsets, the task list, and the syscall table via kallsyms.
+// BTF offsets, the task list, and the syscall table via kallsyms. The guest
+// and the dump are the ones the package's real-kernel tests share.
 func TestRealKernelDump(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
-	qemu, k := realKernelKit(ctx, t)
-
+	k, dumpPath := bootedDump(ctx, t)
 	dir := t.TempDir()
-	dumpPath := filepath.Join(dir, "guest.elf")
-	bootAndDump(ctx, t, qemu, k, dir, dumpPath)
 
 	t0 := time.Now()
 	cache := filepath.Join(dir, "profiles")
@@ -133,73 +125,4 @@ func mustField(t *testing.T, p *Profile, path string) uint64 {
 		t.Fatal(err)
 	}
 	return o
-}
-
-// bootAndDump boots the kit, waits for its ready marker on the serial
-// console, and writes a dump-guest-memory (paging=false) ELF to dumpPath.
-func bootAndDump(ctx context.Context, t *testing.T, qemu string, k *kit.Kit, dir, dumpPath string) {
-	t.Helper()
-	qmpPath := filepath.Join(dir, "qmp.sock")
-	serial := filepath.Join(dir, "serial.log")
-	cmd := exec.CommandContext(ctx, qemu, "-machine", "q35", "-accel", "tcg", "-nodefaults", "-display", "none",
-		"-m", "256", "-kernel", k.Kernel, "-initrd", k.Initrd, "-append", k.Append,
-		"-serial", "file:"+serial, "-qmp", "unix:"+qmpPath+",server=on,wait=off", "-no-reboot")
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start QEMU: %v", err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
-	start := time.Now()
-	for {
-		b, _ := os.ReadFile(serial)
-		if strings.Contains(string(b), kit.ReadyMarker) {
-			break
-		}
-		if ctx.Err() != nil || time.Since(start) > 5*time.Minute {
-			t.Fatalf("guest not ready after %v; serial log:\n%s", time.Since(start), b)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	t.Logf("guest ready after %v", time.Since(start).Round(100*time.Millisecond))
-
-	conn, err := net.Dial("unix", qmpPath)
-	if err != nil {
-		t.Fatalf("QMP: %v", err)
-	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(2 * time.Minute))
-	r := bufio.NewReader(conn)
-	if _, err := r.ReadString('\n'); err != nil { // greeting
-		t.Fatalf("QMP greeting: %v", err)
-	}
-	qmpExec := func(cmd string, args any) {
-		t.Helper()
-		b, _ := json.Marshal(map[string]any{"execute": cmd, "arguments": args})
-		if _, err := conn.Write(append(b, '\n')); err != nil {
-			t.Fatalf("QMP %s: %v", cmd, err)
-		}
-		for {
-			line, err := r.ReadString('\n')
-			if err != nil {
-				t.Fatalf("QMP %s: %v", cmd, err)
-			}
-			var m map[string]json.RawMessage
-			if json.Unmarshal([]byte(line), &m) != nil {
-				continue
-			}
-			if e, ok := m["error"]; ok {
-				t.Fatalf("QMP %s: %s", cmd, e)
-			}
-			if _, ok := m["return"]; ok {
-				return
-			}
-		}
-	}
-	qmpExec("qmp_capabilities", map[string]any{})
-	t0 := time.Now()
-	qmpExec("dump-guest-memory", map[string]any{"paging": false, "protocol": "file:" + dumpPath})
-	t.Logf("dump-guest-memory took %v", time.Since(t0).Round(time.Millisecond))
 }
