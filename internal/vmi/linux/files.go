@@ -3,7 +3,6 @@ package linux
 import (
 	"encoding/binary"
 	"fmt"
-	"sync"
 
 	"github.com/gatevisor/gatevisor/internal/vmi"
 )
@@ -32,12 +31,15 @@ type fileLayout struct {
 	fileBlock uint64
 }
 
-var fileLayouts sync.Map // *Profile -> *fileLayout
-
+// layoutForFiles returns p's file layout, computed on first use (see
+// profileCache.files).
 func layoutForFiles(p *Profile) *fileLayout {
-	if v, ok := fileLayouts.Load(p); ok {
-		return v.(*fileLayout)
-	}
+	c := p.caches()
+	c.filesOnce.Do(func() { c.files = newFileLayout(p) })
+	return c.files
+}
+
+func newFileLayout(p *Profile) *fileLayout {
 	l := &fileLayout{}
 	for _, f := range []struct {
 		dst  *uint64
@@ -60,8 +62,7 @@ func layoutForFiles(p *Profile) *fileLayout {
 		*f.dst = off
 	}
 	l.fileBlock = max(l.fileOp, l.filePrivate, l.fileInode) + 8
-	v, _ := fileLayouts.LoadOrStore(p, l)
-	return v.(*fileLayout)
+	return l
 }
 
 // kernelPointer reports whether v can be a kernel pointer: canonical and in

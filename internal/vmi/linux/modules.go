@@ -2,7 +2,6 @@ package linux
 
 import (
 	"fmt"
-	"sync"
 
 	"github.com/gatevisor/gatevisor/internal/vmi"
 )
@@ -55,15 +54,12 @@ type moduleLayout struct {
 	ksetList, kobjEntry, mkKobj, mkMod uint64
 }
 
-var moduleLayouts sync.Map // *Profile -> *moduleLayout
-
+// layoutForModules returns p's module layout, computed on first use (see
+// profileCache.modules).
 func layoutForModules(p *Profile) *moduleLayout {
-	if l, ok := moduleLayouts.Load(p); ok {
-		return l.(*moduleLayout)
-	}
-	l := newModuleLayout(p)
-	moduleLayouts.Store(p, l)
-	return l
+	c := p.caches()
+	c.modulesOnce.Do(func() { c.modules = newModuleLayout(p) })
+	return c.modules
 }
 
 func newModuleLayout(p *Profile) *moduleLayout {

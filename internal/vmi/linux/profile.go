@@ -12,12 +12,18 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"github.com/cilium/ebpf/btf"
 )
 
 // Profile is what introspection needs to know about one kernel build: its
 // banner, symbols (link-time addresses) and structure layouts.
+//
+// Several goroutines may query one Profile at once. Its fields are set when
+// it is built and not changed after its first query: what is computed from
+// them is kept (see profileCache). To vary a field, copy the Profile.
 type Profile struct {
 	// Banner is linux_banner, e.g. "Linux version 6.1.0-56-amd64 (...) ...\n".
 	Banner string
@@ -31,6 +37,88 @@ type Profile struct {
 	BTF         *btf.Spec
 
 	rawBTF []byte
+
+	// cache holds the *profileCache of this Profile: what is worked out
+	// from the fields above after load, or attached to it later. It is
+	// made on first use (see caches), so that a Profile from NewProfile,
+	// from LoadProfile or LoadCachedProfile, or written as a literal
+	// behaves the same. It is an atomic.Value, not sync.Once fields, so
+	// that a Profile can still be copied to vary a field; the copy gets a
+	// cache of its own.
+	cache atomic.Value
+}
+
+// profileCache holds what a Profile computes about its kernel once and then
+// only reads: the structure layouts the object walks use, each computed
+// from BTF and kallsyms the first time a walk asks for it, and the image
+// facts attached with SetImage.
+//
+// Any goroutine querying the Profile may read any field, through the
+// accessor named in its comment and only through it: each accessor
+// computes its field under the sync.Once placed before it, and after that
+// the field does not change (image excepted, which is an atomic pointer).
+// A layout that cannot be worked out holds the error, and every walk that
+// needs it returns that error: computing a layout never fails anything but
+// that walk.
+//
+// Layouts are computed on first use rather than at load because a listing
+// needs only its own (a module check has no use for the task layout), and
+// because a Profile written as a literal is only filled in after it is
+// made.
+type profileCache struct {
+	// owner is the Profile this cache belongs to. A copy of a Profile
+	// starts with the original's cache; caches tells them apart by owner.
+	owner *Profile
+
+	// bounds are the link-time bounds of the core text and of the image's
+	// symbols, from kallsyms. Read with boundsOf.
+	boundsOnce sync.Once
+	bounds     symBounds
+
+	// tasks are the offsets the task walks read (task_struct, signal_struct,
+	// cred, mm_struct, the path structures, the PID IDR, the run queues),
+	// from BTF. Read with layoutForTasks.
+	tasksOnce sync.Once
+	tasks     *taskLayout
+
+	// modules are struct module's offsets and those of the sysfs module
+	// kset, from BTF. Read with layoutForModules.
+	modulesOnce sync.Once
+	modules     *moduleLayout
+
+	// files are the offsets of task -> files_struct -> fdtable -> struct
+	// file, from BTF. Read with layoutForFiles.
+	filesOnce sync.Once
+	files     *fileLayout
+
+	// sockets are struct socket's and struct sock's offsets, from BTF.
+	// Read with layoutForSockets.
+	socketsOnce sync.Once
+	sockets     *sockLayout
+
+	// image holds the kernel image facts the system call checks compare
+	// memory with, nil until SetImage (through AttachImage or LoadImage)
+	// stores them; a later SetImage replaces them. Read with Image.
+	image atomic.Pointer[ImageFacts]
+}
+
+// caches returns p's cache, making it on first use. A copy of a Profile
+// (q := *p) holds p's cache in q.cache; its owner is then not q, and q gets
+// a cache of its own, as a distinct Profile that may differ from p in any
+// field. Copying a Profile while another goroutine uses it is a data race,
+// as for any struct.
+func (p *Profile) caches() *profileCache {
+	cur := p.cache.Load()
+	if c, _ := cur.(*profileCache); c != nil && c.owner == p {
+		return c
+	}
+	c := &profileCache{owner: p}
+	if p.cache.CompareAndSwap(cur, c) {
+		return c
+	}
+	// Another goroutine made p's cache first: only caches stores into
+	// p.cache, and only a cache owned by p.
+	return p.cache.Load().(*profileCache)
 }
 
 var (

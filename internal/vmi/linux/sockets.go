@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"sort"
 	"strconv"
-	"sync"
 
 	"github.com/gatevisor/gatevisor/internal/vmi"
 )
@@ -101,12 +100,15 @@ type sockLayout struct {
 	hasUnix                     bool
 }
 
-var sockLayouts sync.Map // *Profile -> *sockLayout
-
+// layoutForSockets returns p's socket layout, computed on first use (see
+// profileCache.sockets).
 func layoutForSockets(p *Profile) *sockLayout {
-	if v, ok := sockLayouts.Load(p); ok {
-		return v.(*sockLayout)
-	}
+	c := p.caches()
+	c.socketsOnce.Do(func() { c.sockets = newSockLayout(p) })
+	return c.sockets
+}
+
+func newSockLayout(p *Profile) *sockLayout {
 	l := &sockLayout{}
 	field := func(dst *uint64, path string) bool {
 		off, err := p.FieldOffset(path)
@@ -157,8 +159,7 @@ func layoutForSockets(p *Profile) *sockLayout {
 	if l.hasProtocol {
 		l.sockBlock = max(l.sockBlock, l.protocol+2, l.sockType+2)
 	}
-	v, _ := sockLayouts.LoadOrStore(p, l)
-	return v.(*sockLayout)
+	return l
 }
 
 // Sockets lists the sockets in the file tables of tasks (processes; threads

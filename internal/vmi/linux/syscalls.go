@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"sync/atomic"
 
 	"github.com/gatevisor/gatevisor/internal/vmi"
@@ -83,16 +82,9 @@ type Alternative struct {
 	Repl     []byte
 }
 
-// imageFacts attaches ImageFacts to profiles. Profiles are few (one per
-// kernel build) and live as long as the process, so the table is not pruned.
-var imageFacts sync.Map // *Profile -> *ImageFacts
-
 // Image returns the image facts attached to p, or nil.
 func (p *Profile) Image() *ImageFacts {
-	if v, ok := imageFacts.Load(p); ok {
-		return v.(*ImageFacts)
-	}
-	return nil
+	return p.caches().image.Load()
 }
 
 // SetImage attaches image facts to p. They must come from the same build.
@@ -100,7 +92,7 @@ func (p *Profile) SetImage(f *ImageFacts) error {
 	if f == nil || f.Banner != p.Banner {
 		return fmt.Errorf("linux: image facts are for a different kernel build")
 	}
-	imageFacts.Store(p, f)
+	p.caches().image.Store(f)
 	return nil
 }
 
@@ -474,13 +466,16 @@ type symBounds struct {
 	textLo, textHi, imageLo, imageHi uint64
 }
 
-var profileBounds sync.Map // *Profile -> *symBounds
-
+// boundsOf returns p's symbol bounds, computed on first use (see
+// profileCache.bounds).
 func boundsOf(p *Profile) *symBounds {
-	if v, ok := profileBounds.Load(p); ok {
-		return v.(*symBounds)
-	}
-	b := &symBounds{}
+	c := p.caches()
+	c.boundsOnce.Do(func() { c.bounds = newSymBounds(p) })
+	return &c.bounds
+}
+
+func newSymBounds(p *Profile) symBounds {
+	var b symBounds
 	if lo, hi, err := p.coreText(); err == nil {
 		b.textLo, b.textHi = lo, hi
 	}
@@ -491,8 +486,7 @@ func boundsOf(p *Profile) *symBounds {
 		}
 		b.imageLo, b.imageHi = text, end
 	}
-	v, _ := profileBounds.LoadOrStore(p, b)
-	return v.(*symBounds)
+	return b
 }
 
 // inCoreText reports whether run-time address va is in _stext.._etext.

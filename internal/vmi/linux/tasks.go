@@ -267,15 +267,12 @@ type taskLayout struct {
 	seRunNode, seMyQ, taskSE, rbRight, rbLeft uint64
 }
 
-var taskLayouts sync.Map // *Profile -> *taskLayout
-
+// layoutForTasks returns p's task layout, computed on first use (see
+// profileCache.tasks).
 func layoutForTasks(p *Profile) *taskLayout {
-	if l, ok := taskLayouts.Load(p); ok {
-		return l.(*taskLayout)
-	}
-	l := newTaskLayout(p)
-	taskLayouts.Store(p, l)
-	return l
+	c := p.caches()
+	c.tasksOnce.Do(func() { c.tasks = newTaskLayout(p) })
+	return c.tasks
 }
 
 func newTaskLayout(p *Profile) *taskLayout {
