@@ -16,4 +16,14 @@
 // Like package vmi, everything here treats kernel images and guest memory as
 // hostile input: every table, count and offset is bounded, and the parsers are
 // fuzzed.
+//
+// The package has no mutable state of its own: its package-level variables
+// are sentinel errors and read-only tables. What is worked out about a kernel
+// after its Profile is loaded (the structure layouts the walks use, the image
+// facts the system call checks compare memory with) is kept on that Profile,
+// each part computed once and then only read, so that several goroutines (the
+// IDS, the gates) may query one Profile at once, and two Profiles never share
+// a cache. A new cache goes in the Profile's profileCache, with its own
+// sync.Once; TestNoPackageState fails on a package-level variable of a sync
+// or sync/atomic type.
 package linux
