@@ -13,7 +13,9 @@
 // cannot pass by skipping. scripts/test, which CI runs, sets it. Skip is the
 // one place where that decision is made; suites send their other
 // prerequisites of VM tests (root, /dev/net/tun) through it too. -short
-// skips every VM test (and fails them under GATEVISOR_REQUIRE_VM=1).
+// skips every VM test (and fails them under GATEVISOR_REQUIRE_VM=1). The
+// opt-in measurements (GATEVISOR_KIT_BENCH, GATEVISOR_VMI_BENCH) are not
+// part of the suite: without their knob they skip, required or not.
 //
 // # Guests
 //
