@@ -4,12 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"flag"
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -20,15 +19,17 @@ import (
 
 	"github.com/gatevisor/gatevisor/internal/api"
 	"github.com/gatevisor/gatevisor/internal/api/apiclient"
+	"github.com/gatevisor/gatevisor/internal/testvm"
 )
 
 // env is the test run's shared setup.
 var env struct {
-	bin        string // the gatevisor binary under test
-	runtimeDir string // GATEVISOR_RUNTIME_DIR for every VM of the run
-	stateDir   string // XDG_STATE_HOME (console and monitor logs)
-	skip       string // why VM tests cannot run here, if they cannot
-	sharedErr  error  // why the shared VM did not come up
+	gv         *testvm.Gatevisor // the binary under test and the run's directories
+	bin        string            // env.gv.Bin
+	runtimeDir string            // env.gv.RuntimeDir: GATEVISOR_RUNTIME_DIR for every VM of the run
+	stateDir   string            // env.gv.StateDir: XDG_STATE_HOME (console and monitor logs)
+	skip       string            // why VM tests cannot run here, if they cannot
+	sharedErr  error             // why the shared VM did not come up
 }
 
 const sharedVM = "shared"
@@ -50,42 +51,37 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) int {
-	tmp, err := os.MkdirTemp("", "gatevisor-it-*")
+	g, err := testvm.BuildGatevisor()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	defer os.RemoveAll(tmp)
-	env.bin = filepath.Join(tmp, "gatevisor")
-	env.runtimeDir = filepath.Join(tmp, "run")
-	env.stateDir = filepath.Join(tmp, "state")
-	stopOnInterrupt(tmp)
-	build := exec.Command("go", "build", "-o", env.bin, "github.com/gatevisor/gatevisor/cmd/gatevisor")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build gatevisor:", err)
-		return 1
+	defer g.Close()
+	env.gv, env.bin, env.runtimeDir, env.stateDir = g, g.Bin, g.RuntimeDir, g.StateDir
+	g.StopOnInterrupt()
+	if testing.Short() {
+		env.skip = "boots guests under QEMU: run without -short"
+		return m.Run()
 	}
-	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		env.skip = "qemu-system-x86_64 is not installed: run 'sudo apt-get install -y qemu-system-x86' (the README's test command does)"
+	if _, err := testvm.FindQEMU(); err != nil {
+		env.skip = err.Error()
 		return m.Run()
 	}
 	// Build (or verify) the default kit once, then boot the shared VM.
-	if out, err := gvCmd(context.Background(), nil, "kit", "build").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "gatevisor kit build: %v\n%s", err, out)
+	if _, err := testvm.EnsureKit(os.Stderr); err != nil {
+		if reason, ok := testvm.KitUnavailable(err); ok {
+			env.skip = reason
+			return m.Run()
+		}
+		fmt.Fprintf(os.Stderr, "build the default kit: %v\n", err)
 		return 1
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout+time.Minute)
-	out, err := gvCmd(ctx, nil, "run", "--detach", "--name", sharedVM, "--ready-timeout", readyTimeout.String()).CombinedOutput()
-	cancel()
-	if err != nil {
-		env.sharedErr = fmt.Errorf("run --detach: %v\n%s", err, out)
+	if _, err := g.Detach(sharedVM, readyTimeout); err != nil {
+		env.sharedErr = err
 	}
 	code := m.Run()
 	// Stop whatever is left, then prove nothing survived.
-	ctx, cancel = context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	_ = gvCmd(ctx, nil, "stop", sharedVM, "--timeout", "20s").Run()
+	_ = g.Stop(sharedVM, 20*time.Second)
 	if leftovers := leftovers(); leftovers != "" {
 		fmt.Fprintln(os.Stderr, "FAIL: left behind after the tests:", leftovers)
 		return 1
@@ -95,11 +91,7 @@ func run(m *testing.M) int {
 
 // gvCmd prepares a gatevisor command with the run's environment plus extra.
 func gvCmd(ctx context.Context, extra []string, args ...string) *exec.Cmd {
-	cmd := exec.CommandContext(ctx, env.bin, args...)
-	cmd.Env = append(os.Environ(), "GATEVISOR_RUNTIME_DIR="+env.runtimeDir, "XDG_STATE_HOME="+env.stateDir)
-	cmd.Env = append(cmd.Env, extra...)
-	cmd.WaitDelay = 5 * time.Second
-	return cmd
+	return env.gv.Command(ctx, extra, args...)
 }
 
 type result struct {
@@ -135,10 +127,12 @@ func gvEnv(t *testing.T, timeout time.Duration, extra []string, args ...string) 
 	return r
 }
 
+// needVM skips the test when this machine cannot boot guests, or fails it
+// when VM tests are required (testvm.Skip decides).
 func needVM(t *testing.T) {
 	t.Helper()
 	if env.skip != "" {
-		t.Skip(env.skip)
+		testvm.Skip(t, "%s", env.skip)
 	}
 }
 
@@ -172,35 +166,34 @@ func status(t *testing.T, name string) api.Status {
 // waitAPI waits until VM name's API answers, or fails the test.
 func waitAPI(t *testing.T, name string, timeout time.Duration) api.Status {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
+	var st api.Status
+	err := testvm.Poll(timeout, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		st, err := client(name).Status(ctx)
-		cancel()
-		if err == nil {
-			return st
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the API of %s did not answer within %v: %v", name, timeout, err)
-		}
-		time.Sleep(100 * time.Millisecond)
+		defer cancel()
+		var err error
+		st, err = client(name).Status(ctx)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("the API of %s did not answer within %v: %v", name, timeout, err)
 	}
+	return st
 }
 
 // waitReady waits until the guest of VM name printed its ready marker.
 func waitReady(t *testing.T, name string) api.Status {
 	t.Helper()
-	deadline := time.Now().Add(readyTimeout)
-	for {
-		st := waitAPI(t, name, time.Minute)
-		if st.GuestReady {
-			return st
+	var st api.Status
+	err := testvm.Poll(readyTimeout, func() error {
+		if st = waitAPI(t, name, time.Minute); !st.GuestReady {
+			return errors.New("not ready")
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("guest %s not ready within %v", name, readyTimeout)
-		}
-		time.Sleep(200 * time.Millisecond)
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("guest %s not ready within %v", name, readyTimeout)
 	}
+	return st
 }
 
 // foreground starts `gatevisor run` for name in the foreground.
@@ -245,112 +238,23 @@ func waitExit(t *testing.T, cmd *exec.Cmd, out *bytes.Buffer, timeout time.Durat
 	return -1
 }
 
-// qemuPIDs lists QEMU processes started for this test run.
-func qemuPIDs(name string) []int {
-	var pids []int
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		var pid int
-		if _, err := fmt.Sscanf(e.Name(), "%d", &pid); err != nil {
-			continue
-		}
-		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil || !bytes.Contains(cmdline, []byte("qemu-system")) {
-			continue
-		}
-		if bytes.Contains(cmdline, []byte(filepath.Join(env.runtimeDir, name)+"/")) {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
-}
+// qemuPIDs lists the QEMU processes of VM name (of every VM of the run if
+// name is empty).
+func qemuPIDs(name string) []int { return env.gv.QEMUPIDs(name) }
 
 // waitNoQEMU waits until no QEMU of VM name runs.
 func waitNoQEMU(t *testing.T, name string, timeout time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for len(qemuPIDs(name)) > 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("QEMU of %s still running after %v: %v", name, timeout, qemuPIDs(name))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testvm.NoQEMU(t, filepath.Join(env.runtimeDir, name)+"/", timeout)
 }
 
 // ramFiles lists guest-RAM files of this user in the places gatevisor uses.
-func ramFiles() []string {
-	var out []string
-	for _, dir := range []string{filepath.Join("/dev/shm", fmt.Sprintf("gatevisor-%d", os.Getuid())), env.runtimeDir} {
-		_ = filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
-			if err == nil && !fi.IsDir() && strings.HasPrefix(fi.Name(), "ram-") {
-				out = append(out, p)
-			}
-			return nil
-		})
-	}
-	return out
-}
-
-// stopOnInterrupt stops every VM of the run when the test binary is
-// interrupted (Ctrl-C, SIGTERM) or is about to hit its -timeout (which
-// panics without running deferred cleanup): detached VMs would otherwise
-// outlive it.
-func stopOnInterrupt(tmp string) {
-	ch := make(chan os.Signal, 1)
-	signal.Notify(ch, os.Interrupt, syscall.SIGTERM)
-	go func() {
-		s := <-ch
-		stopAllVMs()
-		os.RemoveAll(tmp)
-		fmt.Fprintf(os.Stderr, "integration tests: %v: every VM stopped\n", s)
-		os.Exit(1)
-	}()
-	flag.Parse()
-	if f := flag.Lookup("test.timeout"); f != nil {
-		if g, ok := f.Value.(flag.Getter); ok {
-			if d, ok := g.Get().(time.Duration); ok && d > 2*time.Minute {
-				time.AfterFunc(d-time.Minute, func() {
-					fmt.Fprintln(os.Stderr, "integration tests: -timeout is near: stopping every VM")
-					stopAllVMs()
-				})
-			}
-		}
-	}
-}
-
-// stopAllVMs stops every VM in the run's runtime directory, in parallel.
-func stopAllVMs() {
-	ents, _ := os.ReadDir(env.runtimeDir)
-	var wg sync.WaitGroup
-	for _, e := range ents {
-		wg.Add(1)
-		go func(name string) {
-			defer wg.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			_ = gvCmd(ctx, nil, "stop", name, "--timeout", "10s").Run()
-		}(e.Name())
-	}
-	wg.Wait()
-}
+func ramFiles() []string { return env.gv.RAMFiles() }
 
 // leftovers describes any QEMU, runtime directory, RAM file or tap device
 // of this run.
 func leftovers() string {
-	var parts []string
-	if pids := qemuPIDs(""); len(pids) > 0 {
-		parts = append(parts, fmt.Sprintf("QEMU pids %v", pids))
-	}
-	if ents, _ := os.ReadDir(env.runtimeDir); len(ents) > 0 {
-		var names []string
-		for _, e := range ents {
-			names = append(names, e.Name())
-		}
-		parts = append(parts, "runtime dirs "+strings.Join(names, ","))
-	}
-	if f := ramFiles(); len(f) > 0 {
-		parts = append(parts, "RAM files "+strings.Join(f, ","))
-	}
+	parts := env.gv.Leftovers()
 	if taps := leftTaps(); len(taps) > 0 {
 		parts = append(parts, "tap devices "+strings.Join(taps, ","))
 	}

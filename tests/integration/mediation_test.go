@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/gatevisor/gatevisor/internal/api"
+	"github.com/gatevisor/gatevisor/internal/testvm"
 )
 
 // Complete mediation (issue #11): every rule a policy states is enforced
@@ -261,7 +262,7 @@ net default: allow
 func TestDefaultPolicyFromBoot(t *testing.T) {
 	needVM(t)
 	if os.Geteuid() != 0 {
-		t.Skip("needs root: the VM runs in /run/gatevisor and the viewer is uid 1000")
+		testvm.Skip(t, "needs root: the VM runs in /run/gatevisor and the viewer is uid 1000: run the tests as root (CI does)")
 	}
 	vm := fmt.Sprintf("it-iot-%d", os.Getpid())
 	dir := t.TempDir()
@@ -405,7 +406,7 @@ func copyBinaryForOthers(t *testing.T) string {
 func TestPlantedStateFiles(t *testing.T) {
 	needVM(t)
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to plant files owned by another user (chown)")
+		testvm.Skip(t, "needs root to plant files owned by another user (chown): run the tests as root (CI does)")
 	}
 	const other = 12345
 	pol := writePolicy(t, t.TempDir(), "p.policy", openBase)

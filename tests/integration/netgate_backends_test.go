@@ -21,6 +21,7 @@ import (
 
 	"github.com/gatevisor/gatevisor/internal/api"
 	"github.com/gatevisor/gatevisor/internal/audit"
+	"github.com/gatevisor/gatevisor/internal/testvm"
 )
 
 // TestNetGateBackends boots one guest on `--net user` and, as root, one on
@@ -111,7 +112,7 @@ func TestNetGateBackends(t *testing.T) {
 
 	t.Run("tap", func(t *testing.T) {
 		if tap == nil {
-			t.Skip(tapSkip)
+			testvm.Skip(t, "%s", tapSkip)
 		}
 		vm := tapVM
 		auditPath := filepath.Join(env.stateDir, "gatevisor", "vms", vm, "audit.jsonl")
