@@ -1,7 +1,6 @@
 package linux
 
 import (
-	"context"
 	"errors"
 	"go/ast"
 	"go/parser"
@@ -14,7 +13,7 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf/btf"
-	"github.com/gatevisor/gatevisor/internal/kit"
+	"github.com/gatevisor/gatevisor/internal/testvm"
 	"github.com/gatevisor/gatevisor/internal/vmi"
 )
 
@@ -228,13 +227,7 @@ func TestProfileConcurrentQueries(t *testing.T) {
 // cache computes the same layouts as the Profile built from the kernel
 // image, on the default kit's kernel.
 func TestCachedProfileLayouts(t *testing.T) {
-	k, err := kit.EnsureDefault(context.Background(), kit.Options{})
-	if errors.Is(err, kit.ErrNoApt) {
-		t.Skipf("apt-get not found, so the default kit cannot be built: %v", err)
-	}
-	if err != nil {
-		t.Fatalf("kit: %v", err)
-	}
+	k := testvm.Kit(t)
 	dir := t.TempDir()
 	fresh, err := LoadProfile(k.Kernel, dir)
 	if err != nil {
