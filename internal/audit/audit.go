@@ -69,6 +69,12 @@ type Record struct {
 	PolicySeq  uint64      `json:"policy_seq"` // decision, open and policy records
 	Cached     bool        `json:"cached,omitempty"`
 	Event      event.Event `json:"event,omitzero"`
+	// Repeat, on a decision record, says that the record stands for
+	// Repeat.Count decisions alike: the same subject, class, op, verdict
+	// and rule, from Time (Event is the first) to Repeat.Until. The
+	// security server writes one instead of a record each when a subject
+	// repeats a decision faster than the log should take them (a flood).
+	Repeat *Repeat `json:"repeat,omitempty"`
 
 	// Chain records.
 	VM       string `json:"vm,omitempty"`       // open: the VM's name
@@ -76,6 +82,15 @@ type Record struct {
 	Repaired int64  `json:"repaired,omitempty"` // open: bytes of a torn record cut off
 	Unclosed bool   `json:"unclosed,omitempty"` // open: the record before is not a close record
 	Pruned   *Prune `json:"pruned,omitempty"`   // pruned: what was deleted
+}
+
+// Repeat is what an aggregated decision record adds: how many decisions
+// it stands for, when the last was, and the last one's event (its address,
+// port or path tell the range the first and last span).
+type Repeat struct {
+	Count uint64      `json:"count"`
+	Until time.Time   `json:"until"`
+	Last  event.Event `json:"last"`
 }
 
 // chainRecord is how chain records are written: only their own fields.
@@ -158,6 +173,19 @@ type Log struct {
 	head      string   // hash of the last record's line; "" before the first
 	repaired  int64
 	nearArmed bool // OnNearLimit fires when retained reaches 80%
+
+	// While AppendBatch writes, batch is set: decision records are not
+	// fsynced one by one, and durable is the state after the last record
+	// that was (what a failed batch rolls back to).
+	batch   bool
+	durable logState
+}
+
+// logState is what a batch rolls back: the position and head of the chain.
+type logState struct {
+	size, retained int64
+	n              uint64
+	head           string
 }
 
 // Open opens or creates the log at path and writes an open record. If the
@@ -330,12 +358,84 @@ func (l *Log) Append(r *Record) error {
 	}
 	var ev []NearLimit
 	l.mu.Lock()
-	err := l.write(func(n uint64, prev string) ([]byte, error) {
-		r.N, r.Prev = n, prev
-		return json.Marshal(r)
-	}, &ev)
+	err := l.write(recordEncoder(r), &ev)
 	l.mu.Unlock()
 	l.notify(ev)
+	return err
+}
+
+// AppendBatch appends records like Append, with one fsync for all of them:
+// when it returns nil every record is durable; when it returns an error
+// none is acknowledged (the caller treats every audited action as failed)
+// and the records not yet durable are cut off again, so that the chain
+// ends with the last durable record. Records are written in order.
+func (l *Log) AppendBatch(rs []*Record) error {
+	for _, r := range rs {
+		if r.Kind != KindDecision {
+			return fmt.Errorf("audit: append: a %q record is the log's own", r.Kind)
+		}
+	}
+	if len(rs) == 0 {
+		return nil
+	}
+	var ev []NearLimit
+	l.mu.Lock()
+	err := l.appendBatch(rs, &ev)
+	l.mu.Unlock()
+	l.notify(ev)
+	return err
+}
+
+// Preconditions: l.mu is held.
+func (l *Log) appendBatch(rs []*Record, ev *[]NearLimit) error {
+	if l.opt.Sync != SyncEvery || len(rs) == 1 || l.f == nil {
+		for _, r := range rs {
+			if err := l.write(recordEncoder(r), ev); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	l.batch, l.durable = true, l.state()
+	defer func() { l.batch = false }()
+	for _, r := range rs {
+		if err := l.write(recordEncoder(r), ev); err != nil {
+			return l.rollback(err)
+		}
+	}
+	if err := l.f.Sync(); err != nil {
+		return l.rollback(fmt.Errorf("audit: fsync: %w", err))
+	}
+	return nil
+}
+
+func recordEncoder(r *Record) func(n uint64, prev string) ([]byte, error) {
+	return func(n uint64, prev string) ([]byte, error) {
+		r.N, r.Prev = n, prev
+		return json.Marshal(r)
+	}
+}
+
+// Preconditions: l.mu is held.
+func (l *Log) state() logState {
+	return logState{size: l.size, retained: l.retained, n: l.n, head: l.head}
+}
+
+// rollback cuts off the records of a batch written since its last durable
+// record, after err; if that fails the log becomes unusable.
+//
+// Preconditions: l.mu is held; l.batch is set.
+func (l *Log) rollback(err error) error {
+	if l.f == nil {
+		return err
+	}
+	d := l.durable
+	if terr := l.f.Truncate(d.size); terr != nil {
+		l.f.Close()
+		l.f, l.err = nil, fmt.Errorf("%w; cutting the batch off: %v", err, terr)
+		return err
+	}
+	l.size, l.retained, l.n, l.head = d.size, d.retained, d.n, d.head
 	return err
 }
 
@@ -389,7 +489,7 @@ func (l *Log) writeChain(c *chainRecord, ev *[]NearLimit) error {
 	return l.writeRecord(func(n uint64, prev string) ([]byte, error) {
 		c.N, c.Prev, c.Time = n, prev, time.Now().UTC()
 		return json.Marshal(c)
-	}, c.Kind == KindClose, ev)
+	}, c.Kind == KindClose, true, ev)
 }
 
 // write encodes the next record with encode, rotating first if needed,
@@ -398,15 +498,15 @@ func (l *Log) writeChain(c *chainRecord, ev *[]NearLimit) error {
 //
 // Preconditions: l.mu is held.
 func (l *Log) write(encode func(n uint64, prev string) ([]byte, error), ev *[]NearLimit) error {
-	return l.writeRecord(encode, false, ev)
+	return l.writeRecord(encode, false, false, ev)
 }
 
 // writeRecord is write; last says the record ends the session (close):
 // any pruning its rotation needs is recorded before it, so that the log
-// still ends with it.
+// still ends with it; chain says it is one of the log's own records.
 //
 // Preconditions: l.mu is held.
-func (l *Log) writeRecord(encode func(n uint64, prev string) ([]byte, error), last bool, ev *[]NearLimit) error {
+func (l *Log) writeRecord(encode func(n uint64, prev string) ([]byte, error), last, chain bool, ev *[]NearLimit) error {
 	if l.f == nil {
 		if l.err != nil {
 			return fmt.Errorf("audit: log unusable: %w", l.err)
@@ -432,7 +532,7 @@ func (l *Log) writeRecord(encode func(n uint64, prev string) ([]byte, error), la
 			return err
 		}
 	}
-	if err := l.writeLine(line, ev); err != nil {
+	if err := l.writeLine(line, chain, ev); err != nil {
 		return err
 	}
 	if !last && l.opt.MaxSize > 0 && l.rotated > l.opt.Keep {
@@ -465,7 +565,7 @@ func (l *Log) encode(encode func(n uint64, prev string) ([]byte, error)) ([]byte
 // and, with SyncEvery, fsyncs it.
 //
 // Preconditions: l.mu is held; l.f is not nil.
-func (l *Log) writeLine(line []byte, ev *[]NearLimit) error {
+func (l *Log) writeLine(line []byte, chain bool, ev *[]NearLimit) error {
 	n, err := l.f.Write(line)
 	if err != nil || n != len(line) {
 		if err == nil {
@@ -473,7 +573,9 @@ func (l *Log) writeLine(line []byte, ev *[]NearLimit) error {
 		}
 		return l.unwrite(fmt.Errorf("audit: write: %w", err))
 	}
-	if l.opt.Sync == SyncEvery {
+	if l.opt.Sync == SyncEvery && (!l.batch || chain) {
+		// In a batch a chain record (pruned) is synced at once, and makes
+		// the batch's records before it durable too.
 		if err := l.f.Sync(); err != nil {
 			// The record may or may not be on disk; it is not acknowledged.
 			return l.unwrite(fmt.Errorf("audit: fsync: %w", err))
@@ -483,6 +585,9 @@ func (l *Log) writeLine(line []byte, ev *[]NearLimit) error {
 	l.retained += int64(n)
 	l.n++
 	l.head = hashLine(line[:len(line)-1])
+	if l.batch && chain {
+		l.durable = l.state()
+	}
 	if c := l.capacity(); c > 0 {
 		switch near := l.retained*5 >= c*4; {
 		case near && l.nearArmed:
@@ -560,6 +665,9 @@ func (l *Log) rotate() error {
 		return fmt.Errorf("audit: rotate: %w", err)
 	}
 	l.f, l.size = f, 0
+	if l.batch {
+		l.durable = l.state() // rotation synced the file before
+	}
 	return nil
 }
 
@@ -583,7 +691,7 @@ func (l *Log) prune(ev *[]NearLimit) {
 		return json.Marshal(&chainRecord{N: n, Kind: KindPruned, Prev: prev, Time: time.Now().UTC(), Pruned: p})
 	})
 	if err == nil {
-		err = l.writeLine(line, ev)
+		err = l.writeLine(line, true, ev)
 	}
 	if err != nil {
 		fail(err)

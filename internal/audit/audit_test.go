@@ -761,3 +761,78 @@ func TestCloseRotatesAndStaysLast(t *testing.T) {
 		t.Fatalf("report %+v broken %v: want intact, closed, pruned", rep, rep.Broken)
 	}
 }
+
+// TestAppendBatch: a batch is written in order with one chain, across
+// rotation and pruning, and an aggregated record keeps its repeat.
+func TestAppendBatch(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	l := mustOpen(t, path, Options{MaxSize: 1500, Keep: 2})
+	var batch []*Record
+	for i := 1; i <= 30; i++ {
+		batch = append(batch, rec("deny", int32(i), "r"))
+	}
+	agg := rec("deny", 99, "flood")
+	last := agg.Event
+	last.Path = "/etc/passwd"
+	agg.Repeat = &Repeat{Count: 1234, Until: agg.Time.Add(time.Second), Last: last}
+	batch = append(batch, agg)
+	if err := l.AppendBatch(batch); err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range batch[1:] {
+		if r.N <= batch[i].N { // pruned records may come between
+			t.Fatalf("record %d has n=%d after n=%d", i+1, r.N, batch[i].N)
+		}
+	}
+	if err := l.AppendBatch(nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.AppendBatch([]*Record{{Kind: KindClose}}); err == nil {
+		t.Fatal("AppendBatch took a chain record")
+	}
+	l.Close()
+	got, rep := kinds(t, path)
+	if !rep.Intact() || !rep.Closed || rep.Pruned == 0 {
+		t.Fatalf("after batches across rotation: %+v broken=%v (%v)", rep, rep.Broken, got)
+	}
+	var found *Record
+	if _, err := ReadFile(path, true, func(r *Record) error {
+		if r.Repeat != nil {
+			c := *r
+			found = &c
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if found == nil || found.Repeat.Count != 1234 || found.Repeat.Last.Path != "/etc/passwd" || !found.Repeat.Until.Equal(agg.Repeat.Until) {
+		t.Fatalf("aggregated record read back as %+v", found)
+	}
+}
+
+// TestAppendBatchRollsBack: a batch that fails part-way leaves none of its
+// records in the log; the chain goes on from the last durable record.
+func TestAppendBatchRollsBack(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	l := mustOpen(t, path, Options{})
+	mustAppend(t, l, rec("deny", 1, "r"))
+	n0, h0 := l.Head()
+	huge := rec("deny", 3, "r")
+	huge.Reason = strings.Repeat("x", MaxRecord)
+	err := l.AppendBatch([]*Record{rec("deny", 2, "r"), huge, rec("deny", 4, "r")})
+	if err == nil {
+		t.Fatal("a batch with an oversized record was acknowledged")
+	}
+	if n, h := l.Head(); n != n0 || h != h0 {
+		t.Fatalf("head moved from %d:%s to %d:%s after a failed batch", n0, h0, n, h)
+	}
+	mustAppend(t, l, rec("deny", 5, "r"))
+	l.Close()
+	ns, _ := readAll(t, path, false)
+	if diff := cmp.Diff([]uint64{n0, n0 + 1}, ns); diff != "" {
+		t.Errorf("decision records after a failed batch (-want +got):\n%s", diff)
+	}
+	if _, rep := kinds(t, path); !rep.Intact() {
+		t.Errorf("chain broken after a failed batch: %v", rep.Broken)
+	}
+}

@@ -65,6 +65,10 @@ type Decision struct {
 	Cached     bool
 	Permissive bool // the policy said deny or kill; permissive mode allowed it
 	Audited    bool // an audit record of this decision was written
+	// Pending, from DecideBatch only: the decision's record joined an
+	// aggregated record not yet written; the decision must not take
+	// effect before Pending.Wait returns (and is void if it fails).
+	Pending *Pending
 }
 
 // Allows reports whether the gate should let the event proceed.
@@ -83,7 +87,10 @@ type Config struct {
 	MaxProcs   int  // processes with Flow state; 0 means 65536
 	Permissive bool
 	AuditAllow bool // audit every allow too, not only those a rule marks `audit`
-	Now        func() time.Time
+	// Aggregate, when set, lets DecideBatch aggregate the records of
+	// floods (see Aggregation); nil writes every record. Close stops it.
+	Aggregate *Aggregation
+	Now       func() time.Time
 }
 
 type loaded struct {
@@ -101,6 +108,7 @@ type Server struct {
 	cache      *cache
 	flows      *flowTable
 	sink       Sink
+	agg        *aggregator // nil: DecideBatch writes every record
 	auditAllow bool
 	now        func() time.Time
 
@@ -124,6 +132,9 @@ func New(pol *policy.Policy, cfg Config) *Server {
 		s.now = time.Now
 	}
 	s.permissive.Store(cfg.Permissive)
+	if cfg.Aggregate != nil {
+		s.agg = newAggregator(*cfg.Aggregate, cfg.Audit, s.now)
+	}
 	if pol != nil {
 		s.Reload(pol, "initial")
 	}
@@ -197,24 +208,36 @@ type Stats struct {
 	Reloads        uint64 `json:"reloads"`
 	FailedReloads  uint64 `json:"failed_reloads"`
 	FlowProcs      int    `json:"flow_procs"`
-	Permissive     bool   `json:"permissive"`
+	// Aggregated records written (DecideBatch under a flood) and the
+	// decisions they stand for.
+	AggregatedRecords   uint64 `json:"aggregated_records"`
+	AggregatedDecisions uint64 `json:"aggregated_decisions"`
+	Permissive          bool   `json:"permissive"`
 }
 
 // Stats returns a snapshot of the counters.
 func (s *Server) Stats() Stats {
+	var aggRecs, aggDecs uint64
+	if s.agg != nil {
+		s.agg.mu.Lock()
+		aggRecs, aggDecs = s.agg.flushed, s.agg.covered
+		s.agg.mu.Unlock()
+	}
 	return Stats{
-		Seq:            s.Seq(),
-		Decisions:      s.decisions.Load() + s.cache.fastHits.load(),
-		Denies:         s.denies.Load(),
-		CacheHits:      s.cache.hits.Load() + s.cache.fastHits.load(),
-		CacheMisses:    s.cache.misses.Load(),
-		CacheEvictions: s.cache.evictions.Load(),
-		AuditErrors:    s.auditErrors.Load(),
-		InternalErrors: s.internalErrors.Load(),
-		Reloads:        s.reloads.Load(),
-		FailedReloads:  s.failedReloads.Load(),
-		FlowProcs:      s.flows.len(),
-		Permissive:     s.permissive.Load(),
+		AggregatedRecords:   aggRecs,
+		AggregatedDecisions: aggDecs,
+		Seq:                 s.Seq(),
+		Decisions:           s.decisions.Load() + s.cache.fastHits.load(),
+		Denies:              s.denies.Load(),
+		CacheHits:           s.cache.hits.Load() + s.cache.fastHits.load(),
+		CacheMisses:         s.cache.misses.Load(),
+		CacheEvictions:      s.cache.evictions.Load(),
+		AuditErrors:         s.auditErrors.Load(),
+		InternalErrors:      s.internalErrors.Load(),
+		Reloads:             s.reloads.Load(),
+		FailedReloads:       s.failedReloads.Load(),
+		FlowProcs:           s.flows.len(),
+		Permissive:          s.permissive.Load(),
 	}
 }
 
@@ -368,10 +391,17 @@ func (s *Server) record(ev *event.Event, d *Decision) error {
 	if s.sink == nil {
 		return nil
 	}
+	r := s.newRecord(ev, d, !d.Verdict.Allows() && s.permissive.Load())
+	return s.sink.Append(&r)
+}
+
+// newRecord is the audit record of decision d on ev; permissive says that
+// permissive mode lifts it.
+func (s *Server) newRecord(ev *event.Event, d *Decision, permissive bool) audit.Record {
 	r := audit.Record{
 		Time:       s.now(),
 		Verdict:    d.Verdict.String(),
-		Permissive: !d.Verdict.Allows() && s.permissive.Load(),
+		Permissive: permissive,
 		Errno:      d.Errno,
 		Rule:       d.Rule,
 		Reason:     d.Reason,
@@ -382,7 +412,7 @@ func (s *Server) record(ev *event.Event, d *Decision) error {
 	if !ev.Time.IsZero() {
 		r.Time = ev.Time
 	}
-	return s.sink.Append(&r)
+	return r
 }
 
 func (s *Server) auditFailed(ev *event.Event, d Decision, err error) Decision {
