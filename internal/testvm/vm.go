@@ -105,8 +105,9 @@ func start(cfg Config) (*VM, error) {
 	if err != nil {
 		return nil, err
 	}
+	removeStaleDirs()
 	// Unix socket paths are limited to 108 bytes; t.TempDir can be longer.
-	dir, err := os.MkdirTemp("", "gvtest-")
+	dir, err := os.MkdirTemp("", fmt.Sprintf("%s%d-", dirPrefix, os.Getpid()))
 	if err != nil {
 		return nil, err
 	}
@@ -176,6 +177,30 @@ func start(cfg Config) (*VM, error) {
 		return v, err
 	}
 	return v, nil
+}
+
+// dirPrefix starts the name of every VM's directory, followed by the pid
+// of the test binary that made it.
+const dirPrefix = "gvtest-"
+
+var staleDirs sync.Once
+
+// removeStaleDirs removes, once per test binary, the VM directories left
+// by test binaries that died without cleaning up (a -timeout panics
+// without running t.Cleanup; their QEMU died with them).
+func removeStaleDirs() {
+	staleDirs.Do(func() {
+		dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), dirPrefix+"*-*"))
+		for _, d := range dirs {
+			pid, err := strconv.Atoi(strings.SplitN(strings.TrimPrefix(filepath.Base(d), dirPrefix), "-", 2)[0])
+			if err != nil || pid <= 0 || pid == os.Getpid() {
+				continue
+			}
+			if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+				os.RemoveAll(d)
+			}
+		}
+	})
 }
 
 // waitSockets waits until each of the VM's sockets listens. QEMU creates a
