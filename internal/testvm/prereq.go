@@ -39,9 +39,10 @@ func Skip(t testing.TB, format string, args ...any) {
 const QEMUBinary = "qemu-system-x86_64"
 
 var qemuLookup struct {
-	once sync.Once
-	path string
-	err  error
+	once  sync.Once
+	path  string
+	accel string // tcg, or kvm when this QEMU has no TCG
+	err   error
 }
 
 // FindQEMU returns QEMU's path, or an error that names what is missing and
@@ -49,38 +50,38 @@ var qemuLookup struct {
 // /dev/kvm). It looks once per test binary.
 func FindQEMU() (string, error) {
 	qemuLookup.once.Do(func() {
-		qemuLookup.path, qemuLookup.err = findQEMU()
+		qemuLookup.path, qemuLookup.accel, qemuLookup.err = findQEMU()
 	})
 	return qemuLookup.path, qemuLookup.err
 }
 
-func findQEMU() (string, error) {
-	path, err := exec.LookPath(QEMUBinary)
+func findQEMU() (path, accel string, err error) {
+	path, err = exec.LookPath(QEMUBinary)
 	if err != nil {
-		return "", fmt.Errorf("%s is not installed: run 'sudo apt-get install -y qemu-system-x86' (scripts/install-deps does)", QEMUBinary)
+		return "", "", fmt.Errorf("%s is not installed: run 'sudo apt-get install -y qemu-system-x86' (scripts/install-deps does)", QEMUBinary)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, path, "-accel", "help").Output()
 	if err != nil {
-		return "", fmt.Errorf("%s -accel help: %v: reinstall QEMU ('sudo apt-get install --reinstall qemu-system-x86')", path, err)
+		return "", "", fmt.Errorf("%s -accel help: %v: reinstall QEMU ('sudo apt-get install --reinstall qemu-system-x86')", path, err)
 	}
 	accels := map[string]bool{}
 	for _, f := range strings.Fields(string(out)) {
 		accels[f] = true
 	}
 	if accels["tcg"] {
-		return path, nil
+		return path, "tcg", nil
 	}
 	if accels["kvm"] {
 		f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
 		if err == nil {
 			f.Close()
-			return path, nil
+			return path, "kvm", nil
 		}
-		return "", fmt.Errorf("%s has no TCG and /dev/kvm is unusable (%v): install a QEMU with TCG ('sudo apt-get install -y qemu-system-x86') or give this user access to /dev/kvm", path, err)
+		return "", "", fmt.Errorf("%s has no TCG and /dev/kvm is unusable (%v): install a QEMU with TCG ('sudo apt-get install -y qemu-system-x86') or give this user access to /dev/kvm", path, err)
 	}
-	return "", fmt.Errorf("%s offers neither TCG nor KVM (-accel help: %q): install Debian's build ('sudo apt-get install -y qemu-system-x86')", path, strings.TrimSpace(string(out)))
+	return "", "", fmt.Errorf("%s offers neither TCG nor KVM (-accel help: %q): install Debian's build ('sudo apt-get install -y qemu-system-x86')", path, strings.TrimSpace(string(out)))
 }
 
 // NeedQEMU returns QEMU's path, or skips the test (fails it when VM tests

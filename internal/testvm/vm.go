@@ -48,8 +48,8 @@ func KitGuest(k *kit.Kit) Config {
 	return Config{Kernel: k.Kernel, Initrd: k.Initrd, Append: k.Append, Agent: true}
 }
 
-// VM is one QEMU process started by Start, under TCG, with the serial
-// console on its stdout.
+// VM is one QEMU process started by Start, with the serial console on its
+// stdout.
 type VM struct {
 	Dir         string // private directory of the VM's sockets, removed when it stops
 	QMP         string // QMP socket
@@ -78,10 +78,10 @@ var started struct {
 	vms []*VM
 }
 
-// Start boots a guest under QEMU (TCG) and returns once every socket of it
-// listens. It skips the
-// test when QEMU is missing (see NeedQEMU). The VM is killed and its
-// directory removed when the test ends, however it ends.
+// Start boots a guest under QEMU (TCG; KVM if this QEMU has no TCG) and
+// returns once every socket of it listens. It skips the test when QEMU is
+// missing (see NeedQEMU). The VM is killed and its directory removed when
+// the test ends, however it ends.
 func Start(t testing.TB, cfg Config) *VM {
 	t.Helper()
 	NeedQEMU(t)
@@ -119,7 +119,7 @@ func start(cfg Config) (*VM, error) {
 			mem = 256
 		}
 	}
-	args := []string{"-machine", "q35", "-accel", "tcg", "-nodefaults", "-display", "none",
+	args := []string{"-machine", "q35", "-accel", qemuLookup.accel, "-nodefaults", "-display", "none",
 		"-m", strconv.Itoa(mem), "-serial", "stdio", "-qmp", "unix:" + v.QMP + ",server=on,wait=off"}
 	if cfg.Kernel != "" {
 		args = append(args, "-kernel", cfg.Kernel, "-initrd", cfg.Initrd, "-append", cfg.Append)
