@@ -1,7 +1,7 @@
 // Package testvm is the one harness for the tests that boot guests under
 // QEMU: it finds QEMU and the guest kit, decides whether a VM test may skip,
 // boots guests and makes sure none outlives its test. Only test files import
-// it; production code must not (TestOnlyTestsImport checks).
+// it; production code must not (internal/archtest checks: it is marked test only).
 //
 // # Prerequisites, and skip or fail
 //

@@ -4,31 +4,12 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
 )
 
 func TestMain(m *testing.M) { os.Exit(Main(m)) }
-
-// TestOnlyTestsImport checks the package's rule: production code never
-// imports the test harness.
-func TestOnlyTestsImport(t *testing.T) {
-	const self = "github.com/gatevisor/gatevisor/internal/testvm"
-	out, err := exec.Command("go", "list", "-f", `{{.ImportPath}}{{range .Imports}} {{.}}{{end}}`, "github.com/gatevisor/gatevisor/...").Output()
-	if err != nil {
-		t.Fatalf("go list: %v", err)
-	}
-	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		f := strings.Fields(line)
-		for _, imp := range f[1:] {
-			if imp == self {
-				t.Errorf("%s imports %s: only test files may", f[0], self)
-			}
-		}
-	}
-}
 
 // recorder is a testing.TB that records Skip and Fatal instead of ending
 // the test.
