@@ -132,9 +132,22 @@ type NetGateStats struct {
 	Allowed      uint64 `json:"allowed"`
 	Denied       uint64 `json:"denied"`
 	Unattributed uint64 `json:"unattributed"`
-	Flows        int    `json:"flows"`
-	// DropReasons counts dropped frames by reason.
-	DropReasons map[string]uint64 `json:"drop_reasons"`
+	// The gate's own refusals: flow starts dropped undecided for want of
+	// room (decision queue, flow table), and flows refused because their
+	// process was over its rate or its share of the table.
+	Overload    uint64 `json:"overload"`
+	TableFull   uint64 `json:"table_full"`
+	RateLimited uint64 `json:"rate_limited"`
+	FlowLimited uint64 `json:"flow_limited"`
+	Evicted     uint64 `json:"evicted"` // flows given up to make room for new ones
+	Passes      uint64 `json:"passes"`  // looks at the guest that attributed a batch of flows
+	Flows       int    `json:"flows"`
+	Pending     int    `json:"pending"`  // flows waiting for a decision now
+	Subjects    int    `json:"subjects"` // processes (and peers) with a budget now
+	// DropReasons counts dropped frames by reason, ResetReasons the
+	// resets the gate sent.
+	DropReasons  map[string]uint64 `json:"drop_reasons"`
+	ResetReasons map[string]uint64 `json:"reset_reasons"`
 }
 
 // StopRequest asks the VM to shut down.

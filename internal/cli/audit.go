@@ -130,6 +130,15 @@ func writeRecordRow(w io.Writer, r *audit.Record) {
 	if r.Event.Addr.IsValid() || r.Event.Port != 0 {
 		ev += fmt.Sprintf(" %s %s %s", r.Event.Dir, esc(r.Event.Proto), netip.AddrPortFrom(r.Event.Addr, r.Event.Port))
 	}
+	if rp := r.Repeat; rp != nil {
+		// An aggregated record: how many, until when, and the last one.
+		last := rp.Last.Path
+		if rp.Last.Addr.IsValid() || rp.Last.Port != 0 {
+			last = netip.AddrPortFrom(rp.Last.Addr, rp.Last.Port).String()
+		}
+		v += fmt.Sprintf(" ×%d", rp.Count)
+		ev += fmt.Sprintf(" … %s until %s", esc(last), rp.Until.Format(time.RFC3339))
+	}
 	fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", r.N, t, v, ev,
 		r.Event.Subject.PID, esc(r.Event.Subject.Comm), esc(r.Rule), esc(r.Reason))
 }

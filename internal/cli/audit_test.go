@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -173,5 +174,21 @@ func TestAuditTextEscapesGuestText(t *testing.T) {
 	b, _ := os.ReadFile(path)
 	if code != 0 || out != string(b) {
 		t.Errorf("--json is not the file's lines (exit %d):\n%s", code, out)
+	}
+}
+
+// TestAuditAggregatedRow: an aggregated record shows how many decisions it
+// stands for and the last one, escaped.
+func TestAuditAggregatedRow(t *testing.T) {
+	r := decision(7, "flood", "", "gate-flow-rate", "over its rate")
+	r.Event = event.Event{Class: event.ClassNet, Op: "connect", Dir: event.DirOut, Proto: "tcp", Addr: netip.MustParseAddr("10.0.2.2"), Port: 1000,
+		Subject: event.Subject{PID: 7, Comm: "flo\nod"}}
+	last := r.Event
+	last.Port = 1999
+	r.Repeat = &audit.Repeat{Count: 1000, Until: r.Time.Add(time.Second), Last: last}
+	out, _, code := runAudit(t, "--file", writeAuditLog(t, r))
+	if code != 0 || !strings.Contains(out, "deny ×1000") || !strings.Contains(out, "connect out tcp 10.0.2.2:1000 … 10.0.2.2:1999 until 2024-05-01T12:00:01Z") ||
+		!strings.Contains(out, `flo\nod`) {
+		t.Errorf("audit output:\n%s", out)
 	}
 }

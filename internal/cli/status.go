@@ -105,6 +105,10 @@ func printStatus(w io.Writer, st *api.Status) {
 		if g := n.Gate; g != nil {
 			fmt.Fprintf(w, "net gate:    %d new flows (%d allowed, %d denied, %d unattributed), %d frames dropped, %d resets\n",
 				g.NewFlows, g.Allowed, g.Denied, g.Unattributed, g.Dropped, g.Resets)
+			if g.Overload+g.TableFull+g.RateLimited+g.FlowLimited > 0 {
+				fmt.Fprintf(w, "net gate:    refused by the gate itself: %d over a process's rate, %d over its share of the table; dropped undecided: %d (decision queue full), %d (table full)\n",
+					g.RateLimited, g.FlowLimited, g.Overload, g.TableFull)
+			}
 		}
 	}
 }

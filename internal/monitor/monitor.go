@@ -550,6 +550,9 @@ func (m *Monitor) cleanup() {
 		m.logFile.Close()
 	}
 	m.stopNet()
+	if m.pol.sec != nil {
+		m.pol.sec.Close() // the aggregated records still pending
+	}
 	if m.pol.log != nil {
 		if err := m.pol.log.Close(); err != nil {
 			m.logf("audit log: close: %v", err)

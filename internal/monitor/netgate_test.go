@@ -58,17 +58,14 @@ func TestParseNet(t *testing.T) {
 // TestAttributorMatch: sockets explain flows by port and peer; the
 // packet-socket holder explains only UDP, and only from a fresh snapshot.
 func TestAttributorMatch(t *testing.T) {
-	a := &attributor{
-		socks: []linux.Socket{
+	a := &attributor{}
+	a.setSnapshot([]linux.Task{{PID: 90, Comm: "udhcpc"}, {PID: 100, Comm: "httpd"}, {PID: 101, Comm: "nc"}, {PID: 102, Comm: "mdns"}},
+		[]linux.Socket{
 			{Family: "packet", Proto: "packet", PID: 90},
 			{Family: "inet", Proto: "tcp", LocalAddr: "0.0.0.0", LocalPort: 80, State: "LISTEN", PID: 100},
 			{Family: "inet", Proto: "tcp", LocalAddr: "10.0.2.15", LocalPort: 40000, RemoteAddr: "10.0.2.2", RemotePort: 7, State: "SYN_SENT", PID: 101},
 			{Family: "inet6", Proto: "udp", LocalAddr: "::", LocalPort: 5353, PID: 102},
-		},
-		tasks: map[int]linux.Task{
-			90: {PID: 90, Comm: "udhcpc"}, 100: {PID: 100, Comm: "httpd"}, 101: {PID: 101, Comm: "nc"}, 102: {PID: 102, Comm: "mdns"},
-		},
-	}
+		})
 	ap := netip.MustParseAddrPort
 	for _, tc := range []struct {
 		name  string

@@ -172,7 +172,9 @@ func (m *Monitor) openSecurity(snap *policy.Snapshot) error {
 		}
 		m.pol.log, sink = l, l
 	}
-	m.pol.sec = secserver.New(nil, secserver.Config{Audit: sink})
+	// Floods of decisions are aggregated in the audit log (only where a
+	// gate asks for batches: the network gate).
+	m.pol.sec = secserver.New(nil, secserver.Config{Audit: sink, Aggregate: &secserver.Aggregation{}})
 	if snap == nil {
 		if m.cfg.Net.Mode != NetNone {
 			m.logf("no --policy: the network gate denies every flow")

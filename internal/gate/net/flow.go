@@ -7,9 +7,6 @@ import (
 	"github.com/gatevisor/gatevisor/internal/event"
 )
 
-// MaxFlows bounds the flow table; new flows beyond it are denied.
-const MaxFlows = 1 << 16
-
 // maxHeld bounds the frames a pending flow holds (retransmissions beyond
 // it are dropped; TCP sends them again).
 const maxHeld = 8
@@ -20,8 +17,15 @@ var (
 	TimeoutTCPClosing     = 30 * time.Second // after FIN both ways or RST
 	TimeoutUDP            = 2 * time.Minute
 	TimeoutICMP           = 30 * time.Second
-	TimeoutPending        = 30 * time.Second
-	TimeoutDenied         = 10 * time.Second // retransmitted SYNs get the same answer
+	TimeoutPending        = 30 * time.Second // from the flow's first frame
+	// TimeoutDenied runs from the decision and is not renewed by the
+	// flow's frames: retransmitted SYNs get the same answer meanwhile, and
+	// a guest cannot keep a denied entry alive by sending to it.
+	TimeoutDenied = 10 * time.Second
+	// TimeoutUnanswered runs from the decision for an allowed flow the
+	// other side has not answered yet, and is not renewed by the
+	// initiator's frames.
+	TimeoutUnanswered = 30 * time.Second
 )
 
 // FlowKey identifies a flow by its 5-tuple, guest side first.
@@ -34,13 +38,14 @@ type FlowKey struct {
 type flowState uint8
 
 const (
-	statePending flowState = iota
+	statePending flowState = iota // waiting for attribution or a decision
 	stateAllowed
 	stateDenied
 )
 
 // flow is one entry of the table.
-// Preconditions: every field is guarded by Gate.mu.
+// Preconditions: every field is guarded by Gate.mu, except key and dir,
+// which never change.
 type flow struct {
 	key       FlowKey
 	dir       event.Dir
@@ -48,27 +53,53 @@ type flow struct {
 	drop      bool // denied silently (no RST)
 	held      [][]byte
 	heldFrom  []bool // per held frame: true if it came from the guest
-	last      time.Time
+	created   time.Time
+	decidedAt time.Time
+	last      time.Time // the last frame of an answered flow
+	answered  bool      // a frame came from the side that did not open it
 	finLocal  bool
 	finRemote bool
 	closed    bool   // RST seen, or FIN both ways
+	gone      bool   // no longer in the table (reaped, evicted, forgotten)
 	seq       uint64 // policy sequence that decided
 	ev        event.Event
 	rec       Record
+
+	// Scheduling: attempts at attribution so far and when the next is due;
+	// waiting while it counts in Gate.waiting (until it is decided).
+	attempts int
+	nextTry  time.Time
+	waiting  bool
+	// The subject the flow counts against, once attributed.
+	subj    subjectKey
+	counted bool
+
+	// The eviction list the flow is on (nil: none) and its neighbours.
+	evl          *evictList
+	evPrev, evNx *flow
 }
 
-func (f *flow) timeout() time.Duration {
+// expired reports whether the reaper forgets f at now.
+func (f *flow) expired(now time.Time) bool {
 	switch {
 	case f.state == statePending:
-		return TimeoutPending
+		return now.Sub(f.created) > TimeoutPending
 	case f.state == stateDenied:
-		return TimeoutDenied
+		return now.Sub(f.decidedAt) > TimeoutDenied
+	case !f.answered:
+		return now.Sub(f.decidedAt) > TimeoutUnanswered
 	case f.key.Proto == ProtoTCP && f.closed:
-		return TimeoutTCPClosing
+		return now.Sub(f.last) > TimeoutTCPClosing
 	case f.key.Proto == ProtoTCP:
-		return TimeoutTCPEstablished
+		return now.Sub(f.last) > TimeoutTCPEstablished
 	case f.key.Proto == ProtoUDP:
-		return TimeoutUDP
+		return now.Sub(f.last) > TimeoutUDP
 	}
-	return TimeoutICMP
+	return now.Sub(f.last) > TimeoutICMP
+}
+
+// fromResponder reports whether a frame in the given direction comes from
+// the side that did not open the flow.
+func (f *flow) fromResponder(fromGuest bool) bool {
+	return fromGuest == (f.dir == event.DirIn)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"sync"
@@ -14,9 +15,11 @@ import (
 	"github.com/gatevisor/gatevisor/internal/secserver"
 )
 
-// Decider is the security server as the gate sees it.
+// Decider is the security server as the gate sees it: it decides a batch
+// of flows with one durable audit write, and may hold decisions until an
+// aggregated record is written (Decision.Pending).
 type Decider interface {
-	Decide(*event.Event) secserver.Decision
+	DecideBatch([]secserver.Request) []secserver.Decision
 }
 
 // Query asks an Attributor who owns a flow's guest end.
@@ -30,10 +33,19 @@ type Query struct {
 // ErrNotFound means no guest socket matches the query (yet).
 var ErrNotFound = errors.New("no guest socket owns the flow")
 
-// Attributor finds the guest process behind a flow (the monitor implements
-// it with introspection of the guest kernel's sockets and tasks).
+// Attribution is an Attributor's answer to one Query.
+type Attribution struct {
+	Subject event.Subject
+	Err     error // ErrNotFound: no socket yet (the gate asks again)
+}
+
+// Attributor finds the guest processes behind flows (the monitor
+// implements it with introspection of the guest kernel's sockets and
+// tasks). AttributeBatch answers every query, out[i] for qs[i], with at
+// most one look at the guest: its cost must not grow with the number of
+// times it is called, only with what it reads.
 type Attributor interface {
-	Attribute(ctx context.Context, q Query) (event.Subject, error)
+	AttributeBatch(ctx context.Context, qs []Query, out []Attribution)
 }
 
 // LabelUnattributed is the label of a subject no guest socket explained;
@@ -55,17 +67,22 @@ type Record struct {
 	Seq        uint64        `json:"policy_seq"`
 	Cached     bool          `json:"cached,omitempty"`
 	Permissive bool          `json:"permissive,omitempty"`
-	// AttributeMicros is how long finding the process took.
+	// AttributeMicros is how long the look at the guest that found the
+	// process took; WaitMicros how long the flow waited for its decision
+	// in all (queue, attribution, retries, an aggregated audit record).
 	AttributeMicros int64  `json:"attribute_us"`
+	WaitMicros      int64  `json:"wait_us"`
 	Attempts        int    `json:"attempts"`
 	AttributeError  string `json:"attribute_error,omitempty"`
-	Revoked         bool   `json:"revoked,omitempty"` // an open flow denied after a reload
+	Revoked         bool   `json:"revoked,omitempty"`   // an open flow denied after a reload
+	Undecided       bool   `json:"undecided,omitempty"` // dropped before any decision (gate-overload, gate-table-full)
 }
 
 // Config configures a Gate.
 type Config struct {
 	Decider    Decider
 	Attributor Attributor
+	Limits     Limits
 	// GuestMAC, when set, is the only source MAC the guest may use.
 	GuestMAC [6]byte
 	// Source, when set, binds the guest's IPv4 source addresses; nil
@@ -78,12 +95,12 @@ type Config struct {
 	// RSTs it makes). They own the slices; each is called from one
 	// goroutine at a time.
 	ToNet, ToGuest func([][]byte)
-	// OnDecision sees every decision (nil: none).
+	// OnDecision sees every decision (nil: none), and every frame dropped
+	// undecided that a pass attributed (Record.Undecided).
 	OnDecision func(Record)
 	// Retry is how long to wait before each new attribution attempt when
 	// the flow's socket is not found; nil means 2, 5, 10 and 20 ms.
-	Retry   []time.Duration
-	Workers int // decision workers; 0 means 2
+	Retry []time.Duration
 	// Seq, when set, returns the sequence number of the policy in force;
 	// the gate polls it and calls PolicyChanged when it moves.
 	Seq func() uint64
@@ -94,16 +111,23 @@ type Config struct {
 type Stats struct {
 	Frames, Forwarded, Dropped, Refused, Resets uint64
 	NewFlows, Allowed, Denied, Unattributed     uint64
-	Flows                                       int
-	DropReasons                                 map[string]uint64
+	// Flow-level refusals of the gate's own (not the policy's): frames
+	// dropped undecided for want of room, and flows refused because their
+	// subject was over its rate or its share of the table.
+	Overload, TableFull, RateLimited, FlowLimited uint64
+	Evicted                                       uint64 // flows given up to make room
+	Passes                                        uint64 // looks at the guest that attributed a batch
+	Flows, Pending, Subjects                      int
+	DropReasons, ResetReasons                     map[string]uint64
 }
 
 // Gate filters one guest's frames. Create with New, feed with Egress and
 // Ingress, stop with Close.
 type Gate struct {
 	cfg  Config
-	work chan *flow
+	lim  Limits
 	stop chan struct{}
+	wake chan struct{} // a flow was queued
 	wg   sync.WaitGroup
 	// netMu and guestMu serialize the ToNet and the ToGuest calls, each
 	// on its own: a write to a guest that is slow to read must not hold
@@ -112,22 +136,28 @@ type Gate struct {
 
 	mu            sync.Mutex // guards the fields up to the counters
 	flows         map[FlowKey]*flow
+	evict         evictable
+	queue         []*flow // flows waiting for (another) attribution attempt
+	waiting       int     // flows created and not yet decided
+	shed          []shedFrame
+	shedMore      int // frames shed beyond the sample in shed
+	subjects      map[subjectKey]*subjectState
 	reasons       map[string]uint64
+	resetReasons  map[string]uint64
 	leased        netip.Addr // the guest's address by DHCP (SourceBinding)
 	warnedUnbound bool       // the first ReasonUnbound drop was noted
 	notes         []string   // for Logf, once the lock is released
 
-	frames, forwarded, dropped, refused, resets atomic.Uint64
-	newFlows, allowed, denied, unattributed     atomic.Uint64
+	frames, forwarded, dropped, refused, resets   atomic.Uint64
+	newFlows, allowed, denied, unattributed       atomic.Uint64
+	overload, tableFull, rateLimited, flowLimited atomic.Uint64
+	evicted, passes                               atomic.Uint64
 }
 
 // New returns a running gate.
 func New(cfg Config) *Gate {
 	if cfg.Retry == nil {
 		cfg.Retry = []time.Duration{2 * time.Millisecond, 5 * time.Millisecond, 10 * time.Millisecond, 20 * time.Millisecond}
-	}
-	if cfg.Workers <= 0 {
-		cfg.Workers = 2
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -137,21 +167,20 @@ func New(cfg Config) *Gate {
 		src.Static = slices.Clone(src.Static)
 		cfg.Source = &src
 	}
-	g := &Gate{cfg: cfg, work: make(chan *flow, 1024), stop: make(chan struct{}), flows: map[FlowKey]*flow{}, reasons: map[string]uint64{}}
-	for range cfg.Workers {
-		g.wg.Add(1)
-		go g.worker()
-	}
+	g := &Gate{cfg: cfg, lim: cfg.Limits.withDefaults(), stop: make(chan struct{}), wake: make(chan struct{}, 1),
+		flows: map[FlowKey]*flow{}, subjects: map[subjectKey]*subjectState{},
+		reasons: map[string]uint64{}, resetReasons: map[string]uint64{}}
 	var seq uint64
 	if cfg.Seq != nil {
 		seq = cfg.Seq()
 	}
-	g.wg.Add(1)
+	g.wg.Add(2)
+	go g.run()
 	go g.reaper(seq)
 	return g
 }
 
-// Close stops the workers; frames held for pending flows are dropped.
+// Close stops the gate; frames held for pending flows are dropped.
 func (g *Gate) Close() {
 	select {
 	case <-g.stop:
@@ -180,13 +209,13 @@ const (
 func (g *Gate) filter(frames [][]byte, fromGuest bool) {
 	pass := frames[:0] // in place: no allocation on the fast path
 	var back [][]byte
-	var start []*flow
 	var p Packet
+	queued := false
 	now := g.cfg.Now()
 	g.frames.Add(uint64(len(frames)))
 	g.mu.Lock()
 	for _, fr := range frames {
-		v, reason, f := g.classify(fr, &p, fromGuest, now)
+		v, reason := g.classify(fr, &p, fromGuest, now, &queued)
 		switch v {
 		case vAccept:
 			pass = append(pass, fr)
@@ -195,16 +224,16 @@ func (g *Gate) filter(frames [][]byte, fromGuest bool) {
 			g.reasons[reason]++
 		case vReject:
 			g.resets.Add(1)
+			g.resetReasons[reason]++
 			back = append(back, BuildRST(fr, &p))
-		case vHold:
-			if f != nil {
-				start = append(start, f)
-			}
 		}
 	}
 	notes := g.notes
 	g.notes = nil
 	g.mu.Unlock()
+	if queued {
+		g.signal()
+	}
 	if g.cfg.Logf != nil {
 		for _, n := range notes {
 			g.cfg.Logf("%s", n)
@@ -212,12 +241,13 @@ func (g *Gate) filter(frames [][]byte, fromGuest bool) {
 	}
 	g.forwarded.Add(uint64(len(pass)))
 	g.emit(pass, back, fromGuest)
-	for _, f := range start {
-		select {
-		case g.work <- f:
-		default:
-			g.decided(f, secserver.Decision{Verdict: secserver.Deny, Rule: "gate-overload", Reason: "too many flows waiting for a decision"}, Record{})
-		}
+}
+
+// signal wakes the decision loop.
+func (g *Gate) signal() {
+	select {
+	case g.wake <- struct{}{}:
+	default:
 	}
 }
 
@@ -250,34 +280,35 @@ func (g *Gate) toGuest(b [][]byte) {
 	g.cfg.ToGuest(b)
 }
 
-// classify decides one frame on the fast path.
+// classify decides one frame on the fast path; for a vDrop or vReject it
+// returns the reason. A flow start is queued for a decision (queued set).
 // Preconditions: g.mu held.
-func (g *Gate) classify(fr []byte, p *Packet, fromGuest bool, now time.Time) (int, string, *flow) {
+func (g *Gate) classify(fr []byte, p *Packet, fromGuest bool, now time.Time, queued *bool) (int, string) {
 	if err := Parse(fr, p); err != nil {
 		g.refused.Add(1)
-		return vDrop, err.Error(), nil
+		return vDrop, err.Error()
 	}
 	if fromGuest && g.cfg.GuestMAC != ([6]byte{}) && p.SrcMAC != g.cfg.GuestMAC {
-		return vDrop, ReasonSpoofedMAC, nil
+		return vDrop, ReasonSpoofedMAC
 	}
 	if p.Kind == KindARP {
 		// The sender addresses are what peers learn: a guest may not claim
 		// another's MAC or IPv4 address in them, even from its own
 		// Ethernet source.
 		if fromGuest && g.cfg.GuestMAC != ([6]byte{}) && p.ARPSender != g.cfg.GuestMAC {
-			return vDrop, ReasonSpoofedARP, nil
+			return vDrop, ReasonSpoofedARP
 		}
 		if fromGuest && g.cfg.Source != nil {
 			if reason := g.checkSource(p); reason != "" {
-				return vDrop, reason, nil
+				return vDrop, reason
 			}
 		}
-		return vAccept, "", nil
+		return vAccept, ""
 	}
 	if g.cfg.Source != nil {
 		if fromGuest {
 			if reason := g.checkSource(p); reason != "" {
-				return vDrop, reason, nil
+				return vDrop, reason
 			}
 		} else if p.Proto == ProtoUDP && p.SrcPort == dhcpServerPort && p.DstPort == dhcpClientPort {
 			g.snoopDHCP(p)
@@ -292,32 +323,57 @@ func (g *Gate) classify(fr []byte, p *Packet, fromGuest bool, now time.Time) (in
 		// A new connection on the 5-tuple of a closed one: another
 		// process may have bound the port since, so it is attributed and
 		// decided afresh.
-		delete(g.flows, k)
+		g.remove(f)
 		f = nil
 	}
 	if f != nil {
-		f.last = now
-		switch f.state {
-		case stateAllowed:
-			if p.Proto == ProtoTCP {
-				g.track(f, p, fromGuest)
-			}
-			return vAccept, "", nil
-		case stateDenied:
-			if p.Proto == ProtoTCP && !f.drop && p.TCPFlags&tcpRST == 0 {
-				return vReject, "", nil
-			}
-			return vDrop, "denied flow", nil
-		default:
-			if len(f.held) < maxHeld {
-				f.held = append(f.held, fr)
-				f.heldFrom = append(f.heldFrom, fromGuest)
-				return vHold, "", nil
-			}
-			return vDrop, "pending flow queue full", nil
-		}
+		return g.onFlow(f, fr, p, fromGuest, now)
 	}
-	// A miss: only a flow start opens a flow.
+	return g.onMiss(k, fr, p, fromGuest, now, queued)
+}
+
+// onFlow classifies a frame of a flow in the table.
+// Preconditions: g.mu held.
+func (g *Gate) onFlow(f *flow, fr []byte, p *Packet, fromGuest bool, now time.Time) (int, string) {
+	switch f.state {
+	case stateAllowed:
+		f.last = now
+		changed := false
+		if !f.answered && f.fromResponder(fromGuest) {
+			f.answered, changed = true, true
+		}
+		if p.Proto == ProtoTCP {
+			closed := f.closed
+			g.track(f, p, fromGuest)
+			changed = changed || closed != f.closed
+		}
+		if changed {
+			g.evict.place(f)
+		}
+		return vAccept, ""
+	case stateDenied:
+		// Not renewed by its frames: the entry ends TimeoutDenied after
+		// the decision whatever the guest sends.
+		if p.Proto == ProtoTCP && !f.drop && p.TCPFlags&tcpRST == 0 {
+			if f.rec.Revoked {
+				return vReject, ResetRevoked
+			}
+			return vReject, ResetDenied
+		}
+		return vDrop, ReasonDenied
+	}
+	if len(f.held) < maxHeld {
+		f.held = append(f.held, fr)
+		f.heldFrom = append(f.heldFrom, fromGuest)
+		return vHold, ""
+	}
+	return vDrop, ReasonPendingFull
+}
+
+// onMiss classifies a frame of no flow in the table: only a flow start
+// opens one.
+// Preconditions: g.mu held.
+func (g *Gate) onMiss(k FlowKey, fr []byte, p *Packet, fromGuest bool, now time.Time, queued *bool) (int, string) {
 	dir := event.DirOut
 	if !fromGuest {
 		dir = event.DirIn
@@ -328,29 +384,65 @@ func (g *Gate) classify(fr []byte, p *Packet, fromGuest bool, now time.Time) (in
 			if p.TCPFlags&tcpRST == 0 && fromGuest {
 				// The guest talks on a flow we do not know (e.g. one the
 				// reaper forgot): reset it rather than leave it hanging.
-				return vReject, "", nil
+				return vReject, ResetNoFlow
 			}
-			return vDrop, "TCP segment of no known flow", nil
+			return vDrop, ReasonNoFlowTCP
 		}
 	case ProtoICMP:
 		if p.ICMPType != 8 { // echo request
-			return vDrop, "ICMP message of no known flow", nil
+			return vDrop, ReasonNoFlowICMP
 		}
 	}
 	if err := VerifyTransport(p); err != nil {
 		g.refused.Add(1)
-		return vDrop, err.Error(), nil
+		return vDrop, err.Error()
 	}
-	if len(g.flows) >= MaxFlows {
-		if p.Proto == ProtoTCP {
-			return vReject, "", nil
+	if g.waiting >= g.lim.MaxPending {
+		g.overload.Add(1)
+		g.shedFrame(k, dir, RuleOverload, now)
+		*queued = true // the next pass records it
+		return vDrop, ReasonOverload
+	}
+	if len(g.flows) >= g.lim.MaxFlows {
+		v := g.evict.victim()
+		if v == nil {
+			g.tableFull.Add(1)
+			g.shedFrame(k, dir, RuleTableFull, now)
+			*queued = true
+			return vDrop, ReasonTableFull
 		}
-		return vDrop, "flow table full", nil
+		g.evicted.Add(1)
+		g.remove(v)
 	}
-	f = &flow{key: k, dir: dir, state: statePending, last: now, held: [][]byte{fr}, heldFrom: []bool{fromGuest}}
+	f := &flow{key: k, dir: dir, state: statePending, created: now, last: now, nextTry: now, waiting: true,
+		held: [][]byte{fr}, heldFrom: []bool{fromGuest}}
 	g.flows[k] = f
+	g.queue = append(g.queue, f)
+	g.waiting++
+	*queued = true
 	g.newFlows.Add(1)
-	return vHold, "", f
+	return vHold, ""
+}
+
+// remove takes f out of the table and its accounting.
+// Preconditions: g.mu held.
+func (g *Gate) remove(f *flow) {
+	if f.gone {
+		return
+	}
+	f.gone = true
+	if g.flows[f.key] == f {
+		delete(g.flows, f.key)
+	}
+	unlist(f)
+	// A flow still waiting stays counted in g.waiting until the decision
+	// loop, which holds it in its queue or its pass, sees it gone.
+	if f.counted {
+		f.counted = false
+		if st := g.subjects[f.subj]; st != nil {
+			st.flows--
+		}
+	}
 }
 
 // track follows TCP teardown.
@@ -384,58 +476,6 @@ func opOf(proto uint8, dir event.Dir) string {
 	return "recv"
 }
 
-func (g *Gate) worker() {
-	defer g.wg.Done()
-	for {
-		select {
-		case <-g.stop:
-			return
-		case f := <-g.work:
-			g.decide(f)
-		}
-	}
-}
-
-// decide attributes and decides a pending flow. Called without g.mu; the
-// flow's key and dir do not change after creation.
-func (g *Gate) decide(f *flow) {
-	proto := protoNames[f.key.Proto]
-	q := Query{Proto: proto, Dir: f.dir, Local: f.key.Local, Remote: f.key.Remote}
-	rec := Record{Dir: f.dir, Proto: proto, Local: f.key.Local.String(), Remote: f.key.Remote.String()}
-	start := time.Now()
-	var subj event.Subject
-	var err error
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	for attempt := 0; ; attempt++ {
-		rec.Attempts = attempt + 1
-		subj, err = g.cfg.Attributor.Attribute(ctx, q)
-		if err == nil || !errors.Is(err, ErrNotFound) || attempt >= len(g.cfg.Retry) {
-			break
-		}
-		select {
-		case <-time.After(g.cfg.Retry[attempt]):
-		case <-g.stop:
-		}
-	}
-	cancel()
-	rec.AttributeMicros = time.Since(start).Microseconds()
-	if err != nil {
-		g.unattributed.Add(1)
-		rec.AttributeError = err.Error()
-		subj = event.Subject{Labels: []string{LabelUnattributed}}
-	}
-	ev := event.Event{Class: event.ClassNet, Op: opOf(f.key.Proto, f.dir), Subject: subj, Dir: f.dir, Proto: proto,
-		Addr: f.key.Remote.Addr(), Port: f.key.Remote.Port(), LocalPort: f.key.Local.Port(), Time: g.cfg.Now()}
-	if f.key.Proto == ProtoICMP {
-		ev.Port, ev.LocalPort = 0, 0
-	}
-	d := g.cfg.Decider.Decide(&ev)
-	g.mu.Lock()
-	f.ev = ev
-	g.mu.Unlock()
-	g.decided(f, d, rec)
-}
-
 // silent reports whether a deny asks for a silent drop: deny(ETIMEDOUT)
 // makes the guest's connect time out instead of being refused.
 func silent(d secserver.Decision) bool { return d.Errno == 110 }
@@ -444,6 +484,7 @@ func silent(d secserver.Decision) bool { return d.Errno == 110 }
 func (g *Gate) decided(f *flow, d secserver.Decision, rec Record) {
 	var toNet, toGuest, rstNet, rstGuest [][]byte
 	var p Packet
+	now := g.cfg.Now()
 	g.mu.Lock()
 	if d.Allows() {
 		f.state = stateAllowed
@@ -453,13 +494,18 @@ func (g *Gate) decided(f *flow, d secserver.Decision, rec Record) {
 		f.drop = silent(d) || f.key.Proto != ProtoTCP
 		g.denied.Add(1)
 	}
-	f.seq = d.Seq
+	f.seq, f.decidedAt = d.Seq, now
 	for i, fr := range f.held {
 		from := f.heldFrom[i]
 		switch {
+		case f.gone:
+			// Reaped or evicted while it waited: its frames go nowhere.
 		case f.state == stateAllowed:
 			if Parse(fr, &p) == nil && p.Proto == ProtoTCP {
 				g.track(f, &p, from)
+			}
+			if f.fromResponder(from) {
+				f.answered = true
 			}
 			if from {
 				toNet = append(toNet, fr)
@@ -473,14 +519,11 @@ func (g *Gate) decided(f *flow, d secserver.Decision, rec Record) {
 			} else {
 				rstNet = append(rstNet, BuildRST(fr, &p))
 			}
+			g.resetReasons[ResetDenied]++
 		}
 	}
 	f.held, f.heldFrom = nil, nil
-	g.mu.Unlock()
-	g.forwarded.Add(uint64(len(toNet) + len(toGuest)))
-	g.resets.Add(uint64(len(rstNet) + len(rstGuest)))
-	g.emit(append(toNet, rstNet...), nil, true)
-	g.emit(append(toGuest, rstGuest...), nil, false)
+	g.evict.place(f)
 	action := "forward"
 	switch {
 	case !d.Allows() && f.drop:
@@ -489,16 +532,15 @@ func (g *Gate) decided(f *flow, d secserver.Decision, rec Record) {
 		action = "reset"
 	}
 	rec.Time, rec.Verdict, rec.Action, rec.Rule, rec.Reason, rec.Seq, rec.Cached, rec.Permissive =
-		g.cfg.Now(), d.Verdict.String(), action, d.Rule, d.Reason, d.Seq, d.Cached, d.Permissive
-	g.mu.Lock()
+		now, d.Verdict.String(), action, d.Rule, d.Reason, d.Seq, d.Cached, d.Permissive
+	rec.WaitMicros = now.Sub(f.created).Microseconds()
 	rec.Subject = f.ev.Subject
-	g.mu.Unlock()
-	if rec.Proto == "" {
-		rec.Proto, rec.Dir, rec.Local, rec.Remote = protoNames[f.key.Proto], f.dir, f.key.Local.String(), f.key.Remote.String()
-	}
-	g.mu.Lock()
 	f.rec = rec
 	g.mu.Unlock()
+	g.forwarded.Add(uint64(len(toNet) + len(toGuest)))
+	g.resets.Add(uint64(len(rstNet) + len(rstGuest)))
+	g.emit(append(toNet, rstNet...), nil, true)
+	g.emit(append(toGuest, rstGuest...), nil, false)
 	if g.cfg.OnDecision != nil {
 		g.cfg.OnDecision(rec)
 	}
@@ -508,41 +550,59 @@ func (g *Gate) decided(f *flow, d secserver.Decision, rec Record) {
 // afresh) and re-decides every allowed flow with its recorded subject;
 // flows the new policy denies are reset both ways.
 func (g *Gate) PolicyChanged() {
-	type redo struct {
-		f  *flow
-		ev event.Event
-	}
-	var todo []redo
+	var todo []*flow
+	var reqs []secserver.Request
 	g.mu.Lock()
-	for k, f := range g.flows {
+	for _, f := range g.flows {
 		switch f.state {
 		case stateDenied:
-			delete(g.flows, k)
+			g.remove(f)
 		case stateAllowed:
 			if !f.closed && f.ev.Class == event.ClassNet {
-				todo = append(todo, redo{f, f.ev})
+				ev := f.ev
+				todo = append(todo, f)
+				reqs = append(reqs, secserver.Request{Event: &ev})
 			}
 		}
 	}
 	g.mu.Unlock()
-	for _, r := range todo {
-		d := g.cfg.Decider.Decide(&r.ev)
+	if len(reqs) == 0 {
+		return
+	}
+	for i, d := range g.cfg.Decider.DecideBatch(reqs) {
+		if d.Pending != nil {
+			select {
+			case <-d.Pending.Done():
+			case <-g.stop:
+				return
+			}
+			if err := d.Pending.Wait(); err != nil {
+				d = secserver.Failed(d, err)
+			}
+		}
 		if d.Allows() {
 			continue
 		}
-		g.mu.Lock()
-		r.f.state, r.f.drop = stateDenied, r.f.key.Proto != ProtoTCP || silent(d)
-		rec := r.f.rec
-		g.mu.Unlock()
-		g.denied.Add(1)
-		rec.Time, rec.Verdict, rec.Rule, rec.Reason, rec.Seq, rec.Revoked = g.cfg.Now(), d.Verdict.String(), d.Rule, d.Reason, d.Seq, true
-		rec.Action = "drop"
-		if !r.f.drop {
-			rec.Action = "reset"
-		}
-		if g.cfg.OnDecision != nil {
-			g.cfg.OnDecision(rec)
-		}
+		g.revoke(todo[i], d)
+	}
+}
+
+// revoke denies an allowed flow after a reload.
+func (g *Gate) revoke(f *flow, d secserver.Decision) {
+	g.mu.Lock()
+	f.state, f.drop, f.decidedAt = stateDenied, f.key.Proto != ProtoTCP || silent(d), g.cfg.Now()
+	g.evict.place(f)
+	rec := f.rec
+	rec.Time, rec.Verdict, rec.Rule, rec.Reason, rec.Seq, rec.Revoked = g.cfg.Now(), d.Verdict.String(), d.Rule, d.Reason, d.Seq, true
+	rec.Action = "drop"
+	if !f.drop {
+		rec.Action = "reset"
+	}
+	f.rec = rec
+	g.mu.Unlock()
+	g.denied.Add(1)
+	if g.cfg.OnDecision != nil {
+		g.cfg.OnDecision(rec)
 	}
 }
 
@@ -564,9 +624,14 @@ func (g *Gate) reaper(seq uint64) {
 		}
 		now := g.cfg.Now()
 		g.mu.Lock()
-		for k, f := range g.flows {
-			if now.Sub(f.last) > f.timeout() {
-				delete(g.flows, k)
+		for _, f := range g.flows {
+			if f.expired(now) {
+				g.remove(f)
+			}
+		}
+		for k, st := range g.subjects {
+			if st.idle(now, &g.lim) {
+				delete(g.subjects, k)
 			}
 		}
 		g.mu.Unlock()
@@ -576,18 +641,24 @@ func (g *Gate) reaper(seq uint64) {
 // Stats returns the counters.
 func (g *Gate) Stats() Stats {
 	g.mu.Lock()
-	n := len(g.flows)
-	reasons := make(map[string]uint64, len(g.reasons))
-	for k, v := range g.reasons {
-		reasons[k] = v
-	}
+	n, pending, subjects := len(g.flows), g.waiting, len(g.subjects)
+	reasons, resets := maps.Clone(g.reasons), maps.Clone(g.resetReasons)
 	g.mu.Unlock()
 	return Stats{Frames: g.frames.Load(), Forwarded: g.forwarded.Load(), Dropped: g.dropped.Load(), Refused: g.refused.Load(),
 		Resets: g.resets.Load(), NewFlows: g.newFlows.Load(), Allowed: g.allowed.Load(), Denied: g.denied.Load(),
-		Unattributed: g.unattributed.Load(), Flows: n, DropReasons: reasons}
+		Unattributed: g.unattributed.Load(), Overload: g.overload.Load(), TableFull: g.tableFull.Load(),
+		RateLimited: g.rateLimited.Load(), FlowLimited: g.flowLimited.Load(), Evicted: g.evicted.Load(), Passes: g.passes.Load(),
+		Flows: n, Pending: pending, Subjects: subjects, DropReasons: reasons, ResetReasons: resets}
 }
 
 // String renders a flow key for logs.
 func (k FlowKey) String() string {
 	return fmt.Sprintf("%s %s-%s", protoNames[k.Proto], k.Local, k.Remote)
+}
+
+// ctxTimeout bounds one look at the guest.
+const ctxTimeout = 5 * time.Second
+
+func attributionContext() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), ctxTimeout)
 }

@@ -54,40 +54,81 @@ func udpFrame(src, dst netip.AddrPort, fromGuest bool) []byte {
 }
 
 type fakeAttr struct {
-	calls   atomic.Int32
+	calls   atomic.Int32 // looks at the "guest" (batches)
+	queries atomic.Int32
 	missing atomic.Int32 // answer ErrNotFound this many times first
+	// gate, when set, holds each batch until a value arrives.
+	gate chan struct{}
+	// subject, when set, attributes every query.
+	subject func(Query) (event.Subject, error)
 }
 
-func (f *fakeAttr) Attribute(_ context.Context, q Query) (event.Subject, error) {
+func (f *fakeAttr) AttributeBatch(_ context.Context, qs []Query, out []Attribution) {
+	if f.gate != nil {
+		<-f.gate
+	}
 	f.calls.Add(1)
+	for i, q := range qs {
+		f.queries.Add(1)
+		out[i] = f.one(q)
+	}
+}
+
+func (f *fakeAttr) one(q Query) Attribution {
 	if f.missing.Add(-1) >= 0 {
-		return event.Subject{}, ErrNotFound
+		return Attribution{Err: ErrNotFound}
+	}
+	if f.subject != nil {
+		s, err := f.subject(q)
+		return Attribution{Subject: s, Err: err}
 	}
 	if q.Local.Port() == 1111 {
-		return event.Subject{PID: 42, Comm: "updater", Exe: "/usr/bin/updater"}, nil
+		return Attribution{Subject: event.Subject{PID: 42, Comm: "updater", Exe: "/usr/bin/updater"}}
 	}
-	return event.Subject{PID: 7, Comm: "telnet", Exe: "/bin/busybox"}, nil
+	return Attribution{Subject: event.Subject{PID: 7, Comm: "telnet", Exe: "/bin/busybox"}}
 }
 
 // fakeDecider allows updater, denies the rest (silently when port 9).
 type fakeDecider struct {
 	mu      sync.Mutex
 	seen    []event.Event
+	refused []secserver.Request
 	seq     atomic.Uint64
 	denyAll atomic.Bool
+	// pending, when set, is returned with every decision.
+	pending *secserver.Pending
 }
 
-func (d *fakeDecider) Decide(ev *event.Event) secserver.Decision {
+func (d *fakeDecider) DecideBatch(reqs []secserver.Request) []secserver.Decision {
+	out := make([]secserver.Decision, len(reqs))
+	for i, r := range reqs {
+		d.mu.Lock()
+		if r.Refuse != nil {
+			d.refused = append(d.refused, r)
+			out[i] = secserver.Decision{Verdict: secserver.Deny, Errno: r.Refuse.Errno, Rule: r.Refuse.Rule, Reason: r.Refuse.Reason}
+			d.mu.Unlock()
+			continue
+		}
+		d.seen = append(d.seen, *r.Event)
+		out[i].Pending = d.pending
+		d.mu.Unlock()
+		ev := r.Event
+		switch {
+		case ev.Subject.Exe == "/usr/bin/updater" && !d.denyAll.Load():
+			out[i] = secserver.Decision{Verdict: secserver.Allow, Seq: d.seq.Load(), Pending: out[i].Pending}
+		case ev.Port == 9:
+			out[i] = secserver.Decision{Verdict: secserver.Deny, Errno: 110, Pending: out[i].Pending}
+		default:
+			out[i] = secserver.Decision{Verdict: secserver.Deny, Errno: 111, Rule: "r", Pending: out[i].Pending}
+		}
+	}
+	return out
+}
+
+func (d *fakeDecider) refusals() []secserver.Request {
 	d.mu.Lock()
-	d.seen = append(d.seen, *ev)
-	d.mu.Unlock()
-	if ev.Subject.Exe == "/usr/bin/updater" && !d.denyAll.Load() {
-		return secserver.Decision{Verdict: secserver.Allow, Seq: d.seq.Load()}
-	}
-	if ev.Port == 9 {
-		return secserver.Decision{Verdict: secserver.Deny, Errno: 110}
-	}
-	return secserver.Decision{Verdict: secserver.Deny, Errno: 111, Rule: "r"}
+	defer d.mu.Unlock()
+	return append([]secserver.Request(nil), d.refused...)
 }
 
 type harness struct {
@@ -98,9 +139,11 @@ type harness struct {
 	recs           chan Record
 }
 
-func newHarness(t *testing.T) *harness {
-	h := &harness{attr: &fakeAttr{}, dec: &fakeDecider{}, toNet: make(chan []byte, 256), toGuest: make(chan []byte, 256), recs: make(chan Record, 64)}
-	h.g = New(Config{Decider: h.dec, Attributor: h.attr, GuestMAC: guestMAC, Seq: h.dec.seq.Load,
+func newHarness(t *testing.T) *harness { return newHarnessWith(t, &fakeAttr{}, Limits{}) }
+
+func newHarnessWith(t *testing.T, attr *fakeAttr, lim Limits) *harness {
+	h := &harness{attr: attr, dec: &fakeDecider{}, toNet: make(chan []byte, 4096), toGuest: make(chan []byte, 4096), recs: make(chan Record, 4096)}
+	h.g = New(Config{Decider: h.dec, Attributor: h.attr, GuestMAC: guestMAC, Seq: h.dec.seq.Load, Limits: lim,
 		ToNet: func(b [][]byte) {
 			for _, f := range b {
 				h.toNet <- f
