@@ -103,6 +103,9 @@ type SyscallGateStatus struct {
 	Decided  uint64 `json:"decided"`
 	Skipped  uint64 `json:"skipped"`
 	FaultIns uint64 `json:"fault_ins"`
+	// SiblingStops counts calls handled on a vCPU found at a trap while
+	// QEMU reported another (several vCPUs): each is a stop saved.
+	SiblingStops uint64 `json:"sibling_stops"`
 	// HandleMicros is the monitor's time with the VM stopped at a
 	// breakpoint (reading the event, deciding, enforcing), in total.
 	HandleMicros uint64 `json:"handle_us"`

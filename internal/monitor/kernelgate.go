@@ -42,8 +42,9 @@ type kernelGate struct {
 	// set (armAtBoot), 0 otherwise.
 	bootWatch atomic.Uint64
 
-	// Counters for api.SyscallGateStatus.
-	stops, decided, skipped, faultIns, handleNanos atomic.Uint64
+	// Counters for api.SyscallGateStatus; siblings counts calls handled
+	// on a vCPU other than the one a stop reported.
+	stops, decided, skipped, faultIns, handleNanos, siblings atomic.Uint64
 }
 
 // armed reports whether any trap is in place.
@@ -84,7 +85,7 @@ func (m *Monitor) syscallGateStatus() *api.SyscallGateStatus {
 		return nil
 	}
 	return &api.SyscallGateStatus{Breakpoints: n, Stops: m.kg.stops.Load(), Decided: m.kg.decided.Load(),
-		Skipped: m.kg.skipped.Load(), FaultIns: m.kg.faultIns.Load(), HandleMicros: m.kg.handleNanos.Load() / 1000}
+		Skipped: m.kg.skipped.Load(), FaultIns: m.kg.faultIns.Load(), SiblingStops: m.kg.siblings.Load(), HandleMicros: m.kg.handleNanos.Load() / 1000}
 }
 
 // kernelProfile returns the guest kernel's profile, loading it once.
@@ -473,7 +474,13 @@ func (m *Monitor) guestReady() bool {
 	return !m.readyAt.IsZero()
 }
 
-// onTrap handles a breakpoint or watchpoint stop on the debugger goroutine.
+// onTrap handles a breakpoint or watchpoint stop on the debugger goroutine:
+// the vCPU QEMU reports and, on a VM with several vCPUs, every other vCPU
+// stopped at one of the gate's traps. QEMU reports one vCPU per stop even
+// when several hit a breakpoint; without this, a vCPU looping through
+// trapped calls could be reported again and again while another waits at
+// its breakpoint. Here a trapped call waits at most for the stop in
+// progress and its own.
 func (m *Monitor) onTrap(ctx context.Context, c *gdbrsp.Client, sr gdbrsp.StopReply) (bool, error) {
 	if va := m.kg.bootWatch.Load(); va != 0 && sr.Reason == "watch" && sr.Addr == va {
 		err := m.onBootWatch(ctx, c, va)
@@ -486,7 +493,37 @@ func (m *Monitor) onTrap(ctx context.Context, c *gdbrsp.Client, sr gdbrsp.StopRe
 	if g == nil {
 		return false, nil
 	}
-	if err := c.SetThread(ctx, sr.Thread); err != nil {
+	ours, err := m.trapVCPU(ctx, c, g, sr.Thread)
+	if err != nil || m.cfg.CPUs < 2 {
+		return ours, err
+	}
+	for tid := 1; tid <= m.cfg.CPUs; tid++ {
+		if tid == sr.Thread {
+			continue
+		}
+		if err := c.SetThread(ctx, tid); err != nil {
+			return ours, err
+		}
+		rip, err := c.ReadRegister(ctx, "rip")
+		if err != nil {
+			return ours, err
+		}
+		if _, ok := g.TrapAt(rip); !ok {
+			continue
+		}
+		m.kg.siblings.Add(1)
+		if _, err := m.trapVCPU(ctx, c, g, tid); err != nil {
+			return true, err
+		}
+		ours = true
+	}
+	return ours, nil
+}
+
+// trapVCPU handles vCPU thread tid if it is at one of g's traps: decides
+// its call and enforces the decision in its registers (and memory).
+func (m *Monitor) trapVCPU(ctx context.Context, c *gdbrsp.Client, g *gate.Gate, tid int) (bool, error) {
+	if err := c.SetThread(ctx, tid); err != nil {
 		return false, err
 	}
 	regs, err := c.ReadRegisters(ctx)
@@ -516,23 +553,14 @@ func (m *Monitor) onTrap(ctx context.Context, c *gdbrsp.Client, sr gdbrsp.StopRe
 		out.Decision.Verdict = secserver.Kill
 		out.Decided = append(out.Decided, gate.Decided{Event: out.Event, Decision: out.Decision, ReadErr: herr})
 	}
-	for _, w := range out.MemWrites {
-		var b [8]byte
-		binary.LittleEndian.PutUint64(b[:], w.Value)
-		if err := c.WriteMemory(ctx, w.Addr, b[:]); err != nil {
-			return true, fmt.Errorf("enforce %s on %s: store at %#x: %w", out.Decision.Verdict, out.Event.Op, w.Addr, err)
-		}
-	}
-	for _, w := range out.Writes {
-		if err := c.WriteRegister(ctx, w.Reg, w.Value); err != nil {
-			return true, fmt.Errorf("enforce %s on %s: %w", out.Decision.Verdict, out.Event.Op, err)
-		}
+	if err := enforce(ctx, c, &out); err != nil {
+		return true, err
 	}
 	if out.FaultIn {
 		return true, nil // no verdict yet: the call comes back to this trap
 	}
 	if out.Step {
-		if _, err := c.Step(ctx); err != nil {
+		if _, err := c.StepThread(ctx, tid); err != nil {
 			return true, err
 		}
 	}
@@ -546,4 +574,21 @@ func (m *Monitor) onTrap(ctx context.Context, c *gdbrsp.Client, sr gdbrsp.StopRe
 		}
 	}
 	return true, nil
+}
+
+// enforce writes an outcome's memory and registers into the current vCPU.
+func enforce(ctx context.Context, c *gdbrsp.Client, out *gate.Outcome) error {
+	for _, w := range out.MemWrites {
+		var b [8]byte
+		binary.LittleEndian.PutUint64(b[:], w.Value)
+		if err := c.WriteMemory(ctx, w.Addr, b[:]); err != nil {
+			return fmt.Errorf("enforce %s on %s: store at %#x: %w", out.Decision.Verdict, out.Event.Op, w.Addr, err)
+		}
+	}
+	for _, w := range out.Writes {
+		if err := c.WriteRegister(ctx, w.Reg, w.Value); err != nil {
+			return fmt.Errorf("enforce %s on %s: %w", out.Decision.Verdict, out.Event.Op, err)
+		}
+	}
+	return nil
 }

@@ -236,6 +236,8 @@ func (f *fakeStub) answer(p []byte) (string, bool) {
 			return "T05thread:01;", true
 		}
 		return "", false
+	case strings.HasPrefix(req, "vCont;s:"):
+		return "T05thread:" + strings.TrimPrefix(req, "vCont;s:") + ";", true
 	case req == "D":
 		return "OK", true
 	case strings.HasPrefix(req, "m"):

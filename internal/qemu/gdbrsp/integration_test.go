@@ -264,3 +264,43 @@ func TestQEMUResumedBehindOurBack(t *testing.T) {
 		t.Errorf("ReadRegister after Detach = %v, want ErrClosed", err)
 	}
 }
+
+// TestQEMUStepThread steps one vCPU of two: only it moves.
+func TestQEMUStepThread(t *testing.T) {
+	v := testvm.Start(t, testvm.Config{Paused: true, GDB: true, Extra: []string{"-smp", "2"}})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c, err := Dial(ctx, v.GDB)
+	if err != nil {
+		t.Fatalf("Dial: %v", err)
+	}
+	defer c.Close()
+	if th, err := c.Threads(ctx); err != nil || len(th) != 2 {
+		t.Fatalf("Threads = %v, %v; want 2", th, err)
+	}
+	rip := func(tid int) uint64 {
+		t.Helper()
+		if err := c.SetThread(ctx, tid); err != nil {
+			t.Fatal(err)
+		}
+		r, err := c.ReadRegister(ctx, "rip")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	before2 := rip(2)
+	sr, err := c.StepThread(ctx, 1)
+	if err != nil || sr.Signal != 5 || sr.Thread != 1 {
+		t.Fatalf("StepThread(1) = %+v, %v", sr, err)
+	}
+	if r := rip(1); r == 0xfff0 {
+		t.Errorf("vCPU 0 did not move: rip %#x", r)
+	}
+	if r := rip(2); r != before2 {
+		t.Errorf("vCPU 1 moved while vCPU 0 stepped: rip %#x -> %#x", before2, r)
+	}
+	if _, err := c.StepThread(ctx, 0); err == nil {
+		t.Error("StepThread(0) accepted an invalid thread")
+	}
+}

@@ -3,6 +3,7 @@ package gdbrsp
 import (
 	"context"
 	"fmt"
+	"strconv"
 )
 
 // Running reports whether the client resumed the target and has not seen
@@ -31,6 +32,23 @@ func (c *Client) Step(ctx context.Context) (StopReply, error) {
 	c.cmdMu.Unlock()
 	if err != nil {
 		return StopReply{}, fmt.Errorf("gdbrsp: step: %w", err)
+	}
+	return c.WaitStop(ctx)
+}
+
+// StepThread executes one instruction on thread tid only ("vCont;s:TID")
+// and returns the stop reply; the other vCPUs stay stopped. Step ('s')
+// would resume them all while tid steps (QEMU's 's' starts the whole VM),
+// so on a VM with several vCPUs the reply could be another's breakpoint.
+func (c *Client) StepThread(ctx context.Context, tid int) (StopReply, error) {
+	if tid <= 0 {
+		return StopReply{}, fmt.Errorf("gdbrsp: step thread %d: invalid thread id", tid)
+	}
+	c.cmdMu.Lock()
+	err := c.resumeLocked(ctx, "vCont;s:"+strconv.FormatInt(int64(tid), 16))
+	c.cmdMu.Unlock()
+	if err != nil {
+		return StopReply{}, fmt.Errorf("gdbrsp: step thread %d: %w", tid, err)
 	}
 	return c.WaitStop(ctx)
 }
