@@ -34,14 +34,21 @@
 //	        flow table (5-tuple, guest side first)
 //	          │ hit, allowed ──► TCP state (FIN/RST) ──────────► Accept
 //	          │ hit, denied  ──► SYN again? ───────────────────► Reject / Drop
-//	          │ hit, pending ──► queue (bounded) ──────────────► Hold
+//	          │ hit, pending ──► hold (≤ 8 frames) ────────────► Hold
 //	          │ miss, not a flow start (TCP w/o SYN, ICMP reply)► Drop
 //	          │ (a SYN on a closed TCP flow's 5-tuple is a miss)
 //	          ▼ miss, flow start (SYN, first UDP datagram, echo request)
-//	        Hold ──► worker: Attributor (guest sockets → task)
-//	                   │  socket not seen yet? retry after 2, 5, 10, 20 ms
+//	        decision queue full? ──────────────────────────────► Drop undecided (gate-overload)
+//	        table full? evict the oldest denied, closed or
+//	        unanswered flow; none? ────────────────────────────► Drop undecided (gate-table-full)
+//	        Hold ──► decision loop, one pass per batch:
+//	                   Attributor.AttributeBatch: every waiting flow, one walk
+//	                   │  socket not seen yet? again in a later pass, after 2, 5, 10, 20 ms
 //	                   ▼
-//	                 Decider (secserver.Decide: event class net)
+//	                 the process's budget (rate, share of the table) spent? ──► refuse (gate-flow-rate / -limit)
+//	                   ▼
+//	                 Decider.DecideBatch (secserver: event class net), one audit write
+//	                   │  a flood's records aggregated? the decisions wait for that record
 //	                   ├─ allow ──► release held frames ──────────► Accept
 //	                   └─ deny  ──► TCP: RST to the initiator ────► Reject
 //	                                deny(ETIMEDOUT) or UDP/ICMP ──► Drop
@@ -51,9 +58,36 @@
 // denied flows and re-decides allowed ones in the background, so a new
 // policy also applies to connections already open (revoked ones are reset).
 //
+// Under attack (a guest process flooding new flows):
+//
+//   - Fairness: the decision loop takes every waiting flow each pass, and a
+//     pass costs one walk of the guest's sockets however many flows it
+//     carries, so a flood makes passes bigger, not more numerous: another
+//     process's flow waits for the pass in progress and its own. Each
+//     process (each process and peer, for inbound flows) has a budget of
+//     new flows (Limits.SubjectRate, SubjectBurst) and a share of the table
+//     (SubjectFlows); flows beyond them are refused by the gate, recorded,
+//     and reset.
+//   - Never silent: every refusal is a record. The gate's own refusals
+//     (gate-flow-rate, gate-flow-limit) go through the security server like
+//     its denies; a flow start dropped undecided (no room in the decision
+//     queue or the table) is attributed in the next pass with the same walk
+//     (a sample of up to 1,024 per pass; the rest counted) and recorded as
+//     gate-overload or gate-table-full. The security server aggregates a
+//     flood's records (secserver.Aggregation): a decision whose record joins
+//     an aggregate takes effect once that record is written, so the audit
+//     log still holds the record before the verdict acts.
+//   - A table that cannot be pinned: a denied flow's entry ends
+//     TimeoutDenied after its decision, and an allowed flow nobody answered
+//     TimeoutUnanswered after it, whatever the guest sends to them; when the
+//     table is full, a new flow evicts the oldest denied, then closed, then
+//     unanswered flow, never an established one or one waiting for its
+//     decision.
+//
 // Untrusted input: every frame comes from a hostile guest (or a peer on the
 // network); the parser bounds every length and never panics (fuzzed). The
-// flow table is bounded (MaxFlows); when it is full new flows are denied.
+// flow table (Limits.MaxFlows), the decision queue (MaxPending), the frames
+// held per flow and the undecided drops sampled per pass are bounded.
 //
 // Lock order: Gate.mu only; the Attributor and Decider are called without it.
 package net
