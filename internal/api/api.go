@@ -59,6 +59,31 @@ type Status struct {
 	Gates []GateStatus `json:"gates,omitempty"`
 	// Audit is the audit log and its chain's head (nil without one).
 	Audit *AuditStatus `json:"audit,omitempty"`
+	// Events is the event stream: its file, retention and counters.
+	Events *EventsStatus `json:"events,omitempty"`
+}
+
+// EventsStatus is the VM's event stream (events.jsonl and `gatevisor
+// events`): where it is kept, how much of it, and what floods and failing
+// writes did to it.
+type EventsStatus struct {
+	Log     string `json:"log,omitempty"` // "" when no file is kept
+	MaxSize int64  `json:"max_size"`      // the file rotates before it would exceed this
+	Keep    int    `json:"keep"`          // rotated files kept
+	Seq     uint64 `json:"seq"`           // the last event's number
+	// Aggregated counts decisions folded into aggregate events (a flood);
+	// Aggregates the aggregate events written.
+	Aggregated uint64 `json:"aggregated"`
+	Aggregates uint64 `json:"aggregates"`
+	Rotations  uint64 `json:"rotations"`
+	// WriteErrors counts events the file did not take (they still reached
+	// followers and the history); LastError is the last reason.
+	WriteErrors uint64 `json:"write_errors"`
+	LastError   string `json:"last_error,omitempty"`
+	// Oversized counts events written without their payload (too long).
+	Oversized uint64 `json:"oversized"`
+	// DroppedFollowers counts `events -f` streams ended for falling behind.
+	DroppedFollowers uint64 `json:"dropped_followers"`
 }
 
 // AuditStatus is the VM's audit log and the head of its hash chain, "N:HASH":
@@ -143,7 +168,11 @@ type NetGateStats struct {
 	RateLimited uint64 `json:"rate_limited"`
 	FlowLimited uint64 `json:"flow_limited"`
 	Evicted     uint64 `json:"evicted"` // flows given up to make room for new ones
-	Passes      uint64 `json:"passes"`  // looks at the guest that attributed a batch of flows
+	Passes      uint64 `json:"passes"`  // batches of flows attributed
+	// Walks counts the walks of the guest's sockets and tasks that
+	// attribution made, WalkMicros their time in all.
+	Walks      uint64 `json:"walks"`
+	WalkMicros uint64 `json:"walk_us"`
 	Flows       int    `json:"flows"`
 	Pending     int    `json:"pending"`  // flows waiting for a decision now
 	Subjects    int    `json:"subjects"` // processes (and peers) with a budget now
@@ -191,8 +220,30 @@ type MemoryLayout struct {
 	Regions []Region `json:"regions"`
 }
 
+// EventsQuery selects what GET /v1/events returns (its query
+// parameters). The zero query is the recent history; Before, After or
+// Limit make it a page read back from the VM's event files, oldest first.
+type EventsQuery struct {
+	// Follow keeps the stream open for new events after the backlog.
+	Follow bool
+	// Before, when not 0, pages back: the newest Limit events whose seq is
+	// below it. It cannot follow.
+	Before uint64
+	// After, when HasAfter, reads forward: the oldest Limit events whose
+	// seq is above it; following, every event after it still kept (no
+	// Limit), then new ones.
+	After    uint64
+	HasAfter bool
+	// Limit bounds a page (1 to MaxEventsLimit; ValidateEventsQuery puts
+	// DefaultEventsLimit for a page that gives none). Alone, it asks for
+	// the last Limit events.
+	Limit int
+}
+
 // Limits on requests, mirrored in openapi.yaml.
 const (
+	DefaultEventsLimit = 100
+	MaxEventsLimit     = 10000
 	MaxReadLength      = 1 << 20
 	MaxExecArgs        = 1024
 	MaxExecArgLength   = 32 << 10

@@ -355,7 +355,7 @@ func (m *Monitor) netStatus() *api.NetStatus {
 		st.Gate = &api.NetGateStats{Frames: g.Frames, Forwarded: g.Forwarded, Dropped: g.Dropped, Refused: g.Refused, Resets: g.Resets,
 			NewFlows: g.NewFlows, Allowed: g.Allowed, Denied: g.Denied, Unattributed: g.Unattributed,
 			Overload: g.Overload, TableFull: g.TableFull, RateLimited: g.RateLimited, FlowLimited: g.FlowLimited, Evicted: g.Evicted,
-			Passes: g.Passes, Flows: g.Flows, Pending: g.Pending, Subjects: g.Subjects, DropReasons: g.DropReasons, ResetReasons: g.ResetReasons}
+			Passes: g.Passes, Walks: ns.attr.walks.Load(), WalkMicros: ns.attr.walkNs.Load() / 1000, Flows: g.Flows, Pending: g.Pending, Subjects: g.Subjects, DropReasons: g.DropReasons, ResetReasons: g.ResetReasons}
 	}
 	if ns.nat != nil {
 		n := ns.nat.Stats()
