@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/gatevisor/gatevisor/internal/event"
+	"github.com/gatevisor/gatevisor/internal/logfiles"
 	"github.com/gatevisor/gatevisor/internal/safefile"
 )
 
@@ -232,15 +233,8 @@ func (l *Log) open(ev *[]NearLimit) error {
 	if err != nil {
 		return fail(err)
 	}
-	l.rotated, l.retained = 0, good
-	for k := 1; k <= maxRotated; k++ {
-		fi, err := os.Lstat(rotatedName(l.path, k))
-		if err != nil {
-			break
-		}
-		l.rotated = k
-		l.retained += fi.Size()
-	}
+	rotated, bytes := logfiles.Count(l.path, maxRotated)
+	l.rotated, l.retained = rotated, good+bytes
 	from := l.path
 	if last == nil && l.rotated > 0 {
 		// A fresh file after rotation continues the chain of FILE.1.
@@ -320,7 +314,7 @@ func tornRecord(b []byte) bool {
 	return true
 }
 
-func rotatedName(path string, k int) string { return fmt.Sprintf("%s.%d", path, k) }
+func rotatedName(path string, k int) string { return logfiles.Rotated(path, k) }
 
 // hashLine returns the hex SHA-256 of a record's line (without newline).
 func hashLine(line []byte) string {
@@ -644,12 +638,7 @@ func (l *Log) rotate() error {
 		return fmt.Errorf("audit: rotate: %w", err)
 	}
 	l.f = nil
-	for k := l.rotated; k >= 1; k-- {
-		if err := os.Rename(rotatedName(l.path, k), rotatedName(l.path, k+1)); err != nil {
-			return fmt.Errorf("audit: rotate: %w", err)
-		}
-	}
-	if err := os.Rename(l.path, rotatedName(l.path, 1)); err != nil {
+	if err := logfiles.Shift(l.path, l.rotated); err != nil {
 		return fmt.Errorf("audit: rotate: %w", err)
 	}
 	l.rotated++
@@ -697,18 +686,11 @@ func (l *Log) prune(ev *[]NearLimit) {
 		fail(err)
 		return
 	}
-	for k := to; k >= from; k-- {
-		name := rotatedName(l.path, k)
-		fi, err := os.Lstat(name)
-		if err == nil {
-			err = os.Remove(name)
-		}
-		if err != nil {
-			fail(err)
-			return
-		}
-		l.rotated = k - 1
-		l.retained -= fi.Size()
+	left, freed, err := logfiles.Remove(l.path, from, to)
+	l.rotated, l.retained = left, l.retained-freed
+	if err != nil {
+		fail(err)
+		return
 	}
 	if err := syncDir(filepath.Dir(l.path)); err != nil {
 		fail(err)
@@ -749,13 +731,8 @@ func describe(path string, from, to int) (*Prune, error) {
 }
 
 func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("audit: sync dir: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("audit: sync dir: %w", err)
+	if err := logfiles.SyncDir(dir); err != nil {
+		return fmt.Errorf("audit: %w", err)
 	}
 	return nil
 }

@@ -60,7 +60,7 @@ func Read(r io.Reader, fn func(*Record) error) (ReadStats, error) {
 	var st ReadStats
 	lr := newLineReader(r)
 	for {
-		line, complete, long, err := lr.next()
+		line, complete, long, err := lr.Next()
 		switch {
 		case err == io.EOF:
 			return st, nil

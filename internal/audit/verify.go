@@ -234,14 +234,14 @@ func (c *checker) file(name string, r io.Reader, last bool, fn func(*Record, []b
 	c.rep.Files = append(c.rep.Files, name)
 	lr := newLineReader(r)
 	for {
-		line, complete, long, err := lr.next()
+		line, complete, long, err := lr.Next()
 		if err == io.EOF {
 			return nil
 		}
 		if err != nil {
 			return fmt.Errorf("audit: read %s: %w", name, err)
 		}
-		pos := Position{File: name, Line: lr.line}
+		pos := Position{File: name, Line: lr.Line()}
 		if !complete {
 			if c.rep.Torn == nil {
 				c.rep.Torn, c.rep.TornBytes = &pos, len(line)
