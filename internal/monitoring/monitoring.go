@@ -7,10 +7,17 @@
 // Points. One type, named kinds, one typed payload per kind: no `any`.
 //
 // A Point is written as one JSON line whose field names are the stream's
-// format: "type" is the Kind; a kernel-gate decision's fields (pid, comm,
-// syscall, path, verdict, rule, ...) sit at the top level, a network-gate
-// decision is under "net", an IDS observation under "process", "module",
-// "socket" or "finding".
+// format: "type" is the Kind, "seq" the point's number in its VM's stream
+// (given by the stream, increasing, kept across rotation and restarts); a
+// kernel-gate decision's fields (pid, comm, syscall, path, verdict, rule,
+// ...) sit at the top level, a network-gate decision is under "net", an IDS
+// observation under "process", "module", "socket" or "finding". A point
+// that stands for a flood of repeated decisions carries "repeat" (Repeat).
+//
+// Decisions repeat; observations and notices do not: RepeatKey says which
+// decisions are the same for the stream's aggregation, and Category keeps
+// IDS observations and notices apart from decisions so that a flood of
+// decisions cannot push them out of a bounded history.
 //
 // It imports the types of the packages whose observations it carries.
 package monitoring
@@ -57,6 +64,10 @@ const (
 	// AuditNotice: the audit log is near its retention limit, or rotation
 	// pruned evidence (the chain records it).
 	AuditNotice Kind = "audit"
+	// EventsNotice: the event log itself could not write or read its
+	// files (the stream's own points stay in its history and reach
+	// followers).
+	EventsNotice Kind = "events"
 )
 
 // Point is one monitoring point: when, in which VM, of what kind, and the
@@ -65,6 +76,9 @@ type Point struct {
 	Time time.Time `json:"time"`
 	VM   string    `json:"vm"`
 	Kind Kind      `json:"type"`
+	// Seq is the point's number in the VM's stream, set by the stream
+	// when it writes the point (0 before).
+	Seq uint64 `json:"seq,omitempty"`
 
 	// An IDS observation.
 	Process *linux.Task   `json:"process,omitempty"`
@@ -84,6 +98,28 @@ type Point struct {
 	// gated event the gate could not read (the event was decided with what
 	// could, failing closed).
 	Error string `json:"error,omitempty"`
+
+	// Repeat, on a decision, says the point stands for Repeat.Count
+	// decisions with the same RepeatKey: the fields above are the first
+	// one's (Time is Repeat.First).
+	Repeat *Repeat `json:"repeat,omitempty"`
+}
+
+// Repeat is what an aggregate point adds: how many decisions it stands
+// for, over which time, and what told the last one apart from the first.
+type Repeat struct {
+	Count uint64    `json:"count"`
+	First time.Time `json:"first"`
+	Last  time.Time `json:"last"`
+	// The last decision's distinguishing fields: a kernel-gate decision's
+	// path, a network decision's local and remote addresses.
+	LastPath   string `json:"last_path,omitempty"`
+	LastLocal  string `json:"last_local,omitempty"`
+	LastRemote string `json:"last_remote,omitempty"`
+	// Merged says the decisions came from more than one subject (or op):
+	// the stream had too many distinct keys in that second and merged
+	// them by kind, verdict and rule. The subject above is the first's.
+	Merged bool `json:"merged,omitempty"`
 }
 
 // Decision is a kernel-gate decision worth telling.
@@ -93,6 +129,7 @@ type Decision struct {
 	Comm    string  `json:"comm"`
 	Exe     string  `json:"exe"`
 	UID     uint32  `json:"uid"`
+	Start   uint64  `json:"start,omitempty"`   // the process's start time (tells a reused pid apart)
 	Syscall string  `json:"syscall,omitempty"` // the op of a syscall-class event
 	Op      string  `json:"op,omitempty"`
 	Args    []int64 `json:"args,omitempty"`
@@ -115,7 +152,7 @@ func FromIDS(e ids.Event) Point {
 // errno, rule and reason; readErr is what the gate could not read.
 func FromDecision(vm string, ev *event.Event, verdict string, errno int32, rule, reason string, readErr error) Point {
 	d := &Decision{Class: ev.Class.String(), PID: ev.Subject.PID, Comm: ev.Subject.Comm, Exe: ev.Subject.Exe,
-		UID: ev.Subject.UID, Op: ev.Op, Args: ev.Args, Path: ev.Path, Module: ev.Module, Hash: ev.Hash,
+		UID: ev.Subject.UID, Start: ev.Subject.Start, Op: ev.Op, Args: ev.Args, Path: ev.Path, Module: ev.Module, Hash: ev.Hash,
 		Verdict: verdict, Errno: errno, Rule: rule, Reason: reason}
 	if ev.Class == event.ClassSyscall {
 		d.Syscall = ev.Op

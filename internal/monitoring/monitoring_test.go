@@ -16,12 +16,25 @@ import (
 
 // TestWireFormat pins the JSON lines consumers read (gatevisor events,
 // events.jsonl, the tests and scripts that parse them): the kind is
-// "type", a kernel-gate decision's fields sit at the top level, the other
-// payloads under their own key.
+// "type", the stream's number "seq", a kernel-gate decision's fields sit
+// at the top level, the other payloads under their own key, and an
+// aggregate of repeated decisions adds "repeat".
 func TestWireFormat(t *testing.T) {
 	at := time.Date(2026, 12, 6, 5, 0, 0, 0, time.UTC)
 	ev := &event.Event{Class: event.ClassSyscall, Op: "open", Path: "/etc/shadow", Args: []int64{0, 0, 0}, Time: at,
 		Subject: event.Subject{PID: 42, Comm: "cat", Exe: "/bin/busybox", UID: 1000}}
+	startEv := &event.Event{Class: event.ClassSyscall, Op: "open", Path: "/etc/shadow", Time: at,
+		Subject: event.Subject{PID: 42, Start: 99, Comm: "cat", Exe: "/bin/busybox", UID: 1000}}
+	aggregate := func(p Point, at time.Time, path string) Point {
+		a := Aggregate(p, false)
+		next := p
+		d := *p.Decision
+		d.Path = path
+		next.Decision, next.Time = &d, at
+		a.Repeat.Add(&next)
+		a.Seq = 12
+		return a
+	}
 	for _, tc := range []struct {
 		name string
 		p    Point
@@ -38,6 +51,21 @@ func TestWireFormat(t *testing.T) {
 		{"network decision", FromNet("cam", gatenet.Record{Time: at, Verdict: "deny", Remote: "10.0.2.3:80"}), nil},
 		{"notice", Point{Time: at, VM: "cam", Kind: AuditNotice, Detail: "near the limit"}, map[string]any{
 			"time": "2026-12-06T05:00:00Z", "vm": "cam", "type": "audit", "detail": "near the limit"}},
+		{"numbered notice", Point{Time: at, VM: "cam", Kind: EventsNotice, Seq: 7, Detail: "write failed"}, map[string]any{
+			"time": "2026-12-06T05:00:00Z", "vm": "cam", "type": "events", "seq": 7.0, "detail": "write failed"}},
+		{"aggregate of kernel-gate decisions", aggregate(FromDecision("cam", startEv, "deny", 13, "shadow", "", nil), at.Add(time.Second/2), "/etc/gshadow"), map[string]any{
+			"time": "2026-12-06T05:00:00Z", "vm": "cam", "type": "syscall", "seq": 12.0, "class": "syscall", "pid": 42.0, "comm": "cat",
+			"exe": "/bin/busybox", "uid": 1000.0, "start": 99.0, "syscall": "open", "op": "open", "path": "/etc/shadow",
+			"verdict": "deny", "errno": 13.0, "rule": "shadow",
+			"repeat": map[string]any{"count": 2.0, "first": "2026-12-06T05:00:00Z", "last": "2026-12-06T05:00:00.5Z", "last_path": "/etc/gshadow"}}},
+		{"merged aggregate of network decisions", func() Point {
+			p := Aggregate(FromNet("cam", gatenet.Record{Time: at, Verdict: "deny", Local: "10.0.2.15:4000", Remote: "10.0.2.3:80"}), true)
+			p.Net = nil // the payload is pinned by its own package
+			return p
+		}(), map[string]any{
+			"time": "2026-12-06T05:00:00Z", "vm": "cam", "type": "net-deny",
+			"repeat": map[string]any{"count": 1.0, "first": "2026-12-06T05:00:00Z", "last": "2026-12-06T05:00:00Z",
+				"last_local": "10.0.2.15:4000", "last_remote": "10.0.2.3:80", "merged": true}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b, err := json.Marshal(tc.p)
