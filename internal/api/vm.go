@@ -22,9 +22,11 @@ type VM interface {
 	Dump(ctx context.Context, path string) (DumpResult, error)
 	// WritePhysical writes guest-physical memory (for tests and forensics).
 	WritePhysical(ctx context.Context, addr uint64, p []byte) error
-	// Events writes IDS events as JSON lines: the recent ones, then new ones
-	// while follow, calling flush after each batch.
-	Events(ctx context.Context, w io.Writer, follow bool, flush func()) error
+	// Events writes the events q selects as JSON lines (the recent ones,
+	// or a page read back from the VM's event files), then new ones while
+	// q.Follow, calling flush after each batch. An error returned before
+	// anything was written (the files cannot be read) is the request's.
+	Events(ctx context.Context, w io.Writer, q EventsQuery, flush func()) error
 	// AttachConsole streams the console over conn until either side closes;
 	// replay bytes of recent output are sent first.
 	AttachConsole(ctx context.Context, conn io.ReadWriteCloser, replay int) error

@@ -2,134 +2,42 @@ package monitor
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
 	"io"
-	"os"
-	"sync"
 	"time"
 
+	"github.com/gatevisor/gatevisor/internal/api"
+	"github.com/gatevisor/gatevisor/internal/eventbus"
 	gate "github.com/gatevisor/gatevisor/internal/gate/syscall"
 	"github.com/gatevisor/gatevisor/internal/ids"
 	"github.com/gatevisor/gatevisor/internal/monitoring"
-	"github.com/gatevisor/gatevisor/internal/safefile"
 )
 
-// eventHistory is how many recent events are kept for `gatevisor events`.
-const eventHistory = 1000
+// eventBus is the VM's event stream (package eventbus: sequence numbers,
+// flood aggregation, per-category history, the rotating events.jsonl and
+// paging back through it).
+type eventBus struct{ *eventbus.Bus }
 
-// eventBus fans IDS events out to the events log and API followers.
-type eventBus struct {
-	mu      sync.Mutex // guards the fields below
-	log     *os.File
-	history [][]byte
-	subs    map[chan []byte]bool
-	closed  bool
-}
-
-func newEventBus(logPath string) (*eventBus, error) {
-	b := &eventBus{subs: map[chan []byte]bool{}}
-	if logPath != "" {
-		f, err := safefile.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
-		if err != nil {
-			return nil, fmt.Errorf("events log: %w", err)
-		}
-		b.log = f
-	}
-	return b, nil
-}
-
-// publish records p: first in the log, then for followers. A follower too
-// slow to keep up loses events rather than stalling monitoring; it is told.
-func (b *eventBus) publish(p monitoring.Point) {
-	line, err := json.Marshal(p)
+// openEvents opens the VM's event stream; its notices (a file that fails)
+// also go to the monitor's log.
+func (m *Monitor) openEvents() (*eventBus, error) {
+	b, err := eventbus.Open(eventbus.Options{VM: m.cfg.Name, Path: m.cfg.EventsLog, MaxSize: m.cfg.EventsMaxSize,
+		Keep: m.cfg.EventsKeep, Logf: m.logf})
 	if err != nil {
-		return
+		return nil, err
 	}
-	b.publishLine(append(line, '\n'))
+	return &eventBus{b}, nil
 }
 
-// publishLine records one JSON line (ending in a newline).
-func (b *eventBus) publishLine(line []byte) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.closed {
-		return
-	}
-	if b.log != nil {
-		_, _ = b.log.Write(line)
-	}
-	b.history = append(b.history, line)
-	if len(b.history) > eventHistory {
-		b.history = b.history[len(b.history)-eventHistory:]
-	}
-	for ch := range b.subs {
-		select {
-		case ch <- line:
-		default:
-			delete(b.subs, ch)
-			close(ch)
-		}
-	}
-}
+func (b *eventBus) publish(p monitoring.Point) { b.Publish(p) }
 
-// stream writes the history and, if follow, new events to w until ctx ends,
-// the bus closes or a write fails.
-func (b *eventBus) stream(ctx context.Context, w io.Writer, follow bool, flush func()) error {
-	b.mu.Lock()
-	past := append([][]byte(nil), b.history...)
-	var ch chan []byte
-	if follow && !b.closed {
-		ch = make(chan []byte, 256)
-		b.subs[ch] = true
-	}
-	b.mu.Unlock()
-	defer func() {
-		if ch != nil {
-			b.mu.Lock()
-			if b.subs[ch] {
-				delete(b.subs, ch)
-				close(ch)
-			}
-			b.mu.Unlock()
-		}
-	}()
-	for _, l := range past {
-		if _, err := w.Write(l); err != nil {
-			return err
-		}
-	}
-	flush()
-	if ch == nil {
-		return nil
-	}
-	for {
-		select {
-		case l, ok := <-ch:
-			if !ok {
-				return nil
-			}
-			if _, err := w.Write(l); err != nil {
-				return err
-			}
-			flush()
-		case <-ctx.Done():
-			return nil
-		}
-	}
-}
+func (b *eventBus) close() { b.Close() }
 
-func (b *eventBus) close() {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.closed = true
-	for ch := range b.subs {
-		close(ch)
-	}
-	b.subs = map[chan []byte]bool{}
-	if b.log != nil {
-		b.log.Close()
-	}
+// status is the stream's part of the VM's status.
+func (b *eventBus) status() *api.EventsStatus {
+	st := b.Stats()
+	return &api.EventsStatus{Log: st.Log, MaxSize: st.MaxSize, Keep: st.Keep, Seq: st.Seq, Aggregated: st.Aggregated,
+		Aggregates: st.Aggregates, Rotations: st.Rotations, WriteErrors: st.WriteErrors, LastError: st.LastError,
+		Oversized: st.Oversized, DroppedFollowers: st.DroppedFollowers}
 }
 
 // watch scans the guest every interval once it is ready, and publishes
@@ -176,8 +84,9 @@ func (m *Monitor) snapshot() (*ids.Snapshot, error) {
 }
 
 // Events implements api.VM.
-func (m *Monitor) Events(ctx context.Context, w io.Writer, follow bool, flush func()) error {
-	return m.events.stream(ctx, w, follow, flush)
+func (m *Monitor) Events(ctx context.Context, w io.Writer, q api.EventsQuery, flush func()) error {
+	return m.events.Stream(ctx, w, eventbus.Query{Follow: q.Follow, Before: q.Before, After: q.After, HasAfter: q.HasAfter,
+		Limit: q.Limit}, flush)
 }
 
 // publishNotice records a monitor notice of kind k.

@@ -73,7 +73,11 @@ type Config struct {
 	// ready and publishes what changed as events.
 	IDSInterval time.Duration
 	// EventsLog is a JSON-lines file that receives every event; "" for none.
-	EventsLog string
+	// EventsMaxSize and EventsKeep are its retention: rotate at this size,
+	// keep this many rotated files (0: the eventbus package's defaults).
+	EventsLog     string
+	EventsMaxSize int64
+	EventsKeep    int
 	// Net is the guest's network (see netgate.go); the zero value is none.
 	Net NetOptions
 	// PolicyFile is the security server's policy ("" denies every gated
@@ -230,7 +234,7 @@ func (m *Monitor) openHostState(size int64, snap *policy.Snapshot) error {
 			return fmt.Errorf("console log: %w", err)
 		}
 	}
-	if m.events, err = newEventBus(m.cfg.EventsLog); err != nil {
+	if m.events, err = m.openEvents(); err != nil {
 		return err
 	}
 	return m.openSecurity(snap)
@@ -632,6 +636,9 @@ func (m *Monitor) Status(ctx context.Context) api.Status {
 	if m.pol.log != nil {
 		n, h := m.pol.log.Head()
 		st.Audit = &api.AuditStatus{Log: m.pol.log.Path(), Head: fmt.Sprintf("%d:%s", n, h)}
+	}
+	if m.events != nil {
+		st.Events = m.events.status()
 	}
 	if running {
 		qctx, cancel := context.WithTimeout(ctx, 2*time.Second)

@@ -210,7 +210,24 @@ func (c *Client) WritePhysical(ctx context.Context, addr uint64, data []byte) er
 // Events returns the event stream (history, then new events if follow).
 // The caller closes it.
 func (c *Client) Events(ctx context.Context, follow bool) (io.ReadCloser, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://gatevisor/v1/events?follow="+strconv.FormatBool(follow), nil)
+	return c.QueryEvents(ctx, api.EventsQuery{Follow: follow})
+}
+
+// QueryEvents returns the events q selects as JSON lines (see
+// api.EventsQuery): the history, or a page read back from the VM's event
+// files, then new events if q.Follow. The caller closes it.
+func (c *Client) QueryEvents(ctx context.Context, q api.EventsQuery) (io.ReadCloser, error) {
+	v := url.Values{"follow": {strconv.FormatBool(q.Follow)}}
+	if q.Before > 0 {
+		v.Set("before", strconv.FormatUint(q.Before, 10))
+	}
+	if q.HasAfter {
+		v.Set("after", strconv.FormatUint(q.After, 10))
+	}
+	if q.Limit != 0 {
+		v.Set("limit", strconv.Itoa(q.Limit))
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://gatevisor/v1/events?"+v.Encode(), nil)
 	if err != nil {
 		return nil, err
 	}

@@ -32,6 +32,10 @@ type fakeVM struct {
 	lastExec api.ExecRequest
 	console  chan []byte // what the console client typed
 	written  []byte
+	// eventsErr fails Events before it writes anything; lastEvents is the
+	// query Events got.
+	eventsErr  error
+	lastEvents api.EventsQuery
 
 	mu     sync.Mutex // guards calls and caller
 	calls  []string   // the api.VM methods called, in order
@@ -120,8 +124,12 @@ func (f *fakeVM) WritePhysical(_ context.Context, addr uint64, p []byte) error {
 	f.written = append([]byte(nil), p...)
 	return nil
 }
-func (f *fakeVM) Events(_ context.Context, w io.Writer, follow bool, flush func()) error {
+func (f *fakeVM) Events(_ context.Context, w io.Writer, q api.EventsQuery, flush func()) error {
 	f.called("Events")
+	f.lastEvents = q
+	if f.eventsErr != nil {
+		return f.eventsErr
+	}
 	_, err := io.WriteString(w, `{"type":"finding"}`+"\n")
 	flush()
 	return err
@@ -242,6 +250,16 @@ func TestEndpointsMatchSpec(t *testing.T) {
 		{"policy rejected", "POST", "/v1/policy", `{"path":"/p/x.policy","source":"bad"}`, true, 400, "stays"},
 		{"policy relative", "POST", "/v1/policy", `{"path":"x.policy","source":""}`, false, 400, "absolute"},
 		{"events bad follow", "GET", "/v1/events?follow=maybe", "", false, 400, "true or false"},
+		{"events page back", "GET", "/v1/events?before=500&limit=20", "", true, 200, `"type":"finding"`},
+		{"events forward, following", "GET", "/v1/events?after=0&follow=true", "", true, 200, `"type":"finding"`},
+		{"events last N, following", "GET", "/v1/events?limit=10&follow=true", "", true, 200, `"type":"finding"`},
+		{"events limit too large", "GET", "/v1/events?limit=10001", "", false, 400, "1 to 10000"},
+		{"events limit 0", "GET", "/v1/events?limit=0", "", false, 400, "1 to 10000"},
+		{"events before 0", "GET", "/v1/events?before=0", "", false, 400, "1 or more"},
+		{"events bad after", "GET", "/v1/events?after=-1", "", false, 400, "0 or more"},
+		{"events before with follow", "GET", "/v1/events?before=9&follow=true", "", true, 400, "cannot follow"},
+		{"events empty range", "GET", "/v1/events?after=5&before=6", "", true, 400, "select no event"},
+		{"events after, follow, limit", "GET", "/v1/events?after=5&follow=true&limit=3", "", true, 400, "gap"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			vm := &fakeVM{}
@@ -255,6 +273,37 @@ func TestEndpointsMatchSpec(t *testing.T) {
 				t.Fatalf("got %d %q; want %d containing %q", rec.Code, rec.Body.String(), tc.wantCode, tc.wantBody)
 			}
 		})
+	}
+}
+
+func TestEventsQuery(t *testing.T) {
+	for _, tc := range []struct {
+		query string
+		want  api.EventsQuery
+	}{
+		{"", api.EventsQuery{}},
+		{"?follow=true", api.EventsQuery{Follow: true}},
+		{"?before=500", api.EventsQuery{Before: 500, Limit: api.DefaultEventsLimit}},
+		{"?limit=7", api.EventsQuery{Limit: 7}},
+		{"?after=0", api.EventsQuery{HasAfter: true, Limit: api.DefaultEventsLimit}},
+		{"?after=18446744073709551614&follow=1", api.EventsQuery{Follow: true, HasAfter: true, After: 1<<64 - 2}},
+	} {
+		vm := &fakeVM{}
+		rec := httptest.NewRecorder()
+		New(vm).Handler().ServeHTTP(rec, httptest.NewRequest("GET", "http://gatevisor/v1/events"+tc.query, nil))
+		if rec.Code != 200 {
+			t.Errorf("%q: %d %s", tc.query, rec.Code, rec.Body)
+		}
+		if diff := cmp.Diff(tc.want, vm.lastEvents); diff != "" {
+			t.Errorf("%q: query the api.VM got (-want +got):\n%s", tc.query, diff)
+		}
+	}
+	// An error before the stream starts is an error answer, not a 200.
+	vm := &fakeVM{eventsErr: errors.New("events log: refusing /x/events.jsonl.1: it is a symbolic link")}
+	rec := httptest.NewRecorder()
+	New(vm).Handler().ServeHTTP(rec, httptest.NewRequest("GET", "http://gatevisor/v1/events?limit=5", nil))
+	if rec.Code != 500 || !strings.Contains(rec.Body.String(), "symbolic link") {
+		t.Errorf("failing Events: %d %s", rec.Code, rec.Body)
 	}
 }
 
@@ -323,11 +372,23 @@ func TestUnixSocketClient(t *testing.T) {
 	if err != nil || ir.Source != "ram" || !strings.Contains(string(ir.Result), `"comm":"init"`) {
 		t.Fatalf("IDS = %+v, %v", ir, err)
 	}
-	ev, err := c.Events(ctx, false)
+	if _, err := c.QueryEvents(ctx, api.EventsQuery{Before: 3, Follow: true}); !api.IsCode(err, api.CodeBadRequest) {
+		t.Fatalf("QueryEvents(before, follow) error = %v, want bad_request", err)
+	}
+	ev, err := c.QueryEvents(ctx, api.EventsQuery{HasAfter: true, After: 0, Limit: 4})
 	if err != nil {
 		t.Fatal(err)
 	}
 	evb, _ := io.ReadAll(ev)
+	ev.Close()
+	if string(evb) != `{"type":"finding"}`+"\n" || !vm.lastEvents.HasAfter || vm.lastEvents.Limit != 4 {
+		t.Fatalf("QueryEvents = %q, the api.VM got %+v", evb, vm.lastEvents)
+	}
+	ev, err = c.Events(ctx, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	evb, _ = io.ReadAll(ev)
 	ev.Close()
 	if string(evb) != `{"type":"finding"}`+"\n" {
 		t.Fatalf("Events = %q", evb)

@@ -18,6 +18,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -399,24 +400,84 @@ func (s *Server) writePhysical(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) events(w http.ResponseWriter, r *http.Request) {
-	follow := false
-	if v := r.URL.Query().Get("follow"); v != "" {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			badRequest(w, "follow %q: use true or false", v)
-			return
-		}
-		follow = b
+	q, err := parseEventsQuery(r.URL.Query())
+	if err == nil {
+		err = api.ValidateEventsQuery(&q)
 	}
-	w.Header().Set("Content-Type", "application/x-ndjson")
-	w.WriteHeader(http.StatusOK)
+	if err != nil {
+		badRequest(w, "%v", err)
+		return
+	}
+	// The status is sent with the first byte or flush, so that an error
+	// before any (the event files cannot be read) is still an error answer.
+	lw := &lazyHeader{w: w}
 	flusher, _ := w.(http.Flusher)
 	flush := func() {
+		lw.start()
 		if flusher != nil {
 			flusher.Flush()
 		}
 	}
-	_ = s.vm.Events(r.Context(), w, follow, flush)
+	if err := s.vm.Events(r.Context(), lw, q, flush); err != nil && !lw.started {
+		fail(w, err)
+	}
+}
+
+// parseEventsQuery reads GET /v1/events's query parameters.
+func parseEventsQuery(v url.Values) (api.EventsQuery, error) {
+	var q api.EventsQuery
+	if f := v.Get("follow"); f != "" {
+		b, err := strconv.ParseBool(f)
+		if err != nil {
+			return q, fmt.Errorf("follow %q: use true or false", f)
+		}
+		q.Follow = b
+	}
+	seq := func(name string, min uint64, what string) (uint64, bool, error) {
+		s := v.Get(name)
+		if s == "" {
+			return 0, false, nil
+		}
+		n, err := strconv.ParseUint(s, 10, 64)
+		if err != nil || n < min {
+			return 0, false, fmt.Errorf("%s %q: give an event's seq (%s)", name, s, what)
+		}
+		return n, true, nil
+	}
+	var err error
+	if q.Before, _, err = seq("before", 1, "1 or more: the events older than it are returned"); err != nil {
+		return q, err
+	}
+	if q.After, q.HasAfter, err = seq("after", 0, "0 or more: the events newer than it are returned"); err != nil {
+		return q, err
+	}
+	if l := v.Get("limit"); l != "" {
+		n, err := strconv.Atoi(l)
+		if err != nil || n < 1 {
+			return q, fmt.Errorf("limit %q: ask for 1 to %d events", l, api.MaxEventsLimit)
+		}
+		q.Limit = n
+	}
+	return q, nil
+}
+
+// lazyHeader sends 200 and the content type with the first write.
+type lazyHeader struct {
+	w       http.ResponseWriter
+	started bool
+}
+
+func (l *lazyHeader) start() {
+	if !l.started {
+		l.started = true
+		l.w.Header().Set("Content-Type", "application/x-ndjson")
+		l.w.WriteHeader(http.StatusOK)
+	}
+}
+
+func (l *lazyHeader) Write(p []byte) (int, error) {
+	l.start()
+	return l.w.Write(p)
 }
 
 func (s *Server) loadPolicy(w http.ResponseWriter, r *http.Request) {
