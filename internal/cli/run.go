@@ -20,6 +20,7 @@ import (
 	"github.com/gatevisor/gatevisor/internal/accel"
 	"github.com/gatevisor/gatevisor/internal/api/apiserver"
 	"github.com/gatevisor/gatevisor/internal/audit"
+	"github.com/gatevisor/gatevisor/internal/eventbus"
 	"github.com/gatevisor/gatevisor/internal/kit"
 	"github.com/gatevisor/gatevisor/internal/monitor"
 	"github.com/gatevisor/gatevisor/internal/qemu"
@@ -41,6 +42,8 @@ type runOptions struct {
 	net, policy, auditLog      string
 	auditMaxSize               string
 	auditKeep                  int
+	eventsMaxSize              string
+	eventsKeep                 int
 	netNoGate                  bool
 }
 
@@ -80,6 +83,8 @@ returns once the guest is ready.`,
 	f.StringVar(&o.auditLog, "audit-log", "", "audit log file (default: audit.jsonl in the VM's state directory)")
 	f.StringVar(&o.auditMaxSize, "audit-max-size", "64M", "rotate the audit log at this size (e.g. 64M, 1G)")
 	f.IntVar(&o.auditKeep, "audit-keep", 5, "rotated audit log files to keep; older evidence is pruned, and the chain records it")
+	f.StringVar(&o.eventsMaxSize, "events-max-size", "16M", "rotate the event log (events.jsonl) at this size (e.g. 16M, 1G); its files never hold more than this × (--events-keep + 1)")
+	f.IntVar(&o.eventsKeep, "events-keep", eventbus.DefaultKeep, "rotated event log files to keep; older events are deleted")
 	f.BoolVar(&o.netNoGate, "net-no-gate", false, "benchmarks only: connect the NIC to the network without the network gate")
 	_ = f.MarkHidden("net-no-gate")
 	f.BoolVar(&o.detachedChild, "detached-child", false, "internal: the background half of --detach")
@@ -214,11 +219,12 @@ func runVM(ctx context.Context, o *runOptions) error {
 
 // runValues are run's flags, parsed and checked.
 type runValues struct {
-	memMiB   int
-	mode     accel.Mode
-	qemuBin  string
-	auditMax int64
-	net      monitor.NetOptions
+	memMiB    int
+	mode      accel.Mode
+	qemuBin   string
+	auditMax  int64
+	eventsMax int64
+	net       monitor.NetOptions
 }
 
 // validateRun checks every flag of run before anything starts, each error
@@ -273,11 +279,27 @@ func validateRun(o *runOptions) (runValues, error) {
 	if v.auditMax, err = parseSize(o.auditMaxSize); err != nil || v.auditMax < 64<<10 {
 		return v, fmt.Errorf("--audit-max-size %q: give a size of at least 64K, such as 64M or 1G", o.auditMaxSize)
 	}
+	if v.eventsMax, err = validateEventsRetention(o.eventsMaxSize, o.eventsKeep); err != nil {
+		return v, err
+	}
 	if v.net, err = monitor.ParseNet(o.net); err != nil {
 		return v, err
 	}
 	v.net.NoGate = o.netNoGate
 	return v, nil
+}
+
+// validateEventsRetention checks --events-max-size and --events-keep and
+// returns the size in bytes.
+func validateEventsRetention(size string, keep int) (int64, error) {
+	if keep < 1 || keep > eventbus.MaxKeep {
+		return 0, fmt.Errorf("--events-keep %d: keep 1 to %d rotated files", keep, eventbus.MaxKeep)
+	}
+	n, err := parseSize(size)
+	if err != nil || n < eventbus.MinMaxSize {
+		return 0, fmt.Errorf("--events-max-size %q: give a size of at least %dK (an event's longest line), such as 16M or 1G", size, eventbus.MinMaxSize>>10)
+	}
+	return n, nil
 }
 
 // checkStartPolicy checks --policy against the gates the VM will have,
@@ -307,7 +329,8 @@ func monitorConfig(o *runOptions, v runValues, g guest) (monitor.Config, error) 
 	cfg := monitor.Config{
 		Name: o.name, MemMiB: v.memMiB, CPUs: o.cpus, Accel: choice, Kernel: g.kernel, Initrd: g.initrd, Append: g.appendArgs,
 		QEMUBinary: v.qemuBin, ConsoleLog: o.consoleLog, Log: os.Stderr, ReadyMarker: o.readyMarker,
-		IDSInterval: o.idsInterval, EventsLog: filepath.Join(dir, "events.jsonl"), Net: v.net,
+		IDSInterval: o.idsInterval, EventsLog: filepath.Join(dir, "events.jsonl"), EventsMaxSize: v.eventsMax,
+		EventsKeep: o.eventsKeep, Net: v.net,
 		AuditLog: o.auditLog, AuditMaxSize: v.auditMax, AuditKeep: o.auditKeep, KitModules: g.kitModules,
 	}
 	if cfg.ConsoleLog == "" {

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -99,6 +100,14 @@ func printStatus(w io.Writer, st *api.Status) {
 	}
 	if a := st.Audit; a != nil {
 		fmt.Fprintf(w, "audit log:   %s (head %s)\n", esc(a.Log), a.Head)
+	}
+	if e := st.Events; e != nil {
+		fmt.Fprintf(w, "events:      %s (seq %d; %d decisions folded into %d aggregates; kept: %d × %d bytes)\n",
+			esc(cmp.Or(e.Log, "no file")), e.Seq, e.Aggregated, e.Aggregates, e.Keep+1, e.MaxSize)
+		if e.WriteErrors+e.Oversized > 0 {
+			fmt.Fprintf(w, "events:      %d not written to the file (last: %s), %d written without their payload\n",
+				e.WriteErrors, esc(e.LastError), e.Oversized)
+		}
 	}
 	if n := st.Net; n != nil {
 		fmt.Fprintf(w, "network:     %s%s%s\n", esc(n.Mode), esc(prefixed(":", n.Network)), esc(prefixed(":", n.Tap)))
