@@ -173,9 +173,9 @@ type NetGateStats struct {
 	// attribution made, WalkMicros their time in all.
 	Walks      uint64 `json:"walks"`
 	WalkMicros uint64 `json:"walk_us"`
-	Flows       int    `json:"flows"`
-	Pending     int    `json:"pending"`  // flows waiting for a decision now
-	Subjects    int    `json:"subjects"` // processes (and peers) with a budget now
+	Flows      int    `json:"flows"`
+	Pending    int    `json:"pending"`  // flows waiting for a decision now
+	Subjects   int    `json:"subjects"` // processes (and peers) with a budget now
 	// DropReasons counts dropped frames by reason, ResetReasons the
 	// resets the gate sent.
 	DropReasons  map[string]uint64 `json:"drop_reasons"`
