@@ -1,8 +1,9 @@
 // Package bench is the library behind the `gatevisor bench` commands: it
 // measures gatevisor against its peers on this machine. Boot times
 // `gatevisor run` against plain QEMU, IDS the introspection's two memory
-// paths, Syscalls the cost of the syscall gate and Net that of the
-// network gate.
+// paths, Syscalls the cost of the syscall gate, Net that of the network
+// gate, and Flood the gates under attack: a flooding guest process against
+// another's allowed work.
 //
 // A harness boots its benchmark VMs by running the gatevisor binary
 // (os.Executable) and talks to them only through their API

@@ -20,6 +20,7 @@ func TestBenchFlags(t *testing.T) {
 			"policy": "policies/iot-default.policy", "json": "false"},
 		"net": {"rounds": "5", "mib": "32", "requests": "100", "echoes": "1000", "accel": "auto", "mem": "256M",
 			"net": "isolated", "json": "false"},
+		"flood": {"rounds": "3", "seconds": "20", "interval": "250", "scenarios": "all", "accel": "auto", "mem": "256M", "json": "false"},
 	}
 	got := map[string]map[string]string{}
 	for _, sub := range newBenchCmd().Commands() {
