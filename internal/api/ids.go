@@ -9,6 +9,10 @@ type IDSResult struct {
 	Source        string          `json:"source"`
 	ElapsedMicros int64           `json:"elapsed_us"`
 	Result        json.RawMessage `json:"result"`
+	// Incomplete, when set, says what a listing could not read (entries
+	// that did not validate, with their addresses, or a walk that stopped
+	// early); Result then holds every entry that could be read.
+	Incomplete string `json:"incomplete,omitempty"`
 }
 
 // DumpRequest asks for an ELF dump of guest memory.

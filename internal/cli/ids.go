@@ -77,23 +77,55 @@ func runIDS(ctx context.Context, t *idsTarget, query string) error {
 	if q == "pstree" {
 		q = "ps"
 	}
-	raw, err := t.fetch(ctx, q)
+	raw, incomplete, err := t.fetch(ctx, q)
 	if err != nil {
 		return err
 	}
+	var code int
 	if t.asJSON && query != "pstree" {
 		if err := printIDSJSON(os.Stdout, raw); err != nil {
 			return err
 		}
-		if query == "check" {
-			var r ids.Report
-			if err := json.Unmarshal(raw, &r); err == nil {
-				return checkExit(&r)
-			}
+		code = findingsExit(query, raw)
+	} else {
+		err := printIDS(os.Stdout, query, raw)
+		if ec := exitCodeOf(err); ec != 0 {
+			code, err = ec, nil
 		}
-		return nil
+		if err != nil {
+			return err
+		}
 	}
-	return printIDS(os.Stdout, query, raw)
+	if incomplete != "" {
+		// Every row printed was read and validated; what could not be
+		// read is said after them, and the listing does not pass for whole.
+		fmt.Fprintf(os.Stderr, "gatevisor: ids %s is incomplete: %s\n", query, termtext.Escape(incomplete))
+		code = 2
+	}
+	if code != 0 {
+		return withExitCode(code, nil)
+	}
+	return nil
+}
+
+// findingsExit is the exit code of a JSON answer: 1 when it reports a
+// finding (a hooked syscall, a hidden module, a check's finding), 2 when
+// a check could not run, else 0.
+func findingsExit(query string, raw json.RawMessage) int {
+	var err error
+	switch query {
+	case "check":
+		var r ids.Report
+		if json.Unmarshal(raw, &r) == nil {
+			err = checkExit(&r)
+		}
+	case "syscalls":
+		var r ids.SyscallReport
+		if json.Unmarshal(raw, &r) == nil {
+			err = syscallsExit(&r)
+		}
+	}
+	return exitCodeOf(err)
 }
 
 // printIDSJSON writes the JSON answer raw indented. Numbers stay exact
@@ -111,37 +143,43 @@ func printIDSJSON(w io.Writer, raw json.RawMessage) error {
 	return enc.Encode(v)
 }
 
-// fetch returns the JSON answer to q from the target.
-func (t *idsTarget) fetch(ctx context.Context, q string) (json.RawMessage, error) {
+// fetch returns the JSON answer to q from the target, and what a partial
+// listing could not read ("" when it is whole).
+func (t *idsTarget) fetch(ctx context.Context, q string) (json.RawMessage, string, error) {
 	if t.vm != "" {
 		if t.kernel != "" {
-			return nil, errors.New("--kernel goes with --dump: a running VM's monitor knows its kernel")
+			return nil, "", errors.New("--kernel goes with --dump: a running VM's monitor knows its kernel")
 		}
 		c, err := clientFor(t.vm)
 		if err != nil {
-			return nil, err
+			return nil, "", err
 		}
 		ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 		defer cancel()
 		res, err := c.IDS(ctx, q, t.source)
 		if err != nil {
-			return nil, err
+			return nil, "", err
 		}
-		return res.Result, nil
+		return res.Result, res.Incomplete, nil
 	}
 	if t.source != "" {
-		return nil, errors.New("--source goes with --vm")
+		return nil, "", errors.New("--source goes with --vm")
 	}
 	insp, closeDump, err := openDump(t.dump, t.kernel)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	defer closeDump()
 	res, err := ids.Query(insp, q)
-	if err != nil {
-		return nil, err
+	incomplete := ""
+	if ids.Partial(res, err) {
+		incomplete, err = err.Error(), nil
 	}
-	return json.Marshal(res)
+	if err != nil {
+		return nil, "", err
+	}
+	raw, err := json.Marshal(res)
+	return raw, incomplete, err
 }
 
 // openDump opens an ELF or raw memory dump and locates its kernel. Both
@@ -290,6 +328,20 @@ func printSyscalls(w io.Writer, raw json.RawMessage) error {
 	}
 	for _, d := range r.Dispatch {
 		fmt.Fprintf(w, "  %s at %#x -> %#x (%s): %s\n", esc(d.Function), d.Addr, d.Target, esc(d.TargetSymbol), esc(d.Reason))
+	}
+	return syscallsExit(&r)
+}
+
+// syscallsExit is 1 when the syscall report flags a hooked entry or a
+// dispatch finding.
+func syscallsExit(r *ids.SyscallReport) error {
+	for _, e := range r.Entries {
+		if e.Hooked {
+			return withExitCode(1, nil)
+		}
+	}
+	if len(r.Dispatch) > 0 {
+		return withExitCode(1, nil)
 	}
 	return nil
 }

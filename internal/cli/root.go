@@ -74,3 +74,13 @@ func Main(args []string) int {
 	fmt.Fprintln(os.Stderr, "gatevisor:", err)
 	return 1
 }
+
+// exitCodeOf is the exit code err carries with no message of its own
+// (withExitCode(code, nil)), else 0.
+func exitCodeOf(err error) int {
+	var ee *exitError
+	if errors.As(err, &ee) && ee.err == nil {
+		return ee.code
+	}
+	return 0
+}

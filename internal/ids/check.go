@@ -1,6 +1,9 @@
 package ids
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -17,6 +20,7 @@ const (
 	CheckHiddenModule   = "hidden-module"
 	CheckCommExe        = "comm-exe"
 	CheckUnexpectedRoot = "unexpected-root"
+	CheckCorrupt        = "corrupt-kernel-object"
 )
 
 // Severities of findings.
@@ -25,8 +29,11 @@ const (
 	SeverityWarning  = "warning"  // suspicious but with innocent explanations
 )
 
-// Finding is one thing a check flagged.
+// Finding is one thing a check flagged. ID is stable while the finding
+// lasts (the same object flagged by the same check): continuous monitoring
+// reports a finding and its clearing under it.
 type Finding struct {
+	ID       string `json:"id,omitempty"`
 	Check    string `json:"check"`
 	Severity string `json:"severity"`
 	Summary  string `json:"summary"`
@@ -37,6 +44,12 @@ type Finding struct {
 
 // key identifies a finding across snapshots.
 func (f Finding) key() string { return fmt.Sprintf("%s|%d|%s|%#x", f.Check, f.PID, f.Name, f.Addr) }
+
+// findingID is a finding's stable id: a short hash of its key.
+func findingID(f Finding) string {
+	h := sha256.Sum256([]byte(f.key()))
+	return hex.EncodeToString(h[:6])
+}
 
 // CheckStatus says whether a check ran.
 type CheckStatus struct {
@@ -92,6 +105,9 @@ func (i *Inspector) Check() *Report {
 	tasksErr := i.retry(func() error {
 		var err error
 		tasks, err = i.K.Tasks()
+		if errors.Is(err, linux.ErrIncomplete) && !linux.StoppedEarly(err) {
+			err = nil // the bad entries are checkCorrupt's; the rest are checked
+		}
 		return err
 	})
 	withTasks := func(f func([]linux.Task) []Finding) func() ([]Finding, error) {
@@ -108,6 +124,10 @@ func (i *Inspector) Check() *Report {
 	run(CheckHiddenModule, func() ([]Finding, error) { return hiddenFindings(linux.CrossViewModules(i.K)) })
 	run(CheckCommExe, withTasks(i.checkCommExe))
 	run(CheckUnexpectedRoot, withTasks(i.checkUnexpectedRoot))
+	run(CheckCorrupt, i.checkCorrupt)
+	for k := range r.Findings {
+		r.Findings[k].ID = findingID(r.Findings[k])
+	}
 	sort.SliceStable(r.Findings, func(a, b int) bool {
 		if r.Findings[a].Severity != r.Findings[b].Severity {
 			return r.Findings[a].Severity == SeverityCritical
@@ -220,6 +240,52 @@ func (i *Inspector) checkUnexpectedRoot(tasks []linux.Task) []Finding {
 		}
 	}
 	return out
+}
+
+// checkCorrupt reports kernel objects that the kernel's own lists point
+// to but that do not read as what they must be (a task_struct whose pid is
+// out of range, a module whose name is not a string, a thread whose tgid
+// is not its leader's): what a rootkit's corruption, or a forged object,
+// leaves behind. An object is reported only if two listings a moment apart
+// both find it bad: a task freed mid-walk reads as garbage once.
+func (i *Inspector) checkCorrupt() ([]Finding, error) {
+	collect := func() map[uint64]linux.BadObject {
+		bad := map[uint64]linux.BadObject{}
+		add := func(err error) {
+			for _, b := range linux.BadObjects(err) {
+				if _, dup := bad[b.Addr]; !dup {
+					bad[b.Addr] = b
+				}
+			}
+		}
+		_, err := i.K.Threads()
+		add(err)
+		_, err = i.K.PIDNamespaceTasks()
+		add(err)
+		_, err = i.K.Modules()
+		add(err)
+		_, err = i.K.ModulesFromSysfs()
+		add(err)
+		return bad
+	}
+	first := collect()
+	if len(first) == 0 {
+		return nil, nil
+	}
+	if i.K.AS != nil && i.K.AS.Cache != nil {
+		i.K.AS.Cache.Invalidate()
+	}
+	second := collect()
+	var out []Finding
+	for addr, b := range second {
+		if _, ok := first[addr]; !ok {
+			continue
+		}
+		out = append(out, Finding{Check: CheckCorrupt, Severity: SeverityCritical, Addr: addr, Name: b.View,
+			Summary: fmt.Sprintf("a kernel object on the %s listing at %#x does not read as valid: %s", b.View, addr, b.Reason)})
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a].Addr < out[b].Addr })
+	return out, nil
 }
 
 // retry runs f up to checkAttempts times while it fails, with a fresh

@@ -1,7 +1,10 @@
 package ids
 
 import (
+	"errors"
 	"fmt"
+	"slices"
+	"sort"
 	"time"
 
 	"github.com/gatevisor/gatevisor/internal/vmi/linux"
@@ -16,6 +19,7 @@ const (
 	EventListenOpen   = "listen-open"
 	EventListenClose  = "listen-close"
 	EventFinding      = "finding"
+	EventCleared      = "finding-cleared"
 	EventError        = "error"
 )
 
@@ -37,26 +41,47 @@ type Snapshot struct {
 	Modules   []linux.Module
 	Listening []linux.Socket
 	Report    *Report
+	// Errors are what this scan could not read, by view ("processes",
+	// "modules", "sockets"). A view missing entirely (Failed) is carried
+	// over from the previous scan by Diff; a partial one (entries skipped,
+	// Bad names them) reports no exit for the objects it could not read.
+	Errors map[string]string
+	Failed map[string]bool
+	Bad    map[uint64]bool
 }
 
-// Snapshot takes one scan of the guest.
+// Snapshot takes one scan of the guest. A view that cannot be read does not
+// stop the others, nor the checks: one corrupted kernel object must not
+// blind the scan (it is itself a finding, corrupt-kernel-object).
 func (i *Inspector) Snapshot() (*Snapshot, error) {
-	s := &Snapshot{}
-	var err error
-	if s.Processes, err = i.Processes(); err != nil {
-		return nil, fmt.Errorf("processes: %w", err)
-	}
-	if s.Modules, err = i.Modules(); err != nil {
-		return nil, fmt.Errorf("modules: %w", err)
-	}
-	socks, err := i.K.Sockets(s.Processes)
-	if err != nil {
-		return nil, fmt.Errorf("sockets: %w", err)
-	}
-	for _, so := range socks {
-		if so.State == "LISTEN" || (so.Proto == "udp" && so.RemotePort == 0) {
-			s.Listening = append(s.Listening, so)
+	s := &Snapshot{Errors: map[string]string{}, Failed: map[string]bool{}, Bad: map[uint64]bool{}}
+	note := func(view string, err error) {
+		if err == nil {
+			return
 		}
+		s.Errors[view] = err.Error()
+		if !errors.Is(err, linux.ErrIncomplete) {
+			s.Failed[view] = true
+		}
+		for _, b := range linux.BadObjects(err) {
+			s.Bad[b.Addr] = true
+		}
+	}
+	var err error
+	s.Processes, err = i.Processes()
+	note("processes", err)
+	s.Modules, err = i.Modules()
+	note("modules", err)
+	if !s.Failed["processes"] {
+		socks, err := i.K.Sockets(s.Processes)
+		note("sockets", err)
+		for _, so := range socks {
+			if so.State == "LISTEN" || (so.Proto == "udp" && so.RemotePort == 0) {
+				s.Listening = append(s.Listening, so)
+			}
+		}
+	} else {
+		s.Failed["sockets"] = true
 	}
 	s.Report = i.Check()
 	return s, nil
@@ -69,12 +94,17 @@ func listenKey(s linux.Socket) string {
 }
 
 // Diff returns the events that lead from prev to cur, stamped with now. With
-// no prev (the first scan) only findings are reported: the rest is the
-// baseline.
+// no prev (the first scan) only findings and errors are reported: the rest
+// is the baseline. A view cur could not read at all is carried over from
+// prev (no events: nothing is known to have changed); objects a partial
+// view skipped as unreadable are carried over too, not reported as gone.
+// A finding is reported when it appears and cleared when a later scan,
+// whose check ran, no longer has it; both carry the finding's stable id.
 func Diff(vm string, prev, cur *Snapshot, now time.Time) []Event {
 	var out []Event
 	ev := func(typ string) Event { return Event{Time: now, VM: vm, Type: typ} }
 	if prev != nil {
+		carryOver(prev, cur)
 		out = append(out, diffSet(prev.Processes, cur.Processes, taskKey, func(t linux.Task, added bool) Event {
 			e := ev(EventProcessExit)
 			if added {
@@ -100,30 +130,110 @@ func Diff(vm string, prev, cur *Snapshot, now time.Time) []Event {
 			return e
 		})...)
 	}
+	out = append(out, diffFindings(prev, cur, ev)...)
+	out = append(out, diffErrors(prev, cur, ev)...)
+	return out
+}
+
+// carryOver fills what cur could not read from prev: a failed view whole,
+// and a partial view's unreadable objects.
+func carryOver(prev, cur *Snapshot) {
+	switch {
+	case cur.Failed["processes"]:
+		cur.Processes = prev.Processes
+	case len(cur.Bad) > 0:
+		for _, t := range prev.Processes {
+			if cur.Bad[t.Addr] && !slices.ContainsFunc(cur.Processes, func(c linux.Task) bool { return c.Addr == t.Addr }) {
+				cur.Processes = append(cur.Processes, t)
+			}
+		}
+	}
+	switch {
+	case cur.Failed["modules"]:
+		cur.Modules = prev.Modules
+	case len(cur.Bad) > 0:
+		for _, m := range prev.Modules {
+			if cur.Bad[m.Addr] && !slices.ContainsFunc(cur.Modules, func(c linux.Module) bool { return c.Addr == m.Addr }) {
+				cur.Modules = append(cur.Modules, m)
+			}
+		}
+	}
+	if cur.Failed["sockets"] {
+		cur.Listening = prev.Listening
+	}
+}
+
+// diffFindings reports cur's new findings and prev's findings that cur's
+// checks (which ran) no longer have.
+func diffFindings(prev, cur *Snapshot, ev func(string) Event) []Event {
+	var out []Event
 	seen := map[string]bool{}
 	if prev != nil && prev.Report != nil {
 		for _, f := range prev.Report.Findings {
 			seen[f.key()] = true
 		}
 	}
-	if cur.Report != nil {
-		for _, f := range cur.Report.Findings {
-			if !seen[f.key()] {
-				e := ev(EventFinding)
-				f := f
-				e.Finding = &f
-				out = append(out, e)
-			}
+	if cur.Report == nil {
+		return nil
+	}
+	now := map[string]bool{}
+	for _, f := range cur.Report.Findings {
+		now[f.key()] = true
+		if !seen[f.key()] {
+			e := ev(EventFinding)
+			f := f
+			e.Finding = &f
+			out = append(out, e)
 		}
-		failed := map[string]bool{}
-		if prev != nil && prev.Report != nil {
+	}
+	if prev == nil || prev.Report == nil {
+		return out
+	}
+	ran := map[string]bool{}
+	for _, c := range cur.Report.Checks {
+		ran[c.Name] = c.Ran
+	}
+	for _, f := range prev.Report.Findings {
+		if !now[f.key()] && ran[f.Check] {
+			e := ev(EventCleared)
+			f := f
+			e.Finding = &f
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// diffErrors reports checks that did not run and views that could not be
+// read (whole or in part), each once while it keeps failing the same way.
+func diffErrors(prev, cur *Snapshot, ev func(string) Event) []Event {
+	var out []Event
+	before := map[string]bool{}
+	if prev != nil {
+		for view, msg := range prev.Errors {
+			before["view|"+view+"|"+msg] = true
+		}
+		if prev.Report != nil {
 			for _, c := range prev.Report.Checks {
-				failed[c.Name+"|"+c.Error] = !c.Ran
+				before["check|"+c.Name+"|"+c.Error] = !c.Ran
 			}
 		}
+	}
+	views := make([]string, 0, len(cur.Errors))
+	for v := range cur.Errors {
+		views = append(views, v)
+	}
+	sort.Strings(views)
+	for _, v := range views {
+		if msg := cur.Errors[v]; !before["view|"+v+"|"+msg] {
+			e := ev(EventError)
+			e.Error = fmt.Sprintf("%s: %s", v, msg)
+			out = append(out, e)
+		}
+	}
+	if cur.Report != nil {
 		for _, c := range cur.Report.Checks {
-			// A check that keeps failing the same way is reported once.
-			if !c.Ran && !failed[c.Name+"|"+c.Error] {
+			if !c.Ran && !before["check|"+c.Name+"|"+c.Error] {
 				e := ev(EventError)
 				e.Error = fmt.Sprintf("check %s did not run: %s", c.Name, c.Error)
 				out = append(out, e)

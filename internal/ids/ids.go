@@ -227,34 +227,39 @@ func nonNil[T any](s []T) []T {
 	return s
 }
 
-// Processes lists processes (thread-group leaders) sorted by pid.
+// Processes lists processes (thread-group leaders) sorted by pid. When the
+// task list has entries that do not validate, the rest is returned with an
+// error that wraps linux.ErrIncomplete and names the bad objects
+// (linux.BadObjects): one corrupted task does not blind the listing.
 func (i *Inspector) Processes() ([]linux.Task, error) {
 	t, err := i.K.Tasks()
-	if err != nil {
+	if err != nil && !errors.Is(err, linux.ErrIncomplete) {
 		return nil, err
 	}
 	sort.Slice(t, func(a, b int) bool { return t[a].PID < t[b].PID })
-	return t, nil
+	return nonNil(t), err
 }
 
-// Modules lists loaded kernel modules by name.
+// Modules lists loaded kernel modules by name; an incomplete module list
+// is returned as Processes returns an incomplete task list.
 func (i *Inspector) Modules() ([]linux.Module, error) {
 	m, err := i.K.Modules()
-	if err != nil {
+	if err != nil && !errors.Is(err, linux.ErrIncomplete) {
 		return nil, err
 	}
 	sort.Slice(m, func(a, b int) bool { return m[a].Name < m[b].Name })
-	return nonNil(m), nil
+	return nonNil(m), err
 }
 
-// Sockets lists sockets owned by processes.
+// Sockets lists sockets owned by processes: those of every task that could
+// be read, with an error wrapping linux.ErrIncomplete when some could not.
 func (i *Inspector) Sockets() ([]linux.Socket, error) {
-	tasks, err := i.K.Tasks()
-	if err != nil {
-		return nil, err
+	tasks, terr := i.K.Tasks()
+	if terr != nil && !errors.Is(terr, linux.ErrIncomplete) {
+		return nil, terr
 	}
 	s, err := i.K.Sockets(tasks)
-	if err != nil {
+	if err != nil && !errors.Is(err, linux.ErrIncomplete) {
 		return nil, err
 	}
 	sort.Slice(s, func(a, b int) bool {
@@ -263,7 +268,7 @@ func (i *Inspector) Sockets() ([]linux.Socket, error) {
 		}
 		return s[a].LocalPort < s[b].LocalPort
 	})
-	return nonNil(s), nil
+	return nonNil(s), errors.Join(terr, err)
 }
 
 // baseName is the last element of an executable path.
@@ -276,7 +281,10 @@ var Queries = []string{"banner", "syscalls", "ps", "modules", "sockets", "check"
 var ErrUnknownQuery = errors.New("unknown IDS query: use banner, syscalls, ps, modules, sockets or check")
 
 // Query answers one named query; the result is JSON-encodable and is the
-// same for a live VM and a dump.
+// same for a live VM and a dump. A listing that could read only part of
+// what the kernel holds returns that part and an error wrapping
+// linux.ErrIncomplete (see Partial): its rows are true, and the error says
+// what is missing.
 func Query(in *Inspector, query string) (any, error) {
 	switch query {
 	case "banner":
@@ -293,4 +301,10 @@ func Query(in *Inspector, query string) (any, error) {
 		return in.Check(), nil
 	}
 	return nil, fmt.Errorf("%w (got %q)", ErrUnknownQuery, query)
+}
+
+// Partial reports whether Query's answer (result, err) is a partial one:
+// rows worth printing and an error naming what is missing.
+func Partial(result any, err error) bool {
+	return result != nil && errors.Is(err, linux.ErrIncomplete)
 }

@@ -163,3 +163,58 @@ func FuzzFindBanner(f *testing.F) {
 		}
 	})
 }
+
+// TestDiffCannotBeBlinded: a view that cannot be read, whole or in part,
+// reports its error once and no exit for what it could not see; findings
+// clear only when their check ran.
+func TestDiffCannotBeBlinded(t *testing.T) {
+	now := time.Unix(100, 0)
+	a, b := task(1, 0, 0, 0, "init", ""), task(66, 1, 0, 0, "victim", "")
+	a.Addr, b.Addr = 0xffff0001, 0xffff0002
+	hidden := Finding{Check: CheckHiddenModule, Name: "rk", Addr: 0xc0}
+	prev := &Snapshot{Processes: []linux.Task{a, b}, Modules: []linux.Module{{Name: "m", Addr: 0xa0}},
+		Report: &Report{Findings: []Finding{hidden}, Checks: []CheckStatus{{Name: CheckHiddenModule, Ran: true, Findings: 1}}}}
+	corrupt := Finding{Check: CheckCorrupt, Addr: b.Addr, Name: "tasks"}
+	partial := func() *Snapshot {
+		return &Snapshot{Processes: []linux.Task{a}, Errors: map[string]string{"processes": "1 entry skipped"},
+			Failed: map[string]bool{"modules": true}, Bad: map[uint64]bool{b.Addr: true},
+			Report: &Report{Findings: []Finding{hidden, corrupt}, Checks: []CheckStatus{{Name: CheckHiddenModule, Ran: true}, {Name: CheckCorrupt, Ran: true}}}}
+	}
+	types := func(evs []Event) []string {
+		var out []string
+		for _, e := range evs {
+			s := e.Type
+			if e.Finding != nil {
+				s += " " + e.Finding.Check
+			}
+			if e.Error != "" {
+				s += " " + e.Error
+			}
+			out = append(out, s)
+		}
+		return out
+	}
+	cur := partial()
+	got := types(Diff("vm", prev, cur, now))
+	want := []string{"finding corrupt-kernel-object", "error processes: 1 entry skipped"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("partial scan (-want +got):\n%s", diff)
+	}
+	if len(cur.Processes) != 2 || len(cur.Modules) != 1 {
+		t.Fatalf("not carried over: %d processes, %d modules", len(cur.Processes), len(cur.Modules))
+	}
+	// The same state again: nothing new to say.
+	next := partial()
+	if got := types(Diff("vm", cur, next, now)); len(got) != 0 {
+		t.Fatalf("repeated partial scan: %v", got)
+	}
+	// The hidden-module check did not run: its finding is not cleared;
+	// the corrupt object is gone: its finding is.
+	clean := &Snapshot{Processes: []linux.Task{a}, Modules: next.Modules,
+		Report: &Report{Checks: []CheckStatus{{Name: CheckHiddenModule, Ran: false, Error: "x"}, {Name: CheckCorrupt, Ran: true}}}}
+	got = types(Diff("vm", next, clean, now))
+	want = []string{"process-exit", "finding-cleared corrupt-kernel-object", "error check hidden-module did not run: x"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("after (-want +got):\n%s", diff)
+	}
+}

@@ -134,10 +134,14 @@ func (m *Monitor) IDS(ctx context.Context, query, source string) (api.IDSResult,
 	}
 	start := time.Now()
 	var result any
+	var incomplete string
 	run := func(in *ids.Inspector) error {
 		in.K.AS.Cache.Invalidate()
 		var err error
 		result, err = ids.Query(in, query)
+		if ids.Partial(result, err) {
+			incomplete, err = err.Error(), nil
+		}
 		return err
 	}
 	if source == SourceRAM {
@@ -170,7 +174,7 @@ func (m *Monitor) IDS(ctx context.Context, query, source string) (api.IDSResult,
 	if err != nil {
 		return api.IDSResult{}, err
 	}
-	return api.IDSResult{Query: query, Source: source, ElapsedMicros: time.Since(start).Microseconds(), Result: raw}, nil
+	return api.IDSResult{Query: query, Source: source, ElapsedMicros: time.Since(start).Microseconds(), Result: raw, Incomplete: incomplete}, nil
 }
 
 // Dump implements api.VM: it writes an ELF dump of guest memory to path.

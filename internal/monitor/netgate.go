@@ -3,6 +3,7 @@ package monitor
 import (
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -435,8 +436,10 @@ func (a *attributor) refresh(ctx context.Context) error {
 		return err
 	}
 	insp.K.AS.Cache.Invalidate()
+	// A task that cannot be read (corrupted, or caught mid-exit) leaves
+	// its flows unattributed; it does not blind the walk for the others.
 	tasks, err := insp.Processes()
-	if err != nil {
+	if err != nil && !errors.Is(err, linux.ErrIncomplete) {
 		return err
 	}
 	socks, err := insp.K.Sockets(tasks)

@@ -43,6 +43,7 @@ const (
 	ListenOpen   Kind = ids.EventListenOpen
 	ListenClose  Kind = ids.EventListenClose
 	Finding      Kind = ids.EventFinding
+	Cleared      Kind = ids.EventCleared
 	ScanError    Kind = ids.EventError
 )
 

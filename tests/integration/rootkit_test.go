@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"os"
 	"strings"
@@ -240,6 +241,10 @@ func TestSimulatedRootkits(t *testing.T) {
 		}
 	})
 
+	t.Run("a corrupted task does not blind the scan", func(t *testing.T) {
+		corruptedTaskScan(t, vm, g, k, prof)
+	})
+
 	if code, rep := checkFindings(t, vm); code != 0 {
 		t.Errorf("check after restoring everything: exit %d, %+v", code, rep.Findings)
 	}
@@ -254,6 +259,113 @@ func TestSimulatedRootkits(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("no process-start event for gv-late:\n%s", ev.stdout)
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+// corruptedTaskScan corrupts a kernel thread's pid and tgid (0x7fffffff,
+// out of range) and, in the same window, unlinks a module, as a rootkit
+// that blinds the IDS before hiding would: `ids ps` must print every other
+// row and exit 2, `ids check` must report the corrupt object by address
+// and the hidden module, and the continuous scan must report both as
+// findings, then clear them once memory is restored.
+func corruptedTaskScan(t *testing.T, vm string, g *guestRAM, k *linux.Kernel, prof *linux.Profile) {
+	tasks, err := k.Tasks()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var victim linux.Task
+	for _, tk := range tasks {
+		if tk.KernelThread && strings.HasPrefix(tk.Comm, "ksoftirqd") {
+			victim = tk
+			break
+		}
+	}
+	if victim.PID == 0 {
+		t.Fatal("no ksoftirqd thread to corrupt")
+	}
+	pidOff, err := prof.FieldOffset("task_struct.pid")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tgidOff, err := prof.FieldOffset("task_struct.tgid"); err != nil || tgidOff != pidOff+4 {
+		t.Fatalf("task_struct.tgid is not right after pid (%d, %v)", tgidOff, err)
+	}
+	mods, err := k.Modules()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mod linux.Module
+	for _, m := range mods {
+		if m.Name == "evdev" {
+			mod = m
+		}
+	}
+	listOff, err := prof.FieldOffset("module.list")
+	if err != nil || mod.Name == "" {
+		t.Fatalf("no evdev module (%v)", err)
+	}
+	restorePID := writeVirtU64(t, g, k, victim.Addr+pidOff, 0x7fffffff_7fffffff)
+	relink := unlink(t, g, k, mod.Addr+listOff)
+	restored := false
+	restore := func() {
+		if !restored {
+			relink()
+			restorePID()
+			restored = true
+		}
+	}
+	defer restore()
+
+	ps := gv(t, 5*time.Minute, "ids", "ps", "--json", "--vm", vm)
+	var rows []linux.Task
+	if err := json.Unmarshal([]byte(ps.stdout), &rows); err != nil {
+		t.Fatalf("ids ps --json with a corrupted task: %v\n%s", err, ps.stdout)
+	}
+	if ps.code != 2 || len(rows) < len(tasks)-2 || !strings.Contains(ps.stderr, "incomplete") {
+		t.Errorf("ids ps with a corrupted task: exit %d, %d of %d rows, stderr %q", ps.code, len(rows), len(tasks), ps.stderr)
+	}
+	code, rep := checkFindings(t, vm)
+	if code != 1 || !hasFinding(rep, ids.CheckCorrupt, fmt.Sprintf("%#x", victim.Addr)) || !hasFinding(rep, ids.CheckHiddenModule, `"evdev"`) {
+		t.Errorf("ids check with a corrupted task and a hidden module: exit %d, findings %+v, checks %+v", code, rep.Findings, rep.Checks)
+	}
+	var ids1 []string
+	for _, f := range rep.Findings {
+		ids1 = append(ids1, f.ID)
+	}
+	waitEvents(t, vm, []string{`"type":"finding"`, ids.CheckCorrupt}, []string{`"type":"finding"`, `"name":"evdev"`})
+	restore()
+	waitEvents(t, vm, []string{`"type":"finding-cleared"`, ids.CheckCorrupt}, []string{`"type":"finding-cleared"`, `"name":"evdev"`})
+	t.Logf("finding ids while corrupted: %v", ids1)
+}
+
+// waitEvents waits (≤ 30 s) until the VM's event stream has, for each
+// group of strings, one line holding all of them.
+func waitEvents(t *testing.T, vm string, groups ...[]string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ev := gv(t, time.Minute, "events", vm, "--limit", "1000")
+		missing := 0
+		for _, g := range groups {
+			found := false
+			for line := range strings.SplitSeq(ev.stdout, "\n") {
+				all := true
+				for _, s := range g {
+					all = all && strings.Contains(line, s)
+				}
+				found = found || all
+			}
+			if !found {
+				missing++
+			}
+		}
+		if missing == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("events of %s: %d groups of %v missing:\n%s", vm, missing, groups, ev.stdout)
 		}
 		time.Sleep(time.Second)
 	}

@@ -113,12 +113,22 @@ func usable(err error) error {
 	return err
 }
 
+// partialList reports whether a reference listing's error still leaves it
+// usable: entries were skipped but the walk went on to the end. The
+// skipped objects are unreadable in every view, so they are not reported
+// as hidden (the IDS reports them as corrupt); a walk that stopped early
+// would make every object after the stop look hidden, so it is not usable.
+func partialList(err error) bool {
+	return errors.Is(err, ErrIncomplete) && !StoppedEarly(err)
+}
+
 // CrossViewProcesses reports tasks that the PID namespace's IDR or a CPU's
 // run queue shows but the task list (Threads: every process's leader and
 // thread group) does not. Idle tasks (pid 0) are never on the task list and
 // are ignored. A run-queue or IDR layout the kernel lacks leaves that view
-// out. If the task list itself is incomplete, its error is returned, since
-// every task it missed would be reported as hidden.
+// out. If the task list stopped early, its error is returned, since every
+// task it missed would be reported as hidden; entries it skipped (and went
+// past) are left to the corrupt-object check.
 func CrossViewProcesses(k *Kernel) ([]Hidden, error) {
 	return twice(func() (map[uint64]Hidden, error) {
 		toMap := func(ts []Task) map[uint64]Hidden {
@@ -131,7 +141,7 @@ func CrossViewProcesses(k *Kernel) ([]Hidden, error) {
 			return m
 		}
 		list, err := k.Threads()
-		if err != nil {
+		if err != nil && !partialList(err) {
 			return nil, err
 		}
 		var v viewSet
@@ -155,8 +165,8 @@ func CrossViewProcesses(k *Kernel) ([]Hidden, error) {
 }
 
 // CrossViewModules reports modules that sysfs (module_kset) or a scan of the
-// module area shows but the module list does not. If the module list is
-// incomplete, its error is returned.
+// module area shows but the module list does not. If the module list
+// stopped early, its error is returned.
 func CrossViewModules(k *Kernel) ([]Hidden, error) {
 	return twice(func() (map[uint64]Hidden, error) {
 		toMap := func(ms []Module) map[uint64]Hidden {
@@ -167,7 +177,7 @@ func CrossViewModules(k *Kernel) ([]Hidden, error) {
 			return m
 		}
 		list, err := k.Modules()
-		if err != nil {
+		if err != nil && !partialList(err) {
 			return nil, err
 		}
 		var v viewSet

@@ -184,7 +184,7 @@ func (k *Kernel) Modules() ([]Module, error) {
 	tl.stop = vmi.WalkList(k.AS, head, MaxModules, func(node uint64) error {
 		m, err := k.readModule(l, node-l.list, buf, false)
 		if err != nil {
-			tl.skip(err)
+			tl.skipAt(node-l.list, err)
 			return nil
 		}
 		out = append(out, m)
@@ -230,7 +230,7 @@ func (k *Kernel) ModulesFromSysfs() ([]Module, error) {
 		seen[mod] = true
 		m, err := k.readModule(l, mod, buf, false)
 		if err != nil {
-			tl.skip(err)
+			tl.skipAt(mod, err)
 			return nil
 		}
 		if len(out) >= MaxModules {

@@ -102,12 +102,34 @@ type IncompleteError struct {
 	View string
 	// Skipped counts the entries left out as unreadable or inconsistent.
 	Skipped int
+	// Stopped reports that the walk stopped early (Err says why): entries
+	// after the stop were not seen at all. Otherwise the walk went past
+	// every skipped entry and only those are missing.
+	Stopped bool
+	// Bad names the skipped objects whose address is known, at most
+	// MaxBadObjects of them: a kernel object a listing cannot read is
+	// itself evidence (a corrupted or forged structure).
+	Bad []BadObject
 	// Err is why the walk stopped early, or else the first skipped entry's error.
 	Err error
 }
 
+// BadObject is one kernel object a listing skipped: its address and why.
+type BadObject struct {
+	View   string `json:"view"`
+	Addr   uint64 `json:"addr"`
+	Reason string `json:"reason"`
+}
+
+// MaxBadObjects bounds the skipped objects one listing names.
+const MaxBadObjects = 32
+
 func (e *IncompleteError) Error() string {
-	return fmt.Sprintf("linux: %s listing incomplete (%d entries skipped): %v", e.View, e.Skipped, e.Err)
+	how := "entries skipped"
+	if e.Stopped {
+		how = "entries skipped, walk stopped early"
+	}
+	return fmt.Sprintf("linux: %s listing incomplete (%d %s): %v", e.View, e.Skipped, how, e.Err)
 }
 
 func (e *IncompleteError) Unwrap() []error {
@@ -121,14 +143,41 @@ func (e *IncompleteError) Unwrap() []error {
 type tally struct {
 	view    string
 	skipped int
+	bad     []BadObject
 	first   error // first skipped entry's error
 	stop    error // why the walk stopped early
 }
 
-func (t *tally) skip(err error) {
+func (t *tally) skip(err error) { t.skipAt(0, err) }
+
+// skipAt counts a skipped entry; addr, when not 0, is the object's address.
+func (t *tally) skipAt(addr uint64, err error) {
 	t.skipped++
 	if t.first == nil {
 		t.first = err
+	}
+	if addr != 0 && len(t.bad) < MaxBadObjects {
+		t.bad = append(t.bad, BadObject{View: t.view, Addr: addr, Reason: err.Error()})
+	}
+}
+
+// merge takes over the skipped entries of an earlier listing's error.
+func (t *tally) merge(err error) {
+	ie := (*IncompleteError)(nil)
+	if !errors.As(err, &ie) {
+		return
+	}
+	t.skipped += ie.Skipped
+	if ie.Stopped && t.stop == nil {
+		t.stop = ie.Err
+	}
+	if t.first == nil {
+		t.first = ie.Err
+	}
+	for _, b := range ie.Bad {
+		if len(t.bad) < MaxBadObjects {
+			t.bad = append(t.bad, b)
+		}
 	}
 }
 
@@ -136,11 +185,28 @@ func (t *tally) err() error {
 	if t.skipped == 0 && t.stop == nil {
 		return nil
 	}
-	e := &IncompleteError{View: t.view, Skipped: t.skipped, Err: t.stop}
+	e := &IncompleteError{View: t.view, Skipped: t.skipped, Stopped: t.stop != nil, Bad: t.bad, Err: t.stop}
 	if e.Err == nil {
 		e.Err = t.first
 	}
 	return e
+}
+
+// BadObjects returns the objects err (an *IncompleteError) names, nil if
+// none.
+func BadObjects(err error) []BadObject {
+	ie := (*IncompleteError)(nil)
+	if errors.As(err, &ie) {
+		return ie.Bad
+	}
+	return nil
+}
+
+// StoppedEarly reports whether err says a walk stopped before its end
+// (not only that it skipped entries).
+func StoppedEarly(err error) bool {
+	ie := (*IncompleteError)(nil)
+	return errors.As(err, &ie) && ie.Stopped
 }
 
 // fields resolves structure offsets from BTF, remembering the first failure.
@@ -795,7 +861,7 @@ func (r *taskReader) walkTaskList(head uint64, fn func(Task, taskRefs), tl *tall
 		seen[node] = struct{}{}
 		t, refs, err := r.readCore(node - r.l.tasks)
 		if err != nil {
-			tl.skip(err)
+			tl.skipAt(node-r.l.tasks, err)
 			if r.lastBlockRead != node-r.l.tasks {
 				return fmt.Errorf("linux: task list stops at %#x: %w", node, err)
 			}
@@ -822,9 +888,7 @@ func (k *Kernel) Threads() ([]Task, error) {
 	}
 	l := r.l
 	tl := &tally{view: "threads"}
-	if ie := (*IncompleteError)(nil); errors.As(lerr, &ie) {
-		tl.skipped, tl.stop = ie.Skipped, ie.Err
-	}
+	tl.merge(lerr)
 	seen := make(map[uint64]bool, len(leaders))
 	out := make([]Task, 0, len(leaders))
 	for _, lt := range leaders {
@@ -854,11 +918,11 @@ func (k *Kernel) Threads() ([]Task, error) {
 			}
 			t, err := r.read(addr)
 			if err != nil {
-				tl.skip(err)
+				tl.skipAt(addr, err)
 				return nil
 			}
 			if t.TGID != lt.TGID {
-				tl.skip(fmt.Errorf("%w: thread %#x of tgid %d has tgid %d", ErrInconsistent, addr, lt.TGID, t.TGID))
+				tl.skipAt(addr, fmt.Errorf("%w: thread %#x of tgid %d has tgid %d", ErrInconsistent, addr, lt.TGID, t.TGID))
 				return nil
 			}
 			seen[addr] = true
@@ -910,7 +974,7 @@ func (k *Kernel) PIDNamespaceTasks() ([]Task, error) {
 			seen[addr] = true
 			t, err := r.read(addr)
 			if err != nil {
-				tl.skip(err)
+				tl.skipAt(addr, err)
 				break
 			}
 			if len(out) >= MaxTasks {
@@ -1025,7 +1089,7 @@ func (k *Kernel) RunQueueTasks() ([]Task, error) {
 		seen[addr] = true
 		t, err := r.read(addr)
 		if err != nil {
-			tl.skip(err)
+			tl.skipAt(addr, err)
 			return
 		}
 		if t.PID == 0 {
