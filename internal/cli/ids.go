@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -51,10 +52,10 @@ or QEMU's dump-guest-memory, or a raw image of RAM from address 0).`,
 	pf.BoolVar(&t.asJSON, "json", false, "print JSON")
 	for _, sub := range []struct{ use, short string }{
 		{"banner", "The kernel's version banner, verified through its page tables, and the KASLR offsets"},
-		{"syscalls", "Every syscall table entry, its handler and symbol; hooks flagged; dispatch code checked"},
+		{"syscalls", "Every syscall table entry, its handler and symbol; hooks flagged and traced to their module (exit 1); dispatch code checked"},
 		{"ps", "Processes: pid, ppid, uid, gid, state, threads, start time, comm, executable"},
 		{"pstree", "Processes as a tree"},
-		{"modules", "Loaded kernel modules: name, base, size, state"},
+		{"modules", "Kernel modules from the module list, sysfs and a scan of the module area; hidden ones flagged (exit 1)"},
 		{"sockets", "Sockets of every process: protocol, addresses, state, owner"},
 		{"check", "Every integrity check in one report; exit 1 on findings, 2 if a check could not run"},
 	} {
@@ -123,6 +124,11 @@ func findingsExit(query string, raw json.RawMessage) int {
 		var r ids.SyscallReport
 		if json.Unmarshal(raw, &r) == nil {
 			err = syscallsExit(&r)
+		}
+	case "modules":
+		var ms []ids.ModuleEntry
+		if json.Unmarshal(raw, &ms) == nil && slices.ContainsFunc(ms, func(m ids.ModuleEntry) bool { return m.Hidden }) {
+			err = withExitCode(1, nil)
 		}
 	}
 	return exitCodeOf(err)
@@ -377,13 +383,22 @@ func printModules(w io.Writer, raw json.RawMessage) error {
 	esc := termtext.Escape
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	defer tw.Flush()
-	var ms []linux.Module
+	var ms []ids.ModuleEntry
 	if err := json.Unmarshal(raw, &ms); err != nil {
 		return err
 	}
-	fmt.Fprintln(tw, "NAME\tBASE\tSIZE\tSTATE")
+	fmt.Fprintln(tw, "NAME\tBASE\tSIZE\tSTATE\tSEEN IN")
+	hidden := 0
 	for _, m := range ms {
-		fmt.Fprintf(tw, "%s\t%#x\t%d\t%s\n", esc(m.Name), m.Base, m.Size, esc(m.State))
+		seen := esc(strings.Join(m.Views, ", "))
+		if m.Hidden {
+			seen = "HIDDEN: " + seen + "; missing from the module list"
+			hidden++
+		}
+		fmt.Fprintf(tw, "%s\t%#x\t%d\t%s\t%s\n", esc(m.Name), m.Base, m.Size, esc(m.State), seen)
+	}
+	if hidden > 0 {
+		return withExitCode(1, nil)
 	}
 	return nil
 }

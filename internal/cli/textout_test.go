@@ -63,6 +63,9 @@ func TestTextOutputEscapesGuestText(t *testing.T) {
 		{Name: crModule, Base: 0xffffffffc0100000, Size: 8192, State: "live"},
 		{Name: bidiName, Base: 0xffffffffc0200000, Size: 100, State: "coming"},
 	}
+	moduleRows := []ids.ModuleEntry{{Module: modules[0], Views: []string{"modules", "sysfs", "scan"}},
+		{Module: modules[1], Views: []string{"sysfs" + titleSet, "scan"}, Hidden: true},
+		{Module: modules[2], Views: []string{"modules"}}}
 	sockets := []linux.Socket{
 		{Family: "inet", Proto: "tcp", LocalAddr: "0.0.0.0", LocalPort: 22, RemoteAddr: "0.0.0.0", State: "LISTEN", PID: 1, Comm: "init"},
 		{Family: "unix", Proto: "unix", LocalAddr: clearScreen, RemoteAddr: "@" + forgedRow, State: "LISTEN", PID: 66, Comm: forgedRow},
@@ -134,7 +137,7 @@ func TestTextOutputEscapesGuestText(t *testing.T) {
 	}{
 		{"ids_ps", 1 + len(tasks), ids("ps", tasks)},
 		{"ids_pstree", len(tasks), ids("pstree", tasks)},
-		{"ids_modules", 1 + len(modules), ids("modules", modules)},
+		{"ids_modules", 1 + len(modules), ids("modules", moduleRows)},
 		{"ids_sockets", 1 + len(sockets), ids("sockets", sockets)},
 		{"ids_syscalls", 1 + 2 + 2 + 1, ids("syscalls", syscalls)},
 		{"ids_check", 2 + 2, ids("check", report)},

@@ -148,8 +148,11 @@ func (i *Inspector) checkSyscallTable() ([]Finding, error) {
 			continue
 		}
 		target := e.Symbol
-		if target == "" {
-			target = "an address outside every known symbol"
+		switch {
+		case e.Owner != "":
+			target = e.Owner
+		case target == "":
+			target = "an address outside every known symbol and module"
 		}
 		out = append(out, Finding{Check: CheckSyscallTable, Severity: SeverityCritical, Name: e.Name, Addr: e.Addr,
 			Summary: fmt.Sprintf("syscall %d (%s) is hooked: its table entry points to %#x (%s): %s", e.Nr, e.Name, e.Addr, target, e.Reason)})
@@ -164,8 +167,12 @@ func (i *Inspector) checkDispatch() ([]Finding, error) {
 	}
 	var out []Finding
 	for _, d := range found {
+		target := d.TargetSymbol
+		if d.TargetOwner != "" {
+			target = d.TargetOwner
+		}
 		out = append(out, Finding{Check: CheckDispatch, Severity: SeverityCritical, Name: d.Function, Addr: d.Addr,
-			Summary: fmt.Sprintf("syscall dispatch code %s at %#x jumps to %#x (%s): %s", d.Function, d.Addr, d.Target, d.TargetSymbol, d.Reason)})
+			Summary: fmt.Sprintf("syscall dispatch code %s at %#x jumps to %#x (%s): %s", d.Function, d.Addr, d.Target, target, d.Reason)})
 	}
 	return out, nil
 }

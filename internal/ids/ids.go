@@ -251,6 +251,36 @@ func (i *Inspector) Modules() ([]linux.Module, error) {
 	return nonNil(m), err
 }
 
+// ModuleEntry is one row of `ids modules`: a module any view shows, with
+// the views that show it; Hidden when the module list does not.
+type ModuleEntry struct {
+	linux.Module
+	Views  []string `json:"views"`
+	Hidden bool     `json:"hidden"`
+}
+
+// ModuleListing lists every module the module list, sysfs or a scan of the
+// module area shows, by name, hidden ones flagged. A view that could not
+// be read makes the listing incomplete (an error wrapping
+// linux.ErrIncomplete, with the rows that were read).
+func (i *Inspector) ModuleListing() ([]ModuleEntry, error) {
+	mm := i.K.ModuleMap()
+	out := []ModuleEntry{}
+	for _, s := range mm.Spans() {
+		out = append(out, ModuleEntry{Module: s.Module, Views: s.Views, Hidden: s.Hidden()})
+	}
+	sort.Slice(out, func(a, b int) bool {
+		if out[a].Name != out[b].Name {
+			return out[a].Name < out[b].Name
+		}
+		return out[a].Addr < out[b].Addr
+	})
+	if len(mm.Errs) > 0 {
+		return out, fmt.Errorf("%w: %w", linux.ErrIncomplete, errors.Join(mm.Errs...))
+	}
+	return out, nil
+}
+
 // Sockets lists sockets owned by processes: those of every task that could
 // be read, with an error wrapping linux.ErrIncomplete when some could not.
 func (i *Inspector) Sockets() ([]linux.Socket, error) {
@@ -294,7 +324,7 @@ func Query(in *Inspector, query string) (any, error) {
 	case "ps":
 		return in.Processes()
 	case "modules":
-		return in.Modules()
+		return in.ModuleListing()
 	case "sockets":
 		return in.Sockets()
 	case "check":

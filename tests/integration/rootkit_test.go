@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -233,11 +234,31 @@ func TestSimulatedRootkits(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		relink := unlink(t, g, k, victim.Addr+off)
+		// A syscall slot pointed into the module's code is traced to it,
+		// before and after the module hides.
+		slot := syscallSlot(t, k, "__x64_sys_ni_syscall")
+		target := victim.Base + 0x10
+		g.writeU64(t, slot.SlotPhys, target)
 		code, rep := checkFindings(t, vm)
+		if code != 1 || !hasFinding(rep, ids.CheckSyscallTable, "evdev+0x10 in module space") {
+			t.Errorf("slot %d into evdev: exit %d, findings %+v", slot.Nr, code, rep.Findings)
+		}
+		relink := unlink(t, g, k, victim.Addr+off)
+		code, rep = checkFindings(t, vm)
+		var listing []ids.ModuleEntry
+		mcode := idsJSON(t, &listing, "modules", "--vm", vm)
 		relink()
-		if code != 1 || !hasFinding(rep, ids.CheckHiddenModule, `"evdev"`) {
+		g.writeU64(t, slot.SlotPhys, slot.Addr)
+		if code != 1 || !hasFinding(rep, ids.CheckHiddenModule, `"evdev"`) ||
+			!hasFinding(rep, ids.CheckSyscallTable, "evdev+0x10 (hidden: seen in sysfs, scan, missing from the module list)") {
 			t.Errorf("unlinked module: exit %d, findings %+v", code, rep.Findings)
+		}
+		hidden := false
+		for _, m := range listing {
+			hidden = hidden || m.Name == "evdev" && m.Hidden && !slices.Contains(m.Views, linux.ViewModules)
+		}
+		if mcode != 1 || !hidden {
+			t.Errorf("ids modules with evdev unlinked: exit %d, evdev not flagged hidden in %+v", mcode, listing)
 		}
 	})
 
@@ -369,4 +390,21 @@ func waitEvents(t *testing.T, vm string, groups ...[]string) {
 		}
 		time.Sleep(time.Second)
 	}
+}
+
+// syscallSlot returns the first syscall table entry whose image handler is
+// name.
+func syscallSlot(t *testing.T, k *linux.Kernel, name string) linux.SyscallEntry {
+	t.Helper()
+	entries, err := k.SyscallTable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if e.Name == name {
+			return e
+		}
+	}
+	t.Fatalf("no %s slot in %d entries", name, len(entries))
+	return linux.SyscallEntry{}
 }

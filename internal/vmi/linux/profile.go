@@ -274,6 +274,9 @@ func (p *Profile) field(path string) (uint64, btf.Type, error) {
 	if len(parts) < 2 {
 		return 0, nil, fmt.Errorf("%w: %q is not struct.field", ErrNoField, path)
 	}
+	if p.BTF == nil {
+		return 0, nil, fmt.Errorf("%w: %s: %w", ErrNoField, path, ErrNoBTF)
+	}
 	var typ btf.Type
 	var s *btf.Struct
 	if err := p.BTF.TypeByName(parts[0], &s); err != nil {
@@ -333,6 +336,9 @@ func findMember(typ btf.Type, name string, depth int) (btf.Member, uint64, bool)
 
 // StructSize returns the size in bytes of a structure.
 func (p *Profile) StructSize(name string) (uint64, error) {
+	if p.BTF == nil {
+		return 0, fmt.Errorf("%w: struct %s: %w", ErrNoField, name, ErrNoBTF)
+	}
 	var s *btf.Struct
 	if err := p.BTF.TypeByName(name, &s); err != nil {
 		return 0, fmt.Errorf("%w: struct %s: %v", ErrNoField, name, err)

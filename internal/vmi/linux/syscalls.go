@@ -340,6 +340,9 @@ type SyscallEntry struct {
 	SlotPhys uint64 `json:"slot_phys"`
 	// Symbol is where the live value points, "sym" or "sym+0xoff", or "" outside every symbol.
 	Symbol string `json:"symbol"`
+	// Owner, for a live value outside the kernel image, is the module that
+	// holds it: "module+0xoff", flagged when the module is hidden.
+	Owner string `json:"owner,omitempty"`
 	// InCoreText reports whether the live value lies in _stext.._etext.
 	InCoreText bool `json:"in_core_text"`
 	Hooked     bool `json:"hooked"`
@@ -377,6 +380,7 @@ func (k *Kernel) SyscallTable() ([]SyscallEntry, error) {
 		}
 	}
 	out := make([]SyscallEntry, 0, n)
+	var mods *ModuleMap
 	var physPage, physVA uint64 = 0, 1 // one translation per page
 	for i := range n {
 		e := SyscallEntry{Nr: i, SlotAddr: table + uint64(8*i)}
@@ -401,7 +405,11 @@ func (k *Kernel) SyscallTable() ([]SyscallEntry, error) {
 		switch {
 		case !e.InCoreText:
 			e.Hooked = true
-			e.Reason = fmt.Sprintf("points into %s, outside core kernel text; the image has %s", k.region(e.Addr), e.Name)
+			where := k.region(e.Addr)
+			if e.Owner = k.owner(&mods, e.Addr); e.Owner != "" {
+				where = e.Owner + " in " + where
+			}
+			e.Reason = fmt.Sprintf("points into %s, outside core kernel text; the image has %s", where, e.Name)
 		case e.Addr != want:
 			e.Hooked = true
 			got := e.Symbol
@@ -566,7 +574,13 @@ type DispatchFinding struct {
 	// its symbol ("" if none).
 	Target       uint64 `json:"target"`
 	TargetSymbol string `json:"target_symbol"`
-	Reason       string `json:"reason"`
+	// TargetOwner, for a target outside the kernel image, is the module
+	// that holds it ("module+0xoff", flagged when hidden).
+	TargetOwner string `json:"target_owner,omitempty"`
+	// Syscalls are the syscall numbers whose dispatch the branch replaces
+	// (those whose handler the image calls at that place), when known.
+	Syscalls []int  `json:"syscalls,omitempty"`
+	Reason   string `json:"reason"`
 }
 
 // CheckDispatch disassembles the live code of the system call path
@@ -608,6 +622,7 @@ func (k *Kernel) CheckDispatch() ([]DispatchFinding, error) {
 		return nil, ErrNoImage
 	}
 	var out []DispatchFinding
+	var mods *ModuleMap
 	for i, fn := range facts.Code {
 		if len(fn.Bytes) > maxDispatchCode {
 			return nil, fmt.Errorf("linux: image code of %s is %d bytes, over the %d-byte bound", fn.Name, len(fn.Bytes), maxDispatchCode)
@@ -618,7 +633,20 @@ func (k *Kernel) CheckDispatch() ([]DispatchFinding, error) {
 				Reason: fmt.Sprintf("live code unreadable: %v", err)})
 			continue
 		}
-		out = append(out, k.compareCode(fn, live, decodeImage(facts, i))...)
+		d := decodeImage(facts, i)
+		for _, f := range k.compareCode(fn, live, d) {
+			if f.Target != 0 {
+				f.TargetOwner = k.owner(&mods, f.Target)
+			}
+			f.Syscalls = redirectedSyscalls(facts, d.insns, int(f.Addr-(fn.Addr+k.Slide)))
+			if f.TargetOwner != "" {
+				f.Reason += "; the target is " + f.TargetOwner
+			}
+			if len(f.Syscalls) > 0 {
+				f.Reason += fmt.Sprintf("; it redirects syscall %s", joinInts(f.Syscalls))
+			}
+			out = append(out, f)
+		}
 	}
 	return out, nil
 }
@@ -848,6 +876,44 @@ func (k *Kernel) compareCode(fn ImageCode, live []byte, d *decodedFunc) []Dispat
 		out = append(out, f)
 	}
 	return out
+}
+
+// redirectedSyscalls returns the syscall numbers a patch at offset off of a
+// dispatch function takes over: those whose handler the image calls (or
+// jumps to) at off, or in the first 16 bytes after it (a patch over a
+// case's argument setup lands before its call). Numbers come from the
+// image's syscall table; none when the image has no handler call there.
+func redirectedSyscalls(facts *ImageFacts, img []insn, off int) []int {
+	for _, in := range img {
+		if in.off+in.len <= off || in.kind != directBranch {
+			continue
+		}
+		if in.off > off+16 {
+			break
+		}
+		var nrs []int
+		for nr, h := range facts.SyscallTable {
+			if h == in.target && len(nrs) < 64 {
+				nrs = append(nrs, nr)
+			}
+		}
+		if len(nrs) > 0 {
+			return nrs
+		}
+	}
+	return nil
+}
+
+// joinInts writes numbers as "1, 2, 3".
+func joinInts(v []int) string {
+	var b strings.Builder
+	for i, n := range v {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%d", n)
+	}
+	return b.String()
 }
 
 // describe says what the image has at a place, for findings.
