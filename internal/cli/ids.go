@@ -432,7 +432,10 @@ func printCheck(w io.Writer, raw json.RawMessage) error {
 	}
 	for _, c := range r.Checks {
 		st := fmt.Sprintf("%d findings", c.Findings)
-		if !c.Ran {
+		switch {
+		case c.NotApplicable != "":
+			st = "not applicable: " + c.NotApplicable
+		case !c.Ran:
 			st = "DID NOT RUN: " + c.Error
 		}
 		fmt.Fprintf(tw, "%s\t%s\n", esc(c.Name), esc(st))

@@ -33,8 +33,11 @@ const (
 // lasts (the same object flagged by the same check): continuous monitoring
 // reports a finding and its clearing under it.
 type Finding struct {
-	ID       string `json:"id,omitempty"`
-	Check    string `json:"check"`
+	ID    string `json:"id,omitempty"`
+	Check string `json:"check"`
+	// Source is the check that reported it, when that is not Check (the
+	// guest view reports hidden-process and hidden-socket findings).
+	Source   string `json:"source,omitempty"`
 	Severity string `json:"severity"`
 	Summary  string `json:"summary"`
 	PID      int    `json:"pid,omitempty"`
@@ -51,12 +54,15 @@ func findingID(f Finding) string {
 	return hex.EncodeToString(h[:6])
 }
 
-// CheckStatus says whether a check ran.
+// CheckStatus says whether a check ran. A check that does not apply to
+// the target (the guest view of a memory dump) has Ran false and says why
+// in NotApplicable; it does not make the report incomplete.
 type CheckStatus struct {
-	Name     string `json:"name"`
-	Ran      bool   `json:"ran"`
-	Findings int    `json:"findings"`
-	Error    string `json:"error,omitempty"`
+	Name          string `json:"name"`
+	Ran           bool   `json:"ran"`
+	Findings      int    `json:"findings"`
+	Error         string `json:"error,omitempty"`
+	NotApplicable string `json:"not_applicable,omitempty"`
 }
 
 // Report is the `ids check` answer.
@@ -71,7 +77,7 @@ func (r *Report) Clean() bool { return len(r.Findings) == 0 && r.Complete() }
 // Complete reports whether every check ran.
 func (r *Report) Complete() bool {
 	for _, c := range r.Checks {
-		if !c.Ran {
+		if !c.Ran && c.NotApplicable == "" {
 			return false
 		}
 	}
@@ -95,8 +101,14 @@ func (i *Inspector) Check() *Report {
 			return err
 		})
 		st := CheckStatus{Name: name, Ran: err == nil, Findings: len(found)}
-		if err != nil {
+		switch {
+		case errors.Is(err, ErrNoGuest):
+			st.NotApplicable = err.Error()
+		case err != nil:
 			st.Error = err.Error()
+		}
+		for k := range found {
+			found[k].Source = name
 		}
 		r.Checks = append(r.Checks, st)
 		r.Findings = append(r.Findings, found...)
@@ -125,6 +137,11 @@ func (i *Inspector) Check() *Report {
 	run(CheckCommExe, withTasks(i.checkCommExe))
 	run(CheckUnexpectedRoot, withTasks(i.checkUnexpectedRoot))
 	run(CheckCorrupt, i.checkCorrupt)
+	if i.Guest != nil {
+		run(CheckGuestView, i.checkGuestView)
+	} else {
+		r.Checks = append(r.Checks, CheckStatus{Name: CheckGuestView, NotApplicable: "no guest userland to ask (a memory dump, or a VM paused for the gdbstub)"})
+	}
 	for k := range r.Findings {
 		r.Findings[k].ID = findingID(r.Findings[k])
 	}

@@ -194,7 +194,11 @@ func diffFindings(prev, cur *Snapshot, ev func(string) Event) []Event {
 		ran[c.Name] = c.Ran
 	}
 	for _, f := range prev.Report.Findings {
-		if !now[f.key()] && ran[f.Check] {
+		src := f.Source
+		if src == "" {
+			src = f.Check
+		}
+		if !now[f.key()] && ran[src] {
 			e := ev(EventCleared)
 			f := f
 			e.Finding = &f
@@ -233,7 +237,7 @@ func diffErrors(prev, cur *Snapshot, ev func(string) Event) []Event {
 	}
 	if cur.Report != nil {
 		for _, c := range cur.Report.Checks {
-			if !c.Ran && !before["check|"+c.Name+"|"+c.Error] {
+			if !c.Ran && c.NotApplicable == "" && !before["check|"+c.Name+"|"+c.Error] {
 				e := ev(EventError)
 				e.Error = fmt.Sprintf("check %s did not run: %s", c.Name, c.Error)
 				out = append(out, e)

@@ -44,6 +44,9 @@ func DefaultOptions() Options {
 type Inspector struct {
 	K    *linux.Kernel
 	Opts Options
+	// Guest asks the running guest's userland (nil for a memory dump):
+	// the guest-view check compares its answers with the kernel's.
+	Guest GuestRunner
 }
 
 // New returns an inspector for k.

@@ -90,7 +90,28 @@ func (m *Monitor) inspector(ctx context.Context) (*ids.Inspector, error) {
 		return nil, fmt.Errorf("locate the guest kernel: %w", err)
 	}
 	in.insp, in.err, in.once = ids.New(k, ids.DefaultOptions()), nil, true
+	in.insp.Guest = m.askGuest
 	return in.insp, nil
+}
+
+// askGuest runs a script in the guest through its agent, for the IDS's
+// guest-view check: the guest's own account of itself, which a rootkit
+// filters. Without a ready agent there is nothing to ask (ids.ErrNoGuest).
+func (m *Monitor) askGuest(ctx context.Context, script string) ([]byte, error) {
+	m.mu.Lock()
+	ready := !m.readyAt.IsZero()
+	m.mu.Unlock()
+	if !ready || m.exec == nil {
+		return nil, fmt.Errorf("%w: the guest's gatevisor agent is not ready", ids.ErrNoGuest)
+	}
+	res, err := m.exec.Run(ctx, script, 15*time.Second)
+	if err != nil {
+		return nil, fmt.Errorf("guest agent: %w", err)
+	}
+	if res.ExitCode != 0 {
+		return nil, fmt.Errorf("guest agent: the script exited %d: %.200q", res.ExitCode, res.Stderr)
+	}
+	return res.Stdout, nil
 }
 
 // controlRegisters reads CR3 and CR4 of vCPU 0.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -262,6 +263,10 @@ func TestSimulatedRootkits(t *testing.T) {
 		}
 	})
 
+	t.Run("the guest's own view lies", func(t *testing.T) {
+		lyingGuestView(t, vm)
+	})
+
 	t.Run("a corrupted task does not blind the scan", func(t *testing.T) {
 		corruptedTaskScan(t, vm, g, k, prof)
 	})
@@ -344,8 +349,15 @@ func corruptedTaskScan(t *testing.T, vm string, g *guestRAM, k *linux.Kernel, pr
 	if err := json.Unmarshal([]byte(ps.stdout), &rows); err != nil {
 		t.Fatalf("ids ps --json with a corrupted task: %v\n%s", err, ps.stdout)
 	}
-	if ps.code != 2 || len(rows) < len(tasks)-2 || !strings.Contains(ps.stderr, "incomplete") {
-		t.Errorf("ids ps with a corrupted task: exit %d, %d of %d rows, stderr %q", ps.code, len(rows), len(tasks), ps.stderr)
+	// Every other process is listed (processes come and go meanwhile: the
+	// guest's exec channel's among them), the corrupted one is not.
+	hasInit, hasVictim := false, false
+	for _, r := range rows {
+		hasInit = hasInit || r.PID == 1
+		hasVictim = hasVictim || r.Addr == victim.Addr
+	}
+	if ps.code != 2 || len(rows) < len(tasks)/2 || !hasInit || hasVictim || !strings.Contains(ps.stderr, fmt.Sprintf("task_struct at %#x", victim.Addr)) {
+		t.Errorf("ids ps with a corrupted task: exit %d, %d rows (%d before), init %v, victim %v, stderr %q", ps.code, len(rows), len(tasks), hasInit, hasVictim, ps.stderr)
 	}
 	code, rep := checkFindings(t, vm)
 	if code != 1 || !hasFinding(rep, ids.CheckCorrupt, fmt.Sprintf("%#x", victim.Addr)) || !hasFinding(rep, ids.CheckHiddenModule, `"evdev"`) {
@@ -407,4 +419,47 @@ func syscallSlot(t *testing.T, k *linux.Kernel, name string) linux.SyscallEntry 
 	}
 	t.Fatalf("no %s slot in %d entries", name, len(entries))
 	return linux.SyscallEntry{}
+}
+
+// lyingGuestView makes the guest's /proc lie as a getdents- and
+// seq_show-filtering rootkit does: a copy of /proc's pid directories
+// without one process, and of /proc/net without its listening socket, is
+// bind-mounted over /proc. ids check must report the process and the
+// socket as hidden from the guest (the kernel's lists still hold them),
+// and be clean again once /proc is itself.
+func lyingGuestView(t *testing.T, vm string) {
+	start := `httpd -p 4444 -h /tmp; sleep 1; pid=$(pidof httpd); echo $pid`
+	r := gv(t, time.Minute, "exec", vm, "--", "sh", "-c", start)
+	pid, err := strconv.Atoi(strings.Fields(strings.TrimSpace(r.stdout) + " x")[0])
+	if r.code != 0 || err != nil {
+		t.Fatalf("start httpd: exit %d, %q %q", r.code, r.stdout, r.stderr)
+	}
+	defer gv(t, time.Minute, "exec", vm, "--", "kill", strconv.Itoa(pid))
+	lie := fmt.Sprintf(`set -e
+rm -rf /tmp/fp && mkdir -p /tmp/fp/net
+for d in /proc/[0-9]*; do n=${d#/proc/}; [ "$n" = %d ] || mkdir /tmp/fp/$n; done
+for f in tcp tcp6 udp udp6; do [ -r /proc/net/$f ] && grep -v ':115C ' /proc/net/$f > /tmp/fp/net/$f || true; done
+mount --bind /tmp/fp /proc`, pid)
+	if r := gv(t, time.Minute, "exec", vm, "--", "sh", "-c", lie); r.code != 0 {
+		t.Fatalf("bind the lying /proc: exit %d: %s", r.code, r.stderr)
+	}
+	unmounted := false
+	unmount := func() {
+		if !unmounted {
+			if r := gv(t, time.Minute, "exec", vm, "--", "umount", "/proc"); r.code != 0 {
+				t.Errorf("umount the lying /proc: %s", r.stderr)
+			}
+			unmounted = true
+		}
+	}
+	defer unmount()
+	code, rep := checkFindings(t, vm)
+	if code != 1 || !hasFinding(rep, ids.CheckHiddenProcess, fmt.Sprintf("process %d (httpd) is hidden from the guest", pid)) ||
+		!hasFinding(rep, ids.CheckHiddenSocket, ":4444 (LISTEN") {
+		t.Errorf("a /proc without httpd: exit %d, findings %+v, checks %+v", code, rep.Findings, rep.Checks)
+	}
+	unmount()
+	if code, rep := checkFindings(t, vm); code != 0 {
+		t.Errorf("/proc itself again: exit %d, findings %+v", code, rep.Findings)
+	}
 }
