@@ -57,6 +57,7 @@ or QEMU's dump-guest-memory, or a raw image of RAM from address 0).`,
 		{"pstree", "Processes as a tree"},
 		{"modules", "Kernel modules from the module list, sysfs and a scan of the module area; hidden ones flagged (exit 1)"},
 		{"sockets", "Sockets of every process: protocol, addresses, state, owner"},
+		{"hooks", "ftrace and kprobe registrations and the code they run; foreign (module) callbacks flagged (exit 1)"},
 		{"check", "Every integrity check in one report; exit 1 on findings, 2 if a check could not run"},
 	} {
 		name := sub.use
@@ -124,6 +125,11 @@ func findingsExit(query string, raw json.RawMessage) int {
 		var r ids.SyscallReport
 		if json.Unmarshal(raw, &r) == nil {
 			err = syscallsExit(&r)
+		}
+	case "hooks":
+		var r ids.HooksReport
+		if json.Unmarshal(raw, &r) == nil && slices.ContainsFunc(append(r.Ftrace, r.Kprobes...), func(e ids.HookEntry) bool { return e.Foreign }) {
+			err = withExitCode(1, nil)
 		}
 	case "modules":
 		var ms []ids.ModuleEntry
@@ -286,7 +292,7 @@ func checkExit(r *ids.Report) error {
 // idsPrinters print each query's answer as text, guest text escaped.
 var idsPrinters = map[string]func(w io.Writer, raw json.RawMessage) error{
 	"banner": printBanner, "syscalls": printSyscalls, "ps": printPS, "pstree": printPSTree,
-	"modules": printModules, "sockets": printSockets, "check": printCheck,
+	"modules": printModules, "sockets": printSockets, "hooks": printHooks, "check": printCheck,
 }
 
 func printIDS(w io.Writer, query string, raw json.RawMessage) error {
@@ -398,6 +404,30 @@ func printModules(w io.Writer, raw json.RawMessage) error {
 		fmt.Fprintf(tw, "%s\t%#x\t%d\t%s\t%s\n", esc(m.Name), m.Base, m.Size, esc(m.State), seen)
 	}
 	if hidden > 0 {
+		return withExitCode(1, nil)
+	}
+	return nil
+}
+
+func printHooks(w io.Writer, raw json.RawMessage) error {
+	esc := termtext.Escape
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	defer tw.Flush()
+	var r ids.HooksReport
+	if err := json.Unmarshal(raw, &r); err != nil {
+		return err
+	}
+	fmt.Fprintln(tw, "KIND\tADDRESS\tON\tRUNS\tSTATUS")
+	foreign := 0
+	for _, e := range append(r.Ftrace, r.Kprobes...) {
+		st := "kernel"
+		if e.Foreign {
+			st = "FOREIGN: not the kernel's own code"
+			foreign++
+		}
+		fmt.Fprintf(tw, "%s\t%#x\t%s\t%s\t%s\n", e.Kind, e.Addr, esc(e.On), esc(strings.Join(e.Runs, ", ")), st)
+	}
+	if foreign > 0 {
 		return withExitCode(1, nil)
 	}
 	return nil

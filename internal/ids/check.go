@@ -136,6 +136,8 @@ func (i *Inspector) Check() *Report {
 	run(CheckHiddenModule, func() ([]Finding, error) { return hiddenFindings(linux.CrossViewModules(i.K)) })
 	run(CheckCommExe, withTasks(i.checkCommExe))
 	run(CheckUnexpectedRoot, withTasks(i.checkUnexpectedRoot))
+	run(CheckFtrace, i.checkFtrace)
+	run(CheckKprobe, i.checkKprobes)
 	run(CheckCorrupt, i.checkCorrupt)
 	if i.Guest != nil {
 		run(CheckGuestView, i.checkGuestView)

@@ -308,10 +308,10 @@ func (i *Inspector) Sockets() ([]linux.Socket, error) {
 func baseName(p string) string { return filepath.Base(strings.TrimSuffix(p, " (deleted)")) }
 
 // Queries lists the answers Query gives.
-var Queries = []string{"banner", "syscalls", "ps", "modules", "sockets", "check"}
+var Queries = []string{"banner", "syscalls", "ps", "modules", "sockets", "hooks", "check"}
 
 // ErrUnknownQuery is returned by Query for a name not in Queries.
-var ErrUnknownQuery = errors.New("unknown IDS query: use banner, syscalls, ps, modules, sockets or check")
+var ErrUnknownQuery = errors.New("unknown IDS query: use banner, syscalls, ps, modules, sockets, hooks or check")
 
 // Query answers one named query; the result is JSON-encodable and is the
 // same for a live VM and a dump. A listing that could read only part of
@@ -330,6 +330,8 @@ func Query(in *Inspector, query string) (any, error) {
 		return in.ModuleListing()
 	case "sockets":
 		return in.Sockets()
+	case "hooks":
+		return in.Hooks()
 	case "check":
 		return in.Check(), nil
 	}

@@ -263,6 +263,10 @@ func TestSimulatedRootkits(t *testing.T) {
 		}
 	})
 
+	t.Run("the kernel's own tracers are listed, not flagged", func(t *testing.T) {
+		kernelTracers(t, vm)
+	})
+
 	t.Run("the guest's own view lies", func(t *testing.T) {
 		lyingGuestView(t, vm)
 	})
@@ -461,5 +465,34 @@ mount --bind /tmp/fp /proc`, pid)
 	unmount()
 	if code, rep := checkFindings(t, vm); code != 0 {
 		t.Errorf("/proc itself again: exit %d, findings %+v", code, rep.Findings)
+	}
+}
+
+// kernelTracers attaches the kernel's own function tracer and a kprobe
+// event (tracefs) to do_sys_openat2: `ids hooks` must list both, attached
+// there and running the kernel's own code, and `ids check` stay clean.
+func kernelTracers(t *testing.T, vm string) {
+	const on = `mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null; cd /sys/kernel/tracing &&
+echo 'p:gvprobe do_sys_openat2' >> kprobe_events && echo 1 > events/kprobes/gvprobe/enable &&
+echo do_sys_openat2 > set_ftrace_filter && echo function > current_tracer`
+	const off = `cd /sys/kernel/tracing && echo nop > current_tracer; echo > set_ftrace_filter; echo 0 > events/kprobes/gvprobe/enable; echo '-:gvprobe' >> kprobe_events`
+	if r := gv(t, time.Minute, "exec", vm, "--", "sh", "-c", on); r.code != 0 {
+		t.Fatalf("attach the tracers: exit %d: %s", r.code, r.stderr)
+	}
+	defer gv(t, time.Minute, "exec", vm, "--", "sh", "-c", off)
+	var hooks ids.HooksReport
+	code := idsJSON(t, &hooks, "hooks", "--vm", vm)
+	sawKprobe, sawFtrace := false, false
+	for _, e := range hooks.Kprobes {
+		sawKprobe = sawKprobe || strings.HasPrefix(e.On, "do_sys_openat2") && !e.Foreign
+	}
+	for _, e := range hooks.Ftrace {
+		sawFtrace = sawFtrace || strings.Contains(e.On, "do_sys_openat2") && !e.Foreign
+	}
+	if code != 0 || !sawKprobe || !sawFtrace {
+		t.Errorf("ids hooks with the kernel's tracers on do_sys_openat2: exit %d, kprobe %v, ftrace %v: %+v", code, sawKprobe, sawFtrace, hooks)
+	}
+	if code, rep := checkFindings(t, vm); code != 0 {
+		t.Errorf("ids check with the kernel's tracers attached: exit %d, %+v", code, rep.Findings)
 	}
 }

@@ -1,0 +1,153 @@
+package ids
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/gatevisor/gatevisor/internal/vmi/linux"
+)
+
+// Checks of the kernel's own hook registries.
+const (
+	CheckFtrace = "ftrace-hook"
+	CheckKprobe = "kprobe"
+)
+
+// codeOwner names where a callback lives for a finding: its module
+// ("name+0xoff", hidden ones flagged), else its symbol, else its region.
+// mm is read on first use.
+func (i *Inspector) codeOwner(mm **linux.ModuleMap, va uint64) string {
+	if s := i.K.SymbolName(va); s != "" {
+		return s
+	}
+	if *mm == nil {
+		*mm = i.K.ModuleMap()
+	}
+	if s := (*mm).Name(va); s != "" {
+		return s
+	}
+	return fmt.Sprintf("%#x in %s, outside every known symbol and module", va, i.K.Region(va))
+}
+
+// checkFtrace reports ftrace_ops whose callback is not the kernel's own
+// code: a module (or injected code) attached to functions' __fentry__
+// sites, which is how a 6.x rootkit hooks syscalls with no table or code
+// patch. It names the callback's module and the functions it is attached to.
+func (i *Inspector) checkFtrace() ([]Finding, error) {
+	ops, err := i.K.FtraceOps()
+	if err != nil {
+		return nil, err
+	}
+	var mm *linux.ModuleMap
+	var out []Finding
+	for _, o := range ops {
+		if i.K.InCoreText(o.Func) {
+			continue
+		}
+		where := "every traced function"
+		if !o.AllFunctions {
+			where = strings.Join(o.Targets, ", ")
+			if o.TargetCount > len(o.Targets) {
+				where += fmt.Sprintf(" and %d more", o.TargetCount-len(o.Targets))
+			}
+		}
+		owner := i.codeOwner(&mm, o.Func)
+		out = append(out, Finding{Check: CheckFtrace, Severity: SeverityCritical, Addr: o.Addr, Name: owner,
+			Summary: fmt.Sprintf("ftrace_ops at %#x runs %s on %s", o.Addr, owner, where)})
+	}
+	return out, nil
+}
+
+// checkKprobes reports kprobes whose handlers are not the kernel's own
+// code (the kernel's tracers register handlers in its core text).
+func (i *Inspector) checkKprobes() ([]Finding, error) {
+	kps, err := i.K.Kprobes()
+	if err != nil {
+		return nil, err
+	}
+	var mm *linux.ModuleMap
+	var out []Finding
+	for _, kp := range kps {
+		var foreign []string
+		for _, h := range kp.Handlers {
+			if !i.K.InCoreText(h) {
+				foreign = append(foreign, i.codeOwner(&mm, h))
+			}
+		}
+		if len(foreign) == 0 {
+			continue
+		}
+		kind, at := "kprobe", kp.AtSymbol
+		if kp.Return {
+			kind = "kretprobe"
+		}
+		if at == "" {
+			at = fmt.Sprintf("%#x", kp.At)
+		}
+		out = append(out, Finding{Check: CheckKprobe, Severity: SeverityCritical, Addr: kp.Addr, Name: foreign[0],
+			Summary: fmt.Sprintf("%s on %s runs %s", kind, at, strings.Join(foreign, ", "))})
+	}
+	return out, nil
+}
+
+// HooksReport is the `ids hooks` answer: every registered ftrace_ops and
+// kprobe, with where their callbacks live.
+type HooksReport struct {
+	Ftrace  []HookEntry `json:"ftrace"`
+	Kprobes []HookEntry `json:"kprobes"`
+}
+
+// HookEntry is one registration: what it is attached to and the code it
+// runs, each callback named ("kernel" for the kernel's own core text).
+type HookEntry struct {
+	Addr     uint64   `json:"addr"`
+	On       string   `json:"on"`
+	Runs     []string `json:"runs"`
+	Foreign  bool     `json:"foreign"`
+	Kind     string   `json:"kind"`
+	Handlers []uint64 `json:"handlers"`
+}
+
+// Hooks lists the kernel's ftrace and kprobe registrations.
+func (i *Inspector) Hooks() (HooksReport, error) {
+	r := HooksReport{Ftrace: []HookEntry{}, Kprobes: []HookEntry{}}
+	ops, err := i.K.FtraceOps()
+	if err != nil {
+		return r, err
+	}
+	var mm *linux.ModuleMap
+	for _, o := range ops {
+		on := "every traced function"
+		if !o.AllFunctions {
+			on = strings.Join(o.Targets, ", ")
+			if o.TargetCount > len(o.Targets) {
+				on += fmt.Sprintf(" and %d more", o.TargetCount-len(o.Targets))
+			}
+		}
+		r.Ftrace = append(r.Ftrace, i.hookEntry(&mm, o.Addr, "ftrace_ops", on, []uint64{o.Func}))
+	}
+	kps, err := i.K.Kprobes()
+	if err != nil {
+		return r, err
+	}
+	for _, kp := range kps {
+		kind, on := "kprobe", kp.AtSymbol
+		if kp.Return {
+			kind = "kretprobe"
+		}
+		if on == "" {
+			on = fmt.Sprintf("%#x", kp.At)
+		}
+		r.Kprobes = append(r.Kprobes, i.hookEntry(&mm, kp.Addr, kind, on, kp.Handlers))
+	}
+	return r, nil
+}
+
+func (i *Inspector) hookEntry(mm **linux.ModuleMap, addr uint64, kind, on string, handlers []uint64) HookEntry {
+	e := HookEntry{Addr: addr, Kind: kind, On: on, Handlers: handlers, Runs: []string{}}
+	for _, h := range handlers {
+		e.Runs = append(e.Runs, i.codeOwner(mm, h))
+		e.Foreign = e.Foreign || !i.K.InCoreText(h)
+	}
+	return e
+}
