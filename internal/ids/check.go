@@ -138,6 +138,7 @@ func (i *Inspector) Check() *Report {
 	run(CheckUnexpectedRoot, withTasks(i.checkUnexpectedRoot))
 	run(CheckFtrace, i.checkFtrace)
 	run(CheckKprobe, i.checkKprobes)
+	run(CheckInline, i.checkInline)
 	run(CheckCorrupt, i.checkCorrupt)
 	if i.Guest != nil {
 		run(CheckGuestView, i.checkGuestView)

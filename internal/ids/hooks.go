@@ -151,3 +151,41 @@ func (i *Inspector) hookEntry(mm **linux.ModuleMap, addr uint64, kind, on string
 	}
 	return e
 }
+
+// CheckInline is the check of inline patches in functions rootkits hook.
+const CheckInline = "inline-patch"
+
+// checkInline reports branches in the watched kernel functions (the
+// /proc/net seq_show functions, directory fillers, syscall handlers' first
+// bytes...) that the image does not have: an inline hook. Calls at a
+// __fentry__ site to a registered ftrace_ops's trampoline are ftrace's,
+// judged by the ftrace check.
+func (i *Inspector) checkInline() ([]Finding, error) {
+	ops, err := i.K.FtraceOps()
+	if err != nil {
+		return nil, err
+	}
+	tramps := map[uint64]bool{}
+	for _, o := range ops {
+		if o.Trampoline != 0 {
+			tramps[o.Trampoline] = true
+		}
+	}
+	found, err := i.K.CheckInline(tramps)
+	if err != nil {
+		return nil, err
+	}
+	var out []Finding
+	for _, d := range found {
+		target := d.TargetSymbol
+		if d.TargetOwner != "" {
+			target = d.TargetOwner
+		}
+		if target == "" {
+			target = fmt.Sprintf("%#x", d.Target)
+		}
+		out = append(out, Finding{Check: CheckInline, Severity: SeverityCritical, Name: d.Function, Addr: d.Addr,
+			Summary: fmt.Sprintf("%s is patched at %#x: it branches to %s: %s", d.Function, d.Addr, target, d.Reason)})
+	}
+	return out, nil
+}

@@ -263,6 +263,33 @@ func TestSimulatedRootkits(t *testing.T) {
 		}
 	})
 
+	t.Run("inline patch", func(t *testing.T) {
+		// A jmp over raw_seq_show's first bytes (nothing reads /proc/net/raw
+		// meanwhile) into a module's code: the technique of a rootkit that
+		// filters /proc/net by patching a seq_show function.
+		fn, err := k.Addr("raw_seq_show")
+		if err != nil {
+			t.Fatal(err)
+		}
+		mods, err := k.Modules()
+		if err != nil || len(mods) == 0 {
+			t.Fatalf("modules: %v", err)
+		}
+		target := mods[0].Base + 0x40
+		old, err := vmi.ReadU64(k.AS, fn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		jmp := old&^0xffffffffff | 0xe9 | uint64(uint32(int32(target-(fn+5))))<<8
+		restore := writeVirtU64(t, g, k, fn, jmp)
+		code, rep := checkFindings(t, vm)
+		restore()
+		want := fmt.Sprintf("raw_seq_show is patched at %#x: it branches to %s+0x40", fn, mods[0].Name)
+		if code != 1 || !hasFinding(rep, ids.CheckInline, want) {
+			t.Errorf("jmp at raw_seq_show: exit %d, want %q in %+v", code, want, rep.Findings)
+		}
+	})
+
 	t.Run("the kernel's own tracers are listed, not flagged", func(t *testing.T) {
 		kernelTracers(t, vm)
 	})

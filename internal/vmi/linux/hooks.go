@@ -115,8 +115,8 @@ func (k *Kernel) ftraceTargets(f *fields, hash uint64, o *FtraceOps) {
 	for b := uint64(0); b < 1<<bits && entries < maxFtraceEntries; b++ {
 		node, err := vmi.ReadU64(k.AS, buckets+8*b)
 		for ; err == nil && node != 0 && entries < maxFtraceEntries; entries++ {
-			ip, err := vmi.ReadU64(k.AS, node-offNode+offIP)
-			if err != nil {
+			ip, ierr := vmi.ReadU64(k.AS, node-offNode+offIP)
+			if ierr != nil {
 				break
 			}
 			o.TargetCount++

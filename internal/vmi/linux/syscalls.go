@@ -70,6 +70,13 @@ type ImageCode struct {
 	Name  string
 	Addr  uint64
 	Bytes []byte
+	// Size is the function's whole extent, which Bytes may cover only the
+	// start of (a watched function's prefix).
+	Size uint64
+	// Watched marks a function rootkits commonly patch inline, checked by
+	// CheckInline; the others are the dispatch path, checked by
+	// CheckDispatch.
+	Watched bool
 }
 
 // Alternative is one boot-time code patch the kernel may apply (struct
@@ -109,7 +116,7 @@ func (p *Profile) AttachImage(img []byte) error {
 }
 
 // imageCacheFormat is bumped when the cached encoding changes.
-const imageCacheFormat = 1
+const imageCacheFormat = 2
 
 type cachedImage struct {
 	Format int
@@ -222,8 +229,9 @@ func NewImageFacts(img []byte, prof *Profile) (*ImageFacts, error) {
 		if code == nil {
 			return nil, fmt.Errorf("linux: %s at %#x is outside the image's data", name, addr)
 		}
-		facts.Code = append(facts.Code, ImageCode{Name: name, Addr: addr, Bytes: bytes.Clone(code)})
+		facts.Code = append(facts.Code, ImageCode{Name: name, Addr: addr, Bytes: bytes.Clone(code), Size: end - addr})
 	}
+	facts.Code = append(facts.Code, watchedCode(im, prof, facts)...)
 	facts.Alternatives = im.alternatives(prof, facts.Code)
 	return facts, nil
 }
@@ -579,8 +587,11 @@ type DispatchFinding struct {
 	TargetOwner string `json:"target_owner,omitempty"`
 	// Syscalls are the syscall numbers whose dispatch the branch replaces
 	// (those whose handler the image calls at that place), when known.
-	Syscalls []int  `json:"syscalls,omitempty"`
-	Reason   string `json:"reason"`
+	Syscalls []int `json:"syscalls,omitempty"`
+	// FentrySite says the branch is at the function's __fentry__ call,
+	// where ftrace attaches.
+	FentrySite bool   `json:"fentry_site,omitempty"`
+	Reason     string `json:"reason"`
 }
 
 // CheckDispatch disassembles the live code of the system call path
@@ -624,6 +635,9 @@ func (k *Kernel) CheckDispatch() ([]DispatchFinding, error) {
 	var out []DispatchFinding
 	var mods *ModuleMap
 	for i, fn := range facts.Code {
+		if fn.Watched {
+			continue
+		}
 		if len(fn.Bytes) > maxDispatchCode {
 			return nil, fmt.Errorf("linux: image code of %s is %d bytes, over the %d-byte bound", fn.Name, len(fn.Bytes), maxDispatchCode)
 		}
@@ -812,7 +826,7 @@ func (k *Kernel) compareCode(fn ImageCode, live []byte, d *decodedFunc) []Dispat
 	}
 
 	base := fn.Addr + k.Slide
-	end := base + uint64(len(fn.Bytes))
+	end := base + max(uint64(len(fn.Bytes)), fn.Size)
 	var out []DispatchFinding
 	for _, in := range decode(live, base) {
 		if in.kind == notBranch {
@@ -825,6 +839,7 @@ func (k *Kernel) compareCode(fn ImageCode, live []byte, d *decodedFunc) []Dispat
 			origName = k.symbolNameLink(orig.target)
 		}
 		fentrySite := origName == "__fentry__"
+		f.FentrySite = fentrySite
 		if in.kind == indirectBranch {
 			switch {
 			case hasOrig && orig.kind == indirectBranch: // unchanged, or a retpoline site made plain
