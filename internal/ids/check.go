@@ -136,6 +136,12 @@ func (i *Inspector) Check() *Report {
 	run(CheckHiddenModule, func() ([]Finding, error) { return hiddenFindings(linux.CrossViewModules(i.K)) })
 	run(CheckCommExe, withTasks(i.checkCommExe))
 	run(CheckUnexpectedRoot, withTasks(i.checkUnexpectedRoot))
+	run(CheckCredentials, func() ([]Finding, error) {
+		if tasksErr != nil {
+			return nil, tasksErr
+		}
+		return i.checkCredentials(tasks)
+	})
 	run(CheckFtrace, i.checkFtrace)
 	run(CheckKprobe, i.checkKprobes)
 	run(CheckInline, i.checkInline)

@@ -218,3 +218,38 @@ func TestDiffCannotBeBlinded(t *testing.T) {
 		t.Fatalf("after (-want +got):\n%s", diff)
 	}
 }
+
+func TestCredEscalations(t *testing.T) {
+	var h credHistory
+	user := task(66, 1, 1000, 1000, "app", "/usr/bin/app")
+	look := func(uid, euid, suid uint32, setuid bool) []Finding {
+		c := linux.Creds{UID: uid, EUID: euid, SUID: suid, FSUID: euid, ExeSetUIDRoot: setuid}
+		return h.escalations([]linux.Task{user}, map[string]linux.Creds{taskKey(user): c})
+	}
+	if f := look(1000, 1000, 1000, false); len(f) != 0 {
+		t.Fatalf("first look: %v", f)
+	}
+	if f := look(0, 0, 0, false); len(f) != 1 || !strings.Contains(f[0].Summary, "became root") {
+		t.Fatalf("escalation not reported: %v", f)
+	}
+	if f := look(0, 0, 0, false); len(f) != 1 {
+		t.Fatalf("the escalation must stay reported while the process lives: %v", f)
+	}
+	if f := look(1000, 1000, 1000, false); len(f) != 0 {
+		t.Fatalf("dropped root, still reported: %v", f)
+	}
+	// A saved uid 0 can give root back; a setuid-root program explains it.
+	look(1000, 1000, 0, false)
+	if f := look(1000, 0, 0, false); len(f) != 0 {
+		t.Fatalf("seteuid(0) with a saved uid 0 reported: %v", f)
+	}
+	look(1000, 1000, 1000, true)
+	if f := look(1000, 0, 0, true); len(f) != 0 {
+		t.Fatalf("a setuid-root program reported: %v", f)
+	}
+	// A process that is gone is forgotten.
+	h.escalations(nil, nil)
+	if len(h.seen) != 0 {
+		t.Fatalf("history kept %d exited processes", len(h.seen))
+	}
+}

@@ -290,6 +290,10 @@ func TestSimulatedRootkits(t *testing.T) {
 		}
 	})
 
+	t.Run("stolen root", func(t *testing.T) {
+		stolenRoot(t, vm, g, k, prof)
+	})
+
 	t.Run("the kernel's own tracers are listed, not flagged", func(t *testing.T) {
 		kernelTracers(t, vm)
 	})
@@ -521,5 +525,96 @@ echo do_sys_openat2 > set_ftrace_filter && echo function > current_tracer`
 	}
 	if code, rep := checkFindings(t, vm); code != 0 {
 		t.Errorf("ids check with the kernel's tracers attached: exit %d, %+v", code, rep.Findings)
+	}
+}
+
+// stolenRoot makes a process (a sleep) look like a user's (its cred's uids and gids
+// 1000) to a first check, then root again, as commit_creds from a hooked
+// syscall would: the next check must report it as having become root
+// without a setuid exec. Then it points another process's cred at the
+// first one's, which no fork or exec does: reported as shared credentials.
+func stolenRoot(t *testing.T, vm string, g *guestRAM, k *linux.Kernel, prof *linux.Profile) {
+	// Two processes that do not fork (a forked child would keep the
+	// credentials its parent had).
+	r := gv(t, time.Minute, "exec", vm, "--", "sh", "-c",
+		"sleep 600 </dev/null >/dev/null 2>&1 & echo $!; sleep 601 </dev/null >/dev/null 2>&1 & echo $!")
+	pids := strings.Fields(r.stdout)
+	if r.code != 0 || len(pids) != 2 {
+		t.Fatalf("start two sleeps: exit %d, %q", r.code, r.stdout)
+	}
+	tasks, err := k.Tasks()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var user, other linux.Task
+	for _, tk := range tasks {
+		switch strconv.Itoa(tk.PID) {
+		case pids[0]:
+			user = tk
+		case pids[1]:
+			other = tk
+		}
+	}
+	if user.PID == 0 || other.PID == 0 {
+		t.Fatalf("sleeps %v not in the task list", pids)
+	}
+	defer func() {
+		// Gone before the next check: a process that escalated stays a
+		// finding while it lives.
+		if r := gv(t, time.Minute, "exec", vm, "--", "kill", "-9", pids[0], pids[1]); r.code != 0 {
+			t.Errorf("kill the sleeps: %s", r.stderr)
+		}
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			ts, _ := k.Tasks()
+			if !slices.ContainsFunc(ts, func(x linux.Task) bool { return x.Addr == user.Addr && x.StartTime == user.StartTime }) {
+				return
+			}
+		}
+		t.Errorf("sleep %d still running", user.PID)
+	}()
+	off := func(f string) uint64 {
+		o, err := prof.FieldOffset(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return o
+	}
+	c, err := k.Creds(user)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// uid/gid, suid/sgid, euid/egid, fsuid/fsgid are pairs of 4-byte ids.
+	var undo []func()
+	for _, pair := range []string{"uid", "suid", "euid", "fsuid"} {
+		if off("cred."+pair)+4 != off("cred."+strings.Replace(pair, "uid", "gid", 1)) {
+			t.Fatalf("cred.%s is not followed by its gid", pair)
+		}
+		undo = append(undo, writeVirtU64(t, g, k, c.Cred+off("cred."+pair), 1000|1000<<32))
+	}
+	// A user's process has no capabilities in effect or permitted.
+	for _, set := range []string{"cred.cap_effective", "cred.cap_permitted"} {
+		undo = append(undo, writeVirtU64(t, g, k, c.Cred+off(set), 0))
+	}
+	if code, rep := checkFindings(t, vm); code != 0 {
+		t.Fatalf("a user's process: exit %d, %+v", code, rep.Findings)
+	}
+	for _, u := range undo {
+		u()
+	}
+	code, rep := checkFindings(t, vm)
+	if code != 1 || !hasFinding(rep, ids.CheckCredentials, fmt.Sprintf("process %d (sleep, /bin/busybox) became root", user.PID)) {
+		t.Errorf("root without a setuid exec: exit %d, %+v", code, rep.Findings)
+	}
+	oc, err := k.Creds(other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	restoreCred := writeVirtU64(t, g, k, other.Addr+off("task_struct.cred"), c.Cred)
+	restoreReal := writeVirtU64(t, g, k, other.Addr+off("task_struct.real_cred"), c.Cred)
+	code, rep = checkFindings(t, vm)
+	restoreReal()
+	restoreCred()
+	if code != 1 || !hasFinding(rep, ids.CheckCredentials, fmt.Sprintf("shares its credentials (cred at %#x)", c.Cred)) {
+		t.Errorf("a cred shared by two processes (%#x, %#x before): exit %d, %+v", c.Cred, oc.Cred, code, rep.Findings)
 	}
 }
