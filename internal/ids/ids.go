@@ -47,6 +47,8 @@ type Inspector struct {
 	// Guest asks the running guest's userland (nil for a memory dump):
 	// the guest-view check compares its answers with the kernel's.
 	Guest GuestRunner
+	// creds remembers processes' credentials across checks.
+	creds credHistory
 }
 
 // New returns an inspector for k.
