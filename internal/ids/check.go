@@ -102,7 +102,7 @@ func (i *Inspector) Check() *Report {
 		})
 		st := CheckStatus{Name: name, Ran: err == nil, Findings: len(found)}
 		switch {
-		case errors.Is(err, ErrNoGuest):
+		case errors.Is(err, ErrNotApplicable):
 			st.NotApplicable = err.Error()
 		case err != nil:
 			st.Error = err.Error()
@@ -145,6 +145,7 @@ func (i *Inspector) Check() *Report {
 	run(CheckFtrace, i.checkFtrace)
 	run(CheckKprobe, i.checkKprobes)
 	run(CheckInline, i.checkInline)
+	run(CheckTaskFlags, i.checkTaskFlags)
 	run(CheckCorrupt, i.checkCorrupt)
 	if i.Guest != nil {
 		run(CheckGuestView, i.checkGuestView)

@@ -33,9 +33,13 @@ const ViewGuestProc = "guest-proc"
 // or not ready yet).
 type GuestRunner func(ctx context.Context, script string) ([]byte, error)
 
+// ErrNotApplicable means a check does not apply to the target: it is
+// reported as such (CheckStatus.NotApplicable), not as a failure.
+var ErrNotApplicable = errors.New("not applicable")
+
 // ErrNoGuest means there is no guest userland to ask: the guest-view check
-// does not apply (it is reported as such, not as a failure).
-var ErrNoGuest = errors.New("no guest agent to ask")
+// does not apply.
+var ErrNoGuest = fmt.Errorf("%w: no guest agent to ask", ErrNotApplicable)
 
 // guestViewScript lists /proc's process directories and the kernel's TCP
 // and UDP tables as the guest's own tools see them.

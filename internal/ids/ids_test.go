@@ -253,3 +253,15 @@ func TestCredEscalations(t *testing.T) {
 		t.Fatalf("history kept %d exited processes", len(h.seen))
 	}
 }
+
+func TestHolesFor(t *testing.T) {
+	for _, tc := range []struct {
+		release string
+		ok      bool
+	}{{"6.1.0-57-amd64", true}, {"6.3.13", true}, {"6.4.0", false}, {"5.10.0-30-amd64", false}, {"6.12.5+bpo-amd64", false}, {"junk", false}} {
+		h, ok := holesFor(tc.release)
+		if ok != tc.ok || ok && h&0x20000000 == 0 {
+			t.Errorf("holesFor(%q) = %#x, %v", tc.release, h, ok)
+		}
+	}
+}

@@ -290,6 +290,31 @@ func TestSimulatedRootkits(t *testing.T) {
 		}
 	})
 
+	t.Run("a hiding mark in the task flags", func(t *testing.T) {
+		tasks, err := k.Tasks()
+		if err != nil {
+			t.Fatal(err)
+		}
+		i := slices.IndexFunc(tasks, func(x linux.Task) bool { return x.Comm == "gv-hide-me" })
+		if i < 0 {
+			t.Fatal("gv-hide-me not running")
+		}
+		off, err := prof.FieldOffset("task_struct.flags")
+		if err != nil {
+			t.Fatal(err)
+		}
+		old, err := vmi.ReadU64(k.AS, tasks[i].Addr+off)
+		if err != nil {
+			t.Fatal(err)
+		}
+		restore := writeVirtU64(t, g, k, tasks[i].Addr+off, old|0x20000000) // PF__HOLE__20000000 on 6.1
+		code, rep := checkFindings(t, vm)
+		restore()
+		if code != 1 || !hasFinding(rep, ids.CheckTaskFlags, fmt.Sprintf("thread %d (gv-hide-me) carries task flag 0x20000000", tasks[i].PID)) {
+			t.Errorf("a task marked with an unused flag: exit %d, %+v", code, rep.Findings)
+		}
+	})
+
 	t.Run("stolen root", func(t *testing.T) {
 		stolenRoot(t, vm, g, k, prof)
 	})
