@@ -30,8 +30,8 @@ type credHistory struct {
 
 type credSeen struct {
 	uid, euid, suid uint32
-	exe       string
-	escalated string // the finding's summary once it escalated; kept while it lives
+	exe             string
+	escalated       string // the finding's summary once it escalated; kept while it lives
 }
 
 // checkCredentials reads every process's credentials and reports the

@@ -22,7 +22,7 @@ type Creds struct {
 
 // credLayout holds the offsets Creds reads.
 type credLayout struct {
-	cred, realCred, mm, exeFile, fInode, iMode, iUID uint64
+	cred, realCred, mm, exeFile, fInode, iMode, iUID   uint64
 	uid, euid, suid, fsuid, gid, egid, capEff, capPerm uint64
 }
 

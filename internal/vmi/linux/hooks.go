@@ -16,7 +16,7 @@ import (
 // Bounds of the registry walks.
 const (
 	maxFtraceOps     = 512
-	maxFtraceTargets = 64    // target functions named per ops
+	maxFtraceTargets = 64 // target functions named per ops
 	maxFtraceEntries = 1 << 16
 	maxHashBits      = 16
 	kprobeTableSize  = 64 // 1 << KPROBE_HASH_BITS
