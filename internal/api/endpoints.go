@@ -60,7 +60,7 @@ func Actions() []string {
 }
 
 // IDSQueries are the introspection queries the API answers.
-var IDSQueries = []string{"banner", "syscalls", "ps", "modules", "sockets", "hooks", "check"}
+var IDSQueries = []string{"banner", "syscalls", "ps", "threads", "args", "env", "files", "modules", "sockets", "hooks", "check"}
 
 // Caller is the process at the other end of an API connection, from the
 // socket's peer credentials (SO_PEERCRED, as they were when it connected).

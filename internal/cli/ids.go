@@ -30,6 +30,7 @@ func init() { addSubcommand(newIDSCmd) }
 type idsTarget struct {
 	vm, dump, kernel, source string
 	asJSON                   bool
+	detail                   detailOpts
 }
 
 func newIDSCmd() *cobra.Command {
@@ -53,7 +54,9 @@ or QEMU's dump-guest-memory, or a raw image of RAM from address 0).`,
 	for _, sub := range []struct{ use, short string }{
 		{"banner", "The kernel's version banner, verified through its page tables, and the KASLR offsets"},
 		{"syscalls", "Every syscall table entry, its handler and symbol; hooks flagged and traced to their module (exit 1); dispatch code checked"},
-		{"ps", "Processes: pid, ppid, uid, gid, state, threads, start time, comm, executable"},
+		{"ps", "Processes: pid, ppid, uid, gid, state, threads, CPU time, VSZ, RSS, start time, comm, executable; --args, --env, --threads"},
+		{"threads", "Every thread: tid, tgid, state, the CPU it last ran on, CPU time, name"},
+		{"files", "File descriptors of every process (--pid N: of one): number, type, mode, what each points to"},
 		{"pstree", "Processes as a tree"},
 		{"modules", "Kernel modules from the module list, sysfs and a scan of the module area; hidden ones flagged (exit 1)"},
 		{"sockets", "Sockets of every process: protocol, addresses, state, owner"},
@@ -68,6 +71,7 @@ or QEMU's dump-guest-memory, or a raw image of RAM from address 0).`,
 			RunE:  func(cmd *cobra.Command, _ []string) error { return runIDS(cmd.Context(), t, name) },
 		})
 	}
+	t.detail.addFlags(cmd)
 	return cmd
 }
 
@@ -75,12 +79,19 @@ func runIDS(ctx context.Context, t *idsTarget, query string) error {
 	if (t.vm == "") == (t.dump == "") {
 		return errors.New("name exactly one target: --vm NAME or --dump FILE")
 	}
+	query, err := t.detail.query(query)
+	if err != nil {
+		return err
+	}
 	q := query
 	if q == "pstree" {
 		q = "ps"
 	}
 	raw, incomplete, err := t.fetch(ctx, q)
 	if err != nil {
+		return err
+	}
+	if raw, err = t.detail.filter(query, raw); err != nil {
 		return err
 	}
 	var code int
@@ -293,6 +304,7 @@ func checkExit(r *ids.Report) error {
 var idsPrinters = map[string]func(w io.Writer, raw json.RawMessage) error{
 	"banner": printBanner, "syscalls": printSyscalls, "ps": printPS, "pstree": printPSTree,
 	"modules": printModules, "sockets": printSockets, "hooks": printHooks, "check": printCheck,
+	"threads": printThreads, "args": printArgs, "env": printArgs, "files": printFiles,
 }
 
 func printIDS(w io.Writer, query string, raw json.RawMessage) error {
@@ -366,13 +378,14 @@ func printPS(w io.Writer, raw json.RawMessage) error {
 	if err := json.Unmarshal(raw, &ts); err != nil {
 		return err
 	}
-	fmt.Fprintln(tw, "PID\tPPID\tUID\tGID\tSTATE\tTHR\tSTART\tCOMM\tEXE")
+	fmt.Fprintln(tw, "PID\tPPID\tUID\tGID\tSTATE\tTHR\tTIME\tVSZ\tRSS\tSTART\tCOMM\tEXE")
 	for _, t := range ts {
 		exe := esc(t.Exe)
 		if t.KernelThread {
 			exe = "[kernel]"
 		}
-		fmt.Fprintf(tw, "%d\t%d\t%d\t%d\t%s\t%d\t%.2fs\t%s\t%s\n", t.PID, t.PPID, t.UID, t.GID, esc(t.State), t.Threads, float64(t.StartTime)/1e9, esc(t.Comm), exe)
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%d\t%s\t%d\t%s\t%d\t%d\t%.2fs\t%s\t%s\n", t.PID, t.PPID, t.UID, t.GID, esc(t.State), t.Threads,
+			cpuSeconds(t.GroupUTime+t.GroupSTime), t.VSZ>>10, t.RSS>>10, float64(t.StartTime)/1e9, esc(t.Comm), exe)
 	}
 	return nil
 }
@@ -441,13 +454,10 @@ func printSockets(w io.Writer, raw json.RawMessage) error {
 	if err := json.Unmarshal(raw, &ss); err != nil {
 		return err
 	}
-	fmt.Fprintln(tw, "PROTO\tLOCAL\tREMOTE\tSTATE\tPID\tCOMM")
+	fmt.Fprintln(tw, "PROTO\tLOCAL\tREMOTE\tSTATE\tPID\tFD\tCOMM")
 	for _, s := range ss {
-		local, remote := s.LocalAddr, s.RemoteAddr
-		if s.Family != "unix" {
-			local, remote = fmt.Sprintf("%s:%d", s.LocalAddr, s.LocalPort), fmt.Sprintf("%s:%d", s.RemoteAddr, s.RemotePort)
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", esc(s.Proto), esc(local), esc(remote), esc(s.State), s.PID, esc(s.Comm))
+		local, remote := socketEnds(s)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\n", esc(s.Proto), esc(local), esc(remote), esc(s.State), s.PID, s.FD, esc(s.Comm))
 	}
 	return nil
 }
@@ -478,4 +488,200 @@ func printCheck(w io.Writer, raw json.RawMessage) error {
 		fmt.Fprintln(w, "clean: no findings")
 	}
 	return checkExit(&r)
+}
+
+// socketEnds are a socket's local and remote addresses as text: ADDR:PORT
+// for inet sockets, the path for unix ones.
+func socketEnds(s linux.Socket) (local, remote string) {
+	if s.Family == "unix" {
+		return s.LocalAddr, s.RemoteAddr
+	}
+	return fmt.Sprintf("%s:%d", s.LocalAddr, s.LocalPort), fmt.Sprintf("%s:%d", s.RemoteAddr, s.RemotePort)
+}
+
+// detailOpts are the process-detail flags: ps --threads, --args, --env,
+// and --pid on ps, threads and files.
+type detailOpts struct {
+	pid                int
+	threads, args, env bool
+}
+
+func (o *detailOpts) addFlags(cmd *cobra.Command) {
+	for _, c := range cmd.Commands() {
+		switch c.Name() {
+		case "ps":
+			c.Flags().BoolVar(&o.threads, "threads", false, "every thread, as ids threads")
+			c.Flags().BoolVar(&o.args, "args", false, "each process's arguments, read from its memory (bounded: 4 KiB each)")
+			c.Flags().BoolVar(&o.env, "env", false, "with the arguments, each process's environment (bounded: 16 KiB each)")
+		case "threads", "files":
+		default:
+			continue
+		}
+		c.Flags().IntVar(&o.pid, "pid", 0, "only process PID (its threads, its descriptors)")
+	}
+}
+
+// query is the API query a subcommand and its flags ask for.
+func (o *detailOpts) query(sub string) (string, error) {
+	if o.pid < 0 {
+		return "", fmt.Errorf("--pid %d: a pid is positive", o.pid)
+	}
+	if sub != "ps" {
+		return sub, nil
+	}
+	switch {
+	case o.threads && (o.args || o.env):
+		return "", errors.New("--threads lists threads; --args and --env list processes: use one")
+	case o.threads:
+		return "threads", nil
+	case o.env:
+		return "env", nil
+	case o.args:
+		return "args", nil
+	}
+	return sub, nil
+}
+
+// filter keeps the rows of process --pid in a process-detail answer
+// (the API answers for every process; the filter is the same for a VM and
+// a dump).
+func (o *detailOpts) filter(query string, raw json.RawMessage) (json.RawMessage, error) {
+	if o.pid == 0 {
+		return raw, nil
+	}
+	switch query {
+	case "ps", "threads":
+		return keepRows(raw, func(t linux.Task) bool { return t.TGID == o.pid })
+	case "args", "env":
+		return keepRows(raw, func(a linux.ProcessArgs) bool { return a.PID == o.pid })
+	case "files":
+		return keepRows(raw, func(f linux.FD) bool { return f.PID == o.pid })
+	}
+	return raw, nil
+}
+
+// keepRows decodes raw as a list of T and encodes the rows keep accepts.
+func keepRows[T any](raw json.RawMessage, keep func(T) bool) (json.RawMessage, error) {
+	var rows []T
+	if err := json.Unmarshal(raw, &rows); err != nil {
+		return nil, err
+	}
+	out := make([]T, 0, len(rows))
+	for _, r := range rows {
+		if keep(r) {
+			out = append(out, r)
+		}
+	}
+	return json.Marshal(out)
+}
+
+// cpuSeconds formats nanoseconds of CPU time as seconds.
+func cpuSeconds(ns uint64) string { return fmt.Sprintf("%.2fs", float64(ns)/1e9) }
+
+func printThreads(w io.Writer, raw json.RawMessage) error {
+	esc := termtext.Escape
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	defer tw.Flush()
+	var ts []linux.Task
+	if err := json.Unmarshal(raw, &ts); err != nil {
+		return err
+	}
+	fmt.Fprintln(tw, "TID\tTGID\tSTATE\tCPU\tTIME\tCOMM")
+	for _, t := range ts {
+		cpu := "-"
+		if t.CPU >= 0 {
+			cpu = fmt.Sprint(t.CPU)
+		}
+		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\n", t.PID, t.TGID, esc(t.State), cpu, cpuSeconds(t.UTime+t.STime), esc(t.Comm))
+	}
+	return nil
+}
+
+func printArgs(w io.Writer, raw json.RawMessage) error {
+	esc := termtext.Escape
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	defer tw.Flush()
+	var ps []linux.ProcessArgs
+	if err := json.Unmarshal(raw, &ps); err != nil {
+		return err
+	}
+	withEnv := slices.ContainsFunc(ps, func(p linux.ProcessArgs) bool { return p.Env != nil })
+	if withEnv {
+		fmt.Fprintln(tw, "PID\tCOMM\tARGS\tENVIRONMENT")
+	} else {
+		fmt.Fprintln(tw, "PID\tCOMM\tARGS")
+	}
+	for _, p := range ps {
+		args := "[" + esc(p.Comm) + "]" // a kernel thread, as ps shows it
+		if !p.KernelThread {
+			args = userStringsText(p.Args)
+		}
+		if !withEnv {
+			fmt.Fprintf(tw, "%d\t%s\t%s\n", p.PID, esc(p.Comm), args)
+			continue
+		}
+		env := ""
+		if p.Env != nil && !p.KernelThread {
+			env = userStringsText(*p.Env)
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", p.PID, esc(p.Comm), args, env)
+	}
+	return nil
+}
+
+// userStringsText is strings read from a process's memory as one line:
+// NULs as spaces, every guest byte escaped, and what could not be read
+// said in brackets (never shown as empty).
+func userStringsText(u linux.UserStrings) string {
+	var b strings.Builder
+	b.WriteString(termtext.Escape(strings.Join(u.Strings, " ")))
+	note := func(s string) {
+		if b.Len() > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString("[" + s + "]")
+	}
+	if u.Truncated {
+		note(fmt.Sprintf("truncated: %d bytes", u.Size))
+	}
+	if u.NotPresent > 0 {
+		note(fmt.Sprintf("%d bytes not in memory: %s", u.NotPresent, termtext.Escape(u.NotPresentWhy)))
+	}
+	if u.Error != "" {
+		note("unreadable: " + termtext.Escape(u.Error))
+	}
+	return b.String()
+}
+
+func printFiles(w io.Writer, raw json.RawMessage) error {
+	esc := termtext.Escape
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	defer tw.Flush()
+	var fs []linux.FD
+	if err := json.Unmarshal(raw, &fs); err != nil {
+		return err
+	}
+	fmt.Fprintln(tw, "PID\tCOMM\tFD\tTYPE\tMODE\tTARGET")
+	for _, f := range fs {
+		target := esc(f.Target)
+		if s := f.Socket; s != nil {
+			local, remote := socketEnds(*s)
+			target += " " + esc(s.Proto) + " " + esc(local)
+			if s.State == "ESTABLISHED" || s.RemotePort != 0 || (s.Family == "unix" && s.RemoteAddr != "") {
+				target += " -> " + esc(remote)
+			}
+			if s.State != "" {
+				target += " " + esc(s.State)
+			}
+		}
+		if f.Error != "" {
+			target += " [unreadable: " + esc(f.Error) + "]"
+		}
+		mode := f.Mode
+		if mode == "" {
+			mode = "-"
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s\t%s\n", f.PID, esc(f.Comm), f.FD, esc(f.Type), esc(mode), target)
+	}
+	return nil
 }

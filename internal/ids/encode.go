@@ -24,7 +24,7 @@ func EncodeResult(v any) ([]byte, error) {
 }
 
 // taskJSONSize is a generous estimate of one encoded task.
-const taskJSONSize = 256
+const taskJSONSize = 384
 
 // encodeTasks is AppendTasksJSON on two goroutines for long lists: the
 // encoding is CPU-bound, and the listing has just used both cores for its
@@ -96,6 +96,20 @@ func appendTaskObjects(b []byte, ts []linux.Task) []byte {
 		b = strconv.AppendBool(b, t.KernelThread)
 		b = append(b, `,"pgd":`...)
 		b = strconv.AppendUint(b, t.PGD, 10)
+		b = append(b, `,"cpu":`...)
+		b = strconv.AppendInt(b, int64(t.CPU), 10)
+		b = append(b, `,"utime_ns":`...)
+		b = strconv.AppendUint(b, t.UTime, 10)
+		b = append(b, `,"stime_ns":`...)
+		b = strconv.AppendUint(b, t.STime, 10)
+		b = append(b, `,"group_utime_ns":`...)
+		b = strconv.AppendUint(b, t.GroupUTime, 10)
+		b = append(b, `,"group_stime_ns":`...)
+		b = strconv.AppendUint(b, t.GroupSTime, 10)
+		b = append(b, `,"vsz_bytes":`...)
+		b = strconv.AppendUint(b, t.VSZ, 10)
+		b = append(b, `,"rss_bytes":`...)
+		b = strconv.AppendUint(b, t.RSS, 10)
 		b = append(b, '}')
 	}
 	return b

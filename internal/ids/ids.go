@@ -301,7 +301,10 @@ func (i *Inspector) Sockets() ([]linux.Socket, error) {
 		if s[a].PID != s[b].PID {
 			return s[a].PID < s[b].PID
 		}
-		return s[a].LocalPort < s[b].LocalPort
+		if s[a].LocalPort != s[b].LocalPort {
+			return s[a].LocalPort < s[b].LocalPort
+		}
+		return s[a].FD < s[b].FD
 	})
 	return nonNil(s), errors.Join(terr, err)
 }
@@ -310,10 +313,10 @@ func (i *Inspector) Sockets() ([]linux.Socket, error) {
 func baseName(p string) string { return filepath.Base(strings.TrimSuffix(p, " (deleted)")) }
 
 // Queries lists the answers Query gives.
-var Queries = []string{"banner", "syscalls", "ps", "modules", "sockets", "hooks", "check"}
+var Queries = []string{"banner", "syscalls", "ps", "threads", "args", "env", "files", "modules", "sockets", "hooks", "check"}
 
 // ErrUnknownQuery is returned by Query for a name not in Queries.
-var ErrUnknownQuery = errors.New("unknown IDS query: use banner, syscalls, ps, modules, sockets, hooks or check")
+var ErrUnknownQuery = errors.New("unknown IDS query: use banner, syscalls, ps, threads, args, env, files, modules, sockets, hooks or check")
 
 // Query answers one named query; the result is JSON-encodable and is the
 // same for a live VM and a dump. A listing that could read only part of
@@ -336,6 +339,9 @@ func Query(in *Inspector, query string) (any, error) {
 		return in.Hooks()
 	case "check":
 		return in.Check(), nil
+	}
+	if res, ok, err := detailQuery(in, query); ok {
+		return res, err
 	}
 	return nil, fmt.Errorf("%w (got %q)", ErrUnknownQuery, query)
 }

@@ -31,7 +31,7 @@ import (
 func TestActions(t *testing.T) {
 	want := []string{"vm.status", "vm.stop", "vm.exec", "vm.console", "vm.registers", "vm.memory",
 		"memory.read", "memory.write",
-		"ids.banner", "ids.syscalls", "ids.ps", "ids.modules", "ids.sockets", "ids.hooks", "ids.check",
+		"ids.banner", "ids.syscalls", "ids.ps", "ids.threads", "ids.args", "ids.env", "ids.files", "ids.modules", "ids.sockets", "ids.hooks", "ids.check",
 		"vm.dump", "vm.events", "policy.load"}
 	if diff := cmp.Diff(want, api.Actions()); diff != "" {
 		t.Errorf("api.Actions() (-want +got):\n%s", diff)

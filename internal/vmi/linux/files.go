@@ -29,6 +29,9 @@ type fileLayout struct {
 	// fileBlock is how many bytes of struct file one read covers: through
 	// the last field used.
 	fileBlock uint64
+	// fd holds what the fd listing reads besides (fd.err says why it
+	// cannot be read; the socket walk does not need it).
+	fd fdLayout
 }
 
 // layoutForFiles returns p's file layout, computed on first use (see
@@ -62,6 +65,13 @@ func newFileLayout(p *Profile) *fileLayout {
 		*f.dst = off
 	}
 	l.fileBlock = max(l.fileOp, l.filePrivate, l.fileInode) + 8
+	l.fd = newFDLayout(p)
+	if l.fd.err == nil {
+		l.fileBlock = max(l.fileBlock, l.fd.fMnt+8, l.fd.fDentry+8, l.fd.fFlags+4, l.fd.fMode+4)
+	}
+	if l.fileBlock > 4096 {
+		l.err = fmt.Errorf("linux: file layout: implausible struct file offsets")
+	}
 	return l
 }
 
@@ -78,6 +88,9 @@ type openFile struct {
 	op   uint64 // f_op
 	priv uint64 // private_data
 	ino  uint64 // f_inode
+	// f_path, f_flags and f_mode, when the layout has them (fd.err == nil).
+	mnt, dentry  uint64
+	flags, fmode uint32
 }
 
 // filesOf returns the address of task's files_struct (0 for none, as for
@@ -149,10 +162,15 @@ func (k *Kernel) walkFiles(l *fileLayout, files uint64, fn func(openFile)) (bad 
 				bad++
 				continue
 			}
-			fn(openFile{fd: base + i, addr: file,
+			of := openFile{fd: base + i, addr: file,
 				op:   le.Uint64(block[l.fileOp:]),
 				priv: le.Uint64(block[l.filePrivate:]),
-				ino:  le.Uint64(block[l.fileInode:])})
+				ino:  le.Uint64(block[l.fileInode:])}
+			if d := &l.fd; d.err == nil {
+				of.mnt, of.dentry = le.Uint64(block[d.fMnt:]), le.Uint64(block[d.fDentry:])
+				of.flags, of.fmode = le.Uint32(block[d.fFlags:]), le.Uint32(block[d.fMode:])
+			}
+			fn(of)
 		}
 	}
 	return bad, truncated, nil

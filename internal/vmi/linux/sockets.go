@@ -28,6 +28,9 @@ type Socket struct {
 	Inode uint64 `json:"inode"`
 	PID   int    `json:"pid"`
 	Comm  string `json:"comm"`
+	// FD is the descriptor the process holds it on: a socket held on
+	// several descriptors (dup2 onto 0 and 1) is listed once per descriptor.
+	FD int `json:"fd"`
 	// Addr is the struct sock's kernel virtual address.
 	Addr uint64 `json:"addr"`
 }
@@ -177,7 +180,7 @@ func (k *Kernel) Sockets(tasks []Task) ([]Socket, error) {
 // recognises socket files by file->f_op == &socket_file_ops, and reads
 // file->private_data (struct socket) -> sk (struct sock). A socket is
 // accepted only if socket->file points back at the file. The result is
-// sorted by PID, then inode.
+// sorted by PID, then descriptor.
 func (k *Kernel) SocketsWithStats(tasks []Task) ([]Socket, ScanStats, error) {
 	var st ScanStats
 	fl := layoutForFiles(k.Profile)
@@ -219,7 +222,7 @@ func (k *Kernel) SocketsWithStats(tasks []Task) ([]Socket, ScanStats, error) {
 				st.skip(1, fmt.Errorf("linux: pid %d fd %d: %w", t.PID, f.fd, err))
 				return
 			}
-			s.PID, s.Comm = t.PID, t.Comm
+			s.PID, s.Comm, s.FD = t.PID, t.Comm, f.fd
 			out = append(out, s)
 		})
 		if err != nil {
@@ -237,7 +240,7 @@ func (k *Kernel) SocketsWithStats(tasks []Task) ([]Socket, ScanStats, error) {
 		if out[i].PID != out[j].PID {
 			return out[i].PID < out[j].PID
 		}
-		return out[i].Inode < out[j].Inode
+		return out[i].FD < out[j].FD
 	})
 	return out, st, nil
 }

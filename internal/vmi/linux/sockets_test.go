@@ -184,14 +184,14 @@ func TestSockets(t *testing.T) {
 		got[i].Addr = 0
 	}
 	want := []Socket{
-		{Family: "inet6", Proto: "tcp", LocalAddr: "::", LocalPort: 80, RemoteAddr: "::", State: "LISTEN", Inode: 1001, PID: 100, Comm: tasks[0].Comm},
-		{Family: "unix", Proto: "unix", LocalAddr: "/run/ctl.sock", State: "LISTEN", Inode: 1002, PID: 100, Comm: tasks[0].Comm},
-		{Family: "inet", Proto: "udp", LocalAddr: "10.0.0.2", LocalPort: 123, RemoteAddr: "10.0.0.1", RemotePort: 123, State: "ESTABLISHED", Inode: 2001, PID: 200, Comm: tasks[1].Comm},
-		{Family: "inet", Proto: "tcp", LocalAddr: "127.0.0.1", LocalPort: 4000, RemoteAddr: "127.0.0.1", RemotePort: 80, State: "ESTABLISHED", Inode: 2002, PID: 200, Comm: tasks[1].Comm},
-		{Family: "inet", Proto: "raw", LocalAddr: "0.0.0.0", RemoteAddr: "0.0.0.0", Inode: 2003, PID: 200, Comm: tasks[1].Comm},
-		{Family: "unix", Proto: "unix", LocalAddr: `@abstract\x01`, Inode: 2004, PID: 200, Comm: tasks[1].Comm},
-		{Family: "netlink", Proto: "netlink", Inode: 2005, PID: 200, Comm: tasks[1].Comm},
-		{Family: "family 99", Proto: "proto 0", Inode: 2006, PID: 200, Comm: tasks[1].Comm},
+		{Family: "inet6", Proto: "tcp", LocalAddr: "::", LocalPort: 80, RemoteAddr: "::", State: "LISTEN", Inode: 1001, FD: 2, PID: 100, Comm: tasks[0].Comm},
+		{Family: "unix", Proto: "unix", LocalAddr: "/run/ctl.sock", State: "LISTEN", Inode: 1002, FD: 3, PID: 100, Comm: tasks[0].Comm},
+		{Family: "inet", Proto: "udp", LocalAddr: "10.0.0.2", LocalPort: 123, RemoteAddr: "10.0.0.1", RemotePort: 123, State: "ESTABLISHED", Inode: 2001, FD: 2, PID: 200, Comm: tasks[1].Comm},
+		{Family: "inet", Proto: "tcp", LocalAddr: "127.0.0.1", LocalPort: 4000, RemoteAddr: "127.0.0.1", RemotePort: 80, State: "ESTABLISHED", Inode: 2002, FD: 3, PID: 200, Comm: tasks[1].Comm},
+		{Family: "inet", Proto: "raw", LocalAddr: "0.0.0.0", RemoteAddr: "0.0.0.0", Inode: 2003, FD: 4, PID: 200, Comm: tasks[1].Comm},
+		{Family: "unix", Proto: "unix", LocalAddr: `@abstract\x01`, Inode: 2004, FD: 5, PID: 200, Comm: tasks[1].Comm},
+		{Family: "netlink", Proto: "netlink", Inode: 2005, FD: 6, PID: 200, Comm: tasks[1].Comm},
+		{Family: "family 99", Proto: "proto 0", Inode: 2006, FD: 7, PID: 200, Comm: tasks[1].Comm},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("sockets (-want +got):\n%s", diff)

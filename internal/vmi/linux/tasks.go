@@ -40,6 +40,25 @@ type Task struct {
 	KernelThread bool `json:"kernel_thread"`
 	// PGD is mm->pgd as a physical address: the process's CR3 (0 for kernel threads).
 	PGD uint64 `json:"pgd"`
+
+	// CPU is the CPU the task last ran on (-1 when the kernel does not say).
+	CPU int `json:"cpu"`
+	// UTime and STime are the CPU time this task (thread) has spent in user
+	// and kernel mode, in nanoseconds, as the kernel samples them (see
+	// usage.go for how /proc's figures differ).
+	UTime uint64 `json:"utime_ns"`
+	STime uint64 `json:"stime_ns"`
+	// GroupUTime and GroupSTime are the same for the whole thread group:
+	// every live thread's plus what exited threads left in signal_struct,
+	// as /proc/PID/stat sums them (ps's TIME). Set by the process listing
+	// (Tasks) and, for every thread, by Threads; 0 from other reads.
+	GroupUTime uint64 `json:"group_utime_ns"`
+	GroupSTime uint64 `json:"group_stime_ns"`
+	// VSZ is the size of the address space (mm->total_vm) and RSS the
+	// resident memory (file, anon and shmem pages), in bytes, as
+	// /proc/PID/status's VmSize and VmRSS; 0 without an mm.
+	VSZ uint64 `json:"vsz_bytes"`
+	RSS uint64 `json:"rss_bytes"`
 }
 
 // Bounds on guest-controlled structures. Every walk stops at these, so a
@@ -331,6 +350,11 @@ type taskLayout struct {
 	rqErr                                     error
 	rqCurr, rqTimeline, rqTimelineOffInCFS    uint64
 	seRunNode, seMyQ, taskSE, rbRight, rbLeft uint64
+
+	// usage: CPU, CPU time, VSZ and RSS (usage.err says why unusable).
+	usage usageLayout
+	// args: mm_struct's argument and environment bounds (args.err says why unusable).
+	args argsLayout
 }
 
 // layoutForTasks returns p's task layout, computed on first use (see
@@ -388,13 +412,24 @@ func newTaskLayout(p *Profile) *taskLayout {
 	}
 	taskOffs := []uint64{l.state, l.flags, l.tasks, l.pid, l.tgid, l.realParent, l.signal, l.mm, l.cred,
 		l.comm, l.comm + 8, l.startTime, l.exitState, l.threadNode, l.threadGroup}
+	mmOffs := []uint64{l.mmPGD, l.mmExe}
+	l.usage = newUsageLayout(p, l.nrThreads)
+	if u := &l.usage; u.err == nil {
+		taskOffs = append(taskOffs, u.utime, u.stime)
+		if u.hasCPU {
+			taskOffs = append(taskOffs, u.cpu)
+		}
+		mmOffs = append(append(mmOffs, u.totalVM), u.rss...)
+	}
+	l.args = newArgsLayout(p)
 	l.block = spanOf(taskOffs...)
 	// Fields more than a cache line apart are read separately: a listing
 	// touches ~1,000 scattered task_structs and mm_structs, and copying
 	// the bytes between fields costs more in cache misses than a read.
+	// (The usage fields fall inside these spans on Linux 6.1: no read more.)
 	l.blockParts = clusters(taskOffs, 1024)
-	l.mmBlock = spanOf(l.mmPGD, l.mmExe)
-	l.mmParts = clusters([]uint64{l.mmPGD, l.mmExe}, 1024)
+	l.mmBlock = spanOf(mmOffs...)
+	l.mmParts = clusters(mmOffs, 1024)
 	l.credBlock = spanOf(l.credUID, l.credGID, l.credEUID)
 	l.dBlock = spanOf(l.dParent, l.dNameLen, l.dNamePtr)
 	l.mntBlock = spanOf(l.mntParent, l.mntMountpoint, l.mntMnt+l.vfsRoot)
@@ -445,10 +480,14 @@ type taskReader struct {
 	pageOffset uint64 // page_offset_base, 0 if unknown
 	buf        []byte
 	scratch    []byte // for small reads: at least 64 bytes and the mm_struct span
+	sigBuf     []byte // signal_struct's usage span
 	paths      map[[2]uint64]string
 	tgids      map[uint64]int32 // tgid of each task read, by address: for PPID
 	// lastBlockRead is the task whose bytes buf holds, 0 if the last read failed.
 	lastBlockRead uint64
+	// wantGroup makes finish sum each thread group's CPU time (a
+	// process listing: each group is read once).
+	wantGroup bool
 }
 
 func (r *taskReader) readAt(va uint64, b []byte) error {
@@ -476,7 +515,8 @@ func (k *Kernel) newTaskReader() (*taskReader, error) {
 	if l.err != nil {
 		return nil, l.err
 	}
-	r := &taskReader{k: k, l: l, buf: make([]byte, l.block.len()), scratch: make([]byte, max(64, l.mmBlock.len())), paths: map[[2]uint64]string{}, tgids: make(map[uint64]int32, 1024)}
+	r := &taskReader{k: k, l: l, buf: make([]byte, l.block.len()), scratch: make([]byte, max(64, l.mmBlock.len())),
+		sigBuf: make([]byte, l.usage.sigBlock.len()), paths: map[[2]uint64]string{}, tgids: make(map[uint64]int32, 1024)}
 	if va, err := k.Addr("page_offset_base"); err == nil {
 		if v, err := vmi.ReadU64(k.AS, va); err == nil && isKernelPtr(v) && v&(vmi.PageSize1G-1) == 0 {
 			r.pageOffset = v
@@ -541,6 +581,7 @@ func (r *taskReader) readCore(addr uint64) (Task, taskRefs, error) {
 	flags := u32(l.flags)
 	refs := taskRefs{realParent: u64(l.realParent), cred: u64(l.cred), signal: u64(l.signal), mm: u64(l.mm), kthread: flags&pfKthread != 0}
 	t.KernelThread = refs.kthread || (refs.mm == 0 && exit == 0)
+	l.usage.decodeUsage(&t, b, l.block.lo)
 	return t, refs, nil
 }
 
@@ -571,11 +612,7 @@ func (r *taskReader) finish(t *Task, refs taskRefs) {
 			t.EUID = le.Uint32(b[l.credEUID-l.credBlock.lo:])
 		}
 	}
-	if s := refs.signal; s != 0 {
-		if v, err := r.u32at(s + l.nrThreads); err == nil && int32(v) > 0 && v <= MaxTasks {
-			t.Threads = int(v)
-		}
-	}
+	r.readSignal(t, refs.signal)
 	if mm := refs.mm; mm != 0 && !refs.kthread {
 		var pgd, exe uint64
 		m := r.scratch[:l.mmBlock.len()]
@@ -588,6 +625,7 @@ func (r *taskReader) finish(t *Task, refs taskRefs) {
 		}
 		if ok {
 			pgd, exe = le.Uint64(m[l.mmPGD-l.mmBlock.lo:]), le.Uint64(m[l.mmExe-l.mmBlock.lo:])
+			l.usage.decodeMemory(t, m, l.mmBlock.lo)
 		}
 		t.PGD = r.physical(pgd)
 		if exe != 0 {
@@ -602,6 +640,7 @@ func (r *taskReader) clone() *taskReader {
 	c := *r
 	c.buf = make([]byte, len(r.buf))
 	c.scratch = make([]byte, len(r.scratch))
+	c.sigBuf = make([]byte, len(r.sigBuf))
 	c.paths = make(map[[2]uint64]string, len(r.paths))
 	for k, v := range r.paths {
 		c.paths[k] = v
@@ -765,6 +804,7 @@ func (k *Kernel) Tasks() ([]Task, error) {
 	if err != nil {
 		return nil, err
 	}
+	r.wantGroup = true
 	head, err := k.Addr("init_task")
 	if err != nil {
 		return nil, err
@@ -925,6 +965,7 @@ func (k *Kernel) Threads() ([]Task, error) {
 				tl.skipAt(addr, fmt.Errorf("%w: thread %#x of tgid %d has tgid %d", ErrInconsistent, addr, lt.TGID, t.TGID))
 				return nil
 			}
+			t.GroupUTime, t.GroupSTime = lt.GroupUTime, lt.GroupSTime
 			seen[addr] = true
 			out = append(out, t)
 			return nil
