@@ -385,7 +385,7 @@ func printPS(w io.Writer, raw json.RawMessage) error {
 			exe = "[kernel]"
 		}
 		fmt.Fprintf(tw, "%d\t%d\t%d\t%d\t%s\t%d\t%s\t%d\t%d\t%.2fs\t%s\t%s\n", t.PID, t.PPID, t.UID, t.GID, esc(t.State), t.Threads,
-			cpuSeconds(t.GroupUTime+t.GroupSTime), t.VSZ>>10, t.RSS>>10, float64(t.StartTime)/1e9, esc(t.Comm), exe)
+			cpuSeconds(t.GroupRuntime), t.VSZ>>10, t.RSS>>10, float64(t.StartTime)/1e9, esc(t.Comm), exe)
 	}
 	return nil
 }
@@ -575,7 +575,8 @@ func keepRows[T any](raw json.RawMessage, keep func(T) bool) (json.RawMessage, e
 	return json.Marshal(out)
 }
 
-// cpuSeconds formats nanoseconds of CPU time as seconds.
+// cpuSeconds formats nanoseconds of CPU time as seconds, to 1/100 s (the
+// resolution of /proc and ps).
 func cpuSeconds(ns uint64) string { return fmt.Sprintf("%.2fs", float64(ns)/1e9) }
 
 func printThreads(w io.Writer, raw json.RawMessage) error {
@@ -586,13 +587,16 @@ func printThreads(w io.Writer, raw json.RawMessage) error {
 	if err := json.Unmarshal(raw, &ts); err != nil {
 		return err
 	}
-	fmt.Fprintln(tw, "TID\tTGID\tSTATE\tCPU\tTIME\tCOMM")
+	// TIME is the scheduler's runtime (ps's TIME); UTIME and STIME the
+	// kernel's sampled split (crash's ps -t).
+	fmt.Fprintln(tw, "TID\tTGID\tSTATE\tCPU\tTIME\tUTIME\tSTIME\tCOMM")
 	for _, t := range ts {
 		cpu := "-"
 		if t.CPU >= 0 {
 			cpu = fmt.Sprint(t.CPU)
 		}
-		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\n", t.PID, t.TGID, esc(t.State), cpu, cpuSeconds(t.UTime+t.STime), esc(t.Comm))
+		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", t.PID, t.TGID, esc(t.State), cpu, cpuSeconds(t.Runtime),
+			cpuSeconds(t.UTime), cpuSeconds(t.STime), esc(t.Comm))
 	}
 	return nil
 }

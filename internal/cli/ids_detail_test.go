@@ -20,9 +20,9 @@ import (
 // (-update rewrites them).
 func TestDetailOutputEscapesGuestText(t *testing.T) {
 	threads := []linux.Task{
-		{PID: 1, TGID: 1, State: "S", Comm: "init", CPU: 0, UTime: 32e6, STime: 1_500_000_000},
-		{PID: 70, TGID: 70, State: "S", Comm: forgedRow, CPU: 1, UTime: 4e6},
-		{PID: 71, TGID: 70, State: "R", Comm: titleSet + tabName, CPU: -1, STime: 8e6},
+		{PID: 1, TGID: 1, State: "S", Comm: "init", CPU: 0, UTime: 32e6, STime: 1_500_000_000, Runtime: 1_612_345_678},
+		{PID: 70, TGID: 70, State: "S", Comm: forgedRow, CPU: 1, UTime: 4e6, Runtime: 9e6},
+		{PID: 71, TGID: 70, State: "R", Comm: titleSet + tabName, CPU: -1, STime: 8e6, Runtime: 11e6},
 	}
 	args := []linux.ProcessArgs{
 		{PID: 1, Comm: "init", Args: linux.UserStrings{Strings: []string{"init", ""}, Size: 6},

@@ -134,7 +134,9 @@ type detailProc struct {
 	threads         []int   // more threads' tids
 	cpu             uint32  // each thread runs on cpu + its index
 	utime, stime    uint64  // each thread's: thread i has (i+1) times these
+	runtime         uint64  // each thread's se.sum_exec_runtime, likewise
 	exitedU         uint64  // signal_struct.utime of exited threads
+	exitedRun       uint64  // signal_struct.sum_sched_runtime
 	totalVM         uint64  // pages
 	rss             []int64 // counters MM_FILEPAGES, MM_ANONPAGES, MM_SWAPENTS, MM_SHMEMPAGES
 	args, env       []byte  // what the argument and environment areas hold
@@ -154,12 +156,14 @@ func (s *detailScene) newProcess(p detailProc, v detailVariant) uint64 {
 		s.put32(tk+s.off("task_struct.thread_info.cpu"), p.cpu+uint32(i))
 		s.put64(tk+s.off("task_struct.utime"), uint64(i+1)*p.utime)
 		s.put64(tk+s.off("task_struct.stime"), uint64(i+1)*p.stime)
+		s.put64(tk+s.off("task_struct.se.sum_exec_runtime"), uint64(i+1)*p.runtime)
 		s.put64(tk+s.off("task_struct.cred"), s.alloc(64))
 		if leader == 0 {
 			leader = tk
 			sig := s.alloc(512)
 			s.put32(sig+s.off("signal_struct.nr_threads"), uint32(1+len(p.threads)))
 			s.put64(sig+s.off("signal_struct.utime"), p.exitedU)
+			s.put64(sig+s.off("signal_struct.sum_sched_runtime"), p.exitedRun)
 			s.listInit(sig + s.off("signal_struct.thread_head"))
 			s.put64(tk+s.off("task_struct.signal"), sig)
 			s.listAdd(s.initTask+s.off("task_struct.tasks"), tk+s.off("task_struct.tasks"))
@@ -308,7 +312,7 @@ func buildDetailScene(t testing.TB, v detailVariant) *detailScene {
 		files: files[:1]}, v)
 	s.newProcess(detailProc{pid: 2, ppid: 0, comm: "kthreadd", kthread: true}, v)
 	s.newProcess(detailProc{pid: 100, ppid: 1, comm: "app", threads: []int{101, 102}, cpu: 1, utime: 1000, stime: 10,
-		exitedU: 5000, totalVM: 1000, rss: []int64{10, 20, 99, -3}, args: []byte("app\x00-v\x00\x00x y\x00"),
+		runtime: 1111, exitedU: 5000, exitedRun: 7000, totalVM: 1000, rss: []int64{10, 20, 99, -3}, args: []byte("app\x00-v\x00\x00x y\x00"),
 		env: []byte("A=1\x00B=\x1b[2J\x00"), files: files}, v)
 	s.newProcess(detailProc{pid: 200, ppid: 1, comm: "swapped", totalVM: 10, rss: []int64{0, 0, 0, 0},
 		args: []byte("sleep\x00100\x00"), env: []byte("X=1\x00"), argPTE: u64p(dsSwapEntry), envPTE: u64p(0)}, v)

@@ -57,14 +57,15 @@ func detailBTF(t testing.TB, v detailVariant) *btf.Spec {
 	}
 	listHead := st("list_head", 16, m{"next", 0, ptr}, m{"prev", 8, ptr})
 	threadInfo := st("thread_info", 24, m{"flags", 0, u64}, m{"status", 16, u32}, m{"cpu", 20, u32})
+	se := st("sched_entity", 128, m{"exec_start", 64, u64}, m{"sum_exec_runtime", 72, u64})
 	task := st("task_struct", 2048,
 		m{"thread_info", 0, threadInfo}, m{"__state", 24, u32}, m{"flags", 44, u32},
 		m{"tasks", 200, listHead}, m{"pid", 240, i32}, m{"tgid", 244, i32}, m{"real_parent", 256, ptr},
 		m{"signal", 264, ptr}, m{"mm", 272, ptr}, m{"cred", 280, ptr}, m{"comm", 288, arr(char, 16)},
 		m{"start_time", 304, u64}, m{"exit_state", 312, i32}, m{"thread_node", 320, listHead},
-		m{"files", 336, ptr}, m{"utime", 1600, u64}, m{"stime", 1608, u64})
+		m{"files", 336, ptr}, m{"se", 384, se}, m{"utime", 1600, u64}, m{"stime", 1608, u64})
 	signal := st("signal_struct", 512, m{"nr_threads", 8, i32}, m{"thread_head", 16, listHead},
-		m{"utime", 440, u64}, m{"stime", 448, u64})
+		m{"utime", 440, u64}, m{"stime", 448, u64}, m{"sum_sched_runtime", 496, u64})
 	cred := st("cred", 64, m{"uid", 4, u32}, m{"gid", 8, u32}, m{"euid", 20, u32})
 	atomicLong := &btf.Typedef{Name: "atomic_long_t", Type: st("", 8, m{"counter", 0, s64})}
 	var rss btf.Type
@@ -134,10 +135,10 @@ func TestProcessUsage(t *testing.T) {
 			byPID[tk.PID] = tk
 		}
 		app := byPID[100]
-		want := Task{CPU: 1, UTime: 1000, STime: 10, GroupUTime: 5000 + 1000 + 2000 + 3000, GroupSTime: 10 + 20 + 30,
-			VSZ: 1000 * 4096, RSS: (10 + 20) * 4096, Threads: 3}
-		got := Task{CPU: app.CPU, UTime: app.UTime, STime: app.STime, GroupUTime: app.GroupUTime, GroupSTime: app.GroupSTime,
-			VSZ: app.VSZ, RSS: app.RSS, Threads: app.Threads}
+		want := Task{CPU: 1, UTime: 1000, STime: 10, Runtime: 1111, GroupUTime: 5000 + 1000 + 2000 + 3000, GroupSTime: 10 + 20 + 30,
+			GroupRuntime: 7000 + 1111 + 2222 + 3333, VSZ: 1000 * 4096, RSS: (10 + 20) * 4096, Threads: 3}
+		got := Task{CPU: app.CPU, UTime: app.UTime, STime: app.STime, Runtime: app.Runtime, GroupUTime: app.GroupUTime,
+			GroupSTime: app.GroupSTime, GroupRuntime: app.GroupRuntime, VSZ: app.VSZ, RSS: app.RSS, Threads: app.Threads}
 		if diff := cmp.Diff(want, got); diff != "" {
 			t.Errorf("variant %d: app's usage (-want +got):\n%s", v, diff)
 		}
@@ -151,10 +152,12 @@ func TestProcessUsage(t *testing.T) {
 		var tids []string
 		for _, th := range threads {
 			if th.TGID == 100 {
-				tids = append(tids, fmt.Sprintf("%d cpu%d %d+%d group %d+%d", th.PID, th.CPU, th.UTime, th.STime, th.GroupUTime, th.GroupSTime))
+				tids = append(tids, fmt.Sprintf("%d cpu%d %d+%d=%d group %d+%d=%d", th.PID, th.CPU, th.UTime, th.STime, th.Runtime,
+					th.GroupUTime, th.GroupSTime, th.GroupRuntime))
 			}
 		}
-		wantTids := []string{"100 cpu1 1000+10 group 11000+60", "101 cpu2 2000+20 group 11000+60", "102 cpu3 3000+30 group 11000+60"}
+		wantTids := []string{"100 cpu1 1000+10=1111 group 11000+60=13666", "101 cpu2 2000+20=2222 group 11000+60=13666",
+			"102 cpu3 3000+30=3333 group 11000+60=13666"}
 		if diff := cmp.Diff(wantTids, tids); diff != "" {
 			t.Errorf("variant %d: app's threads (-want +got):\n%s", v, diff)
 		}

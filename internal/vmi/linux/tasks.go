@@ -48,12 +48,17 @@ type Task struct {
 	// usage.go for how /proc's figures differ).
 	UTime uint64 `json:"utime_ns"`
 	STime uint64 `json:"stime_ns"`
-	// GroupUTime and GroupSTime are the same for the whole thread group:
-	// every live thread's plus what exited threads left in signal_struct,
-	// as /proc/PID/stat sums them (ps's TIME). Set by the process listing
-	// (Tasks) and, for every thread, by Threads; 0 from other reads.
-	GroupUTime uint64 `json:"group_utime_ns"`
-	GroupSTime uint64 `json:"group_stime_ns"`
+	// Runtime is the CPU time the scheduler measured for this task
+	// (se.sum_exec_runtime), in nanoseconds: what /proc/PID/stat's utime
+	// and stime add up to, and ps's TIME.
+	Runtime uint64 `json:"runtime_ns"`
+	// GroupUTime, GroupSTime and GroupRuntime are the same for the whole
+	// thread group: every live thread's plus what exited threads left in
+	// signal_struct, as /proc/PID/stat sums them. Set by the process
+	// listing (Tasks) and, for every thread, by Threads; 0 from other reads.
+	GroupUTime   uint64 `json:"group_utime_ns"`
+	GroupSTime   uint64 `json:"group_stime_ns"`
+	GroupRuntime uint64 `json:"group_runtime_ns"`
 	// VSZ is the size of the address space (mm->total_vm) and RSS the
 	// resident memory (file, anon and shmem pages), in bytes, as
 	// /proc/PID/status's VmSize and VmRSS; 0 without an mm.
@@ -415,7 +420,7 @@ func newTaskLayout(p *Profile) *taskLayout {
 	mmOffs := []uint64{l.mmPGD, l.mmExe}
 	l.usage = newUsageLayout(p, l.nrThreads)
 	if u := &l.usage; u.err == nil {
-		taskOffs = append(taskOffs, u.utime, u.stime)
+		taskOffs = append(taskOffs, u.utime, u.stime, u.runtime)
 		if u.hasCPU {
 			taskOffs = append(taskOffs, u.cpu)
 		}
@@ -965,7 +970,7 @@ func (k *Kernel) Threads() ([]Task, error) {
 				tl.skipAt(addr, fmt.Errorf("%w: thread %#x of tgid %d has tgid %d", ErrInconsistent, addr, lt.TGID, t.TGID))
 				return nil
 			}
-			t.GroupUTime, t.GroupSTime = lt.GroupUTime, lt.GroupSTime
+			t.GroupUTime, t.GroupSTime, t.GroupRuntime = lt.GroupUTime, lt.GroupSTime, lt.GroupRuntime
 			seen[addr] = true
 			out = append(out, t)
 			return nil

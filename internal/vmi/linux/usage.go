@@ -11,12 +11,17 @@ import (
 //
 // The CPU is task_struct.cpu on kernels that keep it there and
 // thread_info.cpu (the first member of task_struct) on those that moved it
-// (x86-64 since 5.16). CPU time is task_struct.utime and stime, in
-// nanoseconds as the kernel's tick (or vtime) accounting samples them; a
-// thread group's is the sum over its live threads plus signal_struct.utime
-// and stime, where exited threads leave theirs (thread_group_cputime).
-// /proc/PID/stat scales that sum to the scheduler's exact runtime
-// (cputime_adjust), so the two differ by up to a tick or so per thread.
+// (x86-64 since 5.16). CPU time is read twice over: task_struct.utime and
+// stime, in nanoseconds as the kernel's tick (or vtime) accounting samples
+// them (what crash's ps -t shows), and se.sum_exec_runtime, the runtime the
+// scheduler measured to the nanosecond. /proc/PID/stat scales utime and
+// stime so that they add up to that runtime (cputime_adjust), so ps's TIME
+// is the runtime, truncated to 1/100 s per field; the sampled figures
+// differ from it by up to a few ticks per thread (4 ms each at HZ=250;
+// under TCG, where ticks are late, tens of ms). A thread group's figures
+// are the sums over its live threads plus signal_struct's utime, stime and
+// sum_sched_runtime, where exited threads leave theirs
+// (thread_group_cputime).
 //
 // VSZ is mm_struct.total_vm pages. RSS is the file, anon and shmem
 // resident-page counters, as /proc/PID/status's VmRSS: on Linux 6.1 and
@@ -39,13 +44,15 @@ type usageLayout struct {
 	cpu          uint64 // task_struct.cpu or .thread_info.cpu (4 bytes)
 	hasCPU       bool   // false on uniprocessor kernels, which have no cpu field
 	utime, stime uint64 // task_struct
-	// sigUTime and sigSTime are signal_struct's times of exited threads;
-	// sigParts the spans one read of them (and nr_threads) covers.
-	sigUTime, sigSTime uint64
-	sigParts           []span
-	sigBlock           span
-	totalVM            uint64   // mm_struct.total_vm (pages)
-	rss                []uint64 // mm_struct offsets of the file, anon and shmem counters (signed 64-bit)
+	runtime      uint64 // task_struct.se.sum_exec_runtime
+	// sigUTime, sigSTime and sigRuntime are signal_struct's times of
+	// exited threads; sigParts the spans one read of them (and
+	// nr_threads) covers.
+	sigUTime, sigSTime, sigRuntime uint64
+	sigParts                       []span
+	sigBlock                       span
+	totalVM                        uint64   // mm_struct.total_vm (pages)
+	rss                            []uint64 // mm_struct offsets of the file, anon and shmem counters (signed 64-bit)
 }
 
 // Counter indices into mm_struct.rss_stat (include/linux/mm_types_task.h).
@@ -70,8 +77,10 @@ func newUsageLayout(p *Profile, nrThreads uint64) usageLayout {
 	}
 	l.utime = f.off("task_struct.utime")
 	l.stime = f.off("task_struct.stime")
+	l.runtime = f.off("task_struct.se.sum_exec_runtime")
 	l.sigUTime = f.off("signal_struct.utime")
 	l.sigSTime = f.off("signal_struct.stime")
+	l.sigRuntime = f.off("signal_struct.sum_sched_runtime")
 	l.totalVM = f.off("mm_struct.total_vm")
 	if f.err != nil {
 		l.err = fmt.Errorf("linux: usage layout: %w", f.err)
@@ -83,7 +92,7 @@ func newUsageLayout(p *Profile, nrThreads uint64) usageLayout {
 		return l
 	}
 	l.rss = rss
-	offs := []uint64{nrThreads, l.sigUTime, l.sigSTime}
+	offs := []uint64{nrThreads, l.sigUTime, l.sigSTime, l.sigRuntime}
 	l.sigBlock = spanOf(offs...)
 	l.sigParts = clusters(offs, 64)
 	if l.sigBlock.len() > 16<<10 {
@@ -188,6 +197,7 @@ func (l *usageLayout) decodeUsage(t *Task, b []byte, lo uint64) {
 		}
 	}
 	t.UTime, t.STime = le.Uint64(b[l.utime-lo:]), le.Uint64(b[l.stime-lo:])
+	t.Runtime = le.Uint64(b[l.runtime-lo:])
 }
 
 // decodeMemory sets the task's VSZ and RSS from its mm_struct bytes b,
@@ -239,13 +249,15 @@ const maxPages = 1 << 40
 func clampPages(n uint64) uint64 { return min(n, maxPages) * pageSize }
 
 // groupTimes sets t's thread group's CPU time: signal_struct's (exited
-// threads) plus every live thread's. sig holds signal_struct's bytes
+// threads) plus every live thread's. sigBytes holds signal_struct's bytes
 // (sigBlock). The thread list is walked only for a group of more than one
 // thread, bounded like Threads.
 func (r *taskReader) groupTimes(t *Task, sig uint64, sigBytes []byte) {
 	u := &r.l.usage
-	t.GroupUTime = le.Uint64(sigBytes[u.sigUTime-u.sigBlock.lo:]) + t.UTime
-	t.GroupSTime = le.Uint64(sigBytes[u.sigSTime-u.sigBlock.lo:]) + t.STime
+	at := func(off uint64) uint64 { return le.Uint64(sigBytes[off-u.sigBlock.lo:]) }
+	t.GroupUTime = at(u.sigUTime) + t.UTime
+	t.GroupSTime = at(u.sigSTime) + t.STime
+	t.GroupRuntime = at(u.sigRuntime) + t.Runtime
 	if t.Threads <= 1 {
 		return
 	}
@@ -253,27 +265,29 @@ func (r *taskReader) groupTimes(t *Task, sig uint64, sigBytes []byte) {
 	if !r.l.useThreadHead {
 		head, link = t.Addr+r.l.threadGroup, r.l.threadGroup
 	}
-	times := r.scratch[:16]
-	lo := min(u.utime, u.stime)
 	_ = vmi.WalkList(r.k.AS, head, min(t.Threads+1, MaxTasks), func(node uint64) error {
-		th := node - link
-		if th == t.Addr {
-			return nil
-		}
-		if u.utime+8 == u.stime || u.stime+8 == u.utime {
-			if r.readAt(th+lo, times) != nil {
-				return nil
-			}
-			t.GroupUTime += le.Uint64(times[u.utime-lo:])
-			t.GroupSTime += le.Uint64(times[u.stime-lo:])
-			return nil
-		}
-		if v, err := r.u64at(th + u.utime); err == nil {
-			t.GroupUTime += v
-		}
-		if v, err := r.u64at(th + u.stime); err == nil {
-			t.GroupSTime += v
+		if th := node - link; th != t.Addr {
+			ut, st, rt := r.threadTimes(th)
+			t.GroupUTime += ut
+			t.GroupSTime += st
+			t.GroupRuntime += rt
 		}
 		return nil
 	})
+}
+
+// threadTimes reads a thread's utime, stime and runtime (0 for what
+// cannot be read: the group's sums are then short of it).
+func (r *taskReader) threadTimes(th uint64) (ut, st, rt uint64) {
+	u := &r.l.usage
+	if lo := min(u.utime, u.stime); max(u.utime, u.stime) == lo+8 {
+		if b := r.scratch[:16]; r.readAt(th+lo, b) == nil {
+			ut, st = le.Uint64(b[u.utime-lo:]), le.Uint64(b[u.stime-lo:])
+		}
+	} else {
+		ut, _ = r.u64at(th + u.utime)
+		st, _ = r.u64at(th + u.stime)
+	}
+	rt, _ = r.u64at(th + u.runtime)
+	return ut, st, rt
 }
