@@ -2,6 +2,7 @@ package linux
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"strconv"
 
@@ -128,14 +129,7 @@ func inodeType(mode uint16) string {
 
 // openMode is f_mode as "r", "w", "rw" or "".
 func openMode(m uint32) string {
-	s := ""
-	if m&fmodeRead != 0 {
-		s += "r"
-	}
-	if m&fmodeWrite != 0 {
-		s += "w"
-	}
-	return s
+	return [4]string{"", "r", "w", "rw"}[m&(fmodeRead|fmodeWrite)]
 }
 
 // Files lists the file descriptors in the file tables of tasks (a
@@ -159,8 +153,8 @@ func (k *Kernel) Files(tasks []Task) ([]FD, error) {
 	}
 	d := newFDDescriber(k, r, fl)
 	tl := &tally{view: "files"}
-	seen := map[uint64]bool{}
-	out := []FD{}
+	seen := make(map[uint64]bool, len(tasks))
+	out := make([]FD, 0, min(4*len(tasks), MaxFDRows)) // a few descriptors each
 	for _, t := range tasks {
 		if t.KernelThread || !k.kernelPointer(t.Addr) {
 			continue
@@ -214,13 +208,24 @@ type fdDescriber struct {
 	socketBuf []byte
 	sockBuf   []byte
 	dbuf      []byte
-	// paths caches each {mount, dentry}'s path for the listing: most
-	// descriptors of a system point at a few files (/dev/null, a tty).
-	paths map[[2]uint64]string
+	// named caches what each {mount, dentry, inode} was found to be, for
+	// the listing: most descriptors of a system point at a few files
+	// (/dev/null, a tty), each process's own struct file but the same
+	// dentry and inode.
+	named map[namedKey]named
+}
+
+// named is what a descriptor's file is, as describe found it.
+type named struct {
+	ino         uint64
+	typ, target string
+	inodeErr    error
+	targetErr   error
+	anon        bool
 }
 
 func newFDDescriber(k *Kernel, r *taskReader, fl *fileLayout) *fdDescriber {
-	d := &fdDescriber{k: k, r: r, fl: fl, dbuf: make([]byte, fl.fd.dBlock.len()), paths: map[[2]uint64]string{}}
+	d := &fdDescriber{k: k, r: r, fl: fl, dbuf: make([]byte, fl.fd.dBlock.len()), named: map[namedKey]named{}}
 	if sl := layoutForSockets(k.Profile); sl.err == nil {
 		if ops, err := k.Addr("socket_file_ops"); err == nil {
 			d.sl, d.socketOps = sl, ops
@@ -233,15 +238,21 @@ func newFDDescriber(k *Kernel, r *taskReader, fl *fileLayout) *fdDescriber {
 
 // describe reads what descriptor f of task t points to.
 func (d *fdDescriber) describe(t Task, f openFile) FD {
-	fd := FD{PID: t.PID, Comm: t.Comm, FD: f.fd, File: f.addr, Flags: f.flags, Mode: openMode(f.fmode), Type: "UNKN"}
-	ino, mode, err := d.inode(f.ino)
-	if err != nil {
-		fd.Error = err.Error()
-	} else {
-		fd.Inode, fd.Type = ino, inodeType(mode)
+	fd := FD{PID: t.PID, Comm: t.Comm, FD: f.fd, File: f.addr, Flags: f.flags, Mode: openMode(f.fmode)}
+	isSock := d.sl != nil && f.op == d.socketOps
+	key := namedKey{f.mnt, f.dentry, f.ino, isSock}
+	n, ok := d.named[key]
+	if !ok {
+		n = d.resolve(f, isSock)
+		if len(d.named) < MaxFDRows {
+			d.named[key] = n
+		}
 	}
-	if d.sl != nil && f.op == d.socketOps {
-		fd.Type, fd.Target = "SOCK", "socket:["+strconv.FormatUint(fd.Inode, 10)+"]"
+	fd.Inode, fd.Type, fd.Target = n.ino, n.typ, n.target
+	if err := errors.Join(n.inodeErr, n.targetErr); err != nil {
+		fd.Error = err.Error()
+	}
+	if isSock {
 		s, err := d.k.readSocket(d.sl, d.fl, f, d.socketBuf, d.sockBuf, binary.LittleEndian)
 		if err != nil {
 			fd.Error = err.Error()
@@ -249,17 +260,36 @@ func (d *fdDescriber) describe(t Task, f openFile) FD {
 		}
 		s.PID, s.Comm, s.FD = t.PID, t.Comm, f.fd
 		fd.Socket = &s
-		return fd
-	}
-	target, anon, err := d.target(f.mnt, f.dentry, fd.Inode)
-	fd.Target = target
-	if anon {
-		fd.Type = "ANON"
-	}
-	if err != nil {
-		fd.Error = err.Error()
 	}
 	return fd
+}
+
+// namedKey is what names a descriptor's file: its path, inode and
+// whether it is a socket.
+type namedKey struct {
+	mnt, dentry, inode uint64
+	sock               bool
+}
+
+// resolve reads what file f is: its inode's number and type, and its
+// name as /proc/PID/fd shows it.
+func (d *fdDescriber) resolve(f openFile, isSock bool) named {
+	n := named{typ: "UNKN"}
+	ino, mode, err := d.inode(f.ino)
+	if err != nil {
+		n.inodeErr = err
+	} else {
+		n.ino, n.typ = ino, inodeType(mode)
+	}
+	if isSock {
+		n.typ, n.target = "SOCK", "socket:["+strconv.FormatUint(n.ino, 10)+"]"
+		return n
+	}
+	n.target, n.anon, n.targetErr = d.target(f.mnt, f.dentry, n.ino)
+	if n.anon {
+		n.typ = "ANON"
+	}
+	return n
 }
 
 // inode reads an inode's number and mode.
@@ -305,15 +335,9 @@ func (d *fdDescriber) target(mnt, dentry, ino uint64) (name string, anon bool, e
 			}
 		}
 	}
-	key := [2]uint64{mnt, dentry}
-	p, ok := d.paths[key]
-	if !ok {
-		if p, err = d.r.dPath(mnt, dentry); err != nil {
-			return "", false, err
-		}
-		if len(d.paths) < MaxFDRows {
-			d.paths[key] = p
-		}
+	p, err := d.r.dPath(mnt, dentry)
+	if err != nil {
+		return "", false, err
 	}
 	if u64(l.dHashPprev) == 0 && !isRoot {
 		p += " (deleted)"

@@ -134,7 +134,7 @@ func (k *Kernel) walkFiles(l *fileLayout, files uint64, fn func(openFile)) (bad 
 	if n > maxFDs {
 		count, truncated = maxFDs, true
 	}
-	slots := make([]byte, 8*fdChunk)
+	slots := make([]byte, 8*min(fdChunk, count)) // most tables have 64 slots
 	block := make([]byte, l.fileBlock)
 	le := binary.LittleEndian
 	for base := 0; base < count; base += fdChunk {

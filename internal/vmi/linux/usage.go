@@ -94,7 +94,7 @@ func newUsageLayout(p *Profile, nrThreads uint64) usageLayout {
 	l.rss = rss
 	offs := []uint64{nrThreads, l.sigUTime, l.sigSTime, l.sigRuntime}
 	l.sigBlock = spanOf(offs...)
-	l.sigParts = clusters(offs, 64)
+	l.sigParts = clusters(offs, 1024) // one read on 6.1: 680 bytes copy faster than three reads
 	if l.sigBlock.len() > 16<<10 {
 		l.err = fmt.Errorf("linux: usage layout: implausible signal_struct offsets")
 	}
