@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/gatevisor/gatevisor/internal/api/apiclient"
@@ -24,12 +25,17 @@ type IDSReport struct {
 	ProfileBuildSecs float64 `json:"profile_build_seconds"`
 	ProfileLoadSecs  float64 `json:"profile_load_cached_seconds"`
 	ImageSHA256      string  `json:"kernel_image_sha256"`
+	// Check is `ids check` on the same guest, and the continuous scan's cost.
+	Check *IDSCheckReport `json:"check,omitempty"`
 }
 
 // IDSOptions are IDS's parameters.
 type IDSOptions struct {
 	Procs  int // sleeping processes to start in the guest
 	Rounds int // queries per memory source
+	// Window is how long the monitor's CPU is measured, idle and then
+	// scanning every ScanInterval (a second guest); 0 skips that part.
+	Window, ScanInterval time.Duration
 }
 
 // idsSources are the memory sources `ids ps` is timed from, in the order
@@ -51,10 +57,11 @@ func IDS(ctx context.Context, env Env, o IDSOptions) (*IDSReport, error) {
 	if err := timeProfile(k.Kernel, rep); err != nil {
 		return nil, err
 	}
-	c, stop, err := env.bootVM(ctx, fmt.Sprintf("bench-ids-%d", os.Getpid()), "--mem", "512M")
+	c, stopVM, err := env.bootVM(ctx, fmt.Sprintf("bench-ids-%d", os.Getpid()), "--mem", "512M")
 	if err != nil {
 		return nil, err
 	}
+	stop := sync.OnceFunc(stopVM)
 	defer stop()
 	if err := startSleepers(ctx, c, o.Procs); err != nil {
 		return nil, err
@@ -70,6 +77,19 @@ func IDS(ctx context.Context, env Env, o IDSOptions) (*IDSReport, error) {
 	rep.MedianRAMMicros = Median(times["ram"])
 	rep.MedianGDBMicros = Median(times["gdbstub"])
 	rep.Ratio = rep.MedianGDBMicros / rep.MedianRAMMicros
+	if rep.Check, err = timeCheck(ctx, c, o.Rounds); err != nil {
+		return nil, err
+	}
+	if o.Window <= 0 {
+		return rep, nil
+	}
+	if rep.Check.MonitorCPUIdle, err = monitorCPU(ctx, c, o.Window); err != nil {
+		return nil, err
+	}
+	stop()
+	if err := scanCost(ctx, env, o.Procs, o.ScanInterval, o.Window, rep.Check); err != nil {
+		return nil, err
+	}
 	return rep, nil
 }
 

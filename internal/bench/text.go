@@ -38,6 +38,20 @@ func (rep *IDSReport) WriteText(w io.Writer) error {
 	t.printf("ids ps over %d guest processes, %d rounds each, alternating:\n", rep.Processes, rep.Rounds)
 	t.printf("  live RAM mapping  median %8.0f µs (goal <= 2000)\n  gdbstub           median %8.0f µs\n  ratio             %.1fx\n", rep.MedianRAMMicros, rep.MedianGDBMicros, rep.Ratio)
 	t.printf("kernel profile from the kit's image: build %.2fs, load from cache %.3fs\n", rep.ProfileBuildSecs, rep.ProfileLoadSecs)
+	if c := rep.Check; c != nil {
+		t.printf("ids check on the same guest, %d rounds: median %.1f ms, of which guest memory %.1f ms (goal <= 50 ms for 1,000 processes):\n", c.Rounds, c.MedianMicros/1000, c.MemoryMicros/1000)
+		t.printf("  %-22s %8.2f ms (shared by the checks)\n", "reading the views", c.ViewsMicros/1000)
+		for _, n := range c.sortedChecks() {
+			t.printf("  %-22s %8.2f ms\n", n, c.ByCheck[n]/1000)
+		}
+		if len(c.NotRun) > 0 {
+			t.printf("  not run or not applicable: %s\n", strings.Join(c.NotRun, ", "))
+		}
+		if c.Window != "" {
+			t.printf("monitor CPU over %s: idle %.2f%%, scanning every %s %.2f%% of one core (goal: scanning at 1 Hz <= 2%%)\n",
+				c.Window, c.MonitorCPUIdle, c.ScanInterval, c.MonitorCPUScanning)
+		}
+	}
 	return t.err
 }
 

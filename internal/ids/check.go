@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/gatevisor/gatevisor/internal/vmi/linux"
 )
@@ -63,12 +64,17 @@ type CheckStatus struct {
 	Findings      int    `json:"findings"`
 	Error         string `json:"error,omitempty"`
 	NotApplicable string `json:"not_applicable,omitempty"`
+	// ElapsedMicros is the check's time, its retries included.
+	ElapsedMicros int64 `json:"elapsed_us"`
 }
 
 // Report is the `ids check` answer.
 type Report struct {
 	Findings []Finding     `json:"findings"`
 	Checks   []CheckStatus `json:"checks"`
+	// ViewsMicros is the time of the one reading of the kernel's task
+	// and module views the checks share (0 when a scan had read them).
+	ViewsMicros int64 `json:"views_us"`
 }
 
 // Clean reports whether every check ran and found nothing.
@@ -90,38 +96,53 @@ func (r *Report) Complete() bool {
 const checkAttempts = 3
 
 // Check runs every integrity check. A check that cannot run is reported in
-// Checks with its error; the others still run.
-func (i *Inspector) Check() *Report {
+// Checks with its error; the others still run. The guest-view check's
+// question to the guest runs while the memory checks do: the guest takes
+// longer to answer than the checks take.
+func (i *Inspector) Check() *Report { return i.check(scanReads{}) }
+
+// scanReads are what a continuous scan has already read, for its check to
+// reuse: the kernel's views and the processes' sockets (nil when not read).
+type scanReads struct {
+	scan    bool // a continuous scan: the guest view runs at its own cadence
+	views   *linux.Views
+	sockets []linux.Socket
+}
+
+func (i *Inspector) check(read scanReads) *Report {
 	r := &Report{Findings: []Finding{}}
+	views := read.views
+	if views == nil {
+		start := time.Now()
+		views = i.K.ReadViews()
+		r.ViewsMicros = time.Since(start).Microseconds()
+	}
+	// A check's first try uses the views read once for all; a retry reads
+	// afresh.
+	fresh := false
+	viewsFor := func() *linux.Views {
+		if fresh {
+			return nil
+		}
+		fresh = true
+		return views
+	}
 	run := func(name string, f func() ([]Finding, error)) {
+		start := time.Now()
 		var found []Finding
 		err := i.retry(func() error {
 			var err error
 			found, err = f()
 			return err
 		})
-		st := CheckStatus{Name: name, Ran: err == nil, Findings: len(found)}
-		switch {
-		case errors.Is(err, ErrNotApplicable):
-			st.NotApplicable = err.Error()
-		case err != nil:
-			st.Error = err.Error()
-		}
-		for k := range found {
-			found[k].Source = name
-		}
-		r.Checks = append(r.Checks, st)
-		r.Findings = append(r.Findings, found...)
+		r.add(name, found, err, time.Since(start))
 	}
-	var tasks []linux.Task
-	tasksErr := i.retry(func() error {
-		var err error
-		tasks, err = i.K.Tasks()
-		if errors.Is(err, linux.ErrIncomplete) && !linux.StoppedEarly(err) {
-			err = nil // the bad entries are checkCorrupt's; the rest are checked
-		}
-		return err
-	})
+	// The processes: the views' thread-group leaders. Bad entries the walk
+	// went past are checkCorrupt's; the rest are checked.
+	tasks, tasksErr := views.Leaders(), views.ThreadsErr
+	if errors.Is(tasksErr, linux.ErrIncomplete) && !linux.StoppedEarly(tasksErr) {
+		tasksErr = nil
+	}
 	withTasks := func(f func([]linux.Task) []Finding) func() ([]Finding, error) {
 		return func() ([]Finding, error) {
 			if tasksErr != nil {
@@ -130,10 +151,17 @@ func (i *Inspector) Check() *Report {
 			return f(tasks), nil
 		}
 	}
+	var guest *guestQuestion
+	due := !read.scan || i.guestViewDue()
+	if i.Guest != nil && tasksErr == nil && due {
+		guest = i.askGuestView(tasks, read.sockets)
+	}
 	run(CheckSyscallTable, i.checkSyscallTable)
 	run(CheckDispatch, i.checkDispatch)
-	run(CheckHiddenProcess, func() ([]Finding, error) { return hiddenFindings(linux.CrossViewProcesses(i.K)) })
-	run(CheckHiddenModule, func() ([]Finding, error) { return hiddenFindings(linux.CrossViewModules(i.K)) })
+	fresh = false
+	run(CheckHiddenProcess, func() ([]Finding, error) { return hiddenFindings(linux.CrossViewProcessesFrom(i.K, viewsFor())) })
+	fresh = false
+	run(CheckHiddenModule, func() ([]Finding, error) { return hiddenFindings(linux.CrossViewModulesFrom(i.K, viewsFor())) })
 	run(CheckCommExe, withTasks(i.checkCommExe))
 	run(CheckUnexpectedRoot, withTasks(i.checkUnexpectedRoot))
 	run(CheckCredentials, func() ([]Finding, error) {
@@ -145,12 +173,20 @@ func (i *Inspector) Check() *Report {
 	run(CheckFtrace, i.checkFtrace)
 	run(CheckKprobe, i.checkKprobes)
 	run(CheckInline, i.checkInline)
-	run(CheckTaskFlags, i.checkTaskFlags)
-	run(CheckCorrupt, i.checkCorrupt)
-	if i.Guest != nil {
-		run(CheckGuestView, i.checkGuestView)
-	} else {
+	run(CheckIDT, i.checkIDT)
+	run(CheckTaskFlags, func() ([]Finding, error) { return i.checkTaskFlags(views) })
+	run(CheckCorrupt, func() ([]Finding, error) { return i.checkCorrupt(views) })
+	switch {
+	case i.Guest == nil:
 		r.Checks = append(r.Checks, CheckStatus{Name: CheckGuestView, NotApplicable: "no guest userland to ask (a memory dump, or a VM paused for the gdbstub)"})
+	case tasksErr != nil:
+		r.add(CheckGuestView, nil, tasksErr, 0)
+	case guest == nil:
+		i.lastGuestView(r) // a scan between two of the guest view's turns
+	default:
+		found, err := guest.finish()
+		r.add(CheckGuestView, found, err, guest.elapsed())
+		i.keepGuestView(r)
 	}
 	for k := range r.Findings {
 		r.Findings[k].ID = findingID(r.Findings[k])
@@ -162,6 +198,22 @@ func (i *Inspector) Check() *Report {
 		return false
 	})
 	return r
+}
+
+// add records one check's outcome.
+func (r *Report) add(name string, found []Finding, err error, took time.Duration) {
+	st := CheckStatus{Name: name, Ran: err == nil, Findings: len(found), ElapsedMicros: took.Microseconds()}
+	switch {
+	case errors.Is(err, ErrNotApplicable):
+		st.NotApplicable = err.Error()
+	case err != nil:
+		st.Error = err.Error()
+	}
+	for k := range found {
+		found[k].Source = name
+	}
+	r.Checks = append(r.Checks, st)
+	r.Findings = append(r.Findings, found...)
 }
 
 func (i *Inspector) checkSyscallTable() ([]Finding, error) {
@@ -188,7 +240,7 @@ func (i *Inspector) checkSyscallTable() ([]Finding, error) {
 }
 
 func (i *Inspector) checkDispatch() ([]Finding, error) {
-	found, err := i.K.CheckDispatch()
+	found, err := i.K.CheckDispatchMemo(&i.code)
 	if err != nil {
 		return nil, err
 	}
@@ -282,34 +334,26 @@ func (i *Inspector) checkUnexpectedRoot(tasks []linux.Task) []Finding {
 // is not its leader's): what a rootkit's corruption, or a forged object,
 // leaves behind. An object is reported only if two listings a moment apart
 // both find it bad: a task freed mid-walk reads as garbage once.
-func (i *Inspector) checkCorrupt() ([]Finding, error) {
-	collect := func() map[uint64]linux.BadObject {
+func (i *Inspector) checkCorrupt(views *linux.Views) ([]Finding, error) {
+	collect := func(v *linux.Views) map[uint64]linux.BadObject {
 		bad := map[uint64]linux.BadObject{}
-		add := func(err error) {
+		for _, err := range []error{v.ThreadsErr, v.IDRErr, v.ModulesErr, v.SysfsErr} {
 			for _, b := range linux.BadObjects(err) {
 				if _, dup := bad[b.Addr]; !dup {
 					bad[b.Addr] = b
 				}
 			}
 		}
-		_, err := i.K.Threads()
-		add(err)
-		_, err = i.K.PIDNamespaceTasks()
-		add(err)
-		_, err = i.K.Modules()
-		add(err)
-		_, err = i.K.ModulesFromSysfs()
-		add(err)
 		return bad
 	}
-	first := collect()
+	first := collect(views)
 	if len(first) == 0 {
 		return nil, nil
 	}
 	if i.K.AS != nil && i.K.AS.Cache != nil {
 		i.K.AS.Cache.Invalidate()
 	}
-	second := collect()
+	second := collect(i.K.ReadViews())
 	var out []Finding
 	for addr, b := range second {
 		if _, ok := first[addr]; !ok {

@@ -37,6 +37,10 @@ type credSeen struct {
 // checkCredentials reads every process's credentials and reports the
 // anomalies. tasks are the check's task listing.
 func (i *Inspector) checkCredentials(tasks []linux.Task) ([]Finding, error) {
+	rd, err := i.K.CredReader()
+	if err != nil {
+		return nil, err
+	}
 	initCred := i.K.InitCred()
 	owners := map[uint64]linux.Task{} // cred address -> the first process using it
 	var out []Finding
@@ -45,7 +49,7 @@ func (i *Inspector) checkCredentials(tasks []linux.Task) ([]Finding, error) {
 		if t.KernelThread {
 			continue
 		}
-		c, err := i.K.Creds(t)
+		c, err := rd.Creds(t)
 		if err != nil {
 			continue // the process exited meanwhile, or its cred is unreadable: corrupt objects are checkCorrupt's
 		}
@@ -65,14 +69,18 @@ func (i *Inspector) checkCredentials(tasks []linux.Task) ([]Finding, error) {
 			owners[c.Cred] = t
 		}
 	}
-	out = append(out, i.creds.escalations(tasks, creds)...)
+	setuid := func(t linux.Task) bool {
+		_, root := rd.ExeSetUIDRoot(t)
+		return root
+	}
+	out = append(out, i.creds.escalations(tasks, creds, setuid)...)
 	return out, nil
 }
 
 // escalations updates the history with this look and returns the processes
 // that became root since an earlier look in which none of their uids was
 // root, running a program that is not setuid root.
-func (h *credHistory) escalations(tasks []linux.Task, creds map[string]linux.Creds) []Finding {
+func (h *credHistory) escalations(tasks []linux.Task, creds map[string]linux.Creds, setuidRoot func(linux.Task) bool) []Finding {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	next := make(map[string]credSeen, len(creds))
@@ -89,7 +97,7 @@ func (h *credHistory) escalations(tasks []linux.Task, creds map[string]linux.Cre
 		// No uid of the earlier look could give root back (a saved uid 0
 		// can: seteuid(0) after dropping privileges), and the program is
 		// not setuid root (an exec of one keeps pid and start time).
-		if seen && cur.escalated == "" && prev.euid != 0 && prev.uid != 0 && prev.suid != 0 && root && !c.ExeSetUIDRoot {
+		if seen && cur.escalated == "" && prev.euid != 0 && prev.uid != 0 && prev.suid != 0 && root && !setuidRoot(t) {
 			cur.escalated = fmt.Sprintf("process %d (%s, %s) became root (uid %d euid %d fsuid %d, was uid %d euid %d) without exec'ing a setuid-root program",
 				t.PID, t.Comm, t.Exe, c.UID, c.EUID, c.FSUID, prev.uid, prev.euid)
 		}

@@ -67,14 +67,21 @@ func (i *Inspector) Snapshot() (*Snapshot, error) {
 			s.Bad[b.Addr] = true
 		}
 	}
-	var err error
-	s.Processes, err = i.Processes()
-	note("processes", err)
-	s.Modules, err = i.Modules()
-	note("modules", err)
+	// One reading of the kernel's views serves the listings and the checks.
+	views := i.K.ReadViews()
+	read := scanReads{scan: true, views: views}
+	s.Processes = views.Leaders()
+	sort.Slice(s.Processes, func(a, b int) bool { return s.Processes[a].PID < s.Processes[b].PID })
+	note("processes", views.ThreadsErr)
+	s.Modules = slices.Clone(views.Modules)
+	sort.Slice(s.Modules, func(a, b int) bool { return s.Modules[a].Name < s.Modules[b].Name })
+	note("modules", views.ModulesErr)
 	if !s.Failed["processes"] {
 		socks, err := i.K.Sockets(s.Processes)
 		note("sockets", err)
+		if err == nil {
+			read.sockets = socks
+		}
 		for _, so := range socks {
 			if so.State == "LISTEN" || (so.Proto == "udp" && so.RemotePort == 0) {
 				s.Listening = append(s.Listening, so)
@@ -83,7 +90,7 @@ func (i *Inspector) Snapshot() (*Snapshot, error) {
 	} else {
 		s.Failed["sockets"] = true
 	}
-	s.Report = i.Check()
+	s.Report = i.check(read)
 	return s, nil
 }
 

@@ -171,7 +171,7 @@ func (i *Inspector) checkInline() ([]Finding, error) {
 			tramps[o.Trampoline] = true
 		}
 	}
-	found, err := i.K.CheckInline(tramps)
+	found, err := i.K.CheckInline(tramps, &i.code)
 	if err != nil {
 		return nil, err
 	}
@@ -186,6 +186,32 @@ func (i *Inspector) checkInline() ([]Finding, error) {
 		}
 		out = append(out, Finding{Check: CheckInline, Severity: SeverityCritical, Name: d.Function, Addr: d.Addr,
 			Summary: fmt.Sprintf("%s is patched at %#x: it branches to %s: %s", d.Function, d.Addr, target, d.Reason)})
+	}
+	return out, nil
+}
+
+// CheckIDT is the check of the interrupt descriptor table's handlers.
+const CheckIDT = "idt"
+
+// checkIDT reports IDT gates whose handler is outside the kernel image:
+// every handler the kernel installs is in it (its entry code, and, for the
+// reserved vectors, the early handlers in init text that the kernel leaves
+// in place after boot), so one elsewhere (a module, the heap) is a hooked
+// interrupt or exception.
+func (i *Inspector) checkIDT() ([]Finding, error) {
+	gates, err := i.K.IDT()
+	if err != nil {
+		return nil, err
+	}
+	var mm *linux.ModuleMap
+	var out []Finding
+	for _, g := range gates {
+		if g.InCoreText || g.Symbol != "" {
+			continue
+		}
+		owner := i.codeOwner(&mm, g.Handler)
+		out = append(out, Finding{Check: CheckIDT, Severity: SeverityCritical, Addr: g.Handler, Name: fmt.Sprintf("vector %d", g.Vector),
+			Summary: fmt.Sprintf("interrupt vector %d's handler is %s, outside the kernel image", g.Vector, owner)})
 	}
 	return out, nil
 }

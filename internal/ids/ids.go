@@ -49,6 +49,10 @@ type Inspector struct {
 	Guest GuestRunner
 	// creds remembers processes' credentials across checks.
 	creds credHistory
+	// code remembers the live code the code checks found clean.
+	code linux.CodeMemo
+	// guestView is the last guest-view check, for scans between its turns.
+	guestView guestViewState
 }
 
 // New returns an inspector for k.

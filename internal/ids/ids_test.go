@@ -223,8 +223,8 @@ func TestCredEscalations(t *testing.T) {
 	var h credHistory
 	user := task(66, 1, 1000, 1000, "app", "/usr/bin/app")
 	look := func(uid, euid, suid uint32, setuid bool) []Finding {
-		c := linux.Creds{UID: uid, EUID: euid, SUID: suid, FSUID: euid, ExeSetUIDRoot: setuid}
-		return h.escalations([]linux.Task{user}, map[string]linux.Creds{taskKey(user): c})
+		c := linux.Creds{UID: uid, EUID: euid, SUID: suid, FSUID: euid}
+		return h.escalations([]linux.Task{user}, map[string]linux.Creds{taskKey(user): c}, func(linux.Task) bool { return setuid })
 	}
 	if f := look(1000, 1000, 1000, false); len(f) != 0 {
 		t.Fatalf("first look: %v", f)
@@ -248,7 +248,7 @@ func TestCredEscalations(t *testing.T) {
 		t.Fatalf("a setuid-root program reported: %v", f)
 	}
 	// A process that is gone is forgotten.
-	h.escalations(nil, nil)
+	h.escalations(nil, nil, nil)
 	if len(h.seen) != 0 {
 		t.Fatalf("history kept %d exited processes", len(h.seen))
 	}

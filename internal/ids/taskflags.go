@@ -50,7 +50,7 @@ func holesFor(release string) (uint32, bool) {
 
 // checkTaskFlags reports threads whose flags carry a bit this kernel never
 // sets. Every thread is read: a rootkit may mark one thread only.
-func (i *Inspector) checkTaskFlags() ([]Finding, error) {
+func (i *Inspector) checkTaskFlags(views *linux.Views) ([]Finding, error) {
 	holes, ok := holesFor(i.K.Profile.Release)
 	if !ok {
 		return nil, fmt.Errorf("%w: no table of unused task flags for kernel %s (known: 6.0 to 6.3)", ErrNotApplicable, i.K.Profile.Release)
@@ -59,7 +59,7 @@ func (i *Inspector) checkTaskFlags() ([]Finding, error) {
 	if err != nil {
 		return nil, err
 	}
-	threads, err := i.K.Threads()
+	threads, err := views.Threads, views.ThreadsErr
 	if err != nil && (!errors.Is(err, linux.ErrIncomplete) || linux.StoppedEarly(err)) {
 		return nil, err
 	}

@@ -95,7 +95,10 @@ func writeVirtU64(t *testing.T, g *guestRAM, k *linux.Kernel, va, v uint64) func
 }
 
 // unlink removes the list_head at node from its list, as DKOM rootkits do,
-// and returns a function that links it back.
+// and returns a function that links it back. The guest keeps running
+// meanwhile (tasks fork and exit next to the node), so the relink inserts
+// the node after its old predecessor as the list is then, rather than
+// writing back the pointers as they were.
 func unlink(t *testing.T, g *guestRAM, k *linux.Kernel, node uint64) func() {
 	t.Helper()
 	next, err := vmi.ReadU64(k.AS, node)
@@ -106,9 +109,18 @@ func unlink(t *testing.T, g *guestRAM, k *linux.Kernel, node uint64) func() {
 	if err != nil {
 		t.Fatal(err)
 	}
-	undoA := writeVirtU64(t, g, k, prev, next)   // prev->next = next
-	undoB := writeVirtU64(t, g, k, next+8, prev) // next->prev = prev
-	return func() { undoB(); undoA() }
+	writeVirtU64(t, g, k, prev, next)   // prev->next = next
+	writeVirtU64(t, g, k, next+8, prev) // next->prev = prev
+	return func() {
+		cur, err := vmi.ReadU64(k.AS, prev) // prev->next now
+		if err != nil {
+			t.Fatal(err)
+		}
+		writeVirtU64(t, g, k, node, cur)    // node->next
+		writeVirtU64(t, g, k, node+8, prev) // node->prev
+		writeVirtU64(t, g, k, cur+8, node)  // cur->prev
+		writeVirtU64(t, g, k, prev, node)   // prev->next
+	}
 }
 
 func checkFindings(t *testing.T, vm string) (int, ids.Report) {
@@ -185,18 +197,29 @@ func TestSimulatedRootkits(t *testing.T) {
 	})
 
 	t.Run("hidden process", func(t *testing.T) {
+		// The victim is the middle of three sleeps started back to back:
+		// its neighbours on the task list neither fork nor exit while it
+		// is unlinked, so linking it back cannot race with the guest.
+		r := gv(t, time.Minute, "exec", vm, "--", "sh", "-c",
+			"for n in 1 2 3; do sleep 60$n </dev/null >/dev/null 2>&1 & echo $!; done")
+		pids := strings.Fields(r.stdout)
+		if r.code != 0 || len(pids) != 3 {
+			t.Fatalf("start three sleeps: exit %d, %q", r.code, r.stdout)
+		}
+		defer gv(t, time.Minute, "exec", vm, "--", "kill", "-9", pids[0], pids[1], pids[2])
 		tasks, err := k.Tasks()
 		if err != nil {
 			t.Fatal(err)
 		}
 		var victim linux.Task
-		for _, tk := range tasks {
-			if tk.Comm == "gv-hide-me" {
+		for i, tk := range tasks {
+			if strconv.Itoa(tk.PID) == pids[1] && i > 0 && i+1 < len(tasks) &&
+				strconv.Itoa(tasks[i-1].PID) == pids[0] && strconv.Itoa(tasks[i+1].PID) == pids[2] {
 				victim = tk
 			}
 		}
 		if victim.PID == 0 {
-			t.Fatal("gv-hide-me not in the task list")
+			t.Fatalf("sleeps %v not adjacent on the task list", pids)
 		}
 		off, err := prof.FieldOffset("task_struct.tasks")
 		if err != nil {
@@ -212,7 +235,7 @@ func TestSimulatedRootkits(t *testing.T) {
 				t.Errorf("the unlinked task still shows in ids ps")
 			}
 		}
-		if code != 1 || !hasFinding(rep, ids.CheckHiddenProcess, fmt.Sprintf("process %d (gv-hide-me)", victim.PID)) {
+		if code != 1 || !hasFinding(rep, ids.CheckHiddenProcess, fmt.Sprintf("process %d (sleep)", victim.PID)) {
 			t.Errorf("unlinked task %d: exit %d, findings %+v", victim.PID, code, rep.Findings)
 		}
 	})
@@ -287,6 +310,40 @@ func TestSimulatedRootkits(t *testing.T) {
 		want := fmt.Sprintf("raw_seq_show is patched at %#x: it branches to %s+0x40", fn, mods[0].Name)
 		if code != 1 || !hasFinding(rep, ids.CheckInline, want) {
 			t.Errorf("jmp at raw_seq_show: exit %d, want %q in %+v", code, want, rep.Findings)
+		}
+	})
+
+	t.Run("hooked interrupt vector", func(t *testing.T) {
+		// Vector 21 (reserved: never raised) pointed into a module's code.
+		idt, err := k.Addr("idt_table")
+		if err != nil {
+			t.Fatal(err)
+		}
+		mods, err := k.Modules()
+		if err != nil || len(mods) == 0 {
+			t.Fatalf("modules: %v", err)
+		}
+		h := mods[0].Base + 0x30
+		gate := idt + 16*21
+		lo, err := vmi.ReadU64(k.AS, gate)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// offset_low (bits 0-15) and offset_middle (bits 48-63) of the
+		// first quadword, offset_high in the second.
+		newLo := lo&0x0000ffffffff0000 | h&0xffff | (h>>16&0xffff)<<48
+		restoreLo := writeVirtU64(t, g, k, gate, newLo)
+		hi, err := vmi.ReadU64(k.AS, gate+8)
+		if err != nil {
+			t.Fatal(err)
+		}
+		restoreHi := writeVirtU64(t, g, k, gate+8, hi&^0xffffffff|h>>32)
+		code, rep := checkFindings(t, vm)
+		restoreHi()
+		restoreLo()
+		want := fmt.Sprintf("interrupt vector 21's handler is %s+0x30", mods[0].Name)
+		if code != 1 || !hasFinding(rep, ids.CheckIDT, want) {
+			t.Errorf("vector 21 into %s: exit %d, want %q in %+v", mods[0].Name, code, want, rep.Findings)
 		}
 	})
 

@@ -42,38 +42,68 @@ func (k *Kernel) InitCred() uint64 {
 	return a
 }
 
-// Creds reads task t's credentials. A field that cannot be read fails the
-// whole: half a credential is no basis for a finding.
-func (k *Kernel) Creds(t Task) (Creds, error) {
+// CredReader reads tasks' credentials with one layout, resolved once from
+// BTF: a check reads every process's.
+type CredReader struct {
+	k *Kernel
+	l credLayout
+}
+
+// CredReader returns a reader of k's tasks' credentials.
+func (k *Kernel) CredReader() (*CredReader, error) {
 	l, err := newCredLayout(k.Profile)
+	if err != nil {
+		return nil, err
+	}
+	return &CredReader{k: k, l: l}, nil
+}
+
+// Creds reads task t's credentials (see CredReader.Creds).
+func (k *Kernel) Creds(t Task) (Creds, error) {
+	r, err := k.CredReader()
 	if err != nil {
 		return Creds{}, err
 	}
-	u64 := func(va uint64) (uint64, error) { return vmi.ReadU64(k.AS, va) }
-	u32 := func(va uint64) (uint32, error) { return vmi.ReadU32(k.AS, va) }
+	return r.Creds(t)
+}
+
+// Creds reads task t's credentials (not ExeKnown/ExeSetUIDRoot: see
+// ExeSetUIDRoot). The ids and capability sets are read in one block. A
+// field that cannot be read fails the whole: half a credential is no
+// basis for a finding.
+func (r *CredReader) Creds(t Task) (Creds, error) {
+	k, l := r.k, r.l
+	var err error
 	var c Creds
-	if c.Cred, err = u64(t.Addr + l.cred); err != nil {
+	var ptrs [8]byte
+	if _, err := k.AS.ReadVirtual(t.Addr+l.cred, ptrs[:]); err != nil {
 		return c, fmt.Errorf("linux: task %d cred: %w", t.PID, err)
 	}
-	if c.RealCred, err = u64(t.Addr + l.realCred); err != nil {
+	c.Cred = le.Uint64(ptrs[:])
+	if c.RealCred, err = vmi.ReadU64(k.AS, t.Addr+l.realCred); err != nil {
 		return c, fmt.Errorf("linux: task %d real_cred: %w", t.PID, err)
 	}
-	for _, r := range []struct {
-		off uint64
-		v   *uint32
-	}{{l.uid, &c.UID}, {l.euid, &c.EUID}, {l.suid, &c.SUID}, {l.fsuid, &c.FSUID}, {l.gid, &c.GID}, {l.egid, &c.EGID}} {
-		if *r.v, err = u32(c.Cred + r.off); err != nil {
-			return c, fmt.Errorf("linux: task %d cred at %#x: %w", t.PID, c.Cred, err)
-		}
+	lo := min(l.uid, l.euid, l.suid, l.fsuid, l.gid, l.egid, l.capEff, l.capPerm)
+	hi := max(l.uid, l.euid, l.suid, l.fsuid, l.gid, l.egid) + 4
+	hi = max(hi, l.capEff+8, l.capPerm+8)
+	if hi-lo > 256 {
+		return c, fmt.Errorf("linux: struct cred's ids and capabilities span %d bytes", hi-lo)
 	}
-	if c.CapEffective, err = u64(c.Cred + l.capEff); err != nil {
+	b := make([]byte, hi-lo)
+	if _, err := k.AS.ReadVirtual(c.Cred+lo, b); err != nil {
 		return c, fmt.Errorf("linux: task %d cred at %#x: %w", t.PID, c.Cred, err)
 	}
-	if c.CapPermit, err = u64(c.Cred + l.capPerm); err != nil {
-		return c, fmt.Errorf("linux: task %d cred at %#x: %w", t.PID, c.Cred, err)
-	}
-	c.ExeKnown, c.ExeSetUIDRoot = k.exeSetUIDRoot(l, t)
+	u32 := func(off uint64) uint32 { return le.Uint32(b[off-lo:]) }
+	c.UID, c.EUID, c.SUID, c.FSUID, c.GID, c.EGID = u32(l.uid), u32(l.euid), u32(l.suid), u32(l.fsuid), u32(l.gid), u32(l.egid)
+	c.CapEffective, c.CapPermit = le.Uint64(b[l.capEff-lo:]), le.Uint64(b[l.capPerm-lo:])
 	return c, nil
+}
+
+// ExeSetUIDRoot reads whether task t's executable is setuid root
+// (task->mm->exe_file->f_inode: S_ISUID and uid 0); known is false when
+// the chain cannot be read (a kernel thread has none).
+func (r *CredReader) ExeSetUIDRoot(t Task) (known, setuidRoot bool) {
+	return r.k.exeSetUIDRoot(r.l, t)
 }
 
 // exeSetUIDRoot reads task->mm->exe_file->f_inode's mode and owner.

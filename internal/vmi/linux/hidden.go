@@ -77,22 +77,26 @@ func (v *viewSet) hidden() map[uint64]Hidden {
 	return out
 }
 
-// twice runs a cross-view check twice and keeps the findings of the second
-// pass that the first also had: on live memory an object can be caught
-// between two views' updates (a task mid-fork or mid-exit), and such a
-// finding does not survive a second look.
-func twice(check func() (map[uint64]Hidden, error)) ([]Hidden, error) {
-	first, err := check()
-	if err != nil || len(first) == 0 {
+// twice runs a cross-view comparison on first (or a fresh reading when
+// first is nil or lacks the views), and, if it finds anything, again on a
+// fresh reading, keeping the findings both had: on live memory an object
+// can be caught between two views' updates (a task mid-fork or mid-exit),
+// and such a finding does not survive a second look.
+func twice(first *Views, read func() *Views, compare func(*Views) (map[uint64]Hidden, error)) ([]Hidden, error) {
+	if first == nil {
+		first = read()
+	}
+	a, err := compare(first)
+	if err != nil || len(a) == 0 {
 		return nil, err
 	}
-	second, err := check()
+	b, err := compare(read())
 	if err != nil {
 		return nil, err
 	}
 	var out []Hidden
-	for addr, h := range second {
-		if _, ok := first[addr]; ok {
+	for addr, h := range b {
+		if _, ok := a[addr]; ok {
 			out = append(out, h)
 		}
 	}
@@ -122,6 +126,49 @@ func partialList(err error) bool {
 	return errors.Is(err, ErrIncomplete) && !StoppedEarly(err)
 }
 
+// Views are the kernel's listings of tasks and modules that the cross-view
+// checks compare, each with the error of its walk. One reading serves
+// every check of a scan (ReadViews); the checks read again only to confirm
+// a finding.
+type Views struct {
+	Threads, IDR, RunQueue          []Task
+	ThreadsErr, IDRErr, RunQueueErr error
+	Modules, Sysfs, Scan            []Module
+	ModulesErr, SysfsErr, ScanErr   error
+}
+
+// ReadViews reads every task and module view.
+func (k *Kernel) ReadViews() *Views {
+	v := &Views{}
+	k.readTaskViews(v)
+	k.readModuleViews(v)
+	return v
+}
+
+func (k *Kernel) readTaskViews(v *Views) {
+	v.Threads, v.ThreadsErr = k.Threads()
+	v.IDR, v.IDRErr = k.PIDNamespaceTasks()
+	v.RunQueue, v.RunQueueErr = k.RunQueueTasks()
+}
+
+func (k *Kernel) readModuleViews(v *Views) {
+	v.Modules, v.ModulesErr = k.Modules()
+	v.Sysfs, v.SysfsErr = k.ModulesFromSysfs()
+	v.Scan, v.ScanErr = k.ScanModules()
+}
+
+// Leaders returns the thread-group leaders of the Threads view: the
+// processes, as Tasks lists them.
+func (v *Views) Leaders() []Task {
+	var out []Task
+	for _, t := range v.Threads {
+		if t.PID == t.TGID {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
 // CrossViewProcesses reports tasks that the PID namespace's IDR or a CPU's
 // run queue shows but the task list (Threads: every process's leader and
 // thread group) does not. Idle tasks (pid 0) are never on the task list and
@@ -129,73 +176,93 @@ func partialList(err error) bool {
 // out. If the task list stopped early, its error is returned, since every
 // task it missed would be reported as hidden; entries it skipped (and went
 // past) are left to the corrupt-object check.
-func CrossViewProcesses(k *Kernel) ([]Hidden, error) {
-	return twice(func() (map[uint64]Hidden, error) {
-		toMap := func(ts []Task) map[uint64]Hidden {
-			m := make(map[uint64]Hidden, len(ts))
-			for _, t := range ts {
-				if t.PID != 0 {
-					m[t.Addr] = Hidden{Kind: "process", PID: t.PID, Name: t.Comm, Addr: t.Addr}
-				}
+func CrossViewProcesses(k *Kernel) ([]Hidden, error) { return CrossViewProcessesFrom(k, nil) }
+
+// CrossViewProcessesFrom is CrossViewProcesses starting from views already
+// read (nil: read them); a finding is confirmed by a fresh reading.
+func CrossViewProcessesFrom(k *Kernel, first *Views) ([]Hidden, error) {
+	return twice(first, func() *Views {
+		v := &Views{}
+		k.readTaskViews(v)
+		return v
+	}, hiddenTasks)
+}
+
+// hiddenTasks compares v's task views.
+func hiddenTasks(v *Views) (map[uint64]Hidden, error) {
+	toMap := func(ts []Task) map[uint64]Hidden {
+		m := make(map[uint64]Hidden, len(ts))
+		for _, t := range ts {
+			if t.PID != 0 {
+				m[t.Addr] = Hidden{Kind: "process", PID: t.PID, Name: t.Comm, Addr: t.Addr}
 			}
-			return m
 		}
-		list, err := k.Threads()
-		if err != nil && !partialList(err) {
-			return nil, err
-		}
-		var v viewSet
-		v.add(ViewTasks, true, toMap(list))
-		var firstErr error
-		if idr, err := k.PIDNamespaceTasks(); usable(err) == nil {
-			v.add(ViewPIDIDR, true, toMap(idr))
-		} else {
-			firstErr = err
-		}
-		if rq, err := k.RunQueueTasks(); usable(err) == nil {
-			v.add(ViewRunQueue, false, toMap(rq))
-		} else if firstErr == nil {
-			firstErr = err
-		}
-		if len(v.names) == 1 {
-			return nil, firstErr
-		}
-		return v.hidden(), nil
-	})
+		return m
+	}
+	if v.ThreadsErr != nil && !partialList(v.ThreadsErr) {
+		return nil, v.ThreadsErr
+	}
+	var set viewSet
+	set.add(ViewTasks, true, toMap(v.Threads))
+	var firstErr error
+	if usable(v.IDRErr) == nil {
+		set.add(ViewPIDIDR, true, toMap(v.IDR))
+	} else {
+		firstErr = v.IDRErr
+	}
+	if usable(v.RunQueueErr) == nil {
+		set.add(ViewRunQueue, false, toMap(v.RunQueue))
+	} else if firstErr == nil {
+		firstErr = v.RunQueueErr
+	}
+	if len(set.names) == 1 {
+		return nil, firstErr
+	}
+	return set.hidden(), nil
 }
 
 // CrossViewModules reports modules that sysfs (module_kset) or a scan of the
 // module area shows but the module list does not. If the module list
 // stopped early, its error is returned.
-func CrossViewModules(k *Kernel) ([]Hidden, error) {
-	return twice(func() (map[uint64]Hidden, error) {
-		toMap := func(ms []Module) map[uint64]Hidden {
-			m := make(map[uint64]Hidden, len(ms))
-			for _, mod := range ms {
-				m[mod.Addr] = Hidden{Kind: "module", Name: mod.Name, Addr: mod.Addr}
-			}
-			return m
+func CrossViewModules(k *Kernel) ([]Hidden, error) { return CrossViewModulesFrom(k, nil) }
+
+// CrossViewModulesFrom is CrossViewModules starting from views already
+// read (nil: read them); a finding is confirmed by a fresh reading.
+func CrossViewModulesFrom(k *Kernel, first *Views) ([]Hidden, error) {
+	return twice(first, func() *Views {
+		v := &Views{}
+		k.readModuleViews(v)
+		return v
+	}, hiddenModules)
+}
+
+// hiddenModules compares v's module views.
+func hiddenModules(v *Views) (map[uint64]Hidden, error) {
+	toMap := func(ms []Module) map[uint64]Hidden {
+		m := make(map[uint64]Hidden, len(ms))
+		for _, mod := range ms {
+			m[mod.Addr] = Hidden{Kind: "module", Name: mod.Name, Addr: mod.Addr}
 		}
-		list, err := k.Modules()
-		if err != nil && !partialList(err) {
-			return nil, err
-		}
-		var v viewSet
-		v.add(ViewModules, true, toMap(list))
-		var firstErr error
-		if sys, err := k.ModulesFromSysfs(); usable(err) == nil {
-			v.add(ViewSysfs, true, toMap(sys))
-		} else {
-			firstErr = err
-		}
-		if scan, err := k.ScanModules(); usable(err) == nil {
-			v.add(ViewScan, true, toMap(scan))
-		} else if firstErr == nil {
-			firstErr = err
-		}
-		if len(v.names) == 1 {
-			return nil, firstErr
-		}
-		return v.hidden(), nil
-	})
+		return m
+	}
+	if v.ModulesErr != nil && !partialList(v.ModulesErr) {
+		return nil, v.ModulesErr
+	}
+	var set viewSet
+	set.add(ViewModules, true, toMap(v.Modules))
+	var firstErr error
+	if usable(v.SysfsErr) == nil {
+		set.add(ViewSysfs, true, toMap(v.Sysfs))
+	} else {
+		firstErr = v.SysfsErr
+	}
+	if usable(v.ScanErr) == nil {
+		set.add(ViewScan, true, toMap(v.Scan))
+	} else if firstErr == nil {
+		firstErr = v.ScanErr
+	}
+	if len(set.names) == 1 {
+		return nil, firstErr
+	}
+	return set.hidden(), nil
 }

@@ -2,7 +2,11 @@ package linux
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
+	"sort"
+	"sync"
 )
 
 // watchedFuncs are kernel functions rootkits commonly patch inline (a jmp
@@ -72,7 +76,10 @@ func watchedCode(im *elfImage, prof *Profile, facts *ImageFacts) []ImageCode {
 // ftrace_ops's trampoline (trampolines, from FtraceOps) is ftrace at work,
 // which the ftrace check judges by its registrations; any other branch
 // there is reported.
-func (k *Kernel) CheckInline(trampolines map[uint64]bool) ([]DispatchFinding, error) {
+//
+// memo (may be nil) skips functions whose live code is what an earlier
+// clean comparison saw, with the same trampolines.
+func (k *Kernel) CheckInline(trampolines map[uint64]bool, memo *CodeMemo) ([]DispatchFinding, error) {
 	facts := k.Profile.Image()
 	if facts == nil {
 		return nil, ErrNoImage
@@ -82,6 +89,10 @@ func (k *Kernel) CheckInline(trampolines map[uint64]bool) ([]DispatchFinding, er
 		if a, err := k.Addr(name); err == nil {
 			ftraceEntry[a] = true
 		}
+	}
+	var context []byte
+	for _, t := range sortedKeys(trampolines) {
+		context = binary.LittleEndian.AppendUint64(context, t)
 	}
 	var out []DispatchFinding
 	var mods *ModuleMap
@@ -94,7 +105,7 @@ func (k *Kernel) CheckInline(trampolines map[uint64]bool) ([]DispatchFinding, er
 			out = append(out, DispatchFinding{Function: fn.Name, Addr: fn.Addr + k.Slide, Reason: fmt.Sprintf("live code unreadable: %v", err)})
 			continue
 		}
-		for _, f := range k.compareCode(fn, live, decodeImage(facts, i)) {
+		for _, f := range k.compareMemo(memo, facts, i, live, context) {
 			if f.FentrySite && (ftraceEntry[f.Target] || trampolines[f.Target]) {
 				continue
 			}
@@ -108,4 +119,74 @@ func (k *Kernel) CheckInline(trampolines map[uint64]bool) ([]DispatchFinding, er
 		}
 	}
 	return out, nil
+}
+
+// CodeMemo remembers, per function, a hash of the last live code a
+// comparison with the image found clean, so that a scan that finds the
+// same bytes again does not decode them again (decoding is most of the
+// code checks' time). Bytes that differ from the remembered ones are
+// compared in full. The zero value is ready; safe for concurrent use.
+type CodeMemo struct {
+	mu    sync.Mutex
+	clean map[uint64][32]byte
+}
+
+// unchanged reports whether live (with context, what else the verdict
+// depends on) is what fn's last clean comparison saw.
+func (m *CodeMemo) unchanged(fn uint64, live, context []byte) bool {
+	if m == nil {
+		return false
+	}
+	sum := codeSum(live, context)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.clean != nil && m.clean[fn] == sum
+}
+
+// remember records live as fn's clean code (a comparison found nothing).
+func (m *CodeMemo) remember(fn uint64, live, context []byte) {
+	if m == nil {
+		return
+	}
+	sum := codeSum(live, context)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.clean == nil {
+		m.clean = map[uint64][32]byte{}
+	}
+	m.clean[fn] = sum
+}
+
+func codeSum(live, context []byte) [32]byte {
+	h := sha256.New()
+	h.Write(context)
+	h.Write([]byte{0})
+	h.Write(live)
+	var out [32]byte
+	h.Sum(out[:0])
+	return out
+}
+
+// compareMemo is compareCode skipping code memo saw clean, and
+// remembering code found clean.
+func (k *Kernel) compareMemo(memo *CodeMemo, facts *ImageFacts, i int, live, context []byte) []DispatchFinding {
+	fn := facts.Code[i]
+	if memo.unchanged(fn.Addr, live, context) {
+		return nil
+	}
+	found := k.compareCode(fn, live, decodeImage(facts, i))
+	if len(found) == 0 {
+		memo.remember(fn.Addr, live, context)
+	}
+	return found
+}
+
+// sortedKeys returns m's keys in order.
+func sortedKeys(m map[uint64]bool) []uint64 {
+	out := make([]uint64, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
 }

@@ -624,7 +624,11 @@ type DispatchFinding struct {
 //
 // Branches inside the function itself (the switch's own jumps and patched
 // static keys) are not reported.
-func (k *Kernel) CheckDispatch() ([]DispatchFinding, error) {
+func (k *Kernel) CheckDispatch() ([]DispatchFinding, error) { return k.CheckDispatchMemo(nil) }
+
+// CheckDispatchMemo is CheckDispatch skipping functions whose live code
+// memo saw clean before.
+func (k *Kernel) CheckDispatchMemo(memo *CodeMemo) ([]DispatchFinding, error) {
 	if _, ok := k.Profile.Symbols.Lookup("x64_sys_call"); !ok {
 		return nil, nil
 	}
@@ -647,8 +651,8 @@ func (k *Kernel) CheckDispatch() ([]DispatchFinding, error) {
 				Reason: fmt.Sprintf("live code unreadable: %v", err)})
 			continue
 		}
-		d := decodeImage(facts, i)
-		for _, f := range k.compareCode(fn, live, d) {
+		for _, f := range k.compareMemo(memo, facts, i, live, nil) {
+			d := decodeImage(facts, i)
 			if f.Target != 0 {
 				f.TargetOwner = k.owner(&mods, f.Target)
 			}
