@@ -125,6 +125,7 @@ func (k *Kernel) ProcessArgs(tasks []Task, env bool) ([]ProcessArgs, error) {
 	}
 	tl := &tally{view: "args"}
 	budget := MaxArgsTotal
+	mmBuf := make([]byte, r.l.args.block.len())
 	out := make([]ProcessArgs, 0, len(tasks))
 	for _, t := range tasks {
 		pa := ProcessArgs{PID: t.PID, Comm: t.Comm, Addr: t.Addr, KernelThread: t.KernelThread}
@@ -142,16 +143,17 @@ func (k *Kernel) ProcessArgs(tasks []Task, env bool) ([]ProcessArgs, error) {
 				tl.stop = fmt.Errorf("%w: more than %d bytes of arguments", vmi.ErrListTooLong, MaxArgsTotal)
 			}
 		default:
-			budget -= r.processArgs(&pa, t)
+			budget -= r.processArgs(&pa, t, mmBuf)
 		}
 		out = append(out, pa)
 	}
 	return out, tl.err()
 }
 
-// processArgs fills pa's strings for task t and returns the bytes read.
-func (r *taskReader) processArgs(pa *ProcessArgs, t Task) int {
-	m, err := r.readMMArgs(t.Addr)
+// processArgs fills pa's strings for task t and returns the bytes read;
+// mmBuf holds the mm_struct's bytes.
+func (r *taskReader) processArgs(pa *ProcessArgs, t Task, mmBuf []byte) int {
+	m, err := r.readMMArgs(t.Addr, mmBuf)
 	if err != nil {
 		pa.Args.Error = err.Error()
 		if pa.Env != nil {
@@ -159,13 +161,13 @@ func (r *taskReader) processArgs(pa *ProcessArgs, t Task) int {
 		}
 		return 0
 	}
-	as := &vmi.AddressSpace{Mem: r.k.AS.Mem, CR3: m.pgd, LA57: r.k.AS.LA57}
-	top := userTop(as.LA57)
+	as := &userSpace{as: vmi.AddressSpace{Mem: r.k.AS.Mem, CR3: m.pgd, LA57: r.k.AS.LA57}}
+	top := userTop(as.as.LA57)
 	pa.Args = cmdline(as, m, top)
-	n := len(strings.Join(pa.Args.Strings, "\x00"))
+	n := pa.Args.bytes()
 	if pa.Env != nil {
 		*pa.Env = readStrings(as, m.envStart, m.envEnd, MaxEnvBytes, top)
-		n += len(strings.Join(pa.Env.Strings, "\x00"))
+		n += pa.Env.bytes()
 	}
 	return n
 }
@@ -173,8 +175,9 @@ func (r *taskReader) processArgs(pa *ProcessArgs, t Task) int {
 // errNoMM means a process has no memory of its own to read.
 var errNoMM = errors.New("no mm: the process has exited (a zombie) or is a kernel thread")
 
-// readMMArgs reads task->mm's page-table root and argument bounds.
-func (r *taskReader) readMMArgs(task uint64) (mmArgs, error) {
+// readMMArgs reads task->mm's page-table root and argument bounds into b
+// (the argument layout's block).
+func (r *taskReader) readMMArgs(task uint64, b []byte) (mmArgs, error) {
 	l := &r.l.args
 	mm, err := r.u64at(task + r.l.mm)
 	if err != nil {
@@ -186,7 +189,6 @@ func (r *taskReader) readMMArgs(task uint64) (mmArgs, error) {
 	if !isKernelPtr(mm) {
 		return mmArgs{}, fmt.Errorf("%w: task %#x: mm %#x is not a kernel address", ErrInconsistent, task, mm)
 	}
-	b := make([]byte, l.block.len())
 	for _, p := range l.parts {
 		if err := r.readAt(mm+p.lo, b[p.lo-l.block.lo:p.hi-l.block.lo]); err != nil {
 			return mmArgs{}, fmt.Errorf("linux: read mm_struct %#x: %w", mm, err)
@@ -206,7 +208,7 @@ func (r *taskReader) readMMArgs(task uint64) (mmArgs, error) {
 // process rewrote its arguments with setproctitle), the first string from
 // arg_start, up to a page and running on into the environment when the
 // environment directly follows.
-func cmdline(as *vmi.AddressSpace, m mmArgs, top uint64) UserStrings {
+func cmdline(as *userSpace, m mmArgs, top uint64) UserStrings {
 	if m.argStart >= m.argEnd {
 		if m.argStart > m.argEnd {
 			return UserStrings{Error: fmt.Sprintf("inconsistent mm: arg_start %#x after arg_end %#x", m.argStart, m.argEnd)}
@@ -217,7 +219,7 @@ func cmdline(as *vmi.AddressSpace, m mmArgs, top uint64) UserStrings {
 		return UserStrings{Error: fmt.Sprintf("inconsistent mm: arg_end %#x is not a user address", m.argEnd)}
 	}
 	var last [1]byte
-	if _, err := as.ReadVirtual(m.argEnd-1, last[:]); err != nil || last[0] == 0 {
+	if err := as.read(m.argEnd-1, last[:]); err != nil || last[0] == 0 {
 		return readStrings(as, m.argStart, m.argEnd, MaxArgBytes, top)
 	}
 	// setproctitle: the kernel reads one page from arg_start, within the
@@ -236,7 +238,7 @@ func cmdline(as *vmi.AddressSpace, m mmArgs, top uint64) UserStrings {
 
 // readStrings reads [start, end) of a process's memory, at most max bytes
 // of it, and splits it into strings.
-func readStrings(as *vmi.AddressSpace, start, end uint64, max int, top uint64) UserStrings {
+func readStrings(as *userSpace, start, end uint64, max int, top uint64) UserStrings {
 	if start > end || end > top {
 		return UserStrings{Error: fmt.Sprintf("inconsistent mm: range %#x-%#x is not in user space", start, end)}
 	}
@@ -258,13 +260,13 @@ func readStrings(as *vmi.AddressSpace, start, end uint64, max int, top uint64) U
 // first page that is not present and returns what it read before, the
 // bytes left unread and why the page is missing; any other failure is an
 // error (with the bytes read before it).
-func readUser(as *vmi.AddressSpace, va, n uint64) (data []byte, notPresent uint64, why string, err error) {
+func readUser(as *userSpace, va, n uint64) (data []byte, notPresent uint64, why string, err error) {
 	data = make([]byte, 0, n)
 	for uint64(len(data)) < n {
 		addr := va + uint64(len(data))
 		chunk := min(n-uint64(len(data)), vmi.PageSize4K-addr&(vmi.PageSize4K-1))
 		buf := data[len(data) : len(data)+int(chunk)]
-		if _, err := as.ReadVirtual(addr, buf); err != nil {
+		if err := as.read(addr, buf); err != nil {
 			te := (*vmi.TranslationError)(nil)
 			if errors.As(err, &te) && errors.Is(err, vmi.ErrNotMapped) {
 				why = "swapped out"
@@ -293,4 +295,39 @@ func SplitStrings(b []byte) []string {
 		b = b[:len(b)-1]
 	}
 	return strings.Split(string(b), "\x00")
+}
+
+// userSpace reads a process's memory through its page tables, keeping
+// the last page's translation: the argument vector's last byte, the
+// arguments and the environment are most often on one page, read with
+// one walk instead of three.
+type userSpace struct {
+	as       vmi.AddressSpace
+	page, pa uint64 // the last page translated and its physical address
+	valid    bool
+}
+
+// read reads len(p) bytes at va, which must not cross a page.
+func (u *userSpace) read(va uint64, p []byte) error {
+	page := va &^ (vmi.PageSize4K - 1)
+	if !u.valid || page != u.page {
+		pa, size, err := u.as.Translate(page)
+		if err != nil {
+			return err
+		}
+		u.page, u.pa, u.valid = page, pa, size >= vmi.PageSize4K
+	}
+	if _, err := u.as.Mem.ReadAt(p, int64(u.pa+va-page)); err != nil {
+		return fmt.Errorf("read user memory at %#x (physical %#x): %w", va, u.pa+va-page, err)
+	}
+	return nil
+}
+
+// bytes is how many bytes of guest memory the strings took.
+func (u *UserStrings) bytes() int {
+	n := 0
+	for _, s := range u.Strings {
+		n += len(s) + 1
+	}
+	return n
 }
