@@ -174,6 +174,7 @@ func (i *Inspector) check(read scanReads) *Report {
 	run(CheckKprobe, i.checkKprobes)
 	run(CheckInline, i.checkInline)
 	run(CheckIDT, i.checkIDT)
+	run(CheckOpsTables, i.checkOpsTables)
 	run(CheckTaskFlags, func() ([]Finding, error) { return i.checkTaskFlags(views) })
 	run(CheckCorrupt, func() ([]Finding, error) { return i.checkCorrupt(views) })
 	switch {

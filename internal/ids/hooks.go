@@ -215,3 +215,22 @@ func (i *Inspector) checkIDT() ([]Finding, error) {
 	}
 	return out, nil
 }
+
+// CheckOpsTables is the check of /proc's and /proc/net's operation tables.
+const CheckOpsTables = "ops-table"
+
+// checkOpsTables reports operation tables (seq_operations and
+// file_operations behind /proc and /proc/net) whose live words differ from
+// the image's: a rootkit that hides sockets, modules or processes by
+// redirecting a table entry instead of patching code.
+func (i *Inspector) checkOpsTables() ([]Finding, error) {
+	found, err := i.K.CheckOpsTables()
+	if err != nil {
+		return nil, err
+	}
+	var out []Finding
+	for _, f := range found {
+		out = append(out, Finding{Check: CheckOpsTables, Severity: SeverityCritical, Name: f.Table, Addr: f.Addr, Summary: f.Reason})
+	}
+	return out, nil
+}

@@ -328,6 +328,14 @@ echo "status=$?" >> /run/boot-insmod.txt
 			t.Errorf("status: policy %+v gates %+v; want seq 1 and the kernel, net and API gates armed", st.Policy, st.Gates)
 		}
 	})
+	t.Run("the IDS finds nothing under the armed default policy", func(t *testing.T) {
+		// The gates' traps (breakpoints, watchpoints) and the refused
+		// module must not look like a rootkit to the IDS.
+		r := gvSys(5*time.Minute, "ids", "check", "--vm", vm)
+		if r.code != 0 {
+			t.Fatalf("ids check under iot-default: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+		}
+	})
 	t.Run("a viewer reads the status, cannot stop the VM", func(t *testing.T) {
 		bin := copyBinaryForOthers(t)
 		t.Cleanup(func() { os.RemoveAll("/tmp/gatevisor-1000") })

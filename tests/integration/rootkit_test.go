@@ -313,6 +313,30 @@ func TestSimulatedRootkits(t *testing.T) {
 		}
 	})
 
+	t.Run("redirected /proc/net operations", func(t *testing.T) {
+		// raw_seq_ops.show (nothing reads /proc/net/raw meanwhile) pointed
+		// into a module's code, as a rootkit hiding raw sockets would.
+		ops, err := k.Addr("raw_seq_ops")
+		if err != nil {
+			t.Fatal(err)
+		}
+		off, err := prof.FieldOffset("seq_operations.show")
+		if err != nil {
+			t.Fatal(err)
+		}
+		mods, err := k.Modules()
+		if err != nil || len(mods) == 0 {
+			t.Fatalf("modules: %v", err)
+		}
+		restore := writeVirtU64(t, g, k, ops+off, mods[0].Base+0x50)
+		code, rep := checkFindings(t, vm)
+		restore()
+		want := fmt.Sprintf("raw_seq_ops+%#x points to %s+0x50", off, mods[0].Name)
+		if code != 1 || !hasFinding(rep, ids.CheckOpsTables, want) {
+			t.Errorf("raw_seq_ops.show into %s: exit %d, want %q in %+v", mods[0].Name, code, want, rep.Findings)
+		}
+	})
+
 	t.Run("hooked interrupt vector", func(t *testing.T) {
 		// Vector 21 (reserved: never raised) pointed into a module's code.
 		idt, err := k.Addr("idt_table")

@@ -60,6 +60,10 @@ type ImageFacts struct {
 	// Alternatives are the .altinstructions entries whose patch site lies
 	// in one of the Code functions.
 	Alternatives []Alternative
+	// Objects holds read-only operation tables (seq_operations,
+	// file_operations of /proc and /proc/net) as the image has them, at
+	// link-time addresses: CheckOpsTables compares the live ones.
+	Objects []ImageCode
 
 	// decoded caches decodeImage, one entry per Code function.
 	decoded atomic.Pointer[[]*decodedFunc]
@@ -116,7 +120,7 @@ func (p *Profile) AttachImage(img []byte) error {
 }
 
 // imageCacheFormat is bumped when the cached encoding changes.
-const imageCacheFormat = 2
+const imageCacheFormat = 3
 
 type cachedImage struct {
 	Format int
@@ -232,6 +236,7 @@ func NewImageFacts(img []byte, prof *Profile) (*ImageFacts, error) {
 		facts.Code = append(facts.Code, ImageCode{Name: name, Addr: addr, Bytes: bytes.Clone(code), Size: end - addr})
 	}
 	facts.Code = append(facts.Code, watchedCode(im, prof, facts)...)
+	facts.Objects = opsTables(im, prof)
 	facts.Alternatives = im.alternatives(prof, facts.Code)
 	return facts, nil
 }
