@@ -100,13 +100,9 @@ func detailBTF(t testing.TB, v detailVariant) *btf.Spec {
 	files := st("files_struct", 64, m{"fdt", 32, ptr})
 	fdtable := st("fdtable", 32, m{"max_fds", 0, u32}, m{"fd", 8, ptr})
 	nsOps := st("proc_ns_operations", 64, m{"name", 0, ptr})
-	socket := st("socket", 32, m{"type", 4, s16}, m{"file", 16, ptr}, m{"sk", 24, ptr})
-	addrs := st("", 8, m{"skc_daddr", 0, u32}, m{"skc_rcv_saddr", 4, u32})
-	common := st("sock_common", 136, m{"", 0, &btf.Union{Size: 8, Members: []btf.Member{{Name: "skc_addrpair", Type: u64}, {Name: "", Type: addrs}}}},
-		m{"skc_dport", 12, u16}, m{"skc_num", 14, u16}, m{"skc_family", 16, u16}, m{"skc_state", 18, u8})
-	sock := st("sock", 768, m{"__sk_common", 0, common}, m{"sk_type", 514, u16}, m{"sk_protocol", 516, u16})
 	types = append(types, task, signal, cred, mm, path, file, inode, hlistBL, qstr, dentry, dops, vfsmount,
-		mount, files, fdtable, nsOps, socket, common, sock, listHead, threadInfo)
+		mount, files, fdtable, nsOps, listHead, threadInfo)
+	types = append(types, detailNetTypes(u8, u16, s16, u32, u64, ptr)...)
 	b, err := btf.NewBuilder(types, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -116,6 +112,23 @@ func detailBTF(t testing.TB, v detailVariant) *btf.Spec {
 		t.Fatal(err)
 	}
 	return spec
+}
+
+// detailNetTypes are struct socket and struct sock as the detail scene
+// lays them out (newFile writes them).
+func detailNetTypes(u8, u16, s16, u32, u64 *btf.Int, ptr btf.Type) []btf.Type {
+	m := func(name string, off uint32, typ btf.Type) btf.Member {
+		return btf.Member{Name: name, Type: typ, Offset: btf.Bits(8 * off)}
+	}
+	st := func(name string, size uint32, ms ...btf.Member) *btf.Struct {
+		return &btf.Struct{Name: name, Size: size, Members: ms}
+	}
+	socket := st("socket", 32, m("type", 4, s16), m("file", 16, ptr), m("sk", 24, ptr))
+	addrs := st("", 8, m("skc_daddr", 0, u32), m("skc_rcv_saddr", 4, u32))
+	common := st("sock_common", 136, m("", 0, &btf.Union{Size: 8, Members: []btf.Member{{Name: "skc_addrpair", Type: u64}, {Name: "", Type: addrs}}}),
+		m("skc_dport", 12, u16), m("skc_num", 14, u16), m("skc_family", 16, u16), m("skc_state", 18, u8))
+	sock := st("sock", 768, m("__sk_common", 0, common), m("sk_type", 514, u16), m("sk_protocol", 516, u16))
+	return []btf.Type{socket, common, sock}
 }
 
 func (s *detailScene) kernelOf() *Kernel { return s.kernel() }

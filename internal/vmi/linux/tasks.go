@@ -443,6 +443,14 @@ func newTaskLayout(p *Profile) *taskLayout {
 		return l
 	}
 
+	l.setPIDLayout(p)
+	l.setRunQueueLayout(p)
+	return l
+}
+
+// setPIDLayout resolves the PID namespace IDR's offsets (pidErr says why
+// they are unusable).
+func (l *taskLayout) setPIDLayout(p *Profile) {
 	g := &fields{p: p}
 	l.pidLinks = g.off("task_struct.pid_links")
 	l.pidTasks = g.off("pid.tasks")
@@ -459,7 +467,11 @@ func newTaskLayout(p *Profile) *taskLayout {
 	if g.err != nil {
 		l.pidErr = fmt.Errorf("linux: PID IDR layout: %w", g.err)
 	}
+}
 
+// setRunQueueLayout resolves the run queues' offsets (rqErr says why they
+// are unusable).
+func (l *taskLayout) setRunQueueLayout(p *Profile) {
 	r := &fields{p: p}
 	l.rqCurr = r.off("rq.curr")
 	l.rqTimeline = r.off("rq.cfs") + r.off("cfs_rq.tasks_timeline") + r.off("rb_root_cached.rb_root") + r.off("rb_root.rb_node")
@@ -474,7 +486,6 @@ func newTaskLayout(p *Profile) *taskLayout {
 	if r.err != nil {
 		l.rqErr = fmt.Errorf("linux: run-queue layout: %w", r.err)
 	}
-	return l
 }
 
 // taskReader reads tasks for one listing. Paths are cached per (mount,
