@@ -4,9 +4,6 @@ import (
 	"context"
 	_ "embed"
 	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -25,16 +22,7 @@ const sysloopGuestPath = "/usr/bin/sysloop"
 
 // buildSysloop compiles sysloop.c into dir and returns the binary's path.
 func buildSysloop(ctx context.Context, dir string) (string, error) {
-	src := filepath.Join(dir, "sysloop.c")
-	bin := filepath.Join(dir, "sysloop")
-	if err := os.WriteFile(src, sysloopSource, 0o644); err != nil {
-		return "", err
-	}
-	out, err := exec.CommandContext(ctx, "gcc", "-static", "-O2", "-o", bin, src).CombinedOutput()
-	if err != nil {
-		return "", fmt.Errorf("build the in-guest loop program (needs gcc and libc6-dev; scripts/install-deps installs them): %v\n%s", err, out)
-	}
-	return bin, nil
+	return buildStatic(ctx, dir, "sysloop", sysloopSource)
 }
 
 // sysloopRun runs sysloop in the guest and returns its steady cost in

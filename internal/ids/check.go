@@ -247,12 +247,8 @@ func (i *Inspector) checkDispatch() ([]Finding, error) {
 	}
 	var out []Finding
 	for _, d := range found {
-		target := d.TargetSymbol
-		if d.TargetOwner != "" {
-			target = d.TargetOwner
-		}
 		out = append(out, Finding{Check: CheckDispatch, Severity: SeverityCritical, Name: d.Function, Addr: d.Addr,
-			Summary: fmt.Sprintf("syscall dispatch code %s at %#x jumps to %#x (%s): %s", d.Function, d.Addr, d.Target, target, d.Reason)})
+			Summary: fmt.Sprintf("syscall dispatch code %s at %#x jumps to %#x (%s): %s", d.Function, d.Addr, d.Target, d.TargetName(), d.Reason)})
 	}
 	return out, nil
 }

@@ -177,15 +177,8 @@ func (i *Inspector) checkInline() ([]Finding, error) {
 	}
 	var out []Finding
 	for _, d := range found {
-		target := d.TargetSymbol
-		if d.TargetOwner != "" {
-			target = d.TargetOwner
-		}
-		if target == "" {
-			target = fmt.Sprintf("%#x", d.Target)
-		}
 		out = append(out, Finding{Check: CheckInline, Severity: SeverityCritical, Name: d.Function, Addr: d.Addr,
-			Summary: fmt.Sprintf("%s is patched at %#x: it branches to %s: %s", d.Function, d.Addr, target, d.Reason)})
+			Summary: fmt.Sprintf("%s is patched at %#x: it branches to %s: %s", d.Function, d.Addr, d.TargetName(), d.Reason)})
 	}
 	return out, nil
 }

@@ -190,3 +190,15 @@ func sortedKeys(m map[uint64]bool) []uint64 {
 	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
 	return out
 }
+
+// TargetName names where the branch goes: its module ("module+0xoff"),
+// else its symbol, else its address.
+func (f DispatchFinding) TargetName() string {
+	switch {
+	case f.TargetOwner != "":
+		return f.TargetOwner
+	case f.TargetSymbol != "":
+		return f.TargetSymbol
+	}
+	return fmt.Sprintf("%#x", f.Target)
+}
