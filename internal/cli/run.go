@@ -185,6 +185,7 @@ func runVM(ctx context.Context, o *runOptions) error {
 	if o.detach {
 		return detach(ctx, o)
 	}
+	tuneMonitorGC()
 	g, cleanup, err := resolveGuest(ctx, o)
 	if err != nil {
 		return err
