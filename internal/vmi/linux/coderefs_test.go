@@ -92,7 +92,7 @@ func TestCodeRefs(t *testing.T) {
 func TestCodeRefsNoText(t *testing.T) {
 	k, _ := scKernel(t)
 	k.Profile = scProfile()
-	delete(k.Profile.Symbols.byName, "_etext")
+	k.Profile.Symbols = k.Profile.Symbols.without("_etext")
 	if _, err := k.CodeRefs([]uint64{testText + scSlide + offRead}); err == nil {
 		t.Fatal("CodeRefs without _etext: no error")
 	}

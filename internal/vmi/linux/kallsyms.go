@@ -5,7 +5,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"sort"
+	"strings"
 )
 
 // The kernel keeps its symbol table in .rodata as compressed kallsyms tables
@@ -57,8 +59,58 @@ type KallsymsLayout struct {
 // Kallsyms is a kernel's symbol table decoded from its kallsyms tables.
 type Kallsyms struct {
 	Layout KallsymsLayout
-	syms   []Symbol // sorted by address, as the kernel keeps them
-	byName map[string]int
+	// The symbols, sorted by address as the kernel keeps them, in columns:
+	// symbol i is named names[nameEnd[i-1]:nameEnd[i]]. One string and
+	// three arrays instead of a string and a map entry per symbol: a
+	// distribution kernel has ~150,000 symbols, and the monitor keeps
+	// them for its life.
+	addrs   []uint64
+	types   []byte
+	nameEnd []uint32
+	names   string
+	// byName holds symbol indices sorted by name, then index: Lookup's
+	// binary search finds a name's first symbol.
+	byName []int32
+}
+
+// newKallsyms builds the table from parallel columns (sorted by address).
+func newKallsyms(layout KallsymsLayout, names []string, addrs []uint64, types []byte) (*Kallsyms, error) {
+	if len(names) != len(addrs) || len(names) != len(types) || len(names) > maxSyms {
+		return nil, fmt.Errorf("%w: %d names, %d addresses, %d types", ErrNoKallsyms, len(names), len(addrs), len(types))
+	}
+	k := &Kallsyms{Layout: layout, addrs: addrs, types: types, nameEnd: make([]uint32, len(names)), byName: make([]int32, len(names))}
+	var b strings.Builder
+	for i, n := range names {
+		b.WriteString(n)
+		if b.Len() > math.MaxUint32 {
+			return nil, fmt.Errorf("%w: symbol names over 4 GiB", ErrNoKallsyms)
+		}
+		k.nameEnd[i] = uint32(b.Len())
+		k.byName[i] = int32(i)
+	}
+	k.names = b.String()
+	sort.Slice(k.byName, func(a, c int) bool {
+		na, nc := k.name(int(k.byName[a])), k.name(int(k.byName[c]))
+		if na != nc {
+			return na < nc
+		}
+		return k.byName[a] < k.byName[c]
+	})
+	return k, nil
+}
+
+// name is symbol i's name.
+func (k *Kallsyms) name(i int) string {
+	lo := uint32(0)
+	if i > 0 {
+		lo = k.nameEnd[i-1]
+	}
+	return k.names[lo:k.nameEnd[i]]
+}
+
+// sym is symbol i.
+func (k *Kallsyms) sym(i int) Symbol {
+	return Symbol{Name: k.name(i), Addr: k.addrs[i], Type: k.types[i]}
 }
 
 // ErrNoKallsyms means no consistent kallsyms tables were found.
@@ -174,15 +226,7 @@ func parseWithTokens(img []byte, tt tokenTableInfo, tokens []string) (*Kallsyms,
 	if err != nil {
 		return nil, err
 	}
-	k.syms = make([]Symbol, ni.n)
-	k.byName = make(map[string]int, ni.n)
-	for i := range k.syms {
-		k.syms[i] = Symbol{Name: names[i], Addr: addrs[i], Type: types[i]}
-		if _, dup := k.byName[names[i]]; !dup {
-			k.byName[names[i]] = i
-		}
-	}
-	return k, nil
+	return newKallsyms(k.Layout, names, addrs, types)
 }
 
 // entryLen reads a kallsyms_names entry's length at b[0:]: one byte, or a
@@ -407,18 +451,24 @@ func sortedKernel(addrs []uint64) bool {
 }
 
 // Len returns the number of symbols.
-func (k *Kallsyms) Len() int { return len(k.syms) }
+func (k *Kallsyms) Len() int { return len(k.addrs) }
 
 // Symbols returns all symbols sorted by address.
-func (k *Kallsyms) Symbols() []Symbol { return append([]Symbol(nil), k.syms...) }
+func (k *Kallsyms) Symbols() []Symbol {
+	out := make([]Symbol, len(k.addrs))
+	for i := range out {
+		out[i] = k.sym(i)
+	}
+	return out
+}
 
 // Lookup returns the link-time address of the first symbol called name.
 func (k *Kallsyms) Lookup(name string) (uint64, bool) {
-	i, ok := k.byName[name]
-	if !ok {
+	j := sort.Search(len(k.byName), func(j int) bool { return k.name(int(k.byName[j])) >= name })
+	if j == len(k.byName) || k.name(int(k.byName[j])) != name {
 		return 0, false
 	}
-	return k.syms[i].Addr, true
+	return k.addrs[k.byName[j]], true
 }
 
 // Symbol returns the symbol containing link-time address addr: the last one
@@ -427,22 +477,23 @@ func (k *Kallsyms) Lookup(name string) (uint64, bool) {
 // addresses in the per-CPU range (below the first kernel-space symbol) unless
 // addr itself is per-CPU.
 func (k *Kallsyms) Symbol(addr uint64) (Symbol, uint64, bool) {
-	i := sort.Search(len(k.syms), func(i int) bool { return k.syms[i].Addr > addr }) - 1
-	if i < 0 || i == len(k.syms)-1 && addr != k.syms[i].Addr {
+	n := len(k.addrs)
+	i := sort.Search(n, func(i int) bool { return k.addrs[i] > addr }) - 1
+	if i < 0 || i == n-1 && addr != k.addrs[i] {
 		return Symbol{}, 0, false
 	}
 	// Among aliases at the same address take the first text symbol, else the first.
 	j := i
-	for j > 0 && k.syms[j-1].Addr == k.syms[i].Addr {
+	for j > 0 && k.addrs[j-1] == k.addrs[i] {
 		j--
 	}
 	best := i
 	for x := j; x <= i; x++ {
-		if t := k.syms[x].Type; t == 'T' || t == 't' {
+		if t := k.types[x]; t == 'T' || t == 't' {
 			best = x
 			break
 		}
 	}
-	s := k.syms[best]
+	s := k.sym(best)
 	return s, addr - s.Addr, true
 }

@@ -33,11 +33,7 @@ func testProfile() *Profile {
 		{"linux_banner", testText + bannerOff, 'D'},
 		{"init_top_pgt", testText + 0x300000, 'D'},
 	}
-	k := &Kallsyms{syms: syms, byName: map[string]int{}}
-	for i, s := range syms {
-		k.byName[s.Name] = i
-	}
-	return &Profile{Banner: testBanner, Symbols: k}
+	return &Profile{Banner: testBanner, Symbols: kallsymsOf(syms)}
 }
 
 // kaslrMem builds 16 MiB of RAM with the kernel image at physical phys,
@@ -123,7 +119,7 @@ func TestLocateFailures(t *testing.T) {
 		// _text's own page still maps; make the banner live in the second page.
 		p2 := *prof
 		p2.Symbols = testProfile().Symbols
-		p2.Symbols.syms[1].Addr = testText + 0x200000 + 0x100
+		p2.Symbols = p2.Symbols.withAddr("linux_banner", testText+0x200000+0x100)
 		copy(bad[phys+0x200100:], testBanner)
 		if _, err := Locate(bad, &p2, Registers{CR3: root}); !errors.Is(err, ErrKASLR) {
 			t.Errorf("got %v", err)

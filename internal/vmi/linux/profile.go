@@ -431,12 +431,9 @@ func LoadCachedProfile(cacheDir, key string) (*Profile, error) {
 		return nil, fmt.Errorf("linux: cached profile %s is stale or inconsistent", key)
 	}
 	p := &Profile{Banner: c.Banner, Release: c.Release, BuildID: c.BuildID, Compression: c.Compression, rawBTF: c.BTF}
-	k := &Kallsyms{Layout: c.Layout, syms: make([]Symbol, len(c.Names)), byName: make(map[string]int, len(c.Names))}
-	for i := range c.Names {
-		k.syms[i] = Symbol{Name: c.Names[i], Addr: c.Addrs[i], Type: c.Types[i]}
-		if _, dup := k.byName[c.Names[i]]; !dup {
-			k.byName[c.Names[i]] = i
-		}
+	k, err := newKallsyms(c.Layout, c.Names, c.Addrs, c.Types)
+	if err != nil {
+		return nil, fmt.Errorf("linux: cached profile %s: %w", key, err)
 	}
 	p.Symbols = k
 	if p.BTF, err = btf.LoadSpecFromReader(bytes.NewReader(c.BTF)); err != nil {
@@ -451,11 +448,10 @@ func (p *Profile) store(dir string) error {
 	}
 	c := cachedProfile{Format: cacheFormat, Banner: p.Banner, Release: p.Release, BuildID: p.BuildID,
 		Compression: p.Compression, Layout: p.Symbols.Layout, BTF: p.rawBTF}
-	for _, s := range p.Symbols.syms {
-		c.Names = append(c.Names, s.Name)
-		c.Addrs = append(c.Addrs, s.Addr)
-		c.Types = append(c.Types, s.Type)
+	for i := range p.Symbols.addrs {
+		c.Names = append(c.Names, p.Symbols.name(i))
 	}
+	c.Addrs, c.Types = p.Symbols.addrs, p.Symbols.types
 	var b bytes.Buffer
 	if err := gob.NewEncoder(&b).Encode(&c); err != nil {
 		return err

@@ -309,10 +309,10 @@ func (im *elfImage) alternatives(prof *Profile, funcs []ImageCode) []Alternative
 // next returns the address of the first symbol above addr whose name is not
 // one of labels: the end of the function at addr.
 func (k *Kallsyms) next(addr uint64, labels []string) uint64 {
-	i := sort.Search(len(k.syms), func(i int) bool { return k.syms[i].Addr > addr })
-	for ; i < len(k.syms); i++ {
-		if !containsString(labels, k.syms[i].Name) {
-			return k.syms[i].Addr
+	i := sort.Search(len(k.addrs), func(i int) bool { return k.addrs[i] > addr })
+	for ; i < len(k.addrs); i++ {
+		if !containsString(labels, k.name(i)) {
+			return k.addrs[i]
 		}
 	}
 	return addr
@@ -462,18 +462,18 @@ var syscallPrefixes = []string{"__x64_sys_", "__ia32_sys_", "__ia32_compat_sys_"
 // preferredAlias returns s's name, or the name of a symbol at the same
 // address that is a syscall entry point.
 func (k *Kallsyms) preferredAlias(s Symbol) string {
-	lo := sort.Search(len(k.syms), func(i int) bool { return k.syms[i].Addr >= s.Addr })
+	lo := sort.Search(len(k.addrs), func(i int) bool { return k.addrs[i] >= s.Addr })
 	hi := lo
-	for hi < len(k.syms) && k.syms[hi].Addr == s.Addr && hi-lo < 64 {
+	for hi < len(k.addrs) && k.addrs[hi] == s.Addr && hi-lo < 64 {
 		hi++
 	}
 	for _, p := range syscallPrefixes {
 		if strings.HasPrefix(s.Name, p) {
 			return s.Name
 		}
-		for _, a := range k.syms[lo:hi] {
-			if strings.HasPrefix(a.Name, p) {
-				return a.Name
+		for x := lo; x < hi; x++ {
+			if a := k.name(x); strings.HasPrefix(a, p) {
+				return a
 			}
 		}
 	}
@@ -500,10 +500,10 @@ func newSymBounds(p *Profile) symBounds {
 	if lo, hi, err := p.coreText(); err == nil {
 		b.textLo, b.textHi = lo, hi
 	}
-	if text, err := p.Symbol("_text"); err == nil && len(p.Symbols.syms) > 0 {
+	if text, err := p.Symbol("_text"); err == nil && p.Symbols.Len() > 0 {
 		end, ok := p.Symbols.Lookup("_end")
 		if !ok || end <= text {
-			end = p.Symbols.syms[len(p.Symbols.syms)-1].Addr + 1
+			end = p.Symbols.addrs[p.Symbols.Len()-1] + 1
 		}
 		b.imageLo, b.imageHi = text, end
 	}

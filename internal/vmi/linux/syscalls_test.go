@@ -57,13 +57,7 @@ func scProfile(extra ...Symbol) *Profile {
 	}
 	syms = append(syms, extra...)
 	sortSymbols(syms)
-	k := &Kallsyms{syms: syms, byName: map[string]int{}}
-	for i, s := range syms {
-		if _, dup := k.byName[s.Name]; !dup {
-			k.byName[s.Name] = i
-		}
-	}
-	return &Profile{Banner: testBanner, Symbols: k}
+	return &Profile{Banner: testBanner, Symbols: kallsymsOf(syms)}
 }
 
 func sortSymbols(s []Symbol) {
@@ -216,7 +210,7 @@ func TestSyscallTableErrors(t *testing.T) {
 		f := cloneFacts(k.Profile.Image())
 		// A table that runs off the mapped image: slots beyond it are unreadable.
 		p := scProfile()
-		p.Symbols.syms[p.Symbols.byName["sys_call_table"]].Addr = testText + 6<<20 - 8
+		p.Symbols = p.Symbols.withAddr("sys_call_table", testText+6<<20-8)
 		f.SyscallTable = append(f.SyscallTable, testText+offRead)
 		if err := p.SetImage(f); err != nil {
 			t.Fatal(err)
@@ -233,7 +227,7 @@ func TestSyscallTableErrors(t *testing.T) {
 	t.Run("no x64_sys_call", func(t *testing.T) {
 		k, _ := scKernel(t)
 		p := scProfile()
-		delete(p.Symbols.byName, "x64_sys_call")
+		p.Symbols = p.Symbols.without("x64_sys_call")
 		k.Profile = p
 		if f, err := k.CheckDispatch(); f != nil || err != nil {
 			t.Errorf("CheckDispatch = %v, %v; want nil, nil", f, err)

@@ -183,17 +183,16 @@ func newSynth(t testing.TB) *synth {
 }
 
 func (s *synth) kernel() *Kernel {
-	k := &Kallsyms{byName: map[string]int{}}
 	names := make([]string, 0, len(s.syms))
 	for n := range s.syms {
 		names = append(names, n)
 	}
 	sort.Slice(names, func(i, j int) bool { return s.syms[names[i]] < s.syms[names[j]] })
-	for i, n := range names {
-		k.syms = append(k.syms, Symbol{Name: n, Addr: s.syms[n], Type: 'D'})
-		k.byName[n] = i
+	var syms []Symbol
+	for _, n := range names {
+		syms = append(syms, Symbol{Name: n, Addr: s.syms[n], Type: 'D'})
 	}
-	s.prof.Symbols = k
+	s.prof.Symbols = kallsymsOf(syms)
 	return &Kernel{Profile: s.prof, Mem: s.mem, AS: &vmi.AddressSpace{Mem: s.mem, CR3: 0x1000, Cache: vmi.NewTranslationCache()}}
 }
 
@@ -626,7 +625,7 @@ func TestTaskLayoutErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	k := &Kernel{Profile: &Profile{BTF: spec, Symbols: &Kallsyms{byName: map[string]int{}}}}
+	k := &Kernel{Profile: &Profile{BTF: spec, Symbols: kallsymsOf(nil)}}
 	if _, err := k.Tasks(); !errors.Is(err, ErrNoField) {
 		t.Errorf("Tasks without BTF layouts: %v", err)
 	}
