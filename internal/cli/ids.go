@@ -316,12 +316,11 @@ func printIDS(w io.Writer, query string, raw json.RawMessage) error {
 
 func printBanner(w io.Writer, raw json.RawMessage) error {
 	esc := termtext.Escape
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	defer tw.Flush()
-	var b ids.BannerReport
-	if err := json.Unmarshal(raw, &b); err != nil {
+	b, tw, err := decodeTable[ids.BannerReport](w, raw)
+	if err != nil {
 		return err
 	}
+	defer tw.Flush()
 	fmt.Fprintf(tw, "%s\n", esc(b.Banner))
 	fmt.Fprintf(tw, "release:\t%s\nbuild id:\t%s\nKASLR slide:\t%#x\nphysical base:\t%#x\nverified:\t%v\n", esc(b.Release), esc(b.BuildID), b.Slide, b.PhysBase, b.Verified)
 	return nil
@@ -329,12 +328,11 @@ func printBanner(w io.Writer, raw json.RawMessage) error {
 
 func printSyscalls(w io.Writer, raw json.RawMessage) error {
 	esc := termtext.Escape
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	defer tw.Flush()
-	var r ids.SyscallReport
-	if err := json.Unmarshal(raw, &r); err != nil {
+	r, tw, err := decodeTable[ids.SyscallReport](w, raw)
+	if err != nil {
 		return err
 	}
+	defer tw.Flush()
 	fmt.Fprintln(tw, "NR\tHANDLER\tADDRESS\tPOINTS TO\tSTATUS")
 	hooked := 0
 	for _, e := range r.Entries {
@@ -372,12 +370,11 @@ func syscallsExit(r *ids.SyscallReport) error {
 
 func printPS(w io.Writer, raw json.RawMessage) error {
 	esc := termtext.Escape
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	defer tw.Flush()
-	var ts []linux.Task
-	if err := json.Unmarshal(raw, &ts); err != nil {
+	ts, tw, err := decodeTable[[]linux.Task](w, raw)
+	if err != nil {
 		return err
 	}
+	defer tw.Flush()
 	fmt.Fprintln(tw, "PID\tPPID\tUID\tGID\tSTATE\tTHR\tTIME\tVSZ\tRSS\tSTART\tCOMM\tEXE")
 	for _, t := range ts {
 		exe := esc(t.Exe)
@@ -400,12 +397,11 @@ func printPSTree(w io.Writer, raw json.RawMessage) error {
 
 func printModules(w io.Writer, raw json.RawMessage) error {
 	esc := termtext.Escape
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	defer tw.Flush()
-	var ms []ids.ModuleEntry
-	if err := json.Unmarshal(raw, &ms); err != nil {
+	ms, tw, err := decodeTable[[]ids.ModuleEntry](w, raw)
+	if err != nil {
 		return err
 	}
+	defer tw.Flush()
 	fmt.Fprintln(tw, "NAME\tBASE\tSIZE\tSTATE\tSEEN IN")
 	hidden := 0
 	for _, m := range ms {
@@ -424,12 +420,11 @@ func printModules(w io.Writer, raw json.RawMessage) error {
 
 func printHooks(w io.Writer, raw json.RawMessage) error {
 	esc := termtext.Escape
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	defer tw.Flush()
-	var r ids.HooksReport
-	if err := json.Unmarshal(raw, &r); err != nil {
+	r, tw, err := decodeTable[ids.HooksReport](w, raw)
+	if err != nil {
 		return err
 	}
+	defer tw.Flush()
 	fmt.Fprintln(tw, "KIND\tADDRESS\tON\tRUNS\tSTATUS")
 	foreign := 0
 	for _, e := range append(r.Ftrace, r.Kprobes...) {
@@ -448,12 +443,11 @@ func printHooks(w io.Writer, raw json.RawMessage) error {
 
 func printSockets(w io.Writer, raw json.RawMessage) error {
 	esc := termtext.Escape
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	defer tw.Flush()
-	var ss []linux.Socket
-	if err := json.Unmarshal(raw, &ss); err != nil {
+	ss, tw, err := decodeTable[[]linux.Socket](w, raw)
+	if err != nil {
 		return err
 	}
+	defer tw.Flush()
 	fmt.Fprintln(tw, "PROTO\tLOCAL\tREMOTE\tSTATE\tPID\tFD\tCOMM")
 	for _, s := range ss {
 		local, remote := socketEnds(s)
@@ -464,12 +458,11 @@ func printSockets(w io.Writer, raw json.RawMessage) error {
 
 func printCheck(w io.Writer, raw json.RawMessage) error {
 	esc := termtext.Escape
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	defer tw.Flush()
-	var r ids.Report
-	if err := json.Unmarshal(raw, &r); err != nil {
+	r, tw, err := decodeTable[ids.Report](w, raw)
+	if err != nil {
 		return err
 	}
+	defer tw.Flush()
 	for _, c := range r.Checks {
 		st := fmt.Sprintf("%d findings", c.Findings)
 		switch {
@@ -581,12 +574,11 @@ func cpuSeconds(ns uint64) string { return fmt.Sprintf("%.2fs", float64(ns)/1e9)
 
 func printThreads(w io.Writer, raw json.RawMessage) error {
 	esc := termtext.Escape
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	defer tw.Flush()
-	var ts []linux.Task
-	if err := json.Unmarshal(raw, &ts); err != nil {
+	ts, tw, err := decodeTable[[]linux.Task](w, raw)
+	if err != nil {
 		return err
 	}
+	defer tw.Flush()
 	// TIME is the scheduler's runtime (ps's TIME); UTIME and STIME the
 	// kernel's sampled split (crash's ps -t).
 	fmt.Fprintln(tw, "TID\tTGID\tSTATE\tCPU\tTIME\tUTIME\tSTIME\tCOMM")
@@ -603,12 +595,11 @@ func printThreads(w io.Writer, raw json.RawMessage) error {
 
 func printArgs(w io.Writer, raw json.RawMessage) error {
 	esc := termtext.Escape
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	defer tw.Flush()
-	var ps []linux.ProcessArgs
-	if err := json.Unmarshal(raw, &ps); err != nil {
+	ps, tw, err := decodeTable[[]linux.ProcessArgs](w, raw)
+	if err != nil {
 		return err
 	}
+	defer tw.Flush()
 	withEnv := slices.ContainsFunc(ps, func(p linux.ProcessArgs) bool { return p.Env != nil })
 	if withEnv {
 		fmt.Fprintln(tw, "PID\tCOMM\tARGS\tENVIRONMENT")
@@ -659,12 +650,11 @@ func userStringsText(u linux.UserStrings) string {
 
 func printFiles(w io.Writer, raw json.RawMessage) error {
 	esc := termtext.Escape
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	defer tw.Flush()
-	var fs []linux.FD
-	if err := json.Unmarshal(raw, &fs); err != nil {
+	fs, tw, err := decodeTable[[]linux.FD](w, raw)
+	if err != nil {
 		return err
 	}
+	defer tw.Flush()
 	fmt.Fprintln(tw, "PID\tCOMM\tFD\tTYPE\tMODE\tTARGET")
 	for _, f := range fs {
 		target := esc(f.Target)
@@ -688,4 +678,14 @@ func printFiles(w io.Writer, raw json.RawMessage) error {
 		fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s\t%s\n", f.PID, esc(f.Comm), f.FD, esc(f.Type), esc(mode), target)
 	}
 	return nil
+}
+
+// decodeTable decodes the JSON answer raw into a T and returns a table
+// writer on w for printing it (the caller flushes it).
+func decodeTable[T any](w io.Writer, raw json.RawMessage) (T, *tabwriter.Writer, error) {
+	var v T
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return v, nil, err
+	}
+	return v, tabwriter.NewWriter(w, 0, 4, 2, ' ', 0), nil
 }
