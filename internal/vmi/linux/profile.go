@@ -36,6 +36,10 @@ type Profile struct {
 	Symbols     *Kallsyms
 	BTF         *btf.Spec
 
+	// rawBTF is the .BTF section, kept from NewProfile until the profile
+	// is cached (store); the decoder keeps its own copy, so a profile in
+	// use does not hold it twice (LoadProfile drops it after storing, a
+	// cached profile never has it).
 	rawBTF []byte
 
 	// cache holds the *profileCache of this Profile: what is worked out
@@ -409,6 +413,7 @@ func LoadProfile(path, cacheDir string) (*Profile, error) {
 	if err := p.store(cacheDir); err == nil {
 		writeFileAtomic(index, []byte(BannerKey(p.Banner)+"\n"))
 	}
+	p.rawBTF = nil
 	return p, nil
 }
 
@@ -430,7 +435,7 @@ func LoadCachedProfile(cacheDir, key string) (*Profile, error) {
 	if c.Format != cacheFormat || len(c.Names) != len(c.Addrs) || len(c.Names) != len(c.Types) || BannerKey(c.Banner) != key {
 		return nil, fmt.Errorf("linux: cached profile %s is stale or inconsistent", key)
 	}
-	p := &Profile{Banner: c.Banner, Release: c.Release, BuildID: c.BuildID, Compression: c.Compression, rawBTF: c.BTF}
+	p := &Profile{Banner: c.Banner, Release: c.Release, BuildID: c.BuildID, Compression: c.Compression}
 	k, err := newKallsyms(c.Layout, c.Names, c.Addrs, c.Types)
 	if err != nil {
 		return nil, fmt.Errorf("linux: cached profile %s: %w", key, err)
@@ -439,10 +444,14 @@ func LoadCachedProfile(cacheDir, key string) (*Profile, error) {
 	if p.BTF, err = btf.LoadSpecFromReader(bytes.NewReader(c.BTF)); err != nil {
 		return nil, fmt.Errorf("linux: cached profile %s: BTF: %w", key, err)
 	}
+	c.BTF = nil
 	return p, nil
 }
 
 func (p *Profile) store(dir string) error {
+	if len(p.rawBTF) == 0 {
+		return fmt.Errorf("linux: profile of %s: no .BTF section kept to cache (only a profile fresh from its image can be cached)", p.Release)
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
