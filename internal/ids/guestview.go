@@ -206,6 +206,12 @@ func (i *Inspector) kernelViewOf(tasks []linux.Task, socks []linux.Socket) (kern
 		}
 	}
 	initNet, _ := i.K.Addr("init_net")
+	p := i.K.Profile
+	nsOff, err1 := p.FieldOffset("task_struct.nsproxy")
+	netOff, err2 := p.FieldOffset("nsproxy.net_ns")
+	if err1 != nil || err2 != nil {
+		return kernelView{}, fmt.Errorf("network namespaces: %w", errors.Join(err1, err2))
+	}
 	byPID := make(map[int]linux.Task, len(tasks))
 	for _, t := range tasks {
 		byPID[t.PID] = t
@@ -218,7 +224,7 @@ func (i *Inspector) kernelViewOf(tasks []linux.Task, socks []linux.Socket) (kern
 		}
 		ns, seen := nsOf[s.PID]
 		if !seen {
-			ns = i.netNamespace(byPID[s.PID])
+			ns = i.netNamespace(byPID[s.PID], nsOff, netOff)
 			nsOf[s.PID] = ns
 		}
 		if ns == 0 || ns != initNet {
@@ -246,12 +252,10 @@ func listedInProcNet(s linux.Socket) bool {
 }
 
 // netNamespace returns the address of task t's network namespace
-// (task->nsproxy->net_ns), 0 if it cannot be read.
-func (i *Inspector) netNamespace(t linux.Task) uint64 {
-	p := i.K.Profile
-	nsOff, err1 := p.FieldOffset("task_struct.nsproxy")
-	netOff, err2 := p.FieldOffset("nsproxy.net_ns")
-	if err1 != nil || err2 != nil || t.Addr == 0 {
+// (task->nsproxy->net_ns, at offsets nsOff and netOff), 0 if it cannot be
+// read.
+func (i *Inspector) netNamespace(t linux.Task, nsOff, netOff uint64) uint64 {
+	if t.Addr == 0 {
 		return 0
 	}
 	nsproxy, err := vmi.ReadU64(i.K.AS, t.Addr+nsOff)

@@ -18,3 +18,16 @@ func TestDecodeIDT(t *testing.T) {
 		t.Fatalf("decodeIDT = %+v", gates)
 	}
 }
+
+func FuzzDecodeIDT(f *testing.F) {
+	gate := make([]byte, 32)
+	le.PutUint16(gate[4:], 0x8e00)
+	f.Add(gate)
+	f.Add([]byte{1, 2, 3})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		gates := decodeIDT(b, nil)
+		if len(gates) > len(b)/16 || len(gates) > idtEntries {
+			t.Fatalf("%d gates from %d bytes", len(gates), len(b))
+		}
+	})
+}

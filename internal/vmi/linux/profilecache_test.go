@@ -237,6 +237,14 @@ func TestCachedProfileLayouts(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the profile was not cached: %v", err)
 	}
+	// Neither holds the raw .BTF once cached, and neither can be cached
+	// again without it (a cache without BTF would not load).
+	if fresh.rawBTF != nil || cached.rawBTF != nil {
+		t.Errorf("raw .BTF kept: fresh %d bytes, cached %d bytes", len(fresh.rawBTF), len(cached.rawBTF))
+	}
+	if err := cached.store(t.TempDir()); err == nil {
+		t.Error("a profile without its raw .BTF was cached")
+	}
 	a, b := profileLayouts(fresh), profileLayouts(cached)
 	for i, name := range layoutNames {
 		if !reflect.DeepEqual(a[i], b[i]) {
