@@ -110,10 +110,13 @@ type GateStatus struct {
 	Name  string `json:"name"` // kernel, net, api
 	Armed bool   `json:"armed"`
 	// Traps and Watchpoints count the kernel gate's traps in place.
-	Traps       int      `json:"traps,omitempty"`
-	Watchpoints int      `json:"watchpoints,omitempty"`
-	Classes     []string `json:"classes,omitempty"` // event classes it decides
-	Note        string   `json:"note,omitempty"`    // why it is not armed, when it is not
+	Traps       int `json:"traps,omitempty"`
+	Watchpoints int `json:"watchpoints,omitempty"`
+	// Breakpoints are the kernel gate's execution breakpoints, each with
+	// the rules that need it and its cost (what is not a watchpoint).
+	Breakpoints []Breakpoint `json:"breakpoints,omitempty"`
+	Classes     []string     `json:"classes,omitempty"` // event classes it decides
+	Note        string       `json:"note,omitempty"`    // why it is not armed, when it is not
 }
 
 // SyscallGateStatus is the syscall gate's breakpoints and counters. Every

@@ -27,6 +27,11 @@ type Breakpoint struct {
 	// Classes are the event classes the trap decides (syscall, file,
 	// exec, module).
 	Classes []string `json:"classes,omitempty"`
+	// For an execution breakpoint (not a watchpoint): Rules are the
+	// policy statements that need it ("rule ptrace_attach (p.policy:75:3)")
+	// and Cost what it costs guest code that never reaches it.
+	Rules []string `json:"rules,omitempty"`
+	Cost  string   `json:"cost,omitempty"`
 }
 
 // PolicyResult says what a load changed.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/gatevisor/gatevisor/internal/api"
 	"github.com/gatevisor/gatevisor/internal/policy"
+	"github.com/gatevisor/gatevisor/internal/termtext"
 )
 
 func newPolicyLoadCmd() *cobra.Command {
@@ -75,8 +76,8 @@ func policyLoadLine(res api.PolicyResult) string {
 			classes[c]++
 		}
 	}
-	if watches > 0 {
-		fmt.Fprintf(&b, " (%d watchpoints)", watches)
+	if len(res.Breakpoints) > 0 {
+		fmt.Fprintf(&b, " (%d watchpoints, %d breakpoints)", watches, len(res.Breakpoints)-watches)
 	}
 	var names []string
 	for _, c := range []string{"syscall", "file", "exec", "module"} {
@@ -96,5 +97,25 @@ func policyLoadLine(res api.PolicyResult) string {
 			fmt.Fprintf(&b, ", kernel text restored: %v", *res.TextRestored)
 		}
 	}
+	for _, bp := range res.Breakpoints {
+		if !bp.Watchpoint {
+			b.WriteString("\n  " + termtext.Escape(breakpointLine(bp)))
+		}
+	}
 	return b.String()
+}
+
+// breakpointLine says what one execution breakpoint is for and costs.
+func breakpointLine(bp api.Breakpoint) string {
+	s := "breakpoint " + bp.Symbol
+	if bp.Site != "" {
+		s += " at " + bp.Site
+	}
+	if len(bp.Rules) > 0 {
+		s += " for " + strings.Join(bp.Rules, "; ")
+	}
+	if bp.Cost != "" {
+		s += ": " + bp.Cost
+	}
+	return s
 }

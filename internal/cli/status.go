@@ -88,7 +88,7 @@ func printStatus(w io.Writer, st *api.Status) {
 		}
 		line := fmt.Sprintf("%-6s %s", g.Name, state)
 		if g.Traps > 0 {
-			line += fmt.Sprintf(", %d traps (%d watchpoints)", g.Traps, g.Watchpoints)
+			line += fmt.Sprintf(", %d traps (%d watchpoints, %d breakpoints)", g.Traps, g.Watchpoints, g.Traps-g.Watchpoints)
 		}
 		if len(g.Classes) > 0 {
 			line += " for " + strings.Join(g.Classes, ", ")
@@ -97,6 +97,9 @@ func printStatus(w io.Writer, st *api.Status) {
 			line += " — " + g.Note
 		}
 		fmt.Fprintf(w, "gate:        %s\n", esc(line))
+		for _, bp := range g.Breakpoints {
+			fmt.Fprintf(w, "             %s\n", esc(breakpointLine(bp)))
+		}
 	}
 	if a := st.Audit; a != nil {
 		fmt.Fprintf(w, "audit log:   %s (head %s)\n", esc(a.Log), a.Head)

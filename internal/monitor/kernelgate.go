@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -431,6 +432,9 @@ func (m *Monitor) describeTraps(res *api.PolicyResult, traps []gate.Trap, snap *
 		if pa, _, err := g.Kernel().AS.Translate(addr); err == nil {
 			bp.PhysAddr = "0x" + strconv.FormatUint(pa, 16)
 		}
+		if t.Watch == 0 && snap != nil {
+			bp.Rules, bp.Cost = rulesNeeding(snap.Policy, t), m.breakpointCost()
+		}
 		res.Breakpoints = append(res.Breakpoints, bp)
 	}
 	if cov := m.pol.cov.Load(); snap != nil && cov != nil {
@@ -438,6 +442,37 @@ func (m *Monitor) describeTraps(res *api.PolicyResult, traps []gate.Trap, snap *
 			res.Syscalls = ops
 		}
 	}
+}
+
+// rulesNeeding names the statements of pol that need trap t: those about
+// an op of a class the trap decides.
+func rulesNeeding(pol *policy.Policy, t gate.Trap) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, n := range pol.Needs() {
+		ops := t.Ops(n.Class)
+		if n.Grant || ops == nil {
+			continue
+		}
+		hit := n.Op == "" || ops[0] == ""
+		for _, op := range ops {
+			hit = hit || op == n.Op || n.Prefix && strings.HasPrefix(op, n.Op)
+		}
+		if s := fmt.Sprintf("%s (%s)", n.What, n.Pos); hit && !seen[s] {
+			seen[s] = true
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// breakpointCost says what an execution breakpoint costs guest code that
+// never reaches it, on this VM's accelerator.
+func (m *Monitor) breakpointCost() string {
+	if m.cfg.Accel.Accel == "kvm" {
+		return "under KVM, nothing until it is hit (an int3 in guest memory)"
+	}
+	return "under TCG, every guest instruction stream pays for it: QEMU compares each breakpoint at every translation-block lookup (all guest code ~6-30 % slower per breakpoint, docs/benchmarks.md \"Syscall gate\"); a watchpoint would not"
 }
 
 // trapSetter is the part of the gdbstub client that sets and clears traps
@@ -493,7 +528,7 @@ func (m *Monitor) onTrap(ctx context.Context, c *gdbrsp.Client, sr gdbrsp.StopRe
 	if g == nil {
 		return false, nil
 	}
-	ours, err := m.trapVCPU(ctx, c, g, sr.Thread)
+	ours, err := m.trapVCPU(ctx, c, g, sr.Thread, true)
 	if err != nil || m.cfg.CPUs < 2 {
 		return ours, err
 	}
@@ -512,7 +547,7 @@ func (m *Monitor) onTrap(ctx context.Context, c *gdbrsp.Client, sr gdbrsp.StopRe
 			continue
 		}
 		m.kg.siblings.Add(1)
-		if _, err := m.trapVCPU(ctx, c, g, tid); err != nil {
+		if _, err := m.trapVCPU(ctx, c, g, tid, false); err != nil {
 			return true, err
 		}
 		ours = true
@@ -522,9 +557,15 @@ func (m *Monitor) onTrap(ctx context.Context, c *gdbrsp.Client, sr gdbrsp.StopRe
 
 // trapVCPU handles vCPU thread tid if it is at one of g's traps: decides
 // its call and enforces the decision in its registers (and memory).
-func (m *Monitor) trapVCPU(ctx context.Context, c *gdbrsp.Client, g *gate.Gate, tid int) (bool, error) {
-	if err := c.SetThread(ctx, tid); err != nil {
-		return false, err
+// reported says tid is the thread of the stop reply, which QEMU's gdbstub
+// has already made the current one for register and memory packets
+// (gdb_set_stop_cpu sets both its c_cpu and g_cpu): one round trip fewer
+// per stop.
+func (m *Monitor) trapVCPU(ctx context.Context, c *gdbrsp.Client, g *gate.Gate, tid int, reported bool) (bool, error) {
+	if !reported || m.cfg.CPUs > 1 {
+		if err := c.SetThread(ctx, tid); err != nil {
+			return false, err
+		}
 	}
 	regs, err := c.ReadRegisters(ctx)
 	if err != nil {

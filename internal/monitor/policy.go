@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -385,7 +386,13 @@ func (m *Monitor) gatesStatus() []api.GateStatus {
 		k.Traps++
 		if t.Watch != 0 {
 			k.Watchpoints++
+			continue
 		}
+		bp := api.Breakpoint{Symbol: t.Symbol, Site: t.Site, Syscall: t.Syscall.Op, Addr: "0x" + strconv.FormatUint(t.Addr, 16), Cost: m.breakpointCost()}
+		if snap != nil {
+			bp.Rules = rulesNeeding(snap.Policy, t)
+		}
+		k.Breakpoints = append(k.Breakpoints, bp)
 	}
 	k.Armed = k.Traps > 0
 	classes := map[string]bool{}

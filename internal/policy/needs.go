@@ -31,7 +31,12 @@ type Need struct {
 	// Grant says the need comes from a role's permission: it names an
 	// action that must exist, and decides nothing by itself.
 	Grant bool
-	Pos   Pos
+	// Args, for a need from a rule of an op's block, says the rule can
+	// match only events whose argument Args.Arg is one of Args.Values
+	// (an `eq {...} (arg)` constraint in every way the condition can
+	// hold); nil: any arguments.
+	Args *ArgSet
+	Pos  Pos
 	// What names the statement: "rule no_write_bin", "block `file`", ...
 	What string
 }
@@ -108,9 +113,10 @@ func (c *compiler) computeNeeds() {
 			if !silent(b.Default) {
 				add(Need{Class: cl, Op: b.Op.Name, Pos: b.Pos, What: what + " default " + b.Default.Kind.String()})
 			}
+			sig := c.sigs[blockKey{cl, b.Op.Name}]
 			for _, r := range b.Rules {
 				if !silent(r.Action) {
-					add(Need{Class: cl, Op: b.Op.Name, Pos: r.Pos, What: ruleName(r)})
+					add(Need{Class: cl, Op: b.Op.Name, Pos: r.Pos, What: ruleName(r), Args: c.argSetOf(r.When, sig)})
 				}
 			}
 			continue
@@ -197,6 +203,140 @@ func flowMatches(f Flow) []EventMatch {
 	for _, r := range f.Requires {
 		out = append(out, r.For)
 	}
+	return out
+}
+
+// ArgSet is a set of values of one argument of an op's signature.
+type ArgSet struct {
+	Arg    int // index in the op's signature
+	Values []int64
+}
+
+// argSetOf returns the values of one integer argument of sig that cond
+// can hold for, when it restricts one: `eq {...} (arg)` restricts, `and`
+// when either side does (both on the same argument: the intersection),
+// `or` when both sides restrict the same argument (the union); `not`
+// never does. nil: no restriction known.
+func (c *compiler) argSetOf(cond Cond, sig []param) *ArgSet {
+	switch x := cond.(type) {
+	case *Pred:
+		if !x.Braced || x.Name != "eq" || len(x.Args) != 1 || x.Args[0].Kind != ValIdent {
+			return nil
+		}
+		for i, prm := range sig {
+			if prm.name != x.Args[0].S || prm.str {
+				continue
+			}
+			set := &ArgSet{Arg: i}
+			for _, v := range x.Params {
+				set.Values = append(set.Values, c.intVal(v))
+			}
+			return set
+		}
+	case *And:
+		l, r := c.argSetOf(x.L, sig), c.argSetOf(x.R, sig)
+		switch {
+		case l != nil && r != nil && l.Arg == r.Arg:
+			both := &ArgSet{Arg: l.Arg, Values: []int64{}}
+			for _, v := range l.Values {
+				if slices.Contains(r.Values, v) {
+					both.Values = append(both.Values, v)
+				}
+			}
+			return both
+		case l != nil:
+			return l
+		}
+		return r
+	case *Or:
+		l, r := c.argSetOf(x.L, sig), c.argSetOf(x.R, sig)
+		if l != nil && r != nil && l.Arg == r.Arg {
+			return &ArgSet{Arg: l.Arg, Values: append(slices.Clone(l.Values), r.Values...)}
+		}
+	}
+	return nil
+}
+
+// ArgValues returns the values of argument arg (an index in op's
+// signature) of the events of class cl and op that some statement needs
+// observed: a gate that sees only the events with those values keeps
+// every such statement (the others reach only silent allows). bounded is
+// false when a statement needs events of op whatever that argument is.
+func (p *Policy) ArgValues(cl event.Class, op string, arg int) (vals []int64, bounded bool) {
+	set := map[int64]bool{}
+	for _, n := range p.needs {
+		if n.Class != cl || n.Grant {
+			continue
+		}
+		switch {
+		case n.Default && p.blocks[blockKey{cl, op}] != nil:
+			continue // the op's block default decides what its rules do not
+		case n.Op == "", n.Prefix && strings.HasPrefix(op, n.Op):
+			return nil, false
+		case n.Op != op:
+			continue
+		case n.Args == nil || n.Args.Arg != arg:
+			return nil, false
+		}
+		for _, v := range n.Args.Values {
+			set[v] = true
+		}
+	}
+	for v := range set {
+		vals = append(vals, v)
+	}
+	slices.Sort(vals)
+	return vals, true
+}
+
+// DenyErrnos returns every errno a deny or kill of an event of class cl
+// and op can carry under the policy (a superset: rules of the class's
+// block about other ops count too), for gates that can refuse an event
+// only with one errno.
+func (p *Policy) DenyErrnos(cl event.Class, op string) []int32 {
+	set := map[int32]bool{}
+	add := func(a *cact) {
+		if a != nil && (a.verdict == VerdictDeny || a.verdict == VerdictKill) {
+			set[a.errno] = true
+		}
+	}
+	spec, cw := p.blocks[blockKey{cl, op}], p.classBlock[cl]
+	haveDef := false
+	for _, b := range []*cblock{spec, cw} {
+		if b == nil {
+			continue
+		}
+		for i := range b.rules {
+			add(&b.rules[i].act)
+		}
+		if b.def != nil {
+			add(b.def)
+			haveDef = true
+		}
+	}
+	if !haveDef {
+		add(&p.def)
+	}
+	for k := range p.confined {
+		if k[1] == int(cl) {
+			set[eacces] = true
+		}
+	}
+	if len(p.sens) > 0 && (cl == event.ClassFile || cl == event.ClassExec) || len(p.roles) > 0 && cl == event.ClassAPI {
+		set[eacces] = true
+	}
+	if len(p.flows) > 0 && p.FlowRelevant(cl, op) {
+		for i := range p.flows {
+			for j := range p.flows[i].reqs {
+				add(&p.flows[i].reqs[j].els)
+			}
+		}
+	}
+	var out []int32
+	for e := range set {
+		out = append(out, e)
+	}
+	slices.Sort(out)
 	return out
 }
 

@@ -196,3 +196,48 @@ func mustLoad(t *testing.T, src string) *Spec {
 	}
 	return s
 }
+
+func TestArgValues(t *testing.T) {
+	for _, tc := range []struct {
+		name, src string
+		want      []int64
+		bounded   bool
+	}{
+		{"eq", "ptrace default: allow\n  eq {PTRACE_ATTACH, PTRACE_SEIZE} (request) deny(EPERM)\n", []int64{16, 0x4206}, true},
+		{"and narrows", "ptrace default: allow\n  eq {16, 0} (request) and uidEq(0) deny\n  eq {0} (request) and eq {0, 4} (request) alert\n", []int64{0, 16}, true},
+		{"or of eq", "ptrace default: allow\n  eq {16} (request) or eq {0} (request) deny\n", []int64{0, 16}, true},
+		{"silent rules need nothing", "ptrace default: allow\n  eq {16} (request) deny\n  uidEq(0) allow\n", []int64{16}, true},
+		{"another argument", "ptrace default: allow\n  eq {1} (pid) deny\n", nil, false},
+		{"not", "ptrace default: allow\n  not eq {16} (request) deny\n", nil, false},
+		{"or with a non-constraint", "ptrace default: allow\n  eq {16} (request) or uidEq(0) deny\n", nil, false},
+		{"a block default that decides", "ptrace default: deny\n  eq {16} (request) allow\n", nil, false},
+		{"a class rule naming it", "syscall default: allow\n  opEq(\"ptrace\") deny\n", nil, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			vals, bounded := compileSrc(t, tc.src).ArgValues(event.ClassSyscall, "ptrace", 0)
+			if diff := cmp.Diff(tc.want, vals); diff != "" || bounded != tc.bounded {
+				t.Errorf("ArgValues (-want +got):\n%s bounded=%v want %v", diff, bounded, tc.bounded)
+			}
+		})
+	}
+}
+
+func TestDenyErrnos(t *testing.T) {
+	for _, tc := range []struct {
+		name, src string
+		want      []int32
+	}{
+		{"class default with errno", "module default: deny(EPERM)\n  labelIs(\"kit\") allow\n", []int32{1}},
+		{"default errno is EACCES", "module default: deny\n", []int32{13}},
+		{"op block and class block", "module default: deny(EPERM)\nmodule unload default: allow\n  moduleEq(\"x\") deny(EBUSY)\n  moduleEq(\"y\") kill\n", []int32{1, 16}},
+		{"global default only", "default: deny;\n", []int32{13}},
+		{"allow only", "module default: allow\n", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := compileSrc(t, tc.src).DenyErrnos(event.ClassModule, "unload")
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("DenyErrnos (-want +got):\n%s", diff)
+			}
+		})
+	}
+}

@@ -236,7 +236,11 @@ func (g *Gate) Plan(pol *policy.Policy) (traps []Trap, missing []string) {
 			if sc.Name != n && named[sc.Name] {
 				continue
 			}
-			if hs := g.hooksFor(sc.Name); len(hs) > 0 {
+			hs := g.hooksFor(sc.Name)
+			if sc.Name == "ptrace" {
+				hs = g.ptraceHooks(pol)
+			}
+			if len(hs) > 0 {
 				for _, h := range hs {
 					a := arm(h, event.ClassSyscall)
 					a.members = append(a.members, sc)
@@ -268,6 +272,10 @@ func (g *Gate) Plan(pol *policy.Policy) (traps []Trap, missing []string) {
 	}{{event.ClassFile, fileOpHooks}, {event.ClassModule, moduleOpHooks}} {
 		ops, _ := pol.Ops(cl.class, obs[cl.class])
 		for _, op := range ops {
+			if cl.class == event.ClassModule && op == "unload" && g.capableUnload(pol) {
+				arm(AtCapable, event.ClassModule)
+				continue
+			}
 			for _, h := range cl.hooks[op] {
 				if g.hooks[h] != 0 {
 					arm(h, cl.class)
@@ -280,11 +288,8 @@ func (g *Gate) Plan(pol *policy.Policy) (traps []Trap, missing []string) {
 	}
 	g.planMu.Lock()
 	defer g.planMu.Unlock()
-	if len(hooked) > 0 && g.maxWatch > 0 && g.watches == nil {
-		// Modelled from the live code on first use, once the kernel runs:
-		// during boot ftrace has not yet turned the hooks' __fentry__
-		// calls into no-ops.
-		g.watches = hookWatches(g.k, g.hooks)
+	if len(hooked) > 0 && g.maxWatch > 0 {
+		g.ensureWatchesLocked()
 	}
 	// Hooks in a fixed order, so that the watchpoints a limit admits do
 	// not change from one plan to the next.
@@ -329,6 +334,121 @@ func (g *Gate) Plan(pol *policy.Policy) (traps []Trap, missing []string) {
 	}
 	sort.Slice(traps, func(i, j int) bool { return traps[i].Addr < traps[j].Addr })
 	return traps, missing
+}
+
+// ensureWatchesLocked models the hooks' entries for watchpoints once.
+// Modelled from the live code on first use, once the kernel runs: during
+// boot ftrace has not yet turned the hooks' __fentry__ calls into no-ops.
+//
+// Preconditions: g.planMu held.
+func (g *Gate) ensureWatchesLocked() {
+	if g.watches == nil {
+		g.watches = hookWatches(g.k, g.hooks)
+	}
+}
+
+// watchable reports whether Plan would trap every hook in hs with a
+// watchpoint (the limit aside: the hooks that decide instead of a handler
+// come last in Plan's order, and only a VM allowed 64 watchpoints, TCG
+// with one vCPU, plans more than a few).
+func (g *Gate) watchable(hs ...Hook) bool {
+	g.planMu.Lock()
+	defer g.planMu.Unlock()
+	if g.maxWatch == 0 {
+		return false
+	}
+	g.ensureWatchesLocked()
+	for _, h := range hs {
+		if _, ok := g.watches[h]; !ok || g.hooks[h] == 0 || hookDefs[h].watchVar != "" && !g.watchGlobals {
+			return false
+		}
+	}
+	return true
+}
+
+// ptrace requests (uapi linux/ptrace.h; kernel ABI).
+const (
+	ptraceTraceme = 0
+	ptraceAttach  = 16
+	ptraceSeize   = 0x4206
+)
+
+// ptraceHooks returns the LSM hooks that decide the ptrace syscall for
+// pol instead of its handlers, or nil to trap the handlers.
+//
+// Why: under TCG a handler breakpoint slows all guest code (≥ 6 %, see
+// docs/benchmarks.md), a watchpoint on a hook's list head does not. The
+// hooks see only the requests that ask for a tracer relation: an attach
+// or seize at security_ptrace_access_check (once the kernel's own
+// credential and dumpability checks have passed — an attach the kernel
+// refuses anyway is not seen), PTRACE_TRACEME at security_ptrace_traceme.
+// So they are used only when every statement about ptrace is about those
+// requests (policy.ArgValues on the request): every other request, and
+// every attach the kernel refuses itself, reaches only silent allows.
+// Every other request (PEEK, POKE, CONT, ...) acts on a tracee the caller
+// is already attached to, which an attach or TRACEME decided.
+func (g *Gate) ptraceHooks(pol *policy.Policy) []Hook {
+	vals, bounded := pol.ArgValues(event.ClassSyscall, "ptrace", 0)
+	if !bounded || len(vals) == 0 {
+		return nil
+	}
+	var access, traceme bool
+	for _, v := range vals {
+		switch v {
+		case ptraceAttach, ptraceSeize:
+			access = true
+		case ptraceTraceme:
+			traceme = true
+		default:
+			return nil
+		}
+	}
+	var hs []Hook
+	if access {
+		hs = append(hs, AtPtraceAccess)
+	}
+	if traceme {
+		hs = append(hs, AtPtraceTraceme)
+	}
+	if !g.watchable(hs...) {
+		return nil
+	}
+	return hs
+}
+
+// capableUnload reports whether module unload is decided for pol at
+// security_capable (AtCapable) rather than at __do_sys_delete_module.
+//
+// Why: __do_sys_delete_module is watched on modules_disabled, which under
+// TCG shares its 4 KiB page with the timekeeper (every clock read takes
+// QEMU's slow path: getpid +127 %), and trapped at its handlers by
+// breakpoints otherwise (≥ 6 % each on all guest code). Its first act is
+// capable(CAP_SYS_MODULE), whose list head lies on the page the file
+// hooks' watchpoints already watch. The price: every capable() call in
+// the guest stops the vCPU (resumed at once unless it is
+// delete_module's), and a deny can carry only EPERM, which is what
+// capable() failing means — so this is used only when every deny or kill
+// of an unload the policy can give carries EPERM (policy.DenyErrnos).
+func (g *Gate) capableUnload(pol *policy.Policy) bool {
+	g.planMu.Lock()
+	globals := g.watchGlobals
+	g.planMu.Unlock()
+	if globals || g.hooks[AtCapable] == 0 {
+		return false
+	}
+	for _, e := range pol.DenyErrnos(event.ClassModule, "unload") {
+		if e != ePerm {
+			return false
+		}
+	}
+	if !g.watchable(AtCapable) {
+		return false
+	}
+	g.planMu.Lock()
+	defer g.planMu.Unlock()
+	// Every capable() call stops: telling delete_module's from the others
+	// needs the capability argument where the stop finds it.
+	return g.watches[AtCapable].model.Args[2] != ""
 }
 
 // watchName names what a hook's watchpoint watches.

@@ -3,6 +3,7 @@ package gate
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -68,6 +69,21 @@ const (
 	// modules_disabled (once it knows the caller may unload modules)
 	// before it copies the name: module unload.
 	AtModuleDelete
+	// AtPtraceAccess is security_ptrace_access_check(child, mode): a
+	// ptrace attach (PTRACE_ATTACH, PTRACE_SEIZE) the kernel's own checks
+	// have allowed, about to attach; /proc and process_vm_readv ask it too
+	// (not the ptrace syscall: skipped). AtPtraceTraceme is
+	// security_ptrace_traceme(parent): PTRACE_TRACEME. They decide the
+	// ptrace syscall when every statement about it is about those
+	// requests only (ptraceHooks).
+	AtPtraceAccess
+	AtPtraceTraceme
+	// AtCapable is security_capable(cred, ns, cap, opts): delete_module
+	// asks capable(CAP_SYS_MODULE) before it does anything else. It
+	// decides module unload where __do_sys_delete_module's own watchpoint
+	// is too dear (capableUnload); every other capable() call is resumed
+	// at once.
+	AtCapable
 	numHooks
 )
 
@@ -85,23 +101,26 @@ type hookDef struct {
 }
 
 var hookDefs = [numHooks]hookDef{
-	AtFileOpen:     {sym: "security_file_open", head: "file_open", fields: []string{"file.f_path", "file.f_flags", "file.f_mode"}},
-	AtPathMknod:    {sym: "security_path_mknod", head: "path_mknod"},
-	AtExec:         {sym: "security_bprm_check", head: "bprm_check_security", fields: []string{"linux_binprm.file", "file.f_path"}},
-	AtPathMkdir:    {sym: "security_path_mkdir", head: "path_mkdir"},
-	AtPathRmdir:    {sym: "security_path_rmdir", head: "path_rmdir"},
-	AtPathUnlink:   {sym: "security_path_unlink", head: "path_unlink"},
-	AtPathRename:   {sym: "security_path_rename", head: "path_rename"},
-	AtPathLink:     {sym: "security_path_link", head: "path_link"},
-	AtPathSymlink:  {sym: "security_path_symlink", head: "path_symlink"},
-	AtPathTruncate: {sym: "security_path_truncate", head: "path_truncate"},
-	AtPathChmod:    {sym: "security_path_chmod", head: "path_chmod"},
-	AtPathChown:    {sym: "security_path_chown", head: "path_chown"},
-	AtGetattr:      {sym: "security_inode_getattr", head: "inode_getattr"},
-	AtMmap:         {sym: "security_mmap_file", head: "mmap_file", fields: []string{"file.f_path"}},
-	AtModuleFile:   {sym: "security_kernel_post_read_file", head: "kernel_post_read_file", fields: []string{"file.f_path"}},
-	AtModuleData:   {sym: "security_kernel_post_load_data", head: "kernel_post_load_data"},
-	AtModuleDelete: {sym: "__do_sys_delete_module", watchVar: "modules_disabled"},
+	AtFileOpen:      {sym: "security_file_open", head: "file_open", fields: []string{"file.f_path", "file.f_flags", "file.f_mode"}},
+	AtPathMknod:     {sym: "security_path_mknod", head: "path_mknod"},
+	AtExec:          {sym: "security_bprm_check", head: "bprm_check_security", fields: []string{"linux_binprm.file", "file.f_path"}},
+	AtPathMkdir:     {sym: "security_path_mkdir", head: "path_mkdir"},
+	AtPathRmdir:     {sym: "security_path_rmdir", head: "path_rmdir"},
+	AtPathUnlink:    {sym: "security_path_unlink", head: "path_unlink"},
+	AtPathRename:    {sym: "security_path_rename", head: "path_rename"},
+	AtPathLink:      {sym: "security_path_link", head: "path_link"},
+	AtPathSymlink:   {sym: "security_path_symlink", head: "path_symlink"},
+	AtPathTruncate:  {sym: "security_path_truncate", head: "path_truncate"},
+	AtPathChmod:     {sym: "security_path_chmod", head: "path_chmod"},
+	AtPathChown:     {sym: "security_path_chown", head: "path_chown"},
+	AtGetattr:       {sym: "security_inode_getattr", head: "inode_getattr"},
+	AtMmap:          {sym: "security_mmap_file", head: "mmap_file", fields: []string{"file.f_path"}},
+	AtModuleFile:    {sym: "security_kernel_post_read_file", head: "kernel_post_read_file", fields: []string{"file.f_path"}},
+	AtModuleData:    {sym: "security_kernel_post_load_data", head: "kernel_post_load_data"},
+	AtModuleDelete:  {sym: "__do_sys_delete_module", watchVar: "modules_disabled"},
+	AtPtraceAccess:  {sym: "security_ptrace_access_check", head: "ptrace_access_check"},
+	AtPtraceTraceme: {sym: "security_ptrace_traceme", head: "ptrace_traceme"},
+	AtCapable:       {sym: "security_capable", head: "capable"},
 }
 
 // hookFields are the layouts every hook's event needs: the subject and,
@@ -161,6 +180,7 @@ type abiNumbers struct{ x64, ia32, x32 uint64 }
 var syscallNumbers = map[string]abiNumbers{
 	"open": {2, 5, 2}, "creat": {85, 8, 85}, "openat": {257, 295, 257}, "openat2": {437, 437, 437},
 	"execve": {59, 11, 520}, "execveat": {322, 358, 545},
+	"ptrace": {101, 26, 521}, "delete_module": {176, 129, 176},
 }
 
 // x32Bit marks an x32-ABI call in orig_ax.
@@ -406,6 +426,44 @@ func (g *Gate) handleHook(t Trap, regs Regs) (Outcome, error) {
 	return out, err
 }
 
+// Ops returns the ops of class c the trap decides, sorted; nil for a
+// class it does not decide, [""] for every op (exec).
+func (t Trap) Ops(c event.Class) []string {
+	if !t.Classes.has(c) {
+		return nil
+	}
+	set := map[string]bool{}
+	switch c {
+	case event.ClassSyscall:
+		set[t.Syscall.Op] = true
+		for _, m := range t.Members {
+			set[m.Op] = true
+		}
+		delete(set, "")
+	case event.ClassFile, event.ClassModule:
+		ops := fileOpHooks
+		if c == event.ClassModule {
+			ops = moduleOpHooks
+		}
+		for op, hs := range ops {
+			if slices.Contains(hs, t.Hook) {
+				set[op] = true
+			}
+		}
+		if c == event.ClassModule && t.Hook == AtCapable {
+			set["unload"] = true
+		}
+	default:
+		return []string{""}
+	}
+	out := make([]string, 0, len(set))
+	for op := range set {
+		out = append(out, op)
+	}
+	slices.Sort(out)
+	return out
+}
+
 // primaryClass is the class a trap's events are reported under when
 // nothing could be read.
 func (t Trap) primaryClass() event.Class {
@@ -443,6 +501,27 @@ func (g *Gate) hookEvents(t Trap, regs Regs) (hookHit, error) {
 	hit := hookHit{created: -1, mknod: -1}
 	var errs []error
 	now := time.Now().UTC()
+	var (
+		unload     PtRegs
+		unloadErr  error
+		unloadComp bool
+	)
+	if t.Hook == AtPtraceAccess && regs[RegRSI]&ptraceModeAttach == 0 {
+		// A /proc read or process_vm_readv asking to read a process, not
+		// an attach: resumed on its registers alone (ps makes one per
+		// process it lists).
+		return hit, nil
+	}
+	if t.Hook == AtCapable {
+		// Most capable() calls are not delete_module's: resumed after
+		// reading two registers and the task's syscall number, before
+		// anything else is read.
+		var skip bool
+		unload, unloadComp, skip, unloadErr = g.capableCall(regs)
+		if skip {
+			return hit, nil
+		}
+	}
 	taskAddr, task, terr := g.currentTask(regs)
 	hit.task = taskAddr
 	var subj event.Subject
@@ -468,7 +547,7 @@ func (g *Gate) hookEvents(t Trap, regs Regs) (hookHit, error) {
 	}
 	file := t.Classes.has(event.ClassFile)
 	switch t.Hook {
-	case AtFileOpen, AtPathMknod, AtExec:
+	case AtFileOpen, AtPathMknod, AtExec, AtPtraceAccess, AtPtraceTraceme:
 		if t.Classes.has(event.ClassSyscall) && terr == nil {
 			sev, skip, err := g.syscallHookEvent(t, regs, taskAddr, task, now)
 			if err != nil {
@@ -562,6 +641,21 @@ func (g *Gate) hookEvents(t Trap, regs Regs) (hookHit, error) {
 		}
 		ev.Subject, ev.Time = subj, now
 		hit.events = append(hit.events, ev)
+	case AtCapable:
+		var name string
+		args := unload.ArgsFor(unloadComp)
+		if unloadErr != nil {
+			errs = append(errs, unloadErr)
+		} else if terr == nil {
+			n, err := readUserString(g.userSpace(task, regs), args[0], moduleNameLen)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("the module's name: %w", err))
+			}
+			name = n
+		}
+		ev := mk(event.ClassModule, "unload", "", int64(uint32(args[1])))
+		ev.Module = name
+		hit.events = append(hit.events, ev)
 	case AtModuleDelete:
 		var name string
 		if terr == nil {
@@ -597,25 +691,10 @@ const (
 func (g *Gate) syscallHookEvent(t Trap, regs Regs, taskAddr uint64, task linux.Task, now time.Time) (ev event.Event, skip bool, err error) {
 	ev = event.Event{Class: event.ClassSyscall, Op: t.Syscall.Op, Time: now, Subject: subjectOf(task)}
 	var errs []error
-	var (
-		p       PtRegs
-		compat  bool
-		haveRgs bool
-	)
-	ra, rerr := g.k.UserRegsAddr(regs[RegGSBase], taskAddr)
-	if rerr == nil {
-		pr := make([]byte, g.ptregs.Size)
-		if _, rerr = g.k.AS.ReadVirtual(ra, pr); rerr == nil {
-			p, rerr = g.ptregs.Decode(pr)
-		}
-	}
-	if rerr == nil {
-		compat, rerr = g.k.InCompatSyscall(taskAddr)
-	}
+	p, compat, rerr := g.userCall(regs, taskAddr)
+	haveRgs := rerr == nil
 	if rerr != nil {
-		errs = append(errs, fmt.Errorf("user registers: %w", rerr))
-	} else {
-		haveRgs = true
+		errs = append(errs, rerr)
 	}
 	sc, known := Syscall{}, false
 	if haveRgs {
@@ -625,6 +704,14 @@ func (g *Gate) syscallHookEvent(t Trap, regs Regs, taskAddr uint64, task linux.T
 	case known:
 		ev.Op = sc.Op
 		ev.Args = g.eventArgs(sc, p.ArgsFor(compat), task, regs)
+	case t.Hook == AtPtraceAccess || t.Hook == AtPtraceTraceme:
+		if haveRgs {
+			// /proc, process_vm_readv, kcmp, pidfd_getfd: not ptrace.
+			return ev, true, nil
+		}
+		// Whose call it is cannot be read: decided (and failed closed) as
+		// a ptrace call.
+		return ev, false, errors.Join(errs...)
 	case haveRgs && t.Hook != AtExec && isExecCall(p.OrigAX, compat):
 		// An execve opening its program or interpreter: AtExec decides
 		// execs.
@@ -662,6 +749,61 @@ func (g *Gate) syscallHookEvent(t Trap, regs Regs, taskAddr uint64, task linux.T
 		errs = append(errs, fmt.Errorf("the file's path: %w", perr))
 	}
 	return ev, false, errors.Join(errs...)
+}
+
+// userCall reads the user registers the task at taskAddr entered the
+// kernel with, and whether it made an i386 call.
+func (g *Gate) userCall(regs Regs, taskAddr uint64) (PtRegs, bool, error) {
+	ra, err := g.k.UserRegsAddr(regs[RegGSBase], taskAddr)
+	if err != nil {
+		return PtRegs{}, false, fmt.Errorf("user registers: %w", err)
+	}
+	pr := make([]byte, g.ptregs.Size)
+	if _, err := g.k.AS.ReadVirtual(ra, pr); err != nil {
+		return PtRegs{}, false, fmt.Errorf("user registers: %w", err)
+	}
+	p, err := g.ptregs.Decode(pr)
+	if err != nil {
+		return PtRegs{}, false, fmt.Errorf("user registers: %w", err)
+	}
+	compat, err := g.k.InCompatSyscall(taskAddr)
+	if err != nil {
+		return PtRegs{}, false, fmt.Errorf("user registers: %w", err)
+	}
+	return p, compat, nil
+}
+
+// ptraceModeAttach is PTRACE_MODE_ATTACH (include/linux/ptrace.h), which
+// every attach passes to security_ptrace_access_check.
+const ptraceModeAttach = 0x02
+
+// capSysModule is CAP_SYS_MODULE (uapi linux/capability.h).
+const capSysModule = 16
+
+// capableCall looks at a hit of AtCapable: skip says it is not
+// delete_module asking for CAP_SYS_MODULE. Otherwise p holds the call's
+// user registers (err: they could not be read; the hit is then decided,
+// and fails closed, as an unload).
+func (g *Gate) capableCall(regs Regs) (p PtRegs, compat, skip bool, err error) {
+	capArg, ok := regs[RegRDX]
+	if !ok {
+		return p, false, false, errors.New("the capability argument is lost before the stop")
+	}
+	if uint32(capArg) != capSysModule {
+		return p, false, true, nil
+	}
+	taskAddr, err := g.k.CurrentTask(regs[RegGSBase])
+	if err != nil {
+		return p, false, false, fmt.Errorf("current task: %w", err)
+	}
+	p, compat, err = g.userCall(regs, taskAddr)
+	if err != nil {
+		return p, false, false, err
+	}
+	if nr, ok := numberOf("delete_module", compat, !compat && p.OrigAX&x32Bit != 0); !ok || nr != p.OrigAX {
+		return p, false, true, nil
+	}
+	return p, compat, false, nil
 }
 
 // eventArgs maps raw arguments to the event's, in the family's signature.

@@ -150,3 +150,51 @@ func TestOpenCreates(t *testing.T) {
 		t.Errorf("openCreates with no open's call = %+v; want every call kept", got)
 	}
 }
+
+func TestPtraceMembers(t *testing.T) {
+	ptrace := Expand("ptrace")
+	for _, c := range []struct {
+		nr     uint64
+		compat bool
+		want   bool
+	}{{101, false, true}, {26, true, true}, {x32Bit | 521, false, true}, {x32Bit | 101, false, false}, {101, true, false}, {26, false, false}} {
+		if _, ok := memberFor(ptrace, c.nr, c.compat); ok != c.want {
+			t.Errorf("memberFor(ptrace, %#x, compat=%v) = %v, want %v", c.nr, c.compat, ok, c.want)
+		}
+	}
+}
+
+func TestTrapOps(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		t     Trap
+		class event.Class
+		want  []string
+	}{
+		{"ptrace at its hook", Trap{Hook: AtPtraceAccess, Classes: setOf(event.ClassSyscall), Members: Expand("ptrace"), Syscall: Syscall{Op: "ptrace"}}, event.ClassSyscall, []string{"ptrace"}},
+		{"unload at capable", Trap{Hook: AtCapable, Classes: setOf(event.ClassModule)}, event.ClassModule, []string{"unload"}},
+		{"a class not decided", Trap{Hook: AtCapable, Classes: setOf(event.ClassModule)}, event.ClassFile, nil},
+		{"file open's ops", Trap{Hook: AtFileOpen, Classes: setOf(event.ClassFile, event.ClassSyscall), Members: families["open"]}, event.ClassFile, []string{"append", "exec", "open", "read", "write"}},
+		{"the open family", Trap{Hook: AtFileOpen, Classes: setOf(event.ClassFile, event.ClassSyscall), Members: families["open"]}, event.ClassSyscall, []string{"open"}},
+		{"exec: every op", Trap{Hook: AtExec, Classes: setOf(event.ClassExec)}, event.ClassExec, []string{""}},
+	} {
+		if got := c.t.Ops(c.class); !reflect.DeepEqual(got, c.want) {
+			t.Errorf("%s: Ops(%v) = %q, want %q", c.name, c.class, got, c.want)
+		}
+	}
+}
+
+// A capable() call for another capability is resumed on its registers
+// alone, before anything is read from the guest (no kernel here: a read
+// would panic); a stop that lost the capability argument fails closed.
+func TestCapableCallSkipsOtherCaps(t *testing.T) {
+	g := &Gate{}
+	for _, cap := range []uint64{0, 12, 21, 1<<32 | 21} {
+		if _, _, skip, err := g.capableCall(Regs{RegRDX: cap}); !skip || err != nil {
+			t.Errorf("cap %#x: skip=%v err=%v, want skipped", cap, skip, err)
+		}
+	}
+	if _, _, skip, err := g.capableCall(Regs{RegRDI: 1}); skip || err == nil {
+		t.Errorf("no rdx: skip=%v err=%v, want an error, not skipped", skip, err)
+	}
+}
