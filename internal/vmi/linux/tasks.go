@@ -532,7 +532,7 @@ func (k *Kernel) newTaskReader() (*taskReader, error) {
 		return nil, l.err
 	}
 	r := &taskReader{k: k, l: l, buf: make([]byte, l.block.len()), scratch: make([]byte, max(64, l.mmBlock.len())),
-		sigBuf: make([]byte, l.usage.sigBlock.len()), paths: map[[2]uint64]string{}, tgids: make(map[uint64]int32, 1024)}
+		sigBuf: make([]byte, l.usage.sigBlock.len()), paths: map[[2]uint64]string{}}
 	if va, err := k.Addr("page_offset_base"); err == nil {
 		if v, err := vmi.ReadU64(k.AS, va); err == nil && isKernelPtr(v) && v&(vmi.PageSize1G-1) == 0 {
 			r.pageOffset = v
@@ -603,6 +603,11 @@ func (r *taskReader) readCore(addr uint64) (Task, taskRefs, error) {
 
 // noteTGID records a task's tgid by address, for its children's PPID.
 func (r *taskReader) noteTGID(t Task) {
+	if r.tgids == nil {
+		// Made on first use: a reader for one task (the gates' TaskAt,
+		// at every stop) never needs more than a few entries.
+		r.tgids = make(map[uint64]int32, 16)
+	}
 	if len(r.tgids) < MaxTasks {
 		r.tgids[t.Addr] = int32(t.TGID)
 	}
