@@ -30,16 +30,7 @@ import (
 const Binary = "qemu-system-x86_64"
 
 // ErrNoQEMU means the QEMU binary is not installed.
-var ErrNoQEMU = errors.New(Binary + " not found: install it with 'sudo apt-get install -y qemu-system-x86'")
-
-// FindBinary returns the path of the QEMU binary.
-func FindBinary() (string, error) {
-	p, err := exec.LookPath(Binary)
-	if err != nil {
-		return "", ErrNoQEMU
-	}
-	return p, nil
-}
+var ErrNoQEMU = errors.New(Binary + " not found: install it with 'sudo apt-get install -y qemu-system-x86', or select one with " + EnvBinary + "=/absolute/path")
 
 // Machine is the QEMU machine type. q35 (ICH9, PCIe) is QEMU's modern,
 // maintained PC chipset and what libvirt picks for new VMs; i440fx ("pc") is

@@ -35,7 +35,8 @@ func Skip(t testing.TB, format string, args ...any) {
 	t.Skip(reason)
 }
 
-// QEMUBinary is the QEMU system emulator every suite uses.
+// QEMUBinary is the QEMU system emulator every suite uses: the one on
+// $PATH, or the file QEMUEnv names.
 const QEMUBinary = "qemu-system-x86_64"
 
 var qemuLookup struct {
@@ -47,7 +48,9 @@ var qemuLookup struct {
 
 // FindQEMU returns QEMU's path, or an error that names what is missing and
 // how to get it: the binary, or an accelerator (TCG, or KVM with a usable
-// /dev/kvm). It looks once per test binary.
+// /dev/kvm). The binary is the file QEMUEnv names when it is set (checked
+// as gatevisor checks it; a bad one is an error, never a fall back to
+// $PATH), and QEMUBinary on $PATH otherwise. It looks once per test binary.
 func FindQEMU() (string, error) {
 	qemuLookup.once.Do(func() {
 		qemuLookup.path, qemuLookup.accel, qemuLookup.err = findQEMU()
@@ -56,8 +59,11 @@ func FindQEMU() (string, error) {
 }
 
 func findQEMU() (path, accel string, err error) {
-	path, err = exec.LookPath(QEMUBinary)
-	if err != nil {
+	if v, ok := os.LookupEnv(QEMUEnv); ok {
+		if path, err = checkQEMUEnv(v); err != nil {
+			return "", "", err
+		}
+	} else if path, err = exec.LookPath(QEMUBinary); err != nil {
 		return "", "", fmt.Errorf("%s is not installed: run 'sudo apt-get install -y qemu-system-x86' (scripts/install-deps does)", QEMUBinary)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
