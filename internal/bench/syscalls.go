@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 
 	"github.com/gatevisor/gatevisor/internal/api"
 	"github.com/gatevisor/gatevisor/internal/api/apiclient"
@@ -34,6 +35,7 @@ type SyscallResult struct {
 // SyscallsReport is what Syscalls measured.
 type SyscallsReport struct {
 	Accel  string `json:"accel"`
+	CPUs   int    `json:"cpus"` // the VM's vCPUs
 	Rounds int    `json:"rounds"`
 	// PolicyLoad times 'policy load' of a generated 1,000-rule policy.
 	PolicyLoad *PolicyLoad `json:"policy_load,omitempty"`
@@ -48,6 +50,7 @@ type SyscallsOptions struct {
 	Iters          int // iterations of the loops that trap
 	UntrappedIters int // iterations of the shell loops that do not trap
 	Calls          int // syscalls per run of the in-guest sysloop program
+	CPUs           int // the VM's vCPUs (0: 1); on more than one the gate uses breakpoints
 	// IoTPolicy is the path of the device policy measured as "iot" (its
 	// includes resolve from there) and IoTSource its text.
 	IoTPolicy string
@@ -78,7 +81,8 @@ func Syscalls(ctx context.Context, env Env, o SyscallsOptions) (*SyscallsReport,
 		return nil, err
 	}
 	name := fmt.Sprintf("bench-sg-%d", os.Getpid())
-	c, stop, err := env.bootVM(ctx, name, "--policy", pols["off"].path, "--add", sysloop+":"+sysloopGuestPath, "--net", "isolated:"+name)
+	cpus := max(o.CPUs, 1)
+	c, stop, err := env.bootVM(ctx, name, "--policy", pols["off"].path, "--add", sysloop+":"+sysloopGuestPath, "--net", "isolated:"+name, "--cpus", strconv.Itoa(cpus))
 	if err != nil {
 		return nil, err
 	}
@@ -88,7 +92,7 @@ func Syscalls(ctx context.Context, env Env, o SyscallsOptions) (*SyscallsReport,
 		return nil, err
 	}
 	run := newSyscallRun(env, c, pols, syscallCases(o.Iters, o.UntrappedIters, o.Calls))
-	rep := &SyscallsReport{Accel: st.Accel, Rounds: o.Rounds, Breakpoints: run.breakpoints}
+	rep := &SyscallsReport{Accel: st.Accel, CPUs: cpus, Rounds: o.Rounds, Breakpoints: run.breakpoints}
 	for r := range o.Rounds {
 		for i := range run.cases {
 			if err := run.runCase(ctx, r, i); err != nil {

@@ -59,7 +59,7 @@ func (rep *IDSReport) WriteText(w io.Writer) error {
 // policy load, and a table of the cases.
 func (rep *SyscallsReport) WriteText(w io.Writer) error {
 	t := &textWriter{w: w}
-	t.printf("kernel gate, %s, %d rounds alternating, medians:\n", rep.Accel, rep.Rounds)
+	t.printf("kernel gate, %s, %d vCPU, %d rounds alternating, medians:\n", rep.Accel, max(rep.CPUs, 1), rep.Rounds)
 	for _, p := range SyscallPolicyNames() {
 		t.printf("  policy %-7s %2d traps %s\n", p, len(rep.Breakpoints[p]), strings.Join(rep.Breakpoints[p], " "))
 	}

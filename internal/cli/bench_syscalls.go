@@ -52,8 +52,12 @@ per stop (difference / stops per iteration) with the monitor's share.`,
 	cmd.Flags().IntVar(&o.Iters, "iters", 1000, "iterations of the loops that trap")
 	cmd.Flags().IntVar(&o.UntrappedIters, "untrapped-iters", 20000, "iterations of the loops that do not trap")
 	cmd.Flags().IntVar(&o.Calls, "calls", 200000, "syscalls per run of the in-guest sysloop program")
+	cmd.Flags().IntVar(&o.CPUs, "cpus", 1, "the VM's vCPUs (on more than one the kernel gate traps with breakpoints, not watchpoints)")
 	cmd.Flags().StringVar(&o.IoTPolicy, "policy", "policies/iot-default.policy", "the device policy measured as \"iot\" (the VM has a network for it)")
 	check := func() error {
+		if o.CPUs < 1 || o.CPUs > 8 {
+			return fmt.Errorf("--cpus 1..8")
+		}
 		if o.Rounds < 1 || o.Rounds > 50 || o.Iters < 10 || o.Iters > 1000000 || o.UntrappedIters < 10 || o.UntrappedIters > 10000000 || o.Calls < 100 || o.Calls > 100000000 {
 			return fmt.Errorf("--rounds 1..50, --iters 10..1000000, --untrapped-iters 10..10000000, --calls 100..100000000")
 		}
