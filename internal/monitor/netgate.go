@@ -219,7 +219,7 @@ func (m *Monitor) startNet(qcfg *qemu.Config) error {
 	go m.serveNIC(ns, toNet)
 	qcfg.ExtraArgs = append(qcfg.ExtraArgs,
 		"-netdev", "stream,id=gvnet0,server=off,addr.type=unix,addr.path="+sock,
-		"-device", fmt.Sprintf("virtio-net-pci,netdev=gvnet0,mac=%02x:%02x:%02x:%02x:%02x:%02x", mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]))
+		"-device", fmt.Sprintf("virtio-net-pci,netdev=gvnet0,mac=%02x:%02x:%02x:%02x:%02x:%02x", mac[0], mac[1], mac[2], mac[3], mac[4], mac[5])+qcfg.VirtioOpts())
 	return nil
 }
 

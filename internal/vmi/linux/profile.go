@@ -100,6 +100,12 @@ type profileCache struct {
 	socketsOnce sync.Once
 	sockets     *sockLayout
 
+	// fields memoises field and StructSize answers by path ("s.f" or a
+	// struct name): the gates ask the same dozen at every stop. The keys
+	// are the program's own strings, so the map is bounded by the code.
+	fieldsMu sync.Mutex
+	fields   map[string]fieldAnswer
+
 	// image holds the kernel image facts the system call checks compare
 	// memory with, nil until SetImage (through AttachImage or LoadImage)
 	// stores them; a later SetImage replaces them. Read with Image.
@@ -273,7 +279,36 @@ func (p *Profile) Field(path string) (uint64, btf.Type, error) {
 	return p.field(path)
 }
 
+// fieldAnswer is one memoised answer of field or StructSize.
+type fieldAnswer struct {
+	off uint64
+	typ btf.Type
+	err error
+}
+
 func (p *Profile) field(path string) (uint64, btf.Type, error) {
+	c := p.caches()
+	c.fieldsMu.Lock()
+	a, ok := c.fields[path]
+	c.fieldsMu.Unlock()
+	if !ok {
+		a.off, a.typ, a.err = p.lookupField(path)
+		c.remember(path, a)
+	}
+	return a.off, a.typ, a.err
+}
+
+// remember stores a field answer.
+func (c *profileCache) remember(key string, a fieldAnswer) {
+	c.fieldsMu.Lock()
+	defer c.fieldsMu.Unlock()
+	if c.fields == nil {
+		c.fields = map[string]fieldAnswer{}
+	}
+	c.fields[key] = a
+}
+
+func (p *Profile) lookupField(path string) (uint64, btf.Type, error) {
 	parts := strings.Split(path, ".")
 	if len(parts) < 2 {
 		return 0, nil, fmt.Errorf("%w: %q is not struct.field", ErrNoField, path)
@@ -340,6 +375,19 @@ func findMember(typ btf.Type, name string, depth int) (btf.Member, uint64, bool)
 
 // StructSize returns the size in bytes of a structure.
 func (p *Profile) StructSize(name string) (uint64, error) {
+	c := p.caches()
+	key := "sizeof " + name
+	c.fieldsMu.Lock()
+	a, ok := c.fields[key]
+	c.fieldsMu.Unlock()
+	if !ok {
+		a.off, a.err = p.lookupStructSize(name)
+		c.remember(key, a)
+	}
+	return a.off, a.err
+}
+
+func (p *Profile) lookupStructSize(name string) (uint64, error) {
 	if p.BTF == nil {
 		return 0, fmt.Errorf("%w: struct %s: %w", ErrNoField, name, ErrNoBTF)
 	}
