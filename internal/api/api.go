@@ -248,6 +248,9 @@ const (
 	DefaultEventsLimit = 100
 	MaxEventsLimit     = 10000
 	MaxReadLength      = 1 << 20
+	// MaxExecOutput is the most stdout (and, separately, stderr) an exec
+	// returns: the guest agent's cap (guestexec.MaxOutput).
+	MaxExecOutput      = 1 << 20
 	MaxExecArgs        = 1024
 	MaxExecArgLength   = 32 << 10
 	MaxExecTimeout     = 3600

@@ -44,6 +44,14 @@ feature depends on it.`,
 			}
 			os.Stdout.Write(res.Stdout)
 			os.Stderr.Write(res.Stderr)
+			for _, o := range []struct {
+				name string
+				b    []byte
+			}{{"stdout", res.Stdout}, {"stderr", res.Stderr}} {
+				if len(o.b) >= api.MaxExecOutput {
+					fmt.Fprintf(os.Stderr, "\ngatevisor: the command's %s reached the exec channel's cap of %d bytes and may be cut there: redirect it to a file in the guest and read that in parts\n", o.name, api.MaxExecOutput)
+				}
+			}
 			if res.ExitCode != 0 {
 				return withExitCode(res.ExitCode, nil)
 			}

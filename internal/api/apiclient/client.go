@@ -19,9 +19,10 @@ import (
 	"github.com/gatevisor/gatevisor/internal/api"
 )
 
-// maxResponse bounds a response body the client reads (a physical read of
-// api.MaxReadLength plus headroom; JSON answers are far smaller).
-const maxResponse = api.MaxReadLength + 64<<10
+// maxResponse bounds a response body the client reads: the largest answer
+// is an exec's, two outputs of api.MaxExecOutput in base64 (a physical
+// read of api.MaxReadLength is smaller), plus headroom.
+const maxResponse = max(api.MaxReadLength, 2*(api.MaxExecOutput+2)/3*4) + 64<<10
 
 // Client calls one api.VM's API over its unix socket.
 type Client struct {
