@@ -50,7 +50,7 @@ const (
 	maxNackRetries    = 3
 	maxThreads        = 4096
 	stopBuffer        = 16
-	replyBuffer       = 4
+	replyBuffer       = 16 // ≥ a WriteRegisters burst
 )
 
 // Client is a connection to a gdbstub. A Client is safe for concurrent use,

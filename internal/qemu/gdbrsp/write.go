@@ -29,6 +29,95 @@ func (c *Client) WriteRegister(ctx context.Context, name string, v uint64) error
 	return nil
 }
 
+// RegValue is one register write of WriteRegisters.
+type RegValue struct {
+	Name  string
+	Value uint64
+}
+
+// maxBurst bounds the packets of one WriteRegisters burst: the replies and
+// acknowledgements the reader queues for it (replyBuffer, acks).
+const maxBurst = 16
+
+// WriteRegisters sets several registers of the current vCPU, as
+// WriteRegister does, with one write of every 'P' packet: the stub reads
+// them in order and answers each (an acknowledgement, then "OK"), so the
+// burst costs one round trip instead of one per register. A register that
+// is refused, or a packet the stub rejects, is an error; the other writes
+// of the burst may have taken effect.
+func (c *Client) WriteRegisters(ctx context.Context, regs []RegValue) error {
+	for len(regs) > 0 {
+		n := min(len(regs), maxBurst)
+		if err := c.writeBurst(ctx, regs[:n]); err != nil {
+			return err
+		}
+		regs = regs[n:]
+	}
+	return nil
+}
+
+func (c *Client) writeBurst(ctx context.Context, regs []RegValue) error {
+	var burst []byte
+	for _, rv := range regs {
+		reg, ok := c.Register(rv.Name)
+		if !ok {
+			return fmt.Errorf("gdbrsp: write register %s: %w", rv.Name, ErrUnknownRegister)
+		}
+		if reg.BitSize > 64 || reg.BitSize <= 0 || reg.BitSize%8 != 0 {
+			return fmt.Errorf("gdbrsp: write register %s: %w", rv.Name, ErrRegisterTooWide)
+		}
+		burst = append(burst, encodePacket([]byte(encodeP(reg.Num, reg.BitSize/8, rv.Value)))...)
+	}
+	c.cmdMu.Lock()
+	defer c.cmdMu.Unlock()
+	if c.running.Load() {
+		return ErrRunning
+	}
+	if err := c.Err(); err != nil {
+		return err
+	}
+	drain(c.replies)
+	drain(c.acks)
+	if err := c.cc.Write(ctx, burst); err != nil {
+		return err
+	}
+	// Every packet is answered, even after one is refused: the answers
+	// are all taken here, so that the next request reads its own.
+	var first error
+	for _, rv := range regs {
+		if !c.noAck.Load() {
+			select {
+			case a := <-c.acks:
+				if a != '+' {
+					// The stub asks for a resend it will never get in a
+					// burst: no answer follows, and the stream is out of
+					// step. Fail the connection's user loudly.
+					return fmt.Errorf("gdbrsp: write register %s: %w: packet rejected in a burst", rv.Name, ErrProtocol)
+				}
+			case <-c.cc.Done():
+				return c.cc.Err()
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		select {
+		case r := <-c.replies:
+			err := replyError(r)
+			if err == nil {
+				err = expectOK(r)
+			}
+			if err != nil && first == nil {
+				first = fmt.Errorf("gdbrsp: write register %s: %w", rv.Name, err)
+			}
+		case <-c.cc.Done():
+			return c.cc.Err()
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return first
+}
+
 // encodeP builds "P<num>=<value in target byte order>". Pure.
 func encodeP(num, size int, v uint64) string {
 	var b [8]byte
