@@ -65,9 +65,8 @@ func chown(t *testing.T, p string, link bool) {
 	}
 }
 
-// binaryCases are CheckBinary's cases. internal/testvm keeps its own copy
-// of the check (it may not import this package) and
-// TestQEMUEnvAgreesWithQEMU there runs such layouts through both.
+// binaryCases are CheckBinary's cases (internal/testvm finds QEMU with
+// FindBinary too).
 var binaryCases = []binaryCase{
 	{
 		name: "executable file",

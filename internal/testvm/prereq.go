@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/gatevisor/gatevisor/internal/kit"
+	"github.com/gatevisor/gatevisor/internal/qemu"
 )
 
 // RequireEnv is the environment variable that turns every skip of a VM
@@ -36,8 +37,8 @@ func Skip(t testing.TB, format string, args ...any) {
 }
 
 // QEMUBinary is the QEMU system emulator every suite uses: the one on
-// $PATH, or the file QEMUEnv names.
-const QEMUBinary = "qemu-system-x86_64"
+// $PATH, or the file qemu.EnvBinary (GATEVISOR_QEMU) names.
+const QEMUBinary = qemu.Binary
 
 var qemuLookup struct {
 	once  sync.Once
@@ -48,9 +49,9 @@ var qemuLookup struct {
 
 // FindQEMU returns QEMU's path, or an error that names what is missing and
 // how to get it: the binary, or an accelerator (TCG, or KVM with a usable
-// /dev/kvm). The binary is the file QEMUEnv names when it is set (checked
-// as gatevisor checks it; a bad one is an error, never a fall back to
-// $PATH), and QEMUBinary on $PATH otherwise. It looks once per test binary.
+// /dev/kvm). The binary is the one gatevisor runs (qemu.FindBinary): the
+// file GATEVISOR_QEMU names when it is set (a bad one is an error, never a
+// fall back to $PATH), and QEMUBinary on $PATH otherwise. It looks once per test binary.
 func FindQEMU() (string, error) {
 	qemuLookup.once.Do(func() {
 		qemuLookup.path, qemuLookup.accel, qemuLookup.err = findQEMU()
@@ -59,12 +60,8 @@ func FindQEMU() (string, error) {
 }
 
 func findQEMU() (path, accel string, err error) {
-	if v, ok := os.LookupEnv(QEMUEnv); ok {
-		if path, err = checkQEMUEnv(v); err != nil {
-			return "", "", err
-		}
-	} else if path, err = exec.LookPath(QEMUBinary); err != nil {
-		return "", "", fmt.Errorf("%s is not installed: run 'sudo apt-get install -y qemu-system-x86' (scripts/install-deps does)", QEMUBinary)
+	if path, err = qemu.FindBinary(); err != nil {
+		return "", "", err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
