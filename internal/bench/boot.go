@@ -184,7 +184,7 @@ func plainQEMUArgs(k *kit.Kit, accelName string, memMiB int) []string {
 		"-m", strconv.Itoa(memMiB) + "M", "-smp", "1", "-cpu", cpu,
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-serial", "stdio",
-		"-device", "virtio-serial-pci,id=vser0",
+		"-device", "virtio-serial-pci,id=vser0" + (&qemu.Config{Accel: accelName}).VirtioOpts(),
 		"-chardev", "null,id=gvx",
 		"-device", "virtserialport,bus=vser0.0,chardev=gvx,name=" + guestexec.PortName,
 		"-kernel", k.Kernel, "-initrd", k.Initrd, "-append", k.Append,
