@@ -506,7 +506,7 @@ func (g *Gate) hookEvents(t Trap, regs Regs) (hookHit, error) {
 		unloadErr  error
 		unloadComp bool
 	)
-	if t.Hook == AtPtraceAccess && regs[RegRSI]&ptraceModeAttach == 0 {
+	if mode, ok := regs[RegRSI]; ok && t.Hook == AtPtraceAccess && mode&ptraceModeAttach == 0 {
 		// A /proc read or process_vm_readv asking to read a process, not
 		// an attach: resumed on its registers alone (ps makes one per
 		// process it lists).

@@ -198,3 +198,16 @@ func TestCapableCallSkipsOtherCaps(t *testing.T) {
 		t.Errorf("no rdx: skip=%v err=%v, want an error, not skipped", skip, err)
 	}
 }
+
+// A /proc read or process_vm_readv at security_ptrace_access_check (a mode
+// without PTRACE_MODE_ATTACH) is resumed on its registers alone, before
+// anything is read from the guest (no kernel here: a read would panic).
+func TestPtraceAccessSkipsReads(t *testing.T) {
+	g := &Gate{}
+	for _, mode := range []uint64{0x01 | 0x04, 0x01 | 0x08, 0x11} { // PTRACE_MODE_READ_{FSCREDS,REALCREDS}, _NOAUDIT
+		hit, err := g.hookEvents(Trap{Hook: AtPtraceAccess, Classes: setOf(event.ClassSyscall)}, Regs{RegRSI: mode})
+		if err != nil || len(hit.events) != 0 {
+			t.Errorf("mode %#x: %d events, %v; want skipped", mode, len(hit.events), err)
+		}
+	}
+}
