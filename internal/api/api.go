@@ -134,6 +134,9 @@ type SyscallGateStatus struct {
 	// SiblingStops counts calls handled on a vCPU found at a trap while
 	// QEMU reported another (several vCPUs): each is a stop saved.
 	SiblingStops uint64 `json:"sibling_stops"`
+	// Emulated counts instructions the gate performed for a vCPU to move
+	// it past a watched load it was allowed at (several vCPUs only).
+	Emulated uint64 `json:"emulated,omitempty"`
 	// HandleMicros is the monitor's time with the VM stopped at a
 	// breakpoint (reading the event, deciding, enforcing), in total.
 	HandleMicros uint64 `json:"handle_us"`

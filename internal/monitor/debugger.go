@@ -19,9 +19,9 @@ import (
 // registers, breakpoint changes) through Do, which interrupts, runs the
 // function and continues.
 //
-// Hits on two vCPUs at once: QEMU reports one thread per stop; the other
-// vCPU is still at the breakpoint address and hits it again as soon as the
-// VM continues, so every hit is handled once, in turn.
+// Hits on two vCPUs at once: QEMU reports one thread per stop; the trap
+// handler looks at every vCPU at each stop, and so does scan after every
+// request, so a hit QEMU did not report is handled before the VM runs on.
 type debugger struct {
 	gdb  *gdbrsp.Client
 	reqs chan *dbgReq
@@ -33,6 +33,12 @@ type debugger struct {
 	// one of its traps. An error wrapping errKeepStopped leaves the VM
 	// stopped: the monitor fails closed and ends the VM.
 	trap func(ctx context.Context, g *gdbrsp.Client, sr gdbrsp.StopReply) (bool, error)
+	// scan, before the VM runs on after a request, serves every vCPU the
+	// request's stop found at a trap: a trap hit that raced with the
+	// interrupt is not reported on its own (Halt takes its stop reply, or
+	// QEMU merges it into the interrupt's stop), and a watched load does
+	// not happen again on continue. Same contract as trap.
+	scan func(ctx context.Context, g *gdbrsp.Client) error
 
 	mu     sync.Mutex // guards the counters below
 	traps  uint64     // breakpoint stops handled
@@ -135,9 +141,16 @@ func (d *debugger) serve(req *dbgReq) error {
 	if err != nil {
 		return fmt.Errorf("stop the VM: %w", err)
 	}
-	// A breakpoint hit that raced with the interrupt is not lost: its
-	// vCPU is still at the breakpoint and hits it again on continue.
 	ferr := req.f(ctx, d.gdb)
+	if wasRunning && !errors.Is(ferr, errKeepStopped) && d.scan != nil {
+		// A trap hit that raced with the interrupt is served now.
+		if err := d.scan(ctx, d.gdb); err != nil {
+			d.logf("kernel gate: after a request: %v", err)
+			if errors.Is(err, errKeepStopped) {
+				return errors.Join(ferr, err)
+			}
+		}
+	}
 	if wasRunning && !errors.Is(ferr, errKeepStopped) {
 		if err := d.gdb.Continue(ctx); err != nil {
 			if ferr != nil {

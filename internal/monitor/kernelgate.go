@@ -44,8 +44,9 @@ type kernelGate struct {
 	bootWatch atomic.Uint64
 
 	// Counters for api.SyscallGateStatus; siblings counts calls handled
-	// on a vCPU other than the one a stop reported.
-	stops, decided, skipped, faultIns, handleNanos, siblings atomic.Uint64
+	// on a vCPU other than the one a stop reported, emulated the
+	// instructions performed to move a vCPU past a watched load.
+	stops, decided, skipped, faultIns, handleNanos, siblings, emulated atomic.Uint64
 }
 
 // armed reports whether any trap is in place.
@@ -86,7 +87,7 @@ func (m *Monitor) syscallGateStatus() *api.SyscallGateStatus {
 		return nil
 	}
 	return &api.SyscallGateStatus{Breakpoints: n, Stops: m.kg.stops.Load(), Decided: m.kg.decided.Load(),
-		Skipped: m.kg.skipped.Load(), FaultIns: m.kg.faultIns.Load(), SiblingStops: m.kg.siblings.Load(), HandleMicros: m.kg.handleNanos.Load() / 1000}
+		Skipped: m.kg.skipped.Load(), FaultIns: m.kg.faultIns.Load(), SiblingStops: m.kg.siblings.Load(), Emulated: m.kg.emulated.Load(), HandleMicros: m.kg.handleNanos.Load() / 1000}
 }
 
 // kernelProfile returns the guest kernel's profile, loading it once.
@@ -165,6 +166,42 @@ func (m *Monitor) armAtBoot() {
 	})
 	if err != nil {
 		m.failClosed(fmt.Errorf("the kernel gate cannot be armed: %w", err))
+		return
+	}
+	m.watchBootWatch(k.AS, va)
+}
+
+// bootWatchGrace is how long system_state may read SYSTEM_RUNNING while
+// the boot watchpoint is still set: the stop it causes is handled within
+// milliseconds.
+const bootWatchGrace = 500 * time.Millisecond
+
+// watchBootWatch fails the VM closed if the boot watchpoint's hit is
+// lost: system_state reads SYSTEM_RUNNING (through the RAM mapping, the
+// VM running) for longer than bootWatchGrace and no stop armed the gate.
+// A request's stop arms it too (scanStopped); this catches a hit QEMU
+// dropped with no request to notice it, which would let init run
+// unguarded.
+func (m *Monitor) watchBootWatch(mem vmi.VirtualReader, va uint64) {
+	var since time.Time
+	for m.kg.bootWatch.Load() == va {
+		select {
+		case <-m.done:
+			return
+		case <-m.stopping():
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+		st, err := vmi.ReadU32(mem, va)
+		switch {
+		case err != nil || st < systemRunning:
+			since = time.Time{}
+		case since.IsZero():
+			since = time.Now()
+		case time.Since(since) > bootWatchGrace && m.kg.bootWatch.Load() == va:
+			m.failClosed(fmt.Errorf("the kernel gate cannot be armed: the guest kernel reached SYSTEM_RUNNING %v ago and the boot watchpoint's stop never came (QEMU dropped it): init has run unguarded", time.Since(since).Round(time.Millisecond)))
+			return
+		}
 	}
 }
 
@@ -262,12 +299,21 @@ func (m *Monitor) locateForGate(ctx context.Context) error {
 	return nil
 }
 
-// maxWatchpoints is how many hooks may be trapped by watchpoints: none on
-// more than one vCPU (QEMU 7.2's TCG loses concurrent hits), the four debug
-// registers under KVM, as many as the hooks under TCG.
+// maxWatchpoints is how many hooks may be trapped by watchpoints: as many
+// as the hooks under TCG, on any number of vCPUs; under KVM the four debug
+// registers on a 1-vCPU VM and none on more (breakpoints cost nothing
+// there until hit, and concurrent debug-register hits are not tested).
+//
+// Several vCPUs under TCG: QEMU 7.2 reports one vCPU per stop, and a vCPU
+// that hit a watchpoint while another's hit stopped the VM is not
+// reported (it had 25 of 200 concurrent denied opens slip through). The
+// sibling scan (onTrap) finds every vCPU stopped just after a watched load
+// and decides its call in the same stop, and a vCPU resumed in place is
+// stepped past the load (trapVCPU), so that no later stop finds it there
+// again and decides the same call twice.
 func (m *Monitor) maxWatchpoints() int {
 	switch {
-	case m.cfg.CPUs > 1:
+	case m.cfg.Accel.Accel == "kvm" && m.cfg.CPUs > 1:
 		return 0
 	case m.cfg.Accel.Accel == "kvm":
 		return 4
@@ -555,6 +601,32 @@ func (m *Monitor) onTrap(ctx context.Context, c *gdbrsp.Client, sr gdbrsp.StopRe
 	return ours, nil
 }
 
+// scanStopped serves, with the VM stopped by a request (debugger.serve),
+// what a trap stop that raced with the request's interrupt would have:
+// the boot watchpoint (system_state already SYSTEM_RUNNING: the gate is
+// armed now, before init runs on) and every vCPU at one of the gate's
+// traps.
+func (m *Monitor) scanStopped(ctx context.Context, c *gdbrsp.Client) error {
+	if va := m.kg.bootWatch.Load(); va != 0 {
+		if err := m.onBootWatch(ctx, c, va); err != nil {
+			if errors.Is(err, errKeepStopped) {
+				m.failClosed(err)
+			}
+			return err
+		}
+	}
+	g := m.kg.cur.load()
+	if g == nil {
+		return nil
+	}
+	for tid := 1; tid <= m.cfg.CPUs; tid++ {
+		if _, err := m.trapVCPU(ctx, c, g, tid, false); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // trapVCPU handles vCPU thread tid if it is at one of g's traps: decides
 // its call and enforces the decision in its registers (and memory).
 // reported says tid is the thread of the stop reply, which QEMU's gdbstub
@@ -567,6 +639,8 @@ func (m *Monitor) trapVCPU(ctx context.Context, c *gdbrsp.Client, g *gate.Gate, 
 			return false, err
 		}
 	}
+	// (A request may have selected another vCPU since the stop; a scan
+	// selects each. On one vCPU every selection is thread 1.)
 	regs, err := c.ReadRegisters(ctx)
 	if err != nil {
 		return false, err
@@ -605,6 +679,18 @@ func (m *Monitor) trapVCPU(ctx context.Context, c *gdbrsp.Client, g *gate.Gate, 
 			return true, err
 		}
 	}
+	if t.Via == gate.ViaWatch && len(out.Writes) == 0 && !out.Step {
+		// Resumed in place, just after the watched load: it is moved
+		// past the next instruction now. Left there, the next stop (a
+		// request's, or another vCPU's) could come before it runs again,
+		// find it at the trap and decide the same call twice. The gate
+		// performs that instruction (a test, push or move) when it can;
+		// else one step (which costs QEMU a flush of its translated
+		// code).
+		if err := m.movePastLoad(ctx, c, t, regs, tid); err != nil {
+			return true, err
+		}
+	}
 	decided := out.Decided
 	if len(decided) == 0 && !out.Skipped {
 		decided = []gate.Decided{{Event: out.Event, Decision: out.Decision, ReadErr: out.ReadErr}}
@@ -615,6 +701,26 @@ func (m *Monitor) trapVCPU(ctx context.Context, c *gdbrsp.Client, g *gate.Gate, 
 		}
 	}
 	return true, nil
+}
+
+// movePastLoad moves vCPU tid, stopped just after t's watched load and
+// allowed, past the next instruction: performed by the gate
+// (gate.EmulateNext) or stepped. A debug exception QEMU still holds for
+// the load then stops the VM at an address that is no trap, and is
+// resumed.
+func (m *Monitor) movePastLoad(ctx context.Context, c *gdbrsp.Client, t gate.Trap, regs map[string]uint64, tid int) error {
+	if writes, mem, ok := gate.EmulateNext(t, gate.Regs(regs)); ok {
+		m.kg.emulated.Add(1)
+		out := gate.Outcome{Writes: writes, MemWrites: mem}
+		if err := enforce(ctx, c, &out); err != nil {
+			return fmt.Errorf("move vCPU %d past the watched load: %w", tid-1, err)
+		}
+		return nil
+	}
+	if _, err := c.StepThread(ctx, tid); err != nil {
+		return fmt.Errorf("step vCPU %d past the watched load: %w", tid-1, err)
+	}
+	return nil
 }
 
 // enforce writes an outcome's memory and registers into the current vCPU.

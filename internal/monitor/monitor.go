@@ -209,6 +209,7 @@ func Start(ctx context.Context, cfg Config) (_ *Monitor, err error) {
 	}
 	m.dbg = newDebugger(m.gdb, m.logf)
 	m.dbg.trap = m.onTrap
+	m.dbg.scan = m.scanStopped
 	go m.dbg.run()
 	if snap != nil {
 		if err := m.shareAPI(); err != nil {

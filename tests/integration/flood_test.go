@@ -62,7 +62,10 @@ func TestGatesUnderAttack(t *testing.T) {
 sleep 1
 flood %s; echo "bystander=$?"
 wait $F; echo "flood=$?"; cat /tmp/flood.out`, floodArgs, bystander)
-		r := gv(t, 3*time.Minute, "exec", vm, "--", "sh", "-c", script)
+		// The flood runs 10 s of guest time; every trapped call stops the
+		// VM, so the wall time grows with how fast the gate lets the
+		// flood go (tens of seconds with watchpoints on this host).
+		r := gv(t, 3*time.Minute, "exec", vm, "--timeout", "150s", "--", "sh", "-c", script)
 		out = r.stdout + r.stderr
 		var sums []bench.FloodOutput
 		for _, line := range strings.Split(r.stdout, "\n") {

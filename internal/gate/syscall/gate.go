@@ -59,6 +59,7 @@ type Trap struct {
 	Watch    uint64
 	WatchLen int
 	model    entryModel
+	next     nextInsn
 }
 
 // Outcome is what Handle decided and how to enforce it.
@@ -310,7 +311,7 @@ func (g *Gate) Plan(pol *policy.Policy) (traps []Trap, missing []string) {
 			Hook: h, Classes: a.classes, Members: a.members}
 		if w, ok := g.watches[h]; ok && watching < g.maxWatch && (hookDefs[h].watchVar == "" || g.watchGlobals) {
 			watching++
-			t.Addr, t.Via, t.Watch, t.WatchLen, t.model, t.Target = w.model.Stop, ViaWatch, w.head, w.size, w.model, addr
+			t.Addr, t.Via, t.Watch, t.WatchLen, t.model, t.Target, t.next = w.model.Stop, ViaWatch, w.head, w.size, w.model, addr, w.next
 			t.Site = "read of " + watchName(h)
 			add(t)
 			continue

@@ -275,6 +275,7 @@ type hookWatch struct {
 	head  uint64 // the watched variable's address (the list head)
 	size  int    // its size in bytes: 8 for a list head
 	model entryModel
+	next  nextInsn // the instruction at model.Stop, when EmulateNext can perform it
 }
 
 // hookWatches plans a read watchpoint for each hook whose entry code
@@ -312,7 +313,11 @@ func hookWatches(k *linux.Kernel, hooks map[Hook]uint64) map[Hook]hookWatch {
 		if err != nil {
 			continue
 		}
-		out[h] = hookWatch{head: addr, size: size, model: m}
+		w := hookWatch{head: addr, size: size, model: m}
+		if off := m.Stop - entry; off < uint64(len(code)) {
+			w.next, _ = decodeNext(code[off:])
+		}
+		out[h] = w
 	}
 	return out
 }
@@ -351,4 +356,145 @@ func watchDenyWrites(mem vmi.VirtualReader, t Trap, regs Regs, errno int32) ([]R
 		w = append(w, RegWrite{s.Reg, v})
 	}
 	return append(w, RegWrite{RegRIP, ret}, RegWrite{RegRSP, rsp + t.model.RetOff + 8}), nil
+}
+
+// nextInsn is the instruction right after a hook's watched load, which
+// the monitor performs itself when it resumes a vCPU in place on a VM with
+// several vCPUs (EmulateNext): left at the stop address, the vCPU would be
+// found there by the next stop for another vCPU, before it ran, and its
+// call decided twice; stepping it instead costs QEMU a flush of all
+// translated code (tens of milliseconds under TCG).
+type nextInsn struct {
+	op       x86asm.Op // TEST, PUSH or MOV
+	dst, src string    // registers as the gdbstub names them
+	size     int       // operand size in bits: 32 or 64
+	len      int
+}
+
+// decodeNext decodes the instruction at code[0:] when it is one
+// EmulateNext performs: test of two registers, push of a register, or a
+// 64-bit move between registers. Pure.
+func decodeNext(code []byte) (nextInsn, bool) {
+	inst, err := x86asm.Decode(code, 64)
+	if err != nil || inst.Len <= 0 {
+		return nextInsn{}, false
+	}
+	for _, p := range inst.Prefix {
+		if p == 0 {
+			break
+		}
+		if b := byte(p); b < 0x40 || b > 0x4f { // only REX
+			return nextInsn{}, false
+		}
+	}
+	n := nextInsn{op: inst.Op, size: inst.DataSize, len: inst.Len}
+	var ok1, ok2 bool
+	switch inst.Op {
+	case x86asm.TEST:
+		n.dst, ok1 = regOf(inst.Args[0])
+		n.src, ok2 = regOf(inst.Args[1])
+		if !ok1 || !ok2 || (n.size != 32 && n.size != 64) || !fullOrLow32(inst.Args[0]) || !fullOrLow32(inst.Args[1]) {
+			return nextInsn{}, false
+		}
+	case x86asm.PUSH:
+		// In 64-bit mode a push of a register always pushes 8 bytes
+		// (x86asm reports the default operand size, 32).
+		r, isReg := inst.Args[0].(x86asm.Reg)
+		n.src, ok1 = regOf(inst.Args[0])
+		if !ok1 || !isReg || r < x86asm.RAX || r > x86asm.R15 || n.src == "rsp" || inst.Len > 2 {
+			return nextInsn{}, false
+		}
+		n.size = 64
+	case x86asm.MOV:
+		n.dst, ok1 = regOf(inst.Args[0])
+		n.src, ok2 = regOf(inst.Args[1])
+		if !ok1 || !ok2 || n.size != 64 || n.dst == "rsp" {
+			return nextInsn{}, false
+		}
+	default:
+		return nextInsn{}, false
+	}
+	return n, true
+}
+
+// fullOrLow32 reports whether a register operand is a whole 64-bit
+// register or its low 32 bits (not AH or a 16/8-bit part).
+func fullOrLow32(a x86asm.Arg) bool {
+	r, ok := a.(x86asm.Reg)
+	return ok && (r >= x86asm.EAX && r <= x86asm.R15L || r >= x86asm.RAX && r <= x86asm.R15)
+}
+
+// x86 flags TEST sets (CF, OF cleared; PF, ZF, SF from the result; AF is
+// left undefined by the architecture and kept).
+const (
+	flagCF = 1 << 0
+	flagPF = 1 << 2
+	flagZF = 1 << 6
+	flagSF = 1 << 7
+	flagOF = 1 << 11
+)
+
+// EmulateNext returns the writes that perform the instruction after t's
+// watched load on a vCPU stopped there with regs, as the CPU would: the
+// vCPU then resumes past it. ok is false when t has no such instruction
+// the gate can perform (the caller steps the vCPU instead).
+func EmulateNext(t Trap, regs Regs) (writes []RegWrite, mem []MemWrite, ok bool) {
+	n := t.next
+	if t.Via != ViaWatch || n.len == 0 {
+		return nil, nil, false
+	}
+	rip, ok1 := regs[RegRIP]
+	if !ok1 || rip != t.Addr {
+		return nil, nil, false
+	}
+	get := func(r string) (uint64, bool) { v, ok := regs[r]; return v, ok }
+	switch n.op {
+	case x86asm.TEST:
+		a, ok1 := get(n.dst)
+		b, ok2 := get(n.src)
+		fl, ok3 := get("eflags")
+		if !ok1 || !ok2 || !ok3 {
+			return nil, nil, false
+		}
+		r, sign := a&b, uint64(1)<<63
+		if n.size == 32 {
+			r, sign = r&0xffffffff, 1<<31
+		}
+		fl &^= flagCF | flagPF | flagZF | flagSF | flagOF
+		if r == 0 {
+			fl |= flagZF
+		}
+		if r&sign != 0 {
+			fl |= flagSF
+		}
+		if bitsSet(uint8(r))%2 == 0 {
+			fl |= flagPF
+		}
+		writes = append(writes, RegWrite{"eflags", fl})
+	case x86asm.PUSH:
+		v, ok1 := get(n.src)
+		sp, ok2 := get(RegRSP)
+		if !ok1 || !ok2 {
+			return nil, nil, false
+		}
+		mem = append(mem, MemWrite{Addr: sp - 8, Value: v})
+		writes = append(writes, RegWrite{RegRSP, sp - 8})
+	case x86asm.MOV:
+		v, ok1 := get(n.src)
+		if !ok1 {
+			return nil, nil, false
+		}
+		writes = append(writes, RegWrite{n.dst, v})
+	default:
+		return nil, nil, false
+	}
+	return append(writes, RegWrite{RegRIP, rip + uint64(n.len)}), mem, true
+}
+
+func bitsSet(b uint8) int {
+	n := 0
+	for ; b != 0; b &= b - 1 {
+		n++
+	}
+	return n
 }

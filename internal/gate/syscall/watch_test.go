@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"reflect"
 	"testing"
+
+	"golang.org/x/arch/x86/x86asm"
 )
 
 // The first bytes of three LSM hooks of Debian's 6.1.0-56 kernel as they
@@ -148,4 +150,70 @@ func FuzzModelEntry(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestDecodeNext(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		code []byte
+		want nextInsn
+		ok   bool
+	}{
+		{"test %rbx,%rbx", []byte{0x48, 0x85, 0xdb}, nextInsn{op: x86asm.TEST, dst: "rbx", src: "rbx", size: 64, len: 3}, true},
+		{"test %eax,%eax", []byte{0x85, 0xc0}, nextInsn{op: x86asm.TEST, dst: "rax", src: "rax", size: 32, len: 2}, true},
+		{"push %r13", []byte{0x41, 0x55}, nextInsn{op: x86asm.PUSH, src: "r13", size: 64, len: 2}, true},
+		{"mov %rdi,%r12", []byte{0x49, 0x89, 0xfc}, nextInsn{op: x86asm.MOV, dst: "r12", src: "rdi", size: 64, len: 3}, true},
+		{"mov %esi,%ebp (32-bit)", []byte{0x89, 0xf5}, nextInsn{}, false},
+		{"test %al,%al", []byte{0x84, 0xc0}, nextInsn{}, false},
+		{"je", []byte{0x74, 0x2a}, nextInsn{}, false},
+		{"lock prefix", []byte{0xf0, 0x48, 0x85, 0xdb}, nextInsn{}, false},
+		{"a load", []byte{0x48, 0x8b, 0x1b}, nextInsn{}, false},
+		{"push %rsp", []byte{0x54}, nextInsn{}, false},
+		{"push %rbx", []byte{0x53}, nextInsn{op: x86asm.PUSH, src: "rbx", size: 64, len: 1}, true},
+		{"push %bx (16-bit)", []byte{0x66, 0x53}, nextInsn{}, false},
+	} {
+		got, ok := decodeNext(tc.code)
+		if ok != tc.ok || got != tc.want {
+			t.Errorf("%s: %+v %v, want %+v %v", tc.name, got, ok, tc.want, tc.ok)
+		}
+	}
+}
+
+func TestEmulateNext(t *testing.T) {
+	const stop = 0xffffffff81449a60
+	test := Trap{Addr: stop, Via: ViaWatch, next: nextInsn{op: x86asm.TEST, dst: "rbx", src: "rbx", size: 64, len: 3}}
+	for _, tc := range []struct {
+		rbx, flagsIn, flagsOut uint64
+	}{
+		{0, 0x246 | flagCF | flagOF | flagSF, 0x246}, // zero: ZF, PF; CF, OF, SF cleared
+		{0xffff88800a1b2c00, 0x246, 0x286},           // negative, low byte 0x00: SF, PF
+		{0x7, 0x202, 0x202},                          // three bits: odd parity, no PF
+		{0x3, 0x202 | flagZF, 0x206},                 // two bits: PF; ZF cleared
+	} {
+		w, mem, ok := EmulateNext(test, Regs{RegRIP: stop, "rbx": tc.rbx, "eflags": tc.flagsIn})
+		want := []RegWrite{{"eflags", tc.flagsOut}, {RegRIP, stop + 3}}
+		if !ok || len(mem) != 0 || !reflect.DeepEqual(w, want) {
+			t.Errorf("test %#x: %v %v %v, want %v", tc.rbx, w, mem, ok, want)
+		}
+	}
+	push := Trap{Addr: stop, Via: ViaWatch, next: nextInsn{op: x86asm.PUSH, src: "r13", size: 64, len: 2}}
+	w, mem, ok := EmulateNext(push, Regs{RegRIP: stop, "r13": 42, RegRSP: 0x1000})
+	if !ok || !reflect.DeepEqual(mem, []MemWrite{{0xff8, 42}}) || !reflect.DeepEqual(w, []RegWrite{{RegRSP, 0xff8}, {RegRIP, stop + 2}}) {
+		t.Errorf("push: %v %v %v", w, mem, ok)
+	}
+	// Not at the stop address, no instruction known, or a register
+	// missing: the caller steps instead.
+	for _, tc := range []struct {
+		t    Trap
+		regs Regs
+	}{
+		{test, Regs{RegRIP: stop + 1, "rbx": 1, "eflags": 2}},
+		{Trap{Addr: stop, Via: ViaWatch}, Regs{RegRIP: stop}},
+		{test, Regs{RegRIP: stop, "rbx": 1}},
+		{Trap{Addr: stop, Via: ViaCall, next: test.next}, Regs{RegRIP: stop, "rbx": 1, "eflags": 2}},
+	} {
+		if _, _, ok := EmulateNext(tc.t, tc.regs); ok {
+			t.Errorf("EmulateNext(%+v, %v) performed it", tc.t, tc.regs)
+		}
+	}
 }
