@@ -158,12 +158,13 @@ func New(k *linux.Kernel, d Decider) (*Gate, error) {
 }
 
 // UseWatchpoints lets Plan trap at most max hooks with watchpoints on
-// what they read first (watch.go); 0 turns them off. The monitor allows
-// them only for a VM with one vCPU: QEMU 7.2's TCG loses a watchpoint hit
-// on one vCPU while it stops for a hit on another (measured: 25 of 200
-// concurrent denied opens slipped through on 2 vCPUs), where a breakpoint
-// is simply hit again on resume. Under KVM, watchpoints are debug
-// registers: at most 4. Call before the first Plan.
+// what they read first (watch.go); 0 turns them off. On a VM with several
+// vCPUs the caller must look at every vCPU at each stop: QEMU 7.2's TCG
+// reports one vCPU per stop and not a watchpoint hit on another that
+// happened meanwhile (measured: 25 of 200 concurrent denied opens slipped
+// through when only the reported vCPU was served), and must move a vCPU
+// allowed at a watched load past it (EmulateNext). Under KVM, watchpoints
+// are debug registers: at most 4. Call before the first Plan.
 //
 // globals says whether a hook may be watched on a global variable other
 // than its list head (hookDef.watchVar): under TCG a watchpoint makes every
