@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+
+	"github.com/gatevisor/gatevisor/internal/safefile"
 )
 
 // EnvBinary names the environment variable that selects the QEMU binary
@@ -77,7 +79,7 @@ func CheckBinary(p string) (string, error) {
 		shown = fmt.Sprintf("%s (the link's target)", resolved)
 	}
 	if !fi.Mode().IsRegular() {
-		return "", bad(shown+" is not a regular file but "+fileKind(fi.Mode()), "give the path of the qemu-system-x86_64 program")
+		return "", bad(shown+" is not a regular file but "+safefile.Kind(fi.Mode()), "give the path of the qemu-system-x86_64 program")
 	}
 	if err := trustedOwner(fi, shown, bad); err != nil {
 		return "", err
@@ -177,18 +179,4 @@ func trustedOwner(fi fs.FileInfo, name string, bad func(why, fix string) error) 
 			"install QEMU as root or as yourself ('scripts/install-deps --qemu-10' run by the user who runs gatevisor), or unset "+EnvBinary)
 	}
 	return nil
-}
-
-func fileKind(m fs.FileMode) string {
-	switch {
-	case m.IsDir():
-		return "a directory"
-	case m&fs.ModeNamedPipe != 0:
-		return "a FIFO"
-	case m&fs.ModeSocket != 0:
-		return "a socket"
-	case m&fs.ModeDevice != 0:
-		return "a device"
-	}
-	return fmt.Sprintf("of type %v", m.Type())
 }

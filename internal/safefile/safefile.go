@@ -128,7 +128,7 @@ func CheckRegular(name string) error {
 		return err
 	}
 	if !fi.Mode().IsRegular() {
-		return fmt.Errorf("%s is not a regular file (%s): give a file", name, kind(fi.Mode()))
+		return fmt.Errorf("%s is not a regular file (%s): give a file", name, Kind(fi.Mode()))
 	}
 	return nil
 }
@@ -237,9 +237,9 @@ func checkInfo(fi fs.FileInfo, name string, dir bool) error {
 	case fi.Mode()&fs.ModeSymlink != 0:
 		return unsafeErr(name, "it is a symbolic link (gatevisor never follows a link where it keeps state)", "remove it, or choose another path")
 	case dir && !fi.IsDir():
-		return unsafeErr(name, "it is not a directory but "+kind(fi.Mode()), "remove it, or choose another path")
+		return unsafeErr(name, "it is not a directory but "+Kind(fi.Mode()), "remove it, or choose another path")
 	case !dir && !fi.Mode().IsRegular():
-		return unsafeErr(name, "it is not a regular file but "+kind(fi.Mode()), "remove it, or choose another path")
+		return unsafeErr(name, "it is not a regular file but "+Kind(fi.Mode()), "remove it, or choose another path")
 	}
 	st, ok := fi.Sys().(*syscall.Stat_t)
 	if !ok {
@@ -254,7 +254,9 @@ func checkInfo(fi fs.FileInfo, name string, dir bool) error {
 	return nil
 }
 
-func kind(m fs.FileMode) string {
+// Kind names the kind of file a mode says, for messages ("a directory",
+// "a FIFO", "a regular file", ...).
+func Kind(m fs.FileMode) string {
 	switch {
 	case m.IsDir():
 		return "a directory"
