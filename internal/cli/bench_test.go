@@ -21,6 +21,8 @@ func TestBenchFlags(t *testing.T) {
 		"net": {"rounds": "5", "mib": "32", "requests": "100", "echoes": "1000", "accel": "auto", "mem": "256M",
 			"net": "isolated", "json": "false"},
 		"flood": {"rounds": "3", "seconds": "20", "interval": "250", "scenarios": "all", "accel": "auto", "mem": "256M", "json": "false"},
+		"memory": {"rounds": "3", "settle": "20s", "window": "5s", "iters": "200", "queries": "5", "lookups": "20", "ids-interval": "2s",
+			"policy": "policies/iot-default.policy", "configs": "none,ids,policy,net,all", "accel": "auto", "mem": "256M", "json": "false"},
 	}
 	got := map[string]map[string]string{}
 	for _, sub := range newBenchCmd().Commands() {
