@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gatevisor/gatevisor/internal/api"
@@ -60,6 +61,9 @@ type introspection struct {
 	insp *ids.Inspector
 	err  error
 	once bool
+	// located is insp once it exists, for views of their own that must
+	// not wait for mu (the network gate's attributor).
+	located atomic.Pointer[ids.Inspector]
 }
 
 // inspector profiles and locates the guest kernel on first use. Profiling
@@ -91,7 +95,31 @@ func (m *Monitor) inspector(ctx context.Context) (*ids.Inspector, error) {
 	}
 	in.insp, in.err, in.once = ids.New(k, ids.DefaultOptions()), nil, true
 	in.insp.Guest = m.askGuest
+	in.located.Store(in.insp)
 	return in.insp, nil
+}
+
+// privateInspector returns a view of the located kernel of its own: its
+// own translation cache, no guest agent, usable without m.intro.mu (which
+// an IDS query holds for as long as it runs, its wait for the guest agent
+// included). It waits for m.intro.mu only to locate the kernel the first
+// time.
+func (m *Monitor) privateInspector(ctx context.Context) (*ids.Inspector, error) {
+	insp := m.intro.located.Load()
+	if insp == nil {
+		m.intro.mu.Lock()
+		var err error
+		insp, err = m.inspector(ctx)
+		m.intro.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+	}
+	k := *insp.K
+	as := *k.AS
+	as.Cache = vmi.NewTranslationCache()
+	k.AS = &as
+	return ids.New(&k, insp.Opts), nil
 }
 
 // askGuest runs a script in the guest through its agent, for the IDS's

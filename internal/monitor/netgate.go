@@ -18,6 +18,7 @@ import (
 	"github.com/gatevisor/gatevisor/internal/api"
 	"github.com/gatevisor/gatevisor/internal/event"
 	gatenet "github.com/gatevisor/gatevisor/internal/gate/net"
+	"github.com/gatevisor/gatevisor/internal/ids"
 	"github.com/gatevisor/gatevisor/internal/monitoring"
 	"github.com/gatevisor/gatevisor/internal/qemu"
 	"github.com/gatevisor/gatevisor/internal/secserver"
@@ -380,6 +381,10 @@ type attributor struct {
 	tasks  map[int]linux.Task
 	walks  atomic.Uint64
 	walkNs atomic.Uint64 // time spent walking, in all
+	// view is the attributor's own view of the guest kernel (a.mu):
+	// attribution must not wait for an IDS query, which may be waiting
+	// for a guest command that waits for this very attribution.
+	view *ids.Inspector
 }
 
 // snapshotTTL is how long one walk of the guest's sockets answers queries
@@ -428,13 +433,14 @@ func (a *attributor) refresh(ctx context.Context) error {
 		a.walks.Add(1)
 		a.walkNs.Add(uint64(time.Since(start)))
 	}()
-	m := a.m
-	m.intro.mu.Lock()
-	defer m.intro.mu.Unlock()
-	insp, err := m.inspector(ctx)
-	if err != nil {
-		return err
+	if a.view == nil {
+		v, err := a.m.privateInspector(ctx)
+		if err != nil {
+			return err
+		}
+		a.view = v
 	}
+	insp := a.view
 	insp.K.AS.Cache.Invalidate()
 	// A task that cannot be read (corrupted, or caught mid-exit) leaves
 	// its flows unattributed; it does not blind the walk for the others.

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -100,6 +101,34 @@ func TestNetGate(t *testing.T) {
 		rec := findAudit(t, auditPath, func(r audit.Record) bool { return r.Rule == "no_telnet_in" })
 		if rec.Event.Subject.Comm != "telnetd" || rec.Event.Dir.String() != "in" {
 			t.Fatalf("inbound telnet attributed to %+v", rec.Event.Subject)
+		}
+	})
+
+	t.Run("attribution does not wait for an IDS query", func(t *testing.T) {
+		// An ids check asks the guest agent for its own view of itself
+		// while a guest command holds the exec channel; that command's
+		// new flows must still be attributed and decided (the attributor
+		// has its own view of the kernel, not the IDS's lock).
+		done := make(chan result, 1)
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			cmd := gvCmd(ctx, nil, "exec", vm, "--timeout", "12s", "--", "sh", "-c",
+				`sleep 2; for i in 1 2 3 4 5; do nc -w 2 10.0.2.2 7 </dev/null && echo ok$i; sleep 0.3; done`)
+			var o, e strings.Builder
+			cmd.Stdout, cmd.Stderr = &o, &e
+			err := cmd.Run()
+			code := 0
+			if err != nil {
+				code = -1
+			}
+			done <- result{stdout: o.String(), stderr: e.String(), code: code}
+		}()
+		time.Sleep(500 * time.Millisecond)
+		check := gv(t, 2*time.Minute, "ids", "check", "--vm", vm)
+		r := <-done
+		if r.code != 0 || r.stdout != "ok1\nok2\nok3\nok4\nok5\n" {
+			t.Fatalf("guest flows during an ids check: exit %d, stdout %q, stderr %q (ids check: exit %d, %s)", r.code, r.stdout, r.stderr, check.code, check.stderr)
 		}
 	})
 
