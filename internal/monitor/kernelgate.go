@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -102,6 +103,12 @@ func (m *Monitor) kernelProfile() (*linux.Profile, error) {
 		return nil, err
 	}
 	m.profile = p
+	// Loading the profile is the monitor's peak (decompression and
+	// decoding buffers, tens of MB, garbage once it is loaded): hand
+	// those pages back now rather than at the runtime's next forced
+	// collection minutes later (bench memory: "net" at rest 41 -> 19.5
+	// MiB anonymous only after that collection).
+	go debug.FreeOSMemory()
 	return p, nil
 }
 
