@@ -569,15 +569,15 @@ func TestSyscallGateTwoCPUs(t *testing.T) {
 		}
 	}
 	script := fmt.Sprintf("cat > /tmp/loop.sh <<'EOF'\n%s\nEOF\nsh /tmp/loop.sh a & sh /tmp/loop.sh b & wait", loop)
-	// Requests that stop the VM (an IDS check reads vCPU 0's registers
-	// through the gdbstub) race with the loops' hits: a hit taken by a
-	// request's stop is served before the VM runs on (debugger.scan).
+	// Requests that stop the VM (an IDS query through the gdbstub pauses
+	// the guest) race with the loops' hits: a hit whose stop a request's
+	// interrupt took is served before the VM runs on (debugger.scan).
 	racing := make(chan struct{})
 	go func() {
 		defer close(racing)
-		for range 15 {
+		for range 30 {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-			_ = gvCmd(ctx, nil, "ids", "check", "--vm", vm).Run() // its answer is not the point
+			_ = gvCmd(ctx, nil, "ids", "banner", "--vm", vm, "--source", "gdbstub").Run() // its answer is not the point
 			cancel()
 		}
 	}()
