@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -299,11 +300,9 @@ Flow state is the initial state of every flow.`,
 			if err != nil {
 				return withExitCode(2, err)
 			}
-			var ev event.Event
-			dec := json.NewDecoder(bytes.NewReader(raw))
-			dec.DisallowUnknownFields()
-			if err := dec.Decode(&ev); err != nil {
-				return withExitCode(2, fmt.Errorf("event: %w", err))
+			ev, err := decodeEventArg(raw)
+			if err != nil {
+				return withExitCode(2, err)
 			}
 			r := pol.Explain(&ev, nil)
 			out := cmd.OutOrStdout()
@@ -395,4 +394,39 @@ func printExplain(w io.Writer, ev *event.Event, r policy.Result) {
 	}
 	fmt.Fprintf(w, "verdict: %s by %s: %s\n", verdict, esc(r.Rule), esc(r.Reason))
 	fmt.Fprintln(w, "(the strictest vote wins: kill > deny > alert > allow; \"match\" lines are every rule whose condition matched, the first one in a block decides)")
+}
+
+// exampleEvent is the event messages show as a model.
+const exampleEvent = `'{"class":"file","op":"open","path":"/etc/shadow","subject":{"pid":42,"uid":1000,"exe":"/bin/cat"}}'`
+
+// decodeEventArg decodes policy explain's EVENT: one JSON object with the
+// fields of an event (docs/policy.md, "Events"). Its errors say what is
+// wrong and show an event that works.
+func decodeEventArg(raw []byte) (event.Event, error) {
+	var ev event.Event
+	fix := "give one JSON object such as " + exampleEvent + ", @FILE or - for stdin (the fields: docs/policy.md, \"Events\")"
+	if len(bytes.TrimSpace(raw)) == 0 {
+		return ev, fmt.Errorf("event: empty: %s", fix)
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	err := dec.Decode(&ev)
+	var syn *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &syn):
+		return ev, fmt.Errorf("event: not JSON (%v, at byte %d): %s", syn, syn.Offset, fix)
+	case errors.As(err, &typ):
+		return ev, fmt.Errorf("event: field %q: a JSON %s where %s is expected: %s", typ.Field, typ.Value, typ.Type, fix)
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return ev, fmt.Errorf("event: the JSON ends early: %s", fix)
+	case err != nil && strings.HasPrefix(err.Error(), "json: unknown field "):
+		return ev, fmt.Errorf("event: %s: not a field of an event: %s", strings.TrimPrefix(err.Error(), "json: "), fix)
+	case err != nil:
+		return ev, fmt.Errorf("event: %v: %s", err, fix)
+	}
+	if dec.More() {
+		return ev, fmt.Errorf("event: more than one JSON value: %s", fix)
+	}
+	return ev, nil
 }
