@@ -78,7 +78,7 @@ returns once the guest is ready.`,
 	f.StringVar(&o.consoleLog, "console-log", "", "serial console log file (default: in the VM's state directory)")
 	f.StringVar(&o.readyMarker, "ready-marker", monitor.ReadyMarker, "console line that means the guest is ready")
 	f.DurationVar(&o.idsInterval, "ids-interval", 0, "scan the guest this often and emit IDS events (see 'gatevisor events'); 0 disables")
-	f.StringVar(&o.net, "net", "", "guest network: isolated[:NAME] (gatevisor's own virtual network, no route off the machine), user (NAT to the host's network; the host's 127.0.0.1 is 192.168.127.254), tap:IF (an existing tap device; needs root); none by default; every mode goes through the network gate")
+	f.StringVar(&o.net, "net", "", "guest network: isolated[:NAME] (gatevisor's own virtual network, no route off the machine), user (NAT to the host's network; the host's 127.0.0.1 is 192.168.127.254), tap:IF[,ip=A.B.C.D/NN]... (an existing tap device; needs root; each ip= is a guest source address the gate lets out, up to 8; without one it is learned from DHCP); none by default; every mode goes through the network gate")
 	f.StringVar(&o.policy, "policy", "", "security-server policy file for the gates (without one, every gated event is denied)")
 	f.StringVar(&o.auditLog, "audit-log", "", "audit log file (default: audit.jsonl in the VM's state directory)")
 	f.StringVar(&o.auditMaxSize, "audit-max-size", "64M", "rotate the audit log at this size (e.g. 64M, 1G)")
