@@ -316,8 +316,8 @@ func (m *Monitor) locateForGate(ctx context.Context) error {
 // reported (it had 25 of 200 concurrent denied opens slip through). The
 // sibling scan (onTrap) finds every vCPU stopped just after a watched load
 // and decides its call in the same stop, and a vCPU resumed in place is
-// stepped past the load (trapVCPU), so that no later stop finds it there
-// again and decides the same call twice.
+// moved past the next instruction (movePastLoad), so that no later stop
+// finds it there again and decides the same call twice.
 func (m *Monitor) maxWatchpoints() int {
 	switch {
 	case m.cfg.Accel.Accel == "kvm" && m.cfg.CPUs > 1:
@@ -476,7 +476,7 @@ func (m *Monitor) describeTraps(res *api.PolicyResult, traps []gate.Trap, snap *
 		if t.Watch != 0 {
 			addr = t.Watch
 		}
-		bp := api.Breakpoint{Symbol: t.Symbol, Site: t.Site, Watchpoint: t.Watch != 0, Syscall: t.Syscall.Op, Addr: "0x" + strconv.FormatUint(addr, 16)}
+		bp := m.trapView(t, snap)
 		for _, cl := range []event.Class{event.ClassSyscall, event.ClassFile, event.ClassExec, event.ClassModule} {
 			if t.Classes.Has(cl) {
 				bp.Classes = append(bp.Classes, cl.String())
@@ -485,9 +485,6 @@ func (m *Monitor) describeTraps(res *api.PolicyResult, traps []gate.Trap, snap *
 		if pa, _, err := g.Kernel().AS.Translate(addr); err == nil {
 			bp.PhysAddr = "0x" + strconv.FormatUint(pa, 16)
 		}
-		if t.Watch == 0 && snap != nil {
-			bp.Rules, bp.Cost = rulesNeeding(snap.Policy, t), m.breakpointCost()
-		}
 		res.Breakpoints = append(res.Breakpoints, bp)
 	}
 	if cov := m.pol.cov.Load(); snap != nil && cov != nil {
@@ -495,6 +492,24 @@ func (m *Monitor) describeTraps(res *api.PolicyResult, traps []gate.Trap, snap *
 			res.Syscalls = ops
 		}
 	}
+}
+
+// trapView is trap t as the API shows it: for a watchpoint, the watched
+// address; for an execution breakpoint, the rules of snap that need it
+// and its cost.
+func (m *Monitor) trapView(t gate.Trap, snap *policy.Snapshot) api.Breakpoint {
+	addr := t.Addr
+	if t.Watch != 0 {
+		addr = t.Watch
+	}
+	bp := api.Breakpoint{Symbol: t.Symbol, Site: t.Site, Watchpoint: t.Watch != 0, Syscall: t.Syscall.Op, Addr: "0x" + strconv.FormatUint(addr, 16)}
+	if t.Watch == 0 {
+		bp.Cost = m.breakpointCost()
+		if snap != nil {
+			bp.Rules = rulesNeeding(snap.Policy, t)
+		}
+	}
+	return bp
 }
 
 // rulesNeeding names the statements of pol that need trap t: those about

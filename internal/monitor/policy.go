@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -388,11 +387,7 @@ func (m *Monitor) gatesStatus() []api.GateStatus {
 			k.Watchpoints++
 			continue
 		}
-		bp := api.Breakpoint{Symbol: t.Symbol, Site: t.Site, Syscall: t.Syscall.Op, Addr: "0x" + strconv.FormatUint(t.Addr, 16), Cost: m.breakpointCost()}
-		if snap != nil {
-			bp.Rules = rulesNeeding(snap.Policy, t)
-		}
-		k.Breakpoints = append(k.Breakpoints, bp)
+		k.Breakpoints = append(k.Breakpoints, m.trapView(t, snap))
 	}
 	k.Armed = k.Traps > 0
 	classes := map[string]bool{}
