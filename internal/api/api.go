@@ -61,6 +61,8 @@ type Status struct {
 	Audit *AuditStatus `json:"audit,omitempty"`
 	// Events is the event stream: its file, retention and counters.
 	Events *EventsStatus `json:"events,omitempty"`
+	// Stop is how a requested stop went (nil until one is requested).
+	Stop *StopStatus `json:"stop,omitempty"`
 }
 
 // EventsStatus is the VM's event stream (events.jsonl and `gatevisor
@@ -192,6 +194,19 @@ type NetGateStats struct {
 type StopRequest struct {
 	Force          bool `json:"force,omitempty"`
 	TimeoutSeconds int  `json:"timeout_seconds,omitempty"`
+	// Wait answers once QEMU has exited, with Status.Stop final.
+	Wait bool `json:"wait,omitempty"`
+}
+
+// StopStatus is how a stop went: in progress, or how the VM ended.
+type StopStatus struct {
+	// Forced is set once QEMU was told to quit (or killed) rather than the
+	// guest powering off on its own after the ACPI power button.
+	Forced bool `json:"forced"`
+	// Outcome says what happened and why, in a sentence.
+	Outcome string `json:"outcome"`
+	// Done is set once QEMU has exited.
+	Done bool `json:"done"`
 }
 
 // ExecRequest runs argv in the guest.

@@ -81,10 +81,16 @@ initramfs at GUEST; the set of added files is replaced on every build, so
 }
 
 func newKitShowCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "show",
-		Short: "Print the cached kit's manifest (JSON) after verifying its files",
-		Args:  cobra.NoArgs,
+	var kernel, initrd, appendArgs bool
+	cmd := &cobra.Command{
+		Use:   "show [--kernel | --initrd | --append]",
+		Short: "Print the cached kit's manifest (JSON) after verifying its files, or one of its paths",
+		Long: `Print the cached kit's manifest (JSON) after verifying its files.
+
+--kernel, --initrd and --append print only the kernel's path, the
+initramfs's path or the kernel command line, for 'run --kernel', e.g.
+  gatevisor run --kernel "$(gatevisor kit show --kernel)" --initrd "$(gatevisor kit show --initrd)"`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			dir, err := kit.DefaultDir("")
 			if err != nil {
@@ -93,6 +99,20 @@ func newKitShowCmd() *cobra.Command {
 			k, verr := kit.Load(dir)
 			if errors.Is(verr, os.ErrNotExist) {
 				return fmt.Errorf("no kit in %s: run 'gatevisor kit build'", dir)
+			}
+			if kernel || initrd || appendArgs {
+				if verr != nil {
+					return fmt.Errorf("the kit in %s does not verify (%v): run 'gatevisor kit build' to rebuild it", dir, verr)
+				}
+				switch {
+				case kernel:
+					fmt.Fprintln(cmd.OutOrStdout(), k.Kernel)
+				case initrd:
+					fmt.Fprintln(cmd.OutOrStdout(), k.Initrd)
+				default:
+					fmt.Fprintln(cmd.OutOrStdout(), k.Append)
+				}
+				return nil
 			}
 			m := kit.Manifest{}
 			if verr == nil {
@@ -118,4 +138,10 @@ func newKitShowCmd() *cobra.Command {
 			return nil
 		},
 	}
+	f := cmd.Flags()
+	f.BoolVar(&kernel, "kernel", false, "print only the kernel's path")
+	f.BoolVar(&initrd, "initrd", false, "print only the initramfs's path")
+	f.BoolVar(&appendArgs, "append", false, "print only the kernel command line")
+	cmd.MarkFlagsMutuallyExclusive("kernel", "initrd", "append")
+	return cmd
 }

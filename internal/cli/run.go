@@ -21,6 +21,7 @@ import (
 	"github.com/gatevisor/gatevisor/internal/api/apiserver"
 	"github.com/gatevisor/gatevisor/internal/audit"
 	"github.com/gatevisor/gatevisor/internal/eventbus"
+	"github.com/gatevisor/gatevisor/internal/fgterm"
 	"github.com/gatevisor/gatevisor/internal/kit"
 	"github.com/gatevisor/gatevisor/internal/monitor"
 	"github.com/gatevisor/gatevisor/internal/qemu"
@@ -135,7 +136,7 @@ func resolveGuestFiles(ctx context.Context, o *runOptions) (kernel, initrd, appe
 		}
 	} else {
 		if err := kit.CheckBzImage(o.kernel); err != nil {
-			return "", "", "", nil, cleanup, fmt.Errorf("--kernel %s: %w: pass a bzImage such as /boot/vmlinuz-*", o.kernel, err)
+			return "", "", "", nil, cleanup, fmt.Errorf("--kernel %s: %w: pass an x86-64 bzImage, such as the default kit's: --kernel \"$(gatevisor kit show --kernel)\" --initrd \"$(gatevisor kit show --initrd)\" (or leave out --kernel to boot the kit)", o.kernel, err)
 		}
 		if o.initrd != "" {
 			if _, err := os.Stat(o.initrd); err != nil {
@@ -199,6 +200,17 @@ func runVM(ctx context.Context, o *runOptions) error {
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
+	status := io.Writer(os.Stderr)
+	if !o.detachedChild {
+		// The console on this terminal: raw, restored on every way out
+		// (the signals above end in an orderly return).
+		t, err := fgterm.Open(int(os.Stdin.Fd()), os.Stdout, os.Stderr)
+		if err != nil {
+			return err
+		}
+		defer t.Restore()
+		cfg.Console, cfg.Log, status = t.Console(), t.Status(), t.Status()
+	}
 
 	m, err := monitor.Start(ctx, cfg)
 	if err != nil {
@@ -214,7 +226,7 @@ func runVM(ctx context.Context, o *runOptions) error {
 	if err := m.Run(ctx); err != nil {
 		return err
 	}
-	go stopOnSignals(m, sigs, o.stopTimeout)
+	go stopOnSignals(m, sigs, o.stopTimeout, status)
 	return m.Wait()
 }
 
@@ -371,12 +383,12 @@ func serveAPI(m *monitor.Monitor) (shutdown func(), err error) {
 
 // stopOnSignals turns the first signal into an orderly stop and the next
 // into a forced one.
-func stopOnSignals(m *monitor.Monitor, sigs <-chan os.Signal, timeout time.Duration) {
+func stopOnSignals(m *monitor.Monitor, sigs <-chan os.Signal, timeout time.Duration, status io.Writer) {
 	n := 0
 	for s := range sigs {
 		n++
 		if n == 1 {
-			fmt.Fprintf(os.Stderr, "\ngatevisor: %v: shutting the guest down (again to force)\n", s)
+			fmt.Fprintf(status, "gatevisor: %v: shutting the guest down (again to force)\n", s)
 			m.RequestStop(timeout)
 		} else {
 			m.RequestStop(0)

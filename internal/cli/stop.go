@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -30,15 +31,21 @@ func newStopCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
-			_, err = c.Stop(ctx, api.StopRequest{Force: force, TimeoutSeconds: int(timeout / time.Second)})
-			cancel()
-			if err != nil {
-				return err
-			}
-			wctx, cancel := context.WithTimeout(cmd.Context(), timeout+15*time.Second)
+			// Waiting for the outcome: the guest may take the whole
+			// timeout, then QEMU up to 5 s to quit and 5 s more to die.
+			ctx, cancel := context.WithTimeout(cmd.Context(), timeout+20*time.Second)
 			defer cancel()
-			return waitGone(wctx, args[0])
+			st, err := c.Stop(ctx, api.StopRequest{Force: force, TimeoutSeconds: int(timeout / time.Second), Wait: true})
+			var apiErr *api.Error
+			if errors.As(err, &apiErr) {
+				return err // refused (e.g. by the policy): the VM runs on
+			}
+			// Otherwise the answer may be lost with a monitor that ended
+			// first: what counts is that the VM goes away.
+			if err == nil && st.Stop != nil && st.Stop.Forced && !force {
+				fmt.Fprintf(cmd.ErrOrStderr(), "gatevisor: %s: %s\n", args[0], st.Stop.Outcome)
+			}
+			return waitGone(ctx, args[0])
 		},
 	}
 	cmd.Flags().BoolVar(&force, "force", false, "quit QEMU at once instead of an ACPI shutdown")

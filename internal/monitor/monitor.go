@@ -143,6 +143,16 @@ type Monitor struct {
 	exitErr   error
 	failErr   error  // why a gate failed closed (failClosed); the VM's exit error
 	shutdown  string // reason of QEMU's SHUTDOWN event
+	stopHow   string // how the requested stop goes (api.StopStatus.Outcome)
+	forced    bool   // QEMU was told to quit or killed (api.StopStatus.Forced)
+}
+
+// setStopHow records how the stop goes, for status and `gatevisor stop`.
+func (m *Monitor) setStopHow(forced bool, format string, a ...any) {
+	m.mu.Lock()
+	m.stopHow = fmt.Sprintf(format, a...)
+	m.forced = m.forced || forced
+	m.mu.Unlock()
 }
 
 // logf writes a notice to the monitor's log. Notices carry guest-derived
@@ -418,6 +428,7 @@ func (m *Monitor) supervise() {
 	var (
 		stopDeadline <-chan time.Time
 		quitDeadline <-chan time.Time
+		stopTimeout  time.Duration // of the pending ACPI shutdown
 	)
 	for {
 		select {
@@ -439,6 +450,7 @@ func (m *Monitor) supervise() {
 		case timeout := <-m.stopReq:
 			m.setState(api.StateStopping)
 			if timeout <= 0 {
+				m.setStopHow(true, "QEMU was told to quit at once (a forced stop)")
 				m.quit()
 				quitDeadline = time.After(5 * time.Second)
 				continue
@@ -446,19 +458,23 @@ func (m *Monitor) supervise() {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			if err := m.qmp.SystemPowerdown(ctx); err != nil {
 				m.logf("ACPI power-down failed (%v); quitting QEMU", err)
+				m.setStopHow(true, "forced: the ACPI power button could not be pressed (%v), so QEMU was told to quit", err)
 				m.quit()
 				quitDeadline = time.After(5 * time.Second)
 			} else {
-				stopDeadline = time.After(timeout)
+				m.setStopHow(false, "the ACPI power button was pressed; waiting up to %v for the guest to power off", timeout)
+				stopDeadline, stopTimeout = time.After(timeout), timeout
 			}
 			cancel()
 		case <-stopDeadline:
 			m.logf("the guest did not power off in time; quitting QEMU")
+			m.setStopHow(true, "forced: the guest did not power off within %v of the ACPI power button, so QEMU was told to quit", stopTimeout)
 			stopDeadline = nil
 			m.quit()
 			quitDeadline = time.After(5 * time.Second)
 		case <-quitDeadline:
 			m.logf("QEMU did not quit; killing it")
+			m.setStopHow(true, "forced: QEMU did not quit within 5s of being told to, so it was killed")
 			quitDeadline = nil
 			_ = m.proc.Kill(5 * time.Second)
 		case <-m.proc.Done():
@@ -506,6 +522,16 @@ func (m *Monitor) finish() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.state = api.StateStopped
+	if m.stopAsked && !m.forced {
+		switch m.shutdown {
+		case "guest-shutdown":
+			m.stopHow = "the guest powered off after the ACPI power button"
+		case "":
+			m.stopHow = "QEMU exited before the guest powered off"
+		default:
+			m.stopHow = "QEMU ended (" + m.shutdown + ") before the guest powered off"
+		}
+	}
 	procErr := m.proc.ExitError()
 	switch {
 	case m.failErr != nil:
@@ -593,6 +619,9 @@ func (m *Monitor) RequestStop(timeout time.Duration) {
 	m.mu.Lock()
 	already := m.stopAsked
 	m.stopAsked = true
+	if m.stopHow == "" {
+		m.stopHow = "a stop was requested"
+	}
 	m.mu.Unlock()
 	if !already {
 		close(m.stopCh)
@@ -641,6 +670,11 @@ func (m *Monitor) Status(ctx context.Context) api.Status {
 	if m.events != nil {
 		st.Events = m.events.status()
 	}
+	m.mu.Lock()
+	if m.stopAsked {
+		st.Stop = &api.StopStatus{Forced: m.forced, Outcome: m.stopHow, Done: m.state == api.StateStopped}
+	}
+	m.mu.Unlock()
 	if running {
 		qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		if qs, err := m.qmp.QueryStatus(qctx); err == nil {
@@ -651,8 +685,8 @@ func (m *Monitor) Status(ctx context.Context) api.Status {
 	return st
 }
 
-// Stop implements api.VM.
-func (m *Monitor) Stop(_ context.Context, req api.StopRequest) error {
+// Stop implements api.VM. With req.Wait it returns once QEMU has exited.
+func (m *Monitor) Stop(ctx context.Context, req api.StopRequest) error {
 	timeout := DefaultStopTimeout
 	if req.TimeoutSeconds > 0 {
 		timeout = time.Duration(req.TimeoutSeconds) * time.Second
@@ -661,6 +695,13 @@ func (m *Monitor) Stop(_ context.Context, req api.StopRequest) error {
 		timeout = 0
 	}
 	m.RequestStop(timeout)
+	if req.Wait {
+		select {
+		case <-m.done:
+		case <-ctx.Done():
+			return fmt.Errorf("stop: the VM is still running: %w", ctx.Err())
+		}
+	}
 	return nil
 }
 

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/gatevisor/gatevisor/internal/api"
 )
 
 func TestStatusOverAPI(t *testing.T) {
@@ -185,43 +187,59 @@ func TestTwoVMsAndStop(t *testing.T) {
 	}
 }
 
-func TestCtrlCShutsDown(t *testing.T) {
+// TestForegroundConsole drives a foreground `gatevisor run` through a
+// pseudo-terminal, as a person at a terminal: typed input reaches the
+// guest and shows once, the monitor's lines start lines of their own, and
+// the terminal is restored on every way out (Ctrl-C, SIGTERM, the guest
+// powering off, QEMU dying under the monitor).
+func TestForegroundConsole(t *testing.T) {
 	needVM(t)
-	const name = "ctrlc"
-	cmd, out := foreground(t, name)
-	waitReady(t, name)
-	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
-		t.Fatal(err)
+	for _, tc := range []struct {
+		name string
+		end  func(t *testing.T, p *ptyCmd, st api.Status)
+		code int    // want exit code (-1: any failure)
+		says string // on the terminal after the end
+	}{
+		{"ctrl-c", func(t *testing.T, p *ptyCmd, _ api.Status) { p.typeIn(t, "\x03") }, 0, "shutting the guest down"},
+		{"sigterm", func(t *testing.T, p *ptyCmd, _ api.Status) { _ = p.cmd.Process.Signal(syscall.SIGTERM) }, 0, "shutting the guest down"},
+		{"poweroff", func(t *testing.T, p *ptyCmd, _ api.Status) { p.typeIn(t, "poweroff\r") }, 0, "reboot: Power down"},
+		{"qemu-killed", func(t *testing.T, p *ptyCmd, st api.Status) {
+			if err := syscall.Kill(st.QEMUPID, syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+		}, -1, "qemu exited unexpectedly"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			name := "fg-" + tc.name
+			p := startForeground(t, name)
+			p.waitFor(t, "ready after", readyTimeout)
+			st := waitAPI(t, name, time.Minute)
+			p.checkConsole(t, "fg")
+			tc.end(t, p, st)
+			code := p.wait(t, 2*time.Minute)
+			out := p.out.String()
+			if (tc.code >= 0 && code != tc.code) || (tc.code < 0 && code == 0) {
+				t.Fatalf("exit code %d, want %d; terminal:\n%s", code, tc.code, tail([]byte(out)))
+			}
+			if !strings.Contains(out, tc.says) {
+				t.Errorf("no %q on the terminal:\n%s", tc.says, tail([]byte(out)))
+			}
+			if !strings.Contains(out, "gatevisor-guest: ready") {
+				t.Errorf("the serial console was not on the terminal")
+			}
+			checkStatusLine(t, out, "ready after")
+			if tc.says != "reboot: Power down" {
+				checkStatusLine(t, out, tc.says)
+			}
+			p.checkRestored(t)
+			waitNoQEMU(t, name, 5*time.Second)
+			if _, err := os.Stat(filepath.Join(env.runtimeDir, name)); !os.IsNotExist(err) {
+				t.Errorf("runtime directory survives: %v", err)
+			}
+		})
 	}
-	if code := waitExit(t, cmd, out, 2*time.Minute); code != 0 {
-		t.Fatalf("exit code %d after Ctrl-C; output:\n%s", code, tail(out.Bytes()))
-	}
-	if !strings.Contains(out.String(), "reboot: Power down") {
-		t.Errorf("no orderly guest power-down on Ctrl-C; output:\n%s", tail(out.Bytes()))
-	}
-	if !strings.Contains(out.String(), "gatevisor-guest: ready") {
-		t.Errorf("the serial console was not on the terminal")
-	}
-	waitNoQEMU(t, name, 5*time.Second)
 	if f := ramFiles(); len(f) > 0 && len(qemuPIDs("")) == 0 {
 		t.Errorf("guest RAM files remain: %v", f)
-	}
-}
-
-func TestQEMUKilledIsAnError(t *testing.T) {
-	needVM(t)
-	const name = "qemukill"
-	cmd, out := foreground(t, name)
-	st := waitAPI(t, name, 2*time.Minute)
-	if err := syscall.Kill(st.QEMUPID, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	code := waitExit(t, cmd, out, time.Minute)
-	if code == 0 || !strings.Contains(out.String(), "qemu exited unexpectedly") {
-		t.Fatalf("exit %d after QEMU was killed; output:\n%s", code, tail(out.Bytes()))
-	}
-	if _, err := os.Stat(filepath.Join(env.runtimeDir, name)); !os.IsNotExist(err) {
-		t.Fatalf("runtime directory survives: %v", err)
 	}
 }
 
@@ -258,8 +276,15 @@ func TestKill9LeavesNothingAndIsCleaned(t *testing.T) {
 	if st2.QEMUPID == st.QEMUPID {
 		t.Fatal("the restarted VM reports the old QEMU")
 	}
-	if r := gv(t, time.Minute, "stop", name, "--force"); r.code != 0 {
-		t.Fatalf("stop --force: %d %s", r.code, r.stderr)
+	// A guest that ignores the power button: stop says it had to force
+	// QEMU, and why.
+	waitReady(t, name)
+	if r := gv(t, time.Minute, "exec", name, "--", "killall", "acpid"); r.code != 0 {
+		t.Fatalf("killall acpid: %d %s", r.code, r.stderr)
+	}
+	r := gv(t, time.Minute, "stop", name, "--timeout", "2s")
+	if r.code != 0 || !strings.Contains(r.stderr, "forced: the guest did not power off within 2s of the ACPI power button") {
+		t.Fatalf("stop of a guest that ignores the power button: exit %d, stderr %q", r.code, r.stderr)
 	}
 	if code := waitExit(t, cmd2, out2, time.Minute); code != 0 {
 		t.Fatalf("run after stop --force exited %d:\n%s", code, tail(out2.Bytes()))
