@@ -149,8 +149,11 @@ func TestStatusShowsEvents(t *testing.T) {
 	printStatus(&b, &st)
 	out := b.String()
 	for _, want := range []string{
-		"events:      /s/events.jsonl (seq 900; 5000 decisions folded into 12 aggregates; kept: 5 × 16777216 bytes)",
-		"events:      3 not written to the file (last: write /s/events.jsonl: no space left on device\\x1b[2J)",
+		"events:          /s/events.jsonl\n",
+		"seq:           900 ",
+		"5000 decisions folded into 12 aggregate events",
+		"keeps 4 rotated files (at most 5 × 16777216 bytes)",
+		"3 events the file did not take (last: write /s/events.jsonl: no space left on device\\x1b[2J)",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status lacks %q:\n%s", want, out)

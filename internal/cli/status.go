@@ -6,7 +6,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -51,78 +54,242 @@ func newStatusCmd() *cobra.Command {
 	return cmd
 }
 
-// printStatus writes the text form of a VM's status. Every string is
-// escaped (termtext.Escape): names and paths are the user's, but the command
-// line, QEMU's status and whatever the guest reports may hold anything, and
-// none of it may forge a line or reach the terminal as a control sequence.
-// The --json output is not escaped.
+// printStatus writes the text form of a VM's status: every field of
+// api.Status, grouped (the VM, the guest, a stop, the policy, each gate,
+// the network, the event stream, the audit log), so that --json shows
+// nothing the text hides; TestStatusTextShowsEveryField fails on a field
+// added to api.Status and not rendered here. Empty optional fields are
+// left out.
+//
+// Every value is escaped (termtext.Escape) as it is written (statusRows):
+// names and paths are the user's, but the command line, QEMU's status and
+// whatever the guest reports may hold anything, and none of it may forge a
+// line or reach the terminal as a control sequence. The --json output is
+// not escaped.
 func printStatus(w io.Writer, st *api.Status) {
-	esc := termtext.Escape
+	r := statusRows{w: w}
+	r.top("name", st.Name)
+	r.top("state", st.State+parens("qemu: ", st.QEMUStatus))
 	guest := "booting"
 	if st.GuestReady {
-		guest = fmt.Sprintf("ready (booted in %.2fs)", st.BootSeconds)
-	}
-	fmt.Fprintf(w, "name:        %s\nstate:       %s (qemu: %s)\nguest:       %s\naccel:       %s — %s\nmachine:     %s, %dM, %d vCPU\nkernel:      %s\ninitrd:      %s\nappend:      %s\nmonitor pid: %d\nqemu pid:    %d\nstarted:     %s\nruntime dir: %s\nconsole log: %s\n",
-		esc(st.Name), esc(st.State), esc(st.QEMUStatus), guest, esc(st.Accel), esc(st.AccelReason), esc(st.Machine), st.MemMiB, st.CPUs,
-		esc(st.Kernel), esc(st.Initrd), esc(st.Append), st.MonitorPID, st.QEMUPID, st.StartedAt.Format(time.RFC3339), esc(st.RuntimeDir), esc(st.ConsoleLog))
-	if g := st.SyscallGate; g != nil {
-		per := 0.0
-		if g.Stops > 0 {
-			per = float64(g.HandleMicros) / float64(g.Stops)
+		guest = "ready"
+		if st.ReadyAt != nil {
+			guest += " at " + st.ReadyAt.Format(time.RFC3339)
 		}
-		fmt.Fprintf(w, "kernel gate: %d traps; %d stops (%d decided, %d skipped, %d fault-ins), %.0f µs handling per stop\n",
-			g.Breakpoints, g.Stops, g.Decided, g.Skipped, g.FaultIns, per)
+		guest += fmt.Sprintf(" (booted in %.2fs)", st.BootSeconds)
 	}
+	r.top("guest", guest)
+	r.top("accel", st.Accel+prefixed(" — ", st.AccelReason))
+	r.top("machine", fmt.Sprintf("%s, %dM, %d vCPU", st.Machine, st.MemMiB, st.CPUs))
+	r.top("kernel", st.Kernel)
+	r.topOpt("initrd", st.Initrd)
+	r.topOpt("append", st.Append)
+	r.top("monitor pid", strconv.Itoa(st.MonitorPID))
+	r.top("qemu pid", strconv.Itoa(st.QEMUPID))
+	r.top("started", st.StartedAt.Format(time.RFC3339))
+	r.top("runtime dir", st.RuntimeDir)
+	r.topOpt("console log", st.ConsoleLog)
+	if s := st.Stop; s != nil {
+		how := "in progress"
+		if s.Done {
+			how = "done"
+		}
+		if s.Forced {
+			how += ", forced"
+		} else {
+			how += ", not forced"
+		}
+		r.top("stop", how+prefixed(": ", s.Outcome))
+	}
+
 	if p := st.Policy; p != nil {
-		fmt.Fprintf(w, "policy:      %s (seq %d, %s)\n", esc(p.Path), p.Seq, p.Digest)
-		for _, n := range p.NotEnforced {
-			fmt.Fprintf(w, "  not enforced (advisory): %s\n", esc(n))
+		r.top("policy", joinNonEmpty(" ", p.Path, fmt.Sprintf("(seq %d, %s)", p.Seq, p.Digest)))
+		r.list("files", p.Files)
+		advisory := make([]string, len(p.NotEnforced))
+		for i, n := range p.NotEnforced {
+			advisory[i] = n + " (advisory)"
 		}
+		r.list("not enforced", advisory)
 	} else {
-		fmt.Fprintf(w, "policy:      none (every gated event is denied; the API is the owner's and root's)\n")
+		r.top("policy", "none (every gated event is denied; the API is the owner's and root's)")
 	}
+
+	shown := map[string]bool{}
 	for _, g := range st.Gates {
-		state := "not armed"
-		if g.Armed {
-			state = "armed"
-		}
-		line := fmt.Sprintf("%-6s %s", g.Name, state)
-		if g.Traps > 0 {
-			line += fmt.Sprintf(", %d traps (%d watchpoints, %d breakpoints)", g.Traps, g.Watchpoints, g.Traps-g.Watchpoints)
-		}
-		if len(g.Classes) > 0 {
-			line += " for " + strings.Join(g.Classes, ", ")
-		}
-		if g.Note != "" {
-			line += " — " + g.Note
-		}
-		fmt.Fprintf(w, "gate:        %s\n", esc(line))
-		for _, bp := range g.Breakpoints {
-			fmt.Fprintf(w, "             %s\n", esc(breakpointLine(bp)))
-		}
+		printGate(&r, &g, st)
+		shown[g.Name] = true
 	}
-	if a := st.Audit; a != nil {
-		fmt.Fprintf(w, "audit log:   %s (head %s)\n", esc(a.Log), a.Head)
+	if g := st.SyscallGate; g != nil && !shown[gateKernelName] {
+		r.top("kernel gate", "")
+		printSyscallGate(&r, g)
 	}
-	if e := st.Events; e != nil {
-		fmt.Fprintf(w, "events:      %s (seq %d; %d decisions folded into %d aggregates; kept: %d × %d bytes)\n",
-			esc(cmp.Or(e.Log, "no file")), e.Seq, e.Aggregated, e.Aggregates, e.Keep+1, e.MaxSize)
-		if e.WriteErrors+e.Oversized > 0 {
-			fmt.Fprintf(w, "events:      %d not written to the file (last: %s), %d written without their payload\n",
-				e.WriteErrors, esc(e.LastError), e.Oversized)
-		}
-	}
+
 	if n := st.Net; n != nil {
-		fmt.Fprintf(w, "network:     %s%s%s\n", esc(n.Mode), esc(prefixed(":", n.Network)), esc(prefixed(":", n.Tap)))
+		r.top("network", n.Mode+prefixed(":", n.Network)+prefixed(":", n.Tap))
+		r.sub("oversized", fmt.Sprintf("%d frames from the guest too long for the frame codec, skipped before the gate", n.OversizedFrames))
 		if g := n.Gate; g != nil {
-			fmt.Fprintf(w, "net gate:    %d new flows (%d allowed, %d denied, %d unattributed), %d frames dropped, %d resets\n",
-				g.NewFlows, g.Allowed, g.Denied, g.Unattributed, g.Dropped, g.Resets)
-			if g.Overload+g.TableFull+g.RateLimited+g.FlowLimited > 0 {
-				fmt.Fprintf(w, "net gate:    refused by the gate itself: %d over a process's rate, %d over its share of the table; dropped undecided: %d (decision queue full), %d (table full)\n",
-					g.RateLimited, g.FlowLimited, g.Overload, g.TableFull)
+			if !shown[gateNetName] {
+				printNetDecisions(&r, g)
 			}
+			r.sub("frames", fmt.Sprintf("%d through the gate: %d forwarded, %d dropped (%d malformed)", g.Frames, g.Forwarded, g.Dropped, g.Refused))
+			r.subOpt("drop reasons", counts(g.DropReasons))
+			r.sub("resets", strconv.FormatUint(g.Resets, 10)+parens("", counts(g.ResetReasons)))
+			r.sub("flows", fmt.Sprintf("%d in the table, %d waiting for a decision, %d evicted to make room; %d processes with a budget", g.Flows, g.Pending, g.Evicted, g.Subjects))
+			r.sub("gate refusals", fmt.Sprintf("%d over a process's rate, %d over its share of the table; dropped undecided: %d (decision queue full), %d (table full)",
+				g.RateLimited, g.FlowLimited, g.Overload, g.TableFull))
+			r.sub("attribution", fmt.Sprintf("%d passes, %d walks of the guest's sockets and tasks, %d µs walking", g.Passes, g.Walks, g.WalkMicros))
+		} else {
+			r.sub("gate", "none (--net-no-gate, benchmarks only)")
+		}
+		r.subOpt("nat", counts(n.NAT))
+	}
+
+	if e := st.Events; e != nil {
+		r.top("events", cmp.Or(e.Log, "no file (followers and the history only)"))
+		r.sub("retention", fmt.Sprintf("rotates before %d bytes, keeps %d rotated files (at most %d × %d bytes); %d rotations",
+			e.MaxSize, e.Keep, e.Keep+1, e.MaxSize, e.Rotations))
+		r.sub("seq", strconv.FormatUint(e.Seq, 10)+" (the last event's number)")
+		r.sub("floods", fmt.Sprintf("%d decisions folded into %d aggregate events", e.Aggregated, e.Aggregates))
+		r.sub("not written", fmt.Sprintf("%d events the file did not take%s, %d written without their payload (too long)",
+			e.WriteErrors, parens("last: ", e.LastError), e.Oversized))
+		r.sub("followers", fmt.Sprintf("%d `events -f` streams ended for falling behind", e.DroppedFollowers))
+	}
+
+	if a := st.Audit; a != nil {
+		r.top("audit log", a.Log+parens("head ", a.Head))
+	}
+}
+
+// The gates' names in api.GateStatus that have counters elsewhere in
+// api.Status.
+const (
+	gateKernelName = "kernel"
+	gateNetName    = "net"
+)
+
+// printGate writes one gate: armed or not, with what, and its counters
+// (the kernel gate's from st.SyscallGate, the network gate's decisions
+// from st.Net).
+func printGate(r *statusRows, g *api.GateStatus, st *api.Status) {
+	line := "not armed"
+	if g.Armed {
+		line = "armed"
+	}
+	if g.Traps > 0 || g.Watchpoints > 0 {
+		// The words of `policy load` (policyLoadLine).
+		line += fmt.Sprintf(", %d traps (%d watchpoints, %d breakpoints)", g.Traps, g.Watchpoints, g.Traps-g.Watchpoints)
+	}
+	if len(g.Classes) > 0 {
+		line += " for " + strings.Join(g.Classes, ", ")
+	}
+	line += prefixed(" — ", g.Note)
+	r.top(g.Name+" gate", line)
+	switch g.Name {
+	case gateKernelName:
+		if sg := st.SyscallGate; sg != nil {
+			printSyscallGate(r, sg)
+		}
+	case gateNetName:
+		if n := st.Net; n != nil && n.Gate != nil {
+			printNetDecisions(r, n.Gate)
 		}
 	}
+	for _, bp := range g.Breakpoints {
+		r.sub("trap", trapLine(bp))
+		detail := prefixed("syscall ", bp.Syscall)
+		detail = joinNonEmpty(", ", detail, prefixed("addr ", bp.Addr), prefixed("phys ", bp.PhysAddr))
+		if len(bp.Classes) > 0 {
+			detail = joinNonEmpty(", ", detail, "decides "+strings.Join(bp.Classes, ", "))
+		}
+		r.cont(detail)
+	}
+}
+
+// printNetDecisions writes the network gate's decisions by verdict.
+func printNetDecisions(r *statusRows, g *api.NetGateStats) {
+	r.sub("decisions", fmt.Sprintf("%d new flows (%d allowed, %d denied, %d unattributed)", g.NewFlows, g.Allowed, g.Denied, g.Unattributed))
+}
+
+// printSyscallGate writes the kernel gate's counters.
+func printSyscallGate(r *statusRows, g *api.SyscallGateStatus) {
+	r.sub("stops", fmt.Sprintf("%d at %d traps: %d decided, %d skipped, %d fault-ins; %d handled on a sibling vCPU", g.Stops, g.Breakpoints, g.Decided, g.Skipped, g.FaultIns, g.SiblingStops))
+	if g.Emulated > 0 {
+		r.sub("emulated", fmt.Sprintf("%d watched loads performed for a vCPU", g.Emulated))
+	}
+	per := 0.0
+	if g.Stops > 0 {
+		per = float64(g.HandleMicros) / float64(g.Stops)
+	}
+	r.sub("handling", fmt.Sprintf("%d µs with the VM stopped, %.0f µs per stop", g.HandleMicros, per))
+}
+
+// trapLine is breakpointLine (the words of `policy load`) for a trap that
+// may also be a watchpoint.
+func trapLine(bp api.Breakpoint) string {
+	s := breakpointLine(bp)
+	if bp.Watchpoint {
+		s = "watchpoint" + strings.TrimPrefix(s, "breakpoint")
+	}
+	return s
+}
+
+// statusRows writes "label: value" rows, values aligned, every value escaped.
+type statusRows struct{ w io.Writer }
+
+const statusLabelWidth = 17
+
+func (r *statusRows) row(indent, label, value string) {
+	label = termtext.Escape(label) + ":"
+	if value == "" {
+		fmt.Fprintf(r.w, "%s%s\n", indent, label)
+		return
+	}
+	fmt.Fprintf(r.w, "%s%-*s %s\n", indent, statusLabelWidth-len(indent)-1, label, termtext.Escape(value))
+}
+
+// top writes a group's first row, sub a row of the group.
+func (r *statusRows) top(label, value string) { r.row("", label, value) }
+func (r *statusRows) sub(label, value string) { r.row("  ", label, value) }
+
+// topOpt and subOpt leave out an empty value.
+func (r *statusRows) topOpt(label, value string) {
+	if value != "" {
+		r.top(label, value)
+	}
+}
+
+func (r *statusRows) subOpt(label, value string) {
+	if value != "" {
+		r.sub(label, value)
+	}
+}
+
+// cont continues the row above (nothing when value is empty).
+func (r *statusRows) cont(value string) {
+	if value != "" {
+		fmt.Fprintf(r.w, "%*s%s\n", statusLabelWidth, "", termtext.Escape(value))
+	}
+}
+
+// list writes one sub row per item, the label on the first.
+func (r *statusRows) list(label string, items []string) {
+	for i, it := range items {
+		if i == 0 {
+			r.sub(label, it)
+		} else {
+			r.cont(it)
+		}
+	}
+}
+
+// counts is "k1 n1, k2 n2" in key order ("" for none).
+func counts(m map[string]uint64) string {
+	keys := slices.Sorted(maps.Keys(m))
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s %d", k, m[k])
+	}
+	return strings.Join(parts, ", ")
 }
 
 func prefixed(p, s string) string {
@@ -130,6 +297,24 @@ func prefixed(p, s string) string {
 		return ""
 	}
 	return p + s
+}
+
+// parens is " (p+s)", or "" when s is empty.
+func parens(p, s string) string {
+	if s == "" {
+		return ""
+	}
+	return " (" + p + s + ")"
+}
+
+func joinNonEmpty(sep string, parts ...string) string {
+	var out []string
+	for _, p := range parts {
+		if p != "" {
+			out = append(out, p)
+		}
+	}
+	return strings.Join(out, sep)
 }
 
 // waitStatus returns the status, polling until the guest is ready when wait > 0.
