@@ -61,6 +61,8 @@ type Status struct {
 	Audit *AuditStatus `json:"audit,omitempty"`
 	// Events is the event stream: its file, retention and counters.
 	Events *EventsStatus `json:"events,omitempty"`
+	// IDS is the periodic scan's state.
+	IDS *IDSStatus `json:"ids,omitempty"`
 	// Stop is how a requested stop went (nil until one is requested).
 	Stop *StopStatus `json:"stop,omitempty"`
 }
@@ -93,7 +95,34 @@ type EventsStatus struct {
 // that verifies up to this head has lost or changed nothing before it.
 type AuditStatus struct {
 	Log  string `json:"log"`
-	Head string `json:"head"`
+	Head string `json:"head"` // N:HASH, the chain's last record
+	// Records is the chain's length (every session's, rotated files
+	// included); LastRecordAt when this monitor last wrote one.
+	Records      uint64     `json:"records"`
+	LastRecordAt *time.Time `json:"last_record_at,omitempty"`
+	// Bytes and Files are what the log and its rotated files hold.
+	Bytes int64 `json:"bytes"`
+	Files int   `json:"files"`
+}
+
+// IDSStatus is the periodic IDS scan (run --ids-interval).
+type IDSStatus struct {
+	// IntervalSeconds is the time between scans; 0: no periodic scan.
+	IntervalSeconds float64 `json:"interval_seconds"`
+	Scans           uint64  `json:"scans"`       // scans completed
+	ScanErrors      uint64  `json:"scan_errors"` // scans that could not run
+	// LastScanAt, LastScanMillis: when the last scan ended, and its time.
+	LastScanAt     *time.Time `json:"last_scan_at,omitempty"`
+	LastScanMillis float64    `json:"last_scan_ms,omitempty"`
+	LastError      string     `json:"last_error,omitempty"`
+	// Findings of the last scan's integrity checks, by severity.
+	Findings map[string]int `json:"findings,omitempty"`
+	// NotChecked are the last scan's checks that could not look (and why):
+	// a clean scan with a check here is not a clean guest.
+	NotChecked []string `json:"not_checked,omitempty"`
+	// Unread are the views (processes, modules, sockets) the last scan
+	// could not read in full, with why.
+	Unread map[string]string `json:"unread,omitempty"`
 }
 
 // PolicyStatus is the policy snapshot in force: what every gate enforces.
@@ -119,6 +148,9 @@ type GateStatus struct {
 	Breakpoints []Breakpoint `json:"breakpoints,omitempty"`
 	Classes     []string     `json:"classes,omitempty"` // event classes it decides
 	Note        string       `json:"note,omitempty"`    // why it is not armed, when it is not
+	// Decisions counts the gate's decisions by verdict (allow, alert,
+	// deny, kill) since the VM started.
+	Decisions map[string]uint64 `json:"decisions,omitempty"`
 }
 
 // SyscallGateStatus is the syscall gate's breakpoints and counters. Every

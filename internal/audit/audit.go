@@ -173,7 +173,8 @@ type Log struct {
 	n         uint64   // last record's number
 	head      string   // hash of the last record's line; "" before the first
 	repaired  int64
-	nearArmed bool // OnNearLimit fires when retained reaches 80%
+	nearArmed bool      // OnNearLimit fires when retained reaches 80%
+	lastWrite time.Time // when this process last wrote a record
 
 	// While AppendBatch writes, batch is set: decision records are not
 	// fsynced one by one, and durable is the state after the last record
@@ -340,6 +341,22 @@ func (l *Log) Head() (n uint64, hash string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.n, l.head
+}
+
+// Stats is what an operator asks of an open log.
+type Stats struct {
+	Records   uint64    // the chain's length: the last record's number
+	Head      string    // the last record's line hash
+	LastWrite time.Time // when this process last wrote a record (zero before)
+	Bytes     int64     // in the current and the rotated files
+	Files     int       // the current file and the rotated ones
+}
+
+// Stats returns the log's counters.
+func (l *Log) Stats() Stats {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return Stats{Records: l.n, Head: l.head, LastWrite: l.lastWrite, Bytes: l.retained, Files: l.rotated + 1}
 }
 
 // Append assigns r.N and r.Prev, writes r as one line and, with SyncEvery,
@@ -579,6 +596,7 @@ func (l *Log) writeLine(line []byte, chain bool, ev *[]NearLimit) error {
 	l.retained += int64(n)
 	l.n++
 	l.head = hashLine(line[:len(line)-1])
+	l.lastWrite = time.Now()
 	if l.batch && chain {
 		l.durable = l.state()
 	}

@@ -155,9 +155,54 @@ func printStatus(w io.Writer, st *api.Status) {
 		r.sub("followers", fmt.Sprintf("%d `events -f` streams ended for falling behind", e.DroppedFollowers))
 	}
 
+	if d := st.IDS; d != nil {
+		printScanStatus(&r, d)
+	}
+
 	if a := st.Audit; a != nil {
 		r.top("audit log", a.Log+parens("head ", a.Head))
+		last := "none written by this monitor yet"
+		if a.LastRecordAt != nil {
+			last = "last written " + a.LastRecordAt.Format(time.RFC3339)
+		}
+		r.sub("records", fmt.Sprintf("%d in the chain (%s); %d bytes in %d files", a.Records, last, a.Bytes, a.Files))
 	}
+}
+
+// printScanStatus writes the periodic IDS scan: what it last saw, and what it
+// could not look at (a scan that could not look is not a clean one).
+func printScanStatus(r *statusRows, d *api.IDSStatus) {
+	if d.IntervalSeconds <= 0 {
+		r.top("ids", "no periodic scan (run --ids-interval 5s scans and reports to 'gatevisor events'; 'gatevisor ids check' scans once)")
+	} else {
+		r.top("ids", fmt.Sprintf("a scan every %gs", d.IntervalSeconds))
+	}
+	if d.Scans == 0 && d.ScanErrors == 0 && d.LastScanAt == nil {
+		return
+	}
+	r.sub("scans", fmt.Sprintf("%d done, %d failed", d.Scans, d.ScanErrors))
+	if d.LastScanAt != nil {
+		r.sub("last scan", fmt.Sprintf("%s, took %g ms", d.LastScanAt.Format(time.RFC3339), d.LastScanMillis))
+	}
+	r.subOpt("last error", d.LastError)
+	found := "none"
+	if len(d.Findings) > 0 {
+		var n int
+		for _, c := range d.Findings {
+			n += c
+		}
+		found = fmt.Sprintf("%d (%s)", n, countsInt(d.Findings))
+	}
+	if len(d.NotChecked) > 0 || len(d.Unread) > 0 {
+		found += " — incomplete: the scan could not look everywhere"
+	}
+	r.sub("findings", found)
+	r.list("not checked", d.NotChecked)
+	unread := make([]string, 0, len(d.Unread))
+	for _, v := range slices.Sorted(maps.Keys(d.Unread)) {
+		unread = append(unread, v+": "+d.Unread[v])
+	}
+	r.list("not read", unread)
 }
 
 // The gates' names in api.GateStatus that have counters elsewhere in
@@ -184,6 +229,12 @@ func printGate(r *statusRows, g *api.GateStatus, st *api.Status) {
 	}
 	line += prefixed(" — ", g.Note)
 	r.top(g.Name+" gate", line)
+	switch {
+	case len(g.Decisions) > 0:
+		r.sub("verdicts", counts(g.Decisions))
+	case g.Armed:
+		r.sub("verdicts", "none yet")
+	}
 	switch g.Name {
 	case gateKernelName:
 		if sg := st.SyscallGate; sg != nil {
@@ -280,6 +331,15 @@ func (r *statusRows) list(label string, items []string) {
 			r.cont(it)
 		}
 	}
+}
+
+// countsInt is counts for int counts.
+func countsInt(m map[string]int) string {
+	c := make(map[string]uint64, len(m))
+	for k, v := range m {
+		c[k] = uint64(v)
+	}
+	return counts(c)
 }
 
 // counts is "k1 n1, k2 n2" in key order ("" for none).

@@ -20,6 +20,7 @@ import (
 func fullStatus() api.Status {
 	started := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	ready := started.Add(1500 * time.Millisecond)
+	lastRecord, lastScan := started.Add(time.Minute), started.Add(2*time.Minute)
 	return api.Status{
 		Name: "cam4", State: "stopping", QEMUStatus: "running", GuestReady: true,
 		MonitorPID: 4242, QEMUPID: 4243, Accel: "kvm", AccelReason: "/dev/kvm is usable",
@@ -44,11 +45,16 @@ func fullStatus() api.Status {
 			{Name: "kernel", Armed: true, Traps: 3, Watchpoints: 2, Classes: []string{"exec", "file"},
 				Breakpoints: []api.Breakpoint{{Symbol: "__x64_sys_ptrace", Site: "do_syscall_64+0x5b", Syscall: "ptrace",
 					Addr: "0xffffffff81001234", PhysAddr: "0x1001234", Classes: []string{"syscall"},
-					Rules: []string{"rule ptrace_attach (p.policy:75:3)"}, Cost: "a stop per ptrace call"}}},
-			{Name: "net", Armed: true, Classes: []string{"net"}},
-			{Name: "api", Armed: true, Classes: []string{"api"}, Note: "the socket is not reachable by other users: the policy decides for the owner and root"},
+					Rules: []string{"rule ptrace_attach (p.policy:75:3)"}, Cost: "a stop per ptrace call"}},
+				Decisions: map[string]uint64{"allow": 90, "deny": 8, "kill": 2}},
+			{Name: "net", Armed: true, Classes: []string{"net"}, Decisions: map[string]uint64{"allow": 31, "deny": 8}},
+			{Name: "api", Armed: true, Classes: []string{"api"}, Note: "the socket is not reachable by other users: the policy decides for the owner and root",
+				Decisions: map[string]uint64{"allow": 12}},
 		},
-		Audit: &api.AuditStatus{Log: "/s/cam4/audit.jsonl", Head: "57:9c0e"},
+		Audit: &api.AuditStatus{Log: "/s/cam4/audit.jsonl", Head: "57:9c0e", Records: 57, LastRecordAt: &lastRecord, Bytes: 20480, Files: 2},
+		IDS: &api.IDSStatus{IntervalSeconds: 5, Scans: 40, ScanErrors: 1, LastScanAt: &lastScan, LastScanMillis: 42.5,
+			LastError: "", Findings: map[string]int{"high": 1, "medium": 2},
+			NotChecked: []string{"syscall-table: the table is not readable"}, Unread: map[string]string{"sockets": "2 entries skipped"}},
 		Events: &api.EventsStatus{Log: "/s/cam4/events.jsonl", MaxSize: 10 << 20, Keep: 3, Seq: 1234,
 			Aggregated: 500, Aggregates: 4, Rotations: 2, WriteErrors: 1, LastError: "write: no space left on device",
 			Oversized: 2, DroppedFollowers: 1},

@@ -3,6 +3,9 @@ package monitor
 import (
 	"context"
 	"io"
+	"maps"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/gatevisor/gatevisor/internal/api"
@@ -48,8 +51,10 @@ func (m *Monitor) watch(interval time.Duration) {
 	}
 	var prev *ids.Snapshot
 	for {
+		began := time.Now()
 		cur, err := m.snapshot()
 		now := time.Now().UTC()
+		m.scans.record(cur, err, now, now.Sub(began))
 		if err != nil {
 			m.events.publish(monitoring.Point{Time: now, VM: m.cfg.Name, Kind: monitoring.ScanError, Error: err.Error()})
 		} else {
@@ -99,4 +104,63 @@ func (m *Monitor) publishNotice(k monitoring.Kind, detail string) {
 // publishDecision records a kernel-gate decision on the event stream.
 func (m *Monitor) publishDecision(d gate.Decided) {
 	m.events.publish(monitoring.FromDecision(m.cfg.Name, &d.Event, d.Decision.Verdict.String(), d.Decision.Errno, d.Decision.Rule, d.Decision.Reason, d.ReadErr))
+}
+
+// scanState is what status shows of the periodic IDS scan.
+type scanState struct {
+	mu       sync.Mutex
+	interval time.Duration
+	st       api.IDSStatus // without IntervalSeconds
+}
+
+// record notes a scan that ended at end after took, with its snapshot or
+// why it could not run.
+func (s *scanState) record(cur *ids.Snapshot, err error, end time.Time, took time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	at := end
+	s.st.LastScanAt, s.st.LastScanMillis = &at, float64(took.Microseconds())/1000
+	s.st.Findings, s.st.NotChecked, s.st.Unread = nil, nil, nil
+	if err != nil {
+		s.st.ScanErrors++
+		s.st.LastError = err.Error()
+		return
+	}
+	s.st.Scans++
+	s.st.LastError = ""
+	if r := cur.Report; r != nil {
+		for _, f := range r.Findings {
+			if s.st.Findings == nil {
+				s.st.Findings = map[string]int{}
+			}
+			s.st.Findings[f.Severity]++
+		}
+		for _, c := range r.Checks {
+			if !c.Ran && c.NotApplicable == "" {
+				why := c.Error
+				if why == "" {
+					why = "did not run"
+				}
+				s.st.NotChecked = append(s.st.NotChecked, c.Name+": "+why)
+			}
+		}
+	}
+	for view, why := range cur.Errors {
+		if s.st.Unread == nil {
+			s.st.Unread = map[string]string{}
+		}
+		s.st.Unread[view] = why
+	}
+}
+
+// status returns the scan's state.
+func (s *scanState) status() *api.IDSStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.st
+	st.IntervalSeconds = s.interval.Seconds()
+	st.Findings = maps.Clone(s.st.Findings)
+	st.NotChecked = slices.Clone(s.st.NotChecked)
+	st.Unread = maps.Clone(s.st.Unread)
+	return &st
 }

@@ -288,7 +288,7 @@ func (m *Monitor) locateForGate(ctx context.Context) error {
 		as := *k.AS
 		as.Cache = nil
 		k.AS = &as
-		g, err := gate.New(&k, m.pol.sec)
+		g, err := gate.New(&k, countingServer{m.pol.sec, &m.pol.kernelVerdicts})
 		if err != nil {
 			return err
 		}

@@ -122,6 +122,7 @@ type Monitor struct {
 	intro   introspection
 	dbg     *debugger     // owns the gdbstub's run state (debugger.go)
 	pol     policyState   // the policy in force, its security server and audit log (policy.go)
+	scans   scanState     // the periodic IDS scan, for status (events.go)
 	kg      kernelGate    // the kernel gate's traps (kernelgate.go)
 	net     *netState     // nil without --net
 	done    chan struct{} // closed when the VM is over and cleaned up
@@ -293,6 +294,9 @@ func (m *Monitor) Run(ctx context.Context) error {
 	m.setState(api.StateRunning)
 	go m.supervise()
 	if m.cfg.IDSInterval > 0 {
+		m.scans.mu.Lock()
+		m.scans.interval = m.cfg.IDSInterval
+		m.scans.mu.Unlock()
 		go m.watch(m.cfg.IDSInterval)
 	}
 	if m.kernelNeeded(m.pol.snap.Load()) {
@@ -664,9 +668,15 @@ func (m *Monitor) Status(ctx context.Context) api.Status {
 		st.Gates = m.gatesStatus()
 	}
 	if m.pol.log != nil {
-		n, h := m.pol.log.Head()
-		st.Audit = &api.AuditStatus{Log: m.pol.log.Path(), Head: fmt.Sprintf("%d:%s", n, h)}
+		a := m.pol.log.Stats()
+		st.Audit = &api.AuditStatus{Log: m.pol.log.Path(), Head: fmt.Sprintf("%d:%s", a.Records, a.Head), Records: a.Records,
+			Bytes: a.Bytes, Files: a.Files}
+		if !a.LastWrite.IsZero() {
+			t := a.LastWrite.UTC()
+			st.Audit.LastRecordAt = &t
+		}
 	}
+	st.IDS = m.scans.status()
 	if m.events != nil {
 		st.Events = m.events.status()
 	}

@@ -208,7 +208,7 @@ func (m *Monitor) startNet(qcfg *qemu.Config) error {
 		case o.Mode == NetTap:
 			m.logf("tap %s: the network gate lets out only the guest's addresses %v", o.TapIf, src.Static)
 		}
-		ns.gate = gatenet.New(gatenet.Config{Decider: sec, Seq: sec.Seq, Attributor: ns.attr, GuestMAC: mac, Source: src,
+		ns.gate = gatenet.New(gatenet.Config{Decider: countingServer{sec, &m.pol.netVerdicts}, Seq: sec.Seq, Attributor: ns.attr, GuestMAC: mac, Source: src,
 			Logf: m.logf, ToNet: toNet, ToGuest: toGuest, OnDecision: m.onNetDecision})
 		fromNet = ns.gate.Ingress
 	}

@@ -47,6 +47,8 @@ type policyState struct {
 	// advisory are the problems of the policy in force that its advisory
 	// classes excuse: statements accepted but not enforced.
 	advisory atomic.Pointer[[]string]
+	// Each gate's decisions by verdict.
+	kernelVerdicts, netVerdicts, apiVerdicts verdictCounts
 }
 
 // testFailApply names a gate whose apply step fails, for the tests of the
@@ -352,6 +354,7 @@ func (m *Monitor) authorize(_ context.Context, c api.Caller, action string) erro
 	}
 	ev := event.Event{Class: event.ClassAPI, Op: action, Subject: event.Subject{PID: c.PID, UID: c.UID, GID: c.GID}, Time: time.Now().UTC()}
 	d := m.pol.sec.Decide(&ev)
+	m.pol.apiVerdicts.add(d)
 	if d.Allows() {
 		return nil
 	}
@@ -411,8 +414,10 @@ func (m *Monitor) gatesStatus() []api.GateStatus {
 	case !k.Armed:
 		k.Note = "the policy needs no kernel traps"
 	}
+	k.Decisions = m.pol.kernelVerdicts.snapshot()
 	out = append(out, k)
-	n := api.GateStatus{Name: gateNet, Armed: m.net != nil && m.net.gate != nil, Classes: []string{"net"}}
+	n := api.GateStatus{Name: gateNet, Armed: m.net != nil && m.net.gate != nil, Classes: []string{"net"},
+		Decisions: m.pol.netVerdicts.snapshot()}
 	if !n.Armed {
 		n.Note = "no --net"
 		if m.net != nil {
@@ -420,7 +425,7 @@ func (m *Monitor) gatesStatus() []api.GateStatus {
 		}
 	}
 	out = append(out, n)
-	a := api.GateStatus{Name: gateAPI, Armed: snap != nil, Classes: []string{"api"}}
+	a := api.GateStatus{Name: gateAPI, Armed: snap != nil, Classes: []string{"api"}, Decisions: m.pol.apiVerdicts.snapshot()}
 	switch {
 	case snap == nil:
 		a.Note = "no policy: the owner and root only"

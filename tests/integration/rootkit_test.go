@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/gatevisor/gatevisor/internal/api"
 	"github.com/gatevisor/gatevisor/internal/ids"
+	"github.com/gatevisor/gatevisor/internal/testvm"
 	"github.com/gatevisor/gatevisor/internal/vmi"
 	"github.com/gatevisor/gatevisor/internal/vmi/linux"
 )
@@ -284,6 +286,31 @@ func TestSimulatedRootkits(t *testing.T) {
 		if mcode != 1 || !hidden {
 			t.Errorf("ids modules with evdev unlinked: exit %d, evdev not flagged hidden in %+v", mcode, listing)
 		}
+	})
+
+	t.Run("status shows the periodic scan", func(t *testing.T) {
+		slot := syscallSlot(t, k, "__x64_sys_ni_syscall")
+		g.writeU64(t, slot.SlotPhys, 0xffffffffc0001000)
+		defer g.writeU64(t, slot.SlotPhys, slot.Addr)
+		testvm.Eventually(t, time.Minute, "a periodic scan's finding in status", func() error {
+			st := status(t, vm)
+			if st.IDS == nil || st.IDS.IntervalSeconds != 1 || st.IDS.Scans == 0 || len(st.IDS.Findings) == 0 {
+				return fmt.Errorf("ids status %+v", st.IDS)
+			}
+			return nil
+		})
+		text := gv(t, time.Minute, "status", vm)
+		if !regexp.MustCompile(`(?m)^ids: +a scan every 1s$`).MatchString(text.stdout) ||
+			!regexp.MustCompile(`(?m)^  findings: +[1-9][0-9]* \(`).MatchString(text.stdout) {
+			t.Errorf("plain status does not show the scan and its findings:\n%s", text.stdout)
+		}
+		g.writeU64(t, slot.SlotPhys, slot.Addr)
+		testvm.Eventually(t, time.Minute, "a clean periodic scan in status", func() error {
+			if st := status(t, vm); st.IDS == nil || len(st.IDS.Findings) != 0 {
+				return fmt.Errorf("ids status %+v", st.IDS)
+			}
+			return nil
+		})
 	})
 
 	t.Run("inline patch", func(t *testing.T) {

@@ -473,6 +473,20 @@ syscall default: allow
 		if r := gv(t, time.Minute, "status", vm); !strings.Contains(r.stdout, "kernel gate:") || !strings.Contains(r.stdout, "stops") {
 			t.Errorf("status text: %q", r.stdout)
 		}
+		// Earlier subtests were denied (shadow) and allowed (the cat):
+		// the kernel gate's verdicts count both, as do the API's.
+		var kernel, apiGate api.GateStatus
+		for _, g := range status(t, vm).Gates {
+			switch g.Name {
+			case "kernel":
+				kernel = g
+			case "api":
+				apiGate = g
+			}
+		}
+		if kernel.Decisions["allow"] == 0 || kernel.Decisions["deny"] == 0 || apiGate.Decisions["allow"] == 0 {
+			t.Errorf("verdict counts: kernel gate %v, api gate %v; want allows and denies", kernel.Decisions, apiGate.Decisions)
+		}
 	})
 	t.Run("process-scoped rule", func(t *testing.T) {
 		p := writePolicy(t, dir, "only-me.policy", openBase+`# Only /tmp/busybox-only-me may not read /etc/hostname.
