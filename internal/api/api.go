@@ -247,6 +247,40 @@ type ExecRequest struct {
 	TimeoutSeconds int      `json:"timeout_seconds,omitempty"`
 }
 
+// ProcRequest names the guest process a proc action acts on.
+type ProcRequest struct {
+	PID int `json:"pid"`
+	// Start, when set, is the process's start time (start_ns in ids ps):
+	// the action is refused if the pid is now another process's.
+	Start uint64 `json:"start_ns,omitempty"`
+}
+
+// ProcResult is what a proc action did, confirmed in guest memory.
+type ProcResult struct {
+	Action string `json:"action"`
+	PID    int    `json:"pid"`
+	Start  uint64 `json:"start_ns"`
+	Comm   string `json:"comm"`
+	Exe    string `json:"exe,omitempty"`
+	// Signal is the signal the kernel was made to send ("" for thaw of a
+	// process gatevisor had not stopped).
+	Signal string `json:"signal,omitempty"`
+	// StateBefore and StateAfter are ps's state letters (StateAfter
+	// "gone" once the process is reaped).
+	StateBefore string `json:"state_before"`
+	StateAfter  string `json:"state_after"`
+	// Frozen says gatevisor now keeps the process stopped (freeze) until
+	// a thaw.
+	Frozen bool `json:"frozen"`
+	// Outcome says what happened, in a sentence.
+	Outcome string `json:"outcome"`
+	// SafePointMillis is the wait for a vCPU at a safe point, CallMicros
+	// the kernel call, TookMillis the whole action up to the state seen.
+	SafePointMillis float64 `json:"safe_point_ms"`
+	CallMicros      float64 `json:"call_us"`
+	TookMillis      float64 `json:"took_ms"`
+}
+
 // ExecResult is a finished guest command.
 type ExecResult struct {
 	ExitCode int    `json:"exit_code"`
@@ -307,6 +341,7 @@ const (
 	MaxStopTimeout     = 600
 	MaxConsoleReplay   = 64 << 10
 	MaxVCPU            = 63
+	MaxPID             = 4194304 // PID_MAX_LIMIT on 64-bit Linux
 	ConsoleUpgrade     = "gatevisor-console"
 	DefaultExecTimeout = 30
 )

@@ -32,6 +32,7 @@ var Endpoints = []Endpoint{
 	{Method: "POST", Path: "/v1/dump", Action: "vm.dump"},
 	{Method: "GET", Path: "/v1/events", Action: "vm.events"},
 	{Method: "POST", Path: "/v1/policy", Action: "policy.load"},
+	{Method: "POST", Path: "/v1/proc/{action}", Action: "proc.", Param: "action", Values: ProcActions, What: "process action"},
 }
 
 // SpecAction is the endpoint's action as openapi.yaml writes it in
@@ -58,6 +59,9 @@ func Actions() []string {
 	}
 	return out
 }
+
+// ProcActions are what the monitor can do to a guest process from below.
+var ProcActions = []string{"stop", "cont", "kill", "freeze", "thaw"}
 
 // IDSQueries are the introspection queries the API answers.
 var IDSQueries = []string{"banner", "syscalls", "ps", "threads", "args", "env", "files", "modules", "sockets", "hooks", "check"}

@@ -33,4 +33,7 @@ type VM interface {
 	// LoadPolicy replaces the security policy and moves the syscall gate's
 	// breakpoints; on error the policy in force stays.
 	LoadPolicy(ctx context.Context, req PolicyRequest) (PolicyResult, error)
+	// Proc does action (one of ProcActions) to a guest process from below,
+	// and returns once guest memory shows it done.
+	Proc(ctx context.Context, action string, req ProcRequest) (ProcResult, error)
 }

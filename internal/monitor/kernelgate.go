@@ -592,11 +592,19 @@ func (m *Monitor) onTrap(ctx context.Context, c *gdbrsp.Client, sr gdbrsp.StopRe
 		}
 		return true, err
 	}
+	// A kernel call's stop (inject.go); the other vCPUs are still looked
+	// at below: a watched load another vCPU made meanwhile is not
+	// reported again.
+	callStop, err := m.onCallStop(ctx, c, sr.Thread)
+	if err != nil {
+		return true, err
+	}
 	g := m.kg.cur.load()
 	if g == nil {
-		return false, nil
+		return callStop, nil
 	}
 	ours, err := m.trapVCPU(ctx, c, g, sr.Thread, true)
+	ours = ours || callStop
 	if err != nil || m.cfg.CPUs < 2 {
 		return ours, err
 	}

@@ -123,6 +123,8 @@ type Monitor struct {
 	dbg     *debugger     // owns the gdbstub's run state (debugger.go)
 	pol     policyState   // the policy in force, its security server and audit log (policy.go)
 	scans   scanState     // the periodic IDS scan, for status (events.go)
+	inj     injector      // kernel calls from below (inject.go)
+	frozen  freezer       // processes kept stopped (proc.go)
 	kg      kernelGate    // the kernel gate's traps (kernelgate.go)
 	net     *netState     // nil without --net
 	done    chan struct{} // closed when the VM is over and cleaned up

@@ -69,6 +69,9 @@ const (
 	// files (the stream's own points stay in its history and reach
 	// followers).
 	EventsNotice Kind = "events"
+	// ProcNotice: a process action from below (gatevisor proc), or a
+	// frozen process resumed in the guest and stopped again.
+	ProcNotice Kind = "proc"
 )
 
 // Point is one monitoring point: when, in which VM, of what kind, and the

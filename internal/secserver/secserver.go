@@ -437,6 +437,27 @@ func (s *Server) GateFailure(ev *event.Event, rule, reason string, errno int32) 
 	return s.failClosedErrno(ev, rule, reason, errno)
 }
 
+// Record writes an audit record of an action the monitor takes (a
+// response, an operator's command on a guest process) with d's verdict,
+// rule and reason, durably, before the action takes effect: an error means
+// the action must not be taken.
+func (s *Server) Record(ev *event.Event, d Decision) error {
+	if ev == nil {
+		return errors.New("secserver: record: no event")
+	}
+	if err := ev.Validate(); err != nil {
+		return fmt.Errorf("secserver: record: %w", err)
+	}
+	if d.Seq == 0 {
+		d.Seq = s.Seq()
+	}
+	if err := s.recordNoPanic(ev, &d); err != nil {
+		s.auditErrors.Add(1)
+		return fmt.Errorf("secserver: record: %w", err)
+	}
+	return nil
+}
+
 func (s *Server) failClosedErrno(ev *event.Event, rule, reason string, errno int32) Decision {
 	s.denies.Add(1)
 	d := Decision{Verdict: Deny, Errno: errno, Rule: rule, Reason: reason, Seq: s.Seq()}

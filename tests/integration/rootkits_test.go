@@ -540,6 +540,33 @@ func rkTechniques() []rkTechnique {
 					return rkKill(t, vm, ppid, pid) && rkRmmod(t, vm, "rk_root")
 				}}
 		}},
+		{mod: "rk_protect", expected: ids.CheckDispatch, load: func(t *testing.T, vm string) *rkCase {
+			startMarked(t, vm, "gv-rk-protected")
+			pid, _ := rkPID(t, vm, "gv-rk-protected")
+			if pid == 0 {
+				t.Fatal("gv-rk-protected did not start")
+			}
+			loaded := rkInsmod(t, vm, "rk_protect", fmt.Sprintf("pid=%d", pid))
+			// The guest's own kill cannot reach it, not even as root.
+			if out := rkSh(t, vm, fmt.Sprintf("kill -STOP %d; kill -9 %d; sleep 0.3; test -d /proc/%d && echo alive || true", pid, pid, pid)); !strings.Contains(out, "alive") {
+				t.Errorf("rk_protect did not protect process %d from the guest's kill:\n%s", pid, out)
+			}
+			if n := rkParam(t, vm, "rk_protect", "refused"); n < 2 {
+				t.Errorf("rk_protect refused %d kills, want 2", n)
+			}
+			// gatevisor needs no kill syscall: the kernel signals it from a
+			// timer interrupt.
+			if r := gv(t, time.Minute, "proc", "stop", vm, strconv.Itoa(pid)); r.code != 0 || !strings.Contains(r.stdout, "-> T") {
+				t.Errorf("proc stop of the protected process: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+			}
+			if r := gv(t, time.Minute, "proc", "kill", vm, strconv.Itoa(pid)); r.code != 0 {
+				t.Errorf("proc kill of the protected process: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+			}
+			if p, _ := rkPID(t, vm, "gv-rk-protected"); p != 0 {
+				t.Errorf("the protected process %d survives gatevisor proc kill", pid)
+			}
+			return simple("rk_protect", []rkWant{rkCheck(ids.CheckDispatch, "rk_protect+0x", "62")}, true)(t, vm, loaded)
+		}},
 		{mod: "rk_ftrace", expected: ids.CheckFtrace, load: func(t *testing.T, vm string) *rkCase {
 			loaded := rkInsmod(t, vm, "rk_ftrace")
 			rkSh(t, vm, "ls / >/dev/null")

@@ -250,6 +250,13 @@ func (c *Client) LoadPolicy(ctx context.Context, req api.PolicyRequest) (api.Pol
 	return res, err
 }
 
+// Proc does action (stop, cont, kill, freeze, thaw) to a guest process.
+func (c *Client) Proc(ctx context.Context, action string, req api.ProcRequest) (api.ProcResult, error) {
+	var res api.ProcResult
+	err := c.do(ctx, http.MethodPost, "/v1/proc/"+url.PathEscape(action), req, &res)
+	return res, err
+}
+
 // bufferedConn is a console connection whose first bytes are already in a
 // reader.
 type bufferedConn struct {

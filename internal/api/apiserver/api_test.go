@@ -85,6 +85,16 @@ func (f *fakeVM) Registers(_ context.Context, vcpu int) (api.Registers, error) {
 	}
 	return api.Registers{VCPU: 0, Registers: map[string]string{"rip": "0xffffffff81000000", "cr3": "0x1000"}}, nil
 }
+func (f *fakeVM) Proc(_ context.Context, action string, r api.ProcRequest) (api.ProcResult, error) {
+	f.called("Proc")
+	if r.PID == 404 {
+		return api.ProcResult{}, &api.Error{Code: api.CodeNotFound, Message: "no process 404 in the guest (see 'gatevisor ids ps')"}
+	}
+	sig := map[string]string{"stop": "SIGSTOP", "freeze": "SIGSTOP", "kill": "SIGKILL", "cont": "SIGCONT", "thaw": "SIGCONT"}[action]
+	return api.ProcResult{Action: action, PID: r.PID, Start: 5, Comm: "yes", Exe: "/bin/busybox", Signal: sig, StateBefore: "R",
+		StateAfter: "T", Frozen: action == "freeze", Outcome: "sent", SafePointMillis: 1, CallMicros: 2, TookMillis: 3}, nil
+}
+
 func (f *fakeVM) LoadPolicy(_ context.Context, r api.PolicyRequest) (api.PolicyResult, error) {
 	f.called("LoadPolicy")
 	if strings.Contains(r.Source, "bad") {
@@ -249,6 +259,12 @@ func TestEndpointsMatchSpec(t *testing.T) {
 		{"policy load", "POST", "/v1/policy", `{"path":"/p/seed.policy","source":"open default: allow"}`, true, 200, `"__x64_sys_openat"`},
 		{"policy rejected", "POST", "/v1/policy", `{"path":"/p/x.policy","source":"bad"}`, true, 400, "stays"},
 		{"policy relative", "POST", "/v1/policy", `{"path":"x.policy","source":""}`, false, 400, "absolute"},
+		{"proc stop", "POST", "/v1/proc/stop", `{"pid":42}`, true, 200, `"signal":"SIGSTOP"`},
+		{"proc freeze", "POST", "/v1/proc/freeze", `{"pid":42,"start_ns":5}`, true, 200, `"frozen":true`},
+		{"proc unknown action", "POST", "/v1/proc/pause", `{"pid":42}`, false, 404, "unknown process action"},
+		{"proc pid 0", "POST", "/v1/proc/kill", `{"pid":0}`, false, 400, "use a process id from 1"},
+		{"proc no such pid", "POST", "/v1/proc/kill", `{"pid":404}`, true, 404, "no process 404"},
+		{"proc no body", "POST", "/v1/proc/kill", "", false, 400, "body is empty"},
 		{"events bad follow", "GET", "/v1/events?follow=maybe", "", false, 400, "true or false"},
 		{"events page back", "GET", "/v1/events?before=500&limit=20", "", true, 200, `"type":"finding"`},
 		{"events forward, following", "GET", "/v1/events?after=0&follow=true", "", true, 200, `"type":"finding"`},

@@ -32,7 +32,7 @@ func TestActions(t *testing.T) {
 	want := []string{"vm.status", "vm.stop", "vm.exec", "vm.console", "vm.registers", "vm.memory",
 		"memory.read", "memory.write",
 		"ids.banner", "ids.syscalls", "ids.ps", "ids.threads", "ids.args", "ids.env", "ids.files", "ids.modules", "ids.sockets", "ids.hooks", "ids.check",
-		"vm.dump", "vm.events", "policy.load"}
+		"vm.dump", "vm.events", "policy.load", "proc.stop", "proc.cont", "proc.kill", "proc.freeze", "proc.thaw"}
 	if diff := cmp.Diff(want, api.Actions()); diff != "" {
 		t.Errorf("api.Actions() (-want +got):\n%s", diff)
 	}
@@ -132,6 +132,9 @@ var samples = map[string]sample{
 func init() {
 	for _, q := range api.IDSQueries {
 		samples["ids."+q] = sample{"GET", "/v1/ids/" + q, "", "IDS"}
+	}
+	for _, a := range api.ProcActions {
+		samples["proc."+a] = sample{"POST", "/v1/proc/" + a, `{"pid":42}`, "Proc"}
 	}
 }
 

@@ -45,6 +45,7 @@ var handlers = map[string]func(*Server, http.ResponseWriter, *http.Request){
 	"POST /v1/dump":                   (*Server).dump,
 	"GET /v1/events":                  (*Server).events,
 	"POST /v1/policy":                 (*Server).loadPolicy,
+	"POST /v1/proc/{action}":          (*Server).proc,
 }
 
 // maxRequestBody bounds a JSON request body.
@@ -242,6 +243,23 @@ func (s *Server) stop(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusAccepted, s.vm.Status(r.Context()))
+}
+
+func (s *Server) proc(w http.ResponseWriter, r *http.Request) {
+	var req api.ProcRequest
+	if !decode(w, r, &req, false) {
+		return
+	}
+	if req.PID < 1 || req.PID > api.MaxPID {
+		badRequest(w, "pid %d: use a process id from 1 to %d (see 'gatevisor ids ps')", req.PID, api.MaxPID)
+		return
+	}
+	res, err := s.vm.Proc(r.Context(), r.PathValue("action"), req)
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
 }
 
 func (s *Server) exec(w http.ResponseWriter, r *http.Request) {

@@ -1,0 +1,229 @@
+package integration
+
+import (
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gatevisor/gatevisor/internal/api"
+	"github.com/gatevisor/gatevisor/internal/testvm"
+	"github.com/gatevisor/gatevisor/internal/vmi/linux"
+)
+
+// procStart starts script in the guest in the background and returns the
+// pid it echoes.
+func procStart(t *testing.T, vm, script string) int {
+	t.Helper()
+	r := guestSh(t, vm, script+" </dev/null >/dev/null 2>&1 & echo $!")
+	pid, err := strconv.Atoi(strings.TrimSpace(r.stdout))
+	if r.code != 0 || err != nil {
+		t.Fatalf("start %q: exit %d %q %q", script, r.code, r.stdout, r.stderr)
+	}
+	return pid
+}
+
+// guestStates returns the guest's own view of the state of every thread of
+// pid (from /proc/PID/task/*/stat), "gone" when there is no such process.
+func guestStates(t *testing.T, vm string, pid int) string {
+	t.Helper()
+	r := guestSh(t, vm, fmt.Sprintf(`[ -d /proc/%d ] || { echo gone; exit 0; }; for s in /proc/%d/task/*/stat; do cut -d' ' -f3 $s; done | sort | uniq -c | tr -s ' \n' ' '`, pid, pid))
+	return strings.TrimSpace(r.stdout)
+}
+
+// waitGuestState waits until guestStates is want.
+func waitGuestState(t *testing.T, vm string, pid int, want string) {
+	t.Helper()
+	testvm.Eventually(t, 30*time.Second, fmt.Sprintf("pid %d in state %q in the guest's /proc", pid, want), func() error {
+		if got := guestStates(t, vm, pid); got != want {
+			return fmt.Errorf("state %q", got)
+		}
+		return nil
+	})
+}
+
+// proc runs `gatevisor proc ACTION VM PID --json`.
+func proc(t *testing.T, action, vm string, pid int) api.ProcResult {
+	t.Helper()
+	r := gv(t, 2*time.Minute, "proc", action, vm, strconv.Itoa(pid), "--json")
+	if r.code != 0 {
+		t.Fatalf("proc %s %d: exit %d\n%s%s", action, pid, r.code, r.stdout, r.stderr)
+	}
+	var res api.ProcResult
+	if err := json.Unmarshal([]byte(r.stdout), &res); err != nil {
+		t.Fatalf("proc %s --json: %v\n%s", action, err, r.stdout)
+	}
+	return res
+}
+
+// TestProcFromBelow stops, continues, kills, freezes and thaws guest
+// processes from outside the VM: a sleeping one, a multi-threaded busy
+// loop that blocks every signal and makes no syscalls, and a frozen one
+// that the guest's root resumes. (A process whose kill syscall a rootkit
+// hooks: rk_protect in TestRootkitModules.)
+func TestProcFromBelow(t *testing.T) {
+	needVM(t)
+	const vm = "proc"
+	spin := buildStatic(t, "spin")
+	r := gv(t, readyTimeout+time.Minute, "run", "--detach", "--name", vm, "--ready-timeout", readyTimeout.String(),
+		"--add", spin+":/usr/bin/spin")
+	if r.code != 0 {
+		t.Fatalf("run: %d %s%s", r.code, r.stdout, r.stderr)
+	}
+	t.Cleanup(func() { gv(t, 2*time.Minute, "stop", vm, "--force") })
+
+	t.Run("sleeping process", func(t *testing.T) {
+		pid := procStart(t, vm, "sleep 600")
+		waitGuestState(t, vm, pid, "1 S")
+		if res := proc(t, "stop", vm, pid); res.StateBefore != "S" || res.StateAfter != "T" || res.Signal != "SIGSTOP" || res.Comm != "sleep" {
+			t.Errorf("stop: %+v", res)
+		}
+		waitGuestState(t, vm, pid, "1 T")
+		if res := proc(t, "cont", vm, pid); res.StateAfter == "T" {
+			t.Errorf("cont: %+v", res)
+		}
+		waitGuestState(t, vm, pid, "1 S")
+		if res := proc(t, "kill", vm, pid); res.StateAfter != "gone" && res.StateAfter != "Z" {
+			t.Errorf("kill: %+v", res)
+		}
+		waitGuestState(t, vm, pid, "gone")
+	})
+
+	t.Run("busy loop, three threads, every signal blocked", func(t *testing.T) {
+		pid := procStart(t, vm, "/usr/bin/spin 3")
+		waitGuestState(t, vm, pid, "3 R")
+		// The guest's own kill -TERM is blocked; kill -STOP is not, but
+		// gatevisor does not need the guest to send it.
+		guestSh(t, vm, fmt.Sprintf("kill -TERM %d", pid))
+		res := proc(t, "stop", vm, pid)
+		if res.StateAfter != "T" {
+			t.Fatalf("stop: %+v", res)
+		}
+		waitGuestState(t, vm, pid, "3 T")
+		// Off the CPU: its CPU time stands still.
+		cpu := func() string {
+			return guestSh(t, vm, fmt.Sprintf("cut -d' ' -f14,15 /proc/%d/stat", pid)).stdout
+		}
+		before := cpu()
+		time.Sleep(time.Second)
+		if after := cpu(); after != before {
+			t.Errorf("a stopped process still got CPU time: utime stime %q -> %q", before, after)
+		}
+		proc(t, "cont", vm, pid)
+		waitGuestState(t, vm, pid, "3 R")
+		if res := proc(t, "kill", vm, pid); res.Signal != "SIGKILL" {
+			t.Errorf("kill: %+v", res)
+		}
+		waitGuestState(t, vm, pid, "gone")
+	})
+
+	t.Run("freeze: the guest's root cannot resume it", func(t *testing.T) {
+		pid := procStart(t, vm, "/usr/bin/spin 1")
+		res := proc(t, "freeze", vm, pid)
+		if !res.Frozen || res.StateAfter != "T" {
+			t.Fatalf("freeze: %+v", res)
+		}
+		for range 3 {
+			guestSh(t, vm, fmt.Sprintf("kill -CONT %d", pid))
+			time.Sleep(300 * time.Millisecond)
+			waitGuestState(t, vm, pid, "1 T")
+		}
+		ev := gv(t, time.Minute, "events", vm, "--limit", "200")
+		if !strings.Contains(ev.stdout, fmt.Sprintf("frozen pid %d (spin) was resumed in the guest", pid)) {
+			t.Errorf("no event for the resumed frozen process:\n%s", tail([]byte(ev.stdout)))
+		}
+		if res := proc(t, "thaw", vm, pid); res.Frozen || res.StateAfter == "T" {
+			t.Errorf("thaw: %+v", res)
+		}
+		waitGuestState(t, vm, pid, "1 R")
+		proc(t, "kill", vm, pid)
+		waitGuestState(t, vm, pid, "gone")
+	})
+
+	t.Run("refused: init, kernel threads, threads, unknown pids, a reused pid", func(t *testing.T) {
+		pid := procStart(t, vm, "/usr/bin/spin 2")
+		defer proc(t, "kill", vm, pid)
+		var threads []linux.Task
+		idsJSON(t, &threads, "threads", "--vm", vm)
+		tid, start := 0, uint64(0)
+		for _, th := range threads {
+			if th.TGID == pid && th.PID != pid {
+				tid = th.PID
+			}
+			if th.PID == pid {
+				start = th.StartTime
+			}
+		}
+		for _, c := range []struct {
+			args []string
+			want string
+		}{
+			{[]string{"kill", vm, "1"}, "pid 1 is the guest's init"},
+			{[]string{"stop", vm, "2"}, "kernel thread (kthreadd)"},
+			{[]string{"stop", vm, strconv.Itoa(tid)}, fmt.Sprintf("is a thread of process %d", pid)},
+			{[]string{"stop", vm, "4000000"}, "no process 4000000 in the guest"},
+			{[]string{"stop", vm, strconv.Itoa(pid), "--start", strconv.FormatUint(start+1, 10)}, "is now another process"},
+			{[]string{"pause", vm, "5"}, "unknown action \"pause\""},
+		} {
+			r := gv(t, time.Minute, append([]string{"proc"}, c.args...)...)
+			if r.code == 0 || !strings.Contains(r.stderr, c.want) {
+				t.Errorf("proc %v: exit %d, stderr %q; want %q", c.args, r.code, r.stderr, c.want)
+			}
+		}
+	})
+
+	t.Run("audited before and after", func(t *testing.T) {
+		file := filepath.Join(env.stateDir, "gatevisor", "vms", vm, "audit.jsonl")
+		a := gv(t, time.Minute, "audit", "--file", file, "--rule", "proc.stop", "--json")
+		if a.code != 0 || !strings.Contains(a.stdout, "requested by uid 0: sending") || !strings.Contains(a.stdout, "its state went") {
+			t.Errorf("audit of proc.stop: exit %d\n%s%s", a.code, a.stdout, a.stderr)
+		}
+	})
+}
+
+// TestProcStress stops and continues a busy loop on both vCPUs of a
+// 2-vCPU guest over and over: the guest kernel must stay healthy (no
+// oops, no lockup, its own ps consistent, still answering).
+func TestProcStress(t *testing.T) {
+	needVM(t)
+	const vm = "procstress"
+	const cycles = 100
+	spin := buildStatic(t, "spin")
+	r := gv(t, readyTimeout+time.Minute, "run", "--detach", "--name", vm, "--cpus", "2", "--ready-timeout", readyTimeout.String(),
+		"--add", spin+":/usr/bin/spin")
+	if r.code != 0 {
+		t.Fatalf("run: %d %s%s", r.code, r.stdout, r.stderr)
+	}
+	t.Cleanup(func() { gv(t, 2*time.Minute, "stop", vm, "--force") })
+	pid := procStart(t, vm, "/usr/bin/spin 2")
+	other := procStart(t, vm, "/usr/bin/spin 1") // a load the actions do not touch
+	start := time.Now()
+	for i := range cycles {
+		if res := proc(t, "stop", vm, pid); res.StateAfter != "T" {
+			t.Fatalf("cycle %d: stop: %+v", i, res)
+		}
+		if res := proc(t, "cont", vm, pid); res.StateAfter == "T" {
+			t.Fatalf("cycle %d: cont: %+v", i, res)
+		}
+	}
+	t.Logf("%d stop/cont cycles in %v", cycles, time.Since(start).Round(time.Millisecond))
+	waitGuestState(t, vm, pid, "2 R")
+	waitGuestState(t, vm, other, "1 R")
+	if r := guestSh(t, vm, "dmesg | grep -iE 'oops|bug:|lockup|rcu.*stall|general protection' || echo healthy"); !strings.Contains(r.stdout, "healthy") {
+		t.Errorf("the guest kernel complains:\n%s", r.stdout)
+	}
+	var ps []linux.Task
+	idsJSON(t, &ps, "ps", "--vm", vm)
+	seen := false
+	for _, p := range ps {
+		seen = seen || p.PID == pid
+	}
+	if !seen || guestStates(t, vm, pid) != "2 R" {
+		t.Errorf("after the cycles: in ids ps %v, guest state %q", seen, guestStates(t, vm, pid))
+	}
+	proc(t, "kill", vm, pid)
+	proc(t, "kill", vm, other)
+}
