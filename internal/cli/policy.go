@@ -78,6 +78,7 @@ func newPolicyCheckCmd() *cobra.Command {
 	var (
 		kernel string
 		noNet  bool
+		noScan bool
 		strict bool
 	)
 	cmd := &cobra.Command{
@@ -98,7 +99,7 @@ compiles (1 with --strict and a warning), 1 on an error.`,
 				return withExitCode(1, err)
 			}
 			prof, kname, note := checkKernel(kernel)
-			cov := monitor.Coverage(prof, kname, !noNet)
+			cov := monitor.Coverage(prof, kname, !noNet, !noScan)
 			out := cmd.OutOrStdout()
 			fmt.Fprintf(out, "%s: ok (%d rules, %d flows)\n", args[0], pol.Rules(), len(pol.Flows()))
 			if note != "" {
@@ -127,6 +128,10 @@ compiles (1 with --strict and a warning), 1 on an error.`,
 			if !noNet && pol.Uses(event.ClassNet) {
 				fmt.Fprintln(out, "note: the net rules are enforced only on a VM started with --net (without it, run --policy refuses them)")
 			}
+			for _, e := range pol.CheckResponses(cov) {
+				warned++
+				fmt.Fprintf(out, "warning: %s\n", termtext.Escape(e.Error()))
+			}
 			if warned > 0 && strict {
 				return withExitCode(1, fmt.Errorf("%d statement(s) no gate would enforce", warned))
 			}
@@ -136,6 +141,7 @@ compiles (1 with --strict and a warning), 1 on an error.`,
 	f := cmd.Flags()
 	f.StringVar(&kernel, "kernel", "", "check against this guest kernel (bzImage; default: the default kit's, if built)")
 	f.BoolVar(&noNet, "no-net", false, "check for a VM without --net (net rules are then not enforceable)")
+	f.BoolVar(&noScan, "no-scan", false, "check for a VM without --ids-interval (responses to IDS findings are then not possible)")
 	f.BoolVar(&strict, "strict", false, "exit 1 when a statement would not be enforced")
 	return cmd
 }
@@ -274,21 +280,37 @@ func errnoString(n int32) string {
 }
 
 func newPolicyExplainCmd() *cobra.Command {
-	var asJSON bool
+	var (
+		asJSON  bool
+		finding string
+	)
 	cmd := &cobra.Command{
-		Use:   "explain FILE EVENT",
-		Short: "Show which rules match an event and why the verdict",
-		Long: `Evaluate one event against FILE and show every model's vote.
+		Use:   "explain FILE (EVENT | --finding CHECK)",
+		Short: "Show which rules match an event and why the verdict, and the responses it would trigger",
+		Long: `Evaluate one event against FILE and show every model's vote, and the
+responses (response statements) the verdict would trigger.
 
 EVENT is a JSON object, @FILE to read it from a file, or - for stdin:
   gatevisor policy explain policies/seed-002-syscall.policy \
     '{"class":"syscall","op":"open","path":"/etc/passwd","subject":{"pid":42,"exe":"/bin/cat"}}'
-Flow state is the initial state of every flow.`,
-		Args: cobra.ExactArgs(2),
+Flow state is the initial state of every flow.
+
+--finding CHECK shows the responses an IDS finding of CHECK (e.g. cpu-hog)
+would trigger.`,
+		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			pol, err := loadPolicy(args[0])
 			if err != nil {
 				return withExitCode(2, err)
+			}
+			if finding != "" {
+				if len(args) != 1 {
+					return withExitCode(2, errors.New("give either an EVENT or --finding CHECK, not both"))
+				}
+				return explainFinding(cmd.OutOrStdout(), pol, finding, asJSON)
+			}
+			if len(args) != 2 {
+				return withExitCode(2, errors.New("give the EVENT to explain (JSON, @FILE or -), or --finding CHECK"))
 			}
 			raw := []byte(args[1])
 			switch {
@@ -324,7 +346,9 @@ Flow state is the initial state of every flow.`,
 					// VM (with a network); NotEnforced says why not.
 					Enforced    bool   `json:"enforced"`
 					NotEnforced string `json:"not_enforced,omitempty"`
-				}{Event: ev, Verdict: r.Verdict.String(), Rule: r.Rule, Reason: r.Reason}
+					// Responses are what the verdict would trigger.
+					Responses []string `json:"responses,omitempty"`
+				}{Event: ev, Verdict: r.Verdict.String(), Rule: r.Rule, Reason: r.Reason, Responses: verdictResponses(pol, &ev, r.Verdict)}
 				res.NotEnforced = explainCoverage(pol, &ev)
 				res.Enforced = res.NotEnforced == ""
 				if !r.Verdict.Allows() {
@@ -341,11 +365,54 @@ Flow state is the initial state of every flow.`,
 			if why := explainCoverage(pol, &ev); why != "" {
 				fmt.Fprintf(out, "not enforced: %s\n", termtext.Escape(why))
 			}
+			for _, resp := range verdictResponses(pol, &ev, r.Verdict) {
+				fmt.Fprintf(out, "response: %s\n", termtext.Escape(resp))
+			}
 			return nil
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.Flags().StringVar(&finding, "finding", "", "show the responses an IDS finding of this check (e.g. cpu-hog) would trigger")
 	return cmd
+}
+
+// verdictResponses says what the responses answering verdict v on ev would
+// do.
+func verdictResponses(pol *policy.Policy, ev *event.Event, v policy.Verdict) []string {
+	var out []string
+	for _, r := range pol.Responses() {
+		if r.OnVerdict(v, ev.Class) {
+			out = append(out, fmt.Sprintf("%s (%s) would %s pid %d, the event's subject", r.Name, r.Pos, r.Action, ev.Subject.PID))
+		}
+	}
+	return out
+}
+
+// explainFinding prints the responses an IDS finding of check would
+// trigger.
+func explainFinding(w io.Writer, pol *policy.Policy, check string, asJSON bool) error {
+	var out []string
+	for _, r := range pol.Responses() {
+		if r.OnFinding(check) {
+			out = append(out, fmt.Sprintf("%s (%s) would %s the process the finding names (at most %d a minute)", r.Name, r.Pos, r.Action, r.Limit))
+		}
+	}
+	if asJSON {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(struct {
+			Finding   string   `json:"finding"`
+			Responses []string `json:"responses"`
+		}{check, out})
+	}
+	if len(out) == 0 {
+		fmt.Fprintf(w, "finding %s: no response answers it (the finding is reported as an event only)\n", termtext.Escape(check))
+		return nil
+	}
+	for _, s := range out {
+		fmt.Fprintf(w, "finding %s: response %s\n", termtext.Escape(check), termtext.Escape(s))
+	}
+	return nil
 }
 
 // explainCoverage says why no gate would enforce the verdict on an event
@@ -353,7 +420,7 @@ Flow state is the initial state of every flow.`,
 // VM of the default kit with a network.
 func explainCoverage(pol *policy.Policy, ev *event.Event) string {
 	prof, kname, _ := checkKernel("")
-	cov := monitor.Coverage(prof, kname, true)
+	cov := monitor.Coverage(prof, kname, true, true)
 	o, ok := cov.Observers[ev.Class]
 	switch {
 	case !ok:

@@ -22,6 +22,7 @@ import (
 	"github.com/gatevisor/gatevisor/internal/audit"
 	"github.com/gatevisor/gatevisor/internal/eventbus"
 	"github.com/gatevisor/gatevisor/internal/fgterm"
+	"github.com/gatevisor/gatevisor/internal/ids"
 	"github.com/gatevisor/gatevisor/internal/kit"
 	"github.com/gatevisor/gatevisor/internal/monitor"
 	"github.com/gatevisor/gatevisor/internal/qemu"
@@ -40,6 +41,8 @@ type runOptions struct {
 	readyTimeout, stopTimeout  time.Duration
 	consoleLog, readyMarker    string
 	idsInterval                time.Duration
+	cpuHogThreshold            float64
+	cpuHogWindow               time.Duration
 	net, policy, auditLog      string
 	auditMaxSize               string
 	auditKeep                  int
@@ -79,6 +82,8 @@ returns once the guest is ready.`,
 	f.StringVar(&o.consoleLog, "console-log", "", "serial console log file (default: in the VM's state directory)")
 	f.StringVar(&o.readyMarker, "ready-marker", monitor.ReadyMarker, "console line that means the guest is ready")
 	f.DurationVar(&o.idsInterval, "ids-interval", 0, "scan the guest this often and emit IDS events (see 'gatevisor events'); 0 disables")
+	f.Float64Var(&o.cpuHogThreshold, "cpu-hog-threshold", 0.9, "with --ids-interval, a cpu-hog finding for a process that uses this share of one CPU (0.9 = 90%; above 1 for several threads) for --cpu-hog-window; 0 disables")
+	f.DurationVar(&o.cpuHogWindow, "cpu-hog-window", 10*time.Second, "how long a process must keep --cpu-hog-threshold of a CPU to be a cpu-hog")
 	f.StringVar(&o.net, "net", "", "guest network: isolated[:NAME] (gatevisor's own virtual network, no route off the machine), user (NAT to the host's network; the host's 127.0.0.1 is 192.168.127.254), tap:IF[,ip=A.B.C.D/NN]... (an existing tap device; needs root; each ip= is a guest source address the gate lets out, up to 8; without one it is learned from DHCP); none by default; every mode goes through the network gate")
 	f.StringVar(&o.policy, "policy", "", "security-server policy file for the gates (without one, every gated event is denied)")
 	f.StringVar(&o.auditLog, "audit-log", "", "audit log file (default: audit.jsonl in the VM's state directory)")
@@ -268,6 +273,12 @@ func validateRun(o *runOptions) (runValues, error) {
 	} else if e, err := vmdir.Lookup(root, o.name); err == nil && e.Live {
 		return v, fmt.Errorf("%w: %q (monitor pid %d); stop it with 'gatevisor stop %s' or choose another --name", vmdir.ErrRunning, o.name, e.State.MonitorPID, o.name)
 	}
+	if o.cpuHogThreshold < 0 || o.cpuHogThreshold > float64(qemu.MaxCPUs) {
+		return v, fmt.Errorf("--cpu-hog-threshold %g: give a share of one CPU from 0 (off) to %d, such as 0.9", o.cpuHogThreshold, qemu.MaxCPUs)
+	}
+	if o.cpuHogWindow < time.Second || o.cpuHogWindow > ids.MaxHogWindow {
+		return v, fmt.Errorf("--cpu-hog-window %v: use 1s to %v", o.cpuHogWindow, ids.MaxHogWindow)
+	}
 	if err := qemu.CheckCmdline(o.appendArgs); err != nil {
 		return v, fmt.Errorf("--append: %w", err)
 	}
@@ -326,7 +337,7 @@ func checkStartPolicy(ctx context.Context, o *runOptions, netOpts monitor.NetOpt
 		}
 		kernel = k.Kernel
 	}
-	return monitor.CheckPolicy(o.policy, kernel, netOpts)
+	return monitor.CheckPolicy(o.policy, kernel, netOpts, o.idsInterval)
 }
 
 // monitorConfig is the monitor's configuration for run's flags and guest.
@@ -342,7 +353,7 @@ func monitorConfig(o *runOptions, v runValues, g guest) (monitor.Config, error) 
 	cfg := monitor.Config{
 		Name: o.name, MemMiB: v.memMiB, CPUs: o.cpus, Accel: choice, Kernel: g.kernel, Initrd: g.initrd, Append: g.appendArgs,
 		QEMUBinary: v.qemuBin, ConsoleLog: o.consoleLog, Log: os.Stderr, ReadyMarker: o.readyMarker,
-		IDSInterval: o.idsInterval, EventsLog: filepath.Join(dir, "events.jsonl"), EventsMaxSize: v.eventsMax,
+		IDSInterval: o.idsInterval, CPUHog: ids.HogDetector{Threshold: o.cpuHogThreshold, Window: o.cpuHogWindow}, EventsLog: filepath.Join(dir, "events.jsonl"), EventsMaxSize: v.eventsMax,
 		EventsKeep: o.eventsKeep, Net: v.net,
 		AuditLog: o.auditLog, AuditMaxSize: v.auditMax, AuditKeep: o.auditKeep, KitModules: g.kitModules,
 	}

@@ -44,10 +44,18 @@ type Finding struct {
 	PID      int    `json:"pid,omitempty"`
 	Name     string `json:"name,omitempty"`
 	Addr     uint64 `json:"addr,omitempty"`
+	// Target is where a hooked site now leads, when that is not Addr: a
+	// hook moved to other code is another finding.
+	Target uint64 `json:"target,omitempty"`
+	// TargetName names Target (module+0xoff, or a symbol): another module
+	// loaded where the last one was is another finding too.
+	TargetName string `json:"target_name,omitempty"`
 }
 
 // key identifies a finding across snapshots.
-func (f Finding) key() string { return fmt.Sprintf("%s|%d|%s|%#x", f.Check, f.PID, f.Name, f.Addr) }
+func (f Finding) key() string {
+	return fmt.Sprintf("%s|%d|%s|%#x|%#x|%s", f.Check, f.PID, f.Name, f.Addr, f.Target, f.TargetName)
+}
 
 // findingID is a finding's stable id: a short hash of its key.
 func findingID(f Finding) string {
@@ -247,7 +255,7 @@ func (i *Inspector) checkDispatch() ([]Finding, error) {
 	}
 	var out []Finding
 	for _, d := range found {
-		out = append(out, Finding{Check: CheckDispatch, Severity: SeverityCritical, Name: d.Function, Addr: d.Addr,
+		out = append(out, Finding{Check: CheckDispatch, Severity: SeverityCritical, Name: d.Function, Addr: d.Addr, Target: d.Target, TargetName: d.TargetName(),
 			Summary: fmt.Sprintf("syscall dispatch code %s at %#x jumps to %#x (%s): %s", d.Function, d.Addr, d.Target, d.TargetName(), d.Reason)})
 	}
 	return out, nil

@@ -50,17 +50,25 @@ func (m *Monitor) watch(interval time.Duration) {
 		return
 	}
 	var prev *ids.Snapshot
+	hog := &ids.HogDetector{Threshold: m.cfg.CPUHog.Threshold, Window: m.cfg.CPUHog.Window}
 	for {
 		began := time.Now()
 		cur, err := m.snapshot()
 		now := time.Now().UTC()
+		if err == nil && cur.Report != nil && !cur.Failed["processes"] {
+			found, st := hog.Observe(now, cur.Processes)
+			cur.Report.Findings = append(cur.Report.Findings, found...)
+			cur.Report.Checks = append(cur.Report.Checks, st)
+		}
 		m.scans.record(cur, err, now, now.Sub(began))
 		if err != nil {
 			m.events.publish(monitoring.Point{Time: now, VM: m.cfg.Name, Kind: monitoring.ScanError, Error: err.Error()})
 		} else {
-			for _, ev := range ids.Diff(m.cfg.Name, prev, cur, now) {
+			evs := ids.Diff(m.cfg.Name, prev, cur, now)
+			for _, ev := range evs {
 				m.events.publish(monitoring.FromIDS(ev))
 			}
+			m.respondToFindings(evs, cur.Processes)
 			prev = cur
 		}
 		// The interval runs from the end of a scan, so a slow scan (the

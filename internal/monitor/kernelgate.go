@@ -729,6 +729,7 @@ func (m *Monitor) trapVCPU(ctx context.Context, c *gdbrsp.Client, g *gate.Gate, 
 		if d.Decision.Audited || !d.Decision.Allows() || d.Decision.Verdict == secserver.Alert {
 			m.publishDecision(d)
 		}
+		m.respondToVerdict(&d.Event, d.Decision.Verdict, d.Decision.Rule)
 	}
 	return true, nil
 }

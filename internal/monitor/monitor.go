@@ -31,6 +31,7 @@ import (
 	"github.com/gatevisor/gatevisor/internal/accel"
 	"github.com/gatevisor/gatevisor/internal/api"
 	"github.com/gatevisor/gatevisor/internal/guestexec"
+	"github.com/gatevisor/gatevisor/internal/ids"
 	"github.com/gatevisor/gatevisor/internal/policy"
 	"github.com/gatevisor/gatevisor/internal/qemu"
 	"github.com/gatevisor/gatevisor/internal/qemu/gdbrsp"
@@ -69,6 +70,9 @@ type Config struct {
 	Log io.Writer
 	// ReadyMarker overrides the default marker (for a user's own initrd).
 	ReadyMarker string
+	// CPUHog detects processes that keep a CPU busy (the continuous
+	// scan's cpu-hog check); zero Threshold disables it.
+	CPUHog ids.HogDetector
 	// IDSInterval, when positive, scans the guest this often once it is
 	// ready and publishes what changed as events.
 	IDSInterval time.Duration
@@ -125,6 +129,7 @@ type Monitor struct {
 	scans   scanState     // the periodic IDS scan, for status (events.go)
 	inj     injector      // kernel calls from below (inject.go)
 	frozen  freezer       // processes kept stopped (proc.go)
+	resp    responder     // the policy's responses (respond.go)
 	kg      kernelGate    // the kernel gate's traps (kernelgate.go)
 	net     *netState     // nil without --net
 	done    chan struct{} // closed when the VM is over and cleaned up

@@ -20,6 +20,7 @@ import (
 	gatenet "github.com/gatevisor/gatevisor/internal/gate/net"
 	"github.com/gatevisor/gatevisor/internal/ids"
 	"github.com/gatevisor/gatevisor/internal/monitoring"
+	"github.com/gatevisor/gatevisor/internal/policy"
 	"github.com/gatevisor/gatevisor/internal/qemu"
 	"github.com/gatevisor/gatevisor/internal/secserver"
 	"github.com/gatevisor/gatevisor/internal/vmi/linux"
@@ -324,6 +325,10 @@ func (m *Monitor) stopNet() {
 // onNetDecision publishes denies, alerts and permissive allows on the event
 // stream (the security server already wrote them to the audit log).
 func (m *Monitor) onNetDecision(r gatenet.Record) {
+	if v, ok := policy.ParseVerdict(r.Verdict); ok && !r.Undecided {
+		ev := event.Event{Class: event.ClassNet, Dir: r.Dir, Proto: r.Proto, Subject: r.Subject, Path: r.Remote}
+		m.respondToVerdict(&ev, v, r.Rule)
+	}
 	if r.Verdict == secserver.Allow.String() && !r.Permissive && !r.Revoked {
 		return
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/gatevisor/gatevisor/internal/api"
 	"github.com/gatevisor/gatevisor/internal/audit"
 	"github.com/gatevisor/gatevisor/internal/event"
+	"github.com/gatevisor/gatevisor/internal/ids"
 	gate "github.com/gatevisor/gatevisor/internal/gate/syscall"
 	"github.com/gatevisor/gatevisor/internal/monitoring"
 	"github.com/gatevisor/gatevisor/internal/policy"
@@ -90,15 +91,15 @@ func (m *Monitor) prepareStartPolicy() (*policy.Snapshot, error) {
 // the gates a VM with the given kernel and network would have, as Start
 // does: the CLI calls it before it forks a background monitor, so that a
 // policy that would not start says why at once.
-func CheckPolicy(path, kernel string, netOpts NetOptions) error {
-	m := &Monitor{cfg: Config{PolicyFile: path, Kernel: kernel, Net: netOpts}}
+func CheckPolicy(path, kernel string, netOpts NetOptions, idsInterval time.Duration) error {
+	m := &Monitor{cfg: Config{PolicyFile: path, Kernel: kernel, Net: netOpts, IDSInterval: idsInterval}}
 	_, err := m.prepareStartPolicy()
 	return err
 }
 
 // coverage is what this VM's gates observe (Coverage).
 func (m *Monitor) coverage(prof *linux.Profile) policy.Coverage {
-	return Coverage(prof, filepath.Base(m.cfg.Kernel), m.cfg.Net.Mode != NetNone && !m.cfg.Net.NoGate)
+	return Coverage(prof, filepath.Base(m.cfg.Kernel), m.cfg.Net.Mode != NetNone && !m.cfg.Net.NoGate, m.cfg.IDSInterval > 0)
 }
 
 // NetOps are the network gate's ops: it decides each new flow, as a TCP
@@ -110,7 +111,10 @@ var NetOps = []string{"accept", "connect", "recv", "send"}
 // the kernel of prof (gate.Observers; nil prof: a kernel not known, whose
 // syscalls are taken on trust), the network gate's when the VM has a
 // gated network, the API gate's always. IPC calls have no gate.
-func Coverage(prof *linux.Profile, kernel string, gatedNet bool) policy.Coverage {
+//
+// With scan (a continuous IDS scan) the responses of a policy may answer
+// every IDS check's findings.
+func Coverage(prof *linux.Profile, kernel string, gatedNet, scan bool) policy.Coverage {
 	cov := policy.Coverage{Observers: map[event.Class]policy.Observer{}, Absent: map[event.Class]string{
 		event.ClassCall: "gatevisor has no gate for IPC calls (KasperskyOS `call in/out`, `entity`): no event of this class is ever observed",
 	}}
@@ -128,6 +132,12 @@ func Coverage(prof *linux.Profile, kernel string, gatedNet bool) policy.Coverage
 		cov.Observers[event.ClassNet] = policy.Observer{Gate: "the network gate", All: true, Ops: NetOps}
 	} else {
 		cov.Absent[event.ClassNet] = "the network gate needs a network: start the VM with --net isolated (or user, or tap:IF)"
+	}
+	if scan {
+		cov.Findings = map[string]bool{}
+		for _, c := range ids.CheckNames() {
+			cov.Findings[c] = true
+		}
 	}
 	actions := api.Actions()
 	sort.Strings(actions)
@@ -148,6 +158,7 @@ func (m *Monitor) checkCoverage(snap *policy.Snapshot) error {
 		}
 		errs = append(errs, p.Error())
 	}
+	errs = append(errs, snap.Policy.CheckResponses(*m.pol.cov.Load())...)
 	if len(errs) > 0 {
 		return fmt.Errorf("%d statement(s) no gate of this VM can enforce:\n%w", len(errs), errors.Join(errs...))
 	}

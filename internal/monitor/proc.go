@@ -73,6 +73,23 @@ func procSignal(action string) (int, string) {
 
 // Proc implements api.VM.
 func (m *Monitor) Proc(ctx context.Context, action string, req api.ProcRequest) (api.ProcResult, error) {
+	caller, _ := api.CallerFromContext(ctx)
+	return m.procAction(ctx, action, req, procRequester{
+		subject: event.Subject{PID: caller.PID, UID: caller.UID, GID: caller.GID},
+		rule:    "proc." + action,
+		why:     fmt.Sprintf("requested by uid %d", caller.UID),
+	})
+}
+
+// procRequester is who asks for a process action, for the audit log.
+type procRequester struct {
+	subject event.Subject // the API caller; zero for the monitor's own responses
+	rule    string        // the audit record's rule: proc.ACTION, or response:NAME
+	why     string        // who asked and why, in words
+}
+
+// procAction does action to the process req names, on behalf of by.
+func (m *Monitor) procAction(ctx context.Context, action string, req api.ProcRequest, by procRequester) (api.ProcResult, error) {
 	if !slices.Contains(api.ProcActions, action) {
 		return api.ProcResult{}, apiErr(api.CodeBadRequest, "unknown process action %q: use one of %v", action, api.ProcActions)
 	}
@@ -89,7 +106,7 @@ func (m *Monitor) Proc(ctx context.Context, action string, req api.ProcRequest) 
 	if err != nil {
 		return api.ProcResult{}, err
 	}
-	if t.State == "Z" || t.State == "X" {
+	if t.State == "Z" || t.State == "X" || t.State == "exiting" {
 		return api.ProcResult{}, apiErr(api.CodeConflict, "pid %d (%s) has exited: a zombie waiting for its parent (pid %d) to reap it; there is nothing left to %s", t.PID, t.Comm, t.PPID, action)
 	}
 	if t.PID == 1 && action != "cont" && action != "thaw" {
@@ -97,13 +114,12 @@ func (m *Monitor) Proc(ctx context.Context, action string, req api.ProcRequest) 
 	}
 	sig, sigName := procSignal(action)
 	res := api.ProcResult{Action: action, PID: t.PID, Start: t.StartTime, Comm: t.Comm, Exe: t.Exe, Signal: sigName, StateBefore: t.State}
-	caller, _ := api.CallerFromContext(ctx)
-	ev := event.Event{Class: event.ClassAPI, Op: "proc." + action, Subject: event.Subject{PID: caller.PID, UID: caller.UID, GID: caller.GID},
+	ev := event.Event{Class: event.ClassAPI, Op: "proc." + action, Subject: by.subject,
 		Path: t.Exe, Args: []int64{int64(t.PID), int64(t.StartTime)}, Time: time.Now().UTC()}
 	target := fmt.Sprintf("pid %d (%s, %s, start %d ns)", t.PID, t.Comm, t.Exe, t.StartTime)
 	// The record comes first: an action that cannot be recorded is not taken.
-	if err := m.pol.sec.Record(&ev, secserver.Decision{Verdict: secserver.Allow, Rule: "proc." + action,
-		Reason: fmt.Sprintf("%s to %s requested by uid %d: sending", sigName, target, caller.UID)}); err != nil {
+	if err := m.pol.sec.Record(&ev, secserver.Decision{Verdict: secserver.Allow, Rule: by.rule,
+		Reason: fmt.Sprintf("%s to %s %s: sending", sigName, target, by.why)}); err != nil {
 		return api.ProcResult{}, fmt.Errorf("proc %s: not done: the audit log cannot record it: %w", action, err)
 	}
 	if action == "thaw" {
@@ -114,7 +130,7 @@ func (m *Monitor) Proc(ctx context.Context, action string, req api.ProcRequest) 
 	cr, err := m.signalProcess(ctx, t.PID, t.StartTime, sig)
 	res.SafePointMillis, res.CallMicros = float64(cr.waited.Microseconds())/1000, float64(cr.running.Nanoseconds())/1000
 	if err != nil {
-		m.recordOutcome(&ev, action, fmt.Sprintf("%s to %s failed: %v", sigName, target, err))
+		m.recordOutcome(&ev, by.rule, fmt.Sprintf("%s to %s failed: %v", sigName, target, err))
 		return res, fmt.Errorf("proc %s %d: %w", action, t.PID, err)
 	}
 	state, cerr := m.confirm(ctx, k, t, action)
@@ -126,7 +142,7 @@ func (m *Monitor) Proc(ctx context.Context, action string, req api.ProcRequest) 
 	}
 	if cerr != nil {
 		res.Outcome = fmt.Sprintf("the guest kernel sent %s to %s, but %v", sigName, target, cerr)
-		m.recordOutcome(&ev, action, res.Outcome)
+		m.recordOutcome(&ev, by.rule, res.Outcome)
 		return res, fmt.Errorf("proc %s %d: %s", action, t.PID, res.Outcome)
 	}
 	res.Outcome = fmt.Sprintf("the guest kernel sent %s to %s at a timer interrupt (after %.1f ms); its state went %s -> %s in %.1f ms",
@@ -134,8 +150,8 @@ func (m *Monitor) Proc(ctx context.Context, action string, req api.ProcRequest) 
 	if res.Frozen {
 		res.Outcome += "; gatevisor stops it again whenever it is resumed, until 'proc thaw'"
 	}
-	m.recordOutcome(&ev, action, res.Outcome)
-	m.publishNotice(monitoring.ProcNotice, fmt.Sprintf("proc %s: %s", action, res.Outcome))
+	m.recordOutcome(&ev, by.rule, res.Outcome)
+	m.publishNotice(monitoring.ProcNotice, fmt.Sprintf("proc %s (%s): %s", action, by.why, res.Outcome))
 	return res, nil
 }
 
@@ -147,11 +163,11 @@ func apiErr(code, format string, a ...any) error {
 // recordOutcome records how an action ended (after it: the action was
 // recorded before it was taken, so a failure here loses only the outcome,
 // which the monitor's log keeps).
-func (m *Monitor) recordOutcome(ev *event.Event, action, outcome string) {
+func (m *Monitor) recordOutcome(ev *event.Event, rule, outcome string) {
 	e := *ev
 	e.Time = time.Now().UTC()
-	if err := m.pol.sec.Record(&e, secserver.Decision{Verdict: secserver.Allow, Rule: "proc." + action, Reason: outcome}); err != nil {
-		m.logf("proc %s: the outcome could not be recorded in the audit log (%v): %s", action, err, outcome)
+	if err := m.pol.sec.Record(&e, secserver.Decision{Verdict: secserver.Allow, Rule: rule, Reason: outcome}); err != nil {
+		m.logf("%s: the outcome could not be recorded in the audit log (%v): %s", rule, err, outcome)
 	}
 }
 
@@ -344,7 +360,7 @@ func (m *Monitor) checkFrozen(ctx context.Context, procs []frozenProc) {
 		if serr != nil {
 			outcome = fmt.Sprintf("frozen pid %d (%s) was resumed in the guest (state %s), and stopping it again failed: %v", p.pid, p.comm, cur.State, serr)
 		}
-		m.recordOutcome(&ev, "freeze", outcome)
+		m.recordOutcome(&ev, "proc.freeze", outcome)
 		m.publishNotice(monitoring.ProcNotice, "proc freeze: "+outcome)
 	}
 }

@@ -34,6 +34,7 @@ type Spec struct {
 	TE          []TEAllow
 	Blocks      []Block
 	Flows       []Flow
+	Responses   []ResponseStmt
 	Interfaces  []Interface
 	Uses        []Use
 	Executes    []QualName // KasperskyOS "execute EM.IExecute;" declarations

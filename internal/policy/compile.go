@@ -191,6 +191,7 @@ type Policy struct {
 	nrules     int
 	needs      []Need
 	advisory   [event.NumClasses]bool
+	responses  []Response
 }
 
 // Flows returns the names of the flows, in the order of the state vectors
@@ -382,6 +383,7 @@ func (c *compiler) compile() {
 	for _, b := range p.blocks {
 		finishBlock(b)
 	}
+	c.compileResponses()
 	c.computeNeeds()
 }
 

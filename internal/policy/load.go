@@ -125,6 +125,7 @@ func merge(out, s *Spec) error {
 	out.TE = append(out.TE, s.TE...)
 	out.Blocks = append(out.Blocks, s.Blocks...)
 	out.Flows = append(out.Flows, s.Flows...)
+	out.Responses = append(out.Responses, s.Responses...)
 	out.Interfaces = append(out.Interfaces, s.Interfaces...)
 	out.Uses = append(out.Uses, s.Uses...)
 	out.Executes = append(out.Executes, s.Executes...)

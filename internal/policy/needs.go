@@ -444,6 +444,9 @@ type Observer struct {
 type Coverage struct {
 	Observers map[event.Class]Observer
 	Absent    map[event.Class]string
+	// Findings are the IDS checks whose findings the VM's continuous
+	// scan reports (responses answer them); nil: no continuous scan.
+	Findings map[string]bool
 }
 
 // Problem is a statement no gate of the VM enforces.

@@ -163,7 +163,7 @@ var reserved = map[string]bool{
 	"and": true, "or": true, "when": true, "require": true, "initial": true,
 }
 
-const stmtExpected = "a statement (include, default, advisory, type, domain, sensitivity, category, role, subject, object, allow, flow, interface, use, entity, execute, call, security, or a block such as `open default: allow`)"
+const stmtExpected = "a statement (include, default, advisory, type, domain, sensitivity, category, role, subject, object, allow, flow, response, interface, use, entity, execute, call, security, or a block such as `open default: allow`)"
 
 func (p *parser) statement() {
 	t := p.peek()
@@ -231,6 +231,12 @@ func (p *parser) statement() {
 		p.teAllow()
 	case "flow":
 		p.flow()
+	case "response":
+		if n := p.peekN(1); n.kind != tIdent || n.text == "default" {
+			p.block() // a syscall named response
+			return
+		}
+		p.response()
 	case "interface":
 		p.iface()
 	case "use":

@@ -190,7 +190,7 @@ func TestProcFromBelow(t *testing.T) {
 func TestProcStress(t *testing.T) {
 	needVM(t)
 	const vm = "procstress"
-	const cycles = 100
+	const cycles = 500
 	spin := buildStatic(t, "spin")
 	r := gv(t, readyTimeout+time.Minute, "run", "--detach", "--name", vm, "--cpus", "2", "--ready-timeout", readyTimeout.String(),
 		"--add", spin+":/usr/bin/spin")
@@ -226,4 +226,54 @@ func TestProcStress(t *testing.T) {
 	}
 	proc(t, "kill", vm, pid)
 	proc(t, "kill", vm, other)
+}
+
+// TestCPUHogResponse is seed 003's scenario end to end: a CPU-hog DoS in
+// the guest is found by the continuous scan from the kernel's own CPU
+// accounting and descheduled by the policy's response within seconds,
+// while the device's web server keeps answering; the finding and the
+// response are in the event stream and the audit log.
+func TestCPUHogResponse(t *testing.T) {
+	needVM(t)
+	const vm = "cpuhog"
+	spin := buildStatic(t, "spin")
+	dir := t.TempDir()
+	pol := writePolicy(t, dir, "hog.policy", openBase+`response stop_hogs: on finding("cpu-hog") do stop limit 5;
+`)
+	r := gv(t, readyTimeout+time.Minute, "run", "--detach", "--name", vm, "--ready-timeout", readyTimeout.String(),
+		"--add", spin+":/usr/bin/spin", "--policy", pol, "--ids-interval", "1s", "--cpu-hog-threshold", "0.6", "--cpu-hog-window", "3s")
+	if r.code != 0 {
+		t.Fatalf("run: %d %s%s", r.code, r.stdout, r.stderr)
+	}
+	t.Cleanup(func() { gv(t, 2*time.Minute, "stop", vm, "--force") })
+	if r := guestSh(t, vm, "wget -qO- http://127.0.0.1/ >/dev/null && echo web-ok"); !strings.Contains(r.stdout, "web-ok") {
+		t.Fatalf("the guest's web server does not answer before the DoS: %q %q", r.stdout, r.stderr)
+	}
+	began := time.Now()
+	pid := procStart(t, vm, "/usr/bin/spin 2")
+	waitGuestState(t, vm, pid, "2 T")
+	took := time.Since(began)
+	t.Logf("CPU hog detected and stopped %v after it started", took.Round(100*time.Millisecond))
+	if took > 30*time.Second {
+		t.Errorf("the hog ran %v before the response stopped it", took)
+	}
+	if r := guestSh(t, vm, "wget -qO- http://127.0.0.1/ >/dev/null && echo web-ok"); !strings.Contains(r.stdout, "web-ok") {
+		t.Errorf("the guest's web server does not answer after the response: %q %q", r.stdout, r.stderr)
+	}
+	ev := gv(t, time.Minute, "events", vm, "--limit", "500")
+	if !strings.Contains(ev.stdout, `"check":"cpu-hog"`) || !strings.Contains(ev.stdout, "by response stop_hogs") {
+		t.Errorf("no cpu-hog finding or response in the events:\n%s", tail([]byte(ev.stdout)))
+	}
+	file := filepath.Join(env.stateDir, "gatevisor", "vms", vm, "audit.jsonl")
+	a := gv(t, time.Minute, "audit", "--file", file, "--rule", "response:stop_hogs", "--json")
+	if a.code != 0 || !strings.Contains(a.stdout, "finding cpu-hog") || !strings.Contains(a.stdout, "its state went") {
+		t.Errorf("audit of the response: exit %d\n%s%s", a.code, a.stdout, a.stderr)
+	}
+	proc(t, "kill", vm, pid)
+	// Without a continuous scan, a response to findings is refused at start.
+	r = gv(t, time.Minute, "run", "--detach", "--name", vm+"-noscan", "--policy", pol)
+	if r.code == 0 || !strings.Contains(r.stderr, "no continuous scan") || !strings.Contains(r.stderr, "--ids-interval") {
+		t.Errorf("run with a finding response and no --ids-interval: exit %d, stderr %q", r.code, r.stderr)
+		gv(t, time.Minute, "stop", vm+"-noscan", "--force")
+	}
 }
