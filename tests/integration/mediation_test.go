@@ -363,6 +363,9 @@ echo "status=$?" >> /run/boot-insmod.txt
 		if r := viewer("stop", vm); r.code == 0 || !strings.Contains(r.stderr, "vm.stop refused for uid 1000") {
 			t.Fatalf("viewer stop: exit %d %q %q", r.code, r.stdout, r.stderr)
 		}
+		if r := viewer("proc", "stop", vm, "1"); r.code == 0 || !strings.Contains(r.stderr, "proc.stop refused for uid 1000") {
+			t.Fatalf("viewer proc stop: exit %d %q %q", r.code, r.stdout, r.stderr)
+		}
 		if st := statusSys(t, vm); st.State != api.StateRunning {
 			t.Fatalf("after the viewer's stop: state %s", st.State)
 		}
