@@ -187,6 +187,20 @@ type NetStatus struct {
 	Gate            *NetGateStats `json:"gate,omitempty"` // nil without the gate (benchmarks only)
 	// NAT holds the user-mode network's counters.
 	NAT map[string]uint64 `json:"nat,omitempty"`
+	// Isolated says why the network is cut off (gatevisor net isolate, a
+	// policy response); "" when it is not.
+	Isolated string `json:"isolated,omitempty"`
+}
+
+// NetIsolation is the answer of net isolate and net restore.
+type NetIsolation struct {
+	Isolated bool   `json:"isolated"`
+	Reason   string `json:"reason,omitempty"`
+}
+
+// NetIsolateRequest says why the network is cut off.
+type NetIsolateRequest struct {
+	Reason string `json:"reason,omitempty"`
 }
 
 // NetGateStats are the network gate's counters.

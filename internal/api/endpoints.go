@@ -33,6 +33,8 @@ var Endpoints = []Endpoint{
 	{Method: "GET", Path: "/v1/events", Action: "vm.events"},
 	{Method: "POST", Path: "/v1/policy", Action: "policy.load"},
 	{Method: "POST", Path: "/v1/proc/{action}", Action: "proc.", Param: "action", Values: ProcActions, What: "process action"},
+	{Method: "POST", Path: "/v1/net/isolate", Action: "net.isolate"},
+	{Method: "POST", Path: "/v1/net/restore", Action: "net.restore"},
 }
 
 // SpecAction is the endpoint's action as openapi.yaml writes it in

@@ -36,4 +36,8 @@ type VM interface {
 	// Proc does action (one of ProcActions) to a guest process from below,
 	// and returns once guest memory shows it done.
 	Proc(ctx context.Context, action string, req ProcRequest) (ProcResult, error)
+	// NetIsolate cuts the VM's network (every flow denied) until
+	// NetRestore.
+	NetIsolate(ctx context.Context, reason string) (NetIsolation, error)
+	NetRestore(ctx context.Context) (NetIsolation, error)
 }

@@ -126,6 +126,9 @@ func printStatus(w io.Writer, st *api.Status) {
 
 	if n := st.Net; n != nil {
 		r.top("network", n.Mode+prefixed(":", n.Network)+prefixed(":", n.Tap))
+		if n.Isolated != "" {
+			r.sub("ISOLATED", n.Isolated+" (every flow denied; 'gatevisor net restore' ends it)")
+		}
 		r.sub("oversized", fmt.Sprintf("%d frames from the guest too long for the frame codec, skipped before the gate", n.OversizedFrames))
 		if g := n.Gate; g != nil {
 			if !shown[gateNetName] {

@@ -35,7 +35,7 @@ func fullStatus() api.Status {
 				Walks: 13, WalkMicros: 2400, Flows: 14, Pending: 1, Subjects: 3,
 				DropReasons:  map[string]uint64{"denied": 41, "malformed": 3, "undecided": 6},
 				ResetReasons: map[string]uint64{"denied": 7}},
-			NAT: map[string]uint64{"frames": 300, "dns_queries": 11}},
+			NAT: map[string]uint64{"frames": 300, "dns_queries": 11}, Isolated: "by response cut (p.policy:9:1) on finding kprobe"},
 		SyscallGate: &api.SyscallGateStatus{Breakpoints: 3, Stops: 120, Decided: 100, Skipped: 15, FaultIns: 5,
 			SiblingStops: 2, Emulated: 4, HandleMicros: 1200},
 		Policy: &api.PolicyStatus{Digest: "sha256:5f1d", Seq: 2, Path: "/p/iot-default.policy",

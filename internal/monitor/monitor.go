@@ -130,6 +130,7 @@ type Monitor struct {
 	inj     injector      // kernel calls from below (inject.go)
 	frozen  freezer       // processes kept stopped (proc.go)
 	resp    responder     // the policy's responses (respond.go)
+	netIso  netIsolation  // the network cut off (isolate.go)
 	kg      kernelGate    // the kernel gate's traps (kernelgate.go)
 	net     *netState     // nil without --net
 	done    chan struct{} // closed when the VM is over and cleaned up

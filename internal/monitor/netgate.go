@@ -209,7 +209,7 @@ func (m *Monitor) startNet(qcfg *qemu.Config) error {
 		case o.Mode == NetTap:
 			m.logf("tap %s: the network gate lets out only the guest's addresses %v", o.TapIf, src.Static)
 		}
-		ns.gate = gatenet.New(gatenet.Config{Decider: countingServer{sec, &m.pol.netVerdicts}, Seq: sec.Seq, Attributor: ns.attr, GuestMAC: mac, Source: src,
+		ns.gate = gatenet.New(gatenet.Config{Decider: isolatingServer{countingServer{sec, &m.pol.netVerdicts}, &m.netIso}, Seq: sec.Seq, Attributor: ns.attr, GuestMAC: mac, Source: src,
 			Logf: m.logf, ToNet: toNet, ToGuest: toGuest, OnDecision: m.onNetDecision})
 		fromNet = ns.gate.Ingress
 	}
@@ -352,7 +352,7 @@ func (m *Monitor) netStatus() *api.NetStatus {
 	if ns == nil {
 		return nil
 	}
-	st := &api.NetStatus{Mode: o.Mode, Network: o.Network, Tap: o.TapIf}
+	st := &api.NetStatus{Mode: o.Mode, Network: o.Network, Tap: o.TapIf, Isolated: m.netIso.reason()}
 	ns.mu.Lock()
 	if ns.reader != nil {
 		st.OversizedFrames = ns.reader.Oversized.Load()

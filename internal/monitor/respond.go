@@ -107,6 +107,16 @@ func (m *Monitor) carryOut(job respJob) {
 		}
 		return
 	}
+	if job.resp.Action == policy.RespIsolate {
+		res, err := m.netIsolate(procRequester{rule: "response:" + job.resp.Name,
+			why: fmt.Sprintf("by response %s (%s) on %s", job.resp.Name, job.resp.Pos, job.trigger)})
+		if err != nil {
+			m.publishNotice(monitoring.ProcNotice, fmt.Sprintf("response %s on %s: not done: %v", job.resp.Name, job.trigger, err))
+		} else {
+			m.logf("response %s: network isolated (%s)", job.resp.Name, res.Reason)
+		}
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	res, err := m.procAction(ctx, job.resp.Action, api.ProcRequest{PID: job.pid, Start: job.start}, procRequester{
@@ -129,7 +139,7 @@ func (m *Monitor) respondToFindings(evs []ids.Event, procs []linux.Task) {
 	}
 	for _, ev := range evs {
 		f := ev.Finding
-		if ev.Type != ids.EventFinding || f == nil || f.PID <= 0 {
+		if ev.Type != ids.EventFinding || f == nil {
 			continue
 		}
 		var start uint64
@@ -139,7 +149,7 @@ func (m *Monitor) respondToFindings(evs []ids.Event, procs []linux.Task) {
 			}
 		}
 		for _, r := range snap.Policy.Responses() {
-			if r.OnFinding(f.Check) {
+			if r.OnFinding(f.Check) && (f.PID > 0 || r.Action == policy.RespIsolate) {
 				m.respond(respJob{resp: r, pid: f.PID, start: start, trigger: fmt.Sprintf("finding %s: %s", f.Check, f.Summary)})
 			}
 		}
@@ -150,11 +160,11 @@ func (m *Monitor) respondToFindings(evs []ids.Event, procs []linux.Task) {
 // ev's subject.
 func (m *Monitor) respondToVerdict(ev *event.Event, v policy.Verdict, rule string) {
 	snap := m.pol.snap.Load()
-	if snap == nil || ev.Subject.PID <= 0 {
+	if snap == nil {
 		return
 	}
 	for _, r := range snap.Policy.Responses() {
-		if r.OnVerdict(v, ev.Class) {
+		if r.OnVerdict(v, ev.Class) && (ev.Subject.PID > 0 || r.Action == policy.RespIsolate) {
 			what := ev.Op
 			if ev.Path != "" {
 				what += " " + ev.Path

@@ -23,22 +23,23 @@ import (
 
 // Response actions.
 const (
-	RespKill   = "kill"
-	RespStop   = "stop"
-	RespFreeze = "freeze"
+	RespKill    = "kill"
+	RespStop    = "stop"
+	RespFreeze  = "freeze"
+	RespIsolate = "isolate" // the VM's network, not a process
 )
 
 // respActions are the actions a response may take, with what they do.
 var respActions = map[string]string{
-	RespKill:   "SIGKILL to the process, from below",
-	RespStop:   "SIGSTOP to the process, from below",
-	RespFreeze: "SIGSTOP, and stopped again whenever resumed",
+	RespKill:    "SIGKILL to the process, from below",
+	RespStop:    "SIGSTOP to the process, from below",
+	RespFreeze:  "SIGSTOP, and stopped again whenever resumed",
+	RespIsolate: "the network gate denies every flow until gatevisor net restore",
 }
 
 // respUnsupported are actions the language reserves that gatevisor does
 // not perform yet: a policy naming one is refused, not accepted unenforced.
 var respUnsupported = map[string]string{
-	"isolate":  "cutting the VM's network from a response is not implemented yet",
 	"pause":    "pausing the VM from a response is not implemented yet",
 	"snapshot": "gatevisor has no VM snapshots yet",
 }
@@ -96,7 +97,7 @@ func (p *parser) response() {
 		p.fail("finding(...) or verdict(...)", hint)
 	}
 	p.expectWord("do", hint)
-	r.Action = p.ident("a response action (kill, stop, freeze)", hint)
+	r.Action = p.ident("a response action (kill, stop, freeze, isolate)", hint)
 	if p.acceptWord("limit") {
 		t := p.peek()
 		if t.kind != tInt || t.val < 1 || t.val > MaxResponseLimit {
@@ -172,10 +173,10 @@ func (c *compiler) compileResponses() {
 		seen[s.Name.Name] = true
 		r := Response{Name: s.Name.Name, Pos: s.Pos, Limit: s.Limit, Action: s.Action.Name, findPos: map[string]Pos{}, clsPos: map[string]Pos{}}
 		if why, ok := respUnsupported[s.Action.Name]; ok {
-			c.fail(s.Action.Pos, fmt.Sprintf("response action %q is not supported: %s", s.Action.Name, why), "use kill, stop or freeze")
+			c.fail(s.Action.Pos, fmt.Sprintf("response action %q is not supported: %s", s.Action.Name, why), "use kill, stop, freeze or isolate")
 		}
 		if _, ok := respActions[s.Action.Name]; !ok {
-			c.fail(s.Action.Pos, fmt.Sprintf("unknown response action %q", s.Action.Name), "kill, stop or freeze")
+			c.fail(s.Action.Pos, fmt.Sprintf("unknown response action %q", s.Action.Name), "kill, stop, freeze or isolate")
 		}
 		for _, f := range s.Findings {
 			if f.Name == "" || len(f.Name) > MaxIdentLen {
@@ -214,6 +215,11 @@ func (p *Policy) CheckResponses(cov Coverage) []error {
 			}
 			if !cov.Findings[f] {
 				out = append(out, errAt(ErrCoverage, pos, fmt.Sprintf("response %s answers IDS findings of %q, which no check reports", r.Name, f), "", "one of: "+strings.Join(sortedKeys(cov.Findings), ", ")))
+			}
+		}
+		if r.Action == RespIsolate {
+			if _, ok := cov.Observers[event.ClassNet]; !ok {
+				out = append(out, errAt(ErrCoverage, r.Pos, fmt.Sprintf("response %s isolates the VM's network, and the VM has no gated network", r.Name), "", "start the VM with --net isolated (or user, or tap:IF)"))
 			}
 		}
 		for _, cl := range r.Classes {

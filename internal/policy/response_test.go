@@ -55,7 +55,7 @@ response kill_telnet: on verdict(kill, deny) in net, exec do kill;
 
 func TestResponseErrors(t *testing.T) {
 	for _, tc := range []struct{ src, want string }{
-		{`response r: on finding("cpu-hog") do isolate;`, "1:38: response action \"isolate\" is not supported"},
+		{`response r: on finding("cpu-hog") do pause;`, "1:38: response action \"pause\" is not supported"},
 		{`response r: on finding("cpu-hog") do snapshot;`, "no VM snapshots yet"},
 		{`response r: on finding("cpu-hog") do nuke;`, "unknown response action \"nuke\""},
 		{`response r: on verdict(maybe) do kill;`, "unknown verdict \"maybe\""},

@@ -277,3 +277,68 @@ func TestCPUHogResponse(t *testing.T) {
 		gv(t, time.Minute, "stop", vm+"-noscan", "--force")
 	}
 }
+
+// TestNetIsolate cuts a VM's network off by a policy response (an exec the
+// policy kills) and by hand, and restores it: new flows are denied while
+// it lasts, each action is audited, and a response the VM cannot carry out
+// (isolate without --net) is refused at start.
+func TestNetIsolate(t *testing.T) {
+	needVM(t)
+	const vm = "isolate"
+	dir := t.TempDir()
+	pol := writePolicy(t, dir, "iso.policy", openBase+`exec default: allow
+  no_tmp_exec: filePrefixEq("/tmp/") kill
+response cut: on verdict(kill) in exec do isolate;
+`)
+	r := gv(t, readyTimeout+time.Minute, "run", "--detach", "--name", vm, "--ready-timeout", readyTimeout.String(),
+		"--net", "isolated:iso-test", "--policy", pol)
+	if r.code != 0 {
+		t.Fatalf("run: %d %s%s", r.code, r.stdout, r.stderr)
+	}
+	t.Cleanup(func() { gv(t, 2*time.Minute, "stop", vm, "--force") })
+	leaseIPv4(t, vm, "10.0.2.")
+	web := func() string {
+		return strings.TrimSpace(guestSh(t, vm, "timeout 10 wget -qO- http://10.0.2.2/ >/dev/null 2>&1 && echo up || echo down").stdout)
+	}
+	if w := web(); w != "up" {
+		t.Fatalf("the gateway's web service is %s before any isolation", w)
+	}
+	guestSh(t, vm, "cp /bin/busybox /tmp/x; /tmp/x true; echo status=$?")
+	testvm.Eventually(t, time.Minute, "the response's isolation in status", func() error {
+		if st := status(t, vm); st.Net == nil || !strings.Contains(st.Net.Isolated, "by response cut") {
+			return fmt.Errorf("net status %+v", st.Net)
+		}
+		return nil
+	})
+	if w := web(); w != "down" {
+		t.Errorf("the network answers while isolated: %s", w)
+	}
+	if r := gv(t, time.Minute, "status", vm); !strings.Contains(r.stdout, "ISOLATED:") {
+		t.Errorf("status does not show the isolation:\n%s", r.stdout)
+	}
+	if r := gv(t, time.Minute, "net", "restore", vm); r.code != 0 {
+		t.Fatalf("net restore: %d %s", r.code, r.stderr)
+	}
+	if w := web(); w != "up" {
+		t.Errorf("the network is %s after net restore", w)
+	}
+	if r := gv(t, time.Minute, "net", "isolate", vm, "--reason", "by hand"); r.code != 0 || !strings.Contains(r.stdout, "network isolated") {
+		t.Fatalf("net isolate: %d %s%s", r.code, r.stdout, r.stderr)
+	}
+	if w := web(); w != "down" {
+		t.Errorf("the network answers after net isolate: %s", w)
+	}
+	gv(t, time.Minute, "net", "restore", vm)
+	file := filepath.Join(env.stateDir, "gatevisor", "vms", vm, "audit.jsonl")
+	for _, rule := range []string{"response:cut", "net.isolate", "net.restore", "net-isolated"} {
+		if a := gv(t, time.Minute, "audit", "--file", file, "--rule", rule, "--json"); a.code != 0 || !strings.Contains(a.stdout, rule) {
+			t.Errorf("no audit record of rule %s: exit %d %s", rule, a.code, a.stderr)
+		}
+	}
+	// A VM without a network cannot carry the response out: refused.
+	r = gv(t, time.Minute, "run", "--detach", "--name", vm+"-nonet", "--policy", pol)
+	if r.code == 0 || !strings.Contains(r.stderr, "response cut isolates the VM's network, and the VM has no gated network") {
+		t.Errorf("run with an isolate response and no --net: exit %d, stderr %q", r.code, r.stderr)
+		gv(t, time.Minute, "stop", vm+"-nonet", "--force")
+	}
+}

@@ -257,6 +257,20 @@ func (c *Client) Proc(ctx context.Context, action string, req api.ProcRequest) (
 	return res, err
 }
 
+// NetIsolate cuts the VM's network until NetRestore.
+func (c *Client) NetIsolate(ctx context.Context, reason string) (api.NetIsolation, error) {
+	var res api.NetIsolation
+	err := c.do(ctx, http.MethodPost, "/v1/net/isolate", api.NetIsolateRequest{Reason: reason}, &res)
+	return res, err
+}
+
+// NetRestore ends an isolation.
+func (c *Client) NetRestore(ctx context.Context) (api.NetIsolation, error) {
+	var res api.NetIsolation
+	err := c.do(ctx, http.MethodPost, "/v1/net/restore", nil, &res)
+	return res, err
+}
+
 // bufferedConn is a console connection whose first bytes are already in a
 // reader.
 type bufferedConn struct {

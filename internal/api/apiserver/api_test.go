@@ -95,6 +95,16 @@ func (f *fakeVM) Proc(_ context.Context, action string, r api.ProcRequest) (api.
 		StateAfter: "T", Frozen: action == "freeze", Outcome: "sent", SafePointMillis: 1, CallMicros: 2, TookMillis: 3}, nil
 }
 
+func (f *fakeVM) NetIsolate(_ context.Context, reason string) (api.NetIsolation, error) {
+	f.called("NetIsolate")
+	return api.NetIsolation{Isolated: true, Reason: reason}, nil
+}
+
+func (f *fakeVM) NetRestore(context.Context) (api.NetIsolation, error) {
+	f.called("NetRestore")
+	return api.NetIsolation{}, nil
+}
+
 func (f *fakeVM) LoadPolicy(_ context.Context, r api.PolicyRequest) (api.PolicyResult, error) {
 	f.called("LoadPolicy")
 	if strings.Contains(r.Source, "bad") {
@@ -260,6 +270,9 @@ func TestEndpointsMatchSpec(t *testing.T) {
 		{"policy rejected", "POST", "/v1/policy", `{"path":"/p/x.policy","source":"bad"}`, true, 400, "stays"},
 		{"policy relative", "POST", "/v1/policy", `{"path":"x.policy","source":""}`, false, 400, "absolute"},
 		{"proc stop", "POST", "/v1/proc/stop", `{"pid":42}`, true, 200, `"signal":"SIGSTOP"`},
+		{"net isolate", "POST", "/v1/net/isolate", `{"reason":"a scan"}`, true, 200, `"isolated":true`},
+		{"net isolate no body", "POST", "/v1/net/isolate", "", true, 200, `"isolated":true`},
+		{"net restore", "POST", "/v1/net/restore", "", true, 200, `"isolated":false`},
 		{"proc freeze", "POST", "/v1/proc/freeze", `{"pid":42,"start_ns":5}`, true, 200, `"frozen":true`},
 		{"proc unknown action", "POST", "/v1/proc/pause", `{"pid":42}`, false, 404, "unknown process action"},
 		{"proc pid 0", "POST", "/v1/proc/kill", `{"pid":0}`, false, 400, "use a process id from 1"},

@@ -32,7 +32,7 @@ func TestActions(t *testing.T) {
 	want := []string{"vm.status", "vm.stop", "vm.exec", "vm.console", "vm.registers", "vm.memory",
 		"memory.read", "memory.write",
 		"ids.banner", "ids.syscalls", "ids.ps", "ids.threads", "ids.args", "ids.env", "ids.files", "ids.modules", "ids.sockets", "ids.hooks", "ids.check",
-		"vm.dump", "vm.events", "policy.load", "proc.stop", "proc.cont", "proc.kill", "proc.freeze", "proc.thaw"}
+		"vm.dump", "vm.events", "policy.load", "proc.stop", "proc.cont", "proc.kill", "proc.freeze", "proc.thaw", "net.isolate", "net.restore"}
 	if diff := cmp.Diff(want, api.Actions()); diff != "" {
 		t.Errorf("api.Actions() (-want +got):\n%s", diff)
 	}
@@ -127,6 +127,8 @@ var samples = map[string]sample{
 	"vm.dump":      {"POST", "/v1/dump", `{"path":"/tmp/x.elf"}`, "Dump"},
 	"vm.events":    {"GET", "/v1/events", "", "Events"},
 	"policy.load":  {"POST", "/v1/policy", `{"path":"/p/x.policy","source":"x"}`, "LoadPolicy"},
+	"net.isolate":  {"POST", "/v1/net/isolate", `{"reason":"x"}`, "NetIsolate"},
+	"net.restore":  {"POST", "/v1/net/restore", "", "NetRestore"},
 }
 
 func init() {

@@ -46,6 +46,8 @@ var handlers = map[string]func(*Server, http.ResponseWriter, *http.Request){
 	"GET /v1/events":                  (*Server).events,
 	"POST /v1/policy":                 (*Server).loadPolicy,
 	"POST /v1/proc/{action}":          (*Server).proc,
+	"POST /v1/net/isolate":            (*Server).netIsolate,
+	"POST /v1/net/restore":            (*Server).netRestore,
 }
 
 // maxRequestBody bounds a JSON request body.
@@ -255,6 +257,32 @@ func (s *Server) proc(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	res, err := s.vm.Proc(r.Context(), r.PathValue("action"), req)
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+func (s *Server) netIsolate(w http.ResponseWriter, r *http.Request) {
+	var req api.NetIsolateRequest
+	if !decode(w, r, &req, true) {
+		return
+	}
+	if len(req.Reason) > 1024 {
+		badRequest(w, "reason: %d bytes, at most 1024", len(req.Reason))
+		return
+	}
+	res, err := s.vm.NetIsolate(r.Context(), req.Reason)
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+func (s *Server) netRestore(w http.ResponseWriter, r *http.Request) {
+	res, err := s.vm.NetRestore(r.Context())
 	if err != nil {
 		fail(w, err)
 		return

@@ -1,0 +1,66 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/gatevisor/gatevisor/internal/termtext"
+)
+
+func init() { addSubcommand(newNetCmd) }
+
+func newNetCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "net",
+		Short: "Cut a VM's network off, or restore it",
+	}
+	var reason string
+	isolate := &cobra.Command{
+		Use:   "isolate NAME",
+		Short: "Cut the VM's network: the network gate denies every flow and resets the open ones, until 'net restore'",
+		Long: `Cut the VM's network off: the network gate denies every new flow and
+resets (TCP) or drops every open one, each decision audited, until
+'gatevisor net restore'. gatevisor's own channels to the guest (exec,
+console, introspection, proc) are not on the guest's network and keep
+working. A policy's response can do the same on its own ('do isolate').`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := clientFor(args[0])
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), time.Minute)
+			defer cancel()
+			res, err := c.NetIsolate(ctx, reason)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s: network isolated (%s); 'gatevisor net restore %s' ends it\n", args[0], termtext.Escape(res.Reason), args[0])
+			return nil
+		},
+	}
+	isolate.Flags().StringVar(&reason, "reason", "", "why, for the audit log and status")
+	restore := &cobra.Command{
+		Use:   "restore NAME",
+		Short: "End an isolation: the policy decides every flow again",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := clientFor(args[0])
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), time.Minute)
+			defer cancel()
+			if _, err := c.NetRestore(ctx); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s: network restored\n", args[0])
+			return nil
+		},
+	}
+	cmd.AddCommand(isolate, restore)
+	return cmd
+}
