@@ -13,6 +13,9 @@ type IDSResult struct {
 	// that did not validate, with their addresses, or a walk that stopped
 	// early); Result then holds every entry that could be read.
 	Incomplete string `json:"incomplete,omitempty"`
+	// Frozen, for ps and threads, are the processes gatevisor keeps
+	// stopped (gatevisor proc freeze) until a thaw.
+	Frozen []int `json:"frozen,omitempty"`
 }
 
 // DumpRequest asks for an ELF dump of guest memory.

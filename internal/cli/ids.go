@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -31,6 +32,16 @@ type idsTarget struct {
 	vm, dump, kernel, source string
 	asJSON                   bool
 	detail                   detailOpts
+	frozen                   []int // processes the VM's monitor keeps stopped
+}
+
+// joinInts is "1, 2, 3".
+func joinInts(ns []int) string {
+	parts := make([]string, len(ns))
+	for i, n := range ns {
+		parts[i] = strconv.Itoa(n)
+	}
+	return strings.Join(parts, ", ")
 }
 
 func newIDSCmd() *cobra.Command {
@@ -108,6 +119,9 @@ func runIDS(ctx context.Context, t *idsTarget, query string) error {
 		if err != nil {
 			return err
 		}
+		if len(t.frozen) > 0 && (query == "ps" || query == "pstree" || query == "threads") {
+			fmt.Fprintf(os.Stdout, "frozen by gatevisor (stopped again whenever resumed, until 'gatevisor proc thaw'): %s\n", joinInts(t.frozen))
+		}
 	}
 	if incomplete != "" {
 		// Every row printed was read and validated; what could not be
@@ -183,6 +197,7 @@ func (t *idsTarget) fetch(ctx context.Context, q string) (json.RawMessage, strin
 		if err != nil {
 			return nil, "", err
 		}
+		t.frozen = res.Frozen
 		return res.Result, res.Incomplete, nil
 	}
 	if t.source != "" {

@@ -223,7 +223,11 @@ func (m *Monitor) IDS(ctx context.Context, query, source string) (api.IDSResult,
 	if err != nil {
 		return api.IDSResult{}, err
 	}
-	return api.IDSResult{Query: query, Source: source, ElapsedMicros: time.Since(start).Microseconds(), Result: raw, Incomplete: incomplete}, nil
+	res := api.IDSResult{Query: query, Source: source, ElapsedMicros: time.Since(start).Microseconds(), Result: raw, Incomplete: incomplete}
+	if query == "ps" || query == "threads" {
+		res.Frozen = m.frozenPIDs()
+	}
+	return res, nil
 }
 
 // Dump implements api.VM: it writes an ELF dump of guest memory to path.

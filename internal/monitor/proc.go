@@ -365,6 +365,18 @@ func (m *Monitor) checkFrozen(ctx context.Context, procs []frozenProc) {
 	}
 }
 
+// frozenPIDs lists the frozen processes, sorted.
+func (m *Monitor) frozenPIDs() []int {
+	m.frozen.mu.Lock()
+	defer m.frozen.mu.Unlock()
+	var out []int
+	for pid := range m.frozen.procs {
+		out = append(out, pid)
+	}
+	slices.Sort(out)
+	return out
+}
+
 // unfreeze forgets a frozen process (thawed or gone).
 func (m *Monitor) unfreeze(pid int, start uint64) {
 	m.frozen.mu.Lock()

@@ -131,6 +131,9 @@ func TestProcFromBelow(t *testing.T) {
 			time.Sleep(300 * time.Millisecond)
 			waitGuestState(t, vm, pid, "1 T")
 		}
+		if ps := gv(t, time.Minute, "ids", "ps", "--vm", vm); !strings.Contains(ps.stdout, fmt.Sprintf("frozen by gatevisor (stopped again whenever resumed, until 'gatevisor proc thaw'): %d", pid)) {
+			t.Errorf("ids ps does not show the frozen process:\n%s", ps.stdout)
+		}
 		ev := gv(t, time.Minute, "events", vm, "--limit", "200")
 		if !strings.Contains(ev.stdout, fmt.Sprintf("frozen pid %d (spin) was resumed in the guest", pid)) {
 			t.Errorf("no event for the resumed frozen process:\n%s", tail([]byte(ev.stdout)))
