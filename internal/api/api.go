@@ -134,6 +134,10 @@ type PolicyStatus struct {
 	// NotEnforced lists statements of advisory classes that no gate of this
 	// VM enforces (accepted because the policy marks them advisory).
 	NotEnforced []string `json:"not_enforced,omitempty"`
+	// Reloads and FailedReloads count policy loads since the VM started:
+	// taken, and refused (the policy in force stayed).
+	Reloads       uint64 `json:"reloads"`
+	FailedReloads uint64 `json:"failed_reloads"`
 }
 
 // GateStatus is one gate of the VM.

@@ -35,6 +35,7 @@ var Endpoints = []Endpoint{
 	{Method: "POST", Path: "/v1/proc/{action}", Action: "proc.", Param: "action", Values: ProcActions, What: "process action"},
 	{Method: "POST", Path: "/v1/net/isolate", Action: "net.isolate"},
 	{Method: "POST", Path: "/v1/net/restore", Action: "net.restore"},
+	{Method: "GET", Path: "/v1/metrics", Action: "vm.metrics"},
 }
 
 // SpecAction is the endpoint's action as openapi.yaml writes it in

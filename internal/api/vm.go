@@ -40,4 +40,11 @@ type VM interface {
 	// NetRestore.
 	NetIsolate(ctx context.Context, reason string) (NetIsolation, error)
 	NetRestore(ctx context.Context) (NetIsolation, error)
+	// Metrics writes the VM's Prometheus metrics in the text exposition
+	// format (MetricsContentType).
+	Metrics(ctx context.Context, w io.Writer) error
 }
+
+// MetricsContentType is the content type of Metrics' answer: Prometheus'
+// text exposition format.
+const MetricsContentType = "text/plain; version=0.0.4; charset=utf-8"

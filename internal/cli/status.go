@@ -110,6 +110,7 @@ func printStatus(w io.Writer, st *api.Status) {
 			advisory[i] = n + " (advisory)"
 		}
 		r.list("not enforced", advisory)
+		r.sub("reloads", fmt.Sprintf("%d taken, %d refused (the policy in force stayed)", p.Reloads, p.FailedReloads))
 	} else {
 		r.top("policy", "none (every gated event is denied; the API is the owner's and root's)")
 	}

@@ -38,7 +38,7 @@ func fullStatus() api.Status {
 			NAT: map[string]uint64{"frames": 300, "dns_queries": 11}, Isolated: "by response cut (p.policy:9:1) on finding kprobe"},
 		SyscallGate: &api.SyscallGateStatus{Breakpoints: 3, Stops: 120, Decided: 100, Skipped: 15, FaultIns: 5,
 			SiblingStops: 2, Emulated: 4, HandleMicros: 1200},
-		Policy: &api.PolicyStatus{Digest: "sha256:5f1d", Seq: 2, Path: "/p/iot-default.policy",
+		Policy: &api.PolicyStatus{Digest: "sha256:5f1d", Seq: 2, Path: "/p/iot-default.policy", Reloads: 1, FailedReloads: 3,
 			Files:       []string{"/p/iot-default.policy", "/p/base.policy"},
 			NotEnforced: []string{"iot-default.policy:12:3: rule mount_any (class mount)", "iot-default.policy:20:3: rule ioctl_tty (class ioctl)"}},
 		Gates: []api.GateStatus{

@@ -142,7 +142,7 @@ func TestTextOutputEscapesGuestText(t *testing.T) {
 		{"ids_syscalls", 1 + 2 + 2 + 1, ids("syscalls", syscalls)},
 		{"ids_check", 2 + 2, ids("check", report)},
 		{"ids_banner", 6, ids("banner", banner)},
-		{"status", 21, func(b *bytes.Buffer) { printStatus(b, &status) }},
+		{"status", 22, func(b *bytes.Buffer) { printStatus(b, &status) }},
 		{"ls", 1 + len(lsRows), func(b *bytes.Buffer) {
 			if err := printLs(b, lsRows, started.Add(90*time.Second)); err != nil {
 				t.Fatal(err)

@@ -12,6 +12,7 @@ import (
 	"github.com/gatevisor/gatevisor/internal/eventbus"
 	gate "github.com/gatevisor/gatevisor/internal/gate/syscall"
 	"github.com/gatevisor/gatevisor/internal/ids"
+	"github.com/gatevisor/gatevisor/internal/metrics"
 	"github.com/gatevisor/gatevisor/internal/monitoring"
 )
 
@@ -61,6 +62,9 @@ func (m *Monitor) watch(interval time.Duration) {
 			cur.Report.Checks = append(cur.Report.Checks, st)
 		}
 		m.scans.record(cur, err, now, now.Sub(began))
+		if err == nil {
+			metrics.Observe(m.metrics.ScanSeconds, now.Sub(began))
+		}
 		if err != nil {
 			m.events.publish(monitoring.Point{Time: now, VM: m.cfg.Name, Kind: monitoring.ScanError, Error: err.Error()})
 		} else {

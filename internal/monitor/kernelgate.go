@@ -17,6 +17,7 @@ import (
 	"github.com/gatevisor/gatevisor/internal/event"
 	gate "github.com/gatevisor/gatevisor/internal/gate/syscall"
 	"github.com/gatevisor/gatevisor/internal/ids"
+	"github.com/gatevisor/gatevisor/internal/metrics"
 	"github.com/gatevisor/gatevisor/internal/policy"
 	"github.com/gatevisor/gatevisor/internal/qemu/gdbrsp"
 	"github.com/gatevisor/gatevisor/internal/secserver"
@@ -584,7 +585,13 @@ func (m *Monitor) guestReady() bool {
 // trapped calls could be reported again and again while another waits at
 // its breakpoint. Here a trapped call waits at most for the stop in
 // progress and its own.
-func (m *Monitor) onTrap(ctx context.Context, c *gdbrsp.Client, sr gdbrsp.StopReply) (bool, error) {
+func (m *Monitor) onTrap(ctx context.Context, c *gdbrsp.Client, sr gdbrsp.StopReply) (ours bool, err error) {
+	start := time.Now()
+	defer func() {
+		if ours && m.metrics != nil {
+			metrics.Observe(m.metrics.TrapSeconds, time.Since(start))
+		}
+	}()
 	if va := m.kg.bootWatch.Load(); va != 0 && sr.Reason == "watch" && sr.Addr == va {
 		err := m.onBootWatch(ctx, c, va)
 		if errors.Is(err, errKeepStopped) {
@@ -603,7 +610,7 @@ func (m *Monitor) onTrap(ctx context.Context, c *gdbrsp.Client, sr gdbrsp.StopRe
 	if g == nil {
 		return callStop, nil
 	}
-	ours, err := m.trapVCPU(ctx, c, g, sr.Thread, true)
+	ours, err = m.trapVCPU(ctx, c, g, sr.Thread, true)
 	ours = ours || callStop
 	if err != nil || m.cfg.CPUs < 2 {
 		return ours, err

@@ -32,6 +32,7 @@ import (
 	"github.com/gatevisor/gatevisor/internal/api"
 	"github.com/gatevisor/gatevisor/internal/guestexec"
 	"github.com/gatevisor/gatevisor/internal/ids"
+	"github.com/gatevisor/gatevisor/internal/metrics"
 	"github.com/gatevisor/gatevisor/internal/policy"
 	"github.com/gatevisor/gatevisor/internal/qemu"
 	"github.com/gatevisor/gatevisor/internal/qemu/gdbrsp"
@@ -131,6 +132,7 @@ type Monitor struct {
 	frozen  freezer       // processes kept stopped (proc.go)
 	resp    responder     // the policy's responses (respond.go)
 	netIso  netIsolation  // the network cut off (isolate.go)
+	metrics *metrics.VM   // Prometheus metrics (metrics.go)
 	kg      kernelGate    // the kernel gate's traps (kernelgate.go)
 	net     *netState     // nil without --net
 	done    chan struct{} // closed when the VM is over and cleaned up
@@ -190,6 +192,7 @@ func Start(ctx context.Context, cfg Config) (_ *Monitor, err error) {
 		return nil, err
 	}
 	m.kitModules, m.failApply = cfg.KitModules, os.Getenv(testFailApplyEnv)
+	m.metrics = metrics.New(cfg.Name, m.Status, hostFigures)
 	// The policy is read, compiled and checked against this VM's gates
 	// before anything is created: a policy that does not parse or that
 	// states a rule no gate enforces starts nothing.

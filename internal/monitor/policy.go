@@ -50,6 +50,8 @@ type policyState struct {
 	advisory atomic.Pointer[[]string]
 	// Each gate's decisions by verdict.
 	kernelVerdicts, netVerdicts, apiVerdicts verdictCounts
+	// Policy loads that took effect and that were refused.
+	reloads, failedReloads atomic.Uint64
 }
 
 // testFailApply names a gate whose apply step fails, for the tests of the
@@ -183,7 +185,7 @@ func (m *Monitor) openSecurity(snap *policy.Snapshot) error {
 		if err != nil {
 			return fmt.Errorf("audit log: %w", err)
 		}
-		m.pol.log, sink = l, l
+		m.pol.log, sink = l, timedLog{l, m.metrics}
 	}
 	// Floods of decisions are aggregated in the audit log (only where a
 	// gate asks for batches: the network gate).
@@ -247,6 +249,7 @@ func (m *Monitor) LoadPolicy(ctx context.Context, req api.PolicyRequest) (api.Po
 		return api.PolicyResult{}, err
 	}
 	refuse := func(err error) (api.PolicyResult, error) {
+		m.pol.failedReloads.Add(1)
 		_, seq := m.pol.sec.Policy()
 		return api.PolicyResult{Seq: seq}, &api.Error{Code: api.CodeBadRequest,
 			Message: fmt.Sprintf("policy rejected, policy %d stays in force on every gate: %v", seq, err)}
@@ -332,6 +335,7 @@ func (m *Monitor) commitLocked(ctx context.Context, c *gdbrsp.Client, snap *poli
 		return res, err
 	}
 	seq := m.pol.sec.Reload(snap.Policy, snap.Name)
+	m.pol.reloads.Add(1)
 	m.pol.snap.Store(snap)
 	m.pol.path.Store(&path)
 	if m.pol.log != nil {
@@ -379,7 +383,7 @@ func (m *Monitor) policyStatus() *api.PolicyStatus {
 		return nil
 	}
 	_, seq := m.pol.sec.Policy()
-	st := &api.PolicyStatus{Digest: snap.Digest, Seq: seq, Files: snap.Files}
+	st := &api.PolicyStatus{Digest: snap.Digest, Seq: seq, Files: snap.Files, Reloads: m.pol.reloads.Load(), FailedReloads: m.pol.failedReloads.Load()}
 	if p := m.pol.path.Load(); p != nil {
 		st.Path = *p
 	}

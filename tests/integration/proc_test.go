@@ -1,11 +1,19 @@
 package integration
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -338,10 +346,109 @@ response cut: on verdict(kill) in exec do isolate;
 			t.Errorf("no audit record of rule %s: exit %d %s", rule, a.code, a.stderr)
 		}
 	}
+	checkMetrics(t, vm)
 	// A VM without a network cannot carry the response out: refused.
 	r = gv(t, time.Minute, "run", "--detach", "--name", vm+"-nonet", "--policy", pol)
 	if r.code == 0 || !strings.Contains(r.stderr, "response cut isolates the VM's network, and the VM has no gated network") {
 		t.Errorf("run with an isolate response and no --net: exit %d, stderr %q", r.code, r.stderr)
 		gv(t, time.Minute, "stop", vm+"-nonet", "--force")
 	}
+}
+
+// promtool returns the path of promtool (scripts/install-deps unpacks it).
+func promtool(t *testing.T) string {
+	t.Helper()
+	if p, err := exec.LookPath("promtool"); err == nil {
+		return p
+	}
+	home, _ := os.UserHomeDir()
+	cache := os.Getenv("XDG_CACHE_HOME")
+	if cache == "" {
+		cache = filepath.Join(home, ".cache")
+	}
+	p := filepath.Join(cache, "gatevisor", "bin", "promtool")
+	if _, err := os.Stat(p); err != nil {
+		testvm.Skip(t, "no promtool: run scripts/install-deps (it unpacks Debian's prometheus package's promtool)")
+	}
+	return p
+}
+
+// checkPromtool runs promtool check metrics on exposition text.
+func checkPromtool(t *testing.T, what, text string) {
+	t.Helper()
+	cmd := exec.Command(promtool(t), "check", "metrics")
+	cmd.Stdin = strings.NewReader(text)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Errorf("promtool check metrics on %s: %v\n%s", what, err, out)
+	}
+}
+
+// sample returns the value of the sample line that starts with series.
+func sample(text, series string) (float64, bool) {
+	for line := range strings.SplitSeq(text, "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return f, err == nil
+		}
+	}
+	return 0, false
+}
+
+// checkMetrics checks a VM's metrics, alone and through gatevisor serve,
+// against promtool and against the VM's status.
+func checkMetrics(t *testing.T, vm string) {
+	t.Helper()
+	r := gv(t, time.Minute, "metrics", vm)
+	if r.code != 0 {
+		t.Fatalf("gatevisor metrics: exit %d %s", r.code, r.stderr)
+	}
+	checkPromtool(t, "gatevisor metrics "+vm, r.stdout)
+	st := status(t, vm)
+	for _, g := range st.Gates {
+		for verdict, n := range g.Decisions {
+			series := fmt.Sprintf(`gatevisor_gate_decisions_total{gate=%q,verdict=%q,vm=%q}`, g.Name, verdict, vm)
+			// The metrics were read first: a count can only have grown since.
+			if v, ok := sample(r.stdout, series); !ok || uint64(v) > n {
+				t.Errorf("%s = %v (found %v), status says %d", series, v, ok, n)
+			}
+		}
+	}
+	for _, series := range []string{fmt.Sprintf(`gatevisor_vm_state{state="running",vm=%q}`, vm), fmt.Sprintf(`gatevisor_vm_guest_ready{vm=%q}`, vm)} {
+		if v, ok := sample(r.stdout, series); !ok || v != 1 {
+			t.Errorf("%s = %v (found %v), want 1", series, v, ok)
+		}
+	}
+	// The host daemon, on a loopback port of its choosing.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := gvCmd(ctx, nil, "serve", "--listen", "127.0.0.1:0")
+	var stderr syncBuffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Signal(syscall.SIGTERM); _ = cmd.Wait() }()
+	var url string
+	testvm.Eventually(t, 30*time.Second, "gatevisor serve's address", func() error {
+		m := regexp.MustCompile(`http://(127\.0\.0\.1:\d+)/metrics`).FindStringSubmatch(stderr.String())
+		if m == nil {
+			return errors.New("not yet")
+		}
+		url = "http://" + m[1] + "/metrics"
+		return nil
+	})
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	text := string(body)
+	if resp.StatusCode != 200 || !strings.Contains(text, fmt.Sprintf(`gatevisor_vm_vcpus{vm=%q}`, vm)) {
+		t.Fatalf("gatevisor serve /metrics: %d\n%s", resp.StatusCode, text)
+	}
+	if v, ok := sample(text, "gatevisor_serve_vms"); !ok || v < 1 {
+		t.Errorf("gatevisor_serve_vms = %v (found %v)", v, ok)
+	}
+	checkPromtool(t, "gatevisor serve /metrics", text)
 }

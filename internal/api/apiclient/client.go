@@ -257,6 +257,13 @@ func (c *Client) Proc(ctx context.Context, action string, req api.ProcRequest) (
 	return res, err
 }
 
+// Metrics returns the VM's Prometheus metrics (text exposition format).
+func (c *Client) Metrics(ctx context.Context) ([]byte, error) {
+	var b []byte
+	err := c.do(ctx, http.MethodGet, "/v1/metrics", nil, &b)
+	return b, err
+}
+
 // NetIsolate cuts the VM's network until NetRestore.
 func (c *Client) NetIsolate(ctx context.Context, reason string) (api.NetIsolation, error) {
 	var res api.NetIsolation

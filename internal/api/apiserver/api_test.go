@@ -95,6 +95,12 @@ func (f *fakeVM) Proc(_ context.Context, action string, r api.ProcRequest) (api.
 		StateAfter: "T", Frozen: action == "freeze", Outcome: "sent", SafePointMillis: 1, CallMicros: 2, TookMillis: 3}, nil
 }
 
+func (f *fakeVM) Metrics(_ context.Context, w io.Writer) error {
+	f.called("Metrics")
+	_, err := io.WriteString(w, "# HELP gatevisor_vm_vcpus The guest's vCPUs.\n# TYPE gatevisor_vm_vcpus gauge\ngatevisor_vm_vcpus{vm=\"vm1\"} 1\n")
+	return err
+}
+
 func (f *fakeVM) NetIsolate(_ context.Context, reason string) (api.NetIsolation, error) {
 	f.called("NetIsolate")
 	return api.NetIsolation{Isolated: true, Reason: reason}, nil
@@ -273,6 +279,7 @@ func TestEndpointsMatchSpec(t *testing.T) {
 		{"net isolate", "POST", "/v1/net/isolate", `{"reason":"a scan"}`, true, 200, `"isolated":true`},
 		{"net isolate no body", "POST", "/v1/net/isolate", "", true, 200, `"isolated":true`},
 		{"net restore", "POST", "/v1/net/restore", "", true, 200, `"isolated":false`},
+		{"metrics", "GET", "/v1/metrics", "", true, 200, `gatevisor_vm_vcpus{vm="vm1"} 1`},
 		{"proc freeze", "POST", "/v1/proc/freeze", `{"pid":42,"start_ns":5}`, true, 200, `"frozen":true`},
 		{"proc unknown action", "POST", "/v1/proc/pause", `{"pid":42}`, false, 404, "unknown process action"},
 		{"proc pid 0", "POST", "/v1/proc/kill", `{"pid":0}`, false, 400, "use a process id from 1"},

@@ -11,6 +11,7 @@
 package apiserver
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -48,6 +49,7 @@ var handlers = map[string]func(*Server, http.ResponseWriter, *http.Request){
 	"POST /v1/proc/{action}":          (*Server).proc,
 	"POST /v1/net/isolate":            (*Server).netIsolate,
 	"POST /v1/net/restore":            (*Server).netRestore,
+	"GET /v1/metrics":                 (*Server).metrics,
 }
 
 // maxRequestBody bounds a JSON request body.
@@ -279,6 +281,17 @@ func (s *Server) netIsolate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, res)
+}
+
+func (s *Server) metrics(w http.ResponseWriter, r *http.Request) {
+	var b bytes.Buffer
+	if err := s.vm.Metrics(r.Context(), &b); err != nil {
+		fail(w, err)
+		return
+	}
+	w.Header().Set("Content-Type", api.MetricsContentType)
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(b.Bytes())
 }
 
 func (s *Server) netRestore(w http.ResponseWriter, r *http.Request) {

@@ -1,0 +1,208 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/gatevisor/gatevisor/internal/api"
+	"github.com/gatevisor/gatevisor/internal/api/apiclient"
+	"github.com/gatevisor/gatevisor/internal/metrics"
+	"github.com/gatevisor/gatevisor/internal/vmdir"
+)
+
+func init() {
+	addSubcommand(newServeCmd)
+	addSubcommand(newMetricsCmd)
+}
+
+// scrapeTimeout bounds one VM's scrape by gatevisor serve.
+const scrapeTimeout = 5 * time.Second
+
+func newServeCmd() *cobra.Command {
+	var listen string
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "The host daemon: every running VM's Prometheus metrics on one TCP address",
+		Long: `Serve, on --listen (loopback by default), GET /metrics: the Prometheus
+metrics of every VM this user can reach (its own, and root's that root
+shares), each VM's from its monitor's API socket (the policy's API gate
+decides, as action vm.metrics), merged into one exposition, plus
+gatevisor_serve_* metrics about the scrape itself. A VM that does not
+answer is left out of that scrape and counted; no monitor depends on the
+daemon. contrib/systemd/gatevisor-serve.service runs it under systemd.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			host, _, err := net.SplitHostPort(listen)
+			if err != nil {
+				return fmt.Errorf("--listen %q: want HOST:PORT, such as 127.0.0.1:9464: %w", listen, err)
+			}
+			if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+				fmt.Fprintf(os.Stderr, "gatevisor serve: warning: %s is not a loopback address: the metrics (VM names, policy digests, counts) are served to the network without authentication\n", listen)
+			}
+			l, err := net.Listen("tcp", listen)
+			if err != nil {
+				return fmt.Errorf("serve: %w", err)
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			d := &daemon{}
+			srv := &http.Server{Handler: d.handler(), ReadHeaderTimeout: 10 * time.Second, WriteTimeout: time.Minute}
+			fmt.Fprintf(os.Stderr, "gatevisor serve: metrics on http://%s/metrics\n", l.Addr())
+			errc := make(chan error, 1)
+			go func() { errc <- srv.Serve(l) }()
+			select {
+			case err := <-errc:
+				return err
+			case <-ctx.Done():
+				sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				return srv.Shutdown(sctx)
+			}
+		},
+	}
+	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:9464", "TCP address to serve on (HOST:PORT; loopback unless you mean otherwise)")
+	return cmd
+}
+
+// daemon is gatevisor serve's state.
+type daemon struct {
+	mu       sync.Mutex
+	scrapes  uint64
+	failures map[string]uint64 // by VM
+}
+
+func (d *daemon) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /metrics", d.metrics)
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = io.WriteString(w, "gatevisor serve: GET /metrics\n")
+	})
+	return mux
+}
+
+// metrics scrapes every live VM in parallel and merges their metrics.
+func (d *daemon) metrics(w http.ResponseWriter, r *http.Request) {
+	entries, err := vmdir.ListAll()
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	type got struct {
+		name string
+		body []byte
+		err  error
+	}
+	var (
+		wg      sync.WaitGroup
+		results = make(chan got, len(entries))
+	)
+	for _, e := range entries {
+		if !e.Live || e.Private {
+			continue
+		}
+		wg.Add(1)
+		go func(e vmdir.Entry) {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(r.Context(), scrapeTimeout)
+			defer cancel()
+			b, err := apiclient.New(filepath.Join(e.Path, vmdir.APISocket)).Metrics(ctx)
+			results <- got{e.Name, b, err}
+		}(e)
+	}
+	wg.Wait()
+	close(results)
+	// A monitor whose answer does not parse is left out (and counted),
+	// so that it cannot hide the others.
+	ins := map[string]io.Reader{}
+	var failed []string
+	for g := range results {
+		if g.err == nil {
+			g.err = metrics.Merge(io.Discard, map[string]io.Reader{g.name: bytes.NewReader(g.body)})
+		}
+		if g.err != nil {
+			failed = append(failed, g.name)
+			continue
+		}
+		ins[g.name] = bytes.NewReader(g.body)
+	}
+	d.mu.Lock()
+	d.scrapes++
+	if d.failures == nil {
+		d.failures = map[string]uint64{}
+	}
+	for _, n := range failed {
+		d.failures[n]++
+	}
+	own := d.ownMetrics(len(ins))
+	d.mu.Unlock()
+	var b bytes.Buffer
+	if err := metrics.Merge(&b, ins); err != nil {
+		// Monitors of different versions that disagree on a family.
+		http.Error(w, "gatevisor serve: "+err.Error(), http.StatusBadGateway)
+		return
+	}
+	w.Header().Set("Content-Type", api.MetricsContentType)
+	_, _ = w.Write(b.Bytes())
+	_, _ = io.WriteString(w, own)
+}
+
+// ownMetrics is the daemon's own metrics, in the text format.
+//
+// Preconditions: d.mu held.
+func (d *daemon) ownMetrics(vms int) string {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "# HELP gatevisor_serve_vms VMs whose metrics this scrape merged.\n# TYPE gatevisor_serve_vms gauge\ngatevisor_serve_vms %d\n", vms)
+	fmt.Fprintf(&b, "# HELP gatevisor_serve_scrapes_total Scrapes of /metrics served.\n# TYPE gatevisor_serve_scrapes_total counter\ngatevisor_serve_scrapes_total %d\n", d.scrapes)
+	names := make([]string, 0, len(d.failures))
+	for n := range d.failures {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	if len(names) > 0 {
+		b.WriteString("# HELP gatevisor_serve_scrape_failures_total Scrapes of a VM's monitor that failed (left out of that scrape).\n# TYPE gatevisor_serve_scrape_failures_total counter\n")
+		for _, n := range names {
+			fmt.Fprintf(&b, "gatevisor_serve_scrape_failures_total{vm=%q} %d\n", n, d.failures[n])
+		}
+	}
+	return b.String()
+}
+
+func newMetricsCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "metrics NAME",
+		Short: "Print a VM's Prometheus metrics (text exposition format)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := clientFor(args[0])
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+			defer cancel()
+			b, err := c.Metrics(ctx)
+			if err != nil {
+				return err
+			}
+			if len(b) == 0 {
+				return errors.New("metrics: the monitor answered nothing")
+			}
+			_, err = cmd.OutOrStdout().Write(b)
+			return err
+		},
+	}
+}
