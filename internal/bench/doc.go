@@ -2,8 +2,9 @@
 // measures gatevisor against its peers on this machine. Boot times
 // `gatevisor run` against plain QEMU, IDS the introspection's two memory
 // paths, Syscalls the cost of the syscall gate, Net that of the network
-// gate, and Flood the gates under attack: a flooding guest process against
-// another's allowed work.
+// gate, Flood the gates under attack (a flooding guest process against
+// another's allowed work), Memory the monitor's footprint, and Proc the
+// process actions from below against an in-guest kill.
 //
 // A harness boots its benchmark VMs by running the gatevisor binary
 // (os.Executable) and talks to them only through their API
