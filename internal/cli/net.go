@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/gatevisor/gatevisor/internal/api/apiclient"
 	"github.com/gatevisor/gatevisor/internal/termtext"
 )
 
@@ -28,18 +29,13 @@ console, introspection, proc) are not on the guest's network and keep
 working. A policy's response can do the same on its own ('do isolate').`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := clientFor(args[0])
-			if err != nil {
+			return withVM(cmd, args[0], func(ctx context.Context, c *apiclient.Client) error {
+				res, err := c.NetIsolate(ctx, reason)
+				if err == nil {
+					fmt.Fprintf(cmd.OutOrStdout(), "%s: network isolated (%s); 'gatevisor net restore %s' ends it\n", args[0], termtext.Escape(res.Reason), args[0])
+				}
 				return err
-			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), time.Minute)
-			defer cancel()
-			res, err := c.NetIsolate(ctx, reason)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s: network isolated (%s); 'gatevisor net restore %s' ends it\n", args[0], termtext.Escape(res.Reason), args[0])
-			return nil
+			})
 		},
 	}
 	isolate.Flags().StringVar(&reason, "reason", "", "why, for the audit log and status")
@@ -48,19 +44,26 @@ working. A policy's response can do the same on its own ('do isolate').`,
 		Short: "End an isolation: the policy decides every flow again",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := clientFor(args[0])
-			if err != nil {
+			return withVM(cmd, args[0], func(ctx context.Context, c *apiclient.Client) error {
+				_, err := c.NetRestore(ctx)
+				if err == nil {
+					fmt.Fprintf(cmd.OutOrStdout(), "%s: network restored\n", args[0])
+				}
 				return err
-			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), time.Minute)
-			defer cancel()
-			if _, err := c.NetRestore(ctx); err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s: network restored\n", args[0])
-			return nil
+			})
 		},
 	}
 	cmd.AddCommand(isolate, restore)
 	return cmd
+}
+
+// withVM runs f with a client of VM name, bounded to a minute.
+func withVM(cmd *cobra.Command, name string, f func(context.Context, *apiclient.Client) error) error {
+	c, err := clientFor(name)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(cmd.Context(), time.Minute)
+	defer cancel()
+	return f(ctx, c)
 }

@@ -77,12 +77,8 @@ func (m *Monitor) watch(interval time.Duration) {
 		}
 		// The interval runs from the end of a scan, so a slow scan (the
 		// first one profiles the kernel) is not followed by a burst.
-		select {
-		case <-m.done:
+		if !waitFor(m, time.After(interval)) {
 			return
-		case <-m.stopping():
-			return
-		case <-time.After(interval):
 		}
 	}
 }

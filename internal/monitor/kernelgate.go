@@ -126,12 +126,8 @@ func (m *Monitor) kernelProfile() (*linux.Profile, error) {
 func (m *Monitor) armAtBoot() {
 	deadline := time.Now().Add(5 * time.Minute)
 	for {
-		select {
-		case <-m.done:
+		if !waitFor(m, time.After(20*time.Millisecond)) {
 			return
-		case <-m.stopping():
-			return
-		case <-time.After(20 * time.Millisecond):
 		}
 		err := m.locateForGate(context.Background())
 		if err == nil {
@@ -193,12 +189,8 @@ const bootWatchGrace = 500 * time.Millisecond
 func (m *Monitor) watchBootWatch(mem vmi.VirtualReader, va uint64) {
 	var since time.Time
 	for m.kg.bootWatch.Load() == va {
-		select {
-		case <-m.done:
+		if !waitFor(m, time.After(50*time.Millisecond)) {
 			return
-		case <-m.stopping():
-			return
-		case <-time.After(50 * time.Millisecond):
 		}
 		st, err := vmi.ReadU32(mem, va)
 		switch {

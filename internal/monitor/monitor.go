@@ -653,6 +653,19 @@ func (m *Monitor) RequestStop(timeout time.Duration) {
 // stopping is closed once a stop has been requested.
 func (m *Monitor) stopping() <-chan struct{} { return m.stopCh }
 
+// waitFor waits for c and reports true, or false once the VM is stopping
+// or over: the loop of a background task ends there.
+func waitFor[T any](m *Monitor, c <-chan T) bool {
+	select {
+	case <-m.done:
+		return false
+	case <-m.stopping():
+		return false
+	case <-c:
+		return true
+	}
+}
+
 // Status implements api.VM.
 func (m *Monitor) Status(ctx context.Context) api.Status {
 	m.mu.Lock()

@@ -306,14 +306,7 @@ func (m *Monitor) freeze(t linux.Task) {
 func (m *Monitor) watchFrozen() {
 	t := time.NewTicker(freezeCheckEvery)
 	defer t.Stop()
-	for {
-		select {
-		case <-m.done:
-			return
-		case <-m.stopping():
-			return
-		case <-t.C:
-		}
+	for waitFor(m, t.C) {
 		m.frozen.mu.Lock()
 		procs := make([]frozenProc, 0, len(m.frozen.procs))
 		for _, p := range m.frozen.procs {
