@@ -1,8 +1,10 @@
 package cli
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +14,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -88,9 +91,10 @@ type daemon struct {
 func (d *daemon) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /metrics", d.metrics)
+	mux.HandleFunc("GET /events", d.events)
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		_, _ = io.WriteString(w, "gatevisor serve: GET /metrics\n")
+		_, _ = io.WriteString(w, "gatevisor serve: GET /metrics (Prometheus), GET /events (every VM's events as server-sent events; ?format=jsonl for JSON lines)\n")
 	})
 	return mux
 }
@@ -178,6 +182,108 @@ func (d *daemon) ownMetrics(vms int) string {
 		for _, n := range names {
 			fmt.Fprintf(&b, "gatevisor_serve_scrape_failures_total{vm=%q} %d\n", n, d.failures[n])
 		}
+	}
+	return b.String()
+}
+
+// vmRescan is how often /events looks for VMs that started since.
+const vmRescan = 2 * time.Second
+
+// events streams every reachable VM's events, the recent ones first, then
+// new ones as they come, also from VMs that start meanwhile: as server-sent
+// events (event: the type, data: the event's JSON line, which names its
+// VM), or with ?format=jsonl as JSON lines.
+func (d *daemon) events(w http.ResponseWriter, r *http.Request) {
+	flusher, ok := w.(http.Flusher)
+	if !ok {
+		http.Error(w, "streaming unsupported", http.StatusInternalServerError)
+		return
+	}
+	jsonl := r.URL.Query().Get("format") == "jsonl"
+	if jsonl {
+		w.Header().Set("Content-Type", "application/x-ndjson")
+	} else {
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.Header().Set("Cache-Control", "no-cache")
+	}
+	w.WriteHeader(http.StatusOK)
+	flusher.Flush()
+	ctx := r.Context()
+	lines := make(chan []byte, 256)
+	ended := make(chan string, 16)
+	following := map[string]bool{}
+	follow := func() {
+		entries, err := vmdir.ListAll()
+		if err != nil {
+			return
+		}
+		for _, e := range entries {
+			if !e.Live || e.Private || following[e.Path] {
+				continue
+			}
+			following[e.Path] = true
+			go func(e vmdir.Entry) {
+				defer func() {
+					// Followed again if it comes back (a restart by name).
+					select {
+					case ended <- e.Path:
+					case <-ctx.Done():
+					}
+				}()
+				body, err := apiclient.New(filepath.Join(e.Path, vmdir.APISocket)).QueryEvents(ctx, api.EventsQuery{Follow: true, Limit: 20})
+				if err != nil {
+					return
+				}
+				defer body.Close()
+				sc := bufio.NewScanner(body)
+				sc.Buffer(make([]byte, 64<<10), maxEventLine)
+				for sc.Scan() {
+					line := append([]byte(nil), sc.Bytes()...)
+					select {
+					case lines <- line:
+					case <-ctx.Done():
+						return
+					}
+				}
+			}(e)
+		}
+	}
+	follow()
+	tick := time.NewTicker(vmRescan)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			follow()
+		case path := <-ended:
+			delete(following, path)
+		case line := <-lines:
+			var head struct {
+				Type string `json:"type"`
+			}
+			_ = json.Unmarshal(line, &head)
+			if jsonl {
+				_, _ = w.Write(append(line, '\n'))
+			} else {
+				fmt.Fprintf(w, "event: %s\ndata: %s\n\n", sseField(head.Type), line)
+			}
+			flusher.Flush()
+		}
+	}
+}
+
+// sseField keeps an SSE field value on one line of safe characters.
+func sseField(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.' {
+			b.WriteRune(r)
+		}
+	}
+	if b.Len() == 0 {
+		return "message"
 	}
 	return b.String()
 }

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -451,4 +452,27 @@ func checkMetrics(t *testing.T, vm string) {
 		t.Errorf("gatevisor_serve_vms = %v (found %v)", v, ok)
 	}
 	checkPromtool(t, "gatevisor serve /metrics", text)
+	// Every VM's events, streamed: the recent ones come first.
+	ectx, ecancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer ecancel()
+	req, _ := http.NewRequestWithContext(ectx, http.MethodGet, strings.TrimSuffix(url, "/metrics")+"/events", nil)
+	eresp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eresp.Body.Close()
+	if ct := eresp.Header.Get("Content-Type"); ct != "text/event-stream" {
+		t.Errorf("/events content type %q", ct)
+	}
+	br := bufio.NewReader(eresp.Body)
+	want := fmt.Sprintf(`"vm":%q`, vm)
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("/events: no event of %s: %v", vm, err)
+		}
+		if strings.HasPrefix(line, "data: ") && strings.Contains(line, want) {
+			break
+		}
+	}
 }
