@@ -105,3 +105,38 @@ func TestMerge(t *testing.T) {
 		t.Errorf("a clashing family: %v", err)
 	}
 }
+
+// BenchmarkWriteText is one scrape of one VM's metrics, the status read
+// aside (a fake here): what gatevisor serve pays per VM and scrape.
+func BenchmarkWriteText(b *testing.B) {
+	v := newVM("cam1")
+	var buf bytes.Buffer
+	for b.Loop() {
+		buf.Reset()
+		if err := v.WriteText(&buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(buf.Len()), "bytes/scrape")
+}
+
+// BenchmarkMerge50 merges 50 VMs' metrics, as gatevisor serve does for a
+// host with 50 VMs.
+func BenchmarkMerge50(b *testing.B) {
+	var one bytes.Buffer
+	_ = newVM("cam1").WriteText(&one)
+	text := one.String()
+	var out bytes.Buffer
+	for b.Loop() {
+		ins := map[string]io.Reader{}
+		for i := range 50 {
+			name := "cam" + string(rune('a'+i%26)) + string(rune('a'+i/26))
+			ins[name] = strings.NewReader(strings.ReplaceAll(text, `vm="cam1"`, `vm="`+name+`"`))
+		}
+		out.Reset()
+		if err := Merge(&out, ins); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(out.Len()), "bytes/scrape")
+}
