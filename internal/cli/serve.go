@@ -4,6 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -24,6 +27,7 @@ import (
 	"github.com/gatevisor/gatevisor/internal/api"
 	"github.com/gatevisor/gatevisor/internal/api/apiclient"
 	"github.com/gatevisor/gatevisor/internal/metrics"
+	"github.com/gatevisor/gatevisor/internal/safefile"
 	"github.com/gatevisor/gatevisor/internal/vmdir"
 )
 
@@ -36,7 +40,11 @@ func init() {
 const scrapeTimeout = 5 * time.Second
 
 func newServeCmd() *cobra.Command {
-	var listen string
+	var (
+		listen        string
+		openMetrics   bool
+		tokenFileFlag bool
+	)
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "The host daemon: every running VM's Prometheus metrics on one TCP address",
@@ -44,11 +52,33 @@ func newServeCmd() *cobra.Command {
 metrics of every VM this user can reach (its own, and root's that root
 shares), each VM's from its monitor's API socket (the policy's API gate
 decides, as action vm.metrics), merged into one exposition, plus
-gatevisor_serve_* metrics about the scrape itself. A VM that does not
-answer is left out of that scrape and counted; no monitor depends on the
-daemon. contrib/systemd/gatevisor-serve.service runs it under systemd.`,
+gatevisor_serve_* metrics about the scrape itself; and GET /events, every
+such VM's events as server-sent events (?format=jsonl: JSON lines). A VM
+that does not answer is left out of that scrape and counted; no monitor
+depends on the daemon. contrib/systemd/gatevisor-serve.service runs it
+under systemd.
+
+Every request needs "Authorization: Bearer TOKEN": the daemon would
+otherwise hand its user's VMs (root's, under systemd) to every local user
+who can reach the port. The token is in a file only its user can read,
+$XDG_STATE_HOME/gatevisor/serve.token (~/.local/state/...), created on the
+first start and kept (a Prometheus scrape config names it as
+authorization.credentials_file); --token-file prints its path.
+--metrics-without-token serves /metrics to anyone who can connect.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			tokenPath, err := serveTokenPath()
+			if err != nil {
+				return err
+			}
+			if tokenFileFlag {
+				fmt.Fprintln(cmd.OutOrStdout(), tokenPath)
+				return nil
+			}
+			token, err := serveToken(tokenPath)
+			if err != nil {
+				return err
+			}
 			host, _, err := net.SplitHostPort(listen)
 			if err != nil {
 				return fmt.Errorf("--listen %q: want HOST:PORT, such as 127.0.0.1:9464: %w", listen, err)
@@ -62,9 +92,9 @@ daemon. contrib/systemd/gatevisor-serve.service runs it under systemd.`,
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			d := &daemon{}
+			d := &daemon{token: token, openMetrics: openMetrics}
 			srv := &http.Server{Handler: d.handler(), ReadHeaderTimeout: 10 * time.Second, WriteTimeout: time.Minute}
-			fmt.Fprintf(os.Stderr, "gatevisor serve: metrics on http://%s/metrics\n", l.Addr())
+			fmt.Fprintf(os.Stderr, "gatevisor serve: metrics on http://%s/metrics, events on /events; the bearer token is in %s\n", l.Addr(), tokenPath)
 			errc := make(chan error, 1)
 			go func() { errc <- srv.Serve(l) }()
 			select {
@@ -78,11 +108,71 @@ daemon. contrib/systemd/gatevisor-serve.service runs it under systemd.`,
 		},
 	}
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:9464", "TCP address to serve on (HOST:PORT; loopback unless you mean otherwise)")
+	cmd.Flags().BoolVar(&openMetrics, "metrics-without-token", false, "serve /metrics without the bearer token (any local user then reads your VMs' metrics)")
+	cmd.Flags().BoolVar(&tokenFileFlag, "token-file", false, "print the token file's path and exit")
 	return cmd
+}
+
+// serveTokenPath is where gatevisor serve keeps its bearer token.
+func serveTokenPath() (string, error) {
+	base := os.Getenv("XDG_STATE_HOME")
+	if base == "" || !filepath.IsAbs(base) {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return "", fmt.Errorf("serve: no state directory for the token: set XDG_STATE_HOME or HOME: %w", err)
+		}
+		base = filepath.Join(home, ".local", "state")
+	}
+	dir := filepath.Join(base, "gatevisor")
+	if err := safefile.Dir(dir, 0o700); err != nil {
+		return "", fmt.Errorf("serve: %w", err)
+	}
+	return filepath.Join(dir, "serve.token"), nil
+}
+
+// serveToken returns the token in path, creating it (32 random bytes, hex,
+// mode 0600) when there is none. A token file that is not a regular file
+// of ours, or is readable by others, is refused.
+func serveToken(path string) (string, error) {
+	f, err := safefile.OpenFile(path, os.O_RDONLY, 0)
+	if err == nil {
+		defer f.Close()
+		fi, err := f.Stat()
+		if err != nil {
+			return "", err
+		}
+		if fi.Mode().Perm()&0o077 != 0 {
+			return "", fmt.Errorf("serve: %s is readable by others (mode %v): remove it, a new one is made", path, fi.Mode().Perm())
+		}
+		b, err := io.ReadAll(io.LimitReader(f, 256))
+		if err != nil {
+			return "", err
+		}
+		tok := strings.TrimSpace(string(b))
+		if len(tok) < 32 {
+			return "", fmt.Errorf("serve: %s holds no token (under 32 characters): remove it, a new one is made", path)
+		}
+		return tok, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("serve: %w", err)
+	}
+	var raw [32]byte
+	if _, err := rand.Read(raw[:]); err != nil {
+		return "", err
+	}
+	tok := hex.EncodeToString(raw[:])
+	if err := safefile.WriteFile(path, []byte(tok+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("serve: write the token: %w", err)
+	}
+	return tok, nil
 }
 
 // daemon is gatevisor serve's state.
 type daemon struct {
+	token       string // every request's bearer token
+	openMetrics bool   // /metrics needs no token
+
 	mu       sync.Mutex
 	scrapes  uint64
 	failures map[string]uint64 // by VM
@@ -90,13 +180,30 @@ type daemon struct {
 
 func (d *daemon) handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /metrics", d.metrics)
-	mux.HandleFunc("GET /events", d.events)
+	if d.openMetrics {
+		mux.HandleFunc("GET /metrics", d.metrics)
+	} else {
+		mux.HandleFunc("GET /metrics", d.authorized(d.metrics))
+	}
+	mux.HandleFunc("GET /events", d.authorized(d.events))
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = io.WriteString(w, "gatevisor serve: GET /metrics (Prometheus), GET /events (every VM's events as server-sent events; ?format=jsonl for JSON lines)\n")
 	})
 	return mux
+}
+
+// authorized lets through only requests with the daemon's bearer token.
+func (d *daemon) authorized(h http.HandlerFunc) http.HandlerFunc {
+	want := []byte("Bearer " + d.token)
+	return func(w http.ResponseWriter, r *http.Request) {
+		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="gatevisor"`)
+			http.Error(w, "gatevisor serve: send Authorization: Bearer TOKEN, the token in the file 'gatevisor serve --token-file' names", http.StatusUnauthorized)
+			return
+		}
+		h(w, r)
+	}
 }
 
 // metrics scrapes every live VM in parallel and merges their metrics.

@@ -438,7 +438,23 @@ func checkMetrics(t *testing.T, vm string) {
 		url = "http://" + m[1] + "/metrics"
 		return nil
 	})
-	resp, err := http.Get(url)
+	// Without the token: refused (another local user could connect).
+	if resp, err := http.Get(url); err != nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("gatevisor serve /metrics without the token: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	tok, err := os.ReadFile(filepath.Join(env.stateDir, "gatevisor", "serve.token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := os.Stat(filepath.Join(env.stateDir, "gatevisor", "serve.token")); fi == nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("the token file's mode: %v", fi)
+	}
+	bearer := "Bearer " + strings.TrimSpace(string(tok))
+	mreq, _ := http.NewRequest(http.MethodGet, url, nil)
+	mreq.Header.Set("Authorization", bearer)
+	resp, err := http.DefaultClient.Do(mreq)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -456,6 +472,7 @@ func checkMetrics(t *testing.T, vm string) {
 	ectx, ecancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer ecancel()
 	req, _ := http.NewRequestWithContext(ectx, http.MethodGet, strings.TrimSuffix(url, "/metrics")+"/events", nil)
+	req.Header.Set("Authorization", bearer)
 	eresp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
