@@ -15,7 +15,7 @@ func newDumpCmd() *cobra.Command {
 	var out string
 	cmd := &cobra.Command{
 		Use:   "dump NAME -o FILE",
-		Short: "Write an ELF dump of a running VM's memory (for 'gatevisor ids --dump')",
+		Short: "Write an ELF dump of a running VM's memory (for 'gatevisor ids --dump'): a new file, yours, mode 0600",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if out == "" {

@@ -13,6 +13,7 @@ import (
 	"github.com/gatevisor/gatevisor/internal/ids"
 	"github.com/gatevisor/gatevisor/internal/qemu"
 	"github.com/gatevisor/gatevisor/internal/qemu/gdbrsp"
+	"github.com/gatevisor/gatevisor/internal/safefile"
 	"github.com/gatevisor/gatevisor/internal/vmi"
 	"github.com/gatevisor/gatevisor/internal/vmi/linux"
 )
@@ -236,12 +237,25 @@ func (m *Monitor) Dump(ctx context.Context, path string) (api.DumpResult, error)
 		return api.DumpResult{}, err
 	}
 	start := time.Now()
+	// The monitor creates the file for the caller, never QEMU from a
+	// path: a new file, no symbolic link on the way, in a directory of the
+	// caller's (unless the caller is the VM's owner or root), theirs.
+	uid, gid := uint32(os.Geteuid()), uint32(os.Getegid())
+	if c, ok := api.CallerFromContext(ctx); ok {
+		uid, gid = c.UID, c.GID
+	}
+	f, err := safefile.CreateFor(path, uid, gid)
+	if err != nil {
+		return api.DumpResult{}, &api.Error{Code: api.CodeBadRequest, Message: fmt.Sprintf("dump: %v", err)}
+	}
+	defer f.Close()
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
-	if err := m.qmp.DumpGuestMemory(ctx, path); err != nil {
+	if err := m.qmp.DumpGuestMemoryToFile(ctx, f); err != nil {
+		os.Remove(path)
 		return api.DumpResult{}, fmt.Errorf("dump guest memory to %s: %w", path, err)
 	}
-	fi, err := os.Stat(path)
+	fi, err := f.Stat()
 	if err != nil {
 		return api.DumpResult{}, err
 	}

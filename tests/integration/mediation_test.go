@@ -340,12 +340,12 @@ echo "status=$?" >> /run/boot-insmod.txt
 	t.Run("a viewer reads the status, cannot stop the VM", func(t *testing.T) {
 		bin := copyBinaryForOthers(t)
 		t.Cleanup(func() { os.RemoveAll("/tmp/gatevisor-1000") })
-		viewer := func(args ...string) result {
+		as := func(uid, gid uint32, args ...string) result {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
 			cmd := exec.CommandContext(ctx, bin, args...)
 			cmd.Env = []string{"PATH=/usr/bin:/bin", "HOME=/tmp"}
-			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 1000, Gid: 1000}}
+			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: gid}}
 			var o, e strings.Builder
 			cmd.Stdout, cmd.Stderr = &o, &e
 			err := cmd.Run()
@@ -353,10 +353,11 @@ echo "status=$?" >> /run/boot-insmod.txt
 			if ee, ok := err.(*exec.ExitError); ok {
 				res.code = ee.ExitCode()
 			} else if err != nil {
-				t.Fatalf("viewer %v: %v", args, err)
+				t.Fatalf("uid %d: %v: %v", uid, args, err)
 			}
 			return res
 		}
+		viewer := func(args ...string) result { return as(1000, 1000, args...) }
 		if r := viewer("status", vm); r.code != 0 || !strings.Contains(r.stdout, vm) {
 			t.Fatalf("viewer status: exit %d %q %q", r.code, r.stdout, r.stderr)
 		}
@@ -368,6 +369,41 @@ echo "status=$?" >> /run/boot-insmod.txt
 		}
 		if st := statusSys(t, vm); st.State != api.StateRunning {
 			t.Fatalf("after the viewer's stop: state %s", st.State)
+		}
+		// An operator may dump the guest's memory, but root's monitor
+		// writes only a new file in a directory of the operator's, never
+		// where the operator points it (/etc, a shared /tmp, a symlink).
+		const opUID, opGID = 1001, 950
+		for _, c := range []struct{ path, want string }{
+			{"/etc/gv-dump.elf", "belongs to uid 0, not to the requester (uid 1001)"},
+			{"/tmp/gv-dump.elf", "belongs to uid 0, not to the requester (uid 1001)"},
+		} {
+			if r := as(opUID, opGID, "dump", vm, "-o", c.path); r.code == 0 || !strings.Contains(r.stderr, c.want) {
+				t.Errorf("operator dump to %s: exit %d %q; want %q", c.path, r.code, r.stderr, c.want)
+			}
+			if _, err := os.Lstat(c.path); err == nil {
+				os.Remove(c.path)
+				t.Errorf("%s was written", c.path)
+			}
+		}
+		opDir, err := os.MkdirTemp("", "gv-operator-*")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer os.RemoveAll(opDir)
+		if err := os.Chown(opDir, opUID, opGID); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink("/etc/passwd", filepath.Join(opDir, "passwd.elf")); err != nil {
+			t.Fatal(err)
+		}
+		if r := as(opUID, opGID, "dump", vm, "-o", filepath.Join(opDir, "passwd.elf")); r.code == 0 {
+			t.Errorf("an operator's dump followed a symlink to /etc/passwd: %q", r.stdout)
+		}
+		if r := as(opUID, opGID, "dump", vm, "-o", filepath.Join(opDir, "guest.elf")); r.code != 0 {
+			t.Errorf("operator dump into their own directory: exit %d %q", r.code, r.stderr)
+		} else if fi, err := os.Stat(filepath.Join(opDir, "guest.elf")); err != nil || fi.Sys().(*syscall.Stat_t).Uid != opUID || fi.Mode().Perm() != 0o600 {
+			t.Errorf("the operator's dump: %v %v; want theirs, mode 0600", fi, err)
 		}
 		file := filepath.Join(env.stateDir, "gatevisor", "vms", vm, "audit.jsonl")
 		a := gvSys(time.Minute, "audit", "--file", file, "--class", "api", "--verdict", "deny", "--json")

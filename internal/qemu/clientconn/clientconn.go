@@ -28,6 +28,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Conn is one client connection's lifecycle. Create it with [New], then
@@ -149,6 +151,34 @@ func (c *Conn) Write(ctx context.Context, b []byte) error {
 	}
 	c.Fail(fmt.Errorf("write: %v", err))
 	return c.Reason()
+}
+
+// WriteWithFD writes b, as Write does, with the file descriptor fd passed
+// along (SCM_RIGHTS: QMP's getfd takes it from the message that carries the
+// command). The connection must be a unix socket.
+func (c *Conn) WriteWithFD(ctx context.Context, b []byte, fd int) error {
+	uc, ok := c.nc.(*net.UnixConn)
+	if !ok {
+		return errors.New("passing a file descriptor needs a unix socket")
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if dl, ok := ctx.Deadline(); ok {
+		c.nc.SetWriteDeadline(dl)
+		defer c.nc.SetWriteDeadline(noDeadline)
+	}
+	n, oobn, err := uc.WriteMsgUnix(b, unix.UnixRights(fd), nil)
+	if err == nil && (n != len(b) || oobn == 0) {
+		err = fmt.Errorf("short write (%d of %d bytes, %d of control)", n, len(b), oobn)
+	}
+	if err != nil {
+		c.Fail(fmt.Errorf("write: %v", err))
+		return c.Reason()
+	}
+	return nil
 }
 
 var (

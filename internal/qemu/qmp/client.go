@@ -110,6 +110,16 @@ func (c *Client) Close() error { return c.cc.Close() }
 // A QMP error reply is returned as *Error. Execute is safe to call
 // concurrently; replies are matched to requests by id.
 func (c *Client) Execute(ctx context.Context, command string, args any, result any) error {
+	return c.execute(ctx, command, args, result, -1)
+}
+
+// ExecuteWithFD is Execute with the file descriptor fd passed along with
+// the command (for getfd and add-fd).
+func (c *Client) ExecuteWithFD(ctx context.Context, command string, args any, result any, fd int) error {
+	return c.execute(ctx, command, args, result, fd)
+}
+
+func (c *Client) execute(ctx context.Context, command string, args any, result any, fd int) error {
 	id := "gv-" + strconv.FormatUint(c.nextID.Add(1), 10)
 	req := struct {
 		Execute   string `json:"execute"`
@@ -135,7 +145,11 @@ func (c *Client) Execute(ctx context.Context, command string, args any, result a
 		c.mu.Unlock()
 	}()
 
-	if err := c.cc.Write(ctx, b); err != nil {
+	write := c.cc.Write
+	if fd >= 0 {
+		write = func(ctx context.Context, b []byte) error { return c.cc.WriteWithFD(ctx, b, fd) }
+	}
+	if err := write(ctx, b); err != nil {
 		return fmt.Errorf("qmp: %s: %w", command, err)
 	}
 	select {

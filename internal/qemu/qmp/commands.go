@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"strconv"
 )
 
 // Status is the reply of query-status.
@@ -55,6 +57,31 @@ func (c *Client) HumanMonitorCommand(ctx context.Context, cmdline string) (strin
 // QEMU can create). Paging is off, so the dump holds guest-physical memory.
 // The command runs with detach=false: it returns when the dump is complete
 // (QEMU also emits DUMP_COMPLETED), and the VM is paused meanwhile.
+// DumpGuestMemoryToFile dumps guest memory as an ELF core into f, which the
+// caller opened (QEMU writes through the descriptor passed with getfd, so
+// it never opens a path itself).
+func (c *Client) DumpGuestMemoryToFile(ctx context.Context, f *os.File) error {
+	name := "gv-dump-" + strconv.FormatUint(c.nextID.Add(1), 10)
+	if err := c.ExecuteWithFD(ctx, "getfd", struct {
+		FDName string `json:"fdname"`
+	}{name}, nil, int(f.Fd())); err != nil {
+		return fmt.Errorf("qmp: pass the dump file: %w", err)
+	}
+	args := struct {
+		Paging   bool   `json:"paging"`
+		Protocol string `json:"protocol"`
+		Detach   bool   `json:"detach"`
+	}{false, "fd:" + name, false}
+	if err := c.Execute(ctx, "dump-guest-memory", args, nil); err != nil {
+		// The descriptor may still be QEMU's: released, best effort.
+		_ = c.Execute(context.Background(), "closefd", struct {
+			FDName string `json:"fdname"`
+		}{name}, nil)
+		return fmt.Errorf("qmp: dump guest memory to %s: %w", f.Name(), err)
+	}
+	return nil
+}
+
 func (c *Client) DumpGuestMemory(ctx context.Context, path string) error {
 	args := struct {
 		Paging   bool   `json:"paging"`
