@@ -4,13 +4,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/gatevisor/gatevisor/internal/api"
 	"github.com/gatevisor/gatevisor/internal/audit"
@@ -258,7 +264,11 @@ func (m *Monitor) LoadPolicy(ctx context.Context, req api.PolicyRequest) (api.Po
 	if dir == "" {
 		dir = "."
 	}
-	snap, err := policy.NewSnapshot(base, []byte(req.Source), policy.FSResolver(os.DirFS(dir)))
+	resolve := policy.FSResolver(os.DirFS(dir))
+	if c, ok := api.CallerFromContext(ctx); ok && c.UID != 0 && int(c.UID) != os.Geteuid() {
+		resolve = callersOwn(dir, c.UID)
+	}
+	snap, err := policy.NewSnapshot(base, []byte(req.Source), resolve)
 	if err != nil {
 		return refuse(err)
 	}
@@ -374,6 +384,45 @@ func (m *Monitor) authorize(_ context.Context, c api.Caller, action string) erro
 		return nil
 	}
 	return fmt.Errorf("%s by rule %s (policy %d): %s", d.Verdict, d.Rule, d.Seq, d.Reason)
+}
+
+// callersOwn resolves includes for a caller other than the VM's owner or
+// root (whom a policy granted policy.load): only regular files of uid,
+// reached without a symbolic link below dir (the kernel resolves the path:
+// nothing can be swapped in between), so that the caller cannot make the
+// monitor read a file it could not and have its text quoted back in a
+// parse error.
+func callersOwn(dir string, uid uint32) policy.Resolver {
+	return func(from, name string) (string, []byte, error) {
+		p := path.Clean(path.Join(path.Dir(from), name))
+		if !fs.ValidPath(p) {
+			return "", nil, fmt.Errorf("%q is outside the policy directory", name)
+		}
+		dfd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return "", nil, fmt.Errorf("%s: %w", dir, err)
+		}
+		defer unix.Close(dfd)
+		fd, err := unix.Openat2(dfd, p, &unix.OpenHow{Flags: unix.O_RDONLY | unix.O_CLOEXEC | unix.O_NOFOLLOW | unix.O_NONBLOCK,
+			Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS})
+		if err != nil {
+			return "", nil, fmt.Errorf("include %q: %w (a policy loaded by uid %d may include only its own files, without symbolic links)", name, err, uid)
+		}
+		f := os.NewFile(uintptr(fd), p)
+		defer f.Close()
+		fi, err := f.Stat()
+		if err != nil {
+			return "", nil, err
+		}
+		if st, ok := fi.Sys().(*syscall.Stat_t); !ok || st.Uid != uid || !fi.Mode().IsRegular() {
+			return "", nil, fmt.Errorf("include %q is not a regular file of uid %d: a policy loaded by uid %d may include only its own files", name, uid, uid)
+		}
+		b, err := io.ReadAll(io.LimitReader(f, policy.MaxFileSize+1))
+		if err != nil {
+			return "", nil, err
+		}
+		return p, b, nil
+	}
 }
 
 // policyStatus is the policy part of Status.
