@@ -63,6 +63,9 @@ type Status struct {
 	Events *EventsStatus `json:"events,omitempty"`
 	// IDS is the periodic scan's state.
 	IDS *IDSStatus `json:"ids,omitempty"`
+	// Responses are the policy's responses and what they did (nil when
+	// the policy states none).
+	Responses *ResponsesStatus `json:"responses,omitempty"`
 	// Stop is how a requested stop went (nil until one is requested).
 	Stop *StopStatus `json:"stop,omitempty"`
 }
@@ -103,6 +106,24 @@ type AuditStatus struct {
 	// Bytes and Files are what the log and its rotated files hold.
 	Bytes int64 `json:"bytes"`
 	Files int   `json:"files"`
+}
+
+// ResponsesStatus is what the policy's responses did since the VM started.
+type ResponsesStatus struct {
+	// Dropped counts triggers the full response queue refused.
+	Dropped   uint64           `json:"dropped"`
+	Responses []ResponseStatus `json:"responses"`
+}
+
+// ResponseStatus is one response statement's counts.
+type ResponseStatus struct {
+	Name   string `json:"name"`
+	Action string `json:"action"`
+	// Taken counts actions carried out, Failed those that could not be,
+	// Limited the triggers over the response's limit a minute.
+	Taken   uint64 `json:"taken"`
+	Failed  uint64 `json:"failed"`
+	Limited uint64 `json:"limited"`
 }
 
 // IDSStatus is the periodic IDS scan (run --ids-interval).

@@ -163,6 +163,13 @@ func printStatus(w io.Writer, st *api.Status) {
 		printScanStatus(&r, d)
 	}
 
+	if rs := st.Responses; rs != nil {
+		r.top("responses", fmt.Sprintf("%d dropped (the queue was full)", rs.Dropped))
+		for _, x := range rs.Responses {
+			r.sub(x.Name, fmt.Sprintf("%s: %d taken, %d failed, %d over its limit a minute", x.Action, x.Taken, x.Failed, x.Limited))
+		}
+	}
+
 	if a := st.Audit; a != nil {
 		r.top("audit log", a.Log+parens("head ", a.Head))
 		last := "none written by this monitor yet"

@@ -701,6 +701,7 @@ func (m *Monitor) Status(ctx context.Context) api.Status {
 		}
 	}
 	st.IDS = m.scans.status()
+	st.Responses = m.responsesStatus()
 	if m.events != nil {
 		st.Events = m.events.status()
 	}

@@ -44,6 +44,44 @@ type responder struct {
 	mu      sync.Mutex
 	taken   map[string][]time.Time // by response: when it acted in the last minute
 	limited map[string]bool        // by response: a notice says it is over its rate
+	counts  map[string]*respCounts // by response, since the VM started
+}
+
+// respCounts are one response's counts for status.
+type respCounts struct{ taken, failed, limited uint64 }
+
+// count adds to response name's counts.
+func (r *responder) count(name string, f func(*respCounts)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.counts == nil {
+		r.counts = map[string]*respCounts{}
+	}
+	c := r.counts[name]
+	if c == nil {
+		c = &respCounts{}
+		r.counts[name] = c
+	}
+	f(c)
+}
+
+// responsesStatus is the responses part of Status (nil without any).
+func (m *Monitor) responsesStatus() *api.ResponsesStatus {
+	snap := m.pol.snap.Load()
+	if snap == nil || len(snap.Policy.Responses()) == 0 {
+		return nil
+	}
+	st := &api.ResponsesStatus{Dropped: m.resp.dropped.Load()}
+	m.resp.mu.Lock()
+	defer m.resp.mu.Unlock()
+	for _, r := range snap.Policy.Responses() {
+		rs := api.ResponseStatus{Name: r.Name, Action: r.Action}
+		if c := m.resp.counts[r.Name]; c != nil {
+			rs.Taken, rs.Failed, rs.Limited = c.taken, c.failed, c.limited
+		}
+		st.Responses = append(st.Responses, rs)
+	}
+	return st
 }
 
 // respond queues job, starting the worker on first use.
@@ -98,6 +136,7 @@ func (r *responder) allow(name string, limit int, now time.Time) bool {
 
 func (m *Monitor) carryOut(job respJob) {
 	if !m.resp.allow(job.resp.Name, job.resp.Limit, time.Now()) {
+		m.resp.count(job.resp.Name, func(c *respCounts) { c.limited++ })
 		m.resp.mu.Lock()
 		first := !m.resp.limited[job.resp.Name]
 		m.resp.limited[job.resp.Name] = true
@@ -111,8 +150,10 @@ func (m *Monitor) carryOut(job respJob) {
 		res, err := m.netIsolate(procRequester{rule: "response:" + job.resp.Name,
 			why: fmt.Sprintf("by response %s (%s) on %s", job.resp.Name, job.resp.Pos, job.trigger)})
 		if err != nil {
+			m.resp.count(job.resp.Name, func(c *respCounts) { c.failed++ })
 			m.publishNotice(monitoring.ProcNotice, fmt.Sprintf("response %s on %s: not done: %v", job.resp.Name, job.trigger, err))
 		} else {
+			m.resp.count(job.resp.Name, func(c *respCounts) { c.taken++ })
 			m.logf("response %s: network isolated (%s)", job.resp.Name, res.Reason)
 		}
 		return
@@ -124,9 +165,11 @@ func (m *Monitor) carryOut(job respJob) {
 		why:  fmt.Sprintf("by response %s (%s) on %s", job.resp.Name, job.resp.Pos, job.trigger),
 	})
 	if err != nil {
+		m.resp.count(job.resp.Name, func(c *respCounts) { c.failed++ })
 		m.publishNotice(monitoring.ProcNotice, fmt.Sprintf("response %s on %s: not done: %v", job.resp.Name, job.trigger, err))
 		return
 	}
+	m.resp.count(job.resp.Name, func(c *respCounts) { c.taken++ })
 	m.logf("response %s: %s", job.resp.Name, res.Outcome)
 }
 

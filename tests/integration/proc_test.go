@@ -276,6 +276,36 @@ func TestCPUHogResponse(t *testing.T) {
 	if !strings.Contains(ev.stdout, `"check":"cpu-hog"`) || !strings.Contains(ev.stdout, "by response stop_hogs") {
 		t.Errorf("no cpu-hog finding or response in the events:\n%s", tail([]byte(ev.stdout)))
 	}
+	// From the finding to the response having taken effect (its event is
+	// published once guest memory shows the process stopped).
+	var found, acted time.Time
+	for line := range strings.SplitSeq(ev.stdout, "\n") {
+		var e struct {
+			Time    time.Time `json:"time"`
+			Type    string    `json:"type"`
+			Detail  string    `json:"detail"`
+			Finding *struct {
+				Check string `json:"check"`
+			} `json:"finding"`
+		}
+		if json.Unmarshal([]byte(line), &e) != nil {
+			continue
+		}
+		switch {
+		case e.Type == "finding" && e.Finding != nil && e.Finding.Check == "cpu-hog" && found.IsZero():
+			found = e.Time
+		case e.Type == "proc" && strings.Contains(e.Detail, "by response stop_hogs") && acted.IsZero():
+			acted = e.Time
+		}
+	}
+	if found.IsZero() || acted.Before(found) {
+		t.Errorf("finding at %v, response at %v", found, acted)
+	} else {
+		t.Logf("from the cpu-hog finding to the process stopped by the response: %v", acted.Sub(found).Round(time.Millisecond))
+	}
+	if st := status(t, vm); st.Responses == nil || len(st.Responses.Responses) != 1 || st.Responses.Responses[0].Taken < 1 {
+		t.Errorf("status of the responses: %+v", st.Responses)
+	}
 	file := filepath.Join(env.stateDir, "gatevisor", "vms", vm, "audit.jsonl")
 	a := gv(t, time.Minute, "audit", "--file", file, "--rule", "response:stop_hogs", "--json")
 	if a.code != 0 || !strings.Contains(a.stdout, "finding cpu-hog") || !strings.Contains(a.stdout, "its state went") {
