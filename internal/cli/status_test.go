@@ -59,7 +59,7 @@ func fullStatus() api.Status {
 			Aggregated: 500, Aggregates: 4, Rotations: 2, WriteErrors: 1, LastError: "write: no space left on device",
 			Oversized: 2, DroppedFollowers: 1},
 		Responses: &api.ResponsesStatus{Dropped: 2, Responses: []api.ResponseStatus{{Name: "stop_hogs", Action: "stop", Taken: 3, Failed: 1, Limited: 4}}},
-		Stop: &api.StopStatus{Forced: true, Outcome: "the guest did not power off within 30s: QEMU was told to quit", Done: false},
+		Stop:      &api.StopStatus{Forced: true, Outcome: "the guest did not power off within 30s: QEMU was told to quit", Done: false},
 	}
 }
 
