@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
 	"github.com/gatevisor/gatevisor/internal/api"
 	"github.com/gatevisor/gatevisor/internal/api/apiclient"
@@ -58,9 +59,11 @@ that does not answer is left out of that scrape and counted; no monitor
 depends on the daemon. contrib/systemd/gatevisor-serve.service runs it
 under systemd.
 
-Every request needs "Authorization: Bearer TOKEN": the daemon would
-otherwise hand its user's VMs (root's, under systemd) to every local user
-who can reach the port. The token is in a file only its user can read,
+Every request over TCP needs "Authorization: Bearer TOKEN": the daemon
+would otherwise hand its user's VMs (root's, under systemd) to every local
+user who can reach the port. The same endpoints are served without a
+token on a unix socket only the daemon's user (and root) may use,
+serve.sock beside the token (curl --unix-socket PATH http://x/metrics). The token is in a file only its user can read,
 $XDG_STATE_HOME/gatevisor/serve.token (~/.local/state/...), created on the
 first start and kept (a Prometheus scrape config names it as
 authorization.credentials_file); --token-file prints its path.
@@ -93,10 +96,19 @@ authorization.credentials_file); --token-file prints its path.
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			d := &daemon{token: token, openMetrics: openMetrics}
-			srv := &http.Server{Handler: d.handler(), ReadHeaderTimeout: 10 * time.Second, WriteTimeout: time.Minute}
-			fmt.Fprintf(os.Stderr, "gatevisor serve: metrics on http://%s/metrics, events on /events; the bearer token is in %s\n", l.Addr(), tokenPath)
-			errc := make(chan error, 1)
+			srv := &http.Server{Handler: d.handler(), ReadHeaderTimeout: 10 * time.Second, WriteTimeout: time.Minute,
+				ConnContext: withPeer}
+			sockPath := filepath.Join(filepath.Dir(tokenPath), "serve.sock")
+			ul, err := listenUnix(sockPath)
+			if err != nil {
+				l.Close()
+				return err
+			}
+			defer os.Remove(sockPath)
+			fmt.Fprintf(os.Stderr, "gatevisor serve: metrics on http://%s/metrics, events on /events; the bearer token is in %s; no token needed on %s\n", l.Addr(), tokenPath, sockPath)
+			errc := make(chan error, 2)
 			go func() { errc <- srv.Serve(l) }()
+			go func() { errc <- srv.Serve(ul) }()
 			select {
 			case err := <-errc:
 				return err
@@ -193,10 +205,62 @@ func (d *daemon) handler() http.Handler {
 	return mux
 }
 
-// authorized lets through only requests with the daemon's bearer token.
+// peerKey carries a unix-socket peer's uid in a request's context.
+type peerKey struct{}
+
+// withPeer notes the uid of a unix-socket connection's peer (SO_PEERCRED).
+func withPeer(ctx context.Context, c net.Conn) context.Context {
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return ctx
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return ctx
+	}
+	var cred *unix.Ucred
+	_ = raw.Control(func(fd uintptr) { cred, _ = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) })
+	if cred == nil {
+		return ctx
+	}
+	return context.WithValue(ctx, peerKey{}, cred.Uid)
+}
+
+// listenUnix listens on the unix socket path (mode 0600, in a directory
+// only we control), replacing a stale socket of ours.
+func listenUnix(path string) (net.Listener, error) {
+	if fi, err := os.Lstat(path); err == nil {
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if fi.Mode().Type() != os.ModeSocket || !ok || int(st.Uid) != os.Geteuid() {
+			return nil, fmt.Errorf("serve: %s exists and is not a socket of ours: remove it", path)
+		}
+		if c, err := net.Dial("unix", path); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("serve: another gatevisor serve answers on %s", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("serve: %w", err)
+		}
+	}
+	old := syscall.Umask(0o177)
+	l, err := net.Listen("unix", path)
+	syscall.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("serve: %w", err)
+	}
+	return l, nil
+}
+
+// authorized lets through requests from the daemon's user (or root) on the
+// unix socket, and requests with the daemon's bearer token.
 func (d *daemon) authorized(h http.HandlerFunc) http.HandlerFunc {
 	want := []byte("Bearer " + d.token)
+	self := uint32(os.Geteuid())
 	return func(w http.ResponseWriter, r *http.Request) {
+		if uid, ok := r.Context().Value(peerKey{}).(uint32); ok && (uid == self || uid == 0) {
+			h(w, r)
+			return
+		}
 		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="gatevisor"`)
 			http.Error(w, "gatevisor serve: send Authorization: Bearer TOKEN, the token in the file 'gatevisor serve --token-file' names", http.StatusUnauthorized)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -493,6 +494,16 @@ func checkMetrics(t *testing.T, vm string) {
 	text := string(body)
 	if resp.StatusCode != 200 || !strings.Contains(text, fmt.Sprintf(`gatevisor_vm_vcpus{vm=%q}`, vm)) {
 		t.Fatalf("gatevisor serve /metrics: %d\n%s", resp.StatusCode, text)
+	}
+	// Its user needs no token on the unix socket beside the token.
+	sock := filepath.Join(env.stateDir, "gatevisor", "serve.sock")
+	uc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+	if uresp, err := uc.Get("http://serve/metrics"); err != nil || uresp.StatusCode != http.StatusOK {
+		t.Errorf("gatevisor serve /metrics on %s without a token: %v %v", sock, uresp, err)
+	} else {
+		uresp.Body.Close()
 	}
 	if v, ok := sample(text, "gatevisor_serve_vms"); !ok || v < 1 {
 		t.Errorf("gatevisor_serve_vms = %v (found %v)", v, ok)
