@@ -2,6 +2,7 @@ package ids
 
 import (
 	"fmt"
+	"sort"
 	"time"
 
 	"github.com/gatevisor/gatevisor/internal/vmi/linux"
@@ -21,86 +22,108 @@ func CheckNames() []string {
 
 // Limits of the CPU-hog detector.
 const (
-	// MaxHogWindow bounds the window (and so the samples kept).
+	// MaxHogWindow bounds the window.
 	MaxHogWindow = time.Hour
-	// maxHogSamples bounds the samples kept, whatever the scan interval.
-	maxHogSamples = 4096
+	// hogSamples is how many runtime samples each process keeps, taken at
+	// least a quarter window apart: two windows of history, whatever the
+	// scan interval, so that the memory is bounded by the process count
+	// (itself bounded by the task listing) and not by window / interval.
+	hogSamples = 8
 )
 
 // HogDetector finds processes whose CPU time over the last Window is at
 // least Threshold of one CPU, from successive scans' process listings: the
 // scheduler's own sum_exec_runtime of the whole thread group (live and
 // exited threads), which a process cannot hide from without hiding from
-// the task list itself. It keeps one map of runtimes per scan inside the
-// window; not safe for concurrent use.
+// the task list itself. Not safe for concurrent use.
 type HogDetector struct {
 	Threshold float64       // fraction of one CPU, e.g. 0.9; 0 disables
 	Window    time.Duration // how long the use must last
-	samples   []hogSample   // oldest first
+	procs     map[string]*hogTrack
 }
 
-type hogSample struct {
-	at      time.Time
-	runtime map[string]uint64 // GroupRuntime by taskKey
+// hogTrack is one process's runtime samples, oldest first.
+type hogTrack struct {
+	at      [hogSamples]time.Time
+	runtime [hogSamples]uint64
+	n       int
+}
+
+func (t *hogTrack) add(at time.Time, rt uint64) {
+	if t.n == hogSamples {
+		copy(t.at[:], t.at[1:])
+		copy(t.runtime[:], t.runtime[1:])
+		t.n--
+	}
+	t.at[t.n], t.runtime[t.n] = at, rt
+	t.n++
 }
 
 // Observe records a scan's processes taken at now and returns a finding
 // for every process that used at least Threshold of a CPU over the whole
-// window, and the check's status (it has run once a sample is a window old).
+// window, and the check's status (it ran for the processes with a sample
+// at least a window old).
 func (h *HogDetector) Observe(now time.Time, procs []linux.Task) ([]Finding, CheckStatus) {
 	st := CheckStatus{Name: CheckCPUHog}
 	if h.Threshold <= 0 || h.Window <= 0 {
 		st.NotApplicable = "off (run --cpu-hog-threshold)"
 		return nil, st
 	}
-	cur := hogSample{at: now, runtime: make(map[string]uint64, len(procs))}
-	byKey := make(map[string]linux.Task, len(procs))
+	if h.procs == nil {
+		h.procs = map[string]*hogTrack{}
+	}
+	spacing := h.Window / 4
+	seen := make(map[string]bool, len(procs))
+	var out []Finding
 	for _, p := range procs {
 		if p.KernelThread {
 			continue
 		}
 		k := taskKey(p)
-		cur.runtime[k] = p.GroupRuntime
-		byKey[k] = p
-	}
-	// The baseline: the newest sample at least a window old; older ones
-	// are dropped.
-	base := -1
-	for i, s := range h.samples {
-		if now.Sub(s.at) >= h.Window {
-			base = i
+		seen[k] = true
+		t := h.procs[k]
+		if t == nil {
+			t = &hogTrack{}
+			h.procs[k] = t
 		}
-	}
-	if base > 0 {
-		h.samples = h.samples[base:]
-		base = 0
-	}
-	h.samples = append(h.samples, cur)
-	if len(h.samples) > maxHogSamples {
-		h.samples = h.samples[len(h.samples)-maxHogSamples:]
-	}
-	if base < 0 {
-		st.NotApplicable = fmt.Sprintf("waiting for a whole window (%v) of samples", h.Window)
-		return nil, st
-	}
-	st.Ran = true
-	old := h.samples[base]
-	wall := now.Sub(old.at)
-	var out []Finding
-	for k, rt := range cur.runtime {
-		was, ok := old.runtime[k]
-		if !ok || rt < was {
-			continue // new since the baseline, or not the same process
+		// The baseline: the newest sample at least a window old.
+		var (
+			baseAt time.Time
+			was    uint64
+		)
+		for i := 0; i < t.n; i++ {
+			if now.Sub(t.at[i]) >= h.Window {
+				baseAt, was = t.at[i], t.runtime[i]
+			}
 		}
-		share := float64(rt-was) / float64(wall.Nanoseconds())
+		if t.n == 0 || now.Sub(t.at[t.n-1]) >= spacing {
+			t.add(now, p.GroupRuntime)
+		}
+		if baseAt.IsZero() {
+			continue
+		}
+		st.Ran = true
+		wall := now.Sub(baseAt)
+		if p.GroupRuntime < was || wall <= 0 {
+			continue
+		}
+		share := float64(p.GroupRuntime-was) / float64(wall.Nanoseconds())
 		if share < h.Threshold {
 			continue
 		}
-		p := byKey[k]
 		out = append(out, Finding{Check: CheckCPUHog, Severity: SeverityWarning, PID: p.PID, Name: p.Comm,
 			Summary: fmt.Sprintf("process %d (%s, %s) used %.0f%% of a CPU over the last %v (threshold %.0f%%)",
 				p.PID, p.Comm, p.Exe, 100*share, wall.Round(100*time.Millisecond), 100*h.Threshold)})
 	}
+	for k := range h.procs {
+		if !seen[k] {
+			delete(h.procs, k) // exited
+		}
+	}
+	if !st.Ran {
+		st.NotApplicable = fmt.Sprintf("waiting for a whole window (%v) of samples", h.Window)
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a].PID < out[b].PID })
 	st.Findings = len(out)
 	return out, st
 }

@@ -40,8 +40,22 @@ func TestHogDetector(t *testing.T) {
 	if len(got) != 0 {
 		t.Fatalf("a reused pid was compared with its predecessor: %+v", got)
 	}
-	if n := len(h.samples); n > 5 {
-		t.Errorf("%d samples kept for a 3 s window of 1 s scans", n)
+	// Memory is bounded by the processes, not by window / interval: a
+	// 1 h window scanned every 100 ms keeps 8 samples a process, and the
+	// exited processes' none.
+	long := &HogDetector{Threshold: 0.5, Window: time.Hour}
+	for i := range 40000 {
+		long.Observe(t0.Add(time.Duration(i)*100*time.Millisecond), []linux.Task{proc(10, time.Duration(i)*100*time.Millisecond)})
+	}
+	if tr := long.procs["10@10"]; len(long.procs) != 1 || tr == nil || tr.n > hogSamples || tr.n < 4 {
+		t.Errorf("after 40000 scans: %d processes tracked, %+v", len(long.procs), tr)
+	}
+	if got, _ := long.Observe(t0.Add(4001*time.Second), []linux.Task{proc(10, 4001*time.Second)}); len(got) != 1 {
+		t.Errorf("a process at 100%% for over an hour: %+v", got)
+	}
+	long.Observe(t0.Add(4002*time.Second), nil)
+	if len(long.procs) != 0 {
+		t.Errorf("an exited process is still tracked")
 	}
 	off := &HogDetector{}
 	if f, st := off.Observe(t0, []linux.Task{proc(10, time.Hour)}); f != nil || st.NotApplicable == "" {
