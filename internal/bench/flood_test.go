@@ -1,9 +1,7 @@
 package bench
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"net"
 	"os"
 	"os/exec"
@@ -427,49 +425,6 @@ func TestReadFloodLogs(t *testing.T) {
 	// No event log (yet): no events, no error.
 	if _, err := readFloodLogs(filepath.Join(dir, "none"), au, floodSample{}, end); err != nil {
 		t.Errorf("no event log: %v", err)
-	}
-}
-
-// TestFloodReport reads testdata/report_flood.json (a report of a real
-// run, its samples shortened), checks that it encodes back to the same
-// bytes and that its text is testdata/report_flood.golden (go test -run
-// TestFloodReport -update rewrites it).
-func TestFloodReport(t *testing.T) {
-	in, err := os.ReadFile(filepath.Join("testdata", "report_flood.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rep FloodReport
-	dec := json.NewDecoder(bytes.NewReader(in))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&rep); err != nil {
-		t.Fatal(err)
-	}
-	var out bytes.Buffer
-	enc := json.NewEncoder(&out)
-	enc.SetIndent("", "  ")
-	if err := enc.Encode(&rep); err != nil {
-		t.Fatal(err)
-	}
-	if diff := cmp.Diff(string(in), out.String()); diff != "" {
-		t.Errorf("JSON (-want +got):\n%s", diff)
-	}
-	var text bytes.Buffer
-	if err := rep.WriteText(&text); err != nil {
-		t.Fatal(err)
-	}
-	golden := filepath.Join("testdata", "report_flood.golden")
-	if *update {
-		if err := os.WriteFile(golden, text.Bytes(), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(golden)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if diff := cmp.Diff(string(want), text.String()); diff != "" {
-		t.Errorf("text (-want +got):\n%s", diff)
 	}
 }
 

@@ -1,8 +1,6 @@
 package bench
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -278,41 +276,5 @@ func TestMemoryNetScriptBounded(t *testing.T) {
 	}
 	if !strings.Contains(s, "-lt 3 ]") || !strings.Contains(s, `echo "lease $lease"`) {
 		t.Errorf("the loop's count or its lease line is missing:\n%s", s)
-	}
-}
-
-// TestMemoryReport reads testdata/report_memory.json (a report of
-// `gatevisor bench memory --json`), checks that it encodes back to the
-// same bytes and that its text is testdata/report_memory.golden (go test
-// -run TestMemoryReport -update rewrites it).
-func TestMemoryReport(t *testing.T) {
-	in := readTestdata(t, "report_memory.json")
-	var rep MemoryReport
-	dec := json.NewDecoder(bytes.NewReader(in))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&rep); err != nil {
-		t.Fatal(err)
-	}
-	var out bytes.Buffer
-	enc := json.NewEncoder(&out)
-	enc.SetIndent("", "  ")
-	if err := enc.Encode(&rep); err != nil {
-		t.Fatal(err)
-	}
-	if diff := cmp.Diff(string(in), out.String()); diff != "" {
-		t.Errorf("JSON (-want +got):\n%s", diff)
-	}
-	var text bytes.Buffer
-	if err := rep.WriteText(&text); err != nil {
-		t.Fatal(err)
-	}
-	golden := filepath.Join("testdata", "report_memory.golden")
-	if *update {
-		if err := os.WriteFile(golden, text.Bytes(), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if diff := cmp.Diff(string(readTestdata(t, "report_memory.golden")), text.String()); diff != "" {
-		t.Errorf("text (-want +got):\n%s", diff)
 	}
 }

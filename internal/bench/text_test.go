@@ -33,6 +33,8 @@ func TestReports(t *testing.T) {
 		{"syscalls", func() textReport { return &SyscallsReport{} }},
 		{"net", func() textReport { return &NetReport{} }},
 		{"net_one_round", func() textReport { return &NetReport{} }},
+		{"flood", func() textReport { return &FloodReport{} }},   // a real run, its samples shortened
+		{"memory", func() textReport { return &MemoryReport{} }}, // gatevisor bench memory --json
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			in, err := os.ReadFile(filepath.Join("testdata", "report_"+tc.name+".json"))
