@@ -127,13 +127,9 @@ authorization.credentials_file); --token-file prints its path.
 
 // serveTokenPath is where gatevisor serve keeps its bearer token.
 func serveTokenPath() (string, error) {
-	base := os.Getenv("XDG_STATE_HOME")
-	if base == "" || !filepath.IsAbs(base) {
-		home, err := os.UserHomeDir()
-		if err != nil {
-			return "", fmt.Errorf("serve: no state directory for the token: set XDG_STATE_HOME or HOME: %w", err)
-		}
-		base = filepath.Join(home, ".local", "state")
+	base, err := stateBase()
+	if err != nil {
+		return "", fmt.Errorf("serve: the token's directory: %w", err)
 	}
 	dir := filepath.Join(base, "gatevisor")
 	if err := safefile.Dir(dir, 0o700); err != nil {

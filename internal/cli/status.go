@@ -202,7 +202,7 @@ func printScanStatus(r *statusRows, d *api.IDSStatus) {
 		for _, c := range d.Findings {
 			n += c
 		}
-		found = fmt.Sprintf("%d (%s)", n, countsInt(d.Findings))
+		found = fmt.Sprintf("%d (%s)", n, counts(d.Findings))
 	}
 	if len(d.NotChecked) > 0 || len(d.Unread) > 0 {
 		found += " — incomplete: the scan could not look everywhere"
@@ -344,17 +344,8 @@ func (r *statusRows) list(label string, items []string) {
 	}
 }
 
-// countsInt is counts for int counts.
-func countsInt(m map[string]int) string {
-	c := make(map[string]uint64, len(m))
-	for k, v := range m {
-		c[k] = uint64(v)
-	}
-	return counts(c)
-}
-
 // counts is "k1 n1, k2 n2" in key order ("" for none).
-func counts(m map[string]uint64) string {
+func counts[N int | uint64](m map[string]N) string {
 	keys := slices.Sorted(maps.Keys(m))
 	parts := make([]string, len(keys))
 	for i, k := range keys {

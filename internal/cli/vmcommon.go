@@ -41,19 +41,27 @@ func parseMem(s string) (int, error) {
 // ~/.local/state/gatevisor/vms/name. It is created without following links
 // and refused if it, or a directory on the way, could be another user's.
 func stateDir(name string) (string, error) {
-	base := os.Getenv("XDG_STATE_HOME")
-	if base == "" || !filepath.IsAbs(base) {
-		home, err := os.UserHomeDir()
-		if err != nil {
-			return "", fmt.Errorf("no state directory: set XDG_STATE_HOME or HOME: %w", err)
-		}
-		base = filepath.Join(home, ".local", "state")
+	base, err := stateBase()
+	if err != nil {
+		return "", err
 	}
 	dir := filepath.Join(base, "gatevisor", "vms", name)
 	if err := safefile.Dir(dir, 0o700); err != nil {
 		return "", fmt.Errorf("state directory: %w (or set XDG_STATE_HOME to a directory of yours)", err)
 	}
 	return dir, nil
+}
+
+// stateBase is $XDG_STATE_HOME, or ~/.local/state.
+func stateBase() (string, error) {
+	if base := os.Getenv("XDG_STATE_HOME"); base != "" && filepath.IsAbs(base) {
+		return base, nil
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return "", fmt.Errorf("no state directory: set XDG_STATE_HOME or HOME: %w", err)
+	}
+	return filepath.Join(home, ".local", "state"), nil
 }
 
 // clientFor returns an API client for the running VM name: this user's, or

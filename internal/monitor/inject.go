@@ -209,24 +209,26 @@ func (m *Monitor) onCallStop(ctx context.Context, c *gdbrsp.Client, tid int) (bo
 // Preconditions: m.inj.mu held; the VM stopped; tid the current thread.
 func (m *Monitor) startCall(ctx context.Context, c *gdbrsp.Client, call *kernelCall, tid int, regs map[string]uint64) error {
 	waited := time.Since(call.began)
-	args, err := call.prepare(ctx)
-	if err != nil || len(args) > len(callArgRegs) {
-		if err == nil {
-			err = fmt.Errorf("%d arguments, at most %d", len(args), len(callArgRegs))
-		}
+	// abort ends the call before it ran: the breakpoint goes, the caller
+	// gets err.
+	abort := func(err error) error {
 		call.state = callDone
 		cerr := c.ClearBreakpoint(ctx, gdbrsp.Software, call.at)
 		call.done <- callResult{waited: waited, err: errors.Join(err, cerr)}
 		return cerr
 	}
+	args, err := call.prepare(ctx)
+	if err != nil {
+		return abort(err)
+	}
+	if len(args) > len(callArgRegs) {
+		return abort(fmt.Errorf("%d arguments, at most %d", len(args), len(callArgRegs)))
+	}
 	saved := make(map[string]uint64, len(callSavedRegs))
 	for _, r := range callSavedRegs {
 		v, ok := regs[r]
 		if !ok {
-			call.state = callDone
-			cerr := c.ClearBreakpoint(ctx, gdbrsp.Software, call.at)
-			call.done <- callResult{waited: waited, err: errors.Join(fmt.Errorf("kernel call: the gdbstub did not report %s", r), cerr)}
-			return cerr
+			return abort(fmt.Errorf("kernel call: the gdbstub did not report %s", r))
 		}
 		saved[r] = v
 	}
@@ -236,10 +238,7 @@ func (m *Monitor) startCall(ctx context.Context, c *gdbrsp.Client, call *kernelC
 	var ret [8]byte
 	binary.LittleEndian.PutUint64(ret[:], call.at)
 	if err := c.WriteMemory(ctx, frame, ret[:]); err != nil {
-		call.state = callDone
-		cerr := c.ClearBreakpoint(ctx, gdbrsp.Software, call.at)
-		call.done <- callResult{waited: waited, err: errors.Join(fmt.Errorf("kernel call: write the return address: %w", err), cerr)}
-		return cerr
+		return abort(fmt.Errorf("kernel call: write the return address: %w", err))
 	}
 	writes := []gdbrsp.RegValue{{Name: "rsp", Value: frame}, {Name: "rip", Value: call.fn}}
 	for i, a := range args {
@@ -248,9 +247,7 @@ func (m *Monitor) startCall(ctx context.Context, c *gdbrsp.Client, call *kernelC
 	if err := c.WriteRegisters(ctx, writes); err != nil {
 		// Some may have taken: put everything back before anything runs.
 		rerr := c.WriteRegisters(ctx, regValues(saved))
-		call.state = callDone
-		cerr := c.ClearBreakpoint(ctx, gdbrsp.Software, call.at)
-		call.done <- callResult{waited: waited, err: fmt.Errorf("kernel call: set up the call: %w", err)}
+		cerr := abort(fmt.Errorf("kernel call: set up the call: %w", err))
 		if rerr != nil {
 			return fmt.Errorf("%w: vCPU %d's registers could not be put back after a failed call setup: %w", errKeepStopped, tid-1, rerr)
 		}

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/gatevisor/gatevisor/internal/api"
+	"github.com/gatevisor/gatevisor/internal/kit"
 	"github.com/gatevisor/gatevisor/internal/testvm"
 	"github.com/gatevisor/gatevisor/internal/vmi/linux"
 )
@@ -393,12 +394,11 @@ func promtool(t *testing.T) string {
 	if p, err := exec.LookPath("promtool"); err == nil {
 		return p
 	}
-	home, _ := os.UserHomeDir()
-	cache := os.Getenv("XDG_CACHE_HOME")
-	if cache == "" {
-		cache = filepath.Join(home, ".cache")
+	cache, err := kit.CacheDir() // ~/.cache/gatevisor, where install-deps unpacks it
+	if err != nil {
+		testvm.Skip(t, "no cache directory for promtool: %v", err)
 	}
-	p := filepath.Join(cache, "gatevisor", "bin", "promtool")
+	p := filepath.Join(cache, "bin", "promtool")
 	if _, err := os.Stat(p); err != nil {
 		testvm.Skip(t, "no promtool: run scripts/install-deps (it unpacks Debian's prometheus package's promtool)")
 	}
