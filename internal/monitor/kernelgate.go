@@ -596,6 +596,11 @@ func (m *Monitor) onTrap(ctx context.Context, c *gdbrsp.Client, sr gdbrsp.StopRe
 	// reported again.
 	callStop, err := m.onCallStop(ctx, c, sr.Thread)
 	if err != nil {
+		if errors.Is(err, errKeepStopped) {
+			// A vCPU left in a foreign frame must not run: the VM ends,
+			// with the reason, rather than stay stopped in silence.
+			m.failClosed(err)
+		}
 		return true, err
 	}
 	g := m.kg.cur.load()
