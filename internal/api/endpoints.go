@@ -1,6 +1,11 @@
 package api
 
-import "context"
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+)
 
 // Endpoint is one API endpoint: its method and path as in openapi.yaml, and
 // the action a policy names to allow it (the operation's x-gatevisor-action
@@ -70,11 +75,50 @@ var ProcActions = []string{"stop", "cont", "kill", "freeze", "thaw"}
 var IDSQueries = []string{"banner", "syscalls", "ps", "threads", "args", "env", "files", "modules", "sockets", "hooks", "check"}
 
 // Caller is the process at the other end of an API connection, from the
-// socket's peer credentials (SO_PEERCRED, as they were when it connected).
+// socket's peer credentials (SO_PEERCRED, as they were when it connected),
+// or the user a root peer acts for (OnBehalfOfHeader).
 type Caller struct {
 	UID uint32
 	GID uint32
+	// PID is the connecting process's, also when it acts for another user.
 	PID int32
+	// Delegated says UID and GID are those a root peer named in the
+	// OnBehalfOfHeader (gatevisor serve acting for a dashboard user), not
+	// the connection's own.
+	Delegated bool
+}
+
+// OnBehalfOfHeader names, on an API request, the user a peer acts for:
+// "UID:GID" in decimal. The server honours it only when the connection's
+// peer is root (uid 0): root may act as anyone anyway, so a root daemon
+// (gatevisor serve under systemd) can then make each dashboard user's
+// calls as that user, and the policy decides on that user's roles. From
+// any other peer the request is refused (403): a user cannot claim to be
+// another.
+const OnBehalfOfHeader = "Gatevisor-On-Behalf-Of"
+
+// FormatOnBehalfOf is OnBehalfOfHeader's value for uid and gid.
+func FormatOnBehalfOf(uid, gid uint32) string {
+	return strconv.FormatUint(uint64(uid), 10) + ":" + strconv.FormatUint(uint64(gid), 10)
+}
+
+// ParseOnBehalfOf reads OnBehalfOfHeader's value "UID:GID". The ids are
+// decimal, 0 to 4294967294 (4294967295 is the kernel's "no id").
+func ParseOnBehalfOf(v string) (uid, gid uint32, err error) {
+	us, gs, ok := strings.Cut(v, ":")
+	id := func(s string) (uint32, bool) {
+		if s == "" || len(s) > 10 || strings.TrimLeft(s, "0123456789") != "" {
+			return 0, false
+		}
+		n, err := strconv.ParseUint(s, 10, 32)
+		return uint32(n), err == nil && n != 1<<32-1
+	}
+	u, uok := id(us)
+	g, gok := id(gs)
+	if !ok || !uok || !gok {
+		return 0, 0, fmt.Errorf("%s %q: give the user's ids as UID:GID in decimal (such as 1000:1000)", OnBehalfOfHeader, v)
+	}
+	return u, g, nil
 }
 
 // CallerFromContext returns the caller of the request whose context ctx is

@@ -28,6 +28,24 @@ const maxResponse = max(api.MaxReadLength, 2*(api.MaxExecOutput+2)/3*4) + 64<<10
 type Client struct {
 	socket string
 	hc     *http.Client
+	// onBehalfOf, when set, is every request's api.OnBehalfOfHeader.
+	onBehalfOf string
+}
+
+// OnBehalfOf returns a client that makes every request for the user uid,
+// gid (api.OnBehalfOfHeader): the server honours it only when this process
+// is root, and refuses the requests otherwise. It shares c's connections.
+func (c *Client) OnBehalfOf(uid, gid uint32) *Client {
+	d := *c
+	d.onBehalfOf = api.FormatOnBehalfOf(uid, gid)
+	return &d
+}
+
+// header sets what every request of c carries.
+func (c *Client) header(req *http.Request) {
+	if c.onBehalfOf != "" {
+		req.Header.Set(api.OnBehalfOfHeader, c.onBehalfOf)
+	}
 }
 
 // New returns a client for the API socket at path.
@@ -68,6 +86,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 // send performs req and decodes a JSON answer into out (or raw bytes into
 // a *[]byte).
 func (c *Client) send(req *http.Request, out any) error {
+	c.header(req)
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		return fmt.Errorf("api %s: %w", c.socket, err)
@@ -147,7 +166,11 @@ func (c *Client) Console(ctx context.Context, replay int) (net.Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("api %s: %w", c.socket, err)
 	}
-	req := fmt.Sprintf("GET /v1/console?replay=%d HTTP/1.1\r\nHost: gatevisor\r\nConnection: Upgrade\r\nUpgrade: %s\r\n\r\n", replay, api.ConsoleUpgrade)
+	extra := ""
+	if c.onBehalfOf != "" {
+		extra = api.OnBehalfOfHeader + ": " + c.onBehalfOf + "\r\n"
+	}
+	req := fmt.Sprintf("GET /v1/console?replay=%d HTTP/1.1\r\nHost: gatevisor\r\n%sConnection: Upgrade\r\nUpgrade: %s\r\n\r\n", replay, extra, api.ConsoleUpgrade)
 	if _, err := conn.Write([]byte(req)); err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("api console: %w", err)
@@ -232,6 +255,7 @@ func (c *Client) QueryEvents(ctx context.Context, q api.EventsQuery) (io.ReadClo
 	if err != nil {
 		return nil, err
 	}
+	c.header(req)
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("api %s: %w", c.socket, err)

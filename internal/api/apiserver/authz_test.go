@@ -391,7 +391,15 @@ func TestHelperClient(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	_, err := apiclient.New(sock).Status(ctx)
+	c := apiclient.New(sock)
+	if ob := os.Getenv("GATEVISOR_TEST_ON_BEHALF_OF"); ob != "" {
+		uid, gid, err := api.ParseOnBehalfOf(ob)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c = c.OnBehalfOf(uid, gid)
+	}
+	_, err := c.Status(ctx)
 	res := "ok"
 	var e *api.Error
 	switch {

@@ -2,6 +2,7 @@
 // openapi.yaml) over HTTP+JSON on a unix socket. Every request goes
 //
 //	peer credentials (SO_PEERCRED, per connection)
+//	  -> the caller: the peer, or the user a root peer acts for (api.OnBehalfOfHeader)
 //	  -> authorize: Options.Authorize(caller, action), or else our uid or root
 //	  -> decode and validate the request
 //	  -> the api.VM interface, which the monitor implements
@@ -155,11 +156,14 @@ func (s *Server) Shutdown(ctx context.Context) error { return s.srv.Shutdown(ctx
 // applies to every request, to unknown endpoints too.
 func (s *Server) checkPeer(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if p, ok := r.Context().Value(peerKey{}).(peer); ok {
-			if p.err != nil || !s.allowed(p.caller.UID) {
-				writeError(w, http.StatusForbidden, &api.Error{Code: api.CodeForbidden, Message: fmt.Sprintf("caller uid %d may not use this api.VM's API: only its owner and root may", p.caller.UID)})
-				return
-			}
+		c, code, err := callerOf(r)
+		if err != nil {
+			writeError(w, code, err)
+			return
+		}
+		if !s.allowed(c.UID) {
+			writeError(w, http.StatusForbidden, &api.Error{Code: api.CodeForbidden, Message: fmt.Sprintf("caller uid %d may not use this api.VM's API: only its owner and root may", c.UID)})
+			return
 		}
 		next.ServeHTTP(w, r)
 	})
@@ -552,6 +556,10 @@ func (s *Server) loadPolicy(w http.ResponseWriter, r *http.Request) {
 		badRequest(w, "source: larger than %d bytes", api.MaxPolicySource)
 		return
 	}
+	if err := req.CheckFiles(); err != nil {
+		badRequest(w, "%v", err)
+		return
+	}
 	res, err := s.vm.LoadPolicy(r.Context(), req)
 	if err != nil {
 		fail(w, err)
@@ -577,12 +585,35 @@ func connContext(ctx context.Context, c net.Conn) context.Context {
 
 // callerOf returns the caller of r: the peer of its connection, or this
 // process for a request served in process (Handler, in tests), which has
-// no connection.
-func callerOf(r *http.Request) (api.Caller, error) {
+// no connection; or, when that peer is root and r carries
+// api.OnBehalfOfHeader, the user it names (with the peer's pid). The
+// header from a peer that is not root is refused (403), not ignored: a
+// caller that believes it acts for someone else must learn it does not.
+// On error it returns the answer's status and error.
+func callerOf(r *http.Request) (api.Caller, int, *api.Error) {
+	c := api.Caller{UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PID: int32(os.Getpid())}
 	if p, ok := r.Context().Value(peerKey{}).(peer); ok {
-		return p.caller, p.err
+		if p.err != nil {
+			return api.Caller{}, http.StatusForbidden, &api.Error{Code: api.CodeForbidden, Message: fmt.Sprintf("the caller cannot be identified: %v", p.err)}
+		}
+		c = p.caller
 	}
-	return api.Caller{UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PID: int32(os.Getpid())}, nil
+	vals, ok := r.Header[http.CanonicalHeaderKey(api.OnBehalfOfHeader)]
+	if !ok {
+		return c, 0, nil
+	}
+	if c.UID != 0 {
+		return api.Caller{}, http.StatusForbidden, &api.Error{Code: api.CodeForbidden, Message: fmt.Sprintf(
+			"%s is honoured only from root (uid 0), and this caller is uid %d (pid %d): call without it, as yourself", api.OnBehalfOfHeader, c.UID, c.PID)}
+	}
+	if len(vals) != 1 {
+		return api.Caller{}, http.StatusBadRequest, &api.Error{Code: api.CodeBadRequest, Message: fmt.Sprintf("%s given %d times: give it once", api.OnBehalfOfHeader, len(vals))}
+	}
+	uid, gid, err := api.ParseOnBehalfOf(vals[0])
+	if err != nil {
+		return api.Caller{}, http.StatusBadRequest, &api.Error{Code: api.CodeBadRequest, Message: err.Error()}
+	}
+	return api.Caller{UID: uid, GID: gid, PID: c.PID, Delegated: true}, 0, nil
 }
 
 // peerCred returns the credentials of the process at the other end of c.
@@ -621,15 +652,19 @@ func (s *Server) guard(rt api.Endpoint, handle func(*Server, http.ResponseWriter
 			}
 			action += v
 		}
-		c, err := callerOf(r)
-		if err != nil {
-			writeError(w, http.StatusForbidden, &api.Error{Code: api.CodeForbidden, Message: fmt.Sprintf("%s refused: the caller cannot be identified: %v", action, err)})
+		c, code, cerr := callerOf(r)
+		if cerr != nil {
+			writeError(w, code, &api.Error{Code: cerr.Code, Message: fmt.Sprintf("%s refused: %s", action, cerr.Message)})
 			return
 		}
 		ctx := api.WithCaller(r.Context(), c)
 		if s.authorize != nil {
 			if err := s.authorize(ctx, c, action); err != nil {
-				writeError(w, http.StatusForbidden, &api.Error{Code: api.CodeForbidden, Message: fmt.Sprintf("%s refused for uid %d (gid %d, pid %d): %v", action, c.UID, c.GID, c.PID, err)})
+				pid := "pid"
+				if c.Delegated {
+					pid = "through root's pid"
+				}
+				writeError(w, http.StatusForbidden, &api.Error{Code: api.CodeForbidden, Message: fmt.Sprintf("%s refused for uid %d (gid %d, %s %d): %v", action, c.UID, c.GID, pid, c.PID, err)})
 				return
 			}
 		}
