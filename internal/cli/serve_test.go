@@ -1,116 +1,50 @@
 package cli
 
 import (
+	"bytes"
 	"context"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
-func TestServeToken(t *testing.T) {
-	dir := t.TempDir()
-	p := filepath.Join(dir, "serve.token")
-	tok, err := serveToken(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(tok) != 64 {
-		t.Fatalf("token %q: want 64 hex digits", tok)
-	}
-	if fi, err := os.Stat(p); err != nil || fi.Mode().Perm() != 0o600 {
-		t.Fatalf("token file: %v %v", fi, err)
-	}
-	again, err := serveToken(p)
-	if err != nil || again != tok {
-		t.Fatalf("the token was not kept: %q, %v", again, err)
-	}
-	if err := os.Chmod(p, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := serveToken(p); err == nil || !strings.Contains(err.Error(), "readable by others") {
-		t.Fatalf("a world-readable token file: %v", err)
-	}
-	link := filepath.Join(dir, "link.token")
-	if err := os.Symlink(p, link); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := serveToken(link); err == nil {
-		t.Fatal("a token file that is a symbolic link was accepted")
-	}
+// runServe runs `gatevisor serve ARGS` under a deadline and returns its
+// stdout and error.
+func runServe(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	cmd := newServeCmd()
+	cmd.SilenceUsage, cmd.SilenceErrors = true, true
+	var out bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&out)
+	cmd.SetArgs(args)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := cmd.ExecuteContext(ctx)
+	return out.String(), err
 }
 
-func TestServeAuthorization(t *testing.T) {
-	d := &daemon{token: strings.Repeat("a", 64)}
-	h := d.handler()
-	for _, tc := range []struct {
-		path, auth string
-		want       int
-	}{
-		{"/metrics", "", http.StatusUnauthorized},
-		{"/metrics", "Bearer " + strings.Repeat("b", 64), http.StatusUnauthorized},
-		{"/events", "", http.StatusUnauthorized},
-		{"/events", "Bearer " + strings.Repeat("a", 63), http.StatusUnauthorized},
-		{"/", "", http.StatusOK},
-	} {
-		req := httptest.NewRequest(http.MethodGet, tc.path, nil)
-		if tc.auth != "" {
-			req.Header.Set("Authorization", tc.auth)
-		}
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, req)
-		if rec.Code != tc.want {
-			t.Errorf("GET %s with %q: %d, want %d", tc.path, tc.auth, rec.Code, tc.want)
-		}
+func TestServeFlags(t *testing.T) {
+	state := t.TempDir()
+	t.Setenv("XDG_STATE_HOME", state)
+	t.Setenv("GATEVISOR_RUNTIME_DIR", filepath.Join(t.TempDir(), "run"))
+	out, err := runServe(t, "--token-file")
+	if err != nil || strings.TrimSpace(out) != filepath.Join(state, "gatevisor", "serve.token") {
+		t.Errorf("--token-file: %q %v", out, err)
 	}
-}
-
-func TestServePeerAuthorization(t *testing.T) {
-	d := &daemon{token: strings.Repeat("a", 64)}
-	h := d.authorized(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) })
-	for _, tc := range []struct {
-		name string
-		peer any // the unix-socket peer's uid in the context; nil over TCP
-		want int
-	}{
-		{"tcp without token", nil, http.StatusUnauthorized},
-		{"our own uid on the socket", uint32(os.Geteuid()), http.StatusNoContent},
-		{"root on the socket", uint32(0), http.StatusNoContent},
-		{"another uid on the socket", uint32(4242), http.StatusUnauthorized},
-	} {
-		req := httptest.NewRequest(http.MethodGet, "/metrics", nil)
-		if tc.peer != nil {
-			req = req.WithContext(context.WithValue(req.Context(), peerKey{}, tc.peer))
-		}
-		rec := httptest.NewRecorder()
-		h(rec, req)
-		if tc.name == "another uid on the socket" && os.Geteuid() == 4242 {
-			continue
-		}
-		if rec.Code != tc.want {
-			t.Errorf("%s: %d, want %d", tc.name, rec.Code, tc.want)
-		}
+	if _, err := runServe(t, "--listen", "9464", "--no-login-socket"); err == nil || !strings.Contains(err.Error(), "want HOST:PORT") {
+		t.Errorf("--listen without a host: %v", err)
 	}
-	// The socket: ours, mode 0600; a planted file in its place is refused.
-	dir := t.TempDir()
-	p := filepath.Join(dir, "serve.sock")
-	l, err := listenUnix(p)
-	if err != nil {
-		t.Fatal(err)
+	// No daemon: login says what to do.
+	if _, err := runServe(t, "login"); err == nil || !strings.Contains(err.Error(), "no gatevisor serve found") && !strings.Contains(err.Error(), "is gatevisor serve running?") {
+		t.Errorf("login without a daemon: %v", err)
 	}
-	if fi, err := os.Lstat(p); err != nil || fi.Mode().Perm() != 0o600 {
-		t.Errorf("socket mode: %v %v", fi, err)
+	if _, err := runServe(t, "login", "--socket", filepath.Join(state, "nope.sock")); err == nil || !strings.Contains(err.Error(), "is gatevisor serve running?") {
+		t.Errorf("login --socket to nothing: %v", err)
 	}
-	if _, err := listenUnix(p); err == nil || !strings.Contains(err.Error(), "another gatevisor serve") {
-		t.Errorf("a second daemon on the same socket: %v", err)
-	}
-	l.Close()
-	if err := os.WriteFile(p, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := listenUnix(p); err == nil || !strings.Contains(err.Error(), "not a socket of ours") {
-		t.Errorf("a regular file in the socket's place: %v", err)
+	if _, err := os.Stat(filepath.Join(state, "gatevisor", "serve.sock")); !os.IsNotExist(err) {
+		t.Errorf("a socket was left: %v", err)
 	}
 }
