@@ -1,13 +1,45 @@
 package api
 
+import (
+	"fmt"
+	"io/fs"
+)
+
 // MaxPolicySource caps a policy sent over the API.
 const MaxPolicySource = 1 << 20
 
+// MaxPolicyFiles caps the included files a PolicyRequest carries.
+const MaxPolicyFiles = 64
+
 // PolicyRequest loads a policy on a running VM (hot reload). Path names
-// the file (its directory resolves includes); Source is its text.
+// the file (its directory resolves includes); Source is its text. Files,
+// when set, carries the files it includes by their path relative to Path's
+// directory, and includes are then read from Files alone, never from the
+// monitor's disk (a policy pushed from another host by the fleet); their
+// sizes count against MaxPolicySource with Source's.
 type PolicyRequest struct {
-	Path   string `json:"path"`
-	Source string `json:"source"`
+	Path   string            `json:"path"`
+	Source string            `json:"source"`
+	Files  map[string]string `json:"files,omitempty"`
+}
+
+// CheckFiles checks the bounds of r.Files: at most MaxPolicyFiles, valid
+// relative paths, and with Source at most MaxPolicySource bytes.
+func (r PolicyRequest) CheckFiles() error {
+	if len(r.Files) > MaxPolicyFiles {
+		return fmt.Errorf("files: %d included files, at most %d", len(r.Files), MaxPolicyFiles)
+	}
+	total := len(r.Source)
+	for name, src := range r.Files {
+		if !fs.ValidPath(name) || name == "." {
+			return fmt.Errorf("files: %.80q is not a relative path inside the policy's directory", name)
+		}
+		total += len(name) + len(src)
+	}
+	if total > MaxPolicySource {
+		return fmt.Errorf("source and files: larger than %d bytes", MaxPolicySource)
+	}
+	return nil
 }
 
 // Breakpoint is one syscall-gate breakpoint in place.

@@ -22,6 +22,7 @@ import (
 	"github.com/gatevisor/gatevisor/internal/audit"
 	"github.com/gatevisor/gatevisor/internal/eventbus"
 	"github.com/gatevisor/gatevisor/internal/fgterm"
+	"github.com/gatevisor/gatevisor/internal/fleet"
 	"github.com/gatevisor/gatevisor/internal/ids"
 	"github.com/gatevisor/gatevisor/internal/kit"
 	"github.com/gatevisor/gatevisor/internal/monitor"
@@ -49,6 +50,8 @@ type runOptions struct {
 	eventsMaxSize              string
 	eventsKeep                 int
 	netNoGate                  bool
+	fleet, fleetPolicy         bool
+	nats                       natsFlags
 }
 
 func newRunCmd() *cobra.Command {
@@ -93,6 +96,9 @@ returns once the guest is ready.`,
 	f.IntVar(&o.eventsKeep, "events-keep", eventbus.DefaultKeep, "rotated event log files to keep; older events are deleted")
 	f.BoolVar(&o.netNoGate, "net-no-gate", false, "benchmarks only: connect the NIC to the network without the network gate")
 	_ = f.MarkHidden("net-no-gate")
+	f.BoolVar(&o.fleet, "fleet", false, "join the fleet (gatevisor serve's NATS, or --nats): publish the audit log, the events and the VM's state, from the log files, catching up after any outage (docs/fleet.md)")
+	f.BoolVar(&o.fleetPolicy, "fleet-policy", false, "with --fleet, take policies pushed by 'gatevisor fleet policy push' (the VM's policy still decides each, as action policy.load of this monitor's user)")
+	o.nats.add(f)
 	f.BoolVar(&o.detachedChild, "detached-child", false, "internal: the background half of --detach")
 	_ = f.MarkHidden("detached-child")
 	return cmd
@@ -228,6 +234,14 @@ func runVM(ctx context.Context, o *runOptions) error {
 		return err
 	}
 	defer shutdown()
+	if o.fleet {
+		leave, err := joinFleet(o, m, cfg)
+		if err != nil {
+			m.Close()
+			return err
+		}
+		defer leave()
+	}
 	if err := m.Run(ctx); err != nil {
 		return err
 	}
@@ -272,6 +286,19 @@ func validateRun(o *runOptions) (runValues, error) {
 		return v, err
 	} else if e, err := vmdir.Lookup(root, o.name); err == nil && e.Live {
 		return v, fmt.Errorf("%w: %q (monitor pid %d); stop it with 'gatevisor stop %s' or choose another --name", vmdir.ErrRunning, o.name, e.State.MonitorPID, o.name)
+	}
+	if o.nats.url != "" {
+		o.fleet = true
+	}
+	if o.fleetPolicy && !o.fleet {
+		return v, errors.New("--fleet-policy takes policies from the fleet: give --fleet too")
+	}
+	if o.fleet {
+		// Where the fleet is must be known now; that it answers, not: the
+		// monitor waits for it (and publishes its backlog then).
+		if _, err := o.nats.conn("gatevisor " + o.name); err != nil {
+			return v, fmt.Errorf("--fleet: %w", err)
+		}
 	}
 	if o.cpuHogThreshold < 0 || o.cpuHogThreshold > float64(qemu.MaxCPUs) {
 		return v, fmt.Errorf("--cpu-hog-threshold %g: give a share of one CPU from 0 (off) to %d, such as 0.9", o.cpuHogThreshold, qemu.MaxCPUs)
@@ -506,4 +533,45 @@ func parseSize(s string) (int64, error) {
 		return 0, fmt.Errorf("size %q: give a size such as 64M or 1G", s)
 	}
 	return n * mult, nil
+}
+
+// joinFleet starts publishing m's logs and state to the fleet, and
+// returns how to stop (after a last state). The fleet never holds up the
+// VM: the agent reads the files the gates have written.
+func joinFleet(o *runOptions, m *monitor.Monitor, cfg monitor.Config) (leave func(), err error) {
+	c, err := o.nats.conn("gatevisor " + o.name)
+	if err != nil {
+		return nil, fmt.Errorf("--fleet: %w", err)
+	}
+	nc, err := c.Connect()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := stateDir(o.name)
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	authorize, _ := m.APIAccess()
+	a := &fleet.Agent{
+		Host: fleet.Hostname(), VM: o.name, AuditLog: cfg.AuditLog, EventsLog: cfg.EventsLog,
+		Cursor: filepath.Join(dir, "fleet.cursor"), Member: m, AcceptPolicy: o.fleetPolicy, Authorize: authorize,
+		Logf: func(format string, args ...any) { fmt.Fprintf(cfg.Log, "gatevisor: "+format+"\n", args...) },
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := a.Run(ctx, nc); err != nil {
+			fmt.Fprintf(cfg.Log, "gatevisor: the fleet: %v (the VM runs on; nothing is published)\n", err)
+		}
+	}()
+	return func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+		}
+		nc.Close()
+	}, nil
 }

@@ -34,6 +34,7 @@ func newServeCmd() *cobra.Command {
 		cfg           hostd.Config
 		tokenFileFlag bool
 		noLogin       bool
+		noFleet       bool
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -89,6 +90,12 @@ as another user, it admits only that user and root, and acts as itself.`,
 			if noLogin || (os.Geteuid() != 0 && !cmd.Flags().Changed("login-socket")) {
 				cfg.LoginSocket = ""
 			}
+			cfg.NATSListenDefault = !cmd.Flags().Changed("nats-listen")
+			if noFleet {
+				cfg.NATSListen, cfg.NATSURL = "", ""
+			} else if cfg.NATSURL != "" {
+				cfg.NATSListen = ""
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return hostd.Run(ctx, cfg)
@@ -100,6 +107,11 @@ as another user, it admits only that user and root, and acts as itself.`,
 	cmd.Flags().StringVar(&cfg.LoginSocket, "login-socket", hostd.DefaultLoginSocket, "unix socket where every local user may ask for a dashboard login link (a root daemon's; others use serve.sock)")
 	cmd.Flags().BoolVar(&noLogin, "no-login-socket", false, "take login requests only on serve.sock (root and the daemon's user)")
 	cmd.Flags().DurationVar(&cfg.SessionTTL, "session-ttl", 8*time.Hour, "how long a dashboard login lasts")
+	cmd.Flags().StringVar(&cfg.NATSListen, "nats-listen", "127.0.0.1:4222", "embed the fleet's NATS server (JetStream) on this address; monitors join with run --fleet (docs/fleet.md)")
+	cmd.Flags().StringVar(&cfg.NATSURL, "nats", "", "use this existing NATS (nats://HOST:PORT[,...]) for the fleet instead of embedding one")
+	cmd.Flags().StringVar(&cfg.NATSCredsFile, "nats-creds", "", "with --nats, the credentials file monitors and fleet commands use")
+	cmd.Flags().StringVar(&cfg.NATSTokenFile, "nats-token-file", "", "with --nats, the file holding the token monitors and fleet commands use")
+	cmd.Flags().BoolVar(&noFleet, "no-fleet", false, "no fleet: neither embed nor advertise a NATS")
 	cmd.AddCommand(newServeLoginCmd())
 	return cmd
 }

@@ -33,6 +33,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/gatevisor/gatevisor/internal/dashboard"
+	"github.com/gatevisor/gatevisor/internal/fleet"
 	"github.com/gatevisor/gatevisor/internal/safefile"
 	"github.com/gatevisor/gatevisor/internal/vmdir"
 )
@@ -59,6 +60,20 @@ type Config struct {
 	SessionTTL time.Duration
 	// Log gets the daemon's notices (os.Stderr when nil).
 	Log io.Writer
+
+	// NATSListen, when set, embeds the fleet's NATS server (package fleet)
+	// on that address (HOST:PORT), with JetStream's files in StateDir/nats
+	// and every client authenticated by the daemon's token; fleet.json in
+	// StateDir then tells run --fleet and the fleet commands where it is.
+	NATSListen string
+	// NATSURL, when set instead, is an existing NATS the daemon only
+	// advertises in fleet.json (with NATSCredsFile, if any).
+	NATSURL       string
+	NATSCredsFile string
+	NATSTokenFile string
+	// NATSListenDefault says NATSListen is the default, not the user's
+	// choice: if it is taken the daemon runs on without a fleet, saying so.
+	NATSListenDefault bool
 }
 
 // scrapeTimeout bounds one VM's scrape.
@@ -145,6 +160,11 @@ func Run(ctx context.Context, cfg Config) error {
 	} else if err == nil && (h == "::" || h == "0.0.0.0") {
 		addr = net.JoinHostPort("127.0.0.1", p)
 	}
+	stopFleet, err := startFleet(cfg, tokenPath, token)
+	if err != nil {
+		return err
+	}
+	defer stopFleet()
 	d := newDaemon(token, cfg, "http://"+addr, dashboard.LoopbackHosts(l.Addr().String()))
 	sockPath := SocketPath(cfg.StateDir)
 	ul, err := listenUnix(sockPath, 0o600)
@@ -269,4 +289,33 @@ func listVMs() ([]dashboard.VM, error) {
 		out = append(out, dashboard.VM{Name: e.Name, Socket: filepath.Join(e.Path, vmdir.APISocket), Owner: e.Owner, Live: e.Live, Private: e.Private})
 	}
 	return out, nil
+}
+
+// startFleet starts the embedded NATS server of cfg, or advertises the
+// existing one, and returns how to stop it.
+func startFleet(cfg Config, tokenPath, token string) (stop func(), err error) {
+	switch {
+	case cfg.NATSListen != "":
+		s, err := fleet.StartServer(fleet.ServerOptions{Listen: cfg.NATSListen, StoreDir: filepath.Join(cfg.StateDir, "nats"), Token: token})
+		if err != nil && cfg.NATSListenDefault {
+			fmt.Fprintf(cfg.Log, "gatevisor serve: warning: no fleet: %v (give --nats-listen another address, or --no-fleet to silence this)\n", err)
+			return func() {}, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("serve: %w (--nats-listen another address, or --no-fleet)", err)
+		}
+		url := s.ClientURL()
+		if err := fleet.WriteLocal(cfg.StateDir, fleet.Local{URL: url, TokenFile: tokenPath}); err != nil {
+			s.Shutdown()
+			return nil, err
+		}
+		fmt.Fprintf(cfg.Log, "gatevisor serve: fleet NATS (JetStream) on %s; monitors join with 'gatevisor run --fleet'\n", url)
+		return func() { s.Shutdown(); s.WaitForShutdown() }, nil
+	case cfg.NATSURL != "":
+		if err := fleet.WriteLocal(cfg.StateDir, fleet.Local{URL: cfg.NATSURL, CredsFile: cfg.NATSCredsFile, TokenFile: cfg.NATSTokenFile}); err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(cfg.Log, "gatevisor serve: fleet NATS at %s (not embedded)\n", cfg.NATSURL)
+	}
+	return func() {}, nil
 }

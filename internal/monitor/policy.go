@@ -268,6 +268,12 @@ func (m *Monitor) LoadPolicy(ctx context.Context, req api.PolicyRequest) (api.Po
 	if c, ok := api.CallerFromContext(ctx); ok && c.UID != 0 && int(c.UID) != os.Geteuid() {
 		resolve = callersOwn(dir, c.UID)
 	}
+	if req.Files != nil {
+		if err := req.CheckFiles(); err != nil {
+			return refuse(err)
+		}
+		resolve = policy.MapResolver(req.Files)
+	}
 	snap, err := policy.NewSnapshot(base, []byte(req.Source), resolve)
 	if err != nil {
 		return refuse(err)

@@ -50,6 +50,39 @@ func FSResolver(fsys fs.FS) Resolver {
 	}
 }
 
+// MapResolver resolves includes from files, keyed by their path relative
+// to the root policy's directory (as FSResolver would find them there): a
+// policy sent with its includes, read from no disk.
+func MapResolver(files map[string]string) Resolver {
+	return func(from, name string) (string, []byte, error) {
+		p := path.Clean(path.Join(path.Dir(from), name))
+		if !fs.ValidPath(p) {
+			return "", nil, fmt.Errorf("%q is outside the policy directory", name)
+		}
+		src, ok := files[p]
+		if !ok {
+			return "", nil, fmt.Errorf("%s: not among the files sent with the policy: %w", p, fs.ErrNotExist)
+		}
+		if len(src) > MaxFileSize {
+			return "", nil, fmt.Errorf("%s: larger than %d bytes", p, MaxFileSize)
+		}
+		return p, []byte(src), nil
+	}
+}
+
+// RecordingResolver wraps resolve and records every file it returns, by
+// its canonical name: what MapResolver needs to resolve the same includes
+// elsewhere.
+func RecordingResolver(resolve Resolver, files map[string]string) Resolver {
+	return func(from, name string) (string, []byte, error) {
+		p, src, err := resolve(from, name)
+		if err == nil {
+			files[p] = string(src)
+		}
+		return p, src, err
+	}
+}
+
 // Load parses the root file src (named name) and every file it includes,
 // transitively, through resolve, and merges them into one Spec in include
 // order (an included file's statements come where its include statement
