@@ -556,6 +556,10 @@ func (s *Server) loadPolicy(w http.ResponseWriter, r *http.Request) {
 		badRequest(w, "source: larger than %d bytes", api.MaxPolicySource)
 		return
 	}
+	if err := req.CheckFiles(); err != nil {
+		badRequest(w, "%v", err)
+		return
+	}
 	res, err := s.vm.LoadPolicy(r.Context(), req)
 	if err != nil {
 		fail(w, err)
