@@ -115,8 +115,27 @@ var funcs = template.FuncMap{
 		}
 		return s
 	},
-	"ago":  func(t time.Time) string { return time.Since(t).Round(time.Second).String() },
-	"join": strings.Join,
+	"ago":     func(t time.Time) string { return time.Since(t).Round(time.Second).String() },
+	"join":    strings.Join,
+	"counts":  counts[uint64],
+	"icounts": counts[int],
+}
+
+// counts writes a map of counts as "k1 n1, k2 n2", by key.
+func counts[N uint64 | int](m map[string]N) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	for i, k := range keys {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%s %d", k, m[k])
+	}
+	return b.String()
 }
 
 // Handler serves the dashboard on TCP: the pages need a session; the
@@ -150,7 +169,10 @@ func (d *Dashboard) secure(next http.Handler) http.Handler {
 		h := w.Header()
 		h.Set("Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 		h.Set("X-Content-Type-Options", "nosniff")
-		h.Set("Referrer-Policy", "no-referrer")
+		// same-origin, not no-referrer: under no-referrer a browser sends
+		// "Origin: null" with the dashboard's own form posts, which the CSRF
+		// check refuses; other sites never get a referrer either way.
+		h.Set("Referrer-Policy", "same-origin")
 		h.Set("Cache-Control", "no-store")
 		h.Set("X-Frame-Options", "DENY")
 		if len(d.cfg.Hosts) > 0 && !hostAllowed(r.Host, d.cfg.Hosts) {

@@ -617,7 +617,7 @@ func TestViewOf(t *testing.T) {
 			eventView{Class: "notice", Text: "network isolated: demo"}},
 		{monitoring.Point{Seq: 4, Time: t0, Kind: monitoring.ExecDecision, Decision: &monitoring.Decision{Class: "exec", PID: 5, Comm: "sh", Path: "/tmp/x", Verdict: "kill", Rule: "t"},
 			Repeat: &monitoring.Repeat{Count: 30, Last: t0}},
-			eventView{Class: "exec", Verdict: "kill", PID: 5, Comm: "sh", Text: "kill exec  /tmp/x by pid 5 (sh, uid 0), rule t ×30 until " + t0.Local().Format("15:04:05")}},
+			eventView{Class: "exec", Verdict: "kill", PID: 5, Comm: "sh", Text: "kill exec /tmp/x by pid 5 (sh, uid 0), rule t ×30 until " + t0.Local().Format("15:04:05")}},
 	} {
 		got := viewOf(tc.p)
 		if got.Class != tc.want.Class || got.Verdict != tc.want.Verdict || got.PID != tc.want.PID || got.Comm != tc.want.Comm || got.Text != tc.want.Text || got.Severity != tc.want.Severity {

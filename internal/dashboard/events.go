@@ -109,7 +109,10 @@ func viewOf(p monitoring.Point) eventView {
 		if op == "" {
 			op = dc.Syscall
 		}
-		fmt.Fprintf(&b, "%s %s %s", dc.Verdict, dc.Class, op)
+		fmt.Fprintf(&b, "%s %s", dc.Verdict, dc.Class)
+		if op != "" && op != dc.Class {
+			fmt.Fprintf(&b, " %s", op)
+		}
 		switch {
 		case dc.Path != "":
 			fmt.Fprintf(&b, " %s", dc.Path)
