@@ -33,8 +33,8 @@ func Observers(p *linux.Profile) map[event.Class]policy.Observer {
 		has[AtPathMknod] = false
 	}
 	var calls []string
-	for _, s := range p.Symbols.Symbols() {
-		if n, ok := strings.CutPrefix(s.Name, "__x64_sys_"); ok && n != "" && n != "ni_syscall" {
+	for name := range p.Symbols.NamesWithPrefix("__x64_sys_") {
+		if n := strings.TrimPrefix(name, "__x64_sys_"); n != "" && n != "ni_syscall" {
 			calls = append(calls, n)
 		}
 	}

@@ -31,7 +31,7 @@ const (
 	rssEnum
 )
 
-func detailBTF(t testing.TB, v detailVariant) *btf.Spec {
+func detailBTF(t testing.TB, v detailVariant) *BTF {
 	t.Helper()
 	u16 := &btf.Int{Name: "short unsigned int", Size: 2}
 	s16 := &btf.Int{Name: "short int", Size: 2, Encoding: btf.Signed}
@@ -107,11 +107,7 @@ func detailBTF(t testing.TB, v detailVariant) *btf.Spec {
 	if err != nil {
 		t.Fatal(err)
 	}
-	spec, err := b.Spec()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return spec
+	return builtBTF(t, b)
 }
 
 // detailNetTypes are struct socket and struct sock as the detail scene

@@ -4,9 +4,11 @@
 // A Profile comes from the kernel image alone (the bzImage a kit boots, or a
 // vmlinux): the image is decompressed (ExtractVmlinux), symbols come from the
 // kernel's own compressed kallsyms tables (ParseKallsyms, located by content:
-// there is no symbol table), and structure layouts from its .BTF section via
-// cilium/ebpf's btf package. Profiles are cached per kernel build under the
-// user's cache directory.
+// there is no symbol table), and structure layouts from its .BTF section,
+// read in place (BTF: no type graph is decoded; cilium/ebpf's btf package is
+// the tests' oracle). Profiles are cached per kernel build under the user's
+// cache directory, in a file used where it lies (profilecache.go): symbol
+// columns mapped, BTF read with pread.
 //
 // Locate works out where KASLR put the kernel: the physical load address (the
 // banner's bytes in physical memory) and the virtual slide (where the page

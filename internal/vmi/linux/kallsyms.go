@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"iter"
 	"math"
 	"sort"
 	"strings"
@@ -460,6 +461,26 @@ func (k *Kallsyms) Symbols() []Symbol {
 		out[i] = k.sym(i)
 	}
 	return out
+}
+
+// NamesWithPrefix yields the name of every symbol that starts with prefix,
+// in name order (aliases once each). It reads only those names (a mapped
+// profile's other pages stay untouched).
+func (k *Kallsyms) NamesWithPrefix(prefix string) iter.Seq[string] {
+	return func(yield func(string) bool) {
+		j := sort.Search(len(k.byName), func(j int) bool { return k.name(int(k.byName[j])) >= prefix })
+		prev := ""
+		for ; j < len(k.byName); j++ {
+			n := k.name(int(k.byName[j]))
+			if !strings.HasPrefix(n, prefix) {
+				return
+			}
+			if n != prev && !yield(n) {
+				return
+			}
+			prev = n
+		}
+	}
 }
 
 // Lookup returns the link-time address of the first symbol called name.

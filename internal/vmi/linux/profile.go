@@ -2,10 +2,8 @@ package linux
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"debug/elf"
 	"encoding/binary"
-	"encoding/gob"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -14,8 +12,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-
-	"github.com/cilium/ebpf/btf"
 )
 
 // Profile is what introspection needs to know about one kernel build: its
@@ -34,13 +30,7 @@ type Profile struct {
 	// Compression is how the bzImage payload was compressed.
 	Compression Compression
 	Symbols     *Kallsyms
-	BTF         *btf.Spec
-
-	// rawBTF is the .BTF section, kept from NewProfile until the profile
-	// is cached (store); the decoder keeps its own copy, so a profile in
-	// use does not hold it twice (LoadProfile drops it after storing, a
-	// cached profile never has it).
-	rawBTF []byte
+	BTF         *BTF
 
 	// cache holds the *profileCache of this Profile: what is worked out
 	// from the fields above after load, or attached to it later. It is
@@ -162,10 +152,11 @@ func NewProfile(img []byte) (*Profile, error) {
 	if sec.Size > uint64(len(vmlinux)) {
 		return nil, fmt.Errorf("linux: .BTF section of %d bytes in a %d-byte image", sec.Size, len(vmlinux))
 	}
-	if p.rawBTF, err = sec.Data(); err != nil {
+	raw, err := sec.Data()
+	if err != nil {
 		return nil, fmt.Errorf("linux: read .BTF: %w", err)
 	}
-	if p.BTF, err = btf.LoadSpecFromReader(bytes.NewReader(p.rawBTF)); err != nil {
+	if p.BTF, err = ParseBTF(raw); err != nil {
 		return nil, fmt.Errorf("linux: parse .BTF: %w", err)
 	}
 	if sec := f.Section(".notes"); sec != nil && sec.Type != elf.SHT_NOBITS && sec.Size < 1<<20 {
@@ -275,18 +266,18 @@ func (p *Profile) FieldOffset(path string) (uint64, error) {
 }
 
 // Field returns a field's offset and type.
-func (p *Profile) Field(path string) (uint64, btf.Type, error) {
+func (p *Profile) Field(path string) (uint64, FieldType, error) {
 	return p.field(path)
 }
 
 // fieldAnswer is one memoised answer of field or StructSize.
 type fieldAnswer struct {
 	off uint64
-	typ btf.Type
+	typ FieldType
 	err error
 }
 
-func (p *Profile) field(path string) (uint64, btf.Type, error) {
+func (p *Profile) field(path string) (uint64, FieldType, error) {
 	c := p.caches()
 	c.fieldsMu.Lock()
 	a, ok := c.fields[path]
@@ -308,69 +299,40 @@ func (c *profileCache) remember(key string, a fieldAnswer) {
 	c.fields[key] = a
 }
 
-func (p *Profile) lookupField(path string) (uint64, btf.Type, error) {
+func (p *Profile) lookupField(path string) (uint64, FieldType, error) {
 	parts := strings.Split(path, ".")
 	if len(parts) < 2 {
-		return 0, nil, fmt.Errorf("%w: %q is not struct.field", ErrNoField, path)
+		return 0, FieldType{}, fmt.Errorf("%w: %q is not struct.field", ErrNoField, path)
 	}
-	if p.BTF == nil {
-		return 0, nil, fmt.Errorf("%w: %s: %w", ErrNoField, path, ErrNoBTF)
+	b := p.BTF
+	if b == nil {
+		return 0, FieldType{}, fmt.Errorf("%w: %s: %w", ErrNoField, path, ErrNoBTF)
 	}
-	var typ btf.Type
-	var s *btf.Struct
-	if err := p.BTF.TypeByName(parts[0], &s); err != nil {
-		var u *btf.Union
-		if err2 := p.BTF.TypeByName(parts[0], &u); err2 != nil {
-			return 0, nil, fmt.Errorf("%w: %s: %v", ErrNoField, parts[0], err)
-		}
-		typ = u
-	} else {
-		typ = s
+	id, err := b.lookup(parts[0])
+	if err != nil {
+		return 0, FieldType{}, fmt.Errorf("%w: %v", ErrNoField, err)
+	}
+	typ, err := b.typ(id)
+	if err != nil {
+		return 0, FieldType{}, fmt.Errorf("%w: %s: %v", ErrNoField, parts[0], err)
 	}
 	var off uint64
+	var m btfMember
 	for i, name := range parts[1:] {
-		m, moff, ok := findMember(typ, name, 0)
-		if !ok {
-			return 0, nil, fmt.Errorf("%w: %s has no member %q", ErrNoField, strings.Join(parts[:i+1], "."), name)
+		var moff uint64
+		var ok bool
+		if m, moff, ok = b.findMember(typ, []byte(name), 0); !ok {
+			return 0, FieldType{}, fmt.Errorf("%w: %s has no member %q", ErrNoField, strings.Join(parts[:i+1], "."), name)
 		}
-		if m.BitfieldSize != 0 || moff%8 != 0 {
-			return 0, nil, fmt.Errorf("%w: %s is a bitfield", ErrNoField, strings.Join(parts[:i+2], "."))
+		if m.bitSize != 0 || moff%8 != 0 {
+			return 0, FieldType{}, fmt.Errorf("%w: %s is a bitfield", ErrNoField, strings.Join(parts[:i+2], "."))
 		}
 		off += moff / 8
-		typ = btf.UnderlyingType(m.Type)
-	}
-	return off, typ, nil
-}
-
-// findMember finds name among typ's members, descending into anonymous
-// members; it returns the member and its bit offset from typ's start.
-func findMember(typ btf.Type, name string, depth int) (btf.Member, uint64, bool) {
-	if depth > 16 {
-		return btf.Member{}, 0, false
-	}
-	var members []btf.Member
-	switch t := btf.UnderlyingType(typ).(type) {
-	case *btf.Struct:
-		members = t.Members
-	case *btf.Union:
-		members = t.Members
-	default:
-		return btf.Member{}, 0, false
-	}
-	for _, m := range members {
-		if m.Name == name {
-			return m, uint64(m.Offset), true
+		if typ, err = b.resolve(m.typ); err != nil {
+			return 0, FieldType{}, fmt.Errorf("%w: %s: %v", ErrNoField, strings.Join(parts[:i+2], "."), err)
 		}
 	}
-	for _, m := range members {
-		if m.Name != "" {
-			continue
-		}
-		if inner, off, ok := findMember(m.Type, name, depth+1); ok {
-			return inner, uint64(m.Offset) + off, true
-		}
-	}
-	return btf.Member{}, 0, false
+	return off, b.fieldType(m.typ), nil
 }
 
 // StructSize returns the size in bytes of a structure.
@@ -391,129 +353,17 @@ func (p *Profile) lookupStructSize(name string) (uint64, error) {
 	if p.BTF == nil {
 		return 0, fmt.Errorf("%w: struct %s: %w", ErrNoField, name, ErrNoBTF)
 	}
-	var s *btf.Struct
-	if err := p.BTF.TypeByName(name, &s); err != nil {
-		return 0, fmt.Errorf("%w: struct %s: %v", ErrNoField, name, err)
-	}
-	return uint64(s.Size), nil
-}
-
-// Profile cache.
-
-// cacheFormat is bumped when the cached encoding changes.
-const cacheFormat = 1
-
-type cachedProfile struct {
-	Format      int
-	Banner      string
-	Release     string
-	BuildID     string
-	Compression Compression
-	Layout      KallsymsLayout
-	Names       []string
-	Addrs       []uint64
-	Types       []byte
-	BTF         []byte
-}
-
-// ProfileCacheDir returns the directory profiles are cached in:
-// <user cache dir>/gatevisor/profiles.
-func ProfileCacheDir() (string, error) {
-	d, err := os.UserCacheDir()
-	if err != nil {
-		return "", fmt.Errorf("linux: no cache directory: %w", err)
-	}
-	return filepath.Join(d, "gatevisor", "profiles"), nil
-}
-
-// BannerKey is the cache key of a kernel build: the sha256 of its banner,
-// which names the release, the compiler, the build number and date.
-func BannerKey(banner string) string {
-	h := sha256.Sum256([]byte(banner))
-	return hex.EncodeToString(h[:16])
-}
-
-// LoadProfile returns the profile of the kernel image at path, from the cache
-// in cacheDir ("" means ProfileCacheDir) when it has one for this image, and
-// builds and caches it otherwise. Cache failures are not fatal: the profile is
-// then built from the image.
-func LoadProfile(path, cacheDir string) (*Profile, error) {
-	img, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("linux: read kernel image: %w", err)
-	}
-	if cacheDir == "" {
-		if cacheDir, err = ProfileCacheDir(); err != nil {
-			return NewProfile(img)
+	id, err := p.BTF.lookup(name)
+	if err == nil {
+		var t btfType
+		if t, err = p.BTF.typ(id); err == nil && t.kind != btfKindStruct {
+			err = fmt.Errorf("%s: not found", name) // a union
+		}
+		if err == nil {
+			return uint64(t.sizeType), nil
 		}
 	}
-	sum := sha256.Sum256(img)
-	index := filepath.Join(cacheDir, "image-"+hex.EncodeToString(sum[:16]))
-	if key, err := os.ReadFile(index); err == nil {
-		if p, err := LoadCachedProfile(cacheDir, strings.TrimSpace(string(key))); err == nil {
-			return p, nil
-		}
-	}
-	p, err := NewProfile(img)
-	if err != nil {
-		return nil, err
-	}
-	if err := p.store(cacheDir); err == nil {
-		writeFileAtomic(index, []byte(BannerKey(p.Banner)+"\n"))
-	}
-	p.rawBTF = nil
-	return p, nil
-}
-
-// LoadCachedProfile loads the cached profile with the given BannerKey, for
-// example to analyse a dump whose banner is known but whose image is not.
-func LoadCachedProfile(cacheDir, key string) (*Profile, error) {
-	if strings.ContainsAny(key, `/\.`) || key == "" {
-		return nil, fmt.Errorf("linux: bad profile key %q", key)
-	}
-	f, err := os.Open(filepath.Join(cacheDir, key+".profile"))
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	var c cachedProfile
-	if err := gob.NewDecoder(f).Decode(&c); err != nil {
-		return nil, fmt.Errorf("linux: cached profile %s: %w", key, err)
-	}
-	if c.Format != cacheFormat || len(c.Names) != len(c.Addrs) || len(c.Names) != len(c.Types) || BannerKey(c.Banner) != key {
-		return nil, fmt.Errorf("linux: cached profile %s is stale or inconsistent", key)
-	}
-	p := &Profile{Banner: c.Banner, Release: c.Release, BuildID: c.BuildID, Compression: c.Compression}
-	k, err := newKallsyms(c.Layout, c.Names, c.Addrs, c.Types)
-	if err != nil {
-		return nil, fmt.Errorf("linux: cached profile %s: %w", key, err)
-	}
-	p.Symbols = k
-	if p.BTF, err = btf.LoadSpecFromReader(bytes.NewReader(c.BTF)); err != nil {
-		return nil, fmt.Errorf("linux: cached profile %s: BTF: %w", key, err)
-	}
-	c.BTF = nil
-	return p, nil
-}
-
-func (p *Profile) store(dir string) error {
-	if len(p.rawBTF) == 0 {
-		return fmt.Errorf("linux: profile of %s: no .BTF section kept to cache (only a profile fresh from its image can be cached)", p.Release)
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	c := cachedProfile{Format: cacheFormat, Banner: p.Banner, Release: p.Release, BuildID: p.BuildID,
-		Compression: p.Compression, Layout: p.Symbols.Layout, BTF: p.rawBTF}
-	for i := range p.Symbols.addrs {
-		c.Names = append(c.Names, p.Symbols.name(i))
-	}
-	c.Addrs, c.Types = p.Symbols.addrs, p.Symbols.types
-	var b bytes.Buffer
-	if err := gob.NewEncoder(&b).Encode(&c); err != nil {
-		return err
-	}
-	return writeFileAtomic(filepath.Join(dir, BannerKey(p.Banner)+".profile"), b.Bytes())
+	return 0, fmt.Errorf("%w: struct %s: %v", ErrNoField, name, err)
 }
 
 func writeFileAtomic(path string, data []byte) error {

@@ -1,10 +1,12 @@
 package linux
 
 import (
+	"bytes"
 	"errors"
 	"go/ast"
 	"go/parser"
 	"go/token"
+	"os"
 	"path/filepath"
 	"reflect"
 	"strconv"
@@ -25,14 +27,10 @@ func profileLayouts(p *Profile) []any {
 
 var layoutNames = []string{"bounds", "tasks", "modules", "files", "sockets"}
 
-func emptyBTF(t *testing.T) *btf.Spec {
+func emptyBTF(t *testing.T) *BTF {
 	t.Helper()
 	var b btf.Builder
-	spec, err := b.Spec()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return spec
+	return builtBTF(t, &b)
 }
 
 // TestProfileCachesIndependent checks that each Profile computes its own
@@ -229,7 +227,10 @@ func TestProfileConcurrentQueries(t *testing.T) {
 func TestCachedProfileLayouts(t *testing.T) {
 	k := testvm.Kit(t)
 	dir := t.TempDir()
-	fresh, err := LoadProfile(k.Kernel, dir)
+	if _, err := LoadProfile(k.Kernel, dir); err != nil {
+		t.Fatal(err)
+	}
+	fresh, err := profileFromFile(k.Kernel) // symbols and BTF on the heap
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,13 +238,24 @@ func TestCachedProfileLayouts(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the profile was not cached: %v", err)
 	}
-	// Neither holds the raw .BTF once cached, and neither can be cached
-	// again without it (a cache without BTF would not load).
-	if fresh.rawBTF != nil || cached.rawBTF != nil {
-		t.Errorf("raw .BTF kept: fresh %d bytes, cached %d bytes", len(fresh.rawBTF), len(cached.rawBTF))
+	if _, ok := cached.BTF.src.(*bytes.Reader); ok {
+		t.Error("the cached profile's BTF is in memory, not read from the cache file")
 	}
-	if err := cached.store(t.TempDir()); err == nil {
-		t.Error("a profile without its raw .BTF was cached")
+	again, err := LoadProfile(k.Kernel, dir)
+	if err != nil || again.BTF.offs.mem != nil {
+		t.Errorf("LoadProfile of a cached kernel: %v; BTF index in memory: %v", err, err == nil && again.BTF.offs.mem != nil)
+	}
+	// Storing a cached profile again writes the same file: the mapped
+	// form holds everything the cache has.
+	dir2 := t.TempDir()
+	if err := cached.store(dir2); err != nil {
+		t.Fatal(err)
+	}
+	name := profileFile(BannerKey(fresh.Banner))
+	f1, err1 := os.ReadFile(filepath.Join(dir, name))
+	f2, err2 := os.ReadFile(filepath.Join(dir2, name))
+	if err1 != nil || err2 != nil || !bytes.Equal(f1, f2) {
+		t.Errorf("the cache file written again differs (%v, %v; %d and %d bytes)", err1, err2, len(f1), len(f2))
 	}
 	a, b := profileLayouts(fresh), profileLayouts(cached)
 	for i, name := range layoutNames {

@@ -12,7 +12,7 @@ import (
 // netBTF describes the structures the socket walk uses, laid out as
 // sockHeap writes them. sock_common's addresses sit in an anonymous struct
 // inside an anonymous union, as in the kernel.
-func netBTF(t testing.TB) *btf.Spec {
+func netBTF(t testing.TB) *BTF {
 	t.Helper()
 	u8 := &btf.Int{Name: "u8", Size: 1}
 	u16 := &btf.Int{Name: "u16", Size: 2}
@@ -47,11 +47,7 @@ func netBTF(t testing.TB) *btf.Spec {
 	if err != nil {
 		t.Fatal(err)
 	}
-	spec, err := b.Spec()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return spec
+	return builtBTF(t, b)
 }
 
 // heap allocates guest objects in the synthetic kernel's object region.
@@ -254,9 +250,7 @@ func TestSocketsNoLayout(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := scProfile()
-	if p.BTF, err = empty.Spec(); err != nil {
-		t.Fatal(err)
-	}
+	p.BTF = builtBTF(t, empty)
 	k.Profile = p
 	if _, err := k.Sockets([]Task{{Addr: testText + scSlide, PID: 1}}); err == nil {
 		t.Error("no error without the structures in BTF")

@@ -9,7 +9,6 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/cilium/ebpf/btf"
 	"github.com/gatevisor/gatevisor/internal/vmi"
 )
 
@@ -262,21 +261,19 @@ func (f *fields) arrayLen(path string) (n, elem uint64) {
 		}
 		return 0, 0
 	}
-	a, ok := typ.(*btf.Array)
-	if !ok {
+	if typ.Kind != KindArray {
 		if f.err == nil {
 			f.err = fmt.Errorf("%w: %s is not an array", ErrNoField, path)
 		}
 		return 0, 0
 	}
-	sz, err := btf.Sizeof(a.Type)
-	if err != nil || sz <= 0 {
+	if typ.ElemSize == 0 {
 		if f.err == nil {
-			f.err = fmt.Errorf("%w: %s: element size: %v", ErrNoField, path, err)
+			f.err = fmt.Errorf("%w: %s: element of no size", ErrNoField, path)
 		}
 		return 0, 0
 	}
-	return uint64(a.Nelems), uint64(sz)
+	return typ.Nelems, typ.ElemSize
 }
 
 func (f *fields) size(name string) uint64 {

@@ -25,7 +25,7 @@ const (
 )
 
 // synthBTF builds the structure layouts.
-func synthBTF(t testing.TB) *btf.Spec {
+func synthBTF(t testing.TB) *BTF {
 	u8 := &btf.Int{Name: "unsigned char", Size: 1}
 	u32 := &btf.Int{Name: "unsigned int", Size: 4}
 	i32 := &btf.Int{Name: "int", Size: 4, Encoding: btf.Signed}
@@ -88,11 +88,7 @@ func synthBTF(t testing.TB) *btf.Spec {
 	if err != nil {
 		t.Fatal(err)
 	}
-	spec, err := b.Spec()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return spec
+	return builtBTF(t, b)
 }
 
 // synth is a synthetic guest being built.
@@ -621,11 +617,7 @@ func TestAdversarialTasks(t *testing.T) {
 func TestTaskLayoutErrors(t *testing.T) {
 	p := &Profile{BTF: synthBTF(t)}
 	var empty btf.Builder
-	spec, err := empty.Spec()
-	if err != nil {
-		t.Fatal(err)
-	}
-	k := &Kernel{Profile: &Profile{BTF: spec, Symbols: kallsymsOf(nil)}}
+	k := &Kernel{Profile: &Profile{BTF: builtBTF(t, &empty), Symbols: kallsymsOf(nil)}}
 	if _, err := k.Tasks(); !errors.Is(err, ErrNoField) {
 		t.Errorf("Tasks without BTF layouts: %v", err)
 	}

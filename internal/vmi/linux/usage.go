@@ -3,7 +3,6 @@ package linux
 import (
 	"fmt"
 
-	"github.com/cilium/ebpf/btf"
 	"github.com/gatevisor/gatevisor/internal/vmi"
 )
 
@@ -109,33 +108,30 @@ func rssCounters(p *Profile) ([]uint64, error) {
 		return nil, err
 	}
 	var first, stride, n uint64
-	switch t := btf.UnderlyingType(typ).(type) {
-	case *btf.Struct: // struct mm_rss_stat { atomic_long_t count[NR_MM_COUNTERS]; }
+	switch typ.Kind {
+	case KindStruct: // struct mm_rss_stat { atomic_long_t count[NR_MM_COUNTERS]; }
 		off, ctyp, err := p.Field("mm_rss_stat.count")
 		if err != nil {
 			return nil, err
 		}
-		a, ok := btf.UnderlyingType(ctyp).(*btf.Array)
-		if !ok {
+		if ctyp.Kind != KindArray {
 			return nil, fmt.Errorf("%w: mm_rss_stat.count is not an array", ErrNoField)
 		}
-		sz, err := btf.Sizeof(a.Type)
-		if err != nil || sz != 8 {
-			return nil, fmt.Errorf("%w: mm_rss_stat.count has %d-byte counters", ErrNoField, sz)
+		if ctyp.ElemSize != 8 {
+			return nil, fmt.Errorf("%w: mm_rss_stat.count has %d-byte counters", ErrNoField, ctyp.ElemSize)
 		}
-		first, stride, n = base+off, 8, uint64(a.Nelems)
-	case *btf.Array: // struct percpu_counter rss_stat[NR_MM_COUNTERS] (6.2+)
-		sz, err := btf.Sizeof(t.Type)
-		if err != nil || sz < 8 || sz > 256 {
+		first, stride, n = base+off, 8, ctyp.Nelems
+	case KindArray: // struct percpu_counter rss_stat[NR_MM_COUNTERS] (6.2+)
+		if sz := typ.ElemSize; sz < 8 || sz > 256 {
 			return nil, fmt.Errorf("%w: mm_struct.rss_stat elements of %d bytes", ErrNoField, sz)
 		}
 		off, err := p.FieldOffset("percpu_counter.count")
 		if err != nil {
 			return nil, err
 		}
-		first, stride, n = base+off, uint64(sz), uint64(t.Nelems)
+		first, stride, n = base+off, typ.ElemSize, typ.Nelems
 	default:
-		return nil, fmt.Errorf("%w: mm_struct.rss_stat is a %T", ErrNoField, typ)
+		return nil, fmt.Errorf("%w: mm_struct.rss_stat is of kind %d", ErrNoField, typ.Kind)
 	}
 	idx := []uint64{mmFilePages, mmAnonPages, mmShmemPages}
 	if n != nrMMCounters {
@@ -159,27 +155,14 @@ func mmCounterEnum(p *Profile, n uint64) ([]uint64, error) {
 	if p.BTF == nil {
 		return nil, fmt.Errorf("%w: mm counters: %w", ErrNoField, ErrNoBTF)
 	}
-	for typ, err := range p.BTF.All() {
-		if err != nil {
-			break
+	out := make([]uint64, 0, len(want))
+	for _, w := range want {
+		if v, ok := p.BTF.enumValue(w); ok && v < n {
+			out = append(out, v)
 		}
-		e, ok := typ.(*btf.Enum)
-		if !ok {
-			continue
-		}
-		vals := map[string]uint64{}
-		for _, v := range e.Values {
-			vals[v.Name] = v.Value
-		}
-		out := make([]uint64, 0, len(want))
-		for _, w := range want {
-			if v, ok := vals[w]; ok && v < n {
-				out = append(out, v)
-			}
-		}
-		if len(out) == len(want) {
-			return out, nil
-		}
+	}
+	if len(out) == len(want) {
+		return out, nil
 	}
 	return nil, fmt.Errorf("%w: rss_stat has %d counters and BTF has no MM_FILEPAGES/MM_ANONPAGES/MM_SHMEMPAGES below it", ErrNoField, n)
 }
