@@ -163,61 +163,47 @@ func (a *Agent) Run(ctx context.Context, nc *nats.Conn) error {
 			s.t.close()
 		}
 	}()
-	streamsOK := false
-	tick := time.NewTicker(a.Poll)
-	defer tick.Stop()
 	var lastState time.Time
 	var lastErr string
+	tick := time.NewTicker(a.Poll)
+	defer tick.Stop()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	srcCtx, stopSources := context.WithCancel(ctx)
+	defer stopSources()
+	started := false
 	for {
-		if !streamsOK && nc.IsConnected() {
+		if !started && nc.IsConnected() {
 			sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			if err := EnsureStreams(sctx, js, a.Streams); err == nil {
-				streamsOK = true
+				started = true
+				for _, s := range sources {
+					wg.Add(1)
+					go func(s *source) { defer wg.Done(); a.publishLoop(srcCtx, js, s) }(s)
+				}
 			} else if err.Error() != lastErr {
 				lastErr = err.Error()
 				a.logf("fleet: %v (retrying)", err)
 			}
 			cancel()
 		}
-		if streamsOK {
+		if started {
 			if time.Since(lastState) >= a.StateInterval {
 				if a.publishState(ctx, js, stateSubj) == nil {
 					lastState = time.Now()
 				}
 			}
-			for _, s := range sources {
-				for ctx.Err() == nil {
-					n, err := a.pump(ctx, js, s)
-					if err != nil {
-						a.mu.Lock()
-						a.stats.Failures++
-						a.mu.Unlock()
-						if err.Error() != lastErr {
-							lastErr = err.Error()
-							a.logf("fleet: publish: %v (the logs are kept; retrying)", err)
-						}
-						break
-					}
-					if n == 0 {
-						break
-					}
-					lastErr = ""
-				}
-			}
-			var skipped uint64
-			for _, s := range sources {
-				skipped += s.t.Skipped
-			}
-			a.mu.Lock()
-			a.stats.Skipped = skipped
-			a.mu.Unlock()
 			if err := a.saveCursor(); err != nil {
 				a.logf("fleet: %v", err)
 			}
 		}
 		select {
 		case <-ctx.Done():
-			a.publishState(context.Background(), js, stateSubj)
+			stopSources()
+			wg.Wait()
+			if started {
+				a.publishState(context.Background(), js, stateSubj)
+			}
 			_ = a.saveCursor()
 			return nil
 		case <-tick.C:
@@ -225,73 +211,124 @@ func (a *Agent) Run(ctx context.Context, nc *nats.Conn) error {
 	}
 }
 
-// pump publishes the next batch of s and waits for its acks. On a failure
-// s is rewound to the last contiguous ack: what follows is published again
-// and JetStream drops the copies it already has (same message id).
-func (a *Agent) pump(ctx context.Context, js jetstream.JetStream, s *source) (int, error) {
-	lines, err := s.t.next(a.Batch)
-	if err != nil || len(lines) == 0 {
-		return 0, err
-	}
+// inflight is a published line whose ack is awaited.
+type inflight struct {
+	key uint64
+	f   jetstream.PubAckFuture // nil: a line skipped, acknowledged as it is
+}
+
+// publishLoop publishes s's lines as they come, Batch in flight, and moves
+// s's acked key along the acks in order. On a failure s is rewound to the
+// last ack in order: what follows is published again and JetStream drops
+// the copies it already has (same message id).
+func (a *Agent) publishLoop(ctx context.Context, js jetstream.JetStream, s *source) {
+	var q []inflight
 	a.mu.Lock()
 	acked := *s.acked
 	a.mu.Unlock()
-	type sent struct {
-		key uint64
-		f   jetstream.PubAckFuture
-	}
-	var inflight []sent
-	var pubErr error
-	for _, l := range lines {
-		subj, err := s.subject(l)
-		if err != nil {
-			// A line the stream cannot name is skipped, not retried for ever.
-			a.logf("fleet: line %d of %s: %v (skipped)", l.key, s.t.path, err)
-			inflight = append(inflight, sent{key: l.key})
-			continue
-		}
-		msg := nats.NewMsg(subj)
-		msg.Data = l.text
-		msg.Header.Set("Gatevisor-Key", strconv.FormatUint(l.key, 10))
-		f, err := js.PublishMsgAsync(msg, jetstream.WithMsgID(s.idPrefix+LineID(l.text)))
-		if err != nil {
-			pubErr = err
-			break
-		}
-		inflight = append(inflight, sent{key: l.key, f: f})
-	}
-	for _, p := range inflight {
-		if p.f == nil {
-			acked = p.key
-			continue
+	lastErr := ""
+	fail := func(err error) {
+		s.t.rewind(acked)
+		q = nil
+		a.mu.Lock()
+		a.stats.Failures++
+		a.mu.Unlock()
+		if err.Error() != lastErr {
+			lastErr = err.Error()
+			a.logf("fleet: publish %s: %v (the log is kept; retrying)", s.t.path, err)
 		}
 		select {
-		case <-p.f.Ok():
-			acked = p.key
-		case err := <-p.f.Err():
-			pubErr = err
 		case <-ctx.Done():
-			pubErr = ctx.Err()
+		case <-time.After(time.Second):
 		}
-		if pubErr != nil {
+	}
+	ack := func(key uint64, published bool) {
+		acked = key
+		a.mu.Lock()
+		*s.acked = key
+		if published {
+			a.stats.Published++
+		}
+		a.mu.Unlock()
+	}
+	for ctx.Err() == nil {
+		fresh := 0
+		if len(q) < a.Batch {
+			skipped := s.t.Skipped
+			lines, err := s.t.next(a.Batch - len(q))
+			if d := s.t.Skipped - skipped; d > 0 {
+				a.mu.Lock()
+				a.stats.Skipped += d
+				a.mu.Unlock()
+			}
+			if err != nil {
+				fail(err)
+				continue
+			}
+			fresh = len(lines)
+			for _, l := range lines {
+				subj, err := s.subject(l)
+				if err != nil {
+					// A line the stream cannot name is skipped, not retried for ever.
+					a.logf("fleet: line %d of %s: %v (skipped)", l.key, s.t.path, err)
+					q = append(q, inflight{key: l.key})
+					continue
+				}
+				msg := nats.NewMsg(subj)
+				msg.Data = l.text
+				msg.Header.Set("Gatevisor-Key", strconv.FormatUint(l.key, 10))
+				f, err := js.PublishMsgAsync(msg, jetstream.WithMsgID(s.idPrefix+LineID(l.text)))
+				if err != nil {
+					fail(err)
+					break
+				}
+				q = append(q, inflight{key: l.key, f: f})
+			}
+		}
+		if len(q) == 0 {
+			select {
+			case <-ctx.Done():
+			case <-time.After(a.Poll):
+			}
+			continue
+		}
+		// Take the acks that are in; wait for the oldest when the window is
+		// full or the log has nothing new.
+		block := len(q) >= a.Batch || fresh == 0
+		for len(q) > 0 {
+			h := q[0]
+			if h.f == nil {
+				ack(h.key, false)
+				q = q[1:]
+				continue
+			}
+			if block {
+				select {
+				case <-h.f.Ok():
+					ack(h.key, true)
+					q = q[1:]
+					lastErr = ""
+				case err := <-h.f.Err():
+					fail(err)
+				case <-ctx.Done():
+					return
+				}
+				block = false
+				continue
+			}
+			select {
+			case <-h.f.Ok():
+				ack(h.key, true)
+				q = q[1:]
+				lastErr = ""
+				continue
+			case err := <-h.f.Err():
+				fail(err)
+			default:
+			}
 			break
 		}
 	}
-	a.mu.Lock()
-	n := 0
-	for _, p := range inflight {
-		if p.key <= acked && p.key > *s.acked {
-			n++
-		}
-	}
-	*s.acked = acked
-	a.stats.Published += uint64(n)
-	a.mu.Unlock()
-	if pubErr != nil {
-		s.t.rewind(acked)
-		return n, pubErr
-	}
-	return n, nil
 }
 
 // LineID is a log line's hex SHA-256, which for an audit record is the

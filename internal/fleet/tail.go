@@ -17,7 +17,7 @@ import (
 const maxRotatedFiles = 1024
 
 // readChunk is how much a tailer reads at a time.
-const readChunk = 256 << 10
+const readChunk = 64 << 10
 
 // line is one complete line of a log and its key (audit n, event seq).
 type line struct {
@@ -41,6 +41,7 @@ type tailer struct {
 	off     int64 // next byte to read in f
 	pending []byte
 	skip    bool // discarding the rest of an over-long line
+	buf     []byte
 
 	Skipped uint64 // lines without a key, or too long
 }
@@ -147,8 +148,17 @@ func (t *tailer) open(name string) error {
 // moving on to the next newer file at the end of a rotated one.
 func (t *tailer) read(max int) ([]line, error) {
 	var out []line
-	buf := make([]byte, readChunk)
+	if t.buf == nil {
+		t.buf = make([]byte, readChunk)
+	}
+	buf := t.buf
 	for len(out) < max {
+		// Nothing new (the usual case): one fstat, no read.
+		if fi, err := t.f.Stat(); err == nil && fi.Size() <= t.off {
+			if len(out) > 0 || t.f.Name() == t.path {
+				return out, nil
+			}
+		}
 		n, err := t.f.ReadAt(buf, t.off)
 		t.off += int64(n)
 		out = t.split(buf[:n], out)
@@ -259,8 +269,20 @@ func inode(fi os.FileInfo) uint64 {
 	return 0
 }
 
-// auditKey is an audit record's number ("n").
+// auditKey is an audit record's number ("n"). The log writes it first
+// ({"n":123,...}), which is read without decoding the line; anything else
+// is decoded.
 func auditKey(b []byte) (uint64, bool) {
+	if rest, ok := bytes.CutPrefix(b, []byte(`{"n":`)); ok && json.Valid(b) {
+		var n uint64
+		i := 0
+		for ; i < len(rest) && i < 20 && rest[i] >= '0' && rest[i] <= '9'; i++ {
+			n = n*10 + uint64(rest[i]-'0')
+		}
+		if i > 0 && i < 20 && i < len(rest) && (rest[i] == ',' || rest[i] == '}') && n > 0 {
+			return n, true
+		}
+	}
 	var r struct {
 		N uint64 `json:"n"`
 	}
