@@ -42,6 +42,15 @@ func StartServer(o ServerOptions) (*server.Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fleet: NATS address %q: %w", o.Listen, err)
 	}
+	if port != server.RANDOM_PORT {
+		// Say at once that the address is taken (the server would only
+		// fail to become ready).
+		l, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
+		if err != nil {
+			return nil, fmt.Errorf("fleet: NATS address %s: %w", o.Listen, err)
+		}
+		l.Close()
+	}
 	if err := safefile.Dir(o.StoreDir, 0o700); err != nil {
 		return nil, fmt.Errorf("fleet: JetStream's directory: %w", err)
 	}
