@@ -407,7 +407,6 @@ func TestAgentOfflineBacklog(t *testing.T) {
 	stop := runAgent(t, a, nc)
 	time.Sleep(300 * time.Millisecond) // the agent runs with no server
 	s := startServer(t, ServerOptions{Listen: listen, StoreDir: store})
-	_, js := connect(t, s.ClientURL())
 	head, _ := v.log.Head()
 	waitFor(t, "the backlog", 30*time.Second, func() bool { return a.Stats().AuditN == head && a.Stats().EventSeq >= 40 })
 	// The server goes away mid-stream and comes back with its store.
@@ -420,7 +419,7 @@ func TestAgentOfflineBacklog(t *testing.T) {
 	defer stop()
 	head, _ = v.log.Head()
 	waitFor(t, "the second backlog", 30*time.Second, func() bool { return a.Stats().AuditN == head && a.Stats().EventSeq >= 65 })
-	_, js = connect(t, s.ClientURL())
+	_, js := connect(t, s.ClientURL())
 	audits, events := count(t, js, "")
 	if audits != int(head) {
 		t.Errorf("%d audit records stored, the log holds %d", audits, head)
@@ -532,7 +531,6 @@ func TestPolicyPush(t *testing.T) {
 	s := startServer(t, ServerOptions{StoreDir: t.TempDir()})
 	nc, js := connect(t, s.ClientURL())
 	accept, refuse, deny := &fakeMember{}, &fakeMember{}, &fakeMember{}
-	var vs []*vmLogs
 	for _, c := range []struct {
 		name string
 		m    *fakeMember
@@ -546,7 +544,6 @@ func TestPolicyPush(t *testing.T) {
 		}},
 	} {
 		v := newVMLogs(t, c.name)
-		vs = append(vs, v)
 		a := v.agent(c.name, c.m)
 		a.AcceptPolicy, a.Authorize = c.acc, c.auth
 		defer runAgent(t, a, nc)()
