@@ -69,6 +69,8 @@ type Config struct {
 	SessionTTL, TicketTTL time.Duration
 	// Now is the clock (time.Now when nil; tests).
 	Now func() time.Time
+	// Fleet, when set, reads the fleet (package fleet) for the fleet page.
+	Fleet func(ctx context.Context) (FleetView, error)
 }
 
 // Dashboard serves the pages; one per daemon.
@@ -95,7 +97,7 @@ func New(cfg Config) *Dashboard {
 	}
 	d := &Dashboard{cfg: cfg, pages: map[string]*template.Template{}, tickets: map[string]ticket{},
 		sessions: map[string]*session{}, clients: map[string]*apiclient.Client{}}
-	for _, p := range []string{"index", "vm", "check", "login", "error"} {
+	for _, p := range []string{"index", "vm", "check", "login", "error", "fleet"} {
 		d.pages[p] = template.Must(template.New("").Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/"+p+".html"))
 	}
 	return d
@@ -116,6 +118,7 @@ var funcs = template.FuncMap{
 		return s
 	},
 	"ago":     func(t time.Time) string { return time.Since(t).Round(time.Second).String() },
+	"stale":   func(t time.Time) bool { return time.Since(t) > 15*time.Second },
 	"join":    strings.Join,
 	"counts":  counts[uint64],
 	"icounts": counts[int],
@@ -138,6 +141,10 @@ func counts[N uint64 | int](m map[string]N) string {
 	return b.String()
 }
 
+// SetFleet gives the dashboard the fleet to show on /fleet (before it
+// serves).
+func (d *Dashboard) SetFleet(f func(ctx context.Context) (FleetView, error)) { d.cfg.Fleet = f }
+
 // Handler serves the dashboard on TCP: the pages need a session; the
 // login link and the static files do not.
 func (d *Dashboard) Handler() http.Handler {
@@ -150,6 +157,7 @@ func (d *Dashboard) Handler() http.Handler {
 	})
 	mux.HandleFunc("POST /logout", d.authed(d.logout, true))
 	mux.HandleFunc("GET /{$}", d.authed(d.index, false))
+	mux.HandleFunc("GET /fleet", d.authed(d.fleetPage, false))
 	mux.HandleFunc("GET /vm/{name}", d.authed(d.vmPage, false))
 	mux.HandleFunc("GET /vm/{name}/stream", d.authed(d.stream, false))
 	mux.HandleFunc("GET /vm/{name}/check", d.authed(d.checkPage, false))
@@ -157,7 +165,7 @@ func (d *Dashboard) Handler() http.Handler {
 	mux.HandleFunc("POST /vm/{name}/policy", d.authed(d.policy, true))
 	mux.HandleFunc("POST /vm/{name}/net/{action}", d.authed(d.net, true))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		d.renderError(w, r, nil, http.StatusNotFound, fmt.Sprintf("no page %s %s: the dashboard's pages are / and /vm/NAME", r.Method, r.URL.Path))
+		d.renderError(w, r, nil, http.StatusNotFound, fmt.Sprintf("no page %s %s: the dashboard's pages are /, /vm/NAME and /fleet", r.Method, r.URL.Path))
 	})
 	return d.secure(mux)
 }

@@ -27,9 +27,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/sys/unix"
 
 	"github.com/gatevisor/gatevisor/internal/dashboard"
@@ -160,12 +163,17 @@ func Run(ctx context.Context, cfg Config) error {
 	} else if err == nil && (h == "::" || h == "0.0.0.0") {
 		addr = net.JoinHostPort("127.0.0.1", p)
 	}
-	stopFleet, err := startFleet(cfg, tokenPath, token)
+	fc, stopFleet, err := startFleet(cfg, tokenPath, token)
 	if err != nil {
 		return err
 	}
 	defer stopFleet()
 	d := newDaemon(token, cfg, "http://"+addr, dashboard.LoopbackHosts(l.Addr().String()))
+	if fc != nil {
+		fr := &fleetReader{conn: *fc}
+		defer fr.close()
+		d.dash.SetFleet(fr.view)
+	}
 	sockPath := SocketPath(cfg.StateDir)
 	ul, err := listenUnix(sockPath, 0o600)
 	if err != nil {
@@ -292,30 +300,89 @@ func listVMs() ([]dashboard.VM, error) {
 }
 
 // startFleet starts the embedded NATS server of cfg, or advertises the
-// existing one, and returns how to stop it.
-func startFleet(cfg Config, tokenPath, token string) (stop func(), err error) {
+// existing one, and returns how to reach it (nil: no fleet) and how to
+// stop it.
+func startFleet(cfg Config, tokenPath, token string) (*fleet.Conn, func(), error) {
 	switch {
 	case cfg.NATSListen != "":
 		s, err := fleet.StartServer(fleet.ServerOptions{Listen: cfg.NATSListen, StoreDir: filepath.Join(cfg.StateDir, "nats"), Token: token})
 		if err != nil && cfg.NATSListenDefault {
 			fmt.Fprintf(cfg.Log, "gatevisor serve: warning: no fleet: %v (give --nats-listen another address, or --no-fleet to silence this)\n", err)
-			return func() {}, nil
+			return nil, func() {}, nil
 		}
 		if err != nil {
-			return nil, fmt.Errorf("serve: %w (--nats-listen another address, or --no-fleet)", err)
+			return nil, nil, fmt.Errorf("serve: %w (--nats-listen another address, or --no-fleet)", err)
 		}
 		url := s.ClientURL()
 		if err := fleet.WriteLocal(cfg.StateDir, fleet.Local{URL: url, TokenFile: tokenPath}); err != nil {
 			s.Shutdown()
-			return nil, err
+			return nil, nil, err
 		}
 		fmt.Fprintf(cfg.Log, "gatevisor serve: fleet NATS (JetStream) on %s; monitors join with 'gatevisor run --fleet'\n", url)
-		return func() { s.Shutdown(); s.WaitForShutdown() }, nil
+		return &fleet.Conn{URL: url, Token: token, Name: "gatevisor serve"}, func() { s.Shutdown(); s.WaitForShutdown() }, nil
 	case cfg.NATSURL != "":
 		if err := fleet.WriteLocal(cfg.StateDir, fleet.Local{URL: cfg.NATSURL, CredsFile: cfg.NATSCredsFile, TokenFile: cfg.NATSTokenFile}); err != nil {
-			return nil, err
+			return nil, nil, err
+		}
+		c := &fleet.Conn{URL: cfg.NATSURL, CredsFile: cfg.NATSCredsFile, Name: "gatevisor serve"}
+		if cfg.NATSTokenFile != "" {
+			tok, err := fleet.ReadToken(cfg.NATSTokenFile)
+			if err != nil {
+				return nil, nil, err
+			}
+			c.Token = tok
 		}
 		fmt.Fprintf(cfg.Log, "gatevisor serve: fleet NATS at %s (not embedded)\n", cfg.NATSURL)
+		return c, func() {}, nil
 	}
-	return func() {}, nil
+	return nil, func() {}, nil
+}
+
+// fleetReader reads the fleet for the dashboard, over one connection made
+// on first use.
+type fleetReader struct {
+	conn fleet.Conn
+	mu   sync.Mutex
+	nc   *nats.Conn
+}
+
+// fleetEvents is how many of the fleet's latest events the page shows.
+const fleetEvents = 50
+
+func (f *fleetReader) view(ctx context.Context) (dashboard.FleetView, error) {
+	f.mu.Lock()
+	if f.nc == nil {
+		nc, err := f.conn.Connect(nats.RetryOnFailedConnect(false), nats.Timeout(5*time.Second))
+		if err != nil {
+			f.mu.Unlock()
+			return dashboard.FleetView{}, err
+		}
+		f.nc = nc
+	}
+	nc := f.nc
+	f.mu.Unlock()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return dashboard.FleetView{}, err
+	}
+	v := dashboard.FleetView{Source: f.conn.URL}
+	if v.States, err = fleet.List(ctx, js); err != nil {
+		return v, err
+	}
+	if len(v.States) == 0 {
+		return v, nil // nothing published yet: no events stream either
+	}
+	err = fleet.Events(ctx, js, fleet.EventsOptions{Last: fleetEvents}, func(e fleet.Event) error {
+		v.Events = append(v.Events, e)
+		return nil
+	})
+	return v, err
+}
+
+func (f *fleetReader) close() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.nc != nil {
+		f.nc.Close()
+	}
 }

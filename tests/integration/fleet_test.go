@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/chromedp"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -294,6 +295,8 @@ func TestFleet(t *testing.T) {
 		}
 	}
 
+	t.Run("fleet page in a browser", func(t *testing.T) { fleetPageInBrowser(t, names) })
+
 	// The whole fleet goes down; the monitors go on deciding; their backlog
 	// arrives when it is back.
 	for i := range nodes {
@@ -319,4 +322,52 @@ func freeTCPPort(t *testing.T) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+// fleetPageInBrowser logs headless Chromium into the running serve's
+// dashboard as this user and reads the fleet page: every VM listed, the
+// denials among the latest events; a screenshot is left beside the
+// dashboard test's.
+func fleetPageInBrowser(t *testing.T, names []string) {
+	chromium := chromiumPath(t)
+	r := gv(t, time.Minute, "serve", "login")
+	link := strings.TrimSpace(r.stdout)
+	if r.code != 0 || !strings.Contains(link, "/login?ticket=") {
+		t.Fatalf("serve login: exit %d %q %s", r.code, r.stdout, r.stderr)
+	}
+	base := link[:strings.Index(link, "/login?")]
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(chromium), chromedp.WindowSize(1280, 900))
+	if os.Geteuid() == 0 {
+		opts = append(opts, chromedp.NoSandbox) // as in TestDashboard: no sandbox for root; loopback pages of the test's own
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	alloc, acancel := chromedp.NewExecAllocator(ctx, opts...)
+	defer acancel()
+	b, bcancel := chromedp.NewContext(alloc)
+	defer bcancel()
+	if err := chromedp.Do(b, chromedp.Navigate(link), chromedp.WaitVisible(chromedp.CSS("#vm-list")),
+		chromedp.Navigate(base+"/fleet"), chromedp.WaitVisible(chromedp.CSS("#fleet-vms"))); err != nil {
+		t.Fatalf("the fleet page: %v", err)
+	}
+	vms, err := chromedp.Run(b, chromedp.TextContent(chromedp.CSS("#fleet-vms")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range names {
+		if !strings.Contains(vms, n) {
+			t.Errorf("the fleet page does not list %s: %q", n, vms)
+		}
+	}
+	evs, err := chromedp.Run(b, chromedp.TextContent(chromedp.CSS("#fleet-events")))
+	if err != nil || !strings.Contains(evs, "/tmp/fleet/") {
+		t.Errorf("the fleet page's events show no denial: %q %v", evs, err)
+	}
+	png, err := chromedp.Run(b, chromedp.FullScreenshot(100))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(screenshotDir(t), "fleet.png"), png, 0o644); err != nil {
+		t.Fatal(err)
+	}
 }
