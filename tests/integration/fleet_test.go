@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/gatevisor/gatevisor/internal/audit"
+	"github.com/gatevisor/gatevisor/internal/event"
 	"github.com/gatevisor/gatevisor/internal/fleet"
 	"github.com/gatevisor/gatevisor/internal/testvm"
 )
@@ -311,6 +312,45 @@ func TestFleet(t *testing.T) {
 	}
 	wg.Wait()
 	checkAll("every VM's backlog after the whole fleet was down")
+
+	// The three views of the kernel gate's denials agree: the VM's
+	// Prometheus metrics, its audit log, and the fleet's copy of that log.
+	fleetDenies := map[string]int{}
+	r = gv(t, 2*time.Minute, "fleet", "events", "--kind", "audit", "--json")
+	for line := range strings.SplitSeq(strings.TrimSpace(r.stdout), "\n") {
+		var e fleetEvent
+		var rec audit.Record
+		if json.Unmarshal([]byte(line), &e) == nil && json.Unmarshal(e.Data, &rec) == nil && rec.Kind == audit.KindDecision && rec.Verdict == "deny" {
+			fleetDenies[e.VM] += repeatCount(&rec)
+		}
+	}
+	for _, n := range names {
+		m := gv(t, time.Minute, "metrics", n)
+		checkPromtool(t, "gatevisor metrics "+n, m.stdout)
+		series := fmt.Sprintf(`gatevisor_gate_decisions_total{gate="kernel",verdict="deny",vm=%q}`, n)
+		v, ok := sample(m.stdout, series)
+		logDenies := 0
+		file := filepath.Join(env.stateDir, "gatevisor", "vms", n, "audit.jsonl")
+		if _, err := audit.ReadFile(file, true, func(rec *audit.Record) error {
+			if rec.Verdict == "deny" && rec.Event.Class != event.ClassAPI && rec.Event.Class != event.ClassNet {
+				logDenies += repeatCount(rec)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if !ok || int(v) != logDenies || fleetDenies[n] != logDenies || logDenies < 3 {
+			t.Errorf("%s: kernel-gate denials: metrics %v (found %v), audit log %d, fleet %d; want equal, at least 3", n, v, ok, logDenies, fleetDenies[n])
+		}
+	}
+}
+
+// repeatCount is how many decisions an audit record stands for.
+func repeatCount(r *audit.Record) int {
+	if r.Repeat != nil {
+		return int(r.Repeat.Count)
+	}
+	return 1
 }
 
 // freeTCPPort returns a loopback port nothing listens on now.
