@@ -406,6 +406,7 @@ func (m *Monitor) onReady() {
 	m.mu.Unlock()
 	if first {
 		m.logf("guest %s ready after %.2fs", m.cfg.Name, time.Since(m.started).Seconds())
+		go releaseMemory()
 	}
 }
 

@@ -16,10 +16,18 @@ func mapFile(f *os.File, size uint64) ([]byte, error) {
 	if size == 0 || size > 1<<40 {
 		return nil, fmt.Errorf("linux: map profile cache: size %d", size)
 	}
+	// The page cache may hold the file in large folios (written or read
+	// ahead in bulk), and the kernel maps a folio whole on the first
+	// touch of any of its pages: a lookup would then make up to 2 MiB
+	// resident. Drop the cached pages no process maps, and ask for no
+	// read-ahead on the mapping: a lookup's fault then reads and maps
+	// only the pages it needs.
+	_ = unix.Fadvise(int(f.Fd()), 0, int64(size), unix.FADV_DONTNEED)
 	m, err := unix.Mmap(int(f.Fd()), 0, int(size), unix.PROT_READ, unix.MAP_SHARED)
 	if err != nil {
 		return nil, fmt.Errorf("linux: map profile cache: %w", err)
 	}
+	_ = unix.Madvise(m, unix.MADV_RANDOM)
 	return m, nil
 }
 
