@@ -56,6 +56,7 @@ type flow struct {
 	created   time.Time
 	decidedAt time.Time
 	last      time.Time // the last frame of an answered flow
+	seen      time.Time // the last frame of any kind (Flows)
 	answered  bool      // a frame came from the side that did not open it
 	finLocal  bool
 	finRemote bool
@@ -64,6 +65,11 @@ type flow struct {
 	seq       uint64 // policy sequence that decided
 	ev        event.Event
 	rec       Record
+	// Frames and bytes seen on the flow (Flows), from the guest and to
+	// it, whatever became of them: two additions on the fast path, under
+	// the lock it already holds.
+	framesOut, framesIn uint64
+	bytesOut, bytesIn   uint64
 
 	// Scheduling: attempts at attribution so far and when the next is due;
 	// waiting while it counts in Gate.waiting (until it is decided).
@@ -77,6 +83,19 @@ type flow struct {
 	// The eviction list the flow is on (nil: none) and its neighbours.
 	evl          *evictList
 	evPrev, evNx *flow
+}
+
+// count notes a frame of the flow.
+// Preconditions: Gate.mu held.
+func (f *flow) count(n int, fromGuest bool, now time.Time) {
+	if fromGuest {
+		f.framesOut++
+		f.bytesOut += uint64(n)
+	} else {
+		f.framesIn++
+		f.bytesIn += uint64(n)
+	}
+	f.seen = now
 }
 
 // expired reports whether the reaper forgets f at now.

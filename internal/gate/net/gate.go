@@ -335,6 +335,7 @@ func (g *Gate) classify(fr []byte, p *Packet, fromGuest bool, now time.Time, que
 // onFlow classifies a frame of a flow in the table.
 // Preconditions: g.mu held.
 func (g *Gate) onFlow(f *flow, fr []byte, p *Packet, fromGuest bool, now time.Time) (int, string) {
+	f.count(len(fr), fromGuest, now)
 	switch f.state {
 	case stateAllowed:
 		f.last = now
@@ -416,6 +417,7 @@ func (g *Gate) onMiss(k FlowKey, fr []byte, p *Packet, fromGuest bool, now time.
 	}
 	f := &flow{key: k, dir: dir, state: statePending, created: now, last: now, nextTry: now, waiting: true,
 		held: [][]byte{fr}, heldFrom: []bool{fromGuest}}
+	f.count(len(fr), fromGuest, now)
 	g.flows[k] = f
 	g.queue = append(g.queue, f)
 	g.waiting++

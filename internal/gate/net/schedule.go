@@ -149,7 +149,7 @@ func (g *Gate) pass(batch []*flow, shed []shedFrame, more int) {
 		}
 		ev, rec := eventOf(f.key, f.dir, r, now)
 		rec.AttributeMicros, rec.Attempts = took, f.attempts
-		f.ev = ev
+		f.ev, f.rec = ev, rec // the record until decided overwrites it (Flows)
 		reqs = append(reqs, secserver.Request{Event: &ev, Refuse: g.admit(f, now)})
 		who, recs = append(who, f), append(recs, rec)
 	}
