@@ -40,6 +40,7 @@ var Endpoints = []Endpoint{
 	{Method: "POST", Path: "/v1/proc/{action}", Action: "proc.", Param: "action", Values: ProcActions, What: "process action"},
 	{Method: "POST", Path: "/v1/net/isolate", Action: "net.isolate"},
 	{Method: "POST", Path: "/v1/net/restore", Action: "net.restore"},
+	{Method: "GET", Path: "/v1/net/flows", Action: "net.flows"},
 	{Method: "GET", Path: "/v1/metrics", Action: "vm.metrics"},
 }
 

@@ -40,6 +40,10 @@ type VM interface {
 	// NetRestore.
 	NetIsolate(ctx context.Context, reason string) (NetIsolation, error)
 	NetRestore(ctx context.Context) (NetIsolation, error)
+	// NetFlows returns the network gate's newest limit flows (1 to
+	// MaxNetFlowsLimit), each with its process and decision; a VM without
+	// a gated network answers CodeConflict.
+	NetFlows(ctx context.Context, limit int) (NetFlows, error)
 	// Metrics writes the VM's Prometheus metrics in the text exposition
 	// format (MetricsContentType).
 	Metrics(ctx context.Context, w io.Writer) error

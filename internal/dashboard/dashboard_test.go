@@ -67,6 +67,18 @@ func (f *fakeVM) NetRestore(context.Context) (api.NetIsolation, error) {
 }
 func (f *fakeVM) Metrics(context.Context, io.Writer) error { return nil }
 
+// NetFlows answers two flows: an allowed one of the hostile process, and
+// a denied one no process owned.
+func (f *fakeVM) NetFlows(_ context.Context, limit int) (api.NetFlows, error) {
+	t0 := time.Now().Add(-3 * time.Second).UTC()
+	return api.NetFlows{Total: 2, Limit: limit, Flows: []api.NetFlow{
+		{Proto: "tcp", Local: "10.0.2.15:40000", Remote: "10.0.2.3:80", Dir: "out", State: "allowed", Answered: true, Verdict: "allow",
+			Action: "forward", Rule: "updater", Process: &api.NetFlowProcess{PID: 42, Start: 123456, Comm: hostile, Exe: "/tmp/" + hostile},
+			Created: t0, Decided: &t0, Last: t0, FramesOut: 5, FramesIn: 4, BytesOut: 700, BytesIn: 3000},
+		{Proto: "udp", Local: "10.0.2.15:5353", Remote: "198.51.100.7:53", Dir: "out", State: "denied", Verdict: "deny", Action: "drop",
+			Rule: "egress_default", NoProcess: "no guest socket owns the flow", Created: t0, Decided: &t0, Last: t0, FramesOut: 1}}}, nil
+}
+
 func (f *fakeVM) Proc(ctx context.Context, action string, req api.ProcRequest) (api.ProcResult, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -302,6 +302,18 @@ func (c *Client) NetRestore(ctx context.Context) (api.NetIsolation, error) {
 	return res, err
 }
 
+// NetFlows returns the network gate's newest limit flows (0: the
+// server's default).
+func (c *Client) NetFlows(ctx context.Context, limit int) (api.NetFlows, error) {
+	path := "/v1/net/flows"
+	if limit != 0 {
+		path += "?limit=" + strconv.Itoa(limit)
+	}
+	var res api.NetFlows
+	err := c.do(ctx, http.MethodGet, path, nil, &res)
+	return res, err
+}
+
 // bufferedConn is a console connection whose first bytes are already in a
 // reader.
 type bufferedConn struct {

@@ -36,6 +36,7 @@ type fakeVM struct {
 	// query Events got.
 	eventsErr  error
 	lastEvents api.EventsQuery
+	noNet      bool // NetFlows answers that the VM has no network
 
 	mu     sync.Mutex // guards calls and caller
 	calls  []string   // the api.VM methods called, in order
@@ -109,6 +110,20 @@ func (f *fakeVM) NetIsolate(_ context.Context, reason string) (api.NetIsolation,
 func (f *fakeVM) NetRestore(context.Context) (api.NetIsolation, error) {
 	f.called("NetRestore")
 	return api.NetIsolation{}, nil
+}
+
+func (f *fakeVM) NetFlows(_ context.Context, limit int) (api.NetFlows, error) {
+	f.called("NetFlows")
+	if f.noNet {
+		return api.NetFlows{}, &api.Error{Code: api.CodeConflict, Message: "the VM has no network: it was started without --net"}
+	}
+	t0 := time.Unix(1700000000, 0).UTC()
+	return api.NetFlows{Total: 2, Limit: limit, Flows: []api.NetFlow{
+		{Proto: "tcp", Local: "10.0.2.15:40000", Remote: "10.0.2.3:80", Dir: "out", State: "allowed", Answered: true, Verdict: "allow", Action: "forward",
+			Rule: "updater", PolicySeq: 1, Process: &api.NetFlowProcess{PID: 42, Start: 5, Comm: "updater", Exe: "/usr/bin/updater"},
+			Created: t0, Decided: &t0, Last: t0, FramesOut: 3, FramesIn: 2, BytesOut: 200, BytesIn: 100},
+		{Proto: "udp", Local: "10.0.2.15:5353", Remote: "10.0.2.2:53", Dir: "out", State: "pending", NoProcess: "waiting for attribution",
+			Created: t0, Last: t0, FramesOut: 1}}}, nil
 }
 
 func (f *fakeVM) LoadPolicy(_ context.Context, r api.PolicyRequest) (api.PolicyResult, error) {
@@ -280,6 +295,11 @@ func TestEndpointsMatchSpec(t *testing.T) {
 		{"net isolate no body", "POST", "/v1/net/isolate", "", true, 200, `"isolated":true`},
 		{"net restore", "POST", "/v1/net/restore", "", true, 200, `"isolated":false`},
 		{"metrics", "GET", "/v1/metrics", "", true, 200, `gatevisor_vm_vcpus{vm="vm1"} 1`},
+		{"net flows", "GET", "/v1/net/flows", "", true, 200, `"limit":500`},
+		{"net flows limit", "GET", "/v1/net/flows?limit=7", "", true, 200, `"comm":"updater"`},
+		{"net flows limit 0", "GET", "/v1/net/flows?limit=0", "", false, 400, "ask for 1 to 10000 flows"},
+		{"net flows limit too large", "GET", "/v1/net/flows?limit=10001", "", false, 400, "ask for 1 to 10000 flows"},
+		{"net flows bad limit", "GET", "/v1/net/flows?limit=x", "", false, 400, "ask for 1 to 10000 flows"},
 		{"proc freeze", "POST", "/v1/proc/freeze", `{"pid":42,"start_ns":5}`, true, 200, `"frozen":true`},
 		{"proc unknown action", "POST", "/v1/proc/pause", `{"pid":42}`, false, 404, "unknown process action"},
 		{"proc pid 0", "POST", "/v1/proc/kill", `{"pid":0}`, false, 400, "use a process id from 1"},
@@ -408,6 +428,18 @@ func TestUnixSocketClient(t *testing.T) {
 	if err != nil || ir.Source != "ram" || !strings.Contains(string(ir.Result), `"comm":"init"`) {
 		t.Fatalf("IDS = %+v, %v", ir, err)
 	}
+	fl, err := c.NetFlows(ctx, 0)
+	if err != nil || fl.Limit != api.DefaultNetFlowsLimit || len(fl.Flows) != 2 || fl.Flows[0].Process.Comm != "updater" || fl.Flows[1].NoProcess == "" {
+		t.Fatalf("NetFlows = %+v, %v", fl, err)
+	}
+	if fl, err := c.NetFlows(ctx, 3); err != nil || fl.Limit != 3 {
+		t.Fatalf("NetFlows(3) = %+v, %v", fl, err)
+	}
+	vm.noNet = true
+	if _, err := c.NetFlows(ctx, 0); !api.IsCode(err, api.CodeConflict) || !strings.Contains(err.Error(), "without --net") {
+		t.Fatalf("NetFlows without a network: %v, want conflict", err)
+	}
+	vm.noNet = false
 	if _, err := c.QueryEvents(ctx, api.EventsQuery{Before: 3, Follow: true}); !api.IsCode(err, api.CodeBadRequest) {
 		t.Fatalf("QueryEvents(before, follow) error = %v, want bad_request", err)
 	}

@@ -32,7 +32,7 @@ func TestActions(t *testing.T) {
 	want := []string{"vm.status", "vm.stop", "vm.exec", "vm.console", "vm.registers", "vm.memory",
 		"memory.read", "memory.write",
 		"ids.banner", "ids.syscalls", "ids.ps", "ids.threads", "ids.args", "ids.env", "ids.files", "ids.modules", "ids.sockets", "ids.hooks", "ids.check",
-		"vm.dump", "vm.events", "policy.load", "proc.stop", "proc.cont", "proc.kill", "proc.freeze", "proc.thaw", "net.isolate", "net.restore", "vm.metrics"}
+		"vm.dump", "vm.events", "policy.load", "proc.stop", "proc.cont", "proc.kill", "proc.freeze", "proc.thaw", "net.isolate", "net.restore", "net.flows", "vm.metrics"}
 	if diff := cmp.Diff(want, api.Actions()); diff != "" {
 		t.Errorf("api.Actions() (-want +got):\n%s", diff)
 	}
@@ -129,6 +129,7 @@ var samples = map[string]sample{
 	"policy.load":  {"POST", "/v1/policy", `{"path":"/p/x.policy","source":"x"}`, "LoadPolicy"},
 	"net.isolate":  {"POST", "/v1/net/isolate", `{"reason":"x"}`, "NetIsolate"},
 	"net.restore":  {"POST", "/v1/net/restore", "", "NetRestore"},
+	"net.flows":    {"GET", "/v1/net/flows", "", "NetFlows"},
 	"vm.metrics":   {"GET", "/v1/metrics", "", "Metrics"},
 }
 

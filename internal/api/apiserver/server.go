@@ -50,6 +50,7 @@ var handlers = map[string]func(*Server, http.ResponseWriter, *http.Request){
 	"POST /v1/proc/{action}":          (*Server).proc,
 	"POST /v1/net/isolate":            (*Server).netIsolate,
 	"POST /v1/net/restore":            (*Server).netRestore,
+	"GET /v1/net/flows":               (*Server).netFlows,
 	"GET /v1/metrics":                 (*Server).metrics,
 }
 
@@ -300,6 +301,20 @@ func (s *Server) metrics(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) netRestore(w http.ResponseWriter, r *http.Request) {
 	res, err := s.vm.NetRestore(r.Context())
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+func (s *Server) netFlows(w http.ResponseWriter, r *http.Request) {
+	limit, err := api.ParseNetFlowsLimit(r.URL.Query().Get("limit"))
+	if err != nil {
+		badRequest(w, "%v", err)
+		return
+	}
+	res, err := s.vm.NetFlows(r.Context(), limit)
 	if err != nil {
 		fail(w, err)
 		return

@@ -111,6 +111,9 @@ func (f *flow) info() FlowInfo {
 	return fi
 }
 
+// ProtoName is the key's protocol: tcp, udp or icmp.
+func (k FlowKey) ProtoName() string { return protoNames[k.Proto] }
+
 // newer reports whether a was created after b (ties broken by key, so
 // that the flows kept do not depend on the map's order).
 func newer(a, b *flow) bool {
