@@ -16,7 +16,7 @@ func init() { addSubcommand(newNetCmd) }
 func newNetCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "net",
-		Short: "Cut a VM's network off, or restore it",
+		Short: "Cut a VM's network off, or restore it; list its gate's flows",
 	}
 	var reason string
 	isolate := &cobra.Command{
@@ -53,7 +53,7 @@ working. A policy's response can do the same on its own ('do isolate').`,
 			})
 		},
 	}
-	cmd.AddCommand(isolate, restore)
+	cmd.AddCommand(isolate, restore, newNetFlowsCmd())
 	return cmd
 }
 

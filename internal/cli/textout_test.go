@@ -119,6 +119,17 @@ func TestTextOutputEscapesGuestText(t *testing.T) {
 	explainRes := policy.Result{Verdict: policy.VerdictDeny, Errno: 1, Rule: "no_modules", Reason: "module " + crModule + " is not the kit's",
 		Votes: []policy.Vote{{Model: "rule", Verdict: policy.VerdictDeny, Rule: "no_modules", Reason: "matched " + forgedRow}}}
 
+	flows := api.NetFlows{Total: 5, Limit: 3, Isolated: "scan " + crModule, Flows: []api.NetFlow{
+		{Proto: "tcp", Local: "10.0.2.15:40000", Remote: "10.0.2.3:80", Dir: "out", State: "allowed", Answered: true, Verdict: "allow", Action: "forward",
+			Rule: "updater", Process: &api.NetFlowProcess{PID: 66, Start: 2_500_000_000, Comm: forgedRow, Exe: clearScreen, UID: 1000},
+			Created: started.Add(80 * time.Second), Last: started.Add(85 * time.Second), FramesOut: 12, FramesIn: 9},
+		{Proto: "tcp", Local: "10.0.2.15:40002", Remote: "198.51.100.1:23", Dir: "out", State: "denied", Closed: true, Revoked: true, Verdict: "deny",
+			Action: "reset", Rule: "no_telnet_out", Process: &api.NetFlowProcess{PID: 67, Comm: bidiName, Exe: "/tmp/" + c1CSI + tabName},
+			Created: started.Add(70 * time.Second), Last: started.Add(70 * time.Second), FramesOut: 3},
+		{Proto: "udp", Local: "10.0.2.15:5353", Remote: "10.0.2.2:53", Dir: "out", State: "pending", NoProcess: "waiting for " + titleSet,
+			Created: started.Add(89 * time.Second), Last: started.Add(89 * time.Second), FramesOut: 1},
+	}}
+
 	ids := func(query string, v any) func(*bytes.Buffer) {
 		return func(b *bytes.Buffer) {
 			err := printIDS(b, query, mustJSON(t, v))
@@ -154,6 +165,11 @@ func TestTextOutputEscapesGuestText(t *testing.T) {
 			}
 		}},
 		{"policy_explain", 5, func(b *bytes.Buffer) { printExplain(b, &explainEv, explainRes) }},
+		{"net_flows", 1 + len(flows.Flows) + 1, func(b *bytes.Buffer) {
+			if err := printNetFlows(b, &flows, started.Add(90*time.Second)); err != nil {
+				t.Fatal(err)
+			}
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var b bytes.Buffer
