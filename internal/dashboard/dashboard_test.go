@@ -33,6 +33,8 @@ type fakeVM struct {
 	mu     sync.Mutex
 	procs  []string // proc actions done: "kill 42"
 	caller []api.Caller
+	// refuseFlows makes the policy refuse net.flows.
+	refuseFlows bool
 	live   chan []byte // events to follow
 }
 
@@ -178,8 +180,9 @@ func newRig(t *testing.T, delegate bool) *rig {
 	authorize := func(_ context.Context, c api.Caller, action string) error {
 		r.vm.mu.Lock()
 		r.vm.caller = append(r.vm.caller, c)
+		refuseFlows := r.vm.refuseFlows
 		r.vm.mu.Unlock()
-		if action == "proc.freeze" || action == "proc.kill" && c.UID == 4242 {
+		if action == "proc.freeze" || action == "proc.kill" && c.UID == 4242 || action == "net.flows" && refuseFlows {
 			return errors.New("deny by rule viewers_read_only (test.policy:3:1)")
 		}
 		return nil
@@ -302,6 +305,45 @@ func TestHostileNamesEscaped(t *testing.T) {
 	}
 	if !strings.Contains(r.do(t, "GET", "/vm/cam1?kthreads=1", c, nil).Body.String(), `id="proc-3"`) {
 		t.Error("kthreads=1 does not show kernel threads")
+	}
+}
+
+// TestFlows: the network gate's flows are on the VM page with their
+// processes, the guest's names as text; a policy that refuses net.flows
+// is shown in its words, and the rest of the page stays.
+func TestFlows(t *testing.T) {
+	r := newRig(t, false)
+	c, _ := r.login(t, Identity{UID: uint32(os.Geteuid()), GID: uint32(os.Getegid())})
+	page := r.do(t, "GET", "/vm/cam1", c, nil).Body.String()
+	start, end := strings.Index(page, `<table id="flows">`), strings.Index(page, "<h3>Sockets</h3>")
+	if start < 0 || end < start {
+		t.Fatalf("no flows table before the sockets:\n%s", page)
+	}
+	table := page[start:end]
+	if n := strings.Count(table, "<tr class=\"v-"); n != 2 {
+		t.Errorf("%d flow rows, want 2 (a guest name forged or lost one):\n%s", n, table)
+	}
+	for _, want := range []string{"10.0.2.15:40000", "10.0.2.3:80", "allow (forward)", "updater", "<td>42</td>",
+		`<td class="comm">&lt;script&gt;alert(&#34;pwned&#34;)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;</td>`,
+		"198.51.100.7:53", "deny (drop)", "egress_default", "no guest socket owns the flow", "<td>5/4</td>"} {
+		if !strings.Contains(table, want) {
+			t.Errorf("the flows table lacks %q:\n%s", want, table)
+		}
+	}
+	if strings.Contains(table, "<script>") || strings.Contains(table, "<img") {
+		t.Errorf("the guest's name is written raw:\n%s", table)
+	}
+
+	r.vm.mu.Lock()
+	r.vm.refuseFlows = true
+	r.vm.mu.Unlock()
+	page = r.do(t, "GET", "/vm/cam1", c, nil).Body.String()
+	if strings.Contains(page, `<table id="flows">`) || !strings.Contains(page, `id="flows-error"`) ||
+		!strings.Contains(page, "net.flows refused for uid") || !strings.Contains(page, "viewers_read_only (test.policy:3:1)") {
+		t.Errorf("the refusal of net.flows is not shown in the policy's words:\n%s", page)
+	}
+	if !strings.Contains(page, `id="proc-42"`) || !strings.Contains(page, `<table id="sockets">`) {
+		t.Error("a refused net.flows took the rest of the page with it")
 	}
 }
 

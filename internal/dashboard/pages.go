@@ -65,10 +65,12 @@ type procRow struct {
 	Frozen bool
 }
 
-// Bounds on what a page draws of the guest's (hostile) process list.
+// Bounds on what a page draws of the guest's (hostile) process list,
+// and of the network gate's flows (the newest).
 const (
 	maxTreeDepth = 64
 	maxProcRows  = 5000
+	maxFlowRows  = 200
 )
 
 // processTree orders ts as a tree by parent (children by pid), drawn with
@@ -158,6 +160,14 @@ type vmPage struct {
 	SocketsErr   string
 	OtherSockets int // unix, netlink, ... not shown
 
+	// Flows are the network gate's newest flows (net.flows), FlowsTotal
+	// how many its table holds; FlowsErr why they could not be had (a
+	// refusal names the rule). NoNet: the VM has no gated network.
+	Flows      []api.NetFlow
+	FlowsTotal int
+	FlowsErr   string
+	NoNet      bool
+
 	Filter    filter
 	Events    []eventView
 	EventsErr string
@@ -184,7 +194,19 @@ func (d *Dashboard) vmPage(w http.ResponseWriter, r *http.Request, s *session) {
 	p := vmPage{VM: vm, Filter: f, KThreads: r.URL.Query().Get("kthreads") == "1", ProcActions: api.ProcActions,
 		Verdicts: verdicts, Classes: classes}
 	var wg sync.WaitGroup
-	wg.Add(4)
+	wg.Add(5)
+	go func() {
+		defer wg.Done()
+		fl, err := c.NetFlows(ctx, maxFlowRows)
+		switch {
+		case api.IsCode(err, api.CodeConflict):
+			p.NoNet = true
+		case err != nil:
+			p.FlowsErr = err.Error()
+		default:
+			p.Flows, p.FlowsTotal = fl.Flows, fl.Total
+		}
+	}()
 	go func() {
 		defer wg.Done()
 		st, err := c.Status(ctx)

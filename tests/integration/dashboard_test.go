@@ -29,7 +29,7 @@ import (
 // exec from /tmp/dash/ is denied (the live event the browser must see).
 const dashboardPolicy = `default: allow;
 role admin: *;
-role viewer: vm.status, vm.metrics, vm.events, ids.*;
+role viewer: vm.status, vm.metrics, vm.events, ids.*, net.flows;
 subject roles admin when uidEq(0);
 subject roles viewer when uidEq(4242);
 exec default: allow
