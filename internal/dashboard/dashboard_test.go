@@ -35,7 +35,7 @@ type fakeVM struct {
 	caller []api.Caller
 	// refuseFlows makes the policy refuse net.flows.
 	refuseFlows bool
-	live   chan []byte // events to follow
+	live        chan []byte // events to follow
 }
 
 func (f *fakeVM) Status(ctx context.Context) api.Status {
