@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gatevisor/gatevisor/internal/api"
 	"github.com/gatevisor/gatevisor/internal/audit"
 	gatenet "github.com/gatevisor/gatevisor/internal/gate/net"
 	"github.com/gatevisor/gatevisor/internal/vnet"
@@ -151,6 +152,58 @@ func TestNetGate(t *testing.T) {
 		r := gv(t, time.Minute, "events", vm)
 		if !strings.Contains(r.stdout, `"type":"net-deny"`) || !strings.Contains(r.stdout, `"comm":"nc"`) {
 			t.Fatalf("events:\n%s", r.stdout)
+		}
+	})
+
+	t.Run("net flows lists the gate's flows with their processes", func(t *testing.T) {
+		// An echo connection held open (allowed: gateway_services) and a
+		// telnet connect (denied: no_telnet_out), each by an nc whose pid
+		// the guest prints (exec keeps the shell's pid).
+		r := sh(`rm -f /tmp/flow-echo.pid
+( sleep 40 | sh -c 'echo $$ >/tmp/flow-echo.pid; exec nc 10.0.2.2 7' ) </dev/null >/dev/null 2>&1 &
+for i in 1 2 3 4 5 6 7 8 9 10; do [ -s /tmp/flow-echo.pid ] && break; sleep 0.2; done
+sleep 1; cat /tmp/flow-echo.pid
+sh -c 'echo $$; exec nc -w 2 203.0.113.9 23' </dev/null 2>/dev/null; true`)
+		var echoPID, telnetPID int32
+		if _, err := fmt.Sscan(r.stdout, &echoPID, &telnetPID); err != nil || r.code != 0 {
+			t.Fatalf("guest: exit %d, stdout %q (%v), stderr %s", r.code, r.stdout, err, r.stderr)
+		}
+		defer sh(fmt.Sprintf("kill %d 2>/dev/null; true", echoPID))
+		// The denied flow stays in the table 10 s after its decision.
+		out := gv(t, time.Minute, "net", "flows", vm, "--json")
+		if out.code != 0 {
+			t.Fatalf("net flows --json: exit %d %s", out.code, out.stderr)
+		}
+		var fl api.NetFlows
+		if err := json.Unmarshal([]byte(out.stdout), &fl); err != nil {
+			t.Fatalf("net flows --json: %v\n%s", err, out.stdout)
+		}
+		find := func(remote string, pid int32) *api.NetFlow {
+			for i, f := range fl.Flows {
+				if f.Remote == remote && f.Process != nil && f.Process.PID == pid {
+					return &fl.Flows[i]
+				}
+			}
+			t.Fatalf("no flow to %s by pid %d among %d (total %d):\n%s", remote, pid, len(fl.Flows), fl.Total, out.stdout)
+			return nil
+		}
+		echo := find("10.0.2.2:7", echoPID)
+		if echo.Proto != "tcp" || echo.Dir != "out" || echo.State != "allowed" || echo.Verdict != "allow" || echo.Action != "forward" ||
+			echo.Rule != "gateway_services" || echo.Process.Comm != "nc" || echo.Process.Start == 0 || !echo.Answered || echo.FramesOut == 0 || echo.FramesIn == 0 {
+			t.Errorf("the echo flow: %+v (process %+v)", *echo, *echo.Process)
+		}
+		telnet := find("203.0.113.9:23", telnetPID)
+		if telnet.State != "denied" || telnet.Verdict != "deny" || telnet.Action != "reset" || telnet.Rule != "no_telnet_out" ||
+			telnet.Process.Comm != "nc" || telnet.Decided == nil {
+			t.Errorf("the telnet flow: %+v (process %+v)", *telnet, *telnet.Process)
+		}
+		if !strings.HasPrefix(echo.Local, addr+":") {
+			t.Errorf("the echo flow's local end %s is not the guest's %s", echo.Local, addr)
+		}
+		text := gv(t, time.Minute, "net", "flows", vm)
+		t.Logf("net flows %s:\n%s", vm, text.stdout)
+		if text.code != 0 || !strings.Contains(text.stdout, "gateway_services") || !strings.Contains(text.stdout, fmt.Sprintf("  %d ", echoPID)) {
+			t.Errorf("net flows: exit %d\n%s%s", text.code, text.stdout, text.stderr)
 		}
 	})
 
