@@ -83,6 +83,9 @@ type flow struct {
 	// The eviction list the flow is on (nil: none) and its neighbours.
 	evl          *evictList
 	evPrev, evNx *flow
+	// Its neighbours in the table's order of creation (Gate.newest):
+	// older is the flow created before it.
+	older, newer *flow
 }
 
 // count notes a frame of the flow.

@@ -132,13 +132,56 @@ func TestFlowsOrderOfMany(t *testing.T) {
 		now.Add(1)
 		g.Egress([][]byte{tcpFrame(guestMAC, remoteMAC, netip.AddrPortFrom(guestIP, uint16(10000+i)), netip.AddrPortFrom(remoteIP, 80), tcpSYN, 1, 0)})
 	}
-	got, total := g.Flows(7)
-	if total != 100 || len(got) != 7 {
-		t.Fatalf("Flows(7) = %d of %d", len(got), total)
+	ports := func(fs []FlowInfo) []uint16 {
+		var out []uint16
+		for _, f := range fs {
+			out = append(out, f.Key.Local.Port())
+		}
+		return out
 	}
-	for i, f := range got {
-		if want := uint16(10099 - i); f.Key.Local.Port() != want {
-			t.Errorf("flow %d: port %d, want %d", i, f.Key.Local.Port(), want)
+	got, total := g.Flows(7)
+	if diff := cmp.Diff([]uint16{10099, 10098, 10097, 10096, 10095, 10094, 10093}, ports(got)); diff != "" || total != 100 {
+		t.Fatalf("Flows(7) of %d (-want +got):\n%s", total, diff)
+	}
+	// Flows removed (the newest, the oldest, one between) leave the
+	// table's order of creation.
+	g.mu.Lock()
+	for _, p := range []uint16{10099, 10000, 10097} {
+		g.remove(g.flows[FlowKey{ProtoTCP, netip.AddrPortFrom(guestIP, p), netip.AddrPortFrom(remoteIP, 80)}])
+	}
+	g.mu.Unlock()
+	got, total = g.Flows(1000)
+	want := []uint16{10098}
+	for p := uint16(10096); p > 10000; p-- {
+		want = append(want, p)
+	}
+	if diff := cmp.Diff(want, ports(got)); diff != "" || total != 97 {
+		t.Fatalf("after removals, Flows of %d (-want +got):\n%s", total, diff)
+	}
+}
+
+// BenchmarkFlows is one Flows(500) on a table of the default 65,536
+// flows: about the time the data path waits for the gate's lock.
+func BenchmarkFlows(b *testing.B) {
+	g := New(Config{Decider: &fakeDecider{}, Attributor: &fakeAttr{}, ToNet: func([][]byte) {}, ToGuest: func([][]byte) {}})
+	defer g.Close()
+	t0 := time.Now()
+	g.mu.Lock()
+	for i := range DefaultMaxFlows {
+		k := FlowKey{ProtoTCP, netip.AddrPortFrom(guestIP, uint16(i)), netip.AddrPortFrom(remoteIP, 80)}
+		f := &flow{key: k, dir: event.DirOut, state: stateAllowed, answered: true, last: t0.Add(time.Hour), decidedAt: t0,
+			created: t0.Add(time.Duration(i) * time.Microsecond), ev: event.Event{Class: event.ClassNet, Subject: event.Subject{PID: int32(i), Comm: "nc"}},
+			older: g.newest}
+		if g.newest != nil {
+			g.newest.newer = f
+		}
+		g.flows[k], g.newest = f, f
+	}
+	g.mu.Unlock()
+	b.ResetTimer()
+	for range b.N {
+		if fs, total := g.Flows(500); len(fs) != 500 || total != DefaultMaxFlows {
+			b.Fatalf("%d of %d", len(fs), total)
 		}
 	}
 }

@@ -136,6 +136,7 @@ type Gate struct {
 
 	mu            sync.Mutex // guards the fields up to the counters
 	flows         map[FlowKey]*flow
+	newest        *flow // the table's flows in order of creation, newest first (Flows)
 	evict         evictable
 	queue         []*flow // flows waiting for (another) attribution attempt
 	waiting       int     // flows created and not yet decided
@@ -419,6 +420,11 @@ func (g *Gate) onMiss(k FlowKey, fr []byte, p *Packet, fromGuest bool, now time.
 		held: [][]byte{fr}, heldFrom: []bool{fromGuest}}
 	f.count(len(fr), fromGuest, now)
 	g.flows[k] = f
+	f.older = g.newest
+	if g.newest != nil {
+		g.newest.newer = f
+	}
+	g.newest = f
 	g.queue = append(g.queue, f)
 	g.waiting++
 	*queued = true
@@ -436,6 +442,15 @@ func (g *Gate) remove(f *flow) {
 	if g.flows[f.key] == f {
 		delete(g.flows, f.key)
 	}
+	if f.newer != nil {
+		f.newer.older = f.older
+	} else if g.newest == f {
+		g.newest = f.older
+	}
+	if f.older != nil {
+		f.older.newer = f.newer
+	}
+	f.older, f.newer = nil, nil
 	unlist(f)
 	// A flow still waiting stays counted in g.waiting until the decision
 	// loop, which holds it in its queue or its pass, sees it gone.

@@ -421,6 +421,7 @@ func BenchmarkNewFlow(b *testing.B) {
 		<-done
 		g.mu.Lock()
 		clear(g.flows)
+		g.newest = nil
 		g.mu.Unlock()
 	}
 }
