@@ -462,7 +462,7 @@ func checkMetrics(t *testing.T, vm string) {
 	defer func() { _ = cmd.Process.Signal(syscall.SIGTERM); _ = cmd.Wait() }()
 	var url string
 	testvm.Eventually(t, 30*time.Second, "gatevisor serve's address", func() error {
-		m := regexp.MustCompile(`http://(127\.0\.0\.1:\d+)/metrics`).FindStringSubmatch(stderr.String())
+		m := regexp.MustCompile(`dashboard on http://(127\.0\.0\.1:\d+)/`).FindStringSubmatch(stderr.String())
 		if m == nil {
 			return errors.New("not yet")
 		}
