@@ -233,70 +233,30 @@ for new ones until Ctrl-C.`,
 // of an audit record or an event point; guest-chosen text escaped.
 func fleetEventLine(e fleet.Event) string {
 	esc := termtext.Escape
-	var f struct {
-		Time    time.Time `json:"time"`
-		N       uint64    `json:"n"`
-		Seq     uint64    `json:"seq"`
-		Kind    string    `json:"kind"`
-		Verdict string    `json:"verdict"`
-		Rule    string    `json:"rule"`
-		Reason  string    `json:"reason"`
-		Detail  string    `json:"detail"`
-		// An event point's decision fields are at its top level.
-		Class string `json:"class"`
-		PID   int32  `json:"pid"`
-		Comm  string `json:"comm"`
-		Path  string `json:"path"`
-		Event struct {
-			Class   string `json:"class"`
-			Op      string `json:"op"`
-			Path    string `json:"path"`
-			Subject struct {
-				PID  int32  `json:"pid"`
-				Comm string `json:"comm"`
-			} `json:"subject"`
-		} `json:"event"`
-		Finding *struct {
-			Check    string `json:"check"`
-			Severity string `json:"severity"`
-			Summary  string `json:"summary"`
-		} `json:"finding"`
+	f := e.Summary()
+	num := "seq"
+	if e.Kind == fleet.KindAudit {
+		num = "#"
 	}
-	_ = json.Unmarshal(e.Data, &f)
-	head := fmt.Sprintf("%s %s/%s %s", f.Time.Local().Format("15:04:05.000"), esc(e.Host), esc(e.VM), esc(e.Kind))
-	switch {
-	case e.Kind == fleet.KindAudit && f.Kind != "":
-		return fmt.Sprintf("%s #%d %s", head, f.N, esc(f.Kind))
-	case e.Kind == fleet.KindAudit:
-		s := fmt.Sprintf("%s #%d %s %s %s", head, f.N, esc(f.Verdict), esc(f.Event.Class), esc(f.Event.Op))
-		if f.Event.Path != "" {
-			s += " " + esc(f.Event.Path)
+	s := fmt.Sprintf("%s %s/%s %s %s%d", f.Time.Local().Format("15:04:05.000"), esc(e.Host), esc(e.VM), esc(e.Kind), num, f.Number)
+	for _, x := range []string{f.Verdict, f.Class, f.Op, f.Path} {
+		if x != "" {
+			s += " " + esc(x)
 		}
-		if f.Event.Subject.PID != 0 {
-			s += fmt.Sprintf(" pid %d (%s)", f.Event.Subject.PID, esc(f.Event.Subject.Comm))
-		}
-		if f.Rule != "" {
-			s += " rule " + esc(f.Rule)
-		}
-		return s
-	case f.Verdict != "":
-		s := fmt.Sprintf("%s seq %d %s %s", head, f.Seq, esc(f.Verdict), esc(f.Class))
-		if f.Path != "" {
-			s += " " + esc(f.Path)
-		}
-		if f.PID != 0 {
-			s += fmt.Sprintf(" pid %d (%s)", f.PID, esc(f.Comm))
-		}
-		if f.Rule != "" {
-			s += " rule " + esc(f.Rule)
-		}
-		return s
-	case f.Finding != nil:
-		return fmt.Sprintf("%s seq %d %s %s: %s", head, f.Seq, esc(f.Finding.Severity), esc(f.Finding.Check), esc(f.Finding.Summary))
-	case f.Detail != "":
-		return fmt.Sprintf("%s seq %d %s", head, f.Seq, esc(f.Detail))
 	}
-	return fmt.Sprintf("%s seq %d %s", head, f.Seq, esc(string(e.Data)))
+	if f.PID != 0 {
+		s += fmt.Sprintf(" pid %d (%s)", f.PID, esc(f.Comm))
+	}
+	if f.Rule != "" {
+		s += " rule " + esc(f.Rule)
+	}
+	if f.Text != "" {
+		s += " " + esc(f.Text)
+	}
+	if f.Verdict == "" && f.Class == "" && f.Text == "" {
+		s += " " + esc(string(e.Data))
+	}
+	return s
 }
 
 func newFleetPolicyCmd(nf *natsFlags) *cobra.Command {

@@ -2,9 +2,7 @@ package dashboard
 
 import (
 	"context"
-	"encoding/json"
 	"net/http"
-	"time"
 
 	"github.com/gatevisor/gatevisor/internal/fleet"
 )
@@ -17,14 +15,10 @@ type FleetView struct {
 	Events []fleet.Event // oldest first
 }
 
-// fleetEventRow is one event of the fleet page, its essentials decoded.
+// fleetEventRow is one event of the fleet page.
 type fleetEventRow struct {
 	fleet.Event
-	Time                       time.Time
-	Verdict, Class, Path, Rule string
-	Comm                       string
-	PID                        int32
-	Summary                    string
+	fleet.Summary
 }
 
 // fleetPage shows the fleet. The fleet's data is not decided by any VM's
@@ -48,56 +42,10 @@ func (d *Dashboard) fleetPage(w http.ResponseWriter, r *http.Request, s *session
 	}
 	rows := make([]fleetEventRow, 0, len(v.Events))
 	for i := len(v.Events) - 1; i >= 0; i-- { // newest first
-		rows = append(rows, decodeFleetEvent(v.Events[i]))
+		rows = append(rows, fleetEventRow{v.Events[i], v.Events[i].Summary()})
 	}
 	d.render(w, http.StatusOK, "fleet", page{Title: "Fleet", Session: d.view(s), Flash: d.takeFlash(s), Body: struct {
 		FleetView
 		Rows []fleetEventRow
 	}{v, rows}})
-}
-
-// decodeFleetEvent reads the fields the page shows from an audit record or
-// an event-stream point (kept as text: the template escapes them).
-func decodeFleetEvent(e fleet.Event) fleetEventRow {
-	var f struct {
-		Time    time.Time `json:"time"`
-		Verdict string    `json:"verdict"`
-		Rule    string    `json:"rule"`
-		Class   string    `json:"class"`
-		PID     int32     `json:"pid"`
-		Comm    string    `json:"comm"`
-		Path    string    `json:"path"`
-		Event   struct {
-			Class   string `json:"class"`
-			Path    string `json:"path"`
-			Subject struct {
-				PID  int32  `json:"pid"`
-				Comm string `json:"comm"`
-			} `json:"subject"`
-		} `json:"event"`
-		Finding *struct {
-			Severity, Check, Summary string
-		} `json:"finding"`
-		Detail string `json:"detail"`
-		Kind   string `json:"kind"`   // an audit chain record's
-		Policy string `json:"policy"` // its policy digest
-		VM     string `json:"vm"`
-	}
-	_ = json.Unmarshal(e.Data, &f)
-	row := fleetEventRow{Event: e, Time: f.Time, Verdict: f.Verdict, Rule: f.Rule, Class: f.Class, PID: f.PID, Comm: f.Comm, Path: f.Path, Summary: f.Detail}
-	if row.Class == "" {
-		row.Class, row.Path, row.PID, row.Comm = f.Event.Class, f.Event.Path, f.Event.Subject.PID, f.Event.Subject.Comm
-	}
-	if e.Kind == fleet.KindAudit && f.Kind != "" {
-		// The chain's own records: the log opened (a monitor started), a
-		// policy took effect, files pruned, the log closed.
-		row.Summary = "audit log: " + f.Kind
-		if f.Policy != "" {
-			row.Summary += " " + f.Policy
-		}
-	}
-	if f.Finding != nil {
-		row.Verdict, row.Summary = f.Finding.Severity, f.Finding.Check+": "+f.Finding.Summary
-	}
-	return row
 }
