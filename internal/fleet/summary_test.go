@@ -1,0 +1,28 @@
+package fleet
+
+import (
+	"encoding/json"
+	"testing"
+)
+
+func TestSummary(t *testing.T) {
+	for _, c := range []struct {
+		kind, data string
+		want       Summary
+	}{
+		{KindAudit, `{"n":7,"verdict":"deny","rule":"r1","event":{"class":"exec","op":"exec","path":"/tmp/x","subject":{"pid":42,"comm":"sh"}}}`,
+			Summary{Number: 7, Verdict: "deny", Class: "exec", Op: "exec", Path: "/tmp/x", PID: 42, Comm: "sh", Rule: "r1"}},
+		{KindAudit, `{"n":1,"kind":"policy","policy":"sha256:ab"}`, Summary{Number: 1, Text: "audit log: policy sha256:ab"}},
+		{"decision.exec", `{"seq":3,"class":"exec","pid":5,"comm":"nc","path":"/bin/nc","verdict":"kill","rule":"r2"}`,
+			Summary{Number: 3, Verdict: "kill", Class: "exec", Path: "/bin/nc", PID: 5, Comm: "nc", Rule: "r2"}},
+		{"ids.finding", `{"seq":9,"finding":{"check":"hidden-module","severity":"high","summary":"rk"}}`,
+			Summary{Number: 9, Verdict: "high", Text: "hidden-module: rk"}},
+		{"notice.proc", `{"seq":4,"detail":"pid 9 stopped"}`, Summary{Number: 4, Text: "pid 9 stopped"}},
+		{"notice.x", `not json`, Summary{}},
+	} {
+		got := Event{Where: Where{Kind: c.kind}, Data: json.RawMessage(c.data)}.Summary()
+		if got != c.want {
+			t.Errorf("%s %s:\n got %+v\nwant %+v", c.kind, c.data, got, c.want)
+		}
+	}
+}
