@@ -19,23 +19,34 @@ func init() { addSubcommand(newKitCmd) }
 func newKitCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "kit",
-		Short: "Build or show the guest kit (kernel, initramfs, command line)",
+		Short: "Build, list or show guest kits (kernel, initramfs, command line)",
 		Long: `The guest kit is what a default guest boots: Debian bookworm's current
 kernel and busybox-static, fetched with apt-get download into the cache
-directory, and an initramfs built from them.`,
+directory, and an initramfs built from them.
+
+Named kits take the kernel from another suite ('kit build --kernel-suite
+bookworm-backports' for Debian's 6.12); 'kit ls' lists the kits built and
+'run --kit NAME' boots one. docs/kernels.md lists the kernels gatevisor is
+verified on.`,
 	}
-	cmd.AddCommand(newKitBuildCmd(), newKitShowCmd())
+	cmd.AddCommand(newKitBuildCmd(), newKitShowCmd(), newKitLsCmd())
 	return cmd
 }
 
 func newKitBuildCmd() *cobra.Command {
 	var force bool
 	var adds []string
-	var apt string
+	var apt, suite, name string
 	cmd := &cobra.Command{
-		Use:   "build [--force] [--add HOST:GUEST ...]",
-		Short: "Build the default guest kit, or verify the cached one",
+		Use:   "build [--kernel-suite SUITE [--name NAME]] [--force] [--add HOST:GUEST ...]",
+		Short: "Build the default guest kit or a named one, or verify the cached one",
 		Long: `Build the default guest kit, or verify the cached one and reuse it.
+
+--kernel-suite SUITE builds a named kit from that Debian suite's kernel
+(bookworm-backports: Debian's 6.12; trixie) into kits/NAME of the cache
+directory, NAME being SUITE-RELEASE (e.g. bookworm-backports-6.12.57+deb12-amd64)
+or --name; the default kit is left as it is. A valid kit of the suite (or
+of --name) is reused unless --force.
 
 --add HOST:GUEST places a host file (or directory, recursively) into the kit's
 initramfs at GUEST; the set of added files is replaced on every build, so
@@ -55,8 +66,19 @@ initramfs at GUEST; the set of added files is replaced on every build, so
 			if apt == "auto" {
 				apt = kit.AptAuto
 			}
-			opts := kit.Options{Progress: cmd.ErrOrStderr(), Force: force, AptSource: apt}
-			if _, err := kit.EnsureDefault(ctx, opts); err != nil {
+			if name != "" && suite == "" {
+				suite = kit.DefaultSuite
+			}
+			if name != "" {
+				if err := kit.ValidName(name); err != nil {
+					return err
+				}
+			}
+			if _, err := kit.LookupSuite(suite); err != nil {
+				return err
+			}
+			opts := kit.Options{Progress: cmd.ErrOrStderr(), Force: force, AptSource: apt, Suite: suite, Name: name}
+			if _, err := kit.Ensure(ctx, opts); err != nil {
 				return err
 			}
 			k, err := kit.SetExtraFiles(ctx, opts, specs)
@@ -64,7 +86,7 @@ initramfs at GUEST; the set of added files is replaced on every build, so
 				return err
 			}
 			out := cmd.OutOrStdout()
-			fmt.Fprintf(out, "kit:     %s\n", k.Dir)
+			fmt.Fprintf(out, "kit:     %s (%s)\n", k.Dir, k.Name)
 			fmt.Fprintf(out, "kernel:  %s (%s)\n", k.Kernel, k.KernelRelease)
 			fmt.Fprintf(out, "initrd:  %s\n", k.Initrd)
 			fmt.Fprintf(out, "append:  %s\n", k.Append)
@@ -76,14 +98,17 @@ initramfs at GUEST; the set of added files is replaced on every build, so
 	}
 	cmd.Flags().BoolVar(&force, "force", false, "rebuild even if a valid kit is cached (re-resolves the packages)")
 	cmd.Flags().StringArrayVar(&adds, "add", nil, "add a host file to the initramfs as HOST:GUEST (repeatable)")
-	cmd.Flags().StringVar(&apt, "apt", "auto", "apt configuration that fetches the packages: auto (the host's on Debian bookworm, else a private bookworm one), host, or private")
+	cmd.Flags().StringVar(&apt, "apt", "auto", "apt configuration that fetches the packages: auto (the host's on Debian bookworm, or the host's if it has --kernel-suite's lists; else a private one), host, or private")
+	cmd.Flags().StringVar(&suite, "kernel-suite", "", "build a named kit from this Debian suite: bookworm-backports (Debian's 6.12 kernel), trixie, or bookworm (default: the default kit)")
+	cmd.Flags().StringVar(&name, "name", "", "with --kernel-suite, the named kit's name (default: SUITE-KERNELRELEASE)")
 	return cmd
 }
 
 func newKitShowCmd() *cobra.Command {
 	var kernel, initrd, appendArgs bool
+	var kitName string
 	cmd := &cobra.Command{
-		Use:   "show [--kernel | --initrd | --append]",
+		Use:   "show [--kit NAME] [--kernel | --initrd | --append]",
 		Short: "Print the cached kit's manifest (JSON) after verifying its files, or one of its paths",
 		Long: `Print the cached kit's manifest (JSON) after verifying its files.
 
@@ -92,6 +117,9 @@ initramfs's path or the kernel command line, for 'run --kernel', e.g.
   gatevisor run --kernel "$(gatevisor kit show --kernel)" --initrd "$(gatevisor kit show --initrd)"`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if kitName != "" && kitName != kit.DefaultName {
+				return showNamedKit(cmd, kitName, kernel, initrd, appendArgs)
+			}
 			dir, err := kit.DefaultDir("")
 			if err != nil {
 				return err
@@ -142,6 +170,29 @@ initramfs's path or the kernel command line, for 'run --kernel', e.g.
 	f.BoolVar(&kernel, "kernel", false, "print only the kernel's path")
 	f.BoolVar(&initrd, "initrd", false, "print only the initramfs's path")
 	f.BoolVar(&appendArgs, "append", false, "print only the kernel command line")
+	f.StringVar(&kitName, "kit", "", "show this kit (a name of 'gatevisor kit ls'; default: the default kit)")
 	cmd.MarkFlagsMutuallyExclusive("kernel", "initrd", "append")
 	return cmd
+}
+
+// showNamedKit is kit show --kit NAME for a named kit.
+func showNamedKit(cmd *cobra.Command, name string, kernel, initrd, appendArgs bool) error {
+	k, err := kit.Find("", name)
+	if err != nil {
+		return err
+	}
+	out := cmd.OutOrStdout()
+	switch {
+	case kernel:
+		fmt.Fprintln(out, k.Kernel)
+	case initrd:
+		fmt.Fprintln(out, k.Initrd)
+	case appendArgs:
+		fmt.Fprintln(out, k.Append)
+	default:
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(k.Manifest)
+	}
+	return nil
 }

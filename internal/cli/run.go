@@ -37,6 +37,7 @@ type runOptions struct {
 	name, mem, accel           string
 	cpus                       int
 	kernel, initrd, appendArgs string
+	kit                        string
 	adds                       []string
 	detach, detachedChild      bool
 	readyTimeout, stopTimeout  time.Duration
@@ -76,6 +77,7 @@ returns once the guest is ready.`,
 	f.IntVar(&o.cpus, "cpus", 1, "number of vCPUs")
 	f.StringVar(&o.accel, "accel", "auto", "accelerator: auto (KVM only if calibrated fast), kvm or tcg")
 	f.StringVar(&o.kernel, "kernel", "", "boot this bzImage instead of the default kit's kernel")
+	f.StringVar(&o.kit, "kit", "", "boot this built kit ('gatevisor kit ls'; e.g. one of 'kit build --kernel-suite bookworm-backports') instead of the default kit")
 	f.StringVar(&o.initrd, "initrd", "", "initramfs to use with --kernel")
 	f.StringVar(&o.appendArgs, "append", "", "kernel command line (default: the kit's)")
 	f.StringArrayVar(&o.adds, "add", nil, "add a host file or directory to the initramfs as HOST:GUEST (repeatable)")
@@ -137,7 +139,7 @@ func resolveGuestFiles(ctx context.Context, o *runOptions) (kernel, initrd, appe
 		if !o.detachedChild {
 			progress = os.Stderr
 		}
-		k, err := kit.EnsureDefault(ctx, kit.Options{Progress: progress})
+		k, err := runKit(ctx, o, progress)
 		if err != nil {
 			return "", "", "", nil, cleanup, err
 		}
@@ -273,6 +275,16 @@ func validateRun(o *runOptions) (runValues, error) {
 	if v.mode, err = accel.ParseMode(o.accel); err != nil {
 		return v, fmt.Errorf("--accel: %w", err)
 	}
+	if o.kit != "" && o.kernel != "" {
+		return v, errors.New("--kit and --kernel: pass one (--kit boots a built kit's kernel and initramfs)")
+	}
+	if o.kit != "" && o.kit != kit.DefaultName && !o.detachedChild {
+		// Early, before a policy check or a detached child: a name no
+		// kit has is the user's to fix.
+		if _, err := kit.Find("", o.kit); err != nil {
+			return v, fmt.Errorf("--kit: %w", err)
+		}
+	}
 	if o.cpus < 1 || o.cpus > qemu.MaxCPUs {
 		return v, fmt.Errorf("--cpus %d is out of range: use 1 to %d", o.cpus, qemu.MaxCPUs)
 	}
@@ -358,13 +370,26 @@ func validateEventsRetention(size string, keep int) (int64, error) {
 func checkStartPolicy(ctx context.Context, o *runOptions, netOpts monitor.NetOptions) error {
 	kernel := o.kernel
 	if kernel == "" {
-		k, err := kit.EnsureDefault(ctx, kit.Options{Progress: os.Stderr})
+		k, err := runKit(ctx, o, os.Stderr)
 		if err != nil {
 			return err
 		}
 		kernel = k.Kernel
 	}
 	return monitor.CheckPolicy(o.policy, kernel, netOpts, o.idsInterval)
+}
+
+// runKit returns the kit run boots: --kit's, which must be built, or the
+// default kit, built when it is not.
+func runKit(ctx context.Context, o *runOptions, progress io.Writer) (*kit.Kit, error) {
+	if o.kit != "" && o.kit != kit.DefaultName {
+		k, err := kit.Find("", o.kit)
+		if err != nil {
+			return nil, fmt.Errorf("--kit: %w", err)
+		}
+		return k, nil
+	}
+	return kit.EnsureDefault(ctx, kit.Options{Progress: progress})
 }
 
 // monitorConfig is the monitor's configuration for run's flags and guest.
@@ -461,7 +486,7 @@ func detach(ctx context.Context, o *runOptions) error {
 	args = append(args, "--detached-child")
 	// Build the kit here so that its progress shows on this terminal.
 	if o.kernel == "" {
-		if _, err := kit.EnsureDefault(ctx, kit.Options{Progress: os.Stderr}); err != nil {
+		if _, err := runKit(ctx, o, os.Stderr); err != nil {
 			return err
 		}
 	}

@@ -15,18 +15,66 @@ import (
 // The default kit is made from Debian bookworm. On a bookworm host the
 // host's own apt configuration is used (its mirrors, proxies and package
 // lists). On any other host (Ubuntu, a newer Debian) apt runs with a private
-// configuration under <cache>/apt that lists only bookworm, so the kit is the
-// same everywhere; that needs no root and no change to the host's apt, only
-// the Debian archive keyring to verify the archive's signatures.
+// configuration under <cache>/apt that lists bookworm (and bookworm-backports,
+// which apt never prefers on its own: the archive marks it NotAutomatic), so
+// the kit is the same everywhere; that needs no root and no change to the
+// host's apt, only the Debian archive keyring to verify the archive's
+// signatures.
+//
+// A kit from another suite (Options.Suite) takes its packages from that
+// suite (APT::Default-Release): through the host's apt when the host's
+// package lists have the suite, else through the private configuration of
+// the suite's release, <cache>/apt for bookworm and bookworm-backports,
+// <cache>/apt-trixie for trixie.
 
 // debianKeyring is the keyring the private sources trust.
 const debianKeyring = "/usr/share/keyrings/debian-archive-keyring.gpg"
 
-// bookwormSources is the private sources.list.
-const bookwormSources = `deb [signed-by=` + debianKeyring + `] http://deb.debian.org/debian bookworm main
-deb [signed-by=` + debianKeyring + `] http://deb.debian.org/debian bookworm-updates main
-deb [signed-by=` + debianKeyring + `] http://deb.debian.org/debian-security bookworm-security main
-`
+// DefaultSuite is the Debian suite of the default kit.
+const DefaultSuite = "bookworm"
+
+// Suites are the suites a kit can be built from, each with the release
+// whose private apt configuration reaches it.
+var Suites = []Suite{
+	{Name: "bookworm", Release: "bookworm"},
+	{Name: "bookworm-backports", Release: "bookworm"},
+	{Name: "trixie", Release: "trixie"},
+}
+
+// Suite is a Debian suite a kit's packages come from.
+type Suite struct {
+	Name    string // as apt knows it, e.g. bookworm-backports
+	Release string // the release whose private configuration lists it
+}
+
+// LookupSuite returns the suite named name ("" is DefaultSuite), or an
+// error naming the suites there are.
+func LookupSuite(name string) (Suite, error) {
+	if name == "" {
+		name = DefaultSuite
+	}
+	var names []string
+	for _, s := range Suites {
+		if s.Name == name {
+			return s, nil
+		}
+		names = append(names, s.Name)
+	}
+	return Suite{}, fmt.Errorf("kit: unknown kernel suite %q: gatevisor builds kits from %s", name, strings.Join(names, ", "))
+}
+
+// privateSources is the private sources.list for a release: the release,
+// its updates and security suites and, for bookworm, its backports.
+func privateSources(release string) string {
+	line := func(archive, suite string) string {
+		return `deb [signed-by=` + debianKeyring + `] http://deb.debian.org/` + archive + ` ` + suite + " main\n"
+	}
+	s := line("debian", release) + line("debian", release+"-updates") + line("debian-security", release+"-security")
+	if release == "bookworm" {
+		s += line("debian", "bookworm-backports")
+	}
+	return s
+}
 
 // privateListsMaxAge is how long private package lists are used before
 // apt-get update refreshes them (a forced build always refreshes).
@@ -55,26 +103,76 @@ func hostIsBookworm() bool {
 	return fields["ID"] == "debian" && fields["VERSION_CODENAME"] == "bookworm"
 }
 
-// chooseSource sets up the fetcher's apt configuration per opts.AptSource.
-func (f *fetcher) chooseSource(ctx context.Context, cacheDir string) error {
+// hostHasSuite reports whether the host's apt package lists include suite
+// (a release line of apt-cache policy names it).
+func hostHasSuite(ctx context.Context, aptGet, suite string) bool {
+	cache := filepath.Join(filepath.Dir(aptGet), "apt-cache")
+	out, err := exec.CommandContext(ctx, cache, "policy").Output()
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		line = strings.TrimSpace(line)
+		if !strings.HasPrefix(line, "release ") {
+			continue
+		}
+		for _, kv := range strings.Split(strings.TrimPrefix(line, "release "), ",") {
+			if kv == "n="+suite || kv == "a="+suite {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// privateRoot is the private apt configuration's directory for a release.
+func privateRoot(cacheDir, release string) string {
+	if release == DefaultSuite {
+		return filepath.Join(cacheDir, "apt")
+	}
+	return filepath.Join(cacheDir, "apt-"+release)
+}
+
+// chooseSource sets up the fetcher's apt configuration per opts.AptSource
+// for suite.
+func (f *fetcher) chooseSource(ctx context.Context, cacheDir string, suite Suite) error {
+	root := privateRoot(cacheDir, suite.Release)
 	switch f.opts.AptSource {
 	case AptHost:
+		if suite.Name != DefaultSuite && !hostHasSuite(ctx, f.aptGet, suite.Name) {
+			return fmt.Errorf("kit: the host's apt has no package lists for %s: add it to /etc/apt/sources.list.d and run 'sudo apt-get update', or use --apt private (a private configuration in %s)", suite.Name, root)
+		}
+		f.release = suite.Name
 		return nil
 	case AptAuto:
-		if hostIsBookworm() {
+		if suite.Name == DefaultSuite && hostIsBookworm() {
 			return nil
 		}
-		f.opts.progressf("kit: this host is not Debian bookworm: using a private apt configuration for bookworm in %s", filepath.Join(cacheDir, "apt"))
+		if suite.Name != DefaultSuite && hostHasSuite(ctx, f.aptGet, suite.Name) {
+			f.release = suite.Name
+			return nil
+		}
+		if suite.Name == DefaultSuite {
+			f.opts.progressf("kit: this host is not Debian bookworm: using a private apt configuration for bookworm in %s", root)
+		} else {
+			f.opts.progressf("kit: the host's apt has no %s package lists: using a private apt configuration for %s in %s", suite.Name, suite.Release, root)
+		}
 	case AptPrivate:
 	default:
 		return fmt.Errorf("kit: unknown apt source %q (want %q or %q)", f.opts.AptSource, AptHost, AptPrivate)
 	}
-	return f.usePrivate(ctx, filepath.Join(cacheDir, "apt"))
+	if err := f.usePrivate(ctx, root, suite.Release); err != nil {
+		return err
+	}
+	if suite.Name != DefaultSuite {
+		f.release = suite.Name
+	}
+	return nil
 }
 
 // usePrivate writes the private apt configuration under root and refreshes
 // its package lists when they are missing, old, or a forced build asks.
-func (f *fetcher) usePrivate(ctx context.Context, root string) error {
+func (f *fetcher) usePrivate(ctx context.Context, root, release string) error {
 	if _, err := os.Stat(debianKeyring); err != nil {
 		return fmt.Errorf("kit: %s is missing: it verifies the Debian archive; install it with 'sudo apt-get install debian-archive-keyring'", debianKeyring)
 	}
@@ -83,7 +181,12 @@ func (f *fetcher) usePrivate(ctx context.Context, root string) error {
 			return fmt.Errorf("kit: private apt: %w", err)
 		}
 	}
-	for name, body := range map[string]string{"sources.list": bookwormSources, "state/status": ""} {
+	stamp := filepath.Join(root, "state", "updated")
+	sources := privateSources(release)
+	if old, err := os.ReadFile(filepath.Join(root, "sources.list")); err != nil || string(old) != sources {
+		os.Remove(stamp) // lists of other sources: refresh them
+	}
+	for name, body := range map[string]string{"sources.list": sources, "state/status": ""} {
 		if err := os.WriteFile(filepath.Join(root, name), []byte(body), 0o644); err != nil {
 			return fmt.Errorf("kit: private apt: %w", err)
 		}
@@ -110,19 +213,18 @@ func (f *fetcher) usePrivate(ctx context.Context, root string) error {
 		"-o", "Acquire::IndexTargets::deb::CNF::DefaultEnabled=false",
 	}
 	f.source = "private"
-	stamp := filepath.Join(root, "state", "updated")
 	if st, err := os.Stat(stamp); err == nil && !f.opts.Force && time.Since(st.ModTime()) < privateListsMaxAge {
 		return nil
 	}
-	f.opts.progressf("kit: apt-get update (private bookworm package lists)")
+	f.opts.progressf("kit: apt-get update (private %s package lists)", release)
 	cmd := exec.CommandContext(ctx, f.aptGet, f.aptArgs("update")...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Run(); err != nil {
-		return aptError("update (private bookworm lists in "+root+")", err, stderr.String())
+		return aptError("update (private "+release+" lists in "+root+")", err, stderr.String())
 	}
 	if strings.Contains(stderr.String(), "W: ") && strings.Contains(stderr.String(), "Failed to fetch") {
-		return fmt.Errorf("kit: apt-get update (private bookworm lists): %s", trunc(strings.TrimSpace(stderr.String()), 400))
+		return fmt.Errorf("kit: apt-get update (private %s lists): %s", release, trunc(strings.TrimSpace(stderr.String()), 400))
 	}
 	if err := os.WriteFile(stamp, nil, 0o644); err != nil {
 		return fmt.Errorf("kit: private apt: %w", err)

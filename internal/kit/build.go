@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -55,42 +56,78 @@ const (
 	maxBusybox     = 16 << 20
 )
 
-// build fetches the packages and writes a fresh kit into kitDir.
+// build fetches the packages and writes a fresh default kit into kitDir.
 func build(ctx context.Context, opts *Options, cacheDir, kitDir string) error {
+	tmp, _, err := buildTemp(ctx, opts, cacheDir)
+	if tmp != "" {
+		defer os.RemoveAll(tmp)
+	}
+	if err != nil {
+		return err
+	}
+	return install(tmp, kitDir)
+}
+
+// install moves a kit built in tmp to kitDir, replacing what is there.
+func install(tmp, kitDir string) error {
+	if err := os.RemoveAll(kitDir); err != nil {
+		return fmt.Errorf("kit: remove old kit: %w", err)
+	}
+	if err := os.Rename(tmp, kitDir); err != nil {
+		return fmt.Errorf("kit: install kit: %w", err)
+	}
+	if err := os.Chmod(kitDir, 0o755); err != nil {
+		return fmt.Errorf("kit: %w", err)
+	}
+	return nil
+}
+
+// buildTemp fetches the packages of opts.Suite (the default kit's when it
+// is empty) and writes a kit into a new directory under cacheDir, which it
+// returns for the caller to install or remove (also on error, when not "").
+func buildTemp(ctx context.Context, opts *Options, cacheDir string) (string, *Manifest, error) {
+	suite, err := LookupSuite(opts.Suite)
+	if err != nil {
+		return "", nil, err
+	}
 	f, err := newFetcher(filepath.Join(cacheDir, "debs"), opts)
 	if err != nil {
-		return err
+		return "", nil, err
 	}
-	if err := f.chooseSource(ctx, cacheDir); err != nil {
-		return err
+	if err := f.chooseSource(ctx, cacheDir, suite); err != nil {
+		return "", nil, err
 	}
-	opts.progressf("kit: resolving linux-image-amd64 and busybox-static with apt (%s configuration)", f.source)
+	from := ""
+	if suite.Name != DefaultSuite {
+		from = " from " + suite.Name
+	}
+	opts.progressf("kit: resolving linux-image-amd64%s and busybox-static with apt (%s configuration)", from, f.source)
 	meta, err := f.resolve(ctx, "linux-image-amd64")
 	if err != nil {
-		return err
+		return "", nil, err
 	}
 	if err := f.fetch(ctx, meta); err != nil {
-		return err
+		return "", nil, err
 	}
 	metaCtl, err := readControl(meta.Path)
 	if err != nil {
-		return err
+		return "", nil, err
 	}
 	kspec, err := kernelDependency(metaCtl)
 	if err != nil {
-		return err
+		return "", nil, err
 	}
 	kern, err := f.resolve(ctx, kspec)
 	if err != nil {
-		return err
+		return "", nil, err
 	}
 	bb, err := f.resolve(ctx, "busybox-static")
 	if err != nil {
-		return err
+		return "", nil, err
 	}
 	for _, d := range []debFile{kern, bb} {
 		if err := f.fetch(ctx, d); err != nil {
-			return err
+			return "", nil, err
 		}
 	}
 	var pkgs []PackageInfo
@@ -100,7 +137,7 @@ func build(ctx context.Context, opts *Options, cacheDir, kitDir string) error {
 	}{{"kernel-meta", meta}, {"kernel", kern}, {"busybox", bb}} {
 		ctl, err := readControl(p.d.Path)
 		if err != nil {
-			return err
+			return "", nil, err
 		}
 		pkgs = append(pkgs, PackageInfo{Role: p.role, Name: ctl["Package"], Version: ctl["Version"],
 			Filename: p.d.Filename, Size: p.d.Size, SHA256: p.d.SHA256})
@@ -108,34 +145,33 @@ func build(ctx context.Context, opts *Options, cacheDir, kitDir string) error {
 
 	tmp, err := os.MkdirTemp(cacheDir, "kit.tmp-")
 	if err != nil {
-		return fmt.Errorf("kit: create build directory: %w", err)
+		return "", nil, fmt.Errorf("kit: create build directory: %w", err)
 	}
-	defer os.RemoveAll(tmp)
 
 	opts.progressf("kit: reading %s", kern.Filename)
 	kx, err := extractKernel(ctx, kern.Path, tmp)
 	if err != nil {
-		return err
+		return tmp, nil, err
 	}
 	if err := CheckBzImage(filepath.Join(tmp, "vmlinuz")); err != nil {
-		return fmt.Errorf("kit: %s: %w", kern.Filename, err)
+		return tmp, nil, fmt.Errorf("kit: %s: %w", kern.Filename, err)
 	}
 	opts.progressf("kit: reading %s", bb.Filename)
 	bbBin, err := readBusybox(bb.Path)
 	if err != nil {
-		return err
+		return tmp, nil, err
 	}
 	applets, err := busyboxApplets(bbBin)
 	if err != nil {
-		return err
+		return tmp, nil, err
 	}
 
 	g := &guestTree{release: kx.release, busybox: bbBin, applets: applets, modules: kx.modules, modData: kx.modData}
 	if err := writeInitrd(filepath.Join(tmp, "initrd.base"), g, initrdCompression); err != nil {
-		return err
+		return tmp, nil, err
 	}
 	if err := os.Link(filepath.Join(tmp, "initrd.base"), filepath.Join(tmp, "initrd")); err != nil {
-		return fmt.Errorf("kit: link initrd: %w", err)
+		return tmp, nil, fmt.Errorf("kit: link initrd: %w", err)
 	}
 	m := Manifest{
 		Format:         FormatVersion,
@@ -149,27 +185,23 @@ func build(ctx context.Context, opts *Options, cacheDir, kitDir string) error {
 		Modules:        kx.modules,
 		BusyboxApplets: len(applets),
 	}
+	if suite.Name != DefaultSuite {
+		// Only kits of other suites say so: the default kit's manifest
+		// stays as it has always been.
+		m.Suite, m.Arch = suite.Name, "amd64"
+	}
 	for _, x := range []struct {
 		dst  *FileSum
 		name string
 	}{{&m.Kernel, "vmlinuz"}, {&m.Initrd, "initrd"}, {&m.InitrdBase, "initrd.base"}, {&m.Config, "config"}} {
 		if *x.dst, err = sumOf(tmp, x.name); err != nil {
-			return err
+			return tmp, nil, err
 		}
 	}
 	if err := writeManifest(tmp, &m); err != nil {
-		return err
+		return tmp, nil, err
 	}
-	if err := os.RemoveAll(kitDir); err != nil {
-		return fmt.Errorf("kit: remove old kit: %w", err)
-	}
-	if err := os.Rename(tmp, kitDir); err != nil {
-		return fmt.Errorf("kit: install kit: %w", err)
-	}
-	if err := os.Chmod(kitDir, 0o755); err != nil {
-		return fmt.Errorf("kit: %w", err)
-	}
-	return nil
+	return tmp, &m, nil
 }
 
 func writeManifest(dir string, m *Manifest) error {
@@ -221,17 +253,28 @@ func kernelDependency(ctl deb.Control) (string, error) {
 	return "", fmt.Errorf("kit: %s %s depends on no linux-image-* package (Depends: %q)", ctl["Package"], ctl["Version"], ctl["Depends"])
 }
 
+// readBusybox reads bin/busybox from the package, or usr/bin/busybox
+// (Debian trixie's merged /usr).
 func readBusybox(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("kit: %w", err)
+	var first error
+	for _, name := range []string{"bin/busybox", "usr/bin/busybox"} {
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, fmt.Errorf("kit: %w", err)
+		}
+		b, err := deb.ReadFile(f, deb.DefaultLimits, deb.DataMember, name, maxBusybox)
+		f.Close()
+		if err == nil {
+			return b, nil
+		}
+		if first == nil {
+			first = err
+		}
+		if !errors.Is(err, deb.ErrFormat) {
+			break
+		}
 	}
-	defer f.Close()
-	b, err := deb.ReadFile(f, deb.DefaultLimits, deb.DataMember, "bin/busybox", maxBusybox)
-	if err != nil {
-		return nil, fmt.Errorf("kit: %s: %w", filepath.Base(path), err)
-	}
-	return b, nil
+	return nil, fmt.Errorf("kit: %s: %w", filepath.Base(path), first)
 }
 
 // kernelExtract is what the kit takes from the kernel package.
@@ -288,6 +331,7 @@ func extractKernel(ctx context.Context, debPath, dir string) (*kernelExtract, er
 		if err := ctx.Err(); err != nil {
 			return err
 		}
+		name = modulesPath(name)
 		if h.Typeflag != tar.TypeReg {
 			return nil
 		}
@@ -399,6 +443,7 @@ func extractKernel(ctx context.Context, debPath, dir string) (*kernelExtract, er
 			need[n] = true
 		}
 		err := walk(func(h *tar.Header, name string, r io.Reader) error {
+			name = modulesPath(name)
 			n, ok := kmod.NameFromPath(name)
 			if !ok || !need[n] || h.Typeflag != tar.TypeReg || name != mods[n].path {
 				return nil
@@ -424,17 +469,41 @@ func extractKernel(ctx context.Context, debPath, dir string) (*kernelExtract, er
 		if data[n] == nil {
 			return nil, fmt.Errorf("kit: module %s: content not found on the second pass", n)
 		}
-		sum := sha256.Sum256(data[n])
+		content, path := data[n], m.path
+		if !strings.HasSuffix(path, ".ko") {
+			// Compressed in the package (Debian's 6.12 ships .ko.xz): the
+			// initramfs holds the ELF image, so that insmod hands the
+			// kernel the image itself (busybox's finit_module of a .ko.xz
+			// fails, and it retries with init_module) and the kernel
+			// gate's hash of the image about to be loaded is the
+			// manifest's. The default kit's modules are plain .ko files.
+			elfImg, err := kmod.Decompress(path, content, kmod.MaxModule)
+			if err != nil {
+				return nil, fmt.Errorf("kit: module %s: %w", n, err)
+			}
+			content, path = elfImg, path[:strings.LastIndex(path, ".ko")+len(".ko")]
+		}
+		sum := sha256.Sum256(content)
 		var d []string
 		for _, x := range m.depends {
 			if !builtin[x] {
 				d = append(d, x)
 			}
 		}
-		kx.modules = append(kx.modules, Module{Name: n, Path: m.path, Depends: d, SHA256: hex.EncodeToString(sum[:])})
-		kx.modData[n] = data[n]
+		kx.modules = append(kx.modules, Module{Name: n, Path: path, Depends: d, SHA256: hex.EncodeToString(sum[:])})
+		kx.modData[n] = content
 	}
 	return kx, nil
+}
+
+// modulesPath maps a package's usr/lib/modules/ (Debian trixie's merged
+// /usr) to lib/modules/, where the kit's guest has them (bookworm's
+// packages use lib/modules/ already).
+func modulesPath(name string) string {
+	if rest, ok := strings.CutPrefix(name, "usr/lib/modules/"); ok {
+		return "lib/modules/" + rest
+	}
+	return name
 }
 
 func readAllMax(r io.Reader, max int64) ([]byte, error) {

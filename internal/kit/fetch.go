@@ -29,8 +29,9 @@ type fetcher struct {
 	aptGet  string
 	dir     string
 	opts    *Options
-	private []string // apt options selecting the private bookworm configuration; nil: the host's
+	private []string // apt options selecting the private configuration; nil: the host's
 	source  string   // "host" or "private", for the manifest
+	release string   // APT::Default-Release: the suite preferred; "" for the default kit
 }
 
 func newFetcher(dir string, opts *Options) (*fetcher, error) {
@@ -54,6 +55,9 @@ func (f *fetcher) aptArgs(args ...string) []string {
 		base = append(base, "-o", "APT::Sandbox::User=root")
 	}
 	base = append(base, f.private...)
+	if f.release != "" {
+		base = append(base, "-o", "APT::Default-Release="+f.release)
+	}
 	return append(base, args...)
 }
 

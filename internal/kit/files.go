@@ -262,16 +262,17 @@ func addDir(cw *initramfs.Writer, spec FileSpec, host, name string, perm uint32,
 	return nil
 }
 
-// SetExtraFiles makes the cached default kit's initrd its base initramfs
-// plus adds (none restores the plain kit) and records them in the manifest.
-// It builds the kit first if needed.
+// SetExtraFiles makes the cached kit's initrd (the default kit's, or the
+// named kit opts asks for, as Ensure) its base initramfs plus adds (none
+// restores the plain kit) and records them in the manifest. It builds the
+// kit first if needed.
 func SetExtraFiles(ctx context.Context, opts Options, adds []FileSpec) (*Kit, error) {
 	dir, err := opts.cacheDir()
 	if err != nil {
 		return nil, err
 	}
 	opts.Force = false
-	k, err := EnsureDefault(ctx, opts)
+	k, err := Ensure(ctx, opts)
 	if err != nil {
 		return nil, err
 	}

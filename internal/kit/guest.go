@@ -287,11 +287,38 @@ func modulesDep(mods []Module, release string) []byte {
 // sorted, NUL-separated applet_names table, which starts with "[" and "[[".
 // It reads the binary, it does not run it.
 func busyboxApplets(bin []byte) ([]string, error) {
-	start := bytes.Index(bin, []byte("\x00[\x00[[\x00"))
-	if start < 0 {
+	// The table starts "[\0[[\0" (after a NUL in bookworm's 1.35, after
+	// another byte in trixie's 1.37): the first place where a sorted run of
+	// applet names follows is it.
+	marker := []byte("[\x00[[\x00")
+	found, longest := false, 0
+	for off := 0; ; {
+		i := bytes.Index(bin[off:], marker)
+		if i < 0 {
+			break
+		}
+		found = true
+		names := appletRun(bin[off+i:])
+		if len(names) >= 20 {
+			out := names[:0]
+			for _, n := range names {
+				if n != "busybox" {
+					out = append(out, n)
+				}
+			}
+			return out, nil
+		}
+		longest = max(longest, len(names))
+		off += i + 1
+	}
+	if !found {
 		return nil, errors.New("kit: busybox: applet table not found")
 	}
-	rest := bin[start+1:]
+	return nil, fmt.Errorf("kit: busybox: applet table has only %d names", longest)
+}
+
+// appletRun reads the sorted run of NUL-terminated applet names at rest.
+func appletRun(rest []byte) []string {
 	var names []string
 	prev := ""
 	for len(names) < 2000 {
@@ -307,16 +334,7 @@ func busyboxApplets(bin []byte) ([]string, error) {
 		prev = n
 		rest = rest[i+1:]
 	}
-	if len(names) < 20 {
-		return nil, fmt.Errorf("kit: busybox: applet table has only %d names", len(names))
-	}
-	out := names[:0]
-	for _, n := range names {
-		if n != "busybox" {
-			out = append(out, n)
-		}
-	}
-	return out, nil
+	return names
 }
 
 func validApplet(n string) bool {

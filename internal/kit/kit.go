@@ -13,7 +13,9 @@
 //
 //	debs/            downloaded packages, reused across builds
 //	kit/             the default kit: vmlinuz, initrd, initrd.base, config, manifest.json
-//	kit.lock         flock(2) lock serializing builders and users of kit/
+//	kits/NAME/       a named kit built from another suite (kit build --kernel-suite), same files
+//	kit.lock         flock(2) lock serializing builders and users of kit/ and kits/
+//	apt/, apt-R/     private apt configurations for bookworm(-backports) and release R
 //
 // A cached kit is reused only when every file's sha256 matches its manifest.
 package kit
@@ -58,10 +60,17 @@ type Options struct {
 	// AptSource selects the apt configuration that resolves and downloads
 	// the packages: AptAuto (the default), AptHost or AptPrivate.
 	AptSource string
+	// Suite is the Debian suite of a named kit's packages (Suites); ""
+	// and DefaultSuite without Name mean the default kit (Ensure).
+	Suite string
+	// Name names a named kit (ValidName); "" derives it from the suite
+	// and the kernel release.
+	Name string
 }
 
 // Kit is a bootable guest kit.
 type Kit struct {
+	Name          string // DefaultName, or a named kit's name
 	Dir           string // the kit directory
 	Kernel        string // bzImage path
 	Initrd        string // initramfs path
@@ -112,6 +121,7 @@ func (o *Options) progressf(format string, args ...any) {
 // opts.Force is set. Concurrent callers, in this and other processes, are
 // serialized with a file lock.
 func EnsureDefault(ctx context.Context, opts Options) (*Kit, error) {
+	opts.Suite, opts.Name = "", "" // the default kit is bookworm's, always
 	dir, err := opts.cacheDir()
 	if err != nil {
 		return nil, err
@@ -156,14 +166,11 @@ func EnsureDefault(ctx context.Context, opts Options) (*Kit, error) {
 // Load reads a kit directory and verifies every file against its manifest.
 // A missing kit gives an error wrapping os.ErrNotExist.
 func Load(dir string) (*Kit, error) {
-	data, err := os.ReadFile(filepath.Join(dir, "manifest.json"))
+	mp, err := readManifest(dir)
 	if err != nil {
-		return nil, fmt.Errorf("kit: read manifest: %w", err)
+		return nil, err
 	}
-	var m Manifest
-	if err := json.Unmarshal(data, &m); err != nil {
-		return nil, fmt.Errorf("kit: parse %s: %w", filepath.Join(dir, "manifest.json"), err)
-	}
+	m := *mp
 	if m.Format != FormatVersion {
 		return nil, fmt.Errorf("kit: manifest format %d, this gatevisor uses %d", m.Format, FormatVersion)
 	}
@@ -172,7 +179,12 @@ func Load(dir string) (*Kit, error) {
 			return nil, err
 		}
 	}
+	name := DefaultName
+	if m.Suite != "" {
+		name = filepath.Base(dir)
+	}
 	return &Kit{
+		Name:          name,
 		Dir:           dir,
 		Kernel:        filepath.Join(dir, m.Kernel.Name),
 		Initrd:        filepath.Join(dir, m.Initrd.Name),
@@ -180,6 +192,19 @@ func Load(dir string) (*Kit, error) {
 		KernelRelease: m.KernelRelease,
 		Manifest:      m,
 	}, nil
+}
+
+// readManifest reads dir's manifest.json without verifying the kit.
+func readManifest(dir string) (*Manifest, error) {
+	data, err := os.ReadFile(filepath.Join(dir, "manifest.json"))
+	if err != nil {
+		return nil, fmt.Errorf("kit: read manifest: %w", err)
+	}
+	var m Manifest
+	if err := json.Unmarshal(data, &m); err != nil {
+		return nil, fmt.Errorf("kit: parse %s: %w", filepath.Join(dir, "manifest.json"), err)
+	}
+	return &m, nil
 }
 
 // FileSum names a file of the kit and its checksum.
@@ -229,7 +254,9 @@ func sha256File(path string) (string, int64, error) {
 type Manifest struct {
 	Format         int           `json:"format"`
 	Created        time.Time     `json:"created"`
-	AptSource      string        `json:"apt_source"` // "host" or "private" (see Options.AptSource)
+	Suite          string        `json:"suite,omitempty"` // a named kit's suite; the default kit's is DefaultSuite
+	Arch           string        `json:"arch,omitempty"`  // a named kit's architecture; the default kit's is amd64
+	AptSource      string        `json:"apt_source"`      // "host" or "private" (see Options.AptSource)
 	Packages       []PackageInfo `json:"packages"`
 	KernelRelease  string        `json:"kernel_release"`
 	Append         string        `json:"append"`
