@@ -150,10 +150,16 @@ func ExtractVmlinux(img []byte) ([]byte, Compression, error) {
 			out, err = readBounded(lr, size)
 		}
 	case CompressionZstd:
+		// The kernel's build pipes the image into zstd -22 --ultra: the frame
+		// announces a 128 MiB window (more than the kernel) and no content
+		// size (Debian's 6.12 and later). DecodeAll decodes into one buffer
+		// of the size the trailer announces and uses it as the window, where
+		// the streaming reader would allocate a window-sized ring besides;
+		// the cap limits the output to that buffer.
 		var zr *zstd.Decoder
-		if zr, err = zstd.NewReader(bytes.NewReader(body), zstd.WithDecoderMaxMemory(uint64(size)+1),
-			zstd.WithDecoderMaxWindow(uint64(max(pow2(size), 1<<20))), zstd.WithDecoderConcurrency(1)); err == nil {
-			out, err = readBounded(zr, size)
+		if zr, err = zstd.NewReader(nil, zstd.WithDecoderMaxMemory(zstd.MaxWindowSize), zstd.WithDecoderMaxWindow(zstd.MaxWindowSize),
+			zstd.WithDecodeAllCapLimit(true), zstd.WithDecoderConcurrency(1)); err == nil {
+			out, err = zr.DecodeAll(body, make([]byte, 0, initialCap(size, len(body))))
 			zr.Close()
 		}
 	default:

@@ -17,7 +17,10 @@ import (
 //	xz --check=crc32 --x86 --lzma2=,dict=1MiB; gzip -n -9; zstd -19;
 //	lz4 -l -9; lzma -9; bzip2 -9
 //
-// as the kernel's build does.
+// as the kernel's build does, and payload.ultra.zst with zstd -22 --ultra
+// from a pipe, as the kernel's build does since 5.x (Makefile.lib
+// cmd_zstd22): a 128 MiB window and no content size in the frame, as in
+// Debian's 6.12 bzImage.
 const (
 	payloadSize   = 49156
 	payloadSHA256 = "284918c114fd9f10766470505f2bcb710f9704cafbbdd827db300d5d3ec58051"
@@ -59,6 +62,7 @@ func TestExtractVmlinux(t *testing.T) {
 		{"payload.xz", CompressionXZ},
 		{"payload.gz", CompressionGzip},
 		{"payload.zst", CompressionZstd},
+		{"payload.ultra.zst", CompressionZstd},
 		{"payload.lz4", CompressionLZ4},
 		{"payload.lzma", CompressionLZMA},
 		{"payload.bz2", CompressionBzip2},
@@ -114,6 +118,17 @@ func TestExtractVmlinuxErrors(t *testing.T) {
 				t.Errorf("got %v, want %v", err, tt.want)
 			}
 		})
+	}
+	// A zstd payload that decodes to more than the trailer announces fails
+	// within the buffer of the announced size.
+	zp, err := os.ReadFile("testdata/payload.ultra.zst")
+	if err != nil {
+		t.Fatal(err)
+	}
+	short := makeBzImage(zp, true)
+	binary.LittleEndian.PutUint32(short[len(short)-len("trailing")-4:], payloadSize/2)
+	if out, _, err := ExtractVmlinux(short); err == nil {
+		t.Errorf("zstd payload longer than announced: got %d bytes, no error", len(out))
 	}
 	// A vmlinux ELF passes through.
 	elfImg := []byte("\x7fELF rest")
