@@ -231,6 +231,9 @@ func (m *Monitor) onBootWatch(ctx context.Context, c *gdbrsp.Client, va uint64) 
 		return fmt.Errorf("the kernel gate cannot be armed at SYSTEM_RUNNING: %w: %w", err, errKeepStopped)
 	}
 	m.logf("kernel gate armed at SYSTEM_RUNNING, before init: %d traps (%d watchpoints) for policy %s", len(res.Breakpoints), watchpoints(res), policyLine(snap))
+	if why := g.HookWatchUnavailable(); why != "" && m.cfg.Accel.Accel != "kvm" {
+		m.logf("kernel gate: %s", why)
+	}
 	return nil
 }
 
@@ -497,6 +500,13 @@ func (m *Monitor) trapView(t gate.Trap, snap *policy.Snapshot) api.Breakpoint {
 	bp := api.Breakpoint{Symbol: t.Symbol, Site: t.Site, Watchpoint: t.Watch != 0, Syscall: t.Syscall.Op, Addr: "0x" + strconv.FormatUint(addr, 16)}
 	if t.Watch == 0 {
 		bp.Cost = m.breakpointCost()
+		if t.Hook != gate.AtHandler && m.cfg.Accel.Accel != "kvm" {
+			if g := m.kg.cur.load(); g != nil {
+				if why := g.HookWatchUnavailable(); why != "" {
+					bp.Cost = strings.TrimSuffix(bp.Cost, "; a watchpoint would not") + "; " + why
+				}
+			}
+		}
 		if snap != nil {
 			bp.Rules = rulesNeeding(snap.Policy, t)
 		}

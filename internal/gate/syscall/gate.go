@@ -349,6 +349,24 @@ func (g *Gate) ensureWatchesLocked() {
 	}
 }
 
+// HookWatchUnavailable says why this kernel's LSM hooks cannot be trapped
+// by watchpoints ("" when they can). The watchpoints watch the hook's list
+// head in security_hook_heads, which the hook reads before calling the
+// LSMs; from Linux 6.9 on (Debian's 6.12) the hooks call the LSMs through
+// static calls guarded by static keys, both patched into the hooks' code
+// (static_calls_table), so no hook reads any variable a watchpoint could
+// watch. Those hooks are then trapped by breakpoints, at their call sites
+// when that provably catches every call, else at their entries.
+func (g *Gate) HookWatchUnavailable() string {
+	if _, err := g.k.Addr("security_hook_heads"); err == nil {
+		return ""
+	}
+	if _, err := g.k.Addr("static_calls_table"); err == nil {
+		return "this kernel calls its LSM hooks through static calls (static_calls_table, Linux 6.9+): no security_hook_heads list for a watchpoint to watch, so LSM hooks are trapped by breakpoints"
+	}
+	return "this kernel has no security_hook_heads: LSM hooks are trapped by breakpoints"
+}
+
 // watchable reports whether Plan would trap every hook in hs with a
 // watchpoint (the limit aside: the hooks that decide instead of a handler
 // come last in Plan's order, and only a VM allowed 64 watchpoints, TCG

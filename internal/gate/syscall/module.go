@@ -107,6 +107,17 @@ func (g *Gate) readImage(va, size uint64) ([]byte, error) {
 	return img, nil
 }
 
+// compressedModule are the compressions the kernel's module decompressor
+// takes (CONFIG_MODULE_COMPRESS_*), by magic.
+var compressedModule = []struct {
+	name, suffix string
+	magic        []byte
+}{
+	{"xz", "xz", []byte{0xfd, '7', 'z', 'X', 'Z', 0}},
+	{"zstd", "zst", []byte{0x28, 0xb5, 0x2f, 0xfd}},
+	{"gzip", "gz", []byte{0x1f, 0x8b}},
+}
+
 // ModuleName returns a module's name from its ELF image: the `name=` entry
 // of .modinfo, which modpost writes and the kernel checks against
 // .gnu.linkonce.this_module. The image is untrusted (fuzzed): a malformed
@@ -117,6 +128,17 @@ func ModuleName(img []byte) (name string, err error) {
 			name, err = "", fmt.Errorf("module image: malformed ELF (%v)", r)
 		}
 	}()
+	for _, c := range compressedModule {
+		if bytes.HasPrefix(img, c.magic) {
+			// finit_module of a compressed file: the kernel decompresses it
+			// only after this hook (MODULE_INIT_COMPRESSED_FILE), so the
+			// name and the ELF's hash cannot be read here; the load is
+			// refused, fail closed. insmod without that flag (busybox)
+			// then loads the decompressed image with init_module, which
+			// the gate decides on its ELF.
+			return "", fmt.Errorf("module image: %s-compressed (a finit_module of a .ko.%s): the gate decides loads on the ELF image, which the kernel decompresses after its hook", c.name, c.suffix)
+		}
+	}
 	f, err := elf.NewFile(bytes.NewReader(img))
 	if err != nil {
 		return "", fmt.Errorf("module image: %w", err)

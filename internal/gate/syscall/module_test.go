@@ -64,12 +64,17 @@ func TestModuleName(t *testing.T) {
 		{"not ELF", []byte("this is not a module"), ""},
 		{"empty", nil, ""},
 		{"truncated", moduleELF("name=virtio_net\x00")[:80], ""},
+		{"xz-compressed", []byte("\xfd7zXZ\x00\x00\x01"), ""},
+		{"zstd-compressed", []byte("\x28\xb5\x2f\xfd\x04\x00"), ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := ModuleName(tc.img)
 			if tc.want == "" {
 				if err == nil {
 					t.Fatalf("ModuleName = %q, want an error", got)
+				}
+				if strings.HasSuffix(tc.name, "-compressed") && !strings.Contains(err.Error(), "compressed (a finit_module") {
+					t.Fatalf("ModuleName error %q does not say the image is compressed", err)
 				}
 				return
 			}
