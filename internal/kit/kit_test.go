@@ -134,6 +134,12 @@ func TestBusyboxApplets(t *testing.T) {
 	if _, err := busyboxApplets([]byte("no table")); err == nil {
 		t.Error("no table: no error")
 	}
+	// trixie's busybox 1.37: the table follows another byte than a NUL,
+	// and an earlier "[\0[[\0" that starts no table is passed over.
+	b137 := append([]byte("\x7fELF [\x00[[\x00-x\x00 "), bytes.Replace(bin, []byte("\x00[\x00[[\x00"), []byte("\xae [\x00[[\x00"), 1)...)
+	if got, err := busyboxApplets(b137); err != nil || len(got) != len(want) {
+		t.Errorf("busybox 1.37 layout: %d names, %v", len(got), err)
+	}
 }
 
 // readArchives reads concatenated newc archives (each padded to 4 bytes).
