@@ -482,7 +482,7 @@ func printCheck(w io.Writer, raw json.RawMessage) error {
 		st := fmt.Sprintf("%d findings", c.Findings)
 		switch {
 		case c.NotApplicable != "":
-			st = "not applicable: " + c.NotApplicable
+			st = "not applicable: " + strings.TrimPrefix(c.NotApplicable, "not applicable: ")
 		case !c.Ran:
 			st = "DID NOT RUN: " + c.Error
 		}
