@@ -226,7 +226,7 @@ func TestProcStress(t *testing.T) {
 	t.Logf("%d stop/cont cycles in %v", cycles, time.Since(start).Round(time.Millisecond))
 	waitGuestState(t, vm, pid, "2 R")
 	waitGuestState(t, vm, other, "1 R")
-	if r := guestSh(t, vm, "dmesg | grep -iE 'oops|bug:|lockup|rcu.*stall|general protection' || echo healthy"); !strings.Contains(r.stdout, "healthy") {
+	if r := guestSh(t, vm, "dmesg | grep -iE '(^|[^a-z_])oops|bug:|lockup|rcu.*stall|general protection' || echo healthy"); !strings.Contains(r.stdout, "healthy") {
 		t.Errorf("the guest kernel complains:\n%s", r.stdout)
 	}
 	var ps []linux.Task
