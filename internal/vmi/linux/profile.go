@@ -30,7 +30,12 @@ type Profile struct {
 	// Compression is how the bzImage payload was compressed.
 	Compression Compression
 	Symbols     *Kallsyms
-	BTF         *BTF
+	// BTF holds the structure layouts from the image's .BTF section; ISF
+	// holds them from a Volatility 3 symbol table when the image has no
+	// .BTF (or its BTF is ignored: ProfileOptions). Layout queries read
+	// BTF when it is set, else ISF.
+	BTF *BTF
+	ISF *ISF
 
 	// cache holds the *profileCache of this Profile: what is worked out
 	// from the fields above after load, or attached to it later. It is
@@ -130,9 +135,28 @@ var (
 	ErrNoField = errors.New("linux: structure field not found")
 )
 
+// ProfileOptions say where a profile's structure layouts come from when
+// the kernel image has no .BTF.
+type ProfileOptions struct {
+	// Symbols is a Volatility 3 symbol table of the kernel (LoadISF),
+	// read for structure layouts when the image has no .BTF section; an
+	// image with .BTF is profiled from its BTF and Symbols is not used
+	// (unless IgnoreBTF). Nil: a kernel without BTF is refused (ErrNoBTF).
+	Symbols *ISF
+	// IgnoreBTF profiles the image as if it had no .BTF section, to check
+	// a symbol table against the kernel's own BTF. Such a profile is not
+	// cached.
+	IgnoreBTF bool
+}
+
 // NewProfile builds a profile from a kernel image: a bzImage or a vmlinux ELF.
 // It does no I/O.
-func NewProfile(img []byte) (*Profile, error) {
+func NewProfile(img []byte) (*Profile, error) { return NewProfileWith(img, ProfileOptions{}) }
+
+// NewProfileWith builds a profile from a kernel image, its structure
+// layouts from the image's BTF or else from opts.Symbols, which must then
+// be of the same build (ISF.CheckAgainst). It does no I/O.
+func NewProfileWith(img []byte, opts ProfileOptions) (*Profile, error) {
 	vmlinux, comp, err := ExtractVmlinux(img)
 	if err != nil {
 		return nil, err
@@ -145,19 +169,19 @@ func NewProfile(img []byte) (*Profile, error) {
 	if err != nil {
 		return nil, err
 	}
-	sec := f.Section(".BTF")
-	if sec == nil || sec.Type == elf.SHT_NOBITS {
+	if sec := f.Section(".BTF"); sec != nil && sec.Type != elf.SHT_NOBITS && !opts.IgnoreBTF {
+		if sec.Size > uint64(len(vmlinux)) {
+			return nil, fmt.Errorf("linux: .BTF section of %d bytes in a %d-byte image", sec.Size, len(vmlinux))
+		}
+		raw, err := sec.Data()
+		if err != nil {
+			return nil, fmt.Errorf("linux: read .BTF: %w", err)
+		}
+		if p.BTF, err = ParseBTF(raw); err != nil {
+			return nil, fmt.Errorf("linux: parse .BTF: %w", err)
+		}
+	} else if p.ISF = opts.Symbols; p.ISF == nil {
 		return nil, ErrNoBTF
-	}
-	if sec.Size > uint64(len(vmlinux)) {
-		return nil, fmt.Errorf("linux: .BTF section of %d bytes in a %d-byte image", sec.Size, len(vmlinux))
-	}
-	raw, err := sec.Data()
-	if err != nil {
-		return nil, fmt.Errorf("linux: read .BTF: %w", err)
-	}
-	if p.BTF, err = ParseBTF(raw); err != nil {
-		return nil, fmt.Errorf("linux: parse .BTF: %w", err)
 	}
 	if sec := f.Section(".notes"); sec != nil && sec.Type != elf.SHT_NOBITS && sec.Size < 1<<20 {
 		if b, err := sec.Data(); err == nil {
@@ -169,6 +193,11 @@ func NewProfile(img []byte) (*Profile, error) {
 	}
 	if err := p.readBanner(f, vmlinux); err != nil {
 		return nil, err
+	}
+	if p.ISF != nil {
+		if err := p.ISF.CheckAgainst(p.Banner, p.Symbols); err != nil {
+			return nil, err
+		}
 	}
 	return p, nil
 }
@@ -299,15 +328,43 @@ func (c *profileCache) remember(key string, a fieldAnswer) {
 	c.fields[key] = a
 }
 
+// layoutSource answers the structure-layout questions of a Profile:
+// BTF, or an ISF symbol table for a kernel without BTF.
+type layoutSource interface {
+	// field returns the offset and type of the field path parts[1:] in
+	// the structure or union parts[0] (len(parts) >= 2).
+	field(parts []string) (uint64, FieldType, error)
+	// structSize returns the size of the structure name.
+	structSize(name string) (uint64, error)
+	// enumValue returns the value of the enumerator name, from any enum.
+	enumValue(name string) (uint64, bool)
+}
+
+// layouts returns p's source of structure layouts: BTF, else ISF.
+func (p *Profile) layouts() (layoutSource, error) {
+	switch {
+	case p.BTF != nil:
+		return p.BTF, nil
+	case p.ISF != nil:
+		return p.ISF, nil
+	}
+	return nil, ErrNoBTF
+}
+
 func (p *Profile) lookupField(path string) (uint64, FieldType, error) {
 	parts := strings.Split(path, ".")
 	if len(parts) < 2 {
 		return 0, FieldType{}, fmt.Errorf("%w: %q is not struct.field", ErrNoField, path)
 	}
-	b := p.BTF
-	if b == nil {
-		return 0, FieldType{}, fmt.Errorf("%w: %s: %w", ErrNoField, path, ErrNoBTF)
+	src, err := p.layouts()
+	if err != nil {
+		return 0, FieldType{}, fmt.Errorf("%w: %s: %w", ErrNoField, path, err)
 	}
+	return src.field(parts)
+}
+
+// field answers Profile.Field from BTF.
+func (b *BTF) field(parts []string) (uint64, FieldType, error) {
 	id, err := b.lookup(parts[0])
 	if err != nil {
 		return 0, FieldType{}, fmt.Errorf("%w: %v", ErrNoField, err)
@@ -350,13 +407,19 @@ func (p *Profile) StructSize(name string) (uint64, error) {
 }
 
 func (p *Profile) lookupStructSize(name string) (uint64, error) {
-	if p.BTF == nil {
-		return 0, fmt.Errorf("%w: struct %s: %w", ErrNoField, name, ErrNoBTF)
+	src, err := p.layouts()
+	if err != nil {
+		return 0, fmt.Errorf("%w: struct %s: %w", ErrNoField, name, err)
 	}
-	id, err := p.BTF.lookup(name)
+	return src.structSize(name)
+}
+
+// structSize answers Profile.StructSize from BTF.
+func (b *BTF) structSize(name string) (uint64, error) {
+	id, err := b.lookup(name)
 	if err == nil {
 		var t btfType
-		if t, err = p.BTF.typ(id); err == nil && t.kind != btfKindStruct {
+		if t, err = b.typ(id); err == nil && t.kind != btfKindStruct {
 			err = fmt.Errorf("%s: not found", name) // a union
 		}
 		if err == nil {

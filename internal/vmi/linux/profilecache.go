@@ -114,6 +114,16 @@ func BannerKey(banner string) string {
 // builds and caches it otherwise. Cache failures are not fatal: the profile is
 // then built from the image (and kept on the heap).
 func LoadProfile(path, cacheDir string) (*Profile, error) {
+	return LoadProfileWith(path, cacheDir, ProfileOptions{})
+}
+
+// LoadProfileWith is LoadProfile with the layouts of a kernel without BTF
+// from opts.Symbols (see NewProfileWith). Only profiles with BTF are
+// cached: one from a symbol table is built from the image at each load.
+func LoadProfileWith(path, cacheDir string, opts ProfileOptions) (*Profile, error) {
+	if opts.IgnoreBTF {
+		return profileFromFile(path, opts)
+	}
 	if cacheDir == "" {
 		var err error
 		if cacheDir, err = ProfileCacheDir(); err != nil {
@@ -121,7 +131,7 @@ func LoadProfile(path, cacheDir string) (*Profile, error) {
 			if err != nil {
 				return nil, fmt.Errorf("linux: read kernel image: %w", err)
 			}
-			return NewProfile(img)
+			return NewProfileWith(img, opts)
 		}
 	}
 	f, err := os.Open(path)
@@ -139,9 +149,12 @@ func LoadProfile(path, cacheDir string) (*Profile, error) {
 			return p, nil
 		}
 	}
-	p, err := profileFromFile(path)
+	p, err := profileFromFile(path, opts)
 	if err != nil {
 		return nil, err
+	}
+	if p.BTF == nil {
+		return p, nil
 	}
 	if err := p.store(cacheDir); err != nil {
 		return p, nil
@@ -158,12 +171,12 @@ func LoadProfile(path, cacheDir string) (*Profile, error) {
 
 // profileFromFile builds the profile of the kernel image at path; the
 // image is garbage once it returns.
-func profileFromFile(path string) (*Profile, error) {
+func profileFromFile(path string, opts ProfileOptions) (*Profile, error) {
 	img, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("linux: read kernel image: %w", err)
 	}
-	return NewProfile(img)
+	return NewProfileWith(img, opts)
 }
 
 // LoadCachedProfile loads the cached profile with the given BannerKey, for

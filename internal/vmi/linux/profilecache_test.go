@@ -230,7 +230,7 @@ func TestCachedProfileLayouts(t *testing.T) {
 	if _, err := LoadProfile(k.Kernel, dir); err != nil {
 		t.Fatal(err)
 	}
-	fresh, err := profileFromFile(k.Kernel) // symbols and BTF on the heap
+	fresh, err := profileFromFile(k.Kernel, ProfileOptions{}) // symbols and BTF on the heap
 	if err != nil {
 		t.Fatal(err)
 	}

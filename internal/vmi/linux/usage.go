@@ -152,12 +152,13 @@ func rssCounters(p *Profile) ([]uint64, error) {
 // for kernels whose counters are not the four of 4.5 to 6.x.
 func mmCounterEnum(p *Profile, n uint64) ([]uint64, error) {
 	want := []string{"MM_FILEPAGES", "MM_ANONPAGES", "MM_SHMEMPAGES"}
-	if p.BTF == nil {
-		return nil, fmt.Errorf("%w: mm counters: %w", ErrNoField, ErrNoBTF)
+	src, err := p.layouts()
+	if err != nil {
+		return nil, fmt.Errorf("%w: mm counters: %w", ErrNoField, err)
 	}
 	out := make([]uint64, 0, len(want))
 	for _, w := range want {
-		if v, ok := p.BTF.enumValue(w); ok && v < n {
+		if v, ok := src.enumValue(w); ok && v < n {
 			out = append(out, v)
 		}
 	}
