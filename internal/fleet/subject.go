@@ -108,25 +108,19 @@ func DecodeToken(t string) (string, error) {
 
 // Subject returns gatevisor.<host>.<vm>.<kind...>.
 func Subject(host, vm string, kind ...string) (string, error) {
-	h, err := EncodeToken(host)
-	if err != nil {
-		return "", err
-	}
-	v, err := EncodeToken(vm)
-	if err != nil {
-		return "", err
-	}
-	parts := append([]string{Root, h, v}, kind...)
 	for _, k := range kind {
 		if k == "" || strings.ContainsAny(k, ".*> \t\r\n") {
 			return "", fmt.Errorf("fleet: bad subject kind %q", k)
 		}
 	}
-	return strings.Join(parts, "."), nil
+	return join(Root, host, vm, kind...)
 }
 
 // CtlSubject returns gatevisor-ctl.<host>.<vm>.<verb>.
-func CtlSubject(host, vm, verb string) (string, error) {
+func CtlSubject(host, vm, verb string) (string, error) { return join(CtlRoot, host, vm, verb) }
+
+// join writes root.<host>.<vm>.<rest...>, host and vm encoded.
+func join(root, host, vm string, rest ...string) (string, error) {
 	h, err := EncodeToken(host)
 	if err != nil {
 		return "", err
@@ -135,7 +129,7 @@ func CtlSubject(host, vm, verb string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return CtlRoot + "." + h + "." + v + "." + verb, nil
+	return strings.Join(append([]string{root, h, v}, rest...), "."), nil
 }
 
 // Where is the host and VM a subject names, and the rest of it.
