@@ -234,7 +234,7 @@ for new ones until Ctrl-C.`,
 func fleetEventLine(e fleet.Event) string {
 	esc := termtext.Escape
 	f := e.Summary()
-	num := "seq"
+	num := "seq "
 	if e.Kind == fleet.KindAudit {
 		num = "#"
 	}

@@ -54,6 +54,18 @@ func (e Event) Summary() Summary {
 			Severity string `json:"severity"`
 			Summary  string `json:"summary"`
 		} `json:"finding"`
+		Net *struct {
+			Dir     string `json:"dir"`
+			Proto   string `json:"proto"`
+			Local   string `json:"local"`
+			Remote  string `json:"remote"`
+			Verdict string `json:"verdict"`
+			Rule    string `json:"rule"`
+			Subject struct {
+				PID  int32  `json:"pid"`
+				Comm string `json:"comm"`
+			} `json:"subject"`
+		} `json:"net"`
 	}
 	_ = json.Unmarshal(e.Data, &f)
 	s := Summary{Time: f.Time, Number: f.Seq, Verdict: f.Verdict, Rule: f.Rule, Class: f.Class, PID: f.PID, Comm: f.Comm, Path: f.Path, Text: f.Detail}
@@ -68,6 +80,11 @@ func (e Event) Summary() Summary {
 	}
 	if f.Finding != nil {
 		s.Verdict, s.Text = f.Finding.Severity, f.Finding.Check+": "+f.Finding.Summary
+	}
+	if n := f.Net; n != nil {
+		s.Class, s.Op, s.Verdict, s.Rule = "net", n.Proto+" "+n.Dir, n.Verdict, n.Rule
+		s.Path = n.Local + " -> " + n.Remote
+		s.PID, s.Comm = n.Subject.PID, n.Subject.Comm
 	}
 	return s
 }

@@ -17,6 +17,8 @@ func TestSummary(t *testing.T) {
 			Summary{Number: 3, Verdict: "kill", Class: "exec", Path: "/bin/nc", PID: 5, Comm: "nc", Rule: "r2"}},
 		{"ids.finding", `{"seq":9,"finding":{"check":"hidden-module","severity":"high","summary":"rk"}}`,
 			Summary{Number: 9, Verdict: "high", Text: "hidden-module: rk"}},
+		{"decision.net-deny", `{"seq":5,"net":{"dir":"out","proto":"tcp","local":"10.0.2.15:4000","remote":"203.0.113.9:23","verdict":"kill","rule":"no_telnet_out","subject":{"pid":77,"comm":"nc"}}}`,
+			Summary{Number: 5, Verdict: "kill", Class: "net", Op: "tcp out", Path: "10.0.2.15:4000 -> 203.0.113.9:23", PID: 77, Comm: "nc", Rule: "no_telnet_out"}},
 		{"notice.proc", `{"seq":4,"detail":"pid 9 stopped"}`, Summary{Number: 4, Text: "pid 9 stopped"}},
 		{"notice.x", `not json`, Summary{}},
 	} {
