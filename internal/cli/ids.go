@@ -30,9 +30,11 @@ func init() { addSubcommand(newIDSCmd) }
 // idsTarget is where `ids` reads from: a running VM or a memory dump.
 type idsTarget struct {
 	vm, dump, kernel, source string
-	asJSON                   bool
-	detail                   detailOpts
-	frozen                   []int // processes the VM's monitor keeps stopped
+	// symbols is --symbols: a Volatility 3 ISF for a kernel without BTF.
+	symbols string
+	asJSON  bool
+	detail  detailOpts
+	frozen  []int // processes the VM's monitor keeps stopped
 }
 
 // joinInts is "1, 2, 3".
@@ -60,6 +62,7 @@ or QEMU's dump-guest-memory, or a raw image of RAM from address 0).`,
 	pf.StringVar(&t.vm, "vm", "", "name of a running VM")
 	pf.StringVar(&t.dump, "dump", "", "memory dump file (ELF or raw)")
 	pf.StringVar(&t.kernel, "kernel", "", "with --dump: the guest's kernel image (default: the profile cache, then the default kit's kernel)")
+	pf.StringVar(&t.symbols, "symbols", "", "with --dump: the kernel's structure layouts as a Volatility 3 symbol table (ISF .json or .json.xz, e.g. from dwarf2json), for a kernel without .BTF")
 	pf.StringVar(&t.source, "source", "", "with --vm: read memory from ram (default; the guest keeps running) or gdbstub (the guest pauses)")
 	pf.BoolVar(&t.asJSON, "json", false, "print JSON")
 	for _, sub := range []struct{ use, short string }{
@@ -187,6 +190,9 @@ func (t *idsTarget) fetch(ctx context.Context, q string) (json.RawMessage, strin
 		if t.kernel != "" {
 			return nil, "", errors.New("--kernel goes with --dump: a running VM's monitor knows its kernel")
 		}
+		if t.symbols != "" {
+			return nil, "", errors.New("--symbols goes with --dump: a running VM's monitor has its kernel's (give --symbols to run)")
+		}
 		c, err := clientFor(t.vm)
 		if err != nil {
 			return nil, "", err
@@ -203,7 +209,11 @@ func (t *idsTarget) fetch(ctx context.Context, q string) (json.RawMessage, strin
 	if t.source != "" {
 		return nil, "", errors.New("--source goes with --vm")
 	}
-	insp, closeDump, err := openDump(t.dump, t.kernel)
+	opts, err := profileOptions(t.symbols)
+	if err != nil {
+		return nil, "", err
+	}
+	insp, closeDump, err := openDump(t.dump, t.kernel, opts)
 	if err != nil {
 		return nil, "", err
 	}
@@ -223,7 +233,7 @@ func (t *idsTarget) fetch(ctx context.Context, q string) (json.RawMessage, strin
 // openDump opens an ELF or raw memory dump and locates its kernel. Both
 // files must be regular files: a FIFO, a device such as /dev/zero or a
 // directory would block the open or the reads forever, or never end.
-func openDump(path, kernel string) (*ids.Inspector, func(), error) {
+func openDump(path, kernel string, opts linux.ProfileOptions) (*ids.Inspector, func(), error) {
 	if err := safefile.CheckRegular(path); err != nil {
 		return nil, nil, fmt.Errorf("--dump: %w", err)
 	}
@@ -260,7 +270,7 @@ func openDump(path, kernel string) (*ids.Inspector, func(), error) {
 		}
 		mem, close = r, func() { r.Close() }
 	}
-	prof, err := dumpProfile(mem, kernel)
+	prof, err := dumpProfile(mem, kernel, opts)
 	if err != nil {
 		close()
 		return nil, nil, err
@@ -275,20 +285,41 @@ func openDump(path, kernel string) (*ids.Inspector, func(), error) {
 	return ids.New(k, ids.DefaultOptions()), close, nil
 }
 
+// ignoreBTFEnv, set to 1, profiles kernels as if their images had no
+// .BTF, so that a symbol table (--symbols) is read instead: to check one
+// against a kernel's own BTF (tests/integration does).
+const ignoreBTFEnv = "GATEVISOR_IGNORE_BTF"
+
+// profileOptions reads --symbols (a Volatility 3 ISF, "" for none) into
+// the options kernel profiles are built with.
+func profileOptions(symbols string) (linux.ProfileOptions, error) {
+	if symbols != "" {
+		if err := safefile.CheckRegular(symbols); err != nil {
+			return linux.ProfileOptions{}, fmt.Errorf("--symbols: %w", err)
+		}
+	}
+	return ids.SymbolsOptions(symbols, os.Getenv(ignoreBTFEnv) == "1")
+}
+
 // dumpProfile finds the profile for the kernel in mem: --kernel, else the
 // cache by banner, else the default kit's kernel if its banner matches.
-func dumpProfile(mem vmi.PhysicalMemory, kernel string) (*linux.Profile, error) {
+// A profile from a symbol table (--symbols) is not cached: it needs the
+// image (--kernel, or the default kit's) for kallsyms.
+func dumpProfile(mem vmi.PhysicalMemory, kernel string, opts linux.ProfileOptions) (*linux.Profile, error) {
 	if kernel != "" {
-		return ids.LoadKernelProfile(kernel)
+		return ids.LoadKernelProfileWith(kernel, opts)
 	}
 	p, err := ids.LoadProfile(mem, "")
-	if err == nil {
+	if err == nil && opts.Symbols == nil && !opts.IgnoreBTF {
 		return p, nil
+	}
+	if err == nil {
+		err = errors.New("--symbols needs the kernel image too (--kernel): kallsyms are read from it")
 	}
 	banners := ids.FindBanners(mem, 32)
 	if dir, derr := kit.CacheDir(); derr == nil {
 		if k, kerr := kit.Load(filepath.Join(dir, "kit")); kerr == nil {
-			if kp, perr := ids.LoadKernelProfile(k.Kernel); perr == nil {
+			if kp, perr := ids.LoadKernelProfileWith(k.Kernel, opts); perr == nil {
 				for _, b := range banners {
 					if strings.TrimSpace(kp.Banner) == strings.TrimSpace(b.Text) {
 						return kp, nil

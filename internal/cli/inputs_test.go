@@ -7,6 +7,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/gatevisor/gatevisor/internal/vmi/linux"
 )
 
 // TestInputFilesRefuseNonRegular: a dump, kernel, policy, include, cases or
@@ -23,15 +25,16 @@ func TestInputFilesRefuseNonRegular(t *testing.T) {
 		name, want string
 		run        func() error
 	}{
-		{"ids --dump FIFO", "a FIFO", func() error { _, _, err := openDump(fifo, ""); return err }},
-		{"ids --dump /dev/zero", "a character device", func() error { _, _, err := openDump("/dev/zero", ""); return err }},
-		{"ids --dump directory", "a directory", func() error { _, _, err := openDump(dir, ""); return err }},
+		{"ids --dump FIFO", "a FIFO", func() error { _, _, err := openDump(fifo, "", linux.ProfileOptions{}); return err }},
+		{"ids --symbols FIFO", "a FIFO", func() error { _, err := profileOptions(fifo); return err }},
+		{"ids --dump /dev/zero", "a character device", func() error { _, _, err := openDump("/dev/zero", "", linux.ProfileOptions{}); return err }},
+		{"ids --dump directory", "a directory", func() error { _, _, err := openDump(dir, "", linux.ProfileOptions{}); return err }},
 		{"ids --kernel FIFO", "--kernel: " + fifo + " is not a regular file", func() error {
 			dump := filepath.Join(dir, "dump")
 			if err := os.WriteFile(dump, []byte("not a dump"), 0o600); err != nil {
 				return err
 			}
-			_, _, err := openDump(dump, fifo)
+			_, _, err := openDump(dump, fifo, linux.ProfileOptions{})
 			return err
 		}},
 		{"policy FILE FIFO", "a FIFO", func() error { _, err := loadPolicy(fifo); return err }},

@@ -40,19 +40,21 @@ type runOptions struct {
 	kit                        string
 	adds                       []string
 	detach, detachedChild      bool
-	readyTimeout, stopTimeout  time.Duration
-	consoleLog, readyMarker    string
-	idsInterval                time.Duration
-	cpuHogThreshold            float64
-	cpuHogWindow               time.Duration
-	net, policy, auditLog      string
-	auditMaxSize               string
-	auditKeep                  int
-	eventsMaxSize              string
-	eventsKeep                 int
-	netNoGate                  bool
-	fleet, fleetPolicy         bool
-	nats                       natsFlags
+	// symbols is --symbols: a Volatility 3 ISF for a kernel without BTF.
+	symbols                   string
+	readyTimeout, stopTimeout time.Duration
+	consoleLog, readyMarker   string
+	idsInterval               time.Duration
+	cpuHogThreshold           float64
+	cpuHogWindow              time.Duration
+	net, policy, auditLog     string
+	auditMaxSize              string
+	auditKeep                 int
+	eventsMaxSize             string
+	eventsKeep                int
+	netNoGate                 bool
+	fleet, fleetPolicy        bool
+	nats                      natsFlags
 }
 
 func newRunCmd() *cobra.Command {
@@ -77,6 +79,7 @@ returns once the guest is ready.`,
 	f.IntVar(&o.cpus, "cpus", 1, "number of vCPUs")
 	f.StringVar(&o.accel, "accel", "auto", "accelerator: auto (KVM only if calibrated fast), kvm or tcg")
 	f.StringVar(&o.kernel, "kernel", "", "boot this bzImage instead of the default kit's kernel")
+	f.StringVar(&o.symbols, "symbols", "", "the kernel's structure layouts as a Volatility 3 symbol table (ISF .json or .json.xz, e.g. from dwarf2json), for a kernel without .BTF")
 	f.StringVar(&o.kit, "kit", "", "boot this built kit ('gatevisor kit ls'; e.g. one of 'kit build --kernel-suite bookworm-backports') instead of the default kit")
 	f.StringVar(&o.initrd, "initrd", "", "initramfs to use with --kernel")
 	f.StringVar(&o.appendArgs, "append", "", "kernel command line (default: the kit's)")
@@ -402,8 +405,12 @@ func monitorConfig(o *runOptions, v runValues, g guest) (monitor.Config, error) 
 	if err != nil {
 		return monitor.Config{}, err
 	}
+	prof, err := profileOptions(o.symbols)
+	if err != nil {
+		return monitor.Config{}, err
+	}
 	cfg := monitor.Config{
-		Name: o.name, MemMiB: v.memMiB, CPUs: o.cpus, Accel: choice, Kernel: g.kernel, Initrd: g.initrd, Append: g.appendArgs,
+		Name: o.name, MemMiB: v.memMiB, CPUs: o.cpus, Accel: choice, Kernel: g.kernel, Profile: prof, Initrd: g.initrd, Append: g.appendArgs,
 		QEMUBinary: v.qemuBin, ConsoleLog: o.consoleLog, Log: os.Stderr, ReadyMarker: o.readyMarker,
 		IDSInterval: o.idsInterval, CPUHog: ids.HogDetector{Threshold: o.cpuHogThreshold, Window: o.cpuHogWindow}, EventsLog: filepath.Join(dir, "events.jsonl"), EventsMaxSize: v.eventsMax,
 		EventsKeep: o.eventsKeep, Net: v.net,

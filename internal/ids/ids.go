@@ -75,7 +75,36 @@ func Open(mem vmi.PhysicalMemory, regs linux.Registers, kernelImage string, opts
 // LoadKernelProfile returns the profile of a kernel image with the image
 // facts the syscall checks need attached; both are cached per build.
 func LoadKernelProfile(kernelImage string) (*linux.Profile, error) {
-	p, err := linux.LoadProfile(kernelImage, "")
+	return LoadKernelProfileWith(kernelImage, linux.ProfileOptions{})
+}
+
+// ErrNeedSymbols means the kernel image has no .BTF and no symbol table
+// was given for its structure layouts.
+var ErrNeedSymbols = errors.New("this kernel has no .BTF: give --symbols FILE.json (Volatility 3 ISF, e.g. from dwarf2json)")
+
+// SymbolsOptions returns the profile options of a symbol table file
+// (--symbols: a Volatility 3 ISF, .json or .json.xz; "" for none), and
+// with ignoreBTF the image's BTF ignored (to check a table against it).
+func SymbolsOptions(symbols string, ignoreBTF bool) (linux.ProfileOptions, error) {
+	opts := linux.ProfileOptions{IgnoreBTF: ignoreBTF}
+	if symbols == "" {
+		return opts, nil
+	}
+	isf, err := linux.LoadISF(symbols)
+	if err != nil {
+		return opts, fmt.Errorf("--symbols: %w", err)
+	}
+	opts.Symbols = isf
+	return opts, nil
+}
+
+// LoadKernelProfileWith is LoadKernelProfile with the structure layouts
+// of a kernel without .BTF from opts.Symbols (see linux.ProfileOptions).
+func LoadKernelProfileWith(kernelImage string, opts linux.ProfileOptions) (*linux.Profile, error) {
+	p, err := linux.LoadProfileWith(kernelImage, "", opts)
+	if errors.Is(err, linux.ErrNoBTF) && opts.Symbols == nil {
+		return nil, fmt.Errorf("%s: %w", kernelImage, ErrNeedSymbols)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -98,7 +98,7 @@ func (m *Monitor) kernelProfile() (*linux.Profile, error) {
 	if m.profile != nil {
 		return m.profile, nil
 	}
-	p, err := ids.LoadKernelProfile(m.cfg.Kernel)
+	p, err := ids.LoadKernelProfileWith(m.cfg.Kernel, m.cfg.Profile)
 	if err != nil {
 		return nil, err
 	}

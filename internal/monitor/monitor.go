@@ -52,11 +52,14 @@ const DefaultStopTimeout = 30 * time.Second
 
 // Config describes the VM to run.
 type Config struct {
-	Name       string
-	MemMiB     int
-	CPUs       int
-	Accel      accel.Choice
-	Kernel     string
+	Name   string
+	MemMiB int
+	CPUs   int
+	Accel  accel.Choice
+	Kernel string
+	// Profile says where the kernel's structure layouts come from when
+	// its image has no .BTF (a symbol table given to run --symbols).
+	Profile    linux.ProfileOptions
 	Initrd     string
 	Append     string
 	QEMUBinary string
