@@ -56,4 +56,41 @@ func TestKernelWithoutBTF(t *testing.T) {
 	if _, err := SymbolsOptions(filepath.Join(t.TempDir(), "none.json"), false); err == nil || !strings.HasPrefix(err.Error(), "--symbols: ") {
 		t.Errorf("a missing symbols file: err %v", err)
 	}
+
+	// With a symbol table of the kernel (written from its BTF) the image
+	// is profiled, its layouts from the table.
+	withBTF, err := linux.NewProfile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := withBTF.BTF.Raw()
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := testvm.ISF(raw, nil, withBTF.Banner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	isfPath := filepath.Join(t.TempDir(), "vmlinux.json")
+	if err := os.WriteFile(isfPath, js, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	opts, err := SymbolsOptions(isfPath, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := LoadKernelProfileWith(path, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.BTF != nil || p.ISF == nil || p.Banner != withBTF.Banner {
+		t.Fatalf("profile: BTF %v, ISF %v, banner %q", p.BTF != nil, p.ISF != nil, p.Banner)
+	}
+	for _, f := range []string{"task_struct.comm", "task_struct.se.vruntime", "sock.__sk_common.skc_family", "module.name"} {
+		want, werr := withBTF.FieldOffset(f)
+		got, gerr := p.FieldOffset(f)
+		if werr != nil || gerr != nil || got != want {
+			t.Errorf("%s: ISF %d %v, BTF %d %v", f, got, gerr, want, werr)
+		}
+	}
 }
