@@ -54,7 +54,9 @@ func newIDSCmd() *cobra.Command {
 		Long: `Read the guest kernel's own structures from outside the guest, with no
 agent and no debug package: the kernel's symbols come from kallsyms and its
 structure layouts from .BTF, both read from the kernel image, and KASLR is
-located from the live state. The same code reads a running VM's memory
+located from the live state. A kernel without .BTF is read with its
+layouts from a Volatility 3 symbol table: --symbols FILE.json[.xz] (with
+--dump; for a live VM, give it to run). The same code reads a running VM's memory
 (--vm NAME) and a memory dump (--dump FILE: an ELF dump from 'gatevisor dump'
 or QEMU's dump-guest-memory, or a raw image of RAM from address 0).`,
 	}
