@@ -55,8 +55,9 @@ func newIDSCmd() *cobra.Command {
 agent and no debug package: the kernel's symbols come from kallsyms and its
 structure layouts from .BTF, both read from the kernel image, and KASLR is
 located from the live state. A kernel without .BTF is read with its
-layouts from a Volatility 3 symbol table: --symbols FILE.json[.xz] (with
---dump; for a live VM, give it to run). The same code reads a running VM's memory
+layouts from a Volatility 3 symbol table or a vmlinux with DWARF:
+--symbols FILE.json[.xz] or --symbols vmlinux (with --dump; for a live
+VM, give it to run). The same code reads a running VM's memory
 (--vm NAME) and a memory dump (--dump FILE: an ELF dump from 'gatevisor dump'
 or QEMU's dump-guest-memory, or a raw image of RAM from address 0).`,
 	}

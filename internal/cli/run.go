@@ -79,7 +79,7 @@ returns once the guest is ready.`,
 	f.IntVar(&o.cpus, "cpus", 1, "number of vCPUs")
 	f.StringVar(&o.accel, "accel", "auto", "accelerator: auto (KVM only if calibrated fast), kvm or tcg")
 	f.StringVar(&o.kernel, "kernel", "", "boot this bzImage instead of the default kit's kernel")
-	f.StringVar(&o.symbols, "symbols", "", "the kernel's structure layouts as a Volatility 3 symbol table (ISF .json or .json.xz, e.g. from dwarf2json), for a kernel without .BTF")
+	f.StringVar(&o.symbols, "symbols", "", "the kernel's structure layouts, for a kernel without .BTF: a Volatility 3 symbol table (ISF .json or .json.xz, e.g. from dwarf2json) or a vmlinux with DWARF")
 	f.StringVar(&o.kit, "kit", "", "boot this built kit ('gatevisor kit ls'; e.g. one of 'kit build --kernel-suite bookworm-backports') instead of the default kit")
 	f.StringVar(&o.initrd, "initrd", "", "initramfs to use with --kernel")
 	f.StringVar(&o.appendArgs, "append", "", "kernel command line (default: the kit's)")

@@ -83,14 +83,15 @@ func LoadKernelProfile(kernelImage string) (*linux.Profile, error) {
 var ErrNeedSymbols = errors.New("this kernel has no .BTF: give --symbols FILE.json (Volatility 3 ISF, e.g. from dwarf2json)")
 
 // SymbolsOptions returns the profile options of a symbol table file
-// (--symbols: a Volatility 3 ISF, .json or .json.xz; "" for none), and
+// (--symbols: a Volatility 3 ISF, .json or .json.xz, or a vmlinux with
+// DWARF; "" for none), and
 // with ignoreBTF the image's BTF ignored (to check a table against it).
 func SymbolsOptions(symbols string, ignoreBTF bool) (linux.ProfileOptions, error) {
 	opts := linux.ProfileOptions{IgnoreBTF: ignoreBTF}
 	if symbols == "" {
 		return opts, nil
 	}
-	isf, err := linux.LoadISF(symbols)
+	isf, err := linux.LoadSymbols(symbols)
 	if err != nil {
 		return opts, fmt.Errorf("--symbols: %w", err)
 	}

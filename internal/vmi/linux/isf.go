@@ -110,33 +110,44 @@ const (
 // ErrBadISF means a symbol table is not a valid ISF file.
 var ErrBadISF = errors.New("linux: malformed ISF symbol table")
 
-// isfFile is the JSON of an ISF file, as decoded.
+// isfFile is the JSON of an ISF file, as decoded (or as built from
+// DWARF by ISFFromDWARF).
 type isfFile struct {
 	Metadata *struct {
 		Format string `json:"format"`
 	} `json:"metadata"`
-	BaseTypes map[string]struct {
-		Size   *uint64 `json:"size"`
-		Kind   string  `json:"kind"`
-		Endian string  `json:"endian"`
-	} `json:"base_types"`
-	UserTypes map[string]struct {
-		Kind   string  `json:"kind"`
-		Size   *uint64 `json:"size"`
-		Fields map[string]struct {
-			Offset    *uint64  `json:"offset"`
-			Type      *isfType `json:"type"`
-			Anonymous bool     `json:"anonymous"`
-		} `json:"fields"`
-	} `json:"user_types"`
-	Enums map[string]struct {
-		Size      uint64                 `json:"size"`
-		Constants map[string]json.Number `json:"constants"`
-	} `json:"enums"`
-	Symbols map[string]struct {
-		Address      *uint64 `json:"address"`
-		ConstantData string  `json:"constant_data"`
-	} `json:"symbols"`
+	BaseTypes map[string]isfFileBase   `json:"base_types"`
+	UserTypes map[string]isfFileUser   `json:"user_types"`
+	Enums     map[string]isfFileEnum   `json:"enums"`
+	Symbols   map[string]isfFileSymbol `json:"symbols"`
+}
+
+type isfFileBase struct {
+	Size   *uint64 `json:"size"`
+	Kind   string  `json:"kind"`
+	Endian string  `json:"endian"`
+}
+
+type isfFileUser struct {
+	Kind   string                  `json:"kind"`
+	Size   *uint64                 `json:"size"`
+	Fields map[string]isfFileField `json:"fields"`
+}
+
+type isfFileField struct {
+	Offset    *uint64  `json:"offset"`
+	Type      *isfType `json:"type"`
+	Anonymous bool     `json:"anonymous"`
+}
+
+type isfFileEnum struct {
+	Size      uint64                 `json:"size"`
+	Constants map[string]json.Number `json:"constants"`
+}
+
+type isfFileSymbol struct {
+	Address      *uint64 `json:"address"`
+	ConstantData string  `json:"constant_data"`
 }
 
 // LoadISF reads an ISF file: JSON, or JSON compressed with xz (a name
