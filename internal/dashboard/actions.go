@@ -28,9 +28,8 @@ func (d *Dashboard) done(w http.ResponseWriter, r *http.Request, s *session, vm 
 
 // proc stops, continues, kills, freezes or thaws a guest process.
 func (d *Dashboard) proc(w http.ResponseWriter, r *http.Request, s *session) {
-	vm, code, why := d.find(r.PathValue("name"))
-	if why != "" {
-		d.renderError(w, r, s, code, why)
+	vm, ok := d.pageVM(w, r, s)
+	if !ok {
 		return
 	}
 	action := r.PathValue("action")
@@ -63,9 +62,8 @@ func (d *Dashboard) proc(w http.ResponseWriter, r *http.Request, s *session) {
 // policy loads a policy (hot reload): the file the browser sends, under
 // the path its includes resolve from.
 func (d *Dashboard) policy(w http.ResponseWriter, r *http.Request, s *session) {
-	vm, code, why := d.find(r.PathValue("name"))
-	if why != "" {
-		d.renderError(w, r, s, code, why)
+	vm, ok := d.pageVM(w, r, s)
+	if !ok {
 		return
 	}
 	path := strings.TrimSpace(r.PostFormValue("path"))
@@ -92,9 +90,8 @@ func (d *Dashboard) policy(w http.ResponseWriter, r *http.Request, s *session) {
 
 // net isolates the VM's network, or restores it.
 func (d *Dashboard) net(w http.ResponseWriter, r *http.Request, s *session) {
-	vm, code, why := d.find(r.PathValue("name"))
-	if why != "" {
-		d.renderError(w, r, s, code, why)
+	vm, ok := d.pageVM(w, r, s)
+	if !ok {
 		return
 	}
 	ctx, cancel := withTimeout(r)

@@ -319,6 +319,17 @@ func (d *Dashboard) list() ([]VM, error) {
 	return vms, nil
 }
 
+// pageVM finds the VM a page's path names, or renders why not and
+// returns false.
+func (d *Dashboard) pageVM(w http.ResponseWriter, r *http.Request, s *session) (VM, bool) {
+	vm, code, why := d.find(r.PathValue("name"))
+	if why != "" {
+		d.renderError(w, r, s, code, why)
+		return VM{}, false
+	}
+	return vm, true
+}
+
 // find returns the live VM name, or an answer's status and why not.
 func (d *Dashboard) find(name string) (VM, int, string) {
 	vms, err := d.list()

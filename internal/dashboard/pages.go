@@ -178,9 +178,8 @@ type vmPage struct {
 
 // vmPage shows one VM: status, processes, network, events and actions.
 func (d *Dashboard) vmPage(w http.ResponseWriter, r *http.Request, s *session) {
-	vm, code, why := d.find(r.PathValue("name"))
-	if why != "" {
-		d.renderError(w, r, s, code, why)
+	vm, ok := d.pageVM(w, r, s)
+	if !ok {
 		return
 	}
 	f, err := parseFilter(r.URL.Query())
@@ -284,9 +283,8 @@ func (p *vmPage) procs(ctx context.Context, c *apiclient.Client) {
 
 // checkPage runs the IDS's checks now and shows the report.
 func (d *Dashboard) checkPage(w http.ResponseWriter, r *http.Request, s *session) {
-	vm, code, why := d.find(r.PathValue("name"))
-	if why != "" {
-		d.renderError(w, r, s, code, why)
+	vm, ok := d.pageVM(w, r, s)
+	if !ok {
 		return
 	}
 	ctx, cancel := withTimeout(r)
