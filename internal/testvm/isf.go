@@ -72,26 +72,7 @@ func ISF(raw []byte, syms map[string]uint64, banner string) ([]byte, error) {
 	}
 	var ref func(typ btf.Type) any
 	ref = func(typ btf.Type) any {
-		for {
-			switch x := typ.(type) {
-			case *btf.Typedef:
-				typ = x.Type
-				continue
-			case *btf.Const:
-				typ = x.Type
-				continue
-			case *btf.Volatile:
-				typ = x.Type
-				continue
-			case *btf.Restrict:
-				typ = x.Type
-				continue
-			case *btf.TypeTag:
-				typ = x.Type
-				continue
-			}
-			break
-		}
+		typ = btf.UnderlyingType(typ) // typedefs and qualifiers, as dwarf2json resolves them
 		switch x := typ.(type) {
 		case *btf.Void:
 			return map[string]any{"kind": "base", "name": "void"}
