@@ -135,6 +135,13 @@ type Subject struct {
 	ParentComm string   `json:"parent_comm,omitempty"`
 	ParentExe  string   `json:"parent_exe,omitempty"`
 	Labels     []string `json:"labels,omitempty"` // labels the gate already knows, e.g. an IPC entity name
+	// Authenticated are the users the monitor itself authenticated
+	// (gatevisor auth) whose grant covers this subject now (at most
+	// MaxLabels): the policy's authenticated("alice").
+	Authenticated []string `json:"authenticated,omitempty"`
+	// SetUID says the process's credentials changed by a setuid exec
+	// (euid differs from uid, read from its creds): setuidExec().
+	SetUID bool `json:"setuid,omitempty"`
 }
 
 // Event is one thing a subject tried to do. Only the fields that make sense
@@ -180,13 +187,16 @@ func (e *Event) Validate() error {
 	if len(e.Args) > MaxArgs {
 		return fmt.Errorf("%w: %d args, limit %d", ErrInvalid, len(e.Args), MaxArgs)
 	}
+	if len(s.Authenticated) > MaxLabels {
+		return fmt.Errorf("%w: %d authenticated users, limit %d", ErrInvalid, len(s.Authenticated), MaxLabels)
+	}
 	if len(s.Labels) > MaxLabels || len(e.Labels) > MaxLabels {
 		return fmt.Errorf("%w: %d subject and %d object labels, limit %d each", ErrInvalid, len(s.Labels), len(e.Labels), MaxLabels)
 	}
 	if len(e.Hash) > MaxName {
 		return fmt.Errorf("%w: hash is %d bytes, limit %d", ErrInvalid, len(e.Hash), MaxName)
 	}
-	for _, l := range append(s.Labels[:len(s.Labels):len(s.Labels)], e.Labels...) {
+	for _, l := range append(append(s.Labels[:len(s.Labels):len(s.Labels)], e.Labels...), s.Authenticated...) {
 		if len(l) > MaxName {
 			return fmt.Errorf("%w: label is %d bytes, limit %d", ErrInvalid, len(l), MaxName)
 		}
@@ -249,5 +259,12 @@ func (e *Event) String() string {
 	if len(e.Args) > 0 {
 		s += fmt.Sprintf(" args=%v", e.Args)
 	}
-	return s + fmt.Sprintf(" by pid=%d comm=%q exe=%q uid=%d", e.Subject.PID, e.Subject.Comm, e.Subject.Exe, e.Subject.UID)
+	s += fmt.Sprintf(" by pid=%d comm=%q exe=%q uid=%d", e.Subject.PID, e.Subject.Comm, e.Subject.Exe, e.Subject.UID)
+	if e.Subject.SetUID {
+		s += " setuid"
+	}
+	if len(e.Subject.Authenticated) > 0 {
+		s += fmt.Sprintf(" authenticated=%q", e.Subject.Authenticated)
+	}
+	return s
 }

@@ -188,10 +188,13 @@ type Policy struct {
 	flowAny    [event.NumClasses]bool
 	flowOps    map[blockKey]bool
 	usesPID    bool
-	nrules     int
-	needs      []Need
-	advisory   [event.NumClasses]bool
-	responses  []Response
+	// fileGatePos is where the policy first needs the file gate
+	// (setuidExec()); zero when it does not.
+	fileGatePos Pos
+	nrules      int
+	needs       []Need
+	advisory    [event.NumClasses]bool
+	responses   []Response
 }
 
 // Flows returns the names of the flows, in the order of the state vectors
@@ -1056,6 +1059,15 @@ func rangeFn(vs []int64, get func(*event.Event) int64) condFn {
 	return func(x *evalCtx) bool { v := get(x.ev); return v >= lo && v <= hi }
 }
 
+// fileOnly refuses a predicate about the file gate's subjects outside a
+// rule or default of the file class: no other gate knows who the monitor
+// authenticated or a setuid exec's creds.
+func (c *compiler) fileOnly(p *Pred, cc condCtx) {
+	if cc.class != event.ClassFile || cc.where != "rule" {
+		c.fail(p.Pos, p.Name+"() is known only for file events", "use it in a rule of a `file` block: file default: deny  r: "+p.Name+"(...) allow")
+	}
+}
+
 func (c *compiler) noLabels(p *Pred, cc condCtx, forbidden string) {
 	if strings.Contains(forbidden, cc.where) {
 		c.fail(p.Pos, fmt.Sprintf("%s cannot be used in a %s statement", p.Name, cc.where), "labels are assigned by subject and object statements, so their conditions can only look at event attributes")
@@ -1147,6 +1159,26 @@ func (c *compiler) pred(p *Pred, cc condCtx) condFn {
 			c.fail(n.Pos, fmt.Sprintf("bad direction %q", n.Name), "dirIs(in) or dirIs(out)")
 		}
 		return func(x *evalCtx) bool { return x.ev.Dir == d }
+	case "authenticated":
+		c.fileOnly(p, cc)
+		users := c.strs(p, 1, 0)
+		return func(x *evalCtx) bool {
+			for _, u := range users {
+				if slices.Contains(x.ev.Subject.Authenticated, u) {
+					return true
+				}
+			}
+			return false
+		}
+	case "setuidExec":
+		c.fileOnly(p, cc)
+		if len(p.Args) != 0 {
+			c.fail(p.Pos, "setuidExec takes no arguments", "setuidExec(): the process's euid differs from its uid (a setuid exec)")
+		}
+		if c.p.fileGatePos.Line == 0 {
+			c.p.fileGatePos = p.Pos
+		}
+		return func(x *evalCtx) bool { return x.ev.Subject.SetUID }
 	case "labelIs":
 		n := c.name(p).Name
 		return func(x *evalCtx) bool {
@@ -1184,7 +1216,7 @@ func (c *compiler) pred(p *Pred, cc condCtx) condFn {
 var predNames = []string{"fileEq", "filePrefixEq", "fileGlob", "pathEq", "pathPrefixEq", "pathGlob", "exeEq", "exePrefixEq", "exeGlob",
 	"commEq", "commPrefixEq", "moduleEq", "moduleGlob", "parentExeEq", "parentCommEq", "opEq", "opPrefixEq", "protoEq", "addrIn", "addrEq",
 	"portEq", "portIn", "localPortEq", "localPortIn", "uidEq", "uidIn", "gidEq", "pidEq", "ppidEq", "dirIs", "labelIs", "hashEq",
-	"domainIs", "execDomainIs", "roleIs", "typeIs", "eq", "neq", "lt", "le", "gt", "ge", "inRange", "flagsSet", "flagsAny", "flagsClear"}
+	"domainIs", "execDomainIs", "roleIs", "typeIs", "authenticated", "setuidExec", "eq", "neq", "lt", "le", "gt", "ge", "inRange", "flagsSet", "flagsAny", "flagsClear"}
 
 func suggest(name string) string {
 	low := strings.ToLower(name)

@@ -447,6 +447,9 @@ type Coverage struct {
 	// Findings are the IDS checks whose findings the VM's continuous
 	// scan reports (responses answer them); nil: no continuous scan.
 	Findings map[string]bool
+	// FileGate says the VM serves files through the file gate (run
+	// --files), which alone reads a subject's setuid creds.
+	FileGate bool
 }
 
 // Problem is a statement no gate of the VM enforces.
@@ -484,6 +487,10 @@ func (p *Policy) Check(cov Coverage) []Problem {
 			continue
 		}
 		out = append(out, Problem{Need: n, Why: why, Advisory: p.Advisory(n.Class)})
+	}
+	if p.fileGatePos.Line != 0 && !cov.FileGate {
+		out = append(out, Problem{Need: Need{Class: event.ClassFile, Pos: p.fileGatePos, What: "setuidExec()"},
+			Why: "only the file gate reads whether a process's creds changed by a setuid exec: serve files with run --files NAME=DIR", Advisory: p.Advisory(event.ClassFile)})
 	}
 	return out
 }

@@ -103,7 +103,8 @@ func sameKey(a, b *event.Event, usePID bool) bool {
 	s, t := &a.Subject, &b.Subject
 	if a.Class != b.Class || a.Dir != b.Dir || a.Port != b.Port || a.LocalPort != b.LocalPort ||
 		s.UID != t.UID || s.GID != t.GID || usePID && (s.PID != t.PID || s.PPID != t.PPID) ||
-		len(a.Args) != len(b.Args) || len(s.Labels) != len(t.Labels) || len(a.Labels) != len(b.Labels) || a.Addr != b.Addr {
+		len(a.Args) != len(b.Args) || len(s.Labels) != len(t.Labels) || len(a.Labels) != len(b.Labels) || a.Addr != b.Addr ||
+		s.SetUID != t.SetUID || len(s.Authenticated) != len(t.Authenticated) {
 		return false
 	}
 	// One statement per string: the compiler branches on each comparison
@@ -135,7 +136,8 @@ func sameKey(a, b *event.Event, usePID bool) bool {
 	if a.Hash != b.Hash {
 		return false
 	}
-	return slices.Equal(a.Args, b.Args) && slices.Equal(s.Labels, t.Labels) && slices.Equal(a.Labels, b.Labels)
+	return slices.Equal(a.Args, b.Args) && slices.Equal(s.Labels, t.Labels) && slices.Equal(a.Labels, b.Labels) &&
+		slices.Equal(s.Authenticated, t.Authenticated)
 }
 
 // The key hash is wyhash's folding (64x64->128-bit multiply, high xor low)

@@ -25,6 +25,7 @@ var keyFields = map[string]string{
 	"Subject.PID": "pid", "Subject.PPID": "pid", "Subject.Start": "ignored",
 	"Subject.Comm": "key", "Subject.Exe": "key", "Subject.UID": "key", "Subject.GID": "key",
 	"Subject.ParentComm": "key", "Subject.ParentExe": "key", "Subject.Labels": "key",
+	"Subject.Authenticated": "key", "Subject.SetUID": "key",
 }
 
 // fullEvent is a valid event with every field set.
@@ -33,7 +34,7 @@ func fullEvent() *event.Event {
 		Dir: event.DirOut, Proto: "tcp", Addr: netip.MustParseAddr("192.0.2.1"), Port: 80, LocalPort: 40000,
 		Module: "nf_conntrack", Hash: "3d3fdbe9", Labels: []string{"kit"}, Time: time.Unix(1700000000, 0),
 		Subject: event.Subject{PID: 10, PPID: 1, Start: 5, Comm: "curl", Exe: "/usr/bin/curl", UID: 1000, GID: 1000,
-			ParentComm: "sh", ParentExe: "/bin/sh", Labels: []string{"web"}}}
+			ParentComm: "sh", ParentExe: "/bin/sh", Labels: []string{"web"}, Authenticated: []string{"alice"}}}
 }
 
 func cloneEvent(ev *event.Event) *event.Event {
@@ -41,6 +42,7 @@ func cloneEvent(ev *event.Event) *event.Event {
 	c.Args = slices.Clone(ev.Args)
 	c.Subject.Labels = slices.Clone(ev.Subject.Labels)
 	c.Labels = slices.Clone(ev.Labels)
+	c.Subject.Authenticated = slices.Clone(ev.Subject.Authenticated)
 	return &c
 }
 
@@ -85,6 +87,8 @@ func variants(t *testing.T, base *event.Event) []variant {
 			case k == reflect.String:
 				add("longer", func(v reflect.Value) { v.SetString(v.String() + "x") })
 				add("same length", func(v reflect.Value) { s := v.String(); v.SetString(s[:len(s)-1] + "#") })
+			case k == reflect.Bool:
+				add("flipped", func(v reflect.Value) { v.SetBool(!v.Bool()) })
 			case k >= reflect.Int && k <= reflect.Int64:
 				add("+1", func(v reflect.Value) { v.SetInt(v.Int() + 1) })
 			case k >= reflect.Uint && k <= reflect.Uint64:

@@ -29,7 +29,14 @@ func session(msgs ...func(e *enc) uint8) []byte {
 func FuzzServe(f *testing.F) {
 	f.Add(session(
 		func(e *enc) uint8 { e.u32(8192); e.str("9P2000.L"); return tVersion },
-		func(e *enc) uint8 { e.u32(1); e.u32(noFid); e.str("u"); e.str("s"); e.u32(1000); return tAttach },
+		func(e *enc) uint8 {
+			e.u32(1)
+			e.u32(noFid)
+			e.str("u")
+			e.str("s")
+			e.u32(1000)
+			return tAttach
+		},
 		func(e *enc) uint8 { e.u32(1); e.u32(2); e.u16(1); e.str("f"); return tWalk },
 		func(e *enc) uint8 { e.u32(2); e.u32(0); return tLopen },
 		func(e *enc) uint8 { e.u32(2); e.u64(0); e.u32(100); return tRead },
@@ -37,16 +44,49 @@ func FuzzServe(f *testing.F) {
 		func(e *enc) uint8 { e.u32(1); e.u32(3); e.u16(0); return tWalk },
 		func(e *enc) uint8 { e.u32(3); e.u32(0); return tLopen },
 		func(e *enc) uint8 { e.u32(3); e.u64(0); e.u32(4096); return tReaddir },
-		func(e *enc) uint8 { e.u32(1); e.str("n"); e.u32(2); e.u32(0o644); e.u32(0); return tLcreate },
+		func(e *enc) uint8 {
+			e.u32(1)
+			e.str("n")
+			e.u32(2)
+			e.u32(0o644)
+			e.u32(0)
+			return tLcreate
+		},
 		func(e *enc) uint8 { e.u32(1); e.str("n"); e.u32(1); e.str("m"); return tRenameat },
 		func(e *enc) uint8 { e.u32(1); e.str("m"); e.u32(0); return tUnlinkat },
 		func(e *enc) uint8 { e.u32(2); return tClunk },
 	))
 	f.Add(session(
 		func(e *enc) uint8 { e.u32(8192); e.str("9P2000.L"); return tVersion },
-		func(e *enc) uint8 { e.u32(1); e.u32(noFid); e.str("u"); e.str("s"); e.u32(0); return tAttach },
-		func(e *enc) uint8 { e.u32(1); e.u32(2); e.u16(2); e.str(".."); e.str("etc"); return tWalk },
-		func(e *enc) uint8 { e.u32(1); e.u32(0x3fff); e.u32(0o777); e.u32(0); e.u32(0); e.u64(1); e.u64(0); e.u64(0); e.u64(0); e.u64(0); return tSetattr },
+		func(e *enc) uint8 {
+			e.u32(1)
+			e.u32(noFid)
+			e.str("u")
+			e.str("s")
+			e.u32(0)
+			return tAttach
+		},
+		func(e *enc) uint8 {
+			e.u32(1)
+			e.u32(2)
+			e.u16(2)
+			e.str("..")
+			e.str("etc")
+			return tWalk
+		},
+		func(e *enc) uint8 {
+			e.u32(1)
+			e.u32(0x3fff)
+			e.u32(0o777)
+			e.u32(0)
+			e.u32(0)
+			e.u64(1)
+			e.u64(0)
+			e.u64(0)
+			e.u64(0)
+			e.u64(0)
+			return tSetattr
+		},
 		func(e *enc) uint8 { e.u32(1); e.str("d"); e.u32(0o755); e.u32(0); return tMkdir },
 		func(e *enc) uint8 { e.u32(1); e.str("l"); e.str("/etc/passwd"); e.u32(0); return tSymlink },
 		func(e *enc) uint8 { e.u32(1); return tStatfs },
