@@ -42,6 +42,11 @@ var Endpoints = []Endpoint{
 	{Method: "POST", Path: "/v1/net/restore", Action: "net.restore"},
 	{Method: "GET", Path: "/v1/net/flows", Action: "net.flows"},
 	{Method: "GET", Path: "/v1/metrics", Action: "vm.metrics"},
+	{Method: "POST", Path: "/v1/restart", Action: "vm.restart"},
+	{Method: "POST", Path: "/v1/snapshot", Action: "vm.snapshot"},
+	{Method: "GET", Path: "/v1/snapshots", Action: "vm.snapshots"},
+	{Method: "POST", Path: "/v1/rollback", Action: "vm.rollback"},
+	{Method: "POST", Path: "/v1/snapshot/remove", Action: "vm.snapshot.remove"},
 }
 
 // SpecAction is the endpoint's action as openapi.yaml writes it in

@@ -44,6 +44,15 @@ type VM interface {
 	// MaxNetFlowsLimit), each with its process and decision; a VM without
 	// a gated network answers CodeConflict.
 	NetFlows(ctx context.Context, limit int) (NetFlows, error)
+	// Restart replaces QEMU under the running guest (RestartRequest).
+	Restart(ctx context.Context, req RestartRequest) (RestartResult, error)
+	// Snapshot saves the guest's RAM and device state under tag;
+	// Snapshots lists them; Rollback puts the guest back to one (same
+	// monitor, gates and audit log); RemoveSnapshot deletes one.
+	Snapshot(ctx context.Context, tag string) (Snapshot, error)
+	Snapshots(ctx context.Context) (Snapshots, error)
+	Rollback(ctx context.Context, tag string) (RollbackResult, error)
+	RemoveSnapshot(ctx context.Context, tag string) error
 	// Metrics writes the VM's Prometheus metrics in the text exposition
 	// format (MetricsContentType).
 	Metrics(ctx context.Context, w io.Writer) error

@@ -59,11 +59,5 @@ working. A policy's response can do the same on its own ('do isolate').`,
 
 // withVM runs f with a client of VM name, bounded to a minute.
 func withVM(cmd *cobra.Command, name string, f func(context.Context, *apiclient.Client) error) error {
-	c, err := clientFor(name)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(cmd.Context(), time.Minute)
-	defer cancel()
-	return f(ctx, c)
+	return withVMFor(cmd, name, time.Minute, f)
 }

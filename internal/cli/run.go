@@ -54,6 +54,7 @@ type runOptions struct {
 	eventsKeep                int
 	netNoGate                 bool
 	fleet, fleetPolicy        bool
+	snapshotReady             bool
 	nats                      natsFlags
 }
 
@@ -102,6 +103,7 @@ returns once the guest is ready.`,
 	f.BoolVar(&o.netNoGate, "net-no-gate", false, "benchmarks only: connect the NIC to the network without the network gate")
 	_ = f.MarkHidden("net-no-gate")
 	f.BoolVar(&o.fleet, "fleet", false, "join the fleet (gatevisor serve's NATS, or --nats): publish the audit log, the events and the VM's state, from the log files, catching up after any outage (docs/fleet.md)")
+	f.BoolVar(&o.snapshotReady, "snapshot-ready", false, "once the guest is ready and its gates armed, take snapshot \"ready\" (replacing an older one): a known-good state for 'gatevisor rollback NAME ready'")
 	f.BoolVar(&o.fleetPolicy, "fleet-policy", false, "with --fleet, take policies pushed by 'gatevisor fleet policy push' (the VM's policy still decides each, as action policy.load of this monitor's user)")
 	o.nats.add(f)
 	f.BoolVar(&o.detachedChild, "detached-child", false, "internal: the background half of --detach")
@@ -415,6 +417,7 @@ func monitorConfig(o *runOptions, v runValues, g guest) (monitor.Config, error) 
 		IDSInterval: o.idsInterval, CPUHog: ids.HogDetector{Threshold: o.cpuHogThreshold, Window: o.cpuHogWindow}, EventsLog: filepath.Join(dir, "events.jsonl"), EventsMaxSize: v.eventsMax,
 		EventsKeep: o.eventsKeep, Net: v.net,
 		AuditLog: o.auditLog, AuditMaxSize: v.auditMax, AuditKeep: o.auditKeep, KitModules: g.kitModules,
+		SnapshotDir: filepath.Join(dir, "snapshots"), SnapshotReady: o.snapshotReady,
 	}
 	if cfg.ConsoleLog == "" {
 		cfg.ConsoleLog = filepath.Join(dir, "console.log")

@@ -17,12 +17,18 @@ const consoleHistory = 64 << 10
 // A slow or dead attached client is dropped rather than allowed to stall the
 // guest's serial output.
 type console struct {
-	serial  net.Conn
 	outs    []io.Writer
 	marker  []byte
 	onReady func()
 
-	inMu sync.Mutex // serializes writes to serial
+	// Owned by the pump goroutine (one at a time: reattach starts the
+	// next after the previous ended).
+	found  bool          // the ready marker was seen
+	window []byte        // the last len(marker)-1 bytes, to match across reads
+	pumped chan struct{} // closed when the current pump ends
+
+	inMu   sync.Mutex // serializes writes to serial; guards serial
+	serial net.Conn
 
 	mu      sync.Mutex // guards the fields below
 	history []byte
@@ -31,32 +37,31 @@ type console struct {
 }
 
 func newConsole(serial net.Conn, outs []io.Writer, marker string, onReady func()) *console {
-	c := &console{serial: serial, outs: outs, marker: []byte(marker), onReady: onReady, subs: map[io.ReadWriteCloser]bool{}}
-	go c.pump()
+	c := &console{serial: serial, outs: outs, marker: []byte(marker), onReady: onReady, subs: map[io.ReadWriteCloser]bool{}, pumped: make(chan struct{})}
+	go c.pump(serial, c.pumped)
 	return c
 }
 
-func (c *console) pump() {
+func (c *console) pump(serial net.Conn, done chan struct{}) {
+	defer close(done)
 	buf := make([]byte, 4096)
-	var window []byte // the last len(marker)-1 bytes, to match across reads
-	found := false
 	for {
-		n, err := c.serial.Read(buf)
+		n, err := serial.Read(buf)
 		if n > 0 {
 			chunk := buf[:n]
 			for _, w := range c.outs {
 				_, _ = w.Write(chunk)
 			}
-			if !found {
-				hay := append(window, chunk...)
+			if !c.found {
+				hay := append(c.window, chunk...)
 				if bytes.Contains(hay, c.marker) {
-					found = true
+					c.found = true
 					c.onReady()
 				}
 				if keep := len(c.marker) - 1; len(hay) > keep {
 					hay = hay[len(hay)-keep:]
 				}
-				window = append(window[:0], hay...)
+				c.window = append(c.window[:0], hay...)
 			}
 			c.broadcast(chunk)
 		}
@@ -64,6 +69,25 @@ func (c *console) pump() {
 			return
 		}
 	}
+}
+
+// reattach moves the console to a new QEMU's serial connection (a QEMU
+// restart): what the old connection still holds is delivered first (the
+// old QEMU has exited, so its connection ends), then the new one's output,
+// in order. Input goes to the new connection from now on.
+func (c *console) reattach(serial net.Conn, wait time.Duration) {
+	c.inMu.Lock()
+	old := c.serial
+	c.serial = serial
+	c.inMu.Unlock()
+	select {
+	case <-c.pumped:
+	case <-time.After(wait):
+		old.Close() // a connection that does not end is cut
+		<-c.pumped
+	}
+	c.pumped = make(chan struct{})
+	go c.pump(serial, c.pumped)
 }
 
 func (c *console) broadcast(chunk []byte) {
@@ -159,5 +183,7 @@ func (c *console) close() {
 	for s := range subs {
 		s.Close()
 	}
+	c.inMu.Lock()
 	c.serial.Close()
+	c.inMu.Unlock()
 }

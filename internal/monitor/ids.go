@@ -130,10 +130,11 @@ func (m *Monitor) askGuest(ctx context.Context, script string) ([]byte, error) {
 	m.mu.Lock()
 	ready := !m.readyAt.IsZero()
 	m.mu.Unlock()
-	if !ready || m.exec == nil {
+	exec := m.q().exec
+	if !ready || exec == nil {
 		return nil, fmt.Errorf("%w: the guest's gatevisor agent is not ready", ids.ErrNoGuest)
 	}
-	res, err := m.exec.Run(ctx, script, 15*time.Second)
+	res, err := exec.Run(ctx, script, 15*time.Second)
 	if err != nil {
 		return nil, fmt.Errorf("guest agent: %w", err)
 	}
@@ -205,7 +206,7 @@ func (m *Monitor) IDS(ctx context.Context, query, source string) (api.IDSResult,
 			}
 			defer g.SetPhysicalMemoryMode(qctx, false)
 			k := *insp.K
-			mem := gdbMemory{ctx: qctx, gdb: m.gdb, ranges: liveMemory{m.ram}.Ranges()}
+			mem := gdbMemory{ctx: qctx, gdb: g, ranges: liveMemory{m.ram}.Ranges()}
 			k.Mem = mem
 			as := *k.AS
 			as.Mem = mem
@@ -251,7 +252,7 @@ func (m *Monitor) Dump(ctx context.Context, path string) (api.DumpResult, error)
 	defer f.Close()
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
-	if err := m.qmp.DumpGuestMemoryToFile(ctx, f); err != nil {
+	if err := m.q().qmp.DumpGuestMemoryToFile(ctx, f); err != nil {
 		os.Remove(path)
 		return api.DumpResult{}, fmt.Errorf("dump guest memory to %s: %w", path, err)
 	}

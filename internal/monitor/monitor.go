@@ -22,10 +22,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gatevisor/gatevisor/internal/accel"
@@ -97,6 +97,10 @@ type Config struct {
 	// defaults).
 	AuditMaxSize int64
 	AuditKeep    int
+	// SnapshotDir is where the VM's snapshots are kept ("" none);
+	// SnapshotReady takes snapshot ReadySnapshot once the guest is ready.
+	SnapshotDir   string
+	SnapshotReady bool
 	// KitModules are the SHA-256s of the kernel modules the guest kit
 	// ships: module loads of them are labelled "kit" for the policy.
 	KitModules []string
@@ -120,10 +124,8 @@ type Monitor struct {
 	dir     *vmdir.Dir
 	ramFile *os.File
 	ram     *qemu.GuestRAM
-	proc    *qemu.Process
-	qmp     *qmp.Client
-	gdb     *gdbrsp.Client
-	exec    *guestexec.Client
+	side    atomic.Pointer[qemuSide] // the QEMU process and its channels (m.q)
+	rs      restartState             // QEMU restarts, snapshots, rollbacks (restart.go)
 	console *console
 	logFile *os.File
 	events  *eventBus
@@ -145,6 +147,7 @@ type Monitor struct {
 	profile   *linux.Profile // the guest kernel's, loaded once (kernelProfile)
 
 	kitModules []string // cfg.KitModules
+	bootID     string   // names this run (snapshots record it)
 	apiShared  bool     // other users can reach the API socket (a policy decides the API)
 	apiPrivate string   // why other users cannot reach the API socket ("" when they can, or no policy)
 	failApply  string   // testFailApplyEnv: a gate whose policy step fails (tests)
@@ -188,7 +191,8 @@ func Start(ctx context.Context, cfg Config) (_ *Monitor, err error) {
 	if cfg.ReadyMarker == "" {
 		cfg.ReadyMarker = ReadyMarker
 	}
-	m := &Monitor{cfg: cfg, started: time.Now(), state: api.StateStarting, done: make(chan struct{}), stopCh: make(chan struct{}), stopReq: make(chan time.Duration, 1)}
+	m := &Monitor{cfg: cfg, started: time.Now(), state: api.StateStarting, done: make(chan struct{}), stopCh: make(chan struct{}), stopReq: make(chan time.Duration, 1), bootID: newBootID()}
+	m.rs.swapped = make(chan struct{}, 1)
 	qcfg := &qemu.Config{Binary: cfg.QEMUBinary, Name: cfg.Name, MemMiB: cfg.MemMiB, CPUs: cfg.CPUs, Accel: string(cfg.Accel.Accel),
 		Kernel: cfg.Kernel, Initrd: cfg.Initrd, Append: cfg.Append}
 	if err := qcfg.Validate(); err != nil {
@@ -223,16 +227,18 @@ func Start(ctx context.Context, cfg Config) (_ *Monitor, err error) {
 	if err := m.startNet(qcfg); err != nil {
 		return nil, err
 	}
-	if m.proc, err = qemu.Start(qcfg, m.ramFile, cfg.Log); err != nil {
+	q := &qemuSide{cfg: qcfg}
+	m.side.Store(q)
+	if q.proc, err = qemu.Start(qcfg, m.ramFile, cfg.Log); err != nil {
 		return nil, err
 	}
-	if err := m.dir.WriteState(vmdir.State{Name: cfg.Name, MonitorPID: os.Getpid(), QEMUPID: m.proc.Pid(), StartedAt: m.started, ConsoleLog: cfg.ConsoleLog}); err != nil {
+	if err := m.writeState(q); err != nil {
 		return nil, err
 	}
-	if err := m.attach(ctx, size); err != nil {
+	if err := m.attach(ctx, q, size); err != nil {
 		return nil, err
 	}
-	m.dbg = newDebugger(m.gdb, m.logf)
+	m.dbg = newDebugger(q.gdb, m.logf)
 	m.dbg.trap = m.onTrap
 	m.dbg.scan = m.scanStopped
 	go m.dbg.run()
@@ -300,7 +306,7 @@ func (m *Monitor) APIAccess() (authorize func(ctx context.Context, c api.Caller,
 // (APISocket, APIAccess) before it calls Run, so that nothing the guest
 // does happens unobserved. On error the VM is ended (Wait returns).
 func (m *Monitor) Run(ctx context.Context) error {
-	if err := m.qmp.Cont(ctx); err != nil {
+	if err := m.q().qmp.Cont(ctx); err != nil {
 		m.cleanup()
 		close(m.done)
 		return fmt.Errorf("start the guest: %w", err)
@@ -316,6 +322,9 @@ func (m *Monitor) Run(ctx context.Context) error {
 	if m.kernelNeeded(m.pol.snap.Load()) {
 		m.kg.booting.Store(true)
 		go m.armAtBoot()
+	}
+	if m.cfg.SnapshotReady {
+		go m.snapshotWhenReady()
 	}
 	return nil
 }
@@ -337,31 +346,9 @@ func (m *Monitor) Close() {
 
 // attach connects QMP, the gdbstub, the console and the exec channel, and
 // maps guest RAM, while the guest is still paused.
-func (m *Monitor) attach(ctx context.Context, size int64) error {
-	const sockTimeout = 30 * time.Second
-	dir := m.dir.Path
-	for _, s := range []string{qemu.QMPSocket, qemu.GDBSocket, qemu.SerialSocket, qemu.ExecSocket} {
-		if err := m.proc.WaitSocket(dir, s, sockTimeout); err != nil {
-			return err
-		}
-	}
-	dial := func(name string) (net.Conn, error) { return qemu.DialUnix(ctx, m.dir.File(name), sockTimeout) }
-	conn, err := dial(qemu.QMPSocket)
-	if err != nil {
-		return fmt.Errorf("attach QMP: %w", err)
-	}
-	if m.qmp, err = qmp.NewClient(ctx, conn); err != nil {
-		return fmt.Errorf("attach QMP: %w", err)
-	}
-	if conn, err = dial(qemu.GDBSocket); err != nil {
-		return fmt.Errorf("attach gdbstub: %w", err)
-	}
-	if m.gdb, err = gdbrsp.NewClient(ctx, conn); err != nil {
-		return fmt.Errorf("attach gdbstub: %w", err)
-	}
-	serial, err := dial(qemu.SerialSocket)
-	if err != nil {
-		return fmt.Errorf("attach serial console: %w", err)
+func (m *Monitor) attach(ctx context.Context, q *qemuSide, size int64) error {
+	if err := q.connect(ctx); err != nil {
+		return err
 	}
 	var out []io.Writer
 	if m.cfg.Console != nil {
@@ -370,17 +357,11 @@ func (m *Monitor) attach(ctx context.Context, size int64) error {
 	if m.logFile != nil {
 		out = append(out, m.logFile)
 	}
-	m.console = newConsole(serial, out, m.cfg.ReadyMarker, m.onReady)
+	m.console = newConsole(q.serial, out, m.cfg.ReadyMarker, m.onReady)
 	if m.cfg.ConsoleInput != nil {
 		go m.console.feed(m.cfg.ConsoleInput)
 	}
-	execConn, err := dial(qemu.ExecSocket)
-	if err != nil {
-		return fmt.Errorf("attach exec channel: %w", err)
-	}
-	m.exec = guestexec.NewClient(execConn)
-
-	text, err := m.qmp.HumanMonitorCommand(ctx, "info mtree")
+	text, err := q.qmp.HumanMonitorCommand(ctx, "info mtree")
 	if err != nil {
 		return fmt.Errorf("read the guest-physical layout: %w", err)
 	}
@@ -443,14 +424,23 @@ func (m *Monitor) WaitReady(ctx context.Context) error {
 func (m *Monitor) supervise() {
 	defer close(m.done)
 	defer m.cleanup()
-	events := m.qmp.Events()
 	var (
 		stopDeadline <-chan time.Time
 		quitDeadline <-chan time.Time
 		stopTimeout  time.Duration // of the pending ACPI shutdown
+		events       <-chan qmp.Event
+		watched      *qemuSide
 	)
 	for {
+		// A QEMU restart replaces the side (restart.go) and wakes this
+		// loop through rs.swapped: from then on the new QEMU's exit and
+		// events count, and the old one's exit is expected.
+		if q := m.q(); q != watched {
+			watched, events = q, q.qmp.Events()
+		}
 		select {
+		case <-m.rs.swapped:
+			continue
 		case ev, ok := <-events:
 			if !ok {
 				events = nil
@@ -475,7 +465,7 @@ func (m *Monitor) supervise() {
 				continue
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			if err := m.qmp.SystemPowerdown(ctx); err != nil {
+			if err := watched.qmp.SystemPowerdown(ctx); err != nil {
 				m.logf("ACPI power-down failed (%v); quitting QEMU", err)
 				m.setStopHow(true, "forced: the ACPI power button could not be pressed (%v), so QEMU was told to quit", err)
 				m.quit()
@@ -495,8 +485,11 @@ func (m *Monitor) supervise() {
 			m.logf("QEMU did not quit; killing it")
 			m.setStopHow(true, "forced: QEMU did not quit within 5s of being told to, so it was killed")
 			quitDeadline = nil
-			_ = m.proc.Kill(5 * time.Second)
-		case <-m.proc.Done():
+			_ = watched.proc.Kill(5 * time.Second)
+		case <-watched.proc.Done():
+			if m.q() != watched {
+				continue // replaced by a restart
+			}
 			m.finish()
 			return
 		}
@@ -506,8 +499,9 @@ func (m *Monitor) supervise() {
 func (m *Monitor) quit() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := m.qmp.Quit(ctx); err != nil {
-		_ = m.proc.Kill(5 * time.Second)
+	q := m.q()
+	if err := q.qmp.Quit(ctx); err != nil {
+		_ = q.proc.Kill(5 * time.Second)
 	}
 }
 
@@ -515,10 +509,11 @@ func (m *Monitor) quit() {
 // Preconditions: QEMU has exited.
 func (m *Monitor) finish() {
 	// Drain events QEMU sent just before exiting.
+	q := m.q()
 	drain := time.After(200 * time.Millisecond)
 	for loop := true; loop; {
 		select {
-		case ev, ok := <-m.qmp.Events():
+		case ev, ok := <-q.qmp.Events():
 			if !ok {
 				loop = false
 				break
@@ -532,7 +527,7 @@ func (m *Monitor) finish() {
 				m.shutdown = d.Reason
 				m.mu.Unlock()
 			}
-		case <-m.qmp.Done():
+		case <-q.qmp.Done():
 			loop = false
 		case <-drain:
 			loop = false
@@ -551,7 +546,7 @@ func (m *Monitor) finish() {
 			m.stopHow = "QEMU ended (" + m.shutdown + ") before the guest powered off"
 		}
 	}
-	procErr := m.proc.ExitError()
+	procErr := q.proc.ExitError()
 	switch {
 	case m.failErr != nil:
 		m.exitErr = fmt.Errorf("%w: %w", ErrFailedClosed, m.failErr)
@@ -575,20 +570,10 @@ func (m *Monitor) finish() {
 
 // cleanup releases everything Start acquired; safe on a partial Start.
 func (m *Monitor) cleanup() {
-	if m.proc != nil {
-		_ = m.proc.Kill(5 * time.Second)
-	}
-	if m.qmp != nil {
-		m.qmp.Close()
-	}
-	if m.gdb != nil {
-		m.gdb.Close()
-	}
+	m.q().close()
+	m.rs.cleanup()
 	if m.console != nil {
 		m.console.close()
-	}
-	if m.exec != nil {
-		m.exec.Close()
 	}
 	if m.ram != nil {
 		m.ram.Close()
@@ -686,8 +671,8 @@ func (m *Monitor) Status(ctx context.Context) api.Status {
 	}
 	running := m.state == api.StateRunning
 	m.mu.Unlock()
-	if m.proc != nil {
-		st.QEMUPID = m.proc.Pid()
+	if q := m.q(); q.proc != nil {
+		st.QEMUPID = q.proc.Pid()
 	}
 	st.Net = m.netStatus()
 	st.SyscallGate = m.syscallGateStatus()
@@ -716,7 +701,7 @@ func (m *Monitor) Status(ctx context.Context) api.Status {
 	m.mu.Unlock()
 	if running {
 		qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		if qs, err := m.qmp.QueryStatus(qctx); err == nil {
+		if qs, err := m.q().qmp.QueryStatus(qctx); err == nil {
 			st.QEMUStatus = qs.Status
 		}
 		cancel()
@@ -764,7 +749,7 @@ func (m *Monitor) Exec(ctx context.Context, req api.ExecRequest) (api.ExecResult
 	if !ready {
 		return api.ExecResult{}, api.ErrNotReady
 	}
-	res, err := m.exec.Run(ctx, guestexec.QuoteArgv(req.Argv), time.Duration(req.TimeoutSeconds)*time.Second)
+	res, err := m.q().exec.Run(ctx, guestexec.QuoteArgv(req.Argv), time.Duration(req.TimeoutSeconds)*time.Second)
 	if err != nil {
 		return api.ExecResult{}, &api.Error{Code: api.CodeUnavailable, Message: fmt.Sprintf("exec: %v (is the guest's gatevisor-agent running?)", err)}
 	}

@@ -159,8 +159,10 @@ type netState struct {
 	gate    *gatenet.Gate
 	guestW  *vnet.FrameWriter
 	attr    *attributor
-	mu      sync.Mutex // guards conn
+	toNet   func([][]byte) // the guest's frames past the gate go here
+	mu      sync.Mutex     // guards conn, pumped
 	conn    net.Conn
+	pumped  chan struct{} // closed when the pump of conn ends
 	done    chan struct{}
 }
 
@@ -218,6 +220,7 @@ func (m *Monitor) startNet(qcfg *qemu.Config) error {
 		return err
 	}
 	backend.Store(&send)
+	ns.toNet = toNet
 	go m.serveNIC(ns, toNet)
 	qcfg.ExtraArgs = append(qcfg.ExtraArgs,
 		"-netdev", "stream,id=gvnet0,server=off,addr.type=unix,addr.path="+sock,
@@ -274,12 +277,24 @@ func (m *Monitor) serveNIC(ns *netState, toNet func([][]byte)) {
 		return
 	}
 	ns.ln.Close()
+	m.pumpNIC(ns, c, toNet)
+}
+
+// pumpNIC moves the frames of QEMU's connection c through the gate until
+// the connection ends (QEMU exited, or a restart replaced it).
+func (m *Monitor) pumpNIC(ns *netState, c net.Conn, toNet func([][]byte)) {
 	r := vnet.NewFrameReader(c)
+	pumped := make(chan struct{})
+	defer close(pumped)
 	ns.mu.Lock()
-	ns.conn, ns.guestW, ns.reader = c, vnet.NewFrameWriter(c), r
+	if ns.reader != nil {
+		r.Oversized.Add(ns.reader.Oversized.Load()) // the count goes on across restarts
+	}
+	ns.conn, ns.guestW, ns.reader, ns.pumped = c, vnet.NewFrameWriter(c), r, pumped
 	ns.mu.Unlock()
 	var batch [][]byte
 	for {
+		var err error
 		batch, err = r.ReadBatch(batch[:0], 64)
 		if len(batch) > 0 {
 			b := append([][]byte(nil), batch...)
@@ -597,4 +612,73 @@ func (a *attributor) subject(pid int) event.Subject {
 		s.ParentComm, s.ParentExe = p.Comm, p.Exe
 	}
 	return s
+}
+
+// nicPending is the listening socket a restarted QEMU's NIC connects to,
+// and the connection once it did.
+type nicPending struct {
+	ln   net.Listener
+	conn chan net.Conn
+}
+
+// listenNIC listens again on the NIC's socket, for a new QEMU (restart.go);
+// nil without a network.
+func (m *Monitor) listenNIC() (*nicPending, error) {
+	if m.net == nil {
+		return nil, nil
+	}
+	ln, err := net.Listen("unix", m.dir.File(NetSocket))
+	if err != nil {
+		return nil, fmt.Errorf("network socket for the new QEMU: %w", err)
+	}
+	p := &nicPending{ln: ln, conn: make(chan net.Conn, 1)}
+	go func() {
+		c, err := ln.Accept()
+		ln.Close()
+		if err == nil {
+			p.conn <- c
+		}
+	}()
+	return p, nil
+}
+
+// take returns the new QEMU's connection, waiting at most wait.
+func (p *nicPending) take(wait time.Duration) (net.Conn, error) {
+	select {
+	case c := <-p.conn:
+		return c, nil
+	case <-time.After(wait):
+		return nil, fmt.Errorf("the new QEMU's NIC did not connect within %v", wait)
+	}
+}
+
+// close stops listening and drops a connection not taken; safe on nil.
+func (p *nicPending) close() {
+	if p == nil {
+		return
+	}
+	p.ln.Close()
+	select {
+	case c := <-p.conn:
+		c.Close()
+	default:
+	}
+}
+
+// reattachNIC moves the NIC to a new QEMU's connection c: the old
+// connection's frames still buffered pass the gate first, then c's.
+func (m *Monitor) reattachNIC(c net.Conn) {
+	ns := m.net
+	ns.mu.Lock()
+	old, pumped := ns.conn, ns.pumped
+	ns.mu.Unlock()
+	if old != nil && pumped != nil {
+		select {
+		case <-pumped:
+		case <-time.After(2 * time.Second):
+			old.Close()
+			<-pumped
+		}
+	}
+	go m.pumpNIC(ns, c, ns.toNet)
 }

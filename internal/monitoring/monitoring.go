@@ -72,6 +72,9 @@ const (
 	// ProcNotice: a process action from below (gatevisor proc), or a
 	// frozen process resumed in the guest and stopped again.
 	ProcNotice Kind = "proc"
+	// LifecycleNotice: QEMU was restarted under the running guest, a
+	// snapshot was taken, or the guest was rolled back to one.
+	LifecycleNotice Kind = "lifecycle"
 )
 
 // Point is one monitoring point: when, in which VM, of what kind, and the

@@ -71,7 +71,15 @@ type Config struct {
 	Append string
 	// ExtraArgs go last, for features that add devices (network, disks).
 	ExtraArgs []string
+	// Incoming, when set, starts QEMU waiting for a migration stream
+	// ("defer": given later with migrate-incoming) instead of booting: a
+	// QEMU restart or a rollback loads the guest's device state into it,
+	// over the RAM file the guest already has.
+	Incoming string
 }
+
+// File is the path of one of QEMU's sockets (QMPSocket, ...).
+func (c *Config) File(name string) string { return filepath.Join(c.Dir, name) }
 
 // Validate checks the parts of c a user sets.
 func (c *Config) Validate() error {
@@ -138,7 +146,7 @@ func (c *Config) VirtioOpts() string {
 
 // Args returns QEMU's arguments (without argv[0]).
 func (c *Config) Args() []string {
-	sock := func(n string) string { return filepath.Join(c.Dir, n) }
+	sock := c.File
 	cpu := "max,la57=off" // 4-level paging, as on the devices we target
 	if c.Accel == "kvm" {
 		cpu = "host"
@@ -175,6 +183,9 @@ func (c *Config) Args() []string {
 	}
 	if c.Append != "" {
 		args = append(args, "-append", c.Append)
+	}
+	if c.Incoming != "" {
+		args = append(args, "-incoming", c.Incoming)
 	}
 	return append(args, c.ExtraArgs...)
 }

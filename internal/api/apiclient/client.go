@@ -322,3 +322,36 @@ type bufferedConn struct {
 }
 
 func (b *bufferedConn) Read(p []byte) (int, error) { return b.r.Read(p) }
+
+// Restart replaces QEMU under the running guest.
+func (c *Client) Restart(ctx context.Context, req api.RestartRequest) (api.RestartResult, error) {
+	var res api.RestartResult
+	err := c.do(ctx, http.MethodPost, "/v1/restart", req, &res)
+	return res, err
+}
+
+// Snapshot saves the guest's RAM and device state under tag.
+func (c *Client) Snapshot(ctx context.Context, tag string) (api.Snapshot, error) {
+	var res api.Snapshot
+	err := c.do(ctx, http.MethodPost, "/v1/snapshot", api.SnapshotRequest{Tag: tag}, &res)
+	return res, err
+}
+
+// Snapshots lists the VM's snapshots.
+func (c *Client) Snapshots(ctx context.Context) (api.Snapshots, error) {
+	var res api.Snapshots
+	err := c.do(ctx, http.MethodGet, "/v1/snapshots", nil, &res)
+	return res, err
+}
+
+// Rollback puts the guest back to snapshot tag.
+func (c *Client) Rollback(ctx context.Context, tag string) (api.RollbackResult, error) {
+	var res api.RollbackResult
+	err := c.do(ctx, http.MethodPost, "/v1/rollback", api.SnapshotRequest{Tag: tag}, &res)
+	return res, err
+}
+
+// RemoveSnapshot deletes snapshot tag.
+func (c *Client) RemoveSnapshot(ctx context.Context, tag string) error {
+	return c.do(ctx, http.MethodPost, "/v1/snapshot/remove", api.SnapshotRequest{Tag: tag}, nil)
+}

@@ -102,6 +102,31 @@ func (f *fakeVM) Metrics(_ context.Context, w io.Writer) error {
 	return err
 }
 
+func (f *fakeVM) Restart(_ context.Context, req api.RestartRequest) (api.RestartResult, error) {
+	f.called("Restart")
+	return api.RestartResult{Mode: "x-ignore-shared", OldQEMUPID: 1, NewQEMUPID: 2}, nil
+}
+
+func (f *fakeVM) Snapshot(_ context.Context, tag string) (api.Snapshot, error) {
+	f.called("Snapshot")
+	return api.Snapshot{Tag: tag}, nil
+}
+
+func (f *fakeVM) Snapshots(context.Context) (api.Snapshots, error) {
+	f.called("Snapshots")
+	return api.Snapshots{Snapshots: []api.Snapshot{}}, nil
+}
+
+func (f *fakeVM) Rollback(_ context.Context, tag string) (api.RollbackResult, error) {
+	f.called("Rollback")
+	return api.RollbackResult{Tag: tag}, nil
+}
+
+func (f *fakeVM) RemoveSnapshot(context.Context, string) error {
+	f.called("RemoveSnapshot")
+	return nil
+}
+
 func (f *fakeVM) NetIsolate(_ context.Context, reason string) (api.NetIsolation, error) {
 	f.called("NetIsolate")
 	return api.NetIsolation{Isolated: true, Reason: reason}, nil

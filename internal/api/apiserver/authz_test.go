@@ -32,7 +32,8 @@ func TestActions(t *testing.T) {
 	want := []string{"vm.status", "vm.stop", "vm.exec", "vm.console", "vm.registers", "vm.memory",
 		"memory.read", "memory.write",
 		"ids.banner", "ids.syscalls", "ids.ps", "ids.threads", "ids.args", "ids.env", "ids.files", "ids.modules", "ids.sockets", "ids.hooks", "ids.check",
-		"vm.dump", "vm.events", "policy.load", "proc.stop", "proc.cont", "proc.kill", "proc.freeze", "proc.thaw", "net.isolate", "net.restore", "net.flows", "vm.metrics"}
+		"vm.dump", "vm.events", "policy.load", "proc.stop", "proc.cont", "proc.kill", "proc.freeze", "proc.thaw", "net.isolate", "net.restore", "net.flows", "vm.metrics",
+		"vm.restart", "vm.snapshot", "vm.snapshots", "vm.rollback", "vm.snapshot.remove"}
 	if diff := cmp.Diff(want, api.Actions()); diff != "" {
 		t.Errorf("api.Actions() (-want +got):\n%s", diff)
 	}
@@ -131,6 +132,12 @@ var samples = map[string]sample{
 	"net.restore":  {"POST", "/v1/net/restore", "", "NetRestore"},
 	"net.flows":    {"GET", "/v1/net/flows", "", "NetFlows"},
 	"vm.metrics":   {"GET", "/v1/metrics", "", "Metrics"},
+	"vm.restart":   {"POST", "/v1/restart", `{"keep_guest":true}`, "Restart"},
+	"vm.snapshot":  {"POST", "/v1/snapshot", `{"tag":"t1"}`, "Snapshot"},
+	"vm.snapshots": {"GET", "/v1/snapshots", "", "Snapshots"},
+	"vm.rollback":  {"POST", "/v1/rollback", `{"tag":"t1"}`, "Rollback"},
+
+	"vm.snapshot.remove": {"POST", "/v1/snapshot/remove", `{"tag":"t1"}`, "RemoveSnapshot"},
 }
 
 func init() {

@@ -52,6 +52,11 @@ var handlers = map[string]func(*Server, http.ResponseWriter, *http.Request){
 	"POST /v1/net/restore":            (*Server).netRestore,
 	"GET /v1/net/flows":               (*Server).netFlows,
 	"GET /v1/metrics":                 (*Server).metrics,
+	"POST /v1/restart":                (*Server).restart,
+	"POST /v1/snapshot":               (*Server).snapshot,
+	"GET /v1/snapshots":               (*Server).snapshots,
+	"POST /v1/rollback":               (*Server).rollback,
+	"POST /v1/snapshot/remove":        (*Server).removeSnapshot,
 }
 
 // maxRequestBody bounds a JSON request body.

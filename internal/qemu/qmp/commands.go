@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strconv"
 )
 
 // Status is the reply of query-status.
@@ -61,11 +60,9 @@ func (c *Client) HumanMonitorCommand(ctx context.Context, cmdline string) (strin
 // caller opened (QEMU writes through the descriptor passed with getfd, so
 // it never opens a path itself).
 func (c *Client) DumpGuestMemoryToFile(ctx context.Context, f *os.File) error {
-	name := "gv-dump-" + strconv.FormatUint(c.nextID.Add(1), 10)
-	if err := c.ExecuteWithFD(ctx, "getfd", struct {
-		FDName string `json:"fdname"`
-	}{name}, nil, int(f.Fd())); err != nil {
-		return fmt.Errorf("qmp: pass the dump file: %w", err)
+	name, err := c.passFD(ctx, f, "dump")
+	if err != nil {
+		return err
 	}
 	args := struct {
 		Paging   bool   `json:"paging"`
