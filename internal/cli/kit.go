@@ -36,9 +36,9 @@ verified on.`,
 func newKitBuildCmd() *cobra.Command {
 	var force bool
 	var adds []string
-	var apt, suite, name string
+	var apt, suite, name, arch string
 	cmd := &cobra.Command{
-		Use:   "build [--kernel-suite SUITE [--name NAME]] [--force] [--add HOST:GUEST ...]",
+		Use:   "build [--arch arm64] [--kernel-suite SUITE [--name NAME]] [--force] [--add HOST:GUEST ...]",
 		Short: "Build the default guest kit or a named one, or verify the cached one",
 		Long: `Build the default guest kit, or verify the cached one and reuse it.
 
@@ -47,6 +47,11 @@ func newKitBuildCmd() *cobra.Command {
 directory, NAME being SUITE-RELEASE (e.g. bookworm-backports-6.12.57+deb12-amd64)
 or --name; the default kit is left as it is. A valid kit of the suite (or
 of --name) is reused unless --force.
+
+--arch arm64 builds a named kit of Debian's arm64 kernel and busybox (of
+bookworm, or --kernel-suite), booted on QEMU's virt machine with
+qemu-system-aarch64 (Debian's qemu-system-arm); its name ends in the
+kernel release's -arm64 (bookworm-6.1.0-57-arm64).
 
 --add HOST:GUEST places a host file (or directory, recursively) into the kit's
 initramfs at GUEST; the set of added files is replaced on every build, so
@@ -66,7 +71,10 @@ initramfs at GUEST; the set of added files is replaced on every build, so
 			if apt == "auto" {
 				apt = kit.AptAuto
 			}
-			if name != "" && suite == "" {
+			if err := kit.ValidArch(arch); err != nil {
+				return err
+			}
+			if (name != "" || (arch != "" && arch != kit.ArchAMD64)) && suite == "" {
 				suite = kit.DefaultSuite
 			}
 			if name != "" {
@@ -77,7 +85,7 @@ initramfs at GUEST; the set of added files is replaced on every build, so
 			if _, err := kit.LookupSuite(suite); err != nil {
 				return err
 			}
-			opts := kit.Options{Progress: cmd.ErrOrStderr(), Force: force, AptSource: apt, Suite: suite, Name: name}
+			opts := kit.Options{Progress: cmd.ErrOrStderr(), Force: force, AptSource: apt, Suite: suite, Name: name, Arch: arch}
 			if _, err := kit.Ensure(ctx, opts); err != nil {
 				return err
 			}
@@ -100,6 +108,7 @@ initramfs at GUEST; the set of added files is replaced on every build, so
 	cmd.Flags().StringArrayVar(&adds, "add", nil, "add a host file to the initramfs as HOST:GUEST (repeatable)")
 	cmd.Flags().StringVar(&apt, "apt", "auto", "apt configuration that fetches the packages: auto (the host's on Debian bookworm, or the host's if it has --kernel-suite's lists; else a private one), host, or private")
 	cmd.Flags().StringVar(&suite, "kernel-suite", "", "build a named kit from this Debian suite: bookworm-backports (Debian's 6.12 kernel), trixie, or bookworm (default: the default kit)")
+	cmd.Flags().StringVar(&arch, "arch", "", "the kit's architecture: amd64 (the default) or arm64 (a named kit, booted with qemu-system-aarch64)")
 	cmd.Flags().StringVar(&name, "name", "", "with --kernel-suite, the named kit's name (default: SUITE-KERNELRELEASE)")
 	return cmd
 }

@@ -264,6 +264,7 @@ type runValues struct {
 	auditMax  int64
 	eventsMax int64
 	net       monitor.NetOptions
+	arch      string // the kit's architecture (--kit)
 }
 
 // validateRun checks every flag of run before anything starts, each error
@@ -283,11 +284,16 @@ func validateRun(o *runOptions) (runValues, error) {
 	if o.kit != "" && o.kernel != "" {
 		return v, errors.New("--kit and --kernel: pass one (--kit boots a built kit's kernel and initramfs)")
 	}
-	if o.kit != "" && o.kit != kit.DefaultName && !o.detachedChild {
+	if o.kit != "" && o.kit != kit.DefaultName {
 		// Early, before a policy check or a detached child: a name no
-		// kit has is the user's to fix.
-		if _, err := kit.Find("", o.kit); err != nil {
+		// kit has is the user's to fix. The kit's architecture chooses
+		// QEMU.
+		k, err := kit.Find("", o.kit)
+		if err != nil && !o.detachedChild {
 			return v, fmt.Errorf("--kit: %w", err)
+		}
+		if err == nil {
+			v.arch = k.Arch()
 		}
 	}
 	if o.cpus < 1 || o.cpus > qemu.MaxCPUs {
@@ -296,7 +302,7 @@ func validateRun(o *runOptions) (runValues, error) {
 	if v.memMiB < qemu.MinMemMiB || v.memMiB > qemu.MaxMemMiB {
 		return v, (&qemu.Config{MemMiB: v.memMiB, CPUs: 1, Accel: "tcg", Kernel: "-"}).Validate()
 	}
-	if v.qemuBin, err = qemu.FindBinary(); err != nil {
+	if v.qemuBin, err = qemu.FindBinaryFor(v.arch); err != nil {
 		return v, err
 	}
 	if root, err := vmdir.Root(); err != nil {
@@ -399,7 +405,7 @@ func runKit(ctx context.Context, o *runOptions, progress io.Writer) (*kit.Kit, e
 
 // monitorConfig is the monitor's configuration for run's flags and guest.
 func monitorConfig(o *runOptions, v runValues, g guest) (monitor.Config, error) {
-	choice, err := accel.Choose(v.mode)
+	choice, err := chooseAccel(v.mode, v.arch)
 	if err != nil {
 		return monitor.Config{}, err
 	}
@@ -416,7 +422,7 @@ func monitorConfig(o *runOptions, v runValues, g guest) (monitor.Config, error) 
 		QEMUBinary: v.qemuBin, ConsoleLog: o.consoleLog, Log: os.Stderr, ReadyMarker: o.readyMarker,
 		IDSInterval: o.idsInterval, CPUHog: ids.HogDetector{Threshold: o.cpuHogThreshold, Window: o.cpuHogWindow}, EventsLog: filepath.Join(dir, "events.jsonl"), EventsMaxSize: v.eventsMax,
 		EventsKeep: o.eventsKeep, Net: v.net,
-		AuditLog: o.auditLog, AuditMaxSize: v.auditMax, AuditKeep: o.auditKeep, KitModules: g.kitModules,
+		AuditLog: o.auditLog, AuditMaxSize: v.auditMax, AuditKeep: o.auditKeep, KitModules: g.kitModules, Arch: v.arch,
 		SnapshotDir: filepath.Join(dir, "snapshots"), SnapshotReady: o.snapshotReady,
 	}
 	if cfg.ConsoleLog == "" {

@@ -125,18 +125,29 @@ func hostHasSuite(ctx context.Context, aptGet, suite string) bool {
 	return false
 }
 
-// privateRoot is the private apt configuration's directory for a release.
-func privateRoot(cacheDir, release string) string {
-	if release == DefaultSuite {
-		return filepath.Join(cacheDir, "apt")
+// privateRoot is the private apt configuration's directory for a release
+// and architecture: apt, apt-trixie; apt-arm64, apt-trixie-arm64.
+func privateRoot(cacheDir, release, arch string) string {
+	name := "apt"
+	if release != DefaultSuite {
+		name += "-" + release
 	}
-	return filepath.Join(cacheDir, "apt-"+release)
+	if arch != "" && arch != ArchAMD64 {
+		name += "-" + arch
+	}
+	return filepath.Join(cacheDir, name)
 }
 
 // chooseSource sets up the fetcher's apt configuration per opts.AptSource
 // for suite.
 func (f *fetcher) chooseSource(ctx context.Context, cacheDir string, suite Suite) error {
-	root := privateRoot(cacheDir, suite.Release)
+	root := privateRoot(cacheDir, suite.Release, f.opts.Arch)
+	foreign := f.opts.Arch != "" && f.opts.Arch != ArchAMD64
+	if foreign {
+		// The host's apt resolves another architecture's packages only
+		// when it lists them (dpkg --add-architecture and an update).
+		f.arch = f.opts.Arch
+	}
 	switch f.opts.AptSource {
 	case AptHost:
 		if suite.Name != DefaultSuite && !hostHasSuite(ctx, f.aptGet, suite.Name) {
@@ -145,6 +156,10 @@ func (f *fetcher) chooseSource(ctx context.Context, cacheDir string, suite Suite
 		f.release = suite.Name
 		return nil
 	case AptAuto:
+		if foreign {
+			f.opts.progressf("kit: %s packages: using a private apt configuration for %s in %s", f.opts.Arch, suite.Release, root)
+			break
+		}
 		if suite.Name == DefaultSuite && hostIsBookworm() {
 			return nil
 		}
@@ -199,8 +214,8 @@ func (f *fetcher) usePrivate(ctx context.Context, root, release string) error {
 		"-o", "Dir::State=" + filepath.Join(root, "state"),
 		"-o", "Dir::State::status=" + filepath.Join(root, "state", "status"),
 		"-o", "Dir::Cache=" + filepath.Join(root, "cache"),
-		"-o", "APT::Architecture=amd64",
-		"-o", "APT::Architectures=amd64",
+		"-o", "APT::Architecture=" + archOr(f.opts.Arch),
+		"-o", "APT::Architectures=" + archOr(f.opts.Arch),
 		"-o", "Acquire::Languages=none",
 		// Host hooks and extra index targets (AppStream) do not apply.
 		"-o", "APT::Update::Pre-Invoke::=",

@@ -94,6 +94,9 @@ func buildTemp(ctx context.Context, opts *Options, cacheDir string) (string, *Ma
 	if err != nil {
 		return "", nil, err
 	}
+	if err := ValidArch(opts.Arch); err != nil {
+		return "", nil, err
+	}
 	if err := f.chooseSource(ctx, cacheDir, suite); err != nil {
 		return "", nil, err
 	}
@@ -101,8 +104,15 @@ func buildTemp(ctx context.Context, opts *Options, cacheDir string) (string, *Ma
 	if suite.Name != DefaultSuite {
 		from = " from " + suite.Name
 	}
-	opts.progressf("kit: resolving linux-image-amd64%s and busybox-static with apt (%s configuration)", from, f.source)
-	meta, err := f.resolve(ctx, "linux-image-amd64")
+	arch, err := lookupArch(opts.Arch)
+	if err != nil {
+		return "", nil, err
+	}
+	if arch.name != ArchAMD64 {
+		from += " for " + arch.name
+	}
+	opts.progressf("kit: resolving %s%s and busybox-static with apt (%s configuration)", arch.meta, from, f.source)
+	meta, err := f.resolve(ctx, arch.meta)
 	if err != nil {
 		return "", nil, err
 	}
@@ -149,11 +159,16 @@ func buildTemp(ctx context.Context, opts *Options, cacheDir string) (string, *Ma
 	}
 
 	opts.progressf("kit: reading %s", kern.Filename)
-	kx, err := extractKernel(ctx, kern.Path, tmp)
+	kx, err := extractKernel(ctx, kern.Path, tmp, arch.features)
 	if err != nil {
 		return tmp, nil, err
 	}
-	if err := CheckBzImage(filepath.Join(tmp, "vmlinuz")); err != nil {
+	if arch.name == ArchARM64 {
+		err = prepareARM64Image(filepath.Join(tmp, "vmlinuz"))
+	} else {
+		err = CheckBzImage(filepath.Join(tmp, "vmlinuz"))
+	}
+	if err != nil {
 		return tmp, nil, fmt.Errorf("kit: %s: %w", kern.Filename, err)
 	}
 	opts.progressf("kit: reading %s", bb.Filename)
@@ -166,7 +181,7 @@ func buildTemp(ctx context.Context, opts *Options, cacheDir string) (string, *Ma
 		return tmp, nil, err
 	}
 
-	g := &guestTree{release: kx.release, busybox: bbBin, applets: applets, modules: kx.modules, modData: kx.modData}
+	g := &guestTree{console: arch.console, release: kx.release, busybox: bbBin, applets: applets, modules: kx.modules, modData: kx.modData}
 	if err := writeInitrd(filepath.Join(tmp, "initrd.base"), g, initrdCompression); err != nil {
 		return tmp, nil, err
 	}
@@ -179,16 +194,16 @@ func buildTemp(ctx context.Context, opts *Options, cacheDir string) (string, *Ma
 		Created:        time.Now().UTC().Truncate(time.Second),
 		Packages:       pkgs,
 		KernelRelease:  kx.release,
-		Append:         DefaultAppend,
+		Append:         arch.append,
 		Compression:    initrdCompression,
 		Features:       kx.features,
 		Modules:        kx.modules,
 		BusyboxApplets: len(applets),
 	}
-	if suite.Name != DefaultSuite {
-		// Only kits of other suites say so: the default kit's manifest
-		// stays as it has always been.
-		m.Suite, m.Arch = suite.Name, "amd64"
+	if suite.Name != DefaultSuite || arch.name != ArchAMD64 {
+		// Only named kits say so: the default kit's manifest stays as it
+		// has always been.
+		m.Suite, m.Arch = suite.Name, arch.name
 	}
 	for _, x := range []struct {
 		dst  *FileSum
@@ -295,7 +310,7 @@ type modFile struct {
 // into dir and collecting every module's .modinfo. It keeps the content of
 // the modules known to be needed so far; should a dependency appear in the
 // archive before the module that needs it, a second pass fetches it.
-func extractKernel(ctx context.Context, debPath, dir string) (*kernelExtract, error) {
+func extractKernel(ctx context.Context, debPath, dir string, wantFeatures []Feature) (*kernelExtract, error) {
 	var (
 		release string
 		cfg     map[string]string

@@ -32,6 +32,7 @@ type fetcher struct {
 	private []string // apt options selecting the private configuration; nil: the host's
 	source  string   // "host" or "private", for the manifest
 	release string   // APT::Default-Release: the suite preferred; "" for the default kit
+	arch    string   // APT::Architecture for the host's apt: another architecture's packages; "" for the host's
 }
 
 func newFetcher(dir string, opts *Options) (*fetcher, error) {
@@ -55,6 +56,9 @@ func (f *fetcher) aptArgs(args ...string) []string {
 		base = append(base, "-o", "APT::Sandbox::User=root")
 	}
 	base = append(base, f.private...)
+	if f.arch != "" && f.private == nil {
+		base = append(base, "-o", "APT::Architecture="+f.arch)
+	}
 	if f.release != "" {
 		base = append(base, "-o", "APT::Default-Release="+f.release)
 	}

@@ -24,7 +24,7 @@ const (
 const inittab = `# gatevisor guest: busybox init configuration.
 ::sysinit:/etc/init.d/rcS
 ::respawn:/sbin/gatevisor-agent
-ttyS0::respawn:-/bin/sh
+%s::respawn:-/bin/sh
 ::ctrlaltdel:/bin/poweroff
 ::shutdown:/etc/init.d/rcK
 `
@@ -146,6 +146,7 @@ func rcS(mods []Module, release string) string {
 
 // guestTree is everything that goes into the base initramfs.
 type guestTree struct {
+	console string // the serial console's tty ("" is ttyS0)
 	release string
 	busybox []byte
 	applets []string
@@ -209,7 +210,7 @@ func (g *guestTree) write(w *initramfs.Writer) error {
 		{"etc/hostname", 0o644, "gatevisor-guest\n"},
 		{"etc/hosts", 0o644, "127.0.0.1\tlocalhost gatevisor-guest\n"},
 		{"etc/profile", 0o644, profile},
-		{"etc/inittab", 0o644, inittab},
+		{"etc/inittab", 0o644, g.inittab()},
 		{"etc/init.d/rcS", 0o755, rcS(g.modules, g.release)},
 		{"etc/init.d/rcK", 0o755, rcK},
 		{"etc/acpi/PWRF/00000080", 0o755, powerButton},
@@ -348,4 +349,13 @@ func validApplet(n string) bool {
 		}
 	}
 	return n != "." && n != ".."
+}
+
+// inittab is init's configuration, its shell on the kit's serial console.
+func (g *guestTree) inittab() string {
+	tty := g.console
+	if tty == "" {
+		tty = "ttyS0"
+	}
+	return fmt.Sprintf(inittab, tty)
 }

@@ -66,6 +66,9 @@ type Options struct {
 	// Name names a named kit (ValidName); "" derives it from the suite
 	// and the kernel release.
 	Name string
+	// Arch is the kit's architecture: ArchAMD64 ("") or ArchARM64. An
+	// arm64 kit is always a named kit (the default kit is amd64).
+	Arch string
 }
 
 // Kit is a bootable guest kit.
@@ -121,7 +124,7 @@ func (o *Options) progressf(format string, args ...any) {
 // opts.Force is set. Concurrent callers, in this and other processes, are
 // serialized with a file lock.
 func EnsureDefault(ctx context.Context, opts Options) (*Kit, error) {
-	opts.Suite, opts.Name = "", "" // the default kit is bookworm's, always
+	opts.Suite, opts.Name, opts.Arch = "", "", "" // the default kit is bookworm's for amd64, always
 	dir, err := opts.cacheDir()
 	if err != nil {
 		return nil, err

@@ -466,7 +466,7 @@ func TestExtractKernel(t *testing.T) {
 	dir := t.TempDir()
 	debPath := filepath.Join(dir, "k.deb")
 	writeKernelDeb(t, debPath, rel, files)
-	kx, err := extractKernel(context.Background(), debPath, dir)
+	kx, err := extractKernel(context.Background(), debPath, dir, wantFeatures)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -499,14 +499,14 @@ func TestExtractKernel(t *testing.T) {
 	// A kernel without a needed feature is refused with its config symbol.
 	files[1][1] = strings.Replace(config, "CONFIG_VIRTIO_FS=m", "# CONFIG_VIRTIO_FS is not set", 1)
 	writeKernelDeb(t, debPath, rel, files)
-	if _, err := extractKernel(context.Background(), debPath, dir); err == nil || !strings.Contains(err.Error(), "CONFIG_VIRTIO_FS") {
+	if _, err := extractKernel(context.Background(), debPath, dir, wantFeatures); err == nil || !strings.Contains(err.Error(), "CONFIG_VIRTIO_FS") {
 		t.Errorf("missing feature: %v", err)
 	}
 	// A dependency cycle is reported.
 	files[1][1] = config
 	files[2] = mod("virtio_ring", "virtio_pci")
 	writeKernelDeb(t, debPath, rel, files)
-	if _, err := extractKernel(context.Background(), debPath, dir); err == nil || !strings.Contains(err.Error(), "cycle") {
+	if _, err := extractKernel(context.Background(), debPath, dir, wantFeatures); err == nil || !strings.Contains(err.Error(), "cycle") {
 		t.Errorf("cycle: %v", err)
 	}
 }

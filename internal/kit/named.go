@@ -67,7 +67,13 @@ func DerivedName(suite, release string) string {
 // named kit. A valid named kit of the same name, or with no Name of the
 // same suite, is reused unless opts.Force is set.
 func Ensure(ctx context.Context, opts Options) (*Kit, error) {
-	if opts.Name == "" && (opts.Suite == "" || opts.Suite == DefaultSuite) {
+	if err := ValidArch(opts.Arch); err != nil {
+		return nil, err
+	}
+	if opts.Arch == ArchAMD64 {
+		opts.Arch = ""
+	}
+	if opts.Name == "" && (opts.Suite == "" || opts.Suite == DefaultSuite) && opts.Arch == "" {
 		return EnsureDefault(ctx, opts)
 	}
 	suite, err := LookupSuite(opts.Suite)
@@ -129,6 +135,14 @@ func Ensure(ctx context.Context, opts Options) (*Kit, error) {
 	return k, nil
 }
 
+// archOr is arch, or ArchAMD64 when it is "".
+func archOr(arch string) string {
+	if arch == "" {
+		return ArchAMD64
+	}
+	return arch
+}
+
 // reusable returns the valid named kit opts would build: the one named
 // opts.Name, of opts.Suite; without a name, the newest valid kit of the suite.
 // Preconditions: the kit lock is held.
@@ -136,10 +150,10 @@ func reusable(kitsDir string, opts *Options) *Kit {
 	if opts.Name != "" {
 		k, err := Load(filepath.Join(kitsDir, opts.Name))
 		switch {
-		case err == nil && k.Manifest.Suite == opts.Suite:
+		case err == nil && k.Manifest.Suite == opts.Suite && k.Arch() == archOr(opts.Arch):
 			return k
 		case err == nil:
-			opts.progressf("kit: kit %s is from %s, not %s: rebuilding it", opts.Name, k.Manifest.Suite, opts.Suite)
+			opts.progressf("kit: kit %s is from %s for %s, not %s for %s: rebuilding it", opts.Name, k.Manifest.Suite, k.Arch(), opts.Suite, archOr(opts.Arch))
 		case !errors.Is(err, os.ErrNotExist):
 			opts.progressf("kit: cached kit %s is not usable (%v); rebuilding", opts.Name, err)
 		}
@@ -147,7 +161,7 @@ func reusable(kitsDir string, opts *Options) *Kit {
 	}
 	var best *Kit
 	for _, k := range loadNamed(kitsDir) {
-		if k.err == nil && k.kit.Manifest.Suite == opts.Suite && (best == nil || k.kit.Manifest.Created.After(best.Manifest.Created)) {
+		if k.err == nil && k.kit.Manifest.Suite == opts.Suite && k.kit.Arch() == archOr(opts.Arch) && (best == nil || k.kit.Manifest.Created.After(best.Manifest.Created)) {
 			best = k.kit
 		}
 	}

@@ -57,6 +57,9 @@ type Config struct {
 	CPUs   int
 	Accel  accel.Choice
 	Kernel string
+	// Arch is the guest's architecture: qemu.ArchAMD64 ("") or
+	// qemu.ArchARM64 (qemu-system-aarch64 -machine virt).
+	Arch string
 	// Profile says where the kernel's structure layouts come from when
 	// its image has no .BTF (a symbol table given to run --symbols).
 	Profile    linux.ProfileOptions
@@ -193,7 +196,7 @@ func Start(ctx context.Context, cfg Config) (_ *Monitor, err error) {
 	}
 	m := &Monitor{cfg: cfg, started: time.Now(), state: api.StateStarting, done: make(chan struct{}), stopCh: make(chan struct{}), stopReq: make(chan time.Duration, 1), bootID: newBootID()}
 	m.rs.swapped = make(chan struct{}, 1)
-	qcfg := &qemu.Config{Binary: cfg.QEMUBinary, Name: cfg.Name, MemMiB: cfg.MemMiB, CPUs: cfg.CPUs, Accel: string(cfg.Accel.Accel),
+	qcfg := &qemu.Config{Binary: cfg.QEMUBinary, Arch: cfg.Arch, Name: cfg.Name, MemMiB: cfg.MemMiB, CPUs: cfg.CPUs, Accel: string(cfg.Accel.Accel),
 		Kernel: cfg.Kernel, Initrd: cfg.Initrd, Append: cfg.Append}
 	if err := qcfg.Validate(); err != nil {
 		return nil, err

@@ -60,7 +60,8 @@ const (
 
 // Config describes one VM.
 type Config struct {
-	Binary string // path of qemu-system-x86_64
+	Binary string // path of qemu-system-x86_64 (qemu-system-aarch64 for arm64)
+	Arch   string // ArchAMD64 ("") or ArchARM64 (arch.go)
 	Dir    string // private (0700) runtime directory for sockets
 	Name   string
 	MemMiB int
@@ -97,6 +98,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Kernel == "" {
 		return errors.New("no kernel: pass --kernel or use the default kit")
+	}
+	if err := ValidArch(c.Arch); err != nil {
+		return err
 	}
 	return CheckCmdline(c.Append)
 }
@@ -147,13 +151,10 @@ func (c *Config) VirtioOpts() string {
 // Args returns QEMU's arguments (without argv[0]).
 func (c *Config) Args() []string {
 	sock := c.File
-	cpu := "max,la57=off" // 4-level paging, as on the devices we target
-	if c.Accel == "kvm" {
-		cpu = "host"
-	}
+	machine, cpu := c.machineCPU()
 	args := []string{
 		"-name", "guest=" + c.Name + ",debug-threads=on",
-		"-machine", Machine + ",accel=" + c.Accel + ",memory-backend=" + RAMBackendID,
+		"-machine", machine + ",accel=" + c.Accel + ",memory-backend=" + RAMBackendID,
 		"-object", fmt.Sprintf("memory-backend-file,id=%s,size=%dM,mem-path=/proc/self/fd/%d,share=on", RAMBackendID, c.MemMiB, ramFD),
 		"-m", strconv.Itoa(c.MemMiB) + "M",
 		"-smp", strconv.Itoa(c.CPUs),

@@ -174,6 +174,20 @@ func tokenTableAt(img []byte, d int) (tokenTable tokenTableInfo, tokens []string
 		}
 		start = j
 	}
+	if tt, toks, err := tokensFrom(img, start, d); err == nil {
+		return tt, toks, nil
+	}
+	// Token 0's start is not where the walk back put it when the table
+	// before it ends in no NUL byte: from 6.2 (and in 6.1 stable kernels
+	// that took the change) kallsyms_seqs_of_names, 3-byte entries, ends
+	// right where the 8-byte aligned token table starts. The token index
+	// says how long token 0 is: find it after tokens 1-255.
+	return tokensAfterFirst(img, d)
+}
+
+// tokensFrom reads 256 tokens from start, whose token 0x30 must be at d,
+// and finds the token index after them.
+func tokensFrom(img []byte, start, d int) (tokenTable tokenTableInfo, tokens []string, err error) {
 	offs := make([]int, 256)
 	tokens = make([]string, 256)
 	p := start
@@ -201,6 +215,54 @@ func tokenTableAt(img []byte, d int) (tokenTable tokenTableInfo, tokens []string
 		}
 	}
 	return tokenTable, nil, fmt.Errorf("%w: no token index after token table at %#x", ErrNoKallsyms, start)
+}
+
+// tokensAfterFirst finds a token table whose token 0x30 is at d from its
+// tokens 1 to 255 and its index, which gives token 0's length.
+func tokensAfterFirst(img []byte, d int) (tokenTable tokenTableInfo, tokens []string, err error) {
+	s1 := d
+	for i := 1; i < 0x30; i++ {
+		if s1 < 2 || img[s1-1] != 0 || img[s1-2] == 0 {
+			return tokenTable, nil, fmt.Errorf("%w: no token table before %#x", ErrNoKallsyms, d)
+		}
+		j := s1 - 2
+		for j > 0 && img[j-1] != 0 && s1-j <= maxTokenLen {
+			j--
+		}
+		if s1-j > maxTokenLen || j == 0 {
+			return tokenTable, nil, fmt.Errorf("%w: token too long before %#x", ErrNoKallsyms, d)
+		}
+		s1 = j
+	}
+	rel := make([]int, 256) // token i's offset from token 1
+	p := s1
+	for i := 1; i < 256; i++ {
+		rel[i] = p - s1
+		end := bytes.IndexByte(img[p:min(len(img), p+maxTokenLen+1)], 0)
+		if end <= 0 {
+			return tokenTable, nil, fmt.Errorf("%w: bad token %d at %#x", ErrNoKallsyms, i, p)
+		}
+		p += end + 1
+	}
+	le := binary.LittleEndian
+	for ti := p; ti < p+8 && ti+512 <= len(img); ti++ {
+		first := int(le.Uint16(img[ti+2:])) // token 0's length plus its NUL
+		if le.Uint16(img[ti:]) != 0 || first < 2 || first > maxTokenLen+1 || s1-first < 0 {
+			continue
+		}
+		ok := true
+		for i := 1; i < 256 && ok; i++ {
+			ok = int(le.Uint16(img[ti+2*i:])) == first+rel[i]
+		}
+		if !ok {
+			continue
+		}
+		start := s1 - first
+		if tt, toks, err := tokensFrom(img, start, d); err == nil && bytes.IndexByte(img[start:s1-1], 0) < 0 {
+			return tt, toks, nil
+		}
+	}
+	return tokenTable, nil, fmt.Errorf("%w: no token index after token table before %#x", ErrNoKallsyms, d)
 }
 
 type tokenTableInfo struct{ table, index int }

@@ -29,6 +29,9 @@ type Profile struct {
 	BuildID string
 	// Compression is how the bzImage payload was compressed.
 	Compression Compression
+	// Arch is the kernel's architecture: ArchAMD64 ("" in profiles
+	// cached before arm64) or ArchARM64.
+	Arch string
 	Symbols     *Kallsyms
 	// BTF holds the structure layouts from the image's .BTF section; ISF
 	// holds them from a Volatility 3 symbol table when the image has no
@@ -157,6 +160,9 @@ func NewProfile(img []byte) (*Profile, error) { return NewProfileWith(img, Profi
 // layouts from the image's BTF or else from opts.Symbols, which must then
 // be of the same build (ISF.CheckAgainst). It does no I/O.
 func NewProfileWith(img []byte, opts ProfileOptions) (*Profile, error) {
+	if isARM64Image(img) {
+		return newARM64Profile(img, opts)
+	}
 	vmlinux, comp, err := ExtractVmlinux(img)
 	if err != nil {
 		return nil, err
@@ -276,6 +282,9 @@ func gnuBuildID(notes []byte) string {
 	}
 	return ""
 }
+
+// IsARM64 reports whether p is an arm64 kernel's profile.
+func (p *Profile) IsARM64() bool { return p.Arch == ArchARM64 }
 
 // Symbol returns a symbol's link-time address.
 func (p *Profile) Symbol(name string) (uint64, error) {

@@ -1,0 +1,248 @@
+package linux
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/gatevisor/gatevisor/internal/armimage"
+)
+
+// arm64 kernels: the flat Image (armimage) is the kernel as it lies in
+// memory from _text on, so an address's file offset is its link-time
+// address minus _text's; there is no ELF to map segments. The image is
+// linked as a PIE (CONFIG_RELOCATABLE) with --no-apply-dynamic-relocs:
+// every absolute pointer in it (kallsyms_relative_base, the entries of
+// sys_call_table) is zero in the file, its value an R_AARCH64_RELATIVE
+// relocation that the kernel applies to itself at boot. The profile
+// applies them once, at the link-time address, and reads the result as
+// the x86 profile reads vmlinux.
+
+// ArchARM64 and ArchAMD64 are Profile.Arch's values.
+const (
+	ArchAMD64 = "amd64"
+	ArchARM64 = "arm64"
+)
+
+// rAArch64Relative is R_AARCH64_RELATIVE's r_info (type 1027, no symbol).
+const rAArch64Relative = 1027
+
+// Bounds of an arm64 image's relocations: Debian's 6.1 has ~190,000.
+const (
+	minRelocs = 1000
+	maxRelocs = 4 << 20
+)
+
+// ErrARM64Image wraps what is wrong with an arm64 Image.
+var ErrARM64Image = errors.New("linux: arm64 Image")
+
+// relaRun is the Image's table of RELATIVE relocations: n 24-byte
+// records from file offset off.
+type relaRun struct{ off, n int }
+
+// findRela returns the longest run of 8-aligned 24-byte Elf64_Rela
+// records of type R_AARCH64_RELATIVE whose targets are upper-half
+// addresses: the .rela.dyn section that head.S applies at boot.
+func findRela(img []byte) (relaRun, error) {
+	le := binary.LittleEndian
+	isRec := func(p int) bool {
+		return p >= 0 && p+24 <= len(img) && le.Uint64(img[p+8:]) == rAArch64Relative && le.Uint64(img[p:])>>48 == 0xffff
+	}
+	var best relaRun
+	var pat [8]byte
+	le.PutUint64(pat[:], rAArch64Relative)
+	for from := 0; from < len(img); {
+		i := bytes.Index(img[from:], pat[:])
+		if i < 0 {
+			break
+		}
+		q := from + i - 8 // the record's start
+		from += i + 1
+		if q&7 != 0 || !isRec(q) {
+			continue
+		}
+		start := q
+		for isRec(start-24) && (q-start)/24 < maxRelocs {
+			start -= 24
+		}
+		end := q
+		for isRec(end+24) && (end-start)/24 < maxRelocs {
+			end += 24
+		}
+		if n := (end-start)/24 + 1; n > best.n {
+			best = relaRun{off: start, n: n}
+		}
+		from = end + 24
+	}
+	if best.n < minRelocs {
+		return relaRun{}, fmt.Errorf("%w: no table of R_AARCH64_RELATIVE relocations (longest run %d)", ErrARM64Image, best.n)
+	}
+	return best, nil
+}
+
+// kallsymsBaseOffset returns the file offset of kallsyms_relative_base,
+// the 8 bytes before kallsyms_num_syms (6.1-6.3's order), located from the
+// token table and the names as ParseKallsyms does.
+func kallsymsBaseOffset(img []byte) (int, error) {
+	digits := []byte("0\x001\x002\x003\x004\x005\x006\x007\x008\x009\x00")
+	var lastErr error = ErrNoKallsyms
+	for from, tries := 0, 0; tries < maxCandidates; tries++ {
+		i := bytes.Index(img[from:], digits)
+		if i < 0 {
+			break
+		}
+		d := from + i
+		from = d + 1
+		tt, _, err := tokenTableAt(img, d)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		ni, err := findNames(img, tt.table)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		if ni.numSyms >= 8 {
+			return ni.numSyms - 8, nil
+		}
+	}
+	return 0, lastErr
+}
+
+// relocateARM64 returns a copy of the flat Image img with its RELATIVE
+// relocations applied at the link-time address, and that address (_text's).
+// The address is the one the relocations themselves imply: the record
+// that fills kallsyms_relative_base targets _text (file offset 0) plus
+// that slot's file offset; kallsyms' own _text must then agree.
+func relocateARM64(img []byte) ([]byte, uint64, error) {
+	run, err := findRela(img)
+	if err != nil {
+		return nil, 0, err
+	}
+	f, err := kallsymsBaseOffset(img)
+	if err != nil {
+		return nil, 0, fmt.Errorf("%w: %w", ErrARM64Image, err)
+	}
+	le := binary.LittleEndian
+	var base uint64
+	found := false
+	for i := 0; i < run.n; i++ {
+		p := run.off + 24*i
+		off, add := le.Uint64(img[p:]), le.Uint64(img[p+16:])
+		// kallsyms_relative_base is the lowest symbol's address, in the
+		// image (_stext on 6.1: _text plus the 64 KiB head), and _text is
+		// 2 MiB aligned (MIN_KIMG_ALIGN).
+		if b := off - uint64(f); b&(2<<20-1) == 0 && add >= b && add-b < uint64(len(img)) {
+			base, found = b, true
+			break
+		}
+	}
+	if !found {
+		return nil, 0, fmt.Errorf("%w: no relocation fills kallsyms_relative_base (file offset %#x)", ErrARM64Image, f)
+	}
+	out := bytes.Clone(img)
+	for i := 0; i < run.n; i++ {
+		p := run.off + 24*i
+		off, add := le.Uint64(img[p:]), le.Uint64(img[p+16:])
+		if off < base || off-base > uint64(len(out)-8) {
+			continue // in BSS or outside the file: nothing to fill
+		}
+		le.PutUint64(out[off-base:], add)
+	}
+	return out, base, nil
+}
+
+// isARM64Image reports whether img is an arm64 kernel image (flat, gzip
+// or EFI zboot): not a bzImage and not an ELF file.
+func isARM64Image(img []byte) bool {
+	if len(img) >= armimage.HeaderSize && binary.LittleEndian.Uint32(img[56:]) == armimage.Magic {
+		return true
+	}
+	if bytes.HasPrefix(img, []byte("\x7fELF")) {
+		return false
+	}
+	if _, err := ParseBzImage(img); err == nil {
+		return false
+	}
+	return armimage.Is(img)
+}
+
+// imageAt returns n bytes of the relocated image at link-time address
+// addr (base is _text's), or false when they lie outside it.
+func imageAt(img []byte, base, addr uint64, n int) ([]byte, bool) {
+	if addr < base || addr-base >= uint64(len(img)) || uint64(len(img))-(addr-base) < uint64(n) {
+		return nil, false
+	}
+	o := addr - base
+	return img[o : o+uint64(n)], true
+}
+
+// newARM64Profile builds the profile of an arm64 image.
+func newARM64Profile(raw []byte, opts ProfileOptions) (*Profile, error) {
+	flat, comp, err := armimage.Unwrap(raw)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrNotKernel, err)
+	}
+	h, err := armimage.Parse(flat)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrNotKernel, err)
+	}
+	if h.BigEndian() || h.PageSize() != 4<<10 {
+		return nil, fmt.Errorf("%w: big-endian %v, %d-byte pages: only little-endian kernels with 4 KiB pages are read", ErrARM64Image, h.BigEndian(), h.PageSize())
+	}
+	img, base, err := relocateARM64(flat)
+	if err != nil {
+		return nil, err
+	}
+	p := &Profile{Arch: ArchARM64, Compression: Compression(comp)}
+	if p.Symbols, err = ParseKallsyms(img); err != nil {
+		return nil, err
+	}
+	text, err := p.Symbol("_text")
+	if err != nil {
+		return nil, err
+	}
+	if text != base {
+		return nil, fmt.Errorf("%w: kallsyms puts _text at %#x, the relocations at %#x", ErrARM64Image, text, base)
+	}
+	if start, ok := p.Symbols.Lookup("__start_BTF"); ok && !opts.IgnoreBTF {
+		stop, ok := p.Symbols.Lookup("__stop_BTF")
+		if !ok || stop < start {
+			return nil, fmt.Errorf("%w: __start_BTF without __stop_BTF", ErrARM64Image)
+		}
+		raw, ok := imageAt(img, base, start, int(min(stop-start, uint64(len(img)))))
+		if !ok {
+			return nil, fmt.Errorf("%w: .BTF at %#x-%#x is outside the image", ErrARM64Image, start, stop)
+		}
+		if p.BTF, err = ParseBTF(raw); err != nil {
+			return nil, fmt.Errorf("linux: parse .BTF: %w", err)
+		}
+	} else if p.ISF = opts.Symbols; p.ISF == nil {
+		return nil, ErrNoBTF
+	}
+	addr, err := p.Symbol("linux_banner")
+	if err != nil {
+		return nil, err
+	}
+	b, ok := imageAt(img, base, addr, 1)
+	if !ok {
+		return nil, fmt.Errorf("linux: linux_banner at %#x is outside the image", addr)
+	}
+	b = img[addr-base : min(uint64(len(img)), addr-base+1024)]
+	end := bytes.IndexByte(b, 0)
+	if end < 0 || !bytes.HasPrefix(b, []byte("Linux version ")) {
+		return nil, fmt.Errorf("linux: linux_banner at %#x does not hold a banner", addr)
+	}
+	p.Banner = string(b[:end])
+	if f := bytes.Fields(b[:end]); len(f) >= 3 {
+		p.Release = string(f[2])
+	}
+	if p.ISF != nil {
+		if err := p.ISF.CheckAgainst(p.Banner, p.Symbols); err != nil {
+			return nil, err
+		}
+	}
+	return p, nil
+}
