@@ -64,7 +64,12 @@ type cacheEntry struct {
 // NewTranslationCache returns an empty cache.
 func NewTranslationCache() *TranslationCache { return &TranslationCache{} }
 
-func rootOf(as *AddressSpace) uint64 {
+func rootOf(as *AddressSpace, va uint64) uint64 {
+	if as.Paging == PagingARM64 {
+		// The table va's walk starts from; bit 2 keeps it apart from an
+		// x86 root at the same address.
+		return as.rootARM64(va) | 2 | 4
+	}
 	root := as.CR3&pteAddrMask | 2 // bit 1 marks a used slot even for CR3 0
 	if as.LA57 {
 		root |= 1
@@ -77,7 +82,7 @@ func slotOf(root, page uint64) uint64 {
 }
 
 func (c *TranslationCache) lookup(as *AddressSpace, va uint64) (gpa, size uint64, ok bool) {
-	root, page := rootOf(as), va>>12
+	root, page := rootOf(as, va), va>>12
 	max := c.MaxHits
 	if max <= 0 {
 		max = DefaultMaxHits
@@ -115,7 +120,7 @@ func (c *TranslationCache) lookup(as *AddressSpace, va uint64) (gpa, size uint64
 }
 
 func (c *TranslationCache) store(as *AddressSpace, va uint64, w walkResult) {
-	root, page := rootOf(as), va>>12
+	root, page := rootOf(as, va), va>>12
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.slots == nil {

@@ -65,6 +65,11 @@ type AddressSpace struct {
 	// Linear, when set, is a window of virtual addresses that Translate
 	// resolves by arithmetic, without a page-table walk (see LinearWindow).
 	Linear *LinearWindow
+	// Paging is the translation regime: PagingX86 (the zero value) or
+	// PagingARM64, whose lower half walks from CR3 (as TTBR0_EL1) and
+	// upper half from TTBR1 (paging_arm64.go).
+	Paging Paging
+	TTBR1  uint64
 }
 
 // LinearWindow is a range of virtual addresses that maps linearly onto
@@ -105,7 +110,11 @@ func Canonical(va uint64, la57 bool) bool {
 // ErrNotMapped, ErrReservedBit or a physical read error, or it wraps
 // ErrNonCanonical.
 func (as *AddressSpace) Translate(va uint64) (gpa, pageSize uint64, err error) {
-	if !Canonical(va, as.LA57) {
+	if as.Paging == PagingARM64 {
+		if !CanonicalARM64(va) {
+			return 0, 0, fmt.Errorf("%w: %#x", ErrNonCanonical, va)
+		}
+	} else if !Canonical(va, as.LA57) {
 		return 0, 0, fmt.Errorf("%w: %#x", ErrNonCanonical, va)
 	}
 	if w := as.Linear; w != nil && w.contains(va) {
@@ -137,6 +146,9 @@ type walkResult struct {
 }
 
 func (as *AddressSpace) walk(va uint64) (walkResult, error) {
+	if as.Paging == PagingARM64 {
+		return as.walkARM64(va)
+	}
 	levels := 4
 	if as.LA57 {
 		levels = 5
