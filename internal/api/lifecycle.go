@@ -14,12 +14,16 @@ type RestartRequest struct {
 	// process runs (an upgraded QEMU); only the VM's owner or root may
 	// set it.
 	QEMUBinary string `json:"qemu_binary,omitempty"`
+	// CopyRAM moves guest RAM through the migration stream too (a full
+	// migration to a file and back): only for comparison (gatevisor bench
+	// rejuvenate); the guest's RAM file is shared, so it need not move.
+	CopyRAM bool `json:"copy_ram,omitempty"`
 }
 
 // RestartResult says how a QEMU restart went.
 type RestartResult struct {
 	// Mode is how the device state moved: "x-ignore-shared" (the
-	// migration leaves shared guest RAM where it is).
+	// migration leaves shared guest RAM where it is) or "full" (CopyRAM).
 	Mode       string `json:"mode"`
 	OldQEMUPID int    `json:"old_qemu_pid"`
 	NewQEMUPID int    `json:"new_qemu_pid,omitempty"`

@@ -14,9 +14,10 @@ import (
 // docs/benchmarks.md and scripts call them.
 func TestBenchFlags(t *testing.T) {
 	want := map[string]map[string]string{
-		"boot":  {"rounds": "5", "accel": "auto", "timeout": "5m0s", "json": "false"},
-		"fleet": {"events": "20000", "json": "false", "rounds": "3", "vms": "[1,10,50]"},
-		"ids":   {"procs": "1000", "rounds": "21", "json": "false", "window": "20s", "scan-interval": "1s"},
+		"boot":       {"rounds": "5", "accel": "auto", "timeout": "5m0s", "json": "false"},
+		"fleet":      {"events": "20000", "json": "false", "rounds": "3", "vms": "[1,10,50]"},
+		"rejuvenate": {"mem": "[256,1024,2048]", "rounds": "3", "fill-mib": "128", "tick": "5ms", "json": "false"},
+		"ids":        {"procs": "1000", "rounds": "21", "json": "false", "window": "20s", "scan-interval": "1s"},
 		"syscalls": {"rounds": "5", "iters": "1000", "untrapped-iters": "20000", "calls": "200000", "cpus": "1",
 			"policy": "policies/iot-default.policy", "json": "false"},
 		"net": {"rounds": "5", "mib": "32", "requests": "100", "echoes": "1000", "accel": "auto", "mem": "256M",

@@ -70,7 +70,7 @@ func (rs *restartState) cleanup() {
 // current QEMU binary. The caller kills it (close) unless it swaps it in.
 //
 // Preconditions: m.rs.mu held.
-func (m *Monitor) nextQEMU(ctx context.Context, binary string) (_ *qemuSide, _ *nicPending, err error) {
+func (m *Monitor) nextQEMU(ctx context.Context, binary string, ignoreShared bool) (_ *qemuSide, _ *nicPending, err error) {
 	cur := m.q()
 	cfg := *cur.cfg
 	cfg.ExtraArgs = append([]string(nil), cur.cfg.ExtraArgs...)
@@ -104,7 +104,7 @@ func (m *Monitor) nextQEMU(ctx context.Context, binary string) (_ *qemuSide, _ *
 	if err := next.connectChannels(ctx); err != nil {
 		return nil, nil, fmt.Errorf("restart: the new QEMU: %w", err)
 	}
-	if err := next.qmp.SetMigrationCapability(ctx, qmp.CapIgnoreShared, true); err != nil {
+	if err := next.qmp.SetMigrationCapability(ctx, qmp.CapIgnoreShared, ignoreShared); err != nil {
 		return nil, nil, fmt.Errorf("restart: the new QEMU: %w", err)
 	}
 	return next, nic, nil
@@ -167,10 +167,10 @@ func (m *Monitor) rearm(ctx context.Context, c *gdbrsp.Client) error {
 	return nil
 }
 
-// saveDevices makes q save the guest's device state (not its RAM) into f,
-// with the VM stopped.
-func saveDevices(ctx context.Context, q *qemuSide, f *os.File) (qmp.MigrationInfo, error) {
-	if err := q.qmp.SetMigrationCapability(ctx, qmp.CapIgnoreShared, true); err != nil {
+// saveDevices makes q save the guest's device state into f, with the VM
+// stopped: not its RAM (ignoreShared), or all of it (a full migration).
+func saveDevices(ctx context.Context, q *qemuSide, f *os.File, ignoreShared bool) (qmp.MigrationInfo, error) {
+	if err := q.qmp.SetMigrationCapability(ctx, qmp.CapIgnoreShared, ignoreShared); err != nil {
 		return qmp.MigrationInfo{}, err
 	}
 	if err := q.qmp.MigrateToFD(ctx, f); err != nil {
@@ -246,9 +246,13 @@ func (m *Monitor) Restart(ctx context.Context, req api.RestartRequest) (api.Rest
 	start := time.Now()
 	old := m.q()
 	res := api.RestartResult{OldQEMUPID: old.proc.Pid(), Mode: "x-ignore-shared"}
-	next, nic, err := m.nextQEMU(ctx, req.QEMUBinary)
+	if req.CopyRAM {
+		res.Mode = "full"
+	}
+	next, nic, err := m.nextQEMU(ctx, req.QEMUBinary, !req.CopyRAM)
 	if err != nil {
-		return res, err
+		m.recordLifecycleOutcome(ctx, "vm.restart", fmt.Sprintf("QEMU restart failed, the guest runs on in QEMU pid %d: %v", old.proc.Pid(), err))
+		return res, fmt.Errorf("%w (the guest runs on in the old QEMU)", err)
 	}
 	res.PrepareSeconds = seconds(time.Since(start))
 	state, err := m.tempStateFile()
@@ -262,7 +266,7 @@ func (m *Monitor) Restart(ctx context.Context, req api.RestartRequest) (api.Rest
 	var stopped time.Time
 	err = m.dbg.Do(ctx, func(ctx context.Context, _ *gdbrsp.Client) error {
 		stopped = time.Now()
-		if _, err := saveDevices(ctx, old, state); err != nil {
+		if _, err := saveDevices(ctx, old, state, !req.CopyRAM); err != nil {
 			return fmt.Errorf("the old QEMU did not save the device state: %w", err)
 		}
 		if err := loadDevices(ctx, next, state); err != nil {

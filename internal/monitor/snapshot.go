@@ -165,7 +165,7 @@ func (m *Monitor) Snapshot(ctx context.Context, tag string) (api.Snapshot, error
 		if copied, err = ramsnap.Copy(ram, m.ramFile, size); err != nil {
 			return err
 		}
-		if _, err := saveDevices(ctx, m.q(), devs); err != nil {
+		if _, err := saveDevices(ctx, m.q(), devs, true); err != nil {
 			return fmt.Errorf("QEMU did not save the device state: %w", err)
 		}
 		return nil
@@ -409,7 +409,7 @@ func (m *Monitor) Rollback(ctx context.Context, tag string) (api.RollbackResult,
 	defer m.rs.mu.Unlock()
 	old := m.q()
 	res.OldQEMUPID = old.proc.Pid()
-	next, nic, err := m.nextQEMU(ctx, "")
+	next, nic, err := m.nextQEMU(ctx, "", true)
 	if err != nil {
 		return res, err
 	}

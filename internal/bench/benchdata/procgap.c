@@ -18,12 +18,19 @@
 //
 //       The loop makes no system call while it records (clock_gettime is
 //       the vDSO's); at most 100,000 gaps are kept, N counts them all.
+//   procgap tick PERIOD_US
+//       writes "gvT<n>" lines (n = 1, 2, ...) to stdout every PERIOD_US
+//       µs of the guest's clock (clock_nanosleep to absolute times), one
+//       write(2) each, until it is killed: the side 'gatevisor bench
+//       rejuvenate' timestamps on the host, through the console, to see
+//       how long the guest was paused.
 // Exit status: 0 once OUT is written, 2 on bad arguments, 1 on an error.
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 static long long now(void) {
 	struct timespec ts;
@@ -84,6 +91,23 @@ static int gaps(long warmupMs, long windowMs, long threshold, const char *out) {
 	return 0;
 }
 
+static int tick(long periodUs) {
+	struct timespec next;
+	clock_gettime(CLOCK_MONOTONIC, &next);
+	char line[32];
+	for (unsigned long n = 1;; n++) {
+		next.tv_nsec += periodUs * 1000;
+		while (next.tv_nsec >= 1000000000L) {
+			next.tv_nsec -= 1000000000L;
+			next.tv_sec++;
+		}
+		clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL);
+		int len = snprintf(line, sizeof line, "gvT%lu\n", n);
+		if (write(1, line, len) != len)
+			return 1;
+	}
+}
+
 int main(int argc, char **argv) {
 	if (argc == 2 && strcmp(argv[1], "spin") == 0) {
 		for (volatile unsigned long i = 0;; i++)
@@ -91,6 +115,8 @@ int main(int argc, char **argv) {
 	}
 	if (argc == 6 && strcmp(argv[1], "gaps") == 0)
 		return gaps(arg(argv[2], 0, 600000), arg(argv[3], 1, 600000), arg(argv[4], 1, 1000000000), argv[5]);
-	fprintf(stderr, "usage: procgap spin | procgap gaps WARMUP_MS WINDOW_MS THRESHOLD_NS OUT\n");
+	if (argc == 3 && strcmp(argv[1], "tick") == 0)
+		return tick(arg(argv[2], 100, 1000000));
+	fprintf(stderr, "usage: procgap spin | procgap gaps WARMUP_MS WINDOW_MS THRESHOLD_NS OUT | procgap tick PERIOD_US\n");
 	return 2;
 }

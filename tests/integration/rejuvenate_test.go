@@ -1,0 +1,331 @@
+package integration
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gatevisor/gatevisor/internal/api"
+	"github.com/gatevisor/gatevisor/internal/testvm"
+)
+
+// rejuvenatePolicy denies programs under /tmp (the exec gate, a
+// watchpoint), allows loading the kit's modules only, and unloading.
+const rejuvenatePolicy = openBase + `exec default: allow
+  no_tmp_exec: filePrefixEq("/tmp/") deny
+module default: deny
+  kit: labelIs("kit") allow
+  unload: opEq("unload") allow
+`
+
+// uptime returns the guest's /proc/uptime in seconds.
+func uptime(t *testing.T, vm string) float64 {
+	t.Helper()
+	r := guestSh(t, vm, "cut -d' ' -f1 /proc/uptime")
+	f, err := strconv.ParseFloat(strings.TrimSpace(r.stdout), 64)
+	if err != nil {
+		t.Fatalf("%s: uptime %q: %v", vm, r.stdout, err)
+	}
+	return f
+}
+
+// deniedExec runs /tmp/bb (a copy of busybox) and returns its exit status.
+func deniedExec(t *testing.T, vm string) string {
+	t.Helper()
+	return strings.TrimSpace(guestSh(t, vm, "/tmp/bb true 2>/dev/null; echo $?").stdout)
+}
+
+// ticks returns the numbers of the "gvtick N" lines in the console log,
+// in order.
+func ticks(t *testing.T, log string) []int {
+	t.Helper()
+	b, err := os.ReadFile(log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []int
+	for _, m := range regexp.MustCompile(`gvtick (\d+)\r?\n`).FindAllStringSubmatch(string(b), -1) {
+		n, _ := strconv.Atoi(m[1])
+		out = append(out, n)
+	}
+	return out
+}
+
+// TestRejuvenation restarts QEMU under a running guest (256 MiB and 2
+// GiB), takes snapshots and rolls back, and checks that nothing the gates
+// decide slips through, nothing the guest writes is lost, and a damaged or
+// foreign snapshot changes nothing.
+func TestRejuvenation(t *testing.T) {
+	needVM(t)
+	const vm, big = "rejuv", "rejuv-2g"
+	dir := t.TempDir()
+	pol := writePolicy(t, dir, "rejuv.policy", rejuvenatePolicy)
+	r := gv(t, readyTimeout+time.Minute, "run", "--detach", "--name", vm, "--ready-timeout", readyTimeout.String(),
+		"--net", "isolated:rejuv-net", "--policy", pol, "--snapshot-ready")
+	if r.code != 0 {
+		t.Fatalf("run: %d %s%s", r.code, r.stdout, r.stderr)
+	}
+	t.Cleanup(func() { gv(t, 2*time.Minute, "stop", vm, "--force") })
+	state := filepath.Join(env.stateDir, "gatevisor", "vms", vm)
+	leaseIPv4(t, vm, "10.0.2.")
+	guestSh(t, vm, "cp /bin/busybox /tmp/bb")
+	if rc := deniedExec(t, vm); rc != "126" {
+		t.Fatalf("/tmp/bb before the restart: exit %s, want 126 (denied)", rc)
+	}
+
+	// Load across the restart: a counter on the console, an echo stream
+	// through the network gate, a long-lived process, and a loop of
+	// denied execs that keeps trapping while the QEMUs change hands.
+	sleeper := procStart(t, vm, "sleep 3000")
+	guestSh(t, vm, `rm -f /tmp/stopdeny /tmp/deny.out
+(i=0; while [ $i -lt 300 ]; do i=$((i+1)); echo "gvtick $i" > /dev/console; usleep 20000; done) </dev/null >/dev/null 2>&1 &
+((i=0; while [ $i -lt 200 ]; do echo "e$i"; i=$((i+1)); usleep 20000; done; sleep 3) | timeout 60 nc 10.0.2.2 7 > /tmp/echo.out 2>/tmp/echo.err) </dev/null >/dev/null 2>&1 &
+(n=0; ok=0; while [ ! -e /tmp/stopdeny ]; do /tmp/bb true 2>/dev/null && ok=$((ok+1)); n=$((n+1)); done; echo "$n $ok" > /tmp/deny.out) </dev/null >/dev/null 2>&1 &
+echo started`)
+	before := uptime(t, vm)
+	pidBefore := status(t, vm).QEMUPID
+	r = gv(t, 3*time.Minute, "restart", vm, "--keep-guest")
+	if r.code != 0 || !strings.Contains(r.stdout, "QEMU restarted") {
+		t.Fatalf("restart: exit %d %s%s", r.code, r.stdout, r.stderr)
+	}
+	t.Logf("restart: %s", strings.TrimSpace(r.stdout))
+	st := status(t, vm)
+	if st.QEMUPID == pidBefore || st.QEMUPID == 0 {
+		t.Errorf("QEMU pid %d after the restart, %d before: not replaced", st.QEMUPID, pidBefore)
+	}
+	if pids := qemuPIDs(vm); len(pids) != 1 || pids[0] != st.QEMUPID {
+		t.Errorf("QEMU processes of %s after the restart: %v, want only %d", vm, pids, st.QEMUPID)
+	}
+	if after := uptime(t, vm); after < before {
+		t.Errorf("guest uptime %.2f s after the restart, %.2f s before: the guest was rebooted", after, before)
+	}
+	if s := guestStates(t, vm, sleeper); s == "gone" {
+		t.Errorf("the guest's sleep (pid %d) did not survive the restart", sleeper)
+	}
+	testvm.Eventually(t, 2*time.Minute, "the console counter to finish", func() error {
+		if n := ticks(t, filepath.Join(state, "console.log")); len(n) == 0 || n[len(n)-1] != 300 {
+			return fmt.Errorf("%d ticks so far", len(n))
+		}
+		return nil
+	})
+	got := ticks(t, filepath.Join(state, "console.log"))
+	for i, n := range got {
+		if n != i+1 {
+			t.Fatalf("console counter across the restart: tick %d where %d was due (lost or duplicated output): %v", n, i+1, got)
+		}
+	}
+	testvm.Eventually(t, 2*time.Minute, "the echo stream to finish", func() error {
+		r := guestSh(t, vm, "grep -c . /tmp/echo.out; pidof nc || echo none")
+		if !strings.Contains(r.stdout, "none") {
+			return fmt.Errorf("nc still runs: %s", r.stdout)
+		}
+		return nil
+	})
+	echo := guestSh(t, vm, "cat /tmp/echo.out; cat /tmp/echo.err").stdout
+	var want strings.Builder
+	for i := range 200 {
+		fmt.Fprintf(&want, "e%d\n", i)
+	}
+	if echo != want.String() {
+		t.Errorf("the TCP echo stream through the network gate across the restart is not whole: got %d bytes (want %d): %q", len(echo), want.Len(), echo)
+	}
+	guestSh(t, vm, "touch /tmp/stopdeny")
+	testvm.Eventually(t, time.Minute, "the denied-exec loop to end", func() error {
+		if r := guestSh(t, vm, "cat /tmp/deny.out"); r.code != 0 {
+			return fmt.Errorf("not yet")
+		}
+		return nil
+	})
+	var n, ok int
+	if _, err := fmt.Sscan(guestSh(t, vm, "cat /tmp/deny.out").stdout, &n, &ok); err != nil || n == 0 || ok != 0 {
+		t.Errorf("denied execs during the restart: %d tries, %d ran (want >0 tries, 0 ran); err %v", n, ok, err)
+	}
+	if rc := deniedExec(t, vm); rc != "126" {
+		t.Errorf("/tmp/bb after the restart: exit %s, want 126 (denied)", rc)
+	}
+
+	// A restart that cannot start its new QEMU changes nothing.
+	r = gv(t, 3*time.Minute, "restart", vm, "--keep-guest", "--qemu", "/bin/false")
+	if r.code == 0 || !strings.Contains(r.stderr, "the guest runs on in the old QEMU") {
+		t.Errorf("restart --qemu /bin/false: exit %d %s%s", r.code, r.stdout, r.stderr)
+	}
+	if p := status(t, vm).QEMUPID; p != st.QEMUPID {
+		t.Errorf("QEMU pid %d after a failed restart, %d before", p, st.QEMUPID)
+	}
+	if s := guestStates(t, vm, sleeper); s == "gone" {
+		t.Errorf("the guest's sleep (pid %d) did not survive a failed restart", sleeper)
+	}
+
+	// Snapshot, change files, processes and modules, roll back.
+	testvm.Eventually(t, time.Minute, "snapshot ready (--snapshot-ready)", func() error {
+		if r := gv(t, time.Minute, "snapshots", vm); !strings.Contains(r.stdout, "ready ") {
+			return fmt.Errorf("snapshots: %s%s", r.stdout, r.stderr)
+		}
+		return nil
+	})
+	guestSh(t, vm, "echo before > /tmp/state.txt")
+	if r := gv(t, 3*time.Minute, "snapshot", vm, "s1"); r.code != 0 || !strings.Contains(r.stdout, "snapshot s1 taken") {
+		t.Fatalf("snapshot: exit %d %s%s", r.code, r.stdout, r.stderr)
+	}
+	upSnap := uptime(t, vm)
+	procStart(t, vm, "sleep 4000")
+	// A kit module the guest loaded at boot, unloaded after the snapshot.
+	r = guestSh(t, vm, `echo after > /tmp/state.txt; echo new > /tmp/new.txt
+for m in evdev button fuse virtio_blk; do lsmod | grep -q "^$m " || continue; rmmod $m && ! lsmod | grep -q "^$m " && { echo $m; break; }; done`)
+	mod := strings.TrimSpace(r.stdout)
+	if mod == "" {
+		t.Fatalf("no kit module could be unloaded after the snapshot: %q %q", r.stdout, r.stderr)
+	}
+	r = gv(t, 3*time.Minute, "rollback", vm, "s1")
+	if r.code != 0 || !strings.Contains(r.stdout, "rolled back to snapshot s1") {
+		t.Fatalf("rollback: exit %d %s%s", r.code, r.stdout, r.stderr)
+	}
+	t.Logf("rollback: %s", strings.TrimSpace(r.stdout))
+	// Pids are the snapshot's again (and reused): processes are told
+	// apart by their command lines.
+	r = guestSh(t, vm, "cat /tmp/state.txt; ls /tmp/new.txt 2>&1; lsmod | grep -c '^"+mod+" '; ps | grep -c '[s]leep 4000'; ps | grep -c '[s]leep 3000'")
+	if got := strings.Fields(r.stdout); len(got) < 4 || got[0] != "before" || !strings.Contains(r.stdout, "No such file") || got[len(got)-3] != "1" || got[len(got)-2] != "0" || got[len(got)-1] != "1" {
+		t.Errorf("after the rollback, the guest is not back to the snapshot (state.txt 'before', no new.txt, %s loaded again, no 'sleep 4000', one 'sleep 3000'): %q", mod, r.stdout)
+	}
+	if up := uptime(t, vm); up > upSnap+60 {
+		t.Errorf("guest uptime %.1f s after the rollback, %.1f s at the snapshot", up, upSnap)
+	}
+	if r := gv(t, time.Minute, "ids", "modules", "--vm", vm); r.code != 0 || !strings.Contains(r.stdout, mod) {
+		t.Errorf("ids modules after the rollback: exit %d, %s not listed: %s%s", r.code, mod, r.stdout, r.stderr)
+	}
+	if rc := deniedExec(t, vm); rc != "126" {
+		t.Errorf("/tmp/bb after the rollback: exit %s, want 126 (the gate still works)", rc)
+	}
+
+	// A damaged snapshot is refused and changes nothing.
+	snaps := filepath.Join(state, "snapshots")
+	copyDir(t, filepath.Join(snaps, "s1"), filepath.Join(snaps, "bad"))
+	setManifestTag(t, filepath.Join(snaps, "bad"), "bad")
+	flipDataByte(t, filepath.Join(snaps, "bad", "ram"))
+	guestSh(t, vm, "echo marker > /tmp/marker.txt")
+	r = gv(t, 3*time.Minute, "rollback", vm, "bad")
+	if r.code == 0 || !strings.Contains(r.stderr, "does not match its digest") {
+		t.Errorf("rollback to a damaged snapshot: exit %d %s%s", r.code, r.stdout, r.stderr)
+	}
+	if r := guestSh(t, vm, "cat /tmp/marker.txt"); strings.TrimSpace(r.stdout) != "marker" {
+		t.Errorf("the guest changed after a refused rollback: %q", r.stdout)
+	}
+
+	// 2 GiB: restart keeps the guest; a snapshot of another VM is refused.
+	r = gv(t, readyTimeout+time.Minute, "run", "--detach", "--name", big, "--mem", "2G", "--ready-timeout", readyTimeout.String(), "--policy", pol)
+	if r.code != 0 {
+		t.Fatalf("run --mem 2G: %d %s%s", r.code, r.stdout, r.stderr)
+	}
+	t.Cleanup(func() { gv(t, 2*time.Minute, "stop", big, "--force") })
+	bigSleeper := procStart(t, big, "sleep 3000")
+	guestSh(t, big, "dd if=/dev/urandom of=/tmp/blob bs=1M count=64 2>/dev/null; md5sum /tmp/blob > /tmp/blob.md5")
+	before = uptime(t, big)
+	if r := gv(t, 3*time.Minute, "restart", big, "--keep-guest"); r.code != 0 {
+		t.Fatalf("restart 2G: exit %d %s%s", r.code, r.stdout, r.stderr)
+	} else {
+		t.Logf("restart 2G: %s", strings.TrimSpace(r.stdout))
+	}
+	if after := uptime(t, big); after < before {
+		t.Errorf("2G guest uptime %.2f s after the restart, %.2f s before", after, before)
+	}
+	if s := guestStates(t, big, bigSleeper); s == "gone" {
+		t.Errorf("the 2G guest's sleep did not survive the restart")
+	}
+	if r := guestSh(t, big, "md5sum -c /tmp/blob.md5"); r.code != 0 {
+		t.Errorf("64 MiB of tmpfs data changed across the restart: %s%s", r.stdout, r.stderr)
+	}
+	if r := gv(t, 3*time.Minute, "snapshot", big, "other"); r.code != 0 {
+		t.Fatalf("snapshot 2G: exit %d %s%s", r.code, r.stdout, r.stderr)
+	}
+	copyDir(t, filepath.Join(env.stateDir, "gatevisor", "vms", big, "snapshots", "other"), filepath.Join(snaps, "other"))
+	r = gv(t, 3*time.Minute, "rollback", vm, "other")
+	if r.code == 0 || !strings.Contains(r.stderr, "is of another VM") {
+		t.Errorf("rollback to another VM's snapshot: exit %d %s%s", r.code, r.stdout, r.stderr)
+	}
+	if r := gv(t, time.Minute, "snapshot", "rm", vm, "bad"); r.code != 0 {
+		t.Errorf("snapshot rm: exit %d %s", r.code, r.stderr)
+	}
+	var list api.Snapshots
+	r = gv(t, time.Minute, "snapshots", vm, "--json")
+	if err := json.Unmarshal([]byte(r.stdout), &list); err != nil {
+		t.Fatalf("snapshots --json: %v %s", err, r.stdout)
+	}
+	var tags []string
+	for _, s := range list.Snapshots {
+		tags = append(tags, s.Tag)
+	}
+	if strings.Join(tags, ",") != "ready,s1,other" {
+		t.Errorf("snapshots after rm: %v, want ready, s1, other", tags)
+	}
+
+	// Everything was audited, the chain is whole.
+	auditFile := filepath.Join(state, "audit.jsonl")
+	for _, rule := range []string{"vm.restart", "vm.snapshot", "vm.rollback", "vm.snapshot.remove"} {
+		if a := gv(t, time.Minute, "audit", "--file", auditFile, "--rule", rule, "--json"); a.code != 0 || !strings.Contains(a.stdout, rule) {
+			t.Errorf("no audit record of %s: exit %d %s", rule, a.code, a.stderr)
+		}
+	}
+	if a := gv(t, time.Minute, "audit", "--verify", "--file", auditFile); a.code != 0 {
+		t.Errorf("audit --verify after restarts and rollbacks: exit %d %s%s", a.code, a.stdout, a.stderr)
+	}
+}
+
+func copyDir(t *testing.T, from, to string) {
+	t.Helper()
+	if out, err := exec.Command("cp", "-a", "--sparse=always", from, to).CombinedOutput(); err != nil {
+		t.Fatalf("cp %s %s: %v %s", from, to, err, out)
+	}
+}
+
+// setManifestTag rewrites a copied snapshot's manifest to name tag.
+func setManifestTag(t *testing.T, dir, tag string) {
+	t.Helper()
+	p := filepath.Join(dir, "manifest.json")
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	m["tag"] = tag
+	if b, err = json.Marshal(m); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// flipDataByte flips one byte of the first non-zero page of a sparse file.
+func flipDataByte(t *testing.T, path string) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	for off := int64(0); ; off += int64(len(buf)) {
+		n, err := f.ReadAt(buf, off)
+		for i := 0; i < n; i++ {
+			if buf[i] != 0 {
+				if _, err := f.WriteAt([]byte{buf[i] ^ 0x5a}, off+int64(i)); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+		}
+		if err != nil {
+			t.Fatalf("no non-zero byte in %s", path)
+		}
+	}
+}
