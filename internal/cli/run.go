@@ -39,6 +39,7 @@ type runOptions struct {
 	kernel, initrd, appendArgs string
 	kit                        string
 	adds                       []string
+	files                      []string
 	detach, detachedChild      bool
 	// symbols is --symbols: a Volatility 3 ISF for a kernel without BTF.
 	symbols                   string
@@ -84,6 +85,7 @@ returns once the guest is ready.`,
 	f.StringVar(&o.kit, "kit", "", "boot this built kit ('gatevisor kit ls'; e.g. one of 'kit build --kernel-suite bookworm-backports') instead of the default kit")
 	f.StringVar(&o.initrd, "initrd", "", "initramfs to use with --kernel")
 	f.StringVar(&o.appendArgs, "append", "", "kernel command line (default: the kit's)")
+	f.StringArrayVar(&o.files, "files", nil, "serve a host directory to the guest through the file gate as NAME=HOSTDIR[:GUESTPATH][,ro] (repeatable; mounted at /mnt/NAME by default; every access decided by the policy)")
 	f.StringArrayVar(&o.adds, "add", nil, "add a host file or directory to the initramfs as HOST:GUEST (repeatable)")
 	f.BoolVar(&o.detach, "detach", false, "run in the background; the console goes to a log file")
 	f.DurationVar(&o.readyTimeout, "ready-timeout", 5*time.Minute, "with --detach, how long to wait for the guest to be ready")
@@ -197,7 +199,7 @@ func runVM(ctx context.Context, o *runOptions) error {
 	if o.policy != "" && !o.detachedChild {
 		// Before anything starts: a policy that does not compile, or that
 		// states a rule no gate of this VM enforces, starts nothing.
-		if err := checkStartPolicy(ctx, o, v.net); err != nil {
+		if err := checkStartPolicy(ctx, o, v.net, v.files); err != nil {
 			return err
 		}
 	}
@@ -265,6 +267,7 @@ type runValues struct {
 	eventsMax int64
 	net       monitor.NetOptions
 	arch      string // the kit's architecture (--kit)
+	files     []monitor.FileShare
 }
 
 // validateRun checks every flag of run before anything starts, each error
@@ -360,6 +363,13 @@ func validateRun(o *runOptions) (runValues, error) {
 		return v, err
 	}
 	v.net.NoGate = o.netNoGate
+	for _, a := range o.files {
+		fs, err := monitor.ParseFileShare(a)
+		if err != nil {
+			return v, err
+		}
+		v.files = append(v.files, fs)
+	}
 	return v, nil
 }
 
@@ -378,7 +388,7 @@ func validateEventsRetention(size string, keep int) (int64, error) {
 
 // checkStartPolicy checks --policy against the gates the VM will have,
 // building the default kit first when no --kernel is given.
-func checkStartPolicy(ctx context.Context, o *runOptions, netOpts monitor.NetOptions) error {
+func checkStartPolicy(ctx context.Context, o *runOptions, netOpts monitor.NetOptions, files []monitor.FileShare) error {
 	kernel := o.kernel
 	if kernel == "" {
 		k, err := runKit(ctx, o, os.Stderr)
@@ -387,7 +397,7 @@ func checkStartPolicy(ctx context.Context, o *runOptions, netOpts monitor.NetOpt
 		}
 		kernel = k.Kernel
 	}
-	return monitor.CheckPolicy(o.policy, kernel, netOpts, o.idsInterval)
+	return monitor.CheckPolicyFiles(o.policy, kernel, netOpts, o.idsInterval, files)
 }
 
 // runKit returns the kit run boots: --kit's, which must be built, or the
@@ -421,7 +431,7 @@ func monitorConfig(o *runOptions, v runValues, g guest) (monitor.Config, error) 
 		Name: o.name, MemMiB: v.memMiB, CPUs: o.cpus, Accel: choice, Kernel: g.kernel, Profile: prof, Initrd: g.initrd, Append: g.appendArgs,
 		QEMUBinary: v.qemuBin, ConsoleLog: o.consoleLog, Log: os.Stderr, ReadyMarker: o.readyMarker,
 		IDSInterval: o.idsInterval, CPUHog: ids.HogDetector{Threshold: o.cpuHogThreshold, Window: o.cpuHogWindow}, EventsLog: filepath.Join(dir, "events.jsonl"), EventsMaxSize: v.eventsMax,
-		EventsKeep: o.eventsKeep, Net: v.net,
+		EventsKeep: o.eventsKeep, Net: v.net, Files: v.files,
 		AuditLog: o.auditLog, AuditMaxSize: v.auditMax, AuditKeep: o.auditKeep, KitModules: g.kitModules, Arch: v.arch,
 		SnapshotDir: filepath.Join(dir, "snapshots"), SnapshotReady: o.snapshotReady,
 	}

@@ -32,6 +32,8 @@ var wantFeatures = []Feature{
 	{Name: "virtio-console", Config: "CONFIG_VIRTIO_CONSOLE", Module: "virtio_console"},
 	{Name: "9p", Config: "CONFIG_9P_FS", Module: "9p"},
 	{Name: "9p-virtio", Config: "CONFIG_NET_9P_VIRTIO", Module: "9pnet_virtio"},
+	// 9P over a file descriptor: the file gate's transport (a virtio-serial port).
+	{Name: "9p-fd", Config: "CONFIG_NET_9P_FD", Module: "9pnet_fd"},
 	{Name: "virtiofs", Config: "CONFIG_VIRTIO_FS", Module: "virtiofs"},
 	// The ACPI power button and evdev let acpid see QMP system_powerdown.
 	{Name: "acpi-power-button", Config: "CONFIG_ACPI_BUTTON", Module: "button"},

@@ -75,6 +75,9 @@ acpid -l /run/acpid.log || say "acpid failed to start: power button will not wor
 httpd -p 80 -h /www || say "httpd failed to start"
 telnetd -p 23 -l /bin/login || say "telnetd failed to start"
 
+# Directories the monitor serves (run --files): 9P over virtio-serial.
+grep -q gatevisor.files= /proc/cmdline && /sbin/gatevisor-mount-files
+
 # The device's own start-up, if it ships one (run --add ./rc.local:/etc/rc.local).
 if [ -x /etc/rc.local ]; then
 	/etc/rc.local || say "/etc/rc.local failed with status $?"
@@ -217,6 +220,7 @@ func (g *guestTree) write(w *initramfs.Writer) error {
 		{"usr/share/udhcpc/default.script", 0o755, udhcpcScript},
 		{"www/index.html", 0o644, indexHTML},
 		{"sbin/gatevisor-agent", 0o755, guestexec.AgentScript},
+		{"sbin/gatevisor-mount-files", 0o755, mountFilesScript},
 	}
 	for _, f := range files {
 		if err := w.File(f.name, f.perm, 0, 0, []byte(f.data)); err != nil {

@@ -439,7 +439,7 @@ func TestExtractKernel(t *testing.T) {
 	rel := "6.1.0-test-amd64"
 	md := "lib/modules/" + rel + "/kernel/"
 	config := "CONFIG_VIRTIO_PCI=m\nCONFIG_VIRTIO_NET=m\nCONFIG_VIRTIO_BLK=y\nCONFIG_VIRTIO_CONSOLE=m\n" +
-		"CONFIG_9P_FS=m\nCONFIG_NET_9P_VIRTIO=m\nCONFIG_VIRTIO_FS=m\nCONFIG_ACPI_BUTTON=m\nCONFIG_INPUT_EVDEV=m\n"
+		"CONFIG_9P_FS=m\nCONFIG_NET_9P_VIRTIO=m\nCONFIG_NET_9P_FD=m\nCONFIG_VIRTIO_FS=m\nCONFIG_ACPI_BUTTON=m\nCONFIG_INPUT_EVDEV=m\n"
 	mod := func(name string, deps string) [2]string {
 		dir := "drivers/"
 		return [2]string{md + dir + strings.ReplaceAll(name, "_", "-") + ".ko", string(makeKO("name="+name, "depends="+deps))}
@@ -452,6 +452,7 @@ func TestExtractKernel(t *testing.T) {
 		mod("9p", "9pnet,netfs"),
 		mod("9pnet", ""),
 		mod("9pnet_virtio", "9pnet,virtio_ring,virtio"),
+		mod("9pnet_fd", "9pnet"),
 		mod("button", ""),
 		mod("evdev", ""),
 		mod("fuse", ""),
@@ -477,7 +478,7 @@ func TestExtractKernel(t *testing.T) {
 			t.Errorf("module %s has no content", m.Name)
 		}
 	}
-	want := []string{"virtio_ring", "virtio_pci", "virtio_net", "virtio_console", "9pnet", "netfs", "9p", "9pnet_virtio", "fuse", "virtiofs", "button", "evdev"}
+	want := []string{"virtio_ring", "virtio_pci", "virtio_net", "virtio_console", "9pnet", "netfs", "9p", "9pnet_virtio", "9pnet_fd", "fuse", "virtiofs", "button", "evdev"}
 	if diff := cmp.Diff(want, order); diff != "" {
 		t.Errorf("load order (-want +got):\n%s", diff)
 	}

@@ -283,7 +283,7 @@ func (m *Monitor) locateForGate(ctx context.Context) error {
 		as := *k.AS
 		as.Cache = nil
 		k.AS = &as
-		g, err := gate.New(&k, countingServer{m.pol.sec, &m.pol.kernelVerdicts})
+		g, err := gate.New(&k, authServer{countingServer{m.pol.sec, &m.pol.kernelVerdicts}, &m.grants})
 		if err != nil {
 			return err
 		}

@@ -91,6 +91,8 @@ type Config struct {
 	EventsKeep    int
 	// Net is the guest's network (see netgate.go); the zero value is none.
 	Net NetOptions
+	// Files are the directories the file gate serves (filegate.go).
+	Files []FileShare
 	// PolicyFile is the security server's policy ("" denies every gated
 	// event); AuditLog receives its audit records. Read once at start,
 	// and checked against this VM's gates before QEMU starts.
@@ -143,6 +145,8 @@ type Monitor struct {
 	metrics *metrics.VM   // Prometheus metrics (metrics.go)
 	kg      kernelGate    // the kernel gate's traps (kernelgate.go)
 	net     *netState     // nil without --net
+	files   *fileState    // nil without --files (filegate.go)
+	grants  grantTable    // users the monitor authenticated (fileauth.go)
 	done    chan struct{} // closed when the VM is over and cleaned up
 	stopCh  chan struct{} // closed when a stop is first requested
 
@@ -228,6 +232,9 @@ func Start(ctx context.Context, cfg Config) (_ *Monitor, err error) {
 		return nil, err
 	}
 	if err := m.startNet(qcfg); err != nil {
+		return nil, err
+	}
+	if err := m.startFiles(qcfg); err != nil {
 		return nil, err
 	}
 	q := &qemuSide{cfg: qcfg}
@@ -588,6 +595,7 @@ func (m *Monitor) cleanup() {
 		m.logFile.Close()
 	}
 	m.stopNet()
+	m.stopFiles()
 	if m.pol.sec != nil {
 		m.pol.sec.Close() // the aggregated records still pending
 	}

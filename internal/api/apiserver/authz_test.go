@@ -33,6 +33,7 @@ func TestActions(t *testing.T) {
 		"memory.read", "memory.write",
 		"ids.banner", "ids.syscalls", "ids.ps", "ids.threads", "ids.args", "ids.env", "ids.files", "ids.modules", "ids.sockets", "ids.hooks", "ids.check",
 		"vm.dump", "vm.events", "policy.load", "proc.stop", "proc.cont", "proc.kill", "proc.freeze", "proc.thaw", "net.isolate", "net.restore", "net.flows", "vm.metrics",
+		"auth.grant", "auth.ls", "auth.revoke", "files.open",
 		"vm.restart", "vm.snapshot", "vm.snapshots", "vm.rollback", "vm.snapshot.remove"}
 	if diff := cmp.Diff(want, api.Actions()); diff != "" {
 		t.Errorf("api.Actions() (-want +got):\n%s", diff)

@@ -33,9 +33,15 @@ const maxModuleBTF = 16 << 20
 // ParseModuleBTF reads the .BTF section of the module image ko against
 // base, its kernel's BTF.
 func ParseModuleBTF(base *BTF, ko []byte) (*ModuleBTF, error) {
-	if base == nil {
-		return nil, errors.New("linux: module BTF: no kernel BTF to split from")
+	raw, err := ModuleBTFSection(ko)
+	if err != nil {
+		return nil, err
 	}
+	return ParseSplitBTF(base, raw)
+}
+
+// ModuleBTFSection returns the .BTF section of the module image ko.
+func ModuleBTFSection(ko []byte) ([]byte, error) {
 	f, err := elf.NewFile(bytes.NewReader(ko))
 	if err != nil {
 		return nil, fmt.Errorf("linux: module BTF: %w", err)
@@ -50,6 +56,15 @@ func ParseModuleBTF(base *BTF, ko []byte) (*ModuleBTF, error) {
 	raw, err := io.ReadAll(io.LimitReader(sec.Open(), maxModuleBTF))
 	if err != nil {
 		return nil, fmt.Errorf("linux: module BTF: %w", err)
+	}
+	return raw, nil
+}
+
+// ParseSplitBTF reads a module's .BTF section (ModuleBTFSection) against
+// base, its kernel's BTF.
+func ParseSplitBTF(base *BTF, raw []byte) (*ModuleBTF, error) {
+	if base == nil {
+		return nil, errors.New("linux: module BTF: no kernel BTF to split from")
 	}
 	return parseSplitBTF(base, raw)
 }

@@ -24,6 +24,7 @@ type P9Layout struct {
 	clntTrans, clntTransMod, transModName      uint64
 	fdConn, connReqList                        uint64
 	reqWQ, reqTag, reqSize, reqSdata, reqList_ uint64
+	sbInodes, inodeSBList, inodeNrPages        uint64
 }
 
 // NewP9Layout computes the layout from the kernel's profile and the
@@ -32,7 +33,8 @@ func NewP9Layout(p *Profile, mods map[string]*ModuleBTF) (*P9Layout, error) {
 	f := &fields{p: p}
 	l := &P9Layout{sbList: f.off("super_block.s_list"), sbType: f.off("super_block.s_type"), sbFSInfo: f.off("super_block.s_fs_info"),
 		fstName: f.off("file_system_type.name"), wqHead: f.off("wait_queue_head.head"), wqeEntry: f.off("wait_queue_entry.entry"),
-		wqePrivate: f.off("wait_queue_entry.private")}
+		wqePrivate: f.off("wait_queue_entry.private"), sbInodes: f.off("super_block.s_inodes"), inodeSBList: f.off("inode.i_sb_list"),
+		inodeNrPages: f.off("inode.i_data") + f.off("address_space.nrpages")}
 	if f.err != nil {
 		return nil, f.err
 	}
@@ -85,37 +87,10 @@ var ErrNoRequester = errors.New("linux: no task waits for the 9P request")
 // hands the request to the transport, whose worker may write it first:
 // ErrNoRequester then means "not yet", and the caller retries.
 func (k *Kernel) P9Requesters(l *P9Layout, aname string, tag uint16, msg []byte) ([]uint64, error) {
-	head, err := k.Addr("super_blocks")
-	if err != nil {
-		return nil, err
-	}
 	as := k.AS
 	var tasks []uint64
 	matched := 0
-	err = walkList(as, head, maxSuperBlocks, func(node uint64) error {
-		sb := node - l.sbList
-		typ, err := vmi.ReadU64(as, sb+l.sbType)
-		if err != nil || !isKernelPtr(typ) {
-			return nil
-		}
-		np, err := vmi.ReadU64(as, typ+l.fstName)
-		if err != nil || !isKernelPtr(np) {
-			return nil
-		}
-		if name, err := vmi.ReadCString(as, np, 16); err != nil || name != "9p" {
-			return nil
-		}
-		sess, err := vmi.ReadU64(as, sb+l.sbFSInfo)
-		if err != nil || !isKernelPtr(sess) {
-			return nil
-		}
-		ap, err := vmi.ReadU64(as, sess+l.sessAname)
-		if err != nil || !isKernelPtr(ap) {
-			return nil
-		}
-		if a, err := vmi.ReadCString(as, ap, 256); err != nil || a != aname {
-			return nil
-		}
+	err := k.p9Sessions(l, aname, func(_, sess uint64) error {
 		clnt, err := vmi.ReadU64(as, sess+l.sessClnt)
 		if err != nil || !isKernelPtr(clnt) {
 			return fmt.Errorf("linux: 9P session %#x: bad client", sess)
@@ -175,6 +150,65 @@ func (k *Kernel) P9Requesters(l *P9Layout, aname string, tag uint16, msg []byte)
 		return nil, fmt.Errorf("%w: %d requests in flight match tag %d", ErrInconsistent, matched, tag)
 	}
 	return tasks, nil
+}
+
+// p9Sessions calls fn for each mounted 9p superblock whose session's
+// attach name is aname, with the superblock and its v9fs session.
+func (k *Kernel) p9Sessions(l *P9Layout, aname string, fn func(sb, sess uint64) error) error {
+	head, err := k.Addr("super_blocks")
+	if err != nil {
+		return err
+	}
+	as := k.AS
+	return walkList(as, head, maxSuperBlocks, func(node uint64) error {
+		sb := node - l.sbList
+		typ, err := vmi.ReadU64(as, sb+l.sbType)
+		if err != nil || !isKernelPtr(typ) {
+			return nil
+		}
+		np, err := vmi.ReadU64(as, typ+l.fstName)
+		if err != nil || !isKernelPtr(np) {
+			return nil
+		}
+		if name, err := vmi.ReadCString(as, np, 16); err != nil || name != "9p" {
+			return nil
+		}
+		sess, err := vmi.ReadU64(as, sb+l.sbFSInfo)
+		if err != nil || !isKernelPtr(sess) {
+			return nil
+		}
+		ap, err := vmi.ReadU64(as, sess+l.sessAname)
+		if err != nil || !isKernelPtr(ap) {
+			return nil
+		}
+		if a, err := vmi.ReadCString(as, ap, 256); err != nil || a != aname {
+			return nil
+		}
+		return fn(sb, sess)
+	})
+}
+
+// maxInodes bounds the inodes of one superblock walked.
+const maxInodes = 1 << 20
+
+// P9CachedPages counts, through the kernel's own structures, what the
+// page cache holds of the 9p mounts with attach name aname: the mounts,
+// their inodes and the pages of those inodes' mappings (nrpages).
+func (k *Kernel) P9CachedPages(l *P9Layout, aname string) (mounts, inodes int, pages uint64, err error) {
+	as := k.AS
+	err = k.p9Sessions(l, aname, func(sb, _ uint64) error {
+		mounts++
+		return walkList(as, sb+l.sbInodes, maxInodes, func(node uint64) error {
+			inodes++
+			n, err := vmi.ReadU64(as, node-l.inodeSBList+l.inodeNrPages)
+			if err != nil {
+				return fmt.Errorf("linux: inode %#x: %w", node-l.inodeSBList, err)
+			}
+			pages += n
+			return nil
+		})
+	})
+	return mounts, inodes, pages, err
 }
 
 // walkList calls fn for each node of the circular list at head (not the

@@ -1,0 +1,432 @@
+package monitor
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cavaliergopher/cpio"
+
+	"github.com/gatevisor/gatevisor/internal/event"
+	gatefile "github.com/gatevisor/gatevisor/internal/gate/file"
+	"github.com/gatevisor/gatevisor/internal/ids"
+	"github.com/gatevisor/gatevisor/internal/policy"
+	"github.com/gatevisor/gatevisor/internal/qemu"
+	"github.com/gatevisor/gatevisor/internal/secserver"
+	"github.com/gatevisor/gatevisor/internal/vmi/linux"
+)
+
+// FileShare is one directory the monitor serves to the guest (run
+// --files NAME=HOSTDIR[:GUESTPATH][,ro]).
+type FileShare struct {
+	Name, HostDir, GuestPath string
+	ReadOnly                 bool
+}
+
+// FilePortPrefix is the prefix of a share's virtio-serial port name.
+const FilePortPrefix = "org.gatevisor.files."
+
+// guestPathPattern is what a share's guest path may be: it goes on the
+// kernel command line and into the kit's mount script.
+var guestPathPattern = regexp.MustCompile(`^(/[A-Za-z0-9._-]+)+$`)
+
+// ParseFileShare parses a --files value.
+func ParseFileShare(s string) (FileShare, error) {
+	name, rest, ok := strings.Cut(s, "=")
+	if !ok || rest == "" {
+		return FileShare{}, fmt.Errorf("--files %q: use NAME=HOSTDIR[:GUESTPATH][,ro]", s)
+	}
+	if err := gatefile.ValidName(name); err != nil {
+		return FileShare{}, fmt.Errorf("--files: %w", err)
+	}
+	fs := FileShare{Name: name, GuestPath: "/mnt/" + name}
+	if r, ok := strings.CutSuffix(rest, ",ro"); ok {
+		rest, fs.ReadOnly = r, true
+	}
+	if i := strings.LastIndex(rest, ":/"); i >= 0 {
+		rest, fs.GuestPath = rest[:i], rest[i+1:]
+	}
+	if !guestPathPattern.MatchString(fs.GuestPath) || len(fs.GuestPath) > 128 || path.Clean(fs.GuestPath) != fs.GuestPath ||
+		strings.Contains("/"+fs.GuestPath+"/", "/../") || strings.Contains("/"+fs.GuestPath+"/", "/./") {
+		return FileShare{}, fmt.Errorf("--files %s: guest path %q: an absolute, clean path of A-Z a-z 0-9 . _ - (at most 128 bytes)", name, fs.GuestPath)
+	}
+	abs, err := filepath.Abs(rest)
+	if err != nil {
+		return FileShare{}, fmt.Errorf("--files %s: %w", name, err)
+	}
+	fi, err := os.Stat(abs)
+	if err != nil {
+		return FileShare{}, fmt.Errorf("--files %s: %w", name, err)
+	}
+	if !fi.IsDir() {
+		return FileShare{}, fmt.Errorf("--files %s: %s is not a directory", name, abs)
+	}
+	fs.HostDir = abs
+	return fs, nil
+}
+
+// CheckPolicyFiles is CheckPolicy for a VM that also serves files.
+func CheckPolicyFiles(path, kernel string, netOpts NetOptions, idsInterval time.Duration, files []FileShare) error {
+	m := &Monitor{cfg: Config{PolicyFile: path, Kernel: kernel, Net: netOpts, IDSInterval: idsInterval, Files: files}}
+	_, err := m.prepareStartPolicy()
+	return err
+}
+
+// fileState is the file gate of a VM started with --files.
+type fileState struct {
+	shares []*fileShare
+	// mods are the .BTF sections of the 9P modules (linux.P9Modules),
+	// read from the kit's initramfs before QEMU starts.
+	mods     map[string][]byte
+	verdicts verdictCounts
+
+	mu     sync.Mutex // guards layout
+	layout *linux.P9Layout
+}
+
+type fileShare struct {
+	cfg  FileShare
+	gate *gatefile.Gate
+	ln   net.Listener
+	attr *fileAttributor
+}
+
+// startFiles prepares the file gate before QEMU starts: a gate and a
+// socket per share, QEMU's virtio-serial port on it, and the shares on
+// the kernel command line for the kit's init to mount.
+func (m *Monitor) startFiles(qcfg *qemu.Config) error {
+	if len(m.cfg.Files) == 0 {
+		return nil
+	}
+	mods, err := readP9Modules(m.cfg.Initrd)
+	if err != nil {
+		return fmt.Errorf("--files: %w", err)
+	}
+	fst := &fileState{mods: mods}
+	m.files = fst
+	seen := map[string]bool{}
+	for i, sc := range m.cfg.Files {
+		if seen[sc.Name] || seen["path:"+sc.GuestPath] {
+			return fmt.Errorf("--files %s: a share of that name or guest path is already given", sc.Name)
+		}
+		seen[sc.Name], seen["path:"+sc.GuestPath] = true, true
+		sh := &fileShare{cfg: sc}
+		sh.attr = &fileAttributor{m: m, fst: fst, name: sc.Name}
+		sh.gate, err = gatefile.New(gatefile.Config{Name: sc.Name, Root: sc.HostDir, GuestPath: sc.GuestPath, ReadOnly: sc.ReadOnly,
+			Decider: authServer{countingServer{m.pol.sec, &fst.verdicts}, &m.grants}, Attributor: sh.attr,
+			OnDecision: m.onFileDecision, Logf: m.logf})
+		if err != nil {
+			return err
+		}
+		fst.shares = append(fst.shares, sh)
+		sock := m.dir.File("files-" + sc.Name + ".sock")
+		if sh.ln, err = net.Listen("unix", sock); err != nil {
+			return fmt.Errorf("--files %s: %w", sc.Name, err)
+		}
+		go m.serveShare(sh)
+		id := fmt.Sprintf("gvf%d", i)
+		qcfg.ExtraArgs = append(qcfg.ExtraArgs,
+			"-chardev", "socket,id="+id+",path="+sock+",server=off",
+			"-device", "virtserialport,bus=vser0.0,chardev="+id+",name="+FilePortPrefix+sc.Name)
+		arg := " gatevisor.files=" + sc.Name + ":" + sc.GuestPath
+		if sc.ReadOnly {
+			arg += ":ro"
+		}
+		qcfg.Append += arg
+	}
+	if err := qemu.CheckCmdline(qcfg.Append); err != nil {
+		return fmt.Errorf("--files: %w", err)
+	}
+	return nil
+}
+
+// serveShare serves QEMU's connections to a share's socket, one at a
+// time (QEMU connects once, and again after a restart).
+func (m *Monitor) serveShare(sh *fileShare) {
+	for {
+		c, err := sh.ln.Accept()
+		if err != nil {
+			return
+		}
+		err = sh.gate.Serve(context.Background(), c)
+		c.Close()
+		if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+			m.logf("file gate %s: connection ended: %v", sh.cfg.Name, err)
+		}
+	}
+}
+
+// stopFiles closes the shares' sockets and roots.
+func (m *Monitor) stopFiles() {
+	if m.files == nil {
+		return
+	}
+	for _, sh := range m.files.shares {
+		if sh.ln != nil {
+			sh.ln.Close()
+		}
+		sh.gate.Close()
+	}
+}
+
+// maxModuleSize bounds a module image read from the initramfs.
+const maxModuleSize = 64 << 20
+
+// readP9Modules reads the .BTF sections of the 9P modules from the
+// initramfs the guest boots (the kit's: trusted, host side), whose layouts
+// attribution needs. Only the first archive of a concatenated initramfs
+// is read (the kit's modules are there).
+func readP9Modules(initrd string) (map[string][]byte, error) {
+	if initrd == "" {
+		return nil, errors.New("the file gate needs the kit's 9p modules: boot the default kit (or an initramfs with 9p, 9pnet and 9pnet_fd)")
+	}
+	f, err := os.Open(initrd)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var r io.Reader = f
+	var magic [2]byte
+	if _, err := io.ReadFull(f, magic[:]); err != nil {
+		return nil, err
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return nil, err
+	}
+	if magic == [2]byte{0x1f, 0x8b} {
+		gz, err := gzip.NewReader(f)
+		if err != nil {
+			return nil, err
+		}
+		r = gz
+	}
+	want := map[string]bool{}
+	for _, n := range linux.P9Modules {
+		want[n+".ko"] = true
+	}
+	out := map[string][]byte{}
+	cr := cpio.NewReader(r)
+	for len(out) < len(want) {
+		h, err := cr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", initrd, err)
+		}
+		base := path.Base(h.Name)
+		if !want[base] || !strings.HasPrefix(h.Name, "lib/modules/") || h.Size > maxModuleSize {
+			continue
+		}
+		ko, err := io.ReadAll(io.LimitReader(cr, maxModuleSize))
+		if err != nil {
+			return nil, err
+		}
+		sec, err := linux.ModuleBTFSection(ko)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", h.Name, err)
+		}
+		out[strings.TrimSuffix(base, ".ko")] = sec
+	}
+	for _, n := range linux.P9Modules {
+		if out[n] == nil {
+			return nil, fmt.Errorf("%s has no module %s.ko: rebuild the kit (gatevisor kit build --force) or add it", initrd, n)
+		}
+	}
+	return out, nil
+}
+
+// p9Layout computes the 9P layout once, from the kernel's profile and the
+// modules' BTF.
+func (fst *fileState) p9Layout(p *linux.Profile) (*linux.P9Layout, error) {
+	fst.mu.Lock()
+	defer fst.mu.Unlock()
+	if fst.layout != nil {
+		return fst.layout, nil
+	}
+	if p.BTF == nil {
+		return nil, errors.New("the guest kernel has no BTF: the 9P client's structures cannot be read")
+	}
+	mods := map[string]*linux.ModuleBTF{}
+	for n, raw := range fst.mods {
+		mb, err := linux.ParseSplitBTF(p.BTF, raw)
+		if err != nil {
+			return nil, fmt.Errorf("module %s: %w", n, err)
+		}
+		mods[n] = mb
+	}
+	l, err := linux.NewP9Layout(p, mods)
+	if err != nil {
+		return nil, err
+	}
+	fst.layout = l
+	return l, nil
+}
+
+// fileAttributor names the guest process behind a share's request: the
+// task waiting on the request's wait queue in the guest kernel's 9P client
+// (p9_client_rpc sleeps there in the caller's context until the reply),
+// found by the request's tag and bytes, its creds read from its
+// task_struct. Never the 9P attach's uid, which the guest kernel fills in.
+type fileAttributor struct {
+	m    *Monitor
+	fst  *fileState
+	name string
+
+	mu   sync.Mutex // guards view
+	view *ids.Inspector
+
+	waits, waitNs atomic.Uint64
+}
+
+// attributionWait bounds how long a request waits for its caller to
+// queue itself (it does so right after handing the request over; the
+// transport's worker may write it first).
+const attributionWait = 2 * time.Second
+
+// Attribute implements gatefile.Attributor.
+func (a *fileAttributor) Attribute(ctx context.Context, tag uint16, msg []byte) (event.Subject, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.view == nil {
+		v, err := a.m.privateInspector(ctx)
+		if err != nil {
+			return event.Subject{}, err
+		}
+		a.view = v
+	}
+	k := a.view.K
+	l, err := a.fst.p9Layout(k.Profile)
+	if err != nil {
+		return event.Subject{}, err
+	}
+	start := time.Now()
+	var tasks []uint64
+	for wait := 20 * time.Microsecond; ; wait = min(2*wait, time.Millisecond) {
+		k.AS.Cache.Invalidate()
+		tasks, err = k.P9Requesters(l, a.name, tag, msg)
+		if !errors.Is(err, linux.ErrNoRequester) || time.Since(start) > attributionWait {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return event.Subject{}, ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+	if d := time.Since(start); d > 0 {
+		a.waits.Add(1)
+		a.waitNs.Add(uint64(d))
+	}
+	if err != nil {
+		return event.Subject{}, err
+	}
+	if len(tasks) != 1 {
+		return event.Subject{}, fmt.Errorf("%d tasks wait for request %d", len(tasks), tag)
+	}
+	t, err := k.TaskAt(tasks[0])
+	if err != nil {
+		return event.Subject{}, err
+	}
+	s := event.Subject{PID: int32(t.TGID), PPID: int32(t.PPID), Start: t.StartTime, Comm: t.Comm, Exe: t.Exe, UID: t.UID, GID: t.GID,
+		SetUID: t.EUID != t.UID}
+	return s, nil
+}
+
+// onFileDecision reports what the policy should hear about: accesses by
+// processes whose creds a setuid exec changed (setuid domain), and denies.
+func (m *Monitor) onFileDecision(ev *event.Event, d secserver.Decision) {
+	if v, ok := policy.ParseVerdict(d.Verdict.String()); ok && v != policy.VerdictAllow {
+		m.respondToVerdict(ev, v, d.Rule)
+	}
+	if ev.Subject.SetUID {
+		m.logf("file gate: setuid process pid %d (%s, uid %d) %s %s: %s by %s", ev.Subject.PID, ev.Subject.Exe, ev.Subject.UID, ev.Op, ev.Path, d.Verdict, d.Rule)
+	}
+}
+
+// authServer is the security server with the monitor's grants: a file
+// event's subject carries the users whose grant covers it.
+type authServer struct {
+	countingServer
+	grants *grantTable
+}
+
+// Decide implements the gates' Decider.
+func (s authServer) Decide(ev *event.Event) secserver.Decision {
+	if ev.Class == event.ClassFile {
+		ev.Subject.Authenticated = s.grants.covering(&ev.Subject, time.Now())
+	}
+	return s.countingServer.Decide(ev)
+}
+
+// GateFailure implements the gates' Decider.
+func (s authServer) GateFailure(ev *event.Event, rule, reason string, errno int32) secserver.Decision {
+	return s.countingServer.GateFailure(ev, rule, reason, errno)
+}
+
+// fileGateCoverage adds the file gate to what a VM's gates observe: its
+// ops join the kernel gate's on the file class, and setuidExec() can be
+// kept.
+func fileGateCoverage(cov policy.Coverage) policy.Coverage {
+	cov.FileGate = true
+	o, ok := cov.Observers[event.ClassFile]
+	if !ok {
+		cov.Observers[event.ClassFile] = policy.Observer{Gate: "the file gate", Ops: gatefile.Ops,
+			PartialWhy: "the kernel has no file hooks: only the served files (--files) are observed"}
+		delete(cov.Absent, event.ClassFile)
+		return cov
+	}
+	ops := append([]string(nil), o.Ops...)
+	for _, op := range gatefile.Ops {
+		if !slices.Contains(ops, op) {
+			ops = append(ops, op)
+		}
+	}
+	slices.Sort(ops)
+	o.Ops, o.Gate = ops, o.Gate+" and the file gate"
+	cov.Observers[event.ClassFile] = o
+	return cov
+}
+
+// canaryPages counts the guest-physical pages that hold canary, by a raw
+// scan of guest RAM through the monitor's mapping.
+func (m *Monitor) canaryPages(canary []byte) (int, error) {
+	if len(canary) < 8 || len(canary) > 4096 {
+		return 0, fmt.Errorf("canary of %d bytes: give 8 to 4096", len(canary))
+	}
+	const chunk = 4 << 20
+	buf := make([]byte, chunk+len(canary)-1)
+	pages := map[uint64]bool{}
+	for _, r := range m.ram.Regions() {
+		for off := uint64(0); off < r.Size; off += chunk {
+			n := min(uint64(len(buf)), r.Size-off)
+			got, err := m.ram.ReadAt(buf[:n], int64(r.GPA+off))
+			if err != nil && got == 0 {
+				return 0, err
+			}
+			b := buf[:got]
+			for i := 0; ; {
+				j := bytes.Index(b[i:], canary)
+				if j < 0 {
+					break
+				}
+				pages[(r.GPA+off+uint64(i+j))>>12] = true
+				i += j + 1
+			}
+		}
+	}
+	return len(pages), nil
+}
