@@ -107,7 +107,11 @@ func CheckPolicy(path, kernel string, netOpts NetOptions, idsInterval time.Durat
 
 // coverage is what this VM's gates observe (Coverage).
 func (m *Monitor) coverage(prof *linux.Profile) policy.Coverage {
-	return Coverage(prof, filepath.Base(m.cfg.Kernel), m.cfg.Net.Mode != NetNone && !m.cfg.Net.NoGate, m.cfg.IDSInterval > 0)
+	cov := Coverage(prof, filepath.Base(m.cfg.Kernel), m.cfg.Net.Mode != NetNone && !m.cfg.Net.NoGate, m.cfg.IDSInterval > 0)
+	if len(m.cfg.Files) > 0 {
+		cov = fileGateCoverage(cov)
+	}
+	return cov
 }
 
 // NetOps are the network gate's ops: it decides each new flow, as a TCP
