@@ -89,7 +89,7 @@ func (m *Monitor) inspector(ctx context.Context) (*ids.Inspector, error) {
 	// happens to run with belongs to some task whose page tables are freed
 	// when it exits. Locate walks the kernel's own init_top_pgt when given
 	// no CR3; CR4 still says 4- or 5-level paging.
-	k, err := linux.Locate(liveMemory{m.ram}, prof, linux.Registers{CR4: regs.CR4})
+	k, err := linux.Locate(liveMemory{m.ram}, prof, linux.Registers{CR4: regs.CR4, TTBR1: regs.TTBR1, TCR: regs.TCR})
 	if err != nil {
 		// Not cached: the kernel may not have set up its page tables yet.
 		return nil, fmt.Errorf("locate the guest kernel: %w", err)
@@ -146,6 +146,9 @@ func (m *Monitor) askGuest(ctx context.Context, script string) ([]byte, error) {
 
 // controlRegisters reads CR3 and CR4 of vCPU 0.
 func (m *Monitor) controlRegisters(ctx context.Context) (linux.Registers, error) {
+	if m.isARM64() {
+		return m.armRegisters(ctx)
+	}
 	var regs linux.Registers
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()

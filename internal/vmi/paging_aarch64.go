@@ -39,8 +39,8 @@ var (
 
 // TCR_EL1 fields (Arm ARM D19.2.139).
 const (
-	tcrT0SZ  = 0x3f      // bits 5:0
-	tcrTG0   = 3 << 14   // 00 4K, 01 64K, 10 16K
+	tcrT0SZ  = 0x3f    // bits 5:0
+	tcrTG0   = 3 << 14 // 00 4K, 01 64K, 10 16K
 	tcrT1SZ  = 0x3f << 16
 	tcrTG1   = 3 << 30 // 01 16K, 10 4K, 11 64K
 	tcrDS    = 1 << 59 // 52-bit addresses with the 4K/16K granules (FEAT_LPA2)

@@ -55,9 +55,9 @@ func TestTranslateARM64(t *testing.T) {
 	user, kern := newARMTables(m), newARMTables(m)
 	user.mapARM(0x0000aaaab0000000, 0x200000, PageSize4K)
 	user.mapARM(0x0000ffffb7e00000, 0x400000, PageSize2M)
-	kern.mapARM(0xffff800008000000, 0x600000, PageSize2M)       // the kernel image, a block at L2
-	kern.mapARM(0xffff000040000000, 0x40000000, PageSize1G)     // the linear map, a block at L1
-	kern.mapARM(0xffff800008200000+0x3000, 0x7ff000, PageSize4K) // a page at L3
+	kern.mapARM(0xffff800008000000, 0x600000, PageSize2M)                                                  // the kernel image, a block at L2
+	kern.mapARM(0xffff000040000000, 0x40000000, PageSize1G)                                                // the linear map, a block at L1
+	kern.mapARM(0xffff800008200000+0x3000, 0x7ff000, PageSize4K)                                           // a page at L3
 	as := &AddressSpace{Mem: m, Paging: PagingARM64, CR3: user.root | 1<<48 | 1, TTBR1: kern.root | 5<<48} // ASIDs and CnP are ignored
 	for _, tt := range []struct {
 		name     string

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/gatevisor/gatevisor/internal/armimage"
 )
@@ -197,7 +198,11 @@ func newARM64Profile(raw []byte, opts ProfileOptions) (*Profile, error) {
 		return nil, err
 	}
 	p := &Profile{Arch: ArchARM64, Compression: Compression(comp)}
-	if p.Symbols, err = ParseKallsyms(img); err != nil {
+	ks, err := ParseKallsyms(img)
+	if err != nil {
+		return nil, err
+	}
+	if p.Symbols, err = arm64DataSymbols(img, base, h.ImageSize, ks); err != nil {
 		return nil, err
 	}
 	text, err := p.Symbol("_text")
@@ -207,20 +212,15 @@ func newARM64Profile(raw []byte, opts ProfileOptions) (*Profile, error) {
 	if text != base {
 		return nil, fmt.Errorf("%w: kallsyms puts _text at %#x, the relocations at %#x", ErrARM64Image, text, base)
 	}
-	if start, ok := p.Symbols.Lookup("__start_BTF"); ok && !opts.IgnoreBTF {
-		stop, ok := p.Symbols.Lookup("__stop_BTF")
-		if !ok || stop < start {
-			return nil, fmt.Errorf("%w: __start_BTF without __stop_BTF", ErrARM64Image)
-		}
-		raw, ok := imageAt(img, base, start, int(min(stop-start, uint64(len(img)))))
-		if !ok {
-			return nil, fmt.Errorf("%w: .BTF at %#x-%#x is outside the image", ErrARM64Image, start, stop)
-		}
+	if raw, ok := findBTF(img); ok && !opts.IgnoreBTF {
 		if p.BTF, err = ParseBTF(raw); err != nil {
 			return nil, fmt.Errorf("linux: parse .BTF: %w", err)
 		}
 	} else if p.ISF = opts.Symbols; p.ISF == nil {
 		return nil, ErrNoBTF
+	}
+	if err := p.addImagePointers(img, base); err != nil {
+		return nil, err
 	}
 	addr, err := p.Symbol("linux_banner")
 	if err != nil {
@@ -245,4 +245,103 @@ func newARM64Profile(raw []byte, opts ProfileOptions) (*Profile, error) {
 		}
 	}
 	return p, nil
+}
+
+// findBTF returns the image's .BTF section, found by its header (there is
+// no __start_BTF in a kallsyms without data symbols): magic 0xeB9F,
+// version 1, a 24-byte header whose type and string sections lie inside
+// the image. The first such header that ParseBTF accepts is vmlinux's.
+func findBTF(img []byte) ([]byte, bool) {
+	le := binary.LittleEndian
+	for from, tries := 0, 0; tries < 64; tries++ {
+		i := bytes.Index(img[from:], []byte{0x9f, 0xeb, 1, 0, 24, 0, 0, 0})
+		if i < 0 || from+i+24 > len(img) {
+			return nil, false
+		}
+		p := from + i
+		from = p + 1
+		h := img[p:]
+		typeOff, typeLen, strOff, strLen := uint64(le.Uint32(h[8:])), uint64(le.Uint32(h[12:])), uint64(le.Uint32(h[16:])), uint64(le.Uint32(h[20:]))
+		end := 24 + max(typeOff+typeLen, strOff+strLen)
+		if end > uint64(len(img)-p) || typeLen == 0 || strLen == 0 {
+			continue
+		}
+		if _, err := ParseBTF(img[p : p+int(end)]); err == nil {
+			return img[p : p+int(end)], true
+		}
+	}
+	return nil, false
+}
+
+// newARM64ImageFacts is NewImageFacts for an arm64 image: the banner and
+// sys_call_table's initial slots from the relocated Image (every slot a
+// __arm64_sys_* wrapper). arm64 dispatch (el0_svc -> invoke_syscall)
+// indexes the table itself, so there is no dispatch code to compare, and
+// the x86 code checks (dispatch, alternatives, ops tables) have no facts.
+func newARM64ImageFacts(raw []byte, prof *Profile) (*ImageFacts, error) {
+	flat, _, err := armimage.Unwrap(raw)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrNotKernel, err)
+	}
+	img, base, err := relocateARM64(flat)
+	if err != nil {
+		return nil, err
+	}
+	facts := &ImageFacts{Banner: prof.Banner}
+	bannerVA, err := prof.Symbol("linux_banner")
+	if err != nil {
+		return nil, err
+	}
+	if b, ok := imageAt(img, base, bannerVA, len(prof.Banner)); !ok || string(b) != prof.Banner {
+		return nil, fmt.Errorf("linux: image's linux_banner %.40q differs from the profile's %.40q", b, prof.Banner)
+	}
+	table, err := prof.Symbol("sys_call_table")
+	if err != nil {
+		return nil, err
+	}
+	for i := uint64(0); i < maxSyscalls; i++ {
+		b, ok := imageAt(img, base, table+8*i, 8)
+		if !ok {
+			break
+		}
+		v := binary.LittleEndian.Uint64(b)
+		s, off, ok := prof.Symbols.Symbol(v)
+		if !ok || off != 0 || !strings.HasPrefix(s.Name, arm64SysBase) {
+			break
+		}
+		facts.SyscallTable = append(facts.SyscallTable, v)
+	}
+	if len(facts.SyscallTable) == 0 {
+		return nil, fmt.Errorf("linux: the image's sys_call_table holds no __arm64_sys_* wrappers")
+	}
+	return facts, nil
+}
+
+// addImagePointers adds init_mm from the image's own static initializer
+// (init_task.active_mm = &init_mm, at its link-time value once relocated):
+// Locate reads the kernel's page-table root from init_mm.pgd, and the live
+// init_task.active_mm is whatever mm the idle task last borrowed.
+func (p *Profile) addImagePointers(img []byte, base uint64) error {
+	initTask, err := p.Symbol("init_task")
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrARM64Image, err)
+	}
+	activeMM, err := p.FieldOffset("task_struct.active_mm")
+	if err != nil {
+		return err
+	}
+	b, ok := imageAt(img, base, initTask+activeMM, 8)
+	if !ok {
+		return fmt.Errorf("%w: init_task.active_mm outside the image", ErrARM64Image)
+	}
+	mm := binary.LittleEndian.Uint64(b)
+	if _, ok := imageAt(img, base, mm, 8); !ok || mm&7 != 0 {
+		return fmt.Errorf("%w: init_task.active_mm %#x is not in the image", ErrARM64Image, mm)
+	}
+	syms, err := p.Symbols.withSymbols([]Symbol{{Name: "init_mm", Addr: mm, Type: 'D'}})
+	if err != nil {
+		return err
+	}
+	p.Symbols = syms
+	return nil
 }

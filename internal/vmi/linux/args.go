@@ -161,7 +161,7 @@ func (r *taskReader) processArgs(pa *ProcessArgs, t Task, mmBuf []byte) int {
 		}
 		return 0
 	}
-	as := &userSpace{as: vmi.AddressSpace{Mem: r.k.AS.Mem, CR3: m.pgd, LA57: r.k.AS.LA57}}
+	as := &userSpace{as: vmi.AddressSpace{Mem: r.k.AS.Mem, CR3: m.pgd, LA57: r.k.AS.LA57, Paging: r.k.AS.Paging, TTBR1: r.k.AS.TTBR1}}
 	top := userTop(as.as.LA57)
 	pa.Args = cmdline(as, m, top)
 	n := pa.Args.bytes()

@@ -78,6 +78,9 @@ func newFileLayout(p *Profile) *fileLayout {
 // kernelPointer reports whether v can be a kernel pointer: canonical and in
 // the upper half.
 func (k *Kernel) kernelPointer(v uint64) bool {
+	if k.AS.Paging == vmi.PagingARM64 {
+		return v>>48 == 0xffff
+	}
 	return v>>63 == 1 && vmi.Canonical(v, k.AS.LA57)
 }
 

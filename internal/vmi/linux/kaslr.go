@@ -27,6 +27,8 @@ var ErrKASLR = errors.New("linux: cannot locate the kernel in guest memory")
 // Registers are the vCPU registers Locate uses; zero values mean unknown.
 type Registers struct {
 	CR3, CR4 uint64
+	// TTBR1 and TCR are TTBR1_EL1 and TCR_EL1 of an arm64 guest.
+	TTBR1, TCR uint64
 }
 
 // Kernel is a profiled kernel located in guest memory.
@@ -49,6 +51,9 @@ type Kernel struct {
 // init_top_pgt. The result is verified by reading linux_banner through the
 // page tables; failures wrap ErrKASLR.
 func Locate(mem vmi.PhysicalMemory, prof *Profile, regs Registers) (*Kernel, error) {
+	if prof.IsARM64() {
+		return locateARM64(mem, prof, regs)
+	}
 	text, err := prof.Symbol("_text")
 	if err != nil {
 		return nil, err

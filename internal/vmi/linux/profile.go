@@ -31,8 +31,8 @@ type Profile struct {
 	Compression Compression
 	// Arch is the kernel's architecture: ArchAMD64 ("" in profiles
 	// cached before arm64) or ArchARM64.
-	Arch string
-	Symbols     *Kallsyms
+	Arch    string
+	Symbols *Kallsyms
 	// BTF holds the structure layouts from the image's .BTF section; ISF
 	// holds them from a Volatility 3 symbol table when the image has no
 	// .BTF (or its BTF is ignored: ProfileOptions). Layout queries read

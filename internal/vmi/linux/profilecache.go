@@ -83,6 +83,7 @@ type profileMeta struct {
 	BuildID     string
 	Compression Compression
 	Layout      KallsymsLayout
+	Arch        string `json:",omitempty"` // "" for amd64
 }
 
 var headerSize = uint64(binary.Size(profileHeader{}))
@@ -240,7 +241,7 @@ func loadProfileFile(f *os.File, key string) (*Profile, error) {
 		return nil, err
 	}
 	sec := func(s section) []byte { return m[s.Off : s.Off+s.Len : s.Off+s.Len] }
-	p := &Profile{Banner: meta.Banner, Release: meta.Release, BuildID: meta.BuildID, Compression: meta.Compression}
+	p := &Profile{Banner: meta.Banner, Release: meta.Release, BuildID: meta.BuildID, Compression: meta.Compression, Arch: meta.Arch}
 	p.Symbols = &Kallsyms{Layout: meta.Layout, addrs: u64s(sec(h.Addrs)), types: sec(h.Types),
 		nameEnd: u32s(sec(h.NameEnd)), byName: i32s(sec(h.ByName)), names: bytesString(sec(h.Names))}
 	if p.BTF, err = btfFromIndex(f, h.BTF.Off, h.BTF.Len, int64(h.BTFOffs.Off), int(h.BTFOffs.Len/4),
@@ -329,7 +330,7 @@ func (p *Profile) store(dir string) error {
 		return err
 	}
 	meta, err := json.Marshal(profileMeta{Banner: p.Banner, Release: p.Release, BuildID: p.BuildID,
-		Compression: p.Compression, Layout: k.Layout})
+		Compression: p.Compression, Layout: k.Layout, Arch: p.Arch})
 	if err != nil {
 		return err
 	}

@@ -174,6 +174,9 @@ func (p *Profile) LoadImage(path, cacheDir string) error {
 // alternatives from a kernel image (bzImage or vmlinux), using prof's
 // symbols and BTF for where they are. The image's banner must match prof's.
 func NewImageFacts(img []byte, prof *Profile) (*ImageFacts, error) {
+	if prof.IsARM64() {
+		return newARM64ImageFacts(img, prof)
+	}
 	vmlinux, _, err := ExtractVmlinux(img)
 	if err != nil {
 		return nil, err

@@ -1,0 +1,129 @@
+package linux
+
+import (
+	"bytes"
+	"fmt"
+
+	"github.com/gatevisor/gatevisor/internal/vmi"
+)
+
+// arm64 kernels: where KASLR put the image, found from memory alone.
+//
+// The physical load address is where the banner's bytes are (the Image
+// is placed at a 64 KiB-aligned address at least: EFI's MIN_KIMG_ALIGN,
+// QEMU's -kernel at RAM's start plus text_offset). The image's variables
+// then read by physical address: kimage_voffset (head.S sets it to
+// VA(_text) - PA(_text)) gives the virtual slide, and init_mm.pgd (the
+// profile has init_mm from init_task's initializer) is swapper_pg_dir,
+// TTBR1_EL1's table. The result is
+// verified by reading linux_banner back through those tables. A
+// TTBR1_EL1 from the gdbstub is tried first when given; TCR_EL1, when
+// given, must describe the 4 KiB-granule 48-bit regime vmi walks.
+
+// arm64ImageAlign is the physical alignment searched for the image.
+const arm64ImageAlign = 64 << 10
+
+// locateARM64 is Locate for an arm64 profile.
+func locateARM64(mem vmi.PhysicalMemory, prof *Profile, regs Registers) (*Kernel, error) {
+	if err := vmi.CheckTCR(regs.TCR); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrKASLR, err)
+	}
+	text, err := prof.Symbol("_text")
+	if err != nil {
+		return nil, err
+	}
+	bannerVA, err := prof.Symbol("linux_banner")
+	if err != nil {
+		return nil, err
+	}
+	voffVA, err := prof.Symbol("kimage_voffset")
+	if err != nil {
+		return nil, err
+	}
+	initMM, err := prof.Symbol("init_mm")
+	if err != nil {
+		return nil, err
+	}
+	pgdOff, err := prof.FieldOffset("mm_struct.pgd")
+	if err != nil {
+		return nil, err
+	}
+	if initMM < text {
+		return nil, fmt.Errorf("%w: init_mm %#x below _text", ErrKASLR, initMM)
+	}
+	banner := []byte(prof.Banner)
+	if len(banner) == 0 || bannerVA < text {
+		return nil, fmt.Errorf("%w: profile has no usable banner", ErrKASLR)
+	}
+	bannerOff := bannerVA - text
+	buf := make([]byte, len(banner))
+	lastErr := fmt.Errorf("%w: banner %.40q not found at any 64 KiB-aligned load address", ErrKASLR, prof.Banner)
+	for _, r := range mem.Ranges() {
+		for pa := (r.Start + arm64ImageAlign - 1) &^ (arm64ImageAlign - 1); pa >= r.Start && pa+bannerOff+uint64(len(banner)) <= r.End; pa += arm64ImageAlign {
+			if _, err := mem.ReadAt(buf, int64(pa+bannerOff)); err != nil || !bytes.Equal(buf, banner) {
+				continue
+			}
+			k, err := arm64At(mem, regs, prof, pa, text, bannerVA, voffVA, initMM, pgdOff, banner)
+			if err == nil {
+				return k, nil
+			}
+			lastErr = err
+		}
+	}
+	return nil, lastErr
+}
+
+// arm64At tries the image at physical address phys.
+func arm64At(mem vmi.PhysicalMemory, regs Registers, prof *Profile, phys, text, bannerVA, voffVA, initMM, pgdOff uint64, banner []byte) (*Kernel, error) {
+	// Physical reads of the image's own variables (the image is
+	// physically contiguous from _text).
+	imgU64 := func(linkVA uint64) (uint64, error) {
+		return readPhysU64(mem, phys+(linkVA-text))
+	}
+	voff, err := imgU64(voffVA)
+	if err != nil {
+		return nil, fmt.Errorf("%w: read kimage_voffset: %v", ErrKASLR, err)
+	}
+	va := phys + voff
+	if va>>48 != 0xffff || va&0xffff != 0 {
+		return nil, fmt.Errorf("%w: kimage_voffset %#x puts _text at %#x", ErrKASLR, voff, va)
+	}
+	slide := va - text
+	var roots []uint64
+	if regs.TTBR1 != 0 {
+		roots = append(roots, regs.TTBR1)
+	}
+	// init_mm.pgd is swapper_pg_dir once paging_init ran (the image's
+	// own initializer names init_pg_dir, the early tables): a run-time
+	// address in the image, so its PA is VA - kimage_voffset.
+	if pgd, err := imgU64(initMM + pgdOff); err == nil && pgd >= voff && pgd-voff >= phys {
+		roots = append(roots, pgd-voff)
+	}
+	if len(roots) == 0 {
+		return nil, fmt.Errorf("%w: no TTBR1_EL1 and no init_mm.pgd in the image at %#x", ErrKASLR, phys)
+	}
+	got := make([]byte, len(banner))
+	var lastErr error
+	for _, root := range roots {
+		as := &vmi.AddressSpace{Mem: mem, Paging: vmi.PagingARM64, TTBR1: root}
+		if _, err := as.ReadVirtual(bannerVA+slide, got); err != nil {
+			lastErr = fmt.Errorf("%w: _text at %#x (physical %#x) but linux_banner does not read back through the tables at %#x: %v", ErrKASLR, va, phys, root, err)
+			continue
+		}
+		if !bytes.Equal(got, banner) {
+			lastErr = fmt.Errorf("%w: _text at %#x but linux_banner reads back %.40q", ErrKASLR, va, got)
+			continue
+		}
+		as.Cache = vmi.NewTranslationCache()
+		return &Kernel{Profile: prof, Mem: mem, AS: as, PhysBase: phys, Slide: slide}, nil
+	}
+	return nil, lastErr
+}
+
+func readPhysU64(mem vmi.PhysicalMemory, pa uint64) (uint64, error) {
+	var b [8]byte
+	if _, err := mem.ReadAt(b[:], int64(pa)); err != nil {
+		return 0, err
+	}
+	return le.Uint64(b[:]), nil
+}
