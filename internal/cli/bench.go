@@ -24,7 +24,7 @@ func newBenchCmd() *cobra.Command {
 		Use:   "bench",
 		Short: "Benchmarks against peers, run in one process so they share the machine's state",
 	}
-	cmd.AddCommand(newBenchBootCmd(), newBenchIDSCmd(), newBenchSyscallsCmd(), newBenchNetCmd(), newBenchFloodCmd(), newBenchMemoryCmd(), newBenchProcCmd(), newBenchFleetCmd(), newBenchRejuvenateCmd())
+	cmd.AddCommand(newBenchBootCmd(), newBenchIDSCmd(), newBenchSyscallsCmd(), newBenchNetCmd(), newBenchFloodCmd(), newBenchMemoryCmd(), newBenchProcCmd(), newBenchFleetCmd(), newBenchRejuvenateCmd(), newBenchFilesCmd())
 	return cmd
 }
 

@@ -35,6 +35,7 @@ type idsTarget struct {
 	asJSON  bool
 	detail  detailOpts
 	frozen  []int // processes the VM's monitor keeps stopped
+	served  bool  // files --served: only the file gate's shares (idsfiles.go)
 }
 
 // joinInts is "1, 2, 3".
@@ -89,12 +90,16 @@ or QEMU's dump-guest-memory, or a raw image of RAM from address 0).`,
 		})
 	}
 	t.detail.addFlags(cmd)
+	pf.BoolVar(&t.served, "served", false, "with files and --vm: only the files the monitor serves (run --files), who holds them open")
 	return cmd
 }
 
 func runIDS(ctx context.Context, t *idsTarget, query string) error {
 	if (t.vm == "") == (t.dump == "") {
 		return errors.New("name exactly one target: --vm NAME or --dump FILE")
+	}
+	if t.served {
+		return runServedFiles(ctx, t, query)
 	}
 	query, err := t.detail.query(query)
 	if err != nil {

@@ -40,6 +40,7 @@ type runOptions struct {
 	kit                        string
 	adds                       []string
 	files                      []string
+	filesPeer9P                string
 	detach, detachedChild      bool
 	// symbols is --symbols: a Volatility 3 ISF for a kernel without BTF.
 	symbols                   string
@@ -86,6 +87,8 @@ returns once the guest is ready.`,
 	f.StringVar(&o.initrd, "initrd", "", "initramfs to use with --kernel")
 	f.StringVar(&o.appendArgs, "append", "", "kernel command line (default: the kit's)")
 	f.StringArrayVar(&o.files, "files", nil, "serve a host directory to the guest through the file gate as NAME=HOSTDIR[:GUESTPATH][,ro] (repeatable; mounted at /mnt/NAME by default; every access decided by the policy)")
+	f.StringVar(&o.filesPeer9P, "files-peer-9p", "", "benchmarks only: export DIR with QEMU's own virtio-9p (tag peer), no gate")
+	_ = f.MarkHidden("files-peer-9p")
 	f.StringArrayVar(&o.adds, "add", nil, "add a host file or directory to the initramfs as HOST:GUEST (repeatable)")
 	f.BoolVar(&o.detach, "detach", false, "run in the background; the console goes to a log file")
 	f.DurationVar(&o.readyTimeout, "ready-timeout", 5*time.Minute, "with --detach, how long to wait for the guest to be ready")
@@ -431,7 +434,7 @@ func monitorConfig(o *runOptions, v runValues, g guest) (monitor.Config, error) 
 		Name: o.name, MemMiB: v.memMiB, CPUs: o.cpus, Accel: choice, Kernel: g.kernel, Profile: prof, Initrd: g.initrd, Append: g.appendArgs,
 		QEMUBinary: v.qemuBin, ConsoleLog: o.consoleLog, Log: os.Stderr, ReadyMarker: o.readyMarker,
 		IDSInterval: o.idsInterval, CPUHog: ids.HogDetector{Threshold: o.cpuHogThreshold, Window: o.cpuHogWindow}, EventsLog: filepath.Join(dir, "events.jsonl"), EventsMaxSize: v.eventsMax,
-		EventsKeep: o.eventsKeep, Net: v.net, Files: v.files,
+		EventsKeep: o.eventsKeep, Net: v.net, Files: v.files, FilesPeer9P: o.filesPeer9P,
 		AuditLog: o.auditLog, AuditMaxSize: v.auditMax, AuditKeep: o.auditKeep, KitModules: g.kitModules, Arch: v.arch,
 		SnapshotDir: filepath.Join(dir, "snapshots"), SnapshotReady: o.snapshotReady,
 	}

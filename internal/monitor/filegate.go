@@ -108,6 +108,15 @@ type fileShare struct {
 // socket per share, QEMU's virtio-serial port on it, and the shares on
 // the kernel command line for the kit's init to mount.
 func (m *Monitor) startFiles(qcfg *qemu.Config) error {
+	if d := m.cfg.FilesPeer9P; d != "" {
+		// Benchmarks only: QEMU's own virtio-9p export of d (tag peer),
+		// the peer the file gate is measured against. No gate.
+		if strings.ContainsAny(d, ",=") || !filepath.IsAbs(d) {
+			return fmt.Errorf("peer 9P directory %q: an absolute path without ',' or '='", d)
+		}
+		qcfg.ExtraArgs = append(qcfg.ExtraArgs, "-fsdev", "local,id=gvpeer,path="+d+",security_model=none",
+			"-device", "virtio-9p-pci,fsdev=gvpeer,mount_tag=peer"+qcfg.VirtioOpts())
+	}
 	if len(m.cfg.Files) == 0 {
 		return nil
 	}

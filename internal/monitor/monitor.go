@@ -93,6 +93,9 @@ type Config struct {
 	Net NetOptions
 	// Files are the directories the file gate serves (filegate.go).
 	Files []FileShare
+	// FilesPeer9P, for benchmarks only, exports a directory with QEMU's
+	// own virtio-9p (tag peer), with no gate.
+	FilesPeer9P string
 	// PolicyFile is the security server's policy ("" denies every gated
 	// event); AuditLog receives its audit records. Read once at start,
 	// and checked against this VM's gates before QEMU starts.

@@ -1,0 +1,247 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gatevisor/gatevisor/internal/api/apiclient"
+)
+
+// FilesOptions are Files's parameters.
+type FilesOptions struct {
+	Rounds int // rounds, each timing both sides, alternating which goes first
+	MiB    int // the sequential file's size
+	Small  int // small files read in the open+read+close test
+}
+
+// FilesSide is one side's samples: the file gate or QEMU's own export.
+type FilesSide struct {
+	ReadMiBs  []float64 `json:"read_mib_s"`
+	WriteMiBs []float64 `json:"write_mib_s"`
+	// SmallMicros is the time per small file of `cat` over all of them
+	// (one process: open, read, close each), µs.
+	SmallMicros []float64 `json:"small_open_read_close_us"`
+	// Medians.
+	ReadMedian, WriteMedian, SmallMedian float64
+}
+
+// FilesReport is what Files measured.
+type FilesReport struct {
+	Accel    string `json:"accel"`
+	Rounds   int    `json:"rounds"`
+	MiB      int    `json:"mib"`
+	Small    int    `json:"small_files"`
+	HostCPUs int    `json:"host_cpus"`
+	// LoadAvg is the host's load average before and after.
+	LoadAvg [2]string `json:"load_average_before_after"`
+	Gate    FilesSide `json:"gate"`
+	Peer    FilesSide `json:"qemu_9p"`
+	// Ratios are gate / QEMU's export of the medians (throughput: higher
+	// is better; latency: lower).
+	ReadRatio, WriteRatio, SmallRatio float64
+	// MonitorCPUPerDecisionMicros is the monitor process's CPU time
+	// (utime+stime from /proc) over the small-file phases on the gate,
+	// divided by the decisions the gate took meanwhile: everything the
+	// monitor does per decided request (9P, attribution, decision).
+	MonitorCPUPerDecisionMicros []float64 `json:"monitor_cpu_per_decision_us"`
+	MonitorCPUMedian            float64   `json:"monitor_cpu_per_decision_us_median"`
+	Decisions                   uint64    `json:"decisions"`
+}
+
+// Files measures the file gate (issue 15) against QEMU's own virtio-9p
+// export of the same host directory (-fsdev local, mounted with
+// trans=virtio, cache=none), in one VM and the same run: sequential read
+// and write throughput with dd (128 KiB blocks) and small-file latency
+// (one cat over every small file), each round alternating which side goes
+// first; and the monitor's CPU per decision.
+func Files(ctx context.Context, env Env, o FilesOptions) (*FilesReport, error) {
+	dir, err := os.MkdirTemp("", "gatevisor-bench-files-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	if err := os.Chmod(dir, 0o777); err != nil {
+		return nil, err
+	}
+	big := make([]byte, o.MiB<<20)
+	for i := range big {
+		big[i] = byte(i * 7)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "big"), big, 0o666); err != nil {
+		return nil, err
+	}
+	if err := os.Mkdir(filepath.Join(dir, "small"), 0o777); err != nil {
+		return nil, err
+	}
+	for i := range o.Small {
+		if err := os.WriteFile(filepath.Join(dir, "small", fmt.Sprintf("f%04d", i)), big[:4096], 0o666); err != nil {
+			return nil, err
+		}
+	}
+	pol := filepath.Join(dir, "..", filepath.Base(dir)+".policy")
+	if err := os.WriteFile(pol, []byte("default: allow;\n"), 0o644); err != nil {
+		return nil, err
+	}
+	defer os.Remove(pol)
+	rep := &FilesReport{Rounds: o.Rounds, MiB: o.MiB, Small: o.Small, HostCPUs: runtime.NumCPU()}
+	rep.LoadAvg[0] = loadAvg()
+	name := fmt.Sprintf("bench-files-%d", os.Getpid())
+	env.logf("bench files: booting %s with --files gate=%s and QEMU's virtio-9p export of the same directory\n", name, dir)
+	c, stop, err := env.bootVM(ctx, name, "--files", "gate="+dir+":/mnt/gate", "--files-peer-9p", dir, "--policy", pol)
+	if err != nil {
+		return nil, err
+	}
+	defer stop()
+	st, err := c.Status(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rep.Accel = st.Accel
+	if r, err := guestSh(ctx, c, "mkdir -p /mnt/peer && mount -t 9p -o trans=virtio,version=9p2000.L,cache=none,msize=131072 peer /mnt/peer && grep -c ' 9p ' /proc/mounts", 60); err != nil || r.ExitCode != 0 {
+		return nil, fmt.Errorf("mount QEMU's export: %v %s", err, r.Stderr)
+	}
+	sides := []struct {
+		path string
+		s    *FilesSide
+		gate bool
+	}{{"/mnt/gate", &rep.Gate, true}, {"/mnt/peer", &rep.Peer, false}}
+	for round := range o.Rounds {
+		for k := range 2 {
+			sd := sides[(round+k)%2]
+			if err := filesRound(ctx, env, c, st.MonitorPID, sd.path, sd.s, sd.gate, o, rep); err != nil {
+				return nil, fmt.Errorf("round %d, %s: %w", round+1, sd.path, err)
+			}
+		}
+	}
+	for _, s := range []*FilesSide{&rep.Gate, &rep.Peer} {
+		s.ReadMedian, s.WriteMedian, s.SmallMedian = Median(s.ReadMiBs), Median(s.WriteMiBs), Median(s.SmallMicros)
+	}
+	if rep.Peer.ReadMedian > 0 && rep.Peer.WriteMedian > 0 && rep.Peer.SmallMedian > 0 {
+		rep.ReadRatio = rep.Gate.ReadMedian / rep.Peer.ReadMedian
+		rep.WriteRatio = rep.Gate.WriteMedian / rep.Peer.WriteMedian
+		rep.SmallRatio = rep.Gate.SmallMedian / rep.Peer.SmallMedian
+	}
+	rep.MonitorCPUMedian = Median(rep.MonitorCPUPerDecisionMicros)
+	rep.LoadAvg[1] = loadAvg()
+	return rep, nil
+}
+
+// guestNanos runs script between two reads of the guest's clock (date
+// +%s%N) and returns the time it took.
+func guestNanos(ctx context.Context, c *apiclient.Client, script string) (time.Duration, error) {
+	res, err := guestSh(ctx, c, "s=$(date +%s%N); "+script+" || exit 9; e=$(date +%s%N); echo $s $e", 300)
+	if err != nil {
+		return 0, err
+	}
+	f := strings.Fields(string(res.Stdout))
+	if res.ExitCode != 0 || len(f) != 2 {
+		return 0, fmt.Errorf("exit %d, stdout %q, stderr %q", res.ExitCode, res.Stdout, res.Stderr)
+	}
+	a, err1 := strconv.ParseInt(f[0], 10, 64)
+	b, err2 := strconv.ParseInt(f[1], 10, 64)
+	if err1 != nil || err2 != nil || b <= a {
+		return 0, fmt.Errorf("bad times %q", res.Stdout)
+	}
+	return time.Duration(b - a), nil
+}
+
+func filesRound(ctx context.Context, env Env, c *apiclient.Client, monitorPID int, path string, s *FilesSide, gate bool, o FilesOptions, rep *FilesReport) error {
+	mib := float64(o.MiB)
+	d, err := guestNanos(ctx, c, fmt.Sprintf("dd if=%s/big of=/dev/null bs=128k 2>/dev/null", path))
+	if err != nil {
+		return fmt.Errorf("read: %w", err)
+	}
+	s.ReadMiBs = append(s.ReadMiBs, mib/d.Seconds())
+	d, err = guestNanos(ctx, c, fmt.Sprintf("dd if=/dev/zero of=%s/w bs=128k count=%d 2>/dev/null && rm %s/w", path, o.MiB*8, path))
+	if err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	s.WriteMiBs = append(s.WriteMiBs, mib/d.Seconds())
+	var cpu0 time.Duration
+	var dec0 uint64
+	if gate {
+		if cpu0, err = processCPU(monitorPID); err != nil {
+			return err
+		}
+		if dec0, err = gateDecisions(ctx, c); err != nil {
+			return err
+		}
+	}
+	d, err = guestNanos(ctx, c, fmt.Sprintf("cat %s/small/* >/dev/null", path))
+	if err != nil {
+		return fmt.Errorf("small files: %w", err)
+	}
+	s.SmallMicros = append(s.SmallMicros, float64(d.Microseconds())/float64(o.Small))
+	if gate {
+		cpu1, err := processCPU(monitorPID)
+		if err != nil {
+			return err
+		}
+		dec1, err := gateDecisions(ctx, c)
+		if err != nil {
+			return err
+		}
+		if n := dec1 - dec0; n > 0 {
+			rep.Decisions += n
+			rep.MonitorCPUPerDecisionMicros = append(rep.MonitorCPUPerDecisionMicros, float64((cpu1-cpu0).Microseconds())/float64(n))
+		}
+	}
+	env.logf("  %s: read %.1f MiB/s, write %.1f MiB/s, small files %.0f µs each\n", path, s.ReadMiBs[len(s.ReadMiBs)-1], s.WriteMiBs[len(s.WriteMiBs)-1], s.SmallMicros[len(s.SmallMicros)-1])
+	return nil
+}
+
+func gateDecisions(ctx context.Context, c *apiclient.Client) (uint64, error) {
+	sf, err := c.ServedFiles(ctx)
+	if err != nil {
+		return 0, err
+	}
+	var n uint64
+	for _, s := range sf.Shares {
+		n += s.Decided
+	}
+	return n, nil
+}
+
+// processCPU is pid's user+system CPU time from /proc/PID/stat.
+func processCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: no comm", pid)
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: short", pid)
+	}
+	u, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: bad times", pid)
+	}
+	const hz = 100 // USER_HZ
+	return time.Duration(u+st) * time.Second / hz, nil
+}
+
+// WriteText writes the report for a person.
+func (rep *FilesReport) WriteText(w io.Writer) error {
+	t := &textWriter{w: w}
+	t.printf("file gate (issue 15) vs QEMU's virtio-9p export of the same directory, one VM, %s, %d rounds alternating; host %d CPUs\n", rep.Accel, rep.Rounds, rep.HostCPUs)
+	t.printf("load average before: %s; after: %s\n", rep.LoadAvg[0], rep.LoadAvg[1])
+	t.printf("  %-44s %12s %12s %8s\n", "median", "file gate", "QEMU 9p", "ratio")
+	t.printf("  %-44s %12.2f %12.2f %8.2f\n", fmt.Sprintf("sequential read of %d MiB, MiB/s", rep.MiB), rep.Gate.ReadMedian, rep.Peer.ReadMedian, rep.ReadRatio)
+	t.printf("  %-44s %12.2f %12.2f %8.2f\n", fmt.Sprintf("sequential write of %d MiB, MiB/s", rep.MiB), rep.Gate.WriteMedian, rep.Peer.WriteMedian, rep.WriteRatio)
+	t.printf("  %-44s %12.0f %12.0f %8.2f\n", fmt.Sprintf("open+read+close of %d 4 KiB files, µs each", rep.Small), rep.Gate.SmallMedian, rep.Peer.SmallMedian, rep.SmallRatio)
+	t.printf("monitor CPU per decided request (small-file phases, %d decisions): median %.1f µs, rounds %v\n", rep.Decisions, rep.MonitorCPUMedian, rep.MonitorCPUPerDecisionMicros)
+	return t.err
+}
