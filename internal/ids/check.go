@@ -136,6 +136,10 @@ func (i *Inspector) check(read scanReads) *Report {
 		return views
 	}
 	run := func(name string, f func() ([]Finding, error)) {
+		if why := i.notCheckedHere(name); why != "" {
+			r.add(name, nil, fmt.Errorf("%w: %s", ErrNotApplicable, why), 0)
+			return
+		}
 		start := time.Now()
 		var found []Finding
 		err := i.retry(func() error {

@@ -108,7 +108,7 @@ func CheckPolicy(path, kernel string, netOpts NetOptions, idsInterval time.Durat
 // ARM64NoKernelGate is why an arm64 guest has no kernel gate: what the
 // gate needs and gatevisor does not have on arm64 yet (docs/design.md,
 // "Kernel gate", Limits).
-const ARM64NoKernelGate = "the kernel gate is not implemented for arm64 guests: it needs AArch64 breakpoints and watchpoints through the gdbstub (Z0/Z2 at arm64 kernel addresses), the syscall number and arguments from pt_regs (x8, x0-x5) and the return value in x0 at el0_svc/invoke_syscall, and the arm64 kernel's data symbols (its kallsyms holds text symbols only: security_hook_heads and sys_call_table are found by other means); mark the class advisory to run this policy unenforced"
+const ARM64NoKernelGate = "the kernel gate is not implemented for arm64 guests: it needs breakpoints and watchpoints set through the aarch64 gdbstub at arm64 kernel addresses, the syscall number and arguments read from pt_regs (x8, x0-x5) and the return value from x0 around invoke_syscall, and security_hook_heads for the LSM hooks (the arm64 kernel's kallsyms has text symbols only, and the profile does not recover that one)"
 
 // coverage is what this VM's gates observe (Coverage).
 func (m *Monitor) coverage(prof *linux.Profile) policy.Coverage {

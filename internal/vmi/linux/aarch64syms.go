@@ -328,3 +328,17 @@ func arm64DataSymbols(img []byte, base, limit uint64, k *Kallsyms) (*Kallsyms, e
 	}
 	return withExports.withSymbols(extra)
 }
+
+// ErrNoDataSymbol means a data symbol is missing from a kernel whose
+// kallsyms has text symbols only (an arm64 kernel without
+// KALLSYMS_ALL): its absence says nothing of the kernel's configuration.
+var ErrNoDataSymbol = fmt.Errorf("%w: not among the data symbols recovered from this arm64 kernel's image (its kallsyms has text symbols only)", ErrNoSymbol)
+
+// noDataSymbols returns, for an arm64 profile, why a missing data symbol
+// cannot be taken to mean the feature is configured out; nil otherwise.
+func (p *Profile) noDataSymbols(name string) error {
+	if !p.IsARM64() {
+		return nil
+	}
+	return fmt.Errorf("%s: %w", name, ErrNoDataSymbol)
+}

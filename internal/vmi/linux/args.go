@@ -163,6 +163,9 @@ func (r *taskReader) processArgs(pa *ProcessArgs, t Task, mmBuf []byte) int {
 	}
 	as := &userSpace{as: vmi.AddressSpace{Mem: r.k.AS.Mem, CR3: m.pgd, LA57: r.k.AS.LA57, Paging: r.k.AS.Paging, TTBR1: r.k.AS.TTBR1}}
 	top := userTop(as.as.LA57)
+	if as.as.Paging == vmi.PagingARM64 {
+		top = 1 << 48 // TASK_SIZE_64 with 48-bit addresses
+	}
 	pa.Args = cmdline(as, m, top)
 	n := pa.Args.bytes()
 	if pa.Env != nil {

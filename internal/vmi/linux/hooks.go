@@ -47,6 +47,9 @@ func (k *Kernel) FtraceOps() ([]FtraceOps, error) {
 	listVar, err1 := k.Addr("ftrace_ops_list")
 	end, err2 := k.Addr("ftrace_list_end")
 	if err1 != nil || err2 != nil {
+		if err := k.Profile.noDataSymbols("ftrace_ops_list"); err != nil {
+			return nil, err
+		}
 		return nil, nil
 	}
 	f := &fields{p: k.Profile}
@@ -149,6 +152,9 @@ type Kprobe struct {
 func (k *Kernel) Kprobes() ([]Kprobe, error) {
 	table, err := k.Addr("kprobe_table")
 	if err != nil {
+		if err := k.Profile.noDataSymbols("kprobe_table"); err != nil {
+			return nil, err
+		}
 		return nil, nil
 	}
 	f := &fields{p: k.Profile}
