@@ -1,12 +1,14 @@
 package dashboard
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/gatevisor/gatevisor/internal/api"
 )
@@ -116,3 +118,95 @@ func (d *Dashboard) net(w http.ResponseWriter, r *http.Request, s *session) {
 		d.renderError(w, r, s, http.StatusNotFound, fmt.Sprintf("network action %q: use isolate or restore", r.PathValue("action")))
 	}
 }
+
+// lifecycleTimeout bounds a snapshot or a rollback (as the CLI's): the
+// guest's RAM is written or read back, gigabytes for a large guest.
+const lifecycleTimeout = 10 * time.Minute
+
+// lifecycleContext is the context of a snapshot or a rollback: bounded,
+// but not ended by the browser going away, which must not stop a rollback
+// halfway (the monitor ends a VM whose rollback failed after its RAM was
+// replaced).
+func lifecycleContext(r *http.Request) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(r.Context()), lifecycleTimeout)
+}
+
+// rollbackConfirm is the value of the rollback form's checkbox "confirm",
+// without which the dashboard refuses a rollback.
+const rollbackConfirm = "state-lost"
+
+// formTag returns the form's snapshot tag, checked as the API checks it,
+// or renders why not and returns false.
+func (d *Dashboard) formTag(w http.ResponseWriter, r *http.Request, s *session) (string, bool) {
+	tag := r.PostFormValue("tag")
+	if err := api.CheckSnapshotTag(tag); err != nil {
+		d.renderError(w, r, s, http.StatusBadRequest, err.Error())
+		return "", false
+	}
+	return tag, true
+}
+
+// snapshot takes a snapshot: under the form's tag, else the time's (as
+// gatevisor snapshot does).
+func (d *Dashboard) snapshot(w http.ResponseWriter, r *http.Request, s *session) {
+	vm, ok := d.pageVM(w, r, s)
+	if !ok {
+		return
+	}
+	tag := strings.TrimSpace(r.PostFormValue("tag"))
+	if tag == "" {
+		tag = d.now().Format("20060102-150405")
+	}
+	if err := api.CheckSnapshotTag(tag); err != nil {
+		d.renderError(w, r, s, http.StatusBadRequest, err.Error())
+		return
+	}
+	ctx, cancel := lifecycleContext(r)
+	defer cancel()
+	res, err := d.client(vm, s).Snapshot(ctx, tag)
+	d.done(w, r, s, vm, "take snapshot "+tag, err, fmt.Sprintf("taken: %d RAM pages (%s MiB on disk of %d MiB), device state %d bytes, guest paused %s ms",
+		res.RAMPages, mib(res.RAMStoredBytes), res.MemMiB, res.DeviceStateBytes, ms(res.PausedSeconds)))
+}
+
+// rollback puts the guest back to a snapshot, once the form confirms that
+// the guest's state since then is to be lost.
+func (d *Dashboard) rollback(w http.ResponseWriter, r *http.Request, s *session) {
+	vm, ok := d.pageVM(w, r, s)
+	if !ok {
+		return
+	}
+	tag, ok := d.formTag(w, r, s)
+	if !ok {
+		return
+	}
+	if r.PostFormValue("confirm") != rollbackConfirm {
+		d.renderError(w, r, s, http.StatusBadRequest, fmt.Sprintf("roll back to snapshot %s: not done: tick %q first: everything the guest did since the snapshot is lost", tag, "I understand the guest's state since then is lost"))
+		return
+	}
+	ctx, cancel := lifecycleContext(r)
+	defer cancel()
+	res, err := d.client(vm, s).Rollback(ctx, tag)
+	d.done(w, r, s, vm, "roll back to snapshot "+tag, err, fmt.Sprintf("rolled back: %d RAM pages restored, guest paused %s ms (snapshot verified in %.2f s, %.2f s in all)",
+		res.RAMPages, ms(res.DowntimeSeconds), res.VerifySeconds, res.TotalSeconds))
+}
+
+// removeSnapshot deletes a snapshot.
+func (d *Dashboard) removeSnapshot(w http.ResponseWriter, r *http.Request, s *session) {
+	vm, ok := d.pageVM(w, r, s)
+	if !ok {
+		return
+	}
+	tag, ok := d.formTag(w, r, s)
+	if !ok {
+		return
+	}
+	ctx, cancel := withTimeout(r)
+	defer cancel()
+	d.done(w, r, s, vm, "remove snapshot "+tag, d.client(vm, s).RemoveSnapshot(ctx, tag), "removed")
+}
+
+// mib writes bytes in MiB, one decimal.
+func mib(bytes int64) string { return strconv.FormatFloat(float64(bytes)/(1<<20), 'f', 1, 64) }
+
+// ms writes seconds in milliseconds, one decimal.
+func ms(seconds float64) string { return strconv.FormatFloat(seconds*1000, 'f', 1, 64) }

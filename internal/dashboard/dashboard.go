@@ -122,6 +122,10 @@ var funcs = template.FuncMap{
 	"join":    strings.Join,
 	"counts":  counts[uint64],
 	"icounts": counts[int],
+	"mib":     mib,
+	"ms":      ms,
+	// when writes a time as the host's clock reads it.
+	"when": func(t time.Time) string { return t.Local().Format("2006-01-02 15:04:05 MST") },
 }
 
 // counts writes a map of counts as "k1 n1, k2 n2", by key.
@@ -164,6 +168,9 @@ func (d *Dashboard) Handler() http.Handler {
 	mux.HandleFunc("POST /vm/{name}/proc/{action}", d.authed(d.proc, true))
 	mux.HandleFunc("POST /vm/{name}/policy", d.authed(d.policy, true))
 	mux.HandleFunc("POST /vm/{name}/net/{action}", d.authed(d.net, true))
+	mux.HandleFunc("POST /vm/{name}/snapshot", d.authed(d.snapshot, true))
+	mux.HandleFunc("POST /vm/{name}/snapshot/remove", d.authed(d.removeSnapshot, true))
+	mux.HandleFunc("POST /vm/{name}/rollback", d.authed(d.rollback, true))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		d.renderError(w, r, nil, http.StatusNotFound, fmt.Sprintf("no page %s %s: the dashboard's pages are /, /vm/NAME and /fleet", r.Method, r.URL.Path))
 	})

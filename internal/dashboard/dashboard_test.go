@@ -33,9 +33,81 @@ type fakeVM struct {
 	mu     sync.Mutex
 	procs  []string // proc actions done: "kill 42"
 	caller []api.Caller
-	// refuseFlows makes the policy refuse net.flows.
+	// refuseFlows makes the policy refuse net.flows; refuse, the actions
+	// it names.
 	refuseFlows bool
+	refuse      map[string]bool
 	live        chan []byte // events to follow
+	// snaps are the VM's snapshots, unreadable what its list cannot read;
+	// lifecycle the snapshot calls made: "snapshot TAG", "rollback TAG",
+	// "remove TAG".
+	snaps      []api.Snapshot
+	unreadable []string
+	lifecycle  []string
+	noSnapDir  bool // the monitor keeps no snapshot directory
+}
+
+func (f *fakeVM) Restart(context.Context, api.RestartRequest) (api.RestartResult, error) {
+	return api.RestartResult{}, nil
+}
+
+func (f *fakeVM) Snapshot(_ context.Context, tag string) (api.Snapshot, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.lifecycle = append(f.lifecycle, "snapshot "+tag)
+	for _, s := range f.snaps {
+		if s.Tag == tag {
+			return api.Snapshot{}, &api.Error{Code: api.CodeConflict, Message: "snapshot " + tag + " exists: remove it first"}
+		}
+	}
+	s := api.Snapshot{Tag: tag, Created: time.Date(2026, 12, 6, 17, 0, 0, 0, time.UTC), VM: "cam1", MemMiB: 256, CPUs: 1,
+		RAMPages: 2000, RAMStoredBytes: 8 << 20, DeviceStateBytes: 5000, PolicyDigest: "sha256:feedfacefeedface0123", PausedSeconds: 0.0311}
+	f.snaps = append(f.snaps, s)
+	return s, nil
+}
+
+func (f *fakeVM) Snapshots(context.Context) (api.Snapshots, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.noSnapDir {
+		return api.Snapshots{}, &api.Error{Code: api.CodeConflict, Message: "this VM has no snapshot directory (the monitor was started without one)"}
+	}
+	return api.Snapshots{Dir: "/var/lib/gatevisor/vms/cam1/snapshots", Snapshots: append([]api.Snapshot{}, f.snaps...),
+		Unreadable: append([]string(nil), f.unreadable...)}, nil
+}
+
+func (f *fakeVM) Rollback(_ context.Context, tag string) (api.RollbackResult, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.lifecycle = append(f.lifecycle, "rollback "+tag)
+	for _, s := range f.snaps {
+		if s.Tag == tag {
+			return api.RollbackResult{Tag: tag, VerifySeconds: 1.5, DowntimeSeconds: 0.0425, TotalSeconds: 2.25, RAMPages: s.RAMPages}, nil
+		}
+	}
+	return api.RollbackResult{}, &api.Error{Code: api.CodeNotFound, Message: "no snapshot " + tag}
+}
+
+func (f *fakeVM) RemoveSnapshot(_ context.Context, tag string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.lifecycle = append(f.lifecycle, "remove "+tag)
+	for i, s := range f.snaps {
+		if s.Tag == tag {
+			f.snaps = append(f.snaps[:i], f.snaps[i+1:]...)
+			return nil
+		}
+	}
+	return &api.Error{Code: api.CodeNotFound, Message: "no snapshot " + tag}
+}
+
+// lifecycleDone returns the snapshot calls made, and forgets them.
+func (f *fakeVM) lifecycleDone() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	l := f.lifecycle
+	f.lifecycle = nil
+	return l
 }
 
 func (f *fakeVM) Status(ctx context.Context) api.Status {
@@ -176,13 +248,19 @@ const base = "http://127.0.0.1:9464"
 
 func newRig(t *testing.T, delegate bool) *rig {
 	t.Helper()
-	r := &rig{vm: &fakeVM{live: make(chan []byte, 8)}, now: time.Now()}
+	r := &rig{vm: &fakeVM{live: make(chan []byte, 8), refuse: map[string]bool{},
+		// The VM's snapshot "ready", and an entry of its directory that is
+		// not a snapshot, whose name the guest's user could not choose but
+		// is written as text anyway.
+		snaps: []api.Snapshot{{Tag: "ready", Created: time.Date(2026, 12, 6, 16, 0, 0, 0, time.UTC), VM: "cam1", MemMiB: 256, CPUs: 1,
+			RAMPages: 1234, RAMStoredBytes: 5 << 20, DeviceStateBytes: 4096, PolicyDigest: "sha256:0123456789abcdef0123456789", PausedSeconds: 0.0125}},
+		unreadable: []string{"snapshot " + hostile + ": no manifest.json"}}, now: time.Now()}
 	authorize := func(_ context.Context, c api.Caller, action string) error {
 		r.vm.mu.Lock()
 		r.vm.caller = append(r.vm.caller, c)
-		refuseFlows := r.vm.refuseFlows
+		refuseFlows, refused := r.vm.refuseFlows, r.vm.refuse[action]
 		r.vm.mu.Unlock()
-		if action == "proc.freeze" || action == "proc.kill" && c.UID == 4242 || action == "net.flows" && refuseFlows {
+		if action == "proc.freeze" || action == "proc.kill" && c.UID == 4242 || action == "net.flows" && refuseFlows || refused {
 			return errors.New("deny by rule viewers_read_only (test.policy:3:1)")
 		}
 		return nil
@@ -295,7 +373,7 @@ func TestHostileNamesEscaped(t *testing.T) {
 	}
 	vm := r.do(t, "GET", "/vm/cam1", c, nil).Body.String()
 	for _, want := range []string{`id="proc-42"`, `id="proc-43"`, "└─ ", "frozen", "kernel threads hidden", "10.0.0.2:1234", "no_tmp_exec",
-		"Snapshots: not available: snapshots are not built yet", "sha256:0123456789abcdef", `data-stream="/vm/cam1/stream?after=7"`} {
+		`<tr class="snapshot" data-tag="ready">`, "not a usable snapshot: snapshot &lt;script&gt;", "sha256:0123456789abcdef", `data-stream="/vm/cam1/stream?after=7"`} {
 		if !strings.Contains(vm, want) {
 			t.Errorf("the VM page lacks %q", want)
 		}
@@ -344,6 +422,199 @@ func TestFlows(t *testing.T) {
 	}
 	if !strings.Contains(page, `id="proc-42"`) || !strings.Contains(page, `<table id="sockets">`) {
 		t.Error("a refused net.flows took the rest of the page with it")
+	}
+}
+
+// section returns the VM page's section id, or fails.
+func section(t *testing.T, page, id string) string {
+	t.Helper()
+	start := strings.Index(page, `<section id="`+id+`">`)
+	if start < 0 {
+		t.Fatalf("no section %s:\n%s", id, page)
+	}
+	end := strings.Index(page[start:], "</section>")
+	if end < 0 {
+		t.Fatalf("section %s does not end", id)
+	}
+	return page[start : start+end]
+}
+
+// TestSnapshots: the VM's snapshots are listed; taking one, rolling back
+// and removing one are each one request to the VM's API, with the
+// session's token; a rollback needs its confirmation, a bad tag never
+// reaches the VM, and the policy's refusals are shown in its words.
+func TestSnapshots(t *testing.T) {
+	r := newRig(t, false)
+	c, csrf := r.login(t, Identity{UID: uint32(os.Geteuid()), GID: uint32(os.Getegid())})
+	get := func() string {
+		t.Helper()
+		rec := r.do(t, "GET", "/vm/cam1", c, nil)
+		if rec.Code != http.StatusOK {
+			t.Fatalf("GET /vm/cam1: %d\n%s", rec.Code, rec.Body.String())
+		}
+		return rec.Body.String()
+	}
+	post := func(path string, form url.Values) *httptest.ResponseRecorder {
+		t.Helper()
+		if form.Get("csrf") == "-" {
+			form.Del("csrf")
+		} else {
+			form.Set("csrf", csrf)
+		}
+		return r.do(t, "POST", path, c, form)
+	}
+	flash := func(page string) string {
+		t.Helper()
+		i := strings.Index(page, `<div id="flash"`)
+		if i < 0 {
+			t.Fatalf("no outcome on the page:\n%s", page)
+		}
+		return page[i : i+strings.Index(page[i:], "</div>")]
+	}
+	expect := func(what string, want ...string) {
+		t.Helper()
+		if got := r.vm.lifecycleDone(); strings.Join(got, "|") != strings.Join(want, "|") {
+			t.Errorf("%s: the VM was asked %q, want %q", what, got, want)
+		}
+	}
+
+	// The list.
+	sec := section(t, get(), "snapshots")
+	for _, want := range []string{
+		`<tr class="snapshot" data-tag="ready">`, "<code>ready</code>", "<td>1234</td>", "<td>5.0 MiB of 256 MiB</td>", "<td>4096 B</td>", "<td>12.5 ms</td>",
+		`<code title="sha256:0123456789abcdef0123456789">sha256:0123456789ab</code>`,
+		time.Date(2026, 12, 6, 16, 0, 0, 0, time.UTC).Local().Format("2006-01-02 15:04:05 MST"),
+		"/var/lib/gatevisor/vms/cam1/snapshots",
+		`<p class="warn unreadable">not a usable snapshot: snapshot &lt;script&gt;alert(&#34;pwned&#34;)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;: no manifest.json</p>`,
+		`action="/vm/cam1/snapshot"`, `action="/vm/cam1/rollback"`, `action="/vm/cam1/snapshot/remove"`,
+		`<input type="checkbox" name="confirm" value="state-lost" required> I understand the guest's state since then is lost`,
+		`<input type="hidden" name="csrf" value="` + csrf + `"><input type="hidden" name="tag" value="ready">`,
+	} {
+		if !strings.Contains(sec, want) {
+			t.Errorf("the snapshots section lacks %q:\n%s", want, sec)
+		}
+	}
+	if strings.Contains(sec, "<script>") || strings.Contains(sec, "<img") {
+		t.Errorf("an unreadable entry is written raw:\n%s", sec)
+	}
+
+	// Take one, named and unnamed.
+	if rec := post("/vm/cam1/snapshot", url.Values{"tag": {" before-upgrade "}}); rec.Code != http.StatusSeeOther || rec.Header().Get("Location") != "/vm/cam1#flash" {
+		t.Fatalf("take a snapshot: %d %v", rec.Code, rec.Header())
+	}
+	expect("take before-upgrade", "snapshot before-upgrade")
+	page := get()
+	if f := flash(page); !strings.Contains(f, `class="flash ok"`) || !strings.Contains(f, "take snapshot before-upgrade: taken: 2000 RAM pages (8.0 MiB on disk of 256 MiB), device state 5000 bytes, guest paused 31.1 ms") {
+		t.Errorf("the snapshot's outcome: %s", f)
+	}
+	if !strings.Contains(section(t, page, "snapshots"), `data-tag="before-upgrade"`) {
+		t.Error("the new snapshot is not listed")
+	}
+	post("/vm/cam1/snapshot", url.Values{"tag": {""}})
+	expect("take an unnamed one", "snapshot "+r.clock().Format("20060102-150405"))
+	get()
+
+	// A bad tag, and a post without the token, never reach the VM.
+	for _, tc := range []struct {
+		path string
+		form url.Values
+		code int
+		want string
+	}{
+		{"/vm/cam1/snapshot", url.Values{"tag": {"../../etc"}}, 400, "it may not start with"},
+		{"/vm/cam1/snapshot", url.Values{"tag": {"a b"}}, 400, "use letters, digits"},
+		{"/vm/cam1/snapshot", url.Values{"tag": {strings.Repeat("x", 65)}}, 400, "give 1 to 64 characters"},
+		{"/vm/cam1/snapshot", url.Values{"tag": {hostile}}, 400, "snapshot tag &#34;&lt;script&gt;"},
+		{"/vm/cam1/rollback", url.Values{"tag": {"-rf"}, "confirm": {"state-lost"}}, 400, "it may not start with"},
+		{"/vm/cam1/rollback", url.Values{"tag": {""}, "confirm": {"state-lost"}}, 400, "give 1 to 64 characters"},
+		{"/vm/cam1/snapshot/remove", url.Values{"tag": {"x/y"}}, 400, "use letters, digits"},
+		{"/vm/cam1/snapshot", url.Values{"tag": {"t"}, "csrf": {"-"}}, 403, "refused"},
+		{"/vm/cam1/rollback", url.Values{"tag": {"ready"}, "confirm": {"state-lost"}, "csrf": {"-"}}, 403, "refused"},
+		{"/vm/cam1/snapshot/remove", url.Values{"tag": {"ready"}, "csrf": {"-"}}, 403, "refused"},
+		// A rollback without the confirmation, or with another value.
+		{"/vm/cam1/rollback", url.Values{"tag": {"ready"}}, 400, "roll back to snapshot ready: not done: tick &#34;I understand the guest&#39;s state since then is lost&#34; first"},
+		{"/vm/cam1/rollback", url.Values{"tag": {"ready"}, "confirm": {"on"}}, 400, "not done: tick"},
+		{"/vm/nope/rollback", url.Values{"tag": {"ready"}, "confirm": {"state-lost"}}, 404, "no VM"},
+	} {
+		rec := post(tc.path, tc.form)
+		if rec.Code != tc.code || !strings.Contains(rec.Body.String(), tc.want) {
+			t.Errorf("POST %s %v: %d, want %d with %q:\n%s", tc.path, tc.form, rec.Code, tc.code, tc.want, rec.Body.String())
+		}
+		expect(fmt.Sprintf("POST %s %v", tc.path, tc.form))
+	}
+
+	// Roll back, confirmed.
+	if rec := post("/vm/cam1/rollback", url.Values{"tag": {"ready"}, "confirm": {"state-lost"}}); rec.Code != http.StatusSeeOther {
+		t.Fatalf("roll back: %d %s", rec.Code, rec.Body.String())
+	}
+	expect("roll back", "rollback ready")
+	if f := flash(get()); !strings.Contains(f, `class="flash ok"`) || !strings.Contains(f, "roll back to snapshot ready: rolled back: 1234 RAM pages restored, guest paused 42.5 ms (snapshot verified in 1.50 s, 2.25 s in all)") {
+		t.Errorf("the rollback's outcome: %s", f)
+	}
+	// The VM's own error, in its words.
+	post("/vm/cam1/rollback", url.Values{"tag": {"gone"}, "confirm": {"state-lost"}})
+	expect("roll back to a missing snapshot", "rollback gone")
+	if f := flash(get()); !strings.Contains(f, `class="flash err"`) || !strings.Contains(f, "roll back to snapshot gone: not done: no snapshot gone") {
+		t.Errorf("a missing snapshot's rollback: %s", f)
+	}
+
+	// Remove.
+	post("/vm/cam1/snapshot/remove", url.Values{"tag": {"before-upgrade"}})
+	expect("remove", "remove before-upgrade")
+	page = get()
+	if f := flash(page); !strings.Contains(f, "remove snapshot before-upgrade: removed") {
+		t.Errorf("the removal's outcome: %s", f)
+	}
+	if strings.Contains(section(t, page, "snapshots"), `data-tag="before-upgrade"`) {
+		t.Error("a removed snapshot is listed")
+	}
+
+	// The policy refuses: each action's refusal, then the list's, in its
+	// words; the rest of the page stays.
+	r.vm.mu.Lock()
+	for _, a := range []string{"vm.snapshot", "vm.rollback", "vm.snapshot.remove"} {
+		r.vm.refuse[a] = true
+	}
+	r.vm.mu.Unlock()
+	for _, tc := range []struct {
+		path string
+		form url.Values
+		want string
+	}{
+		{"/vm/cam1/snapshot", url.Values{"tag": {"t1"}}, "take snapshot t1: not done: vm.snapshot refused for uid"},
+		{"/vm/cam1/rollback", url.Values{"tag": {"ready"}, "confirm": {"state-lost"}}, "roll back to snapshot ready: not done: vm.rollback refused for uid"},
+		{"/vm/cam1/snapshot/remove", url.Values{"tag": {"ready"}}, "remove snapshot ready: not done: vm.snapshot.remove refused for uid"},
+	} {
+		if rec := post(tc.path, tc.form); rec.Code != http.StatusSeeOther {
+			t.Errorf("POST %s: %d", tc.path, rec.Code)
+		}
+		if f := flash(get()); !strings.Contains(f, `class="flash err"`) || !strings.Contains(f, tc.want) || !strings.Contains(f, "viewers_read_only (test.policy:3:1)") {
+			t.Errorf("POST %s: the refusal is not shown with the policy's reason: %s", tc.path, f)
+		}
+	}
+	expect("refused actions")
+	r.vm.mu.Lock()
+	r.vm.refuse["vm.snapshots"] = true
+	r.vm.mu.Unlock()
+	page = get()
+	sec = section(t, page, "snapshots")
+	if !strings.Contains(sec, `<p class="err" id="snapshots-error">vm.snapshots refused for uid`) || !strings.Contains(sec, "viewers_read_only (test.policy:3:1)") {
+		t.Errorf("the refusal of vm.snapshots is not shown in the policy's words:\n%s", sec)
+	}
+	if strings.Contains(sec, `id="snapshot-list"`) || !strings.Contains(sec, `id="snapshot-form"`) {
+		t.Errorf("a refused list: the list shown, or the form gone:\n%s", sec)
+	}
+	if !strings.Contains(page, `id="proc-42"`) || !strings.Contains(page, `<table id="flows">`) {
+		t.Error("a refused vm.snapshots took the rest of the page with it")
+	}
+
+	// A monitor without a snapshot directory: not available, no form.
+	r.vm.mu.Lock()
+	r.vm.refuse["vm.snapshots"], r.vm.noSnapDir = false, true
+	r.vm.mu.Unlock()
+	sec = section(t, get(), "snapshots")
+	if !strings.Contains(sec, `<p class="na" id="snapshots-na">Not available: this VM has no snapshot directory`) || strings.Contains(sec, `id="snapshot-form"`) || strings.Contains(sec, `class="err"`) {
+		t.Errorf("a VM without snapshots:\n%s", sec)
 	}
 }
 

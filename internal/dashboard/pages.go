@@ -168,6 +168,13 @@ type vmPage struct {
 	FlowsErr   string
 	NoNet      bool
 
+	// Snapshots is the VM's list (vm.snapshots), SnapshotsErr why it
+	// could not be had (a refusal names the rule); SnapshotsNA why the VM
+	// has none to take (its monitor keeps no snapshot directory).
+	Snapshots    *api.Snapshots
+	SnapshotsErr string
+	SnapshotsNA  string
+
 	Filter    filter
 	Events    []eventView
 	EventsErr string
@@ -176,7 +183,8 @@ type vmPage struct {
 	Classes   []string
 }
 
-// vmPage shows one VM: status, processes, network, events and actions.
+// vmPage shows one VM: status, snapshots, processes, network, events and
+// actions.
 func (d *Dashboard) vmPage(w http.ResponseWriter, r *http.Request, s *session) {
 	vm, ok := d.pageVM(w, r, s)
 	if !ok {
@@ -193,7 +201,19 @@ func (d *Dashboard) vmPage(w http.ResponseWriter, r *http.Request, s *session) {
 	p := vmPage{VM: vm, Filter: f, KThreads: r.URL.Query().Get("kthreads") == "1", ProcActions: api.ProcActions,
 		Verdicts: verdicts, Classes: classes}
 	var wg sync.WaitGroup
-	wg.Add(5)
+	wg.Add(6)
+	go func() {
+		defer wg.Done()
+		sn, err := c.Snapshots(ctx)
+		switch {
+		case api.IsCode(err, api.CodeConflict):
+			p.SnapshotsNA = err.Error()
+		case err != nil:
+			p.SnapshotsErr = err.Error()
+		default:
+			p.Snapshots = &sn
+		}
+	}()
 	go func() {
 		defer wg.Done()
 		fl, err := c.NetFlows(ctx, maxFlowRows)

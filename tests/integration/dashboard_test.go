@@ -103,9 +103,10 @@ func guestTask(t *testing.T, pid int) (linux.Task, bool) {
 // under systemd) in headless Chromium against the shared guest: the
 // processes (a hostile name shown as text), a denied exec arriving live
 // on the stream, a kill that the policy permits root and that happens in
-// the guest, and a kill that uid 4242's role lacks, refused with the
-// policy's reason on the page; then the latency from a denied exec to its
-// event on the dashboard's stream.
+// the guest, a snapshot taken through the dashboard, listed and removed,
+// and a kill and the snapshot list that uid 4242's role lacks, refused
+// with the policy's reason on the page; then the latency from a denied
+// exec to its event on the dashboard's stream.
 func TestDashboard(t *testing.T) {
 	needShared(t)
 	chromium := chromiumPath(t)
@@ -323,6 +324,55 @@ func TestDashboard(t *testing.T) {
 		}
 	})
 
+	t.Run("snapshots", func(t *testing.T) {
+		tag := fmt.Sprintf("dash-%d", time.Now().Unix())
+		t.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			_ = client(sharedVM).RemoveSnapshot(ctx, tag) // when the dashboard's removal did not happen
+		})
+		row := fmt.Sprintf(`#snapshot-list tr[data-tag="%s"]`, tag)
+		step(t, browser, "take a snapshot", chromedp.Navigate(base+"/vm/"+sharedVM), chromedp.WaitVisible(chromedp.CSS("#snapshot-form")),
+			chromedp.SetValue(chromedp.CSS(`#snapshot-form input[name="tag"]`), tag),
+			chromedp.Click(chromedp.CSS("#snapshot-form button")),
+			chromedp.WaitVisible(chromedp.CSS("#flash")))
+		if s := text(t, browser, "#flash"); !strings.Contains(s, "take snapshot "+tag+": taken: ") || strings.Contains(s, "not done") {
+			t.Fatalf("the snapshot's outcome: %q", s)
+		}
+		step(t, browser, "the snapshot listed", chromedp.WaitVisible(chromedp.CSS(row)))
+		if s := text(t, browser, row); !strings.Contains(s, tag) || !strings.Contains(s, "MiB of") {
+			t.Errorf("the snapshot's row: %q", s)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		list, err := client(sharedVM).Snapshots(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		found := false
+		for _, s := range list.Snapshots {
+			found = found || s.Tag == tag
+		}
+		if !found {
+			t.Errorf("the API does not list snapshot %s: %+v", tag, list)
+		}
+		// Roll back is not sent until its confirmation is ticked (the
+		// browser's own form validation; the server checks it too).
+		if ok, err := chromedp.Run(browser, chromedp.Evaluate[bool](fmt.Sprintf(`document.querySelector('%s form.rollback').checkValidity()`, row))); err != nil || ok {
+			t.Errorf("the rollback form is valid without its confirmation: %v %v", ok, err)
+		}
+		shot(t, browser, "dashboard-snapshots.png")
+		step(t, browser, "remove it", chromedp.Navigate(base+"/vm/"+sharedVM), chromedp.WaitVisible(chromedp.CSS(row)),
+			chromedp.Click(chromedp.CSS(row+" form.remove button")),
+			chromedp.WaitVisible(chromedp.CSS("#flash")))
+		if s := text(t, browser, "#flash"); !strings.Contains(s, "remove snapshot "+tag+": removed") {
+			t.Errorf("the removal's outcome: %q", s)
+		}
+		if n, err := chromedp.Run(browser, chromedp.Evaluate[int](fmt.Sprintf(`document.querySelectorAll('%s').length`, row))); err != nil || n != 0 {
+			t.Errorf("the removed snapshot is still listed: %d rows, %v", n, err)
+		}
+	})
+
 	t.Run("an action the role lacks is refused", func(t *testing.T) {
 		viewer, vcancel := chromedp.NewContext(browser, chromedp.WithNewBrowserContext())
 		defer vcancel()
@@ -341,6 +391,9 @@ func TestDashboard(t *testing.T) {
 		s := text(t, viewer, "#flash")
 		if !strings.Contains(s, fmt.Sprintf("kill pid %d: not done: proc.kill refused for uid %d", keep, viewerUID)) {
 			t.Errorf("the refusal on the page: %q", s)
+		}
+		if s := text(t, viewer, "#snapshots-error"); !strings.Contains(s, fmt.Sprintf("vm.snapshots refused for uid %d", viewerUID)) {
+			t.Errorf("the viewer's snapshot list: %q, want the refusal", s)
 		}
 		shot(t, viewer, "dashboard-refused.png")
 		if _, alive := guestTask(t, keep); !alive {
