@@ -19,7 +19,7 @@ served twice: through the file gate (--files gate=DIR, 9P over
 virtio-serial, every request attributed and decided; the policy allows
 everything) and by QEMU's own virtio-9p (-fsdev local, no gate), both
 mounted with cache=none. Each round, alternating which goes first, times
-in the guest (date +%s%N around each command): dd of the --mib file to
+in the guest (/proc/uptime around each command, 10 ms resolution): dd of the --mib file to
 /dev/null (128 KiB blocks), dd of --mib MiB of zeros to a new file, and one
 cat over --small 4 KiB files (open, read, close each, no fork). On the gate
 side it reads the monitor's CPU time (/proc) and the gate's decision count
@@ -27,8 +27,8 @@ around the small-file phase. Reports medians, the ratios gate / QEMU and
 the monitor CPU per decided request.`,
 	}
 	cmd.Flags().IntVar(&o.Rounds, "rounds", 3, "rounds, each timing both sides")
-	cmd.Flags().IntVar(&o.MiB, "mib", 8, "size of the sequential file, MiB")
-	cmd.Flags().IntVar(&o.Small, "small", 200, "small files read per round")
+	cmd.Flags().IntVar(&o.MiB, "mib", 16, "size of the sequential file, MiB")
+	cmd.Flags().IntVar(&o.Small, "small", 500, "small files read per round")
 	check := func() error {
 		if o.Rounds < 1 || o.Rounds > 50 || o.MiB < 1 || o.MiB > 512 || o.Small < 1 || o.Small > 5000 {
 			return fmt.Errorf("--rounds 1..50, --mib 1..512, --small 1..5000")

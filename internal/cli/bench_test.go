@@ -25,7 +25,7 @@ func TestBenchFlags(t *testing.T) {
 		"flood": {"rounds": "3", "seconds": "20", "interval": "250", "scenarios": "all", "accel": "auto", "mem": "256M", "json": "false"},
 		"memory": {"rounds": "3", "settle": "20s", "window": "5s", "iters": "200", "queries": "5", "lookups": "20", "ids-interval": "2s",
 			"policy": "policies/iot-default.policy", "configs": "none,ids,policy,net,all", "accel": "auto", "mem": "256M", "json": "false"},
-		"files": {"rounds": "3", "mib": "8", "small": "200", "json": "false"},
+		"files": {"rounds": "3", "mib": "16", "small": "500", "json": "false"},
 		"proc":  {"rounds": "20", "cpus": "1", "gap-threshold": "20µs", "spacing": "300ms", "json": "false"},
 	}
 	got := map[string]map[string]string{}

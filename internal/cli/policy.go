@@ -76,10 +76,11 @@ func readCapped(file string, max int64) ([]byte, error) {
 
 func newPolicyCheckCmd() *cobra.Command {
 	var (
-		kernel string
-		noNet  bool
-		noScan bool
-		strict bool
+		kernel  string
+		noNet   bool
+		noFiles bool
+		noScan  bool
+		strict  bool
 	)
 	cmd := &cobra.Command{
 		Use:   "check FILE",
@@ -100,6 +101,9 @@ compiles (1 with --strict and a warning), 1 on an error.`,
 			}
 			prof, kname, note := checkKernel(kernel)
 			cov := monitor.Coverage(prof, kname, !noNet, !noScan)
+			if !noFiles {
+				cov = monitor.FileGateCoverage(cov)
+			}
 			out := cmd.OutOrStdout()
 			fmt.Fprintf(out, "%s: ok (%d rules, %d flows)\n", args[0], pol.Rules(), len(pol.Flows()))
 			if note != "" {
@@ -141,6 +145,7 @@ compiles (1 with --strict and a warning), 1 on an error.`,
 	f := cmd.Flags()
 	f.StringVar(&kernel, "kernel", "", "check against this guest kernel (bzImage; default: the default kit's, if built)")
 	f.BoolVar(&noNet, "no-net", false, "check for a VM without --net (net rules are then not enforceable)")
+	f.BoolVar(&noFiles, "no-files", false, "check for a VM without --files (the file gate's ops and setuidExec() are then not enforceable)")
 	f.BoolVar(&noScan, "no-scan", false, "check for a VM without --ids-interval (responses to IDS findings are then not possible)")
 	f.BoolVar(&strict, "strict", false, "exit 1 when a statement would not be enforced")
 	return cmd
@@ -420,7 +425,7 @@ func explainFinding(w io.Writer, pol *policy.Policy, check string, asJSON bool) 
 // VM of the default kit with a network.
 func explainCoverage(pol *policy.Policy, ev *event.Event) string {
 	prof, kname, _ := checkKernel("")
-	cov := monitor.Coverage(prof, kname, true, true)
+	cov := monitor.FileGateCoverage(monitor.Coverage(prof, kname, true, true))
 	o, ok := cov.Observers[ev.Class]
 	switch {
 	case !ok:

@@ -386,10 +386,10 @@ func (s authServer) GateFailure(ev *event.Event, rule, reason string, errno int3
 	return s.countingServer.GateFailure(ev, rule, reason, errno)
 }
 
-// fileGateCoverage adds the file gate to what a VM's gates observe: its
+// FileGateCoverage adds the file gate to what a VM's gates observe: its
 // ops join the kernel gate's on the file class, and setuidExec() can be
 // kept.
-func fileGateCoverage(cov policy.Coverage) policy.Coverage {
+func FileGateCoverage(cov policy.Coverage) policy.Coverage {
 	cov.FileGate = true
 	o, ok := cov.Observers[event.ClassFile]
 	if !ok {

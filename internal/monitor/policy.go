@@ -114,7 +114,7 @@ const ARM64NoKernelGate = "the kernel gate is not implemented for arm64 guests: 
 func (m *Monitor) coverage(prof *linux.Profile) policy.Coverage {
 	cov := Coverage(prof, filepath.Base(m.cfg.Kernel), m.cfg.Net.Mode != NetNone && !m.cfg.Net.NoGate, m.cfg.IDSInterval > 0)
 	if len(m.cfg.Files) > 0 {
-		cov = fileGateCoverage(cov)
+		cov = FileGateCoverage(cov)
 	}
 	return cov
 }
