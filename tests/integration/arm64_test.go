@@ -2,7 +2,10 @@ package integration
 
 import (
 	"encoding/json"
+	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -15,7 +18,9 @@ import (
 // kit is built (or a valid one reused), booted with qemu-system-aarch64
 // -machine virt under TCG, a command runs through the exec channel, and
 // ids banner, ps, modules and syscalls read the guest's kernel from
-// below and agree with the guest's own view. A policy with a syscall rule
+// below and agree with the guest's own view; then threads, files,
+// sockets, check (what does not run on arm64 reported as such) and the
+// four first verbs on a dump. A policy with a syscall rule
 // is refused for it (no kernel gate on arm64 yet: fail closed).
 func TestARM64(t *testing.T) {
 	needVM(t)
@@ -117,6 +122,49 @@ func TestARM64(t *testing.T) {
 		}
 		if len(mods) == 0 || !strings.Contains(r.stdout, "virtio_pci") || !strings.Contains(r.stdout, "modules, sysfs") || strings.Contains(r.stdout, "hidden") {
 			t.Errorf("ids modules (guest has %v):\n%s", mods, r.stdout)
+		}
+	})
+	t.Run("ids threads files sockets", func(t *testing.T) {
+		if r := ids("threads"); r.code != 0 || !strings.Contains(r.stdout, "kthreadd") {
+			t.Errorf("ids threads: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+		}
+		if r := ids("files"); r.code != 0 || !strings.Contains(r.stdout, "/dev/console") || !strings.Contains(r.stdout, "/run/acpid.log") {
+			t.Errorf("ids files: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+		}
+		if r := ids("sockets"); r.code != 0 || !strings.Contains(r.stdout, ":80") || !strings.Contains(r.stdout, "httpd") || !strings.Contains(r.stdout, ":23") {
+			t.Errorf("ids sockets: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+		}
+	})
+	t.Run("ids check", func(t *testing.T) {
+		r := ids("check")
+		if r.code != 0 || !strings.Contains(r.stdout, "clean: no findings") {
+			t.Fatalf("ids check on a clean boot: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+		}
+		for _, c := range []string{"syscall-table", "hidden-process", "hidden-module", "comm-exe", "unexpected-root", "credential-change", "task-flags", "guest-view"} {
+			if !strings.Contains(r.stdout, fmt.Sprintf("%-22s 0 findings", c)) {
+				t.Errorf("ids check: %s did not run clean:\n%s", c, r.stdout)
+			}
+		}
+		// What does not run on arm64 says so, never "0 findings".
+		for _, c := range []string{"syscall-dispatch", "ftrace-hook", "kprobe", "inline-patch", "idt", "ops-table"} {
+			if !strings.Contains(r.stdout, fmt.Sprintf("%-22s not applicable: ", c)) {
+				t.Errorf("ids check: %s is not reported as not applicable on arm64:\n%s", c, r.stdout)
+			}
+		}
+	})
+	t.Run("ids on a dump", func(t *testing.T) {
+		kernel := gv(t, time.Minute, "kit", "show", "--kit", kitName, "--kernel")
+		dir := t.TempDir()
+		dump := filepath.Join(dir, "arm64.elf")
+		if r := gv(t, 3*time.Minute, "dump", vm, "-o", dump); r.code != 0 {
+			t.Fatalf("dump: exit %d %s", r.code, r.stderr)
+		}
+		defer os.Remove(dump)
+		for _, q := range []struct{ verb, want string }{{"banner", "-arm64"}, {"ps", "httpd"}, {"modules", "virtio_pci"}, {"syscalls", " 0 hooked"}} {
+			r := gv(t, 3*time.Minute, "ids", q.verb, "--dump", dump, "--kernel", strings.TrimSpace(kernel.stdout))
+			if r.code != 0 || !strings.Contains(r.stdout, q.want) {
+				t.Errorf("ids %s --dump: exit %d\n%s%s", q.verb, r.code, lastLines(r.stdout, 4), r.stderr)
+			}
 		}
 	})
 	t.Run("ids syscalls", func(t *testing.T) {

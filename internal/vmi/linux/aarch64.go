@@ -317,8 +317,9 @@ func newARM64ImageFacts(raw []byte, prof *Profile) (*ImageFacts, error) {
 	return facts, nil
 }
 
-// addImagePointers adds init_mm from the image's own static initializer
-// (init_task.active_mm = &init_mm, at its link-time value once relocated):
+// addImagePointers adds init_mm and init_cred from the image's own static
+// initializer of init_task (.active_mm = &init_mm, .cred = &init_cred, at
+// their link-time values once relocated):
 // Locate reads the kernel's page-table root from init_mm.pgd, and the live
 // init_task.active_mm is whatever mm the idle task last borrowed.
 func (p *Profile) addImagePointers(img []byte, base uint64) error {
@@ -338,7 +339,18 @@ func (p *Profile) addImagePointers(img []byte, base uint64) error {
 	if _, ok := imageAt(img, base, mm, 8); !ok || mm&7 != 0 {
 		return fmt.Errorf("%w: init_task.active_mm %#x is not in the image", ErrARM64Image, mm)
 	}
-	syms, err := p.Symbols.withSymbols([]Symbol{{Name: "init_mm", Addr: mm, Type: 'D'}})
+	extra := []Symbol{{Name: "init_mm", Addr: mm, Type: 'D'}}
+	// init_task.cred = &init_cred, likewise.
+	if off, err := p.FieldOffset("task_struct.cred"); err == nil {
+		if b, ok := imageAt(img, base, initTask+off, 8); ok {
+			if c := binary.LittleEndian.Uint64(b); c&7 == 0 {
+				if _, ok := imageAt(img, base, c, 8); ok {
+					extra = append(extra, Symbol{Name: "init_cred", Addr: c, Type: 'D'})
+				}
+			}
+		}
+	}
+	syms, err := p.Symbols.withSymbols(extra)
 	if err != nil {
 		return err
 	}

@@ -166,7 +166,9 @@ func findSyscallTable(img []byte, base uint64, k *Kallsyms) (int, int, bool) {
 // modules list (LIST_HEAD(modules) carries no relocation in Debian's
 // image, so its initial value does not tell); module_add_driver,
 // mod_sysfs_setup and lookup_or_create_module_kobject all use
-// module_kset. What the symbol points to is validated by the walk that
+// module_kset; sock_from_file, sock_alloc_file and sockfd_lookup all
+// compare with socket_file_ops. Data symbols already known are left out
+// of the intersection. What the symbol points to is validated by the walk that
 // reads it, as any guest data.
 func findCommonTarget(img []byte, base, limit uint64, k *Kallsyms, fns ...string) (int, bool) {
 	var common map[uint64]bool
@@ -185,6 +187,9 @@ func findCommonTarget(img []byte, base, limit uint64, k *Kallsyms, fns ...string
 		}
 		these := map[uint64]bool{}
 		for _, t := range adrpTargets(code, fn) {
+			if s, off, ok := k.Symbol(t); ok && off == 0 && s.Addr == t && s.Type != 't' && s.Type != 'T' {
+				continue // a data symbol already known: not the one sought
+			}
 			if t >= base && t-base < limit && t&7 == 0 && (common == nil || common[t]) {
 				these[t] = true
 			}
@@ -325,6 +330,15 @@ func arm64DataSymbols(img []byte, base, limit uint64, k *Kallsyms) (*Kallsyms, e
 	}
 	if p, ok := findCommonTarget(img, base, lim, withExports, "module_add_driver", "mod_sysfs_setup", "lookup_or_create_module_kobject"); ok {
 		add("module_kset", uint64(p))
+	}
+	if p, ok := findCommonTarget(img, base, lim, withExports, "sock_from_file", "sock_alloc_file", "sockfd_lookup"); ok {
+		add("socket_file_ops", uint64(p))
+	}
+	// cpu_rq(cpu): &runqueues plus __per_cpu_offset[cpu]; the known
+	// symbols the two functions share (__per_cpu_offset,
+	// __cpu_online_mask) drop out, and struct rq is cacheline aligned.
+	if p, ok := findCommonTarget(img, base, lim, withExports, "scheduler_tick", "resched_cpu"); ok && p&63 == 0 {
+		add("runqueues", uint64(p))
 	}
 	return withExports.withSymbols(extra)
 }
