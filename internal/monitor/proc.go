@@ -93,6 +93,9 @@ func (m *Monitor) procAction(ctx context.Context, action string, req api.ProcReq
 	if !slices.Contains(api.ProcActions, action) {
 		return api.ProcResult{}, apiErr(api.CodeBadRequest, "unknown process action %q: use one of %v", action, api.ProcActions)
 	}
+	if m.isARM64() {
+		return api.ProcResult{}, apiErr(api.CodeUnavailable, "process actions from below are not implemented for arm64 guests: the kernel call at the timer interrupt (inject.go) builds an x86-64 frame and reads rax")
+	}
 	if err := m.checkRunning(); err != nil {
 		return api.ProcResult{}, err
 	}

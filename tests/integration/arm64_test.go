@@ -20,7 +20,8 @@ import (
 // ids banner, ps, modules and syscalls read the guest's kernel from
 // below and agree with the guest's own view; then threads, files,
 // sockets, check (what does not run on arm64 reported as such) and the
-// four first verbs on a dump. A policy with a syscall rule
+// four first verbs on a dump; one network-gate verdict (an outbound telnet
+// flow reset and attributed to nc). A policy with a syscall rule
 // is refused for it (no kernel gate on arm64 yet: fail closed).
 func TestARM64(t *testing.T) {
 	needVM(t)
@@ -164,6 +165,28 @@ func TestARM64(t *testing.T) {
 			r := gv(t, 3*time.Minute, "ids", q.verb, "--dump", dump, "--kernel", strings.TrimSpace(kernel.stdout))
 			if r.code != 0 || !strings.Contains(r.stdout, q.want) {
 				t.Errorf("ids %s --dump: exit %d\n%s%s", q.verb, r.code, lastLines(r.stdout, 4), r.stderr)
+			}
+		}
+	})
+	t.Run("network gate", func(t *testing.T) {
+		// net-gate.policy: an outbound telnet flow is reset by the gate
+		// and attributed to the process that opened it.
+		nvm := "arm64-net"
+		bootGated(t, nvm, repoPolicy(t, "net-gate.policy"), "--kit", kitName, "--net", "isolated:it-"+nvm)
+		r := guestSh(t, nvm, "i=0; until ip -4 addr show eth0 | grep -q inet || [ $i -ge 30 ]; do sleep 1; i=$((i+1)); done; echo x | nc -w 3 10.0.2.2 23; echo nc=$?")
+		if !strings.Contains(r.stdout, "nc=1") || !strings.Contains(r.stderr, "Connection refused") {
+			t.Errorf("telnet out: stdout %q stderr %q", r.stdout, r.stderr)
+		}
+		f := gv(t, time.Minute, "net", "flows", nvm)
+		var line string
+		for _, l := range strings.Split(f.stdout, "\n") {
+			if strings.Contains(l, "10.0.2.2:23") {
+				line = l
+			}
+		}
+		for _, want := range []string{"denied", "no_telnet_out", " nc ", "/bin/busybox"} {
+			if !strings.Contains(line, want) {
+				t.Errorf("net flows: the telnet flow %q lacks %q:\n%s", line, want, f.stdout)
 			}
 		}
 	})
