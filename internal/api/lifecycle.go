@@ -34,6 +34,14 @@ type RestartResult struct {
 	DowntimeSeconds  float64 `json:"downtime_seconds"`
 	TotalSeconds     float64 `json:"total_seconds"`
 	DeviceStateBytes int64   `json:"device_state_bytes"`
+	// Phases is where the downtime went, in order.
+	Phases []Phase `json:"phases,omitempty"`
+}
+
+// Phase is one step of a restart or rollback with the guest stopped.
+type Phase struct {
+	Name string  `json:"name"`
+	Ms   float64 `json:"ms"`
 }
 
 // SnapshotRequest names a snapshot to take (POST /v1/snapshot), roll back
@@ -97,6 +105,7 @@ type RollbackResult struct {
 	OldQEMUPID      int     `json:"old_qemu_pid"`
 	NewQEMUPID      int     `json:"new_qemu_pid"`
 	RAMPages        int64   `json:"ram_pages"`
+	Phases          []Phase `json:"phases,omitempty"`
 }
 
 // MaxSnapshotTag is the longest snapshot tag.

@@ -248,7 +248,7 @@ func startTicker(ctx context.Context, c *apiclient.Client, period time.Duration)
 			}
 		}
 	}()
-	if _, err := guestStart(ctx, c, fmt.Sprintf("%s tick %d >/dev/console", procgapGuestPath, period.Microseconds())); err != nil {
+	if _, err := guestStart(ctx, c, fmt.Sprintf("sh -c '%s tick %d >/dev/console'", procgapGuestPath, period.Microseconds())); err != nil {
 		tk.close()
 		return nil, err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -60,6 +61,7 @@ switch, the old QEMU keeps the guest.`,
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "%s: QEMU restarted (pid %d -> %d), guest kept in RAM: paused %.1f ms, device state %d bytes, %.2f s in all\n",
 					args[0], res.OldQEMUPID, res.NewQEMUPID, res.DowntimeSeconds*1000, res.DeviceStateBytes, res.TotalSeconds)
+				printPhases(cmd, res.Phases)
 				return nil
 			})
 		},
@@ -190,8 +192,21 @@ replaced ends the VM (fail closed).`,
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "%s: rolled back to snapshot %s: %d RAM pages restored, guest paused %.1f ms (snapshot verified in %.2f s, %.2f s in all)\n",
 					args[0], res.Tag, res.RAMPages, res.DowntimeSeconds*1000, res.VerifySeconds, res.TotalSeconds)
+				printPhases(cmd, res.Phases)
 				return nil
 			})
 		},
 	}
+}
+
+// printPhases writes where a restart's or rollback's pause went.
+func printPhases(cmd *cobra.Command, phases []api.Phase) {
+	if len(phases) == 0 {
+		return
+	}
+	parts := make([]string, len(phases))
+	for i, p := range phases {
+		parts[i] = fmt.Sprintf("%s %.1f ms", p.Name, p.Ms)
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "  the pause: %s\n", strings.Join(parts, "; "))
 }

@@ -127,31 +127,32 @@ var ErrQEMUDied = errors.New("qemu exited unexpectedly")
 
 // Monitor is one running VM.
 type Monitor struct {
-	cfg     Config
-	started time.Time
-	dir     *vmdir.Dir
-	ramFile *os.File
-	ram     *qemu.GuestRAM
-	side    atomic.Pointer[qemuSide] // the QEMU process and its channels (m.q)
-	rs      restartState             // QEMU restarts, snapshots, rollbacks (restart.go)
-	console *console
-	logFile *os.File
-	events  *eventBus
-	intro   introspection
-	dbg     *debugger     // owns the gdbstub's run state (debugger.go)
-	pol     policyState   // the policy in force, its security server and audit log (policy.go)
-	scans   scanState     // the periodic IDS scan, for status (events.go)
-	inj     injector      // kernel calls from below (inject.go)
-	frozen  freezer       // processes kept stopped (proc.go)
-	resp    responder     // the policy's responses (respond.go)
-	netIso  netIsolation  // the network cut off (isolate.go)
-	metrics *metrics.VM   // Prometheus metrics (metrics.go)
-	kg      kernelGate    // the kernel gate's traps (kernelgate.go)
-	net     *netState     // nil without --net
-	files   *fileState    // nil without --files (filegate.go)
-	grants  grantTable    // users the monitor authenticated (fileauth.go)
-	done    chan struct{} // closed when the VM is over and cleaned up
-	stopCh  chan struct{} // closed when a stop is first requested
+	cfg       Config
+	started   time.Time
+	dir       *vmdir.Dir
+	ramFile   *os.File
+	ram       *qemu.GuestRAM
+	side      atomic.Pointer[qemuSide] // the QEMU process and its channels (m.q)
+	rs        restartState             // QEMU restarts, snapshots, rollbacks (restart.go)
+	bootFiles bootFiles                // kernel and initramfs, open for restarts (restart.go)
+	console   *console
+	logFile   *os.File
+	events    *eventBus
+	intro     introspection
+	dbg       *debugger     // owns the gdbstub's run state (debugger.go)
+	pol       policyState   // the policy in force, its security server and audit log (policy.go)
+	scans     scanState     // the periodic IDS scan, for status (events.go)
+	inj       injector      // kernel calls from below (inject.go)
+	frozen    freezer       // processes kept stopped (proc.go)
+	resp      responder     // the policy's responses (respond.go)
+	netIso    netIsolation  // the network cut off (isolate.go)
+	metrics   *metrics.VM   // Prometheus metrics (metrics.go)
+	kg        kernelGate    // the kernel gate's traps (kernelgate.go)
+	net       *netState     // nil without --net
+	files     *fileState    // nil without --files (filegate.go)
+	grants    grantTable    // users the monitor authenticated (fileauth.go)
+	done      chan struct{} // closed when the VM is over and cleaned up
+	stopCh    chan struct{} // closed when a stop is first requested
 
 	profileMu sync.Mutex     // guards profile
 	profile   *linux.Profile // the guest kernel's, loaded once (kernelProfile)
@@ -240,6 +241,7 @@ func Start(ctx context.Context, cfg Config) (_ *Monitor, err error) {
 	if err := m.startFiles(qcfg); err != nil {
 		return nil, err
 	}
+	m.bootFiles.open(qcfg.Kernel, qcfg.Initrd)
 	q := &qemuSide{cfg: qcfg}
 	m.side.Store(q)
 	if q.proc, err = qemu.Start(qcfg, m.ramFile, cfg.Log); err != nil {
@@ -585,6 +587,7 @@ func (m *Monitor) finish() {
 func (m *Monitor) cleanup() {
 	m.q().close()
 	m.rs.cleanup()
+	m.bootFiles.close()
 	if m.console != nil {
 		m.console.close()
 	}

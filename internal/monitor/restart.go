@@ -53,6 +53,30 @@ type restartState struct {
 	swapped chan struct{} // buffered (1): wakes supervise after a swap
 }
 
+// bootFiles are the guest kernel and initramfs, open from Start on for
+// restarts (nil when not given, or not readable: a restart then fails).
+type bootFiles struct {
+	kernel, initrd *os.File
+}
+
+// open opens the kernel and initramfs the VM boots.
+func (b *bootFiles) open(kernel, initrd string) {
+	if kernel != "" {
+		b.kernel, _ = os.Open(kernel)
+	}
+	if initrd != "" {
+		b.initrd, _ = os.Open(initrd)
+	}
+}
+
+func (b *bootFiles) close() {
+	for _, f := range []*os.File{b.kernel, b.initrd} {
+		if f != nil {
+			f.Close()
+		}
+	}
+}
+
 // cleanup removes the socket directories restarts created.
 func (rs *restartState) cleanup() {
 	rs.mu.Lock()
@@ -72,9 +96,24 @@ func (rs *restartState) cleanup() {
 // Preconditions: m.rs.mu held.
 func (m *Monitor) nextQEMU(ctx context.Context, binary string, ignoreShared bool) (_ *qemuSide, _ *nicPending, err error) {
 	cur := m.q()
+	if m.bootFiles.kernel == nil || (cur.cfg.Initrd != "" && m.bootFiles.initrd == nil) {
+		return nil, nil, fmt.Errorf("restart: the guest's kernel or initramfs could not be opened when the VM started")
+	}
 	cfg := *cur.cfg
 	cfg.ExtraArgs = append([]string(nil), cur.cfg.ExtraArgs...)
 	cfg.Incoming = "defer"
+	// The kernel and initramfs from the descriptors opened at start: a
+	// path may be gone by now (run --add's temporary initramfs is removed
+	// once QEMU has read it) or hold another build.
+	cfg.ExtraFiles = nil
+	if m.bootFiles.kernel != nil {
+		cfg.ExtraFiles = append(cfg.ExtraFiles, m.bootFiles.kernel)
+		cfg.Kernel = qemu.FDPath(len(cfg.ExtraFiles) - 1)
+	}
+	if m.bootFiles.initrd != nil {
+		cfg.ExtraFiles = append(cfg.ExtraFiles, m.bootFiles.initrd)
+		cfg.Initrd = qemu.FDPath(len(cfg.ExtraFiles) - 1)
+	}
 	if binary != "" {
 		cfg.Binary = binary
 	}
@@ -117,13 +156,15 @@ func (m *Monitor) nextQEMU(ctx context.Context, binary string, ignoreShared bool
 //
 // Preconditions: on the debugger goroutine with the VM stopped (inside
 // dbg.Do); m.rs.mu held.
-func (m *Monitor) switchTo(ctx context.Context, old, next *qemuSide, nic *nicPending) error {
+func (m *Monitor) switchTo(ctx context.Context, old, next *qemuSide, nic *nicPending, pt *phases) error {
 	if err := next.connectGDB(ctx); err != nil {
 		return err
 	}
+	pt.mark("attach the new gdbstub")
 	if err := m.rearm(ctx, next.gdb); err != nil {
 		return fmt.Errorf("set the kernel gate's traps on the new QEMU: %w", err)
 	}
+	pt.mark("set the kernel gate's traps")
 	var nicConn net.Conn
 	if nic != nil {
 		var err error
@@ -147,7 +188,23 @@ func (m *Monitor) switchTo(ctx context.Context, old, next *qemuSide, nic *nicPen
 	if err := m.writeState(next); err != nil {
 		m.logf("restart: runtime state: %v", err)
 	}
+	pt.mark("kill the old QEMU, move console, exec channel and NIC")
 	return nil
+}
+
+// phases times the steps of a restart or rollback.
+type phases struct {
+	last time.Time
+	list []api.Phase
+}
+
+func newPhases() *phases { return &phases{last: time.Now()} }
+
+// mark ends the step name, begun at the previous mark.
+func (p *phases) mark(name string) {
+	now := time.Now()
+	p.list = append(p.list, api.Phase{Name: name, Ms: float64(now.Sub(p.last).Microseconds()) / 1000})
+	p.last = now
 }
 
 // rearm sets every trap of the kernel gate on c (a new QEMU's gdbstub:
@@ -254,7 +311,7 @@ func (m *Monitor) Restart(ctx context.Context, req api.RestartRequest) (api.Rest
 		m.recordLifecycleOutcome(ctx, "vm.restart", fmt.Sprintf("QEMU restart failed, the guest runs on in QEMU pid %d: %v", old.proc.Pid(), err))
 		return res, fmt.Errorf("%w (the guest runs on in the old QEMU)", err)
 	}
-	res.PrepareSeconds = seconds(time.Since(start))
+	res.PrepareSeconds = time.Since(start).Seconds()
 	state, err := m.tempStateFile()
 	if err != nil {
 		next.close()
@@ -264,21 +321,29 @@ func (m *Monitor) Restart(ctx context.Context, req api.RestartRequest) (api.Rest
 	defer state.Close()
 	switched := false
 	var stopped time.Time
+	var pt *phases
 	err = m.dbg.Do(ctx, func(ctx context.Context, _ *gdbrsp.Client) error {
 		stopped = time.Now()
+		pt = newPhases()
 		if _, err := saveDevices(ctx, old, state, !req.CopyRAM); err != nil {
 			return fmt.Errorf("the old QEMU did not save the device state: %w", err)
 		}
+		pt.mark("save the device state (old QEMU)")
 		if err := loadDevices(ctx, next, state); err != nil {
 			return err
 		}
-		if err := m.switchTo(ctx, old, next, nic); err != nil {
+		pt.mark("load the device state (new QEMU)")
+		if err := m.switchTo(ctx, old, next, nic, pt); err != nil {
 			return err
 		}
 		switched = true
 		return nil
 	})
-	res.DowntimeSeconds = seconds(time.Since(stopped))
+	res.DowntimeSeconds = time.Since(stopped).Seconds()
+	if pt != nil {
+		pt.mark("resume the guest")
+		res.Phases = pt.list
+	}
 	if !switched {
 		next.close()
 		if next.serial != nil {
@@ -292,7 +357,7 @@ func (m *Monitor) Restart(ctx context.Context, req api.RestartRequest) (api.Rest
 		res.DeviceStateBytes = fi.Size()
 	}
 	res.NewQEMUPID = next.proc.Pid()
-	res.TotalSeconds = seconds(time.Since(start))
+	res.TotalSeconds = time.Since(start).Seconds()
 	m.rs.restarts++
 	m.rs.last = time.Now()
 	if err != nil {
@@ -306,8 +371,6 @@ func (m *Monitor) Restart(ctx context.Context, req api.RestartRequest) (api.Rest
 	m.logf("%s", msg)
 	return res, nil
 }
-
-func seconds(d time.Duration) float64 { return d.Seconds() }
 
 // lifecycleReady refuses a restart, snapshot or rollback before the guest
 // is up and its gates armed, and while the VM stops.

@@ -63,10 +63,11 @@ func (m *Monitor) snapshotDir() (string, error) {
 
 // machineDigest identifies the machine a snapshot restores into: QEMU's
 // command line without the parts that change from one QEMU process to the
-// next (its socket directory, -incoming).
+// next (its socket directory, -incoming, where it reads the kernel and
+// initramfs from: the kernel's own digest is recorded beside it).
 func machineDigest(c *qemu.Config) string {
 	cfg := *c
-	cfg.Dir, cfg.Incoming, cfg.Binary = "", "", ""
+	cfg.Dir, cfg.Incoming, cfg.Binary, cfg.Kernel, cfg.Initrd, cfg.ExtraFiles = "", "", "", "-", "", nil
 	h := sha256.New()
 	for _, a := range cfg.Args() {
 		io.WriteString(h, a)
@@ -416,8 +417,10 @@ func (m *Monitor) Rollback(ctx context.Context, tag string) (api.RollbackResult,
 	size := int64(m.cfg.MemMiB) << 20
 	switched, clobbered := false, false
 	var stopped time.Time
+	var pt *phases
 	err = m.dbg.Do(ctx, func(ctx context.Context, _ *gdbrsp.Client) error {
 		stopped = time.Now()
+		pt = newPhases()
 		// From the first page written on, the old QEMU's guest is gone:
 		// any failure after it keeps the VM stopped and ends it.
 		clobbered = true
@@ -429,10 +432,12 @@ func (m *Monitor) Rollback(ctx context.Context, tag string) (api.RollbackResult,
 			return fmt.Errorf("%w: the snapshot's RAM changed while it was restored", errKeepStopped)
 		}
 		res.RAMPages = r.Pages
+		pt.mark("write the snapshot's RAM")
 		if err := loadDevices(ctx, next, devs); err != nil {
 			return fmt.Errorf("%w: %w", errKeepStopped, err)
 		}
-		if err := m.switchTo(ctx, old, next, nic); err != nil {
+		pt.mark("load the device state (new QEMU)")
+		if err := m.switchTo(ctx, old, next, nic, pt); err != nil {
 			return fmt.Errorf("%w: %w", errKeepStopped, err)
 		}
 		switched = true
@@ -440,6 +445,10 @@ func (m *Monitor) Rollback(ctx context.Context, tag string) (api.RollbackResult,
 	})
 	res.DowntimeSeconds = time.Since(stopped).Seconds()
 	res.TotalSeconds = time.Since(start).Seconds()
+	if pt != nil {
+		pt.mark("resume the guest")
+		res.Phases = pt.list
+	}
 	if !switched {
 		next.close()
 		if next.serial != nil {

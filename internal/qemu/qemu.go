@@ -77,7 +77,15 @@ type Config struct {
 	// QEMU restart or a rollback loads the guest's device state into it,
 	// over the RAM file the guest already has.
 	Incoming string
+	// ExtraFiles are inherited by QEMU as descriptors 4, 5, ... (after
+	// guest RAM's 3; FDPath names them): a restarted QEMU reads the
+	// kernel and initramfs the first one booted from the monitor's open
+	// descriptors, whatever happened to their paths since.
+	ExtraFiles []*os.File
 }
+
+// FDPath is the path under which QEMU opens ExtraFiles[i].
+func FDPath(i int) string { return "/proc/self/fd/" + strconv.Itoa(ramFD+1+i) }
 
 // File is the path of one of QEMU's sockets (QMPSocket, ...).
 func (c *Config) File(name string) string { return filepath.Join(c.Dir, name) }
@@ -226,7 +234,7 @@ func Start(c *Config, ram *os.File, log io.Writer) (*Process, error) {
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
 		cmd := exec.Command(c.Binary, c.Args()...)
-		cmd.ExtraFiles = []*os.File{ram}
+		cmd.ExtraFiles = append([]*os.File{ram}, c.ExtraFiles...)
 		cmd.Stdin = nil
 		var w io.Writer = p.stderr
 		if log != nil {

@@ -151,6 +151,20 @@ echo started`)
 		t.Errorf("/tmp/bb after the restart: exit %s, want 126 (denied)", rc)
 	}
 
+	// Another QEMU binary (an upgrade): here a copy of the same one,
+	// installed in a prefix of its own as an upgraded QEMU would be.
+	qcopy := qemuPrefix(t, testvm.NeedQEMU(t))
+	if r := gv(t, 3*time.Minute, "restart", vm, "--keep-guest", "--qemu", qcopy); r.code != 0 || !strings.Contains(r.stdout, "the pause:") {
+		t.Fatalf("restart --qemu %s: exit %d %s%s", qcopy, r.code, r.stdout, r.stderr)
+	}
+	st = status(t, vm)
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", st.QEMUPID)); err != nil || !strings.HasPrefix(string(b), qcopy+"\x00") {
+		t.Errorf("after restart --qemu, QEMU pid %d runs %q (err %v), want %s", st.QEMUPID, strings.SplitN(string(b), "\x00", 2)[0], err, qcopy)
+	}
+	if rc := deniedExec(t, vm); rc != "126" {
+		t.Errorf("/tmp/bb after restart --qemu: exit %s, want 126 (denied)", rc)
+	}
+
 	// A restart that cannot start its new QEMU changes nothing.
 	r = gv(t, 3*time.Minute, "restart", vm, "--keep-guest", "--qemu", "/bin/false")
 	if r.code == 0 || !strings.Contains(r.stderr, "the guest runs on in the old QEMU") {
@@ -219,7 +233,14 @@ for m in evdev button fuse virtio_blk; do lsmod | grep -q "^$m " || continue; rm
 	}
 
 	// 2 GiB: restart keeps the guest; a snapshot of another VM is refused.
-	r = gv(t, readyTimeout+time.Minute, "run", "--detach", "--name", big, "--mem", "2G", "--ready-timeout", readyTimeout.String(), "--policy", pol)
+	// With --add: QEMU booted from a temporary initramfs that run removes
+	// once QEMU read it; the restarted QEMU reads the monitor's descriptor.
+	hello, err := filepath.Abs("../../examples/hello")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r = gv(t, readyTimeout+time.Minute, "run", "--detach", "--name", big, "--mem", "2G", "--ready-timeout", readyTimeout.String(), "--policy", pol,
+		"--add", hello+":/usr/bin/hello")
 	if r.code != 0 {
 		t.Fatalf("run --mem 2G: %d %s%s", r.code, r.stdout, r.stderr)
 	}
@@ -237,6 +258,9 @@ for m in evdev button fuse virtio_blk; do lsmod | grep -q "^$m " || continue; rm
 	}
 	if s := guestStates(t, big, bigSleeper); s == "gone" {
 		t.Errorf("the 2G guest's sleep did not survive the restart")
+	}
+	if r := guestSh(t, big, "hello world"); r.code != 0 || !strings.Contains(r.stdout, "world") {
+		t.Errorf("the added file after the restart: exit %d %q %q", r.code, r.stdout, r.stderr)
 	}
 	if r := guestSh(t, big, "md5sum -c /tmp/blob.md5"); r.code != 0 {
 		t.Errorf("64 MiB of tmpfs data changed across the restart: %s%s", r.stdout, r.stderr)
@@ -328,4 +352,32 @@ func flipDataByte(t *testing.T, path string) {
 			t.Fatalf("no non-zero byte in %s", path)
 		}
 	}
+}
+
+// qemuPrefix installs a copy of the QEMU binary qemu in a prefix of its
+// own (PREFIX/bin) and returns its path. QEMU finds its modules and
+// firmware relative to its binary (../lib/..., ../share/...: a
+// relocatable install), so the prefix links Debian's directories.
+func qemuPrefix(t *testing.T, qemu string) string {
+	t.Helper()
+	prefix := t.TempDir()
+	bin := filepath.Join(prefix, "bin", filepath.Base(qemu))
+	if err := os.MkdirAll(filepath.Dir(bin), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	copyDir(t, qemu, bin)
+	for _, d := range []string{"lib/x86_64-linux-gnu/qemu", "lib/ipxe/qemu", "share/qemu", "share/seabios"} {
+		src := filepath.Join("/usr", d)
+		if _, err := os.Stat(src); err != nil {
+			continue
+		}
+		dst := filepath.Join(prefix, d)
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(src, dst); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return bin
 }

@@ -101,8 +101,12 @@ func (c *Client) QueryMigration(ctx context.Context) (MigrationInfo, error) {
 var ErrMigrationFailed = errors.New("migration failed")
 
 // WaitMigration polls query-migrate until the migration completed (nil),
-// failed (ErrMigrationFailed with QEMU's reason) or ctx ends.
+// failed (ErrMigrationFailed with QEMU's reason) or ctx ends. It polls
+// every 0.5 to 2 ms for the first half second (a device-state migration
+// takes tens of milliseconds, and the guest waits for it), then backs off
+// to 50 ms (a full migration takes seconds).
 func (c *Client) WaitMigration(ctx context.Context) (MigrationInfo, error) {
+	start := time.Now()
 	delay := 500 * time.Microsecond
 	for {
 		mi, err := c.QueryMigration(ctx)
@@ -123,7 +127,10 @@ func (c *Client) WaitMigration(ctx context.Context) (MigrationInfo, error) {
 			return mi, fmt.Errorf("qmp: wait for the migration (status %q): %w", mi.Status, ctx.Err())
 		case <-time.After(delay):
 		}
-		if delay < 20*time.Millisecond {
+		switch {
+		case time.Since(start) > 500*time.Millisecond && delay < 50*time.Millisecond:
+			delay *= 2
+		case delay < 2*time.Millisecond:
 			delay *= 2
 		}
 	}
