@@ -45,7 +45,11 @@ for a in $(cat /proc/cmdline); do
 	opts=trans=fd,rfdno=4,wfdno=5,version=9p2000.L,cache=none,msize=131072,aname=$name
 	[ "$mode" = ":ro" ] && opts=$opts,ro
 	mkdir -p "$path"
-	if ! out=$(mount -t 9p -o "$opts" "gatevisor-$name" "$path" 4<>"$d/$name.in" 5<>"$d/$name.out" 2>&1); then
+	# Read-only and write-only: the client registers for wakeups on at
+	# most two wait queues, and a pipe open for both would take both for
+	# itself (the .out pipe's writer wakeup lost: a write over 64 KiB
+	# then stalls for ever).
+	if ! out=$(mount -t 9p -o "$opts" "gatevisor-$name" "$path" 4<"$d/$name.in" 5>"$d/$name.out" 2>&1); then
 		echo "gatevisor-guest: files $name: mount on $path failed: $out" >/dev/console
 		rc=1
 	fi
