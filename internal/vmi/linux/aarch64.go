@@ -226,11 +226,10 @@ func newARM64Profile(raw []byte, opts ProfileOptions) (*Profile, error) {
 	if err != nil {
 		return nil, err
 	}
-	b, ok := imageAt(img, base, addr, 1)
-	if !ok {
+	if _, ok := imageAt(img, base, addr, 1); !ok {
 		return nil, fmt.Errorf("linux: linux_banner at %#x is outside the image", addr)
 	}
-	b = img[addr-base : min(uint64(len(img)), addr-base+1024)]
+	b := img[addr-base : min(uint64(len(img)), addr-base+1024)]
 	end := bytes.IndexByte(b, 0)
 	if end < 0 || !bytes.HasPrefix(b, []byte("Linux version ")) {
 		return nil, fmt.Errorf("linux: linux_banner at %#x does not hold a banner", addr)

@@ -37,9 +37,9 @@ func TestAdrpTargets(t *testing.T) {
 	pc := uint64(0xffff800008154200)
 	anchor := uint64(0xffff800009d5c9c0)
 	got := adrpTargets(code(
-		insADRP(21, pc, anchor),             // adrp x21, anchor page
+		insADRP(21, pc, anchor),              // adrp x21, anchor page
 		insADD(21, 21, uint32(anchor&0xfff)), // add x21, x21, :lo12:anchor
-		insLDRPre(0, 21, 0x50),              // ldr x0, [x21, #0x50]!   (modules)
+		insLDRPre(0, 21, 0x50),               // ldr x0, [x21, #0x50]!   (modules)
 		insADRP(1, pc+12, 0xffff800009cc3010),
 		insLDR(2, 1, 0x10), // ldr x2, [x1, #0x10]
 		insADD(3, 9, 8),    // add from a register no ADRP set: nothing
