@@ -78,6 +78,11 @@ func TestARM64(t *testing.T) {
 	if r := gv(t, time.Minute, "exec", vm, "--", "uname", "-m"); r.code != 0 || strings.TrimSpace(r.stdout) != "aarch64" {
 		t.Fatalf("exec uname -m: exit %d %q %s", r.code, r.stdout, r.stderr)
 	}
+	// Nor can a hot reload bring one in.
+	if r := gv(t, time.Minute, "policy", "load", vm, repoPolicy(t, "seed-002-syscall.policy")); r.code == 0 ||
+		!strings.Contains(r.stderr, "the kernel gate is not implemented for arm64 guests") {
+		t.Errorf("policy load with a syscall rule: exit %d, want a refusal naming the missing kernel gate\n%s", r.code, r.stderr)
+	}
 	ids := func(args ...string) result {
 		t.Helper()
 		s := time.Now()
