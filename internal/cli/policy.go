@@ -387,10 +387,22 @@ func verdictResponses(pol *policy.Policy, ev *event.Event, v policy.Verdict) []s
 	var out []string
 	for _, r := range pol.Responses() {
 		if r.OnVerdict(v, ev.Class) {
-			out = append(out, fmt.Sprintf("%s (%s) would %s pid %d, the event's subject", r.Name, r.Pos, r.Action, ev.Subject.PID))
+			out = append(out, fmt.Sprintf("%s (%s) would %s", r.Name, r.Pos, responseDoes(r, fmt.Sprintf("pid %d, the event's subject", ev.Subject.PID))))
 		}
 	}
 	return out
+}
+
+// responseDoes says what response r does: to target, a process, or to
+// the whole VM.
+func responseDoes(r policy.Response, target string) string {
+	switch r.Action {
+	case policy.RespIsolate:
+		return "cut the VM's network off"
+	case policy.RespRollback:
+		return "roll the VM back to its snapshot \"ready\""
+	}
+	return r.Action + " " + target
 }
 
 // explainFinding prints the responses an IDS finding of check would
@@ -399,7 +411,7 @@ func explainFinding(w io.Writer, pol *policy.Policy, check string, asJSON bool) 
 	var out []string
 	for _, r := range pol.Responses() {
 		if r.OnFinding(check) {
-			out = append(out, fmt.Sprintf("%s (%s) would %s the process the finding names (at most %d a minute)", r.Name, r.Pos, r.Action, r.Limit))
+			out = append(out, fmt.Sprintf("%s (%s) would %s (at most %d a minute)", r.Name, r.Pos, responseDoes(r, "the process the finding names"), r.Limit))
 		}
 	}
 	if asJSON {

@@ -400,7 +400,7 @@ func checkStartPolicy(ctx context.Context, o *runOptions, netOpts monitor.NetOpt
 		}
 		kernel = k.Kernel
 	}
-	return monitor.CheckPolicyFiles(o.policy, kernel, netOpts, o.idsInterval, files)
+	return monitor.CheckStartPolicy(monitor.Config{PolicyFile: o.policy, Kernel: kernel, Net: netOpts, IDSInterval: o.idsInterval, Files: files, SnapshotReady: o.snapshotReady})
 }
 
 // runKit returns the kit run boots: --kit's, which must be built, or the

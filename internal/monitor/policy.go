@@ -95,6 +95,16 @@ func (m *Monitor) prepareStartPolicy() (*policy.Snapshot, error) {
 	return snap, nil
 }
 
+// CheckStartPolicy reads and compiles cfg's policy and checks it against
+// the gates of a VM started with cfg (its kernel, network, files, scan and
+// snapshots), as Start does: the CLI calls it before it forks a background
+// monitor, so that a policy that would not start says why at once.
+func CheckStartPolicy(cfg Config) error {
+	m := &Monitor{cfg: cfg}
+	_, err := m.prepareStartPolicy()
+	return err
+}
+
 // CheckPolicy reads and compiles the policy at path and checks it against
 // the gates a VM with the given kernel and network would have, as Start
 // does: the CLI calls it before it forks a background monitor, so that a
@@ -116,6 +126,7 @@ func (m *Monitor) coverage(prof *linux.Profile) policy.Coverage {
 	if len(m.cfg.Files) > 0 {
 		cov = FileGateCoverage(cov)
 	}
+	cov.ReadySnapshot = m.cfg.SnapshotReady
 	return cov
 }
 

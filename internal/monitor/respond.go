@@ -146,6 +146,19 @@ func (m *Monitor) carryOut(job respJob) {
 		}
 		return
 	}
+	if job.resp.Action == policy.RespRollback {
+		ctx, cancel := context.WithTimeout(context.WithValue(context.Background(), responseKey{}, job.resp.Name), 10*time.Minute)
+		defer cancel()
+		res, err := m.Rollback(ctx, ReadySnapshot)
+		if err != nil {
+			m.resp.count(job.resp.Name, func(c *respCounts) { c.failed++ })
+			m.publishNotice(monitoring.LifecycleNotice, fmt.Sprintf("response %s on %s: rollback not done: %v", job.resp.Name, job.trigger, err))
+			return
+		}
+		m.resp.count(job.resp.Name, func(c *respCounts) { c.taken++ })
+		m.logf("response %s on %s: rolled back to snapshot %s (guest paused %.1f ms)", job.resp.Name, job.trigger, res.Tag, res.DowntimeSeconds*1000)
+		return
+	}
 	if job.resp.Action == policy.RespIsolate {
 		res, err := m.netIsolate(procRequester{rule: "response:" + job.resp.Name,
 			why: fmt.Sprintf("by response %s (%s) on %s", job.resp.Name, job.resp.Pos, job.trigger)})
@@ -192,7 +205,7 @@ func (m *Monitor) respondToFindings(evs []ids.Event, procs []linux.Task) {
 			}
 		}
 		for _, r := range snap.Policy.Responses() {
-			if r.OnFinding(f.Check) && (f.PID > 0 || r.Action == policy.RespIsolate) {
+			if r.OnFinding(f.Check) && (f.PID > 0 || policy.VMWide(r.Action)) {
 				m.respond(respJob{resp: r, pid: f.PID, start: start, trigger: fmt.Sprintf("finding %s: %s", f.Check, f.Summary)})
 			}
 		}
@@ -207,7 +220,7 @@ func (m *Monitor) respondToVerdict(ev *event.Event, v policy.Verdict, rule strin
 		return
 	}
 	for _, r := range snap.Policy.Responses() {
-		if r.OnVerdict(v, ev.Class) && (ev.Subject.PID > 0 || r.Action == policy.RespIsolate) {
+		if r.OnVerdict(v, ev.Class) && (ev.Subject.PID > 0 || policy.VMWide(r.Action)) {
 			what := ev.Op
 			if ev.Path != "" {
 				what += " " + ev.Path

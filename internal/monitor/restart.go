@@ -412,7 +412,11 @@ func (m *Monitor) recordLifecycle(ctx context.Context, op, reason string) error 
 	}
 	caller, _ := api.CallerFromContext(ctx)
 	ev := event.Event{Class: event.ClassAPI, Op: op, Subject: event.Subject{PID: caller.PID, UID: caller.UID, GID: caller.GID}, Time: time.Now().UTC()}
-	if err := m.pol.sec.Record(&ev, secserver.Decision{Verdict: secserver.Allow, Rule: op, Reason: fmt.Sprintf("%s by uid %d", reason, caller.UID)}); err != nil {
+	rule, by := op, fmt.Sprintf("by uid %d", caller.UID)
+	if r, ok := ctx.Value(responseKey{}).(string); ok {
+		rule, by = "response:"+r, "by response "+r
+	}
+	if err := m.pol.sec.Record(&ev, secserver.Decision{Verdict: secserver.Allow, Rule: rule, Reason: reason + " " + by}); err != nil {
 		return fmt.Errorf("%s: not done: the audit log cannot record it: %w", op, err)
 	}
 	return nil
@@ -425,5 +429,13 @@ func (m *Monitor) recordLifecycleOutcome(ctx context.Context, op, outcome string
 	}
 	caller, _ := api.CallerFromContext(ctx)
 	ev := event.Event{Class: event.ClassAPI, Op: op, Subject: event.Subject{PID: caller.PID, UID: caller.UID, GID: caller.GID}}
-	m.recordOutcome(&ev, op, outcome)
+	rule := op
+	if r, ok := ctx.Value(responseKey{}).(string); ok {
+		rule = "response:" + r
+	}
+	m.recordOutcome(&ev, rule, outcome)
 }
+
+// responseKey marks a context whose lifecycle operation a policy's
+// response asks for (its name): the audit records name the response.
+type responseKey struct{}

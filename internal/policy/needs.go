@@ -450,6 +450,9 @@ type Coverage struct {
 	// FileGate says the VM serves files through the file gate (run
 	// --files), which alone reads a subject's setuid creds.
 	FileGate bool
+	// ReadySnapshot says the VM takes snapshot "ready" at boot (run
+	// --snapshot-ready): a response may roll back to it.
+	ReadySnapshot bool
 }
 
 // Problem is a statement no gate of the VM enforces.

@@ -27,21 +27,30 @@ const (
 	RespStop    = "stop"
 	RespFreeze  = "freeze"
 	RespIsolate = "isolate" // the VM's network, not a process
+	// RespRollback rolls the whole VM back to its snapshot "ready" (run
+	// --snapshot-ready): the guest's memory, processes and modules as
+	// they were right after boot.
+	RespRollback = "rollback"
 )
+
+// VMWide reports whether action acts on the whole VM rather than on the
+// process an event or a finding names.
+func VMWide(action string) bool { return action == RespIsolate || action == RespRollback }
 
 // respActions are the actions a response may take, with what they do.
 var respActions = map[string]string{
-	RespKill:    "SIGKILL to the process, from below",
-	RespStop:    "SIGSTOP to the process, from below",
-	RespFreeze:  "SIGSTOP, and stopped again whenever resumed",
-	RespIsolate: "the network gate denies every flow until gatevisor net restore",
+	RespKill:     "SIGKILL to the process, from below",
+	RespStop:     "SIGSTOP to the process, from below",
+	RespFreeze:   "SIGSTOP, and stopped again whenever resumed",
+	RespIsolate:  "the network gate denies every flow until gatevisor net restore",
+	RespRollback: "the VM is rolled back to its snapshot \"ready\", taken right after boot",
 }
 
 // respUnsupported are actions the language reserves that gatevisor does
 // not perform yet: a policy naming one is refused, not accepted unenforced.
 var respUnsupported = map[string]string{
 	"pause":    "pausing the VM from a response is not implemented yet",
-	"snapshot": "gatevisor has no VM snapshots yet",
+	"snapshot": "a response does not take snapshots (each writes the guest's RAM to disk at the guest's pace); take them with gatevisor snapshot",
 }
 
 const (
@@ -97,7 +106,7 @@ func (p *parser) response() {
 		p.fail("finding(...) or verdict(...)", hint)
 	}
 	p.expectWord("do", hint)
-	r.Action = p.ident("a response action (kill, stop, freeze, isolate)", hint)
+	r.Action = p.ident("a response action (kill, stop, freeze, isolate, rollback)", hint)
 	if p.acceptWord("limit") {
 		t := p.peek()
 		if t.kind != tInt || t.val < 1 || t.val > MaxResponseLimit {
@@ -173,10 +182,10 @@ func (c *compiler) compileResponses() {
 		seen[s.Name.Name] = true
 		r := Response{Name: s.Name.Name, Pos: s.Pos, Limit: s.Limit, Action: s.Action.Name, findPos: map[string]Pos{}, clsPos: map[string]Pos{}}
 		if why, ok := respUnsupported[s.Action.Name]; ok {
-			c.fail(s.Action.Pos, fmt.Sprintf("response action %q is not supported: %s", s.Action.Name, why), "use kill, stop, freeze or isolate")
+			c.fail(s.Action.Pos, fmt.Sprintf("response action %q is not supported: %s", s.Action.Name, why), "use kill, stop, freeze, isolate or rollback")
 		}
 		if _, ok := respActions[s.Action.Name]; !ok {
-			c.fail(s.Action.Pos, fmt.Sprintf("unknown response action %q", s.Action.Name), "kill, stop, freeze or isolate")
+			c.fail(s.Action.Pos, fmt.Sprintf("unknown response action %q", s.Action.Name), "kill, stop, freeze, isolate or rollback")
 		}
 		for _, f := range s.Findings {
 			if f.Name == "" || len(f.Name) > MaxIdentLen {
@@ -216,6 +225,9 @@ func (p *Policy) CheckResponses(cov Coverage) []error {
 			if !cov.Findings[f] {
 				out = append(out, errAt(ErrCoverage, pos, fmt.Sprintf("response %s answers IDS findings of %q, which no check reports", r.Name, f), "", "one of: "+strings.Join(sortedKeys(cov.Findings), ", ")))
 			}
+		}
+		if r.Action == RespRollback && !cov.ReadySnapshot {
+			out = append(out, errAt(ErrCoverage, r.Pos, fmt.Sprintf("response %s rolls the VM back to its snapshot \"ready\", and this VM takes none", r.Name), "", "start the VM with --snapshot-ready"))
 		}
 		if r.Action == RespIsolate {
 			if _, ok := cov.Observers[event.ClassNet]; !ok {

@@ -53,10 +53,28 @@ response kill_telnet: on verdict(kill, deny) in net, exec do kill;
 	}
 }
 
+func TestRollbackResponse(t *testing.T) {
+	p := compileSrc(t, `default: allow;
+response back: on finding("hidden-module") do rollback limit 2;
+`)
+	r := p.Responses()[0]
+	if r.Action != RespRollback || !VMWide(r.Action) || VMWide(RespKill) {
+		t.Errorf("response %s: action %q, VM-wide %v", r.Name, r.Action, VMWide(r.Action))
+	}
+	cov := Coverage{Findings: map[string]bool{"hidden-module": true}, ReadySnapshot: true}
+	if errs := p.CheckResponses(cov); len(errs) != 0 {
+		t.Errorf("a VM that takes snapshot ready: %v", errs)
+	}
+	cov.ReadySnapshot = false
+	if errs := p.CheckResponses(cov); len(errs) != 1 || !strings.Contains(errs[0].Error(), "--snapshot-ready") || !strings.Contains(errs[0].Error(), "2:1:") {
+		t.Errorf("a VM that takes no snapshot ready: %v", errs)
+	}
+}
+
 func TestResponseErrors(t *testing.T) {
 	for _, tc := range []struct{ src, want string }{
 		{`response r: on finding("cpu-hog") do pause;`, "1:38: response action \"pause\" is not supported"},
-		{`response r: on finding("cpu-hog") do snapshot;`, "no VM snapshots yet"},
+		{`response r: on finding("cpu-hog") do snapshot;`, "a response does not take snapshots"},
 		{`response r: on finding("cpu-hog") do nuke;`, "unknown response action \"nuke\""},
 		{`response r: on verdict(maybe) do kill;`, "unknown verdict \"maybe\""},
 		{`response r: on verdict(kill) in disk do kill;`, "unknown event class \"disk\""},

@@ -17,12 +17,16 @@ import (
 )
 
 // rejuvenatePolicy denies programs under /tmp (the exec gate, a
-// watchpoint), allows loading the kit's modules only, and unloading.
+// watchpoint), kills those under /var/evil and then rolls the VM back to
+// its snapshot "ready", allows loading the kit's modules only, and
+// unloading.
 const rejuvenatePolicy = openBase + `exec default: allow
   no_tmp_exec: filePrefixEq("/tmp/") deny
+  evil: filePrefixEq("/var/evil/") kill
 module default: deny
   kit: labelIs("kit") allow
   unload: opEq("unload") allow
+response back_to_ready: on verdict(kill) in exec do rollback limit 1;
 `
 
 // uptime returns the guest's /proc/uptime in seconds.
@@ -239,7 +243,14 @@ for m in evdev button fuse virtio_blk; do lsmod | grep -q "^$m " || continue; rm
 	if err != nil {
 		t.Fatal(err)
 	}
-	r = gv(t, readyTimeout+time.Minute, "run", "--detach", "--name", big, "--mem", "2G", "--ready-timeout", readyTimeout.String(), "--policy", pol,
+	// Its policy has no rollback response: it takes no snapshot "ready",
+	// and a policy with one is refused (what the run above checks too).
+	polBig := writePolicy(t, dir, "rejuv-2g.policy", strings.Replace(rejuvenatePolicy, "response back_to_ready", "# response back_to_ready", 1))
+	if r := gv(t, time.Minute, "run", "--detach", "--name", big+"-refused", "--policy", pol); r.code == 0 || !strings.Contains(r.stderr, "start the VM with --snapshot-ready") {
+		t.Errorf("run with a rollback response and no --snapshot-ready: exit %d %s", r.code, r.stderr)
+		gv(t, time.Minute, "stop", big+"-refused", "--force")
+	}
+	r = gv(t, readyTimeout+time.Minute, "run", "--detach", "--name", big, "--mem", "2G", "--ready-timeout", readyTimeout.String(), "--policy", polBig,
 		"--add", hello+":/usr/bin/hello")
 	if r.code != 0 {
 		t.Fatalf("run --mem 2G: %d %s%s", r.code, r.stdout, r.stderr)
@@ -289,9 +300,24 @@ for m in evdev button fuse virtio_blk; do lsmod | grep -q "^$m " || continue; rm
 		t.Errorf("snapshots after rm: %v, want ready, s1, other", tags)
 	}
 
+	// The policy's response: a killed exec rolls the VM back to "ready".
+	r = guestSh(t, vm, "mkdir -p /var/evil && cp /bin/busybox /var/evil/x && echo gone > /tmp/resp.txt && /var/evil/x true; echo rc=$?")
+	if !strings.Contains(r.stdout, "rc=137") {
+		t.Errorf("/var/evil/x: %q %q, want killed (rc=137)", r.stdout, r.stderr)
+	}
+	testvm.Eventually(t, 2*time.Minute, "the response's rollback to snapshot ready", func() error {
+		if r := guestSh(t, vm, "ls /tmp/resp.txt /var/evil 2>&1"); !strings.Contains(r.stdout, "No such file") || strings.Contains(r.stdout, "/tmp/resp.txt\n") {
+			return fmt.Errorf("the guest still has the files made after boot: %q", r.stdout)
+		}
+		return nil
+	})
+	if rc := deniedExec(t, vm); rc != "127" && rc != "126" {
+		t.Errorf("after the response's rollback: /tmp/bb exit %s (the gate must still deny, or the file be gone)", rc)
+	}
+
 	// Everything was audited, the chain is whole.
 	auditFile := filepath.Join(state, "audit.jsonl")
-	for _, rule := range []string{"vm.restart", "vm.snapshot", "vm.rollback", "vm.snapshot.remove"} {
+	for _, rule := range []string{"vm.restart", "vm.snapshot", "vm.rollback", "vm.snapshot.remove", "response:back_to_ready"} {
 		if a := gv(t, time.Minute, "audit", "--file", auditFile, "--rule", rule, "--json"); a.code != 0 || !strings.Contains(a.stdout, rule) {
 			t.Errorf("no audit record of %s: exit %d %s", rule, a.code, a.stderr)
 		}
