@@ -53,6 +53,10 @@ type FilesReport struct {
 	MonitorCPUPerDecisionMicros []float64 `json:"monitor_cpu_per_decision_us"`
 	MonitorCPUMedian            float64   `json:"monitor_cpu_per_decision_us_median"`
 	Decisions                   uint64    `json:"decisions"`
+	// MonitorCPUPerRequestMicros is the same CPU over every 9P request
+	// (walks, getattr, clunk and the decided ones).
+	MonitorCPUPerRequestMicros []float64 `json:"monitor_cpu_per_request_us"`
+	Requests                   uint64    `json:"requests"`
 }
 
 // Files measures the file gate (issue 15) against QEMU's own virtio-9p
@@ -160,12 +164,12 @@ func filesRound(ctx context.Context, env Env, c *apiclient.Client, monitorPID in
 	}
 	s.WriteMiBs = append(s.WriteMiBs, mib/d.Seconds())
 	var cpu0 time.Duration
-	var dec0 uint64
+	var dec0, req0 uint64
 	if gate {
 		if cpu0, err = processCPU(monitorPID); err != nil {
 			return err
 		}
-		if dec0, err = gateDecisions(ctx, c); err != nil {
+		if dec0, req0, err = gateDecisions(ctx, c); err != nil {
 			return err
 		}
 	}
@@ -179,7 +183,7 @@ func filesRound(ctx context.Context, env Env, c *apiclient.Client, monitorPID in
 		if err != nil {
 			return err
 		}
-		dec1, err := gateDecisions(ctx, c)
+		dec1, req1, err := gateDecisions(ctx, c)
 		if err != nil {
 			return err
 		}
@@ -187,21 +191,28 @@ func filesRound(ctx context.Context, env Env, c *apiclient.Client, monitorPID in
 			rep.Decisions += n
 			rep.MonitorCPUPerDecisionMicros = append(rep.MonitorCPUPerDecisionMicros, float64((cpu1-cpu0).Microseconds())/float64(n))
 		}
+		if n := req1 - req0; n > 0 {
+			rep.Requests += n
+			rep.MonitorCPUPerRequestMicros = append(rep.MonitorCPUPerRequestMicros, float64((cpu1-cpu0).Microseconds())/float64(n))
+		}
 	}
 	env.logf("  %s: read %.1f MiB/s, write %.1f MiB/s, small files %.0f µs each\n", path, s.ReadMiBs[len(s.ReadMiBs)-1], s.WriteMiBs[len(s.WriteMiBs)-1], s.SmallMicros[len(s.SmallMicros)-1])
 	return nil
 }
 
-func gateDecisions(ctx context.Context, c *apiclient.Client) (uint64, error) {
+// gateDecisions returns the gate's decisions and 9P requests so far (from
+// the counters only: ServedFiles also walks the guest's fd tables, which
+// is why the CPU is read before the first call and after the second).
+func gateDecisions(ctx context.Context, c *apiclient.Client) (decided, requests uint64, err error) {
 	sf, err := c.ServedFiles(ctx)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	var n uint64
 	for _, s := range sf.Shares {
-		n += s.Decided
+		decided += s.Decided
+		requests += s.Requests
 	}
-	return n, nil
+	return decided, requests, nil
 }
 
 // processCPU is pid's user+system CPU time from /proc/PID/stat.
@@ -237,6 +248,7 @@ func (rep *FilesReport) WriteText(w io.Writer) error {
 	t.printf("  %-44s %12.2f %12.2f %8.2f\n", fmt.Sprintf("sequential read of %d MiB, MiB/s", rep.MiB), rep.Gate.ReadMedian, rep.Peer.ReadMedian, rep.ReadRatio)
 	t.printf("  %-44s %12.2f %12.2f %8.2f\n", fmt.Sprintf("sequential write of %d MiB, MiB/s", rep.MiB), rep.Gate.WriteMedian, rep.Peer.WriteMedian, rep.WriteRatio)
 	t.printf("  %-44s %12.0f %12.0f %8.2f\n", fmt.Sprintf("open+read+close of %d 4 KiB files, µs each", rep.Small), rep.Gate.SmallMedian, rep.Peer.SmallMedian, rep.SmallRatio)
-	t.printf("monitor CPU per decided request (small-file phases, %d decisions): median %.1f µs, rounds %v\n", rep.Decisions, rep.MonitorCPUMedian, rep.MonitorCPUPerDecisionMicros)
+	t.printf("monitor CPU per decided request (small-file phases, %d decisions): median %.1f µs, rounds %.1f\n", rep.Decisions, rep.MonitorCPUMedian, rep.MonitorCPUPerDecisionMicros)
+	t.printf("monitor CPU per 9P request (%d requests): median %.1f µs, rounds %.1f\n", rep.Requests, Median(rep.MonitorCPUPerRequestMicros), rep.MonitorCPUPerRequestMicros)
 	return t.err
 }

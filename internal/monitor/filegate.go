@@ -295,8 +295,9 @@ type fileAttributor struct {
 	fst  *fileState
 	name string
 
-	mu   sync.Mutex // guards view
-	view *ids.Inspector
+	mu    sync.Mutex // guards view and conns
+	view  *ids.Inspector
+	conns []uint64 // the share's mounts' transports (linux.P9Conns)
 
 	waits, waitNs atomic.Uint64
 }
@@ -324,9 +325,19 @@ func (a *fileAttributor) Attribute(ctx context.Context, tag uint16, msg []byte) 
 	}
 	start := time.Now()
 	var tasks []uint64
-	for wait := 20 * time.Microsecond; ; wait = min(2*wait, time.Millisecond) {
-		k.AS.Cache.Invalidate()
-		tasks, err = k.P9Requesters(l, a.name, tag, msg)
+	// The translation cache is cleared once a request, and the mount's
+	// transports kept while they answer: a request then costs a walk of
+	// its transport's requests, not of every superblock.
+	k.AS.Cache.Invalidate()
+	for try, wait := 0, 20*time.Microsecond; ; try, wait = try+1, min(2*wait, time.Millisecond) {
+		if a.conns == nil || try > 0 && try%4 == 0 {
+			k.AS.Cache.Invalidate()
+			if a.conns, err = k.P9Conns(l, a.name); err != nil {
+				a.conns = nil
+				return event.Subject{}, err
+			}
+		}
+		tasks, err = k.P9RequestersAt(l, a.conns, tag, msg)
 		if !errors.Is(err, linux.ErrNoRequester) || time.Since(start) > attributionWait {
 			break
 		}

@@ -1,6 +1,7 @@
 package file
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -154,8 +155,12 @@ func (g *Gate) Serve(ctx context.Context, rw io.ReadWriter) error {
 	c := &conn{g: g, rw: rw, msize: MaxMsize, fids: map[uint32]*fid{}, out: make([]byte, 0, MaxMsize)}
 	defer c.closeAll()
 	in := make([]byte, MaxMsize)
+	// Buffered: a message's header and body, and the messages queued
+	// behind it, in one read (the syscalls, not the decisions, are most
+	// of the monitor's CPU per request).
+	br := bufio.NewReaderSize(rw, MaxMsize)
 	for ctx.Err() == nil {
-		msg, err := readMsg(rw, in, c.msize)
+		msg, err := readMsg(br, in, c.msize)
 		if err != nil {
 			if errors.Is(err, ErrMessage) {
 				g.malformed.Add(1)

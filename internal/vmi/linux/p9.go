@@ -87,9 +87,19 @@ var ErrNoRequester = errors.New("linux: no task waits for the 9P request")
 // hands the request to the transport, whose worker may write it first:
 // ErrNoRequester then means "not yet", and the caller retries.
 func (k *Kernel) P9Requesters(l *P9Layout, aname string, tag uint16, msg []byte) ([]uint64, error) {
+	conns, err := k.P9Conns(l, aname)
+	if err != nil {
+		return nil, err
+	}
+	return k.P9RequestersAt(l, conns, tag, msg)
+}
+
+// P9Conns returns the fd transports (struct p9_conn) of the mounts with
+// attach name aname. They live as long as their mounts: a caller may keep
+// them, and find them again when P9RequestersAt finds nothing.
+func (k *Kernel) P9Conns(l *P9Layout, aname string) ([]uint64, error) {
 	as := k.AS
-	var tasks []uint64
-	matched := 0
+	var conns []uint64
 	err := k.p9Sessions(l, aname, func(_, sess uint64) error {
 		clnt, err := vmi.ReadU64(as, sess+l.sessClnt)
 		if err != nil || !isKernelPtr(clnt) {
@@ -110,7 +120,22 @@ func (k *Kernel) P9Requesters(l *P9Layout, aname string, tag uint16, msg []byte)
 		if err != nil || !isKernelPtr(trans) {
 			return fmt.Errorf("linux: 9P client %#x: bad transport state", clnt)
 		}
-		return walkList(as, trans+l.fdConn+l.connReqList, max9PRequests, func(rn uint64) error {
+		if len(conns) >= 64 {
+			return fmt.Errorf("linux: over 64 9P mounts of %q", aname)
+		}
+		conns = append(conns, trans+l.fdConn)
+		return nil
+	})
+	return conns, err
+}
+
+// P9RequestersAt is P9Requesters on the transports conns (P9Conns).
+func (k *Kernel) P9RequestersAt(l *P9Layout, conns []uint64, tag uint16, msg []byte) ([]uint64, error) {
+	as := k.AS
+	var tasks []uint64
+	matched := 0
+	for _, conn := range conns {
+		err := walkList(as, conn+l.connReqList, max9PRequests, func(rn uint64) error {
 			req := rn - l.reqList_
 			var tb [2]byte
 			if _, err := as.ReadVirtual(req+l.reqTag, tb[:]); err != nil || uint16(tb[0])|uint16(tb[1])<<8 != tag {
@@ -139,9 +164,9 @@ func (k *Kernel) P9Requesters(l *P9Layout, aname string, tag uint16, msg []byte)
 				return nil
 			})
 		})
-	})
-	if err != nil {
-		return nil, err
+		if err != nil {
+			return nil, err
+		}
 	}
 	if matched == 0 || len(tasks) == 0 {
 		return nil, ErrNoRequester
