@@ -5,8 +5,6 @@ package ids
 // that reason, never as clean.
 var arm64NotChecked = map[string]string{
 	CheckDispatch:  "arm64: invoke_syscall indexes sys_call_table, which syscall-table checks; there is no dispatch code to compare (x86's x64_sys_call)",
-	CheckFtrace:    "not implemented for arm64: ftrace_ops_list is not among the data symbols recovered from the image",
-	CheckKprobe:    "not implemented for arm64: kprobe_table is not among the data symbols recovered from the image",
 	CheckInline:    "not implemented for arm64: the code comparison decodes x86 instructions only",
 	CheckIDT:       "arm64 has no IDT; its exception vectors (VBAR_EL1, vectors) are not checked yet",
 	CheckOpsTables: "not implemented for arm64: the image facts hold no operation tables",

@@ -349,10 +349,44 @@ func (p *Profile) addImagePointers(img []byte, base uint64) error {
 			}
 		}
 	}
+	extra = append(extra, p.ftraceSymbols(img, base)...)
 	syms, err := p.Symbols.withSymbols(extra)
 	if err != nil {
 		return err
 	}
 	p.Symbols = syms
 	return nil
+}
+
+// ftraceSymbols returns ftrace_ops_list and ftrace_list_end: of the
+// globals that ftrace_ops_list_func, is_ftrace_trampoline and
+// __unregister_ftrace_function all address (the list head and its
+// neighbours), the one whose static value is an ftrace_ops whose func is
+// ftrace_stub (ftrace_ops_list = &ftrace_list_end, ftrace_list_end.func =
+// ftrace_stub, at their link-time values once relocated). None when that
+// is not exactly one.
+func (p *Profile) ftraceSymbols(img []byte, base uint64) []Symbol {
+	funcOff, err := p.FieldOffset("ftrace_ops.func")
+	if err != nil {
+		return nil
+	}
+	stub, ok := p.Symbols.Lookup("ftrace_stub")
+	if !ok {
+		return nil
+	}
+	var found []Symbol
+	for _, c := range commonTargets(img, base, uint64(len(img)), p.Symbols, "ftrace_ops_list_func", "is_ftrace_trampoline", "__unregister_ftrace_function") {
+		b, ok := imageAt(img, base, c, 8)
+		if !ok {
+			continue
+		}
+		end := binary.LittleEndian.Uint64(b)
+		if f, ok := imageAt(img, base, end+funcOff, 8); ok && end&7 == 0 && binary.LittleEndian.Uint64(f) == stub {
+			found = append(found, Symbol{Name: "ftrace_ops_list", Addr: c, Type: 'D'}, Symbol{Name: "ftrace_list_end", Addr: end, Type: 'D'})
+		}
+	}
+	if len(found) != 2 {
+		return nil
+	}
+	return found
 }

@@ -153,7 +153,7 @@ func TestARM64KitProfile(t *testing.T) {
 	}
 	text, _ := p.Symbols.Lookup("_text")
 	for _, n := range []string{"linux_banner", "init_task", "init_mm", "init_cred", "init_pid_ns", "kimage_voffset", "__per_cpu_offset",
-		"nr_cpu_ids", "sys_call_table", "modules", "module_kset", "socket_file_ops", "runqueues"} {
+		"nr_cpu_ids", "sys_call_table", "modules", "module_kset", "socket_file_ops", "runqueues", "kprobe_table", "ftrace_ops_list", "ftrace_list_end"} {
 		a, ok := p.Symbols.Lookup(n)
 		if !ok || a < text {
 			t.Errorf("%s: %#x, %v", n, a, ok)

@@ -171,11 +171,21 @@ func findSyscallTable(img []byte, base uint64, k *Kallsyms) (int, int, bool) {
 // of the intersection. What the symbol points to is validated by the walk that
 // reads it, as any guest data.
 func findCommonTarget(img []byte, base, limit uint64, k *Kallsyms, fns ...string) (int, bool) {
+	common := commonTargets(img, base, limit, k, fns...)
+	if len(common) != 1 {
+		return 0, false
+	}
+	return int(common[0] - base), true
+}
+
+// commonTargets returns the globals (not yet known data symbols) that
+// every function of fns addresses, sorted.
+func commonTargets(img []byte, base, limit uint64, k *Kallsyms, fns ...string) []uint64 {
 	var common map[uint64]bool
 	for _, name := range fns {
 		fn, ok := k.Lookup(name)
 		if !ok {
-			return 0, false
+			return nil
 		}
 		_, size, ok := k.symbolSize(fn)
 		if !ok || size == 0 || size > 4096 {
@@ -183,7 +193,7 @@ func findCommonTarget(img []byte, base, limit uint64, k *Kallsyms, fns ...string
 		}
 		code, ok := imageAt(img, base, fn, int(min(size, uint64(len(img)))))
 		if !ok {
-			return 0, false
+			return nil
 		}
 		these := map[uint64]bool{}
 		for _, t := range adrpTargets(code, fn) {
@@ -196,13 +206,12 @@ func findCommonTarget(img []byte, base, limit uint64, k *Kallsyms, fns ...string
 		}
 		common = these
 	}
-	if len(common) != 1 {
-		return 0, false
-	}
+	out := make([]uint64, 0, len(common))
 	for t := range common {
-		return int(t - base), true
+		out = append(out, t)
 	}
-	return 0, false
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
 }
 
 // adrpTargets returns the addresses code (at pc) forms with ADRP Xn
@@ -330,6 +339,9 @@ func arm64DataSymbols(img []byte, base, limit uint64, k *Kallsyms) (*Kallsyms, e
 	}
 	if p, ok := findCommonTarget(img, base, lim, withExports, "module_add_driver", "mod_sysfs_setup", "lookup_or_create_module_kobject"); ok {
 		add("module_kset", uint64(p))
+	}
+	if p, ok := findCommonTarget(img, base, lim, withExports, "get_kprobe", "__get_valid_kprobe", "show_kprobe_addr"); ok {
+		add("kprobe_table", uint64(p))
 	}
 	if p, ok := findCommonTarget(img, base, lim, withExports, "sock_from_file", "sock_alloc_file", "sockfd_lookup"); ok {
 		add("socket_file_ops", uint64(p))
