@@ -230,6 +230,9 @@ func saveDevices(ctx context.Context, q *qemuSide, f *os.File, ignoreShared bool
 	if err := q.qmp.SetMigrationCapability(ctx, qmp.CapIgnoreShared, ignoreShared); err != nil {
 		return qmp.MigrationInfo{}, err
 	}
+	if err := q.qmp.SetMaxBandwidth(ctx, qmp.UnlimitedBandwidth); err != nil {
+		return qmp.MigrationInfo{}, err
+	}
 	if err := q.qmp.MigrateToFD(ctx, f); err != nil {
 		return qmp.MigrationInfo{}, err
 	}

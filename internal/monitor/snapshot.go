@@ -19,6 +19,7 @@ import (
 
 	"github.com/gatevisor/gatevisor/internal/api"
 	"github.com/gatevisor/gatevisor/internal/monitoring"
+	"github.com/gatevisor/gatevisor/internal/policy"
 	"github.com/gatevisor/gatevisor/internal/qemu"
 	"github.com/gatevisor/gatevisor/internal/qemu/gdbrsp"
 	"github.com/gatevisor/gatevisor/internal/ramsnap"
@@ -514,6 +515,16 @@ func (m *Monitor) snapshotWhenReady() {
 	if _, err := m.Snapshot(ctx, ReadySnapshot); err != nil {
 		m.logf("--snapshot-ready: %v", err)
 		m.publishNotice(monitoring.LifecycleNotice, "snapshot ready not taken: "+err.Error())
+		// A policy that rolls back to it states a response nothing could
+		// carry out: fail closed rather than run on without it.
+		if snap := m.pol.snap.Load(); snap != nil && ctx.Err() == nil {
+			for _, r := range snap.Policy.Responses() {
+				if r.Action == policy.RespRollback {
+					m.failClosed(fmt.Errorf("--snapshot-ready: response %s rolls back to snapshot %q, which could not be taken: %w", r.Name, ReadySnapshot, err))
+					return
+				}
+			}
+		}
 	}
 }
 
