@@ -94,10 +94,15 @@ func TestARM64(t *testing.T) {
 	t.Run("ids banner", func(t *testing.T) {
 		var b struct {
 			Release  string `json:"release"`
+			BuildID  string `json:"build_id"`
 			Verified bool   `json:"verified"`
 		}
 		if code := idsJSON(t, &b, "banner", "--vm", vm); code != 0 || !b.Verified || !strings.HasSuffix(b.Release, "-arm64") {
 			t.Fatalf("ids banner: exit %d %+v; want a verified arm64 kernel", code, b)
+		}
+		// The kernel's own build id (its first note) is the image's.
+		if r := gv(t, time.Minute, "exec", vm, "--", "sh", "-c", "od -A n -t x1 -j 16 -N 20 /sys/kernel/notes | tr -d ' \\n'"); strings.TrimSpace(r.stdout) != b.BuildID || b.BuildID == "" {
+			t.Errorf("build id %q, the guest's /sys/kernel/notes %q", b.BuildID, r.stdout)
 		}
 		if r := gv(t, time.Minute, "exec", vm, "--", "cat", "/proc/version"); !strings.Contains(r.stdout, b.Release) {
 			t.Errorf("/proc/version %q does not name %s", r.stdout, b.Release)

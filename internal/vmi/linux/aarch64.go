@@ -219,6 +219,7 @@ func newARM64Profile(raw []byte, opts ProfileOptions) (*Profile, error) {
 	} else if p.ISF = opts.Symbols; p.ISF == nil {
 		return nil, ErrNoBTF
 	}
+	p.BuildID = arm64BuildID(img)
 	if err := p.addImagePointers(img, base); err != nil {
 		return nil, err
 	}
@@ -389,4 +390,27 @@ func (p *Profile) ftraceSymbols(img []byte, base uint64) []Symbol {
 		return nil
 	}
 	return found
+}
+
+// arm64BuildID returns the kernel's GNU build id from its .notes, which
+// the image holds with no ELF header to name it: of the 20-byte build-id
+// notes followed by a "Linux" note, the last. The vDSOs embedded in
+// .rodata carry build ids of their own, earlier in the image; the
+// kernel's .notes come after .rodata, just before .BTF.
+func arm64BuildID(img []byte) string {
+	note := []byte("\x04\x00\x00\x00\x14\x00\x00\x00\x03\x00\x00\x00GNU\x00")
+	id := ""
+	for from, tries := 0, 0; tries < 64; tries++ {
+		i := bytes.Index(img[from:], note)
+		if i < 0 {
+			break
+		}
+		p := from + i
+		from = p + 1
+		next := p + len(note) + 20
+		if next+20 <= len(img) && binary.LittleEndian.Uint32(img[next:]) == 6 && string(img[next+12:next+18]) == "Linux\x00" {
+			id = gnuBuildID(img[p : p+len(note)+20])
+		}
+	}
+	return id
 }

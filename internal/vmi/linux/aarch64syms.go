@@ -154,6 +154,7 @@ func findSyscallTable(img []byte, base uint64, k *Kallsyms) (int, int, bool) {
 		if n > bestN {
 			best, bestN = p, n
 		}
+		from = p + 8*max(n, 1) // linear in the image, whatever it repeats
 	}
 	return best, bestN, bestN >= 256
 }
