@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"debug/elf"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -171,11 +172,46 @@ func TestARM64(t *testing.T) {
 			t.Fatalf("dump: exit %d %s", r.code, r.stderr)
 		}
 		defer os.Remove(dump)
+		image := strings.TrimSpace(kernel.stdout)
 		for _, q := range []struct{ verb, want string }{{"banner", "-arm64"}, {"ps", "httpd"}, {"modules", "virtio_pci"}, {"syscalls", " 0 hooked"}} {
-			r := gv(t, 3*time.Minute, "ids", q.verb, "--dump", dump, "--kernel", strings.TrimSpace(kernel.stdout))
+			r := gv(t, 3*time.Minute, "ids", q.verb, "--dump", dump, "--kernel", image)
 			if r.code != 0 || !strings.Contains(r.stdout, q.want) {
 				t.Errorf("ids %s --dump: exit %d\n%s%s", q.verb, r.code, lastLines(r.stdout, 4), r.stderr)
 			}
+		}
+		// A hooked slot is found: openat (56) pointed at close's handler
+		// (57) in the dump, as a rootkit would redirect it.
+		var b struct {
+			PhysBase uint64 `json:"phys_base"`
+		}
+		if code := idsJSON(t, &b, "banner", "--dump", dump, "--kernel", image); code != 0 || b.PhysBase == 0 {
+			t.Fatalf("ids banner --dump: exit %d %+v", code, b)
+		}
+		prof, err := linux.LoadProfile(image, t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		text, _ := prof.Symbols.Lookup("_text")
+		table, ok := prof.Symbols.Lookup("sys_call_table")
+		if !ok {
+			t.Fatal("no sys_call_table in the arm64 profile")
+		}
+		slot := func(nr uint64) int64 { return dumpOffset(t, dump, b.PhysBase+(table-text)+8*nr) }
+		f, err := os.OpenFile(dump, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		closeFn := make([]byte, 8)
+		if _, err := f.ReadAt(closeFn, slot(57)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.WriteAt(closeFn, slot(56)); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		r := gv(t, 3*time.Minute, "ids", "syscalls", "--dump", dump, "--kernel", image)
+		if r.code != 1 || !strings.Contains(r.stdout, " 1 hooked") || !strings.Contains(r.stdout, "__arm64_sys_close") {
+			t.Errorf("ids syscalls --dump with slot 56 redirected: exit %d\n%s%s", r.code, lastLines(r.stdout, 3), r.stderr)
 		}
 	})
 	t.Run("network gate", func(t *testing.T) {
@@ -222,4 +258,22 @@ func TestARM64(t *testing.T) {
 			t.Errorf("ids check with the kernel's own kprobe: exit %d\n%s%s", c.code, c.stdout, c.stderr)
 		}
 	})
+}
+
+// dumpOffset returns the file offset of guest-physical address pa in an
+// ELF dump (QMP dump-guest-memory: a PT_LOAD per RAM block, p_paddr).
+func dumpOffset(t *testing.T, path string, pa uint64) int64 {
+	t.Helper()
+	f, err := elf.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_LOAD && pa >= p.Paddr && pa-p.Paddr+8 <= p.Filesz {
+			return int64(p.Off + pa - p.Paddr)
+		}
+	}
+	t.Fatalf("%#x is in no PT_LOAD of %s", pa, path)
+	return 0
 }
