@@ -31,6 +31,7 @@ type BootReport struct {
 	Accel            string       `json:"accel"`
 	Rounds           int          `json:"rounds"`
 	Mem              int          `json:"mem_mib"`
+	Kit              string       `json:"kit,omitempty"` // a named kit (--kit); "" for the default kit
 	Kernel           string       `json:"kernel"`
 	MedianGatevisor  float64      `json:"median_gatevisor_seconds"`
 	MedianQEMU       float64      `json:"median_qemu_seconds"`
@@ -46,12 +47,13 @@ type BootOptions struct {
 	Rounds  int           // boots of each kind
 	Accel   accel.Mode    // for both kinds
 	Timeout time.Duration // the longest one boot may take
+	Kit     string        // a built kit's name ("" or "default": the default kit, built if needed)
 }
 
 // bootMemMiB is both kinds' guest memory.
 const bootMemMiB = 256
 
-// Boot boots the default kit alternately with `gatevisor run` and with
+// Boot boots the default kit (or o.Kit) alternately with `gatevisor run` and with
 // the equivalent plain QEMU command line (same machine, accelerator,
 // memory backend, devices, kernel, initrd and command line, but no monitor
 // channels), timing each from process start to the guest's ready marker
@@ -78,6 +80,7 @@ type bootBench struct {
 	timeout   time.Duration
 	accel     string
 	qemuBin   string
+	kit       string // run --kit, "" for the default kit
 	self      string // the gatevisor binary
 	tmp       string // console logs and the plain QEMU's RAM files
 	plainArgs []string
@@ -87,15 +90,30 @@ type bootBench struct {
 // newBootBench finds QEMU, the default kit and the accelerator, and makes
 // the temporary directory (the caller removes b.tmp).
 func newBootBench(ctx context.Context, env Env, o BootOptions) (*bootBench, error) {
-	qemuBin, err := qemu.FindBinary()
+	var k *kit.Kit
+	var err error
+	if o.Kit != "" && o.Kit != kit.DefaultName {
+		k, err = kit.Find("", o.Kit)
+	} else {
+		o.Kit = ""
+		k, err = kit.EnsureDefault(ctx, kit.Options{Progress: env.progress()})
+	}
 	if err != nil {
 		return nil, err
 	}
-	k, err := kit.EnsureDefault(ctx, kit.Options{Progress: env.progress()})
+	qemuBin, err := qemu.FindBinaryFor(k.Arch())
 	if err != nil {
 		return nil, err
 	}
-	choice, err := accel.Choose(o.Accel)
+	var choice accel.Choice
+	switch {
+	case qemu.NativeArch(k.Arch()):
+		choice, err = accel.Choose(o.Accel)
+	case o.Accel == accel.KVM:
+		err = fmt.Errorf("--accel kvm: KVM runs only this host's own architecture, and kit %s is %s", k.Name, k.Arch())
+	default:
+		choice = accel.Choice{Accel: accel.TCG}
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -107,9 +125,9 @@ func newBootBench(ctx context.Context, env Env, o BootOptions) (*bootBench, erro
 	if err != nil {
 		return nil, err
 	}
-	b := &bootBench{env: env, timeout: o.Timeout, accel: string(choice.Accel), qemuBin: qemuBin, self: self, tmp: tmp,
+	b := &bootBench{env: env, timeout: o.Timeout, accel: string(choice.Accel), qemuBin: qemuBin, kit: o.Kit, self: self, tmp: tmp,
 		plainArgs: plainQEMUArgs(k, string(choice.Accel), bootMemMiB)}
-	b.rep = &BootReport{Accel: b.accel, Rounds: o.Rounds, Mem: bootMemMiB, Kernel: k.Kernel,
+	b.rep = &BootReport{Accel: b.accel, Rounds: o.Rounds, Mem: bootMemMiB, Kit: o.Kit, Kernel: k.Kernel,
 		PlainCommand: qemu.CommandLine(qemuBin, b.plainArgs)}
 	return b, nil
 }
@@ -119,6 +137,9 @@ func (b *bootBench) round(ctx context.Context, i int) error {
 	name := fmt.Sprintf("bench-%d-%d", os.Getpid(), i)
 	gv := exec.Command(b.self, "run", "--name", name, "--accel", b.accel, "--mem", strconv.Itoa(bootMemMiB),
 		"--console-log", filepath.Join(b.tmp, name+".log"))
+	if b.kit != "" {
+		gv.Args = append(gv.Args, "--kit", b.kit)
+	}
 	s, err := timeBoot(ctx, gv, b.timeout, true)
 	if err != nil {
 		return fmt.Errorf("round %d, gatevisor run: %w", i+1, err)
@@ -174,12 +195,9 @@ func (b *bootBench) summarize() {
 // gatevisor's machine, memory backend, devices and kernel, with the serial
 // console on stdio and no monitor channels (no QMP, gdbstub or sockets).
 func plainQEMUArgs(k *kit.Kit, accelName string, memMiB int) []string {
-	cpu := "max,la57=off"
-	if accelName == "kvm" {
-		cpu = "host"
-	}
+	machine, cpu := qemu.MachineCPU(k.Arch(), accelName)
 	return []string{
-		"-machine", qemu.Machine + ",accel=" + accelName + ",memory-backend=ram0",
+		"-machine", machine + ",accel=" + accelName + ",memory-backend=ram0",
 		"-object", fmt.Sprintf("memory-backend-file,id=ram0,size=%dM,mem-path=/proc/self/fd/3,share=on", memMiB),
 		"-m", strconv.Itoa(memMiB) + "M", "-smp", "1", "-cpu", cpu,
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",

@@ -24,11 +24,13 @@ equivalent plain qemu-system-x86_64 command line (same machine, accelerator,
 memory backend, devices, kernel, initrd and command line, but no monitor
 channels), timing each from process start to the guest's ready marker on the
 serial console. Reports medians, their ratio, and the monitor's peak RSS
-(VmHWM of the gatevisor process, QEMU excluded).`,
+(VmHWM of the gatevisor process, QEMU excluded). --kit boots a named kit
+instead (an arm64 kit with qemu-system-aarch64 -machine virt on both sides).`,
 	}
 	cmd.Flags().IntVar(&o.Rounds, "rounds", 5, "boots of each kind")
 	cmd.Flags().StringVar(&accelF, "accel", "auto", "accelerator for both: auto, kvm or tcg")
 	cmd.Flags().DurationVar(&o.Timeout, "timeout", 5*time.Minute, "longest one boot may take")
+	cmd.Flags().StringVar(&o.Kit, "kit", "", "boot this built kit (a name of 'gatevisor kit ls', such as the arm64 kit) instead of the default kit")
 	check := func() error {
 		if o.Rounds < 1 || o.Rounds > 50 {
 			return fmt.Errorf("--rounds %d: use 1 to 50", o.Rounds)

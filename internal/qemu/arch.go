@@ -81,3 +81,10 @@ func (c *Config) machineCPU() (machine, cpu string) {
 	}
 	return Machine, cpu
 }
+
+// MachineCPU returns the -machine type and -cpu model gatevisor gives a
+// guest of arch under accel ("kvm" or "tcg"), for a plain QEMU command
+// line that matches its own (bench boot).
+func MachineCPU(arch, accel string) (machine, cpu string) {
+	return (&Config{Arch: arch, Accel: accel}).machineCPU()
+}
