@@ -12,6 +12,7 @@ import (
 	"path"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -299,7 +300,7 @@ type fileAttributor struct {
 	view  *ids.Inspector
 	conns []uint64 // the share's mounts' transports (linux.P9Conns)
 
-	waits, waitNs atomic.Uint64
+	waits, waitNs, retries atomic.Uint64
 }
 
 // attributionWait bounds how long a request waits for its caller to
@@ -329,8 +330,8 @@ func (a *fileAttributor) Attribute(ctx context.Context, tag uint16, msg []byte) 
 	// transports kept while they answer: a request then costs a walk of
 	// its transport's requests, not of every superblock.
 	k.AS.Cache.Invalidate()
-	for try, wait := 0, 20*time.Microsecond; ; try, wait = try+1, min(2*wait, time.Millisecond) {
-		if a.conns == nil || try > 0 && try%4 == 0 {
+	for try, wait := 0, 20*time.Microsecond; ; try++ {
+		if a.conns == nil || try >= 8 && try%4 == 0 {
 			k.AS.Cache.Invalidate()
 			if a.conns, err = k.P9Conns(l, a.name); err != nil {
 				a.conns = nil
@@ -341,11 +342,20 @@ func (a *fileAttributor) Attribute(ctx context.Context, tag uint16, msg []byte) 
 		if !errors.Is(err, linux.ErrNoRequester) || time.Since(start) > attributionWait {
 			break
 		}
+		a.retries.Add(1)
+		if try < 8 {
+			// The caller is usually a few guest instructions from its
+			// wait queue: yield rather than sleep (a timer costs more
+			// than the wait).
+			runtime.Gosched()
+			continue
+		}
 		select {
 		case <-ctx.Done():
 			return event.Subject{}, ctx.Err()
 		case <-time.After(wait):
 		}
+		wait = min(2*wait, time.Millisecond)
 	}
 	if d := time.Since(start); d > 0 {
 		a.waits.Add(1)
