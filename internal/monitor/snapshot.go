@@ -160,11 +160,18 @@ func (m *Monitor) Snapshot(ctx context.Context, tag string) (api.Snapshot, error
 	}
 	defer devs.Close()
 	size := int64(m.cfg.MemMiB) << 20
+	// A first copy while the guest runs (not consistent: the guest writes
+	// meanwhile), then, with it stopped, only the pages that changed:
+	// the guest is paused for a read and a compare of what it uses
+	// rather than for a write of all of it.
+	if _, err := ramsnap.Copy(ram, m.ramFile, size); err != nil {
+		return api.Snapshot{}, fmt.Errorf("snapshot %s: %w", tag, err)
+	}
 	var copied ramsnap.Result
 	err = m.dbg.Do(ctx, func(ctx context.Context, _ *gdbrsp.Client) error {
 		start := time.Now()
 		defer func() { s.PausedSeconds = time.Since(start).Seconds() }()
-		if copied, err = ramsnap.Copy(ram, m.ramFile, size); err != nil {
+		if copied, err = ramsnap.Sync(ram, m.ramFile, size); err != nil {
 			return err
 		}
 		if _, err := saveDevices(ctx, m.q(), devs, true); err != nil {

@@ -108,3 +108,42 @@ func TestBadSizes(t *testing.T) {
 		t.Error("a size beyond the file is accepted")
 	}
 }
+
+func TestSyncAfterCopy(t *testing.T) {
+	const size = 4 << 20
+	ram := tempFile(t, "ram", size)
+	a, b := make([]byte, PageSize), make([]byte, PageSize)
+	rand.Read(a)
+	rand.Read(b)
+	for _, p := range []int64{1, 2, 3, 500, 1023} {
+		writePage(t, ram, p, a)
+	}
+	snap := tempFile(t, "snap", 0)
+	if _, err := Copy(snap, ram, size); err != nil {
+		t.Fatal(err)
+	}
+	// The guest ran on while the copy was made: a page changed, one
+	// became zero, a new one was written.
+	writePage(t, ram, 2, b)
+	writePage(t, ram, 3, make([]byte, PageSize))
+	writePage(t, ram, 700, b)
+	got, err := Sync(snap, ram, size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := Check(ram, size)
+	if got != want {
+		t.Errorf("Sync digests %+v, RAM is %+v", got, want)
+	}
+	if have, _ := Check(snap, size); have != want {
+		t.Errorf("the synced copy digests %+v, want %+v", have, want)
+	}
+	if got.Pages != 5 {
+		t.Errorf("%d pages, want 5", got.Pages)
+	}
+	// Not a copy of that size: refused.
+	other := tempFile(t, "other", size/2)
+	if _, err := Sync(other, ram, size); err == nil {
+		t.Error("Sync into a file of another size is accepted")
+	}
+}
