@@ -82,10 +82,11 @@ func findRela(img []byte) (relaRun, error) {
 	return best, nil
 }
 
-// kallsymsBaseOffset returns the file offset of kallsyms_relative_base,
-// the 8 bytes before kallsyms_num_syms (6.1-6.3's order), located from the
-// token table and the names as ParseKallsyms does.
-func kallsymsBaseOffset(img []byte) (int, error) {
+// kallsymsBaseOffsets returns the file offsets where
+// kallsyms_relative_base may lie, located from the token table and the
+// names as ParseKallsyms does: the 8 bytes before kallsyms_num_syms (up
+// to 6.3), or after the token index and the offsets (6.4 on).
+func kallsymsBaseOffsets(img []byte) ([]int, error) {
 	digits := []byte("0\x001\x002\x003\x004\x005\x006\x007\x008\x009\x00")
 	var lastErr error = ErrNoKallsyms
 	for from, tries := 0, 0; tries < maxCandidates; tries++ {
@@ -105,11 +106,17 @@ func kallsymsBaseOffset(img []byte) (int, error) {
 			lastErr = err
 			continue
 		}
+		align8 := func(x int) int { return (x + 7) &^ 7 }
+		var out []int
 		if ni.numSyms >= 8 {
-			return ni.numSyms - 8, nil
+			out = append(out, ni.numSyms-8)
 		}
+		for _, o := range []int{tt.index + 512, align8(tt.index + 512)} {
+			out = append(out, o+align8(4*ni.n), o+4*ni.n)
+		}
+		return out, nil
 	}
-	return 0, lastErr
+	return nil, lastErr
 }
 
 // relocateARM64 returns a copy of the flat Image img with its RELATIVE
@@ -122,26 +129,28 @@ func relocateARM64(img []byte) ([]byte, uint64, error) {
 	if err != nil {
 		return nil, 0, err
 	}
-	f, err := kallsymsBaseOffset(img)
+	fs, err := kallsymsBaseOffsets(img)
 	if err != nil {
 		return nil, 0, fmt.Errorf("%w: %w", ErrARM64Image, err)
 	}
 	le := binary.LittleEndian
 	var base uint64
 	found := false
-	for i := 0; i < run.n; i++ {
+	for i := 0; i < run.n && !found; i++ {
 		p := run.off + 24*i
 		off, add := le.Uint64(img[p:]), le.Uint64(img[p+16:])
-		// kallsyms_relative_base is the lowest symbol's address, in the
-		// image (_stext on 6.1: _text plus the 64 KiB head), and _text is
-		// 2 MiB aligned (MIN_KIMG_ALIGN).
-		if b := off - uint64(f); b&(2<<20-1) == 0 && add >= b && add-b < uint64(len(img)) {
-			base, found = b, true
-			break
+		for _, f := range fs {
+			// kallsyms_relative_base is the lowest symbol's address, at
+			// the image's start (_stext on 6.1: _text plus the 64 KiB
+			// head), and _text is 2 MiB aligned (MIN_KIMG_ALIGN).
+			if b := off - uint64(f); b&(2<<20-1) == 0 && add >= b && add-b < 2<<20 {
+				base, found = b, true
+				break
+			}
 		}
 	}
 	if !found {
-		return nil, 0, fmt.Errorf("%w: no relocation fills kallsyms_relative_base (file offset %#x)", ErrARM64Image, f)
+		return nil, 0, fmt.Errorf("%w: no relocation fills kallsyms_relative_base (file offsets %#x)", ErrARM64Image, fs)
 	}
 	out := bytes.Clone(img)
 	for i := 0; i < run.n; i++ {
