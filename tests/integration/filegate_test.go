@@ -78,6 +78,10 @@ func TestFileGate(t *testing.T) {
 
 	// Mounted at boot over 9P (trans=fd, cache=none); the guest has no disk.
 	must(`grep ' /mnt/conf 9p ' /proc/mounts && ls /sys/block | grep -c '^vd' ; true`, "trans=fd")
+	// access=client: the guest kernel attaches once, as the mounting user
+	// (root), and sends every process's requests on that attach: the uid
+	// the 9P protocol claims is 0 for uid 1000's requests below.
+	must(`grep ' /mnt/conf 9p ' /proc/mounts`, "access=client")
 	must(`ls /mnt/conf /mnt/conf/pub`, "secret.txt")
 
 	// Allowed: read, write, create, rename, unlink as root.
