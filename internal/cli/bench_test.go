@@ -14,7 +14,7 @@ import (
 // docs/benchmarks.md and scripts call them.
 func TestBenchFlags(t *testing.T) {
 	want := map[string]map[string]string{
-		"boot":       {"rounds": "5", "accel": "auto", "timeout": "5m0s", "json": "false"},
+		"boot":       {"rounds": "5", "accel": "auto", "timeout": "5m0s", "json": "false", "kit": ""},
 		"fleet":      {"events": "20000", "json": "false", "rounds": "3", "vms": "[1,10,50]"},
 		"rejuvenate": {"mem": "[256,1024,2048]", "rounds": "3", "fill-mib": "128", "tick": "5ms", "json": "false"},
 		"ids":        {"procs": "1000", "rounds": "21", "json": "false", "window": "20s", "scan-interval": "1s"},
