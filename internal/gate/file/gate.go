@@ -891,6 +891,12 @@ func (c *conn) lopen(ctx context.Context, f *fid, flags uint32, tag uint16, msg 
 	if err := c.decide(ctx, "open", f.rel, tag, msg, int64(flags)); err != nil {
 		return err
 	}
+	if fl&os.O_TRUNC != 0 && !f.isDir {
+		// As at the kernel's hooks: an open that truncates is a truncate too.
+		if err := c.decide(ctx, "truncate", f.rel, tag, msg, 0); err != nil {
+			return err
+		}
+	}
 	if f.isDir {
 		fl = os.O_RDONLY
 	}
@@ -1084,15 +1090,18 @@ func (c *conn) setattr(ctx context.Context, d *dec, tag uint16, msg []byte) erro
 		if err := c.decide(ctx, "truncate", f.rel, tag, msg, int64(size&(1<<62-1))); err != nil {
 			return err
 		}
-		h := f.f
-		if h == nil || f.isDir {
-			if h, err = c.g.root.OpenFile(f.rel, os.O_WRONLY|unix.O_NOFOLLOW, 0); err != nil {
+		n := int64(size & (1<<62 - 1))
+		// The fid's own handle if it was opened for writing; else a new one.
+		if f.f == nil || f.isDir || f.f.Truncate(n) != nil {
+			h, err := c.g.root.OpenFile(f.rel, os.O_WRONLY|unix.O_NOFOLLOW, 0)
+			if err != nil {
 				return err
 			}
-			defer h.Close()
-		}
-		if err := h.Truncate(int64(size & (1<<62 - 1))); err != nil {
-			return err
+			err = h.Truncate(n)
+			h.Close()
+			if err != nil {
+				return err
+			}
 		}
 	}
 	if valid&setMode != 0 {

@@ -257,6 +257,24 @@ func TestCreateWriteUnlinkRename(t *testing.T) {
 	}
 }
 
+func TestTruncatingOpenIsATruncate(t *testing.T) {
+	c, pd, dir := setup(t, basePolicy+"  no_trunc: opEq(\"truncate\") and fileEq(\"/mnt/conf/pub/hello\") deny(EPERM)\n", event.Subject{UID: 1000}, false)
+	c.walk(1, 2, "pub", "hello")
+	if en := c.open(2, syscall.O_WRONLY|syscall.O_TRUNC); en != syscall.EPERM {
+		t.Fatalf("open O_TRUNC: %v, want EPERM", en)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "pub", "hello")); string(b) != "hello" {
+		t.Fatalf("the file was truncated: %q", b)
+	}
+	var ops []string
+	for _, ev := range pd.evs {
+		ops = append(ops, ev.Op)
+	}
+	if strings.Join(ops, ",") != "open,truncate" {
+		t.Fatalf("ops %v", ops)
+	}
+}
+
 func TestAttributionFailureDenies(t *testing.T) {
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "f"), []byte("x"), 0o644)
