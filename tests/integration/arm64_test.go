@@ -132,7 +132,7 @@ func TestARM64(t *testing.T) {
 				t.Errorf("ids modules does not list %s (in /proc/modules):\n%s", m, r.stdout)
 			}
 		}
-		if len(mods) == 0 || !strings.Contains(r.stdout, "virtio_pci") || !strings.Contains(r.stdout, "modules, sysfs") || strings.Contains(r.stdout, "hidden") {
+		if len(mods) == 0 || !strings.Contains(r.stdout, "virtio_pci") || !strings.Contains(r.stdout, "modules, sysfs, scan") || strings.Contains(r.stdout, "hidden") {
 			t.Errorf("ids modules (guest has %v):\n%s", mods, r.stdout)
 		}
 	})

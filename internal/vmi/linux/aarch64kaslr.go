@@ -127,3 +127,71 @@ func readPhysU64(mem vmi.PhysicalMemory, pa uint64) (uint64, error) {
 	}
 	return le.Uint64(b[:]), nil
 }
+
+// arm64ModulesSpan is how far below the kernel image module_alloc places
+// modules with ARM64_MODULE_PLTS (2 GiB; 128 MiB without PLTs, inside it).
+const arm64ModulesSpan = 2 << 30
+
+// arm64ModuleArea returns the virtual range module_alloc allocates from
+// on arm64: the 2 GiB below the kernel image's run-time _text (6.1's
+// module_alloc_base is randomized within it), clipped to the upper half.
+func (k *Kernel) arm64ModuleArea() (uint64, uint64, error) {
+	text, err := k.Addr("_text")
+	if err != nil {
+		return 0, 0, err
+	}
+	const vmallocStart = 0xffff800000000000 // _PAGE_END(48): modules and vmalloc begin here
+	lo := uint64(vmallocStart)
+	if text-vmallocStart > arm64ModulesSpan {
+		lo = text - arm64ModulesSpan
+	}
+	return lo, text, nil
+}
+
+// mappedPagesARM64 is mappedPages for AArch64 stage-1 tables (the upper
+// half, from TTBR1): fn gets each valid page or block overlapping
+// [lo, hi), clipped, in address order. Each table is read once; the range
+// bounds the work.
+func mappedPagesARM64(as *vmi.AddressSpace, lo, hi uint64, fn func(va, size uint64) error) error {
+	const (
+		valid    = 1
+		table    = 2
+		addrMask = 0x0000_ffff_ffff_f000
+	)
+	bufs := make([][]byte, 4)
+	for i := range bufs {
+		bufs[i] = make([]byte, vmi.PageSize4K)
+	}
+	var walk func(tablePA uint64, level int, base uint64) error
+	walk = func(tablePA uint64, level int, base uint64) error {
+		t := bufs[level]
+		if _, err := as.Mem.ReadAt(t, int64(tablePA)); err != nil {
+			return nil // an unreadable table maps nothing we can read
+		}
+		shift := uint(39 - 9*level)
+		span := uint64(1) << shift
+		for i := uint64(0); i < 512; i++ {
+			va := base + i*span
+			if va+span-1 < lo || va >= hi {
+				continue
+			}
+			e := le.Uint64(t[8*i:])
+			if e&valid == 0 {
+				continue
+			}
+			switch {
+			case level == 3 && e&table != 0, level == 1 && e&table == 0, level == 2 && e&table == 0:
+				s, end := max(va, lo), min(va+span, hi)
+				if err := fn(s, end-s); err != nil {
+					return err
+				}
+			case level < 3 && e&table != 0:
+				if err := walk(e&addrMask, level+1, va); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	return walk(as.TTBR1&addrMask, 0, 0xffff000000000000)
+}

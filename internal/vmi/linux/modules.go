@@ -79,6 +79,13 @@ func newModuleLayout(p *Profile) *moduleLayout {
 		core := f.off("module.core_layout")
 		l.coreBase = []uint64{core + f.off("module_layout.base")}
 		l.coreSize = []uint64{core + f.off("module_layout.size")}
+		if f.has("module.data_layout") {
+			// CONFIG_ARCH_WANTS_MODULES_DATA_IN_VMALLOC (6.0-6.3): the
+			// data, struct module among it, has a layout of its own.
+			data := f.off("module.data_layout")
+			l.coreBase = append(l.coreBase, data+f.off("module_layout.base"))
+			l.coreSize = append(l.coreSize, data+f.off("module_layout.size"))
+		}
 	} else {
 		// Linux 6.4+: mem[MOD_TEXT], mem[MOD_DATA], mem[MOD_RODATA],
 		// mem[MOD_RO_AFTER_INIT] are the core regions.
@@ -108,7 +115,7 @@ func newModuleLayout(p *Profile) *moduleLayout {
 // is b, at address addr. strict adds the checks a memory scan needs: the
 // structure lies inside its own core layout, its list pointers are kernel
 // pointers or list_del's poison, and its kobject points back to it.
-func (l *moduleLayout) parseModule(b []byte, addr uint64, strict bool) (Module, error) {
+func (l *moduleLayout) parseModule(b []byte, addr uint64, strict bool, area moduleArea) (Module, error) {
 	at := func(off uint64) []byte { return b[off-l.block.lo:] }
 	st := le.Uint32(at(l.state))
 	if st >= uint32(len(moduleStates)) {
@@ -140,7 +147,7 @@ func (l *moduleLayout) parseModule(b []byte, addr uint64, strict bool) (Module, 
 	if !strict {
 		return m, nil
 	}
-	if !inside || m.Base < modulesVAddr || m.Base >= modulesEnd {
+	if !inside || m.Base < area.lo || m.Base >= area.hi {
 		return Module{}, fmt.Errorf("%w: module %#x is not inside its core layout", ErrInconsistent, addr)
 	}
 	next, prev := le.Uint64(at(l.list)), le.Uint64(at(l.list+8))
@@ -155,6 +162,12 @@ func (l *moduleLayout) parseModule(b []byte, addr uint64, strict bool) (Module, 
 	return m, nil
 }
 
+// moduleArea is the virtual range modules are allocated from.
+type moduleArea struct{ lo, hi uint64 }
+
+// x86ModuleArea is x86-64's: MODULES_VADDR to MODULES_END.
+var x86ModuleArea = moduleArea{modulesVAddr, modulesEnd}
+
 // readModule reads and validates the struct module at addr.
 func (k *Kernel) readModule(l *moduleLayout, addr uint64, buf []byte, strict bool) (Module, error) {
 	if !isKernelPtr(addr) {
@@ -163,7 +176,7 @@ func (k *Kernel) readModule(l *moduleLayout, addr uint64, buf []byte, strict boo
 	if _, err := k.AS.ReadVirtual(addr+l.block.lo, buf); err != nil {
 		return Module{}, fmt.Errorf("linux: read module at %#x: %w", addr, err)
 	}
-	return l.parseModule(buf, addr, strict)
+	return l.parseModule(buf, addr, strict, x86ModuleArea)
 }
 
 // Modules returns the modules on the kernel's modules list, in list order
@@ -254,6 +267,16 @@ func (k *Kernel) ScanModules() ([]Module, error) {
 	if l.err != nil {
 		return nil, l.err
 	}
+	area, mapped := x86ModuleArea, mappedPages
+	if k.AS.Paging == vmi.PagingARM64 {
+		lo, hi, err := k.arm64ModuleArea()
+		if err != nil {
+			return nil, err
+		}
+		area, mapped = moduleArea{lo, hi}, func(as *vmi.AddressSpace, lo, hi uint64, fn func(va, size uint64) error) error {
+			return mappedPagesARM64(as, lo, hi, fn)
+		}
+	}
 	tl := &tally{view: "scan"}
 	var out []Module
 	scanned := uint64(0)
@@ -278,7 +301,7 @@ func (k *Kernel) ScanModules() ([]Module, error) {
 				if c := b[off+l.name]; !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_') {
 					continue
 				}
-				m, err := l.parseModule(b[off+l.block.lo:off+l.block.hi], va+off, true)
+				m, err := l.parseModule(b[off+l.block.lo:off+l.block.hi], va+off, true, area)
 				if err != nil {
 					continue
 				}
@@ -291,7 +314,7 @@ func (k *Kernel) ScanModules() ([]Module, error) {
 		return nil
 	}
 	runStart, runEnd := uint64(0), uint64(0)
-	err := mappedPages(k.AS, modulesVAddr, modulesEnd, func(va, size uint64) error {
+	err := mapped(k.AS, area.lo, area.hi, func(va, size uint64) error {
 		if runEnd == va && runEnd != 0 {
 			runEnd += size
 			return nil
