@@ -47,6 +47,7 @@ var Endpoints = []Endpoint{
 	{Method: "POST", Path: "/v1/auth/revoke", Action: "auth.revoke"},
 	{Method: "GET", Path: "/v1/files/open", Action: "files.open"},
 	{Method: "POST", Path: "/v1/restart", Action: "vm.restart"},
+	{Method: "POST", Path: "/v1/upgrade", Action: "vm.upgrade"},
 	{Method: "POST", Path: "/v1/snapshot", Action: "vm.snapshot"},
 	{Method: "GET", Path: "/v1/snapshots", Action: "vm.snapshots"},
 	{Method: "POST", Path: "/v1/rollback", Action: "vm.rollback"},

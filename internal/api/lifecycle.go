@@ -44,6 +44,21 @@ type Phase struct {
 	Ms   float64 `json:"ms"`
 }
 
+// UpgradeRequest asks for the monitor to be replaced by Binary (""
+// the running executable) with the guest kept running (POST /v1/upgrade).
+type UpgradeRequest struct {
+	Binary string `json:"binary,omitempty"`
+}
+
+// UpgradeResult says the upgrade is under way: the guest is stopped and
+// the monitor about to exec Binary; its API answers again once the new
+// monitor runs (Status.MonitorUpgrades is Upgrades then).
+type UpgradeResult struct {
+	Binary     string `json:"binary"`
+	MonitorPID int    `json:"monitor_pid"`
+	Upgrades   int    `json:"upgrades"`
+}
+
 // SnapshotRequest names a snapshot to take (POST /v1/snapshot), roll back
 // to (POST /v1/rollback) or remove (POST /v1/snapshot/remove).
 type SnapshotRequest struct {

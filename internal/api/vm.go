@@ -44,6 +44,8 @@ type VM interface {
 	// MaxNetFlowsLimit), each with its process and decision; a VM without
 	// a gated network answers CodeConflict.
 	NetFlows(ctx context.Context, limit int) (NetFlows, error)
+	// Upgrade replaces the monitor process under the running guest.
+	Upgrade(ctx context.Context, req UpgradeRequest) (UpgradeResult, error)
 	// Restart replaces QEMU under the running guest (RestartRequest).
 	Restart(ctx context.Context, req RestartRequest) (RestartResult, error)
 	// Snapshot saves the guest's RAM and device state under tag;

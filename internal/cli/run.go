@@ -253,12 +253,34 @@ func runVM(ctx context.Context, o *runOptions) error {
 			return err
 		}
 		defer leave()
+		m.BlockUpgrade("the VM is in a fleet (run --fleet): the agent is the monitor's, and the hand-over does not carry it yet")
 	}
 	if err := m.Run(ctx); err != nil {
 		return err
 	}
 	go stopOnSignals(m, sigs, o.stopTimeout, status)
-	return m.Wait()
+	return waitOrUpgrade(m, shutdown, o.stopTimeout)
+}
+
+// waitOrUpgrade waits until the VM is over, or until an upgrade asks for
+// this monitor to be replaced: it then stops serving the API (the upgrade
+// request is answered first), hands the monitor off and execs the new
+// binary in place (monitor-resume). If the hand-off or the exec fails,
+// the guest, stopped for the upgrade, ends with this process.
+func waitOrUpgrade(m *monitor.Monitor, shutdown func(), stopTimeout time.Duration) error {
+	select {
+	case <-m.Done():
+		return m.Err()
+	case h := <-m.UpgradeRequested():
+		shutdown()
+		h.StopTimeout = stopTimeout
+		fd, err := m.HandOff(h)
+		if err != nil {
+			return fmt.Errorf("upgrade: %w (the VM ended)", err)
+		}
+		err = syscall.Exec(h.Binary, []string{h.Binary, "monitor-resume", "--handover-fd", strconv.Itoa(fd)}, os.Environ())
+		return fmt.Errorf("upgrade: exec %s: %w (the VM ended)", h.Binary, err)
+	}
 }
 
 // runValues are run's flags, parsed and checked.

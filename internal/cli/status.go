@@ -84,7 +84,11 @@ func printStatus(w io.Writer, st *api.Status) {
 	r.top("kernel", st.Kernel)
 	r.topOpt("initrd", st.Initrd)
 	r.topOpt("append", st.Append)
-	r.top("monitor pid", strconv.Itoa(st.MonitorPID))
+	monitor := strconv.Itoa(st.MonitorPID)
+	if st.MonitorUpgrades > 0 {
+		monitor += fmt.Sprintf(" (upgraded in place %d times)", st.MonitorUpgrades)
+	}
+	r.top("monitor pid", monitor)
 	r.top("qemu pid", strconv.Itoa(st.QEMUPID))
 	r.top("started", st.StartedAt.Format(time.RFC3339))
 	r.top("runtime dir", st.RuntimeDir)

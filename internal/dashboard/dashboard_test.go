@@ -51,6 +51,10 @@ func (f *fakeVM) Restart(context.Context, api.RestartRequest) (api.RestartResult
 	return api.RestartResult{}, nil
 }
 
+func (f *fakeVM) Upgrade(context.Context, api.UpgradeRequest) (api.UpgradeResult, error) {
+	return api.UpgradeResult{}, nil
+}
+
 func (f *fakeVM) Snapshot(_ context.Context, tag string) (api.Snapshot, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

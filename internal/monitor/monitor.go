@@ -62,19 +62,19 @@ type Config struct {
 	Arch string
 	// Profile says where the kernel's structure layouts come from when
 	// its image has no .BTF (a symbol table given to run --symbols).
-	Profile    linux.ProfileOptions
+	Profile    linux.ProfileOptions `json:"-"`
 	Initrd     string
 	Append     string
 	QEMUBinary string
 	// Console receives the guest's serial output (the terminal in the
 	// foreground); nil when detached.
-	Console io.Writer
+	Console io.Writer `json:"-"`
 	// ConsoleInput is forwarded to the serial console; nil for none.
-	ConsoleInput io.Reader
+	ConsoleInput io.Reader `json:"-"`
 	// ConsoleLog is a file that receives the serial output; "" for none.
 	ConsoleLog string
 	// Log receives the monitor's own notices and QEMU's stderr.
-	Log io.Writer
+	Log io.Writer `json:"-"`
 	// ReadyMarker overrides the default marker (for a user's own initrd).
 	ReadyMarker string
 	// CPUHog detects processes that keep a CPU busy (the continuous
@@ -134,6 +134,7 @@ type Monitor struct {
 	ram       *qemu.GuestRAM
 	side      atomic.Pointer[qemuSide] // the QEMU process and its channels (m.q)
 	rs        restartState             // QEMU restarts, snapshots, rollbacks (restart.go)
+	up        upgradeState             // the monitor's own replacement (upgrade.go)
 	bootFiles bootFiles                // kernel and initramfs, open for restarts (restart.go)
 	console   *console
 	logFile   *os.File
@@ -204,6 +205,7 @@ func Start(ctx context.Context, cfg Config) (_ *Monitor, err error) {
 	}
 	m := &Monitor{cfg: cfg, started: time.Now(), state: api.StateStarting, done: make(chan struct{}), stopCh: make(chan struct{}), stopReq: make(chan time.Duration, 1), bootID: newBootID()}
 	m.rs.swapped = make(chan struct{}, 1)
+	m.up.ch = make(chan *Handover, 1)
 	qcfg := &qemu.Config{Binary: cfg.QEMUBinary, Arch: cfg.Arch, Name: cfg.Name, MemMiB: cfg.MemMiB, CPUs: cfg.CPUs, Accel: string(cfg.Accel.Accel),
 		Kernel: cfg.Kernel, Initrd: cfg.Initrd, Append: cfg.Append}
 	if err := qcfg.Validate(); err != nil {
@@ -691,6 +693,7 @@ func (m *Monitor) Status(ctx context.Context) api.Status {
 	if q := m.q(); q.proc != nil {
 		st.QEMUPID = q.proc.Pid()
 	}
+	st.MonitorUpgrades = m.up.upgrades
 	st.Net = m.netStatus()
 	st.SyscallGate = m.syscallGateStatus()
 	if m.pol.sec != nil {

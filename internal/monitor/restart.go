@@ -293,6 +293,9 @@ func (m *Monitor) Restart(ctx context.Context, req api.RestartRequest) (api.Rest
 	if err := m.lifecycleReady(); err != nil {
 		return api.RestartResult{}, err
 	}
+	if len(m.cfg.Files) > 0 {
+		return api.RestartResult{}, apiErr(api.CodeConflict, "restart: not done: the VM serves files (--files), whose 9P sessions belong to the QEMU connection: the guest's mounts would fail after a restart")
+	}
 	if req.QEMUBinary != "" {
 		if err := m.checkQEMUBinary(ctx, req.QEMUBinary); err != nil {
 			return api.RestartResult{}, err

@@ -81,7 +81,7 @@ type Config struct {
 	// guest RAM's 3; FDPath names them): a restarted QEMU reads the
 	// kernel and initramfs the first one booted from the monitor's open
 	// descriptors, whatever happened to their paths since.
-	ExtraFiles []*os.File
+	ExtraFiles []*os.File `json:"-"`
 }
 
 // FDPath is the path under which QEMU opens ExtraFiles[i].

@@ -643,3 +643,35 @@ func isLocked(lockPath string) bool {
 	_ = unix.Flock(int(f.Fd()), unix.LOCK_UN)
 	return false
 }
+
+// Adopt takes over the lock of VM name under root that this process
+// inherited as lock (a monitor replacing itself, gatevisor upgrade): it
+// checks that lock is that VM's lock file and that the lock is held,
+// and removes nothing. It returns an error, closing lock, otherwise.
+func Adopt(root, name string, lock *os.File) (*Dir, error) {
+	if err := ValidateName(name); err != nil {
+		lock.Close()
+		return nil, err
+	}
+	path := filepath.Join(root, name)
+	var got, want unix.Stat_t
+	if err := unix.Fstat(int(lock.Fd()), &got); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("VM lock: %w", err)
+	}
+	if err := unix.Lstat(filepath.Join(path, LockFile), &want); err != nil || got.Dev != want.Dev || got.Ino != want.Ino || got.Uid != uint32(os.Geteuid()) {
+		lock.Close()
+		return nil, fmt.Errorf("VM lock: the inherited descriptor is not %s's lock file (%v)", filepath.Join(path, LockFile), err)
+	}
+	// Our own open file description holds the lock already: taking it
+	// again on it succeeds; any other holder would make it fail.
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("VM lock: %w", err)
+	}
+	return &Dir{Name: name, Path: path, lock: lock}, nil
+}
+
+// LockFD is the descriptor of the held lock (for Adopt in the process
+// that replaces this one).
+func (d *Dir) LockFD() uintptr { return d.lock.Fd() }

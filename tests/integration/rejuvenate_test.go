@@ -407,3 +407,101 @@ func qemuPrefix(t *testing.T, qemu string) string {
 	}
 	return bin
 }
+
+// TestMonitorUpgrade replaces the monitor process (exec in place) under a
+// running guest twice, with a counter on the console and a loop of denied
+// execs running across: nothing lost or duplicated, nothing let through,
+// the audit chain whole.
+func TestMonitorUpgrade(t *testing.T) {
+	needVM(t)
+	const vm = "upgrade"
+	dir := t.TempDir()
+	pol := writePolicy(t, dir, "upgrade.policy", openBase+`exec default: allow
+  no_tmp_exec: filePrefixEq("/tmp/") deny
+`)
+	r := gv(t, readyTimeout+time.Minute, "run", "--detach", "--name", vm, "--ready-timeout", readyTimeout.String(), "--policy", pol)
+	if r.code != 0 {
+		t.Fatalf("run: %d %s%s", r.code, r.stdout, r.stderr)
+	}
+	t.Cleanup(func() { gv(t, 2*time.Minute, "stop", vm, "--force") })
+	state := filepath.Join(env.stateDir, "gatevisor", "vms", vm)
+	guestSh(t, vm, "cp /bin/busybox /tmp/bb")
+	if rc := deniedExec(t, vm); rc != "126" {
+		t.Fatalf("/tmp/bb before the upgrade: exit %s, want 126", rc)
+	}
+	// Refused, nothing changed: a frozen process (the freezer is not
+	// handed over), a binary that is not one.
+	sleeper := procStart(t, vm, "sleep 3000")
+	proc(t, "freeze", vm, sleeper)
+	if r := gv(t, time.Minute, "upgrade", vm); r.code == 0 || !strings.Contains(r.stderr, "processes are frozen") {
+		t.Errorf("upgrade with a frozen process: exit %d %s%s", r.code, r.stdout, r.stderr)
+	}
+	proc(t, "thaw", vm, sleeper)
+	if r := gv(t, time.Minute, "upgrade", vm, "--binary", pol); r.code == 0 || !strings.Contains(r.stderr, "not a regular executable") {
+		t.Errorf("upgrade --binary with a policy file: exit %d %s%s", r.code, r.stdout, r.stderr)
+	}
+	st0 := status(t, vm)
+	guestSh(t, vm, `rm -f /tmp/stopdeny /tmp/deny.out
+(i=0; while [ $i -lt 300 ]; do i=$((i+1)); echo "gvtick $i" > /dev/console; usleep 20000; done) </dev/null >/dev/null 2>&1 &
+(n=0; ok=0; while [ ! -e /tmp/stopdeny ]; do /tmp/bb true 2>/dev/null && ok=$((ok+1)); n=$((n+1)); done; echo "$n $ok" > /tmp/deny.out) </dev/null >/dev/null 2>&1 &
+echo started`)
+	before := uptime(t, vm)
+	for i := 1; i <= 2; i++ {
+		r := gv(t, 3*time.Minute, "upgrade", vm)
+		if r.code != 0 || !strings.Contains(r.stdout, "monitor upgraded in place") {
+			t.Fatalf("upgrade %d: exit %d %s%s", i, r.code, r.stdout, r.stderr)
+		}
+		t.Logf("upgrade %d: %s", i, strings.TrimSpace(r.stdout))
+		st := status(t, vm)
+		if st.MonitorPID != st0.MonitorPID || st.MonitorUpgrades != i || st.QEMUPID == st0.QEMUPID {
+			t.Errorf("after upgrade %d: monitor pid %d (was %d), upgrades %d, QEMU pid %d (was %d)", i, st.MonitorPID, st0.MonitorPID, st.MonitorUpgrades, st.QEMUPID, st0.QEMUPID)
+		}
+		if pids := qemuPIDs(vm); len(pids) != 1 || pids[0] != st.QEMUPID {
+			t.Errorf("QEMU processes after upgrade %d: %v, want only %d", i, pids, st.QEMUPID)
+		}
+	}
+	if after := uptime(t, vm); after < before {
+		t.Errorf("guest uptime %.2f s after the upgrades, %.2f s before: the guest was rebooted", after, before)
+	}
+	if s := guestStates(t, vm, sleeper); s == "gone" {
+		t.Errorf("the guest's sleep did not survive the upgrades")
+	}
+	testvm.Eventually(t, 2*time.Minute, "the console counter to finish", func() error {
+		if n := ticks(t, filepath.Join(state, "console.log")); len(n) == 0 || n[len(n)-1] != 300 {
+			return fmt.Errorf("%d ticks so far", len(n))
+		}
+		return nil
+	})
+	got := ticks(t, filepath.Join(state, "console.log"))
+	for i, n := range got {
+		if n != i+1 {
+			t.Fatalf("console counter across the upgrades: tick %d where %d was due (lost or duplicated output)", n, i+1)
+		}
+	}
+	guestSh(t, vm, "touch /tmp/stopdeny")
+	testvm.Eventually(t, time.Minute, "the denied-exec loop to end", func() error {
+		if r := guestSh(t, vm, "cat /tmp/deny.out"); r.code != 0 {
+			return fmt.Errorf("not yet")
+		}
+		return nil
+	})
+	var n, ok int
+	if _, err := fmt.Sscan(guestSh(t, vm, "cat /tmp/deny.out").stdout, &n, &ok); err != nil || n == 0 || ok != 0 {
+		t.Errorf("denied execs across the upgrades: %d tries, %d ran (want >0, 0); err %v", n, ok, err)
+	}
+	if rc := deniedExec(t, vm); rc != "126" {
+		t.Errorf("/tmp/bb after the upgrades: exit %s, want 126", rc)
+	}
+	auditFile := filepath.Join(state, "audit.jsonl")
+	if a := gv(t, time.Minute, "audit", "--file", auditFile, "--rule", "vm.upgrade", "--json"); a.code != 0 || strings.Count(a.stdout, "monitor upgraded in place") != 2 {
+		t.Errorf("audit records of the upgrades: exit %d %s", a.code, a.stdout)
+	}
+	if a := gv(t, time.Minute, "audit", "--verify", "--file", auditFile); a.code != 0 {
+		t.Errorf("audit --verify after the upgrades: exit %d %s%s", a.code, a.stdout, a.stderr)
+	}
+	// The upgraded monitor stops the VM as the first would, leaving nothing.
+	if r := gv(t, 2*time.Minute, "stop", vm); r.code != 0 {
+		t.Errorf("stop after the upgrades: exit %d %s", r.code, r.stderr)
+	}
+	waitNoQEMU(t, vm, time.Minute)
+}

@@ -330,6 +330,13 @@ func (c *Client) Restart(ctx context.Context, req api.RestartRequest) (api.Resta
 	return res, err
 }
 
+// Upgrade asks for the monitor to be replaced with the guest running.
+func (c *Client) Upgrade(ctx context.Context, req api.UpgradeRequest) (api.UpgradeResult, error) {
+	var res api.UpgradeResult
+	err := c.do(ctx, http.MethodPost, "/v1/upgrade", req, &res)
+	return res, err
+}
+
 // Snapshot saves the guest's RAM and device state under tag.
 func (c *Client) Snapshot(ctx context.Context, tag string) (api.Snapshot, error) {
 	var res api.Snapshot

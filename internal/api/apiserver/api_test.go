@@ -107,6 +107,11 @@ func (f *fakeVM) Restart(_ context.Context, req api.RestartRequest) (api.Restart
 	return api.RestartResult{Mode: "x-ignore-shared", OldQEMUPID: 1, NewQEMUPID: 2}, nil
 }
 
+func (f *fakeVM) Upgrade(_ context.Context, req api.UpgradeRequest) (api.UpgradeResult, error) {
+	f.called("Upgrade")
+	return api.UpgradeResult{Binary: "/usr/bin/gatevisor", MonitorPID: 1, Upgrades: 1}, nil
+}
+
 func (f *fakeVM) Snapshot(_ context.Context, tag string) (api.Snapshot, error) {
 	f.called("Snapshot")
 	return api.Snapshot{Tag: tag}, nil

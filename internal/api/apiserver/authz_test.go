@@ -34,7 +34,7 @@ func TestActions(t *testing.T) {
 		"ids.banner", "ids.syscalls", "ids.ps", "ids.threads", "ids.args", "ids.env", "ids.files", "ids.modules", "ids.sockets", "ids.hooks", "ids.check",
 		"vm.dump", "vm.events", "policy.load", "proc.stop", "proc.cont", "proc.kill", "proc.freeze", "proc.thaw", "net.isolate", "net.restore", "net.flows", "vm.metrics",
 		"auth.grant", "auth.ls", "auth.revoke", "files.open",
-		"vm.restart", "vm.snapshot", "vm.snapshots", "vm.rollback", "vm.snapshot.remove"}
+		"vm.restart", "vm.upgrade", "vm.snapshot", "vm.snapshots", "vm.rollback", "vm.snapshot.remove"}
 	if diff := cmp.Diff(want, api.Actions()); diff != "" {
 		t.Errorf("api.Actions() (-want +got):\n%s", diff)
 	}
@@ -134,6 +134,7 @@ var samples = map[string]sample{
 	"net.flows":    {"GET", "/v1/net/flows", "", "NetFlows"},
 	"vm.metrics":   {"GET", "/v1/metrics", "", "Metrics"},
 	"vm.restart":   {"POST", "/v1/restart", `{"keep_guest":true}`, "Restart"},
+	"vm.upgrade":   {"POST", "/v1/upgrade", "", "Upgrade"},
 	"vm.snapshot":  {"POST", "/v1/snapshot", `{"tag":"t1"}`, "Snapshot"},
 	"vm.snapshots": {"GET", "/v1/snapshots", "", "Snapshots"},
 	"vm.rollback":  {"POST", "/v1/rollback", `{"tag":"t1"}`, "Rollback"},

@@ -24,6 +24,23 @@ func (s *Server) restart(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, res)
 }
 
+func (s *Server) upgrade(w http.ResponseWriter, r *http.Request) {
+	var req api.UpgradeRequest
+	if !decode(w, r, &req, true) {
+		return
+	}
+	if req.Binary != "" && (!filepath.IsAbs(req.Binary) || len(req.Binary) > 4096) {
+		badRequest(w, "binary %q: give an absolute path", req.Binary)
+		return
+	}
+	res, err := s.vm.Upgrade(r.Context(), req)
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
 // snapshotTag decodes and checks a SnapshotRequest.
 func snapshotTag(w http.ResponseWriter, r *http.Request) (string, bool) {
 	var req api.SnapshotRequest

@@ -57,6 +57,7 @@ var handlers = map[string]func(*Server, http.ResponseWriter, *http.Request){
 	"POST /v1/auth/revoke":            (*Server).authRevoke,
 	"GET /v1/files/open":              (*Server).filesOpen,
 	"POST /v1/restart":                (*Server).restart,
+	"POST /v1/upgrade":                (*Server).upgrade,
 	"POST /v1/snapshot":               (*Server).snapshot,
 	"GET /v1/snapshots":               (*Server).snapshots,
 	"POST /v1/rollback":               (*Server).rollback,

@@ -1,0 +1,445 @@
+package monitor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/gatevisor/gatevisor/internal/api"
+	"github.com/gatevisor/gatevisor/internal/metrics"
+	"github.com/gatevisor/gatevisor/internal/policy"
+	"github.com/gatevisor/gatevisor/internal/qemu"
+	"github.com/gatevisor/gatevisor/internal/qemu/gdbrsp"
+	"github.com/gatevisor/gatevisor/internal/qemu/qmp"
+	"github.com/gatevisor/gatevisor/internal/safefile"
+	"github.com/gatevisor/gatevisor/internal/vmdir"
+)
+
+// Monitor upgrade: the monitor process is replaced, the guest kept.
+//
+// Upgrade (the API's POST /v1/upgrade) stops the guest on the debugger's
+// goroutine and leaves it stopped, has QEMU save its device state
+// (x-ignore-shared: guest RAM stays in its file) and hands the command
+// that runs the monitor a Handover. That command (the CLI) stops serving
+// the API, calls HandOff, which closes the audit and event logs (their
+// close records written) and makes the descriptors that must survive
+// inheritable, and execs the new binary in place: same process id, same
+// runtime directory, its lock held throughout. The old QEMU dies with the
+// exec (its parent-death signal): the guest is stopped and its devices'
+// state saved, so nothing is lost. The new process calls Resume, which
+// takes the lock, the RAM file, the kernel and initramfs descriptors
+// over, starts a new QEMU on the RAM file, loads the device state, reads
+// the policy in force again (and refuses it unless its digest is the one
+// in force before), and ResumeGuest locates the guest kernel, sets the
+// kernel gate's traps with the guest still stopped, and lets it run. While
+// no monitor runs, the guest is stopped: nothing it does is unguarded.
+
+// Handover is what a monitor hands the process that replaces it.
+type Handover struct {
+	Config  Config      `json:"config"`
+	QEMU    qemu.Config `json:"qemu"`
+	Started time.Time   `json:"started"`
+	ReadyAt time.Time   `json:"ready_at"`
+	BootID  string      `json:"boot_id"`
+	Gen     int         `json:"gen"`
+	// Upgrades counts the monitor replacements of this VM so far.
+	Upgrades int `json:"upgrades"`
+	// PolicyPath and PolicyDigest are the policy in force ("" none).
+	PolicyPath   string `json:"policy_path,omitempty"`
+	PolicyDigest string `json:"policy_digest,omitempty"`
+	// Binary is the executable the new process runs.
+	Binary string `json:"binary"`
+	// Descriptors the new process inherits.
+	LockFD, RAMFD, DevicesFD, KernelFD, InitrdFD int
+	// Stopped is when the guest was stopped, for the downtime.
+	Stopped time.Time `json:"stopped"`
+	// StopTimeout is run --stop-timeout, for the new process's signals.
+	StopTimeout time.Duration `json:"stop_timeout"`
+}
+
+// maxHandover bounds the handover file.
+const maxHandover = 1 << 20
+
+// upgradeState is the monitor's part in its own replacement.
+type upgradeState struct {
+	ch       chan *Handover // buffered (1): the handover, once Upgrade prepared it
+	devices  *os.File       // the saved device state, inherited by the new process
+	upgrades int            // replacements before this process (from the handover)
+	block    string         // why this monitor cannot be replaced ("" it can)
+}
+
+// BlockUpgrade records why this monitor cannot be replaced with the guest
+// running (a feature of the command around it that the hand-over does not
+// carry).
+func (m *Monitor) BlockUpgrade(why string) { m.up.block = why }
+
+// UpgradeRequested delivers the handover once an upgrade was asked for and
+// the guest stopped: the caller stops serving the API, calls HandOff and
+// execs.
+func (m *Monitor) UpgradeRequested() <-chan *Handover { return m.up.ch }
+
+// upgradeBlocked says why this VM cannot be upgraded with its guest
+// running, "" when it can.
+func (m *Monitor) upgradeBlocked() string {
+	switch {
+	case m.up.block != "":
+		return m.up.block
+	case m.cfg.Net.Mode != NetNone:
+		return "the VM has a network (--net): the network gate's flows and the network's other end live in the monitor, and the hand-over does not carry them yet"
+	case len(m.cfg.Files) > 0:
+		return "the VM serves files (--files): the 9P sessions live in the monitor, and the hand-over does not carry them yet"
+	case m.cfg.Profile.Symbols != nil:
+		return "the VM's kernel profile comes from --symbols, which the hand-over does not carry yet"
+	case m.cfg.Console != nil:
+		return "the monitor runs in the foreground with the console on a terminal: upgrade VMs started with run --detach"
+	case len(m.frozenPIDs()) > 0:
+		return "processes are frozen (gatevisor proc freeze): the hand-over does not carry the freezer yet; thaw them first"
+	}
+	return ""
+}
+
+// Upgrade implements api.VM: it prepares the monitor's replacement by
+// binary ("" the running one) and stops the guest until the new monitor
+// lets it run.
+func (m *Monitor) Upgrade(ctx context.Context, req api.UpgradeRequest) (api.UpgradeResult, error) {
+	if err := m.lifecycleReady(); err != nil {
+		return api.UpgradeResult{}, err
+	}
+	if why := m.upgradeBlocked(); why != "" {
+		return api.UpgradeResult{}, apiErr(api.CodeConflict, "upgrade: not done: %s", why)
+	}
+	binary := req.Binary
+	if binary == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return api.UpgradeResult{}, fmt.Errorf("upgrade: %w", err)
+		}
+		binary = exe
+	}
+	if err := m.checkQEMUBinary(ctx, binary); err != nil {
+		return api.UpgradeResult{}, fmt.Errorf("upgrade --binary: %w", err)
+	}
+	h := &Handover{Config: m.cfg, QEMU: *m.q().cfg, Started: m.started, BootID: m.bootID, Binary: binary, Upgrades: m.up.upgrades + 1}
+	h.QEMU.ExtraFiles = nil
+	m.mu.Lock()
+	h.ReadyAt = m.readyAt
+	m.mu.Unlock()
+	if snap := m.pol.snap.Load(); snap != nil {
+		p := m.pol.path.Load()
+		if p == nil || *p == "" {
+			return api.UpgradeResult{}, apiErr(api.CodeConflict, "upgrade: not done: the policy in force was loaded from source over the API, not from a file the new monitor can read again; load it from a file first")
+		}
+		again, err := policy.LoadFile(*p)
+		if err != nil || again.Digest != snap.Digest {
+			return api.UpgradeResult{}, apiErr(api.CodeConflict, "upgrade: not done: the policy in force (%s, %s) no longer reads the same from %s (%v): restore its files, or load it again", snap.Name, snap.Digest, *p, err)
+		}
+		h.PolicyPath, h.PolicyDigest = *p, snap.Digest
+	}
+	if m.bootFiles.kernel == nil || (h.QEMU.Initrd != "" && m.bootFiles.initrd == nil) {
+		return api.UpgradeResult{}, errors.New("upgrade: the guest's kernel or initramfs could not be opened when the VM started")
+	}
+	if err := m.recordLifecycle(ctx, "vm.upgrade", "monitor upgrade to "+binary+" with the guest kept running"); err != nil {
+		return api.UpgradeResult{}, err
+	}
+	// Held until the exec: no restart, snapshot or rollback meanwhile.
+	m.rs.mu.Lock()
+	devs, err := m.tempStateFile()
+	if err != nil {
+		m.rs.mu.Unlock()
+		return api.UpgradeResult{}, err
+	}
+	errStayStopped := fmt.Errorf("%w: a monitor upgrade", errKeepStopped)
+	err = m.dbg.Do(ctx, func(ctx context.Context, _ *gdbrsp.Client) error {
+		h.Stopped = time.Now()
+		if _, err := saveDevices(ctx, m.q(), devs, true); err != nil {
+			return err
+		}
+		return errStayStopped
+	})
+	if !errors.Is(err, errStayStopped) {
+		devs.Close()
+		m.rs.mu.Unlock()
+		// The guest was stopped and is resumed by serve unless saving
+		// kept it stopped.
+		m.recordLifecycleOutcome(ctx, "vm.upgrade", fmt.Sprintf("monitor upgrade failed, the monitor runs on: %v", err))
+		return api.UpgradeResult{}, fmt.Errorf("upgrade: QEMU did not save the device state: %w (the guest runs on)", err)
+	}
+	m.rs.gen++
+	h.Gen = m.rs.gen
+	m.up.devices = devs
+	m.recordLifecycleOutcome(ctx, "vm.upgrade", "guest stopped and its device state saved; the monitor execs "+binary)
+	m.logf("upgrade: the guest is stopped; this monitor (pid %d) execs %s", os.Getpid(), binary)
+	m.up.ch <- h
+	return api.UpgradeResult{Binary: binary, MonitorPID: os.Getpid(), Upgrades: h.Upgrades}, nil
+}
+
+// HandOff readies this process to be replaced by h: it closes the audit
+// and event logs (their close records written), stops QEMU's channels,
+// makes the descriptors the new process takes over inheritable, and
+// returns the handover file's descriptor to pass it. After it, the caller
+// must exec (or exit: the guest then ends with this process).
+func (m *Monitor) HandOff(h *Handover) (fd int, err error) {
+	if m.pol.sec != nil {
+		m.pol.sec.Close()
+	}
+	if m.pol.log != nil {
+		if err := m.pol.log.Close(); err != nil {
+			m.logf("audit log: close: %v", err)
+		}
+	}
+	if m.events != nil {
+		m.events.close()
+	}
+	q := m.q()
+	q.closeChannels()
+	h.LockFD = int(m.dir.LockFD())
+	h.RAMFD = int(m.ramFile.Fd())
+	h.DevicesFD = int(m.up.devices.Fd())
+	h.KernelFD, h.InitrdFD = -1, -1
+	if m.bootFiles.kernel != nil {
+		h.KernelFD = int(m.bootFiles.kernel.Fd())
+	}
+	if m.bootFiles.initrd != nil {
+		h.InitrdFD = int(m.bootFiles.initrd.Fd())
+	}
+	b, err := json.Marshal(h)
+	if err != nil {
+		return -1, err
+	}
+	hf, err := unix.MemfdCreate("gatevisor-handover", 0)
+	if err != nil {
+		return -1, fmt.Errorf("upgrade: handover: %w", err)
+	}
+	if _, err := unix.Write(hf, b); err != nil {
+		return -1, fmt.Errorf("upgrade: handover: %w", err)
+	}
+	for _, fd := range []int{h.LockFD, h.RAMFD, h.DevicesFD, h.KernelFD, h.InitrdFD, hf} {
+		if fd < 0 {
+			continue
+		}
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, 0); err != nil {
+			return -1, fmt.Errorf("upgrade: keep descriptor %d across exec: %w", fd, err)
+		}
+	}
+	return hf, nil
+}
+
+// ReadHandover reads the handover an upgraded monitor passed as fd.
+func ReadHandover(fd int) (*Handover, error) {
+	f := os.NewFile(uintptr(fd), "handover")
+	defer f.Close()
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return nil, fmt.Errorf("handover: %w", err)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, maxHandover+1))
+	if err != nil || len(b) > maxHandover {
+		return nil, fmt.Errorf("handover: unreadable or larger than %d bytes (%v)", maxHandover, err)
+	}
+	var h Handover
+	if err := json.Unmarshal(b, &h); err != nil {
+		return nil, fmt.Errorf("handover: %w", err)
+	}
+	if h.Config.Name == "" || h.Gen < 1 || h.LockFD < 3 || h.RAMFD < 3 || h.DevicesFD < 3 {
+		return nil, errors.New("handover: incomplete")
+	}
+	return &h, nil
+}
+
+// closeChannels closes the monitor's connections to this QEMU (not the
+// process: it dies with the exec).
+func (q *qemuSide) closeChannels() {
+	for _, c := range []io.Closer{q.qmp, q.gdb, q.exec, q.serial} {
+		if c != nil && !isNilCloser(c) {
+			c.Close()
+		}
+	}
+}
+
+func isNilCloser(c io.Closer) bool {
+	switch v := c.(type) {
+	case *qmp.Client:
+		return v == nil
+	case *gdbrsp.Client:
+		return v == nil
+	}
+	return false
+}
+
+// Resume builds the monitor of a VM whose previous monitor process handed
+// it over (h): the guest stopped, its device state saved, this process
+// holding the VM's lock and RAM. The new QEMU is started and loaded; the
+// caller serves the API and calls ResumeGuest. cfg is h.Config with this
+// process's writers.
+func Resume(ctx context.Context, cfg Config, h *Handover) (_ *Monitor, err error) {
+	m := &Monitor{cfg: cfg, started: h.Started, state: api.StateStarting, done: make(chan struct{}), stopCh: make(chan struct{}),
+		stopReq: make(chan time.Duration, 1), bootID: h.BootID, readyAt: h.ReadyAt}
+	m.rs.swapped = make(chan struct{}, 1)
+	m.rs.gen = h.Gen
+	m.up.ch = make(chan *Handover, 1)
+	m.up.upgrades = h.Upgrades
+	m.kitModules = cfg.KitModules
+	m.metrics = metrics.New(cfg.Name, m.Status, hostFigures)
+	root, err := vmdir.Root()
+	if err != nil {
+		return nil, err
+	}
+	if m.dir, err = vmdir.Adopt(root, cfg.Name, os.NewFile(uintptr(h.LockFD), "lock")); err != nil {
+		return nil, err
+	}
+	m.ramFile = os.NewFile(uintptr(h.RAMFD), "guest RAM")
+	devs := os.NewFile(uintptr(h.DevicesFD), "device state")
+	defer devs.Close()
+	if h.KernelFD >= 0 {
+		m.bootFiles.kernel = os.NewFile(uintptr(h.KernelFD), "kernel")
+	}
+	if h.InitrdFD >= 0 {
+		m.bootFiles.initrd = os.NewFile(uintptr(h.InitrdFD), "initramfs")
+	}
+	defer func() {
+		if err != nil {
+			m.cleanup()
+		}
+	}()
+	m.cfg.PolicyFile = h.PolicyPath
+	snap, err := m.prepareStartPolicy()
+	if err != nil {
+		return nil, fmt.Errorf("resume: %w", err)
+	}
+	if digest := snapDigest(snap); digest != h.PolicyDigest {
+		return nil, fmt.Errorf("resume: the policy at %s reads as %s, the one in force was %s: the new monitor does not run another policy than the old one's", h.PolicyPath, digest, h.PolicyDigest)
+	}
+	// Stale runtime files of the old process: its API socket (the API is
+	// served again) and its QEMUs' sockets.
+	for _, n := range []string{vmdir.APISocket, qemu.QMPSocket, qemu.GDBSocket, qemu.SerialSocket, qemu.ExecSocket} {
+		_ = os.Remove(m.dir.File(n))
+	}
+	if m.cfg.ConsoleLog != "" {
+		if m.logFile, err = safefile.OpenFile(m.cfg.ConsoleLog, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600); err != nil {
+			return nil, fmt.Errorf("console log: %w", err)
+		}
+	}
+	if m.events, err = m.openEvents(); err != nil {
+		return nil, err
+	}
+	if err := m.openSecurity(snap); err != nil {
+		return nil, err
+	}
+	qcfg := h.QEMU
+	qcfg.Dir = filepath.Join(m.dir.Path, "qemu."+strconv.Itoa(h.Gen))
+	if err := os.Mkdir(qcfg.Dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return nil, fmt.Errorf("resume: socket directory: %w", err)
+	}
+	m.rs.dirs = append(m.rs.dirs, qcfg.Dir)
+	qcfg.Incoming = "defer"
+	qcfg.ExtraFiles = nil
+	if m.bootFiles.kernel != nil {
+		qcfg.ExtraFiles = append(qcfg.ExtraFiles, m.bootFiles.kernel)
+		qcfg.Kernel = qemu.FDPath(len(qcfg.ExtraFiles) - 1)
+	}
+	if m.bootFiles.initrd != nil {
+		qcfg.ExtraFiles = append(qcfg.ExtraFiles, m.bootFiles.initrd)
+		qcfg.Initrd = qemu.FDPath(len(qcfg.ExtraFiles) - 1)
+	}
+	q := &qemuSide{cfg: &qcfg}
+	m.side.Store(q)
+	if q.proc, err = qemu.Start(&qcfg, m.ramFile, cfg.Log); err != nil {
+		return nil, err
+	}
+	if err := q.connectChannels(ctx); err != nil {
+		return nil, err
+	}
+	if err := q.qmp.SetMigrationCapability(ctx, qmp.CapIgnoreShared, true); err != nil {
+		return nil, err
+	}
+	var out []io.Writer
+	if m.logFile != nil {
+		out = append(out, m.logFile)
+	}
+	m.console = newConsole(q.serial, out, m.cfg.ReadyMarker, m.onReady)
+	text, err := q.qmp.HumanMonitorCommand(ctx, "info mtree")
+	if err != nil {
+		return nil, fmt.Errorf("read the guest-physical layout: %w", err)
+	}
+	regions, err := qemu.ParseMtree(text, qemu.RAMBackendID)
+	if err != nil {
+		return nil, err
+	}
+	if m.ram, err = qemu.MapRAM(m.ramFile, int64(cfg.MemMiB)<<20, regions); err != nil {
+		return nil, err
+	}
+	if err := loadDevices(ctx, q, devs); err != nil {
+		return nil, err
+	}
+	if err := q.connectGDB(ctx); err != nil {
+		return nil, err
+	}
+	if err := m.writeState(q); err != nil {
+		return nil, err
+	}
+	m.dbg = newDebugger(q.gdb, m.logf)
+	m.dbg.trap = m.onTrap
+	m.dbg.scan = m.scanStopped
+	go m.dbg.run()
+	if snap != nil {
+		if err := m.shareAPI(); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+func snapDigest(s *policy.Snapshot) string {
+	if s == nil {
+		return ""
+	}
+	return s.Digest
+}
+
+// ResumeGuest arms the kernel gate for the policy in force on the new
+// QEMU, with the guest still stopped, and lets the guest run; on error the
+// VM is ended (fail closed). stopped is when the old monitor stopped it.
+func (m *Monitor) ResumeGuest(ctx context.Context, stopped time.Time) error {
+	fail := func(err error) error {
+		m.cleanup()
+		close(m.done)
+		return err
+	}
+	snap := m.pol.snap.Load()
+	if m.kernelNeeded(snap) {
+		if err := m.locateForGate(ctx); err != nil {
+			return fail(fmt.Errorf("resume: %w", err))
+		}
+		m.pol.mu.Lock()
+		err := m.dbg.Do(ctx, func(ctx context.Context, c *gdbrsp.Client) error {
+			_, _, err := m.applyKernelLocked(ctx, c, snap)
+			return err
+		})
+		m.pol.mu.Unlock()
+		if err != nil {
+			return fail(fmt.Errorf("resume: arm the kernel gate: %w", err))
+		}
+	}
+	if err := m.dbg.Do(ctx, func(ctx context.Context, c *gdbrsp.Client) error { return c.Continue(ctx) }); err != nil {
+		return fail(fmt.Errorf("resume: start the guest: %w", err))
+	}
+	m.setState(api.StateRunning)
+	go m.supervise()
+	if m.cfg.IDSInterval > 0 {
+		m.scans.mu.Lock()
+		m.scans.interval = m.cfg.IDSInterval
+		m.scans.mu.Unlock()
+		go m.watch(m.cfg.IDSInterval)
+	}
+	msg := fmt.Sprintf("monitor upgraded in place (pid %d, upgrade %d): guest stopped %.1f ms", os.Getpid(), m.up.upgrades, float64(time.Since(stopped).Microseconds())/1000)
+	m.recordLifecycleOutcome(ctx, "vm.upgrade", msg)
+	m.logf("%s", msg)
+	return nil
+}
