@@ -2,6 +2,7 @@ package integration
 
 import (
 	"debug/elf"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/gatevisor/gatevisor/internal/testvm"
+	"github.com/gatevisor/gatevisor/internal/vmi"
 	"github.com/gatevisor/gatevisor/internal/vmi/linux"
 )
 
@@ -213,6 +215,59 @@ func TestARM64(t *testing.T) {
 		if r.code != 1 || !strings.Contains(r.stdout, " 1 hooked") || !strings.Contains(r.stdout, "__arm64_sys_close") {
 			t.Errorf("ids syscalls --dump with slot 56 redirected: exit %d\n%s%s", r.code, lastLines(r.stdout, 3), r.stderr)
 		}
+
+		// A module unlinked from the modules list, as a rootkit hides
+		// itself, is still seen in sysfs and by the module-area scan.
+		mem, err := vmi.OpenELFDump(dump)
+		if err != nil {
+			t.Fatal(err)
+		}
+		k, err := linux.Locate(mem, prof, linux.Registers{})
+		if err != nil {
+			mem.Close()
+			t.Fatal(err)
+		}
+		mods, err := k.Modules()
+		listOff, ferr := prof.FieldOffset("module.list")
+		if err != nil || ferr != nil || len(mods) < 3 {
+			mem.Close()
+			t.Fatalf("modules of the dump: %d, %v, %v", len(mods), err, ferr)
+		}
+		victim := mods[1]
+		node := victim.Addr + listOff
+		next, err1 := vmi.ReadU64(k.AS, node)
+		prev, err2 := vmi.ReadU64(k.AS, node+8)
+		pa := func(va uint64) int64 {
+			p, _, err := k.AS.Translate(va)
+			if err != nil {
+				t.Fatalf("translate %#x: %v", va, err)
+			}
+			return dumpOffset(t, dump, p)
+		}
+		prevNext, nextPrev := pa(prev), pa(next+8)
+		mem.Close()
+		if err1 != nil || err2 != nil {
+			t.Fatalf("module %s list node: %v %v", victim.Name, err1, err2)
+		}
+		f, err = os.OpenFile(dump, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		put := func(off int64, v uint64) {
+			b := make([]byte, 8)
+			binary.LittleEndian.PutUint64(b, v)
+			if _, err := f.WriteAt(b, off); err != nil {
+				t.Fatal(err)
+			}
+		}
+		put(prevNext, next) // prev->next = victim->next
+		put(nextPrev, prev) // next->prev = victim->prev
+		f.Close()
+		r = gv(t, 3*time.Minute, "ids", "modules", "--dump", dump, "--kernel", image)
+		if r.code != 1 || !strings.Contains(grepLine(r.stdout, victim.Name), "missing from the module list") {
+			t.Errorf("ids modules --dump with %s unlinked: exit %d\n%s%s", victim.Name, r.code, r.stdout, r.stderr)
+		}
+		t.Logf("%s unlinked in the dump: %s", victim.Name, lastLines(grepLine(r.stdout, victim.Name), 1))
 	})
 	t.Run("network gate", func(t *testing.T) {
 		// net-gate.policy: an outbound telnet flow is reset by the gate
@@ -328,4 +383,15 @@ func TestARM64Backports(t *testing.T) {
 			t.Errorf("ids %s: exit %d\n%s%s", q.verb, r.code, lastLines(r.stdout, 4), r.stderr)
 		}
 	}
+}
+
+// grepLine returns the lines of s that contain sub.
+func grepLine(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
