@@ -37,22 +37,26 @@ type Status struct {
 	MonitorPID int    `json:"monitor_pid"`
 	// MonitorUpgrades counts the times the monitor process was replaced
 	// with the guest running (gatevisor upgrade).
-	MonitorUpgrades int        `json:"monitor_upgrades,omitempty"`
-	QEMUPID         int        `json:"qemu_pid"`
-	Accel           string     `json:"accel"`
-	AccelReason     string     `json:"accel_reason"`
-	Machine         string     `json:"machine"`
-	MemMiB          int        `json:"mem_mib"`
-	CPUs            int        `json:"cpus"`
-	Kernel          string     `json:"kernel"`
-	Initrd          string     `json:"initrd,omitempty"`
-	Append          string     `json:"append,omitempty"`
-	StartedAt       time.Time  `json:"started_at"`
-	ReadyAt         *time.Time `json:"ready_at,omitempty"`
-	BootSeconds     float64    `json:"boot_seconds,omitempty"`
-	RuntimeDir      string     `json:"runtime_dir"`
-	ConsoleLog      string     `json:"console_log,omitempty"`
-	Net             *NetStatus `json:"net,omitempty"` // nil without a network
+	MonitorUpgrades int `json:"monitor_upgrades,omitempty"`
+	// UpgradePauseMs is how long the guest was stopped by the last
+	// upgrade: from the old monitor stopping it to the new one letting it
+	// run.
+	UpgradePauseMs float64    `json:"upgrade_pause_ms,omitempty"`
+	QEMUPID        int        `json:"qemu_pid"`
+	Accel          string     `json:"accel"`
+	AccelReason    string     `json:"accel_reason"`
+	Machine        string     `json:"machine"`
+	MemMiB         int        `json:"mem_mib"`
+	CPUs           int        `json:"cpus"`
+	Kernel         string     `json:"kernel"`
+	Initrd         string     `json:"initrd,omitempty"`
+	Append         string     `json:"append,omitempty"`
+	StartedAt      time.Time  `json:"started_at"`
+	ReadyAt        *time.Time `json:"ready_at,omitempty"`
+	BootSeconds    float64    `json:"boot_seconds,omitempty"`
+	RuntimeDir     string     `json:"runtime_dir"`
+	ConsoleLog     string     `json:"console_log,omitempty"`
+	Net            *NetStatus `json:"net,omitempty"` // nil without a network
 	// SyscallGate is nil until a policy with kernel-gate rules was loaded.
 	SyscallGate *SyscallGateStatus `json:"syscall_gate,omitempty"`
 	// Policy is the policy snapshot in force (nil: none, every gated

@@ -14,17 +14,19 @@ func newBenchRejuvenateCmd() *cobra.Command {
 	o := bench.RejuvenateOptions{SizesMiB: []int{256, 1024, 2048}}
 	cmd := &cobra.Command{
 		Use:   "rejuvenate",
-		Short: "Guest-visible downtime of a QEMU restart keeping RAM, a full migration, a snapshot and a rollback, against a cold reboot, per RAM size",
+		Short: "Guest-visible downtime of a QEMU restart keeping RAM, a snapshot, a rollback, a monitor upgrade and a full migration, against a cold reboot, per RAM size",
 		Long: `For each --mem size, boot the default kit with procgap added (timed: the cold
 boot), fill --fill-mib of the guest's tmpfs with random data, start procgap's
 ticker (a line on the console every --tick), attach to the console through
 the API and, --rounds times: restart QEMU keeping guest RAM (x-ignore-shared),
-restart it with a full migration of RAM to a file and back, take a snapshot,
-roll back to it. Each is timed by the longest gap between ticker lines that
-reached the host around it (less one period: the pause the guest's output
-shows from outside), by the monitor's own figure and by the command's round
-trip. Then a forced stop and a boot to ready: the cold reboot the
-restart is compared with.`,
+take a snapshot, roll back to it, upgrade the monitor (exec in place); then,
+--rounds times, restart QEMU with a full migration of RAM to a file and back
+(last: its load leaves all of guest RAM allocated in the RAM file). Each is
+timed by the longest gap between ticker lines that reached the host around
+it (less one period: the pause the guest's output shows from outside; not
+for the upgrade, which ends the console stream), by the monitor's own
+figure and by the command's round trip. Then a forced stop and a boot to
+ready: the cold reboot they are compared with.`,
 	}
 	cmd.Flags().IntSliceVar(&o.SizesMiB, "mem", o.SizesMiB, "guest RAM sizes in MiB, one VM each")
 	cmd.Flags().IntVar(&o.Rounds, "rounds", 3, "rounds of the four operations per size")

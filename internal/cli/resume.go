@@ -59,8 +59,8 @@ agent or a foreground console: refused, nothing changed.`,
 						break
 					}
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "%s: monitor upgraded in place (pid %d, %s; upgrade %d), QEMU pid %d; guest stopped at most %.0f ms (the monitor's log has the exact pause)\n",
-					args[0], st.MonitorPID, res.Binary, st.MonitorUpgrades, st.QEMUPID, float64(time.Since(start).Microseconds())/1000)
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: monitor upgraded in place (pid %d, %s; upgrade %d), QEMU pid %d: guest stopped %.1f ms, %.0f ms in all\n",
+					args[0], st.MonitorPID, res.Binary, st.MonitorUpgrades, st.QEMUPID, st.UpgradePauseMs, float64(time.Since(start).Microseconds())/1000)
 				return nil
 			})
 		},

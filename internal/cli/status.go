@@ -86,7 +86,7 @@ func printStatus(w io.Writer, st *api.Status) {
 	r.topOpt("append", st.Append)
 	monitor := strconv.Itoa(st.MonitorPID)
 	if st.MonitorUpgrades > 0 {
-		monitor += fmt.Sprintf(" (upgraded in place %d times)", st.MonitorUpgrades)
+		monitor += fmt.Sprintf(" (upgraded in place %d times; the last stopped the guest %s ms)", st.MonitorUpgrades, strconv.FormatFloat(st.UpgradePauseMs, 'f', -1, 64))
 	}
 	r.top("monitor pid", monitor)
 	r.top("qemu pid", strconv.Itoa(st.QEMUPID))

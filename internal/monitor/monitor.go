@@ -252,19 +252,29 @@ func Start(ctx context.Context, cfg Config) (_ *Monitor, err error) {
 	if err := m.writeState(q); err != nil {
 		return nil, err
 	}
+	if err := q.connect(ctx); err != nil {
+		return nil, err
+	}
 	if err := m.attach(ctx, q, size); err != nil {
 		return nil, err
 	}
+	if err := m.startDebugger(q, snap); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// startDebugger runs the debugger on q's gdbstub and, with a policy, opens
+// the API to the users it names.
+func (m *Monitor) startDebugger(q *qemuSide, snap *policy.Snapshot) error {
 	m.dbg = newDebugger(q.gdb, m.logf)
 	m.dbg.trap = m.onTrap
 	m.dbg.scan = m.scanStopped
 	go m.dbg.run()
 	if snap != nil {
-		if err := m.shareAPI(); err != nil {
-			return nil, err
-		}
+		return m.shareAPI()
 	}
-	return m, nil
+	return nil
 }
 
 // openHostState creates what the VM keeps on the host before QEMU starts:
@@ -328,14 +338,7 @@ func (m *Monitor) Run(ctx context.Context) error {
 		close(m.done)
 		return fmt.Errorf("start the guest: %w", err)
 	}
-	m.setState(api.StateRunning)
-	go m.supervise()
-	if m.cfg.IDSInterval > 0 {
-		m.scans.mu.Lock()
-		m.scans.interval = m.cfg.IDSInterval
-		m.scans.mu.Unlock()
-		go m.watch(m.cfg.IDSInterval)
-	}
+	m.running()
 	if m.kernelNeeded(m.pol.snap.Load()) {
 		m.kg.booting.Store(true)
 		go m.armAtBoot()
@@ -344,6 +347,19 @@ func (m *Monitor) Run(ctx context.Context) error {
 		go m.snapshotWhenReady()
 	}
 	return nil
+}
+
+// running marks the VM running and starts what watches it: supervise and
+// the periodic IDS scan.
+func (m *Monitor) running() {
+	m.setState(api.StateRunning)
+	go m.supervise()
+	if m.cfg.IDSInterval > 0 {
+		m.scans.mu.Lock()
+		m.scans.interval = m.cfg.IDSInterval
+		m.scans.mu.Unlock()
+		go m.watch(m.cfg.IDSInterval)
+	}
 }
 
 // Close ends a VM that Start left paused and Run never started: QEMU is
@@ -361,12 +377,9 @@ func (m *Monitor) Close() {
 	close(m.done)
 }
 
-// attach connects QMP, the gdbstub, the console and the exec channel, and
-// maps guest RAM, while the guest is still paused.
+// attach runs the console on q's serial connection and maps guest RAM
+// with the layout q reports, while the guest is still paused.
 func (m *Monitor) attach(ctx context.Context, q *qemuSide, size int64) error {
-	if err := q.connect(ctx); err != nil {
-		return err
-	}
 	var out []io.Writer
 	if m.cfg.Console != nil {
 		out = append(out, m.cfg.Console)
@@ -693,7 +706,7 @@ func (m *Monitor) Status(ctx context.Context) api.Status {
 	if q := m.q(); q.proc != nil {
 		st.QEMUPID = q.proc.Pid()
 	}
-	st.MonitorUpgrades = m.up.upgrades
+	st.MonitorUpgrades, st.UpgradePauseMs = m.up.upgrades, m.up.pauseMs
 	st.Net = m.netStatus()
 	st.SyscallGate = m.syscallGateStatus()
 	if m.pol.sec != nil {

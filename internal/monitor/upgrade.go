@@ -71,6 +71,7 @@ const maxHandover = 1 << 20
 // upgradeState is the monitor's part in its own replacement.
 type upgradeState struct {
 	ch       chan *Handover // buffered (1): the handover, once Upgrade prepared it
+	pauseMs  float64        // the last upgrade's pause (ResumeGuest)
 	devices  *os.File       // the saved device state, inherited by the new process
 	upgrades int            // replacements before this process (from the handover)
 	block    string         // why this monitor cannot be replaced ("" it can)
@@ -359,20 +360,7 @@ func Resume(ctx context.Context, cfg Config, h *Handover) (_ *Monitor, err error
 	if err := q.qmp.SetMigrationCapability(ctx, qmp.CapIgnoreShared, true); err != nil {
 		return nil, err
 	}
-	var out []io.Writer
-	if m.logFile != nil {
-		out = append(out, m.logFile)
-	}
-	m.console = newConsole(q.serial, out, m.cfg.ReadyMarker, m.onReady)
-	text, err := q.qmp.HumanMonitorCommand(ctx, "info mtree")
-	if err != nil {
-		return nil, fmt.Errorf("read the guest-physical layout: %w", err)
-	}
-	regions, err := qemu.ParseMtree(text, qemu.RAMBackendID)
-	if err != nil {
-		return nil, err
-	}
-	if m.ram, err = qemu.MapRAM(m.ramFile, int64(cfg.MemMiB)<<20, regions); err != nil {
+	if err := m.attach(ctx, q, int64(cfg.MemMiB)<<20); err != nil {
 		return nil, err
 	}
 	if err := loadDevices(ctx, q, devs); err != nil {
@@ -384,14 +372,8 @@ func Resume(ctx context.Context, cfg Config, h *Handover) (_ *Monitor, err error
 	if err := m.writeState(q); err != nil {
 		return nil, err
 	}
-	m.dbg = newDebugger(q.gdb, m.logf)
-	m.dbg.trap = m.onTrap
-	m.dbg.scan = m.scanStopped
-	go m.dbg.run()
-	if snap != nil {
-		if err := m.shareAPI(); err != nil {
-			return nil, err
-		}
+	if err := m.startDebugger(q, snap); err != nil {
+		return nil, err
 	}
 	return m, nil
 }
@@ -430,15 +412,9 @@ func (m *Monitor) ResumeGuest(ctx context.Context, stopped time.Time) error {
 	if err := m.dbg.Do(ctx, func(ctx context.Context, c *gdbrsp.Client) error { return c.Continue(ctx) }); err != nil {
 		return fail(fmt.Errorf("resume: start the guest: %w", err))
 	}
-	m.setState(api.StateRunning)
-	go m.supervise()
-	if m.cfg.IDSInterval > 0 {
-		m.scans.mu.Lock()
-		m.scans.interval = m.cfg.IDSInterval
-		m.scans.mu.Unlock()
-		go m.watch(m.cfg.IDSInterval)
-	}
-	msg := fmt.Sprintf("monitor upgraded in place (pid %d, upgrade %d): guest stopped %.1f ms", os.Getpid(), m.up.upgrades, float64(time.Since(stopped).Microseconds())/1000)
+	m.running()
+	m.up.pauseMs = float64(time.Since(stopped).Microseconds()) / 1000
+	msg := fmt.Sprintf("monitor upgraded in place (pid %d, upgrade %d): guest stopped %.1f ms", os.Getpid(), m.up.upgrades, m.up.pauseMs)
 	m.recordLifecycleOutcome(ctx, "vm.upgrade", msg)
 	m.logf("%s", msg)
 	return nil

@@ -88,11 +88,7 @@ func TestRejuvenation(t *testing.T) {
 	// through the network gate, a long-lived process, and a loop of
 	// denied execs that keeps trapping while the QEMUs change hands.
 	sleeper := procStart(t, vm, "sleep 3000")
-	guestSh(t, vm, `rm -f /tmp/stopdeny /tmp/deny.out
-(i=0; while [ $i -lt 300 ]; do i=$((i+1)); echo "gvtick $i" > /dev/console; usleep 20000; done) </dev/null >/dev/null 2>&1 &
-((i=0; while [ $i -lt 200 ]; do echo "e$i"; i=$((i+1)); usleep 20000; done; sleep 3) | timeout 60 nc 10.0.2.2 7 > /tmp/echo.out 2>/tmp/echo.err) </dev/null >/dev/null 2>&1 &
-(n=0; ok=0; while [ ! -e /tmp/stopdeny ]; do /tmp/bb true 2>/dev/null && ok=$((ok+1)); n=$((n+1)); done; echo "$n $ok" > /tmp/deny.out) </dev/null >/dev/null 2>&1 &
-echo started`)
+	startLoad(t, vm, `((i=0; while [ $i -lt 200 ]; do echo "e$i"; i=$((i+1)); usleep 20000; done; sleep 3) | timeout 60 nc 10.0.2.2 7 > /tmp/echo.out 2>/tmp/echo.err) </dev/null >/dev/null 2>&1 &`)
 	before := uptime(t, vm)
 	pidBefore := status(t, vm).QEMUPID
 	r = gv(t, 3*time.Minute, "restart", vm, "--keep-guest")
@@ -113,18 +109,7 @@ echo started`)
 	if s := guestStates(t, vm, sleeper); s == "gone" {
 		t.Errorf("the guest's sleep (pid %d) did not survive the restart", sleeper)
 	}
-	testvm.Eventually(t, 2*time.Minute, "the console counter to finish", func() error {
-		if n := ticks(t, filepath.Join(state, "console.log")); len(n) == 0 || n[len(n)-1] != 300 {
-			return fmt.Errorf("%d ticks so far", len(n))
-		}
-		return nil
-	})
-	got := ticks(t, filepath.Join(state, "console.log"))
-	for i, n := range got {
-		if n != i+1 {
-			t.Fatalf("console counter across the restart: tick %d where %d was due (lost or duplicated output): %v", n, i+1, got)
-		}
-	}
+	checkCounter(t, state, "the restart")
 	testvm.Eventually(t, 2*time.Minute, "the echo stream to finish", func() error {
 		r := guestSh(t, vm, "grep -c . /tmp/echo.out; pidof nc || echo none")
 		if !strings.Contains(r.stdout, "none") {
@@ -140,17 +125,7 @@ echo started`)
 	if echo != want.String() {
 		t.Errorf("the TCP echo stream through the network gate across the restart is not whole: got %d bytes (want %d): %q", len(echo), want.Len(), echo)
 	}
-	guestSh(t, vm, "touch /tmp/stopdeny")
-	testvm.Eventually(t, time.Minute, "the denied-exec loop to end", func() error {
-		if r := guestSh(t, vm, "cat /tmp/deny.out"); r.code != 0 {
-			return fmt.Errorf("not yet")
-		}
-		return nil
-	})
-	var n, ok int
-	if _, err := fmt.Sscan(guestSh(t, vm, "cat /tmp/deny.out").stdout, &n, &ok); err != nil || n == 0 || ok != 0 {
-		t.Errorf("denied execs during the restart: %d tries, %d ran (want >0 tries, 0 ran); err %v", n, ok, err)
-	}
+	checkDenyLoop(t, vm, "the restart")
 	if rc := deniedExec(t, vm); rc != "126" {
 		t.Errorf("/tmp/bb after the restart: exit %s, want 126 (denied)", rc)
 	}
@@ -327,6 +302,54 @@ for m in evdev button fuse virtio_blk; do lsmod | grep -q "^$m " || continue; rm
 	}
 }
 
+// startLoad starts, in the guest, what runs across a restart or an
+// upgrade: a counter on the console ("gvtick 1" to "gvtick 300", every
+// 20 ms), a loop of denied execs of /tmp/bb until /tmp/stopdeny exists,
+// and extra (a shell line that backgrounds itself, or "").
+func startLoad(t *testing.T, vm, extra string) {
+	t.Helper()
+	guestSh(t, vm, `rm -f /tmp/stopdeny /tmp/deny.out
+(i=0; while [ $i -lt 300 ]; do i=$((i+1)); echo "gvtick $i" > /dev/console; usleep 20000; done) </dev/null >/dev/null 2>&1 &
+`+extra+`
+(n=0; ok=0; while [ ! -e /tmp/stopdeny ]; do /tmp/bb true 2>/dev/null && ok=$((ok+1)); n=$((n+1)); done; echo "$n $ok" > /tmp/deny.out) </dev/null >/dev/null 2>&1 &
+echo started`)
+}
+
+// checkCounter waits for startLoad's counter to end and checks that the
+// console log holds every tick once, in order, across what.
+func checkCounter(t *testing.T, state, what string) {
+	t.Helper()
+	testvm.Eventually(t, 2*time.Minute, "the console counter to finish", func() error {
+		if n := ticks(t, filepath.Join(state, "console.log")); len(n) == 0 || n[len(n)-1] != 300 {
+			return fmt.Errorf("%d ticks so far", len(n))
+		}
+		return nil
+	})
+	got := ticks(t, filepath.Join(state, "console.log"))
+	for i, n := range got {
+		if n != i+1 {
+			t.Fatalf("console counter across %s: tick %d where %d was due (lost or duplicated output): %v", what, n, i+1, got)
+		}
+	}
+}
+
+// checkDenyLoop ends startLoad's loop of denied execs and checks that it
+// tried and that none ran across what.
+func checkDenyLoop(t *testing.T, vm, what string) {
+	t.Helper()
+	guestSh(t, vm, "touch /tmp/stopdeny")
+	testvm.Eventually(t, time.Minute, "the denied-exec loop to end", func() error {
+		if r := guestSh(t, vm, "cat /tmp/deny.out"); r.code != 0 {
+			return fmt.Errorf("not yet")
+		}
+		return nil
+	})
+	var n, ok int
+	if _, err := fmt.Sscan(guestSh(t, vm, "cat /tmp/deny.out").stdout, &n, &ok); err != nil || n == 0 || ok != 0 {
+		t.Errorf("denied execs across %s: %d tries, %d ran (want >0 tries, 0 ran); err %v", what, n, ok, err)
+	}
+}
+
 func copyDir(t *testing.T, from, to string) {
 	t.Helper()
 	if out, err := exec.Command("cp", "-a", "--sparse=always", from, to).CombinedOutput(); err != nil {
@@ -441,10 +464,7 @@ func TestMonitorUpgrade(t *testing.T) {
 		t.Errorf("upgrade --binary with a policy file: exit %d %s%s", r.code, r.stdout, r.stderr)
 	}
 	st0 := status(t, vm)
-	guestSh(t, vm, `rm -f /tmp/stopdeny /tmp/deny.out
-(i=0; while [ $i -lt 300 ]; do i=$((i+1)); echo "gvtick $i" > /dev/console; usleep 20000; done) </dev/null >/dev/null 2>&1 &
-(n=0; ok=0; while [ ! -e /tmp/stopdeny ]; do /tmp/bb true 2>/dev/null && ok=$((ok+1)); n=$((n+1)); done; echo "$n $ok" > /tmp/deny.out) </dev/null >/dev/null 2>&1 &
-echo started`)
+	startLoad(t, vm, "")
 	before := uptime(t, vm)
 	for i := 1; i <= 2; i++ {
 		r := gv(t, 3*time.Minute, "upgrade", vm)
@@ -466,29 +486,8 @@ echo started`)
 	if s := guestStates(t, vm, sleeper); s == "gone" {
 		t.Errorf("the guest's sleep did not survive the upgrades")
 	}
-	testvm.Eventually(t, 2*time.Minute, "the console counter to finish", func() error {
-		if n := ticks(t, filepath.Join(state, "console.log")); len(n) == 0 || n[len(n)-1] != 300 {
-			return fmt.Errorf("%d ticks so far", len(n))
-		}
-		return nil
-	})
-	got := ticks(t, filepath.Join(state, "console.log"))
-	for i, n := range got {
-		if n != i+1 {
-			t.Fatalf("console counter across the upgrades: tick %d where %d was due (lost or duplicated output)", n, i+1)
-		}
-	}
-	guestSh(t, vm, "touch /tmp/stopdeny")
-	testvm.Eventually(t, time.Minute, "the denied-exec loop to end", func() error {
-		if r := guestSh(t, vm, "cat /tmp/deny.out"); r.code != 0 {
-			return fmt.Errorf("not yet")
-		}
-		return nil
-	})
-	var n, ok int
-	if _, err := fmt.Sscan(guestSh(t, vm, "cat /tmp/deny.out").stdout, &n, &ok); err != nil || n == 0 || ok != 0 {
-		t.Errorf("denied execs across the upgrades: %d tries, %d ran (want >0, 0); err %v", n, ok, err)
-	}
+	checkCounter(t, state, "the upgrades")
+	checkDenyLoop(t, vm, "the upgrades")
 	if rc := deniedExec(t, vm); rc != "126" {
 		t.Errorf("/tmp/bb after the upgrades: exit %s, want 126", rc)
 	}
