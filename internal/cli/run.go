@@ -57,6 +57,7 @@ type runOptions struct {
 	netNoGate                 bool
 	fleet, fleetPolicy        bool
 	snapshotReady             bool
+	autoUpgrade               bool
 	nats                      natsFlags
 }
 
@@ -108,6 +109,7 @@ returns once the guest is ready.`,
 	f.BoolVar(&o.netNoGate, "net-no-gate", false, "benchmarks only: connect the NIC to the network without the network gate")
 	_ = f.MarkHidden("net-no-gate")
 	f.BoolVar(&o.fleet, "fleet", false, "join the fleet (gatevisor serve's NATS, or --nats): publish the audit log, the events and the VM's state, from the log files, catching up after any outage (docs/fleet.md)")
+	f.BoolVar(&o.autoUpgrade, "auto-upgrade", false, "replace the monitor with the guest running (gatevisor upgrade) whenever a new gatevisor binary is installed over this one")
 	f.BoolVar(&o.snapshotReady, "snapshot-ready", false, "once the guest is ready and its gates armed, take snapshot \"ready\" (replacing an older one): a known-good state for 'gatevisor rollback NAME ready'")
 	f.BoolVar(&o.fleetPolicy, "fleet-policy", false, "with --fleet, take policies pushed by 'gatevisor fleet policy push' (the VM's policy still decides each, as action policy.load of this monitor's user)")
 	o.nats.add(f)
@@ -458,7 +460,7 @@ func monitorConfig(o *runOptions, v runValues, g guest) (monitor.Config, error) 
 		IDSInterval: o.idsInterval, CPUHog: ids.HogDetector{Threshold: o.cpuHogThreshold, Window: o.cpuHogWindow}, EventsLog: filepath.Join(dir, "events.jsonl"), EventsMaxSize: v.eventsMax,
 		EventsKeep: o.eventsKeep, Net: v.net, Files: v.files, FilesPeer9P: o.filesPeer9P,
 		AuditLog: o.auditLog, AuditMaxSize: v.auditMax, AuditKeep: o.auditKeep, KitModules: g.kitModules, Arch: v.arch,
-		SnapshotDir: filepath.Join(dir, "snapshots"), SnapshotReady: o.snapshotReady,
+		SnapshotDir: filepath.Join(dir, "snapshots"), SnapshotReady: o.snapshotReady, AutoUpgrade: o.autoUpgrade,
 	}
 	if cfg.ConsoleLog == "" {
 		cfg.ConsoleLog = filepath.Join(dir, "console.log")

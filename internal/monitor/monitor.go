@@ -109,6 +109,9 @@ type Config struct {
 	// SnapshotReady takes snapshot ReadySnapshot once the guest is ready.
 	SnapshotDir   string
 	SnapshotReady bool
+	// AutoUpgrade replaces the monitor (Upgrade) whenever a new binary is
+	// installed over the one it runs (upgrade.go, watchBinary).
+	AutoUpgrade bool
 	// KitModules are the SHA-256s of the kernel modules the guest kit
 	// ships: module loads of them are labelled "kit" for the policy.
 	KitModules []string
@@ -339,6 +342,9 @@ func (m *Monitor) Run(ctx context.Context) error {
 		return fmt.Errorf("start the guest: %w", err)
 	}
 	m.running()
+	if m.cfg.AutoUpgrade {
+		go m.watchBinary()
+	}
 	if m.kernelNeeded(m.pol.snap.Load()) {
 		m.kg.booting.Store(true)
 		go m.armAtBoot()

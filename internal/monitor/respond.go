@@ -147,7 +147,7 @@ func (m *Monitor) carryOut(job respJob) {
 		return
 	}
 	if job.resp.Action == policy.RespRollback {
-		ctx, cancel := context.WithTimeout(context.WithValue(context.Background(), responseKey{}, job.resp.Name), 10*time.Minute)
+		ctx, cancel := context.WithTimeout(context.WithValue(context.Background(), actorKey{}, actor{"response:" + job.resp.Name, "by response " + job.resp.Name}), 10*time.Minute)
 		defer cancel()
 		res, err := m.Rollback(ctx, ReadySnapshot)
 		if err != nil {

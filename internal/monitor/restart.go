@@ -419,8 +419,8 @@ func (m *Monitor) recordLifecycle(ctx context.Context, op, reason string) error 
 	caller, _ := api.CallerFromContext(ctx)
 	ev := event.Event{Class: event.ClassAPI, Op: op, Subject: event.Subject{PID: caller.PID, UID: caller.UID, GID: caller.GID}, Time: time.Now().UTC()}
 	rule, by := op, fmt.Sprintf("by uid %d", caller.UID)
-	if r, ok := ctx.Value(responseKey{}).(string); ok {
-		rule, by = "response:"+r, "by response "+r
+	if a, ok := ctx.Value(actorKey{}).(actor); ok {
+		rule, by = a.rule, a.by
 	}
 	if err := m.pol.sec.Record(&ev, secserver.Decision{Verdict: secserver.Allow, Rule: rule, Reason: reason + " " + by}); err != nil {
 		return fmt.Errorf("%s: not done: the audit log cannot record it: %w", op, err)
@@ -436,12 +436,16 @@ func (m *Monitor) recordLifecycleOutcome(ctx context.Context, op, outcome string
 	caller, _ := api.CallerFromContext(ctx)
 	ev := event.Event{Class: event.ClassAPI, Op: op, Subject: event.Subject{PID: caller.PID, UID: caller.UID, GID: caller.GID}}
 	rule := op
-	if r, ok := ctx.Value(responseKey{}).(string); ok {
-		rule = "response:" + r
+	if a, ok := ctx.Value(actorKey{}).(actor); ok {
+		rule = a.rule
 	}
 	m.recordOutcome(&ev, rule, outcome)
 }
 
-// responseKey marks a context whose lifecycle operation a policy's
-// response asks for (its name): the audit records name the response.
-type responseKey struct{}
+// actorKey marks a context whose lifecycle operation the monitor itself
+// carries out (a policy's response, run --auto-upgrade), with no API
+// caller: the audit records name the actor instead.
+type actorKey struct{}
+
+// actor is the audit rule and the "by ..." of such an operation.
+type actor struct{ rule, by string }

@@ -63,6 +63,9 @@ type Handover struct {
 	Stopped time.Time `json:"stopped"`
 	// StopTimeout is run --stop-timeout, for the new process's signals.
 	StopTimeout time.Duration `json:"stop_timeout"`
+	// OldQEMUPID is the QEMU the exec kills (its parent-death signal):
+	// still this process's child, reaped by the new monitor.
+	OldQEMUPID int `json:"old_qemu_pid"`
 }
 
 // maxHandover bounds the handover file.
@@ -128,7 +131,8 @@ func (m *Monitor) Upgrade(ctx context.Context, req api.UpgradeRequest) (api.Upgr
 	if err := m.checkQEMUBinary(ctx, binary); err != nil {
 		return api.UpgradeResult{}, fmt.Errorf("upgrade --binary: %w", err)
 	}
-	h := &Handover{Config: m.cfg, QEMU: *m.q().cfg, Started: m.started, BootID: m.bootID, Binary: binary, Upgrades: m.up.upgrades + 1}
+	h := &Handover{Config: m.cfg, QEMU: *m.q().cfg, Started: m.started, BootID: m.bootID, Binary: binary, Upgrades: m.up.upgrades + 1,
+		OldQEMUPID: m.q().proc.Pid()}
 	h.QEMU.ExtraFiles = nil
 	m.mu.Lock()
 	h.ReadyAt = m.readyAt
@@ -284,6 +288,14 @@ func Resume(ctx context.Context, cfg Config, h *Handover) (_ *Monitor, err error
 		stopReq: make(chan time.Duration, 1), bootID: h.BootID, readyAt: h.ReadyAt}
 	m.rs.swapped = make(chan struct{}, 1)
 	m.rs.gen = h.Gen
+	if h.OldQEMUPID > 0 {
+		// The old QEMU is this process's child (the same process, before
+		// the exec): reap it, or it stays a zombie as long as the VM runs.
+		go func(pid int) {
+			var ws unix.WaitStatus
+			_, _ = unix.Wait4(pid, &ws, 0, nil)
+		}(h.OldQEMUPID)
+	}
 	m.up.ch = make(chan *Handover, 1)
 	m.up.upgrades = h.Upgrades
 	m.kitModules = cfg.KitModules
@@ -413,9 +425,56 @@ func (m *Monitor) ResumeGuest(ctx context.Context, stopped time.Time) error {
 		return fail(fmt.Errorf("resume: start the guest: %w", err))
 	}
 	m.running()
+	if m.cfg.AutoUpgrade {
+		go m.watchBinary()
+	}
 	m.up.pauseMs = float64(time.Since(stopped).Microseconds()) / 1000
 	msg := fmt.Sprintf("monitor upgraded in place (pid %d, upgrade %d): guest stopped %.1f ms", os.Getpid(), m.up.upgrades, m.up.pauseMs)
 	m.recordLifecycleOutcome(ctx, "vm.upgrade", msg)
 	m.logf("%s", msg)
 	return nil
+}
+
+// binaryPoll is how often run --auto-upgrade looks at the binary, and
+// binarySettle how long a new one must stay unchanged before it is run (a
+// build or a package install writes it over some time).
+const (
+	binaryPoll   = 2 * time.Second
+	binarySettle = 2 * time.Second
+)
+
+// watchBinary upgrades the monitor when a new binary is installed at the
+// path this one was started from: another file there (a new inode, as
+// go build, install(1) and dpkg write it) that has not changed for
+// binarySettle. A refused upgrade (a network, ...) is logged once per
+// binary and the watch goes on.
+func (m *Monitor) watchBinary() {
+	self, err := os.Executable()
+	if err != nil {
+		m.logf("--auto-upgrade: %v: not watching", err)
+		return
+	}
+	var running unix.Stat_t
+	if err := unix.Stat("/proc/self/exe", &running); err != nil {
+		m.logf("--auto-upgrade: %v: not watching", err)
+		return
+	}
+	var refused uint64
+	for waitFor(m, time.After(binaryPoll)) {
+		var st unix.Stat_t
+		if err := unix.Stat(self, &st); err != nil || st.Ino == running.Ino && st.Dev == running.Dev || st.Ino == refused {
+			continue
+		}
+		if time.Since(time.Unix(st.Mtim.Unix())) < binarySettle {
+			continue
+		}
+		m.logf("--auto-upgrade: a new binary at %s: upgrading the monitor", self)
+		ctx := context.WithValue(context.Background(), actorKey{}, actor{"auto-upgrade", "by run --auto-upgrade: a new binary at " + self})
+		if _, err := m.Upgrade(ctx, api.UpgradeRequest{Binary: self}); err != nil {
+			m.logf("--auto-upgrade: %v", err)
+			refused = st.Ino
+			continue
+		}
+		return
+	}
 }

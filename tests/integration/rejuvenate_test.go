@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -350,6 +351,42 @@ func checkDenyLoop(t *testing.T, vm, what string) {
 	}
 }
 
+// zombies returns the children of pid that exited and were not reaped.
+func zombies(pid int) []int {
+	var out []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		child, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+		if len(f) > 1 && f[0] == "Z" && f[1] == strconv.Itoa(pid) {
+			out = append(out, child)
+		}
+	}
+	return out
+}
+
+// stopAcrossUpgrade stops VM vm at once, retrying for a minute: a test
+// that failed while its monitor was replacing itself finds the API down
+// for a moment, and must not leave the VM running.
+func stopAcrossUpgrade(t *testing.T, vm string) {
+	t.Helper()
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		r := gv(t, 2*time.Minute, "stop", vm, "--force")
+		if r.code == 0 || len(qemuPIDs(vm)) == 0 && !strings.Contains(r.stderr, "connect") {
+			break
+		}
+	}
+	waitNoQEMU(t, vm, time.Minute)
+}
+
 func copyDir(t *testing.T, from, to string) {
 	t.Helper()
 	if out, err := exec.Command("cp", "-a", "--sparse=always", from, to).CombinedOutput(); err != nil {
@@ -446,7 +483,7 @@ func TestMonitorUpgrade(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("run: %d %s%s", r.code, r.stdout, r.stderr)
 	}
-	t.Cleanup(func() { gv(t, 2*time.Minute, "stop", vm, "--force") })
+	t.Cleanup(func() { stopAcrossUpgrade(t, vm) })
 	state := filepath.Join(env.stateDir, "gatevisor", "vms", vm)
 	guestSh(t, vm, "cp /bin/busybox /tmp/bb")
 	if rc := deniedExec(t, vm); rc != "126" {
@@ -483,6 +520,9 @@ func TestMonitorUpgrade(t *testing.T) {
 	if after := uptime(t, vm); after < before {
 		t.Errorf("guest uptime %.2f s after the upgrades, %.2f s before: the guest was rebooted", after, before)
 	}
+	if z := zombies(st0.MonitorPID); len(z) > 0 {
+		t.Errorf("the upgraded monitor left zombie children (the old QEMUs, unreaped): %v", z)
+	}
 	if s := guestStates(t, vm, sleeper); s == "gone" {
 		t.Errorf("the guest's sleep did not survive the upgrades")
 	}
@@ -503,4 +543,52 @@ func TestMonitorUpgrade(t *testing.T) {
 		t.Errorf("stop after the upgrades: exit %d %s", r.code, r.stderr)
 	}
 	waitNoQEMU(t, vm, time.Minute)
+}
+
+// TestAutoUpgrade installs a new gatevisor binary over the one a VM's
+// monitor runs (run --auto-upgrade): the monitor replaces itself, the
+// guest kept running, and the audit log names the cause.
+func TestAutoUpgrade(t *testing.T) {
+	needVM(t)
+	const vm = "autoup"
+	bin := filepath.Join(t.TempDir(), "gatevisor")
+	copyDir(t, env.gv.Bin, bin)
+	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout+time.Minute)
+	defer cancel()
+	cmd := env.gv.Command(ctx, nil, "run", "--detach", "--name", vm, "--auto-upgrade", "--ready-timeout", readyTimeout.String())
+	cmd.Path, cmd.Args[0] = bin, bin
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%s run --auto-upgrade: %v\n%s", bin, err, out)
+	}
+	t.Cleanup(func() { stopAcrossUpgrade(t, vm) })
+	sleeper := procStart(t, vm, "sleep 3000")
+	before := uptime(t, vm)
+	// A new build installed over it: a new file renamed into place.
+	copyDir(t, env.gv.Bin, bin+".new")
+	if err := os.Rename(bin+".new", bin); err != nil {
+		t.Fatal(err)
+	}
+	testvm.Eventually(t, time.Minute, "the monitor to upgrade itself", func() error {
+		// The API is down for a moment while the monitor execs.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		st, err := client(vm).Status(ctx)
+		if err != nil {
+			return err
+		}
+		if st.MonitorUpgrades != 1 || st.State != api.StateRunning {
+			return fmt.Errorf("upgrades %d, state %s", st.MonitorUpgrades, st.State)
+		}
+		return nil
+	})
+	if after := uptime(t, vm); after < before {
+		t.Errorf("guest uptime %.2f s after the auto-upgrade, %.2f s before", after, before)
+	}
+	if s := guestStates(t, vm, sleeper); s == "gone" {
+		t.Errorf("the guest's sleep did not survive the auto-upgrade")
+	}
+	auditFile := filepath.Join(env.stateDir, "gatevisor", "vms", vm, "audit.jsonl")
+	if a := gv(t, time.Minute, "audit", "--file", auditFile, "--rule", "auto-upgrade", "--json"); a.code != 0 || !strings.Contains(a.stdout, "run --auto-upgrade") {
+		t.Errorf("no audit record of the auto-upgrade: exit %d %s", a.code, a.stdout)
+	}
 }
