@@ -95,49 +95,25 @@ func (rs *restartState) cleanup() {
 //
 // Preconditions: m.rs.mu held.
 func (m *Monitor) nextQEMU(ctx context.Context, binary string, ignoreShared bool) (_ *qemuSide, _ *nicPending, err error) {
-	cur := m.q()
-	if m.bootFiles.kernel == nil || (cur.cfg.Initrd != "" && m.bootFiles.initrd == nil) {
-		return nil, nil, fmt.Errorf("restart: the guest's kernel or initramfs could not be opened when the VM started")
-	}
-	cfg := *cur.cfg
-	cfg.ExtraArgs = append([]string(nil), cur.cfg.ExtraArgs...)
-	cfg.Incoming = "defer"
-	// The kernel and initramfs from the descriptors opened at start: a
-	// path may be gone by now (run --add's temporary initramfs is removed
-	// once QEMU has read it) or hold another build.
-	cfg.ExtraFiles = nil
-	if m.bootFiles.kernel != nil {
-		cfg.ExtraFiles = append(cfg.ExtraFiles, m.bootFiles.kernel)
-		cfg.Kernel = qemu.FDPath(len(cfg.ExtraFiles) - 1)
-	}
-	if m.bootFiles.initrd != nil {
-		cfg.ExtraFiles = append(cfg.ExtraFiles, m.bootFiles.initrd)
-		cfg.Initrd = qemu.FDPath(len(cfg.ExtraFiles) - 1)
+	m.rs.gen++
+	cfg, err := m.incomingConfig(*m.q().cfg, m.rs.gen)
+	if err != nil {
+		return nil, nil, fmt.Errorf("restart: %w", err)
 	}
 	if binary != "" {
 		cfg.Binary = binary
 	}
-	m.rs.gen++
-	cfg.Dir = filepath.Join(m.dir.Path, "qemu."+strconv.Itoa(m.rs.gen))
-	if err := os.Mkdir(cfg.Dir, 0o700); err != nil {
-		return nil, nil, fmt.Errorf("restart: socket directory: %w", err)
-	}
-	m.rs.dirs = append(m.rs.dirs, cfg.Dir)
-	next := &qemuSide{cfg: &cfg}
+	next := &qemuSide{cfg: cfg}
 	nic, err := m.listenNIC()
 	if err != nil {
 		return nil, nil, err
 	}
 	defer func() {
 		if err != nil {
-			next.close()
-			if next.serial != nil {
-				next.serial.Close()
-			}
-			nic.close()
+			next.discard(nic)
 		}
 	}()
-	if next.proc, err = qemu.Start(&cfg, m.ramFile, m.cfg.Log); err != nil {
+	if next.proc, err = qemu.Start(cfg, m.ramFile, m.cfg.Log); err != nil {
 		return nil, nil, fmt.Errorf("restart: %w", err)
 	}
 	if err := next.connectChannels(ctx); err != nil {
@@ -147,6 +123,43 @@ func (m *Monitor) nextQEMU(ctx context.Context, binary string, ignoreShared bool
 		return nil, nil, fmt.Errorf("restart: the new QEMU: %w", err)
 	}
 	return next, nic, nil
+}
+
+// incomingConfig is the command line of a QEMU that takes the guest of
+// base over (generation gen): the same machine, waiting for an incoming
+// migration, its sockets in a directory of its own (created), the kernel
+// and initramfs read from the descriptors the monitor opened at start (a
+// path may be gone by now: run --add's temporary initramfs is removed once
+// QEMU has read it; or hold another build).
+func (m *Monitor) incomingConfig(base qemu.Config, gen int) (*qemu.Config, error) {
+	if m.bootFiles.kernel == nil || (base.Initrd != "" && m.bootFiles.initrd == nil) {
+		return nil, errors.New("the guest's kernel or initramfs could not be opened when the VM started")
+	}
+	cfg := base
+	cfg.ExtraArgs = append([]string(nil), base.ExtraArgs...)
+	cfg.Incoming = "defer"
+	cfg.ExtraFiles = []*os.File{m.bootFiles.kernel}
+	cfg.Kernel = qemu.FDPath(0)
+	if m.bootFiles.initrd != nil {
+		cfg.ExtraFiles = append(cfg.ExtraFiles, m.bootFiles.initrd)
+		cfg.Initrd = qemu.FDPath(1)
+	}
+	cfg.Dir = filepath.Join(m.dir.Path, "qemu."+strconv.Itoa(gen))
+	if err := os.Mkdir(cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("socket directory: %w", err)
+	}
+	m.rs.dirs = append(m.rs.dirs, cfg.Dir)
+	return &cfg, nil
+}
+
+// discard kills a QEMU that did not take the guest over, with its
+// channels and its pending NIC connection.
+func (q *qemuSide) discard(nic *nicPending) {
+	q.close()
+	if q.serial != nil {
+		q.serial.Close()
+	}
+	nic.close()
 }
 
 // switchTo hands the guest, whose device state next has loaded, to next:
@@ -320,8 +333,7 @@ func (m *Monitor) Restart(ctx context.Context, req api.RestartRequest) (api.Rest
 	res.PrepareSeconds = time.Since(start).Seconds()
 	state, err := m.tempStateFile()
 	if err != nil {
-		next.close()
-		nic.close()
+		next.discard(nic)
 		return res, err
 	}
 	defer state.Close()
@@ -351,11 +363,7 @@ func (m *Monitor) Restart(ctx context.Context, req api.RestartRequest) (api.Rest
 		res.Phases = pt.list
 	}
 	if !switched {
-		next.close()
-		if next.serial != nil {
-			next.serial.Close()
-		}
-		nic.close()
+		next.discard(nic)
 		m.recordLifecycleOutcome(ctx, "vm.restart", fmt.Sprintf("QEMU restart failed, the guest runs on in QEMU pid %d: %v", old.proc.Pid(), err))
 		return res, fmt.Errorf("restart: %w (the guest runs on in the old QEMU)", err)
 	}

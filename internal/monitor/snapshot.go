@@ -461,11 +461,7 @@ func (m *Monitor) Rollback(ctx context.Context, tag string) (api.RollbackResult,
 		res.Phases = pt.list
 	}
 	if !switched {
-		next.close()
-		if next.serial != nil {
-			next.serial.Close()
-		}
-		nic.close()
+		next.discard(nic)
 	}
 	if err != nil {
 		if clobbered {

@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
-	"strconv"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -345,25 +343,13 @@ func Resume(ctx context.Context, cfg Config, h *Handover) (_ *Monitor, err error
 	if err := m.openSecurity(snap); err != nil {
 		return nil, err
 	}
-	qcfg := h.QEMU
-	qcfg.Dir = filepath.Join(m.dir.Path, "qemu."+strconv.Itoa(h.Gen))
-	if err := os.Mkdir(qcfg.Dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
-		return nil, fmt.Errorf("resume: socket directory: %w", err)
+	qcfg, err := m.incomingConfig(h.QEMU, h.Gen)
+	if err != nil {
+		return nil, fmt.Errorf("resume: %w", err)
 	}
-	m.rs.dirs = append(m.rs.dirs, qcfg.Dir)
-	qcfg.Incoming = "defer"
-	qcfg.ExtraFiles = nil
-	if m.bootFiles.kernel != nil {
-		qcfg.ExtraFiles = append(qcfg.ExtraFiles, m.bootFiles.kernel)
-		qcfg.Kernel = qemu.FDPath(len(qcfg.ExtraFiles) - 1)
-	}
-	if m.bootFiles.initrd != nil {
-		qcfg.ExtraFiles = append(qcfg.ExtraFiles, m.bootFiles.initrd)
-		qcfg.Initrd = qemu.FDPath(len(qcfg.ExtraFiles) - 1)
-	}
-	q := &qemuSide{cfg: &qcfg}
+	q := &qemuSide{cfg: qcfg}
 	m.side.Store(q)
-	if q.proc, err = qemu.Start(&qcfg, m.ramFile, cfg.Log); err != nil {
+	if q.proc, err = qemu.Start(qcfg, m.ramFile, cfg.Log); err != nil {
 		return nil, err
 	}
 	if err := q.connectChannels(ctx); err != nil {
