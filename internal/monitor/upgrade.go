@@ -135,6 +135,16 @@ func (m *Monitor) Upgrade(ctx context.Context, req api.UpgradeRequest) (api.Upgr
 	m.mu.Lock()
 	h.ReadyAt = m.readyAt
 	m.mu.Unlock()
+	// Held until the exec: no policy load between the policy the
+	// handover names and the new monitor reading it (on an error the
+	// monitor runs on, and they are released).
+	m.pol.mu.Lock()
+	keep := false
+	defer func() {
+		if !keep {
+			m.pol.mu.Unlock()
+		}
+	}()
 	if snap := m.pol.snap.Load(); snap != nil {
 		p := m.pol.path.Load()
 		if p == nil || *p == "" {
@@ -152,7 +162,7 @@ func (m *Monitor) Upgrade(ctx context.Context, req api.UpgradeRequest) (api.Upgr
 	if err := m.recordLifecycle(ctx, "vm.upgrade", "monitor upgrade to "+binary+" with the guest kept running"); err != nil {
 		return api.UpgradeResult{}, err
 	}
-	// Held until the exec: no restart, snapshot or rollback meanwhile.
+	// Also held until the exec: no restart, snapshot or rollback meanwhile.
 	m.rs.mu.Lock()
 	devs, err := m.tempStateFile()
 	if err != nil {
@@ -178,6 +188,7 @@ func (m *Monitor) Upgrade(ctx context.Context, req api.UpgradeRequest) (api.Upgr
 	m.rs.gen++
 	h.Gen = m.rs.gen
 	m.up.devices = devs
+	keep = true
 	m.recordLifecycleOutcome(ctx, "vm.upgrade", "guest stopped and its device state saved; the monitor execs "+binary)
 	m.logf("upgrade: the guest is stopped; this monitor (pid %d) execs %s", os.Getpid(), binary)
 	m.up.ch <- h
