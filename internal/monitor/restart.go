@@ -57,6 +57,10 @@ type restartState struct {
 // restarts (nil when not given, or not readable: a restart then fails).
 type bootFiles struct {
 	kernel, initrd *os.File
+
+	digestOnce sync.Once // kernelDigest
+	digest     string
+	digestErr  error
 }
 
 // open opens the kernel and initramfs the VM boots.

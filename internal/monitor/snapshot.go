@@ -78,17 +78,23 @@ func machineDigest(c *qemu.Config) string {
 }
 
 // kernelDigest is the SHA-256 of the guest kernel image.
+// It is read once, from the descriptor the VM booted from (the path may
+// hold another build by now).
 func (m *Monitor) kernelDigest() (string, error) {
-	f, err := os.Open(m.cfg.Kernel)
-	if err != nil {
-		return "", fmt.Errorf("kernel image: %w", err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", fmt.Errorf("kernel image: %w", err)
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
+	b := &m.bootFiles
+	b.digestOnce.Do(func() {
+		if b.kernel == nil {
+			b.digestErr = errors.New("kernel image: not open (it could not be opened when the VM started)")
+			return
+		}
+		h := sha256.New()
+		if _, err := io.Copy(h, io.NewSectionReader(b.kernel, 0, 1<<62)); err != nil {
+			b.digestErr = fmt.Errorf("kernel image: %w", err)
+			return
+		}
+		b.digest = hex.EncodeToString(h.Sum(nil))
+	})
+	return b.digest, b.digestErr
 }
 
 // snapshotIdentity fills what identifies the VM, its machine and its

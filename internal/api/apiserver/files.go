@@ -30,11 +30,7 @@ func (s *Server) authGrant(w http.ResponseWriter, r *http.Request) {
 	}
 	c, _ := api.CallerFromContext(r.Context())
 	res, err := fv.AuthGrant(r.Context(), c, req)
-	if err != nil {
-		fail(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, res)
+	reply(w, res, err)
 }
 
 func (s *Server) authList(w http.ResponseWriter, r *http.Request) {
@@ -43,11 +39,7 @@ func (s *Server) authList(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	res, err := fv.AuthList(r.Context())
-	if err != nil {
-		fail(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, res)
+	reply(w, res, err)
 }
 
 func (s *Server) authRevoke(w http.ResponseWriter, r *http.Request) {
@@ -65,11 +57,7 @@ func (s *Server) authRevoke(w http.ResponseWriter, r *http.Request) {
 	}
 	c, _ := api.CallerFromContext(r.Context())
 	res, err := fv.AuthRevoke(r.Context(), c, req)
-	if err != nil {
-		fail(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, res)
+	reply(w, res, err)
 }
 
 func (s *Server) filesOpen(w http.ResponseWriter, r *http.Request) {
@@ -78,9 +66,5 @@ func (s *Server) filesOpen(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	res, err := fv.ServedFiles(r.Context())
-	if err != nil {
-		fail(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, res)
+	reply(w, res, err)
 }

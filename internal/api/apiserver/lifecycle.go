@@ -17,11 +17,7 @@ func (s *Server) restart(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	res, err := s.vm.Restart(r.Context(), req)
-	if err != nil {
-		fail(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, res)
+	reply(w, res, err)
 }
 
 func (s *Server) upgrade(w http.ResponseWriter, r *http.Request) {
@@ -34,11 +30,7 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	res, err := s.vm.Upgrade(r.Context(), req)
-	if err != nil {
-		fail(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, res)
+	reply(w, res, err)
 }
 
 // snapshotTag decodes and checks a SnapshotRequest.
@@ -60,20 +52,12 @@ func (s *Server) snapshot(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	res, err := s.vm.Snapshot(r.Context(), tag)
-	if err != nil {
-		fail(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, res)
+	reply(w, res, err)
 }
 
 func (s *Server) snapshots(w http.ResponseWriter, r *http.Request) {
 	res, err := s.vm.Snapshots(r.Context())
-	if err != nil {
-		fail(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, res)
+	reply(w, res, err)
 }
 
 func (s *Server) rollback(w http.ResponseWriter, r *http.Request) {
@@ -82,11 +66,7 @@ func (s *Server) rollback(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	res, err := s.vm.Rollback(r.Context(), tag)
-	if err != nil {
-		fail(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, res)
+	reply(w, res, err)
 }
 
 func (s *Server) removeSnapshot(w http.ResponseWriter, r *http.Request) {

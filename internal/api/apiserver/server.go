@@ -214,6 +214,15 @@ func badRequest(w http.ResponseWriter, format string, a ...any) {
 
 // decode reads a JSON body into v, rejecting unknown fields and trailing data.
 // An empty body leaves v as it is when optional.
+// reply answers with a call's result as JSON (200), or with its error.
+func reply(w http.ResponseWriter, res any, err error) {
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
 func decode(w http.ResponseWriter, r *http.Request, v any, optional bool) bool {
 	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
 		badRequest(w, "content type %q: send application/json", ct)

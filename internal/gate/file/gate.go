@@ -265,6 +265,41 @@ func (c *conn) newFid(n uint32, f *fid) error {
 	return nil
 }
 
+// child is the path of entry name in the directory of fid n: EBADF for
+// an unknown fid, EINVAL for a name that is not one (empty, ".", "..", a
+// '/' or a NUL).
+func (c *conn) child(n uint32, name string) (string, error) {
+	dir, err := c.fid(n)
+	if err != nil {
+		return "", err
+	}
+	if !validName(name) {
+		return "", rerror(syscall.EINVAL)
+	}
+	return join(dir.rel, name), nil
+}
+
+// makeEntry makes rel with mk once the share is writable and the policy
+// allows op on it (args: the event's, such as the mode), and answers with
+// its qid.
+func (c *conn) makeEntry(ctx context.Context, op, rel string, tag uint16, msg []byte, e *enc, mk func() error, args ...int64) error {
+	if err := c.writable(); err != nil {
+		return err
+	}
+	if err := c.decide(ctx, op, rel, tag, msg, args...); err != nil {
+		return err
+	}
+	if err := mk(); err != nil {
+		return err
+	}
+	q, err := c.qid(rel)
+	if err != nil {
+		return err
+	}
+	e.qid(q)
+	return nil
+}
+
 func join(dir, name string) string {
 	if dir == "." {
 		return name
@@ -493,29 +528,11 @@ func (c *conn) dispatch(ctx context.Context, typ uint8, tag uint16, msg []byte, 
 		if d.err != nil {
 			return nil
 		}
-		f, err := c.fid(n)
+		rel, err := c.child(n, name)
 		if err != nil {
 			return err
 		}
-		if !validName(name) {
-			return rerror(syscall.EINVAL)
-		}
-		rel := join(f.rel, name)
-		if err := c.writable(); err != nil {
-			return err
-		}
-		if err := c.decide(ctx, "mkdir", rel, tag, msg, int64(mode&0o7777)); err != nil {
-			return err
-		}
-		if err := c.g.root.Mkdir(rel, fs.FileMode(mode&0o777)); err != nil {
-			return err
-		}
-		q, err := c.qid(rel)
-		if err != nil {
-			return err
-		}
-		e.qid(q)
-		return nil
+		return c.makeEntry(ctx, "mkdir", rel, tag, msg, e, func() error { return c.g.root.Mkdir(rel, fs.FileMode(mode&0o777)) }, int64(mode&0o7777))
 	case tUnlinkat:
 		n := d.u32()
 		name := d.str(maxName)
@@ -523,14 +540,11 @@ func (c *conn) dispatch(ctx context.Context, typ uint8, tag uint16, msg []byte, 
 		if d.err != nil {
 			return nil
 		}
-		f, err := c.fid(n)
+		rel, err := c.child(n, name)
 		if err != nil {
 			return err
 		}
-		if !validName(name) {
-			return rerror(syscall.EINVAL)
-		}
-		return c.remove(ctx, join(f.rel, name), flags&unix.AT_REMOVEDIR != 0, tag, msg)
+		return c.remove(ctx, rel, flags&unix.AT_REMOVEDIR != 0, tag, msg)
 	case tRemove:
 		n := d.u32()
 		if d.err != nil {
@@ -558,14 +572,13 @@ func (c *conn) dispatch(ctx context.Context, typ uint8, tag uint16, msg []byte, 
 		if err != nil {
 			return err
 		}
-		dir, err := c.fid(dn)
+		newRel, err := c.child(dn, name)
 		if err != nil {
 			return err
 		}
-		if !validName(name) || f.rel == "." {
+		if f.rel == "." {
 			return rerror(syscall.EINVAL)
 		}
-		newRel := join(dir.rel, name)
 		if err := c.rename(ctx, f.rel, newRel, tag, msg); err != nil {
 			return err
 		}
@@ -579,18 +592,15 @@ func (c *conn) dispatch(ctx context.Context, typ uint8, tag uint16, msg []byte, 
 		if d.err != nil {
 			return nil
 		}
-		od, err := c.fid(on)
+		oldRel, err := c.child(on, oname)
 		if err != nil {
 			return err
 		}
-		nd, err := c.fid(nn)
+		newRel, err := c.child(nn, nname)
 		if err != nil {
 			return err
 		}
-		if !validName(oname) || !validName(nname) {
-			return rerror(syscall.EINVAL)
-		}
-		return c.rename(ctx, join(od.rel, oname), join(nd.rel, nname), tag, msg)
+		return c.rename(ctx, oldRel, newRel, tag, msg)
 	case tSetattr:
 		return c.setattr(ctx, d, tag, msg)
 	case tFsync:
@@ -632,36 +642,21 @@ func (c *conn) dispatch(ctx context.Context, typ uint8, tag uint16, msg []byte, 
 		if d.err != nil {
 			return nil
 		}
-		f, err := c.fid(n)
+		rel, err := c.child(n, name)
 		if err != nil {
 			return err
 		}
-		if !validName(name) || target == "" {
+		if target == "" {
 			return rerror(syscall.EINVAL)
 		}
-		rel := join(f.rel, name)
-		if err := c.writable(); err != nil {
-			return err
-		}
-		if err := c.decide(ctx, "symlink", rel, tag, msg); err != nil {
-			return err
-		}
-		if err := c.g.root.Symlink(target, rel); err != nil {
-			return err
-		}
-		q, err := c.qid(rel)
-		if err != nil {
-			return err
-		}
-		e.qid(q)
-		return nil
+		return c.makeEntry(ctx, "symlink", rel, tag, msg, e, func() error { return c.g.root.Symlink(target, rel) })
 	case tLink:
 		dn, n := d.u32(), d.u32()
 		name := d.str(maxName)
 		if d.err != nil {
 			return nil
 		}
-		dir, err := c.fid(dn)
+		rel, err := c.child(dn, name)
 		if err != nil {
 			return err
 		}
@@ -669,10 +664,6 @@ func (c *conn) dispatch(ctx context.Context, typ uint8, tag uint16, msg []byte, 
 		if err != nil {
 			return err
 		}
-		if !validName(name) {
-			return rerror(syscall.EINVAL)
-		}
-		rel := join(dir.rel, name)
 		if err := c.writable(); err != nil {
 			return err
 		}
