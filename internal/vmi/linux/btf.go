@@ -412,12 +412,16 @@ func (b *BTF) lookup(name string) (uint32, error) {
 // resolve skips typedefs and qualifiers (const, volatile, restrict, type
 // tags) from id, as btf.UnderlyingType does. Void resolves to itself
 // (a zero btfType).
-func (b *BTF) resolve(id uint32) (btfType, error) {
+func (b *BTF) resolve(id uint32) (btfType, error) { return resolveBTF(b.typ, id) }
+
+// resolveBTF follows typedefs and qualifiers from id through typ (a
+// kernel's or a module's type table), at most maxBTFDepth steps.
+func resolveBTF(typ func(uint32) (btfType, error), id uint32) (btfType, error) {
 	for range maxBTFDepth {
 		if id == 0 {
 			return btfType{}, nil
 		}
-		t, err := b.typ(id)
+		t, err := typ(id)
 		if err != nil {
 			return t, err
 		}

@@ -135,24 +135,7 @@ func (m *ModuleBTF) typ(id uint32) (btfType, error) {
 	return t, nil
 }
 
-func (m *ModuleBTF) resolve(id uint32) (btfType, error) {
-	for range maxBTFDepth {
-		if id == 0 {
-			return btfType{}, nil
-		}
-		t, err := m.typ(id)
-		if err != nil {
-			return t, err
-		}
-		switch t.kind {
-		case btfKindTypedef, btfKindVolatile, btfKindConst, btfKindRestrict, btfKindTypeTag:
-			id = t.sizeType
-		default:
-			return t, nil
-		}
-	}
-	return btfType{}, fmt.Errorf("%w: type %d: typedef chain over %d", ErrBadBTF, id, maxBTFDepth)
-}
+func (m *ModuleBTF) resolve(id uint32) (btfType, error) { return resolveBTF(m.typ, id) }
 
 // lookup finds the module's own structure called name (exactly one).
 func (m *ModuleBTF) lookup(name string) (btfType, error) {
