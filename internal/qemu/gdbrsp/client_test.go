@@ -183,6 +183,11 @@ func (f *fakeStub) serve() {
 		}
 		f.mu.Lock()
 		f.reqs = append(f.reqs, string(payload))
+		if string(payload) == "c" {
+			// Running from the moment the packet is taken, before the ack
+			// that lets the client return, so that tests see one state.
+			f.running = true
+		}
 		f.mu.Unlock()
 		if !noAck {
 			f.write([]byte{'+'})
