@@ -11,6 +11,7 @@ import (
 const (
 	ArchAMD64 = "amd64" // the default kit's, and the default
 	ArchARM64 = "arm64" // booted on QEMU's virt machine (qemu-system-aarch64)
+	ArchARMHF = "armhf" // 32-bit ARMv7, booted on QEMU's virt machine (qemu-system-arm, cortex-a15)
 )
 
 // archSpec is what differs between the kits of two architectures.
@@ -47,6 +48,7 @@ const ARM64Append = "console=ttyAMA0 panic=-1 quiet"
 var archSpecs = []archSpec{
 	{name: ArchAMD64, meta: "linux-image-amd64", append: DefaultAppend, console: "ttyS0", features: wantFeatures},
 	{name: ArchARM64, meta: "linux-image-arm64", append: ARM64Append, console: "ttyAMA0", features: arm64Features},
+	{name: ArchARMHF, meta: ARMHFMeta, append: ARMHFAppend, console: "ttyAMA0", features: armhfFeatures},
 }
 
 // lookupArch returns the spec of arch ("" is ArchAMD64).
@@ -59,7 +61,7 @@ func lookupArch(arch string) (archSpec, error) {
 			return a, nil
 		}
 	}
-	return archSpec{}, fmt.Errorf("kit: unknown architecture %q: gatevisor builds kits for %s and %s", arch, ArchAMD64, ArchARM64)
+	return archSpec{}, fmt.Errorf("kit: unknown architecture %q: gatevisor builds kits for %s, %s and %s", arch, ArchAMD64, ArchARM64, ArchARMHF)
 }
 
 // ValidArch checks an architecture name ("" is ArchAMD64).

@@ -165,9 +165,12 @@ func buildTemp(ctx context.Context, opts *Options, cacheDir string) (string, *Ma
 	if err != nil {
 		return tmp, nil, err
 	}
-	if arch.name == ArchARM64 {
+	switch arch.name {
+	case ArchARM64:
 		err = prepareARM64Image(filepath.Join(tmp, "vmlinuz"))
-	} else {
+	case ArchARMHF:
+		err = checkZImage(filepath.Join(tmp, "vmlinuz"))
+	default:
 		err = CheckBzImage(filepath.Join(tmp, "vmlinuz"))
 	}
 	if err != nil {

@@ -45,3 +45,6 @@ func (m *Monitor) armRegisters(ctx context.Context) (linux.Registers, error) {
 
 // isARM64 reports whether the guest is arm64.
 func (m *Monitor) isARM64() bool { return m.cfg.Arch == qemu.ArchARM64 }
+
+// isARMHF reports whether the guest is 32-bit ARM (armhf).
+func (m *Monitor) isARMHF() bool { return m.cfg.Arch == qemu.ArchARMHF }

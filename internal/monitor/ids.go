@@ -146,7 +146,7 @@ func (m *Monitor) askGuest(ctx context.Context, script string) ([]byte, error) {
 
 // controlRegisters reads CR3 and CR4 of vCPU 0.
 func (m *Monitor) controlRegisters(ctx context.Context) (linux.Registers, error) {
-	if m.isARM64() {
+	if m.isARM64() || m.isARMHF() {
 		return m.armRegisters(ctx)
 	}
 	var regs linux.Registers

@@ -11,6 +11,7 @@ import (
 const (
 	ArchAMD64 = "amd64" // qemu-system-x86_64 -machine q35; the default
 	ArchARM64 = "arm64" // qemu-system-aarch64 -machine virt
+	ArchARMHF = "armhf" // qemu-system-arm -machine virt -cpu cortex-a15 (arch_armhf.go)
 )
 
 // BinaryARM64 is the QEMU system emulator of arm64 guests (Debian's
@@ -34,10 +35,10 @@ var ErrNoQEMUARM64 = errors.New(BinaryARM64 + " not found: arm64 guests need it:
 // ValidArch checks an architecture name ("" is ArchAMD64).
 func ValidArch(arch string) error {
 	switch arch {
-	case "", ArchAMD64, ArchARM64:
+	case "", ArchAMD64, ArchARM64, ArchARMHF:
 		return nil
 	}
-	return fmt.Errorf("architecture %q: gatevisor runs %s and %s guests", arch, ArchAMD64, ArchARM64)
+	return fmt.Errorf("architecture %q: gatevisor runs %s, %s and %s guests", arch, ArchAMD64, ArchARM64, ArchARMHF)
 }
 
 // FindBinaryFor returns the QEMU binary of a guest architecture:
@@ -46,6 +47,9 @@ func ValidArch(arch string) error {
 func FindBinaryFor(arch string) (string, error) {
 	if err := ValidArch(arch); err != nil {
 		return "", err
+	}
+	if arch == ArchARMHF {
+		return findARMHF()
 	}
 	if arch != ArchARM64 {
 		return FindBinary()
@@ -69,6 +73,9 @@ func NativeArch(arch string) bool {
 // machineCPU returns the -machine type and the -cpu model of c's
 // architecture and accelerator.
 func (c *Config) machineCPU() (machine, cpu string) {
+	if c.Arch == ArchARMHF {
+		return MachineARMHF, CPUARMHF
+	}
 	if c.Arch == ArchARM64 {
 		if c.Accel == "kvm" {
 			return MachineARM64 + ",gic-version=host", "host"

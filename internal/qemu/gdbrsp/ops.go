@@ -93,6 +93,9 @@ func decodeGReply(td *TargetDescription, r []byte) (map[string]uint64, error) {
 		if reg.Offset < 0 || reg.BitSize > 64 {
 			continue
 		}
+		if _, named := td.byName[reg.Name]; !named {
+			continue // a name given twice (parseTargetDescription)
+		}
 		lo, hi := 2*reg.Offset, 2*(reg.Offset+reg.BitSize/8)
 		if hi > len(r) {
 			continue

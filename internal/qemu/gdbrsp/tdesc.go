@@ -60,15 +60,22 @@ func parseTargetDescription(fetch func(annex string) ([]byte, error)) (*TargetDe
 	td := &TargetDescription{Architecture: p.arch, Registers: p.regs, byName: map[string]int{}}
 	sort.SliceStable(td.Registers, func(i, j int) bool { return td.Registers[i].Num < td.Registers[j].Num })
 	off := 0
+	ambiguous := map[string]bool{}
 	for i := range td.Registers {
 		r := &td.Registers[i]
 		if i > 0 && td.Registers[i-1].Num == r.Num {
 			return nil, fmt.Errorf("%w: target description: register number %d used twice", ErrProtocol, r.Num)
 		}
-		if _, dup := td.byName[r.Name]; dup {
-			return nil, fmt.Errorf("%w: target description: register %q defined twice", ErrProtocol, r.Name)
+		if _, dup := td.byName[r.Name]; dup || ambiguous[r.Name] {
+			// qemu-system-arm's description names q0-q15 twice (the
+			// NEON feature and the system registers'): a name given
+			// twice is not looked up at all, so that no read picks
+			// either by chance; the registers stay reachable by number.
+			delete(td.byName, r.Name)
+			ambiguous[r.Name] = true
+		} else {
+			td.byName[r.Name] = i
 		}
-		td.byName[r.Name] = i
 		// 'g' carries registers 0, 1, 2, ... in order; a gap ends it.
 		if off >= 0 && r.Num == i {
 			r.Offset = off
