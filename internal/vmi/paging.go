@@ -70,6 +70,8 @@ type AddressSpace struct {
 	// upper half from TTBR1 (paging_arm64.go).
 	Paging Paging
 	TTBR1  uint64
+	// TTBCR is the ARMv7 regimes' TTBCR (paging_armv7.go).
+	TTBCR uint64
 }
 
 // LinearWindow is a range of virtual addresses that maps linearly onto
@@ -114,6 +116,10 @@ func (as *AddressSpace) Translate(va uint64) (gpa, pageSize uint64, err error) {
 		if !CanonicalARM64(va) {
 			return 0, 0, fmt.Errorf("%w: %#x", ErrNonCanonical, va)
 		}
+	} else if as.Paging.isARMv7() {
+		if va>>32 != 0 {
+			return 0, 0, fmt.Errorf("%w: %#x is not a 32-bit address", ErrNonCanonical, va)
+		}
 	} else if !Canonical(va, as.LA57) {
 		return 0, 0, fmt.Errorf("%w: %#x", ErrNonCanonical, va)
 	}
@@ -122,7 +128,11 @@ func (as *AddressSpace) Translate(va uint64) (gpa, pageSize uint64, err error) {
 		// there, and at the window's end the next translation walks.
 		return va - w.Base, PageSize1G, nil
 	}
-	if c := as.Cache; c != nil {
+	c := as.Cache
+	if as.Paging.isARMv7() {
+		c = nil // the cache re-reads 8-byte leaves; short descriptors are 4
+	}
+	if c != nil {
 		if gpa, size, ok := c.lookup(as, va); ok {
 			return gpa, size, nil
 		}
@@ -131,7 +141,7 @@ func (as *AddressSpace) Translate(va uint64) (gpa, pageSize uint64, err error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	if c := as.Cache; c != nil {
+	if c != nil {
 		c.store(as, va, w)
 	}
 	return w.base | va&(w.size-1), w.size, nil
@@ -146,8 +156,13 @@ type walkResult struct {
 }
 
 func (as *AddressSpace) walk(va uint64) (walkResult, error) {
-	if as.Paging == PagingARM64 {
+	switch as.Paging {
+	case PagingARM64:
 		return as.walkARM64(va)
+	case PagingARMv7:
+		return as.walkARMv7(va)
+	case PagingARMLPAE:
+		return as.walkLPAE(va)
 	}
 	levels := 4
 	if as.LA57 {
