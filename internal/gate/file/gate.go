@@ -83,8 +83,8 @@ type Stats struct {
 
 // Gate serves one share.
 type Gate struct {
-	cfg  Config
-	root *os.Root
+	cfg Config
+	h   *host
 
 	requests, decided, denied, attrFail, malformed, decideNs atomic.Uint64
 }
@@ -97,18 +97,18 @@ func New(cfg Config) (*Gate, error) {
 	if cfg.Decider == nil || cfg.Attributor == nil {
 		return nil, errors.New("file gate: a decider and an attributor are required")
 	}
-	r, err := os.OpenRoot(cfg.Root)
+	h, err := openHost(cfg.Root)
 	if err != nil {
 		return nil, fmt.Errorf("file gate %s: %w", cfg.Name, err)
 	}
 	if cfg.Logf == nil {
 		cfg.Logf = func(string, ...any) {}
 	}
-	return &Gate{cfg: cfg, root: r}, nil
+	return &Gate{cfg: cfg, h: h}, nil
 }
 
 // Close releases the root directory.
-func (g *Gate) Close() error { return g.root.Close() }
+func (g *Gate) Close() error { return g.h.close() }
 
 // Stats returns the gate's counters.
 func (g *Gate) Stats() Stats {
@@ -126,12 +126,30 @@ const maxFids = 1 << 16
 const maxDirents = 1 << 16
 
 // fid is one 9P fid: a path below the root (cleaned, "." for the root)
-// and, once opened, its file.
+// and, once opened, its file: a regular file's descriptor (fd, hasFD),
+// or a directory's or another file's *os.File (f).
 type fid struct {
 	rel     string
 	f       *os.File
+	fd      int
+	hasFD   bool
 	isDir   bool
 	dirents []dirent // listed at the first Treaddir at offset 0
+}
+
+// opened reports whether the fid has been opened.
+func (f *fid) opened() bool { return f.f != nil || f.hasFD }
+
+// closeFile closes what the fid has open.
+func (c *conn) closeFile(f *fid) {
+	if f.f != nil {
+		f.f.Close()
+		f.f = nil
+	}
+	if f.hasFD {
+		c.g.h.closeFD(f.fd)
+		f.hasFD = false
+	}
 }
 
 type dirent struct {
@@ -155,6 +173,12 @@ func (g *Gate) Serve(ctx context.Context, rw io.ReadWriter) error {
 	c := &conn{g: g, rw: rw, msize: MaxMsize, fids: map[uint32]*fid{}, out: make([]byte, 0, MaxMsize)}
 	defer c.closeAll()
 	in := make([]byte, MaxMsize)
+	// A socket is read and written with raw system calls (see host).
+	if sc, ok := rw.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			rw = rawConn{rc}
+		}
+	}
 	// Buffered: a message's header and body, and the messages queued
 	// behind it, in one read (the syscalls, not the decisions, are most
 	// of the monitor's CPU per request).
@@ -181,9 +205,7 @@ func (g *Gate) Serve(ctx context.Context, rw io.ReadWriter) error {
 
 func (c *conn) closeAll() {
 	for _, f := range c.fids {
-		if f.f != nil {
-			f.f.Close()
-		}
+		c.closeFile(f)
 	}
 	c.fids = nil
 }
@@ -413,9 +435,7 @@ func (c *conn) dispatch(ctx context.Context, typ uint8, tag uint16, msg []byte, 
 		if err != nil {
 			return err
 		}
-		if f.f != nil {
-			f.f.Close()
-		}
+		c.closeFile(f)
 		delete(c.fids, n)
 		return nil
 	case tGetattr:
@@ -471,7 +491,7 @@ func (c *conn) dispatch(ctx context.Context, typ uint8, tag uint16, msg []byte, 
 		if err != nil {
 			return err
 		}
-		if f.f == nil || f.isDir {
+		if !f.hasFD && (f.f == nil || f.isDir) {
 			return rerror(syscall.EBADF)
 		}
 		if err := c.decide(ctx, "read", f.rel, tag, msg); err != nil {
@@ -481,7 +501,12 @@ func (c *conn) dispatch(ctx context.Context, typ uint8, tag uint16, msg []byte, 
 		e.u32(0)
 		start := len(e.b)
 		e.b = append(e.b, make([]byte, count)...)
-		got, err := f.f.ReadAt(e.b[start:], int64(off&(1<<62-1)))
+		var got int
+		if f.hasFD {
+			got, err = c.g.h.pread(f.fd, e.b[start:], int64(off&(1<<62-1)))
+		} else {
+			got, err = f.f.ReadAt(e.b[start:], int64(off&(1<<62-1)))
+		}
 		if err != nil && !errors.Is(err, io.EOF) {
 			return err
 		}
@@ -498,13 +523,18 @@ func (c *conn) dispatch(ctx context.Context, typ uint8, tag uint16, msg []byte, 
 		if err != nil {
 			return err
 		}
-		if f.f == nil || f.isDir {
+		if !f.hasFD && (f.f == nil || f.isDir) {
 			return rerror(syscall.EBADF)
 		}
 		if err := c.decide(ctx, "write", f.rel, tag, msg); err != nil {
 			return err
 		}
-		got, err := f.f.WriteAt(data, int64(off&(1<<62-1)))
+		var got int
+		if f.hasFD {
+			got, err = c.g.h.pwrite(f.fd, data, int64(off&(1<<62-1)))
+		} else {
+			got, err = f.f.WriteAt(data, int64(off&(1<<62-1)))
+		}
 		if err != nil && got == 0 {
 			return err
 		}
@@ -532,7 +562,7 @@ func (c *conn) dispatch(ctx context.Context, typ uint8, tag uint16, msg []byte, 
 		if err != nil {
 			return err
 		}
-		return c.makeEntry(ctx, "mkdir", rel, tag, msg, e, func() error { return c.g.root.Mkdir(rel, fs.FileMode(mode&0o777)) }, int64(mode&0o7777))
+		return c.makeEntry(ctx, "mkdir", rel, tag, msg, e, func() error { return c.g.h.root.Mkdir(rel, fs.FileMode(mode&0o777)) }, int64(mode&0o7777))
 	case tUnlinkat:
 		n := d.u32()
 		name := d.str(maxName)
@@ -554,9 +584,7 @@ func (c *conn) dispatch(ctx context.Context, typ uint8, tag uint16, msg []byte, 
 		if err != nil {
 			return err
 		}
-		if f.f != nil {
-			f.f.Close()
-		}
+		c.closeFile(f)
 		delete(c.fids, n) // Tremove clunks the fid, whatever happens
 		if f.rel == "." {
 			return rerror(syscall.EBUSY)
@@ -613,6 +641,9 @@ func (c *conn) dispatch(ctx context.Context, typ uint8, tag uint16, msg []byte, 
 		if err != nil {
 			return err
 		}
+		if f.hasFD {
+			return unix.Fsync(f.fd)
+		}
 		if f.f != nil && !f.isDir {
 			return f.f.Sync()
 		}
@@ -629,7 +660,7 @@ func (c *conn) dispatch(ctx context.Context, typ uint8, tag uint16, msg []byte, 
 		if err := c.decide(ctx, "read", f.rel, tag, msg); err != nil {
 			return err
 		}
-		t, err := c.g.root.Readlink(f.rel)
+		t, err := c.g.h.root.Readlink(f.rel)
 		if err != nil {
 			return err
 		}
@@ -649,7 +680,7 @@ func (c *conn) dispatch(ctx context.Context, typ uint8, tag uint16, msg []byte, 
 		if target == "" {
 			return rerror(syscall.EINVAL)
 		}
-		return c.makeEntry(ctx, "symlink", rel, tag, msg, e, func() error { return c.g.root.Symlink(target, rel) })
+		return c.makeEntry(ctx, "symlink", rel, tag, msg, e, func() error { return c.g.h.root.Symlink(target, rel) })
 	case tLink:
 		dn, n := d.u32(), d.u32()
 		name := d.str(maxName)
@@ -674,7 +705,7 @@ func (c *conn) dispatch(ctx context.Context, typ uint8, tag uint16, msg []byte, 
 		if err := c.decide(ctx, "link", rel, tag, msg); err != nil {
 			return err
 		}
-		return c.g.root.Link(f.rel, rel)
+		return c.g.h.root.Link(f.rel, rel)
 	case tMknod:
 		return rerror(syscall.EPERM) // no device nodes, fifos or sockets in a served directory
 	case tXattrwalk, tXattrcreate:
@@ -760,7 +791,7 @@ func (c *conn) walk(d *dec, e *enc) error {
 	}
 	if len(qids) == len(names) {
 		if nn == n {
-			if f.f != nil {
+			if f.opened() {
 				return rerror(syscall.EBUSY)
 			}
 			f.rel = rel
@@ -791,29 +822,37 @@ func qidOf(fi fs.FileInfo) qid {
 	return q
 }
 
+// qidOfStat is qidOf for the host's stat.
+func qidOfStat(st *unix.Stat_t) qid {
+	q := qid{typ: qtFile, path: st.Ino, version: uint32(st.Mtim.Nsec) ^ uint32(st.Mtim.Sec)}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+		q.typ = qtDir
+	case unix.S_IFLNK:
+		q.typ = qtSymlink
+	}
+	return q
+}
+
 func (c *conn) qid(rel string) (qid, error) {
-	fi, err := c.g.root.Lstat(rel)
+	st, err := c.g.h.lstat(rel)
 	if err != nil {
 		return qid{}, err
 	}
-	return qidOf(fi), nil
+	return qidOfStat(&st), nil
 }
 
 func (c *conn) getattr(f *fid, e *enc) error {
-	fi, err := c.g.root.Lstat(f.rel)
+	st, err := c.g.h.lstat(f.rel)
 	if err != nil {
 		return err
-	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return rerror(syscall.EIO)
 	}
 	mode := st.Mode
 	if c.g.cfg.ReadOnly {
 		mode &^= 0o222
 	}
 	e.u64(0x3fff) // P9_GETATTR_ALL
-	e.qid(qidOf(fi))
+	e.qid(qidOfStat(&st))
 	e.u32(mode)
 	e.u32(st.Uid)
 	e.u32(st.Gid)
@@ -822,7 +861,7 @@ func (c *conn) getattr(f *fid, e *enc) error {
 	e.u64(uint64(st.Size))
 	e.u64(uint64(st.Blksize))
 	e.u64(uint64(st.Blocks))
-	for _, t := range []syscall.Timespec{st.Atim, st.Mtim, st.Ctim, {}} {
+	for _, t := range []unix.Timespec{st.Atim, st.Mtim, st.Ctim, {}} {
 		e.u64(uint64(t.Sec))
 		e.u64(uint64(t.Nsec))
 	}
@@ -832,7 +871,7 @@ func (c *conn) getattr(f *fid, e *enc) error {
 }
 
 func (c *conn) statfs(e *enc) error {
-	d, err := c.g.root.Open(".")
+	d, err := c.g.h.root.Open(".")
 	if err != nil {
 		return err
 	}
@@ -870,7 +909,7 @@ func openFlags(l uint32) int {
 }
 
 func (c *conn) lopen(ctx context.Context, f *fid, flags uint32, tag uint16, msg []byte, e *enc) error {
-	if f.f != nil {
+	if f.opened() {
 		return rerror(syscall.EBUSY)
 	}
 	fl := openFlags(flags)
@@ -888,10 +927,22 @@ func (c *conn) lopen(ctx context.Context, f *fid, flags uint32, tag uint16, msg 
 			return err
 		}
 	}
-	if f.isDir {
+	if !f.isDir {
+		fd, st, ok, err := c.g.h.openRegular(f.rel, fl, 0)
+		if err != nil {
+			return err
+		}
+		if ok {
+			f.fd, f.hasFD = fd, true
+			e.qid(qidOfStat(&st))
+			e.u32(c.msize - ioHdr)
+			return nil
+		}
+		// Not a regular file: os.Root's path, which may block.
+	} else {
 		fl = os.O_RDONLY
 	}
-	h, err := c.g.root.OpenFile(f.rel, fl, 0)
+	h, err := c.g.h.root.OpenFile(f.rel, fl, 0)
 	if err != nil {
 		return err
 	}
@@ -907,7 +958,7 @@ func (c *conn) lopen(ctx context.Context, f *fid, flags uint32, tag uint16, msg 
 }
 
 func (c *conn) lcreate(ctx context.Context, f *fid, name string, flags, mode uint32, tag uint16, msg []byte, e *enc) error {
-	if f.f != nil || !f.isDir {
+	if f.opened() || !f.isDir {
 		return rerror(syscall.EBADF)
 	}
 	if !validName(name) {
@@ -920,17 +971,15 @@ func (c *conn) lcreate(ctx context.Context, f *fid, name string, flags, mode uin
 	if err := c.decide(ctx, "create", rel, tag, msg, int64(mode&0o7777)); err != nil {
 		return err
 	}
-	h, err := c.g.root.OpenFile(rel, openFlags(flags)|os.O_CREATE|os.O_EXCL, fs.FileMode(mode&0o777))
+	fd, st, ok, err := c.g.h.openRegular(rel, openFlags(flags)|os.O_CREATE|os.O_EXCL, mode&0o777)
 	if err != nil {
 		return err
 	}
-	fi, err := h.Stat()
-	if err != nil {
-		h.Close()
-		return err
+	if !ok { // replaced by something else at once: not ours to open
+		return rerror(syscall.EEXIST)
 	}
-	f.rel, f.f, f.isDir = rel, h, false
-	e.qid(qidOf(fi))
+	f.rel, f.fd, f.hasFD, f.isDir = rel, fd, true, false
+	e.qid(qidOfStat(&st))
 	e.u32(c.msize - ioHdr)
 	return nil
 }
@@ -1006,7 +1055,7 @@ func (c *conn) remove(ctx context.Context, rel string, dir bool, tag uint16, msg
 	if err := c.decide(ctx, op, rel, tag, msg); err != nil {
 		return err
 	}
-	fi, err := c.g.root.Lstat(rel)
+	fi, err := c.g.h.root.Lstat(rel)
 	if err != nil {
 		return err
 	}
@@ -1016,7 +1065,7 @@ func (c *conn) remove(ctx context.Context, rel string, dir bool, tag uint16, msg
 		}
 		return rerror(syscall.EISDIR)
 	}
-	return c.g.root.Remove(rel)
+	return c.g.h.root.Remove(rel)
 }
 
 // rename decides a rename on the old name and the new one: moving a file
@@ -1031,7 +1080,7 @@ func (c *conn) rename(ctx context.Context, oldRel, newRel string, tag uint16, ms
 	if err := c.decide(ctx, "rename", newRel, tag, msg); err != nil {
 		return err
 	}
-	if err := c.g.root.Rename(oldRel, newRel); err != nil {
+	if err := c.g.h.root.Rename(oldRel, newRel); err != nil {
 		return err
 	}
 	for _, f := range c.fids { // fids below the old name follow it
@@ -1083,8 +1132,11 @@ func (c *conn) setattr(ctx context.Context, d *dec, tag uint16, msg []byte) erro
 		}
 		n := int64(size & (1<<62 - 1))
 		// The fid's own handle if it was opened for writing; else a new one.
-		if f.f == nil || f.isDir || f.f.Truncate(n) != nil {
-			h, err := c.g.root.OpenFile(f.rel, os.O_WRONLY|unix.O_NOFOLLOW, 0)
+		switch {
+		case f.hasFD && unix.Ftruncate(f.fd, n) == nil:
+		case f.f != nil && !f.isDir && f.f.Truncate(n) == nil:
+		default:
+			h, err := c.g.h.root.OpenFile(f.rel, os.O_WRONLY|unix.O_NOFOLLOW, 0)
 			if err != nil {
 				return err
 			}
@@ -1099,7 +1151,7 @@ func (c *conn) setattr(ctx context.Context, d *dec, tag uint16, msg []byte) erro
 		if err := c.decide(ctx, "chmod", f.rel, tag, msg, int64(mode&0o7777)); err != nil {
 			return err
 		}
-		if err := c.g.root.Chmod(f.rel, fs.FileMode(mode&0o777)); err != nil {
+		if err := c.g.h.root.Chmod(f.rel, fs.FileMode(mode&0o777)); err != nil {
 			return err
 		}
 	}
@@ -1113,7 +1165,7 @@ func (c *conn) setattr(ctx context.Context, d *dec, tag uint16, msg []byte) erro
 			mt = time.Unix(int64(ms&(1<<62-1)), int64(mns%1e9))
 		}
 		if valid&setATime == 0 || valid&setMTime == 0 {
-			fi, err := c.g.root.Stat(f.rel)
+			fi, err := c.g.h.root.Stat(f.rel)
 			if err != nil {
 				return err
 			}
@@ -1126,7 +1178,7 @@ func (c *conn) setattr(ctx context.Context, d *dec, tag uint16, msg []byte) erro
 				}
 			}
 		}
-		if err := c.g.root.Chtimes(f.rel, at, mt); err != nil {
+		if err := c.g.h.root.Chtimes(f.rel, at, mt); err != nil {
 			return err
 		}
 	}

@@ -98,6 +98,11 @@ func errno(typ uint8, d *dec) syscall.Errno {
 
 func setup(t *testing.T, src string, subj event.Subject, ro bool) (*client, *policyDecider, string) {
 	t.Helper()
+	return setupOver(t, src, subj, ro, pipePair)
+}
+
+func setupOver(t *testing.T, src string, subj event.Subject, ro bool, pair func() (io.ReadWriteCloser, io.ReadWriteCloser), tweak ...func(*Gate)) (*client, *policyDecider, string) {
+	t.Helper()
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "secret.txt"), []byte("CANARY-1234 top secret"), 0o644); err != nil {
 		t.Fatal(err)
@@ -114,7 +119,10 @@ func setup(t *testing.T, src string, subj event.Subject, ro bool) (*client, *pol
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { g.Close() })
-	a, b := pipePair()
+	for _, f := range tweak {
+		f(g)
+	}
+	a, b := pair()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- g.Serve(ctx, b) }()
