@@ -98,6 +98,7 @@ func resumeMonitor(ctx context.Context, fd int) error {
 	}
 	cfg := h.Config
 	cfg.Log = os.Stderr
+	cfg.NetHost = netHostSpawner()
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)

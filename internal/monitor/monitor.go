@@ -41,6 +41,7 @@ import (
 	"github.com/gatevisor/gatevisor/internal/termtext"
 	"github.com/gatevisor/gatevisor/internal/vmdir"
 	"github.com/gatevisor/gatevisor/internal/vmi/linux"
+	"github.com/gatevisor/gatevisor/internal/vnet"
 )
 
 // ReadyMarker is the line the default kit's init prints when the guest is up.
@@ -91,6 +92,9 @@ type Config struct {
 	EventsKeep    int
 	// Net is the guest's network (see netgate.go); the zero value is none.
 	Net NetOptions
+	// NetHost starts an isolated network's host process (vnet.Spawn); nil
+	// hosts the network's switch in this process, as tests do.
+	NetHost vnet.Spawn `json:"-"`
 	// Files are the directories the file gate serves (filegate.go).
 	Files []FileShare
 	// FilesPeer9P, for benchmarks only, exports a directory with QEMU's

@@ -169,10 +169,24 @@ type netState struct {
 // startNet prepares the guest NIC before QEMU starts: it listens on the
 // socket QEMU's stream netdev connects to and adds the NIC to qcfg.
 func (m *Monitor) startNet(qcfg *qemu.Config) error {
-	o := m.cfg.Net
-	if o.Mode == NetNone {
+	if m.cfg.Net.Mode == NetNone {
 		return nil
 	}
+	if err := m.prepareNet(nil); err != nil {
+		return err
+	}
+	mac := guestMAC(m.cfg.Name)
+	qcfg.ExtraArgs = append(qcfg.ExtraArgs,
+		"-netdev", "stream,id=gvnet0,server=off,addr.type=unix,addr.path="+m.dir.File(NetSocket),
+		"-device", fmt.Sprintf("virtio-net-pci,netdev=gvnet0,mac=%02x:%02x:%02x:%02x:%02x:%02x", mac[0], mac[1], mac[2], mac[3], mac[4], mac[5])+qcfg.VirtioOpts())
+	return nil
+}
+
+// prepareNet sets the network up to the NIC's socket: the gate (restored
+// from a monitor upgrade's hand-over when saved is set), the network
+// behind it, and the listener QEMU's NIC connects to.
+func (m *Monitor) prepareNet(saved *NetHandover) error {
+	o := m.cfg.Net
 	ns := &netState{done: make(chan struct{})}
 	m.net = ns
 	sec := m.pol.sec
@@ -213,25 +227,32 @@ func (m *Monitor) startNet(qcfg *qemu.Config) error {
 		}
 		ns.gate = gatenet.New(gatenet.Config{Decider: isolatingServer{countingServer{sec, &m.pol.netVerdicts}, &m.netIso}, Seq: sec.Seq, Attributor: ns.attr, GuestMAC: mac, Source: src,
 			Logf: m.logf, ToNet: toNet, ToGuest: toGuest, OnDecision: m.onNetDecision})
+		if saved != nil {
+			if err := ns.gate.Restore(saved.Gate, sec.Seq()); err != nil {
+				return fmt.Errorf("resume: %w", err)
+			}
+		}
 		fromNet = ns.gate.Ingress
 	}
-	send, err := m.openBackend(ns, fromNet)
+	var tap *os.File
+	if saved != nil && saved.TapFD >= 0 {
+		tap = os.NewFile(uintptr(saved.TapFD), "tap "+o.TapIf)
+	}
+	send, err := m.openBackend(ns, fromNet, tap)
 	if err != nil {
 		return err
 	}
 	backend.Store(&send)
 	ns.toNet = toNet
 	go m.serveNIC(ns, toNet)
-	qcfg.ExtraArgs = append(qcfg.ExtraArgs,
-		"-netdev", "stream,id=gvnet0,server=off,addr.type=unix,addr.path="+sock,
-		"-device", fmt.Sprintf("virtio-net-pci,netdev=gvnet0,mac=%02x:%02x:%02x:%02x:%02x:%02x", mac[0], mac[1], mac[2], mac[3], mac[4], mac[5])+qcfg.VirtioOpts())
 	return nil
 }
 
 // openBackend opens the network the guest's frames go to once the gate
-// passed them (--net: an isolated network, the NAT, a tap), delivering its
-// frames to fromNet, and returns how to send to it.
-func (m *Monitor) openBackend(ns *netState, fromNet func([][]byte)) (func([][]byte), error) {
+// passed them (--net: an isolated network, the NAT, a tap: the one open
+// at tap when a previous monitor handed it over), delivering its frames to
+// fromNet, and returns how to send to it.
+func (m *Monitor) openBackend(ns *netState, fromNet func([][]byte), tap *os.File) (func([][]byte), error) {
 	o := m.cfg.Net
 	var err error
 	switch o.Mode {
@@ -240,7 +261,7 @@ func (m *Monitor) openBackend(ns *netState, fromNet func([][]byte)) (func([][]by
 		if err != nil {
 			return nil, err
 		}
-		if ns.network, err = vnet.Join(root, o.Network, fromNet, m.logf); err != nil {
+		if ns.network, err = vnet.Join(root, o.Network, fromNet, m.logf, m.cfg.NetHost); err != nil {
 			return nil, err
 		}
 		return ns.network.Send, nil
@@ -250,9 +271,11 @@ func (m *Monitor) openBackend(ns *netState, fromNet func([][]byte)) (func([][]by
 		}
 		return ns.nat.Send, nil
 	case NetTap:
-		f, err := vnet.OpenTap(o.TapIf)
-		if err != nil {
-			return nil, err
+		f := tap
+		if f == nil {
+			if f, err = vnet.OpenTap(o.TapIf); err != nil {
+				return nil, err
+			}
 		}
 		ns.tap = f
 		go vnet.ReadTap(f, fromNet)
@@ -681,4 +704,35 @@ func (m *Monitor) reattachNIC(c net.Conn) {
 		}
 	}
 	go m.pumpNIC(ns, c, ns.toNet)
+}
+
+// handOffNet stops the network's traffic through this monitor for a
+// monitor upgrade (the guest is stopped) and returns what the new monitor
+// takes over: the NIC's connection to the old QEMU is closed and its frames
+// drained through the gate, the isolated network left (its host process
+// stays), the gate stopped and its flows saved; a tap stays open for the
+// new process. A frame the network sends meanwhile is lost, as on a link
+// that went down for the pause: TCP sends it again.
+func (m *Monitor) handOffNet() *NetHandover {
+	ns := m.net
+	out := &NetHandover{TapFD: -1, Isolated: m.netIso.reason()}
+	ns.ln.Close()
+	ns.mu.Lock()
+	c, pumped := ns.conn, ns.pumped
+	ns.mu.Unlock()
+	if c != nil {
+		c.Close()
+		<-pumped
+	}
+	if ns.network != nil {
+		ns.network.Close()
+	}
+	if ns.gate != nil {
+		ns.gate.Close()
+		out.Gate = ns.gate.Save()
+	}
+	if ns.tap != nil {
+		out.TapFD = int(ns.tap.Fd())
+	}
+	return out
 }

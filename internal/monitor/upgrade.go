@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/gatevisor/gatevisor/internal/api"
+	gatenet "github.com/gatevisor/gatevisor/internal/gate/net"
 	"github.com/gatevisor/gatevisor/internal/metrics"
 	"github.com/gatevisor/gatevisor/internal/policy"
 	"github.com/gatevisor/gatevisor/internal/qemu"
@@ -64,6 +65,19 @@ type Handover struct {
 	// OldQEMUPID is the QEMU the exec kills (its parent-death signal):
 	// still this process's child, reaped by the new monitor.
 	OldQEMUPID int `json:"old_qemu_pid"`
+	// Net is the network's part (nil without --net).
+	Net *NetHandover `json:"net,omitempty"`
+}
+
+// NetHandover is what the network gate and its backend hand over: the
+// decided flows and the guest's leased address, the tap's descriptor, and
+// an isolation in force. An isolated network's switch and services run in
+// their own host process (cli net-host), which outlives the monitor: the
+// new monitor joins it again.
+type NetHandover struct {
+	Gate     gatenet.Saved `json:"gate"`
+	TapFD    int           `json:"tap_fd"`
+	Isolated string        `json:"isolated,omitempty"`
 }
 
 // maxHandover bounds the handover file.
@@ -94,8 +108,12 @@ func (m *Monitor) upgradeBlocked() string {
 	switch {
 	case m.up.block != "":
 		return m.up.block
-	case m.cfg.Net.Mode != NetNone:
-		return "the VM has a network (--net): the network gate's flows and the network's other end live in the monitor, and the hand-over does not carry them yet"
+	case m.cfg.Net.Mode == NetUser:
+		return "the VM's network is the user-mode NAT (--net user), which ends the guest's TCP connections in the monitor's own TCP/IP stack: they would be reset (use --net isolated or tap)"
+	case m.cfg.Net.Mode != NetNone && m.cfg.Net.NoGate:
+		return "the VM's NIC is not gated (--net-no-gate, for benchmarks)"
+	case m.cfg.Net.Mode == NetIsolated && m.cfg.NetHost == nil:
+		return "the VM hosts its isolated network's switch in the monitor process itself"
 	case len(m.cfg.Files) > 0:
 		return "the VM serves files (--files): the 9P sessions live in the monitor, and the hand-over does not carry them yet"
 	case m.cfg.Profile.Symbols != nil:
@@ -214,6 +232,9 @@ func (m *Monitor) HandOff(h *Handover) (fd int, err error) {
 	}
 	q := m.q()
 	q.closeChannels()
+	if m.net != nil {
+		h.Net = m.handOffNet()
+	}
 	h.LockFD = int(m.dir.LockFD())
 	h.RAMFD = int(m.ramFile.Fd())
 	h.DevicesFD = int(m.up.devices.Fd())
@@ -235,7 +256,11 @@ func (m *Monitor) HandOff(h *Handover) (fd int, err error) {
 	if _, err := unix.Write(hf, b); err != nil {
 		return -1, fmt.Errorf("upgrade: handover: %w", err)
 	}
-	for _, fd := range []int{h.LockFD, h.RAMFD, h.DevicesFD, h.KernelFD, h.InitrdFD, hf} {
+	keep := []int{h.LockFD, h.RAMFD, h.DevicesFD, h.KernelFD, h.InitrdFD, hf}
+	if h.Net != nil {
+		keep = append(keep, h.Net.TapFD)
+	}
+	for _, fd := range keep {
 		if fd < 0 {
 			continue
 		}
@@ -340,7 +365,7 @@ func Resume(ctx context.Context, cfg Config, h *Handover) (_ *Monitor, err error
 	}
 	// Stale runtime files of the old process: its API socket (the API is
 	// served again) and its QEMUs' sockets.
-	for _, n := range []string{vmdir.APISocket, qemu.QMPSocket, qemu.GDBSocket, qemu.SerialSocket, qemu.ExecSocket} {
+	for _, n := range []string{vmdir.APISocket, qemu.QMPSocket, qemu.GDBSocket, qemu.SerialSocket, qemu.ExecSocket, NetSocket} {
 		_ = os.Remove(m.dir.File(n))
 	}
 	if m.cfg.ConsoleLog != "" {
@@ -353,6 +378,18 @@ func Resume(ctx context.Context, cfg Config, h *Handover) (_ *Monitor, err error
 	}
 	if err := m.openSecurity(snap); err != nil {
 		return nil, err
+	}
+	if m.cfg.Net.Mode != NetNone {
+		if h.Net == nil {
+			return nil, errors.New("resume: the VM has a network and the handover carries none of it")
+		}
+		if h.Net.Isolated != "" {
+			why := h.Net.Isolated
+			m.netIso.why.Store(&why)
+		}
+		if err := m.prepareNet(h.Net); err != nil {
+			return nil, err
+		}
 	}
 	qcfg, err := m.incomingConfig(h.QEMU, h.Gen)
 	if err != nil {

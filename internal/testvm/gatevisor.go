@@ -141,11 +141,20 @@ func (g *Gatevisor) RAMFiles() []string {
 	return out
 }
 
-// Leftovers describes any QEMU, runtime directory or RAM file of the run.
+// NetHostPIDs lists the isolated networks' host processes of the run.
+func (g *Gatevisor) NetHostPIDs() []int {
+	return processes("net-host", "--root\x00"+g.RuntimeDir+"\x00")
+}
+
+// Leftovers describes any QEMU, network host process, runtime directory
+// or RAM file of the run.
 func (g *Gatevisor) Leftovers() []string {
 	var parts []string
 	if pids := g.QEMUPIDs(""); len(pids) > 0 {
 		parts = append(parts, fmt.Sprintf("QEMU pids %v", pids))
+	}
+	if pids := g.NetHostPIDs(); len(pids) > 0 {
+		parts = append(parts, fmt.Sprintf("network host pids %v", pids))
 	}
 	if ents, _ := os.ReadDir(g.RuntimeDir); len(ents) > 0 {
 		var names []string

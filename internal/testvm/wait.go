@@ -45,7 +45,11 @@ func contextWithTimeout(d time.Duration) (context.Context, context.CancelFunc) {
 
 // QEMUProcesses lists the QEMU processes whose command line contains
 // substr (a directory of the test run, say), whoever started them.
-func QEMUProcesses(substr string) []int {
+func QEMUProcesses(substr string) []int { return processes("qemu-system", substr) }
+
+// processes lists the processes whose command line contains both prog
+// and substr.
+func processes(prog, substr string) []int {
 	var pids []int
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
@@ -54,7 +58,7 @@ func QEMUProcesses(substr string) []int {
 			continue
 		}
 		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil || !bytes.Contains(cmdline, []byte("qemu-system")) {
+		if err != nil || !bytes.Contains(cmdline, []byte(prog)) {
 			continue
 		}
 		if bytes.Contains(cmdline, []byte(substr)) {

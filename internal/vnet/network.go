@@ -40,10 +40,19 @@ func ValidateName(name string) error {
 // the others join. DHCP leases restart from the pool, so a guest that
 // renews may get a new address; established TCP connections between guests
 // survive the switchover if it is shorter than their retransmission timeout.
+//
+// With a Spawn function (what monitors use), no monitor hosts: the switch
+// and the services run in a network host process of their own (HostNetwork,
+// started through Spawn by the first member), which outlives any one member
+// and ends once no member has been connected for HostLinger. A member then
+// comes and goes (a monitor upgrade, a restart) without taking the
+// network's other end, the services' TCP connections and DHCP leases
+// included, with it.
 type Network struct {
 	name, dir string
 	deliver   func([][]byte)
 	logf      func(string, ...any)
+	spawn     Spawn
 
 	mu     sync.Mutex // guards the fields below
 	uplink Port
@@ -55,9 +64,15 @@ type Network struct {
 
 const rejoinDelay = 250 * time.Millisecond
 
+// Spawn starts the host process of the network dir (HostNetwork in another
+// process) and returns once it listens on the switch's socket, or once it
+// found another host holding the network.
+type Spawn func(dir string) error
+
 // Join joins (or hosts) the named network under root. deliver receives the
-// frames switched to this member; logf gets notices (may be nil).
-func Join(root, name string, deliver func([][]byte), logf func(string, ...any)) (*Network, error) {
+// frames switched to this member; logf gets notices (may be nil). spawn
+// nil hosts the switch in this process when nobody does.
+func Join(root, name string, deliver func([][]byte), logf func(string, ...any), spawn Spawn) (*Network, error) {
 	if err := ValidateName(name); err != nil {
 		return nil, err
 	}
@@ -71,7 +86,7 @@ func Join(root, name string, deliver func([][]byte), logf func(string, ...any)) 
 	if err := os.Chmod(dir, 0o700); err != nil {
 		return nil, err
 	}
-	n := &Network{name: name, dir: dir, deliver: deliver, logf: logf, done: make(chan struct{})}
+	n := &Network{name: name, dir: dir, deliver: deliver, logf: logf, spawn: spawn, done: make(chan struct{})}
 	if err := n.connect(); err != nil {
 		return nil, err
 	}
@@ -129,6 +144,9 @@ func (n *Network) Close() {
 
 // connect hosts the network if nobody does, else joins the host.
 func (n *Network) connect() error {
+	if n.spawn != nil {
+		return n.connectSpawning()
+	}
 	h, err := host(n.dir)
 	if err == nil {
 		n.mu.Lock()
@@ -144,13 +162,57 @@ func (n *Network) connect() error {
 	if err != nil {
 		return fmt.Errorf("network %s: join the host's switch: %w", n.name, err)
 	}
+	n.joined(c)
+	return nil
+}
+
+// joined makes c, a connection to the host's switch, the uplink.
+func (n *Network) joined(c net.Conn) {
 	cp := &connPort{c: c, w: NewFrameWriter(c)}
 	n.mu.Lock()
 	n.uplink = cp
 	n.mu.Unlock()
 	n.wg.Add(1)
 	go n.member(cp)
-	return nil
+}
+
+// joinTimeout bounds how long a member tries to reach a host (spawning
+// one at most once per spawnEvery).
+const (
+	joinTimeout = 10 * time.Second
+	spawnEvery  = 2 * time.Second
+)
+
+// connectSpawning joins the network's host process, starting one when
+// none listens.
+func (n *Network) connectSpawning() error {
+	sock := filepath.Join(n.dir, "switch.sock")
+	deadline := time.Now().Add(joinTimeout)
+	var spawned time.Time
+	var last error
+	for {
+		c, err := net.DialTimeout("unix", sock, time.Second)
+		if err == nil {
+			n.joined(c)
+			return nil
+		}
+		last = err
+		if time.Now().After(deadline) {
+			return fmt.Errorf("network %s: no host process answers at %s: %w", n.name, sock, last)
+		}
+		if time.Since(spawned) >= spawnEvery {
+			spawned = time.Now()
+			if err := n.spawn(n.dir); err != nil {
+				return fmt.Errorf("network %s: start its host process: %w", n.name, err)
+			}
+			continue
+		}
+		select {
+		case <-n.done:
+			return fmt.Errorf("network %s: left while joining", n.name)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // member delivers frames from the host's switch until the link breaks, then
@@ -200,6 +262,22 @@ type hosting struct {
 	wg   sync.WaitGroup
 	mu   sync.Mutex
 	cons map[net.Conn]bool
+	// changed is signalled when a member joins or leaves.
+	changed chan struct{}
+}
+
+// members is the number of member connections.
+func (h *hosting) members() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.cons)
+}
+
+func (h *hosting) signal() {
+	select {
+	case h.changed <- struct{}{}:
+	default:
+	}
 }
 
 func host(dir string) (*hosting, error) {
@@ -224,7 +302,7 @@ func host(dir string) (*hosting, error) {
 		lock.Close()
 		return nil, err
 	}
-	h := &hosting{lock: lock, sw: NewSwitch(), ln: ln, cons: map[net.Conn]bool{}}
+	h := &hosting{lock: lock, sw: NewSwitch(), ln: ln, cons: map[net.Conn]bool{}, changed: make(chan struct{}, 1)}
 	if h.svcs, err = NewServices(h.sw); err != nil {
 		ln.Close()
 		lock.Close()
@@ -249,6 +327,7 @@ func (h *hosting) accept() {
 		h.mu.Lock()
 		h.cons[c] = true
 		h.mu.Unlock()
+		h.signal()
 		h.wg.Add(1)
 		go h.serve(c)
 	}
@@ -289,6 +368,7 @@ func (h *hosting) serve(c net.Conn) {
 	h.mu.Lock()
 	delete(h.cons, c)
 	h.mu.Unlock()
+	h.signal()
 }
 
 func (h *hosting) close() {
@@ -326,3 +406,68 @@ func (p *connPort) Send(frames [][]byte) {
 }
 
 func (p *connPort) Close() { p.once.Do(func() { p.c.Close() }) }
+
+// ErrHosted is what HostNetwork reports when another process already
+// hosts the network.
+var ErrHosted = errHosted
+
+// HostLinger is how long a network host process stays without members;
+// HostFirstWait how long it waits for its first.
+var (
+	HostLinger    = 3 * time.Second
+	HostFirstWait = 15 * time.Second
+)
+
+// HostNetwork runs the switch and services of the named network under
+// root in this process (a network host process, see Network) until no
+// member has been connected for HostLinger, or stop is closed. ready is
+// called once: nil once it listens, ErrHosted (and HostNetwork returns
+// it) when another process hosts the network, or the error that kept it
+// from hosting.
+func HostNetwork(root, name string, stop <-chan struct{}, ready func(error), logf func(string, ...any)) error {
+	if err := ValidateName(name); err != nil {
+		ready(err)
+		return err
+	}
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	dir := filepath.Join(root, "net", name)
+	h, err := host(dir)
+	if err != nil {
+		ready(err)
+		return err
+	}
+	ready(nil)
+	logf("network %s: hosting the switch at %s (pid %d)", name, filepath.Join(dir, "switch.sock"), os.Getpid())
+	wait, had := HostFirstWait, false
+	for {
+		if h.members() > 0 {
+			had, wait = true, HostLinger
+			select {
+			case <-stop:
+				h.close()
+				return nil
+			case <-h.changed:
+			}
+			continue
+		}
+		select {
+		case <-stop:
+			h.close()
+			return nil
+		case <-h.changed:
+			continue
+		case <-time.After(wait):
+		}
+		if h.members() == 0 {
+			if had {
+				logf("network %s: no member for %v: the host ends", name, wait)
+			} else {
+				logf("network %s: no member joined within %v: the host ends", name, wait)
+			}
+			h.close()
+			return nil
+		}
+	}
+}

@@ -82,6 +82,11 @@ func run(m *testing.M) int {
 	code := m.Run()
 	// Stop whatever is left, then prove nothing survived.
 	_ = g.Stop(sharedVM, 20*time.Second)
+	// An isolated network's host process ends a few seconds after its
+	// last member (vnet.HostLinger).
+	for i := 0; i < 100 && leftovers() != ""; i++ {
+		time.Sleep(100 * time.Millisecond)
+	}
 	if leftovers := leftovers(); leftovers != "" {
 		fmt.Fprintln(os.Stderr, "FAIL: left behind after the tests:", leftovers)
 		return 1

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -89,7 +90,7 @@ func TestRejuvenation(t *testing.T) {
 	// through the network gate, a long-lived process, and a loop of
 	// denied execs that keeps trapping while the QEMUs change hands.
 	sleeper := procStart(t, vm, "sleep 3000")
-	startLoad(t, vm, `((i=0; while [ $i -lt 200 ]; do echo "e$i"; i=$((i+1)); usleep 20000; done; sleep 3) | timeout 60 nc 10.0.2.2 7 > /tmp/echo.out 2>/tmp/echo.err) </dev/null >/dev/null 2>&1 &`)
+	startLoad(t, vm, echoLoad)
 	before := uptime(t, vm)
 	pidBefore := status(t, vm).QEMUPID
 	r = gv(t, 3*time.Minute, "restart", vm, "--keep-guest")
@@ -111,21 +112,7 @@ func TestRejuvenation(t *testing.T) {
 		t.Errorf("the guest's sleep (pid %d) did not survive the restart", sleeper)
 	}
 	checkCounter(t, state, "the restart")
-	testvm.Eventually(t, 2*time.Minute, "the echo stream to finish", func() error {
-		r := guestSh(t, vm, "grep -c . /tmp/echo.out; pidof nc || echo none")
-		if !strings.Contains(r.stdout, "none") {
-			return fmt.Errorf("nc still runs: %s", r.stdout)
-		}
-		return nil
-	})
-	echo := guestSh(t, vm, "cat /tmp/echo.out; cat /tmp/echo.err").stdout
-	var want strings.Builder
-	for i := range 200 {
-		fmt.Fprintf(&want, "e%d\n", i)
-	}
-	if echo != want.String() {
-		t.Errorf("the TCP echo stream through the network gate across the restart is not whole: got %d bytes (want %d): %q", len(echo), want.Len(), echo)
-	}
+	checkEcho(t, vm, "the restart")
 	checkDenyLoop(t, vm, "the restart")
 	if rc := deniedExec(t, vm); rc != "126" {
 		t.Errorf("/tmp/bb after the restart: exit %s, want 126 (denied)", rc)
@@ -316,6 +303,38 @@ func startLoad(t *testing.T, vm, extra string) {
 echo started`)
 }
 
+// echoLoad is startLoad's extra load through the network gate: 200 lines
+// over one TCP connection to the isolated network's echo service.
+const echoLoad = `((i=0; while [ $i -lt 200 ]; do echo "e$i"; i=$((i+1)); usleep 20000; done; sleep 3) | timeout 60 nc 10.0.2.2 7 > /tmp/echo.out 2>/tmp/echo.err) </dev/null >/dev/null 2>&1 &`
+
+// checkEcho waits for echoLoad to end and checks that every line came
+// back once, in order, across what.
+func checkEcho(t *testing.T, vm, what string) {
+	t.Helper()
+	testvm.Eventually(t, 2*time.Minute, "the echo stream to finish", func() error {
+		r := guestSh(t, vm, "grep -c . /tmp/echo.out; pidof nc || echo none")
+		if !strings.Contains(r.stdout, "none") {
+			return fmt.Errorf("nc still runs: %s", r.stdout)
+		}
+		return nil
+	})
+	echo := guestSh(t, vm, "cat /tmp/echo.out; cat /tmp/echo.err").stdout
+	var want strings.Builder
+	for i := range 200 {
+		fmt.Fprintf(&want, "e%d\n", i)
+	}
+	if echo != want.String() {
+		t.Errorf("the TCP echo stream through the network gate across %s is not whole: got %d bytes (want %d): %q", what, len(echo), want.Len(), echo)
+	}
+}
+
+// deniedHTTP tries a TCP connection to the gateway's HTTP port, which the
+// upgrade test's policy denies with ECONNREFUSED, and returns what nc said.
+func deniedHTTP(t *testing.T, vm string) string {
+	t.Helper()
+	return guestSh(t, vm, "nc -w 3 10.0.2.2 80 </dev/null 2>&1; echo nc=$?").stdout
+}
+
 // checkCounter waits for startLoad's counter to end and checks that the
 // console log holds every tick once, in order, across what.
 func checkCounter(t *testing.T, state, what string) {
@@ -478,16 +497,27 @@ func TestMonitorUpgrade(t *testing.T) {
 	dir := t.TempDir()
 	pol := writePolicy(t, dir, "upgrade.policy", openBase+`exec default: allow
   no_tmp_exec: filePrefixEq("/tmp/") deny
+net default: allow
+  no_http: dirIs(out) and protoEq("tcp") and portEq(80) deny(ECONNREFUSED)
 `)
-	r := gv(t, readyTimeout+time.Minute, "run", "--detach", "--name", vm, "--ready-timeout", readyTimeout.String(), "--policy", pol)
+	r := gv(t, readyTimeout+time.Minute, "run", "--detach", "--name", vm, "--ready-timeout", readyTimeout.String(), "--policy", pol,
+		"--net", "isolated:upgrade-net")
 	if r.code != 0 {
 		t.Fatalf("run: %d %s%s", r.code, r.stdout, r.stderr)
 	}
 	t.Cleanup(func() { stopAcrossUpgrade(t, vm) })
 	state := filepath.Join(env.stateDir, "gatevisor", "vms", vm)
+	leaseIPv4(t, vm, "10.0.2.")
 	guestSh(t, vm, "cp /bin/busybox /tmp/bb")
 	if rc := deniedExec(t, vm); rc != "126" {
 		t.Fatalf("/tmp/bb before the upgrade: exit %s, want 126", rc)
+	}
+	if out := deniedHTTP(t, vm); !strings.Contains(out, "refused") {
+		t.Fatalf("HTTP to the gateway before the upgrade: %q, want refused by the network gate", out)
+	}
+	netHosts := env.gv.NetHostPIDs()
+	if len(netHosts) != 1 {
+		t.Fatalf("network host processes: %v, want one", netHosts)
 	}
 	// Refused, nothing changed: a frozen process (the freezer is not
 	// handed over), a binary that is not one.
@@ -501,7 +531,7 @@ func TestMonitorUpgrade(t *testing.T) {
 		t.Errorf("upgrade --binary with a policy file: exit %d %s%s", r.code, r.stdout, r.stderr)
 	}
 	st0 := status(t, vm)
-	startLoad(t, vm, "")
+	startLoad(t, vm, echoLoad)
 	before := uptime(t, vm)
 	for i := 1; i <= 2; i++ {
 		r := gv(t, 3*time.Minute, "upgrade", vm)
@@ -527,9 +557,19 @@ func TestMonitorUpgrade(t *testing.T) {
 		t.Errorf("the guest's sleep did not survive the upgrades")
 	}
 	checkCounter(t, state, "the upgrades")
+	checkEcho(t, vm, "the upgrades")
 	checkDenyLoop(t, vm, "the upgrades")
 	if rc := deniedExec(t, vm); rc != "126" {
 		t.Errorf("/tmp/bb after the upgrades: exit %s, want 126", rc)
+	}
+	if out := deniedHTTP(t, vm); !strings.Contains(out, "refused") {
+		t.Errorf("HTTP to the gateway after the upgrades: %q, want refused by the network gate", out)
+	}
+	if got := env.gv.NetHostPIDs(); !slices.Equal(got, netHosts) {
+		t.Errorf("network host processes after the upgrades: %v, before %v: the network's other end was replaced", got, netHosts)
+	}
+	if st := status(t, vm); st.Net == nil || st.Net.Gate == nil || st.Net.Gate.Flows == 0 {
+		t.Errorf("the network gate's flows after the upgrades: %+v", st.Net)
 	}
 	auditFile := filepath.Join(state, "audit.jsonl")
 	if a := gv(t, time.Minute, "audit", "--file", auditFile, "--rule", "vm.upgrade", "--json"); a.code != 0 || strings.Count(a.stdout, "monitor upgraded in place") != 2 {
