@@ -40,14 +40,11 @@ func LoadDWARF(path string) (*ISF, error) {
 		return nil, fmt.Errorf("linux: symbol table %s: %w", path, err)
 	}
 	defer f.Close()
-	if f.Class != elf.ELFCLASS64 || f.Data != elf.ELFDATA2LSB {
-		return nil, fmt.Errorf("%w: %s: not a 64-bit little-endian ELF", ErrBadISF, path)
-	}
-	d, err := elfDWARF(f)
+	j, err := isfFileFromVmlinux(f, path, false)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s: no DWARF: %v", ErrBadISF, path, err)
+		return nil, err
 	}
-	isf, err := ISFFromDWARF(d)
+	isf, err := newISF(j)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
@@ -84,9 +81,19 @@ func elfDWARF(f *elf.File) (d *dwarf.Data, err error) {
 // bitfields as bitfield types, the enumerators of anonymous enums kept
 // too. The result is checked as an ISF file is (limits included).
 func ISFFromDWARF(d *dwarf.Data) (isf *ISF, err error) {
+	j, err := isfFileFromDWARF(d, 8)
+	if err != nil {
+		return nil, err
+	}
+	return newISF(j)
+}
+
+// isfFileFromDWARF is ISFFromDWARF's file, for a kernel whose pointers
+// are ptrSize bytes (8, or 4 on 32-bit ARM).
+func isfFileFromDWARF(d *dwarf.Data, ptrSize uint64) (j *isfFile, err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			isf, err = nil, fmt.Errorf("%w: malformed DWARF: %v", ErrBadISF, r)
+			j, err = nil, fmt.Errorf("%w: malformed DWARF: %v", ErrBadISF, r)
 		}
 	}()
 	c := &dwarfConv{d: d, j: &isfFile{
@@ -95,9 +102,9 @@ func ISFFromDWARF(d *dwarf.Data) (isf *ISF, err error) {
 	c.j.Metadata = &struct {
 		Format string `json:"format"`
 	}{Format: "6.2.0"}
-	size0, size8 := uint64(0), uint64(8)
+	size0 := uint64(0)
 	c.j.BaseTypes["void"] = isfFileBase{Size: &size0, Kind: "void", Endian: "little"}
-	c.j.BaseTypes["pointer"] = isfFileBase{Size: &size8, Kind: "int", Endian: "little"}
+	c.j.BaseTypes["pointer"] = isfFileBase{Size: &ptrSize, Kind: "int", Endian: "little"}
 	r := d.Reader()
 	for {
 		e, err := r.Next()
@@ -130,6 +137,9 @@ func ISFFromDWARF(d *dwarf.Data) (isf *ISF, err error) {
 			if _, err := c.ref(t, 0); err != nil {
 				return nil, err
 			}
+			if err := c.drain(); err != nil {
+				return nil, err
+			}
 		}
 		if len(c.j.UserTypes) > maxISFTypes || len(c.j.Enums) > maxISFTypes {
 			return nil, fmt.Errorf("%w: over %d types", ErrBadISF, maxISFTypes)
@@ -138,7 +148,7 @@ func ISFFromDWARF(d *dwarf.Data) (isf *ISF, err error) {
 			r.SkipChildren()
 		}
 	}
-	return newISF(c.j)
+	return c.j, nil
 }
 
 // dwarfConv converts DWARF types into an isfFile.
@@ -148,6 +158,9 @@ type dwarfConv struct {
 	// names are the names given to DWARF's anonymous structures, unions
 	// and enums (debug/dwarf returns one value per type entry).
 	names map[dwarf.Type]string
+	// pending are named structures whose fields are still to be filled
+	// (user, drain).
+	pending []pendingUser
 }
 
 var errDWARFDepth = fmt.Errorf("%w: DWARF types nested over %d", ErrBadISF, maxISFDepth)
@@ -257,10 +270,42 @@ func (c *dwarfConv) user(x *dwarf.StructType, depth int) (*isfType, error) {
 	u := isfFileUser{Kind: kind, Size: &size, Fields: make(map[string]isfFileField, len(x.Field))}
 	// Entered before its fields: a field may point back at it.
 	c.j.UserTypes[name] = u
+	if x.StructName != "" && depth > 0 {
+		// A named type is referred to by name, not nested: its fields
+		// are filled from the work list (drain), so that a long chain of
+		// structures first met through pointers does not count as depth.
+		c.pending = append(c.pending, pendingUser{x, u})
+		return ref, nil
+	}
+	return ref, c.fill(x, u, depth)
+}
+
+// pendingUser is a named structure entered by name whose fields are
+// still to be filled.
+type pendingUser struct {
+	x *dwarf.StructType
+	u isfFileUser
+}
+
+// drain fills the fields of the named structures met so far, and of
+// those their fields name, until none is left.
+func (c *dwarfConv) drain() error {
+	for len(c.pending) > 0 {
+		p := c.pending[len(c.pending)-1]
+		c.pending = c.pending[:len(c.pending)-1]
+		if err := c.fill(p.x, p.u, 0); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// fill converts x's fields into u's.
+func (c *dwarfConv) fill(x *dwarf.StructType, u isfFileUser, depth int) error {
 	for i, f := range x.Field {
 		typ, err := c.ref(f.Type, depth+1)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		off := uint64(max(f.ByteOffset, 0))
 		if f.BitSize != 0 {
@@ -280,5 +325,5 @@ func (c *dwarfConv) user(x *dwarf.StructType, depth int) (*isfType, error) {
 		}
 		u.Fields[fname] = isfFileField{Offset: &off, Type: typ, Anonymous: anon}
 	}
-	return ref, nil
+	return nil
 }

@@ -442,14 +442,17 @@ func findAddresses(img []byte, ni namesInfo, afterIndex int, lay *KallsymsLayout
 	align8 := func(x int) int { return (x + 7) &^ 7 }
 	type cand struct {
 		offsets, base int // base < 0: absolute u64 addresses
+		base32        bool // a 32-bit kernel's 4-byte kallsyms_relative_base
 	}
 	var cands []cand
 	// Up to 6.3: offsets, relative_base, num_syms.
 	rb := ni.numSyms - 8
-	cands = append(cands, cand{rb - align8(4*n), rb}, cand{rb - 4*n, rb}, cand{align8(ni.numSyms-8*n) - 8, -1}, cand{ni.numSyms - 8*n, -1})
+	cands = append(cands, cand{rb - align8(4*n), rb, false}, cand{rb - 4*n, rb, false}, cand{align8(ni.numSyms-8*n) - 8, -1, false}, cand{ni.numSyms - 8*n, -1, false})
+	// 32-bit kernels up to 6.3: relative_base is a 4-byte long.
+	cands = append(cands, cand{ni.numSyms - 4 - 4*n, ni.numSyms - 4, true})
 	// 6.4+: after the token index.
 	for _, o := range []int{afterIndex, align8(afterIndex)} {
-		cands = append(cands, cand{o, o + align8(4*n)}, cand{o, o + 4*n}, cand{o, -1})
+		cands = append(cands, cand{o, o + align8(4*n), false}, cand{o, o + 4*n, false}, cand{o, -1, false})
 	}
 	for _, c := range cands {
 		if c.offsets < 0 || c.offsets > len(img) {
@@ -473,7 +476,10 @@ func findAddresses(img []byte, ni namesInfo, afterIndex int, lay *KallsymsLayout
 			continue
 		}
 		base := le.Uint64(img[c.base:])
-		if base < 0xffff800000000000 && base>>32 == 0 {
+		if c.base32 {
+			base = uint64(le.Uint32(img[c.base:]))
+		}
+		if base < 0xffff800000000000 && base>>32 == 0 && !(c.base32 && base >= 0x80000000) {
 			continue // not a kernel address (64- or 32-bit)
 		}
 		abs := false

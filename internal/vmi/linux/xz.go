@@ -21,6 +21,7 @@ const (
 	xzHeaderSize = 12
 	xzFooterSize = 12
 	xzFilterBCJ  = 0x04
+	xzFilterARM  = 0x07 // BCJ ARM: 32-bit ARM kernels (scripts/xz_wrap.sh --arm)
 	xzFilterLZMA = 0x21
 	xzMaxBlocks  = 1 << 16
 )
@@ -184,7 +185,7 @@ func decodeXZBlock(block []byte, want uint64) ([]byte, error) {
 			p = p[k:]
 		}
 	}
-	var bcj, haveBCJ bool
+	var bcj, haveBCJ, bcjARM bool
 	var bcjStart uint32
 	var dictCap int
 	nfilters := int(bflags&3) + 1
@@ -206,8 +207,9 @@ func decodeXZBlock(block []byte, want uint64) ([]byte, error) {
 		p = p[psize:]
 		last := i == nfilters-1
 		switch {
-		case id == xzFilterBCJ && !last && !haveBCJ:
+		case (id == xzFilterBCJ || id == xzFilterARM) && !last && !haveBCJ:
 			bcj, haveBCJ = true, true
+			bcjARM = id == xzFilterARM
 			switch len(props) {
 			case 0:
 			case 4:
@@ -255,7 +257,10 @@ func decodeXZBlock(block []byte, want uint64) ([]byte, error) {
 	if uint64(len(out)) != want {
 		return nil, fmt.Errorf("%w: block decoded to %d bytes, index says %d", errXZ, len(out), want)
 	}
-	if bcj {
+	switch {
+	case bcj && bcjARM:
+		bcjARMDecode(out, bcjStart)
+	case bcj:
 		bcjX86Decode(out, bcjStart)
 	}
 	return out, nil
@@ -335,5 +340,21 @@ func bcjX86Decode(buf []byte, startPos uint32) {
 		dest |= 0 - (dest & 0x01000000)
 		binary.LittleEndian.PutUint32(buf[i+1:], dest)
 		i += 4
+	}
+}
+
+// bcjARMDecode undoes the xz BCJ ARM filter in place over a whole block:
+// the filter made the 24-bit word offsets of BL instructions (condition
+// "always": top byte 0xEB) absolute; decoding makes them relative to
+// the instruction again (pc+8). Written from the .xz format's description
+// of the filter (as implemented by xz-embedded's bcj_arm).
+func bcjARMDecode(buf []byte, startPos uint32) {
+	for i := 0; i+4 <= len(buf); i += 4 {
+		if buf[i+3] != 0xeb {
+			continue
+		}
+		addr := uint32(buf[i]) | uint32(buf[i+1])<<8 | uint32(buf[i+2])<<16
+		addr = (addr<<2 - (startPos + uint32(i) + 8)) >> 2
+		buf[i], buf[i+1], buf[i+2] = byte(addr), byte(addr>>8), byte(addr>>16)
 	}
 }
