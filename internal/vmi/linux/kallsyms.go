@@ -441,7 +441,7 @@ func findAddresses(img []byte, ni namesInfo, afterIndex int, lay *KallsymsLayout
 	n := ni.n
 	align8 := func(x int) int { return (x + 7) &^ 7 }
 	type cand struct {
-		offsets, base int // base < 0: absolute u64 addresses
+		offsets, base int  // base < 0: absolute u64 addresses
 		base32        bool // a 32-bit kernel's 4-byte kallsyms_relative_base
 	}
 	var cands []cand
