@@ -33,8 +33,11 @@ which starts a new QEMU on the guest's RAM, reads the policy in force again
 (refusing one that no longer reads the same), sets the kernel gate's traps
 and lets the guest run. While no monitor runs, the guest is stopped.
 
-Not yet for VMs with a network, served files, frozen processes, a fleet
-agent or a foreground console: refused, nothing changed.`,
+An isolated network or a tap is kept: the network gate's open flows and
+the guest's address cross over, and the network's switch and services run
+in a process of their own. Not yet for VMs on the user-mode NAT (--net
+user), with served files, frozen processes, a fleet agent or a foreground
+console: refused, nothing changed.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return withVMFor(cmd, args[0], lifecycleTimeout, func(ctx context.Context, c *apiclient.Client) error {
