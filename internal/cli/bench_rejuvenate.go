@@ -1,3 +1,5 @@
+//go:build !gatevisor_monitor
+
 package cli
 
 import (

@@ -28,6 +28,15 @@ import (
 
 func init() { addSubcommand(newFleetCmd) }
 
+// serveStateDir is the daemon's state directory: serve.token, serve.sock.
+func serveStateDir() (string, error) {
+	base, err := stateBase()
+	if err != nil {
+		return "", fmt.Errorf("serve: the token's directory: %w", err)
+	}
+	return filepath.Join(base, "gatevisor"), nil
+}
+
 // natsFlags say how to reach the fleet's NATS; by default what gatevisor
 // serve wrote in fleet.json.
 type natsFlags struct {

@@ -58,6 +58,10 @@ who owns the guest cannot switch them off.`,
 
 // Main runs the command line and returns the process exit code.
 func Main(args []string) int {
+	if err := handOverRun(args); err != nil {
+		fmt.Fprintln(os.Stderr, "gatevisor:", err)
+		return 1
+	}
 	root := newRootCmd()
 	root.SetArgs(args)
 	err := root.Execute()

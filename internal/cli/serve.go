@@ -1,3 +1,5 @@
+//go:build !gatevisor_monitor
+
 package cli
 
 import (
@@ -6,7 +8,6 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 	"time"
 
@@ -18,15 +19,6 @@ import (
 func init() {
 	addSubcommand(newServeCmd)
 	addSubcommand(newMetricsCmd)
-}
-
-// serveStateDir is the daemon's state directory: serve.token, serve.sock.
-func serveStateDir() (string, error) {
-	base, err := stateBase()
-	if err != nil {
-		return "", fmt.Errorf("serve: the token's directory: %w", err)
-	}
-	return filepath.Join(base, "gatevisor"), nil
 }
 
 func newServeCmd() *cobra.Command {
