@@ -315,6 +315,8 @@ func (m *Monitor) locateForGate(ctx context.Context) error {
 // finds it there again and decides the same call twice.
 func (m *Monitor) maxWatchpoints() int {
 	switch {
+	case m.isARM64():
+		return 0 // the gate has no AArch64 entry model (gate/syscall/isa_aarch64.go)
 	case m.cfg.Accel.Accel == "kvm" && m.cfg.CPUs > 1:
 		return 0
 	case m.cfg.Accel.Accel == "kvm":
@@ -594,6 +596,14 @@ func (m *Monitor) onTrap(ctx context.Context, c *gdbrsp.Client, sr gdbrsp.StopRe
 		}
 	}()
 	if va := m.kg.bootWatch.Load(); va != 0 && sr.Reason == "watch" && sr.Addr == va {
+		if m.isARM64() {
+			// Stopped before the store (kernelgate_aarch64.go).
+			if err := m.stepOverWatch(ctx, c, sr.Thread, va); err != nil {
+				err = fmt.Errorf("the kernel gate cannot be armed: %w: %w", err, errKeepStopped)
+				m.failClosed(err)
+				return true, err
+			}
+		}
 		err := m.onBootWatch(ctx, c, va)
 		if errors.Is(err, errKeepStopped) {
 			m.failClosed(err)
@@ -628,11 +638,11 @@ func (m *Monitor) onTrap(ctx context.Context, c *gdbrsp.Client, sr gdbrsp.StopRe
 		if err := c.SetThread(ctx, tid); err != nil {
 			return ours, err
 		}
-		rip, err := c.ReadRegister(ctx, "rip")
+		pc, err := c.ReadRegister(ctx, g.PCReg())
 		if err != nil {
 			return ours, err
 		}
-		if _, ok := g.TrapAt(rip); !ok {
+		if _, ok := g.TrapAt(pc); !ok {
 			continue
 		}
 		m.kg.siblings.Add(1)
@@ -688,9 +698,18 @@ func (m *Monitor) trapVCPU(ctx context.Context, c *gdbrsp.Client, g *gate.Gate, 
 	if err != nil {
 		return false, err
 	}
-	t, ok := g.TrapAt(regs[gate.RegRIP])
+	t, ok := g.TrapAt(regs[g.PCReg()])
 	if !ok {
 		return false, nil
+	}
+	for _, name := range g.ExtraRegs() {
+		// arm64: current is in SP_EL0, a system register the 'g' packet
+		// does not carry.
+		v, err := c.ReadRegister(ctx, name)
+		if err != nil {
+			return true, fmt.Errorf("read %s at a trap: %w", name, err)
+		}
+		regs[name] = v
 	}
 	start := time.Now()
 	defer func() { m.kg.handleNanos.Add(uint64(time.Since(start))) }()
@@ -706,7 +725,7 @@ func (m *Monitor) trapVCPU(ctx context.Context, c *gdbrsp.Client, g *gate.Gate, 
 	}
 	if herr != nil {
 		// The deny cannot be emulated without the return address: kill.
-		out.Writes, out.Step = gate.KillWrites(g.DoGroupExit()), false
+		out.Writes, out.Step = g.KillWrites(), false
 		out.Decision = m.pol.sec.GateFailure(&out.Event, gate.RuleReadError, herr.Error(), 1)
 		out.Decision.Verdict = secserver.Kill
 		out.Decided = append(out.Decided, gate.Decided{Event: out.Event, Decision: out.Decision, ReadErr: herr})

@@ -115,10 +115,11 @@ func CheckPolicy(path, kernel string, netOpts NetOptions, idsInterval time.Durat
 	return err
 }
 
-// ARM64NoKernelGate is why an arm64 guest has no kernel gate: what the
-// gate needs and gatevisor does not have on arm64 yet (docs/design.md,
-// "Kernel gate", Limits).
-const ARM64NoKernelGate = "the kernel gate is not implemented for arm64 guests: it needs breakpoints and watchpoints set through the aarch64 gdbstub at arm64 kernel addresses, the syscall number and arguments read from pt_regs (x8, x0-x5) and the return value from x0 around invoke_syscall, and security_hook_heads for the LSM hooks (the arm64 kernel's kallsyms has text symbols only, and the profile does not recover that one)"
+// noKernelGate is why a guest of an architecture the kernel gate does not
+// know (x86-64 and arm64 only: gate/syscall/isa.go) has none.
+func noKernelGate(arch string) string {
+	return fmt.Sprintf("the kernel gate is not implemented for %s guests: it knows the registers, syscall handlers and numbers of x86-64 and arm64 only", arch)
+}
 
 // coverage is what this VM's gates observe (Coverage).
 func (m *Monitor) coverage(prof *linux.Profile) policy.Coverage {
@@ -146,18 +147,19 @@ func Coverage(prof *linux.Profile, kernel string, gatedNet, scan bool) policy.Co
 	cov := policy.Coverage{Observers: map[event.Class]policy.Observer{}, Absent: map[event.Class]string{
 		event.ClassCall: "gatevisor has no gate for IPC calls (KasperskyOS `call in/out`, `entity`): no event of this class is ever observed",
 	}}
+	known := prof == nil || prof.Arch == "" || prof.Arch == linux.ArchAMD64 || prof.IsARM64()
 	switch {
-	case prof != nil && prof.IsARM64():
-		// Fail closed: no kernel gate on arm64 yet, so no rule of its
-		// classes is accepted (unless marked advisory).
+	case !known:
+		// Fail closed: no kernel gate for this architecture, so no rule
+		// of its classes is accepted (unless marked advisory).
 	case prof != nil:
 		cov.Observers = gate.Observers(prof)
 	default:
 		cov.Observers = gate.GenericObservers()
 	}
 	for _, c := range []event.Class{event.ClassSyscall, event.ClassFile, event.ClassExec, event.ClassModule} {
-		if prof != nil && prof.IsARM64() {
-			cov.Absent[c] = ARM64NoKernelGate
+		if !known {
+			cov.Absent[c] = noKernelGate(prof.Arch)
 			continue
 		}
 		if _, ok := cov.Observers[c]; !ok {

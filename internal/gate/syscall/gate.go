@@ -101,6 +101,7 @@ type Decided struct {
 // writes. It is safe for concurrent use.
 type Gate struct {
 	k           *linux.Kernel
+	isa         *isa // the guest's instruction set (isa.go)
 	d           Decider
 	ptregs      PtRegsLayout
 	doGroupExit uint64
@@ -122,8 +123,8 @@ type Gate struct {
 	traps map[uint64]Trap
 	skips map[uint64]int // entry no-op length by address, read once (before any int3 under KVM)
 	// pending maps the kernel stack pointer of a call sent to fault in its
-	// path to the pt_regs pointer (rdi) the handler must get back.
-	pending map[uint64]uint64
+	// path to what the handler must get back.
+	pending map[uint64]pendingCall
 	// hooks are the LSM hooks this kernel has (hooks.go).
 	hooks map[Hook]uint64
 	// kitModules are the SHA-256s of the kit's modules (SetKitModules).
@@ -133,13 +134,25 @@ type Gate struct {
 	created map[createdKey]bool
 }
 
+// pendingCall is a handler's state a fault-in changed: its first argument
+// (the pt_regs pointer: rdi, x0) and, on arm64, its return address (x30,
+// which the call to strnlen_user overwrote; x86-64 keeps it at [rsp]).
+type pendingCall struct {
+	arg0, lr uint64
+}
+
 // maxPending bounds calls in flight through a fault-in (one per task at
 // most; a guest cannot make the table grow without bound).
 const maxPending = 4096
 
 // New prepares a gate for a located kernel.
 func New(k *linux.Kernel, d Decider) (*Gate, error) {
-	l, err := NewPtRegsLayout(func(f string) (uint64, error) { return k.Profile.FieldOffset("pt_regs." + f) })
+	a := isaOf(k.Profile)
+	layout := NewPtRegsLayout
+	if a.arm64 {
+		layout = armPtRegsLayout
+	}
+	l, err := layout(func(f string) (uint64, error) { return k.Profile.FieldOffset("pt_regs." + f) })
 	if err != nil {
 		return nil, err
 	}
@@ -147,7 +160,7 @@ func New(k *linux.Kernel, d Decider) (*Gate, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gate: the kill action needs do_group_exit: %w", err)
 	}
-	g := &Gate{k: k, d: d, ptregs: l, doGroupExit: dge, traps: map[uint64]Trap{}, skips: map[uint64]int{}, pending: map[uint64]uint64{}}
+	g := &Gate{k: k, isa: a, d: d, ptregs: l, doGroupExit: dge, traps: map[uint64]Trap{}, skips: map[uint64]int{}, pending: map[uint64]pendingCall{}}
 	if a, err := k.Addr("strnlen_user"); err == nil {
 		g.strnlenUser = a
 	}
@@ -173,6 +186,9 @@ func New(k *linux.Kernel, d Decider) (*Gate, error) {
 // and timer tick touches (measured: getpid +127 % under TCG); KVM's debug
 // registers watch the 4 bytes alone.
 func (g *Gate) UseWatchpoints(max int, globals bool) {
+	if g.isa.arm64 {
+		max = 0 // no entry model for AArch64 code (isa_aarch64.go)
+	}
 	g.planMu.Lock()
 	defer g.planMu.Unlock()
 	g.maxWatch, g.watchGlobals = max, globals
@@ -249,7 +265,7 @@ func (g *Gate) Plan(pol *policy.Policy) (traps []Trap, missing []string) {
 				}
 				continue
 			}
-			sym := Handler(sc.Name)
+			sym := g.isa.handler(sc.Name)
 			addr, err := g.k.Addr(sym)
 			if err != nil {
 				if sc.Name == n {
@@ -259,8 +275,10 @@ func (g *Gate) Plan(pol *policy.Policy) (traps []Trap, missing []string) {
 			}
 			add(Trap{Addr: addr, Symbol: sym, Syscall: sc, Skip: g.skip(addr), Classes: setOf(event.ClassSyscall)})
 			// The same call through int 0x80 or from a 32-bit process
-			// enters the kernel at its i386 handler.
-			for _, sym := range CompatHandlers(sc.Name) {
+			// enters the kernel at its i386 handler (an AArch32 task's at
+			// its compat wrapper when it has one; else at the native
+			// handler, with the arguments in the same pt_regs slots).
+			for _, sym := range g.isa.compatHandlers(sc.Name) {
 				if addr, err := g.k.Addr(sym); err == nil {
 					add(Trap{Addr: addr, Symbol: sym, Syscall: sc, Skip: g.skip(addr), Compat: true, Classes: setOf(event.ClassSyscall)})
 					break
@@ -517,6 +535,8 @@ func (g *Gate) skip(addr uint64) int {
 	n := 0
 	if _, err := g.k.AS.ReadVirtual(addr, b[:]); err == nil {
 		switch {
+		case g.isa.arm64:
+			n = skipARM64(b[:])
 		case bytes.HasPrefix(b[:], endbr64):
 			n = len(endbr64)
 		case bytes.Equal(b[:], nop5):
@@ -554,9 +574,9 @@ func (g *Gate) Handle(t Trap, regs Regs) (Outcome, error) {
 	if t.Hook != AtHandler {
 		return g.handleHook(t, regs)
 	}
-	saved, retried := g.takePending(regs[RegRSP])
+	saved, retried := g.takePending(regs[g.isa.sp])
 	if retried {
-		regs = Apply(regs, []RegWrite{{RegRDI, saved}})
+		regs = Apply(regs, g.restorePending(saved))
 	}
 	ev, unmapped, readErr := g.buildEvent(t, regs)
 	if unmapped != 0 && !retried && g.strnlenUser != 0 {
@@ -567,10 +587,21 @@ func (g *Gate) Handle(t Trap, regs Regs) (Outcome, error) {
 	out, err := g.decide(t, regs, ev, readErr)
 	if retried {
 		// The handler gets its pt_regs pointer back (strnlen_user clobbered
-		// rdi); a kill sets rdi again after this.
-		out.Writes = append([]RegWrite{{RegRDI, saved}}, out.Writes...)
+		// rdi or x0), and on arm64 its return address; a kill sets the
+		// first argument again after this.
+		out.Writes = append(g.restorePending(saved), out.Writes...)
 	}
 	return out, err
+}
+
+// restorePending returns the writes that give a handler back what its
+// fault-in changed.
+func (g *Gate) restorePending(p pendingCall) []RegWrite {
+	w := []RegWrite{{g.isa.args[0], p.arg0}}
+	if g.isa.arm64 {
+		w = append(w, RegWrite{RegLR, p.lr})
+	}
+	return w
 }
 
 // faultIn handles a path whose user page is not mapped yet (a fresh fork
@@ -584,13 +615,22 @@ func (g *Gate) Handle(t Trap, regs Regs) (Outcome, error) {
 // back on the second hit. Each call is sent at most once; a path still
 // unreadable then fails closed.
 func (g *Gate) faultIn(t Trap, regs Regs, ev event.Event, ptr uint64) (Outcome, bool) {
-	rsp := regs[RegRSP]
+	rsp := regs[g.isa.sp]
 	g.mu.Lock()
 	if len(g.pending) >= maxPending {
-		g.pending = map[uint64]uint64{}
+		g.pending = map[uint64]pendingCall{}
 	}
-	g.pending[rsp] = regs[RegRDI]
+	g.pending[rsp] = pendingCall{arg0: g.isa.arg(regs, 0), lr: regs[RegLR]}
 	g.mu.Unlock()
+	if g.isa.arm64 {
+		// A call from the handler's first instruction: the return address
+		// goes in x30, the stack is untouched.
+		return Outcome{
+			Event:   ev,
+			FaultIn: true,
+			Writes:  []RegWrite{{RegX0, ptr}, {RegX1, MaxPath + 1}, {RegLR, t.Addr}, {RegPC, g.strnlenUser}},
+		}, true
+	}
 	return Outcome{
 		Event:     ev,
 		FaultIn:   true,
@@ -599,9 +639,9 @@ func (g *Gate) faultIn(t Trap, regs Regs, ev event.Event, ptr uint64) (Outcome, 
 	}, true
 }
 
-// takePending returns and forgets the pt_regs pointer saved for the call
-// whose kernel stack pointer is rsp.
-func (g *Gate) takePending(rsp uint64) (uint64, bool) {
+// takePending returns and forgets what was saved for the call whose
+// kernel stack pointer is rsp.
+func (g *Gate) takePending(rsp uint64) (pendingCall, bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	v, ok := g.pending[rsp]
@@ -622,10 +662,10 @@ func (g *Gate) decide(t Trap, regs Regs, ev event.Event, readErr error) (Outcome
 	out := Outcome{Event: ev, Decision: d, ReadErr: readErr}
 	switch {
 	case d.Allows():
-		out.resume(t, regs)
+		out.resume(t, regs, g.isa)
 	case d.Verdict == secserver.Kill && t.Hook == AtHandler:
 		out.Kill = true
-		out.Writes = KillWrites(g.doGroupExit)
+		out.Writes = g.isa.killWrites(g.doGroupExit)
 	default:
 		// A deny, or a kill at a hook: the hook fails with the errno
 		// (EPERM for a kill) and handleHook queues the SIGKILL.
@@ -647,6 +687,14 @@ func (g *Gate) decide(t Trap, regs Regs, ev event.Event, readErr error) (Outcome
 			out.Writes = w
 			break
 		}
+		if g.isa.arm64 {
+			w, err := denyARM64(regs, errno)
+			if err != nil {
+				return out, err
+			}
+			out.Writes = w
+			break
+		}
 		ret, err := vmi.ReadU64(g.k.AS, regs[RegRSP])
 		if err != nil {
 			return out, fmt.Errorf("gate: read the return address at rsp %#x: %w", regs[RegRSP], err)
@@ -658,7 +706,7 @@ func (g *Gate) decide(t Trap, regs Regs, ev event.Event, readErr error) (Outcome
 
 // resume sets o to go on with the trapped instruction as if there were no
 // trap.
-func (o *Outcome) resume(t Trap, regs Regs) {
+func (o *Outcome) resume(t Trap, regs Regs, a *isa) {
 	switch {
 	case t.Via == ViaWatch:
 		// The vCPU stopped inside the hook, after the load: it goes on.
@@ -670,7 +718,7 @@ func (o *Outcome) resume(t Trap, regs Regs) {
 	case t.Via == ViaJump:
 		o.Writes = append(o.Writes, RegWrite{RegRIP, t.Target})
 	case t.Skip > 0:
-		o.Writes = append(o.Writes, RegWrite{RegRIP, t.Addr + uint64(t.Skip)})
+		o.Writes = append(o.Writes, RegWrite{a.pc, t.Addr + uint64(t.Skip)})
 	default:
 		o.Step = true
 	}
@@ -686,8 +734,8 @@ func (g *Gate) buildEvent(t Trap, regs Regs) (ev event.Event, unmapped uint64, e
 	var errs []error
 	var raw [6]uint64
 	pr := make([]byte, g.ptregs.Size)
-	if _, err := g.k.AS.ReadVirtual(regs[RegRDI], pr); err != nil {
-		errs = append(errs, fmt.Errorf("read pt_regs at %#x: %w", regs[RegRDI], err))
+	if _, err := g.k.AS.ReadVirtual(g.isa.arg(regs, 0), pr); err != nil {
+		errs = append(errs, fmt.Errorf("read pt_regs at %#x: %w", g.isa.arg(regs, 0), err))
 	} else if p, err := g.ptregs.Decode(pr); err == nil {
 		raw = p.ArgsFor(t.Compat)
 	}
@@ -738,6 +786,9 @@ func (g *Gate) buildEvent(t Trap, regs Regs) (ev event.Event, unmapped uint64, e
 // userSpace is the trapped task's address space: its mm->pgd, or the
 // vCPU's CR3 (the same tables at syscall entry) when the task is unknown.
 func (g *Gate) userSpace(task linux.Task, regs Regs) *vmi.AddressSpace {
+	if g.isa.arm64 {
+		return g.userSpaceARM64(task)
+	}
 	cr3 := task.PGD
 	if cr3 == 0 {
 		cr3 = regs[RegCR3]
@@ -750,3 +801,20 @@ func (g *Gate) Kernel() *linux.Kernel { return g.k }
 
 // DoGroupExit returns the address the kill action redirects to.
 func (g *Gate) DoGroupExit() uint64 { return g.doGroupExit }
+
+// KillWrites makes the vCPU stopped at a handler call do_group_exit(SIGKILL)
+// instead, in the guest's registers.
+func (g *Gate) KillWrites() []RegWrite { return g.isa.killWrites(g.doGroupExit) }
+
+// PCReg names the guest's program counter as the gdbstub does.
+func (g *Gate) PCReg() string { return g.isa.pc }
+
+// ExtraRegs are the registers a stop at one of the gate's traps needs
+// beyond the gdbstub's general registers ('g' packet): SP_EL0 (current) on
+// arm64; none on x86-64.
+func (g *Gate) ExtraRegs() []string {
+	if g.isa.arm64 {
+		return []string{RegSPEL0}
+	}
+	return nil
+}

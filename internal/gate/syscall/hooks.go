@@ -123,9 +123,8 @@ var hookDefs = [numHooks]hookDef{
 	AtCapable:       {sym: "security_capable", head: "capable"},
 }
 
-// hookFields are the layouts every hook's event needs: the subject and,
-// for the syscall class, the user registers.
-var hookFields = []string{"path.mnt", "path.dentry", "task_struct.thread_info", "thread_info.status"}
+// The layouts every hook's event needs (the subject and, for the syscall
+// class, the user registers) are per instruction set: isa.hookFields.
 
 func (h Hook) String() string {
 	if h == AtHandler || h >= numHooks {
@@ -186,25 +185,11 @@ var syscallNumbers = map[string]abiNumbers{
 // x32Bit marks an x32-ABI call in orig_ax.
 const x32Bit = 0x40000000
 
-// numberOf returns a syscall's number in the ABI of a call.
-func numberOf(name string, compat, x32 bool) (uint64, bool) {
-	n, ok := syscallNumbers[name]
-	switch {
-	case !ok:
-		return 0, false
-	case compat:
-		return n.ia32, true
-	case x32:
-		return n.x32 | x32Bit, true
-	}
-	return n.x64, true
-}
-
 // memberFor finds the syscall among members whose number is nr.
-func memberFor(members []Syscall, nr uint64, compat bool) (Syscall, bool) {
+func (a *isa) memberFor(members []Syscall, nr uint64, compat bool) (Syscall, bool) {
 	x32 := !compat && nr&x32Bit != 0
 	for _, m := range members {
-		if n, ok := numberOf(m.Name, compat, x32); ok && n == nr {
+		if n, ok := a.numberOf(m.Name, compat, x32); ok && n == nr {
 			return m, true
 		}
 	}
@@ -212,8 +197,8 @@ func memberFor(members []Syscall, nr uint64, compat bool) (Syscall, bool) {
 }
 
 // isExecCall reports whether nr is an execve or execveat.
-func isExecCall(nr uint64, compat bool) bool {
-	_, ok := memberFor(families["execve"], nr, compat)
+func (a *isa) isExecCall(nr uint64, compat bool) bool {
+	_, ok := a.memberFor(families["execve"], nr, compat)
 	return ok
 }
 
@@ -224,7 +209,7 @@ func hasHook(p *linux.Profile, h Hook) bool {
 		return false
 	}
 	d := hookDefs[h]
-	for _, f := range append(hookFields, d.fields...) {
+	for _, f := range append(slices.Clone(isaOf(p).hookFields), d.fields...) {
 		if _, err := p.FieldOffset(f); err != nil {
 			return false
 		}
@@ -302,6 +287,9 @@ const (
 // those reaches it from path_openat in the core kernel.
 func hookSites(k *linux.Kernel, hooks map[Hook]uint64) map[Hook][]linux.CodeRef {
 	out := map[Hook][]linux.CodeRef{}
+	if isaOf(k.Profile).arm64 {
+		return out // CodeRefs decodes x86-64: arm64 hooks are trapped at their entries
+	}
 	var targets []uint64
 	for _, a := range hooks {
 		targets = append(targets, a)
@@ -479,7 +467,7 @@ func (t Trap) primaryClass() event.Class {
 func (g *Gate) allowOutcome(t Trap, regs Regs, ev event.Event) Outcome {
 	out := Outcome{Event: ev, Skipped: true}
 	out.Decision.Verdict = secserver.Allow
-	out.resume(t, regs)
+	out.resume(t, regs, g.isa)
 	return out
 }
 
@@ -506,7 +494,7 @@ func (g *Gate) hookEvents(t Trap, regs Regs) (hookHit, error) {
 		unloadErr  error
 		unloadComp bool
 	)
-	if mode, ok := regs[RegRSI]; ok && t.Hook == AtPtraceAccess && mode&ptraceModeAttach == 0 {
+	if mode, ok := g.isa.argOK(regs, 1); ok && t.Hook == AtPtraceAccess && mode&ptraceModeAttach == 0 {
 		// A /proc read or process_vm_readv asking to read a process, not
 		// an attach: resumed on its registers alone (ps makes one per
 		// process it lists).
@@ -565,9 +553,9 @@ func (g *Gate) hookEvents(t Trap, regs Regs) (hookHit, error) {
 		}
 		switch {
 		case t.Hook == AtFileOpen && file:
-			p := path(g.k.FilePath(regs[RegRDI]))
-			flags, ferr := g.k.FileFlags(regs[RegRDI])
-			mode, merr := g.k.FileMode(regs[RegRDI])
+			p := path(g.k.FilePath(g.isa.arg(regs, 0)))
+			flags, ferr := g.k.FileFlags(g.isa.arg(regs, 0))
+			mode, merr := g.k.FileMode(g.isa.arg(regs, 0))
 			if err := errors.Join(ferr, merr); err != nil {
 				errs = append(errs, fmt.Errorf("the file's flags: %w", err))
 			}
@@ -588,10 +576,10 @@ func (g *Gate) hookEvents(t Trap, regs Regs) (hookHit, error) {
 				hit.events = append(hit.events, mk(event.ClassFile, "append", p))
 			}
 		case t.Hook == AtPathMknod && file:
-			hit.events = append(hit.events, mk(event.ClassFile, "create", path(g.k.ChildPath(regs[RegRDI], regs[RegRSI])), int64(uint32(regs[RegRDX]))))
+			hit.events = append(hit.events, mk(event.ClassFile, "create", path(g.k.ChildPath(g.isa.arg(regs, 0), g.isa.arg(regs, 1))), int64(uint32(g.isa.arg(regs, 2)))))
 		case t.Hook == AtExec && t.Classes.has(event.ClassExec):
 			var p string
-			f, err := g.k.BinprmFile(regs[RegRDI])
+			f, err := g.k.BinprmFile(g.isa.arg(regs, 0))
 			if err == nil {
 				p = path(g.k.FilePath(f))
 			} else {
@@ -600,37 +588,37 @@ func (g *Gate) hookEvents(t Trap, regs Regs) (hookHit, error) {
 			hit.events = append(hit.events, mk(event.ClassExec, "", p))
 		}
 	case AtPathMkdir:
-		hit.events = append(hit.events, mk(event.ClassFile, "mkdir", path(g.k.ChildPath(regs[RegRDI], regs[RegRSI])), int64(uint32(regs[RegRDX]))))
+		hit.events = append(hit.events, mk(event.ClassFile, "mkdir", path(g.k.ChildPath(g.isa.arg(regs, 0), g.isa.arg(regs, 1))), int64(uint32(g.isa.arg(regs, 2)))))
 	case AtPathRmdir, AtPathUnlink:
 		op := map[Hook]string{AtPathRmdir: "rmdir", AtPathUnlink: "unlink"}[t.Hook]
-		hit.events = append(hit.events, mk(event.ClassFile, op, path(g.k.ChildPath(regs[RegRDI], regs[RegRSI]))))
+		hit.events = append(hit.events, mk(event.ClassFile, op, path(g.k.ChildPath(g.isa.arg(regs, 0), g.isa.arg(regs, 1)))))
 	case AtPathRename:
 		// Both names: a rename takes a name away from one place and puts
 		// it in another; rules on either must hold.
-		flags := int64(uint32(regs[RegR8]))
+		flags := int64(uint32(g.isa.arg(regs, 4)))
 		hit.events = append(hit.events,
-			mk(event.ClassFile, "rename", path(g.k.ChildPath(regs[RegRDI], regs[RegRSI])), flags),
-			mk(event.ClassFile, "rename", path(g.k.ChildPath(regs[RegRDX], regs[RegRCX])), flags))
+			mk(event.ClassFile, "rename", path(g.k.ChildPath(g.isa.arg(regs, 0), g.isa.arg(regs, 1))), flags),
+			mk(event.ClassFile, "rename", path(g.k.ChildPath(g.isa.arg(regs, 2), g.isa.arg(regs, 3))), flags))
 	case AtPathLink:
 		// The existing file (hard links stay on one mount) and the new name:
 		// a rule on /etc/shadow holds against `ln /etc/shadow /root/s`.
 		hit.events = append(hit.events,
-			mk(event.ClassFile, "link", path(g.k.ChildPath(regs[RegRSI], regs[RegRDI]))),
-			mk(event.ClassFile, "link", path(g.k.ChildPath(regs[RegRSI], regs[RegRDX]))))
+			mk(event.ClassFile, "link", path(g.k.ChildPath(g.isa.arg(regs, 1), g.isa.arg(regs, 0)))),
+			mk(event.ClassFile, "link", path(g.k.ChildPath(g.isa.arg(regs, 1), g.isa.arg(regs, 2)))))
 	case AtPathSymlink:
-		hit.events = append(hit.events, mk(event.ClassFile, "symlink", path(g.k.ChildPath(regs[RegRDI], regs[RegRSI]))))
+		hit.events = append(hit.events, mk(event.ClassFile, "symlink", path(g.k.ChildPath(g.isa.arg(regs, 0), g.isa.arg(regs, 1)))))
 	case AtPathTruncate, AtGetattr:
 		op := map[Hook]string{AtPathTruncate: "truncate", AtGetattr: "getattr"}[t.Hook]
-		hit.events = append(hit.events, mk(event.ClassFile, op, path(g.k.PathAt(regs[RegRDI]))))
+		hit.events = append(hit.events, mk(event.ClassFile, op, path(g.k.PathAt(g.isa.arg(regs, 0)))))
 	case AtPathChmod:
-		hit.events = append(hit.events, mk(event.ClassFile, "chmod", path(g.k.PathAt(regs[RegRDI])), int64(uint16(regs[RegRSI]))))
+		hit.events = append(hit.events, mk(event.ClassFile, "chmod", path(g.k.PathAt(g.isa.arg(regs, 0))), int64(uint16(g.isa.arg(regs, 1)))))
 	case AtPathChown:
-		hit.events = append(hit.events, mk(event.ClassFile, "chown", path(g.k.PathAt(regs[RegRDI])), int64(uint32(regs[RegRSI])), int64(uint32(regs[RegRDX]))))
+		hit.events = append(hit.events, mk(event.ClassFile, "chown", path(g.k.PathAt(g.isa.arg(regs, 0))), int64(uint32(g.isa.arg(regs, 1))), int64(uint32(g.isa.arg(regs, 2)))))
 	case AtMmap:
-		if regs[RegRDI] == 0 {
+		if g.isa.arg(regs, 0) == 0 {
 			return hit, nil // an anonymous mapping: no file
 		}
-		hit.events = append(hit.events, mk(event.ClassFile, "mmap", path(g.k.FilePath(regs[RegRDI])), int64(regs[RegRSI]), int64(regs[RegRDX])))
+		hit.events = append(hit.events, mk(event.ClassFile, "mmap", path(g.k.FilePath(g.isa.arg(regs, 0))), int64(g.isa.arg(regs, 1)), int64(g.isa.arg(regs, 2))))
 	case AtModuleFile, AtModuleData:
 		ev, skip, err := g.moduleLoadEvent(t.Hook, regs)
 		if skip {
@@ -659,13 +647,13 @@ func (g *Gate) hookEvents(t Trap, regs Regs) (hookHit, error) {
 	case AtModuleDelete:
 		var name string
 		if terr == nil {
-			n, err := readUserString(g.userSpace(task, regs), regs[RegRDI], moduleNameLen)
+			n, err := readUserString(g.userSpace(task, regs), g.isa.arg(regs, 0), moduleNameLen)
 			if err != nil {
 				errs = append(errs, fmt.Errorf("the module's name: %w", err))
 			}
 			name = n
 		}
-		ev := mk(event.ClassModule, "unload", "", int64(regs[RegRSI]))
+		ev := mk(event.ClassModule, "unload", "", int64(g.isa.arg(regs, 1)))
 		ev.Module = name
 		hit.events = append(hit.events, ev)
 	}
@@ -698,7 +686,7 @@ func (g *Gate) syscallHookEvent(t Trap, regs Regs, taskAddr uint64, task linux.T
 	}
 	sc, known := Syscall{}, false
 	if haveRgs {
-		sc, known = memberFor(t.Members, p.OrigAX, compat)
+		sc, known = g.isa.memberFor(t.Members, p.OrigAX, compat)
 	}
 	switch {
 	case known:
@@ -712,7 +700,7 @@ func (g *Gate) syscallHookEvent(t Trap, regs Regs, taskAddr uint64, task linux.T
 		// Whose call it is cannot be read: decided (and failed closed) as
 		// a ptrace call.
 		return ev, false, errors.Join(errs...)
-	case haveRgs && t.Hook != AtExec && isExecCall(p.OrigAX, compat):
+	case haveRgs && t.Hook != AtExec && g.isa.isExecCall(p.OrigAX, compat):
 		// An execve opening its program or interpreter: AtExec decides
 		// execs.
 		return ev, true, nil
@@ -728,19 +716,19 @@ func (g *Gate) syscallHookEvent(t Trap, regs Regs, taskAddr uint64, task linux.T
 		// on a process's behalf. Decided as an open with the file's flags.
 		var flags uint32
 		if t.Hook == AtFileOpen {
-			flags, _ = g.k.FileFlags(regs[RegRDI])
+			flags, _ = g.k.FileFlags(g.isa.arg(regs, 0))
 		}
 		ev.Args = []int64{0, int64(flags), 0}
 	}
 	var perr error
 	switch t.Hook {
 	case AtFileOpen:
-		ev.Path, perr = g.k.FilePath(regs[RegRDI])
+		ev.Path, perr = g.k.FilePath(g.isa.arg(regs, 0))
 	case AtPathMknod:
-		ev.Path, perr = g.k.ChildPath(regs[RegRDI], regs[RegRSI])
+		ev.Path, perr = g.k.ChildPath(g.isa.arg(regs, 0), g.isa.arg(regs, 1))
 	case AtExec:
 		var file uint64
-		if file, perr = g.k.BinprmFile(regs[RegRDI]); perr == nil {
+		if file, perr = g.k.BinprmFile(g.isa.arg(regs, 0)); perr == nil {
 			ev.Path, perr = g.k.FilePath(file)
 		}
 	}
@@ -754,7 +742,13 @@ func (g *Gate) syscallHookEvent(t Trap, regs Regs, taskAddr uint64, task linux.T
 // userCall reads the user registers the task at taskAddr entered the
 // kernel with, and whether it made an i386 call.
 func (g *Gate) userCall(regs Regs, taskAddr uint64) (PtRegs, bool, error) {
-	ra, err := g.k.UserRegsAddr(regs[RegGSBase], taskAddr)
+	var ra uint64
+	var err error
+	if g.isa.arm64 {
+		ra, err = g.k.UserRegsAddrARM64(taskAddr)
+	} else {
+		ra, err = g.k.UserRegsAddr(regs[RegGSBase], taskAddr)
+	}
 	if err != nil {
 		return PtRegs{}, false, fmt.Errorf("user registers: %w", err)
 	}
@@ -785,14 +779,14 @@ const capSysModule = 16
 // user registers (err: they could not be read; the hit is then decided,
 // and fails closed, as an unload).
 func (g *Gate) capableCall(regs Regs) (p PtRegs, compat, skip bool, err error) {
-	capArg, ok := regs[RegRDX]
+	capArg, ok := g.isa.argOK(regs, 2)
 	if !ok {
 		return p, false, false, errors.New("the capability argument is lost before the stop")
 	}
 	if uint32(capArg) != capSysModule {
 		return p, false, true, nil
 	}
-	taskAddr, err := g.k.CurrentTask(regs[RegGSBase])
+	taskAddr, err := g.currentTaskAddr(regs)
 	if err != nil {
 		return p, false, false, fmt.Errorf("current task: %w", err)
 	}
@@ -800,7 +794,7 @@ func (g *Gate) capableCall(regs Regs) (p PtRegs, compat, skip bool, err error) {
 	if err != nil {
 		return p, false, false, err
 	}
-	if nr, ok := numberOf("delete_module", compat, !compat && p.OrigAX&x32Bit != 0); !ok || nr != p.OrigAX {
+	if nr, ok := g.isa.numberOf("delete_module", compat, !compat && p.OrigAX&x32Bit != 0); !ok || nr != p.OrigAX {
 		return p, false, true, nil
 	}
 	return p, compat, false, nil
@@ -830,12 +824,21 @@ func (g *Gate) eventArgs(sc Syscall, raw [6]uint64, task linux.Task, regs Regs) 
 
 // currentTask reads the task running on the stopped vCPU.
 func (g *Gate) currentTask(regs Regs) (uint64, linux.Task, error) {
-	addr, err := g.k.CurrentTask(regs[RegGSBase])
+	addr, err := g.currentTaskAddr(regs)
 	if err != nil {
 		return addr, linux.Task{}, err
 	}
 	task, err := g.k.TaskAt(addr)
 	return addr, task, err
+}
+
+// currentTaskAddr returns the address of the task running on the stopped
+// vCPU: from the per-CPU current_task at GS base (x86-64) or SP_EL0 (arm64).
+func (g *Gate) currentTaskAddr(regs Regs) (uint64, error) {
+	if g.isa.arm64 {
+		return g.currentTaskARM64(regs)
+	}
+	return g.k.CurrentTask(regs[RegGSBase])
 }
 
 func subjectOf(task linux.Task) event.Subject {

@@ -21,7 +21,7 @@ func TestMemberForABIs(t *testing.T) {
 		{x32Bit | 257, false, "openat"}, {x32Bit | 2, false, "open"},
 		{59, false, ""}, {11, true, ""}, {257, true, ""}, {5, false, ""}, {0, false, ""}, {^uint64(0), false, ""},
 	} {
-		m, ok := memberFor(open, c.nr, c.compat)
+		m, ok := isaX86.memberFor(open, c.nr, c.compat)
 		if got := map[bool]string{true: m.Name}[ok]; got != c.want {
 			t.Errorf("memberFor(open, %#x, compat=%v) = %q, want %q", c.nr, c.compat, got, c.want)
 		}
@@ -31,7 +31,7 @@ func TestMemberForABIs(t *testing.T) {
 		compat bool
 		want   bool
 	}{{59, false, true}, {322, false, true}, {11, true, true}, {358, true, true}, {x32Bit | 520, false, true}, {x32Bit | 59, false, false}, {2, false, false}, {59, true, false}} {
-		if got := isExecCall(c.nr, c.compat); got != c.want {
+		if got := isaX86.isExecCall(c.nr, c.compat); got != c.want {
 			t.Errorf("isExecCall(%#x, %v) = %v", c.nr, c.compat, got)
 		}
 	}
@@ -56,7 +56,7 @@ func TestHooksOfCoverFamilies(t *testing.T) {
 }
 
 func TestAllowOutcome(t *testing.T) {
-	g := &Gate{}
+	g := &Gate{isa: isaX86}
 	ev := event.Event{Class: event.ClassSyscall, Op: "open"}
 	regs := Regs{RegRSP: 0xffffc90000013e00}
 	out := g.allowOutcome(Trap{Addr: 0xffffffff81000000, Skip: 4}, regs, ev)
@@ -103,13 +103,13 @@ func TestDecideAtCallSite(t *testing.T) {
 		// by handleHook).
 		{secserver.Decision{Verdict: secserver.Kill}, []RegWrite{{RegRAX, ^uint64(0)}, {RegRIP, 0xffffffff81361b68}}},
 	} {
-		g := &Gate{d: verdictOf(tc.d)}
+		g := &Gate{isa: isaX86, d: verdictOf(tc.d)}
 		out, err := g.decide(call, regs, event.Event{Class: event.ClassSyscall, Op: "open"}, nil)
 		if err != nil || out.Step || len(out.MemWrites) != 0 || !reflect.DeepEqual(out.Writes, tc.want) {
 			t.Errorf("%v: %+v, %v; want writes %+v", tc.d.Verdict, out, err, tc.want)
 		}
 	}
-	g := &Gate{d: verdictOf(secserver.Decision{Verdict: secserver.Allow})}
+	g := &Gate{isa: isaX86, d: verdictOf(secserver.Decision{Verdict: secserver.Allow})}
 	out, err := g.decide(call, regs, event.Event{Class: event.ClassSyscall, Op: "open"}, nil)
 	if err != nil || len(out.MemWrites) != 1 || len(out.Writes) != 2 {
 		t.Errorf("allow at a call site: %+v, %v", out, err)
@@ -117,7 +117,7 @@ func TestDecideAtCallSite(t *testing.T) {
 }
 
 func TestCreatedOnce(t *testing.T) {
-	g := &Gate{created: map[createdKey]bool{}}
+	g := &Gate{isa: isaX86, created: map[createdKey]bool{}}
 	ev := event.Event{Path: "/tmp/new", Args: []int64{0, 0o101, 0o644}}
 	g.noteCreated(0xffff888000001000, ev)
 	other := ev
@@ -158,7 +158,7 @@ func TestPtraceMembers(t *testing.T) {
 		compat bool
 		want   bool
 	}{{101, false, true}, {26, true, true}, {x32Bit | 521, false, true}, {x32Bit | 101, false, false}, {101, true, false}, {26, false, false}} {
-		if _, ok := memberFor(ptrace, c.nr, c.compat); ok != c.want {
+		if _, ok := isaX86.memberFor(ptrace, c.nr, c.compat); ok != c.want {
 			t.Errorf("memberFor(ptrace, %#x, compat=%v) = %v, want %v", c.nr, c.compat, ok, c.want)
 		}
 	}
@@ -188,7 +188,7 @@ func TestTrapOps(t *testing.T) {
 // alone, before anything is read from the guest (no kernel here: a read
 // would panic); a stop that lost the capability argument fails closed.
 func TestCapableCallSkipsOtherCaps(t *testing.T) {
-	g := &Gate{}
+	g := &Gate{isa: isaX86}
 	for _, cap := range []uint64{0, 12, 21, 1<<32 | 21} {
 		if _, _, skip, err := g.capableCall(Regs{RegRDX: cap}); !skip || err != nil {
 			t.Errorf("cap %#x: skip=%v err=%v, want skipped", cap, skip, err)
@@ -203,7 +203,7 @@ func TestCapableCallSkipsOtherCaps(t *testing.T) {
 // without PTRACE_MODE_ATTACH) is resumed on its registers alone, before
 // anything is read from the guest (no kernel here: a read would panic).
 func TestPtraceAccessSkipsReads(t *testing.T) {
-	g := &Gate{}
+	g := &Gate{isa: isaX86}
 	for _, mode := range []uint64{0x01 | 0x04, 0x01 | 0x08, 0x11} { // PTRACE_MODE_READ_{FSCREDS,REALCREDS}, _NOAUDIT
 		hit, err := g.hookEvents(Trap{Hook: AtPtraceAccess, Classes: setOf(event.ClassSyscall)}, Regs{RegRSI: mode})
 		if err != nil || len(hit.events) != 0 {

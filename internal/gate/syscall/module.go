@@ -62,16 +62,16 @@ func (g *Gate) moduleLoadEvent(h Hook, regs Regs) (ev event.Event, skip bool, er
 	ev = event.Event{Class: event.ClassModule, Op: "load"}
 	var buf, size, id uint64
 	if h == AtModuleFile {
-		buf, size, id = regs[RegRSI], regs[RegRDX], regs[RegRCX]
+		buf, size, id = g.isa.arg(regs, 1), g.isa.arg(regs, 2), g.isa.arg(regs, 3)
 	} else {
-		buf, size, id = regs[RegRDI], regs[RegRSI], regs[RegRDX]
+		buf, size, id = g.isa.arg(regs, 0), g.isa.arg(regs, 1), g.isa.arg(regs, 2)
 	}
 	if uint32(id) != readingModule {
 		return ev, true, nil
 	}
 	var errs []error
 	if h == AtModuleFile {
-		p, perr := g.k.FilePath(regs[RegRDI])
+		p, perr := g.k.FilePath(g.isa.arg(regs, 0))
 		if perr != nil {
 			errs = append(errs, fmt.Errorf("the module file's path: %w", perr))
 		}

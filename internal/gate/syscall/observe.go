@@ -33,8 +33,9 @@ func Observers(p *linux.Profile) map[event.Class]policy.Observer {
 		has[AtPathMknod] = false
 	}
 	var calls []string
-	for name := range p.Symbols.NamesWithPrefix("__x64_sys_") {
-		if n := strings.TrimPrefix(name, "__x64_sys_"); n != "" && n != "ni_syscall" {
+	prefix := isaOf(p).handlerPrefix
+	for name := range p.Symbols.NamesWithPrefix(prefix) {
+		if n := strings.TrimPrefix(name, prefix); n != "" && n != "ni_syscall" {
 			calls = append(calls, n)
 		}
 	}

@@ -58,6 +58,7 @@ type PtRegsLayout struct {
 	Args       [6]uint64
 	CompatArgs [6]uint64
 	OrigAX     uint64
+	NR32       bool   // the number is 32 bits wide (arm64's s32 syscallno)
 	Size       uint64 // bytes one read must cover
 }
 
@@ -106,7 +107,11 @@ func (l PtRegsLayout) Decode(b []byte) (PtRegs, error) {
 		// The i386 ABI passes 32-bit values.
 		p.CompatArgs[i] = uint64(binary.LittleEndian.Uint32(b[off:]))
 	}
-	p.OrigAX = binary.LittleEndian.Uint64(b[l.OrigAX:])
+	if l.NR32 {
+		p.OrigAX = uint64(binary.LittleEndian.Uint32(b[l.OrigAX:]))
+	} else {
+		p.OrigAX = binary.LittleEndian.Uint64(b[l.OrigAX:])
+	}
 	return p, nil
 }
 
@@ -125,7 +130,12 @@ func DenyWrites(regs Regs, retAddr uint64, errno int32) []RegWrite {
 // handler: the thread group exits with the status of a SIGKILL death
 // (the shell reports 137), through the kernel's own exit path.
 func KillWrites(doGroupExit uint64) []RegWrite {
-	return []RegWrite{{RegRDI, sigKill}, {RegRIP, doGroupExit}}
+	return isaX86.killWrites(doGroupExit)
+}
+
+// killWrites is KillWrites in the registers of a.
+func (a *isa) killWrites(doGroupExit uint64) []RegWrite {
+	return []RegWrite{{a.args[0], sigKill}, {a.pc, doGroupExit}}
 }
 
 const sigKill = 9

@@ -72,7 +72,8 @@ func Expand(op string) []Syscall {
 	return []Syscall{s}
 }
 
-// Handler returns the kernel symbol of a syscall's x86-64 handler.
+// Handler returns the kernel symbol of a syscall's x86-64 handler (the
+// gate itself names the handlers of its guest's instruction set: isa.go).
 func Handler(name string) string { return "__x64_sys_" + name }
 
 // CompatHandlers returns the kernel symbols a syscall's i386 entry may

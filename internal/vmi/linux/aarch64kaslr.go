@@ -18,7 +18,8 @@ import (
 // TTBR1_EL1's table. The result is
 // verified by reading linux_banner back through those tables. A
 // TTBR1_EL1 from the gdbstub is tried first when given; TCR_EL1, when
-// given, must describe the 4 KiB-granule 48-bit regime vmi walks.
+// given, must describe the 4 KiB-granule 48-bit regime vmi walks. Boot's
+// init_pg_dir is never taken as the root.
 
 // arm64ImageAlign is the physical alignment searched for the image.
 const arm64ImageAlign = 64 << 10
@@ -98,6 +99,29 @@ func arm64At(mem vmi.PhysicalMemory, regs Registers, prof *Profile, phys, text, 
 	// address in the image, so its PA is VA - kimage_voffset.
 	if pgd, err := imgU64(initMM + pgdOff); err == nil && pgd >= voff && pgd-voff >= phys {
 		roots = append(roots, pgd-voff)
+	}
+	// Until paging_init both name init_pg_dir, the boot-time tables the
+	// linker places after BSS, which free_initmem frees before init runs:
+	// a view of the kernel through them (the kernel gate's, located while
+	// the kernel boots) would read freed memory from then on (seen: the
+	// boot watchpoint's read of system_state walked a level-0 table full
+	// of code). swapper_pg_dir, the tables the kernel keeps, lies before
+	// the init section: a root at or above __init_begin is not taken, and
+	// the kernel is not located until paging_init switched to
+	// swapper_pg_dir (the caller tries again).
+	if ib, err := prof.Symbol("__init_begin"); err == nil && ib > text {
+		initPA := phys + (ib - text)
+		kept := roots[:0]
+		for _, r := range roots {
+			if r < phys || r >= initPA {
+				continue
+			}
+			kept = append(kept, r)
+		}
+		if len(kept) == 0 && len(roots) > 0 {
+			return nil, fmt.Errorf("%w: the kernel still runs on its boot-time page tables at %#x (init_pg_dir, at or above __init_begin's %#x): paging_init has not switched to swapper_pg_dir yet", ErrKASLR, roots[0], initPA)
+		}
+		roots = kept
 	}
 	if len(roots) == 0 {
 		return nil, fmt.Errorf("%w: no TTBR1_EL1 and no init_mm.pgd in the image at %#x", ErrKASLR, phys)

@@ -127,8 +127,11 @@ const (
 // InCompatSyscall reports whether the task at addr is in a 32-bit (ia32)
 // system call: thread_info.status has TS_COMPAT (the kernel's
 // in_ia32_syscall()), so its syscall number and arguments follow the
-// i386 ABI.
+// i386 ABI. On arm64: the task is an AArch32 one (TIF_32BIT).
 func (k *Kernel) InCompatSyscall(addr uint64) (bool, error) {
+	if k.Profile.IsARM64() {
+		return k.inCompatSyscallARM64(addr)
+	}
 	f := &fields{p: k.Profile}
 	ti := f.off("task_struct.thread_info")
 	st := f.off("thread_info.status")
@@ -175,7 +178,11 @@ func (k *Kernel) QueueSIGKILL(addr uint64) ([]Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("linux: read the thread flags of %#x: %w", addr, err)
 	}
-	return []Store{{sa, sv | 1<<(sigKill-1)}, {fa, fv | 1<<tifSigpending}}, nil
+	tif := tifSigpending
+	if k.Profile.IsARM64() {
+		tif = tifSigpendingARM64
+	}
+	return []Store{{sa, sv | 1<<(sigKill-1)}, {fa, fv | 1<<tif}}, nil
 }
 
 // ChildPath returns the path of dentry, a child (possibly not yet
