@@ -309,6 +309,34 @@ func profileOptions(symbols string) (linux.ProfileOptions, error) {
 	return ids.SymbolsOptions(symbols, os.Getenv(ignoreBTFEnv) == "1")
 }
 
+// openSymbols is profileOptions for a monitor: the symbol table is read
+// from a descriptor the monitor keeps (nil without --symbols), so that an
+// upgrade hands the very file over.
+func openSymbols(symbols string) (linux.ProfileOptions, *os.File, error) {
+	if symbols == "" {
+		opts, err := profileOptions("")
+		return opts, nil, err
+	}
+	if err := safefile.CheckRegular(symbols); err != nil {
+		return linux.ProfileOptions{}, nil, fmt.Errorf("--symbols: %w", err)
+	}
+	f, err := os.Open(symbols)
+	if err != nil {
+		return linux.ProfileOptions{}, nil, fmt.Errorf("--symbols: %w", err)
+	}
+	opts, err := symbolsFromFD(f)
+	if err != nil {
+		f.Close()
+		return opts, nil, err
+	}
+	return opts, f, nil
+}
+
+// symbolsFromFD reads the symbol table open at f.
+func symbolsFromFD(f *os.File) (linux.ProfileOptions, error) {
+	return ids.SymbolsOptions(fmt.Sprintf("/proc/self/fd/%d", f.Fd()), os.Getenv(ignoreBTFEnv) == "1")
+}
+
 // dumpProfile finds the profile for the kernel in mem: --kernel, else the
 // cache by banner, else the default kit's kernel if its banner matches.
 // A profile from a symbol table (--symbols) is not cached: it needs the

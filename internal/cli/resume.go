@@ -36,8 +36,8 @@ and lets the guest run. While no monitor runs, the guest is stopped.
 An isolated network or a tap is kept: the network gate's open flows and
 the guest's address cross over, and the network's switch and services run
 in a process of their own. Not yet for VMs on the user-mode NAT (--net
-user), with served files, frozen processes, a fleet agent or a foreground
-console: refused, nothing changed.`,
+user), with served files, a fleet agent or a foreground console: refused,
+nothing changed.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return withVMFor(cmd, args[0], lifecycleTimeout, func(ctx context.Context, c *apiclient.Client) error {
@@ -102,6 +102,14 @@ func resumeMonitor(ctx context.Context, fd int) error {
 	cfg := h.Config
 	cfg.Log = os.Stderr
 	cfg.NetHost = netHostSpawner()
+	if h.SymbolsFD >= 3 {
+		cfg.Symbols = os.NewFile(uintptr(h.SymbolsFD), "symbols")
+		if cfg.Profile, err = symbolsFromFD(cfg.Symbols); err != nil {
+			return fmt.Errorf("upgrade: the new monitor could not read the symbol table the VM's profile came from: %w", err)
+		}
+	} else if cfg.Profile, err = profileOptions(""); err != nil {
+		return err
+	}
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
@@ -115,7 +123,7 @@ func resumeMonitor(ctx context.Context, fd int) error {
 		return err
 	}
 	defer shutdown()
-	if err := m.ResumeGuest(ctx, h.Stopped); err != nil {
+	if err := m.ResumeGuest(ctx, h.Stopped, h.Frozen); err != nil {
 		return err
 	}
 	timeout := h.StopTimeout

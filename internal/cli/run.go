@@ -450,12 +450,12 @@ func monitorConfig(o *runOptions, v runValues, g guest) (monitor.Config, error) 
 	if err != nil {
 		return monitor.Config{}, err
 	}
-	prof, err := profileOptions(o.symbols)
+	prof, symbols, err := openSymbols(o.symbols)
 	if err != nil {
 		return monitor.Config{}, err
 	}
 	cfg := monitor.Config{
-		Name: o.name, MemMiB: v.memMiB, CPUs: o.cpus, Accel: choice, Kernel: g.kernel, Profile: prof, Initrd: g.initrd, Append: g.appendArgs,
+		Name: o.name, MemMiB: v.memMiB, CPUs: o.cpus, Accel: choice, Kernel: g.kernel, Profile: prof, Symbols: symbols, Initrd: g.initrd, Append: g.appendArgs,
 		QEMUBinary: v.qemuBin, ConsoleLog: o.consoleLog, Log: os.Stderr, ReadyMarker: o.readyMarker, NetHost: netHostSpawner(),
 		IDSInterval: o.idsInterval, CPUHog: ids.HogDetector{Threshold: o.cpuHogThreshold, Window: o.cpuHogWindow}, EventsLog: filepath.Join(dir, "events.jsonl"), EventsMaxSize: v.eventsMax,
 		EventsKeep: o.eventsKeep, Net: v.net, Files: v.files, FilesPeer9P: o.filesPeer9P,

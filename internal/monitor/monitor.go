@@ -63,7 +63,11 @@ type Config struct {
 	Arch string
 	// Profile says where the kernel's structure layouts come from when
 	// its image has no .BTF (a symbol table given to run --symbols).
-	Profile    linux.ProfileOptions `json:"-"`
+	Profile linux.ProfileOptions `json:"-"`
+	// Symbols is the --symbols file Profile was read from, open (nil
+	// without): a monitor upgrade hands the same file over, so that the
+	// new monitor reads the layouts the old one used.
+	Symbols    *os.File `json:"-"`
 	Initrd     string
 	Append     string
 	QEMUBinary string

@@ -20,6 +20,7 @@ import (
 	"github.com/gatevisor/gatevisor/internal/qemu/qmp"
 	"github.com/gatevisor/gatevisor/internal/safefile"
 	"github.com/gatevisor/gatevisor/internal/vmdir"
+	"github.com/gatevisor/gatevisor/internal/vmi/linux"
 )
 
 // Monitor upgrade: the monitor process is replaced, the guest kept.
@@ -56,8 +57,9 @@ type Handover struct {
 	PolicyDigest string `json:"policy_digest,omitempty"`
 	// Binary is the executable the new process runs.
 	Binary string `json:"binary"`
-	// Descriptors the new process inherits.
+	// Descriptors the new process inherits (-1: none).
 	LockFD, RAMFD, DevicesFD, KernelFD, InitrdFD int
+	SymbolsFD                                    int
 	// Stopped is when the guest was stopped, for the downtime.
 	Stopped time.Time `json:"stopped"`
 	// StopTimeout is run --stop-timeout, for the new process's signals.
@@ -67,6 +69,15 @@ type Handover struct {
 	OldQEMUPID int `json:"old_qemu_pid"`
 	// Net is the network's part (nil without --net).
 	Net *NetHandover `json:"net,omitempty"`
+	// Frozen are the processes gatevisor keeps stopped (proc freeze).
+	Frozen []FrozenProc `json:"frozen,omitempty"`
+}
+
+// FrozenProc is a frozen process as it crosses a hand-over.
+type FrozenProc struct {
+	PID   int    `json:"pid"`
+	Start uint64 `json:"start"`
+	Comm  string `json:"comm"`
 }
 
 // NetHandover is what the network gate and its backend hand over: the
@@ -116,12 +127,10 @@ func (m *Monitor) upgradeBlocked() string {
 		return "the VM hosts its isolated network's switch in the monitor process itself"
 	case len(m.cfg.Files) > 0:
 		return "the VM serves files (--files): the 9P sessions live in the monitor, and the hand-over does not carry them yet"
-	case m.cfg.Profile.Symbols != nil:
-		return "the VM's kernel profile comes from --symbols, which the hand-over does not carry yet"
+	case m.cfg.Profile.Symbols != nil && m.cfg.Symbols == nil:
+		return "the VM's kernel profile comes from a symbol table the monitor does not hold open"
 	case m.cfg.Console != nil:
 		return "the monitor runs in the foreground with the console on a terminal: upgrade VMs started with run --detach"
-	case len(m.frozenPIDs()) > 0:
-		return "processes are frozen (gatevisor proc freeze): the hand-over does not carry the freezer yet; thaw them first"
 	}
 	return ""
 }
@@ -232,6 +241,11 @@ func (m *Monitor) HandOff(h *Handover) (fd int, err error) {
 	}
 	q := m.q()
 	q.closeChannels()
+	m.frozen.mu.Lock()
+	for _, p := range m.frozen.procs {
+		h.Frozen = append(h.Frozen, FrozenProc{PID: p.pid, Start: p.start, Comm: p.comm})
+	}
+	m.frozen.mu.Unlock()
 	if m.net != nil {
 		h.Net = m.handOffNet()
 	}
@@ -256,7 +270,11 @@ func (m *Monitor) HandOff(h *Handover) (fd int, err error) {
 	if _, err := unix.Write(hf, b); err != nil {
 		return -1, fmt.Errorf("upgrade: handover: %w", err)
 	}
-	keep := []int{h.LockFD, h.RAMFD, h.DevicesFD, h.KernelFD, h.InitrdFD, hf}
+	h.SymbolsFD = -1
+	if m.cfg.Symbols != nil {
+		h.SymbolsFD = int(m.cfg.Symbols.Fd())
+	}
+	keep := []int{h.LockFD, h.RAMFD, h.DevicesFD, h.KernelFD, h.InitrdFD, h.SymbolsFD, hf}
 	if h.Net != nil {
 		keep = append(keep, h.Net.TapFD)
 	}
@@ -432,9 +450,10 @@ func snapDigest(s *policy.Snapshot) string {
 }
 
 // ResumeGuest arms the kernel gate for the policy in force on the new
-// QEMU, with the guest still stopped, and lets the guest run; on error the
-// VM is ended (fail closed). stopped is when the old monitor stopped it.
-func (m *Monitor) ResumeGuest(ctx context.Context, stopped time.Time) error {
+// QEMU, with the guest still stopped, watches the frozen processes again,
+// and lets the guest run; on error the VM is ended (fail closed). stopped
+// is when the old monitor stopped it.
+func (m *Monitor) ResumeGuest(ctx context.Context, stopped time.Time, frozen []FrozenProc) error {
 	fail := func(err error) error {
 		m.cleanup()
 		close(m.done)
@@ -454,6 +473,11 @@ func (m *Monitor) ResumeGuest(ctx context.Context, stopped time.Time) error {
 		if err != nil {
 			return fail(fmt.Errorf("resume: arm the kernel gate: %w", err))
 		}
+	}
+	// Frozen processes stay frozen: still stopped in the guest, which has
+	// not run since, and watched again from here on.
+	for _, p := range frozen {
+		m.freeze(linux.Task{PID: p.PID, StartTime: p.Start, Comm: p.Comm})
 	}
 	if err := m.dbg.Do(ctx, func(ctx context.Context, c *gdbrsp.Client) error { return c.Continue(ctx) }); err != nil {
 		return fail(fmt.Errorf("resume: start the guest: %w", err))

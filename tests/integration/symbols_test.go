@@ -19,33 +19,8 @@ import (
 func TestIDSWithSymbols(t *testing.T) {
 	needShared(t)
 	k := testvm.Kit(t)
-	img, err := os.ReadFile(k.Kernel)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := linux.NewProfile(img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, err := p.BTF.Raw()
-	if err != nil {
-		t.Fatal(err)
-	}
-	syms := map[string]uint64{}
-	for _, name := range []string{"_text", "linux_banner", "init_task"} {
-		if a, err := p.Symbol(name); err == nil {
-			syms[name] = a
-		}
-	}
-	js, err := testvm.ISF(raw, syms, p.Banner)
-	if err != nil {
-		t.Fatal(err)
-	}
 	dir := t.TempDir()
-	isf := filepath.Join(dir, "vmlinux.json")
-	if err := os.WriteFile(isf, js, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	isf := kitISF(t, dir)
 	dump := filepath.Join(dir, "guest.elf")
 	if r := gv(t, 5*time.Minute, "dump", sharedVM, "-o", dump); r.code != 0 {
 		t.Fatalf("dump: %d %s", r.code, r.stderr)
@@ -71,4 +46,37 @@ func TestIDSWithSymbols(t *testing.T) {
 		}
 		t.Logf("ids %s: same answer (%d bytes); %v with BTF (cached profile), %v with the symbol table", q, len(want.stdout), tBTF.Round(time.Millisecond), tISF.Round(time.Millisecond))
 	}
+}
+
+// kitISF writes a Volatility 3 symbol table of the default kit's kernel,
+// made from its BTF, to dir and returns its path.
+func kitISF(t *testing.T, dir string) string {
+	t.Helper()
+	img, err := os.ReadFile(testvm.Kit(t).Kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := linux.NewProfile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := p.BTF.Raw()
+	if err != nil {
+		t.Fatal(err)
+	}
+	syms := map[string]uint64{}
+	for _, name := range []string{"_text", "linux_banner", "init_task"} {
+		if a, err := p.Symbol(name); err == nil {
+			syms[name] = a
+		}
+	}
+	js, err := testvm.ISF(raw, syms, p.Banner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	isf := filepath.Join(dir, "vmlinux.json")
+	if err := os.WriteFile(isf, js, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return isf
 }
