@@ -10,15 +10,17 @@ package cli
 //
 //	go build -tags gatevisor_monitor -o bin/gatevisor-monitor ./cmd/gatevisor
 //
-// `gatevisor run` hands itself over to it (exec in place: same process,
-// arguments, terminal and environment) when it lies next to gatevisor and
-// is provably the same build: both carry the build information of one
-// committed, unmodified source revision with the same toolchain, module
-// dependencies and settings, the monitor's tags being gatevisor's plus
-// gatevisor_monitor. Otherwise the monitor runs in gatevisor itself, as it
-// always could: the same code, more memory; a gatevisor-monitor that is
-// there but not provably this build is named on stderr with the reason,
-// never run.
+// scripts/build builds both, stamped with one digest of the source tree
+// (sourceDigest). `gatevisor run` hands itself over to gatevisor-monitor
+// (exec in place: same process, arguments, terminal and environment) when
+// it lies next to gatevisor and is provably the same build: the same
+// toolchain, main module, module dependencies and settings, the monitor's
+// tags being gatevisor's plus gatevisor_monitor, and the same source: the
+// same stamp (it is in the linker flags, a setting), or else one
+// committed, unmodified version-control revision. Otherwise the monitor
+// runs in gatevisor itself, as it always could: the same code, more
+// memory; a gatevisor-monitor that is there but not provably this build is
+// named on stderr with the reason, never run.
 
 import (
 	"debug/buildinfo"
@@ -33,6 +35,10 @@ import (
 
 	"golang.org/x/sys/unix"
 )
+
+// sourceDigest is scripts/build's digest of the source tree both
+// executables were built from (-ldflags -X); "" in other builds.
+var sourceDigest string
 
 const (
 	// monitorExeName is the monitor's executable, next to gatevisor's.
@@ -110,7 +116,7 @@ func openMonitorExe(path string) (*os.File, string) {
 		f.Close()
 		return nil, "this gatevisor has no build information"
 	}
-	if why := sameBuild(self, mon); why != "" {
+	if why := sameBuild(self, mon, sourceDigest); why != "" {
 		f.Close()
 		return nil, why
 	}
@@ -118,12 +124,14 @@ func openMonitorExe(path string) (*os.File, string) {
 }
 
 // sameBuild says why mon (gatevisor-monitor's build information) is not
-// provably the monitor build of self (gatevisor's), or "" when it is: the
-// same toolchain, main module, dependencies and settings, from one
-// committed revision with no local modification, mon's tags being self's
-// plus monitorTag. A modified tree cannot be told apart from another
-// modified tree, so a build from one is never taken.
-func sameBuild(self, mon *debug.BuildInfo) string {
+// provably the monitor build of self (gatevisor's, stamped with digest),
+// or "" when it is: the same toolchain, main module, dependencies and
+// settings, mon's tags being self's plus monitorTag, and one source: the
+// same digest stamp (in the linker flags, compared with the settings), or
+// else one committed revision with no local modification. Two modified
+// trees without a stamp cannot be told apart, so such builds are never
+// taken.
+func sameBuild(self, mon *debug.BuildInfo, digest string) string {
 	if self.GoVersion != mon.GoVersion {
 		return fmt.Sprintf("built by %s, gatevisor by %s", mon.GoVersion, self.GoVersion)
 	}
@@ -134,15 +142,17 @@ func sameBuild(self, mon *debug.BuildInfo) string {
 		return why
 	}
 	s, m := settings(self), settings(mon)
-	for _, b := range []struct {
-		name string
-		set  map[string]string
-	}{{"gatevisor", s}, {"it", m}} {
-		switch {
-		case b.set["vcs.revision"] == "":
-			return b.name + " was built without a version control revision (a go build inside the repository's checkout stamps one)"
-		case b.set["vcs.modified"] != "false":
-			return b.name + " was built from a modified source tree (only builds of one committed revision are provably the same)"
+	if digest == "" {
+		for _, b := range []struct {
+			name string
+			set  map[string]string
+		}{{"gatevisor", s}, {"it", m}} {
+			switch {
+			case b.set["vcs.revision"] == "":
+				return b.name + " was built without scripts/build's source digest or a version-control revision (build both with scripts/build)"
+			case b.set["vcs.modified"] != "false":
+				return b.name + " was built from a modified source tree without scripts/build's source digest (build both with scripts/build)"
+			}
 		}
 	}
 	want := strings.Join(append(strings.FieldsFunc(s["-tags"], func(r rune) bool { return r == ',' }), monitorTag), ",")

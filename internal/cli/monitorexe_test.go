@@ -21,6 +21,10 @@ func buildInfo(tags string, settings ...string) *debug.BuildInfo {
 	return bi
 }
 
+const stamp = "-X github.com/gatevisor/gatevisor/internal/cli.sourceDigest=d1"
+
+var dirty = []string{"GOARCH", "amd64", "vcs", "git", "vcs.revision", "0313f53", "vcs.time", "2026-12-06T18:00:00Z", "vcs.modified", "true"}
+
 var clean = []string{"GOARCH", "amd64", "vcs", "git", "vcs.revision", "0313f53", "vcs.time", "2026-12-06T18:00:00Z", "vcs.modified", "false"}
 
 func TestSameBuild(t *testing.T) {
@@ -41,32 +45,37 @@ func TestSameBuild(t *testing.T) {
 	}
 	self := buildInfo("", clean...)
 	for _, c := range []struct {
-		name string
-		self *debug.BuildInfo
-		mon  *debug.BuildInfo
-		want string // "" or a part of the reason
+		name   string
+		self   *debug.BuildInfo
+		mon    *debug.BuildInfo
+		want   string // "" or a part of the reason
+		digest string
 	}{
-		{"the monitor build of the same revision", self, buildInfo(monitorTag, clean...), ""},
-		{"with gatevisor's own tags too", buildInfo("netgo", clean...), buildInfo("netgo,"+monitorTag, clean...), ""},
-		{"the full build again", self, buildInfo("", clean...), "tags"},
-		{"another revision", self, buildInfo(monitorTag, with(clean, "vcs.revision", "98c63fd")...), "vcs.revision"},
-		{"a modified tree", buildInfo("", with(clean, "vcs.modified", "true")...), buildInfo(monitorTag, with(clean, "vcs.modified", "true")...), "modified"},
-		{"the monitor from a modified tree", self, buildInfo(monitorTag, with(clean, "vcs.modified", "true")...), "modified"},
-		{"no revision", buildInfo(""), buildInfo(monitorTag), "without a version control revision"},
-		{"other settings", self, buildInfo(monitorTag, with(clean, "-ldflags", "-s")...), "-ldflags"},
-		{"another toolchain", self, func() *debug.BuildInfo { b := buildInfo(monitorTag, clean...); b.GoVersion = "go1.25.0"; return b }(), "go1.25.0"},
+		{"the monitor build of the same revision", self, buildInfo(monitorTag, clean...), "", ""},
+		{"with gatevisor's own tags too", buildInfo("netgo", clean...), buildInfo("netgo,"+monitorTag, clean...), "", ""},
+		{"the full build again", self, buildInfo("", clean...), "tags", ""},
+		{"another revision", self, buildInfo(monitorTag, with(clean, "vcs.revision", "98c63fd")...), "vcs.revision", ""},
+		{"a modified tree", buildInfo("", with(clean, "vcs.modified", "true")...), buildInfo(monitorTag, with(clean, "vcs.modified", "true")...), "modified", ""},
+		{"the monitor from a modified tree", self, buildInfo(monitorTag, with(clean, "vcs.modified", "true")...), "modified", ""},
+		{"no revision", buildInfo(""), buildInfo(monitorTag), "version-control revision", ""},
+		{"other settings", self, buildInfo(monitorTag, with(clean, "-ldflags", "-s")...), "-ldflags", ""},
+		{"another toolchain", self, func() *debug.BuildInfo { b := buildInfo(monitorTag, clean...); b.GoVersion = "go1.25.0"; return b }(), "go1.25.0", ""},
 		{"another dependency version", self, func() *debug.BuildInfo {
 			b := buildInfo(monitorTag, clean...)
 			b.Deps = []*debug.Module{{Path: "github.com/spf13/cobra", Version: "v1.9.0", Sum: "h1:b"}}
 			return b
-		}(), "cobra@v1.9.0"},
+		}(), "cobra@v1.9.0", ""},
 		{"fewer dependencies", func() *debug.BuildInfo {
 			b := buildInfo("", clean...)
 			b.Deps = append(b.Deps, &debug.Module{Path: "github.com/nats-io/nats-server/v2", Version: "v2.11.0", Sum: "h1:c"})
 			return b
-		}(), buildInfo(monitorTag, clean...), ""},
+		}(), buildInfo(monitorTag, clean...), "", ""},
+		{"stamped, from a modified tree", buildInfo("", with(dirty, "-ldflags", stamp)...), buildInfo(monitorTag, with(dirty, "-ldflags", stamp)...), "", "d1"},
+		{"stamped, no revision", buildInfo("", "-ldflags", stamp), buildInfo(monitorTag, "-ldflags", stamp), "", "d1"},
+		{"another stamp", buildInfo("", with(dirty, "-ldflags", stamp)...), buildInfo(monitorTag, with(dirty, "-ldflags", stamp+"x")...), "-ldflags", "d1"},
+		{"the monitor unstamped", buildInfo("", with(dirty, "-ldflags", stamp)...), buildInfo(monitorTag, dirty...), "-ldflags", "d1"},
 	} {
-		got := sameBuild(c.self, c.mon)
+		got := sameBuild(c.self, c.mon, c.digest)
 		if c.want == "" && got != "" || c.want != "" && !strings.Contains(got, c.want) {
 			t.Errorf("%s: sameBuild = %q, want %q", c.name, got, c.want)
 		}
