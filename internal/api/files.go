@@ -118,8 +118,30 @@ type Purge struct {
 	CanaryPagesAfter  int `json:"canary_pages_after"`
 	// Dropped says the guest kernel was made to drop its clean caches.
 	Dropped bool `json:"dropped"`
+	// Scrubbed counts the pages holding the canary that the guest
+	// kernel's page allocator held free (its buddy or per-CPU free lists,
+	// read with the guest stopped), zeroed from outside before it ran on.
+	Scrubbed int `json:"scrubbed"`
+	// Held are the pages that still held the canary after the scrub
+	// (the guest still stopped), with what the guest kernel says of each.
+	Held []PurgePage `json:"held,omitempty"`
 	// Errors are what could not be done or read.
 	Errors []string `json:"errors,omitempty"`
+}
+
+// PurgePage is a guest page that holds the canary and was not free.
+type PurgePage struct {
+	PFN  uint64 `json:"pfn"`
+	Kind string `json:"kind"`
+	// Owners are the processes whose memory it is (anonymous pages).
+	Owners []PurgeOwner `json:"owners,omitempty"`
+	Detail string       `json:"detail,omitempty"`
+}
+
+// PurgeOwner is a guest process holding a page.
+type PurgeOwner struct {
+	PID  int    `json:"pid"`
+	Comm string `json:"comm"`
 }
 
 // AuthRevokeResult answers POST /v1/auth/revoke.

@@ -391,7 +391,17 @@ func newAuthRevokeCmd() *cobra.Command {
 				fmt.Fprintf(out, "page cache of the served mounts (guest kernel's structures: %d mounts, %d inodes): %d pages before, %d after\n",
 					p.Mounts, p.Inodes, p.CachedPagesBefore, p.CachedPagesAfter)
 				if p.CanaryPagesBefore >= 0 {
-					fmt.Fprintf(out, "guest pages holding the canary (raw RAM scan): %d before, %d after\n", p.CanaryPagesBefore, p.CanaryPagesAfter)
+					fmt.Fprintf(out, "guest pages holding the canary (raw RAM scan): %d before, %d free ones scrubbed (guest stopped), %d after\n", p.CanaryPagesBefore, p.Scrubbed, p.CanaryPagesAfter)
+				}
+				for _, h := range p.Held {
+					fmt.Fprintf(out, "  held: pfn %#x: %s", h.PFN, termtext.Escape(h.Kind))
+					for _, o := range h.Owners {
+						fmt.Fprintf(out, ", pid %d (%s)", o.PID, termtext.Escape(o.Comm))
+					}
+					if h.Detail != "" {
+						fmt.Fprintf(out, " [%s]", termtext.Escape(h.Detail))
+					}
+					fmt.Fprintln(out)
 				}
 				for _, e := range p.Errors {
 					fmt.Fprintf(out, "not verified: %s\n", termtext.Escape(e))

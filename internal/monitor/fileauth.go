@@ -139,9 +139,16 @@ func (m *Monitor) endGrant(g *grant, why, canary string) api.Purge {
 		canary = g.canary
 	}
 	p := m.purge(canary)
-	m.recordGrant("auth.end", g, g.By, fmt.Sprintf("grant of %s %s; page cache of the served mounts: %d pages before, %d after (%d mounts, %d inodes); pages holding the canary (raw scan): %d before, %d after",
-		g.User, why, p.CachedPagesBefore, p.CachedPagesAfter, p.Mounts, p.Inodes, p.CanaryPagesBefore, p.CanaryPagesAfter))
-	m.logf("auth: grant of %s %s: page cache %d -> %d pages, canary %d -> %d pages", g.User, why, p.CachedPagesBefore, p.CachedPagesAfter, p.CanaryPagesBefore, p.CanaryPagesAfter)
+	reason := fmt.Sprintf("grant of %s %s; page cache of the served mounts: %d pages before, %d after (%d mounts, %d inodes); pages holding the canary (raw scan): %d before, %d free ones scrubbed, %d after",
+		g.User, why, p.CachedPagesBefore, p.CachedPagesAfter, p.Mounts, p.Inodes, p.CanaryPagesBefore, p.Scrubbed, p.CanaryPagesAfter)
+	if len(p.Held) > 0 {
+		reason += "; held after the scrub: " + heldText(p.Held)
+	}
+	if len(p.Errors) > 0 {
+		reason += "; not verified: " + strings.Join(p.Errors, "; ")
+	}
+	m.recordGrant("auth.end", g, g.By, reason)
+	m.logf("auth: grant of %s %s: page cache %d -> %d pages, canary %d -> %d pages (%d free scrubbed)", g.User, why, p.CachedPagesBefore, p.CachedPagesAfter, p.CanaryPagesBefore, p.CanaryPagesAfter, p.Scrubbed)
 	return p
 }
 
@@ -192,6 +199,11 @@ func (m *Monitor) purge(canary string) api.Purge {
 		p.Errors = append(p.Errors, "page cache walk: "+err.Error())
 	}
 	p.CanaryPagesBefore = scan()
+	if canary != "" && p.CanaryPagesBefore > 0 {
+		if err := m.scrubCanary(context.Background(), []byte(canary), &p); err != nil {
+			p.Errors = append(p.Errors, "scrub of the free pages holding the canary: "+err.Error())
+		}
+	}
 	if p.CachedPagesAfter, err = count(); err != nil {
 		p.Errors = append(p.Errors, "page cache walk: "+err.Error())
 	}

@@ -94,8 +94,9 @@ type fileState struct {
 	mods     map[string][]byte
 	verdicts verdictCounts
 
-	mu     sync.Mutex // guards layout
+	mu     sync.Mutex // guards layout and pages
 	layout *linux.P9Layout
+	pages  *linux.PageLayout
 }
 
 type fileShare struct {
@@ -434,8 +435,14 @@ func FileGateCoverage(cov policy.Coverage) policy.Coverage {
 // canaryPages counts the guest-physical pages that hold canary, by a raw
 // scan of guest RAM through the monitor's mapping.
 func (m *Monitor) canaryPages(canary []byte) (int, error) {
+	pfns, err := m.canaryPFNs(canary)
+	return len(pfns), err
+}
+
+// canaryPFNs are the guest page frames where canary starts, in order.
+func (m *Monitor) canaryPFNs(canary []byte) ([]uint64, error) {
 	if len(canary) < 8 || len(canary) > 4096 {
-		return 0, fmt.Errorf("canary of %d bytes: give 8 to 4096", len(canary))
+		return nil, fmt.Errorf("canary of %d bytes: give 8 to 4096", len(canary))
 	}
 	const chunk = 4 << 20
 	buf := make([]byte, chunk+len(canary)-1)
@@ -445,7 +452,7 @@ func (m *Monitor) canaryPages(canary []byte) (int, error) {
 			n := min(uint64(len(buf)), r.Size-off)
 			got, err := m.ram.ReadAt(buf[:n], int64(r.GPA+off))
 			if err != nil && got == 0 {
-				return 0, err
+				return nil, err
 			}
 			b := buf[:got]
 			for i := 0; ; {
@@ -458,5 +465,10 @@ func (m *Monitor) canaryPages(canary []byte) (int, error) {
 			}
 		}
 	}
-	return len(pages), nil
+	out := make([]uint64, 0, len(pages))
+	for pfn := range pages {
+		out = append(out, pfn)
+	}
+	slices.Sort(out)
+	return out, nil
 }

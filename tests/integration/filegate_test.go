@@ -14,6 +14,7 @@ import (
 	"github.com/pquerna/otp/totp"
 
 	"github.com/gatevisor/gatevisor/internal/api"
+	"github.com/gatevisor/gatevisor/internal/vmi/linux"
 )
 
 // fileGatePolicy: every rule is about served files (labelIs(served)): the
@@ -184,10 +185,30 @@ func TestFileGate(t *testing.T) {
 		t.Fatalf("purge: %+v", p)
 	}
 	fails(`cat /mnt/conf/secret.txt`)
+	checkHeld(t, p)
 	time.Sleep(4 * time.Second)
 	if r := sh(`cat /tmp/after`); strings.Contains(r.stdout, fileCanary) || !strings.Contains(r.stdout, "rc=1") {
 		t.Fatalf("a handle opened under the grant still read after the revoke: %q", r.stdout)
 	}
+	// Free pages holding the canary are scrubbed: a tmpfs file of copies,
+	// removed, leaves them in the guest allocator's free lists.
+	auth("60s")
+	must(`x=$(cat /mnt/conf/secret.txt); i=0; while [ $i -lt 2000 ]; do echo "$x"; i=$((i+1)); done >/tmp/copies; rm /tmp/copies; echo done`, "done")
+	r = gv(t, time.Minute, "auth", "revoke", name, "--user", "alice", "--json")
+	rev = api.AuthRevokeResult{}
+	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &rev) != nil {
+		t.Fatalf("auth revoke: %d %s %s", r.code, r.stdout, r.stderr)
+	}
+	p = rev.Purge
+	t.Logf("purge of freed copies: canary in %d guest pages, %d free ones scrubbed, %d after; held: %+v", p.CanaryPagesBefore, p.Scrubbed, p.CanaryPagesAfter, p.Held)
+	// 2,000 copies are 14 pages of tmpfs: freed by the rm, most are
+	// still free at the revoke.
+	if len(p.Errors) > 0 || p.Scrubbed < 5 || p.CanaryPagesAfter > p.CanaryPagesBefore-p.Scrubbed+2 {
+		t.Fatalf("purge: %+v", p)
+	}
+	checkHeld(t, p)
+	must(`echo alive`, "alive") // the guest runs on after its free pages were written
+
 	// Expiry.
 	auth("5s")
 	must(`cat /mnt/conf/secret.txt`, fileCanary)
@@ -252,4 +273,21 @@ func totpCode(t *testing.T, secret string, ahead int) string {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// checkHeld checks the purge's account of the pages still holding the
+// canary: none is free (free ones are scrubbed), each says what it is,
+// and anonymous memory names its processes.
+func checkHeld(t *testing.T, p api.Purge) {
+	t.Helper()
+	for _, h := range p.Held {
+		switch {
+		case h.Kind == linux.PageFreeBuddy || h.Kind == linux.PageFreePCP:
+			t.Errorf("a free page was left holding the canary: %+v", h)
+		case h.Kind == "" || h.Kind == linux.PageUnreadable:
+			t.Errorf("a page holding the canary was not classified: %+v", h)
+		case h.Kind == linux.PageAnon && len(h.Owners) == 0 && h.Detail == "":
+			t.Errorf("anonymous page without its owners: %+v", h)
+		}
+	}
 }
