@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/gatevisor/gatevisor/internal/kit"
+	"github.com/gatevisor/gatevisor/internal/vmi/linux"
 )
 
 func init() { addSubcommand(newKitCmd) }
@@ -38,7 +39,7 @@ func newKitBuildCmd() *cobra.Command {
 	var adds []string
 	var apt, suite, name, arch string
 	cmd := &cobra.Command{
-		Use:   "build [--arch arm64] [--kernel-suite SUITE [--name NAME]] [--force] [--add HOST:GUEST ...]",
+		Use:   "build [--arch arm64|armhf] [--kernel-suite SUITE [--name NAME]] [--force] [--add HOST:GUEST ...]",
 		Short: "Build the default guest kit or a named one, or verify the cached one",
 		Long: `Build the default guest kit, or verify the cached one and reuse it.
 
@@ -52,6 +53,12 @@ of --name) is reused unless --force.
 bookworm, or --kernel-suite), booted on QEMU's virt machine with
 qemu-system-aarch64 (Debian's qemu-system-arm); its name ends in the
 kernel release's -arm64 (bookworm-6.1.0-57-arm64).
+
+--arch armhf builds a named kit of Debian's 32-bit ARM kernel (armmp) and
+busybox, booted with qemu-system-arm -machine virt -cpu cortex-a15 (named
+bookworm-6.1.0-57-armmp). The armmp kernel has no .BTF, so the build also
+downloads the kernel's -dbg package once (~620 MB) and writes the kernel's
+symbol table (symbols.json, from its DWARF) into the kit; run --kit uses it.
 
 --add HOST:GUEST places a host file (or directory, recursively) into the kit's
 initramfs at GUEST; the set of added files is replaced on every build, so
@@ -85,7 +92,7 @@ initramfs at GUEST; the set of added files is replaced on every build, so
 			if _, err := kit.LookupSuite(suite); err != nil {
 				return err
 			}
-			opts := kit.Options{Progress: cmd.ErrOrStderr(), Force: force, AptSource: apt, Suite: suite, Name: name, Arch: arch}
+			opts := kit.Options{Progress: cmd.ErrOrStderr(), Force: force, AptSource: apt, Suite: suite, Name: name, Arch: arch, WriteSymbols: linux.WriteISFFile}
 			if _, err := kit.Ensure(ctx, opts); err != nil {
 				return err
 			}
@@ -108,7 +115,7 @@ initramfs at GUEST; the set of added files is replaced on every build, so
 	cmd.Flags().StringArrayVar(&adds, "add", nil, "add a host file to the initramfs as HOST:GUEST (repeatable)")
 	cmd.Flags().StringVar(&apt, "apt", "auto", "apt configuration that fetches the packages: auto (the host's on Debian bookworm, or the host's if it has --kernel-suite's lists; else a private one), host, or private")
 	cmd.Flags().StringVar(&suite, "kernel-suite", "", "build a named kit from this Debian suite: bookworm-backports (Debian's 6.12 kernel), trixie, or bookworm (default: the default kit)")
-	cmd.Flags().StringVar(&arch, "arch", "", "the kit's architecture: amd64 (the default) or arm64 (a named kit, booted with qemu-system-aarch64)")
+	cmd.Flags().StringVar(&arch, "arch", "", "the kit's architecture: amd64 (the default), arm64 (a named kit, booted with qemu-system-aarch64) or armhf (qemu-system-arm)")
 	cmd.Flags().StringVar(&name, "name", "", "with --kernel-suite, the named kit's name (default: SUITE-KERNELRELEASE)")
 	return cmd
 }

@@ -295,6 +295,10 @@ type runValues struct {
 	net       monitor.NetOptions
 	arch      string // the kit's architecture (--kit)
 	files     []monitor.FileShare
+
+	// kitSymbols is the kit's symbol table when run --kit names a kit
+	// that has one (armhf) and --symbols is not given.
+	kitSymbols string
 }
 
 // validateRun checks every flag of run before anything starts, each error
@@ -324,6 +328,9 @@ func validateRun(o *runOptions) (runValues, error) {
 		}
 		if err == nil {
 			v.arch = k.Arch()
+			if o.symbols == "" {
+				v.kitSymbols = k.SymbolsPath() // a kernel without .BTF: the kit's own table
+			}
 		}
 	}
 	if o.cpus < 1 || o.cpus > qemu.MaxCPUs {
@@ -450,7 +457,11 @@ func monitorConfig(o *runOptions, v runValues, g guest) (monitor.Config, error) 
 	if err != nil {
 		return monitor.Config{}, err
 	}
-	prof, symbols, err := openSymbols(o.symbols)
+	symPath := o.symbols
+	if symPath == "" {
+		symPath = v.kitSymbols
+	}
+	prof, symbols, err := openSymbols(symPath)
 	if err != nil {
 		return monitor.Config{}, err
 	}

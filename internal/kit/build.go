@@ -218,6 +218,14 @@ func buildTemp(ctx context.Context, opts *Options, cacheDir string) (string, *Ma
 			return tmp, nil, err
 		}
 	}
+	if arch.name == ArchARMHF {
+		sum, dbg, err := armhfSymbols(ctx, f, opts, kern, tmp)
+		if err != nil {
+			return tmp, nil, err
+		}
+		m.Symbols = &sum
+		m.Packages = append(m.Packages, dbg)
+	}
 	if err := writeManifest(tmp, &m); err != nil {
 		return tmp, nil, err
 	}

@@ -69,6 +69,11 @@ type Options struct {
 	// Arch is the kit's architecture: ArchAMD64 ("") or ArchARM64. An
 	// arm64 kit is always a named kit (the default kit is amd64).
 	Arch string
+	// WriteSymbols writes the symbol table (structure layouts and
+	// symbols) of a vmlinux with DWARF to a file, for kits whose kernel
+	// has no .BTF (armhf); the caller passes vmi/linux's writer, which
+	// this package may not import.
+	WriteSymbols func(vmlinux, out string) error
 }
 
 // Kit is a bootable guest kit.
@@ -182,6 +187,11 @@ func Load(dir string) (*Kit, error) {
 			return nil, err
 		}
 	}
+	if m.Symbols != nil {
+		if err := m.Symbols.verify(dir); err != nil {
+			return nil, err
+		}
+	}
 	name := DefaultName
 	if m.Suite != "" {
 		name = filepath.Base(dir)
@@ -272,6 +282,10 @@ type Manifest struct {
 	Modules        []Module      `json:"modules"` // in load order
 	BusyboxApplets int           `json:"busybox_applets"`
 	ExtraFiles     []ExtraFile   `json:"extra_files,omitempty"`
+
+	// Symbols is the kernel's symbol table (an ISF from its -dbg
+	// package's DWARF) for a kernel without .BTF: armhf kits.
+	Symbols *FileSum `json:"symbols,omitempty"`
 }
 
 // PackageInfo is one Debian package the kit was made from.

@@ -54,6 +54,9 @@ func Locate(mem vmi.PhysicalMemory, prof *Profile, regs Registers) (*Kernel, err
 	if prof.IsARM64() {
 		return locateARM64(mem, prof, regs)
 	}
+	if prof.IsARMHF() {
+		return locateARMHF(mem, prof, regs)
+	}
 	text, err := prof.Symbol("_text")
 	if err != nil {
 		return nil, err

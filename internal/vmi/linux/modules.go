@@ -183,6 +183,9 @@ func (k *Kernel) readModule(l *moduleLayout, addr uint64, buf []byte, strict boo
 // (most recently loaded first). Entries that do not validate are skipped and
 // counted in an *IncompleteError.
 func (k *Kernel) Modules() ([]Module, error) {
+	if k.Profile.Is32() {
+		return k.modules32()
+	}
 	l := layoutForModules(k.Profile)
 	if l.err != nil {
 		return nil, l.err

@@ -163,6 +163,9 @@ func NewProfileWith(img []byte, opts ProfileOptions) (*Profile, error) {
 	if isARM64Image(img) {
 		return newARM64Profile(img, opts)
 	}
+	if isZImage(img) {
+		return newARMHFProfile(img, opts)
+	}
 	vmlinux, comp, err := ExtractVmlinux(img)
 	if err != nil {
 		return nil, err

@@ -177,6 +177,9 @@ func NewImageFacts(img []byte, prof *Profile) (*ImageFacts, error) {
 	if prof.IsARM64() {
 		return newARM64ImageFacts(img, prof)
 	}
+	if prof.IsARMHF() {
+		return newARMHFImageFacts(img, prof)
+	}
 	vmlinux, _, err := ExtractVmlinux(img)
 	if err != nil {
 		return nil, err
@@ -385,12 +388,16 @@ func (k *Kernel) SyscallTable() ([]SyscallEntry, error) {
 	if n > maxSyscalls {
 		n = maxSyscalls
 	}
-	buf := make([]byte, 8*n)
+	ps := 8 // a slot: a pointer (4 bytes on 32-bit ARM)
+	if k.Profile.Is32() {
+		ps = 4
+	}
+	buf := make([]byte, ps*n)
 	readErr := make([]error, n)
 	if _, err := k.AS.ReadVirtual(table, buf); err != nil {
 		// Read slot by slot to tell which ones are unreadable.
 		for i := range n {
-			if _, err := k.AS.ReadVirtual(table+uint64(8*i), buf[8*i:8*i+8]); err != nil {
+			if _, err := k.AS.ReadVirtual(table+uint64(ps*i), buf[ps*i:ps*i+ps]); err != nil {
 				readErr[i] = err
 			}
 		}
@@ -399,7 +406,7 @@ func (k *Kernel) SyscallTable() ([]SyscallEntry, error) {
 	var mods *ModuleMap
 	var physPage, physVA uint64 = 0, 1 // one translation per page
 	for i := range n {
-		e := SyscallEntry{Nr: i, SlotAddr: table + uint64(8*i)}
+		e := SyscallEntry{Nr: i, SlotAddr: table + uint64(ps*i)}
 		want := facts.SyscallTable[i] + k.Slide
 		e.Name = k.symbolName(want)
 		if va := e.SlotAddr &^ (vmi.PageSize4K - 1); va != physVA {
@@ -415,7 +422,11 @@ func (k *Kernel) SyscallTable() ([]SyscallEntry, error) {
 			out = append(out, e)
 			continue
 		}
-		e.Addr = binary.LittleEndian.Uint64(buf[8*i:])
+		if ps == 4 {
+			e.Addr = uint64(binary.LittleEndian.Uint32(buf[ps*i:]))
+		} else {
+			e.Addr = binary.LittleEndian.Uint64(buf[8*i:])
+		}
 		e.Symbol = k.symbolName(e.Addr)
 		e.InCoreText = k.inCoreText(e.Addr)
 		switch {
@@ -523,6 +534,9 @@ func (k *Kernel) inCoreText(va uint64) bool {
 // for findings. The direct map and vmalloc bases are randomised: they are
 // read from page_offset_base and vmalloc_base when the kernel has them.
 func (k *Kernel) region(va uint64) string {
+	if k.Profile.Is32() {
+		return k.regionARMHF(va)
+	}
 	// x86-64 virtual memory regions (Documentation/arch/x86/x86_64/mm.rst).
 	const (
 		modStart     = startKernelMap + kernelImageSize // MODULES_VADDR

@@ -818,6 +818,9 @@ func (r *taskReader) dPath(vfsmnt, dentry uint64) (string, error) {
 // Entries that do not validate are skipped and counted: the error is then an
 // *IncompleteError and the tasks returned are still valid.
 func (k *Kernel) Tasks() ([]Task, error) {
+	if k.Profile.Is32() {
+		return k.tasks32()
+	}
 	r, err := k.newTaskReader()
 	if err != nil {
 		return nil, err
