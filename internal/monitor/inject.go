@@ -28,7 +28,9 @@ import (
 // there; its stack pointer tells the return from another interrupt), the
 // result is taken from rax, every register is put back and the breakpoint
 // removed: the handler then runs as if nothing had happened. See
-// docs/design.md#response-from-below.
+// docs/design.md#response-from-below. On arm64 guests the same, in
+// AAPCS64 (inject_aarch64.go): arguments in x0-x5, the return address in
+// x30, the result in x0.
 
 // safePoints are the functions a kernel call may be made at, best first.
 var safePoints = []string{"hrtimer_interrupt"}
@@ -45,6 +47,7 @@ const (
 // kernelCall is one injected call.
 type kernelCall struct {
 	fn, at uint64 // the function; the safe point (a breakpoint)
+	abi    *callABI
 	// prepare, with the VM stopped at the safe point, returns the
 	// function's arguments (at most 6: rdi, rsi, rdx, rcx, r8, r9), or
 	// an error that cancels the call.
@@ -73,14 +76,62 @@ type injector struct {
 	cur    *kernelCall
 }
 
-// callArgRegs are the x86-64 System V argument registers, in order.
-var callArgRegs = []string{"rdi", "rsi", "rdx", "rcx", "r8", "r9"}
+// callABI is how a kernel call is made in the guest's calling convention.
+type callABI struct {
+	// args are the argument registers, in order.
+	args []string
+	// saved are the registers a call may change and that are put back
+	// after it, the flags last.
+	saved []string
+	// pc, sp and ret name the program counter, the stack pointer and the
+	// register of the result.
+	pc, sp, ret string
+	// link, when set, is the register a call leaves its return address in
+	// (arm64's x30); else a call pushes it (x86-64).
+	link string
+}
 
-// callSavedRegs are the registers a call may change and that are put back
-// after it: the caller-saved ones, the stack and instruction pointers and
-// the flags (the callee saves the others, and kernel code leaves the
-// vector registers alone).
-var callSavedRegs = []string{"rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "eflags"}
+// callX86 is the x86-64 System V convention: arguments in rdi, rsi, rdx,
+// rcx, r8, r9; the caller-saved registers, the stack and instruction
+// pointers and the flags are put back (the callee saves the others, and
+// kernel code leaves the vector registers alone).
+var callX86 = &callABI{
+	args:  []string{"rdi", "rsi", "rdx", "rcx", "r8", "r9"},
+	saved: []string{"rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "eflags"},
+	pc:    "rip", sp: "rsp", ret: "rax",
+}
+
+// callABI returns the guest's calling convention.
+func (m *Monitor) callABI() *callABI {
+	if m.isARM64() {
+		return callARM64
+	}
+	return callX86
+}
+
+// frame returns the stack pointer the function starts with, below the
+// interrupted one sp, and the memory the call needs written there: as a
+// call instruction leaves it (x86-64: the return address ret at a stack
+// pointer 8 bytes off 16-byte alignment; arm64: 16-byte aligned, nothing
+// pushed).
+func (a *callABI) frame(sp, ret uint64) (frame uint64, mem []byte) {
+	if a.link != "" {
+		return (sp - callFrameGap) &^ 0xf, nil
+	}
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], ret)
+	return ((sp - callFrameGap) &^ 0xf) - 8, b[:]
+}
+
+// returned reports whether a vCPU at the safe point with stack pointer sp
+// is the call with frame returning (x86-64: ret popped the return
+// address; arm64: ret leaves sp as the function found it).
+func (a *callABI) returned(sp, frame uint64) bool {
+	if a.link != "" {
+		return sp == frame
+	}
+	return sp == frame+8
+}
 
 // callFrameGap is how far below the interrupted stack pointer the call's
 // frame starts: clear of anything the handler's caller left there.
@@ -115,7 +166,7 @@ func (m *Monitor) callKernel(ctx context.Context, fn string, waitSafe time.Durat
 	}
 	m.inj.serial.Lock()
 	defer m.inj.serial.Unlock()
-	call := &kernelCall{fn: fnAddr, at: at, prepare: prepare, done: make(chan callResult, 1), began: time.Now()}
+	call := &kernelCall{fn: fnAddr, at: at, abi: m.callABI(), prepare: prepare, done: make(chan callResult, 1), began: time.Now()}
 	m.inj.mu.Lock()
 	m.inj.cur = call
 	m.inj.mu.Unlock()
@@ -183,7 +234,7 @@ func (m *Monitor) onCallStop(ctx context.Context, c *gdbrsp.Client, tid int) (bo
 	if err != nil {
 		return false, err
 	}
-	if regs["rip"] != call.at {
+	if regs[call.abi.pc] != call.at {
 		return false, nil
 	}
 	m.inj.mu.Lock()
@@ -192,14 +243,14 @@ func (m *Monitor) onCallStop(ctx context.Context, c *gdbrsp.Client, tid int) (bo
 	case callWaiting:
 		return true, m.startCall(ctx, c, call, tid, regs)
 	case callRunning:
-		if tid != call.tid || regs["rsp"] != call.frame+8 {
+		if tid != call.tid || !call.abi.returned(regs[call.abi.sp], call.frame) {
 			// Another vCPU's timer interrupt: it goes on past the
 			// breakpoint (a single step; QEMU does not stop a step at a
 			// breakpoint).
 			_, err := c.StepThread(ctx, tid)
 			return true, err
 		}
-		return true, m.endCall(ctx, c, call, regs["rax"])
+		return true, m.endCall(ctx, c, call, regs[call.abi.ret])
 	}
 	return false, nil
 }
@@ -221,32 +272,35 @@ func (m *Monitor) startCall(ctx context.Context, c *gdbrsp.Client, call *kernelC
 	if err != nil {
 		return abort(err)
 	}
-	if len(args) > len(callArgRegs) {
-		return abort(fmt.Errorf("%d arguments, at most %d", len(args), len(callArgRegs)))
+	abi := call.abi
+	if len(args) > len(abi.args) {
+		return abort(fmt.Errorf("%d arguments, at most %d", len(args), len(abi.args)))
 	}
-	saved := make(map[string]uint64, len(callSavedRegs))
-	for _, r := range callSavedRegs {
+	saved := make(map[string]uint64, len(abi.saved))
+	for _, r := range abi.saved {
 		v, ok := regs[r]
 		if !ok {
 			return abort(fmt.Errorf("kernel call: the gdbstub did not report %s", r))
 		}
 		saved[r] = v
 	}
-	// A frame as a call instruction leaves it: the return address at a
-	// stack pointer 8 bytes off 16-byte alignment.
-	frame := ((saved["rsp"] - callFrameGap) &^ 0xf) - 8
-	var ret [8]byte
-	binary.LittleEndian.PutUint64(ret[:], call.at)
-	if err := c.WriteMemory(ctx, frame, ret[:]); err != nil {
-		return abort(fmt.Errorf("kernel call: write the return address: %w", err))
+	// A frame as a call instruction leaves it, returning to the safe point.
+	frame, mem := abi.frame(saved[abi.sp], call.at)
+	if len(mem) > 0 {
+		if err := c.WriteMemory(ctx, frame, mem); err != nil {
+			return abort(fmt.Errorf("kernel call: write the return address: %w", err))
+		}
 	}
-	writes := []gdbrsp.RegValue{{Name: "rsp", Value: frame}, {Name: "rip", Value: call.fn}}
+	writes := []gdbrsp.RegValue{{Name: abi.sp, Value: frame}, {Name: abi.pc, Value: call.fn}}
+	if abi.link != "" {
+		writes = append(writes, gdbrsp.RegValue{Name: abi.link, Value: call.at})
+	}
 	for i, a := range args {
-		writes = append(writes, gdbrsp.RegValue{Name: callArgRegs[i], Value: a})
+		writes = append(writes, gdbrsp.RegValue{Name: abi.args[i], Value: a})
 	}
 	if err := c.WriteRegisters(ctx, writes); err != nil {
 		// Some may have taken: put everything back before anything runs.
-		rerr := c.WriteRegisters(ctx, regValues(saved))
+		rerr := c.WriteRegisters(ctx, abi.regValues(saved))
 		cerr := abort(fmt.Errorf("kernel call: set up the call: %w", err))
 		if rerr != nil {
 			return fmt.Errorf("%w: vCPU %d's registers could not be put back after a failed call setup: %w", errKeepStopped, tid-1, rerr)
@@ -265,7 +319,7 @@ func (m *Monitor) startCall(ctx context.Context, c *gdbrsp.Client, call *kernelC
 func (m *Monitor) endCall(ctx context.Context, c *gdbrsp.Client, call *kernelCall, ret uint64) error {
 	took := time.Since(call.began)
 	call.state = callDone
-	if err := c.WriteRegisters(ctx, regValues(call.saved)); err != nil {
+	if err := c.WriteRegisters(ctx, call.abi.regValues(call.saved)); err != nil {
 		call.done <- callResult{ret: ret, waited: call.waited, running: took, err: err}
 		return fmt.Errorf("%w: vCPU %d's registers could not be put back after a kernel call: %w", errKeepStopped, call.tid-1, err)
 	}
@@ -275,9 +329,9 @@ func (m *Monitor) endCall(ctx context.Context, c *gdbrsp.Client, call *kernelCal
 }
 
 // regValues lists saved registers for a write, the flags last.
-func regValues(saved map[string]uint64) []gdbrsp.RegValue {
-	out := make([]gdbrsp.RegValue, 0, len(callSavedRegs))
-	for _, r := range callSavedRegs {
+func (a *callABI) regValues(saved map[string]uint64) []gdbrsp.RegValue {
+	out := make([]gdbrsp.RegValue, 0, len(a.saved))
+	for _, r := range a.saved {
 		out = append(out, gdbrsp.RegValue{Name: r, Value: saved[r]})
 	}
 	return out

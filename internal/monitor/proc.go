@@ -11,6 +11,7 @@ import (
 	"github.com/gatevisor/gatevisor/internal/api"
 	"github.com/gatevisor/gatevisor/internal/event"
 	"github.com/gatevisor/gatevisor/internal/monitoring"
+	"github.com/gatevisor/gatevisor/internal/qemu"
 	"github.com/gatevisor/gatevisor/internal/secserver"
 	"github.com/gatevisor/gatevisor/internal/vmi/linux"
 )
@@ -93,8 +94,8 @@ func (m *Monitor) procAction(ctx context.Context, action string, req api.ProcReq
 	if !slices.Contains(api.ProcActions, action) {
 		return api.ProcResult{}, apiErr(api.CodeBadRequest, "unknown process action %q: use one of %v", action, api.ProcActions)
 	}
-	if m.isARM64() {
-		return api.ProcResult{}, apiErr(api.CodeUnavailable, "process actions from below are not implemented for arm64 guests: the kernel call at the timer interrupt (inject.go) builds an x86-64 frame and reads rax")
+	if a := m.cfg.Arch; a != "" && a != qemu.ArchAMD64 && a != qemu.ArchARM64 {
+		return api.ProcResult{}, apiErr(api.CodeUnavailable, "process actions from below are not implemented for %s guests: the kernel call at the timer interrupt (inject.go) knows the x86-64 and AAPCS64 calling conventions only", a)
 	}
 	if err := m.checkRunning(); err != nil {
 		return api.ProcResult{}, err
