@@ -36,8 +36,8 @@ and lets the guest run. While no monitor runs, the guest is stopped.
 An isolated network or a tap is kept: the network gate's open flows and
 the guest's address cross over, and the network's switch and services run
 in a process of their own. Not yet for VMs on the user-mode NAT (--net
-user), with served files, a fleet agent or a foreground console: refused,
-nothing changed.`,
+user), with served files or a foreground console: refused, nothing
+changed. A monitor in a fleet stays in it.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return withVMFor(cmd, args[0], lifecycleTimeout, func(ctx context.Context, c *apiclient.Client) error {
@@ -130,6 +130,14 @@ func resumeMonitor(ctx context.Context, fd int) error {
 	if timeout <= 0 {
 		timeout = monitor.DefaultStopTimeout
 	}
+	leave, beforeHandOff, err := rejoinFleet(h, m, cfg)
+	if err != nil {
+		m.Close()
+		return err
+	}
+	if leave != nil {
+		defer leave()
+	}
 	go stopOnSignals(m, sigs, timeout, os.Stderr)
-	return waitOrUpgrade(m, shutdown, timeout)
+	return waitOrUpgrade(m, shutdown, timeout, beforeHandOff)
 }

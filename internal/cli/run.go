@@ -248,6 +248,7 @@ func runVM(ctx context.Context, o *runOptions) error {
 		return err
 	}
 	defer shutdown()
+	var beforeHandOff func(*monitor.Handover) error
 	if o.fleet {
 		leave, err := joinFleet(o, m, cfg)
 		if err != nil {
@@ -255,27 +256,33 @@ func runVM(ctx context.Context, o *runOptions) error {
 			return err
 		}
 		defer leave()
-		m.BlockUpgrade("the VM is in a fleet (run --fleet): the agent is the monitor's, and the hand-over does not carry it yet")
+		beforeHandOff = fleetUpgrade(o, leave)
 	}
 	if err := m.Run(ctx); err != nil {
 		return err
 	}
 	go stopOnSignals(m, sigs, o.stopTimeout, status)
-	return waitOrUpgrade(m, shutdown, o.stopTimeout)
+	return waitOrUpgrade(m, shutdown, o.stopTimeout, beforeHandOff)
 }
 
 // waitOrUpgrade waits until the VM is over, or until an upgrade asks for
 // this monitor to be replaced: it then stops serving the API (the upgrade
-// request is answered first), hands the monitor off and execs the new
+// request is answered first), runs beforeHandOff (nil: nothing; the fleet
+// agent's part), hands the monitor off and execs the new
 // binary in place (monitor-resume). If the hand-off or the exec fails,
 // the guest, stopped for the upgrade, ends with this process.
-func waitOrUpgrade(m *monitor.Monitor, shutdown func(), stopTimeout time.Duration) error {
+func waitOrUpgrade(m *monitor.Monitor, shutdown func(), stopTimeout time.Duration, beforeHandOff func(*monitor.Handover) error) error {
 	select {
 	case <-m.Done():
 		return m.Err()
 	case h := <-m.UpgradeRequested():
 		shutdown()
 		h.StopTimeout = stopTimeout
+		if beforeHandOff != nil {
+			if err := beforeHandOff(h); err != nil {
+				return fmt.Errorf("upgrade: %w (the VM ended)", err)
+			}
+		}
 		fd, err := m.HandOff(h)
 		if err != nil {
 			return fmt.Errorf("upgrade: %w (the VM ended)", err)

@@ -71,6 +71,9 @@ type Handover struct {
 	Net *NetHandover `json:"net,omitempty"`
 	// Frozen are the processes gatevisor keeps stopped (proc freeze).
 	Frozen []FrozenProc `json:"frozen,omitempty"`
+	// Caller is the state of the command around the monitor (the CLI's
+	// fleet agent), carried as it gives it.
+	Caller json.RawMessage `json:"caller,omitempty"`
 }
 
 // FrozenProc is a frozen process as it crosses a hand-over.

@@ -263,8 +263,15 @@ func TestFleet(t *testing.T) {
 		})
 	}
 	checkAll("every audit record of every VM in the fleet, once, after a node was lost")
+	// A monitor upgrade keeps fleet-b in the fleet: what it decides after
+	// it is published, once (the policy push below reaches it too).
+	if r := gv(t, 3*time.Minute, "upgrade", "fleet-b"); r.code != 0 {
+		t.Fatalf("upgrade fleet-b: exit %d %s%s", r.code, r.stdout, r.stderr)
+	}
+	deny("fleet-b", "upgraded")
+	checkAll("every audit record of every VM in the fleet, once, after fleet-b's monitor upgrade")
 	r := gv(t, time.Minute, "fleet", "events", "--vm", "fleet-b", "--kind", "decision.exec")
-	if r.code != 0 || strings.Count(r.stdout, "deny exec /tmp/fleet/") != 2 || strings.Contains(r.stdout, "fleet-a") {
+	if r.code != 0 || strings.Count(r.stdout, "deny exec /tmp/fleet/") != 3 || strings.Contains(r.stdout, "fleet-a") {
 		t.Errorf("fleet events --vm fleet-b --kind decision.exec: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
 
