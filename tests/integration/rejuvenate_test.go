@@ -80,6 +80,11 @@ func TestRejuvenation(t *testing.T) {
 	}
 	t.Cleanup(func() { gv(t, 2*time.Minute, "stop", vm, "--force") })
 	state := filepath.Join(env.stateDir, "gatevisor", "vms", vm)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(monitorLogTail(state))
+		}
+	})
 	leaseIPv4(t, vm, "10.0.2.")
 	guestSh(t, vm, "cp /bin/busybox /tmp/bb")
 	if rc := deniedExec(t, vm); rc != "126" {
@@ -392,6 +397,16 @@ func zombies(pid int) []int {
 	return out
 }
 
+// monitorLogTail is the end of the monitor's log in a VM's state
+// directory, for a failure's message.
+func monitorLogTail(state string) string {
+	b, err := os.ReadFile(filepath.Join(state, "monitor.log"))
+	if err != nil {
+		return "(no monitor log: " + err.Error() + ")"
+	}
+	return "monitor log (end):\n" + tail(b)
+}
+
 // stopAcrossUpgrade stops VM vm at once, retrying for a minute: a test
 // that failed while its monitor was replacing itself finds the API down
 // for a moment, and must not leave the VM running.
@@ -510,6 +525,11 @@ net default: allow
 	}
 	t.Cleanup(func() { stopAcrossUpgrade(t, vm) })
 	state := filepath.Join(env.stateDir, "gatevisor", "vms", vm)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(monitorLogTail(state))
+		}
+	})
 	leaseIPv4(t, vm, "10.0.2.")
 	guestSh(t, vm, "cp /bin/busybox /tmp/bb")
 	if rc := deniedExec(t, vm); rc != "126" {
