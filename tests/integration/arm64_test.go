@@ -24,8 +24,10 @@ import (
 // below and agree with the guest's own view; then threads, files,
 // sockets, check (what does not run on arm64 reported as such) and the
 // four first verbs on a dump; one network-gate verdict (an outbound telnet
-// flow reset and attributed to nc). A policy with a syscall rule
-// is refused for it (no kernel gate on arm64 yet: fail closed).
+// flow reset and attributed to nc). The VM runs under a kernel-gate policy
+// armed at boot: an open denied at an LSM hook, a mkdirat killed at its
+// handler, an exec killed at an LSM hook; and a process killed from below
+// (proc kill).
 func TestARM64(t *testing.T) {
 	needVM(t)
 	if _, err := exec.LookPath("qemu-system-aarch64"); err != nil {
@@ -116,6 +118,16 @@ subject roles admin when uidEq(0);
 			if !seen {
 				t.Errorf("audit log: no record %q", k)
 			}
+		}
+		// A process killed from below: send_sig_info called at a timer
+		// interrupt in AAPCS64.
+		r = guestSh(t, vm, "sleep 600 >/dev/null 2>&1 & echo $!")
+		pid := strings.TrimSpace(r.stdout)
+		if k := gv(t, time.Minute, "proc", "kill", vm, pid); k.code != 0 || !strings.Contains(k.stdout, "sent SIGKILL") {
+			t.Fatalf("proc kill %s %s: exit %d\n%s%s", vm, pid, k.code, k.stdout, k.stderr)
+		}
+		if r := guestSh(t, vm, "cat /proc/"+pid+"/stat 2>/dev/null | cut -d' ' -f3"); strings.TrimSpace(r.stdout) != "" && strings.TrimSpace(r.stdout) != "Z" {
+			t.Errorf("pid %s after proc kill: state %q, want gone or a zombie", pid, r.stdout)
 		}
 	})
 	ids := func(args ...string) result {
