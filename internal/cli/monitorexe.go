@@ -159,13 +159,18 @@ func sameBuild(self, mon *debug.BuildInfo, digest string) string {
 	if got := m["-tags"]; !sameTags(got, want) {
 		return fmt.Sprintf("built with tags %q, want %q", got, want)
 	}
+	// Whether cgo is on changes only the standard library's choices (the
+	// DNS resolver, user lookups: gatevisor's own code has no cgo), and
+	// scripts/build builds the monitor without it: a static executable
+	// maps no libc (1.4 MiB of its memory).
+	ignore := func(k string) bool { return k == "-tags" || strings.HasPrefix(k, "CGO_") }
 	for k, v := range s {
-		if k != "-tags" && m[k] != v {
+		if !ignore(k) && m[k] != v {
 			return fmt.Sprintf("built with %s=%q, gatevisor with %q", k, m[k], v)
 		}
 	}
 	for k, v := range m {
-		if _, ok := s[k]; !ok && k != "-tags" {
+		if _, ok := s[k]; !ok && !ignore(k) {
 			return fmt.Sprintf("built with %s=%q, gatevisor without it", k, v)
 		}
 	}

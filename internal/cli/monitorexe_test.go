@@ -70,6 +70,7 @@ func TestSameBuild(t *testing.T) {
 			b.Deps = append(b.Deps, &debug.Module{Path: "github.com/nats-io/nats-server/v2", Version: "v2.11.0", Sum: "h1:c"})
 			return b
 		}(), buildInfo(monitorTag, clean...), "", ""},
+		{"the monitor without cgo", buildInfo("", with(clean, "CGO_ENABLED", "1", "CGO_CFLAGS", "")...), buildInfo(monitorTag, with(clean, "CGO_ENABLED", "0")...), "", ""},
 		{"stamped, from a modified tree", buildInfo("", with(dirty, "-ldflags", stamp)...), buildInfo(monitorTag, with(dirty, "-ldflags", stamp)...), "", "d1"},
 		{"stamped, no revision", buildInfo("", "-ldflags", stamp), buildInfo(monitorTag, "-ldflags", stamp), "", "d1"},
 		{"another stamp", buildInfo("", with(dirty, "-ldflags", stamp)...), buildInfo(monitorTag, with(dirty, "-ldflags", stamp+"x")...), "-ldflags", "d1"},
