@@ -36,6 +36,8 @@ type idsTarget struct {
 	detail  detailOpts
 	frozen  []int // processes the VM's monitor keeps stopped
 	served  bool  // files --served: only the file gate's shares (idsfiles.go)
+	// addresses is syscalls --addresses: the seed's format (ids_seed.go).
+	addresses bool
 }
 
 // joinInts is "1, 2, 3".
@@ -91,6 +93,7 @@ or QEMU's dump-guest-memory, or a raw image of RAM from address 0).`,
 	}
 	t.detail.addFlags(cmd)
 	pf.BoolVar(&t.served, "served", false, "with files and --vm: only the files the monitor serves (run --files), who holds them open")
+	pf.BoolVar(&t.addresses, "addresses", false, "with syscalls: one line per entry, the handler's address and name, as the source paper's ids syscall printed them (c001b10c sys_exit)")
 	return cmd
 }
 
@@ -123,7 +126,11 @@ func runIDS(ctx context.Context, t *idsTarget, query string) error {
 		}
 		code = findingsExit(query, raw)
 	} else {
-		err := printIDS(os.Stdout, query, raw)
+		printer := printIDS
+		if t.addresses && query == "syscalls" {
+			printer = printSyscallAddresses
+		}
+		err := printer(os.Stdout, query, raw)
 		if ec := exitCodeOf(err); ec != 0 {
 			code, err = ec, nil
 		}

@@ -224,6 +224,8 @@ func armhfAt(mem vmi.PhysicalMemory, prof *Profile, regs Registers, phys, text, 
 			lastErr = fmt.Errorf("%w: the tables map _text to %#x, the banner puts it at %#x", ErrKASLR, pa, phys)
 			continue
 		}
+		// Translate does not cache ARMv7 walks; callers invalidate it.
+		as.Cache = vmi.NewTranslationCache()
 		return &Kernel{Profile: prof, Mem: mem, AS: as, PhysBase: phys}, nil
 	}
 	return nil, lastErr

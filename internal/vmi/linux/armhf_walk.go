@@ -200,3 +200,134 @@ func (l *moduleLayout) parseModule32(b []byte, addr uint64) (Module, error) {
 	}
 	return m, nil
 }
+
+// modulesFromSysfs32 is ModulesFromSysfs for a 32-bit kernel: the modules
+// module_kset's kobjects (/sys/module) point to.
+func (k *Kernel) modulesFromSysfs32() ([]Module, error) {
+	l := layoutForModules(k.Profile)
+	if l.err != nil {
+		return nil, l.err
+	}
+	va, err := k.Addr("module_kset")
+	if err != nil {
+		return nil, err
+	}
+	kset, err := k.u32(va)
+	if err != nil {
+		return nil, fmt.Errorf("linux: module_kset: %w", err)
+	}
+	if kset < k.armhfPageOffset() {
+		return nil, fmt.Errorf("%w: module_kset is %#x", ErrInconsistent, kset)
+	}
+	buf := make([]byte, l.block.len())
+	tl := &tally{view: "sysfs"}
+	var out []Module
+	seen := map[uint64]bool{}
+	tl.stop = k.walkList32(kset+l.ksetList, 4*MaxModules, func(node uint64) error {
+		mk := node - l.kobjEntry - l.mkKobj
+		mod, err := k.u32(mk + l.mkMod)
+		if err != nil {
+			tl.skip(fmt.Errorf("linux: module_kobject %#x: %w", mk, err))
+			return nil
+		}
+		if mod == 0 || seen[mod] {
+			return nil // a built-in module's kobject: no struct module
+		}
+		seen[mod] = true
+		if _, err := k.AS.ReadVirtual(mod+l.block.lo, buf); err != nil {
+			tl.skipAt(mod, err)
+			return nil
+		}
+		m, err := l.parseModule32(buf, mod)
+		if err != nil {
+			tl.skipAt(mod, err)
+			return nil
+		}
+		if len(out) >= MaxModules {
+			return fmt.Errorf("linux: more than %d modules", MaxModules)
+		}
+		out = append(out, m)
+		return nil
+	})
+	return out, tl.err()
+}
+
+// armhfPageOffset is PAGE_OFFSET: _text's 256 MiB boundary (regionARMHF).
+func (k *Kernel) armhfPageOffset() uint64 {
+	text, _ := k.Profile.Symbol("_text")
+	return text &^ (1<<28 - 1)
+}
+
+// List poison of a 32-bit ARM kernel (POISON_POINTER_DELTA is 0).
+const (
+	listPoison1ARM = 0x100
+	listPoison2ARM = 0x122
+)
+
+// scanModules32 is ScanModules for a 32-bit kernel: the module area is
+// the 16 MiB below PAGE_OFFSET (MODULES_VADDR to MODULES_END); every
+// mapped page of it is read and searched, at 4-byte steps, for a struct
+// module that validates as ScanModules' do (state, name, a core layout
+// that holds the structure, list pointers into kernel space or list_del's
+// poison, a kobject pointing back).
+func (k *Kernel) scanModules32() ([]Module, error) {
+	l := layoutForModules(k.Profile)
+	if l.err != nil {
+		return nil, l.err
+	}
+	hi := k.armhfPageOffset()
+	lo := hi - 16<<20
+	le := binary.LittleEndian
+	tl := &tally{view: "scan"}
+	var out []Module
+	page := make([]byte, 4096+l.block.hi)
+	for va := lo; va < hi; va += 4096 {
+		if _, _, err := k.AS.Translate(va); err != nil {
+			continue
+		}
+		n := uint64(4096)
+		if _, _, err := k.AS.Translate(va + 4096); err == nil && va+4096 < hi {
+			n += l.block.hi // a structure may cross into the next mapped page
+		}
+		b := page[:n]
+		if _, err := k.AS.ReadVirtual(va, b); err != nil {
+			tl.skip(fmt.Errorf("linux: module area %#x: %w", va, err))
+			continue
+		}
+		for off := uint64(0); off < 4096 && off+l.block.hi <= n; off += 4 {
+			if le.Uint32(b[off+l.state:]) >= uint32(len(moduleStates)) {
+				continue
+			}
+			if c := b[off+l.name]; !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_') {
+				continue
+			}
+			blk := b[off+l.block.lo : off+l.block.hi]
+			addr := va + off
+			m, err := l.parseModule32(blk, addr)
+			if err != nil {
+				continue
+			}
+			at := func(o uint64) uint64 { return uint64(le.Uint32(blk[o-l.block.lo:])) }
+			inside := false
+			for i := range l.coreBase {
+				if base, size := at(l.coreBase[i]), at(l.coreSize[i]); base != 0 && addr >= base && addr-base < size {
+					inside = true
+				}
+			}
+			next, prev := at(l.list), at(l.list+4)
+			sane := func(p uint64) bool { return p >= lo && p&3 == 0 }
+			poisoned := next == listPoison1ARM && prev == listPoison2ARM
+			st := le.Uint32(blk[l.state-l.block.lo:])
+			mk := at(l.mkobjMod)
+			if !inside || m.Base < lo || m.Base >= hi || !(poisoned || sane(next) && sane(prev)) || mk != addr && !(mk == 0 && (st == 1 || st == 3)) {
+				continue
+			}
+			if len(out) >= MaxModules {
+				tl.stop = fmt.Errorf("linux: more than %d module candidates", MaxModules)
+				return out, tl.err()
+			}
+			out = append(out, m)
+		}
+	}
+	return out, tl.err()
+}

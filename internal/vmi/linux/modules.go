@@ -213,6 +213,9 @@ func (k *Kernel) Modules() ([]Module, error) {
 // (/sys/module) point to. Built-in modules have kobjects there too, with no
 // struct module; they are left out.
 func (k *Kernel) ModulesFromSysfs() ([]Module, error) {
+	if k.Profile.Is32() {
+		return k.modulesFromSysfs32()
+	}
 	l := layoutForModules(k.Profile)
 	if l.err != nil {
 		return nil, l.err
@@ -266,6 +269,9 @@ func (k *Kernel) ModulesFromSysfs() ([]Module, error) {
 // removed from both the module list and sysfs, as long as their memory is
 // mapped. Results are in address order.
 func (k *Kernel) ScanModules() ([]Module, error) {
+	if k.Profile.Is32() {
+		return k.scanModules32()
+	}
 	l := layoutForModules(k.Profile)
 	if l.err != nil {
 		return nil, l.err
