@@ -9,6 +9,7 @@ import (
 
 	"github.com/gatevisor/gatevisor/internal/api"
 	"github.com/gatevisor/gatevisor/internal/api/apiclient"
+	"github.com/gatevisor/gatevisor/internal/kit"
 )
 
 // SyscallResult is one case's measurement over all rounds.
@@ -55,6 +56,11 @@ type SyscallsOptions struct {
 	// includes resolve from there) and IoTSource its text.
 	IoTPolicy string
 	IoTSource []byte
+	// Kit, when set, boots that built kit (such as the arm64 one) instead
+	// of the default kit, and runs the shell loops only: sysloop is built
+	// with the host's gcc for the host's architecture, and the device
+	// policy needs a network and the default kit's hooks.
+	Kit string
 }
 
 // bigPolicyRules is the size of the policy whose load is timed.
@@ -72,17 +78,25 @@ func Syscalls(ctx context.Context, env Env, o SyscallsOptions) (*SyscallsReport,
 		return nil, err
 	}
 	defer os.RemoveAll(tmp)
-	sysloop, err := buildSysloop(ctx, tmp)
-	if err != nil {
-		return nil, err
-	}
 	pols, err := writePolicies(tmp, o.IoTPolicy, o.IoTSource)
 	if err != nil {
 		return nil, err
 	}
 	name := fmt.Sprintf("bench-sg-%d", os.Getpid())
 	cpus := max(o.CPUs, 1)
-	c, stop, err := env.bootVM(ctx, name, "--policy", pols["off"].path, "--add", sysloop+":"+sysloopGuestPath, "--net", "isolated:"+name, "--cpus", strconv.Itoa(cpus))
+	cases := syscallCases(o.Iters, o.UntrappedIters, o.Calls)
+	args := []string{"--policy", pols["off"].path, "--cpus", strconv.Itoa(cpus)}
+	if o.Kit != "" && o.Kit != kit.DefaultName {
+		cases = shellCases(cases)
+		args = append(args, "--kit", o.Kit)
+	} else {
+		sysloop, err := buildSysloop(ctx, tmp)
+		if err != nil {
+			return nil, err
+		}
+		args = append(args, "--add", sysloop+":"+sysloopGuestPath, "--net", "isolated:"+name)
+	}
+	c, stop, err := env.bootVM(ctx, name, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -91,7 +105,7 @@ func Syscalls(ctx context.Context, env Env, o SyscallsOptions) (*SyscallsReport,
 	if err != nil {
 		return nil, err
 	}
-	run := newSyscallRun(env, c, pols, syscallCases(o.Iters, o.UntrappedIters, o.Calls))
+	run := newSyscallRun(env, c, pols, cases)
 	rep := &SyscallsReport{Accel: st.Accel, CPUs: cpus, Rounds: o.Rounds, Breakpoints: run.breakpoints}
 	for r := range o.Rounds {
 		for i := range run.cases {

@@ -89,6 +89,19 @@ func syscallCases(iters, fastIters, calls int) []SyscallCase {
 	}...)
 }
 
+// shellCases keeps the shell loops of cases that the default policies
+// (off, execve, open) decide: what a kit other than the default one runs
+// (SyscallsOptions.Kit).
+func shellCases(cases []SyscallCase) []SyscallCase {
+	var out []SyscallCase
+	for _, c := range cases {
+		if c.Op == "" && c.Policy != "iot" && !strings.HasSuffix(c.Base, "iot") && !strings.HasPrefix(c.Name, "file write") && !strings.HasPrefix(c.Name, "exec,") {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
 // caseIndex returns the index of the case named name, -1 if none is (or
 // name is empty).
 func caseIndex(cases []SyscallCase, name string) int {

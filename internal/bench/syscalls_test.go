@@ -171,3 +171,20 @@ func TestSyscallResults(t *testing.T) {
 		t.Errorf("syscallResults (-want +got):\n%s", diff)
 	}
 }
+
+// Another kit runs the shell loops of the off, execve and open policies
+// only: no sysloop case (built for the host), nothing of iot.
+func TestShellCases(t *testing.T) {
+	got := shellCases(syscallCases(100, 1000, 1000))
+	var names []string
+	for _, c := range got {
+		if c.Op != "" || c.Policy == "iot" || c.Policy == "cold" {
+			t.Errorf("case %q (policy %s, op %q) kept", c.Name, c.Policy, c.Op)
+		}
+		names = append(names, c.Name)
+	}
+	want := []string{"open, gate off", "open, not trapped", "open, trapped+allowed", "open, denied", "kill -0, gate off", "kill -0, not named", "cat, gate off", "cat, trapped+allowed", "cat, denied"}
+	if diff := cmp.Diff(want, names); diff != "" {
+		t.Errorf("shell cases (-want +got):\n%s", diff)
+	}
+}

@@ -48,13 +48,18 @@ coverage check, trap plan and apply, through the API) and its compile alone.
 Reports medians, the difference from the gate-off loop (of the medians,
 and paired: per round, against the gate-off run of the same round), the
 breakpoint stops per iteration as the monitor counted them, and the cost
-per stop (difference / stops per iteration) with the monitor's share.`,
+per stop (difference / stops per iteration) with the monitor's share.
+
+--kit boots another built kit (the arm64 one: qemu-system-aarch64, the
+kernel gate's breakpoints at __arm64_sys_* and the LSM hooks) and runs the
+shell loops only (open, kill -0, cat under off, execve and open).`,
 	}
 	cmd.Flags().IntVar(&o.Rounds, "rounds", 5, "rounds; each runs every case once")
 	cmd.Flags().IntVar(&o.Iters, "iters", 1000, "iterations of the loops that trap")
 	cmd.Flags().IntVar(&o.UntrappedIters, "untrapped-iters", 20000, "iterations of the loops that do not trap")
 	cmd.Flags().IntVar(&o.Calls, "calls", 200000, "syscalls per run of the in-guest sysloop program")
 	cmd.Flags().IntVar(&o.CPUs, "cpus", 1, "the VM's vCPUs (on more than one the kernel gate traps with breakpoints, not watchpoints)")
+	cmd.Flags().StringVar(&o.Kit, "kit", "", "boot this built kit (a name of 'gatevisor kit ls', such as the arm64 kit) and run the shell loops only (open, kill -0, cat)")
 	cmd.Flags().StringVar(&o.IoTPolicy, "policy", "policies/iot-default.policy", "the device policy measured as \"iot\" (the VM has a network for it)")
 	check := func() error {
 		if o.CPUs < 1 || o.CPUs > 8 {

@@ -19,7 +19,7 @@ func TestBenchFlags(t *testing.T) {
 		"rejuvenate": {"mem": "[256,1024,2048]", "rounds": "3", "fill-mib": "128", "tick": "5ms", "json": "false"},
 		"ids":        {"procs": "1000", "rounds": "21", "json": "false", "window": "20s", "scan-interval": "1s"},
 		"syscalls": {"rounds": "5", "iters": "1000", "untrapped-iters": "20000", "calls": "200000", "cpus": "1",
-			"policy": "policies/iot-default.policy", "json": "false"},
+			"policy": "policies/iot-default.policy", "json": "false", "kit": ""},
 		"net": {"rounds": "5", "mib": "32", "requests": "100", "echoes": "1000", "accel": "auto", "mem": "256M",
 			"net": "isolated", "json": "false"},
 		"flood": {"rounds": "3", "seconds": "20", "interval": "250", "scenarios": "all", "accel": "auto", "mem": "256M", "json": "false"},
