@@ -15,5 +15,8 @@ func (i *Inspector) notCheckedHere(name string) string {
 	if i.K != nil && i.K.Profile != nil && i.K.Profile.IsARM64() {
 		return arm64NotChecked[name]
 	}
+	if i.isARMHF() {
+		return armhfNotChecked[name]
+	}
 	return ""
 }

@@ -358,6 +358,9 @@ var ErrUnknownQuery = errors.New("unknown IDS query: use banner, syscalls, ps, t
 // linux.ErrIncomplete (see Partial): its rows are true, and the error says
 // what is missing.
 func Query(in *Inspector, query string) (any, error) {
+	if err := in.notOnThisArch(query); err != nil {
+		return nil, err
+	}
 	switch query {
 	case "banner":
 		return in.Banner()

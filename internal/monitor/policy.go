@@ -118,8 +118,15 @@ func CheckPolicy(path, kernel string, netOpts NetOptions, idsInterval time.Durat
 // noKernelGate is why a guest of an architecture the kernel gate does not
 // know (x86-64 and arm64 only: gate/syscall/isa.go) has none.
 func noKernelGate(arch string) string {
+	if arch == linux.ArchARMHF {
+		return ARMHFNoKernelGate
+	}
 	return fmt.Sprintf("the kernel gate is not implemented for %s guests: it knows the registers, syscall handlers and numbers of x86-64 and arm64 only", arch)
 }
+
+// ARMHFNoKernelGate is why a 32-bit ARM guest has no kernel gate
+// (docs/design.md, "32-bit ARM guests").
+const ARMHFNoKernelGate = "the kernel gate is not implemented for armhf guests: 32-bit ARM enters system calls in assembly (vector_swi: the number in r7, the arguments in r0-r5, the handler called straight from sys_call_table, the result stored back from r0 in ret_fast_syscall), with no C entry point such as x86-64's do_syscall_64 or arm64's invoke_syscall for the gate's breakpoints, and the gate's instruction-set table (gate/syscall/isa.go) describes x86-64 and arm64 only"
 
 // coverage is what this VM's gates observe (Coverage).
 func (m *Monitor) coverage(prof *linux.Profile) policy.Coverage {

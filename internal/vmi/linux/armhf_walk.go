@@ -7,10 +7,11 @@ import (
 
 // The walks of a 32-bit kernel (armhf): the same objects as the 64-bit
 // walks (tasks.go, modules.go) read with 4-byte pointers and longs, from
-// the offsets of the profile's symbol table. They fill what a 32-bit
-// profile can give: a task's ids, parent, credentials, state, name, start
-// time and page tables; Exe, Threads, CPU and the times are not read on
-// 32-bit yet (zero, and documented in docs/kernels.md).
+// the offsets of the profile's symbol table. A process's row has what
+// ids ps prints: ids, parent, credentials, state, name, start time, page
+// tables, thread count, CPU times (the group's, as /proc sums them),
+// VSZ, RSS and the executable's path. Not read on 32-bit: the CPU a task
+// last ran on (CPU is -1, "not known", as the Task type documents).
 
 // u32 reads a little-endian 4-byte value at kernel address va.
 func (k *Kernel) u32(va uint64) (uint64, error) {
@@ -51,7 +52,12 @@ func (k *Kernel) walkList32(head uint64, max int, fn func(node uint64) error) er
 type task32Layout struct {
 	tasks, pid, tgid, comm, commLen, parent, cred, mm, flags, state, exitState, start uint64
 	credUID, credGID, credEUID, mmPGD                                                 uint64
-	err                                                                               error
+	// Threads and CPU time: signal_struct's count, its sums of exited
+	// threads, the thread list; the scheduler's runtime and the ticks.
+	signal, sigThreads, sigHead, sigUTime, sigSTime, sigRuntime, threadNode, utime, stime, runtime uint64
+	// Memory and the executable: mm counters, exe_file's path.
+	mmTotalVM, mmRSS, mmExe, fPath, pathDentry, dParent, dName, qstrName, mntParent, mntMountpoint, mntMnt, vfsRoot uint64
+	err                                                                                                             error
 }
 
 func newTask32Layout(p *Profile) *task32Layout {
@@ -63,6 +69,14 @@ func newTask32Layout(p *Profile) *task32Layout {
 		exitState: f.off("task_struct.exit_state"), start: f.off("task_struct.start_time"),
 		credUID: f.off("cred.uid"), credGID: f.off("cred.gid"), credEUID: f.off("cred.euid"), mmPGD: f.off("mm_struct.pgd"),
 	}
+	l.signal, l.sigThreads, l.sigHead = f.off("task_struct.signal"), f.off("signal_struct.nr_threads"), f.off("signal_struct.thread_head")
+	l.sigUTime, l.sigSTime, l.sigRuntime = f.off("signal_struct.utime"), f.off("signal_struct.stime"), f.off("signal_struct.sum_sched_runtime")
+	l.threadNode, l.utime, l.stime = f.off("task_struct.thread_node"), f.off("task_struct.utime"), f.off("task_struct.stime")
+	l.runtime = f.off("task_struct.se") + f.off("sched_entity.sum_exec_runtime")
+	l.mmTotalVM, l.mmRSS, l.mmExe = f.off("mm_struct.total_vm"), f.off("mm_struct.rss_stat")+f.off("mm_rss_stat.count"), f.off("mm_struct.exe_file")
+	l.fPath, l.pathDentry = f.off("file.f_path"), f.off("path.dentry")
+	l.dParent, l.dName, l.qstrName = f.off("dentry.d_parent"), f.off("dentry.d_name"), f.off("qstr.name")
+	l.mntParent, l.mntMountpoint, l.mntMnt, l.vfsRoot = f.off("mount.mnt_parent"), f.off("mount.mnt_mountpoint"), f.off("mount.mnt"), f.off("vfsmount.mnt_root")
 	l.commLen, _ = f.arrayLen("task_struct.comm")
 	if f.err == nil && (l.commLen == 0 || l.commLen > 64) {
 		f.err = fmt.Errorf("%w: task_struct.comm of %d bytes", ErrNoField, l.commLen)
@@ -98,7 +112,7 @@ func (k *Kernel) tasks32() ([]Task, error) {
 
 // readTask32 reads one task_struct.
 func (k *Kernel) readTask32(l *task32Layout, addr uint64) (Task, error) {
-	b := make([]byte, max(l.tasks, l.pid, l.tgid, l.comm+l.commLen, l.parent, l.cred, l.mm, l.flags, l.state, l.exitState, l.start+8)+4)
+	b := make([]byte, max(l.tasks, l.pid, l.tgid, l.comm+l.commLen, l.parent, l.cred, l.mm, l.flags, l.state, l.exitState, l.start+8, l.signal, l.threadNode, l.utime+8, l.stime+8, l.runtime+8)+4)
 	if _, err := k.AS.ReadVirtual(addr, b); err != nil {
 		return Task{}, err
 	}
@@ -132,14 +146,129 @@ func (k *Kernel) readTask32(l *task32Layout, addr uint64) (Task, error) {
 		t.GID = le.Uint32(cb[l.credGID-lo:])
 		t.EUID = le.Uint32(cb[l.credEUID-lo:])
 	}
+	t.UTime, t.STime, t.Runtime = le.Uint64(b[l.utime:]), le.Uint64(b[l.stime:]), le.Uint64(b[l.runtime:])
+	if sig := u(l.signal); sig != 0 {
+		if err := k.groupTimes32(l, &t, sig); err != nil {
+			return Task{}, fmt.Errorf("task %#x signal %#x: %w", addr, sig, err)
+		}
+	}
 	if mm != 0 {
-		pgd, err := k.u32(mm + l.mmPGD)
-		if err != nil {
+		mb := make([]byte, max(l.mmPGD, l.mmTotalVM, l.mmRSS+16, l.mmExe)+4)
+		if _, err := k.AS.ReadVirtual(mm, mb); err != nil {
 			return Task{}, fmt.Errorf("task %#x mm %#x: %w", addr, mm, err)
 		}
-		t.PGD = k.armhfLinear(pgd)
+		m := func(off uint64) uint64 { return uint64(le.Uint32(mb[off:])) }
+		t.PGD = k.armhfLinear(m(l.mmPGD))
+		t.VSZ = m(l.mmTotalVM) * 4096
+		// MM_FILEPAGES, MM_ANONPAGES, (MM_SWAPENTS), MM_SHMEMPAGES: VmRSS.
+		rss := int64(int32(m(l.mmRSS))) + int64(int32(m(l.mmRSS+4))) + int64(int32(m(l.mmRSS+12)))
+		t.RSS = uint64(max(rss, 0)) * 4096
+		if exe := m(l.mmExe); exe != 0 {
+			p, err := k.exePath32(l, exe)
+			if err != nil {
+				return Task{}, fmt.Errorf("task %#x exe_file %#x: %w", addr, exe, err)
+			}
+			t.Exe = p
+		}
 	}
 	return t, nil
+}
+
+// groupTimes32 sets t's thread count and its thread group's CPU times:
+// signal_struct's sums of the exited threads plus every live thread's, as
+// /proc/PID/stat adds them.
+func (k *Kernel) groupTimes32(l *task32Layout, t *Task, sig uint64) error {
+	sb := make([]byte, max(l.sigThreads, l.sigUTime+8, l.sigSTime+8, l.sigRuntime+8)+4)
+	if _, err := k.AS.ReadVirtual(sig, sb); err != nil {
+		return err
+	}
+	le := binary.LittleEndian
+	t.Threads = int(int32(le.Uint32(sb[l.sigThreads:])))
+	t.GroupUTime, t.GroupSTime, t.GroupRuntime = le.Uint64(sb[l.sigUTime:]), le.Uint64(sb[l.sigSTime:]), le.Uint64(sb[l.sigRuntime:])
+	var tb [24]byte
+	return k.walkList32(sig+l.sigHead, MaxTasks, func(node uint64) error {
+		th := node - l.threadNode
+		for i, off := range []uint64{l.utime, l.stime, l.runtime} {
+			if _, err := k.AS.ReadVirtual(th+off, tb[8*i:8*i+8]); err != nil {
+				return err
+			}
+		}
+		t.GroupUTime += le.Uint64(tb[0:])
+		t.GroupSTime += le.Uint64(tb[8:])
+		t.GroupRuntime += le.Uint64(tb[16:])
+		return nil
+	})
+}
+
+// exePath32 is the path of the struct file at file from the global root,
+// as prepend_path() builds it: the dentry names up to the mount's root,
+// crossing to the parent mount at each mount point; bounded in steps and
+// length.
+func (k *Kernel) exePath32(l *task32Layout, file uint64) (string, error) {
+	mnt, err := k.u32(file + l.fPath)
+	if err != nil {
+		return "", err
+	}
+	dentry, err := k.u32(file + l.fPath + l.pathDentry)
+	if err != nil {
+		return "", err
+	}
+	mount := mnt - l.mntMnt // container_of(vfsmount, struct mount, mnt)
+	var parts []string
+	size := 0
+	name := make([]byte, maxNameLen+1)
+	for steps := 0; ; steps++ {
+		if steps > MaxPathLen/2 || size > MaxPathLen {
+			return "", fmt.Errorf("%w: path longer than %d bytes", ErrInconsistent, MaxPathLen)
+		}
+		root, err := k.u32(mount + l.mntMnt + l.vfsRoot)
+		if err != nil {
+			return "", err
+		}
+		parent, err := k.u32(dentry + l.dParent)
+		if err != nil {
+			return "", err
+		}
+		if dentry == root || dentry == parent {
+			mp, err := k.u32(mount + l.mntParent)
+			if err != nil {
+				return "", err
+			}
+			if mp == mount || dentry != root {
+				break // the global root (or a dentry that is its own parent)
+			}
+			if dentry, err = k.u32(mount + l.mntMountpoint); err != nil {
+				return "", err
+			}
+			mount = mp
+			continue
+		}
+		np, err := k.u32(dentry + l.dName + l.qstrName)
+		if err != nil {
+			return "", err
+		}
+		n := min(uint64(len(name)), 4096-np&4095) // up to the page's end: the next may be unmapped
+		clear(name)
+		if _, err := k.AS.ReadVirtual(np, name[:n]); err != nil {
+			return "", err
+		}
+		end := indexByte(name[:n], 0)
+		if end <= 0 {
+			return "", fmt.Errorf("%w: dentry %#x has no name", ErrInconsistent, dentry)
+		}
+		parts = append(parts, string(name[:end]))
+		size += end + 1
+		dentry = parent
+	}
+	if len(parts) == 0 {
+		return "/", nil
+	}
+	out := make([]byte, 0, size)
+	for i := len(parts) - 1; i >= 0; i-- {
+		out = append(out, '/')
+		out = append(out, parts[i]...)
+	}
+	return string(out), nil
 }
 
 // modules32 is Modules for a 32-bit kernel.
