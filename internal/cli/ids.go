@@ -566,7 +566,15 @@ func printCheck(w io.Writer, raw json.RawMessage) error {
 	for _, f := range r.Findings {
 		fmt.Fprintf(w, "[%s] %s: %s\n", esc(f.Severity), esc(f.Check), esc(f.Summary))
 	}
-	if r.Clean() {
+	na := 0
+	for _, c := range r.Checks {
+		if c.NotApplicable != "" {
+			na++
+		}
+	}
+	if r.Clean() && na > 0 {
+		fmt.Fprintf(w, "clean: no findings in the checks that ran (%d of %d not applicable here)\n", na, len(r.Checks))
+	} else if r.Clean() {
 		fmt.Fprintln(w, "clean: no findings")
 	}
 	return checkExit(&r)

@@ -26,16 +26,16 @@ var armhfNotChecked = map[string]string{
 	CheckIDT:            "32-bit ARM has no IDT; its exception vectors (the vectors page at 0xffff0000) are not checked yet",
 	CheckOpsTables:      "not implemented for armhf: the image facts hold no operation tables",
 	CheckHiddenProcess:  "not implemented for armhf: the thread, PID-namespace and run-queue views are 64-bit walks (only the task list is read on 32-bit)",
-	CheckCommExe:        "not implemented for armhf: the 32-bit task walk does not read the executable's path",
-	CheckUnexpectedRoot: "not implemented for armhf: it needs the executable's path, which the 32-bit task walk does not read",
+	CheckCommExe:        "not implemented for armhf: it reads the thread view, a 64-bit walk",
+	CheckUnexpectedRoot: "not implemented for armhf: it reads the thread view and the credentials, 64-bit walks",
 	CheckCorrupt:        "not implemented for armhf: the object views it compares are 64-bit walks",
-	CheckCPUHog:         "not implemented for armhf: the 32-bit task walk does not read CPU times",
+	CheckCPUHog:         "not implemented for armhf: it reads the thread view, a 64-bit walk",
 	CheckCredentials:    "not implemented for armhf: the credential reader is a 64-bit walk",
 	CheckGuestView:      "not implemented for armhf: the guest-view comparison needs sockets and executables, 64-bit walks",
 	CheckHiddenSocket:   "not implemented for armhf: the socket walk reads 64-bit pointers",
 	CheckFtrace:         "not implemented for armhf: the ftrace_ops walk reads 64-bit pointers",
 	CheckKprobe:         "not implemented for armhf: the kprobe table walk reads 64-bit pointers",
-	CheckTaskFlags:      "not implemented for armhf: the 32-bit task walk does not read the flags this check compares",
+	CheckTaskFlags:      "not implemented for armhf: it reads the thread view, a 64-bit walk",
 }
 
 // isARMHF reports whether the inspected kernel is 32-bit ARM.

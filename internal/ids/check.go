@@ -190,6 +190,8 @@ func (i *Inspector) check(read scanReads) *Report {
 	run(CheckTaskFlags, func() ([]Finding, error) { return i.checkTaskFlags(views) })
 	run(CheckCorrupt, func() ([]Finding, error) { return i.checkCorrupt(views) })
 	switch {
+	case i.notCheckedHere(CheckGuestView) != "":
+		r.Checks = append(r.Checks, CheckStatus{Name: CheckGuestView, NotApplicable: i.notCheckedHere(CheckGuestView)})
 	case i.Guest == nil:
 		r.Checks = append(r.Checks, CheckStatus{Name: CheckGuestView, NotApplicable: "no guest userland to ask (a memory dump, or a VM paused for the gdbstub)"})
 	case tasksErr != nil:
