@@ -167,6 +167,9 @@ type ServedShare struct {
 	Requests uint64 `json:"requests"`
 	Decided  uint64 `json:"decided"`
 	Denied   uint64 `json:"denied"`
+	// DecideCPUNs is the monitor's CPU time spent attributing and
+	// deciding the Decided requests (the serving thread's CPU clock).
+	DecideCPUNs uint64 `json:"decide_cpu_ns"`
 }
 
 // ServedOpen is one descriptor of a guest process on a served file. The

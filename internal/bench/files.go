@@ -57,6 +57,11 @@ type FilesReport struct {
 	// (walks, getattr, clunk and the decided ones).
 	MonitorCPUPerRequestMicros []float64 `json:"monitor_cpu_per_request_us"`
 	Requests                   uint64    `json:"requests"`
+	// DecisionCPUMicros is the part of it the decisions took: the
+	// gate's own CPU clock around attribution and the security server's
+	// decision (decide_cpu_ns), per decided request.
+	DecisionCPUMicros []float64 `json:"decision_cpu_per_decision_us"`
+	DecisionCPUMedian float64   `json:"decision_cpu_per_decision_us_median"`
 }
 
 // Files measures the file gate (issue 15) against QEMU's own virtio-9p
@@ -133,6 +138,7 @@ func Files(ctx context.Context, env Env, o FilesOptions) (*FilesReport, error) {
 		rep.SmallRatio = rep.Gate.SmallMedian / rep.Peer.SmallMedian
 	}
 	rep.MonitorCPUMedian = Median(rep.MonitorCPUPerDecisionMicros)
+	rep.DecisionCPUMedian = Median(rep.DecisionCPUMicros)
 	rep.LoadAvg[1] = loadAvg()
 	return rep, nil
 }
@@ -164,12 +170,12 @@ func filesRound(ctx context.Context, env Env, c *apiclient.Client, monitorPID in
 	}
 	s.WriteMiBs = append(s.WriteMiBs, mib/d.Seconds())
 	var cpu0 time.Duration
-	var dec0, req0 uint64
+	var dec0, req0, dcpu0 uint64
 	if gate {
 		if cpu0, err = processCPU(monitorPID); err != nil {
 			return err
 		}
-		if dec0, req0, err = gateDecisions(ctx, c); err != nil {
+		if dec0, req0, dcpu0, err = gateDecisions(ctx, c); err != nil {
 			return err
 		}
 	}
@@ -183,13 +189,14 @@ func filesRound(ctx context.Context, env Env, c *apiclient.Client, monitorPID in
 		if err != nil {
 			return err
 		}
-		dec1, req1, err := gateDecisions(ctx, c)
+		dec1, req1, dcpu1, err := gateDecisions(ctx, c)
 		if err != nil {
 			return err
 		}
 		if n := dec1 - dec0; n > 0 {
 			rep.Decisions += n
 			rep.MonitorCPUPerDecisionMicros = append(rep.MonitorCPUPerDecisionMicros, float64((cpu1-cpu0).Microseconds())/float64(n))
+			rep.DecisionCPUMicros = append(rep.DecisionCPUMicros, float64(dcpu1-dcpu0)/1e3/float64(n))
 		}
 		if n := req1 - req0; n > 0 {
 			rep.Requests += n
@@ -200,19 +207,21 @@ func filesRound(ctx context.Context, env Env, c *apiclient.Client, monitorPID in
 	return nil
 }
 
-// gateDecisions returns the gate's decisions and 9P requests so far (from
-// the counters only: ServedFiles also walks the guest's fd tables, which
-// is why the CPU is read before the first call and after the second).
-func gateDecisions(ctx context.Context, c *apiclient.Client) (decided, requests uint64, err error) {
+// gateDecisions returns the gate's decisions, 9P requests and decision
+// CPU so far (from the counters only: ServedFiles also walks the guest's
+// fd tables, which is why the CPU is read before the first call and after
+// the second).
+func gateDecisions(ctx context.Context, c *apiclient.Client) (decided, requests, decideCPUNs uint64, err error) {
 	sf, err := c.ServedFiles(ctx)
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	for _, s := range sf.Shares {
 		decided += s.Decided
 		requests += s.Requests
+		decideCPUNs += s.DecideCPUNs
 	}
-	return decided, requests, nil
+	return decided, requests, decideCPUNs, nil
 }
 
 // processCPU is pid's user+system CPU time from /proc/PID/stat.
@@ -249,6 +258,7 @@ func (rep *FilesReport) WriteText(w io.Writer) error {
 	t.printf("  %-44s %12.2f %12.2f %8.2f\n", fmt.Sprintf("sequential write of %d MiB, MiB/s", rep.MiB), rep.Gate.WriteMedian, rep.Peer.WriteMedian, rep.WriteRatio)
 	t.printf("  %-44s %12.0f %12.0f %8.2f\n", fmt.Sprintf("open+read+close of %d 4 KiB files, µs each", rep.Small), rep.Gate.SmallMedian, rep.Peer.SmallMedian, rep.SmallRatio)
 	t.printf("monitor CPU per decided request (small-file phases, %d decisions): median %.1f µs, rounds %.1f\n", rep.Decisions, rep.MonitorCPUMedian, rep.MonitorCPUPerDecisionMicros)
+	t.printf("  of which the decision (attribution and security server, the gate's thread CPU clock): median %.1f µs, rounds %.1f\n", rep.DecisionCPUMedian, rep.DecisionCPUMicros)
 	t.printf("monitor CPU per 9P request (%d requests): median %.1f µs, rounds %.1f\n", rep.Requests, Median(rep.MonitorCPUPerRequestMicros), rep.MonitorCPUPerRequestMicros)
 	return t.err
 }

@@ -24,9 +24,11 @@ mounted with cache=none. Each round, alternating which goes first, times
 in the guest (/proc/uptime around each command, 10 ms resolution): dd of the --mib file to
 /dev/null (128 KiB blocks), dd of --mib MiB of zeros to a new file, and one
 cat over --small 4 KiB files (open, read, close each, no fork). On the gate
-side it reads the monitor's CPU time (/proc) and the gate's decision count
-around the small-file phase. Reports medians, the ratios gate / QEMU and
-the monitor CPU per decided request.`,
+side it reads the monitor's CPU time (/proc), the gate's decision count
+and the gate's own CPU clock around its decisions (attribution and the
+security server) around the small-file phase. Reports medians, the ratios
+gate / QEMU, the monitor CPU per decided request and the decision's part
+of it.`,
 	}
 	cmd.Flags().IntVar(&o.Rounds, "rounds", 3, "rounds, each timing both sides")
 	cmd.Flags().IntVar(&o.MiB, "mib", 16, "size of the sequential file, MiB")

@@ -234,7 +234,7 @@ func (m *Monitor) ServedFiles(ctx context.Context) (api.ServedFiles, error) {
 	for _, sh := range m.files.shares {
 		s := sh.gate.Stats()
 		out.Shares = append(out.Shares, api.ServedShare{Name: sh.cfg.Name, HostDir: sh.cfg.HostDir, GuestPath: sh.cfg.GuestPath, ReadOnly: sh.cfg.ReadOnly,
-			Requests: s.Requests, Decided: s.Decided, Denied: s.Denied})
+			Requests: s.Requests, Decided: s.Decided, Denied: s.Denied, DecideCPUNs: s.DecideCPUNs})
 	}
 	insp, err := m.privateInspector(ctx)
 	if err != nil {

@@ -47,7 +47,8 @@ func readAt(c *client, fid uint32, off uint64, count uint32) ([]byte, syscall.Er
 // TestServeOverSocket serves a session over a unix socket (the raw system
 // call path): whole-msize reads and writes of a regular file, and EOF.
 func TestServeOverSocket(t *testing.T) {
-	c, pd, dir := setupOver(t, basePolicy, event.Subject{PID: 7, UID: 1000, Exe: "/bin/cat"}, false, socketPair(t))
+	var g *Gate
+	c, pd, dir := setupOver(t, basePolicy, event.Subject{PID: 7, UID: 1000, Exe: "/bin/cat"}, false, socketPair(t), func(gg *Gate) { g = gg })
 	big := make([]byte, 300<<10)
 	for i := range big {
 		big[i] = byte(i * 13)
@@ -86,6 +87,9 @@ func TestServeOverSocket(t *testing.T) {
 	}
 	if n := len(pd.evs); n < 4 {
 		t.Fatalf("%d decisions, want open, reads and the write", n)
+	}
+	if st := g.Stats(); st.Decided < 4 || st.DecideCPUNs == 0 || st.DecideCPUNs > st.DecideNs+uint64(1e9) {
+		t.Fatalf("stats %+v: want the decisions' CPU time counted", st)
 	}
 }
 

@@ -155,3 +155,14 @@ func (c rawConn) Write(b []byte) (int, error) {
 	}
 	return done, err
 }
+
+// threadCPU is the calling thread's CPU time in nanoseconds (0 if it
+// cannot be read), by a raw clock_gettime (the vDSO does not serve
+// CLOCK_THREAD_CPUTIME_ID, and the runtime's entry would wake sysmon).
+func threadCPU() int64 {
+	var ts unix.Timespec
+	if _, _, e := unix.RawSyscall(unix.SYS_CLOCK_GETTIME, unix.CLOCK_THREAD_CPUTIME_ID, uintptr(unsafe.Pointer(&ts)), 0); e != 0 {
+		return 0
+	}
+	return ts.Nano()
+}
