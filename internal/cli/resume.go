@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"os/signal"
 	"syscall"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/gatevisor/gatevisor/internal/api"
 	"github.com/gatevisor/gatevisor/internal/api/apiclient"
 	"github.com/gatevisor/gatevisor/internal/monitor"
+	"github.com/gatevisor/gatevisor/internal/vmdir"
 )
 
 func init() {
@@ -53,6 +55,11 @@ changed. A monitor in a fleet stays in it.`,
 					case <-ctx.Done():
 						return fmt.Errorf("upgrade: the new monitor did not answer: %w", ctx.Err())
 					case <-time.After(20 * time.Millisecond):
+					}
+					if syscall.Kill(res.MonitorPID, 0) == syscall.ESRCH {
+						cleanDeadVM(args[0])
+						return fmt.Errorf("upgrade: the new monitor (pid %d) ended without taking the VM over, and the VM with it: its log says why (%s)",
+							res.MonitorPID, monitorLogPath(args[0]))
 					}
 					nc, err := clientFor(args[0])
 					if err != nil {
@@ -140,4 +147,25 @@ func resumeMonitor(ctx context.Context, fd int) error {
 	}
 	go stopOnSignals(m, sigs, timeout, os.Stderr)
 	return waitOrUpgrade(m, shutdown, timeout, beforeHandOff)
+}
+
+// monitorLogPath is where a detached monitor of VM name logs.
+func monitorLogPath(name string) string {
+	dir, err := stateDir(name)
+	if err != nil {
+		return "the VM's monitor.log"
+	}
+	return filepath.Join(dir, "monitor.log")
+}
+
+// cleanDeadVM removes what a monitor that died left of VM name (its QEMU,
+// if alive, and its runtime directory), as the next run of the name would.
+func cleanDeadVM(name string) {
+	root, err := vmdir.Root()
+	if err != nil {
+		return
+	}
+	if d, err := vmdir.Acquire(root, name); err == nil {
+		d.Release()
+	}
 }

@@ -722,7 +722,11 @@ func (m *Monitor) handOffNet() *NetHandover {
 	ns.mu.Unlock()
 	if c != nil {
 		c.Close()
-		<-pumped
+		select {
+		case <-pumped:
+		case <-time.After(5 * time.Second):
+			m.logf("upgrade: the NIC's last frames did not pass the network gate within 5 s; left")
+		}
 	}
 	if ns.network != nil {
 		ns.network.Close()

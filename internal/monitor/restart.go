@@ -314,7 +314,7 @@ func (m *Monitor) Restart(ctx context.Context, req api.RestartRequest) (api.Rest
 		return api.RestartResult{}, apiErr(api.CodeConflict, "restart: not done: the VM serves files (--files), whose 9P sessions belong to the QEMU connection: the guest's mounts would fail after a restart")
 	}
 	if req.QEMUBinary != "" {
-		if err := m.checkQEMUBinary(ctx, req.QEMUBinary); err != nil {
+		if err := m.checkBinary(ctx, "restart --qemu", req.QEMUBinary); err != nil {
 			return api.RestartResult{}, err
 		}
 	}
@@ -402,22 +402,23 @@ func (m *Monitor) lifecycleReady() error {
 	return nil
 }
 
-// checkQEMUBinary accepts another QEMU binary for a restart only from the
-// monitor's own user or root (the monitor would run it), and only a
-// regular executable file that neither the group nor others can write.
-func (m *Monitor) checkQEMUBinary(ctx context.Context, path string) error {
+// checkBinary accepts another executable the monitor would run (a QEMU
+// for restart --qemu, a gatevisor for upgrade --binary: flag names it)
+// only from the monitor's own user or root, and only a regular executable
+// file that neither the group nor others can write.
+func (m *Monitor) checkBinary(ctx context.Context, flag, path string) error {
 	if c, ok := api.CallerFromContext(ctx); ok && c.UID != 0 && c.UID != uint32(os.Geteuid()) {
-		return apiErr(api.CodeForbidden, "restart --qemu: only the VM's owner or root may choose the QEMU binary the monitor runs")
+		return apiErr(api.CodeForbidden, "%s: only the VM's owner or root may choose the binary the monitor runs", flag)
 	}
 	if !filepath.IsAbs(path) {
-		return apiErr(api.CodeBadRequest, "restart --qemu %q: give an absolute path", path)
+		return apiErr(api.CodeBadRequest, "%s %q: give an absolute path", flag, path)
 	}
 	fi, err := os.Stat(path)
 	if err != nil {
-		return apiErr(api.CodeBadRequest, "restart --qemu: %v", err)
+		return apiErr(api.CodeBadRequest, "%s: %v", flag, err)
 	}
 	if !fi.Mode().IsRegular() || fi.Mode()&0o111 == 0 || fi.Mode()&0o022 != 0 {
-		return apiErr(api.CodeBadRequest, "restart --qemu %s: not a regular executable file writable only by its owner (mode %v)", path, fi.Mode())
+		return apiErr(api.CodeBadRequest, "%s %s: not a regular executable file writable only by its owner (mode %v)", flag, path, fi.Mode())
 	}
 	return nil
 }

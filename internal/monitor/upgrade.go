@@ -156,8 +156,8 @@ func (m *Monitor) Upgrade(ctx context.Context, req api.UpgradeRequest) (api.Upgr
 		}
 		binary = exe
 	}
-	if err := m.checkQEMUBinary(ctx, binary); err != nil {
-		return api.UpgradeResult{}, fmt.Errorf("upgrade --binary: %w", err)
+	if err := m.checkBinary(ctx, "upgrade --binary", binary); err != nil {
+		return api.UpgradeResult{}, err
 	}
 	h := &Handover{Config: m.cfg, QEMU: *m.q().cfg, Started: m.started, BootID: m.bootID, Binary: binary, Upgrades: m.up.upgrades + 1,
 		OldQEMUPID: m.q().proc.Pid()}
@@ -231,6 +231,11 @@ func (m *Monitor) Upgrade(ctx context.Context, req api.UpgradeRequest) (api.Upgr
 // returns the handover file's descriptor to pass it. After it, the caller
 // must exec (or exit: the guest then ends with this process).
 func (m *Monitor) HandOff(h *Handover) (fd int, err error) {
+	// The network first, while the security server, the audit log and
+	// the event stream still take the gate's last decisions.
+	if m.net != nil {
+		h.Net = m.handOffNet()
+	}
 	if m.pol.sec != nil {
 		m.pol.sec.Close()
 	}
@@ -249,9 +254,6 @@ func (m *Monitor) HandOff(h *Handover) (fd int, err error) {
 		h.Frozen = append(h.Frozen, FrozenProc{PID: p.pid, Start: p.start, Comm: p.comm})
 	}
 	m.frozen.mu.Unlock()
-	if m.net != nil {
-		h.Net = m.handOffNet()
-	}
 	h.LockFD = int(m.dir.LockFD())
 	h.RAMFD = int(m.ramFile.Fd())
 	h.DevicesFD = int(m.up.devices.Fd())
@@ -261,6 +263,10 @@ func (m *Monitor) HandOff(h *Handover) (fd int, err error) {
 	}
 	if m.bootFiles.initrd != nil {
 		h.InitrdFD = int(m.bootFiles.initrd.Fd())
+	}
+	h.SymbolsFD = -1
+	if m.cfg.Symbols != nil {
+		h.SymbolsFD = int(m.cfg.Symbols.Fd())
 	}
 	b, err := json.Marshal(h)
 	if err != nil {
@@ -272,10 +278,6 @@ func (m *Monitor) HandOff(h *Handover) (fd int, err error) {
 	}
 	if _, err := unix.Write(hf, b); err != nil {
 		return -1, fmt.Errorf("upgrade: handover: %w", err)
-	}
-	h.SymbolsFD = -1
-	if m.cfg.Symbols != nil {
-		h.SymbolsFD = int(m.cfg.Symbols.Fd())
 	}
 	keep := []int{h.LockFD, h.RAMFD, h.DevicesFD, h.KernelFD, h.InitrdFD, h.SymbolsFD, hf}
 	if h.Net != nil {

@@ -660,4 +660,18 @@ func TestAutoUpgrade(t *testing.T) {
 	if a := gv(t, time.Minute, "audit", "--file", auditFile, "--rule", "auto-upgrade", "--json"); a.code != 0 || !strings.Contains(a.stdout, "run --auto-upgrade") {
 		t.Errorf("no audit record of the auto-upgrade: exit %d %s", a.code, a.stdout)
 	}
+	// A new binary that cannot take the VM over: the guest, stopped for the
+	// hand-over, never runs again unguarded; the VM ends, and upgrade says
+	// so at once rather than wait for a monitor that is gone.
+	broken := filepath.Join(t.TempDir(), "broken")
+	if err := os.WriteFile(broken, []byte("#!/bin/sh\nexit 3\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	r := gv(t, 3*time.Minute, "upgrade", vm, "--binary", broken)
+	if r.code == 0 || !strings.Contains(r.stderr, "ended without taking the VM over") {
+		t.Errorf("upgrade to a binary that exits: exit %d %s%s", r.code, r.stdout, r.stderr)
+	}
+	t.Logf("upgrade to a binary that exits: %s after %v", strings.TrimSpace(r.stderr), time.Since(start).Round(time.Millisecond))
+	waitNoQEMU(t, vm, time.Minute)
 }
