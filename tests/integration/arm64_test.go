@@ -26,8 +26,8 @@ import (
 // four first verbs on a dump; one network-gate verdict (an outbound telnet
 // flow reset and attributed to nc). The VM runs under a kernel-gate policy
 // armed at boot: an open denied at an LSM hook, a mkdirat killed at its
-// handler, an exec killed at an LSM hook; and a process killed from below
-// (proc kill).
+// handler, an exec killed at an LSM hook, a module unload denied at
+// __arm64_sys_delete_module; and a process killed from below (proc kill).
 func TestARM64(t *testing.T) {
 	needVM(t)
 	if _, err := exec.LookPath("qemu-system-aarch64"); err != nil {
@@ -77,6 +77,8 @@ mkdirat default: allow
   no_killme: fileEq("/tmp/killme") kill
 exec default: allow
   no_tmp_exec: filePrefixEq("/tmp/") kill
+module default: allow
+  no_unload: opEq("unload") deny(EPERM)
 role admin: *;
 subject roles admin when uidEq(0);
 `)
@@ -95,8 +97,8 @@ subject roles admin when uidEq(0);
 	}
 	t.Run("kernel gate", func(t *testing.T) {
 		r := guestSh(t, vm, "cat /etc/passwd >/dev/null; echo open=$?; mkdir /tmp/ok && echo mkdir-ok; mkdir /tmp/killme; echo mkdir=$?; "+
-			"cp /bin/busybox /tmp/bb; /tmp/bb true; echo tmpexec=$?; [ -d /tmp/killme ] || echo no-killme")
-		for _, want := range []string{"open=1", "mkdir-ok", "mkdir=137", "tmpexec=137", "no-killme"} {
+			"cp /bin/busybox /tmp/bb; /tmp/bb true; echo tmpexec=$?; [ -d /tmp/killme ] || echo no-killme; rmmod gpio_keys; echo rmmod=$?")
+		for _, want := range []string{"open=1", "mkdir-ok", "mkdir=137", "tmpexec=137", "no-killme", "rmmod=1"} {
 			if !strings.Contains(r.stdout, want+"\n") {
 				t.Errorf("guest: %q missing\nstdout %q\nstderr %q", want, r.stdout, r.stderr)
 			}
@@ -104,9 +106,9 @@ subject roles admin when uidEq(0);
 		if !strings.Contains(r.stderr, "Operation not permitted") {
 			t.Errorf("guest: cat /etc/passwd did not see EPERM: %q", r.stderr)
 		}
-		want := map[string]bool{"deny open /etc/passwd errno 1": false, "kill mkdirat /tmp/killme": false, "kill  /tmp/bb": false}
+		want := map[string]bool{"deny open /etc/passwd errno 1": false, "kill mkdirat /tmp/killme": false, "kill  /tmp/bb": false, "deny unload gpio_keys errno 1": false}
 		for _, rec := range auditRecords(t, vm) {
-			k := fmt.Sprintf("%s %s %s", rec.Verdict, rec.Event.Op, rec.Event.Path)
+			k := fmt.Sprintf("%s %s %s%s", rec.Verdict, rec.Event.Op, rec.Event.Path, rec.Event.Module)
 			if rec.Verdict == "deny" {
 				k += fmt.Sprintf(" errno %d", rec.Errno)
 			}

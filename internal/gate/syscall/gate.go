@@ -326,7 +326,7 @@ func (g *Gate) Plan(pol *policy.Policy) (traps []Trap, missing []string) {
 				op = m.Op
 			}
 		}
-		t := Trap{Addr: addr, Symbol: h.String(), Syscall: Syscall{Name: h.String(), Op: op, Path: -1, Dirfd: -1, How: -1},
+		t := Trap{Addr: addr, Symbol: g.isa.hookSym(h), Syscall: Syscall{Name: h.String(), Op: op, Path: -1, Dirfd: -1, How: -1},
 			Hook: h, Classes: a.classes, Members: a.members}
 		if w, ok := g.watches[h]; ok && watching < g.maxWatch && (hookDefs[h].watchVar == "" || g.watchGlobals) {
 			watching++

@@ -214,10 +214,11 @@ func hasHook(p *linux.Profile, h Hook) bool {
 			return false
 		}
 	}
-	if _, err := p.Symbol(d.sym); err != nil {
+	a := isaOf(p)
+	if _, err := p.Symbol(a.hookSym(h)); err != nil {
 		return false
 	}
-	if h == AtModuleDelete {
+	if h == AtModuleDelete && !a.arm64 {
 		_, err := p.Symbol(d.watchVar)
 		return err == nil
 	}
@@ -235,7 +236,7 @@ func hookAddrs(k *linux.Kernel) map[Hook]uint64 {
 		if !hasHook(k.Profile, h) {
 			continue
 		}
-		if a, err := k.Addr(hookDefs[h].sym); err == nil {
+		if a, err := k.Addr(isaOf(k.Profile).hookSym(h)); err == nil {
 			out[h] = a
 		}
 	}
@@ -646,14 +647,23 @@ func (g *Gate) hookEvents(t Trap, regs Regs) (hookHit, error) {
 		hit.events = append(hit.events, ev)
 	case AtModuleDelete:
 		var name string
-		if terr == nil {
-			n, err := readUserString(g.userSpace(task, regs), g.isa.arg(regs, 0), moduleNameLen)
+		nameArg, flags := g.isa.arg(regs, 0), g.isa.arg(regs, 1)
+		var perr error
+		if g.isa.arm64 {
+			// The syscall's handler (isa.hookSym): x0 is the user pt_regs.
+			nameArg, flags, perr = g.handlerArgs01(regs)
+			if perr != nil {
+				errs = append(errs, perr)
+			}
+		}
+		if terr == nil && perr == nil {
+			n, err := readUserString(g.userSpace(task, regs), nameArg, moduleNameLen)
 			if err != nil {
 				errs = append(errs, fmt.Errorf("the module's name: %w", err))
 			}
 			name = n
 		}
-		ev := mk(event.ClassModule, "unload", "", int64(g.isa.arg(regs, 1)))
+		ev := mk(event.ClassModule, "unload", "", int64(flags))
 		ev.Module = name
 		hit.events = append(hit.events, ev)
 	}

@@ -60,6 +60,19 @@ func (a *isa) compatHandlers(name string) []string {
 	return out
 }
 
+// hookSym returns the function hook h is trapped at on this instruction
+// set: its hookDef's, except module unload on arm64, whose
+// __do_sys_delete_module the compiler inlined into the handler (Debian's
+// 6.1 has no such symbol) and whose x86 watch on modules_disabled has no
+// arm64 counterpart: there the handler, __arm64_sys_delete_module, is the
+// hook (its x0 is the user pt_regs).
+func (a *isa) hookSym(h Hook) string {
+	if a.arm64 && h == AtModuleDelete {
+		return a.handler("delete_module")
+	}
+	return h.String()
+}
+
 // arg returns a trapped function's argument i (0-5) from its registers.
 func (a *isa) arg(regs Regs, i int) uint64 { return regs[a.args[i]] }
 

@@ -128,6 +128,21 @@ func denyARM64(regs Regs, errno int32) ([]RegWrite, error) {
 	return []RegWrite{{RegX0, uint64(-int64(errno))}, {RegPC, lr}}, nil
 }
 
+// handlerArgs01 returns the first two syscall arguments of a stop at a
+// syscall handler's entry, from the pt_regs its x0 points to.
+func (g *Gate) handlerArgs01(regs Regs) (uint64, uint64, error) {
+	pr := make([]byte, g.ptregs.Size)
+	at := g.isa.arg(regs, 0)
+	if _, err := g.k.AS.ReadVirtual(at, pr); err != nil {
+		return 0, 0, fmt.Errorf("read pt_regs at %#x: %w", at, err)
+	}
+	p, err := g.ptregs.Decode(pr)
+	if err != nil {
+		return 0, 0, err
+	}
+	return p.Args[0], p.Args[1], nil
+}
+
 // currentTaskARM64 reads the task in SP_EL0.
 func (g *Gate) currentTaskARM64(regs Regs) (uint64, error) {
 	v, ok := regs[RegSPEL0]

@@ -8,6 +8,7 @@ import (
 
 	"github.com/gatevisor/gatevisor/internal/event"
 	"github.com/gatevisor/gatevisor/internal/secserver"
+	"github.com/gatevisor/gatevisor/internal/vmi"
 )
 
 // arm64PtRegs are the offsets of Debian bookworm's arm64 6.1 kernel's BTF.
@@ -149,5 +150,19 @@ func TestARM64FaultIn(t *testing.T) {
 	}
 	if r := Apply(back, g.restorePending(saved)); r["x0"] != ptregs || r[RegLR] != lr {
 		t.Errorf("after the fault-in: x0 %#x x30 %#x, want %#x %#x", r["x0"], r[RegLR], uint64(ptregs), uint64(lr))
+	}
+}
+
+// An arm64 user pointer may lie anywhere below 1<<48 (busybox's stack sits
+// just below it); on x86-64 (4-level) the user half ends at 1<<47.
+func TestUserTopARM64(t *testing.T) {
+	if got := userTopOf(&vmi.AddressSpace{Paging: vmi.PagingARM64}); got != 1<<48 {
+		t.Errorf("arm64 user top %#x", got)
+	}
+	if got := userTopOf(&vmi.AddressSpace{}); got != 1<<47 {
+		t.Errorf("x86-64 user top %#x", got)
+	}
+	if _, err := readUserString(&vmi.AddressSpace{}, 0xfffff7fffe00, moduleNameLen); err == nil {
+		t.Error("x86-64: 0xfffff7fffe00 taken as a user pointer")
 	}
 }

@@ -168,7 +168,7 @@ func ModuleName(img []byte) (name string, err error) {
 // readUserString reads a NUL-terminated string of at most max bytes at va
 // in user memory.
 func readUserString(r VirtualReader, va uint64, max int) (string, error) {
-	if va == 0 || va >= userTop {
+	if va == 0 || va >= userTopOf(r) {
 		return "", fmt.Errorf("gate: %#x is not a user pointer", va)
 	}
 	buf := make([]byte, max+1)

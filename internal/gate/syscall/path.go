@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"path"
 	"strings"
+
+	"github.com/gatevisor/gatevisor/internal/vmi"
 )
 
 // MaxPath is PATH_MAX: the kernel refuses longer paths (ENAMETOOLONG), so
@@ -26,6 +28,16 @@ const pageSize = 4096
 // pointer at or above it is not a user pointer.
 const userTop = 1 << 47
 
+// userTopOf is the end of the user half r reads: 1<<48 for an AArch64
+// address space (TTBR0 with 48-bit VAs: arm64 user stacks sit just below
+// it), userTop otherwise.
+func userTopOf(r VirtualReader) uint64 {
+	if as, ok := r.(*vmi.AddressSpace); ok && as.Paging == vmi.PagingARM64 {
+		return 1 << 48
+	}
+	return userTop
+}
+
 // ReadUserPath reads the NUL-terminated path at va in user memory, page by
 // page so that a path that ends just before an unmapped page reads. A bad
 // pointer (kernel half, unmapped) or a missing NUL is an error: the caller
@@ -34,14 +46,15 @@ func ReadUserPath(r VirtualReader, va uint64) (string, error) {
 	if va == 0 {
 		return "", fmt.Errorf("gate: NULL path pointer")
 	}
-	if va >= userTop {
+	top := userTopOf(r)
+	if va >= top {
 		return "", fmt.Errorf("gate: path pointer %#x is not a user address", va)
 	}
 	var buf [MaxPath + 1]byte
 	n := 0
 	for n <= MaxPath {
 		addr := va + uint64(n)
-		if addr >= userTop {
+		if addr >= top {
 			return "", fmt.Errorf("gate: path at %#x runs out of user memory", va)
 		}
 		chunk := min(pageSize-int(addr&(pageSize-1)), MaxPath+1-n)
