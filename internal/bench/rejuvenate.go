@@ -28,6 +28,10 @@ type RejuvenateOptions struct {
 	FillMiB int
 	// TickPeriod is how often the guest's ticker writes to the console.
 	TickPeriod time.Duration
+	// Net, when set, is each VM's --net (isolated: a network of its own),
+	// so that the network gate and the network's other end are part of
+	// what a restart and an upgrade hand over.
+	Net string
 }
 
 // RejuvenateOp is one operation's timings over the rounds, in ms.
@@ -110,6 +114,13 @@ func rejuvenateSize(ctx context.Context, env Env, o RejuvenateOptions, procgap s
 	res := RejuvenateSize{MemMiB: size}
 	name := fmt.Sprintf("bench-rejuv-%d-%d", size, os.Getpid())
 	args := []string{"--add", procgap + ":" + procgapGuestPath, "--mem", strconv.Itoa(size) + "M"}
+	switch o.Net {
+	case "":
+	case "isolated":
+		args = append(args, "--net", "isolated:"+name)
+	default:
+		args = append(args, "--net", o.Net)
+	}
 	t0 := time.Now()
 	c, stop, err := env.bootVM(ctx, name, args...)
 	if err != nil {

@@ -34,6 +34,7 @@ ready: the cold reboot they are compared with.`,
 	cmd.Flags().IntVar(&o.Rounds, "rounds", 3, "rounds of the four operations per size")
 	cmd.Flags().IntVar(&o.FillMiB, "fill-mib", 128, "random data written to the guest's tmpfs first")
 	cmd.Flags().DurationVar(&o.TickPeriod, "tick", 5*time.Millisecond, "the guest's ticker period")
+	cmd.Flags().StringVar(&o.Net, "net", "", "give each VM a network (run --net; isolated: one of its own), handed over by restarts and upgrades")
 	check := func() error {
 		if o.Rounds < 1 || o.Rounds > 50 || o.FillMiB < 0 || o.TickPeriod < time.Millisecond || o.TickPeriod > time.Second {
 			return fmt.Errorf("--rounds 1..50, --fill-mib >= 0, --tick 1ms..1s")

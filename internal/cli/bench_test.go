@@ -16,7 +16,7 @@ func TestBenchFlags(t *testing.T) {
 	want := map[string]map[string]string{
 		"boot":       {"rounds": "5", "accel": "auto", "timeout": "5m0s", "json": "false", "kit": ""},
 		"fleet":      {"events": "20000", "json": "false", "rounds": "3", "vms": "[1,10,50]"},
-		"rejuvenate": {"mem": "[256,1024,2048]", "rounds": "3", "fill-mib": "128", "tick": "5ms", "json": "false"},
+		"rejuvenate": {"mem": "[256,1024,2048]", "rounds": "3", "fill-mib": "128", "tick": "5ms", "net": "", "json": "false"},
 		"ids":        {"procs": "1000", "rounds": "21", "json": "false", "window": "20s", "scan-interval": "1s"},
 		"syscalls": {"rounds": "5", "iters": "1000", "untrapped-iters": "20000", "calls": "200000", "cpus": "1",
 			"policy": "policies/iot-default.policy", "json": "false", "kit": ""},
