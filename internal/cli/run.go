@@ -204,7 +204,7 @@ func runVM(ctx context.Context, o *runOptions) error {
 	if o.policy != "" && !o.detachedChild {
 		// Before anything starts: a policy that does not compile, or that
 		// states a rule no gate of this VM enforces, starts nothing.
-		if err := checkStartPolicy(ctx, o, v.net, v.files); err != nil {
+		if err := checkStartPolicy(ctx, o, v.net, v.files, v.kitSymbols); err != nil {
 			return err
 		}
 	}
@@ -429,7 +429,9 @@ func validateEventsRetention(size string, keep int) (int64, error) {
 
 // checkStartPolicy checks --policy against the gates the VM will have,
 // building the default kit first when no --kernel is given.
-func checkStartPolicy(ctx context.Context, o *runOptions, netOpts monitor.NetOptions, files []monitor.FileShare) error {
+// kitSymbols is the --kit's symbol table (armhf), used when --symbols is
+// not given, as the monitor will.
+func checkStartPolicy(ctx context.Context, o *runOptions, netOpts monitor.NetOptions, files []monitor.FileShare, kitSymbols string) error {
 	kernel := o.kernel
 	if kernel == "" {
 		k, err := runKit(ctx, o, os.Stderr)
@@ -438,7 +440,18 @@ func checkStartPolicy(ctx context.Context, o *runOptions, netOpts monitor.NetOpt
 		}
 		kernel = k.Kernel
 	}
-	return monitor.CheckStartPolicy(monitor.Config{PolicyFile: o.policy, Kernel: kernel, Net: netOpts, IDSInterval: o.idsInterval, Files: files, SnapshotReady: o.snapshotReady})
+	symPath := o.symbols
+	if symPath == "" {
+		symPath = kitSymbols
+	}
+	prof, f, err := openSymbols(symPath)
+	if err != nil {
+		return err
+	}
+	if f != nil {
+		defer f.Close()
+	}
+	return monitor.CheckStartPolicy(monitor.Config{PolicyFile: o.policy, Kernel: kernel, Profile: prof, Net: netOpts, IDSInterval: o.idsInterval, Files: files, SnapshotReady: o.snapshotReady})
 }
 
 // runKit returns the kit run boots: --kit's, which must be built, or the

@@ -12,6 +12,7 @@ import (
 const (
 	elfHeaderSize  = 64
 	elfPhdrSize    = 56
+	elfPhdr32Size  = 32
 	elfShdrSize    = 64
 	etCore         = 4
 	emX86_64       = 62
@@ -113,18 +114,30 @@ func NewELFDump(r io.ReaderAt, size int64) (*ELFDump, error) {
 	if !bytes.Equal(eh[:4], []byte("\x7fELF")) {
 		return nil, fmt.Errorf("%w: not an ELF file", ErrFormat)
 	}
-	if eh[4] != 2 || eh[5] != 1 {
-		return nil, fmt.Errorf("%w: not a little-endian ELF64 file (class %d, data %d)", ErrFormat, eh[4], eh[5])
+	if eh[4] != 2 && eh[4] != 1 || eh[5] != 1 {
+		return nil, fmt.Errorf("%w: not a little-endian ELF64 or ELF32 file (class %d, data %d)", ErrFormat, eh[4], eh[5])
 	}
 	le := binary.LittleEndian
 	if t := le.Uint16(eh[16:]); t != etCore {
 		return nil, fmt.Errorf("%w: ELF type %d is not a core file", ErrFormat, t)
 	}
 	machine := le.Uint16(eh[18:])
-	phoff := le.Uint64(eh[32:])
-	shoff := le.Uint64(eh[40:])
-	phentsize := uint64(le.Uint16(eh[54:]))
-	phnum := uint64(le.Uint16(eh[56:]))
+	// ELF32: QEMU's dump of a 32-bit guest (armhf); its program headers
+	// are read as ELF64's below (phdr32).
+	is32 := eh[4] == 1
+	phdrSize := uint64(elfPhdrSize)
+	var phoff, shoff, phentsize, phnum uint64
+	if is32 {
+		phoff, shoff = uint64(le.Uint32(eh[28:])), uint64(le.Uint32(eh[32:]))
+		phentsize, phnum = uint64(le.Uint16(eh[42:])), uint64(le.Uint16(eh[44:]))
+		phdrSize = elfPhdr32Size
+	} else {
+		phoff, shoff = le.Uint64(eh[32:]), le.Uint64(eh[40:])
+		phentsize, phnum = uint64(le.Uint16(eh[54:])), uint64(le.Uint16(eh[56:]))
+	}
+	if phnum == pnXnum && is32 {
+		return nil, fmt.Errorf("%w: an ELF32 dump with PN_XNUM segments", ErrFormat)
+	}
 	if phnum == pnXnum {
 		// More than 65534 segments: the real count is section 0's sh_info.
 		if shoff == 0 || shoff > uint64(size) || uint64(size)-shoff < elfShdrSize {
@@ -136,27 +149,30 @@ func NewELFDump(r io.ReaderAt, size int64) (*ELFDump, error) {
 		}
 		phnum = uint64(le.Uint32(sh[44:]))
 	}
-	if phentsize != elfPhdrSize {
-		return nil, fmt.Errorf("%w: program header size %d, want %d", ErrFormat, phentsize, elfPhdrSize)
+	if phentsize != phdrSize {
+		return nil, fmt.Errorf("%w: program header size %d, want %d", ErrFormat, phentsize, phdrSize)
 	}
 	if phnum == 0 || phnum > maxPhdrs {
 		return nil, fmt.Errorf("%w: %d program headers", ErrFormat, phnum)
 	}
-	if phoff > uint64(size) || (uint64(size)-phoff)/elfPhdrSize < phnum {
+	if phoff > uint64(size) || (uint64(size)-phoff)/phdrSize < phnum {
 		return nil, fmt.Errorf("%w: program headers at %#x (%d of them) exceed file size %#x", ErrFormat, phoff, phnum, size)
 	}
-	phdrs := make([]byte, phnum*elfPhdrSize)
+	phdrs := make([]byte, phnum*phdrSize)
 	if _, err := r.ReadAt(phdrs, int64(phoff)); err != nil {
 		return nil, fmt.Errorf("vmi: read program headers: %w", err)
 	}
 	var segs []segment
 	var notes []byte
 	for i := uint64(0); i < phnum; i++ {
-		ph := phdrs[i*elfPhdrSize : (i+1)*elfPhdrSize]
+		ph := phdrs[i*phdrSize : (i+1)*phdrSize]
 		typ := le.Uint32(ph[0:])
-		off := le.Uint64(ph[8:])
-		paddr := le.Uint64(ph[24:])
-		filesz := le.Uint64(ph[32:])
+		var off, paddr, filesz uint64
+		if is32 { // Elf32_Phdr: type, offset, vaddr, paddr, filesz, memsz, flags, align
+			off, paddr, filesz = uint64(le.Uint32(ph[4:])), uint64(le.Uint32(ph[12:])), uint64(le.Uint32(ph[16:]))
+		} else {
+			off, paddr, filesz = le.Uint64(ph[8:]), le.Uint64(ph[24:]), le.Uint64(ph[32:])
+		}
 		if off > uint64(size) || uint64(size)-off < filesz {
 			return nil, fmt.Errorf("%w: segment %d at %#x+%#x exceeds file size %#x", ErrFormat, i, off, filesz, size)
 		}

@@ -241,6 +241,7 @@ func FuzzELFDump(f *testing.F) {
 	f.Add(testDump()[:0x2000])
 	f.Add(buildDump(mkNote("QEMU", 0, qemuNote(0, true)), []testLoad{{0x1000, []byte("data")}}))
 	f.Add(buildDump(mkNote("CORE", 1, prstatusNote(0)), nil))
+	f.Add(elf32Dump(0x40000000, []byte("armhf")))
 	f.Fuzz(func(t *testing.T, img []byte) {
 		d, err := NewELFDump(bytes.NewReader(img), int64(len(img)))
 		if err != nil {

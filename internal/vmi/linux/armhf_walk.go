@@ -2,6 +2,7 @@ package linux
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 )
 
@@ -12,6 +13,11 @@ import (
 // tables, thread count, CPU times (the group's, as /proc sums them),
 // VSZ, RSS and the executable's path. Not read on 32-bit: the CPU a task
 // last ran on (CPU is -1, "not known", as the Task type documents).
+
+// ErrNot32 is returned by a walk that reads 64-bit pointers when the
+// kernel is a 32-bit one (sockets: the network gate then leaves flows
+// unattributed rather than read the guest wrong).
+var ErrNot32 = errors.New("linux: not implemented for 32-bit kernels: this walk reads 64-bit pointers")
 
 // u32 reads a little-endian 4-byte value at kernel address va.
 func (k *Kernel) u32(va uint64) (uint64, error) {

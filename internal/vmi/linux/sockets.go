@@ -183,6 +183,9 @@ func (k *Kernel) Sockets(tasks []Task) ([]Socket, error) {
 // sorted by PID, then descriptor.
 func (k *Kernel) SocketsWithStats(tasks []Task) ([]Socket, ScanStats, error) {
 	var st ScanStats
+	if k.Profile.Is32() {
+		return nil, st, ErrNot32
+	}
 	fl := layoutForFiles(k.Profile)
 	if fl.err != nil {
 		return nil, st, fl.err
