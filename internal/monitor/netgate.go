@@ -155,6 +155,7 @@ type netState struct {
 	network *vnet.Network
 	nat     *vnet.NAT
 	tap     *os.File
+	member  *os.File          // the network host's connection, detached for an upgrade
 	reader  *vnet.FrameReader // the guest's frames; set before QEMU connects
 	gate    *gatenet.Gate
 	guestW  *vnet.FrameWriter
@@ -234,11 +235,15 @@ func (m *Monitor) prepareNet(saved *NetHandover) error {
 		}
 		fromNet = ns.gate.Ingress
 	}
-	var tap *os.File
-	if saved != nil && saved.TapFD >= 0 {
+	var tap, member *os.File
+	var memberRest []byte
+	if saved != nil && saved.TapFD >= 3 {
 		tap = os.NewFile(uintptr(saved.TapFD), "tap "+o.TapIf)
 	}
-	send, err := m.openBackend(ns, fromNet, tap)
+	if saved != nil && saved.MemberFD >= 3 {
+		member, memberRest = os.NewFile(uintptr(saved.MemberFD), "network host"), saved.MemberRest
+	}
+	send, err := m.openBackend(ns, fromNet, tap, member, memberRest)
 	if err != nil {
 		return err
 	}
@@ -249,10 +254,12 @@ func (m *Monitor) prepareNet(saved *NetHandover) error {
 }
 
 // openBackend opens the network the guest's frames go to once the gate
-// passed them (--net: an isolated network, the NAT, a tap: the one open
-// at tap when a previous monitor handed it over), delivering its frames to
-// fromNet, and returns how to send to it.
-func (m *Monitor) openBackend(ns *netState, fromNet func([][]byte), tap *os.File) (func([][]byte), error) {
+// passed them (--net: an isolated network, the NAT, a tap), delivering its
+// frames to fromNet, and returns how to send to it. A previous monitor's
+// hand-over gives the tap open at tap, or the connection to the isolated
+// network's host at member (with the bytes read from it past its last
+// whole frame).
+func (m *Monitor) openBackend(ns *netState, fromNet func([][]byte), tap, member *os.File, memberRest []byte) (func([][]byte), error) {
 	o := m.cfg.Net
 	var err error
 	switch o.Mode {
@@ -261,7 +268,12 @@ func (m *Monitor) openBackend(ns *netState, fromNet func([][]byte), tap *os.File
 		if err != nil {
 			return nil, err
 		}
-		if ns.network, err = vnet.Join(root, o.Network, fromNet, m.logf, m.cfg.NetHost); err != nil {
+		if member != nil {
+			ns.network, err = vnet.Adopt(root, o.Network, member, memberRest, fromNet, m.logf, m.cfg.NetHost)
+		} else {
+			ns.network, err = vnet.Join(root, o.Network, fromNet, m.logf, m.cfg.NetHost)
+		}
+		if err != nil {
 			return nil, err
 		}
 		return ns.network.Send, nil
@@ -715,7 +727,7 @@ func (m *Monitor) reattachNIC(c net.Conn) {
 // that went down for the pause: TCP sends it again.
 func (m *Monitor) handOffNet() *NetHandover {
 	ns := m.net
-	out := &NetHandover{TapFD: -1, Isolated: m.netIso.reason()}
+	out := &NetHandover{TapFD: -1, MemberFD: -1, Isolated: m.netIso.reason()}
 	ns.ln.Close()
 	ns.mu.Lock()
 	c, pumped := ns.conn, ns.pumped
@@ -729,7 +741,17 @@ func (m *Monitor) handOffNet() *NetHandover {
 		}
 	}
 	if ns.network != nil {
-		ns.network.Close()
+		// The connection to the network's host process crosses the exec:
+		// the host never sees this member leave. Failing that, the new
+		// monitor joins again (while the host lingers).
+		f, rest, err := ns.network.Detach()
+		if err != nil {
+			m.logf("upgrade: %v: the new monitor joins the network again", err)
+			ns.network.Close()
+		} else {
+			ns.member = f
+			out.MemberFD, out.MemberRest = int(f.Fd()), rest
+		}
 	}
 	if ns.gate != nil {
 		ns.gate.Close()

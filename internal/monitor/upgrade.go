@@ -92,6 +92,11 @@ type NetHandover struct {
 	Gate     gatenet.Saved `json:"gate"`
 	TapFD    int           `json:"tap_fd"`
 	Isolated string        `json:"isolated,omitempty"`
+	// MemberFD is the connection to the isolated network's host process
+	// (-1: none; the new monitor joins again), MemberRest what was read
+	// from it past the last whole frame (vnet.Network.Detach).
+	MemberFD   int    `json:"member_fd"`
+	MemberRest []byte `json:"member_rest,omitempty"`
 }
 
 // maxHandover bounds the handover file.
@@ -281,7 +286,7 @@ func (m *Monitor) HandOff(h *Handover) (fd int, err error) {
 	}
 	keep := []int{h.LockFD, h.RAMFD, h.DevicesFD, h.KernelFD, h.InitrdFD, h.SymbolsFD, hf}
 	if h.Net != nil {
-		keep = append(keep, h.Net.TapFD)
+		keep = append(keep, h.Net.TapFD, h.Net.MemberFD)
 	}
 	for _, fd := range keep {
 		if fd < 0 {

@@ -47,20 +47,27 @@ func NewFrameReader(r io.Reader) *FrameReader {
 }
 
 // ReadFrame reads one frame into a new slice, skipping frames longer than
-// MaxFrame (see maxSkip).
+// MaxFrame (see maxSkip). A frame is consumed only once it is whole in
+// the buffer: a read that fails (a deadline) leaves the bytes of a partial
+// frame buffered, for Unread.
 func (f *FrameReader) ReadFrame() ([]byte, error) {
 	var n uint32
 	for {
-		if _, err := io.ReadFull(f.r, f.hdr[:]); err != nil {
+		hdr, err := f.r.Peek(4)
+		if err != nil {
+			if err == io.EOF && len(hdr) > 0 {
+				err = io.ErrUnexpectedEOF
+			}
 			return nil, err
 		}
-		n = binary.BigEndian.Uint32(f.hdr[:])
+		n = binary.BigEndian.Uint32(hdr)
 		if n <= MaxFrame {
 			break
 		}
 		if n > maxSkip {
 			return nil, fmt.Errorf("%w: %d bytes", ErrFrameLength, n)
 		}
+		_, _ = f.r.Discard(4)
 		if _, err := f.r.Discard(int(n)); err != nil {
 			if err == io.EOF {
 				err = io.ErrUnexpectedEOF
@@ -69,14 +76,24 @@ func (f *FrameReader) ReadFrame() ([]byte, error) {
 		}
 		f.Oversized.Add(1)
 	}
-	b := make([]byte, n)
-	if _, err := io.ReadFull(f.r, b); err != nil {
+	p, err := f.r.Peek(4 + int(n))
+	if err != nil {
 		if err == io.EOF {
 			err = io.ErrUnexpectedEOF
 		}
 		return nil, err
 	}
+	b := make([]byte, n)
+	copy(b, p[4:])
+	_, _ = f.r.Discard(4 + int(n))
 	return b, nil
+}
+
+// Unread returns a copy of the bytes read from the stream and not yet
+// consumed as frames (a partial frame after a failed read).
+func (f *FrameReader) Unread() []byte {
+	p, _ := f.r.Peek(f.r.Buffered())
+	return append([]byte(nil), p...)
 }
 
 // ReadBatch blocks for one frame, then adds the frames already buffered, up

@@ -1,7 +1,9 @@
 package vnet
 
 import (
+	"bytes"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"testing"
@@ -131,4 +133,112 @@ func eventually(t *testing.T, f func() bool) {
 		}
 	}
 	t.Fatal("condition not met within 50 tries")
+}
+
+// TestDetachAdopt: a member hands its connection to the host over (as a
+// monitor upgrade does across exec); the host never sees it leave, and the
+// frames switched to it meanwhile arrive, whole and in order, through the
+// adopted connection.
+func TestDetachAdopt(t *testing.T) {
+	root := t.TempDir()
+	oldLinger := HostLinger
+	HostLinger = 100 * time.Millisecond
+	t.Cleanup(func() { HostLinger = oldLinger })
+	ended := make(chan error, 4)
+	spawns := 0
+	spawn := func(dir string) error {
+		spawns++
+		ready := make(chan error, 1)
+		go func() { ended <- HostNetwork(root, filepath.Base(dir), nil, func(err error) { ready <- err }, t.Logf) }()
+		return <-ready
+	}
+	da, ca := collect()
+	a, err := Join(root, "lab", da, t.Logf, spawn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, cb := collect()
+	b, err := Join(root, "lab", db, t.Logf, spawn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	macA, macB := MAC{2, 0, 0, 0, 0, 0xa}, MAC{2, 0, 0, 0, 0, 0xb}
+	// Both learned by the switch.
+	eventually(t, func() bool { a.Send([][]byte{frame(macB, macA, 0x01)}); return gotFill(cb, 0x01) })
+	eventually(t, func() bool { b.Send([][]byte{frame(macA, macB, 0x02)}); return gotFill(ca, 0x02) })
+	f, rest, err := a.Detach()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Switched to a's port while nobody reads it: buffered in the socket.
+	for i := 0; i < 20; i++ {
+		b.Send([][]byte{frame(macA, macB, byte(0x10+i))})
+	}
+	time.Sleep(3 * HostLinger)
+	select {
+	case err := <-ended:
+		t.Fatalf("the host ended (%v) while a member was handed over", err)
+	default:
+	}
+	a2, err := Adopt(root, "lab", f, rest, da, t.Logf, spawn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a2.Close()
+	for i := 0; i < 20; i++ {
+		got := recv(t, ca)
+		if got[14] != byte(0x10+i) {
+			t.Fatalf("frame %d after the adoption: fill %#x, want %#x", i, got[14], 0x10+i)
+		}
+	}
+	eventually(t, func() bool { a2.Send([][]byte{frame(macB, macA, 0x03)}); return gotFill(cb, 0x03) })
+	if spawns != 1 {
+		t.Fatalf("%d hosts spawned, want 1", spawns)
+	}
+	if _, _, err := a2.Detach(); err != nil {
+		t.Fatalf("a second hand-over: %v", err)
+	}
+	if _, _, err := a2.Detach(); err == nil {
+		t.Fatal("a detached network detached again")
+	}
+	if _, err := Adopt(root, "lab", mustTempFile(t), make([]byte, maxAdoptRest+1), da, t.Logf, spawn); err == nil {
+		t.Fatal("an oversized partial frame was adopted")
+	}
+}
+
+func mustTempFile(t *testing.T) *os.File {
+	t.Helper()
+	f, err := os.CreateTemp(t.TempDir(), "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// TestFrameReaderStopsAtFrameBoundary: a read that fails in the middle of
+// a frame leaves the partial frame for Unread.
+func TestFrameReaderStopsAtFrameBoundary(t *testing.T) {
+	var buf bytes.Buffer
+	w := NewFrameWriter(&buf)
+	if err := w.WriteFrames([][]byte{bytes.Repeat([]byte{1}, 60), bytes.Repeat([]byte{2}, 60)}); err != nil {
+		t.Fatal(err)
+	}
+	whole := buf.Bytes()
+	cut := len(whole) - 10
+	r := NewFrameReader(bytes.NewReader(whole[:cut]))
+	if f, err := r.ReadFrame(); err != nil || f[0] != 1 {
+		t.Fatalf("first frame: %v", err)
+	}
+	if _, err := r.ReadFrame(); err == nil {
+		t.Fatal("a partial frame was read")
+	}
+	rest := r.Unread()
+	if !bytes.Equal(rest, whole[64:cut]) {
+		t.Fatalf("unread %d bytes, want %d", len(rest), cut-64)
+	}
+	r2 := NewFrameReader(io.MultiReader(bytes.NewReader(rest), bytes.NewReader(whole[cut:])))
+	if f, err := r2.ReadFrame(); err != nil || len(f) != 60 || f[0] != 2 {
+		t.Fatalf("the frame completed after the hand-over: %v", err)
+	}
 }

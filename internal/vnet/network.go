@@ -1,13 +1,16 @@
 package vnet
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
 	"regexp"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -167,8 +170,12 @@ func (n *Network) connect() error {
 }
 
 // joined makes c, a connection to the host's switch, the uplink.
-func (n *Network) joined(c net.Conn) {
-	cp := &connPort{c: c, w: NewFrameWriter(c)}
+func (n *Network) joined(c net.Conn) { n.joinedWith(c, nil) }
+
+// joinedWith is joined for a connection whose stream begins with rest
+// (read from it before by another process, see Detach).
+func (n *Network) joinedWith(c net.Conn, rest []byte) {
+	cp := &connPort{c: c, w: NewFrameWriter(c), rest: rest}
 	n.mu.Lock()
 	n.uplink = cp
 	n.mu.Unlock()
@@ -219,7 +226,11 @@ func (n *Network) connectSpawning() error {
 // rejoins.
 func (n *Network) member(cp *connPort) {
 	defer n.wg.Done()
-	r := NewFrameReader(cp.c)
+	var src io.Reader = cp.c
+	if len(cp.rest) > 0 {
+		src = io.MultiReader(bytes.NewReader(cp.rest), cp.c)
+	}
+	r := NewFrameReader(src)
 	var batch [][]byte
 	for {
 		var err error
@@ -230,6 +241,10 @@ func (n *Network) member(cp *connPort) {
 		if err != nil {
 			break
 		}
+	}
+	if cp.detaching.Load() {
+		cp.rest = r.Unread()
+		return
 	}
 	cp.Close()
 	for {
@@ -396,6 +411,10 @@ type connPort struct {
 	c    net.Conn
 	w    *FrameWriter
 	once sync.Once
+	// rest is what the stream begins with (Adopt), then what the reader
+	// had read past the last whole frame when it stopped (Detach).
+	rest      []byte
+	detaching atomic.Bool
 }
 
 func (p *connPort) Send(frames [][]byte) {
@@ -425,6 +444,7 @@ var (
 // it) when another process hosts the network, or the error that kept it
 // from hosting.
 func HostNetwork(root, name string, stop <-chan struct{}, ready func(error), logf func(string, ...any)) error {
+	linger, firstWait := HostLinger, HostFirstWait
 	if err := ValidateName(name); err != nil {
 		ready(err)
 		return err
@@ -440,10 +460,10 @@ func HostNetwork(root, name string, stop <-chan struct{}, ready func(error), log
 	}
 	ready(nil)
 	logf("network %s: hosting the switch at %s (pid %d)", name, filepath.Join(dir, "switch.sock"), os.Getpid())
-	wait, had := HostFirstWait, false
+	wait, had := firstWait, false
 	for {
 		if h.members() > 0 {
-			had, wait = true, HostLinger
+			had, wait = true, linger
 			select {
 			case <-stop:
 				h.close()
@@ -470,4 +490,75 @@ func HostNetwork(root, name string, stop <-chan struct{}, ready func(error), log
 			return nil
 		}
 	}
+}
+
+// Detach hands this member's connection to the host process over to
+// another process, without leaving the network: the host keeps the port
+// (its MAC learning, the services' TCP connections to the guest behind it)
+// and buffers what it switches meanwhile in the connection. The reader is
+// stopped at a frame boundary; Detach returns the connection as a file
+// and the bytes read past the last whole frame, which Adopt takes. The
+// Network is closed afterwards. Only a member of a host process can
+// detach (not one hosting the switch itself).
+func (n *Network) Detach() (*os.File, []byte, error) {
+	n.mu.Lock()
+	cp, ok := n.uplink.(*connPort)
+	if n.closed || n.spawn == nil || !ok {
+		n.mu.Unlock()
+		return nil, nil, fmt.Errorf("network %s: only a member of a network host process can hand its connection over", n.name)
+	}
+	n.closed = true
+	close(n.done)
+	n.uplink = nil
+	n.mu.Unlock()
+	cp.detaching.Store(true)
+	_ = cp.c.SetReadDeadline(time.Now())
+	n.wg.Wait()
+	uc, ok := cp.c.(*net.UnixConn)
+	if !ok {
+		cp.Close()
+		return nil, nil, fmt.Errorf("network %s: the connection to the host is not a unix socket", n.name)
+	}
+	f, err := uc.File()
+	cp.Close()
+	if err != nil {
+		return nil, nil, fmt.Errorf("network %s: hand the connection over: %w", n.name, err)
+	}
+	return f, cp.rest, nil
+}
+
+// maxAdoptRest bounds the bytes a detached member had read past its last
+// whole frame: less than one frame and its length.
+const maxAdoptRest = 4 + MaxFrame
+
+// Adopt joins the named network under root through a connection to its
+// host process that another process detached (Detach): f and the bytes
+// it had read past its last whole frame. The Network then behaves as one
+// Join made with spawn (rejoining through it if the host goes).
+func Adopt(root, name string, f *os.File, rest []byte, deliver func([][]byte), logf func(string, ...any), spawn Spawn) (*Network, error) {
+	defer f.Close()
+	if err := ValidateName(name); err != nil {
+		return nil, err
+	}
+	if spawn == nil {
+		return nil, errors.New("vnet: Adopt needs the function that starts the network's host process")
+	}
+	if len(rest) > maxAdoptRest {
+		return nil, fmt.Errorf("network %s: %d bytes of a partial frame to adopt, at most %d", name, len(rest), maxAdoptRest)
+	}
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	c, err := net.FileConn(f)
+	if err != nil {
+		return nil, fmt.Errorf("network %s: adopt the connection to its host: %w", name, err)
+	}
+	if _, ok := c.(*net.UnixConn); !ok {
+		c.Close()
+		return nil, fmt.Errorf("network %s: the adopted connection is not a unix socket", name)
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	n := &Network{name: name, dir: filepath.Join(root, "net", name), deliver: deliver, logf: logf, spawn: spawn, done: make(chan struct{})}
+	n.joinedWith(c, rest)
+	return n, nil
 }
