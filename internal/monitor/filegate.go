@@ -297,9 +297,10 @@ type fileAttributor struct {
 	fst  *fileState
 	name string
 
-	mu    sync.Mutex // guards view and conns
+	mu    sync.Mutex // guards view, tasks and conns
 	view  *ids.Inspector
-	conns []uint64 // the share's mounts' transports (linux.P9Conns)
+	tasks *linux.TaskReader // of view's kernel
+	conns []uint64          // the share's mounts' transports (linux.P9Conns)
 
 	waits, waitNs, retries atomic.Uint64
 }
@@ -318,7 +319,11 @@ func (a *fileAttributor) Attribute(ctx context.Context, tag uint16, msg []byte) 
 		if err != nil {
 			return event.Subject{}, err
 		}
-		a.view = v
+		tr, err := v.K.NewTaskReader()
+		if err != nil {
+			return event.Subject{}, err
+		}
+		a.view, a.tasks = v, tr
 	}
 	k := a.view.K
 	l, err := a.fst.p9Layout(k.Profile)
@@ -368,7 +373,7 @@ func (a *fileAttributor) Attribute(ctx context.Context, tag uint16, msg []byte) 
 	if len(tasks) != 1 {
 		return event.Subject{}, fmt.Errorf("%d tasks wait for request %d", len(tasks), tag)
 	}
-	t, err := k.TaskAt(tasks[0])
+	t, err := a.tasks.Read(tasks[0])
 	if err != nil {
 		return event.Subject{}, err
 	}

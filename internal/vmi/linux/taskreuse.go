@@ -1,0 +1,30 @@
+package linux
+
+// TaskReader reads one task at a time, as TaskAt does, with the reader's
+// buffers and page_offset_base kept between reads (the file gate reads
+// the requester of every decided request: a new reader each time was half
+// the cost of its task read). Nothing read from the guest is kept: each
+// Read forgets the paths, the parents' tgids and the task bytes of the
+// reads before it. Not safe for concurrent use.
+type TaskReader struct {
+	r *taskReader
+}
+
+// NewTaskReader returns a reader of k's tasks.
+func (k *Kernel) NewTaskReader() (*TaskReader, error) {
+	r, err := k.newTaskReader()
+	if err != nil {
+		return nil, err
+	}
+	return &TaskReader{r: r}, nil
+}
+
+// Read reads the task at addr afresh, as TaskAt.
+func (t *TaskReader) Read(addr uint64) (Task, error) {
+	r := t.r
+	clear(r.paths)
+	clear(r.tgids)
+	r.lastBlockRead = 0
+	r.wantGroup = false
+	return r.read(addr)
+}
