@@ -343,6 +343,13 @@ func (m *Monitor) applyKernelLocked(ctx context.Context, c *gdbrsp.Client, snap 
 	case snap != nil && m.kernelNeeded(snap):
 		return noUndo, res, errors.New("the kernel gate is not built (the guest kernel was not located)")
 	}
+	if kg.gate != nil && len(traps) > 0 {
+		for _, name := range kg.gate.ExtraRegs() {
+			if _, ok := c.Register(name); !ok {
+				return noUndo, res, fmt.Errorf("the gdbstub's target description names no %s, which the kernel gate reads at each trap on this guest (current task): nothing armed", name)
+			}
+		}
+	}
 	ch := &trapChange{kg: kg, c: c, old: kg.traps, next: traps, restored: true}
 	err = ch.applyLocked(ctx)
 	if err == nil {
@@ -704,12 +711,14 @@ func (m *Monitor) trapVCPU(ctx context.Context, c *gdbrsp.Client, g *gate.Gate, 
 	}
 	for _, name := range g.ExtraRegs() {
 		// arm64: current is in SP_EL0, a system register the 'g' packet
-		// does not carry.
-		v, err := c.ReadRegister(ctx, name)
-		if err != nil {
-			return true, fmt.Errorf("read %s at a trap: %w", name, err)
+		// does not carry. Unread, it is left out: the gate cannot tell
+		// whose call it is and fails closed (a deny, audited with why),
+		// rather than leave the vCPU at its breakpoint.
+		if v, err := c.ReadRegister(ctx, name); err == nil {
+			regs[name] = v
+		} else {
+			m.logf("kernel gate: read %s at a trap: %v", name, err)
 		}
-		regs[name] = v
 	}
 	start := time.Now()
 	defer func() { m.kg.handleNanos.Add(uint64(time.Since(start))) }()
