@@ -3,6 +3,8 @@ package ids
 import (
 	"errors"
 	"fmt"
+
+	"github.com/gatevisor/gatevisor/internal/vmi/linux"
 )
 
 // ErrNotOnArch is returned for a query that does not run on the guest's
@@ -50,4 +52,15 @@ func (i *Inspector) notOnThisArch(query string) error {
 		return fmt.Errorf("%w: ids %s: %s", ErrNotOnArch, query, armhfOnly64)
 	}
 	return nil
+}
+
+// RunsOn reports whether check name runs on a guest of the profile's
+// architecture (armhf: only the checks armhfNotChecked leaves out), so
+// that a policy response to a check's findings is refused where the check
+// never reports.
+func RunsOn(prof *linux.Profile, name string) bool {
+	if prof != nil && prof.IsARMHF() {
+		return armhfNotChecked[name] == ""
+	}
+	return true
 }

@@ -181,7 +181,9 @@ func Coverage(prof *linux.Profile, kernel string, gatedNet, scan bool) policy.Co
 	if scan {
 		cov.Findings = map[string]bool{}
 		for _, c := range ids.CheckNames() {
-			cov.Findings[c] = true
+			if ids.RunsOn(prof, c) {
+				cov.Findings[c] = true
+			}
 		}
 	}
 	actions := api.Actions()
