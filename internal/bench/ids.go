@@ -25,6 +25,7 @@ type IDSReport struct {
 	ProfileBuildSecs float64 `json:"profile_build_seconds"`
 	ProfileLoadSecs  float64 `json:"profile_load_cached_seconds"`
 	ImageSHA256      string  `json:"kernel_image_sha256"`
+	Kit              string  `json:"kit,omitempty"`
 	// Check is `ids check` on the same guest, and the continuous scan's cost.
 	Check *IDSCheckReport `json:"check,omitempty"`
 }
@@ -36,6 +37,9 @@ type IDSOptions struct {
 	// Window is how long the monitor's CPU is measured, idle and then
 	// scanning every ScanInterval (a second guest); 0 skips that part.
 	Window, ScanInterval time.Duration
+	// Kit, when set, is another built kit to boot (a name of kit ls,
+	// such as the arm64 one) instead of the default.
+	Kit string
 }
 
 // idsSources are the memory sources `ids ps` is timed from, in the order
@@ -53,11 +57,22 @@ func IDS(ctx context.Context, env Env, o IDSOptions) (*IDSReport, error) {
 	if err != nil {
 		return nil, err
 	}
-	rep := &IDSReport{Processes: o.Procs, Rounds: o.Rounds}
+	args := []string{"--mem", "512M"}
+	if o.Kit != "" && o.Kit != kit.DefaultName {
+		cache, err := kit.CacheDir()
+		if err != nil {
+			return nil, err
+		}
+		if k, err = kit.Find(cache, o.Kit); err != nil {
+			return nil, err
+		}
+		args = append(args, "--kit", o.Kit)
+	}
+	rep := &IDSReport{Processes: o.Procs, Rounds: o.Rounds, Kit: o.Kit}
 	if err := timeProfile(k.Kernel, rep); err != nil {
 		return nil, err
 	}
-	c, stopVM, err := env.bootVM(ctx, fmt.Sprintf("bench-ids-%d", os.Getpid()), "--mem", "512M")
+	c, stopVM, err := env.bootVM(ctx, fmt.Sprintf("bench-ids-%d", os.Getpid()), args...)
 	if err != nil {
 		return nil, err
 	}
@@ -87,7 +102,7 @@ func IDS(ctx context.Context, env Env, o IDSOptions) (*IDSReport, error) {
 		return nil, err
 	}
 	stop()
-	if err := scanCost(ctx, env, o.Procs, o.ScanInterval, o.Window, rep.Check); err != nil {
+	if err := scanCost(ctx, env, o.Procs, o.ScanInterval, o.Window, rep.Check, args[2:]...); err != nil {
 		return nil, err
 	}
 	return rep, nil

@@ -96,8 +96,8 @@ func monitorCPU(ctx context.Context, c *apiclient.Client, window time.Duration) 
 // scanCost boots a second guest like the first but scanning every
 // interval, starts the same processes, and measures the monitor's CPU
 // over window, after one scan has profiled the kernel.
-func scanCost(ctx context.Context, env Env, procs int, interval, window time.Duration, r *IDSCheckReport) error {
-	c, stop, err := env.bootVM(ctx, fmt.Sprintf("bench-ids-scan-%d", os.Getpid()), "--mem", "512M", "--ids-interval", interval.String())
+func scanCost(ctx context.Context, env Env, procs int, interval, window time.Duration, r *IDSCheckReport, kitArgs ...string) error {
+	c, stop, err := env.bootVM(ctx, fmt.Sprintf("bench-ids-scan-%d", os.Getpid()), append([]string{"--mem", "512M", "--ids-interval", interval.String()}, kitArgs...)...)
 	if err != nil {
 		return err
 	}

@@ -31,6 +31,7 @@ second guest with the same processes scanning every --scan-interval.`,
 	cmd.Flags().IntVar(&o.Rounds, "rounds", 21, "queries per memory source")
 	cmd.Flags().DurationVar(&o.Window, "window", 20*time.Second, "how long the monitor's CPU is measured, idle and then on a second guest scanning every --scan-interval (0 skips it)")
 	cmd.Flags().DurationVar(&o.ScanInterval, "scan-interval", time.Second, "the second guest's --ids-interval")
+	cmd.Flags().StringVar(&o.Kit, "kit", "", "boot this built kit (a name of 'gatevisor kit ls', such as the arm64 one) instead of the default")
 	check := func() error {
 		if o.Procs < 0 || o.Procs > 5000 || o.Rounds < 1 || o.Rounds > 1000 {
 			return fmt.Errorf("--procs 0..5000 and --rounds 1..1000")

@@ -17,7 +17,7 @@ func TestBenchFlags(t *testing.T) {
 		"boot":       {"rounds": "5", "accel": "auto", "timeout": "5m0s", "json": "false", "kit": ""},
 		"fleet":      {"events": "20000", "json": "false", "rounds": "3", "vms": "[1,10,50]"},
 		"rejuvenate": {"mem": "[256,1024,2048]", "rounds": "3", "fill-mib": "128", "tick": "5ms", "net": "", "json": "false"},
-		"ids":        {"procs": "1000", "rounds": "21", "json": "false", "window": "20s", "scan-interval": "1s"},
+		"ids":        {"procs": "1000", "rounds": "21", "json": "false", "window": "20s", "scan-interval": "1s", "kit": ""},
 		"syscalls": {"rounds": "5", "iters": "1000", "untrapped-iters": "20000", "calls": "200000", "cpus": "1",
 			"policy": "policies/iot-default.policy", "json": "false", "kit": ""},
 		"net": {"rounds": "5", "mib": "32", "requests": "100", "echoes": "1000", "accel": "auto", "mem": "256M",
