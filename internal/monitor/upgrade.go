@@ -74,6 +74,9 @@ type Handover struct {
 	// Caller is the state of the command around the monitor (the CLI's
 	// fleet agent), carried as it gives it.
 	Caller json.RawMessage `json:"caller,omitempty"`
+	// Decisions are the gates' decisions so far by verdict (status and
+	// the metrics count on from them): kernel, net, api.
+	Decisions map[string]map[string]uint64 `json:"decisions,omitempty"`
 }
 
 // FrozenProc is a frozen process as it crosses a hand-over.
@@ -254,6 +257,8 @@ func (m *Monitor) HandOff(h *Handover) (fd int, err error) {
 	}
 	q := m.q()
 	q.closeChannels()
+	h.Decisions = map[string]map[string]uint64{"kernel": m.pol.kernelVerdicts.snapshot(), "net": m.pol.netVerdicts.snapshot(),
+		"api": m.pol.apiVerdicts.snapshot()}
 	m.frozen.mu.Lock()
 	for _, p := range m.frozen.procs {
 		h.Frozen = append(h.Frozen, FrozenProc{PID: p.pid, Start: p.start, Comm: p.comm})
@@ -360,6 +365,9 @@ func Resume(ctx context.Context, cfg Config, h *Handover) (_ *Monitor, err error
 	}
 	m.up.ch = make(chan *Handover, 1)
 	m.up.upgrades = h.Upgrades
+	m.pol.kernelVerdicts.restore(h.Decisions["kernel"])
+	m.pol.netVerdicts.restore(h.Decisions["net"])
+	m.pol.apiVerdicts.restore(h.Decisions["api"])
 	m.kitModules = cfg.KitModules
 	m.metrics = metrics.New(cfg.Name, m.Status, hostFigures)
 	root, err := vmdir.Root()

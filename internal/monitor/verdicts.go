@@ -31,6 +31,16 @@ func (c *verdictCounts) snapshot() map[string]uint64 {
 	return out
 }
 
+// restore adds counts by verdict name (a snapshot taken by the monitor
+// this one replaced); unknown names are ignored.
+func (c *verdictCounts) restore(counts map[string]uint64) {
+	for name, n := range counts {
+		if v, ok := policy.ParseVerdict(name); ok && int(v) < len(c) {
+			c[v].Add(n)
+		}
+	}
+}
+
 // countingServer is the security server as one gate uses it, counting
 // that gate's decisions.
 type countingServer struct {

@@ -172,6 +172,14 @@ func (c *Config) Args() []string {
 		"-S",
 		// A guest reset or panic ends the VM instead of looping.
 		"-no-reboot",
+		// Device state saved for a restart, an upgrade or a snapshot carries
+		// no run state: the guest is saved while stopped, often at a kernel
+		// gate's trap (run state "debug"), which a QEMU loading it with
+		// -incoming would take on and abort on ("invalid runstate
+		// transition: 'inmigrate' -> 'debug'"); without it the new QEMU
+		// ends paused (-S), and the monitor resumes it once its traps are
+		// set.
+		"-global", "migration.store-global-state=off",
 		// QEMU's seccomp filter: a guest that escapes into QEMU cannot spawn
 		// processes, change privileges or use obsolete system calls.
 		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
