@@ -34,8 +34,7 @@ var ErrFrameLength = errors.New("vnet: frame length out of range")
 // FrameReader reads QEMU stream-netdev frames: a 4-byte big-endian length,
 // then that many bytes.
 type FrameReader struct {
-	r   *bufio.Reader
-	hdr [4]byte
+	r *bufio.Reader
 
 	// Oversized counts frames longer than MaxFrame that were skipped.
 	Oversized atomic.Uint64
