@@ -6,13 +6,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/gatevisor/gatevisor/internal/testvm"
 	"github.com/gatevisor/gatevisor/internal/vmi"
 	"github.com/gatevisor/gatevisor/internal/vmi/linux"
 )
@@ -30,38 +28,7 @@ import (
 // __arm64_sys_delete_module; and a process killed from below (proc kill).
 func TestARM64(t *testing.T) {
 	needVM(t)
-	if _, err := exec.LookPath("qemu-system-aarch64"); err != nil {
-		testvm.Skip(t, "qemu-system-aarch64 is not installed: arm64 guests need it: sudo apt-get install -y qemu-system-arm (scripts/install-deps installs it)")
-	}
-	start := time.Now()
-	r := gv(t, 20*time.Minute, "kit", "build", "--arch", "arm64")
-	if r.code != 0 {
-		for _, u := range unreachable {
-			if strings.Contains(r.stderr, u) {
-				testvm.Skip(t, "the arm64 kit cannot be built here: the Debian archive is not reachable through apt (%s): allow access to deb.debian.org\n%s", u, r.stderr)
-			}
-		}
-		t.Fatalf("kit build --arch arm64: exit %d\n%s%s", r.code, r.stdout, r.stderr)
-	}
-	t.Logf("kit build --arch arm64: %v", time.Since(start).Round(100*time.Millisecond))
-	var kits []struct {
-		Name, Arch, Suite string
-		KernelRelease     string `json:"kernel_release"`
-		Verified          bool
-	}
-	ls := gv(t, time.Minute, "kit", "ls", "--json")
-	if err := json.Unmarshal([]byte(ls.stdout), &kits); err != nil {
-		t.Fatalf("kit ls --json: %v\n%s", err, ls.stdout)
-	}
-	kitName := ""
-	for _, k := range kits {
-		if k.Arch == "arm64" && k.Suite == "bookworm" && k.Verified && strings.HasSuffix(k.KernelRelease, "-arm64") {
-			kitName = k.Name
-		}
-	}
-	if kitName == "" {
-		t.Fatalf("kit ls lists no verified arm64 kit:\n%s", ls.stdout)
-	}
+	kitName := builtKit(t, "arm64", "qemu-system-aarch64", "-arm64")
 
 	// The kernel gate on arm64 (docs/design.md, "Kernel gate on arm64"):
 	// armed at SYSTEM_RUNNING before init, a deny at an LSM hook
@@ -87,7 +54,7 @@ subject roles admin when uidEq(0);
 		gv(t, 2*time.Minute, "stop", vm, "--force")
 		waitNoQEMU(t, vm, 30*time.Second)
 	})
-	start = time.Now()
+	start := time.Now()
 	if r := gv(t, readyTimeout+time.Minute, "run", "--detach", "--name", vm, "--kit", kitName, "--policy", pol, "--ready-timeout", readyTimeout.String()); r.code != 0 {
 		t.Fatalf("run --kit %s --policy %s: exit %d\n%s%s", kitName, pol, r.code, r.stdout, r.stderr)
 	}

@@ -2,17 +2,14 @@ package integration
 
 import (
 	"encoding/binary"
-	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/gatevisor/gatevisor/internal/testvm"
 	"github.com/gatevisor/gatevisor/internal/vmi/linux"
 )
 
@@ -28,38 +25,7 @@ import (
 // armhf: fail closed); one network-gate verdict.
 func TestARMHF(t *testing.T) {
 	needVM(t)
-	if _, err := exec.LookPath("qemu-system-arm"); err != nil {
-		testvm.Skip(t, "qemu-system-arm is not installed: armhf guests need it: sudo apt-get install -y qemu-system-arm (scripts/install-deps installs it)")
-	}
-	start := time.Now()
-	r := gv(t, 20*time.Minute, "kit", "build", "--arch", "armhf")
-	if r.code != 0 {
-		for _, u := range unreachable {
-			if strings.Contains(r.stderr, u) {
-				testvm.Skip(t, "the armhf kit cannot be built here: the Debian archive is not reachable through apt (%s): allow access to deb.debian.org\n%s", u, r.stderr)
-			}
-		}
-		t.Fatalf("kit build --arch armhf: exit %d\n%s%s", r.code, r.stdout, r.stderr)
-	}
-	t.Logf("kit build --arch armhf: %v", time.Since(start).Round(100*time.Millisecond))
-	var kits []struct {
-		Name, Arch, Suite string
-		KernelRelease     string `json:"kernel_release"`
-		Verified          bool
-	}
-	ls := gv(t, time.Minute, "kit", "ls", "--json")
-	if err := json.Unmarshal([]byte(ls.stdout), &kits); err != nil {
-		t.Fatalf("kit ls --json: %v\n%s", err, ls.stdout)
-	}
-	kitName := ""
-	for _, k := range kits {
-		if k.Arch == "armhf" && k.Suite == "bookworm" && k.Verified && strings.HasSuffix(k.KernelRelease, "-armmp") {
-			kitName = k.Name
-		}
-	}
-	if kitName == "" {
-		t.Fatalf("kit ls lists no verified armhf kit:\n%s", ls.stdout)
-	}
+	kitName := builtKit(t, "armhf", "qemu-system-arm", "-armmp")
 	image := strings.TrimSpace(gv(t, time.Minute, "kit", "show", "--kit", kitName, "--kernel").stdout)
 	symbols := filepath.Join(filepath.Dir(image), "symbols.json")
 	if _, err := os.Stat(symbols); err != nil {
@@ -78,7 +44,7 @@ func TestARMHF(t *testing.T) {
 		gv(t, 2*time.Minute, "stop", vm, "--force")
 		waitNoQEMU(t, vm, 30*time.Second)
 	})
-	start = time.Now()
+	start := time.Now()
 	if r := gv(t, readyTimeout+time.Minute, "run", "--detach", "--name", vm, "--kit", kitName, "--ready-timeout", readyTimeout.String()); r.code != 0 {
 		t.Fatalf("run --kit %s: exit %d\n%s%s", kitName, r.code, r.stdout, r.stderr)
 	}
