@@ -1,9 +1,11 @@
 package monitor
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/gatevisor/gatevisor/internal/event"
+	"github.com/gatevisor/gatevisor/internal/policy"
 	"github.com/gatevisor/gatevisor/internal/vmi/linux"
 )
 
@@ -28,5 +30,33 @@ func TestCoverageARMHFNoKernelGate(t *testing.T) {
 	// A response may answer only the findings of checks that run there.
 	if !cov.Findings["syscall-table"] || !cov.Findings["hidden-module"] || cov.Findings["hidden-process"] || cov.Findings["kprobe"] {
 		t.Errorf("findings a response may answer on armhf: %v", cov.Findings)
+	}
+}
+
+// On armhf a response that acts on a guest process is refused when the
+// policy is loaded, not when it fires: process actions need a kernel call
+// in a calling convention the injector knows (x86-64, AAPCS64).
+func TestCoverageARMHFRefusesProcResponses(t *testing.T) {
+	src := `default: allow;
+role admin: *;
+subject roles admin when uidEq(0);
+response hooked_kill: on finding("syscall-table") do kill;
+response hooked_cut: on finding("syscall-table") do isolate;
+`
+	spec, err := policy.Parse("armhf.policy", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := policy.Compile(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	armhf := Coverage(&linux.Profile{Arch: linux.ArchARMHF}, "vmlinuz", true, true)
+	errs := p.CheckResponses(armhf)
+	if len(errs) != 1 || !strings.Contains(errs[0].Error(), "hooked_kill acts on a guest process (kill)") || !strings.Contains(errs[0].Error(), "armhf") {
+		t.Fatalf("armhf: %v, want hooked_kill refused with the reason", errs)
+	}
+	if errs := p.CheckResponses(Coverage(nil, "vmlinuz", true, true)); len(errs) != 0 {
+		t.Fatalf("without a profile (x86-64 and arm64 act on processes): %v", errs)
 	}
 }

@@ -189,6 +189,9 @@ func Coverage(prof *linux.Profile, kernel string, gatedNet, scan bool) policy.Co
 	actions := api.Actions()
 	sort.Strings(actions)
 	cov.Observers[event.ClassAPI] = policy.Observer{Gate: "the API gate", All: true, Ops: actions}
+	if prof != nil {
+		cov.NoProcActions = noProcActions(prof.Arch)
+	}
 	return cov
 }
 

@@ -94,8 +94,8 @@ func (m *Monitor) procAction(ctx context.Context, action string, req api.ProcReq
 	if !slices.Contains(api.ProcActions, action) {
 		return api.ProcResult{}, apiErr(api.CodeBadRequest, "unknown process action %q: use one of %v", action, api.ProcActions)
 	}
-	if a := m.cfg.Arch; a != "" && a != qemu.ArchAMD64 && a != qemu.ArchARM64 {
-		return api.ProcResult{}, apiErr(api.CodeUnavailable, "process actions from below are not implemented for %s guests: the kernel call at the timer interrupt (inject.go) knows the x86-64 and AAPCS64 calling conventions only", a)
+	if why := noProcActions(m.cfg.Arch); why != "" {
+		return api.ProcResult{}, apiErr(api.CodeUnavailable, "%s", why)
 	}
 	if err := m.checkRunning(); err != nil {
 		return api.ProcResult{}, err
@@ -381,4 +381,13 @@ func (m *Monitor) unfreeze(pid int, start uint64) {
 	if p := m.frozen.procs[pid]; p != nil && p.start == start {
 		delete(m.frozen.procs, pid)
 	}
+}
+
+// noProcActions says why a guest of arch cannot be acted on from below
+// ("" it can).
+func noProcActions(arch string) string {
+	if arch != "" && arch != qemu.ArchAMD64 && arch != qemu.ArchARM64 {
+		return fmt.Sprintf("process actions from below are not implemented for %s guests: the kernel call at the timer interrupt (inject.go) knows the x86-64 and AAPCS64 calling conventions only", arch)
+	}
+	return ""
 }

@@ -453,6 +453,10 @@ type Coverage struct {
 	// ReadySnapshot says the VM takes snapshot "ready" at boot (run
 	// --snapshot-ready): a response may roll back to it.
 	ReadySnapshot bool
+	// NoProcActions, when set, says why the VM cannot act on a guest
+	// process from below (kill, stop, freeze): a response doing so is
+	// refused.
+	NoProcActions string
 }
 
 // Problem is a statement no gate of the VM enforces.

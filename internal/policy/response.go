@@ -226,6 +226,9 @@ func (p *Policy) CheckResponses(cov Coverage) []error {
 				out = append(out, errAt(ErrCoverage, pos, fmt.Sprintf("response %s answers IDS findings of %q, which no check reports", r.Name, f), "", "one of: "+strings.Join(sortedKeys(cov.Findings), ", ")))
 			}
 		}
+		if (r.Action == RespKill || r.Action == RespStop || r.Action == RespFreeze) && cov.NoProcActions != "" {
+			out = append(out, errAt(ErrCoverage, r.Pos, fmt.Sprintf("response %s acts on a guest process (%s), and this VM cannot: %s", r.Name, r.Action, cov.NoProcActions), "", "answer with isolate or rollback instead, or only audit the finding"))
+		}
 		if r.Action == RespRollback && !cov.ReadySnapshot {
 			out = append(out, errAt(ErrCoverage, r.Pos, fmt.Sprintf("response %s rolls the VM back to its snapshot \"ready\", and this VM takes none", r.Name), "", "start the VM with --snapshot-ready"))
 		}
