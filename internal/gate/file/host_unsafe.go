@@ -55,24 +55,17 @@ func (h *host) fstat(fd int, st *unix.Stat_t) error {
 
 // pread reads at off into b; 0 bytes at the end of the file.
 func (h *host) pread(fd int, b []byte, off int64) (int, error) {
-	if len(b) == 0 {
-		return 0, nil
-	}
-	for {
-		var r uintptr
-		var e syscall.Errno
-		if h.raw {
-			r, _, e = unix.RawSyscall6(unix.SYS_PREAD64, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), uintptr(off), 0, 0)
-		} else {
-			r, _, e = unix.Syscall6(unix.SYS_PREAD64, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), uintptr(off), 0, 0)
-		}
-		if e != unix.EINTR {
-			return int(r), errnoErr(e)
-		}
-	}
+	return h.positioned(unix.SYS_PREAD64, fd, b, off)
 }
 
+// pwrite writes b at off.
 func (h *host) pwrite(fd int, b []byte, off int64) (int, error) {
+	return h.positioned(unix.SYS_PWRITE64, fd, b, off)
+}
+
+// positioned makes the positioned read or write trap (SYS_PREAD64,
+// SYS_PWRITE64) of b at off, raw when h.raw, again on EINTR.
+func (h *host) positioned(trap uintptr, fd int, b []byte, off int64) (int, error) {
 	if len(b) == 0 {
 		return 0, nil
 	}
@@ -80,9 +73,9 @@ func (h *host) pwrite(fd int, b []byte, off int64) (int, error) {
 		var r uintptr
 		var e syscall.Errno
 		if h.raw {
-			r, _, e = unix.RawSyscall6(unix.SYS_PWRITE64, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), uintptr(off), 0, 0)
+			r, _, e = unix.RawSyscall6(trap, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), uintptr(off), 0, 0)
 		} else {
-			r, _, e = unix.Syscall6(unix.SYS_PWRITE64, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), uintptr(off), 0, 0)
+			r, _, e = unix.Syscall6(trap, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), uintptr(off), 0, 0)
 		}
 		if e != unix.EINTR {
 			return int(r), errnoErr(e)
