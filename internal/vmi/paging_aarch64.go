@@ -90,11 +90,22 @@ func (as *AddressSpace) rootARM64(va uint64) uint64 {
 // walkARM64 is walk for PagingARM64. TranslationError.Level is the
 // AArch64 level of the failing table (0 to 3).
 func (as *AddressSpace) walkARM64(va uint64) (walkResult, error) {
-	table := as.rootARM64(va)
+	return as.walkLongDescriptors(va, as.rootARM64(va), 0, 0x1ff, armOAMask)
+}
+
+// walkLongDescriptors walks VMSA long-descriptor tables with the 4 KiB
+// granule from table, at level start: AArch64's (levels 0 to 3) and ARMv7
+// LPAE's (levels 1 to 3, level 1 indexing 2 bits of a 32-bit address,
+// l1Mask 3). oaMask keeps an entry's output address bits.
+func (as *AddressSpace) walkLongDescriptors(va, table uint64, start int, l1Mask, oaMask uint64) (walkResult, error) {
 	var buf [8]byte
-	for level := 0; level <= 3; level++ {
-		shift := uint(39 - 9*level)
-		addr := table + (va>>shift&0x1ff)*8
+	for level := start; level <= 3; level++ {
+		shift := uint(39 - 9*level) // 39, 30, 21, 12
+		idx := va >> shift & 0x1ff
+		if level == 1 {
+			idx = va >> shift & l1Mask
+		}
+		addr := table + idx*8
 		if _, err := as.Mem.ReadAt(buf[:], int64(addr)); err != nil {
 			return walkResult{}, &TranslationError{VA: va, Level: level, Table: table, Err: err}
 		}
@@ -104,20 +115,20 @@ func (as *AddressSpace) walkARM64(va uint64) (walkResult, error) {
 		}
 		if level == 3 {
 			if e&armDescTable == 0 {
-				// Bits 1:0 = 01 at L3 are reserved: the MMU faults.
+				// Bits 1:0 = 01 at level 3 are reserved: the MMU faults.
 				return walkResult{}, &TranslationError{VA: va, Level: level, Table: table, Entry: e, Err: ErrReservedBit}
 			}
-			return walkResult{base: e & armOAMask, size: PageSize4K, leafAddr: addr, leaf: e}, nil
+			return walkResult{base: e & oaMask, size: PageSize4K, leafAddr: addr, leaf: e}, nil
 		}
 		if e&armDescTable == 0 {
 			if level == 0 {
-				// No L0 blocks with the 4K granule (without FEAT_LPA2).
+				// No level-0 blocks with the 4K granule (without FEAT_LPA2).
 				return walkResult{}, &TranslationError{VA: va, Level: level, Table: table, Entry: e, Err: ErrReservedBit}
 			}
 			size := uint64(1) << shift
-			return walkResult{base: e & armOAMask &^ (size - 1), size: size, leafAddr: addr, leaf: e}, nil
+			return walkResult{base: e & oaMask &^ (size - 1), size: size, leafAddr: addr, leaf: e}, nil
 		}
-		table = e & armOAMask
+		table = e & oaMask
 	}
 	panic("unreachable")
 }

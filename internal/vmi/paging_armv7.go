@@ -150,32 +150,5 @@ func (as *AddressSpace) walkLPAE(va uint64) (walkResult, error) {
 	if err != nil {
 		return walkResult{}, &TranslationError{VA: va, Level: 1, Err: err}
 	}
-	var buf [8]byte
-	for level := start; level <= 3; level++ {
-		shift := uint(39 - 9*level) // 30, 21, 12
-		idx := va >> shift & 0x1ff
-		if level == 1 {
-			idx = va >> 30 & 3
-		}
-		addr := table + idx*8
-		if _, err := as.Mem.ReadAt(buf[:], int64(addr)); err != nil {
-			return walkResult{}, &TranslationError{VA: va, Level: level, Table: table, Err: err}
-		}
-		e := binary.LittleEndian.Uint64(buf[:])
-		if e&armDescValid == 0 {
-			return walkResult{}, &TranslationError{VA: va, Level: level, Table: table, Entry: e, Err: ErrNotMapped}
-		}
-		if level == 3 {
-			if e&armDescTable == 0 {
-				return walkResult{}, &TranslationError{VA: va, Level: level, Table: table, Entry: e, Err: ErrReservedBit}
-			}
-			return walkResult{base: e & lpaeOAMask, size: PageSize4K, leafAddr: addr, leaf: e}, nil
-		}
-		if e&armDescTable == 0 {
-			size := uint64(1) << shift
-			return walkResult{base: e & lpaeOAMask &^ (size - 1), size: size, leafAddr: addr, leaf: e}, nil
-		}
-		table = e & lpaeOAMask
-	}
-	panic("unreachable")
+	return as.walkLongDescriptors(va, table, start, 3, lpaeOAMask)
 }

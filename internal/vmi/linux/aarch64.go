@@ -189,6 +189,20 @@ func imageAt(img []byte, base, addr uint64, n int) ([]byte, bool) {
 	return img[o : o+uint64(n)], true
 }
 
+// checkImageBanner checks that a flat image img loaded at base holds the
+// profile's linux_banner where the profile says, and returns the address
+// of sys_call_table, which the image facts read next.
+func checkImageBanner(img []byte, base uint64, prof *Profile) (table uint64, err error) {
+	syms, err := prof.SymbolList("linux_banner", "sys_call_table")
+	if err != nil {
+		return 0, err
+	}
+	if b, ok := imageAt(img, base, syms[0], len(prof.Banner)); !ok || string(b) != prof.Banner {
+		return 0, fmt.Errorf("linux: image's linux_banner %.40q differs from the profile's %.40q", b, prof.Banner)
+	}
+	return syms[1], nil
+}
+
 // newARM64Profile builds the profile of an arm64 image.
 func newARM64Profile(raw []byte, opts ProfileOptions) (*Profile, error) {
 	flat, comp, err := armimage.Unwrap(raw)
@@ -297,14 +311,7 @@ func newARM64ImageFacts(raw []byte, prof *Profile) (*ImageFacts, error) {
 		return nil, err
 	}
 	facts := &ImageFacts{Banner: prof.Banner}
-	bannerVA, err := prof.Symbol("linux_banner")
-	if err != nil {
-		return nil, err
-	}
-	if b, ok := imageAt(img, base, bannerVA, len(prof.Banner)); !ok || string(b) != prof.Banner {
-		return nil, fmt.Errorf("linux: image's linux_banner %.40q differs from the profile's %.40q", b, prof.Banner)
-	}
-	table, err := prof.Symbol("sys_call_table")
+	table, err := checkImageBanner(img, base, prof)
 	if err != nil {
 		return nil, err
 	}

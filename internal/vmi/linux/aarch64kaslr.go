@@ -29,22 +29,11 @@ func locateARM64(mem vmi.PhysicalMemory, prof *Profile, regs Registers) (*Kernel
 	if err := vmi.CheckTCR(regs.TCR); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrKASLR, err)
 	}
-	text, err := prof.Symbol("_text")
+	syms, err := prof.SymbolList("_text", "linux_banner", "kimage_voffset", "init_mm")
 	if err != nil {
 		return nil, err
 	}
-	bannerVA, err := prof.Symbol("linux_banner")
-	if err != nil {
-		return nil, err
-	}
-	voffVA, err := prof.Symbol("kimage_voffset")
-	if err != nil {
-		return nil, err
-	}
-	initMM, err := prof.Symbol("init_mm")
-	if err != nil {
-		return nil, err
-	}
+	text, bannerVA, voffVA, initMM := syms[0], syms[1], syms[2], syms[3]
 	pgdOff, err := prof.FieldOffset("mm_struct.pgd")
 	if err != nil {
 		return nil, err

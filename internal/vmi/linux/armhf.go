@@ -110,14 +110,7 @@ func newARMHFImageFacts(raw []byte, prof *Profile) (*ImageFacts, error) {
 		return nil, err
 	}
 	facts := &ImageFacts{Banner: prof.Banner}
-	bannerVA, err := prof.Symbol("linux_banner")
-	if err != nil {
-		return nil, err
-	}
-	if b, ok := imageAt(img, base, bannerVA, len(prof.Banner)); !ok || string(b) != prof.Banner {
-		return nil, fmt.Errorf("linux: image's linux_banner %.40q differs from the profile's %.40q", b, prof.Banner)
-	}
-	table, err := prof.Symbol("sys_call_table")
+	table, err := checkImageBanner(img, base, prof)
 	if err != nil {
 		return nil, err
 	}
@@ -152,18 +145,11 @@ const armhfImageAlign = 4 << 10
 // LPAE's long descriptors (the 4-entry first-level table covers all 4
 // GiB).
 func locateARMHF(mem vmi.PhysicalMemory, prof *Profile, regs Registers) (*Kernel, error) {
-	text, err := prof.Symbol("_text")
+	syms, err := prof.SymbolList("_text", "linux_banner", "init_mm")
 	if err != nil {
 		return nil, err
 	}
-	bannerVA, err := prof.Symbol("linux_banner")
-	if err != nil {
-		return nil, err
-	}
-	initMM, err := prof.Symbol("init_mm")
-	if err != nil {
-		return nil, err
-	}
+	text, bannerVA, initMM := syms[0], syms[1], syms[2]
 	pgdOff, err := prof.FieldOffset("mm_struct.pgd")
 	if err != nil {
 		return nil, err

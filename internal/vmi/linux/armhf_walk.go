@@ -311,21 +311,10 @@ func (k *Kernel) modules32() ([]Module, error) {
 func (l *moduleLayout) parseModule32(b []byte, addr uint64) (Module, error) {
 	le := binary.LittleEndian
 	at := func(off uint64) []byte { return b[off-l.block.lo:] }
-	st := le.Uint32(at(l.state))
-	if st >= uint32(len(moduleStates)) {
-		return Module{}, fmt.Errorf("%w: module %#x state %d", ErrInconsistent, addr, st)
+	m, err := l.moduleIdentity(b, addr)
+	if err != nil {
+		return Module{}, err
 	}
-	nb := at(l.name)[:l.nameLen]
-	n := indexByte(nb, 0)
-	if n <= 0 {
-		return Module{}, fmt.Errorf("%w: module %#x has no NUL-terminated name", ErrInconsistent, addr)
-	}
-	for _, c := range nb[:n] {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
-			return Module{}, fmt.Errorf("%w: module %#x name %q", ErrInconsistent, addr, nb[:n])
-		}
-	}
-	m := Module{Addr: addr, Name: string(nb[:n]), State: moduleStates[st]}
 	m.Base = uint64(le.Uint32(at(l.coreBase[0])))
 	for i := range l.coreBase {
 		m.Size += uint64(le.Uint32(at(l.coreSize[i])))

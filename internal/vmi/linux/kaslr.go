@@ -57,14 +57,11 @@ func Locate(mem vmi.PhysicalMemory, prof *Profile, regs Registers) (*Kernel, err
 	if prof.IsARMHF() {
 		return locateARMHF(mem, prof, regs)
 	}
-	text, err := prof.Symbol("_text")
+	syms, err := prof.SymbolList("_text", "linux_banner")
 	if err != nil {
 		return nil, err
 	}
-	bannerVA, err := prof.Symbol("linux_banner")
-	if err != nil {
-		return nil, err
-	}
+	text, bannerVA := syms[0], syms[1]
 	banner := []byte(prof.Banner)
 	if len(banner) == 0 || bannerVA < text {
 		return nil, fmt.Errorf("%w: profile has no usable banner", ErrKASLR)

@@ -111,11 +111,9 @@ func newModuleLayout(p *Profile) *moduleLayout {
 	return l
 }
 
-// parseModule decodes and validates the struct module whose block (l.block)
-// is b, at address addr. strict adds the checks a memory scan needs: the
-// structure lies inside its own core layout, its list pointers are kernel
-// pointers or list_del's poison, and its kobject points back to it.
-func (l *moduleLayout) parseModule(b []byte, addr uint64, strict bool, area moduleArea) (Module, error) {
+// moduleIdentity decodes what every word size shares in a struct
+// module's block b at addr: its state and its name, validated.
+func (l *moduleLayout) moduleIdentity(b []byte, addr uint64) (Module, error) {
 	at := func(off uint64) []byte { return b[off-l.block.lo:] }
 	st := le.Uint32(at(l.state))
 	if st >= uint32(len(moduleStates)) {
@@ -131,7 +129,19 @@ func (l *moduleLayout) parseModule(b []byte, addr uint64, strict bool, area modu
 			return Module{}, fmt.Errorf("%w: module %#x name %q", ErrInconsistent, addr, nb[:n])
 		}
 	}
-	m := Module{Addr: addr, Name: string(nb[:n]), State: moduleStates[st]}
+	return Module{Addr: addr, Name: string(nb[:n]), State: moduleStates[st]}, nil
+}
+
+// parseModule decodes and validates the struct module whose block (l.block)
+// is b, at address addr. strict adds the checks a memory scan needs: the
+// structure lies inside its own core layout, its list pointers are kernel
+// pointers or list_del's poison, and its kobject points back to it.
+func (l *moduleLayout) parseModule(b []byte, addr uint64, strict bool, area moduleArea) (Module, error) {
+	at := func(off uint64) []byte { return b[off-l.block.lo:] }
+	m, err := l.moduleIdentity(b, addr)
+	if err != nil {
+		return Module{}, err
+	}
 	m.Base = le.Uint64(at(l.coreBase[0]))
 	inside := false
 	for i := range l.coreBase {
@@ -156,7 +166,7 @@ func (l *moduleLayout) parseModule(b []byte, addr uint64, strict bool, area modu
 	if !poisoned && !(sane(next) && sane(prev)) {
 		return Module{}, fmt.Errorf("%w: module %#x list pointers %#x %#x", ErrInconsistent, addr, next, prev)
 	}
-	if mk := le.Uint64(at(l.mkobjMod)); mk != addr && !(mk == 0 && (st == 1 || st == 3)) {
+	if mk := le.Uint64(at(l.mkobjMod)); mk != addr && !(mk == 0 && (m.State == "coming" || m.State == "unformed")) {
 		return Module{}, fmt.Errorf("%w: module %#x kobject points to %#x", ErrInconsistent, addr, mk)
 	}
 	return m, nil

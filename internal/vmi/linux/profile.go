@@ -298,6 +298,20 @@ func (p *Profile) Symbol(name string) (uint64, error) {
 	return a, nil
 }
 
+// SymbolList returns the link-time addresses of names, in order, or the
+// first one's error the profile lacks.
+func (p *Profile) SymbolList(names ...string) ([]uint64, error) {
+	out := make([]uint64, len(names))
+	for i, n := range names {
+		a, err := p.Symbol(n)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = a
+	}
+	return out, nil
+}
+
 // FieldOffset returns the byte offset of a field given as a path from a
 // structure: "task_struct.comm", "task_struct.se.vruntime". Members of
 // anonymous unions and structures are found as if they were direct members.
