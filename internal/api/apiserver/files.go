@@ -1,6 +1,7 @@
 package apiserver
 
 import (
+	"context"
 	"net/http"
 
 	"github.com/gatevisor/gatevisor/internal/api"
@@ -15,12 +16,15 @@ func (s *Server) filesVM(w http.ResponseWriter) (api.FilesVM, bool) {
 	return fv, ok
 }
 
-func (s *Server) authGrant(w http.ResponseWriter, r *http.Request) {
-	var req api.AuthGrantRequest
+// callFiles answers a file-gate request whose body is a Q: decoded,
+// checked, then handed with its caller to the VM's file-serving side.
+func callFiles[Q, R any](s *Server, w http.ResponseWriter, r *http.Request, check func(*Q) error,
+	call func(api.FilesVM, context.Context, api.Caller, Q) (R, error)) {
+	var req Q
 	if !decode(w, r, &req, false) {
 		return
 	}
-	if err := api.ValidateAuthGrant(&req); err != nil {
+	if err := check(&req); err != nil {
 		badRequest(w, "%v", err)
 		return
 	}
@@ -29,8 +33,12 @@ func (s *Server) authGrant(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c, _ := api.CallerFromContext(r.Context())
-	res, err := fv.AuthGrant(r.Context(), c, req)
+	res, err := call(fv, r.Context(), c, req)
 	reply(w, res, err)
+}
+
+func (s *Server) authGrant(w http.ResponseWriter, r *http.Request) {
+	callFiles(s, w, r, api.ValidateAuthGrant, api.FilesVM.AuthGrant)
 }
 
 func (s *Server) authList(w http.ResponseWriter, r *http.Request) {
@@ -43,21 +51,7 @@ func (s *Server) authList(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) authRevoke(w http.ResponseWriter, r *http.Request) {
-	var req api.AuthRevokeRequest
-	if !decode(w, r, &req, false) {
-		return
-	}
-	if err := api.ValidUser(req.User); err != nil {
-		badRequest(w, "%v", err)
-		return
-	}
-	fv, ok := s.filesVM(w)
-	if !ok {
-		return
-	}
-	c, _ := api.CallerFromContext(r.Context())
-	res, err := fv.AuthRevoke(r.Context(), c, req)
-	reply(w, res, err)
+	callFiles(s, w, r, func(q *api.AuthRevokeRequest) error { return api.ValidUser(q.User) }, api.FilesVM.AuthRevoke)
 }
 
 func (s *Server) filesOpen(w http.ResponseWriter, r *http.Request) {
