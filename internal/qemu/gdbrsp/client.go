@@ -33,6 +33,10 @@ var (
 	// ErrRegisterTooWide means the register has more than 64 bits; use
 	// [Client.ReadRegisterBytes].
 	ErrRegisterTooWide = errors.New("gdbrsp: register wider than 64 bits")
+	// ErrResumed is wrapped by errors of [Client.ContinueWithRegisters]
+	// that come after the continue may have reached the stub: the target
+	// may be running with only some of the writes done. Stop it.
+	ErrResumed = errors.New("gdbrsp: the target may be running")
 )
 
 // TargetError is an "Exx" error reply from the stub. QEMU uses errno-like
@@ -65,6 +69,11 @@ type Client struct {
 	running atomic.Bool   // we resumed the target and have not seen it stop
 	stopSeq atomic.Uint64 // stop replies seen so far
 	xWrites atomic.Int32  // 0 unknown, 1 X packets work, -1 use M
+	// quiet is how many of the next replies the reader must not
+	// acknowledge: those to the packets of a ContinueWithRegisters burst,
+	// which arrive once the target runs, when QEMU takes any byte as an
+	// interrupt.
+	quiet atomic.Int32
 
 	acks    chan byte      // '+' or '-' from the stub
 	replies chan []byte    // packets that are not stop replies
@@ -217,16 +226,35 @@ func (c *Client) readLoop(r io.Reader) error {
 		case frameNotify:
 			// Non-stop notifications; QEMU in all-stop mode sends none.
 		case framePacket:
-			if !c.noAck.Load() {
+			var sr StopReply
+			stop := false
+			if isStopReply(f.payload) {
+				var err error
+				sr, err = parseStopReply(f.payload)
+				stop = err == nil
+			}
+			if !c.noAck.Load() && (stop || !c.takeQuiet()) {
 				c.writeRaw([]byte{'+'})
 			}
-			if isStopReply(f.payload) {
-				if sr, err := parseStopReply(f.payload); err == nil {
-					c.onStop(sr)
-					continue
-				}
+			if stop {
+				c.onStop(sr)
+				continue
 			}
 			pushDropOldest(c.replies, f.payload)
+		}
+	}
+}
+
+// takeQuiet reports whether the reply just read is one the reader must
+// not acknowledge (see quiet), and counts it.
+func (c *Client) takeQuiet() bool {
+	for {
+		n := c.quiet.Load()
+		if n <= 0 {
+			return false
+		}
+		if c.quiet.CompareAndSwap(n, n-1) {
+			return true
 		}
 	}
 }

@@ -44,6 +44,8 @@ type fakeStub struct {
 	running  bool     // guarded by mu
 	reqs     []string // guarded by mu; every packet received, raw
 	acksSeen []byte   // guarded by mu; '+'/'-' received from the client
+	// stoppedBy is every byte that stopped the running fake; guarded by mu.
+	stoppedBy []byte
 	memBase  uint64
 	mem      []byte // guarded by mu
 	xOK      bool   // the fake implements 'X'
@@ -141,6 +143,7 @@ func (f *fakeStub) serve() {
 			// QEMU: any byte stops a running VM and is then discarded.
 			f.mu.Lock()
 			f.running = false
+			f.stoppedBy = append(f.stoppedBy, b)
 			f.mu.Unlock()
 			f.sendPacket("T02thread:01;")
 			continue

@@ -29,6 +29,12 @@
 //     asynchronous event (see [Client.WaitStop]) and never as the reply to
 //     another request. Prefer resuming through this client over QMP "cont"
 //     while it is attached, so that it knows the VM runs.
+//   - Packets sent in one write are taken in order, a 'c' among them
+//     too, but once the VM runs every byte stops it, an acknowledgement
+//     of an answer too (gdb_read_byte ignores '+' only while its last
+//     packet is unacknowledged, and the next '$' has already dropped
+//     that): [Client.ContinueWithRegisters] sends P, ..., c in one write
+//     and leaves the answers that come after the continue unacknowledged.
 //   - '?' makes QEMU remove all breakpoints, so this client never sends it.
 //   - 'p' only works after the client fetched target.xml, which the
 //     handshake always does.

@@ -304,3 +304,50 @@ func TestQEMUStepThread(t *testing.T) {
 		t.Error("StepThread(0) accepted an invalid thread")
 	}
 }
+
+// TestQEMUContinueWithRegisters writes registers and continues in one
+// write on QEMU: the VM runs from the rip written, with the other
+// register written too, and the stop that follows is the breakpoint's.
+func TestQEMUContinueWithRegisters(t *testing.T) {
+	gdbPath, _ := startQEMU(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c, err := Dial(ctx, gdbPath)
+	if err != nil {
+		t.Fatalf("Dial: %v", err)
+	}
+	defer c.Close()
+	// Stopped at the POST entry (f000:e05b, linear 0xfe05b: cs base
+	// 0xf0000 from the reset vector's far jump), then sent on with rip
+	// and rax written, to a breakpoint at the rip written: it stops
+	// before that instruction runs, with both writes in place.
+	if err := c.SetBreakpoint(ctx, Hardware, 0xfe05b); err != nil {
+		t.Fatalf("SetBreakpoint: %v", err)
+	}
+	if err := c.Continue(ctx); err != nil {
+		t.Fatalf("Continue: %v", err)
+	}
+	if sr, err := c.WaitStop(ctx); err != nil || sr.Signal != 5 {
+		t.Fatalf("WaitStop = %+v, %v; want T05", sr, err)
+	}
+	if err := c.ClearBreakpoint(ctx, Hardware, 0xfe05b); err != nil {
+		t.Fatalf("ClearBreakpoint: %v", err)
+	}
+	if err := c.SetBreakpoint(ctx, Hardware, 0xfe05c); err != nil {
+		t.Fatalf("SetBreakpoint: %v", err)
+	}
+	if _, err := c.ContinueWithRegisters(ctx, []RegValue{{"rax", 0x1234}, {"rip", 0xe05c}}); err != nil {
+		t.Fatalf("ContinueWithRegisters: %v", err)
+	}
+	sr, err := c.WaitStop(ctx)
+	if err != nil || sr.Signal != 5 {
+		t.Fatalf("WaitStop = %+v, %v; want T05 at the breakpoint, not a stop caused by the client", sr, err)
+	}
+	regs, err := c.ReadRegisters(ctx)
+	if err != nil {
+		t.Fatalf("ReadRegisters: %v", err)
+	}
+	if regs["rip"] != 0xe05c || regs["rax"] != 0x1234 {
+		t.Errorf("rip %#x rax %#x, want 0xe05c 0x1234", regs["rip"], regs["rax"])
+	}
+}

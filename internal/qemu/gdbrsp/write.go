@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"strconv"
+	"time"
 )
 
 // WriteRegister sets a register of at most 64 bits of the current vCPU
@@ -56,17 +57,26 @@ func (c *Client) WriteRegisters(ctx context.Context, regs []RegValue) error {
 	return nil
 }
 
-func (c *Client) writeBurst(ctx context.Context, regs []RegValue) error {
+// encodeBurst returns the 'P' packets that write regs, back to back.
+func (c *Client) encodeBurst(regs []RegValue) ([]byte, error) {
 	var burst []byte
 	for _, rv := range regs {
 		reg, ok := c.Register(rv.Name)
 		if !ok {
-			return fmt.Errorf("gdbrsp: write register %s: %w", rv.Name, ErrUnknownRegister)
+			return nil, fmt.Errorf("gdbrsp: write register %s: %w", rv.Name, ErrUnknownRegister)
 		}
 		if reg.BitSize > 64 || reg.BitSize <= 0 || reg.BitSize%8 != 0 {
-			return fmt.Errorf("gdbrsp: write register %s: %w", rv.Name, ErrRegisterTooWide)
+			return nil, fmt.Errorf("gdbrsp: write register %s: %w", rv.Name, ErrRegisterTooWide)
 		}
 		burst = append(burst, encodePacket([]byte(encodeP(reg.Num, reg.BitSize/8, rv.Value)))...)
+	}
+	return burst, nil
+}
+
+func (c *Client) writeBurst(ctx context.Context, regs []RegValue) error {
+	burst, err := c.encodeBurst(regs)
+	if err != nil {
+		return err
 	}
 	c.cmdMu.Lock()
 	defer c.cmdMu.Unlock()
@@ -116,6 +126,99 @@ func (c *Client) writeBurst(ctx context.Context, regs []RegValue) error {
 		}
 	}
 	return first
+}
+
+// ContinueWithRegisters sets registers of the current vCPU and resumes
+// the target ('c') with one write of every packet: P, ..., P, c. The stub
+// takes them in order, so the target runs after one write instead of two
+// round trips (the writes' answers, then the continue's acknowledgement).
+// resumed is when the packets were written (zero if they were not).
+//
+// The answers to the writes arrive once the target may already run, and
+// QEMU stops a running VM on any byte it receives (gdb_read_byte), an
+// acknowledgement too: the client therefore does not acknowledge them
+// (QEMU forgets its last packet when the next one starts and retransmits
+// only on '-', so nothing is owed). They are read before this returns:
+// a refused write, a packet the stub rejects or a lost connection is an
+// error wrapping [ErrResumed] — the target may be running with only some
+// of the writes done, and the caller must stop it. Errors from before the
+// write (unknown register, target running) leave the target as it was.
+func (c *Client) ContinueWithRegisters(ctx context.Context, regs []RegValue) (resumed time.Time, err error) {
+	if len(regs) > maxBurst {
+		return time.Time{}, fmt.Errorf("gdbrsp: continue with %d register writes: more than %d", len(regs), maxBurst)
+	}
+	burst, err := c.encodeBurst(regs)
+	if err != nil {
+		return time.Time{}, err
+	}
+	burst = append(burst, encodePacket([]byte("c"))...)
+	c.cmdMu.Lock()
+	defer c.cmdMu.Unlock()
+	if err := c.Err(); err != nil {
+		return time.Time{}, fmt.Errorf("gdbrsp: continue: %w", err)
+	}
+	if c.running.Load() {
+		return time.Time{}, fmt.Errorf("gdbrsp: continue: %w", ErrRunning)
+	}
+	drain(c.replies)
+	drain(c.acks)
+	drain(c.stops)
+	noAck := c.noAck.Load()
+	if !noAck {
+		c.quiet.Store(int32(len(regs)))
+	}
+	// Running before the write: a fast stop reply must not be overwritten.
+	c.running.Store(true)
+	if err := c.cc.Write(ctx, burst); err != nil {
+		c.quiet.Store(0)
+		return time.Time{}, fmt.Errorf("gdbrsp: continue with registers: %w: %w", ErrResumed, err)
+	}
+	resumed = time.Now()
+	fail := func(err error) (time.Time, error) {
+		c.quiet.Store(0)
+		return resumed, fmt.Errorf("gdbrsp: continue with registers: %w: %w", ErrResumed, err)
+	}
+	var first error
+	for i := range len(regs) + 1 {
+		if !noAck {
+			select {
+			case a := <-c.acks:
+				if a != '+' {
+					if i == len(regs) {
+						// QEMU dropped the continue: the target stays
+						// stopped (the writes before it were taken).
+						c.running.Store(false)
+					}
+					return fail(fmt.Errorf("%w: packet %d of %d rejected in a burst", ErrProtocol, i+1, len(regs)+1))
+				}
+			case <-c.cc.Done():
+				return fail(c.cc.Err())
+			case <-ctx.Done():
+				return fail(ctx.Err())
+			}
+		}
+		if i == len(regs) {
+			break // 'c' has no answer
+		}
+		select {
+		case r := <-c.replies:
+			err := replyError(r)
+			if err == nil {
+				err = expectOK(r)
+			}
+			if err != nil && first == nil {
+				first = fmt.Errorf("write register %s: %w", regs[i].Name, err)
+			}
+		case <-c.cc.Done():
+			return fail(c.cc.Err())
+		case <-ctx.Done():
+			return fail(ctx.Err())
+		}
+	}
+	if first != nil {
+		return fail(first)
+	}
+	return resumed, nil
 }
 
 // encodeP builds "P<num>=<value in target byte order>". Pure.

@@ -2,6 +2,9 @@ package gdbrsp
 
 import (
 	"errors"
+	"fmt"
+	"slices"
+	"strings"
 	"testing"
 )
 
@@ -123,5 +126,103 @@ func TestWriteRegisters(t *testing.T) {
 	}
 	if err := c.WriteRegisters(ctx, []RegValue{{"dr7", 0}}); !errors.Is(err, ErrUnknownRegister) {
 		t.Fatalf("unknown register: %v", err)
+	}
+}
+
+func TestContinueWithRegisters(t *testing.T) {
+	for _, noAck := range []bool{false, true} {
+		t.Run(fmt.Sprintf("noack=%v", noAck), func(t *testing.T) {
+			f := newFakeStub(t)
+			f.offerNoAck = noAck
+			f.handle = func(req string) (string, bool) {
+				switch req {
+				case "P11=46020000":
+					return "E16", true
+				case "p10":
+					return "0000000000000000", true
+				}
+				return "OK", true
+			}
+			c := f.start()
+			ctx := testContext(t)
+			// An allow's move past the watched load: eflags, rip, continue.
+			at, err := c.ContinueWithRegisters(ctx, []RegValue{{"eflags", 0x282}, {"rip", 0xffffffff81000010}})
+			if err != nil || at.IsZero() {
+				t.Fatalf("ContinueWithRegisters: %v (at %v)", err, at)
+			}
+			if want := []string{"P11=82020000", "P10=10000081ffffffff", "c"}; !slices.Equal(f.requests()[len(f.requests())-3:], want) {
+				t.Fatalf("sent %q, want %q last", f.requests(), want)
+			}
+			if !c.Running() {
+				t.Fatal("Running = false after ContinueWithRegisters")
+			}
+			// The answers came while the target ran: had the client
+			// acknowledged them, a '+' would have stopped it before the
+			// interrupt (written after them on the same stream).
+			if err := c.Interrupt(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if sr, err := c.WaitStop(ctx); err != nil || sr.Signal != 2 {
+				t.Fatalf("WaitStop = %+v, %v", sr, err)
+			}
+			f.mu.Lock()
+			by := string(f.stoppedBy)
+			f.mu.Unlock()
+			if by != "\x03" {
+				t.Fatalf("the target was stopped by %q, want only the interrupt", by)
+			}
+			// Every later exchange is in step, acknowledged as before.
+			if v, err := c.ReadRegister(ctx, "rip"); err != nil || v != 0 {
+				t.Fatalf("ReadRegister after: %#x, %v", v, err)
+			}
+
+			// A refused write: the target was resumed anyway, and the
+			// error says so (the caller must stop it).
+			_, err = c.ContinueWithRegisters(ctx, []RegValue{{"eflags", 0x246}, {"rip", 1}})
+			var te *TargetError
+			if !errors.Is(err, ErrResumed) || !errors.As(err, &te) || te.Code != 0x16 {
+				t.Fatalf("a refused write: %v, want ErrResumed and E16", err)
+			}
+			if _, err := c.Halt(ctx); err != nil {
+				t.Fatalf("Halt after a refused write: %v", err)
+			}
+			if v, err := c.ReadRegister(ctx, "rip"); err != nil || v != 0 {
+				t.Fatalf("ReadRegister after a refused write: %#x, %v", v, err)
+			}
+
+			// Errors before anything is written leave the target stopped.
+			n := len(f.requests())
+			if _, err := c.ContinueWithRegisters(ctx, []RegValue{{"dr7", 0}}); !errors.Is(err, ErrUnknownRegister) || errors.Is(err, ErrResumed) {
+				t.Fatalf("unknown register: %v", err)
+			}
+			if _, err := c.ContinueWithRegisters(ctx, make([]RegValue, maxBurst+1)); err == nil || errors.Is(err, ErrResumed) {
+				t.Fatalf("too many writes: %v", err)
+			}
+			if len(f.requests()) != n || c.Running() {
+				t.Fatalf("a refused call sent %q or resumed the target", f.requests()[n:])
+			}
+			if err := c.Continue(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.ContinueWithRegisters(ctx, nil); !errors.Is(err, ErrRunning) || errors.Is(err, ErrResumed) {
+				t.Fatalf("while running: %v", err)
+			}
+		})
+	}
+}
+
+func TestContinueWithRegistersConnectionLoss(t *testing.T) {
+	f := newFakeStub(t)
+	f.handle = func(req string) (string, bool) {
+		if strings.HasPrefix(req, "P") {
+			f.conn.Close() // the stub goes away before it answers
+			return "", false
+		}
+		return "OK", true
+	}
+	c := f.start()
+	_, err := c.ContinueWithRegisters(testContext(t), []RegValue{{"rip", 1}})
+	if !errors.Is(err, ErrResumed) || !errors.Is(err, ErrClosed) {
+		t.Fatalf("connection lost mid-burst: %v, want ErrResumed and ErrClosed", err)
 	}
 }
