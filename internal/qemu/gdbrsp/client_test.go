@@ -46,11 +46,11 @@ type fakeStub struct {
 	acksSeen []byte   // guarded by mu; '+'/'-' received from the client
 	// stoppedBy is every byte that stopped the running fake; guarded by mu.
 	stoppedBy []byte
-	memBase  uint64
-	mem      []byte // guarded by mu
-	xOK      bool   // the fake implements 'X'
-	maxRead  int    // when > 0, 'm' returns at most this many bytes
-	mReply   string // when set, the reply to every 'm'
+	memBase   uint64
+	mem       []byte // guarded by mu
+	xOK       bool   // the fake implements 'X'
+	maxRead   int    // when > 0, 'm' returns at most this many bytes
+	mReply    string // when set, the reply to every 'm'
 }
 
 func newFakeStub(t *testing.T) *fakeStub {
