@@ -311,7 +311,8 @@ type fileAttributor struct {
 const attributionWait = 2 * time.Second
 
 // Attribute implements gatefile.Attributor.
-func (a *fileAttributor) Attribute(ctx context.Context, tag uint16, msg []byte) (event.Subject, error) {
+func (a *fileAttributor) Attribute(ctx context.Context, req *gatefile.Request) (event.Subject, error) {
+	tag, msg := req.Tag, req.Msg
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.view == nil {

@@ -10,7 +10,6 @@ import (
 	"os"
 	"path"
 	"regexp"
-	"runtime"
 
 	"sync/atomic"
 	"syscall"
@@ -28,11 +27,26 @@ type Decider interface {
 	GateFailure(ev *event.Event, rule, reason string, errno int32) secserver.Decision
 }
 
-// Attributor names the guest process that sent a request: the task that
-// waits for the request with this tag whose bytes begin with msg, on the
-// share's mount. It may wait briefly for the task to queue itself.
+// Request is what the guest sent, as the Attributor needs it to find
+// the process behind it: a 9P request by its tag and bytes, a FUSE
+// request (virtio-fs) by its unique id and the pid the guest kernel
+// wrote in its header.
+type Request struct {
+	// FUSE tells a FUSE request (Unique, PID) from a 9P one (Tag, Msg).
+	FUSE   bool
+	Tag    uint16
+	Msg    []byte
+	Unique uint64
+	PID    uint32
+}
+
+// Attributor names the guest process that sent a request: for 9P, the
+// task that waits for the request with this tag whose bytes begin with
+// msg, on the share's mount; for FUSE, the task the header's pid names,
+// read from guest memory. It may wait briefly for the task to queue
+// itself.
 type Attributor interface {
-	Attribute(ctx context.Context, tag uint16, msg []byte) (event.Subject, error)
+	Attribute(ctx context.Context, req *Request) (event.Subject, error)
 }
 
 // Ops are the file gate's ops, sorted: what it decides (coverage).
@@ -145,18 +159,6 @@ type fid struct {
 // opened reports whether the fid has been opened.
 func (f *fid) opened() bool { return f.f != nil || f.hasFD }
 
-// closeFile closes what the fid has open.
-func (c *conn) closeFile(f *fid) {
-	if f.f != nil {
-		f.f.Close()
-		f.f = nil
-	}
-	if f.hasFD {
-		c.g.h.closeFD(f.fd)
-		f.hasFD = false
-	}
-}
-
 type dirent struct {
 	q    qid
 	typ  uint8
@@ -210,7 +212,7 @@ func (g *Gate) Serve(ctx context.Context, rw io.ReadWriter) error {
 
 func (c *conn) closeAll() {
 	for _, f := range c.fids {
-		c.closeFile(f)
+		c.g.closeFid(f)
 	}
 	c.fids = nil
 }
@@ -248,7 +250,7 @@ func (c *conn) handle(ctx context.Context, msg []byte) ([]byte, error) {
 	d := &dec{b: msg[hdrLen:]}
 	c.g.requests.Add(1)
 	e := newReply(c.out, typ+1, tag)
-	err := c.dispatch(ctx, typ, tag, msg, d, e)
+	err := c.dispatch(ctx, typ, &Request{Tag: tag, Msg: msg}, d, e)
 	if d.err != nil {
 		return nil, fmt.Errorf("%w: type %d", ErrMessage, typ)
 	}
@@ -306,17 +308,10 @@ func (c *conn) child(n uint32, name string) (string, error) {
 	return join(dir.rel, name), nil
 }
 
-// makeEntry makes rel with mk once the share is writable and the policy
-// allows op on it (args: the event's, such as the mode), and answers with
-// its qid.
-func (c *conn) makeEntry(ctx context.Context, op, rel string, tag uint16, msg []byte, e *enc, mk func() error, args ...int64) error {
-	if err := c.writable(); err != nil {
-		return err
-	}
-	if err := c.decide(ctx, op, rel, tag, msg, args...); err != nil {
-		return err
-	}
-	if err := mk(); err != nil {
+// makeEntry answers a request that made rel (err: how making it went)
+// with its qid.
+func (c *conn) makeEntry(rel string, e *enc, err error) error {
+	if err != nil {
 		return err
 	}
 	q, err := c.qid(rel)
@@ -334,61 +329,7 @@ func join(dir, name string) string {
 	return dir + "/" + name
 }
 
-// guestPath is the path the guest sees rel at.
-func (c *conn) guestPath(rel string) string {
-	if rel == "." {
-		return c.g.cfg.GuestPath
-	}
-	return path.Join(c.g.cfg.GuestPath, rel)
-}
-
-// decide asks the security server about op on rel for the process that
-// sent msg; a non-nil error is the guest's answer.
-func (c *conn) decide(ctx context.Context, op, rel string, tag uint16, msg []byte, args ...int64) error {
-	g := c.g
-	start := time.Now()
-	runtime.LockOSThread()
-	cpu0 := threadCPU()
-	defer func() {
-		if cpu1 := threadCPU(); cpu0 > 0 && cpu1 >= cpu0 {
-			g.decideCPUNs.Add(uint64(cpu1 - cpu0))
-		}
-		runtime.UnlockOSThread()
-		g.decideNs.Add(uint64(time.Since(start)))
-	}()
-	g.decided.Add(1)
-	ev := &event.Event{Class: event.ClassFile, Op: op, Path: c.guestPath(rel), Args: args, Labels: []string{Label}, Time: start}
-	var d secserver.Decision
-	subj, err := g.cfg.Attributor.Attribute(ctx, tag, msg)
-	if err != nil {
-		g.attrFail.Add(1)
-		d = g.cfg.Decider.GateFailure(ev, RuleAttribution, "no guest process could be attributed: "+err.Error(), int32(syscall.EACCES))
-	} else {
-		ev.Subject = subj
-		d = g.cfg.Decider.Decide(ev)
-	}
-	if g.cfg.OnDecision != nil {
-		g.cfg.OnDecision(ev, d)
-	}
-	if d.Allows() {
-		return nil
-	}
-	g.denied.Add(1)
-	errno := d.Errno
-	if errno <= 0 || errno > 4095 {
-		errno = int32(syscall.EACCES)
-	}
-	return rerror(errno)
-}
-
-func (c *conn) writable() error {
-	if c.g.cfg.ReadOnly {
-		return rerror(syscall.EROFS)
-	}
-	return nil
-}
-
-func (c *conn) dispatch(ctx context.Context, typ uint8, tag uint16, msg []byte, d *dec, e *enc) error {
+func (c *conn) dispatch(ctx context.Context, typ uint8, req *Request, d *dec, e *enc) error {
 	switch typ {
 	case tVersion:
 		msize := d.u32()
@@ -448,7 +389,7 @@ func (c *conn) dispatch(ctx context.Context, typ uint8, tag uint16, msg []byte, 
 		if err != nil {
 			return err
 		}
-		c.closeFile(f)
+		c.g.closeFid(f)
 		delete(c.fids, n)
 		return nil
 	case tGetattr:
@@ -481,7 +422,7 @@ func (c *conn) dispatch(ctx context.Context, typ uint8, tag uint16, msg []byte, 
 		if err != nil {
 			return err
 		}
-		return c.lopen(ctx, f, flags, tag, msg, e)
+		return c.lopen(ctx, f, flags, req, e)
 	case tLcreate:
 		n := d.u32()
 		name := d.str(maxName)
@@ -494,7 +435,7 @@ func (c *conn) dispatch(ctx context.Context, typ uint8, tag uint16, msg []byte, 
 		if err != nil {
 			return err
 		}
-		return c.lcreate(ctx, f, name, flags, mode, tag, msg, e)
+		return c.lcreate(ctx, f, name, flags, mode, req, e)
 	case tRead:
 		n, off, count := d.u32(), d.u64(), d.u32()
 		if d.err != nil {
@@ -504,23 +445,12 @@ func (c *conn) dispatch(ctx context.Context, typ uint8, tag uint16, msg []byte, 
 		if err != nil {
 			return err
 		}
-		if !f.hasFD && (f.f == nil || f.isDir) {
-			return rerror(syscall.EBADF)
-		}
-		if err := c.decide(ctx, "read", f.rel, tag, msg); err != nil {
-			return err
-		}
 		count = min(count, c.msize-ioHdr)
 		e.u32(0)
 		start := len(e.b)
 		e.b = append(e.b, make([]byte, count)...)
-		var got int
-		if f.hasFD {
-			got, err = c.g.h.pread(f.fd, e.b[start:], int64(off&(1<<62-1)))
-		} else {
-			got, err = f.f.ReadAt(e.b[start:], int64(off&(1<<62-1)))
-		}
-		if err != nil && !errors.Is(err, io.EOF) {
+		got, err := c.g.readAt(ctx, req, f, [][]byte{e.b[start:]}, off)
+		if err != nil {
 			return err
 		}
 		e.b = e.b[:start+got]
@@ -536,18 +466,7 @@ func (c *conn) dispatch(ctx context.Context, typ uint8, tag uint16, msg []byte, 
 		if err != nil {
 			return err
 		}
-		if !f.hasFD && (f.f == nil || f.isDir) {
-			return rerror(syscall.EBADF)
-		}
-		if err := c.decide(ctx, "write", f.rel, tag, msg); err != nil {
-			return err
-		}
-		var got int
-		if f.hasFD {
-			got, err = c.g.h.pwrite(f.fd, data, int64(off&(1<<62-1)))
-		} else {
-			got, err = f.f.WriteAt(data, int64(off&(1<<62-1)))
-		}
+		got, err := c.g.writeAt(ctx, req, f, [][]byte{data}, off)
 		if err != nil && got == 0 {
 			return err
 		}
@@ -562,7 +481,7 @@ func (c *conn) dispatch(ctx context.Context, typ uint8, tag uint16, msg []byte, 
 		if err != nil {
 			return err
 		}
-		return c.readdir(ctx, f, off, count, tag, msg, e)
+		return c.readdir(ctx, f, off, count, req, e)
 	case tMkdir:
 		n := d.u32()
 		name := d.str(maxName)
@@ -575,7 +494,7 @@ func (c *conn) dispatch(ctx context.Context, typ uint8, tag uint16, msg []byte, 
 		if err != nil {
 			return err
 		}
-		return c.makeEntry(ctx, "mkdir", rel, tag, msg, e, func() error { return c.g.h.root.Mkdir(rel, fs.FileMode(mode&0o777)) }, int64(mode&0o7777))
+		return c.makeEntry(rel, e, c.g.makeDir(ctx, req, rel, mode))
 	case tUnlinkat:
 		n := d.u32()
 		name := d.str(maxName)
@@ -587,7 +506,7 @@ func (c *conn) dispatch(ctx context.Context, typ uint8, tag uint16, msg []byte, 
 		if err != nil {
 			return err
 		}
-		return c.remove(ctx, rel, flags&unix.AT_REMOVEDIR != 0, tag, msg)
+		return c.g.removeEntry(ctx, req, rel, flags&unix.AT_REMOVEDIR != 0)
 	case tRemove:
 		n := d.u32()
 		if d.err != nil {
@@ -597,12 +516,12 @@ func (c *conn) dispatch(ctx context.Context, typ uint8, tag uint16, msg []byte, 
 		if err != nil {
 			return err
 		}
-		c.closeFile(f)
+		c.g.closeFid(f)
 		delete(c.fids, n) // Tremove clunks the fid, whatever happens
 		if f.rel == "." {
 			return rerror(syscall.EBUSY)
 		}
-		return c.remove(ctx, f.rel, f.isDir, tag, msg)
+		return c.g.removeEntry(ctx, req, f.rel, f.isDir)
 	case tRename:
 		n, dn := d.u32(), d.u32()
 		name := d.str(maxName)
@@ -620,7 +539,7 @@ func (c *conn) dispatch(ctx context.Context, typ uint8, tag uint16, msg []byte, 
 		if f.rel == "." {
 			return rerror(syscall.EINVAL)
 		}
-		if err := c.rename(ctx, f.rel, newRel, tag, msg); err != nil {
+		if err := c.rename(ctx, f.rel, newRel, req); err != nil {
 			return err
 		}
 		f.rel = newRel
@@ -641,9 +560,9 @@ func (c *conn) dispatch(ctx context.Context, typ uint8, tag uint16, msg []byte, 
 		if err != nil {
 			return err
 		}
-		return c.rename(ctx, oldRel, newRel, tag, msg)
+		return c.rename(ctx, oldRel, newRel, req)
 	case tSetattr:
-		return c.setattr(ctx, d, tag, msg)
+		return c.setattr(ctx, d, req)
 	case tFsync:
 		n := d.u32()
 		d.u32()
@@ -670,10 +589,7 @@ func (c *conn) dispatch(ctx context.Context, typ uint8, tag uint16, msg []byte, 
 		if err != nil {
 			return err
 		}
-		if err := c.decide(ctx, "read", f.rel, tag, msg); err != nil {
-			return err
-		}
-		t, err := c.g.h.root.Readlink(f.rel)
+		t, err := c.g.readLink(ctx, req, f.rel)
 		if err != nil {
 			return err
 		}
@@ -690,10 +606,7 @@ func (c *conn) dispatch(ctx context.Context, typ uint8, tag uint16, msg []byte, 
 		if err != nil {
 			return err
 		}
-		if target == "" {
-			return rerror(syscall.EINVAL)
-		}
-		return c.makeEntry(ctx, "symlink", rel, tag, msg, e, func() error { return c.g.h.root.Symlink(target, rel) })
+		return c.makeEntry(rel, e, c.g.makeSymlink(ctx, req, rel, target))
 	case tLink:
 		dn, n := d.u32(), d.u32()
 		name := d.str(maxName)
@@ -708,17 +621,7 @@ func (c *conn) dispatch(ctx context.Context, typ uint8, tag uint16, msg []byte, 
 		if err != nil {
 			return err
 		}
-		if err := c.writable(); err != nil {
-			return err
-		}
-		// A link is a new name for the file: decided on both names.
-		if err := c.decide(ctx, "link", f.rel, tag, msg); err != nil {
-			return err
-		}
-		if err := c.decide(ctx, "link", rel, tag, msg); err != nil {
-			return err
-		}
-		return c.g.h.root.Link(f.rel, rel)
+		return c.g.makeLink(ctx, req, f.rel, rel)
 	case tMknod:
 		return rerror(syscall.EPERM) // no device nodes, fifos or sockets in a served directory
 	case tXattrwalk, tXattrcreate:
@@ -884,13 +787,8 @@ func (c *conn) getattr(f *fid, e *enc) error {
 }
 
 func (c *conn) statfs(e *enc) error {
-	d, err := c.g.h.root.Open(".")
+	s, err := c.g.statfsHost()
 	if err != nil {
-		return err
-	}
-	defer d.Close()
-	var s unix.Statfs_t
-	if err := unix.Fstatfs(int(d.Fd()), &s); err != nil {
 		return err
 	}
 	e.u32(0x01021997) // V9FS_MAGIC
@@ -921,91 +819,43 @@ func openFlags(l uint32) int {
 	return fl | unix.O_NOFOLLOW
 }
 
-func (c *conn) lopen(ctx context.Context, f *fid, flags uint32, tag uint16, msg []byte, e *enc) error {
+func (c *conn) lopen(ctx context.Context, f *fid, flags uint32, req *Request, e *enc) error {
 	if f.opened() {
 		return rerror(syscall.EBUSY)
 	}
-	fl := openFlags(flags)
-	if fl&3 != os.O_RDONLY || fl&os.O_TRUNC != 0 {
-		if err := c.writable(); err != nil {
-			return err
-		}
-	}
-	if err := c.decide(ctx, "open", f.rel, tag, msg, int64(flags)); err != nil {
-		return err
-	}
-	if fl&os.O_TRUNC != 0 && !f.isDir {
-		// As at the kernel's hooks: an open that truncates is a truncate too.
-		if err := c.decide(ctx, "truncate", f.rel, tag, msg, 0); err != nil {
-			return err
-		}
-	}
-	if !f.isDir {
-		fd, st, ok, err := c.g.h.openRegular(f.rel, fl, 0)
-		if err != nil {
-			return err
-		}
-		if ok {
-			f.fd, f.hasFD = fd, true
-			e.qid(qidOfStat(&st))
-			e.u32(c.msize - ioHdr)
-			return nil
-		}
-		// Not a regular file: os.Root's path, which may block.
-	} else {
-		fl = os.O_RDONLY
-	}
-	h, err := c.g.h.root.OpenFile(f.rel, fl, 0)
+	o, st, err := c.g.openEntry(ctx, req, f.rel, f.isDir, flags)
 	if err != nil {
 		return err
 	}
-	fi, err := h.Stat()
-	if err != nil {
-		h.Close()
-		return err
-	}
-	f.f, f.isDir = h, fi.IsDir()
-	e.qid(qidOf(fi))
+	f.f, f.fd, f.hasFD, f.isDir = o.f, o.fd, o.hasFD, o.isDir
+	e.qid(qidOfStat(&st))
 	e.u32(c.msize - ioHdr)
 	return nil
 }
 
-func (c *conn) lcreate(ctx context.Context, f *fid, name string, flags, mode uint32, tag uint16, msg []byte, e *enc) error {
+func (c *conn) lcreate(ctx context.Context, f *fid, name string, flags, mode uint32, req *Request, e *enc) error {
 	if f.opened() || !f.isDir {
 		return rerror(syscall.EBADF)
 	}
 	if !validName(name) {
 		return rerror(syscall.EINVAL)
 	}
-	if err := c.writable(); err != nil {
-		return err
-	}
-	rel := join(f.rel, name)
-	if err := c.decide(ctx, "create", rel, tag, msg, int64(mode&0o7777)); err != nil {
-		return err
-	}
-	fd, st, ok, err := c.g.h.openRegular(rel, openFlags(flags)|os.O_CREATE|os.O_EXCL, mode&0o777)
+	o, st, err := c.g.createEntry(ctx, req, join(f.rel, name), flags, mode)
 	if err != nil {
 		return err
 	}
-	if !ok { // replaced by something else at once: not ours to open
-		return rerror(syscall.EEXIST)
-	}
-	f.rel, f.fd, f.hasFD, f.isDir = rel, fd, true, false
+	f.rel, f.fd, f.hasFD, f.isDir = o.rel, o.fd, true, false
 	e.qid(qidOfStat(&st))
 	e.u32(c.msize - ioHdr)
 	return nil
 }
 
-func (c *conn) readdir(ctx context.Context, f *fid, off uint64, count uint32, tag uint16, msg []byte, e *enc) error {
+func (c *conn) readdir(ctx context.Context, f *fid, off uint64, count uint32, req *Request, e *enc) error {
 	if f.f == nil || !f.isDir {
 		return rerror(syscall.EBADF)
 	}
 	if off == 0 {
-		if err := c.decide(ctx, "readdir", f.rel, tag, msg); err != nil {
-			return err
-		}
-		ents, err := c.list(f)
+		ents, err := c.g.listDir(ctx, req, f)
 		if err != nil {
 			return err
 		}
@@ -1028,72 +878,10 @@ func (c *conn) readdir(ctx context.Context, f *fid, off uint64, count uint32, ta
 	return nil
 }
 
-func (c *conn) list(f *fid) ([]dirent, error) {
-	if _, err := f.f.Seek(0, io.SeekStart); err != nil {
-		return nil, err
-	}
-	ents, err := f.f.ReadDir(maxDirents)
-	if err != nil && !errors.Is(err, io.EOF) {
-		return nil, err
-	}
-	out := make([]dirent, 0, len(ents))
-	for _, de := range ents {
-		fi, err := de.Info()
-		if err != nil {
-			continue // removed meanwhile
-		}
-		q := qidOf(fi)
-		t := uint8(unix.DT_REG)
-		switch {
-		case fi.IsDir():
-			t = unix.DT_DIR
-		case fi.Mode()&fs.ModeSymlink != 0:
-			t = unix.DT_LNK
-		case !fi.Mode().IsRegular():
-			t = unix.DT_UNKNOWN
-		}
-		out = append(out, dirent{q: q, typ: t, name: de.Name()})
-	}
-	return out, nil
-}
-
-func (c *conn) remove(ctx context.Context, rel string, dir bool, tag uint16, msg []byte) error {
-	if err := c.writable(); err != nil {
-		return err
-	}
-	op := "unlink"
-	if dir {
-		op = "rmdir"
-	}
-	if err := c.decide(ctx, op, rel, tag, msg); err != nil {
-		return err
-	}
-	fi, err := c.g.h.root.Lstat(rel)
-	if err != nil {
-		return err
-	}
-	if fi.IsDir() != dir {
-		if dir {
-			return rerror(syscall.ENOTDIR)
-		}
-		return rerror(syscall.EISDIR)
-	}
-	return c.g.h.root.Remove(rel)
-}
-
-// rename decides a rename on the old name and the new one: moving a file
-// out of a protected directory and into one are both renames of it.
-func (c *conn) rename(ctx context.Context, oldRel, newRel string, tag uint16, msg []byte) error {
-	if err := c.writable(); err != nil {
-		return err
-	}
-	if err := c.decide(ctx, "rename", oldRel, tag, msg); err != nil {
-		return err
-	}
-	if err := c.decide(ctx, "rename", newRel, tag, msg); err != nil {
-		return err
-	}
-	if err := c.g.h.root.Rename(oldRel, newRel); err != nil {
+// rename renames (decided on both names) and moves the fids below the
+// old name to the new one.
+func (c *conn) rename(ctx context.Context, oldRel, newRel string, req *Request) error {
+	if err := c.g.renameEntry(ctx, req, oldRel, newRel); err != nil {
 		return err
 	}
 	for _, f := range c.fids { // fids below the old name follow it
@@ -1118,7 +906,7 @@ const (
 	setMSet  = 0x100
 )
 
-func (c *conn) setattr(ctx context.Context, d *dec, tag uint16, msg []byte) error {
+func (c *conn) setattr(ctx context.Context, d *dec, req *Request) error {
 	n, valid, mode := d.u32(), d.u32(), d.u32()
 	d.u32()
 	d.u32()
@@ -1131,69 +919,11 @@ func (c *conn) setattr(ctx context.Context, d *dec, tag uint16, msg []byte) erro
 	if err != nil {
 		return err
 	}
-	if valid&(setUID|setGID) != 0 {
-		return rerror(syscall.EPERM) // the monitor serves files as its own user
-	}
-	if valid&(setMode|setSize|setATime|setMTime) != 0 {
-		if err := c.writable(); err != nil {
-			return err
-		}
-	}
-	if valid&setSize != 0 {
-		if err := c.decide(ctx, "truncate", f.rel, tag, msg, int64(size&(1<<62-1))); err != nil {
-			return err
-		}
-		n := int64(size & (1<<62 - 1))
-		// The fid's own handle if it was opened for writing; else a new one.
-		switch {
-		case f.hasFD && unix.Ftruncate(f.fd, n) == nil:
-		case f.f != nil && !f.isDir && f.f.Truncate(n) == nil:
-		default:
-			h, err := c.g.h.root.OpenFile(f.rel, os.O_WRONLY|unix.O_NOFOLLOW, 0)
-			if err != nil {
-				return err
-			}
-			err = h.Truncate(n)
-			h.Close()
-			if err != nil {
-				return err
-			}
-		}
-	}
-	if valid&setMode != 0 {
-		if err := c.decide(ctx, "chmod", f.rel, tag, msg, int64(mode&0o7777)); err != nil {
-			return err
-		}
-		if err := c.g.h.root.Chmod(f.rel, fs.FileMode(mode&0o777)); err != nil {
-			return err
-		}
-	}
-	if valid&(setATime|setMTime) != 0 {
-		now := time.Now()
-		at, mt := now, now
-		if valid&setASet != 0 {
-			at = time.Unix(int64(as&(1<<62-1)), int64(ans%1e9))
-		}
-		if valid&setMSet != 0 {
-			mt = time.Unix(int64(ms&(1<<62-1)), int64(mns%1e9))
-		}
-		if valid&setATime == 0 || valid&setMTime == 0 {
-			fi, err := c.g.h.root.Stat(f.rel)
-			if err != nil {
-				return err
-			}
-			if valid&setMTime == 0 {
-				mt = fi.ModTime()
-			}
-			if valid&setATime == 0 {
-				if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-					at = time.Unix(st.Atim.Sec, st.Atim.Nsec)
-				}
-			}
-		}
-		if err := c.g.h.root.Chtimes(f.rel, at, mt); err != nil {
-			return err
-		}
-	}
-	return nil
+	return c.g.changeAttr(ctx, req, f.rel, f, attrChange{
+		setOwner: valid&(setUID|setGID) != 0,
+		setMode:  valid&setMode != 0, mode: mode,
+		setSize: valid&setSize != 0, size: size,
+		setATime: valid&setATime != 0, atimeNow: valid&setASet == 0, atime: time.Unix(int64(as&(1<<62-1)), int64(ans%1e9)),
+		setMTime: valid&setMTime != 0, mtimeNow: valid&setMSet == 0, mtime: time.Unix(int64(ms&(1<<62-1)), int64(mns%1e9)),
+	})
 }

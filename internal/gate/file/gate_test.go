@@ -41,7 +41,8 @@ type fixedAttr struct {
 	tags []uint16
 }
 
-func (a *fixedAttr) Attribute(_ context.Context, tag uint16, msg []byte) (event.Subject, error) {
+func (a *fixedAttr) Attribute(_ context.Context, req *Request) (event.Subject, error) {
+	tag, msg := req.Tag, req.Msg
 	a.tags = append(a.tags, tag)
 	if len(msg) < hdrLen || uint16(msg[5])|uint16(msg[6])<<8 != tag {
 		return event.Subject{}, errors.New("tag mismatch")

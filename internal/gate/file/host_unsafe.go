@@ -53,34 +53,64 @@ func (h *host) fstat(fd int, st *unix.Stat_t) error {
 	}
 }
 
-// pread reads at off into b; 0 bytes at the end of the file.
-func (h *host) pread(fd int, b []byte, off int64) (int, error) {
-	return h.positioned(unix.SYS_PREAD64, fd, b, off)
+// preadv reads at off into bufs in order (the FUSE reply's pages); the
+// count is short at the end of the file.
+func (h *host) preadv(fd int, bufs [][]byte, off int64) (int, error) {
+	return h.vectored(unix.SYS_PREADV, fd, bufs, off)
 }
 
-// pwrite writes b at off.
-func (h *host) pwrite(fd int, b []byte, off int64) (int, error) {
-	return h.positioned(unix.SYS_PWRITE64, fd, b, off)
+// pwritev writes bufs in order at off.
+func (h *host) pwritev(fd int, bufs [][]byte, off int64) (int, error) {
+	return h.vectored(unix.SYS_PWRITEV, fd, bufs, off)
 }
 
-// positioned makes the positioned read or write trap (SYS_PREAD64,
-// SYS_PWRITE64) of b at off, raw when h.raw, again on EINTR.
-func (h *host) positioned(trap uintptr, fd int, b []byte, off int64) (int, error) {
-	if len(b) == 0 {
-		return 0, nil
-	}
-	for {
-		var r uintptr
-		var e syscall.Errno
-		if h.raw {
-			r, _, e = unix.RawSyscall6(trap, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), uintptr(off), 0, 0)
-		} else {
-			r, _, e = unix.Syscall6(trap, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), uintptr(off), 0, 0)
+// vectored makes the positioned vectored trap (SYS_PREADV, SYS_PWRITEV)
+// of bufs at off, at most len(iov) buffers a call, raw when h.raw; it
+// stops at a short transfer (the end of the file, or a full disk).
+func (h *host) vectored(trap uintptr, fd int, bufs [][]byte, off int64) (int, error) {
+	var iov [64]unix.Iovec
+	total := 0
+	for len(bufs) > 0 {
+		n, want := 0, 0
+		for len(bufs) > 0 && n < len(iov) {
+			if b := bufs[0]; len(b) > 0 {
+				iov[n].Base = &b[0]
+				iov[n].SetLen(len(b))
+				want += len(b)
+				n++
+			}
+			bufs = bufs[1:]
 		}
-		if e != unix.EINTR {
-			return int(r), errnoErr(e)
+		if n == 0 {
+			break
+		}
+		for {
+			var r uintptr
+			var e syscall.Errno
+			pos := off + int64(total)
+			if h.raw {
+				r, _, e = unix.RawSyscall6(trap, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(n), uintptr(pos), uintptr(pos>>32), 0)
+			} else {
+				r, _, e = unix.Syscall6(trap, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(n), uintptr(pos), uintptr(pos>>32), 0)
+			}
+			if e == unix.EINTR {
+				continue
+			}
+			runtime.KeepAlive(&iov)
+			if e != 0 {
+				if total > 0 {
+					return total, nil
+				}
+				return 0, e
+			}
+			total += int(r)
+			if int(r) < want {
+				return total, nil
+			}
+			break
 		}
 	}
+	return total, nil
 }
 
 func (h *host) closeFD(fd int) {
