@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gatevisor/gatevisor/internal/qemu/gdbrsp"
@@ -30,15 +31,19 @@ type debugger struct {
 
 	// trap handles a breakpoint or watchpoint stop; it is called on the
 	// run goroutine with the VM stopped, and returns whether the stop was
-	// one of its traps. An error wrapping errKeepStopped leaves the VM
-	// stopped: the monitor fails closed and ends the VM.
-	trap func(ctx context.Context, g *gdbrsp.Client, sr gdbrsp.StopReply) (bool, error)
+	// one of its traps, and the register writes to send with the continue
+	// (resume). An error wrapping errKeepStopped leaves the VM stopped:
+	// the monitor fails closed and ends the VM.
+	trap func(ctx context.Context, g *gdbrsp.Client, sr gdbrsp.StopReply) (bool, *resumeWrites, error)
 	// scan, before the VM runs on after a request, serves every vCPU the
 	// request's stop found at a trap: a trap hit that raced with the
 	// interrupt is not reported on its own (Halt takes its stop reply, or
 	// QEMU merges it into the interrupt's stop), and a watched load does
 	// not happen again on continue. Same contract as trap.
-	scan func(ctx context.Context, g *gdbrsp.Client) error
+	scan func(ctx context.Context, g *gdbrsp.Client) (*resumeWrites, error)
+	// failClosed ends the VM: resume could not be sure that the vCPU
+	// runs with its writes done (the monitor's failClosed).
+	failClosed func(error)
 
 	mu     sync.Mutex // guards the counters below
 	traps  uint64     // breakpoint stops handled
@@ -49,6 +54,21 @@ type dbgReq struct {
 	ctx  context.Context
 	f    func(context.Context, *gdbrsp.Client) error
 	done chan error
+}
+
+// resumeWrites are register writes to the current vCPU that the debugger
+// sends in the same write as its continue (gdbrsp.ContinueWithRegisters):
+// an allowed vCPU moved past a watched load resumes after one write
+// instead of two round trips through QEMU's main loop. Only writes whose
+// failure cannot let a call through that the gate refused go here (see
+// trapVCPU); a failure ends the VM.
+type resumeWrites struct {
+	regs []gdbrsp.RegValue
+	// start is when the trap's handling began; nanos, when set, counts
+	// the monitor's share of the stop, which runs until the continue is
+	// written.
+	start time.Time
+	nanos *atomic.Uint64
 }
 
 // errKeepStopped, wrapped by a trap handler's error, says the VM must not
@@ -114,7 +134,7 @@ func (d *debugger) onStop(sr gdbrsp.StopReply) {
 	if sr.Thread <= 0 {
 		sr.Thread = 1
 	}
-	_, err := d.trap(ctx, d.gdb, sr)
+	_, rw, err := d.trap(ctx, d.gdb, sr)
 	if err != nil {
 		d.logf("kernel gate: vCPU %d: %v", sr.Thread-1, err)
 	}
@@ -126,9 +146,37 @@ func (d *debugger) onStop(sr gdbrsp.StopReply) {
 	}
 	// A T05 that is not at one of our breakpoints (a single-step's end,
 	// a breakpoint removed meanwhile) resumes too.
-	if err := d.gdb.Continue(ctx); err != nil && !errors.Is(err, gdbrsp.ErrRunning) {
+	if err := d.resume(ctx, rw); err != nil && !errors.Is(err, gdbrsp.ErrRunning) {
 		d.logf("syscall gate: resume: %v", err)
 	}
+}
+
+// resume continues the VM, with rw's register writes in the same write
+// when there are any. If those may not all have been done (a refused
+// write, a lost connection: gdbrsp.ErrResumed; or the continue was
+// refused before anything was sent, leaving the vCPU where the writes
+// were to move it from), the VM is stopped and ended: a vCPU may have run
+// on with part of them, or would be found at its trap again by the next
+// stop and its call decided twice.
+func (d *debugger) resume(ctx context.Context, rw *resumeWrites) error {
+	if rw == nil || len(rw.regs) == 0 {
+		return d.gdb.Continue(ctx)
+	}
+	at, err := d.gdb.ContinueWithRegisters(ctx, rw.regs)
+	if !at.IsZero() && rw.nanos != nil {
+		rw.nanos.Add(uint64(at.Sub(rw.start)))
+	}
+	if err == nil {
+		return nil
+	}
+	if _, herr := d.gdb.Halt(ctx); herr != nil {
+		err = fmt.Errorf("%w (and stopping the VM: %v)", err, herr)
+	}
+	err = fmt.Errorf("resume an allowed vCPU with its registers moved past the trap: %w: %w", err, errKeepStopped)
+	if d.failClosed != nil {
+		d.failClosed(err)
+	}
+	return err
 }
 
 // serve runs one request with the VM stopped.
@@ -142,9 +190,11 @@ func (d *debugger) serve(req *dbgReq) error {
 		return fmt.Errorf("stop the VM: %w", err)
 	}
 	ferr := req.f(ctx, d.gdb)
+	var rw *resumeWrites
 	if wasRunning && !errors.Is(ferr, errKeepStopped) && d.scan != nil {
 		// A trap hit that raced with the interrupt is served now.
-		if err := d.scan(ctx, d.gdb); err != nil {
+		var err error
+		if rw, err = d.scan(ctx, d.gdb); err != nil {
 			d.logf("kernel gate: after a request: %v", err)
 			if errors.Is(err, errKeepStopped) {
 				return errors.Join(ferr, err)
@@ -152,7 +202,7 @@ func (d *debugger) serve(req *dbgReq) error {
 		}
 	}
 	if wasRunning && !errors.Is(ferr, errKeepStopped) {
-		if err := d.gdb.Continue(ctx); err != nil {
+		if err := d.resume(ctx, rw); err != nil {
 			if ferr != nil {
 				return fmt.Errorf("%w (and resuming failed: %v)", ferr, err)
 			}

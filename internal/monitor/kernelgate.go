@@ -595,7 +595,7 @@ func (m *Monitor) guestReady() bool {
 // trapped calls could be reported again and again while another waits at
 // its breakpoint. Here a trapped call waits at most for the stop in
 // progress and its own.
-func (m *Monitor) onTrap(ctx context.Context, c *gdbrsp.Client, sr gdbrsp.StopReply) (ours bool, err error) {
+func (m *Monitor) onTrap(ctx context.Context, c *gdbrsp.Client, sr gdbrsp.StopReply) (ours bool, rw *resumeWrites, err error) {
 	start := time.Now()
 	defer func() {
 		if ours && m.metrics != nil {
@@ -608,14 +608,14 @@ func (m *Monitor) onTrap(ctx context.Context, c *gdbrsp.Client, sr gdbrsp.StopRe
 			if err := m.stepOverWatch(ctx, c, sr.Thread, va); err != nil {
 				err = fmt.Errorf("the kernel gate cannot be armed: %w: %w", err, errKeepStopped)
 				m.failClosed(err)
-				return true, err
+				return true, nil, err
 			}
 		}
 		err := m.onBootWatch(ctx, c, va)
 		if errors.Is(err, errKeepStopped) {
 			m.failClosed(err)
 		}
-		return true, err
+		return true, nil, err
 	}
 	// A kernel call's stop (inject.go); the other vCPUs are still looked
 	// at below: a watched load another vCPU made meanwhile is not
@@ -627,38 +627,40 @@ func (m *Monitor) onTrap(ctx context.Context, c *gdbrsp.Client, sr gdbrsp.StopRe
 			// with the reason, rather than stay stopped in silence.
 			m.failClosed(err)
 		}
-		return true, err
+		return true, nil, err
 	}
 	g := m.kg.cur.load()
 	if g == nil {
-		return callStop, nil
+		return callStop, nil, nil
 	}
-	ours, err = m.trapVCPU(ctx, c, g, sr.Thread, true)
+	// On one vCPU nothing follows the reported vCPU's handling: its
+	// registers may go with the continue.
+	ours, rw, err = m.trapVCPU(ctx, c, g, sr.Thread, true, m.cfg.CPUs < 2)
 	ours = ours || callStop
 	if err != nil || m.cfg.CPUs < 2 {
-		return ours, err
+		return ours, rw, err
 	}
 	for tid := 1; tid <= m.cfg.CPUs; tid++ {
 		if tid == sr.Thread {
 			continue
 		}
 		if err := c.SetThread(ctx, tid); err != nil {
-			return ours, err
+			return ours, nil, err
 		}
 		pc, err := c.ReadRegister(ctx, g.PCReg())
 		if err != nil {
-			return ours, err
+			return ours, nil, err
 		}
 		if _, ok := g.TrapAt(pc); !ok {
 			continue
 		}
 		m.kg.siblings.Add(1)
-		if _, err := m.trapVCPU(ctx, c, g, tid, false); err != nil {
-			return true, err
+		if _, _, err := m.trapVCPU(ctx, c, g, tid, false, false); err != nil {
+			return true, nil, err
 		}
 		ours = true
 	}
-	return ours, nil
+	return ours, nil, nil
 }
 
 // scanStopped serves, with the VM stopped by a request (debugger.serve),
@@ -666,25 +668,29 @@ func (m *Monitor) onTrap(ctx context.Context, c *gdbrsp.Client, sr gdbrsp.StopRe
 // the boot watchpoint (system_state already SYSTEM_RUNNING: the gate is
 // armed now, before init runs on) and every vCPU at one of the gate's
 // traps.
-func (m *Monitor) scanStopped(ctx context.Context, c *gdbrsp.Client) error {
+func (m *Monitor) scanStopped(ctx context.Context, c *gdbrsp.Client) (*resumeWrites, error) {
 	if va := m.kg.bootWatch.Load(); va != 0 {
 		if err := m.onBootWatch(ctx, c, va); err != nil {
 			if errors.Is(err, errKeepStopped) {
 				m.failClosed(err)
 			}
-			return err
+			return nil, err
 		}
 	}
 	g := m.kg.cur.load()
 	if g == nil {
-		return nil
+		return nil, nil
+	}
+	if m.cfg.CPUs < 2 {
+		_, rw, err := m.trapVCPU(ctx, c, g, 1, false, true)
+		return rw, err
 	}
 	for tid := 1; tid <= m.cfg.CPUs; tid++ {
-		if _, err := m.trapVCPU(ctx, c, g, tid, false); err != nil {
-			return err
+		if _, _, err := m.trapVCPU(ctx, c, g, tid, false, false); err != nil {
+			return nil, err
 		}
 	}
-	return nil
+	return nil, nil
 }
 
 // trapVCPU handles vCPU thread tid if it is at one of g's traps: decides
@@ -692,22 +698,25 @@ func (m *Monitor) scanStopped(ctx context.Context, c *gdbrsp.Client) error {
 // reported says tid is the thread of the stop reply, which QEMU's gdbstub
 // has already made the current one for register and memory packets
 // (gdb_set_stop_cpu sets both its c_cpu and g_cpu): one round trip fewer
-// per stop.
-func (m *Monitor) trapVCPU(ctx context.Context, c *gdbrsp.Client, g *gate.Gate, tid int, reported bool) (bool, error) {
+// per stop. last says nothing uses the gdbstub between this and the
+// debugger's continue: the register writes that move an allowed vCPU past
+// a watched load are then returned, for the continue to carry
+// (debugger.resume), rather than written here.
+func (m *Monitor) trapVCPU(ctx context.Context, c *gdbrsp.Client, g *gate.Gate, tid int, reported, last bool) (bool, *resumeWrites, error) {
 	if !reported || m.cfg.CPUs > 1 {
 		if err := c.SetThread(ctx, tid); err != nil {
-			return false, err
+			return false, nil, err
 		}
 	}
 	// (A request may have selected another vCPU since the stop; a scan
 	// selects each. On one vCPU every selection is thread 1.)
 	regs, err := c.ReadRegisters(ctx)
 	if err != nil {
-		return false, err
+		return false, nil, err
 	}
 	t, ok := g.TrapAt(regs[g.PCReg()])
 	if !ok {
-		return false, nil
+		return false, nil, nil
 	}
 	for _, name := range g.ExtraRegs() {
 		// arm64: current is in SP_EL0, a system register the 'g' packet
@@ -721,7 +730,12 @@ func (m *Monitor) trapVCPU(ctx context.Context, c *gdbrsp.Client, g *gate.Gate, 
 		}
 	}
 	start := time.Now()
-	defer func() { m.kg.handleNanos.Add(uint64(time.Since(start))) }()
+	var rw *resumeWrites
+	defer func() {
+		if rw == nil { // else counted up to the continue (debugger.resume)
+			m.kg.handleNanos.Add(uint64(time.Since(start)))
+		}
+	}()
 	m.kg.stops.Add(1)
 	out, herr := g.Handle(t, gate.Regs(regs))
 	switch {
@@ -740,14 +754,14 @@ func (m *Monitor) trapVCPU(ctx context.Context, c *gdbrsp.Client, g *gate.Gate, 
 		out.Decided = append(out.Decided, gate.Decided{Event: out.Event, Decision: out.Decision, ReadErr: herr})
 	}
 	if err := enforce(ctx, c, &out); err != nil {
-		return true, err
+		return true, nil, err
 	}
 	if out.FaultIn {
-		return true, nil // no verdict yet: the call comes back to this trap
+		return true, nil, nil // no verdict yet: the call comes back to this trap
 	}
 	if out.Step {
 		if _, err := c.StepThread(ctx, tid); err != nil {
-			return true, err
+			return true, nil, err
 		}
 	}
 	if t.Via == gate.ViaWatch && len(out.Writes) == 0 && !out.Step {
@@ -757,9 +771,16 @@ func (m *Monitor) trapVCPU(ctx context.Context, c *gdbrsp.Client, g *gate.Gate, 
 		// find it at the trap and decide the same call twice. The gate
 		// performs that instruction (a test, push or move) when it can;
 		// else one step (which costs QEMU a flush of its translated
-		// code).
-		if err := m.movePastLoad(ctx, c, t, regs, tid); err != nil {
-			return true, err
+		// code). Its register writes go with the continue when this is
+		// the stop's last use of the gdbstub: the call is allowed, so
+		// a write that fails once the vCPU runs lets nothing through the
+		// gate refused, and the VM is ended (debugger.resume).
+		moved, err := m.movePastLoad(ctx, c, t, regs, tid, last)
+		if err != nil {
+			return true, nil, err
+		}
+		if len(moved) > 0 {
+			rw = &resumeWrites{regs: moved, start: start, nanos: &m.kg.handleNanos}
 		}
 	}
 	decided := out.Decided
@@ -772,27 +793,47 @@ func (m *Monitor) trapVCPU(ctx context.Context, c *gdbrsp.Client, g *gate.Gate, 
 		}
 		m.respondToVerdict(&d.Event, d.Decision.Verdict, d.Decision.Rule)
 	}
-	return true, nil
+	return true, rw, nil
 }
 
 // movePastLoad moves vCPU tid, stopped just after t's watched load and
 // allowed, past the next instruction: performed by the gate
 // (gate.EmulateNext) or stepped. A debug exception QEMU still holds for
 // the load then stops the VM at an address that is no trap, and is
-// resumed.
-func (m *Monitor) movePastLoad(ctx context.Context, c *gdbrsp.Client, t gate.Trap, regs map[string]uint64, tid int) error {
+// resumed. With deferRegs, the instruction's memory store (a push) is
+// done here and its register writes are returned for the continue to
+// carry; else they are written too and nothing is returned.
+func (m *Monitor) movePastLoad(ctx context.Context, c *gdbrsp.Client, t gate.Trap, regs map[string]uint64, tid int, deferRegs bool) ([]gdbrsp.RegValue, error) {
 	if writes, mem, ok := gate.EmulateNext(t, gate.Regs(regs)); ok {
 		m.kg.emulated.Add(1)
 		out := gate.Outcome{Writes: writes, MemWrites: mem}
-		if err := enforce(ctx, c, &out); err != nil {
-			return fmt.Errorf("move vCPU %d past the watched load: %w", tid-1, err)
+		if deferRegs && len(writes) <= maxResumeWrites {
+			out.Writes = nil
 		}
-		return nil
+		if err := enforce(ctx, c, &out); err != nil {
+			return nil, fmt.Errorf("move vCPU %d past the watched load: %w", tid-1, err)
+		}
+		if out.Writes != nil {
+			return nil, nil
+		}
+		return regValues(writes), nil
 	}
 	if _, err := c.StepThread(ctx, tid); err != nil {
-		return fmt.Errorf("step vCPU %d past the watched load: %w", tid-1, err)
+		return nil, fmt.Errorf("step vCPU %d past the watched load: %w", tid-1, err)
 	}
-	return nil
+	return nil, nil
+}
+
+// maxResumeWrites bounds the register writes a continue carries
+// (gdbrsp.ContinueWithRegisters takes up to 16; EmulateNext makes 1-2).
+const maxResumeWrites = 4
+
+func regValues(ws []gate.RegWrite) []gdbrsp.RegValue {
+	out := make([]gdbrsp.RegValue, len(ws))
+	for i, w := range ws {
+		out[i] = gdbrsp.RegValue{Name: w.Reg, Value: w.Value}
+	}
+	return out
 }
 
 // enforce writes an outcome's memory and registers into the current vCPU.
@@ -809,11 +850,7 @@ func enforce(ctx context.Context, c *gdbrsp.Client, out *gate.Outcome) error {
 	}
 	// One burst of 'P' packets: a deny writes rax, the registers the hook
 	// saved, rip and rsp, and each round trip is ~50 µs of the stop.
-	regs := make([]gdbrsp.RegValue, len(out.Writes))
-	for i, w := range out.Writes {
-		regs[i] = gdbrsp.RegValue{Name: w.Reg, Value: w.Value}
-	}
-	if err := c.WriteRegisters(ctx, regs); err != nil {
+	if err := c.WriteRegisters(ctx, regValues(out.Writes)); err != nil {
 		return fmt.Errorf("enforce %s on %s: %w", out.Decision.Verdict, out.Event.Op, err)
 	}
 	return nil

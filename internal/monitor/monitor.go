@@ -281,6 +281,7 @@ func (m *Monitor) startDebugger(q *qemuSide, snap *policy.Snapshot) error {
 	m.dbg = newDebugger(q.gdb, m.logf)
 	m.dbg.trap = m.onTrap
 	m.dbg.scan = m.scanStopped
+	m.dbg.failClosed = m.failClosed
 	go m.dbg.run()
 	if snap != nil {
 		return m.shareAPI()

@@ -436,7 +436,8 @@ const (
 
 // EmulateNext returns the writes that perform the instruction after t's
 // watched load on a vCPU stopped there with regs, as the CPU would: the
-// vCPU then resumes past it. ok is false when t has no such instruction
+// vCPU then resumes past it. rip is written last, and a register that
+// already holds its result is not written. ok is false when t has no such instruction
 // the gate can perform (the caller steps the vCPU instead).
 func EmulateNext(t Trap, regs Regs) (writes []RegWrite, mem []MemWrite, ok bool) {
 	n := t.next
@@ -460,6 +461,7 @@ func EmulateNext(t Trap, regs Regs) (writes []RegWrite, mem []MemWrite, ok bool)
 		if n.size == 32 {
 			r, sign = r&0xffffffff, 1<<31
 		}
+		old := fl
 		fl &^= flagCF | flagPF | flagZF | flagSF | flagOF
 		if r == 0 {
 			fl |= flagZF
@@ -470,7 +472,9 @@ func EmulateNext(t Trap, regs Regs) (writes []RegWrite, mem []MemWrite, ok bool)
 		if bitsSet(uint8(r))%2 == 0 {
 			fl |= flagPF
 		}
-		writes = append(writes, RegWrite{"eflags", fl})
+		if fl != old { // else the flags already are the test's: one write fewer
+			writes = append(writes, RegWrite{"eflags", fl})
+		}
 	case x86asm.PUSH:
 		v, ok1 := get(n.src)
 		sp, ok2 := get(RegRSP)
@@ -484,7 +488,9 @@ func EmulateNext(t Trap, regs Regs) (writes []RegWrite, mem []MemWrite, ok bool)
 		if !ok1 {
 			return nil, nil, false
 		}
-		writes = append(writes, RegWrite{n.dst, v})
+		if cur, ok := get(n.dst); !ok || cur != v {
+			writes = append(writes, RegWrite{n.dst, v})
+		}
 	default:
 		return nil, nil, false
 	}
