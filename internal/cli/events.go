@@ -130,7 +130,9 @@ func pageHint(w io.Writer, name string, q api.EventsQuery, pg pageInfo) {
 // maxEventLine bounds one event line in the stream.
 const maxEventLine = 1 << 20
 
-// printEventsText writes each JSON line of r as one text line:
+// printEvents copies the event lines of r to w, line by line as they come
+// (for --follow), and says how many it saw and their first and last seq.
+// Exact, or with text, each JSON line as one text line:
 //
 //	TIME TYPE key=value ...
 //
@@ -138,16 +140,7 @@ const maxEventLine = 1 << 20
 // order the monitor wrote them. Every string is escaped (termtext.Escape),
 // and quoted if it is empty or holds a space, '"' or '=', so that one event
 // is always one line and no value can pass for another key. A line that is
-// not a JSON object is printed escaped, after "? ". It writes each line as
-// soon as it is read, for --follow.
-func printEventsText(w io.Writer, r io.Reader) error {
-	_, err := printEvents(w, r, true)
-	return err
-}
-
-// printEvents copies the event lines of r to w, exact or (text) as
-// printEventsText does, line by line as they come, and says how many it
-// saw and their first and last seq.
+// not a JSON object is printed escaped, after "? ".
 func printEvents(w io.Writer, r io.Reader, text bool) (pageInfo, error) {
 	var pg pageInfo
 	sc := bufio.NewScanner(r)

@@ -26,7 +26,7 @@ func FuzzEventsText(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, in string) {
 		var b bytes.Buffer
-		if err := printEventsText(&b, strings.NewReader(in)); err != nil {
+		if _, err := printEvents(&b, strings.NewReader(in), true); err != nil {
 			return // a line over maxEventLine
 		}
 		want := 0

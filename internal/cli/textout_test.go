@@ -160,7 +160,7 @@ func TestTextOutputEscapesGuestText(t *testing.T) {
 			}
 		}},
 		{"events_text", 6, func(b *bytes.Buffer) {
-			if err := printEventsText(b, strings.NewReader(evLines)); err != nil {
+			if _, err := printEvents(b, strings.NewReader(evLines), true); err != nil {
 				t.Fatal(err)
 			}
 		}},
