@@ -75,8 +75,8 @@ acpid -l /run/acpid.log || say "acpid failed to start: power button will not wor
 httpd -p 80 -h /www || say "httpd failed to start"
 telnetd -p 23 -l /bin/login || say "telnetd failed to start"
 
-# Directories the monitor serves (run --files): 9P over virtio-serial.
-grep -q gatevisor.files= /proc/cmdline && /sbin/gatevisor-mount-files
+# Directories the monitor serves (run --files): virtio-fs, or 9P over virtio-serial.
+grep -qE 'gatevisor[.](files|virtiofs)=' /proc/cmdline && /sbin/gatevisor-mount-files
 
 # The device's own start-up, if it ships one (run --add ./rc.local:/etc/rc.local).
 if [ -x /etc/rc.local ]; then

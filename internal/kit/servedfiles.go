@@ -1,17 +1,40 @@
 package kit
 
 // mountFilesScript mounts the directories the monitor serves (run
-// --files NAME=HOSTDIR[:GUESTPATH][,ro]). The monitor names each on the
-// kernel command line as gatevisor.files=NAME:GUESTPATH[:ro] and gives it
-// a virtio-serial port org.gatevisor.files.NAME; the mount is 9P2000.L
-// over that port (trans=fd, relayed through two pipes), with cache=none so that every read and write
-// reaches the monitor and nothing of the files stays in the page cache.
-// The attach name is the share's name: the monitor refuses any other.
+// --files NAME=HOSTDIR[:GUESTPATH][,ro][,9p]). Over virtio-fs (the
+// default), the monitor names each on the kernel command line as
+// gatevisor.virtiofs=NAME:GUESTPATH[:ro] and gives it a
+// vhost-user-fs-pci device tagged NAME, whose backend is the monitor: the
+// mount is mount -t virtiofs NAME GUESTPATH (the monitor answers every
+// open with direct I/O, so no data stays in the page cache). Over 9P, it
+// names it gatevisor.files=NAME:GUESTPATH[:ro] and gives it a
+// virtio-serial port org.gatevisor.files.NAME; the mount is 9P2000.L over
+// that port (trans=fd, relayed through two pipes), with cache=none so
+// that every read and write reaches the monitor and nothing of the files
+// stays in the page cache. The attach name is the share's name: the
+// monitor refuses any other. The monitor refuses a virtio-fs share when
+// the kit's script lacks "gatevisor.virtiofs=" (a kit built before it).
 // Run at boot by rcS; with a NAME, mounts that one again (after a umount).
 const mountFilesScript = `#!/bin/sh
 # gatevisor guest: mount the directories the monitor serves (run --files).
 only=$1
 rc=0
+for a in $(cat /proc/cmdline); do
+	case "$a" in gatevisor.virtiofs=*) ;; *) continue ;; esac
+	spec=${a#gatevisor.virtiofs=}
+	name=${spec%%:*}
+	rest=${spec#"$name":}
+	path=${rest%%:*}
+	mode=${rest#"$path"}
+	[ -z "$only" ] || [ "$only" = "$name" ] || continue
+	opts=
+	[ "$mode" = ":ro" ] && opts=-r
+	mkdir -p "$path"
+	if ! out=$(mount -t virtiofs $opts "$name" "$path" 2>&1); then
+		echo "gatevisor-guest: files $name: virtiofs mount on $path failed: $out" >/dev/console
+		rc=1
+	fi
+done
 for a in $(cat /proc/cmdline); do
 	case "$a" in gatevisor.files=*) ;; *) continue ;; esac
 	spec=${a#gatevisor.files=}

@@ -153,7 +153,8 @@ func (m *Monitor) endGrant(g *grant, why, canary string) api.Purge {
 }
 
 // purge measures what the guest holds of the served files. With
-// cache=none the 9p client keeps no page cache (the walk shows 0 pages),
+// cache=none (9P) or direct I/O (virtio-fs) the guest keeps no page cache
+// of them (the walk shows 0 pages, unless a served file was mapped),
 // so there is nothing to drop; were there pages, the purge would fail
 // closed by reporting them (CachedPagesAfter > 0), never by hiding them.
 func (m *Monitor) purge(canary string) api.Purge {
@@ -166,14 +167,30 @@ func (m *Monitor) purge(canary string) api.Purge {
 		if err != nil {
 			return 0, err
 		}
-		l, err := m.files.p9Layout(insp.K.Profile)
-		if err != nil {
-			return 0, err
-		}
 		var total uint64
 		p.Mounts, p.Inodes = 0, 0
+		virtioFS := false
 		for _, sh := range m.files.shares {
+			if sh.cfg.Transport != Transport9P {
+				virtioFS = true
+				continue
+			}
+			l, err := m.files.p9Layout(insp.K.Profile)
+			if err != nil {
+				return 0, err
+			}
 			mounts, inodes, pages, err := insp.K.P9CachedPages(l, sh.cfg.Name)
+			if err != nil {
+				return 0, err
+			}
+			p.Mounts += mounts
+			p.Inodes += inodes
+			total += pages
+		}
+		if virtioFS {
+			// Every virtio-fs device of the VM is a share's: all its
+			// mounts are counted together.
+			mounts, inodes, pages, err := insp.K.CachedPages("virtiofs")
 			if err != nil {
 				return 0, err
 			}

@@ -2,7 +2,6 @@ package monitor
 
 import (
 	"bytes"
-	"compress/gzip"
 	"context"
 	"errors"
 	"fmt"
@@ -19,8 +18,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/cavaliergopher/cpio"
-
 	"github.com/gatevisor/gatevisor/internal/event"
 	gatefile "github.com/gatevisor/gatevisor/internal/gate/file"
 	"github.com/gatevisor/gatevisor/internal/ids"
@@ -35,7 +32,20 @@ import (
 type FileShare struct {
 	Name, HostDir, GuestPath string
 	ReadOnly                 bool
+	// Transport is how the guest reaches it: TransportVirtioFS (the
+	// default) or Transport9P (",9p": a kit or QEMU without virtio-fs).
+	Transport string `json:",omitempty"`
 }
+
+// The file gate's transports.
+const (
+	// TransportVirtioFS is FUSE over a vhost-user-fs-pci device whose
+	// backend is the monitor (filevirtiofs.go).
+	TransportVirtioFS = "virtiofs"
+	// Transport9P is 9P2000.L over a virtio-serial port, relayed by the
+	// guest through two FIFOs.
+	Transport9P = "9p"
+)
 
 // FilePortPrefix is the prefix of a share's virtio-serial port name.
 const FilePortPrefix = "org.gatevisor.files."
@@ -48,14 +58,22 @@ var guestPathPattern = regexp.MustCompile(`^(/[A-Za-z0-9._-]+)+$`)
 func ParseFileShare(s string) (FileShare, error) {
 	name, rest, ok := strings.Cut(s, "=")
 	if !ok || rest == "" {
-		return FileShare{}, fmt.Errorf("--files %q: use NAME=HOSTDIR[:GUESTPATH][,ro]", s)
+		return FileShare{}, fmt.Errorf("--files %q: use NAME=HOSTDIR[:GUESTPATH][,ro][,9p]", s)
 	}
 	if err := gatefile.ValidName(name); err != nil {
 		return FileShare{}, fmt.Errorf("--files: %w", err)
 	}
-	fs := FileShare{Name: name, GuestPath: "/mnt/" + name}
-	if r, ok := strings.CutSuffix(rest, ",ro"); ok {
-		rest, fs.ReadOnly = r, true
+	fs := FileShare{Name: name, GuestPath: "/mnt/" + name, Transport: TransportVirtioFS}
+	for {
+		if r, ok := strings.CutSuffix(rest, ",ro"); ok && !fs.ReadOnly {
+			rest, fs.ReadOnly = r, true
+			continue
+		}
+		if r, ok := strings.CutSuffix(rest, ",9p"); ok && fs.Transport != Transport9P {
+			rest, fs.Transport = r, Transport9P
+			continue
+		}
+		break
 	}
 	if i := strings.LastIndex(rest, ":/"); i >= 0 {
 		rest, fs.GuestPath = rest[:i], rest[i+1:]
@@ -94,6 +112,9 @@ type fileState struct {
 	mods     map[string][]byte
 	verdicts verdictCounts
 
+	// locating is set while the kernel is located for virtio-fs.
+	locating atomic.Bool
+
 	mu     sync.Mutex // guards layout and pages
 	layout *linux.P9Layout
 	pages  *linux.PageLayout
@@ -104,6 +125,8 @@ type fileShare struct {
 	gate *gatefile.Gate
 	ln   net.Listener
 	attr *fileAttributor
+	// vhost is the virtio-fs transport's state (nil for 9P).
+	vhost *vhostShare
 }
 
 // startFiles prepares the file gate before QEMU starts: a gate and a
@@ -122,9 +145,22 @@ func (m *Monitor) startFiles(qcfg *qemu.Config) error {
 	if len(m.cfg.Files) == 0 {
 		return nil
 	}
-	mods, err := readP9Modules(m.cfg.Initrd)
-	if err != nil {
-		return fmt.Errorf("--files: %w", err)
+	need9P, needVFS := false, false
+	for _, sc := range m.cfg.Files {
+		need9P = need9P || sc.Transport == Transport9P
+		needVFS = needVFS || sc.Transport != Transport9P
+	}
+	var mods map[string][]byte
+	var err error
+	if need9P {
+		if mods, err = readP9Modules(m.cfg.Initrd); err != nil {
+			return fmt.Errorf("--files: %w", err)
+		}
+	}
+	if needVFS {
+		if err := checkKitVirtioFS(m.cfg.Initrd); err != nil {
+			return fmt.Errorf("--files: %w", err)
+		}
 	}
 	fst := &fileState{mods: mods}
 	m.files = fst
@@ -143,12 +179,18 @@ func (m *Monitor) startFiles(qcfg *qemu.Config) error {
 			return err
 		}
 		fst.shares = append(fst.shares, sh)
+		id := fmt.Sprintf("gvf%d", i)
+		if sc.Transport != Transport9P {
+			if err := m.startVirtioFS(qcfg, sh, id); err != nil {
+				return err
+			}
+			continue
+		}
 		sock := m.dir.File("files-" + sc.Name + ".sock")
 		if sh.ln, err = net.Listen("unix", sock); err != nil {
 			return fmt.Errorf("--files %s: %w", sc.Name, err)
 		}
 		go m.serveShare(sh)
-		id := fmt.Sprintf("gvf%d", i)
 		qcfg.ExtraArgs = append(qcfg.ExtraArgs,
 			"-chardev", "socket,id="+id+",path="+sock+",server=off",
 			"-device", "virtserialport,bus=vser0.0,chardev="+id+",name="+FilePortPrefix+sc.Name)
@@ -204,53 +246,23 @@ func readP9Modules(initrd string) (map[string][]byte, error) {
 	if initrd == "" {
 		return nil, errors.New("the file gate needs the kit's 9p modules: boot the default kit (or an initramfs with 9p, 9pnet and 9pnet_fd)")
 	}
-	f, err := os.Open(initrd)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	var r io.Reader = f
-	var magic [2]byte
-	if _, err := io.ReadFull(f, magic[:]); err != nil {
-		return nil, err
-	}
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return nil, err
-	}
-	if magic == [2]byte{0x1f, 0x8b} {
-		gz, err := gzip.NewReader(f)
-		if err != nil {
-			return nil, err
-		}
-		r = gz
-	}
 	want := map[string]bool{}
 	for _, n := range linux.P9Modules {
 		want[n+".ko"] = true
 	}
+	kos, err := initrdFiles(initrd, len(want), maxModuleSize, func(name string) bool {
+		return strings.HasPrefix(name, "lib/modules/") && want[path.Base(name)]
+	})
+	if err != nil {
+		return nil, err
+	}
 	out := map[string][]byte{}
-	cr := cpio.NewReader(r)
-	for len(out) < len(want) {
-		h, err := cr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return nil, fmt.Errorf("read %s: %w", initrd, err)
-		}
-		base := path.Base(h.Name)
-		if !want[base] || !strings.HasPrefix(h.Name, "lib/modules/") || h.Size > maxModuleSize {
-			continue
-		}
-		ko, err := io.ReadAll(io.LimitReader(cr, maxModuleSize))
-		if err != nil {
-			return nil, err
-		}
+	for name, ko := range kos {
 		sec, err := linux.ModuleBTFSection(ko)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", h.Name, err)
+			return nil, fmt.Errorf("%s: %w", name, err)
 		}
-		out[strings.TrimSuffix(base, ".ko")] = sec
+		out[strings.TrimSuffix(path.Base(name), ".ko")] = sec
 	}
 	for _, n := range linux.P9Modules {
 		if out[n] == nil {
@@ -301,6 +313,7 @@ type fileAttributor struct {
 	view  *ids.Inspector
 	tasks *linux.TaskReader // of view's kernel
 	conns []uint64          // the share's mounts' transports (linux.P9Conns)
+	byPID map[int]uint64    // FUSE: task addresses by thread id, checked at each use
 
 	waits, waitNs, retries atomic.Uint64
 }
@@ -315,16 +328,11 @@ func (a *fileAttributor) Attribute(ctx context.Context, req *gatefile.Request) (
 	tag, msg := req.Tag, req.Msg
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.view == nil {
-		v, err := a.m.privateInspector(ctx)
-		if err != nil {
-			return event.Subject{}, err
-		}
-		tr, err := v.K.NewTaskReader()
-		if err != nil {
-			return event.Subject{}, err
-		}
-		a.view, a.tasks = v, tr
+	if req.FUSE {
+		return a.attributeFUSE(ctx, req)
+	}
+	if err := a.ensureView(ctx); err != nil {
+		return event.Subject{}, err
 	}
 	k := a.view.K
 	l, err := a.fst.p9Layout(k.Profile)

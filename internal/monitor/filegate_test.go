@@ -22,10 +22,13 @@ func TestParseFileShare(t *testing.T) {
 		in   string
 		want FileShare
 	}{
-		{"conf=" + dir, FileShare{Name: "conf", HostDir: dir, GuestPath: "/mnt/conf"}},
-		{"conf=" + dir + ",ro", FileShare{Name: "conf", HostDir: dir, GuestPath: "/mnt/conf", ReadOnly: true}},
-		{"c-1=" + dir + ":/srv/plans", FileShare{Name: "c-1", HostDir: dir, GuestPath: "/srv/plans"}},
-		{"c=" + dir + ":/srv/plans,ro", FileShare{Name: "c", HostDir: dir, GuestPath: "/srv/plans", ReadOnly: true}},
+		{"conf=" + dir, FileShare{Name: "conf", HostDir: dir, GuestPath: "/mnt/conf", Transport: TransportVirtioFS}},
+		{"conf=" + dir + ",ro", FileShare{Name: "conf", HostDir: dir, GuestPath: "/mnt/conf", ReadOnly: true, Transport: TransportVirtioFS}},
+		{"c-1=" + dir + ":/srv/plans", FileShare{Name: "c-1", HostDir: dir, GuestPath: "/srv/plans", Transport: TransportVirtioFS}},
+		{"c=" + dir + ":/srv/plans,ro", FileShare{Name: "c", HostDir: dir, GuestPath: "/srv/plans", ReadOnly: true, Transport: TransportVirtioFS}},
+		{"c=" + dir + ",9p", FileShare{Name: "c", HostDir: dir, GuestPath: "/mnt/c", Transport: Transport9P}},
+		{"c=" + dir + ":/srv/plans,ro,9p", FileShare{Name: "c", HostDir: dir, GuestPath: "/srv/plans", ReadOnly: true, Transport: Transport9P}},
+		{"c=" + dir + ",9p,ro", FileShare{Name: "c", HostDir: dir, GuestPath: "/mnt/c", ReadOnly: true, Transport: Transport9P}},
 	} {
 		got, err := ParseFileShare(tc.in)
 		if err != nil || got != tc.want {

@@ -436,6 +436,7 @@ func (m *Monitor) onReady() {
 	if first {
 		m.logf("guest %s ready after %.2fs", m.cfg.Name, time.Since(m.started).Seconds())
 		go releaseMemory()
+		m.locateForVirtioFS()
 	}
 }
 

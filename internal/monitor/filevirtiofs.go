@@ -1,0 +1,307 @@
+package monitor
+
+import (
+	"compress/gzip"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cavaliergopher/cpio"
+
+	"github.com/gatevisor/gatevisor/internal/event"
+	gatefile "github.com/gatevisor/gatevisor/internal/gate/file"
+	"github.com/gatevisor/gatevisor/internal/qemu"
+	"github.com/gatevisor/gatevisor/internal/vhostuser"
+	"github.com/gatevisor/gatevisor/internal/vmi/linux"
+)
+
+// The file gate over virtio-fs: per share a vhost-user-fs-pci device
+// whose vhost-user backend is the monitor (internal/vhostuser, no
+// virtiofsd), its FUSE requests answered by the share's gate
+// (gatefile.FUSE). The guest's kit mounts it with mount -t virtiofs NAME
+// GUESTPATH (gatevisor.virtiofs=NAME:GUESTPATH[:ro] on the kernel command
+// line).
+
+// vhostShare is one share's virtio-fs transport.
+type vhostShare struct {
+	mu    sync.Mutex // guards stats
+	stats vhostuser.Stats
+}
+
+// virtioFSQueues is the device's queues: the high-priority one (FORGET)
+// and one request queue.
+const virtioFSQueues = 2
+
+// virtioFSQueueSize is each queue's size: a 128 KiB direct read is 34
+// descriptors (header in, header out, 32 pages), so 128 holds a few.
+const virtioFSQueueSize = 128
+
+// startVirtioFS listens on the share's vhost-user socket and adds the
+// device (QEMU connects as the front end when it starts).
+func (m *Monitor) startVirtioFS(qcfg *qemu.Config, sh *fileShare, id string) error {
+	sc := sh.cfg
+	sock := m.dir.File("files-" + sc.Name + ".vhost.sock")
+	os.Remove(sock)
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		return fmt.Errorf("--files %s: %w", sc.Name, err)
+	}
+	sh.ln, sh.vhost = ln, &vhostShare{}
+	go m.serveVirtioFS(sh)
+	qcfg.ExtraArgs = append(qcfg.ExtraArgs,
+		"-chardev", "socket,id="+id+",path="+sock,
+		"-device", fmt.Sprintf("vhost-user-fs-pci,chardev=%s,tag=%s,queue-size=%d", id, sc.Name, virtioFSQueueSize))
+	arg := " gatevisor.virtiofs=" + sc.Name + ":" + sc.GuestPath
+	if sc.ReadOnly {
+		arg += ":ro"
+	}
+	qcfg.Append += arg
+	return nil
+}
+
+// serveVirtioFS serves QEMU's connections to a share's vhost-user
+// socket, one at a time.
+func (m *Monitor) serveVirtioFS(sh *fileShare) {
+	for {
+		c, err := sh.ln.Accept()
+		if err != nil {
+			return
+		}
+		uc, ok := c.(*net.UnixConn)
+		if !ok {
+			c.Close()
+			continue
+		}
+		fs := sh.gate.NewFUSE(context.Background())
+		st, err := vhostuser.Serve(context.Background(), uc, vhostuser.Config{Queues: virtioFSQueues, Handler: fuseHandler{fs}, Logf: m.logf})
+		fs.Close()
+		c.Close()
+		sh.vhost.mu.Lock()
+		sh.vhost.stats = st
+		sh.vhost.mu.Unlock()
+		if err != nil && !errors.Is(err, net.ErrClosed) {
+			m.logf("file gate %s: vhost-user connection ended: %v", sh.cfg.Name, err)
+		}
+	}
+}
+
+// fuseHandler answers a virtio-fs queue's chains with the share's FUSE
+// server.
+type fuseHandler struct{ fs *gatefile.FUSE }
+
+// Handle implements vhostuser.Handler.
+func (h fuseHandler) Handle(_ int, c *vhostuser.Chain) uint32 {
+	return h.fs.Handle(c.In, c.Out, c.InLen, c.OutLen)
+}
+
+// virtioFSMarker is what the kit's mount script must know for a
+// virtio-fs share: a kit built before it would not mount the share.
+const virtioFSMarker = "gatevisor.virtiofs="
+
+// checkKitVirtioFS checks that the initramfs the guest boots mounts
+// virtio-fs shares (its /sbin/gatevisor-mount-files reads
+// gatevisor.virtiofs=): a kit built by an older gatevisor is refused, not
+// booted with a share it would silently leave unmounted.
+func checkKitVirtioFS(initrd string) error {
+	if initrd == "" {
+		return errors.New("virtio-fs shares need the kit's init: boot the default kit (or give ,9p)")
+	}
+	const script = "sbin/gatevisor-mount-files"
+	files, err := initrdFiles(initrd, 1, 1<<20, func(name string) bool { return name == script })
+	if err != nil {
+		return err
+	}
+	if !strings.Contains(string(files[script]), virtioFSMarker) {
+		return fmt.Errorf("%s does not mount virtio-fs shares (a kit built by an older gatevisor): rebuild it (gatevisor kit build --force) or serve over 9P (--files NAME=DIR,9p)", initrd)
+	}
+	return nil
+}
+
+// initrdFiles reads the files that want (given a path without a leading
+// "/" or "./") from the first archive of the initramfs (the kit's:
+// trusted, host side), each at most max bytes, until it has n of them.
+func initrdFiles(initrd string, n int, max int64, want func(name string) bool) (map[string][]byte, error) {
+	f, err := os.Open(initrd)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var r io.Reader = f
+	var magic [2]byte
+	if _, err := io.ReadFull(f, magic[:]); err != nil {
+		return nil, err
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return nil, err
+	}
+	if magic == [2]byte{0x1f, 0x8b} {
+		gz, err := gzip.NewReader(f)
+		if err != nil {
+			return nil, err
+		}
+		r = gz
+	}
+	out := map[string][]byte{}
+	cr := cpio.NewReader(r)
+	for len(out) < n {
+		h, err := cr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", initrd, err)
+		}
+		name := strings.TrimPrefix(path.Clean("/"+h.Name), "/")
+		if !want(name) || h.Size > max {
+			continue
+		}
+		b, err := io.ReadAll(io.LimitReader(cr, max))
+		if err != nil {
+			return nil, err
+		}
+		out[name] = b
+	}
+	return out, nil
+}
+
+// locateForVirtioFS locates the guest kernel in the background, once at
+// a time, when the VM serves a share over virtio-fs: attribution needs it,
+// and must not stop the VM itself (see attributeFUSE).
+func (m *Monitor) locateForVirtioFS() {
+	fst := m.files
+	if fst == nil || m.intro.located.Load() != nil {
+		return
+	}
+	vfs := false
+	for _, sh := range fst.shares {
+		vfs = vfs || sh.vhost != nil
+	}
+	if !vfs || !fst.locating.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer fst.locating.Store(false)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if _, err := m.privateInspector(ctx); err != nil {
+			m.logf("file gate: locating the guest kernel for virtio-fs attribution: %v", err)
+		}
+	}()
+}
+
+// ensureView opens the attributor's view of the guest kernel.
+// Preconditions: a.mu held.
+func (a *fileAttributor) ensureView(ctx context.Context) error {
+	if a.view != nil {
+		return nil
+	}
+	v, err := a.m.privateInspector(ctx)
+	if err != nil {
+		return err
+	}
+	tr, err := v.K.NewTaskReader()
+	if err != nil {
+		return err
+	}
+	a.view, a.tasks = v, tr
+	return nil
+}
+
+// attributeFUSE names the process behind a FUSE request: the task whose
+// pid the guest kernel's FUSE client wrote in the request's header (the
+// caller's pid, in the mount's pid namespace: the initial one for the
+// kit's init), read from guest memory, which must be asleep (waiting for
+// the answer). The header's uid and gid are never used. Its address is
+// kept by pid, checked again at every request; a pid not found, or
+// found reused, is looked up in the kernel's thread list again.
+// Preconditions: a.mu held, a.view set.
+func (a *fileAttributor) attributeFUSE(ctx context.Context, req *gatefile.Request) (event.Subject, error) {
+	if req.PID == 0 {
+		return event.Subject{}, errors.New("the FUSE request names no process (a request of the guest kernel's own)")
+	}
+	if a.view == nil {
+		// Locating the kernel stops the VM (vCPU registers), and a stop
+		// stops the vhost-user device, which waits for this request: the
+		// worker must not wait for it. It is located when the guest is
+		// ready (locateForVirtioFS); before, requests are denied.
+		if a.m.intro.located.Load() == nil {
+			a.m.locateForVirtioFS()
+			return event.Subject{}, errors.New("the guest kernel is not located yet (it is being located)")
+		}
+		if err := a.ensureView(ctx); err != nil {
+			return event.Subject{}, err
+		}
+	}
+	k := a.view.K
+	start := time.Now()
+	var t linux.Task
+	var err error
+	for try, wait := 0, 20*time.Microsecond; ; try++ {
+		k.AS.Cache.Invalidate()
+		t, err = a.fuseTask(int(req.PID))
+		if err == nil && t.State != "R" || err != nil && !errors.Is(err, errNotWaiting) || time.Since(start) > attributionWait {
+			break
+		}
+		a.retries.Add(1)
+		if try < 8 {
+			runtime.Gosched()
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return event.Subject{}, ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, time.Millisecond)
+	}
+	if d := time.Since(start); d > 0 {
+		a.waits.Add(1)
+		a.waitNs.Add(uint64(d))
+	}
+	if err != nil {
+		return event.Subject{}, err
+	}
+	if t.State == "R" {
+		return event.Subject{}, fmt.Errorf("%w: pid %d is still running", errNotWaiting, req.PID)
+	}
+	if t.KernelThread {
+		return event.Subject{}, fmt.Errorf("pid %d is a kernel thread (%s)", req.PID, t.Comm)
+	}
+	return event.Subject{PID: int32(t.TGID), PPID: int32(t.PPID), Start: t.StartTime, Comm: t.Comm, Exe: t.Exe, UID: t.UID, GID: t.GID,
+		SetUID: t.EUID != t.UID}, nil
+}
+
+// errNotWaiting means the task a FUSE request names is not (yet) asleep.
+var errNotWaiting = errors.New("the requesting task is not waiting for its request")
+
+// fuseTask reads the task with thread id pid.
+// Preconditions: a.mu held, a.view set.
+func (a *fileAttributor) fuseTask(pid int) (linux.Task, error) {
+	if addr, ok := a.byPID[pid]; ok {
+		if t, err := a.tasks.Read(addr); err == nil && t.PID == pid {
+			return t, nil
+		}
+		delete(a.byPID, pid)
+	}
+	threads, err := a.view.K.Threads()
+	if err != nil && !errors.Is(err, linux.ErrIncomplete) {
+		return linux.Task{}, err
+	}
+	a.byPID = make(map[int]uint64, len(threads))
+	for _, t := range threads {
+		a.byPID[t.PID] = t.Addr
+	}
+	addr, ok := a.byPID[pid]
+	if !ok {
+		return linux.Task{}, fmt.Errorf("no guest task has pid %d", pid)
+	}
+	return a.tasks.Read(addr)
+}
