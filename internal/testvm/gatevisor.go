@@ -24,6 +24,9 @@ type Gatevisor struct {
 	RuntimeDir string // GATEVISOR_RUNTIME_DIR of every command
 	StateDir   string // XDG_STATE_HOME of every command (console, monitor and audit logs)
 	dir        string // holds the three
+
+	mu       sync.Mutex
+	stopping string // Bin's new name once the run is ending (see endRun)
 }
 
 // BuildGatevisor builds cmd/gatevisor into a fresh temporary directory;
@@ -50,7 +53,13 @@ func (g *Gatevisor) Close() { os.RemoveAll(g.dir) }
 // Command prepares a gatevisor command with the run's environment plus
 // extra (NAME=value entries).
 func (g *Gatevisor) Command(ctx context.Context, extra []string, args ...string) *exec.Cmd {
-	cmd := exec.CommandContext(ctx, g.Bin, args...)
+	bin := g.Bin
+	g.mu.Lock()
+	if g.stopping != "" && len(args) > 0 && args[0] == "stop" {
+		bin = g.stopping
+	}
+	g.mu.Unlock()
+	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Env = append(os.Environ(), "GATEVISOR_RUNTIME_DIR="+g.RuntimeDir, "XDG_STATE_HOME="+g.StateDir)
 	cmd.Env = append(cmd.Env, extra...)
 	cmd.WaitDelay = 5 * time.Second
@@ -111,12 +120,27 @@ func (g *Gatevisor) StopOnInterrupt() {
 	if f := flag.Lookup("test.timeout"); f != nil {
 		if gt, ok := f.Value.(flag.Getter); ok {
 			if d, ok := gt.Get().(time.Duration); ok && d > 2*time.Minute {
-				time.AfterFunc(d-time.Minute, func() {
-					fmt.Fprintln(os.Stderr, "testvm: -timeout is near: stopping every VM")
-					g.StopAll()
-				})
+				time.AfterFunc(d-time.Minute, g.endRun)
 			}
 		}
+	}
+}
+
+// endRun stops every VM of the run when its -timeout is near, and keeps
+// doing so until the timeout ends the binary: tests still running would
+// start VMs after a single sweep, which would outlive the binary. The
+// binary is renamed first, so that no command but stop runs from then on
+// (tests that exec Bin themselves fail to start).
+func (g *Gatevisor) endRun() {
+	fmt.Fprintln(os.Stderr, "testvm: -timeout is near: stopping every VM, and every VM started from now on")
+	g.mu.Lock()
+	if err := os.Rename(g.Bin, g.Bin+".stopping"); err == nil {
+		g.stopping = g.Bin + ".stopping"
+	}
+	g.mu.Unlock()
+	for {
+		g.StopAll()
+		time.Sleep(2 * time.Second)
 	}
 }
 
