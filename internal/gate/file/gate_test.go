@@ -39,9 +39,14 @@ type fixedAttr struct {
 	subj event.Subject
 	err  error
 	tags []uint16
+	pids []uint32 // FUSE requests' header pids
 }
 
 func (a *fixedAttr) Attribute(_ context.Context, req *Request) (event.Subject, error) {
+	if req.FUSE {
+		a.pids = append(a.pids, req.PID)
+		return a.subj, a.err
+	}
 	tag, msg := req.Tag, req.Msg
 	a.tags = append(a.tags, tag)
 	if len(msg) < hdrLen || uint16(msg[5])|uint16(msg[6])<<8 != tag {
