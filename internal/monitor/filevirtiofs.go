@@ -9,7 +9,6 @@ import (
 	"net"
 	"os"
 	"path"
-	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -217,12 +216,14 @@ func (a *fileAttributor) ensureView(ctx context.Context) error {
 
 // attributeFUSE names the process behind a FUSE request: the task whose
 // pid the guest kernel's FUSE client wrote in the request's header (the
-// caller's pid, in the mount's pid namespace: the initial one for the
-// kit's init), read from guest memory, which must be asleep (waiting for
-// the answer). The header's uid and gid are never used. Its address is
-// kept by pid, checked again at every request; a pid not found, or
-// found reused, is looked up in the kernel's thread list again.
-// Preconditions: a.mu held, a.view set.
+// caller's thread id, in the mount's pid namespace: the initial one for
+// the kit's init), read from guest memory. The header's uid and gid are
+// never used. The caller is inside the system call until the answer, so
+// its creds (a thread's own, changed only by itself) cannot change
+// meanwhile. Its address is kept by pid and checked again at every
+// request; a pid not found, or found reused, is looked up in the kernel's
+// thread list again.
+// Preconditions: a.mu held.
 func (a *fileAttributor) attributeFUSE(ctx context.Context, req *gatefile.Request) (event.Subject, error) {
 	if req.PID == 0 {
 		return event.Subject{}, errors.New("the FUSE request names no process (a request of the guest kernel's own)")
@@ -240,37 +241,10 @@ func (a *fileAttributor) attributeFUSE(ctx context.Context, req *gatefile.Reques
 			return event.Subject{}, err
 		}
 	}
-	k := a.view.K
-	start := time.Now()
-	var t linux.Task
-	var err error
-	for try, wait := 0, 20*time.Microsecond; ; try++ {
-		k.AS.Cache.Invalidate()
-		t, err = a.fuseTask(int(req.PID))
-		if err == nil && t.State != "R" || err != nil && !errors.Is(err, errNotWaiting) || time.Since(start) > attributionWait {
-			break
-		}
-		a.retries.Add(1)
-		if try < 8 {
-			runtime.Gosched()
-			continue
-		}
-		select {
-		case <-ctx.Done():
-			return event.Subject{}, ctx.Err()
-		case <-time.After(wait):
-		}
-		wait = min(2*wait, time.Millisecond)
-	}
-	if d := time.Since(start); d > 0 {
-		a.waits.Add(1)
-		a.waitNs.Add(uint64(d))
-	}
+	a.view.K.AS.Cache.Invalidate()
+	t, err := a.fuseTask(int(req.PID))
 	if err != nil {
 		return event.Subject{}, err
-	}
-	if t.State == "R" {
-		return event.Subject{}, fmt.Errorf("%w: pid %d is still running", errNotWaiting, req.PID)
 	}
 	if t.KernelThread {
 		return event.Subject{}, fmt.Errorf("pid %d is a kernel thread (%s)", req.PID, t.Comm)
@@ -278,9 +252,6 @@ func (a *fileAttributor) attributeFUSE(ctx context.Context, req *gatefile.Reques
 	return event.Subject{PID: int32(t.TGID), PPID: int32(t.PPID), Start: t.StartTime, Comm: t.Comm, Exe: t.Exe, UID: t.UID, GID: t.GID,
 		SetUID: t.EUID != t.UID}, nil
 }
-
-// errNotWaiting means the task a FUSE request names is not (yet) asleep.
-var errNotWaiting = errors.New("the requesting task is not waiting for its request")
 
 // fuseTask reads the task with thread id pid.
 // Preconditions: a.mu held, a.view set.

@@ -311,7 +311,7 @@ func (m *Monitor) Restart(ctx context.Context, req api.RestartRequest) (api.Rest
 		return api.RestartResult{}, err
 	}
 	if len(m.cfg.Files) > 0 {
-		return api.RestartResult{}, apiErr(api.CodeConflict, "restart: not done: the VM serves files (--files), whose 9P sessions belong to the QEMU connection: the guest's mounts would fail after a restart")
+		return api.RestartResult{}, apiErr(api.CodeConflict, "restart: not done: the VM serves files (--files), whose sessions (9P or virtio-fs) belong to the QEMU connection: the guest's mounts would fail after a restart")
 	}
 	if req.QEMUBinary != "" {
 		if err := m.checkBinary(ctx, "restart --qemu", req.QEMUBinary); err != nil {

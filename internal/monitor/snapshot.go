@@ -402,7 +402,7 @@ func (m *Monitor) Rollback(ctx context.Context, tag string) (api.RollbackResult,
 		return res, err
 	}
 	if len(m.cfg.Files) > 0 {
-		return res, apiErr(api.CodeConflict, "rollback: not done: the VM serves files (--files), whose 9P sessions would not match the snapshot's: the guest's mounts would fail")
+		return res, apiErr(api.CodeConflict, "rollback: not done: the VM serves files (--files), whose sessions (9P or virtio-fs) would not match the snapshot's: the guest's mounts would fail")
 	}
 	dir, err := m.snapshotDir()
 	if err != nil {

@@ -137,7 +137,7 @@ func (m *Monitor) upgradeBlocked() string {
 	case m.cfg.Net.Mode == NetIsolated && m.cfg.NetHost == nil:
 		return "the VM hosts its isolated network's switch in the monitor process itself"
 	case len(m.cfg.Files) > 0:
-		return "the VM serves files (--files): the 9P sessions live in the monitor, and the hand-over does not carry them yet"
+		return "the VM serves files (--files): the 9P and virtio-fs sessions live in the monitor, and the hand-over does not carry them yet"
 	case m.cfg.Profile.Symbols != nil && m.cfg.Symbols == nil:
 		return "the VM's kernel profile comes from a symbol table the monitor does not hold open"
 	case m.cfg.Console != nil:

@@ -120,8 +120,8 @@ file default: allow
 		t.Fatalf("LOOKUP: %v", e)
 	}
 	ent := c.entry(b)
-	if ent.EntryValid != 0 || ent.AttrValid != 0 || ent.Size != 22 {
-		t.Fatalf("entry %+v: want valid for 0 s and size 22", ent)
+	if ent.EntryValid != metaValid || ent.AttrValid != metaValid || ent.Size != 22 {
+		t.Fatalf("entry %+v: want valid for %d s and size 22", ent, metaValid)
 	}
 	e, b = c.do(opOpen, ent.NodeId, &fuse.OpenIn{Flags: 0}, nil, 16)
 	var oo fuse.OpenOut
