@@ -15,15 +15,16 @@ func newBenchFilesCmd() *cobra.Command {
 	var o bench.FilesOptions
 	cmd := &cobra.Command{
 		Use:   "files",
-		Short: "The file gate against QEMU's own virtio-9p export of the same directory: throughput, small-file latency, monitor CPU per decision",
+		Short: "The file gate (virtio-fs and 9P) against QEMU's own virtio-9p export of the same directory: throughput, small-file latency, monitor CPU per decision",
 		Long: `Boot the default kit in the background with a temporary host directory
-served twice: through the file gate (--files gate=DIR, 9P over
-virtio-serial, every request attributed and decided; the policy allows
-everything) and by QEMU's own virtio-9p (-fsdev local, no gate), both
-mounted with cache=none. Each round, alternating which goes first, times
+served three times: through the file gate over virtio-fs (--files
+gate=DIR, the monitor's vhost-user-fs backend, direct I/O) and over 9P
+(--files gate9p=DIR,9p, 9P over virtio-serial), every request attributed
+and decided (the policy allows everything), and by QEMU's own virtio-9p
+(-fsdev local, no gate, cache=none). Each round, rotating which goes first, times
 in the guest (/proc/uptime around each command, 10 ms resolution): dd of the --mib file to
 /dev/null (128 KiB blocks), dd of --mib MiB of zeros to a new file, and one
-cat over --small 4 KiB files (open, read, close each, no fork). On the gate
+cat over --small 4 KiB files (open, read, close each, no fork). On each gate
 side it reads the monitor's CPU time (/proc), the gate's decision count
 and the gate's own CPU clock around its decisions (attribution and the
 security server) around the small-file phase. Reports medians, the ratios
