@@ -4,8 +4,11 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/cavaliergopher/cpio"
 
 	"github.com/gatevisor/gatevisor/internal/api"
 	"github.com/gatevisor/gatevisor/internal/event"
@@ -82,5 +85,42 @@ func TestFileGateCoverage(t *testing.T) {
 		Absent: map[event.Class]string{event.ClassFile: "no hooks"}})
 	if o := none.Observers[event.ClassFile]; o.All || !slices.Contains(o.Ops, "read") || none.Absent[event.ClassFile] != "" {
 		t.Fatalf("coverage with only the file gate: %+v", none)
+	}
+}
+
+// TestCheckKitVirtioFS: a kit whose mount script predates virtio-fs is
+// refused for a virtio-fs share, with what to do; the current one is
+// taken.
+func TestCheckKitVirtioFS(t *testing.T) {
+	write := func(script string) string {
+		t.Helper()
+		p := filepath.Join(t.TempDir(), "initrd")
+		f, err := os.Create(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w := cpio.NewWriter(f)
+		for name, body := range map[string]string{"sbin/gatevisor-mount-files": script, "etc/x": "y"} {
+			if err := w.WriteHeader(&cpio.Header{Name: name, Mode: 0o755, Size: int64(len(body))}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := w.Write([]byte(body)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		return p
+	}
+	if err := checkKitVirtioFS(write("#!/bin/sh\ncase \"$a\" in gatevisor.files=*) ;; esac\n")); err == nil || !strings.Contains(err.Error(), "kit build --force") || !strings.Contains(err.Error(), ",9p") {
+		t.Fatalf("an old kit: %v", err)
+	}
+	if err := checkKitVirtioFS(write("#!/bin/sh\ncase \"$a\" in gatevisor.virtiofs=*) ;; esac\n")); err != nil {
+		t.Fatalf("a current kit: %v", err)
+	}
+	if err := checkKitVirtioFS(""); err == nil {
+		t.Fatal("no initramfs accepted")
 	}
 }
