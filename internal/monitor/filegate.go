@@ -125,8 +125,8 @@ type fileShare struct {
 	gate *gatefile.Gate
 	ln   net.Listener
 	attr *fileAttributor
-	// vhost is the virtio-fs transport's state (nil for 9P).
-	vhost *vhostShare
+	// virtioFS: served over virtio-fs (else 9P).
+	virtioFS bool
 }
 
 // startFiles prepares the file gate before QEMU starts: a gate and a
@@ -190,15 +190,11 @@ func (m *Monitor) startFiles(qcfg *qemu.Config) error {
 		if sh.ln, err = net.Listen("unix", sock); err != nil {
 			return fmt.Errorf("--files %s: %w", sc.Name, err)
 		}
-		go m.serveShare(sh)
+		go m.serveConns(sh, "9P", func(c net.Conn) error { return sh.gate.Serve(context.Background(), c) })
 		qcfg.ExtraArgs = append(qcfg.ExtraArgs,
 			"-chardev", "socket,id="+id+",path="+sock+",server=off",
 			"-device", "virtserialport,bus=vser0.0,chardev="+id+",name="+FilePortPrefix+sc.Name)
-		arg := " gatevisor.files=" + sc.Name + ":" + sc.GuestPath
-		if sc.ReadOnly {
-			arg += ":ro"
-		}
-		qcfg.Append += arg
+		qcfg.Append += shareArg("gatevisor.files", sc)
 	}
 	if err := qemu.CheckCmdline(qcfg.Append); err != nil {
 		return fmt.Errorf("--files: %w", err)
@@ -206,18 +202,28 @@ func (m *Monitor) startFiles(qcfg *qemu.Config) error {
 	return nil
 }
 
-// serveShare serves QEMU's connections to a share's socket, one at a
-// time (QEMU connects once, and again after a restart).
-func (m *Monitor) serveShare(sh *fileShare) {
+// shareArg is a share's kernel command-line argument for the kit's
+// mount script: " PARAM=NAME:GUESTPATH[:ro]".
+func shareArg(param string, sc FileShare) string {
+	arg := " " + param + "=" + sc.Name + ":" + sc.GuestPath
+	if sc.ReadOnly {
+		arg += ":ro"
+	}
+	return arg
+}
+
+// serveConns serves QEMU's connections to a share's socket, one at a
+// time (QEMU connects once, and again after a restart), each with serve.
+func (m *Monitor) serveConns(sh *fileShare, transport string, serve func(net.Conn) error) {
 	for {
 		c, err := sh.ln.Accept()
 		if err != nil {
 			return
 		}
-		err = sh.gate.Serve(context.Background(), c)
+		err = serve(c)
 		c.Close()
 		if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
-			m.logf("file gate %s: connection ended: %v", sh.cfg.Name, err)
+			m.logf("file gate %s: %s connection ended: %v", sh.cfg.Name, transport, err)
 		}
 	}
 }

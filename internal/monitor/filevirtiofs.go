@@ -10,7 +10,6 @@ import (
 	"os"
 	"path"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/cavaliergopher/cpio"
@@ -28,12 +27,6 @@ import (
 // (gatefile.FUSE). The guest's kit mounts it with mount -t virtiofs NAME
 // GUESTPATH (gatevisor.virtiofs=NAME:GUESTPATH[:ro] on the kernel command
 // line).
-
-// vhostShare is one share's virtio-fs transport.
-type vhostShare struct {
-	mu    sync.Mutex // guards stats
-	stats vhostuser.Stats
-}
 
 // virtioFSQueues is the device's queues: the high-priority one (FORGET)
 // and one request queue.
@@ -53,43 +46,22 @@ func (m *Monitor) startVirtioFS(qcfg *qemu.Config, sh *fileShare, id string) err
 	if err != nil {
 		return fmt.Errorf("--files %s: %w", sc.Name, err)
 	}
-	sh.ln, sh.vhost = ln, &vhostShare{}
-	go m.serveVirtioFS(sh)
+	sh.ln, sh.virtioFS = ln, true
+	go m.serveConns(sh, "vhost-user", func(c net.Conn) error {
+		uc, ok := c.(*net.UnixConn)
+		if !ok {
+			return fmt.Errorf("a %T, not a unix connection", c)
+		}
+		fs := sh.gate.NewFUSE(context.Background())
+		defer fs.Close()
+		_, err := vhostuser.Serve(context.Background(), uc, vhostuser.Config{Queues: virtioFSQueues, Handler: fuseHandler{fs}, Logf: m.logf})
+		return err
+	})
 	qcfg.ExtraArgs = append(qcfg.ExtraArgs,
 		"-chardev", "socket,id="+id+",path="+sock,
 		"-device", fmt.Sprintf("vhost-user-fs-pci,chardev=%s,tag=%s,queue-size=%d", id, sc.Name, virtioFSQueueSize))
-	arg := " gatevisor.virtiofs=" + sc.Name + ":" + sc.GuestPath
-	if sc.ReadOnly {
-		arg += ":ro"
-	}
-	qcfg.Append += arg
+	qcfg.Append += shareArg("gatevisor.virtiofs", sc)
 	return nil
-}
-
-// serveVirtioFS serves QEMU's connections to a share's vhost-user
-// socket, one at a time.
-func (m *Monitor) serveVirtioFS(sh *fileShare) {
-	for {
-		c, err := sh.ln.Accept()
-		if err != nil {
-			return
-		}
-		uc, ok := c.(*net.UnixConn)
-		if !ok {
-			c.Close()
-			continue
-		}
-		fs := sh.gate.NewFUSE(context.Background())
-		st, err := vhostuser.Serve(context.Background(), uc, vhostuser.Config{Queues: virtioFSQueues, Handler: fuseHandler{fs}, Logf: m.logf})
-		fs.Close()
-		c.Close()
-		sh.vhost.mu.Lock()
-		sh.vhost.stats = st
-		sh.vhost.mu.Unlock()
-		if err != nil && !errors.Is(err, net.ErrClosed) {
-			m.logf("file gate %s: vhost-user connection ended: %v", sh.cfg.Name, err)
-		}
-	}
 }
 
 // fuseHandler answers a virtio-fs queue's chains with the share's FUSE
@@ -181,7 +153,7 @@ func (m *Monitor) locateForVirtioFS() {
 	}
 	vfs := false
 	for _, sh := range fst.shares {
-		vfs = vfs || sh.vhost != nil
+		vfs = vfs || sh.virtioFS
 	}
 	if !vfs || !fst.locating.CompareAndSwap(false, true) {
 		return

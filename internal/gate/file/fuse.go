@@ -1,6 +1,7 @@
 package file
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -319,10 +320,7 @@ func (s *FUSE) child(id uint64, name string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if !validName(name) {
-		return "", rerror(syscall.EINVAL)
-	}
-	return join(n.rel, name), nil
+	return childOf(n.rel, name)
 }
 
 // attrOf is a host stat as FUSE's attributes (write bits cleared on a
@@ -458,11 +456,7 @@ func (s *FUSE) dispatch(h *fuse.InHeader, head []byte, in, out [][]byte, inLen, 
 		}
 		return fuseReply{none: true}
 	case opLookup:
-		ns, err := names(head[inHdrSize:], 1)
-		if err != nil {
-			return s.malformed()
-		}
-		rel, err := s.child(h.NodeId, ns[0])
+		rel, _, err := s.childArg(h, head, nil)
 		if err != nil {
 			return errReply(err)
 		}
@@ -541,15 +535,7 @@ func (s *FUSE) dispatch(h *fuse.InHeader, head []byte, in, out [][]byte, inLen, 
 		return s.put(&o)
 	case opCreate:
 		var a fuse.CreateIn
-		rest, err := args(head, &a)
-		if err != nil {
-			return s.malformed()
-		}
-		ns, err := names(rest, 1)
-		if err != nil {
-			return s.malformed()
-		}
-		rel, err := s.child(h.NodeId, ns[0])
+		rel, _, err := s.childArg(h, head, &a)
 		if err != nil {
 			return errReply(err)
 		}
@@ -641,57 +627,31 @@ func (s *FUSE) dispatch(h *fuse.InHeader, head []byte, in, out [][]byte, inLen, 
 		return fuseReply{errno: syscall.EPERM} // no device nodes, fifos or sockets in a served directory
 	case opMkdir:
 		var a fuse.MkdirIn
-		rest, err := args(head, &a)
-		if err != nil {
-			return s.malformed()
+		rel, _, err := s.childArg(h, head, &a)
+		if err == nil {
+			err = s.g.makeDir(ctx, req, rel, a.Mode&^a.Umask)
 		}
-		ns, err := names(rest, 1)
-		if err != nil {
-			return s.malformed()
-		}
-		rel, err := s.child(h.NodeId, ns[0])
-		if err != nil {
-			return errReply(err)
-		}
-		if err := s.g.makeDir(ctx, req, rel, a.Mode&^a.Umask); err != nil {
-			return errReply(err)
-		}
-		return s.entry(rel)
+		return s.entryAfter(rel, err)
 	case opSymlink:
-		ns, err := names(head[inHdrSize:], 2)
-		if err != nil {
-			return s.malformed()
+		rel, rest, err := s.childArg(h, head, nil)
+		if err == nil {
+			var target []string
+			if target, err = names(rest, 1); err != nil {
+				return s.malformed()
+			}
+			err = s.g.makeSymlink(ctx, req, rel, target[0])
 		}
-		rel, err := s.child(h.NodeId, ns[0])
-		if err != nil {
-			return errReply(err)
-		}
-		if err := s.g.makeSymlink(ctx, req, rel, ns[1]); err != nil {
-			return errReply(err)
-		}
-		return s.entry(rel)
+		return s.entryAfter(rel, err)
 	case opLink:
 		var a fuse.LinkIn
-		rest, err := args(head, &a)
-		if err != nil {
-			return s.malformed()
+		rel, _, err := s.childArg(h, head, &a)
+		if err == nil {
+			var old *fuseNode
+			if old, err = s.node(a.Oldnodeid); err == nil {
+				err = s.g.makeLink(ctx, req, old.rel, rel)
+			}
 		}
-		ns, err := names(rest, 1)
-		if err != nil {
-			return s.malformed()
-		}
-		old, err := s.node(a.Oldnodeid)
-		if err != nil {
-			return errReply(err)
-		}
-		rel, err := s.child(h.NodeId, ns[0])
-		if err != nil {
-			return errReply(err)
-		}
-		if err := s.g.makeLink(ctx, req, old.rel, rel); err != nil {
-			return errReply(err)
-		}
-		return s.entry(rel)
+		return s.entryAfter(rel, err)
 	case opReadlink:
 		n, err := s.node(h.NodeId)
 		if err != nil {
@@ -704,15 +664,11 @@ func (s *FUSE) dispatch(h *fuse.InHeader, head []byte, in, out [][]byte, inLen, 
 		s.enc = append(s.enc, t...)
 		return fuseReply{}
 	case opUnlink, opRmdir:
-		ns, err := names(head[inHdrSize:], 1)
-		if err != nil {
-			return s.malformed()
+		rel, _, err := s.childArg(h, head, nil)
+		if err == nil {
+			err = s.g.removeEntry(ctx, req, rel, h.Opcode == opRmdir)
 		}
-		rel, err := s.child(h.NodeId, ns[0])
-		if err != nil {
-			return errReply(err)
-		}
-		return errReply(s.g.removeEntry(ctx, req, rel, h.Opcode == opRmdir))
+		return errReply(err)
 	case opRename, opRename2:
 		var newDir uint64
 		var rest []byte
@@ -800,6 +756,38 @@ func (s *FUSE) dispatch(h *fuse.InHeader, head []byte, in, out [][]byte, inLen, 
 		return fuseReply{errno: syscall.ENOSYS}
 	}
 	return fuseReply{errno: syscall.ENOSYS}
+}
+
+// childArg decodes a request's fixed arguments into v (nil: none) and
+// the name after them, and returns the name's path in the header's node
+// and the bytes after the name; a request that does not parse is
+// counted and answered EIO.
+func (s *FUSE) childArg(h *fuse.InHeader, head []byte, v any) (string, []byte, error) {
+	rest := head[inHdrSize:]
+	if v != nil {
+		r, err := args(head, v)
+		if err != nil {
+			s.g.malformed.Add(1)
+			return "", nil, rerror(syscall.EIO)
+		}
+		rest = r
+	}
+	i := bytes.IndexByte(rest, 0)
+	if i < 0 {
+		s.g.malformed.Add(1)
+		return "", nil, rerror(syscall.EIO)
+	}
+	rel, err := s.child(h.NodeId, string(rest[:i]))
+	return rel, rest[i+1:], err
+}
+
+// entryAfter answers a request that made rel (err: how making it went)
+// with its entry.
+func (s *FUSE) entryAfter(rel string, err error) fuseReply {
+	if err != nil {
+		return errReply(err)
+	}
+	return s.entry(rel)
 }
 
 // malformed counts a request that does not parse and answers EIO.

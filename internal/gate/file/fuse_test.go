@@ -86,13 +86,7 @@ func (c *fuseClient) entry(b []byte) fuse.EntryOut {
 
 func setupFUSE(t *testing.T, src string, ro bool) (*fuseClient, *policyDecider, *fixedAttr, string) {
 	t.Helper()
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "secret.txt"), []byte("CANARY-1234 top secret"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Mkdir(filepath.Join(dir, "pub"), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	dir := testTree(t)
 	pd := &policyDecider{srv: compile(t, src)}
 	at := &fixedAttr{subj: event.Subject{PID: 77, UID: 1000, Exe: "/bin/cat"}}
 	g, err := New(Config{Name: "conf", Root: dir, GuestPath: "/mnt/conf", ReadOnly: ro, Decider: pd, Attributor: at})
@@ -272,17 +266,7 @@ func FuzzFUSE(f *testing.F) {
 	f.Add(fuseSession(fuseReq(opLookup, 2, fuseRootID, nil, ".."), fuseReq(opLink, 3, fuseRootID, &fuse.LinkIn{Oldnodeid: 1}, "x")))
 	f.Add([]byte{40, 0, 40, 0, 0, 0, 15, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, data []byte) {
-		dir := t.TempDir()
-		root := filepath.Join(dir, "root")
-		os.Mkdir(root, 0o755)
-		os.WriteFile(filepath.Join(root, "f"), []byte("content"), 0o644)
-		os.WriteFile(filepath.Join(dir, "outside"), []byte("keep"), 0o644)
-		g, err := New(Config{Name: "s", Root: root, GuestPath: "/mnt/s",
-			Decider: &policyDecider{srv: compile(t, "default: allow;")}, Attributor: &fixedAttr{subj: event.Subject{UID: 1}}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer g.Close()
+		g, check := fuzzGate(t)
 		s := g.NewFUSE(context.Background())
 		defer s.Close()
 		init := fuseReq(opInit, 1, 0, &fuse.InitIn{Major: 7, Minor: 38})
@@ -313,12 +297,6 @@ func FuzzFUSE(f *testing.F) {
 				}
 			}
 		}
-		if b, err := os.ReadFile(filepath.Join(dir, "outside")); err != nil || string(b) != "keep" {
-			t.Fatalf("a file outside the root changed: %q %v", b, err)
-		}
-		ents, _ := os.ReadDir(dir)
-		if len(ents) != 2 {
-			t.Fatalf("entries next to the root: %d", len(ents))
-		}
+		check()
 	})
 }

@@ -94,21 +94,32 @@ func FuzzServe(f *testing.F) {
 	))
 	f.Add([]byte{7, 0, 0, 0, 100, 0, 0})
 	f.Fuzz(func(t *testing.T, data []byte) {
-		dir := t.TempDir()
-		root := filepath.Join(dir, "root")
-		os.Mkdir(root, 0o755)
-		os.WriteFile(filepath.Join(root, "f"), []byte("content"), 0o644)
-		os.WriteFile(filepath.Join(dir, "outside"), []byte("keep"), 0o644)
-		g, err := New(Config{Name: "s", Root: root, GuestPath: "/mnt/s",
-			Decider: &policyDecider{srv: compile(t, "default: allow;")}, Attributor: &fixedAttr{subj: event.Subject{UID: 1}}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer g.Close()
+		g, check := fuzzGate(t)
 		_ = g.Serve(context.Background(), struct {
 			io.Reader
 			io.Writer
 		}{bytes.NewReader(data), io.Discard})
+		check()
+	})
+}
+
+// fuzzGate is a gate over a root with one file, next to a file outside
+// it; check fails the test if anything outside the root changed.
+func fuzzGate(t *testing.T) (g *Gate, check func()) {
+	t.Helper()
+	dir := t.TempDir()
+	root := filepath.Join(dir, "root")
+	os.Mkdir(root, 0o755)
+	os.WriteFile(filepath.Join(root, "f"), []byte("content"), 0o644)
+	os.WriteFile(filepath.Join(dir, "outside"), []byte("keep"), 0o644)
+	g, err := New(Config{Name: "s", Root: root, GuestPath: "/mnt/s",
+		Decider: &policyDecider{srv: compile(t, "default: allow;")}, Attributor: &fixedAttr{subj: event.Subject{UID: 1}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { g.Close() })
+	return g, func() {
+		t.Helper()
 		if b, err := os.ReadFile(filepath.Join(dir, "outside")); err != nil || string(b) != "keep" {
 			t.Fatalf("a file outside the root changed: %q %v", b, err)
 		}
@@ -116,5 +127,5 @@ func FuzzServe(f *testing.F) {
 		if len(ents) != 2 {
 			t.Fatalf("entries next to the root: %d", len(ents))
 		}
-	})
+	}
 }

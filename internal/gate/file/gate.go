@@ -302,10 +302,16 @@ func (c *conn) child(n uint32, name string) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	return childOf(dir.rel, name)
+}
+
+// childOf is the path of entry name in directory dir: EINVAL for a name
+// that is not one (empty, ".", "..", a '/' or a NUL).
+func childOf(dir, name string) (string, error) {
 	if !validName(name) {
 		return "", rerror(syscall.EINVAL)
 	}
-	return join(dir.rel, name), nil
+	return join(dir, name), nil
 }
 
 // makeEntry answers a request that made rel (err: how making it went)

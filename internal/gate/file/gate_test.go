@@ -102,12 +102,8 @@ func errno(typ uint8, d *dec) syscall.Errno {
 	return syscall.Errno(d.u32())
 }
 
-func setup(t *testing.T, src string, subj event.Subject, ro bool) (*client, *policyDecider, string) {
-	t.Helper()
-	return setupOver(t, src, subj, ro, pipePair)
-}
-
-func setupOver(t *testing.T, src string, subj event.Subject, ro bool, pair func() (io.ReadWriteCloser, io.ReadWriteCloser), tweak ...func(*Gate)) (*client, *policyDecider, string) {
+// testTree is a served directory: secret.txt (a canary) and pub/hello.
+func testTree(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "secret.txt"), []byte("CANARY-1234 top secret"), 0o644); err != nil {
@@ -119,6 +115,17 @@ func setupOver(t *testing.T, src string, subj event.Subject, ro bool, pair func(
 	if err := os.WriteFile(filepath.Join(dir, "pub", "hello"), []byte("hello"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	return dir
+}
+
+func setup(t *testing.T, src string, subj event.Subject, ro bool) (*client, *policyDecider, string) {
+	t.Helper()
+	return setupOver(t, src, subj, ro, pipePair)
+}
+
+func setupOver(t *testing.T, src string, subj event.Subject, ro bool, pair func() (io.ReadWriteCloser, io.ReadWriteCloser), tweak ...func(*Gate)) (*client, *policyDecider, string) {
+	t.Helper()
+	dir := testTree(t)
 	pd := &policyDecider{srv: compile(t, src)}
 	g, err := New(Config{Name: "conf", Root: dir, GuestPath: "/mnt/conf", ReadOnly: ro, Decider: pd, Attributor: &fixedAttr{subj: subj}})
 	if err != nil {
