@@ -512,7 +512,7 @@ func (b *backend) work(qi int, q *queue, kick *os.File, stop, done chan struct{}
 				return
 			}
 		}
-		if _, err := kick.Read(ev[:]); err != nil {
+		if err := readKick(kick, &ev); err != nil {
 			<-stop // closed by stopQueue only after stop
 			return
 		}
