@@ -195,7 +195,7 @@ file default: allow
 	}
 	// Every decision had the attributor's subject, never the header's
 	// uid 4242; the attributor saw the header's pid.
-	for _, ev := range pd.evs {
+	for _, ev := range pd.events() {
 		if ev.Subject.UID != 1000 || ev.Subject.PID != 77 {
 			t.Fatalf("event subject %+v", ev.Subject)
 		}

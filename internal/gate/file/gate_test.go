@@ -31,6 +31,14 @@ func (p *policyDecider) Decide(ev *event.Event) secserver.Decision {
 	return p.srv.Decide(ev)
 }
 
+// events is a copy of the events decided so far (the server's goroutine
+// appends to them).
+func (p *policyDecider) events() []event.Event {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]event.Event(nil), p.evs...)
+}
+
 func (p *policyDecider) GateFailure(ev *event.Event, rule, reason string, errno int32) secserver.Decision {
 	return p.srv.GateFailure(ev, rule, reason, errno)
 }
@@ -226,7 +234,7 @@ func TestReadDecidedPerProcess(t *testing.T) {
 				t.Fatalf("read: %q %v", data, en)
 			}
 			var ops []string
-			for _, ev := range pd.evs {
+			for _, ev := range pd.events() {
 				ops = append(ops, ev.Op+" "+ev.Path)
 				if ev.Subject.UID != tc.uid || len(ev.Labels) != 1 || ev.Labels[0] != Label {
 					t.Errorf("event %+v", ev)
@@ -288,7 +296,7 @@ func TestTruncatingOpenIsATruncate(t *testing.T) {
 		t.Fatalf("the file was truncated: %q", b)
 	}
 	var ops []string
-	for _, ev := range pd.evs {
+	for _, ev := range pd.events() {
 		ops = append(ops, ev.Op)
 	}
 	if strings.Join(ops, ",") != "open,truncate" {
