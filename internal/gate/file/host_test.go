@@ -85,7 +85,7 @@ func TestServeOverSocket(t *testing.T) {
 	if !bytes.Equal(onDisk[8:8+len(data)], data) || !bytes.Equal(onDisk[:8], big[:8]) {
 		t.Fatal("the write did not land at its offset")
 	}
-	if n := len(pd.evs); n < 4 {
+	if n := len(pd.events()); n < 4 {
 		t.Fatalf("%d decisions, want open, reads and the write", n)
 	}
 	if st := g.Stats(); st.Decided < 4 || st.DecideCPUNs == 0 || st.DecideCPUNs > st.DecideNs+uint64(1e9) {
