@@ -425,6 +425,20 @@ func (b *backend) setMemTable(m *msg) error {
 	if err != nil {
 		return err
 	}
+	ids := make([][2]uint64, len(regs))
+	for i := range regs {
+		var st unix.Stat_t
+		if err := unix.Fstat(m.fds[i], &st); err != nil {
+			return fmt.Errorf("vhost-user: memory region %d: %w", i, err)
+		}
+		ids[i] = [2]uint64{st.Dev, st.Ino}
+	}
+	if b.sameTable(regs, ids) {
+		// QEMU sends the table again each time the device starts (after
+		// every VM stop, a kernel-gate trap included): the mappings it
+		// names are the ones in use.
+		return nil
+	}
 	nm := &Memory{}
 	for i, r := range regs {
 		fd := m.fds[i]
@@ -433,7 +447,8 @@ func (b *backend) setMemTable(m *msg) error {
 			nm.unmap()
 			return fmt.Errorf("vhost-user: map memory region %d (%#x bytes): %w", i, r.size+r.mmapOffset, err)
 		}
-		nm.regions = append(nm.regions, memRegion{gpa: r.gpa, uaddr: r.uaddr, b: mp[r.mmapOffset : r.mmapOffset+r.size : r.mmapOffset+r.size], mapping: mp})
+		nm.regions = append(nm.regions, memRegion{gpa: r.gpa, uaddr: r.uaddr, b: mp[r.mmapOffset : r.mmapOffset+r.size : r.mmapOffset+r.size], mapping: mp,
+			dev: ids[i][0], ino: ids[i][1], offset: r.mmapOffset})
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -454,6 +469,25 @@ func (b *backend) setMemTable(m *msg) error {
 	}
 	old.unmap()
 	return nil
+}
+
+// sameTable reports whether regs (whose files are ids: device, inode)
+// describe exactly the regions mapped now.
+func (b *backend) sameTable(regs []region, ids [][2]uint64) bool {
+	b.memMu.RLock()
+	defer b.memMu.RUnlock()
+	cur := b.mem.regions
+	if len(cur) != len(regs) {
+		return false
+	}
+	for i, r := range regs {
+		c := &cur[i]
+		if c.mapping == nil || c.gpa != r.gpa || c.uaddr != r.uaddr || uint64(len(c.b)) != r.size || c.offset != r.mmapOffset ||
+			c.dev != ids[i][0] || c.ino != ids[i][1] {
+			return false
+		}
+	}
+	return true
 }
 
 // unmap releases m's mappings.

@@ -223,3 +223,54 @@ func FuzzMessage(f *testing.F) {
 		}
 	})
 }
+
+// TestSetMemTableKeepsSameMapping: QEMU sends the memory table again at
+// every device start (after every VM stop); a table naming the same file,
+// offset and layout keeps the mapping in use, another one replaces it.
+func TestSetMemTableKeepsSameMapping(t *testing.T) {
+	const size, uaddr = 1 << 20, 0x7f0000000000
+	memfd := func() int {
+		fd, err := unix.MemfdCreate("guest", unix.MFD_CLOEXEC)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Ftruncate(fd, size); err != nil {
+			t.Fatal(err)
+		}
+		return fd
+	}
+	table := func(fd int) *msg {
+		mt := binary.LittleEndian.AppendUint32(nil, 1)
+		mt = binary.LittleEndian.AppendUint32(mt, 0)
+		for _, v := range []uint64{0, size, uaddr, 0} {
+			mt = binary.LittleEndian.AppendUint64(mt, v)
+		}
+		return &msg{req: reqSetMemTable, payload: mt, fds: []int{fd}}
+	}
+	a, other := memfd(), memfd()
+	defer unix.Close(a)
+	defer unix.Close(other)
+	b := &backend{mem: &Memory{}}
+	defer b.release()
+	if err := b.setMemTable(table(a)); err != nil {
+		t.Fatal(err)
+	}
+	first := &b.mem.regions[0].mapping[0]
+	again, err := unix.Dup(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(again)
+	if err := b.setMemTable(table(again)); err != nil {
+		t.Fatal(err)
+	}
+	if &b.mem.regions[0].mapping[0] != first {
+		t.Fatal("the same table was mapped again")
+	}
+	if err := b.setMemTable(table(other)); err != nil {
+		t.Fatal(err)
+	}
+	if &b.mem.regions[0].mapping[0] == first {
+		t.Fatal("a table naming another file kept the old mapping")
+	}
+}

@@ -11,6 +11,9 @@ type memRegion struct {
 	gpa, uaddr uint64
 	b          []byte
 	mapping    []byte // what to munmap (nil for a test's slice)
+	// The mapped file and offset (zero for a test's slice): a table that
+	// names the same ones again keeps the mapping.
+	dev, ino, offset uint64
 }
 
 // Memory is the guest RAM table of one connection. Every access from a
