@@ -128,6 +128,11 @@ func (m *Monitor) Snapshot(ctx context.Context, tag string) (api.Snapshot, error
 	if err := m.lifecycleReady(); err != nil {
 		return api.Snapshot{}, err
 	}
+	for _, sh := range m.cfg.Files {
+		if sh.Transport == TransportVirtioFS {
+			return api.Snapshot{}, apiErr(api.CodeConflict, "snapshot: not taken: the VM serves %s over virtio-fs (--files), a vhost-user device whose state QEMU cannot save (a share given as NAME=HOSTDIR,9p can be)", sh.Name)
+		}
+	}
 	dir, err := m.snapshotDir()
 	if err != nil {
 		return api.Snapshot{}, err
