@@ -87,7 +87,7 @@ returns once the guest is ready.`,
 	f.StringVar(&o.kit, "kit", "", "boot this built kit ('gatevisor kit ls'; e.g. one of 'kit build --kernel-suite bookworm-backports') instead of the default kit")
 	f.StringVar(&o.initrd, "initrd", "", "initramfs to use with --kernel")
 	f.StringVar(&o.appendArgs, "append", "", "kernel command line (default: the kit's)")
-	f.StringArrayVar(&o.files, "files", nil, "serve a host directory to the guest through the file gate as NAME=HOSTDIR[:GUESTPATH][,ro] (repeatable; mounted at /mnt/NAME by default; every access decided by the policy)")
+	f.StringArrayVar(&o.files, "files", nil, "serve a host directory to the guest through the file gate as NAME=HOSTDIR[:GUESTPATH][,ro][,9p] (repeatable; mounted at /mnt/NAME by default over virtio-fs, or over 9P with ,9p; every access decided by the policy)")
 	f.StringVar(&o.filesPeer9P, "files-peer-9p", "", "benchmarks only: export DIR with QEMU's own virtio-9p (tag peer), no gate")
 	_ = f.MarkHidden("files-peer-9p")
 	f.StringArrayVar(&o.adds, "add", nil, "add a host file or directory to the initramfs as HOST:GUEST (repeatable)")

@@ -28,7 +28,7 @@ import (
 )
 
 // FileShare is one directory the monitor serves to the guest (run
-// --files NAME=HOSTDIR[:GUESTPATH][,ro]).
+// --files NAME=HOSTDIR[:GUESTPATH][,ro][,9p]).
 type FileShare struct {
 	Name, HostDir, GuestPath string
 	ReadOnly                 bool
