@@ -70,6 +70,9 @@ func (q *qemuSide) connectChannels(ctx context.Context) error {
 		conn.Close()
 		return fmt.Errorf("attach QMP: %w", err)
 	}
+	// Only SHUTDOWN is read (monitor.go); STOP and RESUME come with every
+	// kernel-gate stop.
+	q.qmp.IgnoreEvents("STOP", "RESUME")
 	if q.serial, err = q.dial(ctx, qemu.SerialSocket); err != nil {
 		return fmt.Errorf("attach serial console: %w", err)
 	}

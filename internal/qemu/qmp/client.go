@@ -29,6 +29,7 @@ type Client struct {
 	nextID  atomic.Uint64
 	events  chan Event
 	drops   atomic.Uint64
+	ignored ignoredSet // IgnoreEvents
 
 	mu      sync.Mutex
 	pending map[string]chan message // guarded by mu
@@ -178,7 +179,7 @@ func (c *Client) readLoop(r io.Reader, greeting chan<- message) error {
 	gotGreeting := false
 	for sc.Scan() {
 		line := sc.Bytes()
-		if len(line) == 0 {
+		if len(line) == 0 || c.skipLine(line) {
 			continue
 		}
 		m, err := decodeMessage(line)
