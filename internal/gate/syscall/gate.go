@@ -132,6 +132,16 @@ type Gate struct {
 	// created are creates allowed at AtPathMknod, whose AtFileOpen hit is
 	// not decided twice.
 	created map[createdKey]bool
+
+	// taskMu guards the per-stop readers below, kept between stops
+	// (currentTask): the task reader's buffers and page_offset_base (set
+	// at boot, never moved), and the per-CPU offset of current_task (a
+	// link-time constant of this kernel's profile). Nothing the guest can
+	// change afterwards is kept: every stop reads the task afresh.
+	taskMu   sync.Mutex
+	tasks    *linux.TaskReader // nil until the first stop
+	curOff   uint64            // current_task's per-CPU offset, once found
+	curOffOK bool
 }
 
 // pendingCall is a handler's state a fault-in changed: its first argument

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -535,10 +536,11 @@ func (g *Gate) hookEvents(t Trap, regs Regs) (hookHit, error) {
 		return p
 	}
 	file := t.Classes.has(event.ClassFile)
+	files := filePaths{k: g.k}
 	switch t.Hook {
 	case AtFileOpen, AtPathMknod, AtExec, AtPtraceAccess, AtPtraceTraceme:
 		if t.Classes.has(event.ClassSyscall) && terr == nil {
-			sev, skip, err := g.syscallHookEvent(t, regs, taskAddr, task, now)
+			sev, skip, err := g.syscallHookEvent(t, regs, taskAddr, task, now, &files)
 			if err != nil {
 				errs = append(errs, err)
 			}
@@ -554,7 +556,7 @@ func (g *Gate) hookEvents(t Trap, regs Regs) (hookHit, error) {
 		}
 		switch {
 		case t.Hook == AtFileOpen && file:
-			p := path(g.k.FilePath(g.isa.arg(regs, 0)))
+			p := path(files.path(g.isa.arg(regs, 0)))
 			flags, ferr := g.k.FileFlags(g.isa.arg(regs, 0))
 			mode, merr := g.k.FileMode(g.isa.arg(regs, 0))
 			if err := errors.Join(ferr, merr); err != nil {
@@ -582,7 +584,7 @@ func (g *Gate) hookEvents(t Trap, regs Regs) (hookHit, error) {
 			var p string
 			f, err := g.k.BinprmFile(g.isa.arg(regs, 0))
 			if err == nil {
-				p = path(g.k.FilePath(f))
+				p = path(files.path(f))
 			} else {
 				path("", err)
 			}
@@ -686,7 +688,7 @@ const (
 // user registers the task entered the kernel with; the path from the
 // kernel's resolved file. skip says the hit is not the syscall class's to
 // decide here.
-func (g *Gate) syscallHookEvent(t Trap, regs Regs, taskAddr uint64, task linux.Task, now time.Time) (ev event.Event, skip bool, err error) {
+func (g *Gate) syscallHookEvent(t Trap, regs Regs, taskAddr uint64, task linux.Task, now time.Time, files *filePaths) (ev event.Event, skip bool, err error) {
 	ev = event.Event{Class: event.ClassSyscall, Op: t.Syscall.Op, Time: now, Subject: subjectOf(task)}
 	var errs []error
 	p, compat, rerr := g.userCall(regs, taskAddr)
@@ -733,13 +735,13 @@ func (g *Gate) syscallHookEvent(t Trap, regs Regs, taskAddr uint64, task linux.T
 	var perr error
 	switch t.Hook {
 	case AtFileOpen:
-		ev.Path, perr = g.k.FilePath(g.isa.arg(regs, 0))
+		ev.Path, perr = files.path(g.isa.arg(regs, 0))
 	case AtPathMknod:
 		ev.Path, perr = g.k.ChildPath(g.isa.arg(regs, 0), g.isa.arg(regs, 1))
 	case AtExec:
 		var file uint64
 		if file, perr = g.k.BinprmFile(g.isa.arg(regs, 0)); perr == nil {
-			ev.Path, perr = g.k.FilePath(file)
+			ev.Path, perr = files.path(file)
 		}
 	}
 	if perr != nil {
@@ -838,7 +840,15 @@ func (g *Gate) currentTask(regs Regs) (uint64, linux.Task, error) {
 	if err != nil {
 		return addr, linux.Task{}, err
 	}
-	task, err := g.k.TaskAt(addr)
+	g.taskMu.Lock()
+	defer g.taskMu.Unlock()
+	if g.tasks == nil {
+		if g.tasks, err = g.k.NewTaskReader(); err != nil {
+			g.tasks = nil
+			return addr, linux.Task{}, err
+		}
+	}
+	task, err := g.tasks.Read(addr)
 	return addr, task, err
 }
 
@@ -848,7 +858,18 @@ func (g *Gate) currentTaskAddr(regs Regs) (uint64, error) {
 	if g.isa.arm64 {
 		return g.currentTaskARM64(regs)
 	}
-	return g.k.CurrentTask(regs[RegGSBase])
+	g.taskMu.Lock()
+	if !g.curOffOK {
+		off, err := g.k.CurrentTaskOffset()
+		if err != nil {
+			g.taskMu.Unlock()
+			return 0, err
+		}
+		g.curOff, g.curOffOK = off, true
+	}
+	off := g.curOff
+	g.taskMu.Unlock()
+	return g.k.CurrentTaskAt(regs[RegGSBase], off)
 }
 
 func subjectOf(task linux.Task) event.Subject {
@@ -869,13 +890,46 @@ type createdKey struct {
 // maxCreated bounds creates awaiting their AtFileOpen hit.
 const maxCreated = 4096
 
+// filePaths is the path of the last struct file read in one stop: an open
+// under both a syscall and a file rule names the same file twice, and the
+// VM does not run between the two reads. Never kept across stops.
+type filePaths struct {
+	k    *linux.Kernel
+	file uint64
+	p    string
+	err  error
+	ok   bool
+}
+
+func (f *filePaths) path(file uint64) (string, error) {
+	if !f.ok || f.file != file {
+		f.p, f.err = f.k.FilePath(file)
+		f.file, f.ok = file, true
+	}
+	return f.p, f.err
+}
+
+// argsKey is args as a map key: the numbers in decimal, comma-separated
+// (fmt.Sprint's reflection was half the cost of a lookup at every open).
+func argsKey(args []int64) string {
+	var b [8 * 21]byte
+	out := b[:0]
+	for i, a := range args {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = strconv.AppendInt(out, a, 10)
+	}
+	return string(out)
+}
+
 func (g *Gate) noteCreated(task uint64, ev event.Event) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if len(g.created) >= maxCreated {
 		g.created = map[createdKey]bool{}
 	}
-	g.created[createdKey{task, ev.Path, fmt.Sprint(ev.Args)}] = true
+	g.created[createdKey{task, ev.Path, argsKey(ev.Args)}] = true
 }
 
 // takeCreated reports (and forgets) whether this open by task was decided
@@ -883,7 +937,7 @@ func (g *Gate) noteCreated(task uint64, ev event.Event) {
 func (g *Gate) takeCreated(task uint64, ev event.Event) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	k := createdKey{task, ev.Path, fmt.Sprint(ev.Args)}
+	k := createdKey{task, ev.Path, argsKey(ev.Args)}
 	if g.created[k] {
 		delete(g.created, k)
 		return true

@@ -68,6 +68,24 @@ func leUint(b []byte) uint64 {
 	return binary.LittleEndian.Uint64(buf[:])
 }
 
+// hexLE decodes at most 8 little-endian bytes in hex, as leUint(decodeHex(s))
+// without the slice (every stop decodes every register).
+func hexLE(s []byte) (uint64, error) {
+	if len(s)%2 != 0 || len(s) > 16 {
+		return 0, fmt.Errorf("%w: bad hex %q", ErrProtocol, truncate(s))
+	}
+	var v uint64
+	for i := 0; i < len(s); i += 2 {
+		hi, ok1 := fromHex(s[i])
+		lo, ok2 := fromHex(s[i+1])
+		if !ok1 || !ok2 {
+			return 0, fmt.Errorf("%w: bad hex %q", ErrProtocol, truncate(s))
+		}
+		v |= uint64(hi<<4|lo) << (4 * i)
+	}
+	return v, nil
+}
+
 // ReadRegisters reads all registers of the current vCPU with one 'g'
 // packet and returns those of at most 64 bits by name. Registers the stub
 // reports as unavailable, or that the reply does not reach, are absent.
@@ -88,7 +106,7 @@ func decodeGReply(td *TargetDescription, r []byte) (map[string]uint64, error) {
 	if len(r)%2 != 0 {
 		return nil, fmt.Errorf("gdbrsp: read registers: %w: odd-length reply", ErrProtocol)
 	}
-	out := make(map[string]uint64)
+	out := make(map[string]uint64, len(td.byName))
 	for _, reg := range td.Registers {
 		if reg.Offset < 0 || reg.BitSize > 64 {
 			continue
@@ -104,11 +122,11 @@ func decodeGReply(td *TargetDescription, r []byte) (map[string]uint64, error) {
 		if bytes.IndexByte(field, 'x') >= 0 {
 			continue
 		}
-		b, err := decodeHex(field)
+		v, err := hexLE(field)
 		if err != nil {
 			return nil, fmt.Errorf("gdbrsp: read registers: %s: %w", reg.Name, err)
 		}
-		out[reg.Name] = leUint(b)
+		out[reg.Name] = v
 	}
 	return out, nil
 }

@@ -24,10 +24,17 @@ func (k *Kernel) TaskAt(addr uint64) (Task, error) {
 // current_task; from 6.2 it is pcpu_hot.current_task. Per-CPU symbols are
 // offsets from the CPU's area on x86-64 SMP and KASLR does not move them.
 func (k *Kernel) CurrentTask(gsBase uint64) (uint64, error) {
-	off, err := k.currentTaskOffset()
+	off, err := k.CurrentTaskOffset()
 	if err != nil {
 		return 0, err
 	}
+	return k.CurrentTaskAt(gsBase, off)
+}
+
+// CurrentTaskAt is CurrentTask with current_task's per-CPU offset already
+// found by CurrentTaskOffset (a constant of the kernel: a caller reading the
+// current task at every stop looks it up once).
+func (k *Kernel) CurrentTaskAt(gsBase, off uint64) (uint64, error) {
 	if !isKernelPtr(gsBase) {
 		return 0, fmt.Errorf("%w: GS base %#x is not a kernel per-CPU area (a user-mode stop?)", ErrInconsistent, gsBase)
 	}
@@ -41,7 +48,9 @@ func (k *Kernel) CurrentTask(gsBase uint64) (uint64, error) {
 	return t, nil
 }
 
-func (k *Kernel) currentTaskOffset() (uint64, error) {
+// CurrentTaskOffset returns the per-CPU offset of the running task's
+// pointer: current_task (Linux 6.1) or pcpu_hot.current_task (6.2 on).
+func (k *Kernel) CurrentTaskOffset() (uint64, error) {
 	sym, err := k.Profile.Symbol("current_task")
 	if err != nil {
 		hot, herr := k.Profile.Symbol("pcpu_hot")
