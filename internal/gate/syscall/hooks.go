@@ -536,7 +536,7 @@ func (g *Gate) hookEvents(t Trap, regs Regs) (hookHit, error) {
 		return p
 	}
 	file := t.Classes.has(event.ClassFile)
-	files := filePaths{k: g.k}
+	files := filePaths{g: g}
 	switch t.Hook {
 	case AtFileOpen, AtPathMknod, AtExec, AtPtraceAccess, AtPtraceTraceme:
 		if t.Classes.has(event.ClassSyscall) && terr == nil {
@@ -842,14 +842,36 @@ func (g *Gate) currentTask(regs Regs) (uint64, linux.Task, error) {
 	}
 	g.taskMu.Lock()
 	defer g.taskMu.Unlock()
-	if g.tasks == nil {
-		if g.tasks, err = g.k.NewTaskReader(); err != nil {
-			g.tasks = nil
-			return addr, linux.Task{}, err
-		}
+	tr, err := g.taskReader()
+	if err != nil {
+		return addr, linux.Task{}, err
 	}
-	task, err := g.tasks.Read(addr)
+	task, err := tr.Read(addr)
 	return addr, task, err
+}
+
+// taskReader returns the gate's task reader, made on first use.
+// Preconditions: g.taskMu is held.
+func (g *Gate) taskReader() (*linux.TaskReader, error) {
+	if g.tasks == nil {
+		tr, err := g.k.NewTaskReader()
+		if err != nil {
+			return nil, err
+		}
+		g.tasks = tr
+	}
+	return g.tasks, nil
+}
+
+// filePath is g.k.FilePath through the gate's task reader.
+func (g *Gate) filePath(file uint64) (string, error) {
+	g.taskMu.Lock()
+	defer g.taskMu.Unlock()
+	tr, err := g.taskReader()
+	if err != nil {
+		return "", err
+	}
+	return tr.FilePath(file)
 }
 
 // currentTaskAddr returns the address of the task running on the stopped
@@ -894,7 +916,7 @@ const maxCreated = 4096
 // under both a syscall and a file rule names the same file twice, and the
 // VM does not run between the two reads. Never kept across stops.
 type filePaths struct {
-	k    *linux.Kernel
+	g    *Gate
 	file uint64
 	p    string
 	err  error
@@ -903,7 +925,7 @@ type filePaths struct {
 
 func (f *filePaths) path(file uint64) (string, error) {
 	if !f.ok || f.file != file {
-		f.p, f.err = f.k.FilePath(file)
+		f.p, f.err = f.g.filePath(file)
 		f.file, f.ok = file, true
 	}
 	return f.p, f.err

@@ -27,6 +27,21 @@ func (k *Kernel) PathOf(vfsmnt, dentry uint64) (string, error) {
 	return r.dPath(vfsmnt, dentry)
 }
 
+// FilePath is k.FilePath with the reader's buffers (TaskReader). Like
+// Read, it forgets what the reads before it found.
+func (t *TaskReader) FilePath(file uint64) (string, error) {
+	t.forget()
+	k := t.r.k
+	if !k.kernelPointer(file) {
+		return "", fmt.Errorf("%w: file %#x is not a kernel pointer", ErrInconsistent, file)
+	}
+	off, err := k.Profile.FieldOffset("file.f_path")
+	if err != nil {
+		return "", fmt.Errorf("linux: file path layout: %w", err)
+	}
+	return k.pathAt(file+off, t.r)
+}
+
 // FilePath returns the path of the struct file at file (file->f_path).
 func (k *Kernel) FilePath(file uint64) (string, error) {
 	if !k.kernelPointer(file) {
@@ -36,7 +51,7 @@ func (k *Kernel) FilePath(file uint64) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("linux: file path layout: %w", err)
 	}
-	return k.PathAt(file + off)
+	return k.pathAt(file+off, nil)
 }
 
 // FileFlags returns the struct file's f_flags (the open flags it keeps).
@@ -220,6 +235,11 @@ func (k *Kernel) FileMode(file uint64) (uint32, error) {
 // the path LSM hooks (security_path_truncate, _chmod, _chown,
 // security_inode_getattr) receive it.
 func (k *Kernel) PathAt(p uint64) (string, error) {
+	return k.pathAt(p, nil)
+}
+
+// pathAt is PathAt through reader r (nil: a new one).
+func (k *Kernel) pathAt(p uint64, r *taskReader) (string, error) {
 	f := &fields{p: k.Profile}
 	mnt, dent := f.off("path.mnt"), f.off("path.dentry")
 	if f.err != nil {
@@ -236,5 +256,11 @@ func (k *Kernel) PathAt(p uint64) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("linux: read struct path %#x: %w", p, err)
 	}
-	return k.PathOf(vfsmnt, dentry)
+	if r == nil {
+		return k.PathOf(vfsmnt, dentry)
+	}
+	if !k.kernelPointer(vfsmnt) || !k.kernelPointer(dentry) {
+		return "", fmt.Errorf("%w: path {%#x, %#x} is not a pair of kernel pointers", ErrInconsistent, vfsmnt, dentry)
+	}
+	return r.dPath(vfsmnt, dentry)
 }

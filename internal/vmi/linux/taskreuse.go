@@ -21,10 +21,15 @@ func (k *Kernel) NewTaskReader() (*TaskReader, error) {
 
 // Read reads the task at addr afresh, as TaskAt.
 func (t *TaskReader) Read(addr uint64) (Task, error) {
+	t.forget()
+	return t.r.read(addr)
+}
+
+// forget drops what earlier reads found: each read starts afresh.
+func (t *TaskReader) forget() {
 	r := t.r
 	clear(r.paths)
 	clear(r.tgids)
 	r.lastBlockRead = 0
 	r.wantGroup = false
-	return r.read(addr)
 }

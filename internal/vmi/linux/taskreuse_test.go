@@ -33,3 +33,37 @@ func TestTaskReaderAgreesWithTaskAt(t *testing.T) {
 		t.Fatalf("after the change: %q, %v", got.Comm, err)
 	}
 }
+
+// TestTaskReaderFilePath checks the reader's FilePath against the
+// kernel's, in turn, again, and after a dentry's name changed in memory.
+func TestTaskReaderFilePath(t *testing.T) {
+	s := buildDetailScene(t, rssStruct)
+	k := s.kernelOf()
+	tr, err := k.NewTaskReader()
+	if err != nil {
+		t.Fatal(err)
+	}
+	console := s.dentry("console", s.dirs["dev"], "")
+	hosts := s.dentry("hosts", s.dirs["tmp"], "")
+	files := []uint64{
+		s.newFile(fileSpec{mnt: s.rootMnt, dentry: console}),
+		s.newFile(fileSpec{mnt: s.rootMnt, dentry: hosts}),
+	}
+	for _, f := range append(files, files...) {
+		want, err1 := k.FilePath(f)
+		got, err2 := tr.FilePath(f)
+		if err1 != nil || err2 != nil || got != want {
+			t.Errorf("file %#x: reader %q, %v; kernel %q, %v", f, got, err2, want, err1)
+		}
+	}
+	if got, err := tr.FilePath(0x1000); err == nil {
+		t.Errorf("a user address read as a file: %q", got)
+	}
+	// The parent directory moves: the next read sees it.
+	s.put64(console+s.off("dentry.d_parent"), s.dirs["tmp"])
+	want, err1 := k.FilePath(files[0])
+	got, err2 := tr.FilePath(files[0])
+	if err1 != nil || err2 != nil || got != want || got != "/tmp/console" {
+		t.Errorf("after the move: reader %q, %v; kernel %q, %v", got, err2, want, err1)
+	}
+}
