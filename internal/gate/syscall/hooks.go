@@ -759,7 +759,7 @@ func (g *Gate) userCall(regs Regs, taskAddr uint64) (PtRegs, bool, error) {
 	if g.isa.arm64 {
 		ra, err = g.k.UserRegsAddrARM64(taskAddr)
 	} else {
-		ra, err = g.k.UserRegsAddr(regs[RegGSBase], taskAddr)
+		ra, err = g.userRegsAddr(regs[RegGSBase], taskAddr)
 	}
 	if err != nil {
 		return PtRegs{}, false, fmt.Errorf("user registers: %w", err)
@@ -861,6 +861,17 @@ func (g *Gate) taskReader() (*linux.TaskReader, error) {
 		g.tasks = tr
 	}
 	return g.tasks, nil
+}
+
+// userRegsAddr is g.k.UserRegsAddr through the gate's task reader.
+func (g *Gate) userRegsAddr(gsBase, task uint64) (uint64, error) {
+	g.taskMu.Lock()
+	defer g.taskMu.Unlock()
+	tr, err := g.taskReader()
+	if err != nil {
+		return 0, err
+	}
+	return tr.UserRegsAddr(gsBase, task)
 }
 
 // filePath is g.k.FilePath through the gate's task reader.

@@ -325,9 +325,9 @@ func hookWatches(k *linux.Kernel, hooks map[Hook]uint64) map[Hook]hookWatch {
 // watchArgs returns regs with the hook's arguments where the hook code
 // received them (rdi, rsi), for hookEvent.
 func watchArgs(t Trap, regs Regs) Regs {
-	out := make(Regs, len(regs))
-	for k, v := range regs {
-		out[k] = v
+	out := maps.Clone(regs) // a copy: the caller's registers are the vCPU's
+	if out == nil {
+		out = Regs{}
 	}
 	for i, r := range argRegs {
 		if src := t.model.Args[i]; src != "" {

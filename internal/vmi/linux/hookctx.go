@@ -94,21 +94,42 @@ const threadSize = 16 << 10
 // pcpu_hot.top_of_stack from 6.2) minus sizeof(struct pt_regs). task is
 // that CPU's current task, used for the fallback through task->stack.
 func (k *Kernel) UserRegsAddr(gsBase, task uint64) (uint64, error) {
-	size, err := k.Profile.StructSize("pt_regs")
+	l := k.userRegsLayout()
+	return k.userRegsAddr(gsBase, task, l)
+}
+
+// userRegsLayout is what UserRegsAddr looks up in the profile: constants
+// of the kernel (TaskReader keeps them).
+type userRegsLayout struct {
+	size    uint64 // sizeof(struct pt_regs)
+	sizeErr error
+	off     uint64 // the per-CPU top of stack's offset
+	offErr  error
+}
+
+func (k *Kernel) userRegsLayout() userRegsLayout {
+	var l userRegsLayout
+	l.size, l.sizeErr = k.Profile.StructSize("pt_regs")
+	l.off, l.offErr = k.Profile.Symbol("cpu_current_top_of_stack")
+	if l.offErr != nil {
+		if hot, herr := k.Profile.Symbol("pcpu_hot"); herr == nil {
+			if f, ferr := k.Profile.FieldOffset("pcpu_hot.top_of_stack"); ferr == nil {
+				l.off, l.offErr = hot+f, nil
+			}
+		}
+	}
+	return l
+}
+
+func (k *Kernel) userRegsAddr(gsBase, task uint64, l userRegsLayout) (uint64, error) {
+	size, err := l.size, l.sizeErr
 	if err != nil {
 		return 0, err
 	}
 	if !isKernelPtr(gsBase) {
 		return 0, fmt.Errorf("%w: GS base %#x is not a kernel per-CPU area", ErrInconsistent, gsBase)
 	}
-	off, err := k.Profile.Symbol("cpu_current_top_of_stack")
-	if err != nil {
-		if hot, herr := k.Profile.Symbol("pcpu_hot"); herr == nil {
-			if f, ferr := k.Profile.FieldOffset("pcpu_hot.top_of_stack"); ferr == nil {
-				off, err = hot+f, nil
-			}
-		}
-	}
+	off, err := l.off, l.offErr
 	var top uint64
 	if err == nil && !isKernelPtr(off) {
 		top, err = vmi.ReadU64(k.AS, gsBase+off)

@@ -7,7 +7,18 @@ package linux
 // Read forgets the paths, the parents' tgids and the task bytes of the
 // reads before it. Not safe for concurrent use.
 type TaskReader struct {
-	r *taskReader
+	r    *taskReader
+	regs *userRegsLayout // UserRegsAddr's profile look-ups, on first use
+}
+
+// UserRegsAddr is k.UserRegsAddr with its profile look-ups (pt_regs's
+// size, the top of stack's per-CPU offset) made once.
+func (t *TaskReader) UserRegsAddr(gsBase, task uint64) (uint64, error) {
+	if t.regs == nil {
+		l := t.r.k.userRegsLayout()
+		t.regs = &l
+	}
+	return t.r.k.userRegsAddr(gsBase, task, *t.regs)
 }
 
 // NewTaskReader returns a reader of k's tasks.

@@ -67,3 +67,24 @@ func TestTaskReaderFilePath(t *testing.T) {
 		t.Errorf("after the move: reader %q, %v; kernel %q, %v", got, err2, want, err1)
 	}
 }
+
+// TestTaskReaderUserRegsAddr checks the reader's UserRegsAddr, whose
+// profile look-ups are made once, against the kernel's, read after read.
+func TestTaskReaderUserRegsAddr(t *testing.T) {
+	s := buildDetailScene(t, rssStruct)
+	k := s.kernelOf()
+	tr, err := k.NewTaskReader()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pid := range []int{101, 100, 2, 101} {
+		task := s.tasks[pid]
+		for _, gs := range []uint64{0, 0x1000, task, task &^ 0xfff} {
+			want, err1 := k.UserRegsAddr(gs, task)
+			got, err2 := tr.UserRegsAddr(gs, task)
+			if got != want || (err1 == nil) != (err2 == nil) {
+				t.Errorf("pid %d, gs %#x: reader %#x, %v; kernel %#x, %v", pid, gs, got, err2, want, err1)
+			}
+		}
+	}
+}
