@@ -66,13 +66,14 @@ func (c *Client) skipLine(line []byte) bool {
 	return (*set)[string(name)]
 }
 
-// cutDigits removes 1 to 20 leading ASCII digits from b.
+// cutDigits removes a JSON natural number of 1 to 18 digits from the front
+// of b: one that fits the int64 decodeMessage reads it into (FuzzSkipLine).
 func cutDigits(b []byte) ([]byte, bool) {
 	n := 0
-	for n < len(b) && n <= 20 && b[n] >= '0' && b[n] <= '9' {
+	for n < len(b) && n <= 18 && b[n] >= '0' && b[n] <= '9' {
 		n++
 	}
-	if n == 0 || n > 20 {
+	if n == 0 || n > 18 || (n > 1 && b[0] == '0') { // JSON: no leading zero
 		return b, false
 	}
 	return b[n:], true

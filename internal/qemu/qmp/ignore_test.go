@@ -57,10 +57,36 @@ func TestSkipLine(t *testing.T) {
 		{`{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "ST\"OP"}`, false},
 		{`{"timestamp": {"seconds": 123456789012345678901, "microseconds": 2}, "event": "STOP"}`, false},
 		{`{"timestamp": {"seconds": , "microseconds": 2}, "event": "STOP"}`, false},
+		{`{"timestamp": {"seconds": 01, "microseconds": 2}, "event": "STOP"}`, false},
+		{`{"timestamp": {"seconds": 0, "microseconds": 0}, "event": "STOP"}`, true},
 		{`{"return": {}}`, false},
 	} {
 		if got := c.skipLine([]byte(tc.line)); got != tc.want {
 			t.Errorf("skipLine(%s) = %v, want %v", tc.line, got, tc.want)
 		}
 	}
+}
+
+// FuzzSkipLine checks that a line skipLine drops is one decodeMessage reads
+// as the ignored event, with no data: skipping never hides a reply, an
+// error, another event or a malformed line.
+func FuzzSkipLine(f *testing.F) {
+	f.Add(`{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "STOP"}`)
+	f.Add(`{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "RESUME"}`)
+	f.Add(`{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "STOP", "data": {}}`)
+	f.Add(`{"return": {}, "id": "1"}`)
+	c := &Client{}
+	c.IgnoreEvents("STOP", "RESUME")
+	f.Fuzz(func(t *testing.T, line string) {
+		if !c.skipLine([]byte(line)) {
+			return
+		}
+		m, err := decodeMessage([]byte(line))
+		if err != nil {
+			t.Fatalf("skipped a line decodeMessage rejects: %v", err)
+		}
+		if m.kind != kindEvent || (m.event.Name != "STOP" && m.event.Name != "RESUME") || m.event.Data != nil {
+			t.Fatalf("skipped %+v", m)
+		}
+	})
 }
