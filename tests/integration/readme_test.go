@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -294,6 +295,19 @@ func runFollow(t *testing.T, c docCommand, root string, environ []string) string
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+	// The line printed may be `run --detach`'s ready line in a `run … &&
+	// events -f` line: Ctrl-C once the follower runs (a SIGINT in the moment
+	// between the two commands was seen to reach neither).
+	for !followerRuns(cmd.Process.Pid) {
+		select {
+		case err := <-done:
+			t.Fatalf("%v: ended (%v) before following\nstdout:\n%s\nstderr:\n%s", c, err, stdout.String(), tail([]byte(stderr.String())))
+		case <-deadline:
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			t.Fatalf("%v: no `events -f` process\nstderr:\n%s", c, tail([]byte(stderr.String())))
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGINT)
 	select {
 	case err := <-done:
@@ -305,6 +319,30 @@ func runFollow(t *testing.T, c docCommand, root string, environ []string) string
 		t.Fatalf("%v: still following 30s after Ctrl-C", c)
 	}
 	return stdout.String()
+}
+
+// followerRuns reports whether process group pgid holds a process whose
+// arguments are gatevisor's `events … -f`.
+func followerRuns(pgid int) bool {
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if g, err := syscall.Getpgid(pid); err != nil || g != pgid {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(b), "\x00")
+		if len(args) > 1 && strings.HasSuffix(args[0], "gatevisor") && args[1] == "events" {
+			return true
+		}
+	}
+	return false
 }
 
 func isSignal(ee *exec.ExitError, sig syscall.Signal) bool {
