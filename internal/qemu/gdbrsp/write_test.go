@@ -150,9 +150,6 @@ func TestContinueWithRegisters(t *testing.T) {
 			if err != nil || at.IsZero() {
 				t.Fatalf("ContinueWithRegisters: %v (at %v)", err, at)
 			}
-			if want := []string{"P11=82020000", "P10=10000081ffffffff", "c"}; !slices.Equal(f.requests()[len(f.requests())-3:], want) {
-				t.Fatalf("sent %q, want %q last", f.requests(), want)
-			}
 			if !c.Running() {
 				t.Fatal("Running = false after ContinueWithRegisters")
 			}
@@ -170,6 +167,11 @@ func TestContinueWithRegisters(t *testing.T) {
 			f.mu.Unlock()
 			if by != "\x03" {
 				t.Fatalf("the target was stopped by %q, want only the interrupt", by)
+			}
+			// Checked once the stop is seen: the stub reads the writes and
+			// the continue after ContinueWithRegisters has returned.
+			if want := []string{"P11=82020000", "P10=10000081ffffffff", "c"}; !slices.Equal(f.requests()[len(f.requests())-3:], want) {
+				t.Fatalf("sent %q, want %q last", f.requests(), want)
 			}
 			// Every later exchange is in step, acknowledged as before.
 			if v, err := c.ReadRegister(ctx, "rip"); err != nil || v != 0 {
