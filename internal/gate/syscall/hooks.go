@@ -367,6 +367,13 @@ func (g *Gate) handleHook(t Trap, regs Regs) (Outcome, error) {
 	if t.Via == ViaWatch {
 		regs = watchArgs(t, regs)
 	}
+	if t.Via == ViaOwnEntry {
+		if !ownHit(t, regs) {
+			// Another LSM's entry at the same load: not the gate's call.
+			return Outcome{Event: event.Event{Class: t.primaryClass(), Op: t.Syscall.Op}, Skipped: true, Decision: secserver.Decision{Verdict: secserver.Allow}}, nil
+		}
+		regs = ownArgs(t, regs)
+	}
 	hit, readErr := g.hookEvents(t, regs)
 	if len(hit.events) == 0 {
 		if readErr != nil {
@@ -380,7 +387,7 @@ func (g *Gate) handleHook(t Trap, regs Regs) (Outcome, error) {
 	var (
 		out     Outcome
 		err     error
-		decided []Decided
+		decided = make([]Decided, 0, len(hit.events))
 	)
 	for i, ev := range hit.events {
 		if i == hit.created {
@@ -525,6 +532,10 @@ func (g *Gate) hookEvents(t Trap, regs Regs) (hookHit, error) {
 			return hit, nil
 		}
 	}
+	// A hit makes one to four events (an open: its syscall event, open,
+	// read, write, append); appended one by one, the slice grew three
+	// times a stop (event.Event is large).
+	hit.events = make([]event.Event, 0, 4)
 	mk := func(c event.Class, op, path string, args ...int64) event.Event {
 		return event.Event{Class: c, Op: op, Subject: subj, Path: path, Args: args, Time: now}
 	}

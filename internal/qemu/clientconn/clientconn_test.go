@@ -1,13 +1,17 @@
 package clientconn
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 var errTestClosed = errors.New("test: connection closed")
@@ -104,5 +108,73 @@ func TestWriteInterrupted(t *testing.T) {
 	}
 	if err := c.Write(context.Background(), []byte("more")); !errors.Is(err, errTestClosed) {
 		t.Errorf("Write after the end = %v, want the sentinel", err)
+	}
+}
+
+// unixPair returns a started Conn over one end of a connected unix socket
+// pair (the kind QEMU's sockets are: writeNow's path) and the other end.
+func unixPair(t *testing.T) (*Conn, net.Conn) {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := func(fd int) net.Conn {
+		f := os.NewFile(uintptr(fd), "socketpair")
+		defer f.Close()
+		nc, err := net.FileConn(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return nc
+	}
+	a, b := conn(fds[0]), conn(fds[1])
+	t.Cleanup(func() { b.Close() })
+	c := New(a, errTestClosed)
+	c.Start(func(r io.Reader) error { _, err := io.Copy(io.Discard, r); return err })
+	t.Cleanup(func() { c.Close() })
+	return c, b
+}
+
+// A write the socket's buffer cannot take at once is finished by the
+// blocking path, whole and in order; one nobody reads is interrupted by
+// its context.
+func TestWriteSocket(t *testing.T) {
+	c, peer := unixPair(t)
+	big := make([]byte, 1<<20) // larger than the socket buffer (208 KiB by default)
+	for i := range big {
+		big[i] = byte(i * 7)
+	}
+	read := make(chan []byte, 1)
+	go func() {
+		var got []byte
+		buf := make([]byte, 4096)
+		for len(got) < len("ping")+len(big) {
+			time.Sleep(time.Millisecond / 10) // a slow reader
+			n, err := peer.Read(buf)
+			if err != nil {
+				break
+			}
+			got = append(got, buf[:n]...)
+		}
+		read <- got
+	}()
+	ctx := context.Background()
+	if err := c.Write(ctx, []byte("ping")); err != nil {
+		t.Fatalf("small Write: %v", err)
+	}
+	if err := c.Write(ctx, big); err != nil {
+		t.Fatalf("Write of %d bytes: %v", len(big), err)
+	}
+	got := <-read
+	if string(got[:4]) != "ping" || !bytes.Equal(got[4:], big) {
+		t.Fatalf("the peer read %d bytes, not the two writes in order", len(got))
+	}
+
+	stuck, _ := unixPair(t) // nobody reads this one
+	tctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	if err := stuck.Write(tctx, big); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a Write nobody reads = %v, want DeadlineExceeded", err)
 	}
 }
