@@ -187,6 +187,16 @@ func (m *msg) takeFD() int {
 	return fd
 }
 
+// stateOf decodes a vring-state message and returns the queue it names.
+func (b *backend) stateOf(m *msg) (vringState, *queue, error) {
+	s, err := m.state()
+	if err != nil {
+		return s, nil, err
+	}
+	q, err := b.queueOf(s.index)
+	return s, q, err
+}
+
 // queueOf returns the queue named by a message (index in the low byte
 // for KICK/CALL/ERR, the whole u32 otherwise).
 func (b *backend) queueOf(i uint32) (*queue, error) {
@@ -232,11 +242,7 @@ func (b *backend) handle(m *msg) ([]byte, error) {
 	case reqSetMemTable:
 		return nil, b.setMemTable(m)
 	case reqSetVringNum, reqSetVringBase, reqSetVringEnable:
-		s, err := m.state()
-		if err != nil {
-			return nil, err
-		}
-		q, err := b.queueOf(s.index)
+		s, q, err := b.stateOf(m)
 		if err != nil {
 			return nil, err
 		}
@@ -280,11 +286,7 @@ func (b *backend) handle(m *msg) ([]byte, error) {
 		q.addr, q.hasAddr = a, true
 		return nil, nil
 	case reqGetVringBase:
-		s, err := m.state()
-		if err != nil {
-			return nil, err
-		}
-		q, err := b.queueOf(s.index)
+		s, q, err := b.stateOf(m)
 		if err != nil {
 			return nil, err
 		}

@@ -306,12 +306,41 @@ func names(b []byte, count int) ([]string, error) {
 }
 
 // node returns node id's path.
-func (s *FUSE) node(id uint64) (*fuseNode, error) {
-	n, ok := s.nodes[id]
+func (s *FUSE) node(id uint64) (*fuseNode, error) { return lookup(s.nodes, id, syscall.ESTALE) }
+
+// lookup is m[k], or errno as an error when m has no k.
+func lookup[V any](m map[uint64]V, k uint64, errno syscall.Errno) (V, error) {
+	v, ok := m[k]
 	if !ok {
-		return nil, rerror(syscall.ESTALE)
+		return v, rerror(errno)
 	}
-	return n, nil
+	return v, nil
+}
+
+// nodeArgs decodes a request's fixed arguments into a and returns the
+// node it is about; else the reply to send (ok false).
+func (s *FUSE) nodeArgs(h *fuse.InHeader, head []byte, a any) (n *fuseNode, r fuseReply, ok bool) {
+	if _, err := args(head, a); err != nil {
+		return nil, s.malformed(), false
+	}
+	n, err := s.node(h.NodeId)
+	if err != nil {
+		return nil, errReply(err), false
+	}
+	return n, fuseReply{}, true
+}
+
+// fileArgs decodes a request's fixed arguments into a and returns the
+// open file its handle (*fh, a field of a) names; else the reply to send.
+func (s *FUSE) fileArgs(head []byte, a any, fh *uint64) (f *fid, r fuseReply, ok bool) {
+	if _, err := args(head, a); err != nil {
+		return nil, s.malformed(), false
+	}
+	f, err := s.file(*fh)
+	if err != nil {
+		return nil, errReply(err), false
+	}
+	return f, fuseReply{}, true
 }
 
 // child is the path of name in directory node id.
@@ -396,13 +425,8 @@ func (s *FUSE) handle(f *fid) (uint64, error) {
 	return fh, nil
 }
 
-func (s *FUSE) file(fh uint64) (*fid, error) {
-	f, ok := s.files[fh]
-	if !ok {
-		return nil, rerror(syscall.EBADF)
-	}
-	return f, nil
-}
+// file returns open file fh.
+func (s *FUSE) file(fh uint64) (*fid, error) { return lookup(s.files, fh, syscall.EBADF) }
 
 func (s *FUSE) dispatch(h *fuse.InHeader, head []byte, in, out [][]byte, inLen, outLen int) fuseReply {
 	ctx, req := s.ctx, &s.req
@@ -463,12 +487,9 @@ func (s *FUSE) dispatch(h *fuse.InHeader, head []byte, in, out [][]byte, inLen, 
 		return s.entry(rel)
 	case opGetattr:
 		var a fuse.GetAttrIn
-		if _, err := args(head, &a); err != nil {
-			return s.malformed()
-		}
-		n, err := s.node(h.NodeId)
-		if err != nil {
-			return errReply(err)
+		n, r, ok := s.nodeArgs(h, head, &a)
+		if !ok {
+			return r
 		}
 		st, err := s.g.h.lstat(n.rel)
 		if err != nil {
@@ -477,12 +498,9 @@ func (s *FUSE) dispatch(h *fuse.InHeader, head []byte, in, out [][]byte, inLen, 
 		return s.put(&fuse.AttrOut{AttrValid: metaValid, Attr: s.attrOf(&st)})
 	case opSetattr:
 		var a fuse.SetAttrIn
-		if _, err := args(head, &a); err != nil {
-			return s.malformed()
-		}
-		n, err := s.node(h.NodeId)
-		if err != nil {
-			return errReply(err)
+		n, r, ok := s.nodeArgs(h, head, &a)
+		if !ok {
+			return r
 		}
 		var f *fid
 		if a.Valid&fuse.FATTR_FH != 0 {
@@ -506,12 +524,9 @@ func (s *FUSE) dispatch(h *fuse.InHeader, head []byte, in, out [][]byte, inLen, 
 		return s.put(&fuse.AttrOut{AttrValid: metaValid, Attr: s.attrOf(&st)})
 	case opOpen, opOpendir:
 		var a fuse.OpenIn
-		if _, err := args(head, &a); err != nil {
-			return s.malformed()
-		}
-		n, err := s.node(h.NodeId)
-		if err != nil {
-			return errReply(err)
+		n, r, ok := s.nodeArgs(h, head, &a)
+		if !ok {
+			return r
 		}
 		f, _, err := s.g.openEntry(ctx, req, n.rel, h.Opcode == opOpendir, a.Flags)
 		if err != nil {
@@ -557,12 +572,9 @@ func (s *FUSE) dispatch(h *fuse.InHeader, head []byte, in, out [][]byte, inLen, 
 			OpenOut: fuse.OpenOut{Fh: fh, OpenFlags: fuse.FOPEN_DIRECT_IO}})
 	case opRead:
 		var a fuse.ReadIn
-		if _, err := args(head, &a); err != nil {
-			return s.malformed()
-		}
-		f, err := s.file(a.Fh)
-		if err != nil {
-			return errReply(err)
+		f, r, ok := s.fileArgs(head, &a, &a.Fh)
+		if !ok {
+			return r
 		}
 		size := min(int(a.Size), outLen-outHdrSize, FUSEMaxWrite)
 		if size < 0 {
@@ -576,12 +588,9 @@ func (s *FUSE) dispatch(h *fuse.InHeader, head []byte, in, out [][]byte, inLen, 
 		return fuseReply{data: got}
 	case opWrite:
 		var a fuse.WriteIn
-		if _, err := args(head, &a); err != nil {
-			return s.malformed()
-		}
-		f, err := s.file(a.Fh)
-		if err != nil {
-			return errReply(err)
+		f, r, ok := s.fileArgs(head, &a, &a.Fh)
+		if !ok {
+			return r
 		}
 		const off = inHdrSize + 40
 		if int(a.Size) > inLen-off || a.Size > FUSEMaxWrite {
@@ -609,12 +618,9 @@ func (s *FUSE) dispatch(h *fuse.InHeader, head []byte, in, out [][]byte, inLen, 
 		return fuseReply{errno: syscall.ENOSYS}
 	case opFsync, opFsyncdir:
 		var a fuse.FsyncIn
-		if _, err := args(head, &a); err != nil {
-			return s.malformed()
-		}
-		f, err := s.file(a.Fh)
-		if err != nil {
-			return errReply(err)
+		f, r, ok := s.fileArgs(head, &a, &a.Fh)
+		if !ok {
+			return r
 		}
 		switch {
 		case f.hasFD:
@@ -707,12 +713,9 @@ func (s *FUSE) dispatch(h *fuse.InHeader, head []byte, in, out [][]byte, inLen, 
 		return fuseReply{}
 	case opReaddir:
 		var a fuse.ReadIn
-		if _, err := args(head, &a); err != nil {
-			return s.malformed()
-		}
-		f, err := s.file(a.Fh)
-		if err != nil {
-			return errReply(err)
+		f, r, ok := s.fileArgs(head, &a, &a.Fh)
+		if !ok {
+			return r
 		}
 		if a.Offset == 0 || f.dirents == nil {
 			ents, err := s.g.listDir(ctx, req, f)
