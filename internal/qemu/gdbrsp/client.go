@@ -391,6 +391,15 @@ func replyError(r []byte) error {
 	return nil
 }
 
+// okReply is the error an answer that should be "OK" means: an "Exx", an
+// empty (unsupported) or any other answer.
+func okReply(r []byte) error {
+	if err := replyError(r); err != nil {
+		return err
+	}
+	return expectOK(r)
+}
+
 func expectOK(r []byte) error {
 	if string(r) != "OK" {
 		return fmt.Errorf("%w: want OK, got %q", ErrProtocol, truncate(r))

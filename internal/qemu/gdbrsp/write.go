@@ -112,11 +112,7 @@ func (c *Client) writeBurst(ctx context.Context, regs []RegValue) error {
 		}
 		select {
 		case r := <-c.replies:
-			err := replyError(r)
-			if err == nil {
-				err = expectOK(r)
-			}
-			if err != nil && first == nil {
+			if err := okReply(r); err != nil && first == nil {
 				first = fmt.Errorf("gdbrsp: write register %s: %w", rv.Name, err)
 			}
 		case <-c.cc.Done():
@@ -202,11 +198,7 @@ func (c *Client) ContinueWithRegisters(ctx context.Context, regs []RegValue) (re
 		}
 		select {
 		case r := <-c.replies:
-			err := replyError(r)
-			if err == nil {
-				err = expectOK(r)
-			}
-			if err != nil && first == nil {
+			if err := okReply(r); err != nil && first == nil {
 				first = fmt.Errorf("write register %s: %w", regs[i].Name, err)
 			}
 		case <-c.cc.Done():
