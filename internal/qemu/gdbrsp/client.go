@@ -75,9 +75,14 @@ type Client struct {
 	// interrupt.
 	quiet atomic.Int32
 
-	acks    chan byte      // '+' or '-' from the stub
-	replies chan []byte    // packets that are not stop replies
-	stops   chan StopReply // stop replies, oldest dropped when full
+	// wantAcks says the request in progress waits for the stub's '+' (a
+	// packet with no answer, or a burst counted by its acknowledgements);
+	// otherwise the reader passes on only '-': a request that waits for
+	// its answer takes the answer as its receipt, and is woken once.
+	wantAcks atomic.Bool
+	acks     chan byte      // '+' (when wantAcks) or '-' from the stub
+	replies  chan []byte    // packets that are not stop replies
+	stops    chan StopReply // stop replies, oldest dropped when full
 
 	// cmdMu serialises request/reply exchanges.
 	cmdMu sync.Mutex
@@ -214,6 +219,8 @@ func (c *Client) readLoop(r io.Reader) error {
 			b := byte('+')
 			if f.kind == frameNack {
 				b = '-'
+			} else if !c.wantAcks.Load() {
+				continue // the answer that follows says as much
 			}
 			select {
 			case c.acks <- b:
@@ -301,6 +308,7 @@ func (c *Client) writeRaw(b []byte) error {
 //
 // Preconditions: c.cmdMu held.
 func (c *Client) send(ctx context.Context, payload []byte) error {
+	c.wantAcks.Store(true)
 	pkt := encodePacket(payload)
 	for attempt := 0; ; attempt++ {
 		drain(c.acks)
@@ -339,9 +347,42 @@ func (c *Client) exchangeBytes(ctx context.Context, req []byte) ([]byte, error) 
 		return nil, err
 	}
 	drain(c.replies)
-	if err := c.send(ctx, req); err != nil {
-		return nil, err
+	if c.noAck.Load() {
+		if err := c.send(ctx, req); err != nil {
+			return nil, err
+		}
+		return c.answer(ctx)
 	}
+	// The answer is the receipt: only a '-' (resend) is waited for
+	// besides it, so the requester wakes once per exchange, not for the
+	// '+' and again for the answer.
+	c.wantAcks.Store(false)
+	pkt := encodePacket(req)
+	for attempt := 0; ; attempt++ {
+		drain(c.acks)
+		if err := c.cc.Write(ctx, pkt); err != nil {
+			return nil, err
+		}
+		for nack := false; !nack; {
+			select {
+			case r := <-c.replies:
+				return r, nil
+			case a := <-c.acks:
+				nack = a == '-' // a '+' was passed on before wantAcks changed
+			case <-c.cc.Done():
+				return nil, c.cc.Err()
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		if attempt >= maxNackRetries {
+			return nil, fmt.Errorf("%w: packet rejected %d times", ErrProtocol, attempt+1)
+		}
+	}
+}
+
+// answer waits for the reply to the request just sent.
+func (c *Client) answer(ctx context.Context) ([]byte, error) {
 	select {
 	case r := <-c.replies:
 		return r, nil

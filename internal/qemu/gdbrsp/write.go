@@ -88,6 +88,7 @@ func (c *Client) writeBurst(ctx context.Context, regs []RegValue) error {
 	}
 	drain(c.replies)
 	drain(c.acks)
+	c.wantAcks.Store(true) // a burst counts its acknowledgements
 	if err := c.cc.Write(ctx, burst); err != nil {
 		return err
 	}
@@ -158,6 +159,7 @@ func (c *Client) ContinueWithRegisters(ctx context.Context, regs []RegValue) (re
 	}
 	drain(c.replies)
 	drain(c.acks)
+	c.wantAcks.Store(true) // a burst counts its acknowledgements
 	drain(c.stops)
 	noAck := c.noAck.Load()
 	if !noAck {
