@@ -206,6 +206,12 @@ type SyscallGateStatus struct {
 	// HandleMicros is the monitor's time with the VM stopped at a
 	// breakpoint (reading the event, deciding, enforcing), in total.
 	HandleMicros uint64 `json:"handle_us"`
+	// GatePage is the kernel gate's own guest page (its LSM entries:
+	// the own-entry model under TCG), "" when there is none;
+	// GatePageError why its allocation failed (the hooks stay on the
+	// list-head model).
+	GatePage      string `json:"gate_page,omitempty"`
+	GatePageError string `json:"gate_page_error,omitempty"`
 }
 
 // NetStatus is the guest network and its gate's counters.

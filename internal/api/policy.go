@@ -64,6 +64,12 @@ type Breakpoint struct {
 	// and Cost what it costs guest code that never reaches it.
 	Rules []string `json:"rules,omitempty"`
 	Cost  string   `json:"cost,omitempty"`
+	// Model says how an LSM hook is trapped: "own-entry" (a read
+	// watchpoint on the gate's own entry in the hook's list, Entry its
+	// hook field's address; Addr is then the list head, which carries a
+	// write watchpoint) or "head" (a read watchpoint on the list head).
+	Model string `json:"model,omitempty"`
+	Entry string `json:"entry,omitempty"`
 }
 
 // PolicyResult says what a load changed.

@@ -97,9 +97,18 @@ func policyLoadLine(res api.PolicyResult) string {
 			fmt.Fprintf(&b, ", kernel text restored: %v", *res.TextRestored)
 		}
 	}
+	models := map[string]int{}
 	for _, bp := range res.Breakpoints {
-		if !bp.Watchpoint {
-			b.WriteString("\n  " + termtext.Escape(breakpointLine(bp)))
+		models[bp.Model]++
+	}
+	if models["own-entry"] > 0 {
+		fmt.Fprintf(&b, "; %d hooks on the gate's own entries, %d on their list heads", models["own-entry"], models["head"])
+	}
+	for _, bp := range res.Breakpoints {
+		if !bp.Watchpoint || bp.Cost != "" {
+			// A breakpoint, or a hook left on its list head where the
+			// gate has its own page (the cost says why).
+			b.WriteString("\n  " + termtext.Escape(trapLine(bp)))
 		}
 	}
 	return b.String()

@@ -287,6 +287,12 @@ func printSyscallGate(r *statusRows, g *api.SyscallGateStatus) {
 		per = float64(g.HandleMicros) / float64(g.Stops)
 	}
 	r.sub("handling", fmt.Sprintf("%d µs with the VM stopped, %.0f µs per stop", g.HandleMicros, per))
+	if g.GatePage != "" {
+		r.sub("own page", g.GatePage+": the gated LSM hooks' own entries (read-watched), their list heads write-watched")
+	}
+	if g.GatePageError != "" {
+		r.sub("own page", "none ("+g.GatePageError+"): hooks on the list-head model")
+	}
 }
 
 // trapLine is breakpointLine (the words of `policy load`) for a trap that
@@ -296,7 +302,19 @@ func trapLine(bp api.Breakpoint) string {
 	if bp.Watchpoint {
 		s = "watchpoint" + strings.TrimPrefix(s, "breakpoint")
 	}
-	return s
+	return s + modelNote(bp)
+}
+
+// modelNote says how an LSM hook's watchpoint is placed (gate/syscall's
+// own-entry or head model).
+func modelNote(bp api.Breakpoint) string {
+	switch {
+	case bp.Model != "" && bp.Entry != "":
+		return " [" + bp.Model + " model: entry " + bp.Entry + " read-watched, list head " + bp.Addr + " write-watched]"
+	case bp.Model != "":
+		return " [" + bp.Model + " model]"
+	}
+	return ""
 }
 
 // statusRows writes "label: value" rows, values aligned, every value escaped.

@@ -43,6 +43,10 @@ type kernelGate struct {
 	// bootWatch is system_state's address while the boot watchpoint is
 	// set (armAtBoot), 0 otherwise.
 	bootWatch atomic.Uint64
+	// page is the gate's own guest page (gatepage.go), 0 none; pageErr
+	// why there is none, when its allocation failed.
+	page    atomic.Uint64
+	pageErr atomic.Pointer[string]
 
 	// Counters for api.SyscallGateStatus; siblings counts calls handled
 	// on a vCPU other than the one a stop reported, emulated the
@@ -82,13 +86,25 @@ const systemRunning = 3
 func (m *Monitor) syscallGateStatus() *api.SyscallGateStatus {
 	m.kg.mu.Lock()
 	built := m.kg.gate != nil
-	n := len(m.kg.traps)
+	n := 0
+	for _, t := range m.kg.traps {
+		if t.Shown() { // an own-entry hook once, not per site and guard
+			n++
+		}
+	}
 	m.kg.mu.Unlock()
 	if !built {
 		return nil
 	}
-	return &api.SyscallGateStatus{Breakpoints: n, Stops: m.kg.stops.Load(), Decided: m.kg.decided.Load(),
+	st := &api.SyscallGateStatus{Breakpoints: n, Stops: m.kg.stops.Load(), Decided: m.kg.decided.Load(),
 		Skipped: m.kg.skipped.Load(), FaultIns: m.kg.faultIns.Load(), SiblingStops: m.kg.siblings.Load(), Emulated: m.kg.emulated.Load(), HandleMicros: m.kg.handleNanos.Load() / 1000}
+	if va := m.gatePage(); va != 0 {
+		st.GatePage = "0x" + strconv.FormatUint(va, 16)
+	}
+	if e := m.kg.pageErr.Load(); e != nil {
+		st.GatePageError = *e
+	}
+	return st
 }
 
 // kernelProfile returns the guest kernel's profile, loading it once.
@@ -231,8 +247,14 @@ func (m *Monitor) onBootWatch(ctx context.Context, c *gdbrsp.Client, va uint64) 
 		return fmt.Errorf("the kernel gate cannot be armed at SYSTEM_RUNNING: %w: %w", err, errKeepStopped)
 	}
 	m.logf("kernel gate armed at SYSTEM_RUNNING, before init: %d traps (%d watchpoints) for policy %s", len(res.Breakpoints), watchpoints(res), policyLine(snap))
-	if why := g.HookWatchUnavailable(); why != "" && m.cfg.Accel.Accel != "kvm" {
+	why := g.HookWatchUnavailable()
+	if why != "" && m.cfg.Accel.Accel != "kvm" {
 		m.logf("kernel gate: %s", why)
+	}
+	if why == "" && m.ownEntryWanted() && m.gatePage() == 0 {
+		// The guest runs on, guarded by the head model, until the gate's
+		// own page is allocated and the policy re-armed on it.
+		go m.setupGatePage()
 	}
 	return nil
 }
@@ -381,6 +403,9 @@ type trapChange struct {
 	c              trapSetter
 	old, next      []gate.Trap
 	added, removed []gate.Trap
+	// linked are the traps applyLocked linked an own entry for (head
+	// guards; gate.LinkOwn does nothing for the others).
+	linked []gate.Trap
 	// restored says the kernel text under every removed breakpoint reads
 	// back as it did before the breakpoint was set.
 	restored bool
@@ -409,6 +434,12 @@ func (ch *trapChange) applyLocked(ctx context.Context) error {
 			return err
 		}
 		ch.removed = append(ch.removed, t)
+		if g != nil {
+			// A gated head's guard gone: its entry leaves the list.
+			if err := g.UnlinkOwn(t); err != nil {
+				return err
+			}
+		}
 		if orig, ok := kg.text[t.Addr]; ok && g != nil {
 			now := make([]byte, len(orig))
 			if _, err := g.Kernel().AS.ReadVirtual(t.Addr, now); err != nil || !bytes.Equal(now, orig) {
@@ -425,6 +456,14 @@ func (ch *trapChange) applyLocked(ctx context.Context) error {
 			if _, err := g.Kernel().AS.ReadVirtual(t.Addr, orig); err == nil {
 				kg.text[t.Addr] = orig
 			}
+		}
+		if g != nil {
+			// A gated head's guard: its entry goes first into the list
+			// (written with the VM stopped), then the watchpoints.
+			if err := g.LinkOwn(t); err != nil {
+				return err
+			}
+			ch.linked = append(ch.linked, t)
 		}
 		if err := setTrap(ctx, ch.c, t); err != nil {
 			return err
@@ -453,17 +492,28 @@ func (ch *trapChange) commitLocked() {
 // Preconditions: ch.kg.mu held; the VM stopped.
 func (ch *trapChange) undoLocked(ctx context.Context) error {
 	var errs []error
+	g := ch.kg.gate
 	for _, t := range ch.added {
 		if err := clearTrap(ctx, ch.c, t); err != nil {
 			errs = append(errs, err)
 		}
 	}
+	for _, t := range ch.linked {
+		if err := g.UnlinkOwn(t); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	for _, t := range ch.removed {
+		if g != nil {
+			if err := g.LinkOwn(t); err != nil {
+				errs = append(errs, err)
+			}
+		}
 		if err := setTrap(ctx, ch.c, t); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	ch.added, ch.removed = nil, nil
+	ch.added, ch.removed, ch.linked = nil, nil, nil
 	ch.kg.traps = ch.old
 	if ch.kg.gate != nil {
 		ch.kg.gate.SetTraps(ch.old)
@@ -476,9 +526,15 @@ func (ch *trapChange) undoLocked(ctx context.Context) error {
 func (m *Monitor) describeTraps(res *api.PolicyResult, traps []gate.Trap, snap *policy.Snapshot) {
 	g := m.kg.gate
 	for _, t := range traps {
+		if !t.Shown() {
+			continue // a hook's other wrapper sites and its head's guard
+		}
 		addr := t.Addr
 		if t.Watch != 0 {
 			addr = t.Watch
+		}
+		if head := t.Head(); head != 0 {
+			addr = head
 		}
 		bp := m.trapView(t, snap)
 		for _, cl := range []event.Class{event.ClassSyscall, event.ClassFile, event.ClassExec, event.ClassModule} {
@@ -506,7 +562,19 @@ func (m *Monitor) trapView(t gate.Trap, snap *policy.Snapshot) api.Breakpoint {
 	if t.Watch != 0 {
 		addr = t.Watch
 	}
-	bp := api.Breakpoint{Symbol: t.Symbol, Site: t.Site, Watchpoint: t.Watch != 0, Syscall: t.Syscall.Op, Addr: "0x" + strconv.FormatUint(addr, 16)}
+	bp := api.Breakpoint{Symbol: t.Symbol, Site: t.Site, Watchpoint: t.Watch != 0, Syscall: t.Syscall.Op, Addr: "0x" + strconv.FormatUint(addr, 16), Model: t.Model()}
+	if entry, head := t.OwnEntry(); entry != 0 {
+		// The hook's list head (write-watched) is Addr; the gate's own
+		// entry in its list carries the read watchpoint.
+		bp.Addr, bp.Entry = "0x"+strconv.FormatUint(head, 16), "0x"+strconv.FormatUint(t.Watch, 16)
+	}
+	if t.Via == gate.ViaWatch && t.Hook != gate.AtHandler && m.gatePage() != 0 {
+		if g := m.kg.cur.load(); g != nil {
+			if why, ok := g.OwnEntryUnavailable()[t.Symbol]; ok {
+				bp.Cost = "a read watchpoint on the list head, not on the gate's own entry (" + why + "): every read of a hook head on its page takes QEMU's slow path (read() +10 %, kill() +8 %, docs/benchmarks.md \"The watched page\")"
+			}
+		}
+	}
 	if t.Watch == 0 {
 		bp.Cost = m.breakpointCost()
 		if t.Hook != gate.AtHandler && m.cfg.Accel.Accel != "kvm" {
@@ -567,9 +635,18 @@ type trapSetter interface {
 // first (read or write: KVM's debug registers cannot watch reads alone,
 // and nothing writes a list head once the kernel runs), else a software
 // breakpoint.
+//
+// The own-entry model (gate/syscall/ownentry.go) sets a read watchpoint
+// on the gate's entry's hook field (its hook's first wrapper site; the
+// others set nothing) and a write watchpoint on the list head (its guard):
+// a read watchpoint's whole page takes QEMU's slow path for reads, a write
+// watchpoint's only for writes.
 func setTrap(ctx context.Context, c trapSetter, t gate.Trap) error {
 	if t.Watch != 0 {
-		return c.SetWatchpoint(ctx, gdbrsp.AccessWatch, t.Watch, t.WatchLen)
+		return c.SetWatchpoint(ctx, watchKind(t), t.Watch, t.WatchLen)
+	}
+	if t.Via == gate.ViaOwnEntry {
+		return nil
 	}
 	return c.SetBreakpoint(ctx, gdbrsp.Software, t.Addr)
 }
@@ -577,9 +654,22 @@ func setTrap(ctx context.Context, c trapSetter, t gate.Trap) error {
 // clearTrap removes what setTrap placed.
 func clearTrap(ctx context.Context, c trapSetter, t gate.Trap) error {
 	if t.Watch != 0 {
-		return c.ClearWatchpoint(ctx, gdbrsp.AccessWatch, t.Watch, t.WatchLen)
+		return c.ClearWatchpoint(ctx, watchKind(t), t.Watch, t.WatchLen)
+	}
+	if t.Via == gate.ViaOwnEntry {
+		return nil
 	}
 	return c.ClearBreakpoint(ctx, gdbrsp.Software, t.Addr)
+}
+
+func watchKind(t gate.Trap) gdbrsp.BreakpointKind {
+	switch t.WatchKind() {
+	case "write":
+		return gdbrsp.WriteWatch
+	case "read":
+		return gdbrsp.ReadWatch
+	}
+	return gdbrsp.AccessWatch
 }
 
 func (m *Monitor) guestReady() bool {
@@ -633,9 +723,25 @@ func (m *Monitor) onTrap(ctx context.Context, c *gdbrsp.Client, sr gdbrsp.StopRe
 	if g == nil {
 		return callStop, nil, nil
 	}
+	if sr.Reason == "watch" {
+		if t, ok := g.TrapAt(sr.Addr); ok && t.IsGuard() {
+			var rip uint64
+			if regs, err := c.ReadRegisters(ctx); err == nil {
+				rip = regs[g.PCReg()]
+			}
+			return true, nil, m.onHeadWrite(sr.Addr, t.Symbol, rip)
+		}
+	}
 	// On one vCPU nothing follows the reported vCPU's handling: its
 	// registers may go with the continue.
 	ours, rw, err = m.trapVCPU(ctx, c, g, sr.Thread, true, m.cfg.CPUs < 2)
+	if err == nil && !ours && sr.Reason == "rwatch" && m.ownEntryRead(sr.Addr) {
+		// The gate's own entry was read by code no model covers: a
+		// walk of a gated list the gate would not decide.
+		err = fmt.Errorf("the kernel gate's own LSM entry (hook field at %#x) was read at an address no model of its hook's wrappers covers: %w", sr.Addr, errKeepStopped)
+		m.failClosed(err)
+		return true, nil, err
+	}
 	ours = ours || callStop
 	if err != nil || m.cfg.CPUs < 2 {
 		return ours, rw, err
@@ -752,6 +858,14 @@ func (m *Monitor) trapVCPU(ctx context.Context, c *gdbrsp.Client, g *gate.Gate, 
 		out.Decision = m.pol.sec.GateFailure(&out.Event, gate.RuleReadError, herr.Error(), 1)
 		out.Decision.Verdict = secserver.Kill
 		out.Decided = append(out.Decided, gate.Decided{Event: out.Event, Decision: out.Decision, ReadErr: herr})
+	}
+	if last && t.Via == gate.ViaOwnEntry && out.Decision.Allows() && herr == nil && len(out.MemWrites) == 0 && !out.Step &&
+		len(out.Writes) > 0 && len(out.Writes) <= maxResumeWrites {
+		// An allow at the gate's own entry (rax = 0, rip past the call)
+		// goes with the continue: a write lost once the vCPU runs would
+		// make it call the entry's no-op, which allows too.
+		rw = &resumeWrites{regs: regValues(out.Writes), start: start, nanos: &m.kg.handleNanos}
+		out.Writes = nil
 	}
 	if err := enforce(ctx, c, &out); err != nil {
 		return true, nil, err

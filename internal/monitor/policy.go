@@ -497,6 +497,9 @@ func (m *Monitor) gatesStatus() []api.GateStatus {
 	k := api.GateStatus{Name: gateKernel}
 	m.kg.mu.Lock()
 	for _, t := range m.kg.traps {
+		if !t.Shown() {
+			continue // an own-entry hook's other sites and its head's guard
+		}
 		k.Traps++
 		if t.Watch != 0 {
 			k.Watchpoints++

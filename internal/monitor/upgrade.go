@@ -77,6 +77,9 @@ type Handover struct {
 	// Decisions are the gates' decisions so far by verdict (status and
 	// the metrics count on from them): kernel, net, api.
 	Decisions map[string]map[string]uint64 `json:"decisions,omitempty"`
+	// GatePage is the kernel gate's own guest page (gatepage.go), 0 none:
+	// its entries stay linked in the guest's lists.
+	GatePage uint64 `json:"gate_page,omitempty"`
 }
 
 // FrozenProc is a frozen process as it crosses a hand-over.
@@ -168,7 +171,7 @@ func (m *Monitor) Upgrade(ctx context.Context, req api.UpgradeRequest) (api.Upgr
 		return api.UpgradeResult{}, err
 	}
 	h := &Handover{Config: m.cfg, QEMU: *m.q().cfg, Started: m.started, BootID: m.bootID, Binary: binary, Upgrades: m.up.upgrades + 1,
-		OldQEMUPID: m.q().proc.Pid()}
+		OldQEMUPID: m.q().proc.Pid(), GatePage: m.gatePage()}
 	h.QEMU.ExtraFiles = nil
 	m.mu.Lock()
 	h.ReadyAt = m.readyAt
@@ -355,6 +358,7 @@ func Resume(ctx context.Context, cfg Config, h *Handover) (_ *Monitor, err error
 		stopReq: make(chan time.Duration, 1), bootID: h.BootID, readyAt: h.ReadyAt}
 	m.rs.swapped = make(chan struct{}, 1)
 	m.rs.gen = h.Gen
+	m.kg.page.Store(h.GatePage)
 	if h.OldQEMUPID > 0 {
 		// The old QEMU is this process's child (the same process, before
 		// the exec): reap it, or it stays a zombie as long as the VM runs.
@@ -480,6 +484,9 @@ func (m *Monitor) ResumeGuest(ctx context.Context, stopped time.Time, frozen []F
 	snap := m.pol.snap.Load()
 	if m.kernelNeeded(snap) {
 		if err := m.locateForGate(ctx); err != nil {
+			return fail(fmt.Errorf("resume: %w", err))
+		}
+		if err := m.restoreGatePage(); err != nil {
 			return fail(fmt.Errorf("resume: %w", err))
 		}
 		m.pol.mu.Lock()

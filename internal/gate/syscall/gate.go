@@ -60,6 +60,7 @@ type Trap struct {
 	WatchLen int
 	model    entryModel
 	next     nextInsn
+	own      ownTrap // Via ViaOwnEntry or ViaHeadGuard (ownentry.go)
 }
 
 // Outcome is what Handle decided and how to enforce it.
@@ -118,6 +119,8 @@ type Gate struct {
 	watchGlobals bool // UseWatchpoints
 	// observers are what the gate can observe on this kernel (Observers).
 	observers map[event.Class]policy.Observer
+	// own is the gate's own page, under TCG (ownentry.go).
+	own ownState
 
 	mu    sync.Mutex // guards the fields below
 	traps map[uint64]Trap
@@ -338,6 +341,13 @@ func (g *Gate) Plan(pol *policy.Policy) (traps []Trap, missing []string) {
 		}
 		t := Trap{Addr: addr, Symbol: g.isa.hookSym(h), Syscall: Syscall{Name: h.String(), Op: op, Path: -1, Dirfd: -1, How: -1},
 			Hook: h, Classes: a.classes, Members: a.members}
+		if own := g.ownTraps(h, t); own != nil && watching < g.maxWatch {
+			watching++
+			for _, ot := range own {
+				add(ot)
+			}
+			continue
+		}
 		if w, ok := g.watches[h]; ok && watching < g.maxWatch && (hookDefs[h].watchVar == "" || g.watchGlobals) {
 			watching++
 			t.Addr, t.Via, t.Watch, t.WatchLen, t.model, t.Target, t.next = w.model.Stop, ViaWatch, w.head, w.size, w.model, addr, w.next
@@ -692,6 +702,10 @@ func (g *Gate) decide(t Trap, regs Regs, ev event.Event, readErr error) (Outcome
 			out.Writes = []RegWrite{{RegRAX, uint64(-int64(errno))}, {RegRIP, t.Addr + uint64(t.Len)}}
 			break
 		}
+		if t.Via == ViaOwnEntry {
+			out.Writes = ownDeny(t, errno)
+			break
+		}
 		if t.Via == ViaWatch {
 			w, err := watchDenyWrites(g.k.AS, t, regs, errno)
 			if err != nil {
@@ -721,6 +735,8 @@ func (g *Gate) decide(t Trap, regs Regs, ev event.Event, readErr error) (Outcome
 // trap.
 func (o *Outcome) resume(t Trap, regs Regs, a *isa) {
 	switch {
+	case t.Via == ViaOwnEntry:
+		o.Writes = append(o.Writes, ownResume(t)...)
 	case t.Via == ViaWatch:
 		// The vCPU stopped inside the hook, after the load: it goes on.
 	case t.Via == ViaCall:

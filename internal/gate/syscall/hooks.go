@@ -367,6 +367,13 @@ func (g *Gate) handleHook(t Trap, regs Regs) (Outcome, error) {
 	if t.Via == ViaWatch {
 		regs = watchArgs(t, regs)
 	}
+	if t.Via == ViaOwnEntry {
+		if !ownHit(t, regs) {
+			// Another LSM's entry at the same load: not the gate's call.
+			return Outcome{Event: event.Event{Class: t.primaryClass(), Op: t.Syscall.Op}, Skipped: true, Decision: secserver.Decision{Verdict: secserver.Allow}}, nil
+		}
+		regs = ownArgs(t, regs)
+	}
 	hit, readErr := g.hookEvents(t, regs)
 	if len(hit.events) == 0 {
 		if readErr != nil {

@@ -1,0 +1,174 @@
+package monitor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	gate "github.com/gatevisor/gatevisor/internal/gate/syscall"
+	"github.com/gatevisor/gatevisor/internal/ids"
+	"github.com/gatevisor/gatevisor/internal/monitoring"
+	"github.com/gatevisor/gatevisor/internal/qemu/gdbrsp"
+)
+
+// The kernel gate's own guest page (gate/syscall/ownentry.go): under TCG
+// the gated LSM hooks are trapped by read watchpoints on entries of the
+// gate's own, linked first into their lists, on a page nobody else in the
+// guest knows. The page is allocated once per guest boot, by the guest
+// kernel itself, through a kernel call from below (inject.go:
+// get_zeroed_page at the timer interrupt, hard-irq context, so
+// GFP_ATOMIC), right after the boot arming at SYSTEM_RUNNING, which armed
+// the head model meanwhile. It is never freed. Its address stays with the
+// monitor across QEMU restarts keeping RAM and monitor upgrades (the
+// handover); a rollback replaces the guest's RAM, and a new page is
+// allocated then.
+
+// gfpAtomic is GFP_ATOMIC (__GFP_HIGH | __GFP_KSWAPD_RECLAIM): 0x20 |
+// 0x800 from Linux 4.4 (when __GFP_KSWAPD_RECLAIM came, 0x2000000 before)
+// through 6.12 — gfp_types.h's bit numbers were checked for 4.19, 5.10,
+// 6.1 and 6.12. get_zeroed_page adds __GFP_ZERO (0x100 in the same range)
+// itself. A kernel outside the range is refused (kernelInGFPRange).
+const gfpAtomic = 0x820
+
+// gatePageWait bounds the wait for a timer interrupt to allocate the page.
+const gatePageWait = 10 * time.Second
+
+// gatePage returns the virtual address (direct map) of the kernel gate's
+// own guest page, 0 when there is none: the gate's LSM entries
+// (struct security_hook_list, one per hook trapped by the own-entry model)
+// and the "gatevisor" string they name as their LSM lie on it. The IDS's
+// hook-list check accepts list entries on this page as the gate's.
+func (m *Monitor) gatePage() uint64 { return m.kg.page.Load() }
+
+// ownEntryWanted reports whether this VM traps hooks on a page of the
+// gate's own: TCG on x86-64 (under KVM, debug registers cost nothing
+// until hit and there are four: the head model stays).
+func (m *Monitor) ownEntryWanted() bool {
+	return m.cfg.Accel.Accel != "kvm" && !m.isARM64() && m.maxWatchpoints() > 0
+}
+
+// kernelInGFPRange reports whether the guest's kernel release is one
+// gfpAtomic was checked for (4.4 through 6.12).
+func kernelInGFPRange(release string) error {
+	var major, minor int
+	if _, err := fmt.Sscanf(release, "%d.%d", &major, &minor); err != nil {
+		return fmt.Errorf("the kernel release %q is not a version", release)
+	}
+	v := major*1000 + minor
+	if v < 4004 || v > 6012 {
+		return fmt.Errorf("kernel %s: GFP_ATOMIC's value was checked for Linux 4.4 to 6.12 only", release)
+	}
+	return nil
+}
+
+// setupGatePage allocates the gate's page in the guest and re-arms the
+// policy in force on it. Run once the boot arming is done (the guest
+// runs). A failure keeps the head model (correct, slower): it is logged
+// and status shows it.
+func (m *Monitor) setupGatePage() {
+	if err := m.allocGatePage(); err != nil {
+		msg := err.Error()
+		m.kg.pageErr.Store(&msg)
+		m.logf("kernel gate: no page of its own (the hooks stay on the list-head model): %v", err)
+	}
+}
+
+func (m *Monitor) allocGatePage() error {
+	g := m.kg.cur.load()
+	if g == nil {
+		return errors.New("the kernel gate is not built")
+	}
+	if err := kernelInGFPRange(g.Kernel().Profile.Release); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cr, err := m.callKernel(ctx, "get_zeroed_page", gatePageWait, func(context.Context) ([]uint64, error) {
+		return []uint64{gfpAtomic}, nil
+	})
+	if err != nil {
+		return fmt.Errorf("allocate it: %w", err)
+	}
+	if cr.ret == 0 {
+		return errors.New("allocate it: get_zeroed_page(GFP_ATOMIC) returned no page")
+	}
+	return m.useGatePage(ctx, cr.ret)
+}
+
+// useGatePage gives the gate the page at va and re-arms the policy in
+// force with it, in one move of the traps with the VM stopped.
+func (m *Monitor) useGatePage(ctx context.Context, va uint64) error {
+	g := m.kg.cur.load()
+	if err := g.SetOwnPage(va, m.ram); err != nil {
+		return err
+	}
+	m.kg.page.Store(va)
+	m.kg.pageErr.Store(nil)
+	for h, why := range g.OwnEntryUnavailable() {
+		m.logf("kernel gate: %s stays on the list-head model: %s", h, why)
+	}
+	m.pol.mu.Lock()
+	defer m.pol.mu.Unlock()
+	snap := m.pol.snap.Load()
+	var n int
+	err := m.dbg.Do(ctx, func(ctx context.Context, c *gdbrsp.Client) error {
+		_, res, err := m.applyKernelLocked(ctx, c, snap)
+		n = len(res.Breakpoints)
+		return err
+	})
+	if errors.Is(err, errKeepStopped) {
+		m.failClosed(err)
+	}
+	if err != nil {
+		return fmt.Errorf("re-arm the policy on the page at %#x: %w", va, err)
+	}
+	m.logf("kernel gate: its own page at %#x; policy re-armed: %d traps", va, n)
+	return nil
+}
+
+// restoreGatePage gives a gate built after a monitor upgrade the page the
+// old monitor used (the handover's), before the policy is armed.
+func (m *Monitor) restoreGatePage() error {
+	va := m.kg.page.Load()
+	if va == 0 {
+		return nil
+	}
+	g := m.kg.cur.load()
+	if g == nil {
+		return errors.New("the kernel gate is not built")
+	}
+	if err := g.SetOwnPage(va, m.ram); err != nil {
+		m.kg.page.Store(0)
+		return fmt.Errorf("the gate's page %#x from the handover: %w", va, err)
+	}
+	return nil
+}
+
+// onHeadWrite handles a stop at a gated head's write watchpoint: nothing
+// writes security_hook_heads once the kernel runs (__ro_after_init), so
+// the guest is tampering with the gate's hook lists. The VM is ended (fail
+// closed) with the reason, and a critical finding goes to the events.
+func (m *Monitor) onHeadWrite(head uint64, symbol string, rip uint64) error {
+	err := fmt.Errorf("the guest wrote the list head of %s at %#x (rip %#x), which the kernel gate guards: tampering with the gate's LSM hook list", symbol, head, rip)
+	if m.events != nil {
+		m.events.publish(monitoring.Point{Time: time.Now().UTC(), VM: m.cfg.Name, Kind: monitoring.Finding,
+			Finding: &ids.Finding{Check: "kernel-gate", Severity: ids.SeverityCritical, Summary: err.Error(), Name: symbol, Addr: head, Target: rip}})
+	}
+	err = fmt.Errorf("%w: %w", err, errKeepStopped)
+	m.failClosed(err)
+	return err
+}
+
+// ownEntryRead reports whether addr is the hook field of one of the
+// gate's own entries (a read watchpoint the own-entry model set).
+func (m *Monitor) ownEntryRead(addr uint64) bool {
+	m.kg.mu.Lock()
+	defer m.kg.mu.Unlock()
+	for _, t := range m.kg.traps {
+		if t.Via == gate.ViaOwnEntry && t.Watch == addr {
+			return true
+		}
+	}
+	return false
+}
