@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"time"
 
-	gate "github.com/gatevisor/gatevisor/internal/gate/syscall"
 	"github.com/gatevisor/gatevisor/internal/ids"
 	"github.com/gatevisor/gatevisor/internal/monitoring"
 	"github.com/gatevisor/gatevisor/internal/qemu/gdbrsp"
@@ -145,12 +144,16 @@ func (m *Monitor) restoreGatePage() error {
 	return nil
 }
 
-// onHeadWrite handles a stop at a gated head's write watchpoint: nothing
-// writes security_hook_heads once the kernel runs (__ro_after_init), so
-// the guest is tampering with the gate's hook lists. The VM is ended (fail
+// onHeadWrite handles a stop at a gated head's write watchpoint that
+// changed the head (gate.HeadChanged): nothing writes security_hook_heads
+// once the kernel runs (__ro_after_init), so the guest is tampering with
+// the gate's hook lists. The VM is ended (fail
 // closed) with the reason, and a critical finding goes to the events.
-func (m *Monitor) onHeadWrite(head uint64, symbol string, rip uint64) error {
+func (m *Monitor) onHeadWrite(head uint64, symbol string, rip uint64, readErr error) error {
 	err := fmt.Errorf("the guest wrote the list head of %s at %#x (rip %#x), which the kernel gate guards: tampering with the gate's LSM hook list", symbol, head, rip)
+	if readErr != nil {
+		err = fmt.Errorf("%w (the head could not be read back: %w)", err, readErr)
+	}
 	if m.events != nil {
 		m.events.publish(monitoring.Point{Time: time.Now().UTC(), VM: m.cfg.Name, Kind: monitoring.Finding,
 			Finding: &ids.Finding{Check: "kernel-gate", Severity: ids.SeverityCritical, Summary: err.Error(), Name: symbol, Addr: head, Target: rip}})
@@ -158,17 +161,4 @@ func (m *Monitor) onHeadWrite(head uint64, symbol string, rip uint64) error {
 	err = fmt.Errorf("%w: %w", err, errKeepStopped)
 	m.failClosed(err)
 	return err
-}
-
-// ownEntryRead reports whether addr is the hook field of one of the
-// gate's own entries (a read watchpoint the own-entry model set).
-func (m *Monitor) ownEntryRead(addr uint64) bool {
-	m.kg.mu.Lock()
-	defer m.kg.mu.Unlock()
-	for _, t := range m.kg.traps {
-		if t.Via == gate.ViaOwnEntry && t.Watch == addr {
-			return true
-		}
-	}
-	return false
 }

@@ -796,3 +796,24 @@ func (t Trap) OwnEntry() (entry, head uint64) {
 	}
 	return t.own.entry, t.own.head
 }
+
+// HeadChanged reports whether a head guard trap's list no longer starts at
+// the gate's entry (read through guest-physical memory): what a write to
+// a gated head that matters does. An error (the head unreadable) is
+// reported as a change by the caller.
+func (g *Gate) HeadChanged(t Trap) (bool, error) {
+	if t.Via != ViaHeadGuard {
+		return false, nil
+	}
+	g.own.mu.Lock()
+	m := listMem{g.k.AS, g.own.phys}
+	g.own.mu.Unlock()
+	if m.phys == nil {
+		return true, errors.New("gate: no guest memory to read the head through")
+	}
+	first, err := m.read(t.own.head)
+	if err != nil {
+		return true, err
+	}
+	return first != t.own.entry, nil
+}

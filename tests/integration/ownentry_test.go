@@ -1,0 +1,149 @@
+package integration
+
+import (
+	"context"
+	"encoding/binary"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gatevisor/gatevisor/internal/testvm"
+)
+
+// TestKernelGateOwnEntries checks the kernel gate's own-entry model
+// (gate/syscall/ownentry.go) on a 1-vCPU TCG VM under the shipped
+// policy: every LSM hook iot-default traps is trapped at an entry of the
+// gate's own, first in the hook's list, on the page status names; the
+// policy is enforced through them; and a write from the guest to a gated
+// list head (a module doing what LSM-list rootkits do) ends the VM, with
+// the reason, and a critical finding in the events.
+func TestKernelGateOwnEntries(t *testing.T) {
+	needVM(t)
+	k := testvm.Kit(t)
+	kdir := "/usr/src/linux-headers-" + k.KernelRelease
+	if _, err := os.Stat(filepath.Join(kdir, "Makefile")); err != nil {
+		t.Fatalf("no headers for the kit's kernel %s in %s: apt-get install linux-headers-%s (scripts/install-deps installs linux-headers-amd64)", k.KernelRelease, kdir, k.KernelRelease)
+	}
+	build := t.TempDir()
+	for _, src := range []string{"testdata/gatehead/gatehead.c", "testdata/gatehead/Kbuild", filepath.Join(rkSources, "rk_common.h")} {
+		data, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(build, filepath.Base(src)), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if out, err := exec.Command("make", "-C", kdir, "M="+build, "-j", strconv.Itoa(runtime.NumCPU()), "modules").CombinedOutput(); err != nil {
+		t.Fatalf("build the gatehead module: %v\n%s", err, out)
+	}
+	guestDir := t.TempDir()
+	data, err := os.ReadFile(filepath.Join(build, "gatehead.ko"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(guestDir, "gatehead.ko"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	const vm = "ownentry"
+	bootGated(t, vm, repoPolicy(t, "iot-default.policy"), "--net", "isolated", "--add", guestDir+":/opt/gatehead")
+	st := status(t, vm)
+	if st.Accel != "tcg" {
+		t.Skipf("the own-entry model is TCG's (this VM runs under %s)", st.Accel)
+	}
+	// The page is allocated once the guest runs, after the boot arming.
+	var page uint64
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) {
+		st = status(t, vm)
+		if g := st.SyscallGate; g != nil && g.GatePage != "" {
+			page, err = strconv.ParseUint(g.GatePage, 0, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no gate page a minute after boot: %+v\n%s", st.SyscallGate, monitorLogTail(vmState(vm)))
+		}
+	}
+	res := loadPolicy(t, vm, repoPolicy(t, "iot-default.policy"))
+	hooks := 0
+	ctx := context.Background()
+	for _, bp := range res.Breakpoints {
+		if !strings.HasPrefix(bp.Symbol, "security_") {
+			continue
+		}
+		hooks++
+		if bp.Model != "own-entry" || bp.Entry == "" || !bp.Watchpoint {
+			t.Errorf("%s: model %q entry %q; want own-entry with an entry", bp.Symbol, bp.Model, bp.Entry)
+			continue
+		}
+		head, err1 := strconv.ParseUint(bp.Addr, 0, 64)
+		entry, err2 := strconv.ParseUint(bp.Entry, 0, 64)
+		if err1 != nil || err2 != nil {
+			t.Fatalf("%+v: %v %v", bp, err1, err2)
+		}
+		b, err := client(vm).ReadPhysical(ctx, kernelPhys(t, vm, head), 8)
+		if err != nil {
+			t.Fatalf("read %s's list head: %v", bp.Symbol, err)
+		}
+		first := binary.LittleEndian.Uint64(b)
+		// The list's first entry is the gate's: on its page, and the
+		// read-watched hook field lies inside it.
+		if first&^0xfff != page || entry < first || entry-first >= 64 {
+			t.Errorf("%s: list head %#x starts at %#x; want the gate's entry (hook field %#x) on its page %#x", bp.Symbol, head, first, entry, page)
+		}
+	}
+	if hooks == 0 {
+		t.Fatalf("iot-default traps no LSM hook: %+v", res.Breakpoints)
+	}
+	// Enforced through the entries: a deny (EACCES, EROFS), a kill, an allow.
+	if r := guestSh(t, vm, "su -s /bin/cat user /etc/shadow"); r.code == 0 || !strings.Contains(r.stderr, "Permission denied") {
+		t.Errorf("a user reading /etc/shadow: exit %d %q %q; want EACCES", r.code, r.stdout, r.stderr)
+	}
+	if r := guestSh(t, vm, "touch /bin/zz"); r.code == 0 || !strings.Contains(r.stderr, "Read-only file system") {
+		t.Errorf("touch /bin/zz: exit %d %q; want EROFS", r.code, r.stderr)
+	}
+	if r := guestSh(t, vm, "cp /bin/true /tmp/t && /tmp/t; echo rc=$?"); !strings.Contains(r.stdout, "rc=137") {
+		t.Errorf("an exec from /tmp: %q %q; want it killed", r.stdout, r.stderr)
+	}
+	if r := guestSh(t, vm, "cat /etc/hostname"); r.code != 0 {
+		t.Errorf("cat /etc/hostname: exit %d %q", r.code, r.stderr)
+	}
+
+	// A write to a gated head. Module loads allowed, file_open still gated.
+	pol := writePolicy(t, t.TempDir(), "modules.policy", `default: allow;
+file default: allow
+  no_shadow: fileEq("/etc/shadow") and not uidEq(0) deny(EACCES)
+module default: allow
+`)
+	res = loadPolicy(t, vm, pol)
+	guarded := false
+	for _, bp := range res.Breakpoints {
+		guarded = guarded || bp.Symbol == "security_file_open" && bp.Model == "own-entry"
+	}
+	if !guarded {
+		t.Fatalf("the module policy does not trap security_file_open on its own entry: %+v", res.Breakpoints)
+	}
+	r := gv(t, 2*time.Minute, "exec", vm, "--timeout", "60s", "--", "insmod", "/opt/gatehead/gatehead.ko")
+	waitNoQEMU(t, vm, time.Minute)
+	log, _ := os.ReadFile(filepath.Join(vmState(vm), "monitor.log"))
+	if !strings.Contains(string(log), "FAIL CLOSED") || !strings.Contains(string(log), "tampering") || !strings.Contains(string(log), "security_file_open") {
+		t.Errorf("insmod gatehead (exit %d %q %q): the VM did not fail closed naming the tampering\n%s", r.code, r.stdout, r.stderr, monitorLogTail(vmState(vm)))
+	}
+	events, _ := os.ReadFile(filepath.Join(vmState(vm), "events.jsonl"))
+	if !strings.Contains(string(events), `"check":"kernel-gate"`) || !strings.Contains(string(events), `"severity":"critical"`) {
+		t.Errorf("no critical kernel-gate finding in the events:\n%s", tail(events))
+	}
+}
+
+// vmState is VM name's state directory.
+func vmState(name string) string {
+	return filepath.Join(env.stateDir, "gatevisor", "vms", name)
+}
