@@ -38,6 +38,9 @@ type idsTarget struct {
 	served  bool  // files --served: only the file gate's shares (idsfiles.go)
 	// addresses is syscalls --addresses: the seed's format (ids_seed.go).
 	addresses bool
+	// gatePage is --gate-page: with --dump, the kernel gate's own page
+	// ("" for none), whose LSM hook entries lsm-hook accepts.
+	gatePage string
 }
 
 // joinInts is "1, 2, 3".
@@ -68,6 +71,7 @@ or QEMU's dump-guest-memory, or a raw image of RAM from address 0).`,
 	pf.StringVar(&t.vm, "vm", "", "name of a running VM")
 	pf.StringVar(&t.dump, "dump", "", "memory dump file (ELF or raw)")
 	pf.StringVar(&t.kernel, "kernel", "", "with --dump: the guest's kernel image (default: the profile cache, then the default kit's kernel)")
+	pf.StringVar(&t.gatePage, "gate-page", "", "with --dump: the kernel gate's own page (the address 'gatevisor status' showed as its own page): its LSM hook entries are the gate's, not foreign")
 	pf.StringVar(&t.symbols, "symbols", "", "with --dump: the kernel's structure layouts as a Volatility 3 symbol table (ISF .json or .json.xz, e.g. from dwarf2json), for a kernel without .BTF")
 	pf.StringVar(&t.source, "source", "", "with --vm: read memory from ram (default; the guest keeps running) or gdbstub (the guest pauses)")
 	pf.BoolVar(&t.asJSON, "json", false, "print JSON")
@@ -80,7 +84,7 @@ or QEMU's dump-guest-memory, or a raw image of RAM from address 0).`,
 		{"pstree", "Processes as a tree"},
 		{"modules", "Kernel modules from the module list, sysfs and a scan of the module area; hidden ones flagged (exit 1)"},
 		{"sockets", "Sockets of every process: protocol, addresses, state, owner"},
-		{"hooks", "ftrace and kprobe registrations and the code they run; foreign (module) callbacks flagged (exit 1)"},
+		{"hooks", "ftrace and kprobe registrations and LSM hook entries, and the code they run; foreign (module) callbacks flagged (exit 1)"},
 		{"check", "Every integrity check in one report; exit 1 on findings, 2 if a check could not run"},
 	} {
 		name := sub.use
@@ -171,7 +175,7 @@ func findingsExit(query string, raw json.RawMessage) int {
 		}
 	case "hooks":
 		var r ids.HooksReport
-		if json.Unmarshal(raw, &r) == nil && slices.ContainsFunc(append(r.Ftrace, r.Kprobes...), func(e ids.HookEntry) bool { return e.Foreign }) {
+		if json.Unmarshal(raw, &r) == nil && hooksFlagged(&r) {
 			err = withExitCode(1, nil)
 		}
 	case "modules":
@@ -208,6 +212,9 @@ func (t *idsTarget) fetch(ctx context.Context, q string) (json.RawMessage, strin
 		if t.symbols != "" {
 			return nil, "", errors.New("--symbols goes with --dump: a running VM's monitor has its kernel's (give --symbols to run)")
 		}
+		if t.gatePage != "" {
+			return nil, "", errors.New("--gate-page goes with --dump: a running VM's monitor knows its gate's page")
+		}
 		c, err := clientFor(t.vm)
 		if err != nil {
 			return nil, "", err
@@ -228,11 +235,20 @@ func (t *idsTarget) fetch(ctx context.Context, q string) (json.RawMessage, strin
 	if err != nil {
 		return nil, "", err
 	}
+	var page uint64
+	if t.gatePage != "" {
+		if page, err = strconv.ParseUint(t.gatePage, 0, 64); err != nil || page == 0 || page%4096 != 0 {
+			return nil, "", fmt.Errorf("--gate-page %q: a page's address (0xffff888003a5f000)", t.gatePage)
+		}
+	}
 	insp, closeDump, err := openDump(t.dump, t.kernel, opts)
 	if err != nil {
 		return nil, "", err
 	}
 	defer closeDump()
+	if page != 0 {
+		insp.Opts.GatePage = func() uint64 { return page }
+	}
 	res, err := ids.Query(insp, q)
 	incomplete := ""
 	if ids.Partial(res, err) {
@@ -515,19 +531,44 @@ func printHooks(w io.Writer, raw json.RawMessage) error {
 	}
 	defer tw.Flush()
 	fmt.Fprintln(tw, "KIND\tADDRESS\tON\tRUNS\tSTATUS")
-	foreign := 0
 	for _, e := range append(r.Ftrace, r.Kprobes...) {
 		st := "kernel"
 		if e.Foreign {
 			st = "FOREIGN: not the kernel's own code"
-			foreign++
 		}
 		fmt.Fprintf(tw, "%s\t%#x\t%s\t%s\t%s\n", e.Kind, e.Addr, esc(e.On), esc(strings.Join(e.Runs, ", ")), st)
 	}
-	if foreign > 0 {
+	// The LSM hook entries, one per hook and LSM.
+	for _, e := range r.LSM {
+		st := "kernel"
+		switch {
+		case e.Foreign:
+			st = "FOREIGN: " + e.Problem
+		case e.Gate:
+			st = "kernel gate"
+		}
+		fmt.Fprintf(tw, "lsm %s\t%#x\t%s\t%s\t%s\n", esc(e.LSM), e.Addr, esc(e.Hook), esc(e.Runs), esc(st))
+	}
+	tw.Flush()
+	for _, b := range r.LSMBroken {
+		fmt.Fprintf(w, "LSM hook %s: its list at %#x cannot be walked: %s\n", esc(b.Hook), b.List, esc(b.Reason))
+	}
+	if r.LSMNote != "" {
+		fmt.Fprintf(w, "LSM hook entries: %s\n", esc(r.LSMNote))
+	}
+	if hooksFlagged(&r) {
 		return withExitCode(1, nil)
 	}
 	return nil
+}
+
+// hooksFlagged reports whether an `ids hooks` answer flags something: a
+// foreign callback or LSM entry, or an LSM hook list that could not be
+// walked.
+func hooksFlagged(r *ids.HooksReport) bool {
+	foreign := func(e ids.HookEntry) bool { return e.Foreign }
+	return slices.ContainsFunc(r.Ftrace, foreign) || slices.ContainsFunc(r.Kprobes, foreign) ||
+		slices.ContainsFunc(r.LSM, func(e ids.LSMEntry) bool { return e.Foreign }) || len(r.LSMBroken) > 0
 }
 
 func printSockets(w io.Writer, raw json.RawMessage) error {

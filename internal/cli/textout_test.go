@@ -88,6 +88,18 @@ func TestTextOutputEscapesGuestText(t *testing.T) {
 			{Name: ids.CheckHiddenModule, Ran: false, Error: "module " + crModule + ": bad list\n[critical] forged: finding"},
 		},
 	}
+	hooks := ids.HooksReport{
+		Ftrace:  []ids.HookEntry{{Kind: "ftrace_ops", Addr: 0xffffffffc0100000, On: "__x64_sys_getdents64", Runs: []string{crModule + "+0x10"}, Foreign: true}},
+		Kprobes: []ids.HookEntry{{Kind: "kprobe", Addr: 0xffffffff82000000, On: "do_sys_openat2" + tabName, Runs: []string{"kernel"}}},
+		LSM: []ids.LSMEntry{
+			{Addr: 0xffffffff8242e4c0, Hook: "file_open", LSM: "capability", Func: 0xffffffff81000000, Runs: "cap_file_open"},
+			{Addr: 0xffffffffc0100100, Hook: "file_open", LSM: forgedRow + titleSet, Func: 0xffffffffc0100010, Runs: bidiName + "+0x10", Foreign: true,
+				Problem: "it lies outside the kernel's own LSM arrays (at " + clearScreen + ")"},
+			{Addr: 0xffff888000123000, Hook: "bprm_check_security", LSM: "gatevisor", Func: 0xffffffff81000100, Runs: "bpf_lsm_bprm_check_security", Gate: true},
+		},
+		LSMBroken: []linux.LSMBrokenList{{Hook: "task_kill", List: 0xffffffff8242e800, At: 0xdead, Reason: "entry 0's link 0xdead is not a kernel address" + forgedEvent}},
+		LSMNote:   "not applicable: " + c1CSI,
+	}
 	banner := ids.BannerReport{Banner: "Linux version 6.1.0 (" + clearScreen + ") #1 SMP" + titleSet, Release: "6.1.0" + bidiName, Verified: false}
 
 	started := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
@@ -152,6 +164,7 @@ func TestTextOutputEscapesGuestText(t *testing.T) {
 		{"ids_sockets", 1 + len(sockets), ids("sockets", sockets)},
 		{"ids_syscalls", 1 + 2 + 2 + 1, ids("syscalls", syscalls)},
 		{"ids_check", 2 + 2, ids("check", report)},
+		{"ids_hooks", 1 + 2 + 3 + 1 + 1, ids("hooks", hooks)},
 		{"ids_banner", 6, ids("banner", banner)},
 		{"status", 22, func(b *bytes.Buffer) { printStatus(b, &status) }},
 		{"ls", 1 + len(lsRows), func(b *bytes.Buffer) {

@@ -37,6 +37,7 @@ var armhfNotChecked = map[string]string{
 	CheckHiddenSocket:   "not implemented for armhf: the socket walk reads 64-bit pointers",
 	CheckFtrace:         "not implemented for armhf: the ftrace_ops walk reads 64-bit pointers",
 	CheckKprobe:         "not implemented for armhf: the kprobe table walk reads 64-bit pointers",
+	CheckLSM:            "not implemented for armhf: the LSM hook list walk reads 64-bit pointers",
 	CheckTaskFlags:      "not implemented for armhf: it reads the thread view, a 64-bit walk",
 }
 

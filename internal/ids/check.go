@@ -184,6 +184,7 @@ func (i *Inspector) check(read scanReads) *Report {
 	})
 	run(CheckFtrace, i.checkFtrace)
 	run(CheckKprobe, i.checkKprobes)
+	run(CheckLSM, i.checkLSM)
 	run(CheckInline, i.checkInline)
 	run(CheckIDT, i.checkIDT)
 	run(CheckOpsTables, i.checkOpsTables)

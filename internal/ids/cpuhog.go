@@ -16,7 +16,7 @@ const CheckCPUHog = "cpu-hog"
 // the continuous scan), sorted.
 func CheckNames() []string {
 	return []string{CheckCommExe, CheckCorrupt, CheckCPUHog, CheckCredentials, CheckFtrace, CheckGuestView, CheckHiddenModule,
-		CheckHiddenProcess, CheckHiddenSocket, CheckIDT, CheckInline, CheckKprobe, CheckOpsTables, CheckDispatch, CheckSyscallTable,
+		CheckHiddenProcess, CheckHiddenSocket, CheckIDT, CheckInline, CheckKprobe, CheckLSM, CheckOpsTables, CheckDispatch, CheckSyscallTable,
 		CheckTaskFlags, CheckUnexpectedRoot}
 }
 

@@ -91,10 +91,16 @@ func (i *Inspector) checkKprobes() ([]Finding, error) {
 }
 
 // HooksReport is the `ids hooks` answer: every registered ftrace_ops and
-// kprobe, with where their callbacks live.
+// kprobe, with where their callbacks live, and every LSM hook entry.
 type HooksReport struct {
 	Ftrace  []HookEntry `json:"ftrace"`
 	Kprobes []HookEntry `json:"kprobes"`
+	// LSM are the entries of the LSM hook lists; LSMBroken the lists
+	// that could not be walked; LSMNote why there are no lists to walk
+	// (a 6.9+ kernel calls its LSM hooks through static calls).
+	LSM       []LSMEntry            `json:"lsm"`
+	LSMBroken []linux.LSMBrokenList `json:"lsm_broken,omitempty"`
+	LSMNote   string                `json:"lsm_note,omitempty"`
 }
 
 // HookEntry is one registration: what it is attached to and the code it
@@ -108,9 +114,10 @@ type HookEntry struct {
 	Handlers []uint64 `json:"handlers"`
 }
 
-// Hooks lists the kernel's ftrace and kprobe registrations.
+// Hooks lists the kernel's ftrace and kprobe registrations and its LSM
+// hook entries.
 func (i *Inspector) Hooks() (HooksReport, error) {
-	r := HooksReport{Ftrace: []HookEntry{}, Kprobes: []HookEntry{}}
+	r := HooksReport{Ftrace: []HookEntry{}, Kprobes: []HookEntry{}, LSM: []LSMEntry{}}
 	ops, err := i.K.FtraceOps()
 	if err != nil {
 		return r, err
@@ -140,7 +147,7 @@ func (i *Inspector) Hooks() (HooksReport, error) {
 		}
 		r.Kprobes = append(r.Kprobes, i.hookEntry(&mm, kp.Addr, kind, on, kp.Handlers))
 	}
-	return r, nil
+	return r, i.lsmListing(&r)
 }
 
 func (i *Inspector) hookEntry(mm **linux.ModuleMap, addr uint64, kind, on string, handlers []uint64) HookEntry {

@@ -30,6 +30,11 @@ type Options struct {
 	// SetUID lists executables allowed to run with effective uid 0 for a
 	// non-root user.
 	SetUID []string
+	// GatePage returns the guest virtual address of the page holding the
+	// kernel gate's own LSM hook entries (0: none), asked at each check:
+	// the lsm-hook check accepts an entry there that calls the kernel's
+	// bpf_lsm_<hook> no-op, and nothing else there. Nil: no such page.
+	GatePage func() uint64
 }
 
 // DefaultOptions suit a busybox-based device and common Linux userlands.

@@ -94,11 +94,19 @@ func (m *Monitor) inspector(ctx context.Context) (*ids.Inspector, error) {
 		// Not cached: the kernel may not have set up its page tables yet.
 		return nil, fmt.Errorf("locate the guest kernel: %w", err)
 	}
-	in.insp, in.err, in.once = ids.New(k, ids.DefaultOptions()), nil, true
+	opts := ids.DefaultOptions()
+	opts.GatePage = m.idsGatePage
+	in.insp, in.err, in.once = ids.New(k, opts), nil, true
 	in.insp.Guest = m.askGuest
 	in.located.Store(in.insp)
 	return in.insp, nil
 }
+
+// idsGatePage is the guest virtual address of the page holding the kernel
+// gate's own LSM hook entries, which the IDS's lsm-hook check accepts (0:
+// none). The IDS asks at every check, from its own goroutine: gatePage is
+// an atomic load.
+func (m *Monitor) idsGatePage() uint64 { return m.gatePage() }
 
 // privateInspector returns a view of the located kernel of its own: its
 // own translation cache, no guest agent, usable without m.intro.mu (which

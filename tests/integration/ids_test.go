@@ -196,6 +196,57 @@ func TestIDSCheckCleanOnCleanBoot(t *testing.T) {
 	}
 }
 
+// TestIDSLSMHooks: on the default guest (Debian's 6.1: capability,
+// landlock, yama, lockdown, tomoyo, apparmor and bpf linked at boot) the
+// lsm-hook check runs and finds nothing, and `ids hooks` lists every LSM
+// entry as the kernel's own, live and on a dump alike.
+func TestIDSLSMHooks(t *testing.T) {
+	needShared(t)
+	var rep ids.Report
+	idsJSON(t, &rep, "check", "--vm", sharedVM)
+	ran := false
+	for _, c := range rep.Checks {
+		ran = ran || c.Name == ids.CheckLSM && c.Ran && c.Findings == 0 && c.Error == "" && c.NotApplicable == ""
+	}
+	for _, f := range rep.Findings {
+		if f.Check == ids.CheckLSM {
+			t.Errorf("lsm-hook finding on the clean guest: %s", f.Summary)
+		}
+	}
+	if !ran {
+		t.Errorf("lsm-hook did not run clean: %+v", rep.Checks)
+	}
+	var live ids.HooksReport
+	if code := idsJSON(t, &live, "hooks", "--vm", sharedVM); code != 0 {
+		t.Errorf("ids hooks: exit %d", code)
+	}
+	lsms := map[string]int{}
+	for _, e := range live.LSM {
+		lsms[e.LSM]++
+		if e.Foreign || e.Gate {
+			t.Errorf("LSM entry %+v on the clean guest is not the kernel's own", e)
+		}
+	}
+	for _, want := range []string{"capability", "apparmor", "bpf", "yama", "landlock"} {
+		if lsms[want] == 0 {
+			t.Errorf("no %s entry among the LSM hook entries: %v", want, lsms)
+		}
+	}
+	if live.LSMNote != "" || len(live.LSMBroken) > 0 || lsms["bpf"] < 200 {
+		t.Errorf("LSM hook lists: note %q, broken %v, %v entries by LSM", live.LSMNote, live.LSMBroken, lsms)
+	}
+	dump := filepath.Join(t.TempDir(), "guest.elf")
+	if r := gv(t, 5*time.Minute, "dump", sharedVM, "-o", dump); r.code != 0 {
+		t.Fatalf("dump: %d %s", r.code, r.stderr)
+	}
+	defer os.Remove(dump)
+	var fromDump ids.HooksReport
+	idsJSON(t, &fromDump, "hooks", "--dump", dump)
+	if fmt.Sprint(live.LSM) != fmt.Sprint(fromDump.LSM) {
+		t.Errorf("LSM entries: %d live, %d from the dump, differing", len(live.LSM), len(fromDump.LSM))
+	}
+}
+
 // TestDumpEqualsLive dumps the shared VM and compares every query's answer
 // from the dump with the live one.
 func TestDumpEqualsLive(t *testing.T) {

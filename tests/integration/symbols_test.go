@@ -33,7 +33,7 @@ func TestIDSWithSymbols(t *testing.T) {
 	if r := gv(t, time.Minute, "ids", "ps", "--vm", sharedVM, "--symbols", isf); r.code == 0 || !strings.Contains(r.stderr, "--symbols goes with --dump") {
 		t.Errorf("--vm --symbols: exit %d, %s", r.code, r.stderr)
 	}
-	for _, q := range []string{"ps", "banner", "modules", "sockets", "syscalls"} {
+	for _, q := range []string{"ps", "banner", "modules", "sockets", "syscalls", "hooks"} {
 		t0 := time.Now()
 		want := gv(t, 5*time.Minute, "ids", q, "--json", "--dump", dump, "--kernel", k.Kernel)
 		tBTF := time.Since(t0)

@@ -98,6 +98,12 @@ type profileCache struct {
 	socketsOnce sync.Once
 	sockets     *sockLayout
 
+	// lsm are the LSM hook lists' layout: security_hook_heads's members
+	// and struct security_hook_list's offsets, from BTF. Read with
+	// layoutForLSM.
+	lsmOnce sync.Once
+	lsm     *lsmLayout
+
 	// fields memoises field and StructSize answers by path ("s.f" or a
 	// struct name): the gates ask the same dozen at every stop. The keys
 	// are the program's own strings, so the map is bounded by the code.
@@ -364,6 +370,9 @@ type layoutSource interface {
 	structSize(name string) (uint64, error)
 	// enumValue returns the value of the enumerator name, from any enum.
 	enumValue(name string) (uint64, bool)
+	// members returns the named members of the structure name (see
+	// Profile.StructMembers).
+	members(name string) ([]Member, error)
 }
 
 // layouts returns p's source of structure layouts: BTF, else ISF.
