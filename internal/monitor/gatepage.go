@@ -162,3 +162,47 @@ func (m *Monitor) onHeadWrite(head uint64, symbol string, rip uint64, readErr er
 	m.failClosed(err)
 	return err
 }
+
+// replanWithoutPageLocked, after a rollback, keeps the gate's page when
+// the restored RAM has every gated list starting at the gate's entry (a
+// snapshot taken under the traps in force); else it forgets the page and
+// replans the policy in force without it (the list-head model), nothing
+// written to the guest: the restored lists are as the snapshot had them,
+// with entries of the gate's linked in them (harmless: each calls the
+// kernel's no-op, on a page allocated in that RAM) or not. The traps are
+// then set on the new QEMU as planned, and a new page is allocated once
+// the guest runs.
+//
+// Preconditions: m.kg.mu held; the VM stopped.
+func (m *Monitor) replanWithoutPageLocked() {
+	g := m.kg.gate
+	if g == nil {
+		m.kg.page.Store(0)
+		return
+	}
+	// A snapshot taken under the traps in force has every gated list
+	// start at the gate's entry: its page is allocated in that RAM too,
+	// and stays the gate's.
+	guards, linked := 0, 0
+	for _, t := range m.kg.traps {
+		if t.IsGuard() {
+			guards++
+			if changed, err := g.HeadChanged(t); err == nil && !changed {
+				linked++
+			}
+		}
+	}
+	if guards > 0 && linked == guards {
+		m.kg.dropPage.Store(false)
+		return
+	}
+	m.kg.page.Store(0)
+	_ = g.SetOwnPage(0, nil)
+	snap := m.pol.snap.Load()
+	if snap == nil {
+		return
+	}
+	traps, _ := g.Plan(snap.Policy)
+	m.kg.traps = traps
+	g.SetTraps(traps)
+}

@@ -47,6 +47,9 @@ type kernelGate struct {
 	// why there is none, when its allocation failed.
 	page    atomic.Uint64
 	pageErr atomic.Pointer[string]
+	// dropPage: the guest's RAM was replaced (a rollback): the page is
+	// forgotten and the traps replanned without it (gatepage.go).
+	dropPage atomic.Bool
 
 	// Counters for api.SyscallGateStatus; siblings counts calls handled
 	// on a vCPU other than the one a stop reported, emulated the
@@ -757,14 +760,17 @@ func (m *Monitor) onTrap(ctx context.Context, c *gdbrsp.Client, sr gdbrsp.StopRe
 		if err != nil {
 			return ours, nil, err
 		}
-		if _, ok := g.TrapAt(pc); !ok {
+		if _, ok := g.TrapAt(pc); !ok && !g.MaybeLateOwn(pc) {
 			continue
 		}
-		m.kg.siblings.Add(1)
-		if _, _, err := m.trapVCPU(ctx, c, g, tid, false, false); err != nil {
+		hit, _, err := m.trapVCPU(ctx, c, g, tid, false, false)
+		if err != nil {
 			return true, nil, err
 		}
-		ours = true
+		if hit {
+			m.kg.siblings.Add(1)
+			ours = true
+		}
 	}
 	return ours, nil, nil
 }
@@ -821,6 +827,11 @@ func (m *Monitor) trapVCPU(ctx context.Context, c *gdbrsp.Client, g *gate.Gate, 
 		return false, nil, err
 	}
 	t, ok := g.TrapAt(regs[g.PCReg()])
+	if !ok {
+		// A gated call made from the gate's own entry without a stop at
+		// its site (gate.LateOwnTrap): decided at the call's target.
+		t, ok = g.LateOwnTrap(gate.Regs(regs))
+	}
 	if !ok {
 		return false, nil, nil
 	}

@@ -230,6 +230,9 @@ func (p *phases) mark(name string) {
 func (m *Monitor) rearm(ctx context.Context, c *gdbrsp.Client) error {
 	m.kg.mu.Lock()
 	defer m.kg.mu.Unlock()
+	if m.kg.dropPage.Load() {
+		m.replanWithoutPageLocked()
+	}
 	for _, t := range m.kg.traps {
 		if err := setTrap(ctx, c, t); err != nil {
 			return err

@@ -455,6 +455,10 @@ func (m *Monitor) Rollback(ctx context.Context, tag string) (api.RollbackResult,
 		}
 		res.RAMPages = r.Pages
 		pt.mark("write the snapshot's RAM")
+		// The gate's page and the entries linked on it are this RAM's
+		// no more: the traps set on the new QEMU are planned without it
+		// (rearm), and a new page is allocated once the guest runs.
+		m.kg.dropPage.Store(true)
 		if err := loadDevices(ctx, next, devs); err != nil {
 			return fmt.Errorf("%w: %w", errKeepStopped, err)
 		}
@@ -484,6 +488,9 @@ func (m *Monitor) Rollback(ctx context.Context, tag string) (api.RollbackResult,
 		return res, fmt.Errorf("rollback to snapshot %s: %w (the guest runs on unchanged)", tag, err)
 	}
 	res.NewQEMUPID = next.proc.Pid()
+	if m.kg.dropPage.Swap(false) && m.ownEntryWanted() {
+		go m.setupGatePage()
+	}
 	m.rs.restarts++
 	m.rs.last = time.Now()
 	// What the monitor knows of the guest stays valid: the kernel is where

@@ -65,6 +65,18 @@ type callSite struct {
 	// Args are where the hook's six argument registers' values are at
 	// Stop: the register itself, or the source of a move before the call.
 	Args [6]string
+	// Mids are the addresses of the instructions after Stop up to the
+	// call, with where the arguments are there.
+	Mids []midStop
+	// Thunk is the call's target when it calls a retpoline thunk (0 for
+	// a call *%reg).
+	Thunk uint64
+}
+
+// midStop is a rip between a site's Stop and its call.
+type midStop struct {
+	Addr uint64
+	Args [6]string
 }
 
 // ownTrap is what a trap of the own-entry model knows (Trap.own).
@@ -76,6 +88,11 @@ type ownTrap struct {
 	// argOf maps the wrapper's argument i, which the hook's events read,
 	// to the hook's argument (they differ for mmap_file only).
 	argOf [6]int
+	// late says the vCPU was found past the call, at its target (the
+	// thunk, or the hook for a call *%reg), with the call's return
+	// address at rsp (LateOwnTrap); rsp is its stack pointer there.
+	late bool
+	rsp  uint64
 	// primary says this trap sets the entry's read watchpoint (one per
 	// hook; a wrapper with several loads has a trap per site).
 	primary bool
@@ -120,38 +137,39 @@ func modelCallSites(code []byte, fn, hookOff uint64, thunks map[uint64]string) (
 			return nil, fmt.Errorf("%#x: %v reads at the hook field's offset but is not a load of it", in.pc, in.x)
 		}
 		s := callSite{Stop: in.pc + uint64(in.x.Len), Entry: base, Fn: dst}
-		// loc[r] is the register whose value at Stop r holds.
-		loc := map[string]string{}
-		for _, r := range argRegs {
-			loc[r] = r
+		// The instructions from Stop to the call, each with the move it
+		// makes ("" for none).
+		type step struct {
+			pc       uint64
+			dst, src string
 		}
+		var steps []step
 		done := false
 		for j := i + 1; j < len(insts) && j <= i+8 && !done; j++ {
 			x := insts[j].x
 			switch x.Op {
 			case x86asm.NOP, x86asm.LFENCE:
+				steps = append(steps, step{pc: insts[j].pc})
 			case x86asm.MOV:
 				d, ok1 := regOf(x.Args[0])
 				src, ok2 := regOf(x.Args[1])
 				if !ok1 || !ok2 || (x.DataSize != 32 && x.DataSize != 64) || !isArgReg(d) || d == dst || src == "rsp" {
 					return nil, fmt.Errorf("%#x: %v between the hook's load and its call is not modelled", insts[j].pc, x)
 				}
-				if _, isArg := loc[src]; isArg {
-					loc[d] = loc[src]
-				} else {
-					loc[d] = src
-				}
+				steps = append(steps, step{insts[j].pc, d, src})
 			case x86asm.CALL:
 				via := ""
 				switch a := x.Args[0].(type) {
 				case x86asm.Rel:
-					via = thunks[insts[j].pc+uint64(x.Len)+uint64(int64(a))]
+					s.Thunk = insts[j].pc + uint64(x.Len) + uint64(int64(a))
+					via = thunks[s.Thunk]
 				case x86asm.Reg:
 					via, _ = regOf(a)
 				}
 				if via != dst {
 					return nil, fmt.Errorf("%#x: %v is not a call through %s, the loaded hook", insts[j].pc, x, dst)
 				}
+				steps = append(steps, step{pc: insts[j].pc})
 				s.Next = insts[j].pc + uint64(x.Len)
 				done = true
 			default:
@@ -161,8 +179,35 @@ func modelCallSites(code []byte, fn, hookOff uint64, thunks map[uint64]string) (
 		if !done {
 			return nil, fmt.Errorf("%#x: no call through %s after the hook's load", in.pc, dst)
 		}
-		for k, r := range argRegs {
-			s.Args[k] = loc[r]
+		// argsFrom says where each argument register's value at the call
+		// is at the k-th step's address: loc[r] is the register whose
+		// value there r will hold.
+		argsFrom := func(k int) [6]string {
+			loc := map[string]string{}
+			for _, r := range argRegs {
+				loc[r] = r
+			}
+			for _, st := range steps[k:] {
+				if st.dst == "" {
+					continue
+				}
+				if _, isArg := loc[st.src]; isArg {
+					loc[st.dst] = loc[st.src]
+				} else {
+					loc[st.dst] = st.src
+				}
+			}
+			var a [6]string
+			for n, r := range argRegs {
+				a[n] = loc[r]
+			}
+			return a
+		}
+		s.Args = argsFrom(0)
+		for k := 1; k < len(steps); k++ {
+			// A stop can land after some of the moves (a translation
+			// block that ends between the load and the call).
+			s.Mids = append(s.Mids, midStop{steps[k].pc, argsFrom(k)})
 		}
 		sites = append(sites, s)
 	}
@@ -365,9 +410,13 @@ func ownArgs(t Trap, regs Regs) Regs {
 	for k, v := range regs {
 		out[k] = v
 	}
+	at := t.own.site.Args
+	if t.own.late {
+		at = argRegs // the call was made: each in its register
+	}
 	for i, r := range argRegs {
 		if hi := t.own.argOf[i]; hi >= 0 && hi < 6 {
-			if src := t.own.site.Args[hi]; src != "" {
+			if src := at[hi]; src != "" {
 				if v, ok := regs[src]; ok {
 					out[r] = v
 					continue
@@ -394,13 +443,23 @@ func ownHit(t Trap, regs Regs) bool {
 // ownResume is an allow at the gate's entry: the no-op's call is done by
 // the gate (it returns 0), the loop goes on with the next LSM.
 func ownResume(t Trap) []RegWrite {
-	return []RegWrite{{RegRAX, 0}, {RegRIP, t.own.site.Next}}
+	return ownReturn(t, 0)
+}
+
+// ownReturn returns to the wrapper's loop after the call with rax: from
+// a late stop the call's return address is popped too.
+func ownReturn(t Trap, rax uint64) []RegWrite {
+	w := []RegWrite{{RegRAX, rax}, {RegRIP, t.own.site.Next}}
+	if t.own.late {
+		w = append(w, RegWrite{RegRSP, t.own.rsp + 8})
+	}
+	return w
 }
 
 // ownDeny is a deny at the gate's entry: the hook "returned" -errno, and
 // the wrapper's loop breaks and returns it.
 func ownDeny(t Trap, errno int32) []RegWrite {
-	return []RegWrite{{RegRAX, uint64(uint32(-errno))}, {RegRIP, t.own.site.Next}}
+	return ownReturn(t, uint64(uint32(-errno)))
 }
 
 // Shown reports whether the trap is listed on its own by policy load
@@ -750,6 +809,15 @@ func (g *Gate) ownTraps(h Hook, t Trap) []Trap {
 			st.Watch, st.WatchLen = entry+l.Hook, 8
 		}
 		out = append(out, st)
+		for _, mid := range s.Mids {
+			// Found between the load and the call: the same call, the
+			// arguments where the moves done so far left them.
+			mt := st
+			mt.Addr, mt.Watch, mt.WatchLen = mid.Addr, 0, 0
+			mt.own.primary = false
+			mt.own.site.Args = mid.Args
+			out = append(out, mt)
+		}
 	}
 	guard := t
 	guard.Via, guard.Addr, guard.Target, guard.Site = ViaHeadGuard, m.head, t.Addr, "write of "+watchName(h)
@@ -816,4 +884,48 @@ func (g *Gate) HeadChanged(t Trap) (bool, error) {
 		return true, err
 	}
 	return first != t.own.entry, nil
+}
+
+// LateOwnTrap recognises a vCPU that made a gated hook's call from the
+// gate's entry without stopping at the site: at the call's target (the
+// retpoline thunk, or the entry's no-op for a call *%reg) with the return
+// address of one of the own-entry sites at rsp. QEMU 7.2 stops it there
+// when its previous watchpoint hit was served without being reported (on
+// a sibling vCPU): its next watched load raises the debug interrupt at
+// the end of the translation block, which the call ends. The trap
+// returned is that site's, marked late: the decision's writes also pop
+// the return address. Whether it is the gate's entry's call is for
+// Handle to check (ownHit), as at the site.
+func (g *Gate) LateOwnTrap(regs Regs) (Trap, bool) {
+	rip, ok1 := regs[RegRIP]
+	rsp, ok2 := regs[RegRSP]
+	if !ok1 || !ok2 || !g.MaybeLateOwn(rip) {
+		return Trap{}, false
+	}
+	ret, err := vmi.ReadU64(g.k.AS, rsp)
+	if err != nil {
+		return Trap{}, false
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, t := range g.traps {
+		if t.Via == ViaOwnEntry && t.Addr == t.own.site.Stop && t.own.site.Next == ret && (rip == t.own.site.Thunk || rip == t.own.hook) {
+			t.Addr, t.own.late, t.own.rsp = rip, true, rsp
+			return t, true
+		}
+	}
+	return Trap{}, false
+}
+
+// MaybeLateOwn reports whether rip is where LateOwnTrap may find a vCPU
+// (a site's call target), for a scan that reads only each vCPU's rip.
+func (g *Gate) MaybeLateOwn(rip uint64) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, t := range g.traps {
+		if t.Via == ViaOwnEntry && t.Addr == t.own.site.Stop && (rip == t.own.site.Thunk || rip == t.own.hook) {
+			return true
+		}
+	}
+	return false
 }

@@ -41,21 +41,35 @@ func TestModelCallSites(t *testing.T) {
 	}{
 		// mov 0x18(%rbx),%rax; mov %rbp,%rdi; call thunk_rax
 		{"security_file_open", ownFileOpenCode, 0xffffffff9e84b640, []callSite{
-			{Stop: 0xffffffff9e84b664, Next: 0xffffffff9e84b66c, Entry: "rbx", Fn: "rax", Args: [6]string{"rbp", "rsi", "rdx", "rcx", "r8", "r9"}}}},
+			{Stop: 0xffffffff9e84b664, Next: 0xffffffff9e84b66c, Entry: "rbx", Fn: "rax", Args: [6]string{"rbp", "rsi", "rdx", "rcx", "r8", "r9"}, Thunk: ownThunkRAX}}},
 		// mov 0x18(%r14),%rax; mov %ebx,%ecx; mov %ebp,%edx; mov %r12,%rsi; mov %r13,%rdi; call
 		{"security_capable", ownCapableCode, 0xffffffff9e849bc0, []callSite{
-			{Stop: 0xffffffff9e849bf1, Next: 0xffffffff9e849c00, Entry: "r14", Fn: "rax", Args: [6]string{"r13", "r12", "rbp", "rbx", "r8", "r9"}}}},
+			{Stop: 0xffffffff9e849bf1, Next: 0xffffffff9e849c00, Entry: "r14", Fn: "rax", Args: [6]string{"r13", "r12", "rbp", "rbx", "r8", "r9"}, Thunk: ownThunkRAX}}},
 		// mmap_file's hook gets (file, reqprot, prot, flags)
 		{"security_mmap_file", ownMmapFileCode, 0xffffffff9e84b360, []callSite{
-			{Stop: 0xffffffff9e84b3c3, Next: 0xffffffff9e84b3d4, Entry: "rbx", Fn: "rax", Args: [6]string{"r12", "rbp", "r14", "r13", "r8", "r9"}}}},
+			{Stop: 0xffffffff9e84b3c3, Next: 0xffffffff9e84b3d4, Entry: "rbx", Fn: "rax", Args: [6]string{"r12", "rbp", "r14", "r13", "r8", "r9"}, Thunk: ownThunkRAX}}},
 		// five arguments, one a 32-bit move
 		{"security_path_rename", ownRenameCode, 0xffffffff9e849250, []callSite{
-			{Stop: 0xffffffff9e84929a, Next: 0xffffffff9e8492ae, Entry: "r15", Fn: "rax", Args: [6]string{"r12", "rbx", "r13", "rbp", "r14", "r9"}}}},
+			{Stop: 0xffffffff9e84929a, Next: 0xffffffff9e8492ae, Entry: "r15", Fn: "rax", Args: [6]string{"r12", "rbx", "r13", "rbp", "r14", "r9"}, Thunk: ownThunkRAX}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := modelCallSites(tc.code, tc.fn, 0x18, ownThunks)
 			if err != nil {
 				t.Fatal(err)
+			}
+			// A stop between the load and the call: each instruction's
+			// address, the arguments all in place at the call itself.
+			for i := range got {
+				mids := got[i].Mids
+				if len(mids) == 0 || mids[len(mids)-1].Args != argRegs || mids[len(mids)-1].Addr != got[i].Next-5 {
+					t.Errorf("site %d: mids %+v; the last at the call with the arguments in their registers", i, mids)
+				}
+				for j, m := range mids {
+					if m.Addr <= got[i].Stop || j > 0 && m.Addr <= mids[j-1].Addr {
+						t.Errorf("site %d: mid %#x out of order", i, m.Addr)
+					}
+				}
+				got[i].Mids = nil
 			}
 			if !reflect.DeepEqual(got, tc.want) {
 				t.Errorf("sites (-want +got):\n-%+v\n+%+v", tc.want, got)
@@ -287,6 +301,17 @@ func TestOwnEntryWrites(t *testing.T) {
 	o.resume(tr, regs, nil)
 	if !reflect.DeepEqual(o.Writes, []RegWrite{{RegRAX, 0}, {RegRIP, site.Next}}) || o.Step || len(o.MemWrites) != 0 {
 		t.Errorf("resume: %+v", o)
+	}
+	// Found late, at the thunk: the arguments are in their registers,
+	// and the return address is popped.
+	lt := tr
+	lt.own.late, lt.own.rsp = true, 0xffffc90000123f00
+	if got := ownArgs(lt, Regs{"rdi": 7, "rbp": 8, "rbx": lt.own.entry}); got["rdi"] != 7 {
+		t.Errorf("late: rdi %#x, want the register's own 7", got["rdi"])
+	}
+	want = []RegWrite{{RegRAX, 0xfffffff3}, {RegRIP, site.Next}, {RegRSP, 0xffffc90000123f08}}
+	if got := ownDeny(lt, 13); !reflect.DeepEqual(got, want) {
+		t.Errorf("late deny writes %v, want %v", got, want)
 	}
 	// mmap_file: the wrapper's (file, prot, flags) are the hook's
 	// arguments 0, 1 and 3.
