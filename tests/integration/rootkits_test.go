@@ -580,6 +580,14 @@ func rkTechniques() []rkTechnique {
 			}
 			return simple("rk_kprobe", []rkWant{rkCheck(ids.CheckKprobe)}, true)(t, vm, loaded)
 		}},
+		{mod: "rk_lsm", expected: ids.CheckLSM, load: func(t *testing.T, vm string) *rkCase {
+			loaded := rkInsmod(t, vm, "rk_lsm")
+			rkSh(t, vm, "cat /etc/passwd >/dev/null")
+			if n := rkParam(t, vm, "rk_lsm", "hits"); n == 0 {
+				t.Errorf("no open went through the module's LSM entry")
+			}
+			return simple("rk_lsm", []rkWant{rkCheck(ids.CheckLSM, "LSM hook file_open", "outside the kernel's own LSM arrays")}, true)(t, vm, loaded)
+		}},
 		{mod: "rk_seqshow", expected: ids.CheckInline, load: func(t *testing.T, vm string) *rkCase {
 			// The kit's services listen on IPv6 (/proc/net/tcp6): an IPv4
 			// listener to hide.

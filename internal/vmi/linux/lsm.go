@@ -178,7 +178,9 @@ func (k *Kernel) LSMHooks() (*LSMHookLists, error) {
 
 // noLSMHeads says why the kernel has no security_hook_heads.
 func (k *Kernel) noLSMHeads() error {
-	if _, err := k.Addr("static_calls_table"); err == nil {
+	var major, minor int
+	_, verr := fmt.Sscanf(k.Profile.Release, "%d.%d", &major, &minor)
+	if _, err := k.Addr("static_calls_table"); err == nil || verr == nil && major*1000+minor >= 6009 {
 		return fmt.Errorf("%w: this kernel calls its LSM hooks through static calls (static_calls_table, Linux 6.9+): it has no security_hook_heads lists to walk, and its static call table is not checked", ErrLSMNotAvailable)
 	}
 	if err := k.Profile.noDataSymbols("security_hook_heads"); err != nil {

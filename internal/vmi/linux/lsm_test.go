@@ -276,16 +276,18 @@ func TestLSMHooksFlags(t *testing.T) {
 
 func TestLSMHooksNotAvailable(t *testing.T) {
 	for _, tc := range []struct {
-		name string
-		syms map[string]uint64
-		want string
+		name, release string
+		syms          map[string]uint64
+		want          string
 	}{
-		{"static calls", map[string]uint64{"static_calls_table": synthDirectMap + lsmData}, "static calls"},
-		{"no LSM at all", map[string]uint64{"_stext": synthDirectMap + lsmText}, "neither security_hook_heads nor static_calls_table"},
+		{"static calls", "6.12.38+deb12-amd64", map[string]uint64{"static_calls_table": synthDirectMap + lsmData}, "static calls"},
+		{"a 6.9+ release", "6.9.0", map[string]uint64{"_stext": synthDirectMap + lsmText}, "static calls"},
+		{"no LSM at all", "6.1.0-57-amd64", map[string]uint64{"_stext": synthDirectMap + lsmText}, "neither security_hook_heads nor static_calls_table"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := newSynth(t)
 			s.prof.BTF = lsmBTF(t)
+			s.prof.Release = tc.release
 			for n, a := range tc.syms {
 				s.syms[n] = a
 			}
