@@ -61,6 +61,19 @@ func kernelInGFPRange(release string) error {
 	return nil
 }
 
+// wantGatePage starts the allocation of the gate's page, once per guest
+// boot (a rollback may start another), when this VM traps hooks on one,
+// the kernel gate has traps in place, and the kernel has the hook lists.
+func (m *Monitor) wantGatePage() {
+	g := m.kg.cur.load()
+	if !m.ownEntryWanted() || g == nil || m.gatePage() != 0 || !m.kg.armed() || g.HookWatchUnavailable() != "" {
+		return
+	}
+	if m.kg.pageTried.CompareAndSwap(false, true) {
+		go m.setupGatePage()
+	}
+}
+
 // setupGatePage allocates the gate's page in the guest and re-arms the
 // policy in force on it. Run once the boot arming is done (the guest
 // runs). A failure keeps the head model (correct, slower): it is logged

@@ -50,6 +50,8 @@ type kernelGate struct {
 	// dropPage: the guest's RAM was replaced (a rollback): the page is
 	// forgotten and the traps replanned without it (gatepage.go).
 	dropPage atomic.Bool
+	// pageTried: an allocation of the page was started (wantGatePage).
+	pageTried atomic.Bool
 
 	// Counters for api.SyscallGateStatus; siblings counts calls handled
 	// on a vCPU other than the one a stop reported, emulated the
@@ -254,10 +256,10 @@ func (m *Monitor) onBootWatch(ctx context.Context, c *gdbrsp.Client, va uint64) 
 	if why != "" && m.cfg.Accel.Accel != "kvm" {
 		m.logf("kernel gate: %s", why)
 	}
-	if why == "" && m.ownEntryWanted() && m.gatePage() == 0 {
+	if why == "" {
 		// The guest runs on, guarded by the head model, until the gate's
 		// own page is allocated and the policy re-armed on it.
-		go m.setupGatePage()
+		m.wantGatePage()
 	}
 	return nil
 }

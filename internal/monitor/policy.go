@@ -364,6 +364,7 @@ func (m *Monitor) LoadPolicy(ctx context.Context, req api.PolicyRequest) (api.Po
 		return refuse(err)
 	}
 	m.logf("policy %d (%s, %s) in force: %d traps", res.Seq, req.Path, snap.Digest, len(res.Breakpoints))
+	m.wantGatePage() // a VM booted without kernel traps gets its page now
 	return res, nil
 }
 

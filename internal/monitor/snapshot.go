@@ -488,8 +488,9 @@ func (m *Monitor) Rollback(ctx context.Context, tag string) (api.RollbackResult,
 		return res, fmt.Errorf("rollback to snapshot %s: %w (the guest runs on unchanged)", tag, err)
 	}
 	res.NewQEMUPID = next.proc.Pid()
-	if m.kg.dropPage.Swap(false) && m.ownEntryWanted() {
-		go m.setupGatePage()
+	if m.kg.dropPage.Swap(false) {
+		m.kg.pageTried.Store(false)
+		m.wantGatePage()
 	}
 	m.rs.restarts++
 	m.rs.last = time.Now()

@@ -508,6 +508,7 @@ func (m *Monitor) ResumeGuest(ctx context.Context, stopped time.Time, frozen []F
 		return fail(fmt.Errorf("resume: start the guest: %w", err))
 	}
 	m.running()
+	m.wantGatePage() // none handed over: allocated now
 	if m.cfg.AutoUpgrade {
 		go m.watchBinary()
 	}
