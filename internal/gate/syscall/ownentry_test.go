@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -325,4 +326,35 @@ func TestOwnEntryWrites(t *testing.T) {
 	if _, ok := got["rcx"]; ok {
 		t.Error("an argument the wrapper does not have is kept")
 	}
+}
+
+// FuzzModelCallSites decodes arbitrary wrapper code (guest memory): it
+// must not panic, and every site it models lies in the code, its stop
+// before its call's next instruction, with its stops between in order.
+func FuzzModelCallSites(f *testing.F) {
+	for _, c := range [][]byte{ownFileOpenCode, ownCapableCode, ownMmapFileCode, ownRenameCode} {
+		f.Add(c)
+	}
+	const fn = 0xffffffff9e84b640
+	f.Fuzz(func(t *testing.T, code []byte) {
+		sites, err := modelCallSites(code, fn, 0x18, ownThunks)
+		if err != nil {
+			return
+		}
+		for _, s := range sites {
+			if s.Stop <= fn || s.Next > fn+uint64(len(code)) || s.Stop >= s.Next {
+				t.Fatalf("site %+v outside the code or out of order (%d bytes)", s, len(code))
+			}
+			for i, m := range s.Mids {
+				if m.Addr <= s.Stop || m.Addr >= s.Next || i > 0 && m.Addr <= s.Mids[i-1].Addr {
+					t.Fatalf("site %+v: mid %#x out of order", s, m.Addr)
+				}
+			}
+			for _, a := range s.Args {
+				if _, ok := regNames[strings.ToUpper(a)]; !ok && a != "" && !isArgReg(a) && !slices.Contains(calleeSaved, a) && a != "rax" && a != "r10" && a != "r11" {
+					t.Fatalf("site %+v: argument in %q", s, a)
+				}
+			}
+		}
+	})
 }
