@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	gate "github.com/gatevisor/gatevisor/internal/gate/syscall"
 	"github.com/gatevisor/gatevisor/internal/ids"
 	"github.com/gatevisor/gatevisor/internal/monitoring"
 	"github.com/gatevisor/gatevisor/internal/qemu/gdbrsp"
@@ -23,12 +24,20 @@ import (
 // handover); a rollback replaces the guest's RAM, and a new page is
 // allocated then.
 
-// gfpAtomic is GFP_ATOMIC (__GFP_HIGH | __GFP_KSWAPD_RECLAIM): 0x20 |
-// 0x800 from Linux 4.4 (when __GFP_KSWAPD_RECLAIM came, 0x2000000 before)
-// through 6.12 — gfp_types.h's bit numbers were checked for 4.19, 5.10,
-// 6.1 and 6.12. get_zeroed_page adds __GFP_ZERO (0x100 in the same range)
-// itself. A kernel outside the range is refused (kernelInGFPRange).
+// gfpAtomic is the gfp mask the page is allocated with: __GFP_HIGH (0x20)
+// | __GFP_KSWAPD_RECLAIM (0x800), which is GFP_ATOMIC from Linux 6.3 on and
+// GFP_ATOMIC without __GFP_ATOMIC (0x200) before: no __GFP_DIRECT_RECLAIM,
+// so the allocation never sleeps (safe in the timer interrupt), it only
+// does not dip into the atomic reserves before 6.3. These values hold for
+// the gfp bit layout in which __GFP_ZERO is 0x100 (older kernels had
+// __GFP_ZERO at 0x8000 and __GFP_KSWAPD_RECLAIM higher up): checked on the
+// guest itself before the call, from the constant its get_zeroed_page ORs
+// into the mask (gate.GFPZeroIn; Debian's 6.1.0-57: `or $0x100,%edi`), and
+// kernels outside 5.0-6.12 are refused (kernelInGFPRange).
 const gfpAtomic = 0x820
+
+// gfpZero is __GFP_ZERO in the layout gfpAtomic assumes.
+const gfpZero = 0x100
 
 // gatePageWait bounds the wait for a timer interrupt to allocate the page.
 const gatePageWait = 10 * time.Second
@@ -48,15 +57,15 @@ func (m *Monitor) ownEntryWanted() bool {
 }
 
 // kernelInGFPRange reports whether the guest's kernel release is one
-// gfpAtomic was checked for (4.4 through 6.12).
+// gfpAtomic is used on (5.0 through 6.12).
 func kernelInGFPRange(release string) error {
 	var major, minor int
 	if _, err := fmt.Sscanf(release, "%d.%d", &major, &minor); err != nil {
 		return fmt.Errorf("the kernel release %q is not a version", release)
 	}
 	v := major*1000 + minor
-	if v < 4004 || v > 6012 {
-		return fmt.Errorf("kernel %s: GFP_ATOMIC's value was checked for Linux 4.4 to 6.12 only", release)
+	if v < 5000 || v > 6012 {
+		return fmt.Errorf("kernel %s: the gfp mask of the gate's page is used on Linux 5.0 to 6.12 only", release)
 	}
 	return nil
 }
@@ -91,8 +100,20 @@ func (m *Monitor) allocGatePage() error {
 	if g == nil {
 		return errors.New("the kernel gate is not built")
 	}
-	if err := kernelInGFPRange(g.Kernel().Profile.Release); err != nil {
+	k := g.Kernel()
+	if err := kernelInGFPRange(k.Profile.Release); err != nil {
 		return err
+	}
+	fn, err := k.Addr("get_zeroed_page")
+	if err != nil {
+		return err
+	}
+	code := make([]byte, 64)
+	if _, err := k.AS.ReadVirtual(fn, code); err != nil {
+		return fmt.Errorf("read get_zeroed_page: %w", err)
+	}
+	if zero, ok := gate.GFPZeroIn(code); !ok || zero != gfpZero {
+		return fmt.Errorf("this kernel's get_zeroed_page does not OR __GFP_ZERO as %#x (found %#x, %v): its gfp bits are laid out otherwise, and %#x would not mean GFP_ATOMIC", gfpZero, zero, ok, gfpAtomic)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

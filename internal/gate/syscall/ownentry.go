@@ -929,3 +929,24 @@ func (g *Gate) MaybeLateOwn(rip uint64) bool {
 	}
 	return false
 }
+
+// GFPZeroIn returns the constant the code of get_zeroed_page (its first
+// instructions, up to its first call) ORs into its gfp argument: the
+// kernel's own __GFP_ZERO, which tells which layout of the gfp bits the
+// kernel was built with (0x100: __GFP_HIGH 0x20, __GFP_DIRECT_RECLAIM
+// 0x400, __GFP_KSWAPD_RECLAIM 0x800). Pure.
+func GFPZeroIn(code []byte) (uint64, bool) {
+	for off, n := 0, 0; off < len(code) && n < 16; n++ {
+		x, err := x86asm.Decode(code[off:], 64)
+		if err != nil || x.Len <= 0 || x.Op == 0 || x.Op == x86asm.CALL || x.Op == x86asm.JMP || x.Op == x86asm.RET {
+			return 0, false
+		}
+		off += x.Len
+		if r, ok := regOf(x.Args[0]); x.Op == x86asm.OR && ok && r == "rdi" {
+			if imm, ok := x.Args[1].(x86asm.Imm); ok && imm > 0 {
+				return uint64(imm), true
+			}
+		}
+	}
+	return 0, false
+}

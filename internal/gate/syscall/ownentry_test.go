@@ -358,3 +358,22 @@ func FuzzModelCallSites(f *testing.F) {
 		}
 	})
 }
+
+func TestGFPZeroIn(t *testing.T) {
+	// Debian 6.1.0-57's get_zeroed_page: nop5; and $-0x3,%edi; xor
+	// %esi,%esi; or $0x100,%edi; call __get_free_pages.
+	code := []byte{0x0f, 0x1f, 0x44, 0x00, 0x00, 0x83, 0xe7, 0xfd, 0x31, 0xf6, 0x81, 0xcf, 0x00, 0x01, 0x00, 0x00, 0xe8, 0x6b, 0xaa, 0x02, 0x00}
+	if z, ok := GFPZeroIn(code); !ok || z != 0x100 {
+		t.Errorf("GFPZeroIn = %#x, %v; want 0x100", z, ok)
+	}
+	// An OR into another register, or none before the call: not found.
+	for _, c := range [][]byte{
+		{0x81, 0xce, 0x00, 0x01, 0x00, 0x00, 0xc3}, // or $0x100,%esi; ret
+		{0xe8, 0, 0, 0, 0, 0x81, 0xcf, 0x00, 0x01, 0x00, 0x00},
+		{0x48},
+	} {
+		if z, ok := GFPZeroIn(c); ok {
+			t.Errorf("GFPZeroIn(% x) = %#x; want none", c, z)
+		}
+	}
+}
