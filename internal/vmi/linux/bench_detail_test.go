@@ -1,12 +1,6 @@
 package linux
 
-import (
-	"os"
-	"testing"
-
-	"github.com/gatevisor/gatevisor/internal/testvm"
-	"github.com/gatevisor/gatevisor/internal/vmi"
-)
+import "testing"
 
 // BenchmarkProcessDetail times the process-detail reads over the dump
 // that TestRealKernelTasksBench kept at GATEVISOR_VMI_DUMP (1,000 sleeping
@@ -18,26 +12,7 @@ import (
 // what it points to. The process list each detail read starts from is
 // taken once, outside the timing.
 func BenchmarkProcessDetail(b *testing.B) {
-	path := os.Getenv("GATEVISOR_VMI_DUMP")
-	if path == "" {
-		b.Skip("needs a dump: run TestRealKernelTasksBench with GATEVISOR_VMI_BENCH=1 GATEVISOR_VMI_DUMP=FILE first")
-	}
-	k := testvm.Kit(b)
-	prof, err := LoadProfile(k.Kernel, "")
-	if err != nil {
-		b.Fatal(err)
-	}
-	dump, err := vmi.OpenELFDump(path)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer dump.Close()
-	ram := copyRAM(b, dump)
-	cpu := dump.CPUs()[0]
-	kern, err := Locate(ram, prof, Registers{CR3: cpu.CR3(), CR4: cpu.CR4()})
-	if err != nil {
-		b.Fatal(err)
-	}
+	kern := dumpKernel(b, "needs a dump: run TestRealKernelTasksBench with GATEVISOR_VMI_BENCH=1 GATEVISOR_VMI_DUMP=FILE first")
 	tasks, err := kern.Tasks()
 	if err != nil {
 		b.Fatal(err)

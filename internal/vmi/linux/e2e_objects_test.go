@@ -72,6 +72,34 @@ type ramCopy struct {
 	data   [][]byte
 }
 
+// dumpKernel locates the default kit's kernel in a dump of its guest
+// (GATEVISOR_VMI_DUMP), RAM copied into host memory, for the benchmarks
+// that read a dump; without one the benchmark is skipped with skip.
+func dumpKernel(b *testing.B, skip string) *Kernel {
+	b.Helper()
+	path := os.Getenv("GATEVISOR_VMI_DUMP")
+	if path == "" {
+		b.Skip(skip)
+	}
+	k := testvm.Kit(b)
+	prof, err := LoadProfile(k.Kernel, "")
+	if err != nil {
+		b.Fatal(err)
+	}
+	dump, err := vmi.OpenELFDump(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer dump.Close()
+	ram := copyRAM(b, dump)
+	cpu := dump.CPUs()[0]
+	kern, err := Locate(ram, prof, Registers{CR3: cpu.CR3(), CR4: cpu.CR4()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return kern
+}
+
 func copyRAM(t testing.TB, mem vmi.PhysicalMemory) *ramCopy {
 	t.Helper()
 	c := &ramCopy{ranges: mem.Ranges()}
@@ -469,26 +497,7 @@ func TestRealKernelTasksBench(t *testing.T) {
 // kept at GATEVISOR_VMI_DUMP, from a copy of guest RAM in host memory with
 // translations re-validated as on live memory.
 func BenchmarkTasks(b *testing.B) {
-	path := os.Getenv("GATEVISOR_VMI_DUMP")
-	if path == "" {
-		b.Skip("needs a dump: run TestRealKernelTasksBench with GATEVISOR_VMI_BENCH=1 GATEVISOR_VMI_DUMP=FILE first")
-	}
-	k := testvm.Kit(b)
-	prof, err := LoadProfile(k.Kernel, "")
-	if err != nil {
-		b.Fatal(err)
-	}
-	dump, err := vmi.OpenELFDump(path)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer dump.Close()
-	ram := copyRAM(b, dump)
-	cpu := dump.CPUs()[0]
-	kern, err := Locate(ram, prof, Registers{CR3: cpu.CR3(), CR4: cpu.CR4()})
-	if err != nil {
-		b.Fatal(err)
-	}
+	kern := dumpKernel(b, "needs a dump: run TestRealKernelTasksBench with GATEVISOR_VMI_BENCH=1 GATEVISOR_VMI_DUMP=FILE first")
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		if _, err := kern.Tasks(); err != nil {

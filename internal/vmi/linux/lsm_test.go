@@ -3,7 +3,6 @@ package linux
 import (
 	"encoding/binary"
 	"errors"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -11,7 +10,6 @@ import (
 	"github.com/cilium/ebpf/btf"
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/gatevisor/gatevisor/internal/testvm"
 	"github.com/gatevisor/gatevisor/internal/vmi"
 )
 
@@ -345,26 +343,7 @@ func TestStructMembers(t *testing.T) {
 // guest (GATEVISOR_VMI_DUMP: any `gatevisor dump` of it), RAM copied into
 // host memory: the lsm-hook check's reading, at every scan.
 func BenchmarkLSMHooks(b *testing.B) {
-	path := os.Getenv("GATEVISOR_VMI_DUMP")
-	if path == "" {
-		b.Skip("needs a dump of the default kit's guest: GATEVISOR_VMI_DUMP=FILE (gatevisor dump VM -o FILE)")
-	}
-	k := testvm.Kit(b)
-	prof, err := LoadProfile(k.Kernel, "")
-	if err != nil {
-		b.Fatal(err)
-	}
-	dump, err := vmi.OpenELFDump(path)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer dump.Close()
-	ram := copyRAM(b, dump)
-	cpu := dump.CPUs()[0]
-	kern, err := Locate(ram, prof, Registers{CR3: cpu.CR3(), CR4: cpu.CR4()})
-	if err != nil {
-		b.Fatal(err)
-	}
+	kern := dumpKernel(b, "needs a dump of the default kit's guest: GATEVISOR_VMI_DUMP=FILE (gatevisor dump VM -o FILE)")
 	r, err := kern.LSMHooks()
 	if err != nil {
 		b.Fatal(err)
