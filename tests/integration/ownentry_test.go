@@ -4,9 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -25,34 +23,24 @@ import (
 func TestKernelGateOwnEntries(t *testing.T) {
 	needVM(t)
 	k := testvm.Kit(t)
-	kdir := "/usr/src/linux-headers-" + k.KernelRelease
-	if _, err := os.Stat(filepath.Join(kdir, "Makefile")); err != nil {
-		t.Fatalf("no headers for the kit's kernel %s in %s: apt-get install linux-headers-%s (scripts/install-deps installs linux-headers-amd64)", k.KernelRelease, kdir, k.KernelRelease)
-	}
-	build := t.TempDir()
-	for _, src := range []string{"testdata/gatehead/gatehead.c", "testdata/gatehead/Kbuild", filepath.Join(rkSources, "rk_common.h")} {
-		data, err := os.ReadFile(src)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(build, filepath.Base(src)), data, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if out, err := exec.Command("make", "-C", kdir, "M="+build, "-j", strconv.Itoa(runtime.NumCPU()), "modules").CombinedOutput(); err != nil {
-		t.Fatalf("build the gatehead module: %v\n%s", err, out)
+	// rk_lsm links an entry of its own first on file_open, writing the
+	// read-only head with CR0.WP cleared: what the gate's head guards
+	// must catch (its entry is never called here).
+	kos, err := buildRootkits(context.Background(), k.KernelRelease, t.TempDir(), "rk_lsm")
+	if err != nil {
+		t.Fatalf("build rk_lsm: %v", err)
 	}
 	guestDir := t.TempDir()
-	data, err := os.ReadFile(filepath.Join(build, "gatehead.ko"))
+	data, err := os.ReadFile(kos[0])
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(guestDir, "gatehead.ko"), data, 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(guestDir, "rk_lsm.ko"), data, 0o644); err != nil {
 		t.Fatal(err)
 	}
 
 	const vm = "ownentry"
-	bootGated(t, vm, repoPolicy(t, "iot-default.policy"), "--net", "isolated", "--add", guestDir+":/opt/gatehead")
+	bootGated(t, vm, repoPolicy(t, "iot-default.policy"), "--net", "isolated", "--add", guestDir+":/opt/rk")
 	st := status(t, vm)
 	if st.Accel != "tcg" {
 		t.Skipf("the own-entry model is TCG's (this VM runs under %s)", st.Accel)
@@ -131,11 +119,11 @@ module default: allow
 	if !guarded {
 		t.Fatalf("the module policy does not trap security_file_open on its own entry: %+v", res.Breakpoints)
 	}
-	r := gv(t, 2*time.Minute, "exec", vm, "--timeout", "60s", "--", "insmod", "/opt/gatehead/gatehead.ko")
+	r := gv(t, 2*time.Minute, "exec", vm, "--timeout", "60s", "--", "insmod", "/opt/rk/rk_lsm.ko")
 	waitNoQEMU(t, vm, time.Minute)
 	log, _ := os.ReadFile(filepath.Join(vmState(vm), "monitor.log"))
 	if !strings.Contains(string(log), "FAIL CLOSED") || !strings.Contains(string(log), "tampering") || !strings.Contains(string(log), "security_file_open") {
-		t.Errorf("insmod gatehead (exit %d %q %q): the VM did not fail closed naming the tampering\n%s", r.code, r.stdout, r.stderr, monitorLogTail(vmState(vm)))
+		t.Errorf("insmod rk_lsm (exit %d %q %q): the VM did not fail closed naming the tampering\n%s", r.code, r.stdout, r.stderr, monitorLogTail(vmState(vm)))
 	}
 	events, _ := os.ReadFile(filepath.Join(vmState(vm), "events.jsonl"))
 	if !strings.Contains(string(events), `"check":"kernel-gate"`) || !strings.Contains(string(events), `"severity":"critical"`) {

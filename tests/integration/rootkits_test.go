@@ -35,8 +35,8 @@ const (
 
 // buildRootkits builds the modules of tests/rootkits against the headers of
 // kernel release in a copy under outDir (never in the source tree) and
-// returns the .ko files.
-func buildRootkits(ctx context.Context, release, outDir string) ([]string, error) {
+// returns the .ko files: every module, or only the ones named.
+func buildRootkits(ctx context.Context, release, outDir string, only ...string) ([]string, error) {
 	kdir := "/usr/src/linux-headers-" + release
 	if _, err := os.Stat(filepath.Join(kdir, "Makefile")); err != nil {
 		return nil, fmt.Errorf("no headers for the kit's kernel %s in %s: apt-get install linux-headers-%s (on Debian bookworm scripts/install-deps installs linux-headers-amd64, which matches the kit's linux-image-amd64)", release, kdir, release)
@@ -54,6 +54,15 @@ func buildRootkits(ctx context.Context, release, outDir string) ([]string, error
 			return nil, err
 		}
 		if err := os.WriteFile(filepath.Join(outDir, filepath.Base(src)), data, 0o644); err != nil {
+			return nil, err
+		}
+	}
+	if len(only) > 0 {
+		kbuild := "obj-m :="
+		for _, m := range only {
+			kbuild += " " + m + ".o"
+		}
+		if err := os.WriteFile(filepath.Join(outDir, "Kbuild"), []byte(kbuild+"\n"), 0o644); err != nil {
 			return nil, err
 		}
 	}
