@@ -178,6 +178,60 @@ func (m *Monitor) restoreGatePage() error {
 	return nil
 }
 
+// headCheckInterval is how often the gated list heads are read back while
+// the guest runs (watchGateHeads).
+const headCheckInterval = 20 * time.Millisecond
+
+// watchGateHeads reads every gated hook's list head back through the RAM
+// mapping every headCheckInterval, and fails the VM closed when one no
+// longer starts at the gate's entry. The heads' write watchpoints see
+// writes through the kernel image's address only (a watchpoint watches a
+// virtual address): a guest that writes a head through another mapping of
+// its page (the direct map's alias of the kernel image, or one it made)
+// unlinks the gate's entry unseen, and the gated calls would then run
+// unguarded. This bounds that to one interval. Runs until the monitor
+// ends; it reads nothing while the gate has no page of its own.
+func (m *Monitor) watchGateHeads() {
+	for waitFor(m, time.After(headCheckInterval)) {
+		head, symbol, err := m.gateHeadChanged()
+		if err != nil {
+			_ = m.onHeadWrite(head, symbol, 0, err)
+			return
+		}
+		if head != 0 {
+			_ = m.onHeadWrite(head, symbol, 0, errUnseenWrite)
+			return
+		}
+	}
+}
+
+// errUnseenWrite says a head changed without a stop at its watchpoint.
+var errUnseenWrite = errors.New("written through a mapping the write watchpoint does not watch, found by the monitor's read-back")
+
+// gateHeadChanged returns the first gated head that no longer starts at
+// the gate's entry (0: none), with its hook's wrapper, or an error when a
+// head cannot be read. Heads are not read while the guest's RAM is being
+// replaced (a rollback, kg.ramSwap).
+func (m *Monitor) gateHeadChanged() (head uint64, symbol string, err error) {
+	m.kg.mu.Lock()
+	defer m.kg.mu.Unlock()
+	g := m.kg.gate
+	if g == nil || m.kg.page.Load() == 0 || m.kg.ramSwap {
+		return 0, "", nil
+	}
+	for _, t := range m.kg.traps {
+		if !t.IsGuard() {
+			continue
+		}
+		changed, err := g.HeadChanged(t)
+		if changed || err != nil {
+			_, h := t.OwnEntry()
+			return h, t.Symbol, err
+		}
+	}
+	return 0, "", nil
+}
+
 // onHeadWrite handles a stop at a gated head's write watchpoint that
 // changed the head (gate.HeadChanged): nothing writes security_hook_heads
 // once the kernel runs (__ro_after_init), so the guest is tampering with
@@ -185,6 +239,10 @@ func (m *Monitor) restoreGatePage() error {
 // closed) with the reason, and a critical finding goes to the events.
 func (m *Monitor) onHeadWrite(head uint64, symbol string, rip uint64, readErr error) error {
 	err := fmt.Errorf("the guest wrote the list head of %s at %#x (rip %#x), which the kernel gate guards: tampering with the gate's LSM hook list", symbol, head, rip)
+	if errors.Is(readErr, errUnseenWrite) {
+		err = fmt.Errorf("the list head of %s at %#x no longer starts at the kernel gate's entry (%w): tampering with the gate's LSM hook list", symbol, head, readErr)
+		readErr = nil
+	}
 	if readErr != nil {
 		err = fmt.Errorf("%w (the head could not be read back: %w)", err, readErr)
 	}
@@ -239,4 +297,13 @@ func (m *Monitor) replanWithoutPageLocked() {
 	traps, _ := g.Plan(snap.Policy)
 	m.kg.traps = traps
 	g.SetTraps(traps)
+}
+
+// setRAMSwap marks the guest's RAM as being replaced (on) or done (off):
+// the gated heads are not read back meanwhile. Taken under kg.mu, so that
+// a read-back in progress finishes on the RAM it began on.
+func (m *Monitor) setRAMSwap(on bool) {
+	m.kg.mu.Lock()
+	m.kg.ramSwap = on
+	m.kg.mu.Unlock()
 }

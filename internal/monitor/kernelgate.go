@@ -52,6 +52,9 @@ type kernelGate struct {
 	dropPage atomic.Bool
 	// pageTried: an allocation of the page was started (wantGatePage).
 	pageTried atomic.Bool
+	// ramSwap: a rollback is replacing the guest's RAM; the gated heads
+	// are not read back meanwhile (watchGateHeads). Guarded by mu.
+	ramSwap bool
 
 	// Counters for api.SyscallGateStatus; siblings counts calls handled
 	// on a vCPU other than the one a stop reported, emulated the

@@ -369,6 +369,7 @@ func (m *Monitor) Run(ctx context.Context) error {
 func (m *Monitor) running() {
 	m.setState(api.StateRunning)
 	go m.supervise()
+	go m.watchGateHeads()
 	if m.cfg.IDSInterval > 0 {
 		m.scans.mu.Lock()
 		m.scans.interval = m.cfg.IDSInterval

@@ -446,6 +446,8 @@ func (m *Monitor) Rollback(ctx context.Context, tag string) (api.RollbackResult,
 		// From the first page written on, the old QEMU's guest is gone:
 		// any failure after it keeps the VM stopped and ends it.
 		clobbered = true
+		m.setRAMSwap(true)
+		defer m.setRAMSwap(false)
 		r, err := ramsnap.Restore(m.ramFile, ram, size)
 		if err != nil {
 			return fmt.Errorf("%w: write the snapshot's RAM: %w", errKeepStopped, err)

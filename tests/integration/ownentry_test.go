@@ -129,6 +129,33 @@ module default: allow
 	if !strings.Contains(string(events), `"check":"kernel-gate"`) || !strings.Contains(string(events), `"severity":"critical"`) {
 		t.Errorf("no critical kernel-gate finding in the events:\n%s", tail(events))
 	}
+
+	// The same write through the head's direct-map alias, which no
+	// watchpoint watches: the monitor's read-back of the heads ends the VM.
+	const vm2 = "ownentry-alias"
+	bootGated(t, vm2, pol, "--net", "isolated", "--add", guestDir+":/opt/rk")
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) {
+		if g := status(t, vm2).SyscallGate; g != nil && g.GatePage != "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: no gate page a minute after boot\n%s", vm2, monitorLogTail(vmState(vm2)))
+		}
+	}
+	// A load waits for the re-arm on the page (both hold the policy lock).
+	guarded = false
+	for _, bp := range loadPolicy(t, vm2, pol).Breakpoints {
+		guarded = guarded || bp.Symbol == "security_file_open" && bp.Model == "own-entry"
+	}
+	if !guarded {
+		t.Fatalf("%s: security_file_open is not trapped on its own entry", vm2)
+	}
+	r = gv(t, 2*time.Minute, "exec", vm2, "--timeout", "60s", "--", "insmod", "/opt/rk/rk_lsm.ko", "alias=1")
+	waitNoQEMU(t, vm2, time.Minute)
+	log, _ = os.ReadFile(filepath.Join(vmState(vm2), "monitor.log"))
+	if !strings.Contains(string(log), "FAIL CLOSED") || !strings.Contains(string(log), "read-back") || !strings.Contains(string(log), "security_file_open") {
+		t.Errorf("insmod rk_lsm alias=1 (exit %d %q %q): the VM did not fail closed on the read-back\n%s", r.code, r.stdout, r.stderr, monitorLogTail(vmState(vm2)))
+	}
 }
 
 // vmState is VM name's state directory.

@@ -15,6 +15,10 @@ static unsigned long hits;
 module_param(hits, ulong, 0444);
 MODULE_PARM_DESC(hits, "opens that went through the module's LSM entry");
 
+static bool alias;
+module_param(alias, bool, 0444);
+MODULE_PARM_DESC(alias, "write the list head through its direct-map alias, not the kernel image's address");
+
 static int rk_lsm_file_open(struct file *file)
 {
 	rk_enter();
@@ -52,7 +56,11 @@ static int __init rk_lsm_init(void)
 
 		rk_write_ro(&first->pprev, &pprev, sizeof(pprev));
 	}
-	rk_write_ro(&head->first, &node, sizeof(node));
+	if (alias)
+		/* The same word at another virtual address: the direct map's. */
+		rk_write_ro(__va(__pa_symbol(&head->first)), &node, sizeof(node));
+	else
+		rk_write_ro(&head->first, &node, sizeof(node));
 	pr_info("rk_lsm: entry %px (%ps) first on security_hook_heads.file_open at %px\n", &entry, rk_lsm_file_open, head);
 	return 0;
 }
