@@ -129,15 +129,19 @@ func checkTraps(policy string, res api.PolicyResult) error {
 	return nil
 }
 
-// breakpointNames names a policy's breakpoints, "symbol@site" or "symbol".
+// breakpointNames names a policy's breakpoints, "symbol@site" or "symbol",
+// with "[own-entry]" after a hook trapped on the gate's own list entry.
 func breakpointNames(res api.PolicyResult) []string {
 	bps := []string{}
 	for _, bp := range res.Breakpoints {
+		name := bp.Symbol
 		if bp.Site != "" {
-			bps = append(bps, bp.Symbol+"@"+bp.Site)
-		} else {
-			bps = append(bps, bp.Symbol)
+			name += "@" + bp.Site
 		}
+		if bp.Model == "own-entry" {
+			name += "[own-entry]"
+		}
+		bps = append(bps, name)
 	}
 	return bps
 }

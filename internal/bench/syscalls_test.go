@@ -107,8 +107,9 @@ func TestCheckTraps(t *testing.T) {
 }
 
 func TestBreakpointNames(t *testing.T) {
-	got := breakpointNames(api.PolicyResult{Breakpoints: []api.Breakpoint{{Symbol: "a"}, {Symbol: "b", Site: "c+0x1"}}})
-	if diff := cmp.Diff([]string{"a", "b@c+0x1"}, got); diff != "" {
+	got := breakpointNames(api.PolicyResult{Breakpoints: []api.Breakpoint{{Symbol: "a"}, {Symbol: "b", Site: "c+0x1"},
+		{Symbol: "security_file_open", Site: "read of the gate's entry on security_hook_heads.file_open", Model: "own-entry"}}})
+	if diff := cmp.Diff([]string{"a", "b@c+0x1", "security_file_open@read of the gate's entry on security_hook_heads.file_open[own-entry]"}, got); diff != "" {
 		t.Errorf("(-want +got):\n%s", diff)
 	}
 	// None is an empty list, not null, in the report's JSON.

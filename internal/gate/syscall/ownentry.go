@@ -801,7 +801,7 @@ func (g *Gate) ownTraps(h Hook, t Trap) []Trap {
 	var out []Trap
 	for i, s := range m.sites {
 		st := t
-		st.Via, st.Addr, st.Target, st.Site = ViaOwnEntry, s.Stop, t.Addr, "read of "+watchName(h)
+		st.Via, st.Addr, st.Target, st.Site = ViaOwnEntry, s.Stop, t.Addr, "read of the gate's entry on "+watchName(h)
 		st.own = own
 		st.own.site = s
 		if i == 0 {
