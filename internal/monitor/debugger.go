@@ -44,6 +44,9 @@ type debugger struct {
 	// failClosed ends the VM: resume could not be sure that the vCPU
 	// runs with its writes done (the monitor's failClosed).
 	failClosed func(error)
+	// runState returns QEMU's run state (QMP query-status): DoPaused
+	// needs it.
+	runState func(ctx context.Context) (string, error)
 
 	mu     sync.Mutex // guards the counters below
 	traps  uint64     // breakpoint stops handled
@@ -54,7 +57,13 @@ type dbgReq struct {
 	ctx  context.Context
 	f    func(context.Context, *gdbrsp.Client) error
 	done chan error
+	// paused: f runs with QEMU's run state "paused" (see DoPaused).
+	paused bool
 }
+
+// maxTrapRetries bounds how often DoPaused serves a trap hit and stops
+// the VM again before it gives up.
+const maxTrapRetries = 20
 
 // resumeWrites are register writes to the current vCPU that the debugger
 // sends in the same write as its continue (gdbrsp.ContinueWithRegisters):
@@ -86,7 +95,25 @@ func newDebugger(gdb *gdbrsp.Client, logf func(string, ...any)) *debugger {
 // Do runs f with the VM stopped, on the debugger's goroutine, and lets the
 // VM run again afterwards if it was running. f must not call Do.
 func (d *debugger) Do(ctx context.Context, f func(context.Context, *gdbrsp.Client) error) error {
-	req := &dbgReq{ctx: ctx, f: f, done: make(chan error, 1)}
+	return d.do(&dbgReq{ctx: ctx, f: f, done: make(chan error, 1)})
+}
+
+// DoPaused is Do for f that saves the device state for another QEMU (a
+// restart, a snapshot, an upgrade): f runs with QEMU's run state
+// "paused", never "debug". The interrupt that stops the VM can race with
+// a trap hit, and a VM stopped by a trap is in run state "debug", which
+// the device state carries even with migration.store-global-state=off
+// (QEMU sends its run state whenever it is neither running nor paused);
+// a QEMU loading that state aborts ("invalid runstate transition:
+// 'inmigrate' -> 'debug'"). So a stop at a trap is served, the VM
+// resumed and interrupted again, at most maxTrapRetries times; f does
+// not run if the VM keeps stopping at traps, and the VM runs on.
+func (d *debugger) DoPaused(ctx context.Context, f func(context.Context, *gdbrsp.Client) error) error {
+	return d.do(&dbgReq{ctx: ctx, f: f, done: make(chan error, 1), paused: true})
+}
+
+func (d *debugger) do(req *dbgReq) error {
+	ctx := req.ctx
 	select {
 	case d.reqs <- req:
 	case <-d.done:
@@ -189,7 +216,15 @@ func (d *debugger) serve(req *dbgReq) error {
 	if err != nil {
 		return fmt.Errorf("stop the VM: %w", err)
 	}
-	ferr := req.f(ctx, d.gdb)
+	var ferr error
+	if req.paused {
+		var ran bool
+		ran, ferr = d.leaveTrap(ctx, wasRunning)
+		wasRunning = wasRunning || ran
+	}
+	if ferr == nil {
+		ferr = req.f(ctx, d.gdb)
+	}
 	var rw *resumeWrites
 	if wasRunning && !errors.Is(ferr, errKeepStopped) && d.scan != nil {
 		// A trap hit that raced with the interrupt is served now.
@@ -210,4 +245,46 @@ func (d *debugger) serve(req *dbgReq) error {
 		}
 	}
 	return ferr
+}
+
+// leaveTrap makes a VM that Halt stopped at a trap (QEMU's run state
+// "debug") stopped by an interrupt instead (run state "paused"): the
+// trap hit is served, the VM resumed and stopped again. It reports
+// whether it resumed the VM (which is then stopped again unless the
+// error says it was kept stopped).
+func (d *debugger) leaveTrap(ctx context.Context, wasRunning bool) (resumed bool, err error) {
+	if d.runState == nil {
+		return false, errors.New("QEMU's run state is not known here")
+	}
+	for i := 0; ; i++ {
+		st, err := d.runState(ctx)
+		if err != nil {
+			return resumed, fmt.Errorf("QEMU's run state: %w", err)
+		}
+		if st != "debug" {
+			if resumed {
+				d.logf("kernel gate: the VM stopped at a trap, not at the interrupt, before its device state was saved: served, resumed and stopped again (%d times)", i)
+			}
+			return resumed, nil
+		}
+		if !wasRunning && !resumed {
+			return false, errors.New("the VM is held at a trap (run state debug): its device state cannot be saved for another QEMU")
+		}
+		if i == maxTrapRetries {
+			return resumed, fmt.Errorf("the VM stopped at a kernel gate's trap %d times in a row instead of at the interrupt: try again when the guest is less busy", i+1)
+		}
+		var rw *resumeWrites
+		if d.scan != nil {
+			if rw, err = d.scan(ctx, d.gdb); err != nil {
+				return resumed, err
+			}
+		}
+		if err := d.resume(ctx, rw); err != nil {
+			return resumed, err
+		}
+		resumed = true
+		if _, err := d.gdb.Halt(ctx); err != nil {
+			return resumed, fmt.Errorf("stop the VM: %w", err)
+		}
+	}
 }

@@ -209,3 +209,101 @@ func TestDebuggerResumeWithWrites(t *testing.T) {
 		t.Fatalf("plain resume: running %v after %q", running, reqs)
 	}
 }
+
+// TestDebuggerDoPaused: a request that saves device state runs only with
+// QEMU's run state "paused": a stop at a trap ("debug", the interrupt
+// raced with a hit) is served, the VM resumed and stopped again; a VM
+// that keeps stopping at traps is not saved and runs on; a VM held at a
+// trap is not saved.
+func TestDebuggerDoPaused(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, c := startMiniStub(t, func(string) bool { return false })
+	d := newDebugger(c, t.Logf)
+	d.failClosed = func(err error) { t.Errorf("failed closed: %v", err) }
+	var (
+		states []string // what runState answers next; the last one stays
+		scans  int
+	)
+	d.runState = func(context.Context) (string, error) {
+		st := states[0]
+		if len(states) > 1 {
+			states = states[1:]
+		}
+		return st, nil
+	}
+	d.scan = func(context.Context, *gdbrsp.Client) (*resumeWrites, error) {
+		scans++
+		return nil, nil
+	}
+	go d.run()
+	t.Cleanup(func() { c.Close(); <-d.done })
+	countC := func(reqs []string) int {
+		n := 0
+		for _, r := range reqs {
+			if r == "c" {
+				n++
+			}
+		}
+		return n
+	}
+	if err := c.Continue(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// Two stops at a trap, then one at the interrupt.
+	states = []string{"debug", "debug", "paused"}
+	_, before := s.state()
+	var ranAt []string
+	err := d.DoPaused(ctx, func(context.Context, *gdbrsp.Client) error {
+		_, reqs := s.state()
+		ranAt = reqs
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("DoPaused: %v", err)
+	}
+	if n := countC(ranAt[len(before):]); n != 2 {
+		t.Errorf("f ran after %d continues, want 2 (one per stop at a trap): %q", n, ranAt[len(before):])
+	}
+	if scans != 3 { // two trap stops, and the scan before the VM runs on
+		t.Errorf("scans = %d, want 3", scans)
+	}
+	if running, _ := s.state(); !running {
+		t.Error("the VM does not run on after the request")
+	}
+
+	// Always at a trap: f never runs, the VM runs on.
+	states, scans = []string{"debug"}, 0
+	ran := false
+	err = d.DoPaused(ctx, func(context.Context, *gdbrsp.Client) error { ran = true; return nil })
+	if err == nil || !strings.Contains(err.Error(), "times in a row") || ran {
+		t.Fatalf("a VM always at a trap: err %v, f ran %v", err, ran)
+	}
+	if running, _ := s.state(); !running || scans != maxTrapRetries+1 {
+		t.Errorf("after giving up: running %v, scans %d", running, scans)
+	}
+
+	// Held at a trap (not running when asked): nothing is saved, nothing
+	// resumed.
+	states = []string{"paused"}
+	if err := d.Do(ctx, func(context.Context, *gdbrsp.Client) error { return errKeepStopped }); !errors.Is(err, errKeepStopped) {
+		t.Fatal(err)
+	}
+	states = []string{"debug"}
+	_, before = s.state()
+	ran = false
+	err = d.DoPaused(ctx, func(context.Context, *gdbrsp.Client) error { ran = true; return nil })
+	if err == nil || !strings.Contains(err.Error(), "held at a trap") || ran {
+		t.Fatalf("a VM held at a trap: err %v, f ran %v", err, ran)
+	}
+	if running, reqs := s.state(); running || countC(reqs[len(before):]) != 0 {
+		t.Errorf("a held VM was resumed: %q", reqs[len(before):])
+	}
+
+	// Plain Do does not look at the run state.
+	states = []string{"debug"}
+	if err := d.Do(ctx, func(context.Context, *gdbrsp.Client) error { return nil }); err != nil {
+		t.Fatalf("Do: %v", err)
+	}
+}

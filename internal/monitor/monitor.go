@@ -282,6 +282,10 @@ func (m *Monitor) startDebugger(q *qemuSide, snap *policy.Snapshot) error {
 	m.dbg.trap = m.onTrap
 	m.dbg.scan = m.scanStopped
 	m.dbg.failClosed = m.failClosed
+	m.dbg.runState = func(ctx context.Context) (string, error) {
+		st, err := m.q().qmp.QueryStatus(ctx)
+		return st.Status, err
+	}
 	go m.dbg.run()
 	if snap != nil {
 		return m.shareAPI()

@@ -347,7 +347,7 @@ func (m *Monitor) Restart(ctx context.Context, req api.RestartRequest) (api.Rest
 	switched := false
 	var stopped time.Time
 	var pt *phases
-	err = m.dbg.Do(ctx, func(ctx context.Context, _ *gdbrsp.Client) error {
+	err = m.dbg.DoPaused(ctx, func(ctx context.Context, _ *gdbrsp.Client) error {
 		stopped = time.Now()
 		pt = newPhases()
 		if _, err := saveDevices(ctx, old, state, !req.CopyRAM); err != nil {

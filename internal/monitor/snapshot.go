@@ -179,7 +179,7 @@ func (m *Monitor) Snapshot(ctx context.Context, tag string) (api.Snapshot, error
 		return api.Snapshot{}, fmt.Errorf("snapshot %s: %w", tag, err)
 	}
 	var copied ramsnap.Result
-	err = m.dbg.Do(ctx, func(ctx context.Context, _ *gdbrsp.Client) error {
+	err = m.dbg.DoPaused(ctx, func(ctx context.Context, _ *gdbrsp.Client) error {
 		start := time.Now()
 		defer func() { s.PausedSeconds = time.Since(start).Seconds() }()
 		if copied, err = ramsnap.Sync(ram, m.ramFile, size); err != nil {

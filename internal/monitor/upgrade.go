@@ -211,7 +211,7 @@ func (m *Monitor) Upgrade(ctx context.Context, req api.UpgradeRequest) (api.Upgr
 		return api.UpgradeResult{}, err
 	}
 	errStayStopped := fmt.Errorf("%w: a monitor upgrade", errKeepStopped)
-	err = m.dbg.Do(ctx, func(ctx context.Context, _ *gdbrsp.Client) error {
+	err = m.dbg.DoPaused(ctx, func(ctx context.Context, _ *gdbrsp.Client) error {
 		h.Stopped = time.Now()
 		if _, err := saveDevices(ctx, m.q(), devs, true); err != nil {
 			return err

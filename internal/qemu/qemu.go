@@ -173,12 +173,12 @@ func (c *Config) Args() []string {
 		// A guest reset or panic ends the VM instead of looping.
 		"-no-reboot",
 		// Device state saved for a restart, an upgrade or a snapshot carries
-		// no run state: the guest is saved while stopped, often at a kernel
-		// gate's trap (run state "debug"), which a QEMU loading it with
-		// -incoming would take on and abort on ("invalid runstate
-		// transition: 'inmigrate' -> 'debug'"); without it the new QEMU
-		// ends paused (-S), and the monitor resumes it once its traps are
-		// set.
+		// no run state when the guest was saved paused: the new QEMU ends
+		// paused (-S), and the monitor resumes it once its traps are set.
+		// QEMU still sends any other run state, and a QEMU loading "debug"
+		// (a guest stopped at a kernel gate's trap) aborts ("invalid
+		// runstate transition: 'inmigrate' -> 'debug'"): the monitor saves
+		// only from "paused" (the monitor's debugger.DoPaused).
 		"-global", "migration.store-global-state=off",
 		// QEMU's seccomp filter: a guest that escapes into QEMU cannot spawn
 		// processes, change privileges or use obsolete system calls.
