@@ -131,11 +131,14 @@ func Net(ctx context.Context, env Env, o NetOptions) (*NetReport, error) {
 		auditDir = d
 		defer os.RemoveAll(d)
 	}
-	pol := filepath.Join(tmp, "bench-net.policy")
+	pol, polNoGate := filepath.Join(tmp, "bench-net.policy"), filepath.Join(tmp, "bench-net-nogate.policy")
 	if err := os.WriteFile(pol, []byte(netPolicyFor(tgt)), 0o600); err != nil {
 		return nil, err
 	}
-	vms := netVMs(o, pol, auditDir)
+	if err := os.WriteFile(polNoGate, []byte(netNoGatePolicy(netPolicyFor(tgt))), 0o600); err != nil {
+		return nil, err
+	}
+	vms := netVMs(o, pol, polNoGate, auditDir)
 	defer stopAll(vms) // whatever happens, stop both
 	if err := env.bootAll(ctx, vms); err != nil {
 		return nil, err

@@ -15,6 +15,7 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"github.com/gatevisor/gatevisor/internal/api"
+	"github.com/gatevisor/gatevisor/internal/policy"
 )
 
 var approx = cmpopts.EquateApprox(0, 1e-9)
@@ -147,15 +148,18 @@ func TestNetAttribution(t *testing.T) {
 func TestNetVMs(t *testing.T) {
 	for _, mode := range []string{"isolated", "user"} {
 		t.Run(mode, func(t *testing.T) {
-			vms := netVMs(NetOptions{Net: mode, Accel: "tcg", Mem: "128M"}, "/p/bench.policy", "/shm/a")
+			vms := netVMs(NetOptions{Net: mode, Accel: "tcg", Mem: "128M"}, "/p/bench.policy", "/p/nogate.policy", "/shm/a")
 			if len(vms) != 2 || vms[0].cfg != cfgGate || vms[1].cfg != cfgNoGate {
 				t.Fatalf("got %d VMs; want the gated one, then the other", len(vms))
 			}
 			g, n := strings.Join(vms[0].args, " "), strings.Join(vms[1].args, " ")
-			for _, a := range []string{"--accel tcg", "--mem 128M", "--policy /p/bench.policy", "--audit-log /shm/a/"} {
+			for _, a := range []string{"--accel tcg", "--mem 128M", "--audit-log /shm/a/"} {
 				if !strings.Contains(g, a) || !strings.Contains(n, a) {
 					t.Errorf("want %q in both:\n%s\n%s", a, g, n)
 				}
+			}
+			if !strings.Contains(g, "--policy /p/bench.policy") || !strings.Contains(n, "--policy /p/nogate.policy") {
+				t.Errorf("want the gated guest's policy, and the advisory one for the other:\n%s\n%s", g, n)
 			}
 			if strings.Contains(g, "--net-no-gate") || !strings.Contains(n, "--net-no-gate") {
 				t.Errorf("--net-no-gate: want it in the second only:\n%s\n%s", g, n)
@@ -217,5 +221,26 @@ func TestHostServices(t *testing.T) {
 		t.Errorf("isolated: %+v, %v", tgt, err)
 	} else {
 		stop()
+	}
+}
+
+// TestNetPolicies: the two guests' policies differ only by "advisory
+// net;" (the guest without the gate cannot enforce net rules, and a VM
+// refuses a policy it cannot enforce), and both compile.
+func TestNetPolicies(t *testing.T) {
+	gated := netPolicyFor(netTarget{addr: "10.0.2.2", http: 80, discard: 9, echoPort: 7})
+	other := netNoGatePolicy(gated)
+	rest, ok := strings.CutPrefix(other, "advisory net;")
+	if !ok || !strings.HasSuffix(rest, gated) || strings.Count(rest, "\n") != strings.Count(gated, "\n")+1 {
+		t.Fatalf("the no-gate policy is not the gated one with \"advisory net;\" first:\n%s", other)
+	}
+	for _, text := range []string{gated, other} {
+		spec, err := policy.Parse("bench-net.policy", []byte(text))
+		if err != nil {
+			t.Fatalf("%v\n%s", err, text)
+		}
+		if _, err := policy.Compile(spec); err != nil {
+			t.Fatalf("%v\n%s", err, text)
+		}
 	}
 }

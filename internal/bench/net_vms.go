@@ -33,7 +33,7 @@ type netVM struct {
 // get the same policy pol and the same audit log placement under
 // auditDir, so that they differ only by the network gate (the policy also
 // arms the syscall gate, with no syscall to trap).
-func netVMs(o NetOptions, pol, auditDir string) []*netVM {
+func netVMs(o NetOptions, pol, polNoGate, auditDir string) []*netVM {
 	pid := os.Getpid()
 	nets := map[string]string{cfgGate: fmt.Sprintf("isolated:bench-gate-%d", pid), cfgNoGate: fmt.Sprintf("isolated:bench-nogate-%d", pid)}
 	if o.Net == "user" {
@@ -44,7 +44,7 @@ func netVMs(o NetOptions, pol, auditDir string) []*netVM {
 		{cfg: cfgGate, name: fmt.Sprintf("bench-net-gate-%d", pid),
 			args: slices.Concat(common, []string{"--net", nets[cfgGate], "--policy", pol, "--audit-log", filepath.Join(auditDir, "audit.jsonl")})},
 		{cfg: cfgNoGate, name: fmt.Sprintf("bench-net-nogate-%d", pid),
-			args: slices.Concat(common, []string{"--net", nets[cfgNoGate], "--net-no-gate", "--policy", pol, "--audit-log", filepath.Join(auditDir, "audit-nogate.jsonl")})},
+			args: slices.Concat(common, []string{"--net", nets[cfgNoGate], "--net-no-gate", "--policy", polNoGate, "--audit-log", filepath.Join(auditDir, "audit-nogate.jsonl")})},
 	}
 }
 

@@ -14,8 +14,11 @@ import (
 // destinations (address, HTTP port, discard and echo ports). The HTTP
 // requests are alerts, so that each of their decisions reaches the event
 // stream with its attribution time (attribute_us); the audit log they also
-// go to is on tmpfs when /dev/shm exists.
+// go to is on tmpfs when /dev/shm exists. Every other class is allowed
+// (no syscall is trapped); the guest without the gate gets it with
+// "advisory net;" first (netNoGatePolicy).
 const netPolicy = `# gatevisor bench net: the guests' policy.
+default: allow;
 net default: deny(ECONNREFUSED)
   dhcp: protoEq("udp") and (portEq(67) or localPortEq(68)) allow
   bench_http: dirIs(out) and protoEq("tcp") and addrEq("%[1]s") and portEq(%[2]d) alert
@@ -25,6 +28,13 @@ net default: deny(ECONNREFUSED)
 // netPolicyFor is netPolicy for target t.
 func netPolicyFor(t netTarget) string {
 	return fmt.Sprintf(netPolicy, t.addr, t.http, t.discard, t.echoPort)
+}
+
+// netNoGatePolicy is policy for the guest whose NIC bypasses the gate
+// (--net-no-gate): the same rules, marked advisory, since a VM refuses a
+// policy whose rules no gate of it enforces.
+func netNoGatePolicy(policy string) string {
+	return "advisory net; # --net-no-gate: nothing enforces the net rules\n" + policy
 }
 
 // The workloads, each printing its start and end by /proc/uptime. An
