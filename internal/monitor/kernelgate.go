@@ -56,6 +56,10 @@ type kernelGate struct {
 	// are not read back meanwhile (watchGateHeads). Guarded by mu.
 	ramSwap bool
 
+	// regs holds the registers of the vCPU trapVCPU looks at, read into
+	// the same map at every stop. Used on the debugger goroutine only.
+	regs map[string]uint64
+
 	// Counters for api.SyscallGateStatus; siblings counts calls handled
 	// on a vCPU other than the one a stop reported, emulated the
 	// instructions performed to move a vCPU past a watched load.
@@ -826,9 +830,13 @@ func (m *Monitor) trapVCPU(ctx context.Context, c *gdbrsp.Client, g *gate.Gate, 
 		}
 	}
 	// (A request may have selected another vCPU since the stop; a scan
-	// selects each. On one vCPU every selection is thread 1.)
-	regs, err := c.ReadRegisters(ctx)
-	if err != nil {
+	// selects each. On one vCPU every selection is thread 1.) Nothing
+	// keeps regs past this call: the gate copies what it changes.
+	if m.kg.regs == nil {
+		m.kg.regs = make(map[string]uint64, 80)
+	}
+	regs := m.kg.regs
+	if err := c.ReadRegistersInto(ctx, regs); err != nil {
 		return false, nil, err
 	}
 	t, ok := g.TrapAt(regs[g.PCReg()])

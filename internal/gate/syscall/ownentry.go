@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"strings"
 	"sync"
 
@@ -406,9 +407,9 @@ func (l hookListLayout) entrySlot(page uint64, h Hook) uint64 {
 // events read them (rdi, rsi, ...), from where t's site says the hook's
 // arguments are at the stop.
 func ownArgs(t Trap, regs Regs) Regs {
-	out := make(Regs, len(regs)+6)
-	for k, v := range regs {
-		out[k] = v
+	out := maps.Clone(regs) // a copy: the caller's registers are the vCPU's
+	if out == nil {
+		out = Regs{}
 	}
 	at := t.own.site.Args
 	if t.own.late {

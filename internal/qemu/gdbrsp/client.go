@@ -74,6 +74,16 @@ type Client struct {
 	// which arrive once the target runs, when QEMU takes any byte as an
 	// interrupt.
 	quiet atomic.Int32
+	// ackOwed says a packet from the stub awaits its '+': the reader does
+	// not write it, the next packet the client sends carries it in front
+	// (withAck). QEMU's gdbstub in system emulation never waits for an
+	// acknowledgement (it keeps its last packet only to resend it on
+	// '-', and forgets it on '+' or at the next '$'), so a '+' on its own
+	// costs a write here and a main-loop wakeup in QEMU for nothing, on
+	// every stop reply and every answer; in front of the next request it
+	// is free. A stub that does wait for it (user-mode QEMU) gets it with
+	// the next request, which it would wait for anyway.
+	ackOwed atomic.Bool
 
 	// wantAcks says the request in progress waits for the stub's '+' (a
 	// packet with no answer, or a burst counted by its acknowledgements);
@@ -241,7 +251,7 @@ func (c *Client) readLoop(r io.Reader) error {
 				stop = err == nil
 			}
 			if !c.noAck.Load() && (stop || !c.takeQuiet()) {
-				c.writeRaw([]byte{'+'})
+				c.ackOwed.Store(true)
 			}
 			if stop {
 				c.onStop(sr)
@@ -303,6 +313,16 @@ func (c *Client) writeRaw(b []byte) error {
 	return c.cc.Write(context.Background(), b)
 }
 
+// withAck returns pkt (one or more packets the client sends with the
+// target stopped) with the owed '+' in front, if one is owed (ackOwed).
+func (c *Client) withAck(pkt []byte) []byte {
+	if !c.ackOwed.Swap(false) {
+		return pkt
+	}
+	out := make([]byte, 0, len(pkt)+1)
+	return append(append(out, '+'), pkt...)
+}
+
 // send writes one packet and, unless acknowledgements are off, waits for
 // the stub's '+' (resending on '-', a bounded number of times).
 //
@@ -312,7 +332,7 @@ func (c *Client) send(ctx context.Context, payload []byte) error {
 	pkt := encodePacket(payload)
 	for attempt := 0; ; attempt++ {
 		drain(c.acks)
-		if err := c.cc.Write(ctx, pkt); err != nil {
+		if err := c.cc.Write(ctx, c.withAck(pkt)); err != nil {
 			return err
 		}
 		if c.noAck.Load() {
@@ -360,7 +380,7 @@ func (c *Client) exchangeBytes(ctx context.Context, req []byte) ([]byte, error) 
 	pkt := encodePacket(req)
 	for attempt := 0; ; attempt++ {
 		drain(c.acks)
-		if err := c.cc.Write(ctx, pkt); err != nil {
+		if err := c.cc.Write(ctx, c.withAck(pkt)); err != nil {
 			return nil, err
 		}
 		for nack := false; !nack; {

@@ -46,6 +46,12 @@ type fakeStub struct {
 	acksSeen []byte   // guarded by mu; '+'/'-' received from the client
 	// stoppedBy is every byte that stopped the running fake; guarded by mu.
 	stoppedBy []byte
+	// unacked: the fake's last packet awaits its acknowledgement, and, as
+	// QEMU 7.2's gdb_read_byte, it swallows every byte but '+', '-' and
+	// '$' until then, an interrupt too (guarded by mu). swallowed counts
+	// them.
+	unacked   bool
+	swallowed int
 	memBase   uint64
 	mem       []byte // guarded by mu
 	xOK       bool   // the fake implements 'X'
@@ -101,6 +107,9 @@ func (f *fakeStub) sendPacket(payload string) {
 	if bad {
 		f.write([]byte("$" + payload + "#00"))
 	}
+	f.mu.Lock()
+	f.unacked = !f.noAck
+	f.mu.Unlock()
 	f.write(encodePacket([]byte(payload)))
 }
 
@@ -137,6 +146,22 @@ func (f *fakeStub) serve() {
 			return
 		}
 		f.mu.Lock()
+		if f.unacked {
+			if b == '+' || b == '$' {
+				f.unacked = false
+			} else if b != '-' {
+				f.swallowed++
+			}
+			if b != '$' {
+				if b == '+' || b == '-' {
+					f.acksSeen = append(f.acksSeen, b)
+				}
+				f.mu.Unlock()
+				continue
+			}
+		} else if b != '$' && b != '+' && b != '-' && !f.running {
+			f.swallowed++ // garbage while stopped (0x03 too)
+		}
 		running := f.running
 		f.mu.Unlock()
 		if running {
@@ -881,5 +906,45 @@ func TestCancelledContextKeepsConnection(t *testing.T) {
 	}
 	if err := c.SetVCPU(testContext(t), 0); err != nil {
 		t.Errorf("SetVCPU afterwards: %v", err)
+	}
+}
+
+// TestAckWithNextPacket: the client acknowledges a packet in front of
+// the next one it sends, not on its own (a write, and a wakeup of QEMU's
+// main loop, per packet saved), and an interrupt carries an owed '+'
+// too: QEMU swallows it otherwise, and a VM resumed behind the client's
+// back (QMP cont) would not stop.
+func TestAckWithNextPacket(t *testing.T) {
+	f := newFakeStub(t)
+	c := f.start()
+	ctx := testContext(t)
+	if _, err := c.ReadRegisters(ctx); err != nil && !errors.Is(err, ErrUnsupported) {
+		t.Fatal(err) // an empty answer is an answer
+	}
+	f.mu.Lock()
+	owed, acks := f.unacked, len(f.acksSeen)
+	f.mu.Unlock()
+	if !owed {
+		t.Fatal("the answer was acknowledged on its own")
+	}
+	if _, err := c.ReadRegisters(ctx); err != nil && !errors.Is(err, ErrUnsupported) {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
+	if len(f.acksSeen) != acks+1 {
+		t.Errorf("acks %q, want one more for the answer before", f.acksSeen)
+	}
+	// Resumed behind the client's back, its last answer unacknowledged.
+	f.running = true
+	f.mu.Unlock()
+	wasRunning, err := c.Halt(ctx)
+	if err != nil {
+		t.Fatalf("Halt of a VM resumed behind the client's back: %v", err)
+	}
+	_ = wasRunning
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.running || len(f.stoppedBy) != 1 || f.stoppedBy[0] != 0x03 || f.swallowed != 0 {
+		t.Errorf("running %v, stopped by %q, %d bytes swallowed: want stopped by the interrupt, nothing swallowed", f.running, f.stoppedBy, f.swallowed)
 	}
 }

@@ -76,7 +76,9 @@ func (c *Client) resumeLocked(ctx context.Context, req string) error {
 // stop reply arrives through WaitStop. If the target is already stopped,
 // QEMU ignores the byte and no stop reply follows.
 func (c *Client) Interrupt(ctx context.Context) error {
-	if err := c.cc.Write(ctx, []byte{0x03}); err != nil {
+	// An owed '+' goes first: QEMU swallows any byte but '+', '-' and
+	// '$' while its last packet is unacknowledged, an interrupt too.
+	if err := c.cc.Write(ctx, c.withAck([]byte{0x03})); err != nil {
 		return fmt.Errorf("gdbrsp: interrupt: %w", err)
 	}
 	return nil

@@ -89,7 +89,7 @@ func (c *Client) writeBurst(ctx context.Context, regs []RegValue) error {
 	drain(c.replies)
 	drain(c.acks)
 	c.wantAcks.Store(true) // a burst counts its acknowledgements
-	if err := c.cc.Write(ctx, burst); err != nil {
+	if err := c.cc.Write(ctx, c.withAck(burst)); err != nil {
 		return err
 	}
 	// Every packet is answered, even after one is refused: the answers
@@ -167,7 +167,7 @@ func (c *Client) ContinueWithRegisters(ctx context.Context, regs []RegValue) (re
 	}
 	// Running before the write: a fast stop reply must not be overwritten.
 	c.running.Store(true)
-	if err := c.cc.Write(ctx, burst); err != nil {
+	if err := c.cc.Write(ctx, c.withAck(burst)); err != nil {
 		c.quiet.Store(0)
 		return time.Time{}, fmt.Errorf("gdbrsp: continue with registers: %w: %w", ErrResumed, err)
 	}
