@@ -1,7 +1,9 @@
 package cli
 
 import (
+	"fmt"
 	"os"
+	"runtime"
 	"runtime/debug"
 )
 
@@ -21,4 +23,42 @@ func tuneMonitorGC() {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(monitorGCPercent)
 	}
+}
+
+// monitorProcs is how many threads run the monitor's Go code at once
+// (GOMAXPROCS): the CPUs the process may use less the VM's vCPUs, at
+// least one. A busy vCPU holds a CPU (a TCG thread, or a KVM vCPU), and
+// the monitor's hot path is one goroutine at a time: a trap's stop reply,
+// the register read, the decision, the continue, each handed from the
+// gdbstub reader to the debugger goroutine. With a P idle, every such
+// hand-off wakes another thread that finds nothing to do and sleeps again
+// (20 context switches per trapped call on the 2-CPU test host), and
+// those threads take CPU from QEMU's while the guest waits: on that host
+// a 1-vCPU VM's monitor used 25-30 % less CPU per trapped call and the
+// guest's trapped loop ran 10-14 % faster with one P instead of two
+// (docs/benchmarks.md, "The monitor's threads").
+func monitorProcs(cpus, vcpus int) int { return max(1, cpus-vcpus) }
+
+// tuneMonitorProcs applies monitorProcs to the process that runs a
+// monitor of a VM with vcpus vCPUs, unless GOMAXPROCS in the environment
+// says otherwise, and returns what it set (0: left alone).
+func tuneMonitorProcs(vcpus int) int {
+	if os.Getenv("GOMAXPROCS") != "" {
+		return 0
+	}
+	// The runtime's own choice: the CPUs of the affinity mask and the
+	// cgroup's quota.
+	n := monitorProcs(runtime.GOMAXPROCS(0), vcpus)
+	runtime.GOMAXPROCS(n)
+	return n
+}
+
+// logMonitorProcs says in the monitor's log how many threads run its Go
+// code (n from tuneMonitorProcs).
+func logMonitorProcs(n, vcpus int) {
+	if n == 0 {
+		fmt.Fprintf(os.Stderr, "gatevisor: the monitor runs Go code on %d threads at once (GOMAXPROCS from the environment)\n", runtime.GOMAXPROCS(0))
+		return
+	}
+	fmt.Fprintf(os.Stderr, "gatevisor: the monitor runs Go code on %d thread(s) at once: the CPUs it may use less the VM's %d vCPU(s), at least one (set GOMAXPROCS to choose)\n", n, vcpus)
 }
