@@ -77,7 +77,7 @@ before the command returns, Ctrl-C included.`,
 		}
 		var err error
 		if o.PolicySource, err = readCapped(o.Policy, policy.MaxFileSize); err != nil {
-			return fmt.Errorf("--policy: %w", err)
+			return benchPolicyError(err)
 		}
 		o.Command = "gatevisor " + strings.Join(os.Args[1:], " ")
 		return nil

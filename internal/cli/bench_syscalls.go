@@ -4,7 +4,9 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 
 	"github.com/spf13/cobra"
 
@@ -70,11 +72,20 @@ shell loops only (open, kill -0, cat under off, execve and open).`,
 		}
 		var err error
 		if o.IoTSource, err = readCapped(o.IoTPolicy, policy.MaxFileSize); err != nil {
-			return fmt.Errorf("--policy: %w", err)
+			return benchPolicyError(err)
 		}
 		return nil
 	}
 	return benchFront(cmd, check, func(ctx context.Context, env bench.Env) (*bench.SyscallsReport, error) {
 		return bench.Syscalls(ctx, env, o)
 	})
+}
+
+// benchPolicyError is the error of a benchmark's --policy that cannot be
+// read; the default names a file of the source tree, relative to its root.
+func benchPolicyError(err error) error {
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("--policy: %w (the default, policies/iot-default.policy, is in gatevisor's source tree: run from its root, or give --policy PATH)", err)
+	}
+	return fmt.Errorf("--policy: %w", err)
 }
