@@ -95,6 +95,10 @@ type Snapshot struct {
 	// MachineDigest identifies the machine (QEMU's devices and options):
 	// a snapshot only restores into the same machine.
 	MachineDigest string `json:"machine_sha256"`
+	// GatePage is the kernel gate's own guest page when it was taken (0:
+	// none): the snapshot's RAM holds it, with the gate's entries linked
+	// on it, and a rollback makes it the gate's page again.
+	GatePage uint64 `json:"gate_page,omitempty"`
 	// PausedSeconds is how long the guest was stopped to take it.
 	PausedSeconds float64 `json:"paused_seconds"`
 	// BootID tells snapshots of this boot of the VM from older ones.

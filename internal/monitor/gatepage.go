@@ -9,6 +9,7 @@ import (
 	gate "github.com/gatevisor/gatevisor/internal/gate/syscall"
 	"github.com/gatevisor/gatevisor/internal/ids"
 	"github.com/gatevisor/gatevisor/internal/monitoring"
+	"github.com/gatevisor/gatevisor/internal/policy"
 	"github.com/gatevisor/gatevisor/internal/qemu/gdbrsp"
 )
 
@@ -257,7 +258,9 @@ func (m *Monitor) onHeadWrite(head uint64, symbol string, rip uint64, readErr er
 
 // replanWithoutPageLocked, after a rollback, keeps the gate's page when
 // the restored RAM has every gated list starting at the gate's entry (a
-// snapshot taken under the traps in force); else it forgets the page and
+// snapshot taken under the traps in force); else it takes over the page
+// the snapshot was taken with (adoptSnapshotPageLocked), which that RAM
+// holds with the gate's entries linked; else it forgets the page and
 // replans the policy in force without it (the list-head model), nothing
 // written to the guest: the restored lists are as the snapshot had them,
 // with entries of the gate's linked in them (harmless: each calls the
@@ -284,6 +287,7 @@ func (m *Monitor) replanWithoutPageLocked() {
 			}
 		}
 	}
+	snapPage := m.kg.snapPage.Swap(0)
 	if guards > 0 && linked == guards {
 		m.kg.dropPage.Store(false)
 		return
@@ -294,9 +298,64 @@ func (m *Monitor) replanWithoutPageLocked() {
 	if snap == nil {
 		return
 	}
+	if snapPage != 0 {
+		err := m.adoptSnapshotPageLocked(g, snap, snapPage)
+		if err == nil {
+			m.kg.dropPage.Store(false)
+			return
+		}
+		m.logf("kernel gate: the snapshot's page at %#x is not taken over (a new one is allocated; entries the snapshot's RAM links on it stay, calling the kernel's no-op): %v", snapPage, err)
+		m.kg.page.Store(0)
+		_ = g.SetOwnPage(0, nil)
+	}
 	traps, _ := g.Plan(snap.Policy)
 	m.kg.traps = traps
 	g.SetTraps(traps)
+}
+
+// adoptSnapshotPageLocked makes va, the gate's page when the snapshot
+// just restored was taken, the gate's page again: the restored RAM holds
+// it, with the gate's entries linked first in the lists the snapshot's
+// policy gated. Without this the gate would allocate another page, and
+// those entries would stay linked off the gate's page, where the IDS's
+// lsm-hook check rightly reports them. Only a page that still reads as
+// the gate's (its LSM name first, and at least one gated list starting
+// at its entry) is taken: nothing is written to a page the manifest
+// merely names. Hooks the policy in force gates that the snapshot's did
+// not are linked now.
+//
+// Preconditions: m.kg.mu held; the VM stopped.
+func (m *Monitor) adoptSnapshotPageLocked(g *gate.Gate, snap *policy.Snapshot, va uint64) error {
+	if err := g.CheckOwnName(va, m.ram); err != nil {
+		return err
+	}
+	if err := g.SetOwnPage(va, m.ram); err != nil {
+		return err
+	}
+	traps, _ := g.Plan(snap.Policy)
+	var guards, linked []gate.Trap
+	for _, t := range traps {
+		if !t.IsGuard() {
+			continue
+		}
+		guards = append(guards, t)
+		if changed, err := g.HeadChanged(t); err == nil && !changed {
+			linked = append(linked, t)
+		}
+	}
+	if len(linked) == 0 {
+		return errors.New("no gated list starts at an entry on it")
+	}
+	for _, t := range guards {
+		if err := g.LinkOwn(t); err != nil {
+			return err
+		}
+	}
+	m.kg.page.Store(va)
+	m.kg.traps = traps
+	g.SetTraps(traps)
+	m.logf("kernel gate: its page at %#x again, as the snapshot had it (%d of %d gated lists linked there already)", va, len(linked), len(guards))
+	return nil
 }
 
 // setRAMSwap marks the guest's RAM as being replaced (on) or done (off):

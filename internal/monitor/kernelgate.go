@@ -48,8 +48,11 @@ type kernelGate struct {
 	page    atomic.Uint64
 	pageErr atomic.Pointer[string]
 	// dropPage: the guest's RAM was replaced (a rollback): the page is
-	// forgotten and the traps replanned without it (gatepage.go).
+	// forgotten and the traps replanned without it (gatepage.go), unless
+	// the restored RAM holds the gate's entries on snapPage, the page the
+	// snapshot was taken with (0: none), which the gate then takes over.
 	dropPage atomic.Bool
+	snapPage atomic.Uint64
 	// pageTried: an allocation of the page was started (wantGatePage).
 	pageTried atomic.Bool
 	// ramSwap: a rollback is replacing the guest's RAM; the gated heads

@@ -185,6 +185,7 @@ func (m *Monitor) Snapshot(ctx context.Context, tag string) (api.Snapshot, error
 		if copied, err = ramsnap.Sync(ram, m.ramFile, size); err != nil {
 			return err
 		}
+		s.GatePage = m.kg.page.Load() // allocated with the VM stopped (dbg.Do) only
 		if _, err := saveDevices(ctx, m.q(), devs, true); err != nil {
 			return fmt.Errorf("QEMU did not save the device state: %w", err)
 		}
@@ -458,8 +459,10 @@ func (m *Monitor) Rollback(ctx context.Context, tag string) (api.RollbackResult,
 		res.RAMPages = r.Pages
 		pt.mark("write the snapshot's RAM")
 		// The gate's page and the entries linked on it are this RAM's
-		// no more: the traps set on the new QEMU are planned without it
-		// (rearm), and a new page is allocated once the guest runs.
+		// no more: the traps set on the new QEMU are planned on the
+		// snapshot's page, which this RAM holds, or without a page
+		// (rearm), and then a new page is allocated once the guest runs.
+		m.kg.snapPage.Store(s.GatePage)
 		m.kg.dropPage.Store(true)
 		if err := loadDevices(ctx, next, devs); err != nil {
 			return fmt.Errorf("%w: %w", errKeepStopped, err)

@@ -735,6 +735,25 @@ func (g *Gate) SetOwnPage(va uint64, phys PhysMemory) error {
 	return nil
 }
 
+// CheckOwnName checks that the page at va starts with the name the
+// gate's entries give as their LSM, as SetOwnPage writes it: a page of
+// the gate's (read through phys, nothing written).
+func (g *Gate) CheckOwnName(va uint64, phys PhysMemory) error {
+	m := listMem{g.k.AS, phys}
+	pa, err := m.pa(va)
+	if err != nil {
+		return fmt.Errorf("gate: the page at %#x: %w", va, err)
+	}
+	b := make([]byte, len(lsmName)+1)
+	if _, err := phys.ReadAt(b, pa); err != nil {
+		return fmt.Errorf("gate: the page at %#x: %w", va, err)
+	}
+	if string(b) != lsmName+"\x00" {
+		return fmt.Errorf("gate: the page at %#x does not start with the gate's LSM name", va)
+	}
+	return nil
+}
+
 // OwnPage returns the gate's own page (0: none).
 func (g *Gate) OwnPage() uint64 {
 	g.own.mu.Lock()
