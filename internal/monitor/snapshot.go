@@ -185,7 +185,9 @@ func (m *Monitor) Snapshot(ctx context.Context, tag string) (api.Snapshot, error
 		if copied, err = ramsnap.Sync(ram, m.ramFile, size); err != nil {
 			return err
 		}
-		s.GatePage = m.kg.page.Load() // allocated with the VM stopped (dbg.Do) only
+		// 0 while the gate has none; one taken before the gate linked
+		// its entries there is not taken over by a rollback (adoptSnapshotPageLocked).
+		s.GatePage = m.kg.page.Load()
 		if _, err := saveDevices(ctx, m.q(), devs, true); err != nil {
 			return fmt.Errorf("QEMU did not save the device state: %w", err)
 		}
