@@ -15,6 +15,7 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"github.com/gatevisor/gatevisor/internal/api"
+	"github.com/gatevisor/gatevisor/internal/event"
 	"github.com/gatevisor/gatevisor/internal/policy"
 )
 
@@ -234,13 +235,29 @@ func TestNetPolicies(t *testing.T) {
 	if !ok || !strings.HasSuffix(rest, gated) || strings.Count(rest, "\n") != strings.Count(gated, "\n")+1 {
 		t.Fatalf("the no-gate policy is not the gated one with \"advisory net;\" first:\n%s", other)
 	}
-	for _, text := range []string{gated, other} {
-		spec, err := policy.Parse("bench-net.policy", []byte(text))
+	// What each guest's gates observe: the syscall gate only the calls a
+	// policy names; the network gate only in the gated guest.
+	syscalls := policy.Observer{Gate: "the syscall gate", AnyOp: true}
+	withNet := policy.Coverage{Observers: map[event.Class]policy.Observer{
+		event.ClassSyscall: syscalls, event.ClassNet: {Gate: "the network gate", All: true, AnyOp: true}}}
+	noNet := policy.Coverage{Observers: map[event.Class]policy.Observer{event.ClassSyscall: syscalls},
+		Absent: map[event.Class]string{event.ClassNet: "--net-no-gate"}}
+	for _, c := range []struct {
+		text string
+		cov  policy.Coverage
+	}{{gated, withNet}, {other, noNet}} {
+		spec, err := policy.Parse("bench-net.policy", []byte(c.text))
 		if err != nil {
-			t.Fatalf("%v\n%s", err, text)
+			t.Fatalf("%v\n%s", err, c.text)
 		}
-		if _, err := policy.Compile(spec); err != nil {
-			t.Fatalf("%v\n%s", err, text)
+		p, err := policy.Compile(spec)
+		if err != nil {
+			t.Fatalf("%v\n%s", err, c.text)
+		}
+		for _, pr := range p.Check(c.cov) {
+			if !pr.Advisory {
+				t.Errorf("a guest would refuse its policy: %s\n%s", pr, c.text)
+			}
 		}
 	}
 }
