@@ -108,7 +108,7 @@ func resumeMonitor(ctx context.Context, fd int) error {
 	}
 	cfg := h.Config
 	cfg.Log = os.Stderr
-	logMonitorProcs(tuneMonitorProcs(cfg.CPUs), cfg.CPUs)
+	tuneMonitorProcs(cfg.CPUs)
 	cfg.NetHost = netHostSpawner()
 	if h.SymbolsFD >= 3 {
 		cfg.Symbols = os.NewFile(uintptr(h.SymbolsFD), "symbols")

@@ -222,7 +222,7 @@ func runVM(ctx context.Context, o *runOptions) error {
 		return err
 	}
 	fmt.Fprintln(os.Stderr, "gatevisor:", cfg.Accel.Reason)
-	logMonitorProcs(tuneMonitorProcs(cfg.CPUs), cfg.CPUs)
+	tuneMonitorProcs(cfg.CPUs)
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)

@@ -41,24 +41,15 @@ func monitorProcs(cpus, vcpus int) int { return max(1, cpus-vcpus) }
 
 // tuneMonitorProcs applies monitorProcs to the process that runs a
 // monitor of a VM with vcpus vCPUs, unless GOMAXPROCS in the environment
-// says otherwise, and returns what it set (0: left alone).
-func tuneMonitorProcs(vcpus int) int {
+// says otherwise, and says which in the monitor's log (stderr).
+func tuneMonitorProcs(vcpus int) {
 	if os.Getenv("GOMAXPROCS") != "" {
-		return 0
+		fmt.Fprintf(os.Stderr, "gatevisor: the monitor runs Go code on %d threads at once (GOMAXPROCS from the environment)\n", runtime.GOMAXPROCS(0))
+		return
 	}
 	// The runtime's own choice: the CPUs of the affinity mask and the
 	// cgroup's quota.
 	n := monitorProcs(runtime.GOMAXPROCS(0), vcpus)
 	runtime.GOMAXPROCS(n)
-	return n
-}
-
-// logMonitorProcs says in the monitor's log how many threads run its Go
-// code (n from tuneMonitorProcs).
-func logMonitorProcs(n, vcpus int) {
-	if n == 0 {
-		fmt.Fprintf(os.Stderr, "gatevisor: the monitor runs Go code on %d threads at once (GOMAXPROCS from the environment)\n", runtime.GOMAXPROCS(0))
-		return
-	}
 	fmt.Fprintf(os.Stderr, "gatevisor: the monitor runs Go code on %d thread(s) at once: the CPUs it may use less the VM's %d vCPU(s), at least one (set GOMAXPROCS to choose)\n", n, vcpus)
 }

@@ -278,17 +278,9 @@ func (m *Monitor) replanWithoutPageLocked() {
 	// A snapshot taken under the traps in force has every gated list
 	// start at the gate's entry: its page is allocated in that RAM too,
 	// and stays the gate's.
-	guards, linked := 0, 0
-	for _, t := range m.kg.traps {
-		if t.IsGuard() {
-			guards++
-			if changed, err := g.HeadChanged(t); err == nil && !changed {
-				linked++
-			}
-		}
-	}
+	guards, linked := linkedGuards(g, m.kg.traps)
 	snapPage := m.kg.snapPage.Swap(0)
-	if guards > 0 && linked == guards {
+	if len(guards) > 0 && linked == len(guards) {
 		m.kg.dropPage.Store(false)
 		return
 	}
@@ -333,17 +325,8 @@ func (m *Monitor) adoptSnapshotPageLocked(g *gate.Gate, snap *policy.Snapshot, v
 		return err
 	}
 	traps, _ := g.Plan(snap.Policy)
-	var guards, linked []gate.Trap
-	for _, t := range traps {
-		if !t.IsGuard() {
-			continue
-		}
-		guards = append(guards, t)
-		if changed, err := g.HeadChanged(t); err == nil && !changed {
-			linked = append(linked, t)
-		}
-	}
-	if len(linked) == 0 {
+	guards, linked := linkedGuards(g, traps)
+	if linked == 0 {
 		return errors.New("no gated list starts at an entry on it")
 	}
 	for _, t := range guards {
@@ -354,8 +337,23 @@ func (m *Monitor) adoptSnapshotPageLocked(g *gate.Gate, snap *policy.Snapshot, v
 	m.kg.page.Store(va)
 	m.kg.traps = traps
 	g.SetTraps(traps)
-	m.logf("kernel gate: its page at %#x again, as the snapshot had it (%d of %d gated lists linked there already)", va, len(linked), len(guards))
+	m.logf("kernel gate: its page at %#x again, as the snapshot had it (%d of %d gated lists linked there already)", va, linked, len(guards))
 	return nil
+}
+
+// linkedGuards returns the head guards among traps, and how many of their
+// lists start at the gate's entry in guest memory now.
+func linkedGuards(g *gate.Gate, traps []gate.Trap) (guards []gate.Trap, linked int) {
+	for _, t := range traps {
+		if !t.IsGuard() {
+			continue
+		}
+		guards = append(guards, t)
+		if changed, err := g.HeadChanged(t); err == nil && !changed {
+			linked++
+		}
+	}
+	return guards, linked
 }
 
 // setRAMSwap marks the guest's RAM as being replaced (on) or done (off):

@@ -90,7 +90,10 @@ func hexLE(s []byte) (uint64, error) {
 // packet and returns those of at most 64 bits by name. Registers the stub
 // reports as unavailable, or that the reply does not reach, are absent.
 func (c *Client) ReadRegisters(ctx context.Context) (map[string]uint64, error) {
-	out := make(map[string]uint64, len(c.tdescRegs()))
+	var out map[string]uint64
+	if c.tdesc != nil {
+		out = make(map[string]uint64, len(c.tdesc.byName))
+	}
 	if err := c.ReadRegistersInto(ctx, out); err != nil {
 		return nil, err
 	}
@@ -117,24 +120,8 @@ func (c *Client) ReadRegistersInto(ctx context.Context, out map[string]uint64) e
 	return nil
 }
 
-func (c *Client) tdescRegs() map[string]int {
-	if c.tdesc == nil {
-		return nil
-	}
-	return c.tdesc.byName
-}
-
-// decodeGReply splits a 'g' reply into registers. Pure; bounded by the
-// description's register count.
-func decodeGReply(td *TargetDescription, r []byte) (map[string]uint64, error) {
-	out := make(map[string]uint64, len(td.byName))
-	if err := decodeGReplyInto(td, r, out); err != nil {
-		return nil, err
-	}
-	return out, nil
-}
-
-// decodeGReplyInto is decodeGReply into out.
+// decodeGReplyInto splits a 'g' reply into registers, into out. Pure;
+// bounded by the description's register count.
 func decodeGReplyInto(td *TargetDescription, r []byte, out map[string]uint64) error {
 	if len(r)%2 != 0 {
 		return fmt.Errorf("gdbrsp: read registers: %w: odd-length reply", ErrProtocol)

@@ -220,3 +220,12 @@ func FuzzTargetDescription(f *testing.F) {
 		}
 	})
 }
+
+// decodeGReply is decodeGReplyInto into a new map.
+func decodeGReply(td *TargetDescription, r []byte) (map[string]uint64, error) {
+	out := make(map[string]uint64, len(td.byName))
+	if err := decodeGReplyInto(td, r, out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
