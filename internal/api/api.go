@@ -57,6 +57,13 @@ type Status struct {
 	RuntimeDir     string     `json:"runtime_dir"`
 	ConsoleLog     string     `json:"console_log,omitempty"`
 	Net            *NetStatus `json:"net,omitempty"` // nil without a network
+	// StoppedMicros is the time the VM has spent stopped (by a kernel-gate
+	// stop, a request, a snapshot) since the monitor attached to this
+	// QEMU, each stop from QEMU's STOP event to the RESUME after it by the
+	// timestamps QEMU puts on them; StopIntervals counts those stops.
+	// Under TCG the guest's own clocks stand still for that time.
+	StoppedMicros uint64 `json:"stopped_us,omitempty"`
+	StopIntervals uint64 `json:"stop_intervals,omitempty"`
 	// SyscallGate is nil until a policy with kernel-gate rules was loaded.
 	SyscallGate *SyscallGateStatus `json:"syscall_gate,omitempty"`
 	// Policy is the policy snapshot in force (nil: none, every gated

@@ -755,10 +755,13 @@ func (m *Monitor) Status(ctx context.Context) api.Status {
 	m.mu.Unlock()
 	if running {
 		qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		if qs, err := m.q().qmp.QueryStatus(qctx); err == nil {
+		q := m.q().qmp
+		if qs, err := q.QueryStatus(qctx); err == nil {
 			st.QEMUStatus = qs.Status
 		}
 		cancel()
+		stopped, n := q.StoppedTime()
+		st.StoppedMicros, st.StopIntervals = uint64(stopped.Microseconds()), n
 	}
 	return st
 }

@@ -30,6 +30,7 @@ type Client struct {
 	events  chan Event
 	drops   atomic.Uint64
 	ignored ignoredSet // IgnoreEvents
+	stopped stopClock  // StoppedTime
 
 	mu      sync.Mutex
 	pending map[string]chan message // guarded by mu
@@ -179,7 +180,11 @@ func (c *Client) readLoop(r io.Reader, greeting chan<- message) error {
 	gotGreeting := false
 	for sc.Scan() {
 		line := sc.Bytes()
-		if len(line) == 0 || c.skipLine(line) {
+		if len(line) == 0 {
+			continue
+		}
+		if name, ts, skip := c.skipLine(line); skip {
+			c.stopped.note(string(name), ts)
 			continue
 		}
 		m, err := decodeMessage(line)
@@ -203,6 +208,7 @@ func (c *Client) readLoop(r io.Reader, greeting chan<- message) error {
 			}
 			// A reply nobody waits for (its caller gave up) is dropped.
 		case kindEvent:
+			c.stopped.note(m.event.Name, m.event.Timestamp)
 			c.deliver(m.event)
 		}
 	}

@@ -41,8 +41,8 @@ func TestIgnoreEvents(t *testing.T) {
 func TestSkipLine(t *testing.T) {
 	c := &Client{}
 	line := `{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "STOP"}`
-	if c.skipLine([]byte(line)) {
-		t.Error("skipped with no names ignored")
+	if name, ts, skip := c.skipLine([]byte(line)); skip || string(name) != "STOP" || !ts.Equal(time.Unix(1, 2000)) {
+		t.Errorf("skipLine with no names ignored = %q, %v, %v; want STOP, 1.000002 s, not skipped", name, ts, skip)
 	}
 	c.IgnoreEvents("STOP")
 	for _, tc := range []struct {
@@ -61,7 +61,7 @@ func TestSkipLine(t *testing.T) {
 		{`{"timestamp": {"seconds": 0, "microseconds": 0}, "event": "STOP"}`, true},
 		{`{"return": {}}`, false},
 	} {
-		if got := c.skipLine([]byte(tc.line)); got != tc.want {
+		if _, _, got := c.skipLine([]byte(tc.line)); got != tc.want {
 			t.Errorf("skipLine(%s) = %v, want %v", tc.line, got, tc.want)
 		}
 	}
@@ -78,12 +78,22 @@ func FuzzSkipLine(f *testing.F) {
 	c := &Client{}
 	c.IgnoreEvents("STOP", "RESUME")
 	f.Fuzz(func(t *testing.T, line string) {
-		if !c.skipLine([]byte(line)) {
+		name, ts, skip := c.skipLine([]byte(line))
+		if name == nil {
+			if skip || !ts.IsZero() {
+				t.Fatalf("skip %v, timestamp %v for a line with no event name", skip, ts)
+			}
 			return
 		}
 		m, err := decodeMessage([]byte(line))
 		if err != nil {
-			t.Fatalf("skipped a line decodeMessage rejects: %v", err)
+			t.Fatalf("parsed as an event a line decodeMessage rejects: %v", err)
+		}
+		if m.event.Name != string(name) || !m.event.Timestamp.Equal(ts) {
+			t.Fatalf("parsed %q at %v, decodeMessage %q at %v", name, ts, m.event.Name, m.event.Timestamp)
+		}
+		if !skip {
+			return
 		}
 		if m.kind != kindEvent || (m.event.Name != "STOP" && m.event.Name != "RESUME") || m.event.Data != nil {
 			t.Fatalf("skipped %+v", m)
