@@ -149,15 +149,14 @@ func Files(ctx context.Context, env Env, o FilesOptions) (*FilesReport, error) {
 }
 
 // guestNanos runs script between two reads of the guest's clock
-// (/proc/uptime, by the shell's builtin read: 10 ms resolution; busybox's
-// date has no %N) and returns the time it took.
+// (clockA, clockB) and returns the time it took.
 func guestNanos(ctx context.Context, c *apiclient.Client, script string) (time.Duration, error) {
-	a, b, err := guestSpan(ctx, c, "read s x </proc/uptime; "+script+" || exit 9; read e x </proc/uptime; echo $s $e", 300)
+	a, b, err := guestSpan(ctx, c, clockA+"; "+script+" || exit 9; "+clockB+"; "+spanEcho, 300)
 	if err != nil {
 		return 0, err
 	}
 	if b <= a {
-		return 0, fmt.Errorf("under the clock's 10 ms resolution: give more work (--mib, --small)")
+		return 0, fmt.Errorf("no time passed by the guest's clock: give more work (--mib, --small)")
 	}
 	return time.Duration((b - a) * float64(time.Second)), nil
 }

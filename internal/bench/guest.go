@@ -15,9 +15,20 @@ func guestSh(ctx context.Context, c *apiclient.Client, script string, timeoutSec
 	return c.Exec(ctx, api.ExecRequest{Argv: []string{"sh", "-c", script}, TimeoutSeconds: timeoutSecs})
 }
 
-// guestSpan runs a script that prints its start and end by the guest's
-// /proc/uptime ("a b", read by the shell's builtin read: no fork, 10 ms
-// resolution) and returns them.
+// The guest's clock for the shell loops: "now at N nsecs", the third line
+// of /proc/timer_list (ktime_get, the monotonic clock), read by the
+// shell's builtin read: no fork, and nanoseconds where /proc/uptime has
+// 10 ms (a 50-iteration loop of trapped calls takes ~10 ms on a fast
+// host). clockA and clockB set $a and $b; spanEcho prints them.
+const (
+	clockA   = `{ read _c; read _c; read _c _c a _c; } </proc/timer_list`
+	clockB   = `{ read _c; read _c; read _c _c b _c; } </proc/timer_list`
+	spanEcho = `echo "$a $b"`
+)
+
+// guestSpan runs a script that reads the guest's clock into $a and $b
+// (clockA, clockB) around its work and prints them (spanEcho), and
+// returns them in seconds.
 func guestSpan(ctx context.Context, c *apiclient.Client, script string, timeoutSecs int) (start, end float64, err error) {
 	res, err := guestSh(ctx, c, script, timeoutSecs)
 	if err != nil {
@@ -27,10 +38,10 @@ func guestSpan(ctx context.Context, c *apiclient.Client, script string, timeoutS
 	if res.ExitCode != 0 || len(f) != 2 {
 		return 0, 0, fmt.Errorf("exit %d, stdout %q, stderr %q", res.ExitCode, res.Stdout, res.Stderr)
 	}
-	a, err1 := strconv.ParseFloat(f[0], 64)
-	b, err2 := strconv.ParseFloat(f[1], 64)
-	if err1 != nil || err2 != nil || b < a {
-		return 0, 0, fmt.Errorf("bad times %q", res.Stdout)
+	a, err1 := strconv.ParseInt(f[0], 10, 64)
+	b, err2 := strconv.ParseInt(f[1], 10, 64)
+	if err1 != nil || err2 != nil || a < 0 || b < a {
+		return 0, 0, fmt.Errorf("bad clock readings %q (want two nanosecond counts from /proc/timer_list, the second not below the first)", res.Stdout)
 	}
-	return a, b, nil
+	return float64(a) / 1e9, float64(b) / 1e9, nil
 }

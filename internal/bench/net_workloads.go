@@ -37,11 +37,11 @@ func netNoGatePolicy(policy string) string {
 	return "advisory net; # --net-no-gate: nothing enforces the net rules\n" + policy
 }
 
-// The workloads, each printing its start and end by /proc/uptime. An
-// exit status other than 0 fails the benchmark.
+// The workloads, each printing its start and end by the guest's clock
+// (clockA, clockB). An exit status other than 0 fails the benchmark.
 const (
-	bulkScript = `read a x </proc/uptime; nc %s %d </tmp/blob || exit 1; read b x </proc/uptime; echo "$a $b"`
-	httpScript = `read a x </proc/uptime; i=0; while [ $i -lt %d ]; do wget -qO /dev/null http://%s:%d/ || exit 1; i=$((i+1)); done; read b x </proc/uptime; echo "$a $b"`
+	bulkScript = clockA + `; nc %s %d </tmp/blob || exit 1; ` + clockB + "; " + spanEcho
+	httpScript = clockA + `; i=0; while [ $i -lt %d ]; do wget -qO /dev/null http://%s:%d/ || exit 1; i=$((i+1)); done; ` + clockB + "; " + spanEcho
 	// One connection to the echo service; the shell writes a line into a
 	// FIFO that nc reads and waits for the echo on another, so each round
 	// trip is one request and one answer (after a first, untimed one).
@@ -49,11 +49,11 @@ const (
 nc %s %d <pin >pout &
 exec 3>pin 4<pout
 echo x >&3; read l <&4 || exit 1
-read a x </proc/uptime
+` + clockA + `
 i=0; while [ $i -lt %d ]; do echo x >&3; read l <&4 || exit 1; i=$((i+1)); done
-read b x </proc/uptime
+` + clockB + `
 exec 3>&- 4<&-; wait; rm -f pin pout
-echo "$a $b"`
+` + spanEcho
 )
 
 // netWorkload is one of the network benchmark's workloads.

@@ -55,6 +55,15 @@ func MedianCI(v []float64) MedianInterval {
 	return MedianInterval{Median: Median(s), Lo: s[k-1], Hi: s[n-k], Confidence: 1 - 2*tail}
 }
 
+// scaled returns xs, each times k.
+func scaled(xs []float64, k float64) []float64 {
+	out := make([]float64, len(xs))
+	for i, x := range xs {
+		out[i] = x * k
+	}
+	return out
+}
+
 // pairedDiff returns the median, lowest and highest of the per-round
 // differences of xs from base, in percent (rounds where both ran and base
 // is positive); nil if there are none.

@@ -15,17 +15,25 @@ import (
 // SyscallResult is one case's measurement over all rounds.
 type SyscallResult struct {
 	SyscallCase
+	// Seconds are each round's time for the case's iterations: the
+	// guest's clock (GuestSeconds) plus the time the VM was stopped at the
+	// loop's stops, which the guest's clock does not see under TCG
+	// (api.Status.StoppedMicros; see caseSamples).
 	Seconds       []float64 `json:"seconds"`
+	GuestSeconds  []float64 `json:"guest_seconds"`
 	MedianSeconds float64   `json:"median_seconds"`
 	PerIterMicros float64   `json:"median_per_iteration_us"`
 	// Against the baseline: relative difference, and the cost of one trap
-	// (per-iteration difference / traps per iteration).
+	// (per-iteration difference / traps per iteration), in all and the
+	// part of it the guest's clock sees.
 	DiffPercent float64 `json:"diff_percent,omitempty"`
 	// PairedDiff is the median, lowest and highest of the per-round
-	// differences from the baseline run in the same round, in percent.
-	PairedDiff     []float64 `json:"paired_diff_percent,omitempty"`
-	PerTrapMicros  float64   `json:"per_trap_us,omitempty"`
-	BaselineMicros float64   `json:"baseline_per_iteration_us,omitempty"`
+	// differences per iteration from the baseline run in the same round,
+	// in percent.
+	PairedDiff         []float64 `json:"paired_diff_percent,omitempty"`
+	PerTrapMicros      float64   `json:"per_trap_us,omitempty"`
+	GuestPerTrapMicros float64   `json:"per_trap_guest_us,omitempty"`
+	BaselineMicros     float64   `json:"baseline_per_iteration_us,omitempty"`
 	// StopsPerIter are the gate's breakpoint stops per iteration, counted
 	// by the monitor (api.SyscallGateStatus); HandleMicros is the
 	// monitor's share of each stop (reading, deciding, enforcing).
@@ -141,11 +149,26 @@ func writePolicies(dir, iotPath string, iotSource []byte) (map[string]policyFile
 }
 
 // caseSamples is one case's measurements, summed over the rounds run.
+// seconds are the guest's clock plus the loop's stopped time: under TCG
+// QEMU freezes the guest's clocks while the VM is stopped (cpu_disable_ticks),
+// so a trapped loop timed by the guest alone leaves out most of each stop
+// (QEMU stopping and resuming the VM, the monitor's work).
 type caseSamples struct {
-	seconds      []float64 // one per round
+	seconds      []float64 // one per round: guest clock + stopped time
+	guestSeconds []float64 // one per round: the guest's clock alone
 	stopsPerIter float64   // the gate's stops per iteration
 	stops        float64   // the gate's stops
 	handleMicros float64   // the monitor's time in those stops
+}
+
+// stopSample is what the monitor counts of the VM's stops: the kernel
+// gate's stops and its time in them, and the time the VM was stopped.
+type stopSample struct {
+	stops, handleMicros, stoppedMicros float64
+}
+
+func (a stopSample) sub(b stopSample) stopSample {
+	return stopSample{max(0, a.stops-b.stops), max(0, a.handleMicros-b.handleMicros), max(0, a.stoppedMicros-b.stoppedMicros)}
 }
 
 // syscallRun is the state of one Syscalls run across its rounds.
@@ -176,9 +199,29 @@ func (s *syscallRun) runCase(ctx context.Context, r, i int) error {
 			return err
 		}
 	}
-	g0 := s.gateStatus(ctx)
+	// A shell loop's exec starts a shell, whose own stops (its exec, its
+	// opens) fall outside the loop's span: counted by a run of none of
+	// the loop's iterations just before, and taken off.
+	var outside stopSample
+	if bc.Op == "" {
+		e0, err := s.stopSample(ctx)
+		if err != nil {
+			return err
+		}
+		if _, err := guestLoop(ctx, s.c, bc.Body, 0); err != nil {
+			return fmt.Errorf("round %d, %s: %w", r+1, bc.Name, err)
+		}
+		e1, err := s.stopSample(ctx)
+		if err != nil {
+			return err
+		}
+		outside = e1.sub(e0)
+	}
+	g0, err := s.stopSample(ctx)
+	if err != nil {
+		return err
+	}
 	var secs float64
-	var err error
 	if bc.Op != "" {
 		secs, err = sysloopRun(ctx, s.c, bc.Op, bc.Iters)
 	} else {
@@ -187,15 +230,28 @@ func (s *syscallRun) runCase(ctx context.Context, r, i int) error {
 	if err != nil {
 		return fmt.Errorf("round %d, %s: %w", r+1, bc.Name, err)
 	}
-	g1 := s.gateStatus(ctx)
+	g1, err := s.stopSample(ctx)
+	if err != nil {
+		return err
+	}
+	d := g1.sub(g0).sub(outside)
 	m := &s.samples[i]
-	m.seconds = append(m.seconds, secs)
-	// The loop's own stops, less the exec channel's around it (a few, for
-	// the shell the agent starts).
-	m.stopsPerIter += float64(g1.Stops-g0.Stops) / float64(bc.Iters)
-	m.stops += float64(g1.Stops - g0.Stops)
-	m.handleMicros += float64(g1.HandleMicros - g0.HandleMicros)
-	s.env.logf("round %d: %-22s %8.3fs\n", r+1, bc.Name, secs)
+	stopsPerIter := d.stops / float64(bc.Iters)
+	stopped := d.stoppedMicros / 1e6
+	if bc.Op != "" && stopsPerIter < 0.5 {
+		// sysloop's time is its median batch's: an untrapped loop's few
+		// stops (its exec) are not in it.
+		stopped = 0
+	}
+	if d.stops >= 1 && d.stoppedMicros == 0 {
+		return fmt.Errorf("round %d, %s: the VM stopped %.0f times but the monitor counted no stopped time (QEMU's STOP and RESUME events carried no timestamps?): the loop's real time is unknown", r+1, bc.Name, d.stops)
+	}
+	m.seconds = append(m.seconds, secs+stopped)
+	m.guestSeconds = append(m.guestSeconds, secs)
+	m.stopsPerIter += stopsPerIter
+	m.stops += d.stops
+	m.handleMicros += d.handleMicros
+	s.env.logf("round %d: %-22s %8.3fs (guest clock %.3fs)\n", r+1, bc.Name, secs+stopped, secs)
 	return nil
 }
 
@@ -219,19 +275,23 @@ func (s *syscallRun) usePolicy(ctx context.Context, p string) error {
 	return nil
 }
 
-// gateStatus returns the syscall gate's counters, zero if the status has
-// none.
-func (s *syscallRun) gateStatus(ctx context.Context) api.SyscallGateStatus {
-	if st, err := s.c.Status(ctx); err == nil && st.SyscallGate != nil {
-		return *st.SyscallGate
+// stopSample reads the monitor's counts of the VM's stops.
+func (s *syscallRun) stopSample(ctx context.Context) (stopSample, error) {
+	st, err := s.c.Status(ctx)
+	if err != nil {
+		return stopSample{}, fmt.Errorf("status: %w", err)
 	}
-	return api.SyscallGateStatus{}
+	out := stopSample{stoppedMicros: float64(st.StoppedMicros)}
+	if g := st.SyscallGate; g != nil {
+		out.stops, out.handleMicros = float64(g.Stops), float64(g.HandleMicros)
+	}
+	return out, nil
 }
 
 // guestLoop runs body iters times in the guest's shell and returns the
 // loop's time by the guest's clock.
 func guestLoop(ctx context.Context, c *apiclient.Client, body string, iters int) (float64, error) {
-	script := fmt.Sprintf(`read a x </proc/uptime; i=0; while [ $i -lt %d ]; do %s; i=$((i+1)); done >/dev/null 2>&1; read b x </proc/uptime; echo "$a $b"`, iters, body)
+	script := fmt.Sprintf(`%s; i=0; while [ $i -lt %d ]; do %s; i=$((i+1)); done >/dev/null 2>&1; %s; %s`, clockA, iters, body, clockB, spanEcho)
 	a, b, err := guestSpan(ctx, c, script, 1800)
 	if err != nil {
 		return 0, fmt.Errorf("loop %q: %w", body, err)
@@ -247,7 +307,7 @@ func syscallResults(cases []SyscallCase, samples []caseSamples, rounds int) []Sy
 	perIter := map[string]float64{}
 	for i, bc := range cases {
 		m := samples[i]
-		res := SyscallResult{SyscallCase: bc, Seconds: m.seconds, MedianSeconds: Median(m.seconds)}
+		res := SyscallResult{SyscallCase: bc, Seconds: m.seconds, GuestSeconds: m.guestSeconds, MedianSeconds: Median(m.seconds)}
 		res.PerIterMicros = res.MedianSeconds / float64(bc.Iters) * 1e6
 		res.StopsPerIter = m.stopsPerIter / float64(rounds)
 		if m.stops > 0 {
@@ -255,13 +315,16 @@ func syscallResults(cases []SyscallCase, samples []caseSamples, rounds int) []Sy
 		}
 		perIter[bc.Name] = res.PerIterMicros
 		if bi := caseIndex(cases, bc.Base); bi >= 0 {
-			res.PairedDiff = pairedDiff(m.seconds, samples[bi].seconds)
+			// Per iteration: a case may run more or fewer than its base.
+			res.PairedDiff = pairedDiff(scaled(m.seconds, 1/float64(bc.Iters)), scaled(samples[bi].seconds, 1/float64(cases[bi].Iters)))
 		}
 		if base, ok := perIter[bc.Base]; ok && base > 0 {
 			res.BaselineMicros = base
 			res.DiffPercent = (res.PerIterMicros - base) / base * 100
 			if res.StopsPerIter >= 0.5 {
 				res.PerTrapMicros = (res.PerIterMicros - base) / res.StopsPerIter
+				guest := Median(m.guestSeconds) / float64(bc.Iters) * 1e6
+				res.GuestPerTrapMicros = (guest - base) / res.StopsPerIter
 			}
 		}
 		out = append(out, res)

@@ -150,23 +150,31 @@ func TestSyscallResults(t *testing.T) {
 		{Name: "loop, gate off", Policy: "off", Body: "x", Iters: 1000},
 		{Name: "loop, trapped", Policy: "open", Body: "x", Iters: 1000, Base: "loop, gate off"},
 		{Name: "loop, few stops", Policy: "open", Body: "x", Iters: 1000, Base: "loop, gate off"},
+		// Half the iterations of its base: compared per iteration.
+		{Name: "loop, shorter", Policy: "open", Body: "x", Iters: 500, Base: "loop, gate off"},
 	}
 	samples := []caseSamples{
-		{seconds: []float64{0.010, 0.012, 0.011}},
-		// 2 rounds' stops per iteration sum to 2: 1 per iteration; 3000
-		// stops took the monitor 150,000 µs.
-		{seconds: []float64{0.030, 0.036, 0.022}, stopsPerIter: 3, stops: 3000, handleMicros: 150000},
-		{seconds: []float64{0.011, 0.012, 0.011}, stopsPerIter: 0.3, stops: 300, handleMicros: 3000},
+		{seconds: []float64{0.010, 0.012, 0.011}, guestSeconds: []float64{0.010, 0.012, 0.011}},
+		// 3 rounds' stops per iteration sum to 3: 1 per iteration; 3000
+		// stops took the monitor 150,000 µs. The guest's clock saw 12 of
+		// the 30 µs per iteration (median).
+		{seconds: []float64{0.030, 0.036, 0.022}, guestSeconds: []float64{0.012, 0.014, 0.010}, stopsPerIter: 3, stops: 3000, handleMicros: 150000},
+		{seconds: []float64{0.011, 0.012, 0.011}, guestSeconds: []float64{0.011, 0.012, 0.011}, stopsPerIter: 0.3, stops: 300, handleMicros: 3000},
+		{seconds: []float64{0.015, 0.006, 0.011}, guestSeconds: []float64{0.015, 0.006, 0.011}, stopsPerIter: 3, stops: 1500, handleMicros: 15000},
 	}
 	got := syscallResults(cases, samples, 3)
 	want := []SyscallResult{
-		{SyscallCase: cases[0], Seconds: samples[0].seconds, MedianSeconds: 0.011, PerIterMicros: 11},
-		{SyscallCase: cases[1], Seconds: samples[1].seconds, MedianSeconds: 0.030, PerIterMicros: 30,
-			DiffPercent: (30.0 - 11) / 11 * 100, PairedDiff: []float64{200, 100, 200}, PerTrapMicros: 19, BaselineMicros: 11,
-			StopsPerIter: 1, HandleMicros: 50},
+		{SyscallCase: cases[0], Seconds: samples[0].seconds, GuestSeconds: samples[0].guestSeconds, MedianSeconds: 0.011, PerIterMicros: 11},
+		{SyscallCase: cases[1], Seconds: samples[1].seconds, GuestSeconds: samples[1].guestSeconds, MedianSeconds: 0.030, PerIterMicros: 30,
+			DiffPercent: (30.0 - 11) / 11 * 100, PairedDiff: []float64{200, 100, 200}, PerTrapMicros: 19, GuestPerTrapMicros: 1,
+			BaselineMicros: 11, StopsPerIter: 1, HandleMicros: 50},
 		// Under half a stop per iteration: no cost per stop.
-		{SyscallCase: cases[2], Seconds: samples[2].seconds, MedianSeconds: 0.011, PerIterMicros: 11,
+		{SyscallCase: cases[2], Seconds: samples[2].seconds, GuestSeconds: samples[2].guestSeconds, MedianSeconds: 0.011, PerIterMicros: 11,
 			PairedDiff: []float64{0, 0, 10}, BaselineMicros: 11, StopsPerIter: 0.1, HandleMicros: 10},
+		// Per iteration 30, 12, 22 µs against 10, 12, 11.
+		{SyscallCase: cases[3], Seconds: samples[3].seconds, GuestSeconds: samples[3].guestSeconds, MedianSeconds: 0.011, PerIterMicros: 22,
+			DiffPercent: 100, PairedDiff: []float64{100, 0, 200}, PerTrapMicros: 11, GuestPerTrapMicros: 11, BaselineMicros: 11,
+			StopsPerIter: 1, HandleMicros: 10},
 	}
 	if diff := cmp.Diff(want, got, cmpopts.EquateApprox(0, 1e-9)); diff != "" {
 		t.Errorf("syscallResults (-want +got):\n%s", diff)
