@@ -115,25 +115,7 @@ func TestWriteInterrupted(t *testing.T) {
 // pair (the kind QEMU's sockets are: writeNow's path) and the other end.
 func unixPair(t *testing.T) (*Conn, net.Conn) {
 	t.Helper()
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn := func(fd int) net.Conn {
-		f := os.NewFile(uintptr(fd), "socketpair")
-		defer f.Close()
-		nc, err := net.FileConn(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return nc
-	}
-	a, b := conn(fds[0]), conn(fds[1])
-	t.Cleanup(func() { b.Close() })
-	c := New(a, errTestClosed)
-	c.Start(func(r io.Reader) error { _, err := io.Copy(io.Discard, r); return err })
-	t.Cleanup(func() { c.Close() })
-	return c, b
+	return startPair(t, func(r io.Reader) error { _, err := io.Copy(io.Discard, r); return err })
 }
 
 // A write the socket's buffer cannot take at once is finished by the
@@ -176,5 +158,90 @@ func TestWriteSocket(t *testing.T) {
 	defer cancel()
 	if err := stuck.Write(tctx, big); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("a Write nobody reads = %v, want DeadlineExceeded", err)
+	}
+}
+
+// startPair is unixPair with read as the reader.
+func startPair(t *testing.T, read func(r io.Reader) error) (*Conn, net.Conn) {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ncs [2]net.Conn
+	for i, fd := range fds {
+		f := os.NewFile(uintptr(fd), "socketpair")
+		nc, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ncs[i] = nc
+	}
+	t.Cleanup(func() { ncs[1].Close() })
+	c := New(ncs[0], errTestClosed)
+	c.Start(read)
+	t.Cleanup(func() { c.Close() })
+	return c, ncs[1]
+}
+
+// The reader of a socket (rawReader) gets what the peer writes, whole and
+// in order, across waits in the poller (the peer writing slowly, and more
+// than the socket holds at once), then io.EOF when the peer closes; a
+// reader waiting when the Conn is closed returns at once with an error.
+func TestReadSocket(t *testing.T) {
+	got := make(chan []byte, 1)
+	end := make(chan error, 1)
+	c, peer := startPair(t, func(r io.Reader) error {
+		if _, ok := r.(rawReader); !ok {
+			t.Errorf("reader of a socket is %T, want rawReader", r)
+		}
+		var all []byte
+		buf := make([]byte, 4096)
+		for {
+			n, err := r.Read(buf)
+			all = append(all, buf[:n]...)
+			if err != nil {
+				got <- all
+				end <- err
+				return err
+			}
+		}
+	})
+	big := make([]byte, 1<<20)
+	for i := range big {
+		big[i] = byte(i * 13)
+	}
+	want := append([]byte("he"), append([]byte("llo"), big...)...)
+	for _, part := range [][]byte{[]byte("he"), []byte("llo"), big} {
+		time.Sleep(5 * time.Millisecond) // the reader waits in the poller meanwhile
+		if _, err := peer.Write(part); err != nil {
+			t.Fatal(err)
+		}
+	}
+	peer.Close()
+	if b := <-got; !bytes.Equal(b, want) {
+		t.Fatalf("read %d bytes, not the %d written in order", len(b), len(want))
+	}
+	if err := <-end; err != io.EOF {
+		t.Fatalf("after the peer closed: %v, want io.EOF", err)
+	}
+	<-c.Done()
+
+	waiting := make(chan error, 1)
+	c2, _ := startPair(t, func(r io.Reader) error {
+		_, err := r.Read(make([]byte, 16))
+		waiting <- err
+		return err
+	})
+	time.Sleep(10 * time.Millisecond)
+	c2.Close()
+	select {
+	case err := <-waiting:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("a read waiting at Close = %v, want net.ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a read waiting at Close did not return")
 	}
 }
