@@ -462,18 +462,27 @@ syscall default: allow
 		}
 	})
 	t.Run("status counts the gate's stops", func(t *testing.T) {
-		before := status(t, vm).SyscallGate
+		vmBefore := status(t, vm)
+		before := vmBefore.SyscallGate
 		if before == nil || before.Breakpoints == 0 || before.Stops == 0 || before.Decided == 0 || before.Stops < before.Decided+before.Skipped {
 			t.Fatalf("syscall_gate status %+v; want breakpoints and counted stops", before)
 		}
 		// One cat: its open and the exec's own open of busybox are hook
 		// stops, decided (iot-default's file rules see both).
 		guestSh(t, vm, "cat /etc/hostname >/dev/null")
-		after := status(t, vm).SyscallGate
+		vmAfter := status(t, vm)
+		after := vmAfter.SyscallGate
 		if after.Decided <= before.Decided || after.Stops <= before.Stops || after.HandleMicros <= before.HandleMicros {
 			t.Errorf("after a cat: %+v, before %+v; want more stops, decided", after, before)
 		}
-		if r := gv(t, time.Minute, "status", vm); !strings.Contains(r.stdout, "kernel gate:") || !strings.Contains(r.stdout, "stops") {
+		// The VM's stopped time, by QEMU's STOP and RESUME timestamps:
+		// every gate stop is one stop of the VM (one vCPU), which lasts
+		// at least the monitor's handling of it (by the monitor's clock).
+		stops, handled := after.Stops-before.Stops, after.HandleMicros-before.HandleMicros
+		if n, d := vmAfter.StopIntervals-vmBefore.StopIntervals, vmAfter.StoppedMicros-vmBefore.StoppedMicros; n < stops || d < handled {
+			t.Errorf("after a cat: the VM stopped %d times for %d µs; the gate stopped it %d times and handled the stops for %d µs", n, d, stops, handled)
+		}
+		if r := gv(t, time.Minute, "status", vm); !strings.Contains(r.stdout, "kernel gate:") || !strings.Contains(r.stdout, "stops") || !strings.Contains(r.stdout, "stopped:") {
 			t.Errorf("status text: %q", r.stdout)
 		}
 		// Earlier subtests were denied (shadow) and allowed (the cat):
