@@ -92,7 +92,7 @@ func printStatus(w io.Writer, st *api.Status) {
 	r.top("qemu pid", strconv.Itoa(st.QEMUPID))
 	r.top("started", st.StartedAt.Format(time.RFC3339))
 	if st.StopIntervals > 0 {
-		r.top("stopped", fmt.Sprintf("%.3f s over %d stops (QEMU's STOP to RESUME; the guest's clocks stand still meanwhile under TCG)",
+		r.top("stopped", fmt.Sprintf("%.6f s over %d stops (QEMU's STOP to RESUME; the guest's clocks stand still meanwhile under TCG)",
 			float64(st.StoppedMicros)/1e6, st.StopIntervals))
 	}
 	r.top("runtime dir", st.RuntimeDir)
