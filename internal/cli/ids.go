@@ -71,7 +71,7 @@ or QEMU's dump-guest-memory, or a raw image of RAM from address 0).`,
 	pf.StringVar(&t.vm, "vm", "", "name of a running VM")
 	pf.StringVar(&t.dump, "dump", "", "memory dump file (ELF or raw)")
 	pf.StringVar(&t.kernel, "kernel", "", "with --dump: the guest's kernel image (default: the profile cache, then the default kit's kernel)")
-	pf.StringVar(&t.gatePage, "gate-page", "", "with --dump: the kernel gate's own page (the address 'gatevisor status' showed as its own page): its LSM hook entries are the gate's, not foreign")
+	pf.StringVar(&t.gatePage, "gate-page", "", "with --dump: the kernel gate's own page (the address 'gatevisor status' showed as its own page): its LSM hook entries are the gate's, not foreign, and no other page's are (without it, the pages that name themselves the gate's are taken as its; either way a gate entry passes only when it calls its hook's kernel no-op)")
 	pf.StringVar(&t.symbols, "symbols", "", "with --dump: the kernel's structure layouts as a Volatility 3 symbol table (ISF .json or .json.xz, e.g. from dwarf2json), for a kernel without .BTF")
 	pf.StringVar(&t.source, "source", "", "with --vm: read memory from ram (default; the guest keeps running) or gdbstub (the guest pauses)")
 	pf.BoolVar(&t.asJSON, "json", false, "print JSON")

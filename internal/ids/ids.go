@@ -33,7 +33,10 @@ type Options struct {
 	// GatePage returns the guest virtual address of the page holding the
 	// kernel gate's own LSM hook entries (0: none), asked at each check:
 	// the lsm-hook check accepts an entry there that calls the kernel's
-	// bpf_lsm_<hook> no-op, and nothing else there. Nil: no such page.
+	// bpf_lsm_<hook> no-op, and nothing else there. Nil (a dump, which
+	// does not record the page): the check recognises the pages that
+	// name themselves the gate's, and holds their entries to the same
+	// rule (selfNamedGatePages).
 	GatePage func() uint64
 }
 

@@ -3,6 +3,7 @@ package ids
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/gatevisor/gatevisor/internal/vmi/linux"
@@ -19,10 +20,10 @@ const gatePageSize = 4096
 // checkLSM reports LSM hook entries that are not the kernel's own: an
 // entry outside the kernel's LSM arrays or calling code outside its core
 // text, an entry whose head back-pointer is not the list it is on, and a
-// list that cannot be walked. The kernel gate's own entries (on the page
-// Options.GatePage names, each calling the kernel's bpf_lsm_<hook> no-op)
-// are accepted, and nothing else on that page is. A kernel without the
-// lists (6.9+: static calls) is reported as not applicable, never clean.
+// list that cannot be walked. The kernel gate's own entries (on its page,
+// gatePages, each calling the kernel's bpf_lsm_<hook> no-op) are
+// accepted, and nothing else on that page is. A kernel without the lists
+// (6.9+: static calls) is reported as not applicable, never clean.
 func (i *Inspector) checkLSM() ([]Finding, error) {
 	r, err := i.lsmHooks()
 	if err != nil {
@@ -30,7 +31,7 @@ func (i *Inspector) checkLSM() ([]Finding, error) {
 	}
 	var mm *linux.ModuleMap
 	owner := func(va uint64) string { return i.codeOwner(&mm, va) }
-	return lsmFindings(r, i.gatePage(), i.K.Addr, owner), nil
+	return lsmFindings(r, i.gatePages(r), i.K.Addr, owner), nil
 }
 
 // lsmHooks reads the LSM hook lists, again (with a fresh translation
@@ -57,13 +58,44 @@ func (i *Inspector) lsmHooks() (*linux.LSMHookLists, error) {
 	return r, nil
 }
 
-// gatePage is the kernel gate's page of hook entries (0: none).
-func (i *Inspector) gatePage() uint64 {
+// gatePages are the kernel gate's pages of hook entries: the one
+// Options.GatePage names (a monitor knows its gate's page; 0: none), and
+// without that option (a dump) every page of r's entries that names
+// itself the gate's (selfNamedGatePages).
+func (i *Inspector) gatePages(r *linux.LSMHookLists) []uint64 {
 	if i.Opts.GatePage == nil {
-		return 0
+		return selfNamedGatePages(r)
 	}
-	return i.Opts.GatePage()
+	if p := i.Opts.GatePage(); p != 0 {
+		return []uint64{p}
+	}
+	return nil
 }
+
+// gateLSMName is the LSM name the kernel gate gives its entries, written
+// at the start of its page (internal/gate/syscall: lsmName).
+const gateLSMName = "gatevisor"
+
+// selfNamedGatePages are the pages that name themselves the kernel gate's
+// as the gate writes its page: an entry on the page whose LSM name is the
+// gate's and lies at the page's start. A dump does not record which page
+// the gate had; recognising it is safe because an entry on a gate page
+// passes only when it calls its hook's bpf_lsm_<hook> no-op (judgeLSM): a
+// page forged to look like the gate's can hold nothing else unreported.
+func selfNamedGatePages(r *linux.LSMHookLists) []uint64 {
+	var pages []uint64
+	for _, h := range r.Entries {
+		p := h.LSMAddr
+		if h.LSM != gateLSMName || p == 0 || p%gatePageSize != 0 || !onPage(h.Addr, p) || slices.Contains(pages, p) {
+			continue
+		}
+		pages = append(pages, p)
+	}
+	return pages
+}
+
+// onPage reports whether va lies on the gate page starting at page.
+func onPage(va, page uint64) bool { return page != 0 && va >= page && va-page < gatePageSize }
 
 // lsmVerdict is what the check makes of one entry: the kernel gate's own,
 // or what is wrong with it (nothing: the kernel's own).
@@ -72,11 +104,11 @@ type lsmVerdict struct {
 	reasons []string
 }
 
-// judgeLSM judges entry h. gatePage is the kernel gate's page (0: none),
-// addr looks a kernel symbol up (bpf_lsm_<hook>), owner names an address.
-func judgeLSM(h linux.LSMHook, gatePage uint64, addr func(string) (uint64, error), owner func(uint64) string) lsmVerdict {
+// judgeLSM judges entry h. gatePages are the kernel gate's pages, addr
+// looks a kernel symbol up (bpf_lsm_<hook>), owner names an address.
+func judgeLSM(h linux.LSMHook, gatePages []uint64, addr func(string) (uint64, error), owner func(uint64) string) lsmVerdict {
 	var v lsmVerdict
-	if gatePage != 0 && h.Addr >= gatePage && h.Addr-gatePage < gatePageSize {
+	if slices.ContainsFunc(gatePages, func(p uint64) bool { return onPage(h.Addr, p) }) {
 		noop := "bpf_lsm_" + h.Hook
 		switch want, err := addr(noop); {
 		case err != nil:
@@ -102,10 +134,10 @@ func judgeLSM(h linux.LSMHook, gatePage uint64, addr func(string) (uint64, error
 }
 
 // lsmFindings are the findings of the LSM hook lists r.
-func lsmFindings(r *linux.LSMHookLists, gatePage uint64, addr func(string) (uint64, error), owner func(uint64) string) []Finding {
+func lsmFindings(r *linux.LSMHookLists, gatePages []uint64, addr func(string) (uint64, error), owner func(uint64) string) []Finding {
 	var out []Finding
 	for _, h := range r.Entries {
-		v := judgeLSM(h, gatePage, addr, owner)
+		v := judgeLSM(h, gatePages, addr, owner)
 		if len(v.reasons) == 0 {
 			continue
 		}
@@ -148,7 +180,7 @@ func (i *Inspector) lsmListing(r *HooksReport) error {
 	}
 	var mm *linux.ModuleMap
 	owner := func(va uint64) string { return i.codeOwner(&mm, va) }
-	gp := i.gatePage()
+	gp := i.gatePages(lists)
 	for _, h := range lists.Entries {
 		v := judgeLSM(h, gp, i.K.Addr, owner)
 		r.LSM = append(r.LSM, LSMEntry{Addr: h.Addr, Hook: h.Hook, LSM: h.LSM, Func: h.Func, Runs: owner(h.Func), Gate: v.gate,

@@ -3,6 +3,7 @@ package ids
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -88,7 +89,11 @@ func TestLSMFindings(t *testing.T) {
 			entry: gate(gatePage+gatePageSize, "file_open", noop)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got := lsmFindings(&linux.LSMHookLists{Entries: []linux.LSMHook{tc.entry}}, tc.gatePage, addr, owner)
+			var pages []uint64
+			if tc.gatePage != 0 {
+				pages = []uint64{tc.gatePage}
+			}
+			got := lsmFindings(&linux.LSMHookLists{Entries: []linux.LSMHook{tc.entry}}, pages, addr, owner)
 			if tc.want == "" {
 				if len(got) != 0 {
 					t.Errorf("findings %+v, want none", got)
@@ -115,7 +120,7 @@ func TestLSMFindings(t *testing.T) {
 
 func TestLSMFindingsBrokenList(t *testing.T) {
 	r := &linux.LSMHookLists{Broken: []linux.LSMBrokenList{{Hook: "task_kill", List: 0xffffffff82400040, At: 0x10, Reason: "entry 0's link 0x10 is not a kernel address"}}}
-	got := lsmFindings(r, 0, nil, nil)
+	got := lsmFindings(r, nil, nil, nil)
 	want := []Finding{{Check: CheckLSM, Severity: SeverityCritical, Name: "task_kill", Addr: 0xffffffff82400040,
 		Summary: "the list of LSM hook task_kill at 0xffffffff82400040 cannot be walked: entry 0's link 0x10 is not a kernel address; what follows is not checked"}}
 	if diff := cmp.Diff(want, got); diff != "" {
@@ -142,11 +147,60 @@ func TestLSMNotApplicable(t *testing.T) {
 	}
 	page := uint64(0)
 	in.Opts.GatePage = func() uint64 { return page }
-	if in.gatePage() != 0 {
-		t.Error("gate page before it exists")
+	named := &linux.LSMHookLists{Entries: []linux.LSMHook{{Addr: 0xffff888004000028, LSM: "gatevisor", LSMAddr: 0xffff888004000000}}}
+	if got := in.gatePages(named); got != nil {
+		t.Errorf("gate pages before the monitor's exists: %#x, want none (the option rules out recognising pages)", got)
 	}
 	page = 0xffff888003a5f000
-	if in.gatePage() != page {
-		t.Error("the gate page set later is not seen")
+	if got := in.gatePages(named); !slices.Equal(got, []uint64{page}) {
+		t.Errorf("gate pages once the monitor's is set: %#x, want only it", got)
+	}
+}
+
+// Without the option (a dump), the pages that name themselves the gate's
+// are its pages: an entry on the page with the gate's LSM name at the
+// page's start. Their entries are then held to the gate's rule: a forged
+// page calling anything but the no-op is reported.
+func TestSelfNamedGatePages(t *testing.T) {
+	const (
+		page  = 0xffff888003a5f000
+		page2 = 0xffff888005000000
+		list  = 0xffffffff82400010
+		noop  = 0xffffffff8125cf50
+	)
+	entry := func(at uint64, lsm string, lsmAt, fn uint64) linux.LSMHook {
+		return linux.LSMHook{Addr: at, Hook: "file_open", List: list, Head: list, Func: fn, LSM: lsm, LSMAddr: lsmAt}
+	}
+	r := &linux.LSMHookLists{Entries: []linux.LSMHook{
+		entry(page+0x28, "gatevisor", page, noop),
+		entry(page+0x60, "gatevisor", page, noop),                                      // the same page again
+		entry(page2+0x28, "gatevisor", page2+8, noop),                                  // the name not at a page's start
+		entry(page2+gatePageSize, "gatevisor", page2, noop),                            // not on the named page
+		entry(page2+0x28, "selinux", page2, noop),                                      // another name
+		entry(0xffff888007000028, "gatevisor", 0xffff888007000000, 0xffffffffc0000010), // a forged page calling a module
+	}}
+	want := []uint64{page, 0xffff888007000000}
+	if got := (&Inspector{}).gatePages(r); !slices.Equal(got, want) {
+		t.Fatalf("gate pages %#x, want %#x", got, want)
+	}
+	addr := func(name string) (uint64, error) {
+		if name == "bpf_lsm_file_open" {
+			return noop, nil
+		}
+		return 0, linux.ErrNoSymbol
+	}
+	owner := func(va uint64) string { return fmt.Sprintf("sym@%#x", va) }
+	got := lsmFindings(r, want, addr, owner)
+	var at []uint64
+	for _, f := range got {
+		at = append(at, f.Addr)
+	}
+	// Reported: the three not on a recognised page (outside the kernel's
+	// arrays) and the forged page's entry calling a module.
+	if wantAt := []uint64{page2 + 0x28, page2 + gatePageSize, page2 + 0x28, 0xffff888007000028}; !slices.Equal(at, wantAt) {
+		t.Errorf("findings at %#x, want %#x: %+v", at, wantAt, got)
+	}
+	if s := got[len(got)-1].Summary; !strings.Contains(s, "on the kernel gate's page but calls sym@0xffffffffc0000010") {
+		t.Errorf("the forged page's entry: %q", s)
 	}
 }
