@@ -190,32 +190,18 @@ func newSyscallRun(env Env, c *apiclient.Client, pols map[string]policyFile, cas
 // runCase runs case i once in round r, under its policy.
 func (s *syscallRun) runCase(ctx context.Context, r, i int) error {
 	bc := s.cases[i]
-	if err := s.usePolicy(ctx, bc.Policy); err != nil {
+	err := s.usePolicy(ctx, bc.Policy)
+	if err != nil {
 		return err
 	}
+	var outside stopSample
 	if bc.Op != "" {
 		// Warm up: translate the loop's code after the reload.
 		if _, err := sysloopRun(ctx, s.c, bc.Op, max(1000, bc.Iters/20)); err != nil {
 			return err
 		}
-	}
-	// A shell loop's exec starts a shell, whose own stops (its exec, its
-	// opens) fall outside the loop's span: counted by a run of none of
-	// the loop's iterations just before, and taken off.
-	var outside stopSample
-	if bc.Op == "" {
-		e0, err := s.stopSample(ctx)
-		if err != nil {
-			return err
-		}
-		if _, err := guestLoop(ctx, s.c, bc.Body, 0); err != nil {
-			return fmt.Errorf("round %d, %s: %w", r+1, bc.Name, err)
-		}
-		e1, err := s.stopSample(ctx)
-		if err != nil {
-			return err
-		}
-		outside = e1.sub(e0)
+	} else if outside, err = s.shellStops(ctx, bc.Body); err != nil {
+		return fmt.Errorf("round %d, %s: %w", r+1, bc.Name, err)
 	}
 	g0, err := s.stopSample(ctx)
 	if err != nil {
@@ -273,6 +259,24 @@ func (s *syscallRun) usePolicy(ctx context.Context, p string) error {
 	}
 	s.cur = p
 	return nil
+}
+
+// shellStops returns the stops of a shell loop's exec outside the loop's
+// span (the shell's own exec and opens), which the loop's time does not
+// hold: counted over a run of none of body's iterations.
+func (s *syscallRun) shellStops(ctx context.Context, body string) (stopSample, error) {
+	a, err := s.stopSample(ctx)
+	if err != nil {
+		return stopSample{}, err
+	}
+	if _, err := guestLoop(ctx, s.c, body, 0); err != nil {
+		return stopSample{}, err
+	}
+	b, err := s.stopSample(ctx)
+	if err != nil {
+		return stopSample{}, err
+	}
+	return b.sub(a), nil
 }
 
 // stopSample reads the monitor's counts of the VM's stops.
