@@ -107,7 +107,10 @@ func (d *debugger) Do(ctx context.Context, f func(context.Context, *gdbrsp.Clien
 // a QEMU loading that state aborts ("invalid runstate transition:
 // 'inmigrate' -> 'debug'"). So a stop at a trap is served, the VM
 // resumed and interrupted again, at most maxTrapRetries times; f does
-// not run if the VM keeps stopping at traps, and the VM runs on.
+// not run if the VM keeps stopping at traps, and the VM runs on. A trap
+// stop QEMU reported before the interrupt, still waiting behind this
+// request in the run loop, is served the same way; a VM held at a trap
+// on purpose (a gate failed closed) is refused.
 func (d *debugger) DoPaused(ctx context.Context, f func(context.Context, *gdbrsp.Client) error) error {
 	return d.do(&dbgReq{ctx: ctx, f: f, done: make(chan error, 1), paused: true})
 }
@@ -147,8 +150,9 @@ func (d *debugger) run() {
 	}
 }
 
-// onStop handles a stop the debugger did not ask for.
-func (d *debugger) onStop(sr gdbrsp.StopReply) {
+// onStop handles a stop the debugger did not ask for, and reports
+// whether it resumed the VM.
+func (d *debugger) onStop(sr gdbrsp.StopReply) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if sr.Signal != 5 || d.trap == nil {
@@ -156,7 +160,7 @@ func (d *debugger) onStop(sr gdbrsp.StopReply) {
 		d.mu.Lock()
 		d.others++
 		d.mu.Unlock()
-		return
+		return false
 	}
 	if sr.Thread <= 0 {
 		sr.Thread = 1
@@ -169,13 +173,18 @@ func (d *debugger) onStop(sr gdbrsp.StopReply) {
 	d.traps++
 	d.mu.Unlock()
 	if errors.Is(err, errKeepStopped) {
-		return
+		return false
 	}
 	// A T05 that is not at one of our breakpoints (a single-step's end,
 	// a breakpoint removed meanwhile) resumes too.
-	if err := d.resume(ctx, rw); err != nil && !errors.Is(err, gdbrsp.ErrRunning) {
+	if err := d.resume(ctx, rw); err != nil {
+		if errors.Is(err, gdbrsp.ErrRunning) {
+			return true
+		}
 		d.logf("syscall gate: resume: %v", err)
+		return false
 	}
+	return true
 }
 
 // resume continues the VM, with rw's register writes in the same write
@@ -247,6 +256,22 @@ func (d *debugger) serve(req *dbgReq) error {
 	return ferr
 }
 
+// servePendingStop handles a stop reply that came before a request's
+// interrupt and is still waiting for the run loop, and reports whether
+// that resumed the VM (false: no such reply, or one that left the VM
+// stopped). A reply saying the target exited is errDebuggerGone.
+func (d *debugger) servePendingStop() (bool, error) {
+	select {
+	case sr := <-d.gdb.StopReplies():
+		if sr.Exited() {
+			return false, errDebuggerGone
+		}
+		return d.onStop(sr), nil
+	default:
+		return false, nil
+	}
+}
+
 // leaveTrap makes a VM that Halt stopped at a trap (QEMU's run state
 // "debug") stopped by an interrupt instead (run state "paused"): the
 // trap hit is served, the VM resumed and stopped again. It reports
@@ -268,7 +293,23 @@ func (d *debugger) leaveTrap(ctx context.Context, wasRunning bool) (resumed bool
 			return resumed, nil
 		}
 		if !wasRunning && !resumed {
-			return false, errors.New("the VM is held at a trap (run state debug): its device state cannot be saved for another QEMU")
+			// Stopped before the request's interrupt: at a trap whose
+			// stop reply waits behind this request (the run loop took
+			// the request first), which is served now like any trap
+			// stop; else held at a trap on purpose (a gate failed
+			// closed), which nothing here may resume.
+			served, err := d.servePendingStop()
+			if err != nil {
+				return false, err
+			}
+			if !served {
+				return false, errors.New("the VM is held at a trap (run state debug): its device state cannot be saved for another QEMU")
+			}
+			resumed = true
+			if _, err := d.gdb.Halt(ctx); err != nil {
+				return resumed, fmt.Errorf("stop the VM: %w", err)
+			}
+			continue
 		}
 		if i == maxTrapRetries {
 			return resumed, fmt.Errorf("the VM stopped at a kernel gate's trap %d times in a row instead of at the interrupt: try again when the guest is less busy", i+1)

@@ -30,6 +30,18 @@ type miniStub struct {
 	mu      sync.Mutex
 	running bool
 	reqs    []string
+	write   func([]byte) // to the client, in order with serve's answers
+}
+
+// hitTrap stops a running VM at a breakpoint of its own accord: QEMU's
+// T05 stop reply, unasked.
+func (s *miniStub) hitTrap() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.running {
+		s.running = false
+		s.write(packet("T05thread:01;"))
+	}
 }
 
 func startMiniStub(t *testing.T, refuse func(string) bool) (*miniStub, *gdbrsp.Client) {
@@ -58,12 +70,13 @@ func startMiniStub(t *testing.T, refuse func(string) bool) (*miniStub, *gdbrsp.C
 			}
 		}
 	}()
-	go s.serve(func(b []byte) {
+	s.write = func(b []byte) {
 		select {
 		case out <- b:
 		case <-done:
 		}
-	})
+	}
+	go s.serve(s.write)
 	t.Cleanup(func() { close(done); sconn.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -299,6 +312,44 @@ func TestDebuggerDoPaused(t *testing.T) {
 	}
 	if running, reqs := s.state(); running || countC(reqs[len(before):]) != 0 {
 		t.Errorf("a held VM was resumed: %q", reqs[len(before):])
+	}
+
+	// Stopped at a trap whose stop reply came before the request's
+	// interrupt and waits behind the request (the run loop may take
+	// either first): that trap is served, the VM resumed and stopped
+	// again, and f runs; the VM runs on afterwards. Called without the
+	// run loop (stopped below), which would otherwise take the reply.
+	c.Close()
+	<-d.done
+	s, c = startMiniStub(t, func(string) bool { return false })
+	d = newDebugger(c, t.Logf)
+	d.failClosed = func(err error) { t.Errorf("failed closed: %v", err) }
+	d.runState = func(context.Context) (string, error) { st := states[0]; states = states[1:]; return st, nil }
+	trapped := 0
+	d.trap = func(context.Context, *gdbrsp.Client, gdbrsp.StopReply) (bool, *resumeWrites, error) {
+		trapped++
+		return true, nil, nil
+	}
+	if err := c.Continue(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s.hitTrap()
+	for deadline := time.Now().Add(5 * time.Second); c.Running(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the client did not take the trap's stop reply")
+		}
+	}
+	states = []string{"debug", "paused"}
+	ran = false
+	req := &dbgReq{ctx: ctx, f: func(context.Context, *gdbrsp.Client) error { ran = true; return nil }, done: make(chan error, 1), paused: true}
+	err = d.serve(req)
+	running, _ := s.state()
+	go d.run() // the cleanup waits for it
+	if err != nil || !ran || trapped != 1 {
+		t.Fatalf("a trap stop waiting behind the request: err %v, f ran %v, trap served %d times (want nil, true, 1)", err, ran, trapped)
+	}
+	if !running {
+		t.Error("the VM does not run on after the request")
 	}
 
 	// Plain Do does not look at the run state.
