@@ -93,6 +93,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	e.gauge("vm_memory_bytes", "The guest's configured memory.", float64(st.MemMiB)*(1<<20))
 	e.gauge("vm_vcpus", "The guest's vCPUs.", float64(st.CPUs))
 	e.gauge("vm_kvm", "1 when the VM runs under KVM, 0 under TCG.", b2f(st.Accel == "kvm"))
+	if st.State == api.StateRunning {
+		e.counter("vm_stopped_seconds_total", "Time the VM spent stopped (kernel-gate stops, requests, snapshots) since the monitor attached to its QEMU, by QEMU's STOP and RESUME event timestamps; under TCG the guest's clocks stand still meanwhile.", float64(st.StoppedMicros)/1e6)
+		e.counter("vm_stops_total", "The VM's stops counted in vm_stopped_seconds_total.", float64(st.StopIntervals))
+	}
 	if c.host != nil {
 		h := c.host(st)
 		e.counter("qemu_cpu_seconds_total", "CPU time QEMU used (user and system), every vCPU and device thread included.", h.QEMUCPUSeconds)
@@ -121,7 +125,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		e.counter("kernel_gate_fault_ins_total", "Calls sent through the kernel to fault their path in first.", float64(g.FaultIns))
 		e.counter("kernel_gate_sibling_stops_total", "Calls handled on a vCPU found at a trap while QEMU reported another.", float64(g.SiblingStops))
 		e.counter("kernel_gate_emulated_total", "Watched loads the monitor performed for a vCPU.", float64(g.Emulated))
-		e.counter("kernel_gate_stopped_seconds_total", "Time the VM spent stopped at kernel-gate traps.", float64(g.HandleMicros)/1e6)
+		e.counter("kernel_gate_handle_seconds_total", "The monitor's time deciding and enforcing at kernel-gate stops (registers read to continue written); the VM's whole stopped time is vm_stopped_seconds_total.", float64(g.HandleMicros)/1e6)
 	}
 	if n := st.Net; n != nil {
 		e.gauge("net_isolated", "1 while the VM's network is cut off (net isolate, a policy response).", b2f(n.Isolated != ""))

@@ -37,9 +37,10 @@ type Host struct {
 // the latency histograms.
 type VM struct {
 	reg *prometheus.Registry
-	// TrapSeconds is the time the VM spends stopped at a kernel-gate
-	// trap; ScanSeconds an IDS scan; AuditWriteSeconds a durable audit
-	// write (fsync included).
+	// TrapSeconds is the monitor's time at a kernel-gate stop (from
+	// QEMU's stop reply to the decision enforced; QEMU's stopping and
+	// resuming are in the status's StoppedMicros); ScanSeconds an IDS
+	// scan; AuditWriteSeconds a durable audit write (fsync included).
 	TrapSeconds, ScanSeconds, AuditWriteSeconds prometheus.Histogram
 }
 
@@ -53,7 +54,7 @@ func New(name string, status func(context.Context) api.Status, host func(api.Sta
 	}
 	v := &VM{
 		reg: prometheus.NewRegistry(),
-		TrapSeconds: hist("kernel_gate", "stop_seconds", "Time the VM spends stopped at one kernel-gate trap (decision and enforcement).",
+		TrapSeconds: hist("kernel_gate", "stop_seconds", "The monitor's time at one kernel-gate stop, from QEMU's stop reply to the decision enforced (QEMU's own stopping and resuming not included: see vm_stopped_seconds_total).",
 			prometheus.ExponentialBuckets(25e-6, 2, 14)),
 		ScanSeconds: hist("ids", "scan_duration_seconds", "Duration of one continuous IDS scan of the guest.",
 			prometheus.ExponentialBuckets(1e-3, 2, 14)),

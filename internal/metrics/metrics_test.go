@@ -16,7 +16,7 @@ import (
 func fullStatus(name string) api.Status {
 	started := time.Now().Add(-time.Minute)
 	return api.Status{Name: name, State: api.StateRunning, GuestReady: true, StartedAt: started, BootSeconds: 5.5,
-		MemMiB: 256, CPUs: 1, Accel: "tcg", QEMUPID: 4243,
+		MemMiB: 256, CPUs: 1, Accel: "tcg", QEMUPID: 4243, StoppedMicros: 25000, StopIntervals: 60,
 		Policy: &api.PolicyStatus{Digest: "sha256:00", Seq: 2, Reloads: 1, FailedReloads: 1},
 		Gates: []api.GateStatus{{Name: "kernel", Armed: true, Traps: 16, Watchpoints: 16, Decisions: map[string]uint64{"allow": 40, "deny": 2}},
 			{Name: "net", Armed: true, Decisions: map[string]uint64{"deny": 3}}, {Name: "api", Armed: true}},
@@ -58,7 +58,9 @@ func TestVMMetrics(t *testing.T) {
 		`gatevisor_gate_decisions_total{gate="kernel",verdict="deny",vm="cam1"} 2`,
 		`gatevisor_gate_decisions_total{gate="net",verdict="deny",vm="cam1"} 3`,
 		`gatevisor_net_dropped_frames_total{reason="denied",vm="cam1"} 10`,
-		`gatevisor_kernel_gate_stopped_seconds_total{vm="cam1"} 0.01`,
+		`gatevisor_kernel_gate_handle_seconds_total{vm="cam1"} 0.01`,
+		`gatevisor_vm_stopped_seconds_total{vm="cam1"} 0.025`,
+		`gatevisor_vm_stops_total{vm="cam1"} 60`,
 		`gatevisor_ids_findings{severity="critical",vm="cam1"} 1`,
 		`gatevisor_audit_records_total{vm="cam1"} 57`,
 		`gatevisor_policy_reload_failures_total{vm="cam1"} 1`,

@@ -445,6 +445,16 @@ func checkMetrics(t *testing.T, vm string) {
 			}
 		}
 	}
+	// The VM's stopped time and stops (QEMU's STOP/RESUME), read before
+	// the status: never more than it says.
+	for series, now := range map[string]float64{
+		fmt.Sprintf(`gatevisor_vm_stopped_seconds_total{vm=%q}`, vm): float64(st.StoppedMicros) / 1e6,
+		fmt.Sprintf(`gatevisor_vm_stops_total{vm=%q}`, vm):           float64(st.StopIntervals),
+	} {
+		if v, ok := sample(r.stdout, series); !ok || v > now+1e-6 {
+			t.Errorf("%s = %v (found %v), status says %v", series, v, ok, now)
+		}
+	}
 	for _, series := range []string{fmt.Sprintf(`gatevisor_vm_state{state="running",vm=%q}`, vm), fmt.Sprintf(`gatevisor_vm_guest_ready{vm=%q}`, vm)} {
 		if v, ok := sample(r.stdout, series); !ok || v != 1 {
 			t.Errorf("%s = %v (found %v), want 1", series, v, ok)
