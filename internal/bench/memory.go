@@ -459,10 +459,8 @@ func (b *memBench) load(ctx context.Context, c *apiclient.Client, cfg memoryConf
 	if cfg.ids {
 		wg.Go(func() { queries, idsErr = idsQueries(ctx, c, b.o.Queries) })
 	}
-	script := fmt.Sprintf(`%s; i=0; while [ $i -lt %d ]; do %s; i=$((i+1)); done >/dev/null 2>&1; %s; %s`,
-		clockA, b.o.Iters, memLoopBody, clockB, spanEcho)
-	a, z, loopErr := guestSpan(ctx, c, script, 1800)
-	l.LoopSeconds = z - a
+	var loopErr error
+	l.LoopSeconds, loopErr = guestLoop(ctx, c, memLoopBody, b.o.Iters)
 	// The network loop follows the queries: an 'ids check' holds the
 	// introspection lock, which the network gate needs to attribute a
 	// new flow, for as long as its guest view waits on the guest.

@@ -93,16 +93,9 @@ dd if=/dev/zero of=/tmp/blob bs=1M count=%[2]d 2>/dev/null`, t.leasePrefix, mib)
 }
 
 // guestTimed runs a workload script and returns its duration by the
-// guest's clock; a run within one tick of the clock counts half a tick.
+// guest's clock.
 func guestTimed(ctx context.Context, c *apiclient.Client, script string) (float64, error) {
-	a, b, err := guestSpan(ctx, c, script, 900)
-	if err != nil {
-		return 0, err
-	}
-	if b == a {
-		b = a + 0.005 // below the clock's 10 ms resolution: half a tick
-	}
-	return b - a, nil
+	return guestSpan(ctx, c, script, 900)
 }
 
 // attrSample is the attribution of one HTTP flow: its time and the walks

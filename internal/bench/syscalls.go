@@ -292,17 +292,6 @@ func (s *syscallRun) stopSample(ctx context.Context) (stopSample, error) {
 	return out, nil
 }
 
-// guestLoop runs body iters times in the guest's shell and returns the
-// loop's time by the guest's clock.
-func guestLoop(ctx context.Context, c *apiclient.Client, body string, iters int) (float64, error) {
-	script := fmt.Sprintf(`%s; i=0; while [ $i -lt %d ]; do %s; i=$((i+1)); done >/dev/null 2>&1; %s; %s`, clockA, iters, body, clockB, spanEcho)
-	a, b, err := guestSpan(ctx, c, script, 1800)
-	if err != nil {
-		return 0, fmt.Errorf("loop %q: %w", body, err)
-	}
-	return b - a, nil
-}
-
 // syscallResults turns each case's samples over rounds rounds into its
 // result: medians, per iteration, and the difference from its baseline,
 // of the medians and paired by round.
